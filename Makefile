@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine (Python 3.11+):
+#   make lab    set up .venv (first run only) and open the notebooks in JupyterLab
+#   make test   set up .venv (first run only) and run every test, notebooks included
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Use the shared CIFAR-10 copy beside the checkout when there is one and nothing else is set.
+SHARED_DATA := $(abspath ../shared/data)
+export VITLAB_DATA ?= $(if $(wildcard $(SHARED_DATA)/cifar10),$(SHARED_DATA),)
+
+.PHONY: lab test setup browser clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch/torchvision first, pinned to the builds this project is tested with.
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+# Debian's Chromium for the browser tests (Playwright's own browser download cannot work offline).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi; }
+
+test: $(STAMP) browser
+	VITLAB_QUICK=1 $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache test-artifacts

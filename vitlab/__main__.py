@@ -1,0 +1,51 @@
+"""Command line: ``python -m vitlab {zoo,data,train}``.
+
+``train`` maps one flag onto each field of :class:`vitlab.train.TrainConfig`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+
+from . import data, models
+from .train import TrainConfig, train
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        hint = hints[field.name]
+        flag = "--" + field.name.replace("_", "-")
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+            continue
+        kind = next((t for t in (int, float, str) if t is hint or t in typing.get_args(hint)), str)
+        parser.add_argument(flag, type=kind, default=field.default, help=f"default: {field.default}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vitlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("zoo", help="list the zoo's models as JSON")
+    sub.add_parser("data", help="decode CIFAR-10 once into the cache and print its size")
+    train_parser = sub.add_parser("train", help="train a zoo model on CIFAR-10")
+    _add_config_flags(train_parser)
+    args = parser.parse_args(argv)
+    if args.command == "zoo":
+        print(json.dumps(models.zoo(), indent=2))
+    elif args.command == "data":
+        for split in data.SPLITS:
+            images, labels = data.cifar10(split)
+            print(f"{split}: {tuple(images.shape)} images, {len(labels.unique())} classes")
+    else:
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+        print(json.dumps(train(config), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""CIFAR-10 and the shipped sample images, as uint8 tensors.
+
+``cifar10(split)`` finds CIFAR-10 under ``settings.data_root()`` in either of the two
+common layouts (torchvision's ``cifar-10-batches-py`` or an ImageFolder of JPEGs),
+downloads it through torchvision when neither is there and the machine is online,
+and decodes it once into a ``.npy`` cache so later loads take a fraction of a second.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import settings
+from .io import atomic_write
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+#: Per-channel mean and std of the CIFAR-10 training set, in [0, 1] units.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+SPLITS = ("train", "test")
+_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+SAMPLES_DIR = settings.PROJECT_ROOT / "data" / "samples"
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No dataset copy was found and none could be downloaded."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A located copy of CIFAR-10: ``kind`` is ``"batches"`` or ``"imagefolder"``."""
+
+    kind: str
+    path: Path
+
+
+def find_cifar10(root: str | os.PathLike | None = None) -> Source | None:
+    """Look for CIFAR-10 in ``root`` (default ``settings.data_root()``); None if absent.
+
+    Checked in order: ``root/cifar-10-batches-py``, ``root/cifar10/cifar-10-batches-py``,
+    ``root/cifar10/{train,test}/<class>/`` and ``root/{train,test}/<class>/``.
+    """
+    root = Path(root) if root is not None else settings.data_root()
+    for batches in (root / "cifar-10-batches-py", root / "cifar10" / "cifar-10-batches-py"):
+        if (batches / "test_batch").is_file():
+            return Source("batches", batches)
+    for folder in (root / "cifar10", root):
+        if all((folder / split).is_dir() for split in SPLITS):
+            return Source("imagefolder", folder)
+    return None
+
+
+def cifar10(
+    split: str = "train", root: str | os.PathLike | None = None, download: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a CIFAR-10 split.
+
+    Args:
+        split: ``"train"`` (50,000 images) or ``"test"`` (10,000 images).
+        root: folder to search; default ``VITLAB_DATA`` or ``<project>/data``.
+        download: when no copy is found, download through torchvision into ``root``.
+
+    Returns:
+        ``(images, labels)``: uint8 (N, 3, 32, 32) and int64 (N,), labels indexing
+        :data:`CLASSES` (the standard CIFAR-10 order).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    root = Path(root) if root is not None else settings.data_root()
+    source = find_cifar10(root)
+    if source is None:
+        if download:
+            source = _download_or_explain(root)
+        else:
+            raise DataNotFoundError(_not_found_message(root, reason="download=False"))
+    cache = _cache_file(source, split)
+    if cache.is_file():
+        with np.load(cache) as arrays:
+            return torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"])
+    if source.kind == "batches":
+        images, labels = _read_batches(source.path, split)
+    else:
+        images, labels = _read_imagefolder(source.path / split)
+    atomic_write(cache, lambda tmp: _save_npz(tmp, images, labels))
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def stratified_subset(labels: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """Indices of a class-stratified random subset of ``size`` items, sorted.
+
+    Each class gets ``size // C`` items, and ``size % C`` classes (chosen by ``seed``)
+    one more. For a fixed seed, subsets are nested: the subset of size n is contained
+    in the subset of every larger size, so a data-size sweep only ever adds images.
+    """
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
+    if not 0 < size <= len(labels):
+        raise ValueError(f"subset size must be in 1..{len(labels)}, got {size}")
+    classes = torch.unique(labels)
+    gen = torch.Generator().manual_seed(seed)
+    extra_rank = torch.randperm(len(classes), generator=gen)
+    base, extra = divmod(size, len(classes))
+    picked = []
+    for rank, cls in zip(extra_rank.tolist(), classes.tolist()):
+        members = torch.nonzero(labels == cls).flatten()
+        want = base + (rank < extra)
+        if want > len(members):
+            raise ValueError(
+                f"class {cls} has {len(members)} items, a stratified subset of {size} needs {want}"
+            )
+        order = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed * 1009 + cls))
+        picked.append(members[order[:want]])
+    return torch.sort(torch.cat(picked)).values
+
+
+def samples(size: int = 32) -> tuple[torch.Tensor, list[str]]:
+    """The real sample images shipped in ``data/samples``, resized to ``size`` x ``size``.
+
+    Returns ``(images, names)``: uint8 (N, 3, size, size) and one descriptive name per
+    image (see ``data/samples/README.md`` for where each image comes from).
+    """
+    index = json.loads((SAMPLES_DIR / "samples.json").read_text())
+    images = []
+    for entry in index:
+        with Image.open(SAMPLES_DIR / entry["file"]) as im:
+            im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+            images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+    return torch.stack(images), [entry["name"] for entry in index]
+
+
+# --- locating, downloading, caching ---------------------------------------------------
+
+
+def _not_found_message(root: Path, reason: str) -> str:
+    return (
+        f"CIFAR-10 was not found under {root} and could not be downloaded ({reason}).\n"
+        "Provide it in one of three ways:\n"
+        f"  1. torchvision layout: put the extracted 'cifar-10-batches-py' folder in {root};\n"
+        f"  2. ImageFolder layout: {root}/cifar10/train/<class>/*.jpg and .../test/<class>/*.jpg;\n"
+        "  3. download: run once on a machine that is online (vitlab downloads through torchvision).\n"
+        "Set VITLAB_DATA to the folder that holds it (e.g. VITLAB_DATA=../shared/data)."
+    )
+
+
+def _download_or_explain(root: Path) -> Source:
+    try:
+        _download_cifar10(root)
+    except Exception as err:  # any network or disk failure gets the same guidance
+        raise DataNotFoundError(_not_found_message(root, f"{type(err).__name__}: {err}")) from err
+    source = find_cifar10(root)
+    if source is None:
+        raise DataNotFoundError(_not_found_message(root, "the download left no readable copy"))
+    return source
+
+
+def _download_cifar10(root: Path) -> None:
+    """Download and extract CIFAR-10 with torchvision (checks the archive's MD5)."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    download_and_extract_archive(url, str(root), md5="c58f30108f718f92721af3b95e74349a")
+
+
+def _cache_file(source: Source, split: str) -> Path:
+    """Cache path keyed by the source's location and a cheap fingerprint of its files."""
+    if source.kind == "batches":
+        parts = [source.path / name for name in _BATCHES[split]]
+        stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in parts if p.exists()]
+    else:
+        folder = source.path / split
+        stamp = sorted(
+            (d.name, d.stat().st_mtime_ns, len(os.listdir(d))) for d in folder.iterdir() if d.is_dir()
+        )
+    key = json.dumps([str(source.path.resolve()), source.kind, split, stamp, 1])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return settings.cache_dir() / f"cifar10-{split}-{digest}.npz"
+
+
+def _save_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
+        np.savez(f, images=images, labels=labels)
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR batch files that can only build numpy arrays, never run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: a CIFAR-10 batch file holds only arrays, "
+            "so this file is not a genuine CIFAR-10 batch; replace it with the official one"
+        )
+
+
+def _read_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for name in _BATCHES[split]:
+        path = folder / name
+        if not path.is_file():
+            raise DataNotFoundError(f"{path} is missing: the cifar-10-batches-py folder is incomplete")
+        with open(path, "rb") as f:
+            batch = _ArrayOnlyUnpickler(f, encoding="latin1").load()
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def _read_imagefolder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    found = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if sorted(CLASSES) != found:
+        raise DataNotFoundError(
+            f"{folder} must hold exactly the 10 CIFAR-10 class folders {list(CLASSES)}; found {found}"
+        )
+    files, labels = [], []
+    for label, cls in enumerate(CLASSES):
+        names = sorted(n for n in os.listdir(folder / cls) if Path(n).suffix.lower() in _IMAGE_SUFFIXES)
+        files += [folder / cls / n for n in names]
+        labels += [label] * len(names)
+    images = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
+    for i, path in enumerate(files):
+        with Image.open(path) as im:
+            if im.size != (32, 32):
+                raise ValueError(f"{path} is {im.size[0]}x{im.size[1]}; CIFAR-10 images are 32x32")
+            images[i] = np.asarray(im.convert("RGB"))
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), np.asarray(labels, dtype=np.int64)
