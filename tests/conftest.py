@@ -1,3 +1,6 @@
+import pickle
+
+import numpy as np
 import pytest
 import timm
 import torch
@@ -28,3 +31,37 @@ def cifar_available() -> bool:
 
 
 needs_cifar = pytest.mark.skipif(not cifar_available(), reason="no CIFAR-10 copy found (set VITLAB_DATA)")
+
+
+def make_batches(root, per_batch=4, test_size=None, seed=0):
+    """Write CIFAR-10 in torchvision's cifar-10-batches-py layout, pickled as the originals are.
+
+    Five training batches of ``per_batch`` random images and a test batch of ``test_size``
+    (default ``per_batch``); labels cycle through the ten classes. Returns the expected
+    ``{split: (images (N, 3, 32, 32), labels (N,))}``.
+    """
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    expected = {"train": ([], []), "test": ([], [])}
+    names = [("train", f"data_batch_{i}") for i in range(1, 6)] + [("test", "test_batch")]
+    for k, (split, name) in enumerate(names):
+        n = per_batch if split == "train" else (test_size or per_batch)
+        imgs = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+        labels = [(k + i) % 10 for i in range(n)]
+        batch = {"batch_label": name, "labels": labels, "data": imgs.reshape(n, -1),
+                 "filenames": [f"{name}_{i}.png" for i in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+        expected[split][0].append(imgs)
+        expected[split][1].extend(labels)
+    return {s: (np.concatenate(x), np.array(y)) for s, (x, y) in expected.items()}
+
+
+@pytest.fixture
+def fake_cifar(tmp_path, monkeypatch):
+    """A small random CIFAR-10 (640 train, 100 test images) that VITLAB_DATA points at."""
+    root = tmp_path / "fake-data"
+    make_batches(root, per_batch=128, test_size=100)
+    monkeypatch.setenv("VITLAB_DATA", str(root))
+    return root

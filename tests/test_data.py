@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from vitlab import data
-from conftest import needs_cifar
+from conftest import make_batches, needs_cifar
 
 
 def _random_images(n, seed):
@@ -30,24 +30,6 @@ def make_imagefolder(root, per_class=(3, 2)):
                 labels.append(label)
         expected[split] = (np.stack(images), np.array(labels))
     return expected
-
-
-def make_batches(root, per_batch=4):
-    """torchvision's cifar-10-batches-py layout, pickled as the originals are."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    expected = {"train": ([], []), "test": ([], [])}
-    names = [("train", f"data_batch_{i}") for i in range(1, 6)] + [("test", "test_batch")]
-    for k, (split, name) in enumerate(names):
-        imgs = _random_images(per_batch, seed=k).transpose(0, 3, 1, 2)  # (N, C, H, W)
-        labels = [(k + i) % 10 for i in range(per_batch)]
-        batch = {"batch_label": name, "labels": labels, "data": imgs.reshape(per_batch, -1),
-                 "filenames": [f"{name}_{i}.png" for i in range(per_batch)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-        expected[split][0].append(imgs)
-        expected[split][1].extend(labels)
-    return {s: (np.concatenate(x), np.array(y)) for s, (x, y) in expected.items()}
 
 
 @pytest.mark.parametrize("layout", ["imagefolder", "batches"])

@@ -1,7 +1,16 @@
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import safetensors
+import safetensors.torch
+import timm
 import torch
 import torch.nn.functional as F
 
@@ -9,6 +18,8 @@ import vitlab
 from vitlab import __main__ as cli
 from vitlab import data, train
 from conftest import needs_cifar
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_augment_is_a_padded_crop_then_flip():
@@ -40,15 +51,112 @@ def test_lr_schedule_warmup_then_cosine():
 
 def test_cli_flags_map_onto_the_config(monkeypatch):
     seen = {}
-    monkeypatch.setattr(cli, "train", lambda config: seen.setdefault("config", config) and {})
+    monkeypatch.setattr(cli, "train", lambda config: train.TrainResult(None, seen.setdefault("config", config)) and train.TrainResult(None, {}))
     cli.main(["train", "--model", "vit_small_c10", "--subset-size", "1000", "--no-flip", "--lr", "0.002"])
     assert seen["config"] == train.TrainConfig(model="vit_small_c10", subset_size=1000, flip=False, lr=0.002)
 
 
-def test_unknown_model_fails_before_any_work(tmp_path):
-    with pytest.raises(ValueError, match="unknown zoo model"):
-        train.train(train.TrainConfig(model="vit_huge_c10", out=str(tmp_path / "x")))
+@pytest.mark.parametrize("change, error", [
+    (dict(model="vit_huge_c10"), "unknown zoo model"),
+    (dict(subset_size=100, batch_size=128), "exceeds the subset"),
+    (dict(optimizer="lamb"), "optimizer must be"),
+    (dict(precision="fp8"), "precision must be"),
+])
+def test_bad_config_fails_before_any_work(tmp_path, change, error):
+    with pytest.raises(ValueError, match=error):
+        train.train(train.TrainConfig(out=str(tmp_path / "x"), **change))
     assert not (tmp_path / "x").exists()
+
+
+def test_unwritable_output_folder_is_explained(tmp_path, fake_cifar):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match="not writable"):
+        train.train(train.TrainConfig(out=str(blocker / "run")))
+
+
+def test_missing_dataset_is_explained(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "empty"))
+    monkeypatch.setattr(data, "_download_cifar10", lambda root: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(data.DataNotFoundError, match="three ways|ImageFolder"):
+        train.train(train.TrainConfig(out=str(tmp_path / "run")))
+
+
+def _cli_train(out, env_root, extra=()):
+    env = dict(os.environ, VITLAB_DATA=str(env_root), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "vitlab", "train", "--model", "vit_tiny_c10", "--epochs", "3", "--batch-size", "32",
+           "--warmup-epochs", "0.5", "--checkpoint-every", "3", "--no-progress", "--out", str(out), *extra]
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _checkpoint_step(out):
+    try:
+        return json.loads((out / "checkpoint.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_uninterrupted_weights(tmp_path, fake_cifar):
+    full = _cli_train(tmp_path / "full", fake_cifar)
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+    killed = _cli_train(tmp_path / "killed", fake_cifar)
+    deadline = time.monotonic() + 120
+    while _checkpoint_step(tmp_path / "killed") < 24 and time.monotonic() < deadline:  # mid-epoch 2 of 20-step epochs
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "model.safetensors").exists(), "the run ended before it could be killed"
+    resumed = _cli_train(tmp_path / "killed", fake_cifar)
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming at step" in output
+    a = safetensors.torch.load_file(tmp_path / "full" / "model.safetensors")
+    b = safetensors.torch.load_file(tmp_path / "killed" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["epoch"] for r in train.read_metrics(tmp_path / "killed")] == [1, 2, 3]
+
+
+def test_resume_refuses_a_changed_config(tmp_path, fake_cifar):
+    config = train.TrainConfig(epochs=1, batch_size=64, eval_size=50, progress=False, out=str(tmp_path / "run"))
+    train.train(config)
+    with pytest.raises(ValueError, match="other settings \\(lr\\)"):
+        train.train(train.TrainConfig(**{**config.__dict__, "lr": 0.5}))
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, fake_cifar):
+    env = dict(os.environ, VITLAB_DATA=str(fake_cifar), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path / "ddp")],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [safetensors.torch.load_file(tmp_path / "ddp" / f"rank{r}.safetensors") for r in (0, 1)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    # Same global batch, same augmentation stream: one process reaches the same weights.
+    single = train.train(train.TrainConfig(model="vit_tiny_c10", epochs=1, batch_size=32, eval_size=50,
+                                           progress=False, out=str(tmp_path / "single"))).model.state_dict()
+    for k, v in single.items():
+        torch.testing.assert_close(ranks[0][k], v, rtol=1e-3, atol=1e-4)
+
+
+def test_fine_tune_at_higher_resolution_resamples_position_embeddings(tmp_path, fake_cifar):
+    base = train.train(train.TrainConfig(epochs=1, batch_size=64, eval_size=50, progress=False,
+                                         out=str(tmp_path / "base")))
+    source = tmp_path / "base" / "model.safetensors"
+    tuned = train.train(train.TrainConfig(init=str(source), img_size=48, epochs=1, batch_size=64, lr=0.0,
+                                          eval_size=50, progress=False, out=str(tmp_path / "tuned"))).model
+    assert tuple(tuned.patch_embed.grid_size) == (12, 12)
+    expected = timm.layers.resample_abs_pos_embed(base.model.pos_embed, new_size=(12, 12), old_size=(8, 8),
+                                                  num_prefix_tokens=1)
+    torch.testing.assert_close(tuned.pos_embed, expected)  # lr 0: still the resampled start
+    reloaded = vitlab.load_model(tmp_path / "tuned" / "model.safetensors", device="cpu")
+    assert timm.data.resolve_model_data_config(reloaded)["input_size"] == (3, 48, 48)
+
+
+def test_init_from_another_architecture_is_refused(tmp_path, fake_cifar):
+    with pytest.raises(ValueError, match="holds a ResNet"):
+        train.train(train.TrainConfig(init="resnet_tiny_c10", out=str(tmp_path / "run")))
 
 
 @needs_cifar
@@ -56,7 +164,7 @@ def test_tiny_training_run_saves_a_loadable_checkpoint(tmp_path, monkeypatch):
     monkeypatch.delenv("VITLAB_CACHE")
     config = train.TrainConfig(model="vit_tiny_c10", subset_size=640, epochs=2, batch_size=64, eval_size=500,
                                out=str(tmp_path / "run"))
-    final = train.train(config, device="cpu")
+    final = train.train(config, device="cpu").record
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2] and log[-1]["step"] == 20
     assert log[1]["loss"] < log[0]["loss"]

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-        print(json.dumps(train(config), indent=2))
+        print(json.dumps(train(config).record, indent=2))
     return 0
 
 

@@ -113,8 +113,8 @@ ZOO: dict[str, ZooConfig] = {
         embed_dim=192, depth=9, num_heads=6,
     ),
     "resnet_tiny_c10": CifarResNet(
-        description="ResNet-10 of basic blocks, widths 16-128, CIFAR stem",
-        channels=(16, 32, 64, 128), layers=(1, 1, 1, 1),
+        description="ResNet-18 of basic blocks, widths 16-128, CIFAR stem",
+        channels=(16, 32, 64, 128), layers=(2, 2, 2, 2),
     ),
     "resnet_small_c10": CifarResNet(
         description="ResNet-18 of basic blocks, widths 32-256, CIFAR stem",
@@ -475,13 +475,33 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
     model.reset_classifier(num_classes)
     model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=num_classes)
     model.default_cfg = model.pretrained_cfg
+    _update_arch(model, num_classes=num_classes)
+
+
+def set_input_size(model: nn.Module, img_size: int) -> nn.Module:
+    """Adapt ``model`` to ``img_size`` x ``img_size`` inputs, in place (for fine-tuning).
+
+    A ViT's position embeddings are resampled in 2-D (bicubic, as timm does) to the new
+    patch grid; a ResNet needs no change. ``pretrained_cfg`` and the architecture record
+    follow, so preprocessing and saved sidecars use the new size.
+    """
+    if hasattr(model, "set_input_size"):
+        model.set_input_size(img_size=(img_size, img_size))
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, img_size, img_size))
+    model.default_cfg = model.pretrained_cfg
+    _update_arch(model, img_size=img_size)
+    return model
+
+
+def _update_arch(model: nn.Module, **changes: Any) -> None:
+    """Record architecture changes made after building, so a saved sidecar rebuilds them."""
     record = model.vitlab_arch
     if "zoo" in record:
-        record["config"] = dict(record.get("config") or dataclasses.asdict(ZOO[record["zoo"]]), num_classes=num_classes)
+        record["config"] = dict(record.get("config") or dataclasses.asdict(ZOO[record["zoo"]]), **changes)
     elif "timm" in record:
-        record["kwargs"] = dict(record["kwargs"], num_classes=num_classes)
+        record["kwargs"] = dict(record["kwargs"], **changes)
     else:
-        record["google_vit"] = dict(record["google_vit"], num_classes=num_classes)
+        record["google_vit"] = dict(record["google_vit"], **changes)
 
 
 # --- saving ------------------------------------------------------------------------
