@@ -51,7 +51,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 def test_cli_flags_map_onto_the_config(monkeypatch):
     seen = {}
-    monkeypatch.setattr(cli, "train", lambda config: train.TrainResult(None, seen.setdefault("config", config)) and train.TrainResult(None, {}))
+    monkeypatch.setattr(cli, "train", lambda config: seen.setdefault("config", config) and train.TrainResult(None, {}))
     cli.main(["train", "--model", "vit_small_c10", "--subset-size", "1000", "--no-flip", "--lr", "0.002"])
     assert seen["config"] == train.TrainConfig(model="vit_small_c10", subset_size=1000, flip=False, lr=0.002)
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m vitlab {zoo,data,train}``.
+"""Command line: ``python -m vitlab {zoo,data,train,publish}``.
 
 ``train`` maps one flag onto each field of :class:`vitlab.train.TrainConfig`.
 """
@@ -11,7 +11,7 @@ import sys
 import typing
 
 from . import data, models
-from .train import TrainConfig, train
+from .train import TrainConfig, publish, train
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("data", help="decode CIFAR-10 once into the cache and print its size")
     train_parser = sub.add_parser("train", help="train a zoo model on CIFAR-10")
     _add_config_flags(train_parser)
+    pub = sub.add_parser("publish", help="copy a finished run into data/zoo under a zoo name")
+    pub.add_argument("run", help="the run's --out folder")
+    pub.add_argument("name", choices=sorted(models.ZOO), help="zoo name it is a checkpoint of")
+    pub.add_argument("--code-version", default=None, help="commit the run was trained with, if not recorded")
     args = parser.parse_args(argv)
     if args.command == "zoo":
         print(json.dumps(models.zoo(), indent=2))
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         for split in data.SPLITS:
             images, labels = data.cifar10(split)
             print(f"{split}: {tuple(images.shape)} images, {len(labels.unique())} classes")
+    elif args.command == "publish":
+        print(publish(args.run, args.name, args.code_version))
     else:
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})

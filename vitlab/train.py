@@ -385,3 +385,55 @@ def _trim_metrics(out: Path, step: int) -> None:
     records = [r for r in read_metrics(out) if r["step"] <= step]
     text = "".join(json.dumps(r) + "\n" for r in records)
     atomic_write(out / "metrics.jsonl", lambda tmp: tmp.write_text(text))
+
+
+# --- publishing to the zoo -----------------------------------------------------------
+
+#: The fixed test images every zoo checkpoint is re-checked on (class-stratified, seed 0).
+ZOO_CHECK_SIZE = 1000
+
+
+def command_for(config: TrainConfig) -> str:
+    """The ``python -m vitlab train`` command line that reproduces ``config``."""
+    parts = ["python -m vitlab train"]
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(config, field.name)
+        if value == field.default or field.name == "progress":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        parts.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
+    return " ".join(parts)
+
+
+def zoo_check_accuracy(model: nn.Module) -> float:
+    """Accuracy on the fixed ``ZOO_CHECK_SIZE`` test images that zoo records are checked on."""
+    images, labels = data.cifar10("test")
+    idx = data.stratified_subset(labels, ZOO_CHECK_SIZE, seed=0)
+    return evaluate(model, images[idx], labels[idx])
+
+
+def publish(run: str | os.PathLike, name: str, code_version: str | None = None) -> Path:
+    """Copy a finished run into ``data/zoo/<name>`` with its record, log and command.
+
+    The sidecar gains the exact command, the accuracy on the full test set and on the
+    fixed 1,000-image check set, wall time and hardware; the metrics log is copied to
+    ``<name>.metrics.jsonl``. ``code_version`` overrides the commit recorded by the run.
+    """
+    from .models import ZOO_DIR
+
+    run = Path(run)
+    weights, sidecar = run / "model.safetensors", run / "model.json"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{run} holds no finished run (no model.safetensors)")
+    meta = json.loads(sidecar.read_text())
+    config = TrainConfig(**{k: v for k, v in meta["config"].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    model = load_model(weights, device="cpu")
+    images, labels = data.cifar10("test")
+    meta["metrics"]["test_accuracy"] = evaluate(model, images, labels)
+    meta["metrics"][f"test_accuracy_{ZOO_CHECK_SIZE}"] = zoo_check_accuracy(model)
+    meta.update(command=command_for(config), code_version=code_version or meta.get("code_version", "unknown"))
+    target = ZOO_DIR / f"{name}.safetensors"
+    save_model(model, target, metadata={k: v for k, v in meta.items() if k not in ("architecture", "pretrained_cfg", "format")})
+    log = (run / "metrics.jsonl").read_text()
+    atomic_write(ZOO_DIR / f"{name}.metrics.jsonl", lambda tmp: tmp.write_text(log))
+    return target
