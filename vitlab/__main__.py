@@ -1,6 +1,7 @@
 """Command line: ``python -m vitlab {zoo,data,train,publish}``.
 
-``train`` maps one flag onto each field of :class:`vitlab.train.TrainConfig`.
+``train`` maps one flag onto each field of :class:`vitlab.train.TrainConfig`; ``--config``
+names a JSON or TOML file of the same fields, and flags given beside it win.
 """
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import argparse
 import dataclasses
 import json
 import sys
+import tomllib
 import typing
+from pathlib import Path
 
 from . import data, models
 from .train import TrainConfig, publish, train
@@ -26,18 +29,32 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, type=kind, default=field.default, help=f"default: {field.default}")
 
 
+def _read_config_file(path: str) -> dict:
+    text = Path(path).read_text()
+    values = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"{path}: unknown training settings {unknown}; known: {sorted(known)}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vitlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("zoo", help="list the zoo's models as JSON")
     sub.add_parser("data", help="decode CIFAR-10 once into the cache and print its size")
     train_parser = sub.add_parser("train", help="train a zoo model on CIFAR-10")
+    train_parser.add_argument("--config", help="JSON or TOML file of TrainConfig fields (flags override it)")
     _add_config_flags(train_parser)
     pub = sub.add_parser("publish", help="copy a finished run into data/zoo under a zoo name")
     pub.add_argument("run", help="the run's --out folder")
     pub.add_argument("name", choices=sorted(models.ZOO), help="zoo name it is a checkpoint of")
     pub.add_argument("--code-version", default=None, help="commit the run was trained with, if not recorded")
     args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        train_parser.set_defaults(**_read_config_file(args.config))
+        args = parser.parse_args(argv)
     if args.command == "zoo":
         print(json.dumps(models.zoo(), indent=2))
     elif args.command == "data":

@@ -223,7 +223,6 @@ def train(config: TrainConfig, device: str | torch.device | None = None) -> Trai
     model = _initial_model(config)
     out = Path(config.out)
     state = _load_checkpoint(out, config, model)
-    subset = None
     if config.subset_size is not None:
         subset = data.stratified_subset(train_y, config.subset_size, config.seed)
         train_x, train_y = train_x[subset], train_y[subset]
@@ -284,7 +283,8 @@ def train(config: TrainConfig, device: str | torch.device | None = None) -> Trai
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / (b - first + 1):.3f}")
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step % steps_per_epoch:
-                _save_checkpoint(out, config, model, opt, gen, step, wall + time.perf_counter() - started, rank)
+                _save_checkpoint(out, config, model, opt, gen, step, step / steps_per_epoch,
+                                 wall + time.perf_counter() - started, rank)
         elapsed = time.perf_counter() - started
         wall += elapsed
         acc = evaluate(model, test_x, test_y) if rank == 0 else float("nan")
@@ -298,12 +298,12 @@ def train(config: TrainConfig, device: str | torch.device | None = None) -> Trai
                 f.write(json.dumps(record) + "\n")
             if not config.progress:
                 print(json.dumps(record), flush=True)
-        _save_checkpoint(out, config, model, opt, gen, step, wall, rank)
+        _save_checkpoint(out, config, model, opt, gen, step, epoch + 1, wall, rank)
 
     final = dict(record, hardware=hardware(device), processes=world, precision=str(amp or torch.float32),
                  params=sum(p.numel() for p in model.parameters()))
     if rank == 0:
-        save_model(model.cpu(), out / "model.safetensors", metadata=_run_metadata(config, final, subset))
+        save_model(model.cpu(), out / "model.safetensors", metadata=_run_metadata(config, final))
     if distributed:
         dist.barrier()
     return TrainResult(model.cpu().eval(), final)
@@ -319,27 +319,21 @@ def _optimizer(model: nn.Module, config: TrainConfig, fused: bool) -> torch.opti
     return torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
 
 
-def _run_metadata(config: TrainConfig, metrics: dict[str, Any], subset: torch.Tensor | None) -> dict[str, Any]:
-    return dict(
-        config=dataclasses.asdict(config),
-        metrics=metrics,
-        data=dict(dataset="cifar10", train_images=config.subset_size or 50_000, subset_seed=config.seed,
-                  subset_indices_sha1=None if subset is None else _sha1(subset)),
-        code_version=_code_version(),
-    )
+def _data_record(config: TrainConfig) -> dict[str, Any]:
+    return dict(dataset="cifar10", train_images=config.subset_size or 50_000, subset_seed=config.seed,
+                test_images=config.eval_size or 10_000)
 
 
-def _sha1(t: torch.Tensor) -> str:
-    import hashlib
-
-    return hashlib.sha1(t.cpu().numpy().tobytes()).hexdigest()
+def _run_metadata(config: TrainConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+    return dict(config=dataclasses.asdict(config), metrics=metrics, data=_data_record(config),
+                code_version=_code_version())
 
 
 # --- checkpoints -------------------------------------------------------------------
 
 
 def _save_checkpoint(out: Path, config: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer,
-                     gen: torch.Generator, step: int, wall: float, rank: int) -> None:
+                     gen: torch.Generator, step: int, epoch: float, wall: float, rank: int) -> None:
     """Write ``checkpoint-<step>.{safetensors,state.pt}``, then point ``checkpoint.json`` at them.
 
     Each file is written atomically and the pointer last, so a crash at any moment leaves
@@ -354,9 +348,11 @@ def _save_checkpoint(out: Path, config: TrainConfig, model: nn.Module, opt: torc
     state = dict(optimizer=opt.state_dict(), generator=gen.get_state().cpu(), torch_rng=torch.get_rng_state())
     with atomic_path(out / f"{stem}.state.pt") as tmp:
         torch.save(state, tmp)
+    # The learning rate is a pure function of the step, so the step is the scheduler's state.
     write_json(out / "checkpoint.json", dict(
-        step=step, wall_seconds=wall, weights=f"{stem}.safetensors", state=f"{stem}.state.pt",
-        config=dataclasses.asdict(config), architecture=model.vitlab_arch, code_version=_code_version(),
+        step=step, epoch=epoch, wall_seconds=wall, weights=f"{stem}.safetensors", state=f"{stem}.state.pt",
+        metrics=read_metrics(out)[-1:], config=dataclasses.asdict(config), architecture=model.vitlab_arch,
+        data=_data_record(config), code_version=_code_version(),
     ))
     for old in out.glob("checkpoint-*"):
         if not old.name.startswith(stem):
