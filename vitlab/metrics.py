@@ -1,6 +1,8 @@
 """Analysis metrics: pure tensor functions, no I/O and no plotting."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,3 +47,236 @@ def position_similarity(model: nn.Module) -> torch.Tensor:
         )
     emb = F.normalize(pos.detach()[0, stored_prefix:].float(), dim=-1)  # (patches, D)
     return (emb @ emb.T).reshape(rows, cols, rows, cols)
+
+
+def embedding_filters(model: nn.Module, k: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
+    """Principal components of the patch-embedding filters (paper Fig. 7, left).
+
+    Each of the D filters (C, P, P) is flattened to C*P*P values and the D vectors are
+    centred; the components are the top right-singular vectors.
+
+    Returns:
+        ``(filters, explained_variance_ratio)``: (k, C, P, P) unit-norm components (sign
+        fixed so each has a non-negative sum) and (k,) fractions of the total variance.
+    """
+    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    if not isinstance(proj, nn.Conv2d):
+        raise ValueError(f"{type(model).__name__} has no convolutional patch embedding (patch_embed.proj)")
+    w = proj.weight.detach().float()  # (D, C, P, P)
+    flat = w.flatten(1)  # (D, C*P*P)
+    if not 1 <= k <= min(flat.shape):
+        raise ValueError(f"k must be in 1..{min(flat.shape)} for {flat.shape[0]} filters of {flat.shape[1]} values")
+    centred = flat - flat.mean(0, keepdim=True)
+    _, s, vt = torch.linalg.svd(centred.double(), full_matrices=False)
+    var = s**2
+    comps = vt[:k]  # (k, C*P*P)
+    comps = comps * torch.where(comps.sum(1, keepdim=True) < 0, -1.0, 1.0)
+    return comps.float().reshape(k, *w.shape[1:]), (var[:k] / var.sum()).float()
+
+
+def patch_distances(grid: tuple[int, int], patch_size: tuple[int, int]) -> torch.Tensor:
+    """Pixel distance between the centres of every pair of patches: (rows*cols, rows*cols)."""
+    rows, cols = grid
+    ph, pw = patch_size
+    r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
+                          indexing="ij")
+    centres = torch.stack([(r.flatten() + 0.5) * ph, (c.flatten() + 0.5) * pw], -1)  # (n, 2) pixels
+    return torch.cdist(centres, centres)
+
+
+def _patch_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int,
+                     renormalize: bool) -> torch.Tensor:
+    """Attention of patch queries over patch keys, (B, heads, n, n), float64."""
+    if attn.ndim != 4 or attn.shape[-1] != attn.shape[-2]:
+        raise ValueError(f"attn must be (B, heads, N, N), got {tuple(attn.shape)}")
+    n = grid[0] * grid[1]
+    if attn.shape[-1] != n + num_prefix_tokens:
+        raise ValueError(f"attn has {attn.shape[-1]} tokens; a {grid} grid with {num_prefix_tokens} prefix "
+                         f"tokens needs {n + num_prefix_tokens}")
+    a = attn[..., num_prefix_tokens:, num_prefix_tokens:].double()
+    if renormalize:
+        a = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
+    return a
+
+
+def mean_attention_distance(attn: torch.Tensor, grid: tuple[int, int], patch_size: tuple[int, int],
+                            num_prefix_tokens: int = 1, renormalize: bool = True) -> torch.Tensor:
+    """Attention-weighted distance in pixels between query and key patches, per head (Fig. 7 right).
+
+    Only patch queries and patch keys count. With ``renormalize`` each query's attention
+    over patch keys is rescaled to sum to 1 (a true weighted mean); without it, attention
+    given to prefix tokens simply contributes no distance.
+
+    Args:
+        attn: post-softmax attention (B, heads, N, N).
+        grid: (rows, cols) of patches. patch_size: (height, width) in pixels.
+
+    Returns:
+        (heads,) mean distance in pixels, averaged over query patches and the batch.
+    """
+    a = _patch_attention(attn, grid, num_prefix_tokens, renormalize)  # (B, H, n, n)
+    dist = patch_distances(grid, patch_size).to(a.device)  # (n, n)
+    return (a * dist).sum(-1).mean(dim=(0, 2)).float()  # (H,)
+
+
+def attention_entropy(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Entropy in nats of each patch query's attention over patch keys, per head: (heads,)."""
+    a = _patch_attention(attn, grid, num_prefix_tokens, renormalize=True)
+    return -(a * a.clamp_min(1e-30).log()).sum(-1).mean(dim=(0, 2)).float()
+
+
+def attention_rollout(attns: list[torch.Tensor] | tuple[torch.Tensor, ...], num_prefix_tokens: int = 1,
+                      head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020) as used for the paper's Fig. 6.
+
+    Per layer the heads are fused (``"mean"``, ``"max"`` or ``"min"``); optionally the
+    weakest ``discard_ratio`` of each sample's weights are zeroed, never an entry whose
+    query or key is the class token (token 0); the identity is added as 0.5*A + 0.5*I,
+    rows are renormalised, and the layers are multiplied from first to last.
+
+    Args:
+        attns: per-layer attention (B, heads, N, N), in network order.
+
+    Returns:
+        (B, patches): the class token's rolled-out attention over the patch tokens (not rescaled).
+    """
+    if head_fusion not in ("mean", "max", "min"):
+        raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
+    if not attns:
+        raise ValueError("attention_rollout needs the attention of at least one layer")
+    b, _, n, _ = attns[0].shape
+    eye = torch.eye(n, dtype=torch.float64, device=attns[0].device)
+    protected = torch.zeros(n, n, dtype=torch.bool, device=eye.device)
+    protected[0, :] = protected[:, 0] = True
+    result = eye.expand(b, n, n)
+    for attn in attns:
+        a = attn.double()
+        fused = a.mean(1) if head_fusion == "mean" else a.amax(1) if head_fusion == "max" else a.amin(1)  # (B, N, N)
+        if discard_ratio > 0:
+            drop = min(int(n * n * discard_ratio), (n - 1) ** 2)  # protected entries never count
+            scores = fused.masked_fill(protected, float("inf")).flatten(1)  # (B, N*N)
+            weakest = scores.topk(drop, dim=-1, largest=False).indices
+            fused = fused.flatten(1).scatter(1, weakest, 0.0).view(b, n, n)
+        a = 0.5 * fused + 0.5 * eye
+        a = a / a.sum(-1, keepdim=True)
+        result = a @ result
+    return result[:, 0, num_prefix_tokens:].float()
+
+
+# --- representation similarity ---------------------------------------------------------
+
+
+def _check_features(x: torch.Tensor, name: str) -> torch.Tensor:
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be (n, features), got shape {tuple(x.shape)}")
+    if x.shape[0] < 4:
+        raise ValueError(f"CKA needs at least 4 samples, {name} has {x.shape[0]}")
+    x = x.detach().double()
+    if torch.all(x.std(0) == 0):
+        raise ValueError(f"{name} is constant across samples, so its CKA is undefined (0/0)")
+    return x
+
+
+def _hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    """HSIC of two (n, n) Gram matrices; biased (Gretton 2005) or unbiased (Song 2012)."""
+    n = k.shape[0]
+    if not unbiased:
+        h = torch.eye(n, dtype=k.dtype, device=k.device) - 1.0 / n
+        return torch.sum((h @ k @ h) * l) / (n - 1) ** 2
+    k = k - torch.diag(torch.diag(k))
+    l = l - torch.diag(torch.diag(l))
+    kl = k @ l
+    value = torch.trace(kl) + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2.0 * kl.sum() / (n - 2)
+    return value / (n * (n - 3))
+
+
+def cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> float:
+    """Linear CKA (Kornblith et al. 2019) between representations x (n, p) and y (n, q), in float64.
+
+    ``unbiased=True`` uses the unbiased HSIC estimator (Nguyen et al. 2021), which is
+    not biased upwards for few samples. Rows must be the same n examples.
+    """
+    x, y = _check_features(x, "x"), _check_features(y, "y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must hold the same examples: {x.shape[0]} vs {y.shape[0]} rows")
+    k, l = x @ x.T, y @ y.T
+    denom = torch.sqrt(_hsic(k, k, unbiased) * _hsic(l, l, unbiased))
+    if not denom > 0:
+        raise ValueError("CKA is undefined here: a representation has zero (estimated) self-similarity")
+    return float(_hsic(k, l, unbiased) / denom)
+
+
+class MinibatchCKA:
+    """Minibatch linear CKA (Nguyen et al. 2021) between every pair of two layer lists.
+
+    For each minibatch the unbiased HSIC of every (x-layer, y-layer) pair and of each
+    layer with itself is added up; CKA is their ratio over all minibatches. Memory is
+    one Gram matrix per layer for one minibatch, whatever the dataset's size.
+    """
+
+    def __init__(self, num_x: int, num_y: int):
+        self.xy = torch.zeros(num_x, num_y, dtype=torch.float64)
+        self.xx = torch.zeros(num_x, dtype=torch.float64)
+        self.yy = torch.zeros(num_y, dtype=torch.float64)
+        self.batches = 0
+
+    def update(self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
+        """Add one minibatch: per layer a (b, features) tensor, the same b examples throughout."""
+        if len(xs) != len(self.xx) or len(ys) != len(self.yy):
+            raise ValueError(f"expected {len(self.xx)} x-layers and {len(self.yy)} y-layers, got {len(xs)}, {len(ys)}")
+        gx = [(lambda f: f @ f.T)(_check_features(x.flatten(1), "x")).cpu() for x in xs]
+        gy = [(lambda f: f @ f.T)(_check_features(y.flatten(1), "y")).cpu() for y in ys]
+        for i, k in enumerate(gx):
+            self.xx[i] += _hsic(k, k, True)
+            for j, l in enumerate(gy):
+                self.xy[i, j] += _hsic(k, l, True)
+        for j, l in enumerate(gy):
+            self.yy[j] += _hsic(l, l, True)
+        self.batches += 1
+
+    def compute(self) -> torch.Tensor:
+        """(num_x, num_y) CKA over all minibatches seen so far."""
+        if not self.batches:
+            raise ValueError("no minibatch was added")
+        return (self.xy / torch.sqrt(self.xx[:, None] * self.yy[None, :])).float()
+
+
+# --- streaming per-head statistics ------------------------------------------------------
+
+
+class HeadStats:
+    """Per-layer, per-head attention statistics accumulated batch by batch.
+
+    Keeps running sums of mean attention distance (pixels) and attention entropy (nats)
+    over images, so memory does not grow with the number of images.
+    """
+
+    def __init__(self, renormalize: bool = True):
+        self.renormalize = renormalize
+        self.distance: dict[int, torch.Tensor] = {}
+        self.entropy: dict[int, torch.Tensor] = {}
+        self.images = 0
+
+    def update(self, attn: dict[int, torch.Tensor], grid: tuple[int, int], patch_size: tuple[int, int],
+               num_prefix_tokens: int) -> None:
+        """Add a batch: ``attn`` maps layer index -> (B, heads, N, N), as in a Capture."""
+        batch = None
+        for layer, a in attn.items():
+            batch = a.shape[0]
+            d = mean_attention_distance(a, grid, patch_size, num_prefix_tokens, self.renormalize).double() * batch
+            e = attention_entropy(a, grid, num_prefix_tokens).double() * batch
+            self.distance[layer] = self.distance.get(layer, 0) + d.cpu()
+            self.entropy[layer] = self.entropy.get(layer, 0) + e.cpu()
+        self.images += batch or 0
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """``{"distance": (layers, heads), "entropy": (layers, heads)}`` averaged over images."""
+        if not self.images:
+            raise ValueError("no batch was added")
+        layers = sorted(self.distance)
+        return {
+            "distance": torch.stack([self.distance[i] for i in layers]).float() / self.images,
+            "entropy": torch.stack([self.entropy[i] for i in layers]).float() / self.images,
+        }

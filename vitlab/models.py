@@ -538,12 +538,12 @@ def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
 # --- preprocessing -----------------------------------------------------------------
 
 
-def preprocess(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def preprocess(model: nn.Module, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
     """Turn uint8 images (N, 3, H, W) into the normalised float batch ``model`` expects.
 
-    Images are resized to the model's ``input_size`` when their size differs (with the
-    interpolation its ``pretrained_cfg`` names), scaled to [0, 1], normalised with its
-    mean and std, and moved to the model's device.
+    Images are resized to the model's ``input_size`` when their size differs and
+    ``resize`` is true (with the interpolation its ``pretrained_cfg`` names), scaled to
+    [0, 1], normalised with its mean and std, and moved to the model's device.
     """
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
         raise TypeError("images must be a uint8 tensor (N, 3, H, W) with values 0..255")
@@ -553,7 +553,7 @@ def preprocess(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     device = next(model.parameters()).device
     x = images.to(device).float() / 255.0  # (N, 3, H, W)
     size = tuple(cfg["input_size"][1:])
-    if x.shape[-2:] != size:
+    if resize and x.shape[-2:] != size:
         mode = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
         x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True).clamp_(0, 1)
     mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
