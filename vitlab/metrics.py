@@ -86,14 +86,14 @@ def patch_distances(grid: tuple[int, int], patch_size: tuple[int, int]) -> torch
 
 def _patch_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int,
                      renormalize: bool) -> torch.Tensor:
-    """Attention of patch queries over patch keys, (B, heads, n, n), float64."""
+    """Attention of patch queries over patch keys, (B, heads, n, n), float32."""
     if attn.ndim != 4 or attn.shape[-1] != attn.shape[-2]:
         raise ValueError(f"attn must be (B, heads, N, N), got {tuple(attn.shape)}")
     n = grid[0] * grid[1]
     if attn.shape[-1] != n + num_prefix_tokens:
         raise ValueError(f"attn has {attn.shape[-1]} tokens; a {grid} grid with {num_prefix_tokens} prefix "
                          f"tokens needs {n + num_prefix_tokens}")
-    a = attn[..., num_prefix_tokens:, num_prefix_tokens:].double()
+    a = attn[..., num_prefix_tokens:, num_prefix_tokens:].float()
     if renormalize:
         a = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
     return a
@@ -115,14 +115,14 @@ def mean_attention_distance(attn: torch.Tensor, grid: tuple[int, int], patch_siz
         (heads,) mean distance in pixels, averaged over query patches and the batch.
     """
     a = _patch_attention(attn, grid, num_prefix_tokens, renormalize)  # (B, H, n, n)
-    dist = patch_distances(grid, patch_size).to(a.device)  # (n, n)
-    return (a * dist).sum(-1).mean(dim=(0, 2)).float()  # (H,)
+    dist = patch_distances(grid, patch_size).to(a.device, a.dtype)  # (n, n)
+    return torch.einsum("bhqk,qk->h", a, dist).double().div(a.shape[0] * a.shape[2]).float()  # (H,)
 
 
 def attention_entropy(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
     """Entropy in nats of each patch query's attention over patch keys, per head: (heads,)."""
     a = _patch_attention(attn, grid, num_prefix_tokens, renormalize=True)
-    return -(a * a.clamp_min(1e-30).log()).sum(-1).mean(dim=(0, 2)).float()
+    return -torch.special.xlogy(a, a).sum(-1).double().mean(dim=(0, 2)).float()
 
 
 def attention_rollout(attns: list[torch.Tensor] | tuple[torch.Tensor, ...], num_prefix_tokens: int = 1,
