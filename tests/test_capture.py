@@ -1,6 +1,7 @@
 import pytest
 import timm
 import torch
+from timm.layers import Attention
 from timm.utils import AttentionExtract
 
 import vitlab
@@ -112,3 +113,23 @@ def test_head_statistics_stream_equals_one_big_batch(tiny_vit):
     assert streamed["distance"].shape == streamed["entropy"].shape == (2, 3)
     batches = (images[i : i + 4] for i in range(0, 10, 4))  # any iterable of batches works too
     torch.testing.assert_close(head_statistics(tiny_vit, batches)["distance"], streamed["distance"])
+
+
+class _WrappedAttention(Attention):
+    """An attention class with its own forward: capture must take the explicit-path route."""
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+
+
+def test_other_attention_classes_use_the_explicit_path(tiny_vit):
+    x = torch.randn(2, 3, 32, 32)
+    expected = _manual_attention(tiny_vit, x)
+    for block in tiny_vit.blocks:
+        block.attn.__class__ = _WrappedAttention
+    assert all(b.attn.fused_attn for b in tiny_vit.blocks)
+    cap = capture(tiny_vit, x)
+    for i in expected:
+        torch.testing.assert_close(cap.attn[i], expected[i], rtol=1e-5, atol=1e-6)
+    assert all(b.attn.fused_attn for b in tiny_vit.blocks)  # the module's own flag is restored
+    assert not any(m._forward_hooks for m in tiny_vit.modules())

@@ -1,23 +1,51 @@
 """Capture a ViT's attention maps and hidden tokens in one forward pass.
 
 timm computes attention with fused ``scaled_dot_product_attention`` by default, which
-never materialises the attention probabilities, so plain hooks see nothing. Inside
-:func:`hooks`, each chosen block's attention module runs its explicit path
-(``fused_attn = False`` on that module only, never timm's global switch) and a forward
-hook on its ``attn_drop`` records the post-softmax probabilities. On exit every flag,
-hook and train/eval mode is put back as it was.
+never materialises the attention probabilities, so plain hooks on the softmax see
+nothing. vitlab reads them in one of two ways, per block:
+
+* timm's standard ``Attention`` (ViT, DeiT, registers): hooks record the queries and
+  keys (after ``q_norm``/``k_norm``) while the forward stays fused and untouched, and
+  ``softmax(q k^T * scale)`` is computed when a map is first read. The forward costs
+  what a plain one does, and maps nobody reads cost nothing.
+* any other attention module with timm's ``fused_attn`` switch and an ``attn_drop``
+  module: that module alone runs its explicit path and a hook on ``attn_drop`` records
+  the probabilities (never timm's global switch).
+
+On exit every flag, hook and train/eval mode is put back as it was.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from timm.layers import Attention
 from torch import nn
 
 from . import metrics
 from .models import preprocess
+
+
+class AttentionMaps(Mapping):
+    """Block index -> post-softmax attention (B, heads, N, N), computed on first access."""
+
+    def __init__(self):
+        self._maps: dict[int, torch.Tensor] = {}
+        self._qk: dict[int, tuple[torch.Tensor | None, torch.Tensor | None, float]] = {}
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        if layer not in self._maps:
+            q, k, scale = self._qk.pop(layer)  # (B, heads, N, head_dim) each
+            self._maps[layer] = torch.softmax(torch.matmul(q * scale, k.transpose(-2, -1)), dim=-1)
+        return self._maps[layer]
+
+    def __iter__(self):
+        return iter(sorted(self._maps.keys() | self._qk.keys()))
+
+    def __len__(self) -> int:
+        return len(self._maps.keys() | self._qk.keys())
 
 
 @dataclass
@@ -33,7 +61,7 @@ class Capture:
         num_prefix_tokens: class, register and distillation tokens before the patches.
     """
 
-    attn: dict[int, torch.Tensor] = field(default_factory=dict)
+    attn: AttentionMaps = field(default_factory=AttentionMaps)
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)
     logits: torch.Tensor | None = None
     grid: tuple[int, int] = (0, 0)
@@ -41,10 +69,17 @@ class Capture:
     num_prefix_tokens: int = 0
 
 
+def _standard(attn: nn.Module) -> bool:
+    # Only timm's own forward is known to apply nothing (e.g. rotary embeddings) between
+    # q_norm/k_norm and the attention product.
+    return type(attn).forward is Attention.forward
+
+
 def _blocks(model: nn.Module) -> Sequence[nn.Module]:
     blocks = getattr(model, "blocks", None)
     ok = blocks is not None and all(
-        hasattr(getattr(b, "attn", None), "fused_attn") and isinstance(getattr(b.attn, "attn_drop", None), nn.Module)
+        _standard(getattr(b, "attn", None))
+        or (hasattr(getattr(b, "attn", None), "fused_attn") and isinstance(getattr(b.attn, "attn_drop", None), nn.Module))
         for b in blocks
     )
     if not ok or getattr(model, "patch_embed", None) is None:
@@ -67,6 +102,9 @@ def _layers(blocks: Sequence[nn.Module], layers: Sequence[int] | None) -> list[i
     return chosen
 
 
+_MISSING = object()
+
+
 @contextlib.contextmanager
 def hooks(model: nn.Module, layers: Sequence[int] | None = None) -> Iterator[Capture]:
     """Record attention and tokens of ``layers`` (block indices, default all) while open.
@@ -79,19 +117,39 @@ def hooks(model: nn.Module, layers: Sequence[int] | None = None) -> Iterator[Cap
     cache = Capture(num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
                     patch_size=tuple(int(p) for p in model.patch_embed.patch_size))
     modes = {m: m.training for m in model.modules()}
-    fused = {i: blocks[i].attn.__dict__.get("fused_attn", _MISSING) for i in chosen}
+    fused: dict[int, object] = {}
     handles = []
 
-    def keep(store: dict, i: int):
+    def keep(store: dict, key):
         def hook(module, args, output):
-            store[i] = output.detach()
+            store[key] = output.detach()
         return hook
+
+    def keep_qk(i: int, slot: int, scale: float):
+        def hook(module, args, output):
+            entry = list(cache.attn._qk.get(i, (None, None, scale)))
+            entry[slot] = output.detach()
+            cache.attn._qk[i] = tuple(entry)
+            cache.attn._maps.pop(i, None)
+        return hook
+
+    def no_mask(module, args, kwargs):
+        mask = kwargs.get("attn_mask", args[1] if len(args) > 1 else None)
+        if mask is not None or kwargs.get("is_causal", False):
+            raise ValueError("vitlab.capture does not support attention masks")
 
     try:
         model.eval()
         for i in chosen:
-            blocks[i].attn.fused_attn = False
-            handles.append(blocks[i].attn.attn_drop.register_forward_hook(keep(cache.attn, i)))
+            attn = blocks[i].attn
+            if _standard(attn):
+                handles.append(attn.register_forward_pre_hook(no_mask, with_kwargs=True))
+                handles.append(attn.q_norm.register_forward_hook(keep_qk(i, 0, attn.scale)))
+                handles.append(attn.k_norm.register_forward_hook(keep_qk(i, 1, attn.scale)))
+            else:
+                fused[i] = attn.__dict__.get("fused_attn", _MISSING)
+                attn.fused_attn = False
+                handles.append(attn.attn_drop.register_forward_hook(keep(cache.attn._maps, i)))
             handles.append(blocks[i].register_forward_hook(keep(cache.tokens, i)))
         yield cache
     finally:
@@ -104,9 +162,6 @@ def hooks(model: nn.Module, layers: Sequence[int] | None = None) -> Iterator[Cap
                 blocks[i].attn.fused_attn = value
         for module, mode in modes.items():
             module.training = mode
-
-
-_MISSING = object()
 
 
 @torch.no_grad()
@@ -129,8 +184,8 @@ def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None
         cache.logits = model(x)
     ph, pw = cache.patch_size
     cache.grid = (x.shape[-2] // ph, x.shape[-1] // pw)
-    if cache.attn:
-        n = next(iter(cache.attn.values())).shape[-1] - cache.num_prefix_tokens
+    if cache.tokens:
+        n = next(iter(cache.tokens.values())).shape[1] - cache.num_prefix_tokens
         if n != cache.grid[0] * cache.grid[1]:
             raise ValueError(f"attention covers {n} patches, but a {tuple(x.shape[-2:])} input gives a "
                              f"{cache.grid} grid of {cache.patch_size} patches")
