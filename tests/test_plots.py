@@ -11,7 +11,7 @@ def _random_sim(rows, cols):
 def test_mosaic_places_each_tile_and_hover_labels():
     rows, cols = 3, 5
     sim = _random_sim(rows, cols)
-    z, custom = plots.similarity_mosaic(sim)
+    z, custom = plots.tile_mosaic(sim)
     assert z.shape == (rows * rows + rows - 1, cols * cols + cols - 1)
     covered = np.zeros(z.shape, dtype=bool)
     for i in range(rows):

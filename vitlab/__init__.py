@@ -1,7 +1,7 @@
 """vitlab: look inside Vision Transformers (Dosovitskiy et al., 2021) from a notebook."""
-from . import data, metrics, plots, widgets
+from . import data, metrics, plots, settings, train, widgets
 from .capture import Capture, capture, head_statistics
 from .models import available, load_model, preprocess, save_model, zoo
 from .settings import quick_mode
 
-__all__ = ["Capture", "available", "capture", "head_statistics", "data", "load_model", "metrics", "plots", "preprocess", "quick_mode", "save_model", "widgets", "zoo"]
+__all__ = ["Capture", "available", "capture", "head_statistics", "data", "load_model", "metrics", "plots", "preprocess", "quick_mode", "save_model", "settings", "train", "widgets", "zoo"]

@@ -138,6 +138,18 @@ def samples(size: int = 32) -> tuple[torch.Tensor, list[str]]:
     return torch.stack(images), [entry["name"] for entry in index]
 
 
+def analysis_images() -> tuple[torch.Tensor, list[str], str]:
+    """Images for the analysis notebooks: the CIFAR-10 test set when present, else the samples.
+
+    Returns ``(images uint8 (N, 3, 32, 32), names, source)``; never downloads.
+    """
+    if find_cifar10() is not None:
+        images, labels = cifar10("test", download=False)
+        return images, [f"CIFAR-10 test #{i} ({CLASSES[y]})" for i, y in enumerate(labels.tolist())], "CIFAR-10 test set"
+    images, names = samples(32)
+    return images, names, "data/samples"
+
+
 # --- locating, downloading, caching ---------------------------------------------------
 
 

@@ -280,3 +280,26 @@ class HeadStats:
             "distance": torch.stack([self.distance[i] for i in layers]).float() / self.images,
             "entropy": torch.stack([self.entropy[i] for i in layers]).float() / self.images,
         }
+
+
+def receptive_fields(model: nn.Module) -> list[tuple[str, float]]:
+    """Theoretical receptive field in pixels after each block of a CNN, in forward order.
+
+    Walks the convolutions and poolings on the main path (shortcut ``downsample``
+    branches do not widen it) with r += (k - 1) * dilation * jump, jump *= stride.
+    Returns ``[(block name, pixels), ...]``, e.g. ``("layer2.1", 27.0)``.
+    """
+    r, jump, out = 1.0, 1.0, {}
+    for name, m in model.named_modules():
+        if "downsample" in name or not isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            continue
+        k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+        s = m.stride if isinstance(m.stride, int) else m.stride[0]
+        d = getattr(m, "dilation", 1)
+        d = d if isinstance(d, int) else d[0]
+        r += (k - 1) * d * jump
+        jump *= s
+        out[name.rsplit(".", 1)[0] if "." in name else name] = r
+    if not out:
+        raise ValueError(f"{type(model).__name__} has no convolutions or poolings")
+    return list(out.items())

@@ -287,6 +287,16 @@ def load_model(
     return model.to(device).eval()
 
 
+def describe_load(spec: str) -> str:
+    """Load ``spec`` and describe it in one line, or say why it cannot be loaded here."""
+    try:
+        model = load_model(spec, device="cpu")
+    except (WeightsUnavailableError, ValueError, FileNotFoundError) as err:
+        return f"{spec}: not available here. {err}"
+    params = sum(p.numel() for p in model.parameters())
+    return f"{spec}: {type(model).__name__}, {params:,} parameters, input {model.pretrained_cfg['input_size']}"
+
+
 def _unknown_spec_message(text: str) -> str:
     names = list(ZOO) + timm.list_models()
     close = difflib.get_close_matches(text, names, n=3)

@@ -6,33 +6,37 @@ import plotly.graph_objects as go
 import torch
 
 
-def similarity_mosaic(sim: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Lay a (R, C, R, C) similarity out as one image of R x C tiles, 1-pixel NaN gaps.
+def tile_mosaic(tiles: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Lay (A, B, r, c) tiles out as one image of A x B tiles with 1-pixel NaN gaps.
 
-    Returns ``(z, custom)``: ``z`` (R*R + R-1, C*C + C-1) and, per pixel, the query
-    row/column and key row/column it shows (-1 in gaps), 1-based for display.
+    Returns ``(z, custom)``: ``z`` (A*(r+1) - 1, B*(c+1) - 1) and, per pixel, the tile
+    index (a, b) and the position (y, x) inside the tile it shows, 1-based for display
+    (-1 in gaps). A position similarity (R, C, R, C) gives Fig. 7 (center)'s layout.
     """
-    rows, cols = sim.shape[:2]
-    height, width = rows * (rows + 1) - 1, cols * (cols + 1) - 1
+    a_n, b_n, rows, cols = tiles.shape
+    height, width = a_n * (rows + 1) - 1, b_n * (cols + 1) - 1
     z = np.full((height, width), np.nan, dtype=np.float32)
     custom = np.full((height, width, 4), -1, dtype=np.int32)
-    keys = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), -1) + 1  # (R, C, 2)
-    values = sim.detach().cpu().float().numpy()
-    for i in range(rows):
-        for j in range(cols):
+    inner = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), -1) + 1  # (r, c, 2)
+    values = tiles.detach().cpu().float().numpy()
+    for i in range(a_n):
+        for j in range(b_n):
             y, x = i * (rows + 1), j * (cols + 1)
             z[y : y + rows, x : x + cols] = values[i, j]
             custom[y : y + rows, x : x + cols, :2] = (i + 1, j + 1)
-            custom[y : y + rows, x : x + cols, 2:] = keys
+            custom[y : y + rows, x : x + cols, 2:] = inner
     return z, custom
 
 
-def mosaic_tile(sim_shape: tuple[int, ...], x: float, y: float) -> tuple[int, int] | None:
-    """The (row, col) tile of :func:`similarity_mosaic` under pixel (x, y); None in a gap."""
-    rows, cols = sim_shape[:2]
+def mosaic_tile(shape: tuple[int, ...], x: float, y: float) -> tuple[int, int] | None:
+    """The (a, b) tile of :func:`tile_mosaic` for ``shape`` (A, B, r, c) under pixel (x, y).
+
+    None in a gap or outside the mosaic.
+    """
+    a_n, b_n, rows, cols = shape
     i, ry = divmod(int(round(y)), rows + 1)
     j, rx = divmod(int(round(x)), cols + 1)
-    if ry == rows or rx == cols or not (0 <= i < rows and 0 <= j < cols):
+    if ry == rows or rx == cols or not (0 <= i < a_n and 0 <= j < b_n):
         return None
     return i, j
 
@@ -45,7 +49,7 @@ def position_similarity_figure(sim: torch.Tensor, title: str = "Position embeddi
     :func:`vitlab.metrics.position_similarity`.
     """
     rows, cols = sim.shape[:2]
-    z, custom = similarity_mosaic(sim)
+    z, custom = tile_mosaic(sim)
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -109,4 +113,174 @@ def patch_similarity_figure(sim: torch.Tensor, row: int, col: int, title: str | 
         xaxis=dict(title="column", constrain="domain", showgrid=False),
         yaxis=dict(title="row", autorange="reversed", scaleanchor="x", constrain="domain", showgrid=False),
     )
+    return fig
+
+
+def _square_axes(fig: go.Figure) -> None:
+    fig.update_xaxes(showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(showgrid=False, zeroline=False, autorange="reversed", scaleanchor="x", constrain="domain")
+
+
+def embedding_filters_figure(filters: torch.Tensor, ratio: torch.Tensor, cols: int = 7,
+                             title: str = "Principal components of the patch-embedding filters") -> go.Figure:
+    """Paper Fig. 7 (left): each principal component shown as an RGB patch.
+
+    Args:
+        filters: (k, 3, P, P) components from :func:`vitlab.metrics.embedding_filters`;
+            each is min-max scaled to the full colour range on its own.
+        ratio: (k,) explained-variance ratios, shown in the hover text.
+    """
+    k, channels, p, _ = filters.shape
+    if channels != 3:
+        raise ValueError(f"RGB display needs 3 input channels, the filters have {channels}")
+    rows = -(-k // cols)
+    img = np.full((rows * (p + 1) - 1, cols * (p + 1) - 1, 3), 255, dtype=np.uint8)
+    label = np.full(img.shape[:2], -1, dtype=np.int32)
+    for i in range(k):
+        f = filters[i].detach().float()
+        f = (f - f.min()) / (f.max() - f.min()).clamp_min(1e-12)
+        y, x = (i // cols) * (p + 1), (i % cols) * (p + 1)
+        img[y : y + p, x : x + p] = (f.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        label[y : y + p, x : x + p] = i
+    share = ratio.detach().float().numpy()
+    text = np.where(label >= 0, np.char.add(np.char.add("PC ", (label + 1).astype(str)),
+                                            np.char.add(": ", np.char.mod("%.1f%%", 100 * share[label.clip(0)]))), "")
+    fig = go.Figure(go.Image(z=img, hovertext=text, hoverinfo="text"))
+    fig.update_layout(title=dict(text=title, x=0.5), width=max(420, 64 * cols + 80), height=max(260, 64 * rows + 90),
+                      margin=dict(l=20, r=20, t=50, b=20), xaxis=dict(visible=False), yaxis=dict(visible=False))
+    return fig
+
+
+def explained_variance_figure(ratio: torch.Tensor) -> go.Figure:
+    """Explained-variance ratio of each principal component, with the cumulative sum."""
+    r = ratio.detach().float().numpy()
+    idx = np.arange(1, len(r) + 1)
+    fig = go.Figure([go.Bar(x=idx, y=r, name="component"),
+                     go.Scatter(x=idx, y=np.cumsum(r), name="cumulative", mode="lines+markers")])
+    fig.update_layout(title=dict(text="Explained variance", x=0.5), width=520, height=320,
+                      xaxis_title="principal component", yaxis=dict(title="fraction of variance", range=[0, 1]),
+                      margin=dict(l=60, r=20, t=50, b=50), legend=dict(x=0.6, y=0.5))
+    return fig
+
+
+def attention_distance_figure(distance: torch.Tensor, layers: torch.Tensor | None = None,
+                              reference: dict[str, tuple[list[float], list[float]]] | None = None,
+                              max_distance: float | None = None,
+                              title: str = "Mean attention distance by head and depth") -> go.Figure:
+    """Paper Fig. 7 (right): each head's mean attention distance against network depth.
+
+    Args:
+        distance: (layers, heads) pixels, from :func:`vitlab.head_statistics`.
+        layers: block indices (0-based) of the rows; default 0..L-1. Shown 1-based.
+        reference: name -> (depths, pixels) curves drawn as lines, e.g. a ResNet's
+            receptive-field growth from :func:`vitlab.metrics.receptive_fields`.
+        max_distance: top of the y axis in pixels (e.g. the image's diagonal).
+    """
+    d = distance.detach().float()
+    depth = (layers if layers is not None else torch.arange(len(d))).float() + 1
+    fig = go.Figure()
+    for h in range(d.shape[1]):
+        fig.add_trace(go.Scatter(
+            x=depth.numpy(), y=d[:, h].numpy(), mode="markers", name=f"head {h + 1}",
+            marker=dict(size=9, opacity=0.85),
+            hovertemplate=f"layer %{{x}}, head {h + 1}<br>%{{y:.1f}} px<extra></extra>",
+        ))
+    for name, (xs, ys) in (reference or {}).items():
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, line=dict(dash="dot", color="gray"),
+                                 hovertemplate="depth %{x}<br>%{y:.0f} px<extra>" + name + "</extra>"))
+    top = max_distance if max_distance is not None else float(d.max()) * 1.1
+    fig.update_layout(title=dict(text=title, x=0.5), width=640, height=440, margin=dict(l=70, r=20, t=50, b=60),
+                      xaxis=dict(title="Network depth (layer)", dtick=1),
+                      yaxis=dict(title="Mean attention distance (pixels)", range=[0, top]))
+    return fig
+
+
+def attention_overlay_figure(image: torch.Tensor, mask: torch.Tensor, title: str = "",
+                             marker: tuple[int, int] | None = None, opacity: float = 0.6) -> go.Figure:
+    """An image with a per-patch map (e.g. attention rollout, paper Fig. 6) laid over it.
+
+    Args:
+        image: uint8 (3, H, W). mask: (rows, cols), one value per patch, shown with its
+            own colour range. marker: optional (row, col) patch to outline (0-based).
+    """
+    _, h, w = image.shape
+    rows, cols = mask.shape
+    ph, pw = h / rows, w / cols
+    m = mask.detach().float().numpy()
+    fig = go.Figure([
+        go.Image(z=image.permute(1, 2, 0).cpu().numpy(), hoverinfo="skip"),
+        go.Heatmap(z=m, x0=pw / 2 - 0.5, dx=pw, y0=ph / 2 - 0.5, dy=ph, colorscale="Inferno", opacity=opacity,
+                   showscale=False, customdata=np.stack(np.meshgrid(np.arange(1, rows + 1), np.arange(1, cols + 1),
+                                                                    indexing="ij"), -1),
+                   hovertemplate="patch (row %{customdata[0]}, col %{customdata[1]})<br>%{z:.4f}<extra></extra>"),
+    ])
+    if marker is not None:
+        r, c = marker
+        fig.add_shape(type="rect", x0=c * pw - 0.5, x1=(c + 1) * pw - 0.5, y0=r * ph - 0.5, y1=(r + 1) * ph - 0.5,
+                      line=dict(color="cyan", width=3))
+    fig.update_layout(title=dict(text=title, x=0.5), width=420, height=440, margin=dict(l=10, r=10, t=50, b=10),
+                      xaxis=dict(visible=False), yaxis=dict(visible=False))
+    _square_axes(fig)
+    return fig
+
+
+def head_attention_figure(maps: torch.Tensor, layers: list[int] | None = None,
+                          title: str = "Class-token attention per layer and head") -> go.Figure:
+    """A (layers, heads) grid of per-patch attention maps, each scaled to its own maximum.
+
+    Args:
+        maps: (L, H, rows, cols) attention of the class token (or any query) over patches.
+        layers: block indices of the rows (0-based), for labels.
+    """
+    n_layers, heads, rows, cols = maps.shape
+    scaled = maps / maps.flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]
+    z, custom = tile_mosaic(scaled)
+    layer_names = [str((layers[i] if layers else i) + 1) for i in range(n_layers)]
+    fig = go.Figure(go.Heatmap(
+        z=z, customdata=custom, zmin=0, zmax=1, colorscale="Inferno", hoverongaps=False,
+        colorbar=dict(title=dict(text="share of<br>map's max", side="right")),
+        hovertemplate="layer row %{customdata[0]}, head %{customdata[1]}<br>"
+                      "patch (row %{customdata[2]}, col %{customdata[3]})<br>%{z:.2f} of max<extra></extra>",
+    ))
+    fig.update_layout(
+        title=dict(text=title, x=0.5), width=min(1100, 90 * heads + 160), height=min(1400, 90 * n_layers + 120),
+        margin=dict(l=70, r=20, t=50, b=50), plot_bgcolor="white",
+        xaxis=dict(title="head", tickvals=[j * (cols + 1) + (cols - 1) / 2 for j in range(heads)],
+                   ticktext=[str(j + 1) for j in range(heads)]),
+        yaxis=dict(title="layer", tickvals=[i * (rows + 1) + (rows - 1) / 2 for i in range(n_layers)],
+                   ticktext=layer_names),
+    )
+    _square_axes(fig)
+    return fig
+
+
+def training_curves_figure(records: list[dict] | None = None, title: str = "Training") -> go.Figure:
+    """Loss and train/test accuracy per epoch from a run's metrics records (may be empty)."""
+    from plotly.subplots import make_subplots
+
+    records = records or []
+    epochs = [r["epoch"] for r in records]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    fig.add_trace(go.Scatter(x=epochs, y=[r["loss"] for r in records], name="train loss", mode="lines+markers"), 1, 1)
+    fig.add_trace(go.Scatter(x=epochs, y=[r.get("train_accuracy") for r in records], name="train accuracy",
+                             mode="lines+markers"), 1, 2)
+    fig.add_trace(go.Scatter(x=epochs, y=[r["test_accuracy"] for r in records], name="test accuracy",
+                             mode="lines+markers"), 1, 2)
+    fig.update_layout(title=dict(text=title, x=0.5), width=900, height=360, margin=dict(l=60, r=20, t=70, b=50))
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(range=[0, 1], row=1, col=2)
+    return fig
+
+
+def zoo_table(zoo: dict[str, dict]) -> go.Figure:
+    """The zoo as a table: name, family, description, parameters, recorded test accuracy."""
+    names = list(zoo)
+    acc = [f"{zoo[n]['test_accuracy']:.1%}" if zoo[n]["test_accuracy"] is not None else "not trained" for n in names]
+    fig = go.Figure(go.Table(
+        columnwidth=[1.2, 0.7, 3.2, 0.9, 1.1],
+        header=dict(values=["name", "family", "architecture", "parameters", "CIFAR-10 test accuracy"], align="left"),
+        cells=dict(values=[names, [zoo[n]["family"] for n in names], [zoo[n]["description"] for n in names],
+                           [f"{zoo[n]['params']:,}" for n in names], acc], align="left"),
+    ))
+    fig.update_layout(width=900, height=80 + 32 * len(names), margin=dict(l=10, r=10, t=10, b=10))
     return fig

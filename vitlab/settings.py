@@ -25,6 +25,11 @@ def quick_mode() -> bool:
     return os.environ.get("VITLAB_QUICK", "").strip().lower() in _TRUE
 
 
+def quick_or(full, quick):
+    """``quick`` in quick mode, else ``full``: how notebooks size their work."""
+    return quick if quick_mode() else full
+
+
 def data_root() -> Path:
     """The folder searched for datasets: ``VITLAB_DATA`` if set, else ``<project>/data``."""
     env = os.environ.get("VITLAB_DATA")

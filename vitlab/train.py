@@ -22,7 +22,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import safetensors.torch
 import torch
@@ -199,12 +199,14 @@ def _initial_model(config: TrainConfig) -> nn.Module:
 # --- the loop ----------------------------------------------------------------------
 
 
-def train(config: TrainConfig, device: str | torch.device | None = None) -> TrainResult:
+def train(config: TrainConfig, device: str | torch.device | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train (or fine-tune) ``config.model`` on CIFAR-10; resumes from ``<out>/checkpoint``.
 
     Writes ``<out>/metrics.jsonl`` (epoch, step, loss, train/test accuracy, learning rate,
     images/s, wall seconds), checkpoints, and finally ``<out>/model.safetensors`` with its
-    sidecar (config, metrics, data subset, code version, hardware).
+    sidecar (config, metrics, data subset, code version, hardware). ``on_epoch`` is
+    called with each epoch's record (e.g. to update live curves in a notebook).
     """
     _check(config)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -298,6 +300,8 @@ def train(config: TrainConfig, device: str | torch.device | None = None) -> Trai
                 f.write(json.dumps(record) + "\n")
             if not config.progress:
                 print(json.dumps(record), flush=True)
+            if on_epoch is not None:
+                on_epoch(record)
         _save_checkpoint(out, config, model, opt, gen, step, epoch + 1, wall, rank)
 
     final = dict(record, hardware=hardware(device), processes=world, precision=str(amp or torch.float32),

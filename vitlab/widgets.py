@@ -12,8 +12,10 @@ from functools import lru_cache
 import ipywidgets as W
 import plotly.graph_objects as go
 import torch
+import torch.nn.functional as F
 
 from . import metrics, plots
+from .capture import capture, head_statistics
 from .models import load_model
 
 
@@ -82,3 +84,245 @@ class PositionEmbeddingExplorer(W.VBox):
 def position_embedding_explorer(models: Sequence[str], initial: str | None = None) -> PositionEmbeddingExplorer:
     """Dropdown of ``models`` with the Fig. 7 (center) mosaic and a clicked-patch view."""
     return PositionEmbeddingExplorer(models, initial)
+
+
+def _error_html(err: Exception) -> str:
+    return f"<span style='color:#b00'>{type(err).__name__}: {err}</span>"
+
+
+@lru_cache(maxsize=8)
+def _model(spec: str):
+    return load_model(spec, device="cpu")
+
+
+class EmbeddingFiltersExplorer(W.VBox):
+    """Fig. 7 (left): principal components of a model's patch-embedding filters.
+
+    Attributes: ``model`` (dropdown), ``components`` (slider), ``filters`` and ``variance``
+    (FigureWidgets), ``status`` (errors).
+    """
+
+    def __init__(self, models: Sequence[str], initial: str | None = None, k: int = 28):
+        initial = initial if initial is not None else models[0]
+        self.model = W.Dropdown(options=list(dict.fromkeys([initial, *models])), value=initial, description="model")
+        self.components = W.IntSlider(value=k, min=1, max=64, description="components", continuous_update=False)
+        self.status = W.HTML()
+        filters, ratio = self._compute(initial, k)
+        self.filters = go.FigureWidget(plots.embedding_filters_figure(filters, ratio, title=initial))
+        self.variance = go.FigureWidget(plots.explained_variance_figure(ratio))
+        self.model.observe(self._update, names="value")
+        self.components.observe(self._update, names="value")
+        super().__init__([W.HBox([self.model, self.components, self.status]), W.HBox([self.filters, self.variance])])
+
+    def _compute(self, spec: str, k: int):
+        weight = _model(spec).patch_embed.proj.weight
+        self.components.max = min(weight.shape[0], weight[0].numel())
+        return metrics.embedding_filters(_model(spec), k=min(k, self.components.max))
+
+    def _update(self, _change=None) -> None:
+        try:
+            filters, ratio = self._compute(self.model.value, self.components.value)
+        except Exception as err:
+            self.status.value = _error_html(err)
+            return
+        self.status.value = ""
+        fresh_f = plots.embedding_filters_figure(filters, ratio, title=self.model.value)
+        fresh_v = plots.explained_variance_figure(ratio)
+        with self.filters.batch_update():
+            self.filters.data[0].update(z=fresh_f.data[0].z, hovertext=fresh_f.data[0].hovertext)
+            self.filters.layout.update(title=fresh_f.layout.title, width=fresh_f.layout.width,
+                                       height=fresh_f.layout.height)
+        with self.variance.batch_update():
+            for old, new in zip(self.variance.data, fresh_v.data):
+                old.update(x=new.x, y=new.y)
+
+
+class AttentionDistanceExplorer(W.VBox):
+    """Fig. 7 (right): mean attention distance per head against depth, streamed over images.
+
+    Attributes: ``model``, ``images`` (number of test images), ``convention`` (how
+    attention given to the class token is treated), ``run`` (button), ``figure``,
+    ``progress`` (an output area with the progress bar), ``status``.
+    """
+
+    CONVENTIONS = {"renormalise over patches": True, "keep class-token share": False}
+
+    def __init__(self, models: Sequence[str], images: torch.Tensor, initial: str | None = None,
+                 counts: Sequence[int] = (16, 128, 512, 1000, 10000), default: int = 128,
+                 reference: str | None = None):
+        initial = initial if initial is not None else models[0]
+        self.data = images
+        counts = sorted({c for c in counts if c <= len(images)} | {min(default, len(images))})
+        self.model = W.Dropdown(options=list(dict.fromkeys([initial, *models])), value=initial, description="model")
+        self.images = W.Dropdown(options=counts, value=min(default, len(images)), description="images")
+        self.convention = W.ToggleButtons(options=list(self.CONVENTIONS), description="class token")
+        self.run = W.Button(description="Compute", button_style="primary")
+        self.progress = W.Output()
+        self.status = W.HTML()
+        self.reference = {}
+        if reference is not None:
+            fields = metrics.receptive_fields(_model(reference))
+            self.reference = {f"{reference} receptive field": ([i for i in range(len(fields))], [r for _, r in fields])}
+        self.figure = go.FigureWidget(plots.attention_distance_figure(torch.zeros(1, 1), reference=self.reference))
+        self.run.on_click(lambda _: self.compute())
+        super().__init__([W.HBox([self.model, self.images]), W.HBox([self.convention, self.run, self.status]),
+                          self.progress, self.figure])
+        self.compute()
+
+    def compute(self) -> None:
+        """Stream the chosen images through the chosen model and redraw the figure."""
+        self.status.value = "computing..."
+        try:
+            model = _model(self.model.value)
+            size = model.pretrained_cfg["input_size"][1:]
+            with self.progress:
+                stats = head_statistics(model, self.data[: self.images.value], batch_size=64,
+                                        renormalize=self.CONVENTIONS[self.convention.value], progress=True)
+            self.progress.clear_output()
+        except Exception as err:
+            self.status.value = _error_html(err)
+            return
+        self.status.value = f"{self.images.value} images"
+        fresh = plots.attention_distance_figure(
+            stats["distance"], stats["layers"], reference=self.reference,
+            max_distance=float((size[0] ** 2 + size[1] ** 2) ** 0.5) / 2,
+            title=f"{self.model.value}: mean attention distance ({self.images.value} images)")
+        with self.figure.batch_update():
+            self.figure.data = []
+            for trace in fresh.data:
+                self.figure.add_trace(trace)
+            self.figure.layout.update(fresh.layout)
+
+
+class AttentionMapsExplorer(W.VBox):
+    """Fig. 6: attention rollout over an image, and each layer's and head's attention.
+
+    Click a patch of the left image to see where that patch attends at the chosen layer
+    and head (right image). Attributes: ``model``, ``image``, ``layer``, ``head``,
+    ``fusion``, ``discard`` (controls); ``rollout``, ``patch``, ``heads`` (FigureWidgets).
+    """
+
+    def __init__(self, models: Sequence[str], images: torch.Tensor, names: Sequence[str],
+                 initial: str | None = None):
+        initial = initial if initial is not None else models[0]
+        self.images, self.names = images, list(names)
+        self.model = W.Dropdown(options=list(dict.fromkeys([initial, *models])), value=initial, description="model")
+        self.image = W.Dropdown(options=[(n, i) for i, n in enumerate(self.names)], value=0, description="image")
+        self.layer = W.IntSlider(value=1, min=1, max=1, description="layer", continuous_update=False)
+        self.head = W.Dropdown(options=[("mean of heads", -1)], value=-1, description="head")
+        self.fusion = W.Dropdown(options=["mean", "max", "min"], value="mean", description="head fusion")
+        self.discard = W.FloatSlider(value=0.0, min=0.0, max=0.95, step=0.05, description="discard",
+                                     continuous_update=False)
+        self.status = W.HTML()
+        self.selected = (0, 0)
+        self._capture()
+        self.rollout = go.FigureWidget(self._rollout_figure())
+        self.patch = go.FigureWidget(self._patch_figure())
+        self.heads = go.FigureWidget(self._heads_figure())
+        self.rollout.data[1].on_click(self._on_click)
+        for control in (self.model, self.image):
+            control.observe(self._on_input, names="value")
+        for control in (self.fusion, self.discard):
+            control.observe(lambda _: self._redraw(self.rollout, self._rollout_figure()), names="value")
+        for control in (self.layer, self.head):
+            control.observe(lambda _: self._redraw(self.patch, self._patch_figure()), names="value")
+        super().__init__([
+            W.HBox([self.model, self.image, self.status]),
+            W.HBox([self.fusion, self.discard]), W.HBox([self.layer, self.head]),
+            W.HTML("<i>Click a patch on the left to see where it attends (right).</i>"),
+            W.HBox([self.rollout, self.patch]), self.heads,
+        ])
+
+    def _capture(self) -> None:
+        model = _model(self.model.value)
+        size = tuple(model.pretrained_cfg["input_size"][1:])
+        img = self.images[self.image.value : self.image.value + 1]
+        if tuple(img.shape[-2:]) != size:
+            img = F.interpolate(img.float(), size=size, mode="bilinear", antialias=True).round().clamp(0, 255).byte()
+        self.shown = img[0]
+        self.cap = capture(model, img)
+        self.attn = [self.cap.attn[i] for i in self.cap.attn]  # (1, heads, N, N) per layer
+        heads = self.attn[0].shape[1]
+        self.layer.max = len(self.attn)
+        self.layer.value = min(self.layer.value, self.layer.max)
+        self.head.options = [("mean of heads", -1)] + [(f"head {h + 1}", h) for h in range(heads)]
+        self.selected = (min(self.selected[0], self.cap.grid[0] - 1), min(self.selected[1], self.cap.grid[1] - 1))
+
+    def _rollout_figure(self) -> go.Figure:
+        mask = metrics.attention_rollout(self.attn, self.cap.num_prefix_tokens, self.fusion.value,
+                                         self.discard.value)[0].reshape(self.cap.grid)
+        return plots.attention_overlay_figure(self.shown, mask, title="attention rollout", marker=self.selected)
+
+    def _patch_figure(self) -> go.Figure:
+        a = self.attn[self.layer.value - 1][0]  # (heads, N, N)
+        a = a.mean(0) if self.head.value < 0 else a[self.head.value]
+        p = self.cap.num_prefix_tokens
+        row = a[p + self.selected[0] * self.cap.grid[1] + self.selected[1], p:].reshape(self.cap.grid)
+        head = "mean of heads" if self.head.value < 0 else f"head {self.head.value + 1}"
+        title = f"patch ({self.selected[0] + 1}, {self.selected[1] + 1}) attends: layer {self.layer.value}, {head}"
+        return plots.attention_overlay_figure(self.shown, row, title=title, marker=self.selected)
+
+    def _heads_figure(self) -> go.Figure:
+        p = self.cap.num_prefix_tokens
+        maps = torch.stack([a[0, :, 0, p:] for a in self.attn]).reshape(len(self.attn), -1, *self.cap.grid)
+        return plots.head_attention_figure(maps, title=f"class-token attention per layer and head, {self.names[self.image.value]}")
+
+    @staticmethod
+    def _redraw(widget: go.FigureWidget, fresh: go.Figure) -> None:
+        with widget.batch_update():
+            for old, new in zip(widget.data, fresh.data):
+                old.update(new.to_plotly_json())
+            widget.layout.shapes = fresh.layout.shapes
+            widget.layout.title = fresh.layout.title
+
+    def _on_input(self, _change) -> None:
+        try:
+            self._capture()
+        except Exception as err:
+            self.status.value = _error_html(err)
+            return
+        self.status.value = ""
+        self._redraw(self.rollout, self._rollout_figure())
+        self._redraw(self.patch, self._patch_figure())
+        fresh = self._heads_figure()
+        with self.heads.batch_update():
+            self.heads.data[0].update(fresh.data[0].to_plotly_json())
+            self.heads.layout.update(fresh.layout)
+
+    def _on_click(self, trace, points, state) -> None:
+        if points.point_inds:
+            self.select(*points.point_inds[0])
+
+    def select(self, row: int, col: int) -> None:
+        """Show where patch (row, col) attends (0-based) and outline it."""
+        self.selected = (row, col)
+        self._redraw(self.rollout, self._rollout_figure())
+        self._redraw(self.patch, self._patch_figure())
+
+
+class TrainingMonitor(W.VBox):
+    """Live loss and accuracy curves; pass :meth:`update` as ``train(..., on_epoch=...)``."""
+
+    def __init__(self, title: str = "Training"):
+        self.records: list[dict] = []
+        self.figure = go.FigureWidget(plots.training_curves_figure([], title=title))
+        super().__init__([self.figure])
+
+    def update(self, record: dict) -> None:
+        """Append one epoch's record and redraw."""
+        self.records.append(record)
+        fresh = plots.training_curves_figure(self.records)
+        with self.figure.batch_update():
+            for old, new in zip(self.figure.data, fresh.data):
+                old.update(x=new.x, y=new.y)
+
+
+def train_with_curves(config, title: str | None = None):
+    """Show live curves, train ``config`` (a :class:`vitlab.train.TrainConfig`), return the result."""
+    from IPython.display import display
+
+    from .train import train
+
+    monitor = TrainingMonitor(title or f"Training {config.model}")
+    display(monitor)
+    return train(config, on_epoch=monitor.update)
