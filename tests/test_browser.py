@@ -128,3 +128,39 @@ def test_position_embeddings_notebook_in_jupyterlab(lab, page):
 
     assert _cell_errors(page) == []
     assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []
+
+
+def test_attention_maps_notebook_in_jupyterlab(lab, page):
+    base, token = lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    _run_all(page, base, token, "04_attention_maps.ipynb")
+    plots = page.locator(".jp-Notebook .js-plotly-plot")
+    plots.nth(3).wait_for(timeout=60_000)  # static rollout, then the widget's rollout, patch and head maps
+    assert plots.count() == 4
+    for i in range(4):
+        box = plots.nth(i).bounding_box()
+        assert box["width"] > 300 and box["height"] > 300, f"figure {i} is squashed: {box}"
+    widget = page.locator(".jp-Notebook .widget-vbox").first
+    widget.scroll_into_view_if_needed()
+    widget.screenshot(path=str(ARTIFACTS / "04_attention_maps_widget_before.png"))
+
+    heads_title = plots.nth(3).locator(".gtitle")
+    before = heads_title.text_content()
+    select = page.locator(".jp-Notebook .widget-dropdown select").nth(1)  # the image dropdown
+    other = select.locator("option").all_inner_texts()[2]
+    select.select_option(label=other)
+    page.wait_for_function("t => document.querySelectorAll('.jp-Notebook .js-plotly-plot')[3]"
+                           ".querySelector('.gtitle').textContent.endsWith(t)", arg=other.replace("\xa0", " "),
+                           timeout=60_000)
+    assert heads_title.text_content() != before
+
+    patch_title = plots.nth(2).locator(".gtitle")
+    start = patch_title.text_content()
+    box = plots.nth(1).locator(".heatmaplayer").bounding_box()
+    plots.nth(1).click(position={"x": 10 + box["x"] - plots.nth(1).bounding_box()["x"] + box["width"] * 0.8,
+                                 "y": box["y"] - plots.nth(1).bounding_box()["y"] + box["height"] * 0.8})
+    page.wait_for_function("t => document.querySelectorAll('.jp-Notebook .js-plotly-plot')[2]"
+                           ".querySelector('.gtitle').textContent !== t", arg=start, timeout=30_000)
+    widget.screenshot(path=str(ARTIFACTS / "04_attention_maps_widget_after.png"))
+    assert _cell_errors(page) == []
+    assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []

@@ -156,3 +156,13 @@ def test_real_cifar10_loads_and_is_cached(monkeypatch):
     start = time.perf_counter()
     data.cifar10("train")
     assert time.perf_counter() - start < 1.0  # served from the .npz cache, not 50,000 JPEGs
+
+
+def test_analysis_images_prefer_cifar_and_fall_back_to_samples(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "nothing"))
+    images, names, source = data.analysis_images()
+    assert source == "data/samples" and images.shape[1:] == (3, 32, 32) and len(names) == len(images)
+    make_batches(tmp_path / "c", per_batch=4)
+    monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "c"))
+    images, names, source = data.analysis_images()
+    assert source == "CIFAR-10 test set" and len(images) == 4 and names[0].startswith("CIFAR-10 test #0 (")

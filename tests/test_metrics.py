@@ -265,3 +265,20 @@ def test_head_stats_memory_does_not_grow():
     assert [t.numel() for t in stats.distance.values()] == sizes and stats.images == 24
     torch.testing.assert_close(stats.result()["distance"][0],
                                metrics.mean_attention_distance(attn[0], (2, 2), (8, 8)))
+
+
+def test_receptive_fields_by_hand():
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, stride=1, padding=1)
+            self.block = nn.Sequential(nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.Conv2d(4, 4, 3, padding=2, dilation=2))
+            self.downsample = nn.Conv2d(4, 4, 7, stride=2)  # a shortcut: does not widen the field
+            self.pool = nn.MaxPool2d(2, 2)
+
+    # r: 1 -> 3 (stem) -> 5 (k3, jump 1) -> 5 + 2*2*2 = 13 (dilated k3, jump 2) -> 13 + 1*2 = 15 (pool)
+    assert metrics.receptive_fields(Net()) == [("stem", 3.0), ("block", 13.0), ("pool", 15.0)]
+    fields = dict(metrics.receptive_fields(vitlab.load_model("resnet_tiny_c10", device="cpu")))
+    assert fields["conv1"] == 3 and fields["layer1.1"] == 11 and fields["layer4.1"] == 109

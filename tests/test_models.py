@@ -189,6 +189,18 @@ def test_offline_without_cache_gives_clear_error(tmp_path):
     assert "huggingface_hub" not in done.stderr  # no stack of hub internals
 
 
+def test_describe_load_explains_instead_of_raising(tmp_path):
+    done = _run_offline("""
+        import vitlab
+        print(vitlab.models.describe_load("vit_small_patch16_224.augreg_in21k"))
+        print(vitlab.models.describe_load("vit_tiny_c10"))
+    """, tmp_path)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("vit_small_patch16_224.augreg_in21k: not available here.") and "online" in lines[0]
+    params = sum(p.numel() for p in models.build_model({"zoo": "vit_tiny_c10"}).parameters())
+    assert lines[-1].startswith(f"vit_tiny_c10: VisionTransformer, {params:,} parameters")
+
+
 def test_preprocess_matches_manual_normalisation(tiny_vit):
     model = vitlab.load_model("vit_tiny_c10", device="cpu")
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from vitlab import plots
@@ -43,3 +44,70 @@ def test_patch_similarity_figure_shows_that_patch():
     fig = plots.patch_similarity_figure(sim, 2, 1)
     np.testing.assert_array_equal(np.asarray(fig.data[0].z), sim[2, 1].numpy())
     assert (fig.data[1].x[0], fig.data[1].y[0]) == (2, 3)  # 1-based marker on the patch
+
+
+def test_tile_mosaic_with_rectangular_tiles():
+    tiles = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    z, custom = plots.tile_mosaic(tiles)
+    assert z.shape == (2 * 5 - 1, 3 * 6 - 1)
+    for a in range(2):
+        for b in range(3):
+            np.testing.assert_array_equal(z[a * 5 : a * 5 + 4, b * 6 : b * 6 + 5], tiles[a, b].numpy())
+            assert plots.mosaic_tile(tiles.shape, b * 6 + 4, a * 5 + 3) == (a, b)
+            assert tuple(custom[a * 5 + 3, b * 6 + 4]) == (a + 1, b + 1, 4, 5)
+
+
+def test_embedding_filters_figure_scales_each_component():
+    filters = torch.randn(5, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    fig = plots.embedding_filters_figure(filters, torch.full((5,), 0.1), cols=3)
+    img = np.asarray(fig.data[0].z)
+    assert img.shape == (2 * 5 - 1, 3 * 5 - 1, 3)
+    for i in range(5):
+        y, x = (i // 3) * 5, (i % 3) * 5
+        f = filters[i]
+        expected = ((f - f.min()) / (f.max() - f.min())).permute(1, 2, 0).numpy() * 255
+        np.testing.assert_allclose(img[y : y + 4, x : x + 4], expected, atol=0.51)
+    assert "PC 2: 10.0%" in fig.data[0].hovertext[0][5]
+
+
+def test_attention_distance_figure_has_a_trace_per_head_and_the_reference():
+    d = torch.rand(4, 3) * 20
+    fig = plots.attention_distance_figure(d, reference={"resnet": ([0, 1], [3.0, 7.0])}, max_distance=40)
+    assert len(fig.data) == 4
+    for h in range(3):
+        np.testing.assert_allclose(fig.data[h].y, d[:, h].numpy(), rtol=1e-6)
+        assert list(fig.data[h].x) == [1, 2, 3, 4]  # layers shown 1-based
+    assert fig.layout.yaxis.range == (0, 40) and "pixels" in fig.layout.yaxis.title.text
+
+
+def test_attention_overlay_aligns_patches_with_pixels():
+    image = torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8)
+    mask = torch.rand(4, 6)
+    fig = plots.attention_overlay_figure(image, mask, marker=(1, 2))
+    heat = fig.data[1]
+    np.testing.assert_allclose(np.asarray(heat.z), mask.numpy(), rtol=1e-6)
+    # centre of patch (r, c) lands on pixel centre ((c + 0.5) * 8 - 0.5, (r + 0.5) * 8 - 0.5)
+    assert heat.x0 + 2 * heat.dx == pytest.approx(2.5 * 8 - 0.5) and heat.dy == 8
+    rect = fig.layout.shapes[0]
+    assert (rect.x0, rect.x1, rect.y0, rect.y1) == (15.5, 23.5, 7.5, 15.5)
+
+
+def test_head_attention_figure_scales_each_map_to_its_maximum():
+    maps = torch.rand(2, 3, 4, 4)
+    fig = plots.head_attention_figure(maps)
+    z = np.asarray(fig.data[0].z, dtype=float)
+    for layer in range(2):
+        for head in range(3):
+            tile = z[layer * 5 : layer * 5 + 4, head * 5 : head * 5 + 4]
+            np.testing.assert_allclose(tile, (maps[layer, head] / maps[layer, head].max()).numpy(), rtol=1e-6)
+
+
+def test_training_curves_and_zoo_table():
+    records = [{"epoch": 1, "loss": 2.0, "train_accuracy": 0.3, "test_accuracy": 0.35},
+               {"epoch": 2, "loss": 1.5, "train_accuracy": 0.5, "test_accuracy": 0.52}]
+    fig = plots.training_curves_figure(records)
+    assert list(fig.data[0].y) == [2.0, 1.5] and list(fig.data[2].y) == [0.35, 0.52]
+    zoo = {"a": dict(family="vit", description="d", params=1234, test_accuracy=0.75),
+           "b": dict(family="resnet", description="e", params=10, test_accuracy=None)}
+    cells = plots.zoo_table(zoo).data[0].cells.values
+    assert list(cells[0]) == ["a", "b"] and list(cells[4]) == ["75.0%", "not trained"] and cells[3][0] == "1,234"

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from vitlab import metrics, models, widgets
+from vitlab.capture import capture, head_statistics
 
 
 @pytest.fixture
@@ -45,3 +46,53 @@ def test_explorer_shows_load_errors_without_losing_the_figure(two_models):
     view.model.value = "resnet_tiny_c10"
     assert "no learned position embeddings" in view.status.value
     np.testing.assert_array_equal(np.array(view.mosaic.data[0].z, dtype=float), z)
+
+
+def test_embedding_filters_explorer_follows_model_and_components(two_models):
+    view = widgets.EmbeddingFiltersExplorer(two_models, k=5)
+    before = np.asarray(view.filters.data[0].z).copy()
+    view.components.value = 8
+    assert len(view.variance.data[0].y) == 8
+    view.model.value = two_models[1]
+    assert not np.array_equal(before, np.asarray(view.filters.data[0].z))
+    _, ratio = metrics.embedding_filters(models.load_model(two_models[1], device="cpu"), k=8)
+    np.testing.assert_allclose(view.variance.data[0].y, ratio.numpy(), rtol=1e-5)
+
+
+def test_attention_distance_explorer_streams_the_chosen_images(two_models):
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    view = widgets.AttentionDistanceExplorer(two_models, images, default=16, reference="resnet_tiny_c10")
+    assert view.images.value == 16 and view.status.value == "16 images"
+    expected = head_statistics(models.load_model(two_models[0], device="cpu"), images[:16])["distance"]
+    for head in range(expected.shape[1]):
+        np.testing.assert_allclose(view.figure.data[head].y, expected[:, head].numpy(), rtol=1e-5)
+    assert view.figure.data[-1].name == "resnet_tiny_c10 receptive field"
+    view.convention.value = "keep class-token share"
+    view.compute()
+    raw = head_statistics(models.load_model(two_models[0], device="cpu"), images[:16],
+                                  renormalize=False)["distance"]
+    np.testing.assert_allclose(view.figure.data[0].y, raw[:, 0].numpy(), rtol=1e-5)
+
+
+def test_attention_maps_explorer_click_layer_and_discard(two_models):
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    view = widgets.AttentionMapsExplorer(two_models, images, ["a", "b", "c"])
+    view.select(2, 5)
+    view.layer.value, view.head.value = 3, 1
+    cap = capture(models.load_model(two_models[0], device="cpu"), images[:1])
+    expected = cap.attn[2][0, 1, 1 + 2 * 8 + 5, 1:].reshape(8, 8)
+    np.testing.assert_allclose(np.asarray(view.patch.data[1].z), expected.numpy(), rtol=1e-5)
+    before = np.asarray(view.rollout.data[1].z).copy()
+    view.discard.value = 0.5
+    expected = metrics.attention_rollout(list(cap.attn.values()), 1, "mean", 0.5)[0].reshape(8, 8)
+    np.testing.assert_allclose(np.asarray(view.rollout.data[1].z), expected.numpy(), rtol=1e-5)
+    assert not np.allclose(before, expected.numpy())
+    view.image.value = 2
+    assert view.heads.layout.title.text.endswith(", c")
+
+
+def test_training_monitor_appends_epochs():
+    monitor = widgets.TrainingMonitor()
+    monitor.update({"epoch": 1, "loss": 2.0, "train_accuracy": 0.2, "test_accuracy": 0.25})
+    monitor.update({"epoch": 2, "loss": 1.0, "train_accuracy": 0.4, "test_accuracy": 0.45})
+    assert list(monitor.figure.data[0].y) == [2.0, 1.0] and list(monitor.figure.data[2].x) == [1, 2]
