@@ -1,6 +1,5 @@
 import json
 import pickle
-import time
 import urllib.error
 
 import numpy as np
@@ -153,9 +152,13 @@ def test_real_cifar10_loads_and_is_cached(monkeypatch):
         assert images.shape == (len(labels), 3, 32, 32)
         assert torch.bincount(labels).tolist() == [len(labels) // 10] * 10
     assert sizes == {"train": 50_000, "test": 10_000}
-    start = time.perf_counter()
-    data.cifar10("train")
-    assert time.perf_counter() - start < 1.0  # served from the .npz cache, not 50,000 JPEGs
+
+    def no_decoding(*_):
+        raise AssertionError("decoded 50,000 JPEGs again instead of reading the cache")
+
+    monkeypatch.setattr(data, "_read_imagefolder", no_decoding)
+    again, _ = data.cifar10("train")  # served from the .npz cache (timed in benchmarks/data_cache.py)
+    assert again.shape == (50_000, 3, 32, 32)
 
 
 def test_analysis_images_prefer_cifar_and_fall_back_to_samples(tmp_path, monkeypatch):
@@ -166,3 +169,14 @@ def test_analysis_images_prefer_cifar_and_fall_back_to_samples(tmp_path, monkeyp
     monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "c"))
     images, names, source = data.analysis_images()
     assert source == "CIFAR-10 test set" and len(images) == 4 and names[0].startswith("CIFAR-10 test #0 (")
+
+
+def test_gallery_adds_cifar_test_images(tmp_path, monkeypatch):
+    expected = make_batches(tmp_path, per_batch=4)
+    monkeypatch.setenv("VITLAB_DATA", str(tmp_path))
+    samples, _ = data.samples(32)
+    images, names = data.gallery(32, cifar=3)
+    assert len(images) == len(samples) + 3 and names[-3].startswith("CIFAR-10 test #0")
+    np.testing.assert_array_equal(images[-3:].numpy(), expected["test"][0][:3])  # 32 px: unchanged
+    big, _ = data.gallery(64, cifar=3)
+    assert big.shape[1:] == (3, 64, 64)

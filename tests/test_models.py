@@ -152,8 +152,8 @@ def test_unknown_spec_suggests_names():
         vitlab.load_model("vit_tiny_c1O")
 
 
-def _run_offline(code: str, hf_home) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
+def _run_offline(code: str, hf_home, **env_changes) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", **env_changes}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
                           text=True, timeout=120)
 
@@ -187,6 +187,16 @@ def test_offline_without_cache_gives_clear_error(tmp_path):
     assert "vitlab.models.WeightsUnavailableError" in done.stderr
     assert "pretrained=False" in done.stderr and "online" in done.stderr
     assert "huggingface_hub" not in done.stderr  # no stack of hub internals
+
+
+def test_unreachable_hub_fails_fast_with_the_same_advice(tmp_path):
+    done = _run_offline("""
+        import vitlab
+        vitlab.load_model("vit_small_patch16_224.augreg_in21k")
+    """, tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens on port 9
+    assert "Retrying" not in done.stderr  # the hub client alone retries for most of a minute
+    assert "WeightsUnavailableError" in done.stderr
+    assert "could not be downloaded (ConnectionError)" in done.stderr
 
 
 def test_describe_load_explains_instead_of_raising(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from . import settings
@@ -148,6 +149,21 @@ def analysis_images() -> tuple[torch.Tensor, list[str], str]:
         return images, [f"CIFAR-10 test #{i} ({CLASSES[y]})" for i, y in enumerate(labels.tolist())], "CIFAR-10 test set"
     images, names = samples(32)
     return images, names, "data/samples"
+
+
+def gallery(size: int = 32, cifar: int = 20) -> tuple[torch.Tensor, list[str]]:
+    """The sample images plus the first ``cifar`` CIFAR-10 test images (when present), at ``size``.
+
+    Returns ``(images uint8 (N, 3, size, size), names)``, for picking images in notebooks.
+    """
+    images, names = samples(size)
+    if cifar and find_cifar10() is not None:
+        test, labels = cifar10("test", download=False)
+        extra = F.interpolate(test[:cifar].float(), size=(size, size), mode="bicubic", align_corners=False,
+                              antialias=True).round().clamp(0, 255).to(torch.uint8)
+        images = torch.cat([images, extra])
+        names += [f"CIFAR-10 test #{i} ({CLASSES[y]})" for i, y in enumerate(labels[:cifar].tolist())]
+    return images, names
 
 
 # --- locating, downloading, caching ---------------------------------------------------

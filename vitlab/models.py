@@ -13,6 +13,8 @@ import dataclasses
 import difflib
 import json
 import os
+import socket
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,6 +364,11 @@ def _create_cache_first(spec: str, pretrained: bool, kwargs: dict[str, Any]) -> 
             raise
     finally:
         constants.HF_HUB_OFFLINE = offline
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname
+    try:  # the hub's client would retry an unreachable host for most of a minute
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as err:
+        raise ConnectionError(f"cannot reach {host}: {err}") from None
     return timm.create_model(spec, pretrained=True, **kwargs)
 
 

@@ -20,8 +20,13 @@ from .models import load_model
 
 
 @lru_cache(maxsize=8)
+def _model(spec: str):
+    """Models the views have loaded, by spec (views switch back and forth between a few)."""
+    return load_model(spec, device="cpu")
+
+
 def _position_similarity(spec: str) -> torch.Tensor:
-    return metrics.position_similarity(load_model(spec, device="cpu"))
+    return metrics.position_similarity(_model(spec))
 
 
 class PositionEmbeddingExplorer(W.VBox):
@@ -88,11 +93,6 @@ def position_embedding_explorer(models: Sequence[str], initial: str | None = Non
 
 def _error_html(err: Exception) -> str:
     return f"<span style='color:#b00'>{type(err).__name__}: {err}</span>"
-
-
-@lru_cache(maxsize=8)
-def _model(spec: str):
-    return load_model(spec, device="cpu")
 
 
 class EmbeddingFiltersExplorer(W.VBox):
