@@ -23,3 +23,14 @@ def test_failed_write_keeps_old_content_and_leaves_no_temp(tmp_path):
         atomic_write(target, crash)
     assert target.read_text() == '{\n  "a": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_write_respects_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "f.txt", lambda tmp: (tmp.unlink(), tmp.touch(mode=0o600)))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

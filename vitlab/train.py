@@ -394,11 +394,15 @@ ZOO_CHECK_SIZE = 1000
 
 
 def command_for(config: TrainConfig) -> str:
-    """The ``python -m vitlab train`` command line that reproduces ``config``."""
+    """The ``python -m vitlab train`` command line that reproduces ``config``.
+
+    Every setting is spelled out (not only those that differ from today's defaults), so
+    the command stays exact if a default changes later.
+    """
     parts = ["python -m vitlab train"]
     for field in dataclasses.fields(TrainConfig):
         value = getattr(config, field.name)
-        if value == field.default or field.name == "progress":
+        if value is None or field.name in ("progress", "checkpoint_every"):
             continue
         flag = "--" + field.name.replace("_", "-")
         parts.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
