@@ -218,8 +218,9 @@ def attention_overlay_figure(image: torch.Tensor, mask: torch.Tensor, title: str
         r, c = marker
         fig.add_shape(type="rect", x0=c * pw - 0.5, x1=(c + 1) * pw - 0.5, y0=r * ph - 0.5, y1=(r + 1) * ph - 0.5,
                       line=dict(color="cyan", width=3))
-    fig.update_layout(title=dict(text=title, x=0.5), width=420, height=440, margin=dict(l=10, r=10, t=50, b=10),
-                      xaxis=dict(visible=False), yaxis=dict(visible=False))
+    # Left-aligned title: plotly's mode bar covers the top right of a figure this narrow.
+    fig.update_layout(title=dict(text=title, x=0.02, xanchor="left"), width=420, height=440,
+                      margin=dict(l=10, r=10, t=50, b=10), xaxis=dict(visible=False), yaxis=dict(visible=False))
     _square_axes(fig)
     return fig
 
