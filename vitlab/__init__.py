@@ -4,4 +4,7 @@ from .capture import Capture, capture, head_statistics
 from .models import available, load_model, preprocess, save_model, zoo
 from .settings import quick_mode
 
-__all__ = ["Capture", "available", "capture", "head_statistics", "data", "load_model", "metrics", "plots", "preprocess", "quick_mode", "save_model", "settings", "train", "widgets", "zoo"]
+__all__ = [
+    "Capture", "available", "capture", "data", "head_statistics", "load_model", "metrics", "plots",
+    "preprocess", "quick_mode", "save_model", "settings", "train", "widgets", "zoo",
+]

@@ -179,6 +179,10 @@ def _check_features(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
+def _gram(features: torch.Tensor) -> torch.Tensor:
+    return (features @ features.T).cpu()
+
+
 def _hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool) -> torch.Tensor:
     """HSIC of two (n, n) Gram matrices; biased (Gretton 2005) or unbiased (Song 2012)."""
     n = k.shape[0]
@@ -226,8 +230,8 @@ class MinibatchCKA:
         """Add one minibatch: per layer a (b, features) tensor, the same b examples throughout."""
         if len(xs) != len(self.xx) or len(ys) != len(self.yy):
             raise ValueError(f"expected {len(self.xx)} x-layers and {len(self.yy)} y-layers, got {len(xs)}, {len(ys)}")
-        gx = [(lambda f: f @ f.T)(_check_features(x.flatten(1), "x")).cpu() for x in xs]
-        gy = [(lambda f: f @ f.T)(_check_features(y.flatten(1), "y")).cpu() for y in ys]
+        gx = [_gram(_check_features(x.flatten(1), "x")) for x in xs]  # (b, b) each
+        gy = [_gram(_check_features(y.flatten(1), "y")) for y in ys]
         for i, k in enumerate(gx):
             self.xx[i] += _hsic(k, k, True)
             for j, l in enumerate(gy):
