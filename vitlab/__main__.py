@@ -1,7 +1,8 @@
-"""Command line: ``python -m vitlab {zoo,data,train,publish}``.
+"""Command line: ``python -m vitlab {zoo,data,train,publish,sweep}``.
 
 ``train`` maps one flag onto each field of :class:`vitlab.train.TrainConfig`; ``--config``
-names a JSON or TOML file of the same fields, and flags given beside it win.
+names a JSON or TOML file of the same fields, and flags given beside it win. ``sweep``
+maps its flags onto :class:`vitlab.sweep.SweepConfig` the same way.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import typing
 from pathlib import Path
 
 from . import data, models
+from .sweep import SweepConfig, sweep
 from .train import TrainConfig, publish, train
 
 
@@ -27,6 +29,20 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             continue
         kind = next((t for t in (int, float, str) if t is hint or t in typing.get_args(hint)), str)
         parser.add_argument(flag, type=kind, default=field.default, help=f"default: {field.default}")
+
+
+def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(SweepConfig)
+    for field in dataclasses.fields(SweepConfig):
+        flag = "--" + field.name.replace("_", "-")
+        hint = hints[field.name]
+        if typing.get_origin(hint) is tuple:
+            kind = typing.get_args(hint)[0]
+            parser.add_argument(flag, type=kind, nargs="+", default=list(field.default), help=f"default: {field.default}")
+        else:
+            parser.add_argument(flag, type=hint, default=field.default, help=f"default: {field.default}")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
+                        help="a progress bar per epoch")
 
 
 def _read_config_file(path: str) -> dict:
@@ -51,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("run", help="the run's --out folder")
     pub.add_argument("name", choices=sorted(models.ZOO), help="zoo name it is a checkpoint of")
     pub.add_argument("--code-version", default=None, help="commit the run was trained with, if not recorded")
+    sweep_parser = sub.add_parser("sweep", help="train ViT and ResNet on growing CIFAR-10 subsets")
+    _add_sweep_flags(sweep_parser)
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
         train_parser.set_defaults(**_read_config_file(args.config))
@@ -61,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         for split in data.SPLITS:
             images, labels = data.cifar10(split)
             print(f"{split}: {tuple(images.shape)} images, {len(labels.unique())} classes")
+    elif args.command == "sweep":
+        fields = {f.name for f in dataclasses.fields(SweepConfig)}
+        config = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in fields})
+        records = sweep(config, progress=args.progress)
+        print(f"{len(records)} runs in {config.results}.csv")
     elif args.command == "publish":
         print(publish(args.run, args.name, args.code_version))
     else:

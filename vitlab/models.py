@@ -122,6 +122,15 @@ ZOO: dict[str, ZooConfig] = {
         description="ResNet-18 of basic blocks, widths 32-256, CIFAR stem",
         channels=(32, 64, 128, 256), layers=(2, 2, 2, 2),
     ),
+    # Minute-scale models for quick-mode sweeps and tests of the whole pipeline.
+    "vit_micro_c10": CifarViT(
+        description="ViT, patch 8 (4x4 grid), width 32, 2 blocks, 2 heads (quick runs)",
+        embed_dim=32, depth=2, num_heads=2, patch_size=8,
+    ),
+    "resnet_micro_c10": CifarResNet(
+        description="ResNet of basic blocks, one per stage, widths 8-64, CIFAR stem (quick runs)",
+        channels=(8, 16, 32, 64), layers=(1, 1, 1, 1),
+    ),
 }
 
 
