@@ -219,3 +219,80 @@ def head_statistics(model: nn.Module, images: torch.Tensor | Iterable[torch.Tens
         stats.update(cap.attn, cap.grid, cap.patch_size, cap.num_prefix_tokens)
         del cap  # drop this batch's maps before the next forward
     return dict(stats.result(), layers=torch.tensor(sorted(stats.distance)))
+
+
+# --- layer representations (ViT blocks and ResNet stages alike) ----------------------------
+
+
+def representation_layers(model: nn.Module) -> list[str]:
+    """Names of the modules whose outputs are ``model``'s layer-wise representations.
+
+    Read from timm's ``feature_info`` (``blocks.0``, ``blocks.1``, ... for a ViT;
+    ``act1`` (the stem), ``layer1`` ... ``layer4`` for a ResNet), not guessed from names.
+    """
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ValueError(f"{type(model).__name__} has no feature_info listing its layers; vitlab reads "
+                         "representations from timm models (zoo models, timm ViTs and ResNets)")
+    return [f["module"] for f in info]
+
+
+def pool(output: torch.Tensor, num_prefix_tokens: int) -> dict[str, torch.Tensor]:
+    """One layer's output reduced to vectors per image, as in the paper's linear probes.
+
+    Token outputs (B, N, D) give ``"cls"`` (the first prefix token, if any) and ``"mean"``
+    (mean of the patch tokens); feature maps (B, C, H, W) give ``"gap"`` (global average).
+    """
+    if output.ndim == 3:
+        pooled = {"mean": output[:, num_prefix_tokens:].mean(1)}  # (B, D)
+        if num_prefix_tokens:
+            pooled = {"cls": output[:, 0], **pooled}
+        return pooled
+    if output.ndim == 4:
+        return {"gap": output.mean((2, 3))}  # (B, C)
+    raise ValueError(f"cannot pool a layer output of shape {tuple(output.shape)}: expected (B, N, D) or (B, C, H, W)")
+
+
+@contextlib.contextmanager
+def layer_hooks(model: nn.Module, layers: Sequence[str] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the outputs of ``layers`` (default :func:`representation_layers`) while open.
+
+    Each forward inside the ``with`` block overwrites the returned dict (layer name ->
+    output tensor). Hooks are removed and train/eval modes restored on exit.
+    """
+    names = list(layers) if layers is not None else representation_layers(model)
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise ValueError(f"{type(model).__name__} has no modules {missing}; its layers are {representation_layers(model)}")
+    outputs: dict[str, torch.Tensor] = {}
+    modes = {m: m.training for m in model.modules()}
+    handles = [modules[n].register_forward_hook(lambda _m, _a, out, n=n: outputs.__setitem__(n, out.detach()))
+               for n in names]
+    model.eval()
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.training = mode
+
+
+@torch.no_grad()
+def layer_features(model: nn.Module, images: torch.Tensor, batch_size: int = 250,
+                   layers: Sequence[str] | None = None) -> dict[tuple[str, str], torch.Tensor]:
+    """Pooled representations of every layer for uint8 ``images`` (N, 3, H, W).
+
+    Returns ``{(layer, pooling): (N, features)}`` in layer order, with the poolings of
+    :func:`pool` (``cls`` and ``mean`` for ViT blocks, ``gap`` for ResNet stages), in fp32 on the CPU.
+    """
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    parts: dict[tuple[str, str], list[torch.Tensor]] = {}
+    with layer_hooks(model, layers) as outputs:
+        for i in range(0, len(images), batch_size):
+            model(preprocess(model, images[i : i + batch_size]))
+            for name, out in outputs.items():
+                for how, vec in pool(out, prefix).items():
+                    parts.setdefault((name, how), []).append(vec.float().cpu())
+    return {key: torch.cat(chunks) for key, chunks in parts.items()}

@@ -247,6 +247,60 @@ class MinibatchCKA:
         return (self.xy / torch.sqrt(self.xx[:, None] * self.yy[None, :])).float()
 
 
+# --- few-shot linear probes --------------------------------------------------------------
+
+#: Weight of the constant feature that stands for the bias: large, so the ridge penalty
+#: barely touches the bias (the choice of big_vision's few-shot evaluator).
+FEWSHOT_BIAS = 100.0
+#: big_vision's default ridge strength for few-shot evaluation.
+FEWSHOT_L2 = 2.0**10
+
+
+def ridge_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                     l2: float = FEWSHOT_L2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Closed-form ridge regression of features onto +-1 one-hot targets (big_vision few-shot).
+
+    Features are standardised with the training set's mean and std (+1e-5), a constant
+    column of ``FEWSHOT_BIAS`` is appended, and ``W = (X^T X + l2 I)^-1 X^T Y`` is solved
+    in float64, in its dual form ``X^T (X X^T + l2 I)^-1 Y`` when there are fewer examples
+    than features (the usual few-shot case).
+
+    Args:
+        x: (n, d) training features; y: (n,) integer labels in ``0..num_classes-1``.
+
+    Returns:
+        ``(weights (d + 1, C), mean (d,), std (d,))`` for :func:`ridge_predict`.
+    """
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"x must be (n, d) and y (n,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if l2 <= 0:
+        raise ValueError(f"l2 must be positive, got {l2}")
+    x = x.detach().double().cpu()
+    mean, std = x.mean(0), x.std(0, unbiased=False) + 1e-5
+    a = torch.cat([(x - mean) / std, torch.full((len(x), 1), FEWSHOT_BIAS, dtype=x.dtype)], 1)  # (n, d+1)
+    targets = 2.0 * F.one_hot(y.long().cpu(), num_classes).double() - 1.0  # (n, C)
+    n, d = a.shape
+    if n >= d:
+        w = torch.linalg.solve(a.T @ a + l2 * torch.eye(d, dtype=a.dtype), a.T @ targets)
+    else:
+        w = a.T @ torch.linalg.solve(a @ a.T + l2 * torch.eye(n, dtype=a.dtype), targets)
+    return w, mean, std
+
+
+def ridge_predict(model: tuple[torch.Tensor, torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Class predictions (n,) of a :func:`ridge_classifier` for features ``x`` (n, d)."""
+    w, mean, std = model
+    a = torch.cat([(x.detach().double().cpu() - mean) / std, torch.full((len(x), 1), FEWSHOT_BIAS, dtype=w.dtype)], 1)
+    return (a @ w).argmax(1)
+
+
+def fewshot_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                     num_classes: int, l2: float = FEWSHOT_L2) -> float:
+    """Test accuracy (a fraction) of the ridge probe fitted on ``train_x``/``train_y``."""
+    probe = ridge_classifier(train_x, train_y, num_classes, l2)
+    return float((ridge_predict(probe, test_x) == test_y.cpu()).double().mean())
+
+
 # --- streaming per-head statistics ------------------------------------------------------
 
 

@@ -127,11 +127,15 @@ def read_results(results: str | os.PathLike) -> list[dict[str, Any]]:
     return json.loads(path.read_text())["runs"] if path.is_file() else []
 
 
+def _ordered(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(records, key=lambda r: (r["family"], r["model"], r["subset_size"], r["seed"], r["epochs"]))
+
+
 def write_results(results: str | os.PathLike, records: list[dict[str, Any]], commands: list[str]) -> None:
     """Write ``<results>.json`` (records and the commands that made them) and ``<results>.csv``."""
     base = Path(results)
     base.parent.mkdir(parents=True, exist_ok=True)
-    records = sorted(records, key=lambda r: (r["family"], r["model"], r["subset_size"], r["seed"]))
+    records = _ordered(records)
     text = json.dumps(dict(commands=commands, fields=list(FIELDS), runs=records), indent=1) + "\n"
     atomic_write(base.with_suffix(".json"), lambda tmp: tmp.write_text(text))
     table = io.StringIO()
@@ -153,7 +157,8 @@ def command_for(config: SweepConfig) -> str:
 
 def sweep(config: SweepConfig, device: str | torch.device | None = None,
           on_run: Callable[[dict[str, Any]], None] | None = None, progress: bool = False) -> list[dict[str, Any]]:
-    """Run every missing run of ``config``; returns all records in the results file.
+    """Run every missing run of ``config``; returns all records in the results file, ordered
+    by family, model, subset size and seed.
 
     ``on_run`` is called with each new record (e.g. to redraw a notebook figure).
     """
@@ -196,5 +201,5 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
         if on_run is not None:
             on_run(record)
     write_results(config.results, records, commands)
-    return records
+    return _ordered(records)
 

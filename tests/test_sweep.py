@@ -1,0 +1,155 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from vitlab import __main__ as cli
+from vitlab import data, sweep as sweep_mod
+from vitlab.models import ZOO, build_model, load_model
+from vitlab.sweep import SweepConfig, sweep, train_flops_per_image
+from vitlab.train import evaluate
+
+
+def test_budget_rule_gives_at_least_epochs_and_min_samples():
+    config = SweepConfig(epochs=3, min_samples=10_000)
+    for size in (100, 1000, 3333, 5000, 50_000):
+        epochs = config.epochs_for(size)
+        assert epochs >= 3 and epochs * size >= 10_000
+        assert epochs == 3 or (epochs - 1) * size < 10_000  # the smallest such count
+    runs = SweepConfig(models=("a", "b"), sizes=(500, 100), seeds=(1, 0)).runs()
+    assert [(r["seed"], r["subset_size"], r["model"]) for r in runs][:3] == [(1, 100, "a"), (1, 100, "b"), (1, 500, "a")]
+    assert len(runs) == 8
+
+
+def _vit_flops(cfg, classes=10):
+    """Training FLOPs per image of a zoo ViT, counted by hand (2 FLOPs per multiply-add)."""
+    d, n_patches = cfg.embed_dim, (cfg.img_size // cfg.patch_size) ** 2
+    n, hidden = n_patches + 1, int(d * cfg.mlp_ratio)
+    linear = n * (d * 3 * d + d * d + d * hidden + hidden * d) * 2  # qkv, proj, fc1, fc2
+    attention = 2 * (2 * n * n * d)  # q k^T and attn v, summed over heads
+    patch_embed = 2 * n_patches * (3 * cfg.patch_size**2) * d
+    head = 2 * d * classes  # class token only
+    # Backward costs twice the forward (input and weight gradients), except that the
+    # patch embedding needs no gradient for its input images.
+    return 3 * (cfg.depth * (linear + attention) + head) + 2 * patch_embed
+
+
+def _resnet_flops(model, img=32):
+    """Conv and linear training FLOPs of a ResNet, from a shape-tracing forward."""
+    convs, shapes = [], {}
+    hooks = [m.register_forward_hook(lambda m, a, out: shapes.__setitem__(m, out.shape))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    model(torch.zeros(1, 3, img, img))
+    for h in hooks:
+        h.remove()
+    for m, shape in shapes.items():
+        per = 2 * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups * shape[2] * shape[3]
+        convs.append(per * (2 if m is model.conv1 else 3))
+    fc = model.fc
+    return sum(convs) + 3 * 2 * fc.in_features * fc.out_features
+
+
+@pytest.mark.parametrize("name", ["vit_micro_c10", "vit_tiny_c10"])
+def test_vit_flops_match_a_hand_count_including_attention(name):
+    # The CPU's fused attention kernel is invisible to the flop counter; the count must still include it.
+    assert train_flops_per_image(build_model({"zoo": name})) == _vit_flops(ZOO[name])
+
+
+@pytest.mark.parametrize("name", ["resnet_micro_c10", "resnet_tiny_c10"])
+def test_resnet_flops_match_a_hand_count(name):
+    model = build_model({"zoo": name})
+    assert train_flops_per_image(model) == _resnet_flops(model)
+
+
+def _tiny(tmp_path, **kw):
+    return SweepConfig(**dict(dict(models=("vit_micro_c10", "resnet_micro_c10"), sizes=(100, 200), seeds=(0,),
+                                   epochs=1, min_samples=200, batch_size=50, monitor_size=50,
+                                   out=str(tmp_path / "runs"), results=str(tmp_path / "results" / "sweep")), **kw))
+
+
+def test_sweep_records_every_run_and_skips_done_ones(fake_cifar, tmp_path, monkeypatch):
+    config = _tiny(tmp_path)
+    records = sweep(config)
+    assert len(records) == 4
+    test_x, test_y = data.cifar10("test")
+    for r in records:
+        assert set(sweep_mod.FIELDS) <= set(r)
+        assert r["family"] == ZOO[r["model"]].family
+        assert r["epochs"] == config.epochs_for(r["subset_size"])  # 2 epochs on 100 images, 1 on 200
+        steps = r["subset_size"] // config.batch_size * r["epochs"]
+        assert r["images_seen"] == steps * config.batch_size
+        assert r["train_flops"] == r["flops_per_image"] * r["images_seen"]
+        assert r["params"] == sum(p.numel() for p in build_model({"zoo": r["model"]}).parameters())
+        run = tmp_path / "runs" / f"{r['model']}-n{r['subset_size']}-s0-e{r['epochs']}"
+        meta = json.loads((run / "model.json").read_text())
+        assert meta["data"]["train_images"] == r["subset_size"]
+        # The recorded accuracy is over the whole test set, recomputed from the saved weights.
+        assert r["test_accuracy"] == evaluate(load_model(run / "model.safetensors", device="cpu"), test_x, test_y)
+    with open(tmp_path / "results" / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["model"], int(row["subset_size"]), float(row["test_accuracy"])) for row in rows] == \
+        [(r["model"], r["subset_size"], r["test_accuracy"]) for r in records]
+    saved = json.loads((tmp_path / "results" / "sweep.json").read_text())
+    assert saved["runs"] == records and saved["commands"] == [sweep_mod.command_for(config)]
+
+    trained = []
+    real_train = sweep_mod.train
+    monkeypatch.setattr(sweep_mod, "train", lambda cfg, **kw: trained.append(cfg.model) or real_train(cfg, **kw))
+    assert sweep(config) == records and trained == []  # everything done: nothing retrained
+    more = sweep(_tiny(tmp_path, seeds=(0, 1), sizes=(100,)))
+    assert len(more) == 6 and sorted(trained) == ["resnet_micro_c10", "vit_micro_c10"]
+    assert {(r["seed"], r["subset_size"]) for r in more} == {(0, 100), (0, 200), (1, 100)}
+
+
+def test_sweep_resumes_a_run_that_was_interrupted(fake_cifar, tmp_path, monkeypatch):
+    from vitlab import train as train_mod
+
+    config = _tiny(tmp_path, models=("vit_micro_c10",), sizes=(100,), min_samples=300)  # 3 epochs
+    real_evaluate, calls = train_mod.evaluate, []
+
+    def dies_in_epoch_two(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "evaluate", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(config)
+    run = tmp_path / "runs" / "vit_micro_c10-n100-s0-e3"
+    first = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(first) == 1 and not (tmp_path / "results" / "sweep.json").exists()
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    (record,) = sweep(config)
+    log = (run / "metrics.jsonl").read_text().splitlines()
+    assert log[0] == first[0]  # epoch 1 was not trained again
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3] and record["epochs"] == 3
+    assert record["images_seen"] == 3 * 2 * config.batch_size
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(models=("vit_huge_c10",)), "unknown zoo models"),
+    (dict(sizes=(100, 10**6)), "outside"),
+    (dict(sizes=(20,)), "smaller than the batch"),
+    (dict(seeds=()), "at least one"),
+])
+def test_bad_sweeps_fail_before_training(fake_cifar, tmp_path, monkeypatch, change, message):
+    monkeypatch.setattr(sweep_mod, "train", lambda *a, **kw: pytest.fail("trained despite a bad config"))
+    with pytest.raises(ValueError, match=message):
+        sweep(_tiny(tmp_path, **change))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_command_line_maps_flags_onto_the_config(monkeypatch, capsys, tmp_path):
+    seen = {}
+    monkeypatch.setattr(cli, "sweep", lambda config, progress: seen.setdefault("config", config) and [])
+    cli.main(["sweep", "--models", "vit_micro_c10", "--sizes", "100", "200", "--seeds", "3",
+              "--min-samples", "400", "--results", str(tmp_path / "r")])
+    config = seen["config"]
+    assert config == SweepConfig(models=("vit_micro_c10",), sizes=(100, 200), seeds=(3,), min_samples=400,
+                                 results=str(tmp_path / "r"))
+    # The recorded command rebuilds the same config.
+    monkeypatch.setattr(cli, "sweep", lambda config, progress: seen.__setitem__("again", config) or [])
+    cli.main(sweep_mod.command_for(config).split()[3:])
+    assert seen["again"] == config
