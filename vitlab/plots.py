@@ -285,3 +285,159 @@ def zoo_table(zoo: dict[str, dict]) -> go.Figure:
     ))
     fig.update_layout(width=900, height=80 + 32 * len(names), margin=dict(l=10, r=10, t=10, b=10))
     return fig
+
+
+# --- ViT vs ResNet: data size, compute, probes, CKA ------------------------------------
+
+_FAMILY_COLORS = {"vit": ("#1f77b4", "#6baed6", "#08519c"), "resnet": ("#d62728", "#fc9272", "#a50f15")}
+
+
+def _color(family: str, k: int) -> str:
+    shades = _FAMILY_COLORS.get(family, ("#555555", "#999999", "#222222"))
+    return shades[k % len(shades)]
+
+
+def _by_size(rows: list[dict]) -> dict[int, list[dict]]:
+    groups: dict[int, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["subset_size"]):
+        groups.setdefault(r["subset_size"], []).append(r)
+    return groups
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def sweep_figure(records: list[dict], x: str = "subset_size", models: list[str] | None = None,
+                 title: str | None = None) -> go.Figure:
+    """Test accuracy against training images or training FLOPs (log axis), per model (paper Fig. 3 and 5).
+
+    Points are means over seeds with error bars of one standard deviation; the hover
+    shows the number of seeds, epochs and minutes per run.
+
+    Args:
+        records: sweep records (:func:`vitlab.sweep.sweep` or :func:`vitlab.sweep.read_results`).
+        x: ``"subset_size"`` (training images) or ``"train_flops"``.
+        models: the models to draw (default all, ViTs first).
+    """
+    if x not in ("subset_size", "train_flops"):
+        raise ValueError(f"x must be 'subset_size' or 'train_flops', got {x!r}")
+    family = {r["model"]: r["family"] for r in records}
+    names = models if models is not None else sorted(family, key=lambda m: (family[m] != "vit", m))
+    fig = go.Figure()
+    shade: dict[str, int] = {}
+    for name in [n for n in names if n in family]:
+        groups = _by_size([r for r in records if r["model"] == name])
+        stats = [_spread([r["test_accuracy"] for r in runs]) for runs in groups.values()]
+        xs = [float(np.mean([r[x] for r in runs])) for runs in groups.values()]
+        custom = [[len(runs), runs[0]["epochs"], size, np.mean([r["wall_seconds"] for r in runs]) / 60]
+                  for size, runs in groups.items()]
+        color = _color(family[name], shade.get(family[name], 0))
+        shade[family[name]] = shade.get(family[name], 0) + 1
+        fig.add_trace(go.Scatter(
+            x=xs, y=[m for m, _ in stats], mode="lines+markers", name=f"{name} ({family[name]})",
+            error_y=dict(type="data", array=[sd for _, sd in stats], visible=True),
+            marker=dict(size=9, color=color, symbol="circle" if family[name] == "vit" else "square"),
+            line=dict(color=color), customdata=custom,
+            hovertemplate=("%{customdata[2]:,} images, %{customdata[1]} epochs<br>accuracy %{y:.1%} "
+                           "(%{customdata[0]} seed(s))<br>%{customdata[3]:.1f} min per run<extra>" + name + "</extra>"),
+        ))
+    by_size = x == "subset_size"
+    fig.update_layout(
+        title=dict(text=title or ("Accuracy vs training-set size" if by_size else "Accuracy vs training compute"), x=0.5),
+        width=720, height=440, margin=dict(l=70, r=20, t=50, b=60),
+        xaxis=dict(title="Training images (class-stratified CIFAR-10 subset)" if by_size
+                   else "Training FLOPs (forward + backward, all epochs)", type="log"),
+        yaxis=dict(title="CIFAR-10 test accuracy (10,000 images)", tickformat=".0%", rangemode="tozero"),
+        legend=dict(x=0.02, y=0.98))
+    return fig
+
+
+def sweep_table(records: list[dict]) -> go.Figure:
+    """The sweep as a table: per model and subset size, epochs, accuracy (mean ± std over seeds), FLOPs, time."""
+    cells: list[list] = [[] for _ in range(7)]
+    for name in sorted({r["model"] for r in records}):
+        for size, runs in _by_size([r for r in records if r["model"] == name]).items():
+            mean, sd = _spread([r["test_accuracy"] for r in runs])
+            row = [name, f"{size:,}", runs[0]["epochs"], len(runs), f"{mean:.1%}" + (f" ± {sd:.1%}" if len(runs) > 1 else ""),
+                   f"{np.mean([r['train_flops'] for r in runs]):.2e}", f"{np.mean([r['wall_seconds'] for r in runs]) / 60:.1f}"]
+            for column, value in zip(cells, row):
+                column.append(value)
+    fig = go.Figure(go.Table(
+        header=dict(values=["model", "training images", "epochs", "seeds", "test accuracy", "training FLOPs",
+                            "minutes per run"], align="left"),
+        cells=dict(values=cells, align="left"),
+    ))
+    fig.update_layout(width=820, height=80 + 28 * len(cells[0]), margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+def probe_depth_figure(records: list[dict], shots: int, title: str | None = None) -> go.Figure:
+    """Few-shot probe accuracy against relative depth, one curve per model and pooling.
+
+    Depth is the layer's index over the model's last index (0 = first listed layer,
+    1 = last block or stage), so a 6-block ViT and a 5-stage ResNet share an axis.
+    Error bars are one standard deviation over seeds.
+    """
+    from .compare import mean_over_seeds
+
+    chosen = [r for r in records if r["shots"] == shots]
+    if not chosen:
+        raise ValueError(f"no probe records with {shots} shots; have {sorted({r['shots'] for r in records})}")
+    fig = go.Figure()
+    for model in dict.fromkeys(r["model"] for r in chosen):
+        mine = [r for r in chosen if r["model"] == model]
+        last = max(r["depth"] for r in mine) or 1
+        for k, pooling in enumerate(dict.fromkeys(r["pooling"] for r in mine)):
+            stats = sorted(mean_over_seeds([r for r in mine if r["pooling"] == pooling], ["layer", "depth"], "accuracy"),
+                           key=lambda s: s["depth"])
+            family = "vit" if pooling in ("cls", "mean") else "resnet"
+            fig.add_trace(go.Scatter(
+                x=[s["depth"] / last for s in stats], y=[s["mean"] for s in stats], mode="lines+markers",
+                name=f"{model} · {pooling}", error_y=dict(type="data", array=[s["std"] for s in stats], visible=True),
+                line=dict(color=_color(family, k), dash="solid" if pooling != "mean" else "dash"),
+                customdata=[[s["layer"], s["n"]] for s in stats],
+                hovertemplate="%{customdata[0]}: %{y:.1%} (%{customdata[1]} seeds)<extra>" + model + "</extra>",
+            ))
+    fig.update_layout(title=dict(text=title or f"{shots}-shot linear probe accuracy by depth", x=0.5),
+                      width=720, height=420, margin=dict(l=70, r=20, t=50, b=60),
+                      xaxis=dict(title="Relative depth (first layer 0, last 1)", range=[-0.05, 1.05]),
+                      yaxis=dict(title="Few-shot test accuracy", tickformat=".0%", rangemode="tozero"),
+                      legend=dict(x=0.02, y=0.98))
+    return fig
+
+
+def probe_shots_figure(records: list[dict], layers: list[tuple[str, str, str]], title: str = "Accuracy vs shots") -> go.Figure:
+    """Few-shot accuracy against shots per class (log axis) for chosen ``(model, layer, pooling)`` triples."""
+    from .compare import mean_over_seeds
+
+    fig = go.Figure()
+    for k, (model, layer, pooling) in enumerate(layers):
+        rows = [r for r in records if (r["model"], r["layer"], r["pooling"]) == (model, layer, pooling)]
+        if not rows:
+            raise ValueError(f"no probe records for {model} {layer} {pooling}")
+        stats = sorted(mean_over_seeds(rows, ["shots"], "accuracy"), key=lambda s: s["shots"])
+        family = "vit" if pooling in ("cls", "mean") else "resnet"
+        fig.add_trace(go.Scatter(x=[s["shots"] for s in stats], y=[s["mean"] for s in stats], mode="lines+markers",
+                                 name=f"{model} · {layer} · {pooling}", line=dict(color=_color(family, k)),
+                                 error_y=dict(type="data", array=[s["std"] for s in stats], visible=True)))
+    fig.update_layout(title=dict(text=title, x=0.5), width=720, height=400, margin=dict(l=70, r=20, t=50, b=60),
+                      xaxis=dict(title="Training images per class (shots)", type="log"),
+                      yaxis=dict(title="Few-shot test accuracy", tickformat=".0%", rangemode="tozero"),
+                      legend=dict(x=0.02, y=0.98))
+    return fig
+
+
+def cka_figure(cka: torch.Tensor, names_y: list[str], names_x: list[str], label_y: str = "", label_x: str = "",
+               title: str = "Linear CKA") -> go.Figure:
+    """A CKA heatmap (Raghu et al. 2021, Fig. 1-2): rows are ``names_y`` layers, columns ``names_x``."""
+    c = cka.detach().float().numpy()
+    if c.shape != (len(names_y), len(names_x)):
+        raise ValueError(f"CKA matrix {c.shape} does not match {len(names_y)} x {len(names_x)} layer names")
+    fig = go.Figure(go.Heatmap(z=c, x=names_x, y=names_y, zmin=0, zmax=1, colorscale="Viridis",
+                               colorbar=dict(title="CKA"), text=np.round(c, 2), texttemplate="%{text}",
+                               hovertemplate=f"{label_y} %{{y}} vs {label_x} %{{x}}<br>CKA %{{z:.3f}}<extra></extra>"))
+    fig.update_layout(title=dict(text=title, x=0.5), width=560, height=500, margin=dict(l=90, r=20, t=50, b=80),
+                      xaxis=dict(title=label_x, type="category"), yaxis=dict(title=label_y, type="category", autorange="reversed"))
+    return fig

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import data
+from . import data, settings
 from .io import atomic_write
 from .models import ZOO, build_model
 from .train import TrainConfig, _code_version, evaluate, train
@@ -40,6 +40,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "vit": dict(optimizer="adamw", lr=1e-3, weight_decay=0.05),
     "resnet": dict(optimizer="sgd", lr=0.1, weight_decay=5e-4),
 }
+
+#: The committed CPU sweep (``<RESULTS>.csv`` and ``<RESULTS>.json``).
+RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_vs_resnet"
 
 #: The columns of the results table, in order.
 FIELDS = ("model", "family", "subset_size", "seed", "epochs", "test_accuracy", "train_flops", "params",

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from . import metrics, plots
 from .capture import capture, head_statistics
+from .compare import cka_matrix, fewshot_probes
 from .models import load_model
 
 
@@ -326,3 +327,136 @@ def train_with_curves(config, title: str | None = None):
     monitor = TrainingMonitor(title or f"Training {config.model}")
     display(monitor)
     return train(config, on_epoch=monitor.update)
+
+
+# --- ViT vs ResNet --------------------------------------------------------------------
+
+
+def _replace(widget: go.FigureWidget, fresh: go.Figure) -> None:
+    """Swap a FigureWidget's traces and layout for those of ``fresh``, in one update."""
+    with widget.batch_update():
+        widget.data = []
+        for trace in fresh.data:
+            widget.add_trace(trace)
+        widget.layout.update(fresh.layout)
+
+
+class SweepExplorer(W.VBox):
+    """Accuracy against training-set size or training FLOPs, from sweep records, with a table.
+
+    Pass :meth:`add` as ``sweep(..., on_run=...)`` to watch a sweep fill the figure in.
+    Attributes: ``axis`` (toggle), ``models`` (multi-select), ``figure``, ``table``.
+    """
+
+    AXES = {"training images": "subset_size", "training FLOPs": "train_flops"}
+
+    def __init__(self, records: list[dict], title: str = ""):
+        self.records = list(records)
+        self.title = title
+        self.axis = W.ToggleButtons(options=list(self.AXES), description="x axis")
+        self.models = W.SelectMultiple(description="models", rows=4)
+        self.figure = go.FigureWidget(plots.sweep_figure(self.records))
+        self.table = go.FigureWidget(plots.sweep_table(self.records))
+        self._set_models()
+        self.axis.observe(self._redraw, names="value")
+        self.models.observe(self._redraw, names="value")
+        super().__init__([W.HBox([self.axis, self.models]), self.figure, self.table])
+        self._redraw()
+
+    def _set_models(self) -> None:
+        names = sorted({r["model"] for r in self.records})
+        chosen = [n for n in self.models.value if n in names] or names
+        self.models.options = names
+        self.models.value = tuple(chosen)
+
+    def _redraw(self, _change=None) -> None:
+        x = self.AXES[self.axis.value]
+        prefix = f"{self.title}: " if self.title else ""
+        what = "training-set size" if x == "subset_size" else "training compute"
+        _replace(self.figure, plots.sweep_figure(self.records, x, list(self.models.value), title=f"{prefix}accuracy vs {what}"))
+        _replace(self.table, plots.sweep_table([r for r in self.records if r["model"] in self.models.value]))
+
+    def add(self, record: dict) -> None:
+        """Add one run's record and redraw."""
+        self.records.append(record)
+        self._set_models()
+        self._redraw()
+
+
+class ProbeExplorer(W.VBox):
+    """Few-shot linear probes on every layer of several models (paper Fig. 4 style).
+
+    Attributes: ``shots`` (toggle), ``models`` (multi-select), ``layers`` (multi-select of
+    model · layer · pooling for the shots curve), ``depth`` and ``curve`` (FigureWidgets),
+    ``records`` (all probe results).
+    """
+
+    def __init__(self, models: Sequence[str], shots: Sequence[int] = (1, 5, 10, 25), seeds: Sequence[int] = (0, 1, 2),
+                 test_size: int = 2000):
+        self.records = [r for spec in models for r in fewshot_probes(_model(spec), shots, seeds, test_size, name=spec)]
+        self.shots = W.ToggleButtons(options=list(shots), value=max(shots), description="shots")
+        self.models = W.SelectMultiple(options=list(models), value=tuple(models), description="models", rows=3)
+        triples = list(dict.fromkeys((r["model"], r["layer"], r["pooling"]) for r in self.records))
+        last = {m: max(r["depth"] for r in self.records if r["model"] == m) for m in models}
+        depth = {(r["model"], r["layer"], r["pooling"]): r["depth"] for r in self.records}
+        default = [t for t in triples if depth[t] == last[t[0]]]
+        self.layers = W.SelectMultiple(options=[(" · ".join(t), t) for t in triples], value=tuple(default),
+                                       description="layers", rows=6)
+        self.depth = go.FigureWidget(plots.probe_depth_figure(self.records, self.shots.value))
+        self.curve = go.FigureWidget(plots.probe_shots_figure(self.records, default))
+        for control in (self.shots, self.models, self.layers):
+            control.observe(self._redraw, names="value")
+        super().__init__([W.HBox([self.shots, self.models]), self.depth, self.layers, self.curve])
+
+    def _redraw(self, _change=None) -> None:
+        mine = [r for r in self.records if r["model"] in self.models.value]
+        if mine:
+            _replace(self.depth, plots.probe_depth_figure(mine, self.shots.value))
+        _replace(self.curve, plots.probe_shots_figure(self.records, list(self.layers.value)))
+
+
+class CKAExplorer(W.VBox):
+    """CKA heatmaps between every layer of two models (A x B) and of A with itself (A x A).
+
+    Results are kept per (models, representation), so switching back is instant.
+    Attributes: ``model_a``, ``model_b`` (dropdowns), ``representation`` (toggle),
+    ``cross`` and ``self_similarity`` (FigureWidgets), ``status``.
+    """
+
+    def __init__(self, models: Sequence[str], images: torch.Tensor, initial: tuple[str, str] | None = None,
+                 batch_size: int = 250):
+        self.data, self.batch_size, self._cache = images, min(batch_size, len(images)), {}
+        a, b = initial if initial is not None else (models[0], models[-1])
+        self.model_a = W.Dropdown(options=list(models), value=a, description="model A")
+        self.model_b = W.Dropdown(options=list(models), value=b, description="model B")
+        self.representation = W.ToggleButtons(options=["full", "pooled"], description="layer output")
+        self.status = W.HTML()
+        self.cross = go.FigureWidget()
+        self.self_similarity = go.FigureWidget()
+        for control in (self.model_a, self.model_b, self.representation):
+            control.observe(self._redraw, names="value")
+        super().__init__([W.HBox([self.model_a, self.model_b, self.representation, self.status]),
+                          W.HBox([self.cross, self.self_similarity])])
+        self._redraw()
+
+    def compute(self, a: str, b: str, representation: str) -> tuple[torch.Tensor, list[str], list[str]]:
+        """CKA between every layer of models ``a`` and ``b`` (cached)."""
+        key = (a, b, representation)
+        if key not in self._cache:
+            model_a = _model(a)
+            model_b = model_a if a == b else _model(b)
+            self._cache[key] = cka_matrix(model_a, model_b, self.data, self.batch_size, representation)
+        return self._cache[key]
+
+    def _redraw(self, _change=None) -> None:
+        a, b, rep = self.model_a.value, self.model_b.value, self.representation.value
+        self.status.value = "computing..."
+        try:
+            cross, self_sim = self.compute(a, b, rep), self.compute(a, a, rep)
+        except Exception as err:
+            self.status.value = _error_html(err)
+            return
+        self.status.value = f"{len(self.data) // self.batch_size * self.batch_size} images"
+        _replace(self.cross, plots.cka_figure(cross[0], cross[1], cross[2], a, b, title=f"CKA: {a} x {b}"))
+        _replace(self.self_similarity, plots.cka_figure(self_sim[0], self_sim[1], self_sim[2], a, a,
+                                                        title=f"CKA: {a} x {a}"))
