@@ -111,3 +111,85 @@ def test_training_curves_and_zoo_table():
            "b": dict(family="resnet", description="e", params=10, test_accuracy=None)}
     cells = plots.zoo_table(zoo).data[0].cells.values
     assert list(cells[0]) == ["a", "b"] and list(cells[4]) == ["75.0%", "not trained"] and cells[3][0] == "1,234"
+
+
+def _sweep_records():
+    """Two models, two sizes; the small size has three seeds with known accuracies."""
+    records = []
+    for model, family, flops in (("vit_a", "vit", 10.0), ("resnet_b", "resnet", 4.0)):
+        for size, accs in ((100, [0.2, 0.3, 0.4]), (1000, [0.6])):
+            for seed, acc in enumerate(accs):
+                records.append(dict(model=model, family=family, subset_size=size, seed=seed, epochs=1000 // size,
+                                    test_accuracy=acc + (0.1 if family == "resnet" else 0.0),
+                                    train_flops=flops * 1000, wall_seconds=60.0 * (seed + 1)))
+    return records
+
+
+def test_sweep_figure_means_and_error_bars_over_seeds():
+    fig = plots.sweep_figure(_sweep_records())
+    assert [t.name for t in fig.data] == ["vit_a (vit)", "resnet_b (resnet)"]  # ViTs first
+    vit = fig.data[0]
+    assert list(vit.x) == [100, 1000]
+    np.testing.assert_allclose(vit.y, [0.3, 0.6])
+    np.testing.assert_allclose(vit.error_y.array, [0.1, 0.0])  # sample std of 0.2, 0.3, 0.4; one seed: 0
+    assert [list(c[:3]) for c in vit.customdata] == [[3, 10, 100], [1, 1, 1000]]
+    assert vit.customdata[0][3] == pytest.approx(2.0)  # mean of 1, 2 and 3 minutes
+    assert fig.layout.xaxis.type == "log"
+    flops = plots.sweep_figure(_sweep_records(), x="train_flops", models=["resnet_b"])
+    assert len(flops.data) == 1 and list(flops.data[0].x) == [4000.0, 4000.0]
+    np.testing.assert_allclose(flops.data[0].y, [0.4, 0.7])
+    with pytest.raises(ValueError, match="x must be"):
+        plots.sweep_figure(_sweep_records(), x="params")
+
+
+def test_sweep_table_lists_every_model_and_size():
+    cells = plots.sweep_table(_sweep_records()).data[0].cells.values
+    assert list(cells[0]) == ["resnet_b", "resnet_b", "vit_a", "vit_a"]
+    assert list(cells[1]) == ["100", "1,000"] * 2 and list(cells[3]) == [3, 1, 3, 1]
+    assert cells[4][2] == "30.0% ± 10.0%" and cells[4][3] == "60.0%"
+
+
+def _probe_records():
+    records = []
+    for seed in (0, 1):
+        for depth, layer in enumerate(["blocks.0", "blocks.1", "blocks.2"]):
+            for pooling in ("cls", "mean"):
+                for shots in (1, 5):
+                    records.append(dict(model="vit", layer=layer, depth=depth, pooling=pooling, shots=shots, seed=seed,
+                                        accuracy=0.1 * depth + 0.01 * shots + 0.02 * seed + (pooling == "cls") * 0.05))
+        for depth, layer in enumerate(["stem", "layer1"]):
+            for shots in (1, 5):
+                records.append(dict(model="resnet", layer=layer, depth=depth, pooling="gap", shots=shots, seed=seed,
+                                    accuracy=0.3 * depth + 0.01 * shots))
+    return records
+
+
+def test_probe_depth_figure_puts_models_on_a_relative_depth_axis():
+    fig = plots.probe_depth_figure(_probe_records(), shots=5)
+    assert [t.name for t in fig.data] == ["vit · cls", "vit · mean", "resnet · gap"]
+    np.testing.assert_allclose(fig.data[0].x, [0, 0.5, 1])
+    np.testing.assert_allclose(fig.data[2].x, [0, 1])
+    np.testing.assert_allclose(fig.data[0].y, [0.05 + 0.05 + 0.01, 0.15 + 0.05 + 0.01, 0.25 + 0.05 + 0.01])
+    np.testing.assert_allclose(fig.data[0].error_y.array, [np.std([0, 0.02], ddof=1)] * 3, atol=1e-12)
+    with pytest.raises(ValueError, match="no probe records with 25 shots"):
+        plots.probe_depth_figure(_probe_records(), shots=25)
+
+
+def test_probe_shots_figure_follows_the_chosen_layers():
+    fig = plots.probe_shots_figure(_probe_records(), [("resnet", "layer1", "gap"), ("vit", "blocks.0", "mean")])
+    assert list(fig.data[0].x) == [1, 5]
+    np.testing.assert_allclose(fig.data[0].y, [0.31, 0.35])
+    np.testing.assert_allclose(fig.data[1].y, [0.02, 0.06])
+    with pytest.raises(ValueError, match="no probe records"):
+        plots.probe_shots_figure(_probe_records(), [("vit", "blocks.9", "cls")])
+
+
+def test_cka_figure_rows_and_columns():
+    cka = torch.tensor([[1.0, 0.5, 0.25], [0.1, 0.2, 0.3]])
+    fig = plots.cka_figure(cka, ["b0", "b1"], ["s0", "s1", "s2"], "ViT", "ResNet")
+    heat = fig.data[0]
+    np.testing.assert_allclose(np.asarray(heat.z), cka.numpy())
+    assert list(heat.y) == ["b0", "b1"] and list(heat.x) == ["s0", "s1", "s2"] and (heat.zmin, heat.zmax) == (0, 1)
+    assert fig.layout.xaxis.title.text == "ResNet" and fig.layout.yaxis.title.text == "ViT"
+    with pytest.raises(ValueError, match="does not match"):
+        plots.cka_figure(cka, ["b0"], ["s0", "s1", "s2"])

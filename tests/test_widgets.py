@@ -96,3 +96,60 @@ def test_training_monitor_appends_epochs():
     monitor.update({"epoch": 1, "loss": 2.0, "train_accuracy": 0.2, "test_accuracy": 0.25})
     monitor.update({"epoch": 2, "loss": 1.0, "train_accuracy": 0.4, "test_accuracy": 0.45})
     assert list(monitor.figure.data[0].y) == [2.0, 1.0] and list(monitor.figure.data[2].x) == [1, 2]
+
+
+def test_sweep_explorer_adds_runs_and_switches_axis():
+    view = widgets.SweepExplorer([], title="live")
+    assert len(view.figure.data) == 0
+    record = dict(model="vit_micro_c10", family="vit", subset_size=200, seed=0, epochs=5, test_accuracy=0.3,
+                  train_flops=2e12, wall_seconds=30.0)
+    view.add(record)
+    view.add(dict(record, model="resnet_micro_c10", family="resnet", test_accuracy=0.4, train_flops=5e12))
+    assert [t.name for t in view.figure.data] == ["vit_micro_c10 (vit)", "resnet_micro_c10 (resnet)"]
+    assert view.models.value == ("resnet_micro_c10", "vit_micro_c10")
+    view.axis.value = "training FLOPs"
+    assert list(view.figure.data[1].x) == [5e12] and "compute" in view.figure.layout.title.text
+    view.models.value = ("vit_micro_c10",)
+    assert [t.name for t in view.figure.data] == ["vit_micro_c10 (vit)"]
+    assert list(view.table.data[0].cells.values[0]) == ["vit_micro_c10"]
+
+
+@pytest.fixture
+def zoo_pair(tmp_path):
+    paths = []
+    for name in ("vit_micro_c10", "resnet_micro_c10"):
+        torch.manual_seed(0)
+        paths.append(str(models.save_model(models.build_model({"zoo": name}), tmp_path / f"{name}.safetensors")))
+    return paths
+
+
+def test_probe_explorer_shows_the_chosen_shots_and_layers(fake_cifar, zoo_pair):
+    from vitlab.compare import fewshot_probes
+
+    view = widgets.ProbeExplorer(zoo_pair, shots=(1, 5), seeds=(0,), test_size=50)
+    assert [t.name for t in view.curve.data] == [f"{zoo_pair[0]} · blocks.1 · cls", f"{zoo_pair[0]} · blocks.1 · mean",
+                                                 f"{zoo_pair[1]} · layer4 · gap"]  # last layers by default
+    view.shots.value = 1
+    expected = fewshot_probes(models.load_model(zoo_pair[1], device="cpu"), (1,), (0,), 50)
+    resnet = next(t for t in view.depth.data if t.name.endswith("gap"))
+    np.testing.assert_allclose(resnet.y, [r["accuracy"] for r in expected])
+    view.models.value = (zoo_pair[1],)
+    assert [t.name for t in view.depth.data] == [f"{zoo_pair[1]} · gap"]
+    view.layers.value = ((zoo_pair[0], "blocks.0", "mean"),)
+    assert [t.name for t in view.curve.data] == [f"{zoo_pair[0]} · blocks.0 · mean"]
+
+
+def test_cka_explorer_computes_both_heatmaps_and_caches(zoo_pair):
+    from vitlab.compare import cka_matrix
+
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    view = widgets.CKAExplorer(zoo_pair, images, batch_size=8)
+    vit, resnet = (models.load_model(p, device="cpu") for p in zoo_pair)
+    expected, names_v, names_r = cka_matrix(vit, resnet, images, batch_size=8)
+    np.testing.assert_allclose(np.asarray(view.cross.data[0].z), expected.numpy(), rtol=1e-5)
+    assert list(view.cross.data[0].x) == names_r and list(view.self_similarity.data[0].x) == names_v
+    np.testing.assert_allclose(np.diag(np.asarray(view.self_similarity.data[0].z, dtype=float)), 1.0, rtol=1e-5)
+    view.representation.value = "pooled"
+    pooled = cka_matrix(vit, resnet, images, batch_size=8, representation="pooled")[0]
+    np.testing.assert_allclose(np.asarray(view.cross.data[0].z), pooled.numpy(), rtol=1e-5)
+    assert len(view._cache) == 4 and view.status.value == "16 images"

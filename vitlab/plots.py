@@ -319,15 +319,15 @@ def sweep_figure(records: list[dict], x: str = "subset_size", models: list[str] 
     Args:
         records: sweep records (:func:`vitlab.sweep.sweep` or :func:`vitlab.sweep.read_results`).
         x: ``"subset_size"`` (training images) or ``"train_flops"``.
-        models: the models to draw (default all, ViTs first).
+        models: the models to draw (default all); ViTs are drawn first.
     """
     if x not in ("subset_size", "train_flops"):
         raise ValueError(f"x must be 'subset_size' or 'train_flops', got {x!r}")
     family = {r["model"]: r["family"] for r in records}
-    names = models if models is not None else sorted(family, key=lambda m: (family[m] != "vit", m))
+    names = [n for n in sorted(family, key=lambda m: (family[m] != "vit", m)) if models is None or n in models]
     fig = go.Figure()
     shade: dict[str, int] = {}
-    for name in [n for n in names if n in family]:
+    for name in names:
         groups = _by_size([r for r in records if r["model"] == name])
         stats = [_spread([r["test_accuracy"] for r in runs]) for runs in groups.values()]
         xs = [float(np.mean([r[x] for r in runs])) for runs in groups.values()]

@@ -364,10 +364,11 @@ class SweepExplorer(W.VBox):
         self._redraw()
 
     def _set_models(self) -> None:
+        # Newly seen models are shown; those the user deselected stay hidden.
         names = sorted({r["model"] for r in self.records})
-        chosen = [n for n in self.models.value if n in names] or names
+        hidden = set(self.models.options) - set(self.models.value)
         self.models.options = names
-        self.models.value = tuple(chosen)
+        self.models.value = tuple(n for n in names if n not in hidden)
 
     def _redraw(self, _change=None) -> None:
         x = self.AXES[self.axis.value]
