@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import timm
 import torch
+from sklearn.linear_model import Ridge
 
 from vitlab import data
+from vitlab.models import preprocess
 
 
 @pytest.fixture(autouse=True)
@@ -65,3 +67,24 @@ def fake_cifar(tmp_path, monkeypatch):
     make_batches(root, per_batch=128, test_size=100)
     monkeypatch.setenv("VITLAB_DATA", str(root))
     return root
+
+
+def sklearn_probe(x_train, y_train, x_test, l2, classes):
+    """big_vision's recipe spelled out with scikit-learn: standardise, bias column of 100, +-1 targets."""
+    x_train, x_test = x_train.double().numpy(), x_test.double().numpy()
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-5
+    aug = lambda x: np.hstack([(x - mean) / std, np.full((len(x), 1), 100.0)])  # noqa: E731
+    targets = 2.0 * np.eye(classes)[y_train.numpy()] - 1.0
+    ridge = Ridge(alpha=l2, fit_intercept=False, solver="svd").fit(aug(x_train), targets)
+    return ridge.coef_.T, ridge.predict(aug(x_test)).argmax(1)
+
+
+def timm_intermediates(model, images):
+    """Every layer's output through timm's own forward_intermediates (independent of vitlab hooks)."""
+    x = preprocess(model, images)
+    with torch.no_grad():
+        if hasattr(model, "blocks"):
+            outs = model.forward_intermediates(x, intermediates_only=True, return_prefix_tokens=True,
+                                               output_fmt="NLC", norm=False)
+            return [torch.cat([prefix, tokens], 1) for tokens, prefix in outs]  # (B, 1 + patches, D)
+        return model.forward_intermediates(x, intermediates_only=True)  # (B, C, H, W) per stage

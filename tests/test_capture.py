@@ -1,11 +1,19 @@
 import pytest
 import timm
 import torch
+from conftest import timm_intermediates
 from timm.layers import Attention
 from timm.utils import AttentionExtract
 
 import vitlab
-from vitlab.capture import capture, head_statistics
+from vitlab.capture import (
+    capture,
+    head_statistics,
+    layer_features,
+    layer_hooks,
+    representation_layers,
+)
+from vitlab.models import build_model
 
 
 def _manual_attention(model, x):
@@ -133,3 +141,25 @@ def test_other_attention_classes_use_the_explicit_path(tiny_vit):
         torch.testing.assert_close(cap.attn[i], expected[i], rtol=1e-5, atol=1e-6)
     assert all(b.attn.fused_attn for b in tiny_vit.blocks)  # the module's own flag is restored
     assert not any(m._forward_hooks for m in tiny_vit.modules())
+
+
+@pytest.mark.parametrize("name", ["vit_micro_c10", "resnet_micro_c10"])
+def test_layer_features_match_timmtimm_intermediates(name):
+    torch.manual_seed(0)
+    model = build_model({"zoo": name}).eval()
+    images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
+    feats = layer_features(model, images, batch_size=3)
+    outs = timm_intermediates(model, images)
+    layers = representation_layers(model)
+    assert len(layers) == len(outs)
+    for layer, out in zip(layers, outs):
+        if out.ndim == 3:
+            torch.testing.assert_close(feats[(layer, "cls")], out[:, 0])
+            torch.testing.assert_close(feats[(layer, "mean")], out[:, 1:].mean(1))
+        else:
+            torch.testing.assert_close(feats[(layer, "gap")], out.mean((2, 3)))
+    assert model.training is False
+    model.train()
+    with layer_hooks(model):
+        pass
+    assert model.training and all(not m._forward_hooks for m in model.modules())

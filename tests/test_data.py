@@ -5,10 +5,10 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+from conftest import make_batches, needs_cifar
 from PIL import Image
 
 from vitlab import data
-from conftest import make_batches, needs_cifar
 
 
 def _random_images(n, seed):

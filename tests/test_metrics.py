@@ -1,8 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
+from conftest import sklearn_probe
 
 import vitlab
 from vitlab import metrics
@@ -282,3 +284,26 @@ def test_receptive_fields_by_hand():
     assert metrics.receptive_fields(Net()) == [("stem", 3.0), ("block", 13.0), ("pool", 15.0)]
     fields = dict(metrics.receptive_fields(vitlab.load_model("resnet_tiny_c10", device="cpu")))
     assert fields["conv1"] == 3 and fields["layer1.1"] == 11 and fields["layer4.1"] == 109
+
+
+@pytest.mark.parametrize("n, d", [(40, 8), (12, 30)])  # primal (n >= d) and dual (n < d) forms
+def test_ridge_probe_matches_scikit_learn(n, d):
+    gen = torch.Generator().manual_seed(n)
+    x, y = torch.randn(n, d, generator=gen), torch.arange(n) % 4
+    x_test = torch.randn(25, d, generator=gen)
+    expected_w, expected_pred = sklearn_probe(x, y, x_test, 3.0, 4)
+    probe = metrics.ridge_classifier(x, y, 4, l2=3.0)
+    np.testing.assert_allclose(probe[0].numpy(), expected_w, rtol=1e-7, atol=1e-9)
+    assert metrics.ridge_predict(probe, x_test).tolist() == expected_pred.tolist()
+
+
+def test_ridge_probe_separates_separable_classes():
+    # Class k sits at 10 * e_k plus small noise: any sensible probe is perfect.
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = 10 * torch.eye(5)[y] + 0.1 * torch.randn(60, 5, generator=gen)
+    y_test = torch.arange(30) % 3
+    x_test = 10 * torch.eye(5)[y_test] + 0.1 * torch.randn(30, 5, generator=gen)
+    assert metrics.fewshot_accuracy(x, y, x_test, y_test, 3, l2=1.0) == 1.0
+    with pytest.raises(ValueError, match="l2 must be positive"):
+        metrics.ridge_classifier(x, y, 3, l2=0)

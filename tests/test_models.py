@@ -59,7 +59,8 @@ def test_zoo_architectures_build_with_cifar_preprocessing(name):
     assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == vitlab.data.MEAN and cfg["std"] == vitlab.data.STD
     assert _logits(model).shape == (2, 10)
     if models.ZOO[name].family == "vit":
-        assert tuple(model.patch_embed.grid_size) == (8, 8) and model.patch_embed.patch_size == (4, 4)
+        patch = models.ZOO[name].patch_size
+        assert tuple(model.patch_embed.grid_size) == (32 // patch,) * 2 and model.patch_embed.patch_size == (patch, patch)
 
 
 def test_zoo_listing_reports_params_and_records(tmp_path, monkeypatch):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from vitlab import __main__ as cli
-from vitlab import data, sweep as sweep_mod
+from vitlab import data
+from vitlab import sweep as sweep_mod
 from vitlab.models import ZOO, build_model, load_model
 from vitlab.sweep import SweepConfig, sweep, train_flops_per_image
 from vitlab.train import evaluate

@@ -13,11 +13,11 @@ import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import needs_cifar
 
 import vitlab
 from vitlab import __main__ as cli
 from vitlab import data, train
-from conftest import needs_cifar
 
 ROOT = Path(__file__).resolve().parent.parent
 

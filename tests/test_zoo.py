@@ -2,10 +2,10 @@
 import json
 
 import pytest
+from conftest import needs_cifar
 
 import vitlab
 from vitlab import models, train
-from conftest import needs_cifar
 
 SHIPPED = sorted(p.stem for p in models.ZOO_DIR.glob("*.safetensors"))
 

@@ -5,8 +5,8 @@ import contextlib
 import json
 import os
 import tempfile
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 
