@@ -164,3 +164,31 @@ def test_attention_maps_notebook_in_jupyterlab(lab, page):
     widget.screenshot(path=str(ARTIFACTS / "04_attention_maps_widget_after.png"))
     assert _cell_errors(page) == []
     assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []
+
+
+def test_vit_vs_resnet_notebook_in_jupyterlab(lab, page):
+    base, token = lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    _run_all(page, base, token, "05_vit_vs_resnet.ipynb")
+    plots = page.locator(".jp-Notebook .js-plotly-plot")
+    # Sweep figure and table, the mini-sweep's, the probes' depth and shots figures, two CKA heatmaps.
+    plots.nth(7).wait_for(timeout=60_000)
+    assert plots.count() == 8
+    sweep_plot = plots.nth(0)
+    assert sweep_plot.locator(".scatterlayer .trace").count() >= 2  # a ViT and a ResNet curve
+    assert plots.nth(2).locator(".scatterlayer .trace").count() == 2  # the live mini-sweep drew both families
+    for i in (6, 7):
+        assert plots.nth(i).locator(".hm image, .heatmaplayer image").count() >= 1
+    widget = page.locator(".jp-Notebook .widget-vbox").first
+    widget.scroll_into_view_if_needed()
+    widget.screenshot(path=str(ARTIFACTS / "05_sweep_widget_images.png"))
+
+    page.locator(".jp-Notebook .widget-toggle-button", has_text="training FLOPs").first.click()
+    page.wait_for_function("() => document.querySelectorAll('.jp-Notebook .js-plotly-plot')[0]"
+                           ".querySelector('.xtitle').textContent.includes('FLOPs')", timeout=30_000)
+    widget.screenshot(path=str(ARTIFACTS / "05_sweep_widget_flops.png"))
+    for name, index in (("05_probes", 4), ("05_cka", 6)):
+        plots.nth(index).scroll_into_view_if_needed()
+        plots.nth(index).screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    assert _cell_errors(page) == []
+    assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []

@@ -346,11 +346,10 @@ def sweep_figure(records: list[dict], x: str = "subset_size", models: list[str] 
     by_size = x == "subset_size"
     fig.update_layout(
         title=dict(text=title or ("Accuracy vs training-set size" if by_size else "Accuracy vs training compute"), x=0.5),
-        width=720, height=440, margin=dict(l=70, r=20, t=50, b=60),
+        width=900, height=440, margin=dict(l=70, r=20, t=50, b=60),
         xaxis=dict(title="Training images (class-stratified CIFAR-10 subset)" if by_size
                    else "Training FLOPs (forward + backward, all epochs)", type="log"),
-        yaxis=dict(title="CIFAR-10 test accuracy (10,000 images)", tickformat=".0%", rangemode="tozero"),
-        legend=dict(x=0.02, y=0.98))
+        yaxis=dict(title="CIFAR-10 test accuracy (10,000 images)", tickformat=".0%", rangemode="tozero"))
     return fig
 
 
@@ -401,10 +400,9 @@ def probe_depth_figure(records: list[dict], shots: int, title: str | None = None
                 hovertemplate="%{customdata[0]}: %{y:.1%} (%{customdata[1]} seeds)<extra>" + model + "</extra>",
             ))
     fig.update_layout(title=dict(text=title or f"{shots}-shot linear probe accuracy by depth", x=0.5),
-                      width=720, height=420, margin=dict(l=70, r=20, t=50, b=60),
+                      width=900, height=420, margin=dict(l=70, r=20, t=50, b=60),
                       xaxis=dict(title="Relative depth (first layer 0, last 1)", range=[-0.05, 1.05]),
-                      yaxis=dict(title="Few-shot test accuracy", tickformat=".0%", rangemode="tozero"),
-                      legend=dict(x=0.02, y=0.98))
+                      yaxis=dict(title="Few-shot test accuracy", tickformat=".0%", rangemode="tozero"))
     return fig
 
 
@@ -422,10 +420,9 @@ def probe_shots_figure(records: list[dict], layers: list[tuple[str, str, str]], 
         fig.add_trace(go.Scatter(x=[s["shots"] for s in stats], y=[s["mean"] for s in stats], mode="lines+markers",
                                  name=f"{model} · {layer} · {pooling}", line=dict(color=_color(family, k)),
                                  error_y=dict(type="data", array=[s["std"] for s in stats], visible=True)))
-    fig.update_layout(title=dict(text=title, x=0.5), width=720, height=400, margin=dict(l=70, r=20, t=50, b=60),
+    fig.update_layout(title=dict(text=title, x=0.5), width=900, height=400, margin=dict(l=70, r=20, t=50, b=60),
                       xaxis=dict(title="Training images per class (shots)", type="log"),
-                      yaxis=dict(title="Few-shot test accuracy", tickformat=".0%", rangemode="tozero"),
-                      legend=dict(x=0.02, y=0.98))
+                      yaxis=dict(title="Few-shot test accuracy", tickformat=".0%", rangemode="tozero"))
     return fig
 
 
@@ -436,7 +433,7 @@ def cka_figure(cka: torch.Tensor, names_y: list[str], names_x: list[str], label_
     if c.shape != (len(names_y), len(names_x)):
         raise ValueError(f"CKA matrix {c.shape} does not match {len(names_y)} x {len(names_x)} layer names")
     fig = go.Figure(go.Heatmap(z=c, x=names_x, y=names_y, zmin=0, zmax=1, colorscale="Viridis",
-                               colorbar=dict(title="CKA"), text=np.round(c, 2), texttemplate="%{text}",
+                               colorbar=dict(title="CKA"), texttemplate="%{z:.2f}",
                                hovertemplate=f"{label_y} %{{y}} vs {label_x} %{{x}}<br>CKA %{{z:.3f}}<extra></extra>"))
     fig.update_layout(title=dict(text=title, x=0.5), width=560, height=500, margin=dict(l=90, r=20, t=50, b=80),
                       xaxis=dict(title=label_x, type="category"), yaxis=dict(title=label_y, type="category", autorange="reversed"))
