@@ -140,6 +140,11 @@ def test_sweep_figure_means_and_error_bars_over_seeds():
     np.testing.assert_allclose(flops.data[0].y, [0.4, 0.7])
     with pytest.raises(ValueError, match="x must be"):
         plots.sweep_figure(_sweep_records(), x="params")
+    probed = [dict(r, fewshot_5=r["test_accuracy"] / 2) for r in _sweep_records() if r["model"] == "vit_a"]
+    fig = plots.sweep_figure(probed + _sweep_records(), y="fewshot_5")
+    assert [t.name for t in fig.data] == ["vit_a (vit)"]  # runs without probes are left out
+    np.testing.assert_allclose(fig.data[0].y, [0.15, 0.3])
+    assert fig.layout.yaxis.title.text == "5-shot linear probe accuracy"
 
 
 def test_sweep_table_lists_every_model_and_size():

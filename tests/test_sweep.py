@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -150,7 +151,42 @@ def test_command_line_maps_flags_onto_the_config(monkeypatch, capsys, tmp_path):
     config = seen["config"]
     assert config == SweepConfig(models=("vit_micro_c10",), sizes=(100, 200), seeds=(3,), min_samples=400,
                                  results=str(tmp_path / "r"))
+    assert "--fewshot " not in sweep_mod.command_for(config)  # an empty list is left out, not written as a bare flag
+    config = dataclasses.replace(config, fewshot=(1, 5))
     # The recorded command rebuilds the same config.
     monkeypatch.setattr(cli, "sweep", lambda config, progress: seen.__setitem__("again", config) or [])
     cli.main(sweep_mod.command_for(config).split()[3:])
     assert seen["again"] == config
+
+
+def test_fewshot_probes_of_each_run_match_a_brute_force_probe(fake_cifar, tmp_path, monkeypatch):
+    from conftest import sklearn_probe, timm_intermediates
+
+    config = _tiny(tmp_path, fewshot=(1, 5), fewshot_seeds=2, fewshot_test=50)
+    records = sweep(config)
+    assert all({"fewshot_1", "fewshot_5"} <= set(r) for r in records)
+    train_x, train_y = data.cifar10("train")
+    test_x, test_y = data.cifar10("test")
+    test_idx = data.stratified_subset(test_y, 50, 0)
+    for r in records:
+        model = load_model(tmp_path / "runs" / f"{r['model']}-n{r['subset_size']}-s0-e{r['epochs']}" / "model.safetensors",
+                           device="cpu")
+        last = lambda images: timm_intermediates(model, images)[-1]  # noqa: E731
+        pooled = (lambda out: out[:, 0]) if r["family"] == "vit" else (lambda out: out.mean((2, 3)))  # class token / GAP
+        test_feats = pooled(last(test_x[test_idx]))
+        for k in (1, 5):
+            accs = []
+            for seed in (0, 1):
+                idx = data.stratified_subset(train_y, 10 * k, seed)
+                _, pred = sklearn_probe(pooled(last(train_x[idx])), train_y[idx], test_feats, 2.0**10, 10)
+                accs.append(float((torch.from_numpy(pred) == test_y[test_idx]).double().mean()))
+            assert r[f"fewshot_{k}"] == pytest.approx(sum(accs) / 2)
+    with open(tmp_path / "results" / "sweep-fewshot.csv") as f:
+        assert next(csv.reader(f)) == ["model", "family", "subset_size", "seed", "epochs", "layer", "pooling",
+                                       "fewshot_1", "fewshot_5"]
+    import vitlab.compare
+
+    monkeypatch.setattr(vitlab.compare, "fewshot_probes", lambda *a, **kw: pytest.fail("probed twice"))
+    assert sweep(config) == records
+    with pytest.raises(ValueError, match="few-shot probes need"):
+        sweep(_tiny(tmp_path, fewshot=(20,)))  # 20 per class: more than the 100-image subset holds

@@ -112,6 +112,11 @@ def test_sweep_explorer_adds_runs_and_switches_axis():
     view.models.value = ("vit_micro_c10",)
     assert [t.name for t in view.figure.data] == ["vit_micro_c10 (vit)"]
     assert list(view.table.data[0].cells.values[0]) == ["vit_micro_c10"]
+    probed = widgets.SweepExplorer([dict(record, fewshot_10=0.25), dict(record, seed=1, fewshot_10=0.35)])
+    assert probed.metric.options == (("test accuracy", "test_accuracy"), ("10-shot probe", "fewshot_10"))
+    probed.metric.value = "fewshot_10"
+    np.testing.assert_allclose(probed.figure.data[0].y, [0.3])
+    assert probed.figure.layout.title.text.startswith("10-shot probe vs")
 
 
 @pytest.fixture

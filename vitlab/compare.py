@@ -26,12 +26,13 @@ SHOTS = (1, 5, 10, 25)
 
 def fewshot_probes(model: nn.Module, shots: Sequence[int] = SHOTS, seeds: Sequence[int] = (0, 1, 2),
                    test_size: int = 2000, l2: float = metrics.FEWSHOT_L2, name: str = "",
-                   batch_size: int = 250) -> list[dict[str, Any]]:
+                   batch_size: int = 250, layers: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Few-shot accuracy of a ridge probe on every layer of ``model``, on CIFAR-10.
 
     For each seed, ``k`` training images per class are drawn for every ``k`` in
     ``shots`` (nested: the 5-shot set holds the 1-shot set, as in big_vision); probes
     are scored on ``test_size`` class-stratified test images (the same for all).
+    ``layers`` restricts the probes to these module names (default: every layer).
 
     Returns:
         One record per (layer, pooling, shots, seed): ``model`` (``name``), ``layer``
@@ -47,21 +48,24 @@ def fewshot_probes(model: nn.Module, shots: Sequence[int] = SHOTS, seeds: Sequen
         raise ValueError("give at least one seed")
     if not classes <= test_size <= len(test_labels):
         raise ValueError(f"test_size must be in {classes}..{len(test_labels)}, got {test_size}")
-    layers = representation_layers(model)  # fails early for models without layer information
+    everything = representation_layers(model)  # fails early for models without layer information
+    unknown = sorted(set(layers or ()) - set(everything))
+    if unknown:
+        raise ValueError(f"{type(model).__name__} has no layers {unknown}; its layers are {everything}")
     picks = {(s, k): data.stratified_subset(train_labels, k * classes, s) for s in seeds for k in shots}
     pool_idx = torch.unique(torch.cat(list(picks.values())))  # sorted; every image needed, once
     where = torch.full((len(train_labels),), -1, dtype=torch.long)
     where[pool_idx] = torch.arange(len(pool_idx))
     test_idx = data.stratified_subset(test_labels, test_size, 0)
-    train_feats = layer_features(model, train_images[pool_idx], batch_size)
-    test_feats = layer_features(model, test_images[test_idx], batch_size)
+    train_feats = layer_features(model, train_images[pool_idx], batch_size, layers)
+    test_feats = layer_features(model, test_images[test_idx], batch_size, layers)
     y_test = test_labels[test_idx]
     records = []
     for (layer, how), feats in train_feats.items():
         for (seed, k), idx in picks.items():
             acc = metrics.fewshot_accuracy(feats[where[idx]], train_labels[idx], test_feats[(layer, how)],
                                            y_test, classes, l2)
-            records.append(dict(model=name, layer=layer, depth=layers.index(layer), pooling=how,
+            records.append(dict(model=name, layer=layer, depth=everything.index(layer), pooling=how,
                                 shots=k, seed=seed, accuracy=acc))
     return records
 

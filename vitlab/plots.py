@@ -310,7 +310,7 @@ def _spread(values: list[float]) -> tuple[float, float]:
 
 
 def sweep_figure(records: list[dict], x: str = "subset_size", models: list[str] | None = None,
-                 title: str | None = None) -> go.Figure:
+                 title: str | None = None, y: str = "test_accuracy") -> go.Figure:
     """Test accuracy against training images or training FLOPs (log axis), per model (paper Fig. 3 and 5).
 
     Points are means over seeds with error bars of one standard deviation; the hover
@@ -320,16 +320,21 @@ def sweep_figure(records: list[dict], x: str = "subset_size", models: list[str] 
         records: sweep records (:func:`vitlab.sweep.sweep` or :func:`vitlab.sweep.read_results`).
         x: ``"subset_size"`` (training images) or ``"train_flops"``.
         models: the models to draw (default all); ViTs are drawn first.
+        y: ``"test_accuracy"``, or ``"fewshot_<k>"`` for the k-shot probe accuracy of the
+            runs' final representation (paper Fig. 4); runs without it are left out.
     """
     if x not in ("subset_size", "train_flops"):
         raise ValueError(f"x must be 'subset_size' or 'train_flops', got {x!r}")
+    if y != "test_accuracy" and not y.startswith("fewshot_"):
+        raise ValueError(f"y must be 'test_accuracy' or 'fewshot_<shots>', got {y!r}")
+    records = [r for r in records if r.get(y) is not None]
     family = {r["model"]: r["family"] for r in records}
     names = [n for n in sorted(family, key=lambda m: (family[m] != "vit", m)) if models is None or n in models]
     fig = go.Figure()
     shade: dict[str, int] = {}
     for name in names:
         groups = _by_size([r for r in records if r["model"] == name])
-        stats = [_spread([r["test_accuracy"] for r in runs]) for runs in groups.values()]
+        stats = [_spread([r[y] for r in runs]) for runs in groups.values()]
         xs = [float(np.mean([r[x] for r in runs])) for runs in groups.values()]
         custom = [[len(runs), runs[0]["epochs"], size, np.mean([r["wall_seconds"] for r in runs]) / 60]
                   for size, runs in groups.items()]
@@ -349,7 +354,8 @@ def sweep_figure(records: list[dict], x: str = "subset_size", models: list[str] 
         width=900, height=440, margin=dict(l=70, r=20, t=50, b=60),
         xaxis=dict(title="Training images (class-stratified CIFAR-10 subset)" if by_size
                    else "Training FLOPs (forward + backward, all epochs)", type="log"),
-        yaxis=dict(title="CIFAR-10 test accuracy (10,000 images)", tickformat=".0%", rangemode="tozero"))
+        yaxis=dict(title="CIFAR-10 test accuracy (10,000 images)" if y == "test_accuracy"
+                   else f"{y.split('_')[1]}-shot linear probe accuracy", tickformat=".0%", rangemode="tozero"))
     return fig
 
 

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,9 @@ class SweepConfig:
     warmup_fraction: float = 0.1  # of each run's epochs
     monitor_size: int = 1000  # class-stratified test images scored after every epoch
     precision: str = "auto"
+    fewshot: tuple[int, ...] = ()  # shots per class for probes of each run's final representation (paper Fig. 4)
+    fewshot_seeds: int = 3  # draws of the few-shot training images per probe
+    fewshot_test: int = 2000  # class-stratified test images the probes are scored on
     out: str = "runs/sweep"  # one training folder per run below this
     results: str = "data/results/vit_vs_resnet"  # writes <results>.csv and <results>.json
 
@@ -101,6 +104,10 @@ def check(config: SweepConfig, train_images: int = 50_000) -> None:
                          "lower --batch-size or drop them")
     if config.epochs < 1 or config.min_samples < 0 or not 0 <= config.warmup_fraction < 1:
         raise ValueError("epochs must be >= 1, min_samples >= 0 and warmup_fraction in [0, 1)")
+    if config.fewshot and (min(config.fewshot) < 1 or max(config.fewshot) * classes > min(config.sizes)
+                           or config.fewshot_seeds < 1):
+        raise ValueError(f"few-shot probes need 1..{min(config.sizes) // classes} shots per class (the smallest "
+                         f"subset) and at least one seed, got shots {list(config.fewshot)}, {config.fewshot_seeds} seeds")
 
 
 def train_flops_per_image(model: nn.Module, img_size: int = 32) -> float:
@@ -124,10 +131,28 @@ def _key(record: dict[str, Any]) -> tuple:
     return tuple(record[k] for k in ("model", "subset_size", "seed", "epochs", "batch_size"))
 
 
+def _file(results: str | os.PathLike, suffix: str) -> Path:
+    """``<results><suffix>``; a ``.csv`` or ``.json`` ending on ``results`` itself is dropped first."""
+    base = str(results)
+    for ending in (".csv", ".json"):
+        base = base.removesuffix(ending)
+    return Path(base + suffix)
+
+
 def read_results(results: str | os.PathLike) -> list[dict[str, Any]]:
-    """The run records stored at ``<results>.json`` (empty if there is none yet)."""
-    path = Path(results).with_suffix(".json")
-    return json.loads(path.read_text())["runs"] if path.is_file() else []
+    """The run records stored at ``<results>.json`` (empty if there is none yet).
+
+    Runs that were probed (``<results>-fewshot.json``) carry ``fewshot_<k>`` fields: the
+    mean few-shot accuracy of their final representation with k images per class.
+    """
+    path = _file(results, ".json")
+    records = json.loads(path.read_text())["runs"] if path.is_file() else []
+    probes = _file(results, "-fewshot.json")
+    if probes.is_file():
+        found = {_key(p): p for p in json.loads(probes.read_text())["runs"]}
+        records = [dict(r, **{k: v for k, v in found.get(_key(r), {}).items() if k.startswith("fewshot_")})
+                   for r in records]
+    return records
 
 
 def _ordered(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -136,16 +161,20 @@ def _ordered(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_results(results: str | os.PathLike, records: list[dict[str, Any]], commands: list[str]) -> None:
     """Write ``<results>.json`` (records and the commands that made them) and ``<results>.csv``."""
-    base = Path(results)
-    base.parent.mkdir(parents=True, exist_ok=True)
+    _write(results, "", records, commands, FIELDS)
+
+
+def _write(results: str | os.PathLike, tag: str, records: list[dict[str, Any]], commands: list[str],
+           fields: Sequence[str]) -> None:
+    _file(results, ".json").parent.mkdir(parents=True, exist_ok=True)
     records = _ordered(records)
-    text = json.dumps(dict(commands=commands, fields=list(FIELDS), runs=records), indent=1) + "\n"
-    atomic_write(base.with_suffix(".json"), lambda tmp: tmp.write_text(text))
+    text = json.dumps(dict(commands=commands, fields=list(fields), runs=records), indent=1) + "\n"
+    atomic_write(_file(results, f"{tag}.json"), lambda tmp: tmp.write_text(text))
     table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(FIELDS), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(table, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)
-    atomic_write(base.with_suffix(".csv"), lambda tmp: tmp.write_text(table.getvalue()))
+    atomic_write(_file(results, f"{tag}.csv"), lambda tmp: tmp.write_text(table.getvalue()))
 
 
 def command_for(config: SweepConfig) -> str:
@@ -153,6 +182,8 @@ def command_for(config: SweepConfig) -> str:
     parts = ["python -m vitlab sweep"]
     for field in dataclasses.fields(SweepConfig):
         value = getattr(config, field.name)
+        if value == ():
+            continue  # an empty list is the default, and argparse cannot take it as a flag
         flag = "--" + field.name.replace("_", "-")
         parts.append(f"{flag} {' '.join(map(str, value))}" if isinstance(value, tuple) else f"{flag} {shlex.quote(str(value))}")
     return " ".join(parts)
@@ -168,9 +199,8 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
     train_x, _ = data.cifar10("train")  # a missing dataset fails here, before any training
     check(config, len(train_x))
     test_x, test_y = data.cifar10("test")
-    records = read_results(config.results)
-    commands = json.loads(Path(config.results).with_suffix(".json").read_text())["commands"] \
-        if Path(config.results).with_suffix(".json").is_file() else []
+    records = [{k: v for k, v in r.items() if not k.startswith("fewshot_")} for r in read_results(config.results)]
+    commands = _commands(config.results, "")
     command = command_for(config)
     if command not in commands:
         commands.append(command)
@@ -180,12 +210,11 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
         recipe = RECIPES[family]
         if _key(dict(run, batch_size=config.batch_size)) in done:
             continue
-        name = f"{run['model']}-n{run['subset_size']}-s{run['seed']}-e{run['epochs']}"
         train_config = TrainConfig(
             model=run["model"], subset_size=run["subset_size"], seed=run["seed"], epochs=run["epochs"],
             batch_size=config.batch_size, warmup_epochs=config.warmup_fraction * run["epochs"],
             precision=config.precision, eval_size=config.monitor_size if config.monitor_size < len(test_y) else None,
-            progress=progress, out=str(Path(config.out) / name), **recipe,
+            progress=progress, out=str(_run_dir(config, run)), **recipe,
         )
         result = train(train_config, device=device)
         per_image = train_flops_per_image(build_model({"zoo": run["model"]}), ZOO[run["model"]].img_size)
@@ -204,5 +233,64 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
         if on_run is not None:
             on_run(record)
     write_results(config.results, records, commands)
-    return _ordered(records)
+    if config.fewshot:
+        fewshot_runs(config)
+    return _ordered(read_results(config.results))
+
+
+def _commands(results: str | os.PathLike, tag: str) -> list[str]:
+    path = _file(results, f"{tag}.json")
+    return json.loads(path.read_text())["commands"] if path.is_file() else []
+
+
+def _run_dir(config: SweepConfig, run: dict[str, Any]) -> Path:
+    return Path(config.out) / f"{run['model']}-n{run['subset_size']}-s{run['seed']}-e{run['epochs']}"
+
+
+def fewshot_runs(config: SweepConfig) -> list[dict[str, Any]]:
+    """Few-shot probes of the final representation of every finished run of ``config``.
+
+    The representation is what the classifier head reads (the class token after the last
+    block for a token-pooled ViT, else the mean patch token; the pooled last stage for a
+    ResNet). For each run and each k in ``config.fewshot``, ``fewshot_<k>`` is the mean
+    accuracy over ``config.fewshot_seeds`` draws of the training shots (paper Fig. 4, where
+    the few-shot accuracy is plotted against the pre-training set size). Results go to
+    ``<results>-fewshot.{json,csv}``; runs probed with the same settings are skipped.
+    """
+    from .capture import representation_layers
+    from .compare import fewshot_probes
+    from .models import load_model
+
+    setting = dict(shots=list(config.fewshot), seeds=config.fewshot_seeds, test=config.fewshot_test)
+    path = _file(config.results, "-fewshot.json")
+    done = json.loads(path.read_text())["runs"] if path.is_file() else []
+    probed = {_key(p) for p in done if p["fewshot_setting"] == setting}
+    commands = _commands(config.results, "-fewshot")
+    if command_for(config) not in commands:
+        commands.append(command_for(config))
+    wanted = {_key(dict(run, batch_size=config.batch_size)) for run in config.runs()}
+    for record in read_results(config.results):
+        key = _key(record)
+        weights = _run_dir(config, record) / "model.safetensors"
+        if key not in wanted or key in probed or not weights.is_file():
+            continue
+        model = load_model(weights, device="cpu")
+        last = representation_layers(model)[-1]
+        token_pooled = getattr(model, "global_pool", None) == "token" and getattr(model, "num_prefix_tokens", 0)
+        rows = fewshot_probes(model, config.fewshot, tuple(range(config.fewshot_seeds)), config.fewshot_test,
+                              name=record["model"], layers=[last])
+        pooling = "cls" if token_pooled else ("mean" if any(r["pooling"] == "mean" for r in rows) else "gap")
+        entry = {k: record[k] for k in ("model", "family", "subset_size", "seed", "epochs", "batch_size")}
+        for k in config.fewshot:
+            accs = [r["accuracy"] for r in rows if r["shots"] == k and r["pooling"] == pooling]
+            entry[f"fewshot_{k}"] = sum(accs) / len(accs)
+        entry.update(layer=last, pooling=pooling, fewshot_setting=setting)
+        done = [p for p in done if _key(p) != key] + [entry]
+        probed.add(key)
+        _write(config.results, "-fewshot", done, commands,
+               ["model", "family", "subset_size", "seed", "epochs", "layer", "pooling",
+                *sorted({k for p in done for k in p if k.startswith("fewshot_") and k != "fewshot_setting"},
+                        key=lambda k: int(k.split("_")[1]))])
+        print(json.dumps(entry), flush=True)
+    return done
 

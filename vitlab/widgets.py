@@ -345,7 +345,8 @@ class SweepExplorer(W.VBox):
     """Accuracy against training-set size or training FLOPs, from sweep records, with a table.
 
     Pass :meth:`add` as ``sweep(..., on_run=...)`` to watch a sweep fill the figure in.
-    Attributes: ``axis`` (toggle), ``models`` (multi-select), ``figure``, ``table``.
+    Attributes: ``axis`` (toggle), ``metric`` (test accuracy or a k-shot probe of the final
+    representation, where the records have them), ``models`` (multi-select), ``figure``, ``table``.
     """
 
     AXES = {"training images": "subset_size", "training FLOPs": "train_flops"}
@@ -354,13 +355,16 @@ class SweepExplorer(W.VBox):
         self.records = list(records)
         self.title = title
         self.axis = W.ToggleButtons(options=list(self.AXES), description="x axis")
+        shots = sorted({int(k.split("_")[1]) for r in self.records for k in r if k.startswith("fewshot_")})
+        self.metric = W.Dropdown(options=[("test accuracy", "test_accuracy")] + [(f"{k}-shot probe", f"fewshot_{k}")
+                                                                                 for k in shots], description="y axis")
         self.models = W.SelectMultiple(description="models", rows=4)
         self.figure = go.FigureWidget(plots.sweep_figure(self.records))
         self.table = go.FigureWidget(plots.sweep_table(self.records))
         self._set_models()
-        self.axis.observe(self._redraw, names="value")
-        self.models.observe(self._redraw, names="value")
-        super().__init__([W.HBox([self.axis, self.models]), self.figure, self.table])
+        for control in (self.axis, self.metric, self.models):
+            control.observe(self._redraw, names="value")
+        super().__init__([W.HBox([self.axis, self.metric, self.models]), self.figure, self.table])
         self._redraw()
 
     def _set_models(self) -> None:
@@ -374,7 +378,9 @@ class SweepExplorer(W.VBox):
         x = self.AXES[self.axis.value]
         prefix = f"{self.title}: " if self.title else ""
         what = "training-set size" if x == "subset_size" else "training compute"
-        _replace(self.figure, plots.sweep_figure(self.records, x, list(self.models.value), title=f"{prefix}accuracy vs {what}"))
+        metric = "accuracy" if self.metric.value == "test_accuracy" else self.metric.label
+        _replace(self.figure, plots.sweep_figure(self.records, x, list(self.models.value),
+                                                 title=f"{prefix}{metric} vs {what}", y=self.metric.value))
         _replace(self.table, plots.sweep_table([r for r in self.records if r["model"] in self.models.value]))
 
     def add(self, record: dict) -> None:
