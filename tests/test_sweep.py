@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vitlab import __main__ as cli
-from vitlab import data
+from vitlab import data, widgets
 from vitlab import sweep as sweep_mod
 from vitlab.models import ZOO, build_model, load_model
 from vitlab.sweep import SweepConfig, sweep, train_flops_per_image
@@ -164,7 +164,9 @@ def test_fewshot_probes_of_each_run_match_a_brute_force_probe(fake_cifar, tmp_pa
 
     config = _tiny(tmp_path, fewshot=(1, 5), fewshot_seeds=2, fewshot_test=50)
     records = sweep(config)
-    assert all({"fewshot_1", "fewshot_5"} <= set(r) for r in records)
+    assert all({"fewshot_1", "fewshot_5"} <= set(r) and set(r) <= set(sweep_mod.FIELDS) | {"fewshot_1", "fewshot_5", "epochs"}
+               for r in records)
+    assert widgets.SweepExplorer(records).metric.options[1:] == (("1-shot probe", "fewshot_1"), ("5-shot probe", "fewshot_5"))
     train_x, train_y = data.cifar10("train")
     test_x, test_y = data.cifar10("test")
     test_idx = data.stratified_subset(test_y, 50, 0)

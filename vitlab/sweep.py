@@ -150,9 +150,15 @@ def read_results(results: str | os.PathLike) -> list[dict[str, Any]]:
     probes = _file(results, "-fewshot.json")
     if probes.is_file():
         found = {_key(p): p for p in json.loads(probes.read_text())["runs"]}
-        records = [dict(r, **{k: v for k, v in found.get(_key(r), {}).items() if k.startswith("fewshot_")})
-                   for r in records]
+        for r in records:
+            probe = found.get(_key(r), {})
+            r.update({f"fewshot_{k}": probe[f"fewshot_{k}"] for k in fewshot_shots([probe])})
     return records
+
+
+def fewshot_shots(records: list[dict[str, Any]]) -> list[int]:
+    """The shots k of the ``fewshot_<k>`` fields found in ``records``, ascending."""
+    return sorted({int(k[8:]) for r in records for k in r if k.startswith("fewshot_") and k[8:].isdigit()})
 
 
 def _ordered(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -194,11 +200,13 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
     """Run every missing run of ``config``; returns all records in the results file, ordered
     by family, model, subset size and seed.
 
-    ``on_run`` is called with each new record (e.g. to redraw a notebook figure).
+    ``on_run`` is called with each new record (e.g. to redraw a notebook figure). With
+    ``config.fewshot`` set, every finished run is then probed (:func:`fewshot_runs`).
     """
     train_x, _ = data.cifar10("train")  # a missing dataset fails here, before any training
     check(config, len(train_x))
     test_x, test_y = data.cifar10("test")
+    # Probe results live in their own file (fewshot_runs), not among the training records.
     records = [{k: v for k, v in r.items() if not k.startswith("fewshot_")} for r in read_results(config.results)]
     commands = _commands(config.results, "")
     command = command_for(config)
@@ -264,7 +272,7 @@ def fewshot_runs(config: SweepConfig) -> list[dict[str, Any]]:
     setting = dict(shots=list(config.fewshot), seeds=config.fewshot_seeds, test=config.fewshot_test)
     path = _file(config.results, "-fewshot.json")
     done = json.loads(path.read_text())["runs"] if path.is_file() else []
-    probed = {_key(p) for p in done if p["fewshot_setting"] == setting}
+    probed = {_key(p) for p in done if p["probe_setting"] == setting}
     commands = _commands(config.results, "-fewshot")
     if command_for(config) not in commands:
         commands.append(command_for(config))
@@ -284,13 +292,12 @@ def fewshot_runs(config: SweepConfig) -> list[dict[str, Any]]:
         for k in config.fewshot:
             accs = [r["accuracy"] for r in rows if r["shots"] == k and r["pooling"] == pooling]
             entry[f"fewshot_{k}"] = sum(accs) / len(accs)
-        entry.update(layer=last, pooling=pooling, fewshot_setting=setting)
+        entry.update(layer=last, pooling=pooling, probe_setting=setting)
         done = [p for p in done if _key(p) != key] + [entry]
         probed.add(key)
         _write(config.results, "-fewshot", done, commands,
                ["model", "family", "subset_size", "seed", "epochs", "layer", "pooling",
-                *sorted({k for p in done for k in p if k.startswith("fewshot_") and k != "fewshot_setting"},
-                        key=lambda k: int(k.split("_")[1]))])
+                *(f"fewshot_{k}" for k in fewshot_shots(done))])
         print(json.dumps(entry), flush=True)
     return done
 

@@ -18,6 +18,7 @@ from . import metrics, plots
 from .capture import capture, head_statistics
 from .compare import cka_matrix, fewshot_probes
 from .models import load_model
+from .sweep import fewshot_shots
 
 
 @lru_cache(maxsize=8)
@@ -355,7 +356,7 @@ class SweepExplorer(W.VBox):
         self.records = list(records)
         self.title = title
         self.axis = W.ToggleButtons(options=list(self.AXES), description="x axis")
-        shots = sorted({int(k.split("_")[1]) for r in self.records for k in r if k.startswith("fewshot_")})
+        shots = fewshot_shots(self.records)
         self.metric = W.Dropdown(options=[("test accuracy", "test_accuracy")] + [(f"{k}-shot probe", f"fewshot_{k}")
                                                                                  for k in shots], description="y axis")
         self.models = W.SelectMultiple(description="models", rows=4)
