@@ -75,7 +75,8 @@ def _representations(outputs: dict[str, torch.Tensor], names: Sequence[str], pre
     if representation == "full":
         return [outputs[n].flatten(1).float() for n in names]  # (B, tokens x D) or (B, C x H x W)
     # Pooled: mean of patch tokens for ViTs, which compares like for like with a CNN's GAP.
-    return [pool(outputs[n], prefix).get("mean", pool(outputs[n], prefix).get("gap")).float() for n in names]
+    pooled = [pool(outputs[n], prefix) for n in names]
+    return [(p["mean"] if "mean" in p else p["gap"]).float() for p in pooled]
 
 
 @torch.no_grad()
