@@ -213,6 +213,7 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
     if command not in commands:
         commands.append(command)
     done = {_key(r) for r in records}
+    per_model: dict[str, float] = {}  # training FLOPs per image, counted once per model
     for run in config.runs():
         family = ZOO[run["model"]].family
         recipe = RECIPES[family]
@@ -225,7 +226,9 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
             progress=progress, out=str(_run_dir(config, run)), **recipe,
         )
         result = train(train_config, device=device)
-        per_image = train_flops_per_image(build_model({"zoo": run["model"]}), ZOO[run["model"]].img_size)
+        if run["model"] not in per_model:
+            per_model[run["model"]] = train_flops_per_image(build_model({"zoo": run["model"]}), ZOO[run["model"]].img_size)
+        per_image = per_model[run["model"]]
         seen = result.record["step"] * config.batch_size
         record = dict(
             run, family=family, test_accuracy=evaluate(result.model, test_x, test_y),

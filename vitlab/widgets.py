@@ -93,6 +93,15 @@ def position_embedding_explorer(models: Sequence[str], initial: str | None = Non
     return PositionEmbeddingExplorer(models, initial)
 
 
+def _replace(widget: go.FigureWidget, fresh: go.Figure) -> None:
+    """Swap a FigureWidget's traces and layout for those of ``fresh``, in one update."""
+    with widget.batch_update():
+        widget.data = []
+        for trace in fresh.data:
+            widget.add_trace(trace)
+        widget.layout.update(fresh.layout)
+
+
 def _error_html(err: Exception) -> str:
     return f"<span style='color:#b00'>{type(err).__name__}: {err}</span>"
 
@@ -189,11 +198,7 @@ class AttentionDistanceExplorer(W.VBox):
             stats["distance"], stats["layers"], reference=self.reference,
             max_distance=float((size[0] ** 2 + size[1] ** 2) ** 0.5) / 2,
             title=f"{self.model.value}: mean attention distance ({self.images.value} images)")
-        with self.figure.batch_update():
-            self.figure.data = []
-            for trace in fresh.data:
-                self.figure.add_trace(trace)
-            self.figure.layout.update(fresh.layout)
+        _replace(self.figure, fresh)
 
 
 class AttentionMapsExplorer(W.VBox):
@@ -333,15 +338,6 @@ def train_with_curves(config, title: str | None = None):
 # --- ViT vs ResNet --------------------------------------------------------------------
 
 
-def _replace(widget: go.FigureWidget, fresh: go.Figure) -> None:
-    """Swap a FigureWidget's traces and layout for those of ``fresh``, in one update."""
-    with widget.batch_update():
-        widget.data = []
-        for trace in fresh.data:
-            widget.add_trace(trace)
-        widget.layout.update(fresh.layout)
-
-
 class SweepExplorer(W.VBox):
     """Accuracy against training-set size or training FLOPs, from sweep records, with a table.
 
@@ -360,8 +356,7 @@ class SweepExplorer(W.VBox):
         self.metric = W.Dropdown(options=[("test accuracy", "test_accuracy")] + [(f"{k}-shot probe", f"fewshot_{k}")
                                                                                  for k in shots], description="y axis")
         self.models = W.SelectMultiple(description="models", rows=4)
-        self.figure = go.FigureWidget(plots.sweep_figure(self.records))
-        self.table = go.FigureWidget(plots.sweep_table(self.records))
+        self.figure, self.table = go.FigureWidget(), go.FigureWidget()  # drawn by _redraw below
         self._set_models()
         for control in (self.axis, self.metric, self.models):
             control.observe(self._redraw, names="value")
@@ -385,9 +380,11 @@ class SweepExplorer(W.VBox):
         _replace(self.table, plots.sweep_table([r for r in self.records if r["model"] in self.models.value]))
 
     def add(self, record: dict) -> None:
-        """Add one run's record and redraw."""
+        """Add one run's record and redraw (once, though the model list may change too)."""
         self.records.append(record)
+        self.models.unobserve(self._redraw, names="value")
         self._set_models()
+        self.models.observe(self._redraw, names="value")
         self._redraw()
 
 
