@@ -1,4 +1,4 @@
-"""Cost of vitlab.capture, and memory of streaming attention statistics.
+"""Cost of vitlab.capture (module vitlab.hooks), and memory of streaming attention statistics.
 
 Prints, in one run (targets in brackets):
   1. capture of all layers vs a plain forward with timm's default fused attention,
@@ -26,7 +26,7 @@ import torch
 from timm.utils import AttentionExtract
 
 from vitlab import data, settings
-from vitlab.capture import capture, head_statistics
+from vitlab.hooks import capture, head_statistics
 from vitlab.models import load_model
 
 
@@ -76,7 +76,8 @@ def _rss_kib() -> int:
 def stream_worker(images: int) -> None:
     """Run in a child process: stream statistics over ``images`` test images and print the
     resident memory before and the peak during streaming (sampled every 2 ms)."""
-    x, _ = data.cifar10("test")
+    x, y = data.cifar10("test")
+    x = x[data.stratified_order(y)]  # the test set may be stored sorted by class
     model = load_model("vit_tiny_c10", device="cpu")
     head_statistics(model, x[:128], batch_size=128)  # warm-up: allocator pools, lazy inits
     before, peak, done = _rss_kib(), [0], threading.Event()

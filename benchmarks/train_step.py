@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitlab import data, settings
 from vitlab.models import build_model, preprocess
-from vitlab.train import TrainConfig, autocast_dtype, hardware, train
+from vitlab.train import TrainConfig, autocast_dtype, hardware, param_groups, train
 
 #: Dense bf16 peak of known GPUs, FLOP/s, for utilisation.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -31,7 +31,7 @@ def bare_loop(model_name: str, batch: int, steps: int, device: torch.device, amp
     """Images/s of a minimal AdamW loop on one fixed, already normalised batch."""
     torch.manual_seed(0)
     model = build_model({"zoo": model_name}).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=device.type == "cuda" or None)
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3, fused=device.type == "cuda" or None)
     x = preprocess(model, torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8))
     y = torch.randint(0, 10, (batch,), device=device)
 
@@ -56,9 +56,8 @@ def bare_loop(model_name: str, batch: int, steps: int, device: torch.device, amp
 def vitlab_loop(model_name: str, batch: int, steps: int, device: torch.device) -> float:
     """Images/s that ``vitlab.train`` reports for one epoch of ``steps`` steps."""
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(model=model_name, subset_size=batch * steps, epochs=1, batch_size=batch,
-                             eval_size=100, progress=False, out=out)
-        return train(config, device=device).record["images_per_second"]
+        config = TrainConfig(model=model_name, subset_size=batch * steps, epochs=1, batch_size=batch, eval_size=100)
+        return train(config, out, device=device, progress=False).record["images_per_second"]
 
 
 def flops_per_image(model_name: str, device: torch.device) -> float:

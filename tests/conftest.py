@@ -32,7 +32,26 @@ def cifar_available() -> bool:
     return data.find_cifar10() is not None
 
 
-needs_cifar = pytest.mark.skipif(not cifar_available(), reason="no CIFAR-10 copy found (set VITLAB_DATA)")
+#: Marks a test that reads the real CIFAR-10 copy: skipped without one, deselected by -m "not cifar".
+needs_cifar = pytest.mark.cifar
+
+
+#: Notebooks that read CIFAR-10 itself (the others fall back to the shipped sample images).
+NOTEBOOKS_NEEDING_CIFAR = {"05_vit_vs_resnet.ipynb", "06_train.ipynb"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``cifar`` tests without a CIFAR-10 copy and ``gpu`` tests without CUDA, saying why."""
+    no_cifar = pytest.mark.skip(reason="no CIFAR-10 copy found (set VITLAB_DATA)")
+    no_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    have_cifar, have_gpu = cifar_available(), torch.cuda.is_available()
+    for item in items:
+        if item.path.suffix == ".ipynb" and item.path.name in NOTEBOOKS_NEEDING_CIFAR:
+            item.add_marker(pytest.mark.cifar)
+        if "cifar" in item.keywords and not have_cifar:
+            item.add_marker(no_cifar)
+        if "gpu" in item.keywords and not have_gpu:
+            item.add_marker(no_gpu)
 
 
 def make_batches(root, per_batch=4, test_size=None, seed=0):

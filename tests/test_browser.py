@@ -1,5 +1,13 @@
-"""JupyterLab in headless Chromium: run a notebook as a user would, then change a widget."""
+"""JupyterLab in headless Chromium: run a notebook as a user would, then change its widgets.
+
+Every notebook runs with Run All (quick mode) and is then checked the same way
+(:meth:`Lab.check`): no error and no unexpected stderr output in any cell, every figure
+inside its output area with the file browser open, widget labels and dropdown texts not
+cut off, plot titles clear of the mode bar. :meth:`Lab.change` is the one
+screenshot/change/wait/screenshot sequence the notebook-specific tests use.
+"""
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -16,10 +24,15 @@ ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Requests the offline sandbox refuses (JupyterLab's news and update checks, fonts): not our errors.
 IGNORED_CONSOLE = ("net::ERR_", "Failed to load resource", "favicon")
+#: A line of a tqdm bar written as text (the fallback without widget bars): allowed where a test says so.
+TEXT_PROGRESS_BAR = re.compile(r"\d+%\|.*\|")
+PLOTS = ".jp-Notebook .js-plotly-plot"
+STDERR = "application/vnd.jupyter.stderr"
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)"),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason="Debian's chromium is not installed (make test installs it)"),
 ]
 
 
@@ -74,121 +87,234 @@ def page(lab):
         browser.close()
 
 
-def _run_all(page, base, token, notebook):
-    page.goto(f"{base}/lab/tree/notebooks/{notebook}?token={token}&reset")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    # The status bar names the kernel once it is connected; running before that is lost.
-    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
-    news = page.get_by_role("button", name="No", exact=True)  # JupyterLab's "notify about news?" toast
-    if news.count():
-        news.click()
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]"
-        ".every(p => /\\[\\d+\\]/.test(p.textContent))",
-        timeout=180_000,
-    )
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=180_000)
+# Page-side checks, each returning a list of problems (empty when all is well).
+_CUT_LABELS = """() => {
+    const cut = [...document.querySelectorAll('.jp-Notebook .widget-label, .jp-Notebook .widget-toggle-button')]
+        .filter(e => e.offsetWidth > 0 && e.scrollWidth > e.clientWidth + 1).map(e => `cut label: ${e.textContent}`);
+    const ctx = document.createElement('canvas').getContext('2d');
+    const narrow = [...document.querySelectorAll('.jp-Notebook .widget-dropdown select')].filter(s => {
+        ctx.font = getComputedStyle(s).font;
+        const text = s.selectedIndex >= 0 ? s.options[s.selectedIndex].text : '';
+        return s.offsetWidth > 0 && ctx.measureText(text).width + 24 > s.clientWidth;
+    }).map(s => `cut dropdown: ${s.options[s.selectedIndex].text}`);
+    return cut.concat(narrow);
+}"""
+# One plot (scrolled into view): does it end past its output area, does the mode bar cover its title?
+_PLOT_PROBLEMS = """p => {
+    const problems = [], box = p.getBoundingClientRect();
+    const out = p.closest('.jp-OutputArea-output').getBoundingClientRect();
+    if (box.right > out.right + 1) problems.push(`figure ends ${Math.round(box.right - out.right)} px past its output`);
+    const title = p.querySelector('.gtitle'), bar = p.querySelector('.modebar');
+    if (title && bar && title.textContent) {
+        const t = title.getBoundingClientRect(), b = bar.getBoundingClientRect();
+        if (!(t.right <= b.left || t.left >= b.right || t.bottom <= b.top || t.top >= b.bottom))
+            problems.push(`mode bar covers title: ${title.textContent}`);
+    }
+    return problems;
+}"""
 
 
-def _cell_errors(page):
-    return page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']").all_inner_texts()
+class Lab:
+    """One notebook open in JupyterLab: run it, change its widgets, check what a reader sees."""
+
+    def __init__(self, page, lab, notebook: str, allow_stderr=()):
+        self.page, self.notebook, self.allow_stderr = page, notebook, allow_stderr
+        self.name = notebook.removesuffix(".ipynb")
+        ARTIFACTS.mkdir(exist_ok=True)
+        base, token = lab
+        page.goto(f"{base}/lab/tree/notebooks/{notebook}?token={token}&reset")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        # The status bar names the kernel once it is connected; running before that is lost.
+        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+        news = page.get_by_role("button", name="No", exact=True)  # JupyterLab's "notify about news?" toast
+        if news.count():
+            news.click()
+
+    def run_all(self, timeout_s: int = 300) -> None:
+        """Run All Cells and wait until every cell has run and the kernel is idle."""
+        page = self.page
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]"
+            ".every(p => /\\[\\d+\\]/.test(p.textContent))", timeout=timeout_s * 1000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout_s * 1000)
+
+    def plots(self, count: int):
+        """The notebook's plotly figures, once ``count`` of them are drawn."""
+        plots = self.page.locator(PLOTS)
+        plots.nth(count - 1).wait_for(timeout=60_000)
+        assert plots.count() == count
+        return plots
+
+    def title(self, index: int) -> str:
+        return self.page.locator(PLOTS).nth(index).locator(".gtitle").text_content()
+
+    def widget(self, index: int = 0):
+        return self.page.locator(".jp-Notebook .jp-OutputArea-output .widget-vbox").nth(index)
+
+    def change(self, shot: str, action, until: str, arg=None, widget: int = 0, timeout_s: int = 60) -> None:
+        """Screenshot widget ``widget``, do ``action()``, wait until the JS predicate ``until(arg)``
+        holds, screenshot again (``<notebook>_<shot>_before.png`` and ``_after.png``)."""
+        box = self.widget(widget)
+        box.scroll_into_view_if_needed()
+        box.screenshot(path=str(ARTIFACTS / f"{self.name}_{shot}_before.png"))
+        action()
+        self.page.wait_for_function(until, arg=arg, timeout=timeout_s * 1000)
+        box.screenshot(path=str(ARTIFACTS / f"{self.name}_{shot}_after.png"))
+
+    def open_file_browser(self) -> None:
+        if not self.page.locator("#filebrowser").is_visible():
+            self.page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id='filebrowser']").click()
+        self.page.locator("#filebrowser").wait_for(state="visible", timeout=10_000)
+        self.page.wait_for_timeout(500)  # let the notebook panel and the widgets lay out again
+
+    def check(self) -> None:
+        """No errors, no unexpected stderr, figures inside their outputs with the file browser open,
+        nothing cut off; a screenshot of the whole page."""
+        page = self.page
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']").all_inner_texts()
+        assert errors == []
+        stderr = page.locator(f".jp-OutputArea-output[data-mime-type='{STDERR}']").all_inner_texts()
+        lines = [line for text in stderr for line in text.splitlines() if line.strip()]
+        assert [line for line in lines if not any(p.search(line) for p in self.allow_stderr)] == []
+        self.open_file_browser()
+        page.screenshot(path=str(ARTIFACTS / f"{self.name}_page.png"), full_page=True)
+        plots, problems = page.locator(PLOTS), []
+        for i in range(plots.count()):
+            plots.nth(i).scroll_into_view_if_needed()
+            problems += plots.nth(i).evaluate(_PLOT_PROBLEMS)
+        assert problems == []
+        assert page.evaluate(_CUT_LABELS) == []
+        assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []
 
 
-def test_position_embeddings_notebook_in_jupyterlab(lab, page):
-    base, token = lab
-    ARTIFACTS.mkdir(exist_ok=True)
-    _run_all(page, base, token, "02_position_embeddings.ipynb")
-    plots = page.locator(".jp-Notebook .js-plotly-plot")
-    plots.nth(2).wait_for(timeout=60_000)  # the static figure and the widget's two figures
-    assert plots.count() == 3
+def _title_is(index: int) -> str:
+    return f"t => document.querySelectorAll('{PLOTS}')[{index}].querySelector('.gtitle').textContent === t"
+
+
+def test_tour_notebook(lab, page):
+    nb = Lab(page, lab, "00_tour.ipynb")
+    nb.run_all()
+    table = nb.plots(1).nth(0)
+    names = table.locator(".y-column").first.locator(".cell-text").all_text_contents()
+    assert any("vit_tiny_c10" in n for n in names)  # underscores and all
+    nb.check()
+
+
+def test_embedding_filters_notebook(lab, page):
+    nb = Lab(page, lab, "01_embedding_filters.ipynb")
+    nb.run_all()
+    nb.plots(4)  # two static figures, the explorer's filters and variance
+    slider = page.locator(".jp-Notebook .widget-slider .widget-label").first
+    assert slider.text_content() == "components"
+    nb.check()
+
+
+def test_position_embeddings_notebook(lab, page):
+    import vitlab
+
+    nb = Lab(page, lab, "02_position_embeddings.ipynb")
+    nb.run_all()
+    plots = nb.plots(3)  # the static figure and the widget's two figures
     heatmap = plots.nth(1).locator(".hm image, .heatmaplayer image")  # plotly draws heatmaps as an image
     assert heatmap.count() >= 1
     box = plots.nth(1).bounding_box()
     assert box["width"] > 400 and box["height"] > 400, f"figure is squashed: {box}"
-    widget = page.locator(".jp-Notebook .widget-vbox").first
-    widget.scroll_into_view_if_needed()
-    widget.screenshot(path=str(ARTIFACTS / "02_position_embeddings_widget_before.png"))
+    ticks = plots.nth(2).locator(".xtick text").all_text_contents()
+    assert ticks and all(t.isdigit() for t in ticks)  # no half-step ticks
 
-    title = plots.nth(1).locator(".gtitle")
-    before = title.text_content()
-    image_before = heatmap.first.get_attribute("href")
     select = page.locator(".jp-Notebook .widget-dropdown select").first
-    other = next(o for o in select.locator("option").all_inner_texts() if o != before)
-    select.select_option(label=other)
-    page.wait_for_function("t => document.querySelectorAll('.jp-Notebook .js-plotly-plot')[1]"
-                           ".querySelector('.gtitle').textContent === t", arg=other, timeout=60_000)
+    specs = vitlab.zoo.available(family="vit")
+    labels = [t.replace("\xa0", " ") for t in select.locator("option").all_inner_texts()]
+    assert labels == [vitlab.zoo.label(s) for s in specs]  # untrained architectures last, and marked
+    other = next(i for i, s in enumerate(specs) if s != nb.title(1))
+    image_before = heatmap.first.get_attribute("href")
+    nb.change("model", lambda: select.select_option(index=other), _title_is(1), arg=specs[other])
     assert heatmap.first.get_attribute("href") != image_before  # the tiles were redrawn, not only the title
-    plots.nth(1).click(position={"x": box["width"] * 0.45, "y": box["height"] * 0.5})  # a tile: enlarge it
-    page.wait_for_function("() => !document.querySelectorAll('.jp-Notebook .js-plotly-plot')[2]"
-                           ".querySelector('.gtitle').textContent.includes('(row 1, col 1)')", timeout=30_000)
-    widget.screenshot(path=str(ARTIFACTS / "02_position_embeddings_widget_after.png"))
-    page.screenshot(path=str(ARTIFACTS / "02_position_embeddings_page.png"))
-
-    assert _cell_errors(page) == []
-    assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []
+    if not vitlab.zoo.trained(specs[other]):  # an untrained model says so beside its noise
+        assert "random weights" in nb.widget().locator(".widget-html").first.text_content()
+    nb.change("click", lambda: plots.nth(1).click(position={"x": box["width"] * 0.45, "y": box["height"] * 0.5}),
+              f"() => !document.querySelectorAll('{PLOTS}')[2].querySelector('.gtitle')"
+              ".textContent.includes('(row 1, col 1)')", timeout_s=30)
+    nb.check()
 
 
-def test_attention_maps_notebook_in_jupyterlab(lab, page):
-    base, token = lab
-    ARTIFACTS.mkdir(exist_ok=True)
-    _run_all(page, base, token, "04_attention_maps.ipynb")
-    plots = page.locator(".jp-Notebook .js-plotly-plot")
-    plots.nth(3).wait_for(timeout=60_000)  # static rollout, then the widget's rollout, patch and head maps
-    assert plots.count() == 4
+def test_attention_distance_notebook(lab, page):
+    import vitlab
+
+    nb = Lab(page, lab, "03_attention_distance.ipynb")
+    nb.run_all()
+    plots = nb.plots(2)
+    depth = len(vitlab.load_model("vit_tiny_c10", device="cpu").blocks)
+    assert max(float(t) for t in plots.nth(0).locator(".xtick text").all_text_contents()) == depth
+    if vitlab.data.find_cifar10() is not None:
+        assert "per class" in nb.title(0)  # says what it was computed on
+    status = nb.widget().locator(".widget-html").first
+    described = status.text_content()
+    toggle = page.locator(".jp-Notebook .widget-toggle-button", has_text="keep class-token share").first
+    nb.change("stale", toggle.click, "() => document.querySelector('.jp-Notebook .widget-vbox .widget-html')"
+              ".textContent.includes('press Compute')")
+    compute = page.locator(".jp-Notebook button", has_text="Compute").first
+    nb.change("compute", compute.click, "t => document.querySelector('.jp-Notebook .widget-vbox .widget-html')"
+              ".textContent === t", arg=described)
+    nb.check()
+
+
+def test_attention_maps_notebook(lab, page):
+    nb = Lab(page, lab, "04_attention_maps.ipynb")
+    nb.run_all()
+    plots = nb.plots(4)  # static rollout, then the widget's rollout, patch and head maps
     for i in range(4):
         box = plots.nth(i).bounding_box()
         assert box["width"] > 300 and box["height"] > 300, f"figure {i} is squashed: {box}"
-    widget = page.locator(".jp-Notebook .widget-vbox").first
-    widget.scroll_into_view_if_needed()
-    widget.screenshot(path=str(ARTIFACTS / "04_attention_maps_widget_before.png"))
+    assert plots.nth(0).locator(".colorbar").count() == 1  # the rollout says what its colours mean
 
-    heads_title = plots.nth(3).locator(".gtitle")
-    before = heads_title.text_content()
     select = page.locator(".jp-Notebook .widget-dropdown select").nth(1)  # the image dropdown
     other = select.locator("option").all_inner_texts()[2]
-    select.select_option(label=other)
-    page.wait_for_function("t => document.querySelectorAll('.jp-Notebook .js-plotly-plot')[3]"
-                           ".querySelector('.gtitle').textContent.endsWith(t)", arg=other.replace("\xa0", " "),
-                           timeout=60_000)
-    assert heads_title.text_content() != before
-
-    patch_title = plots.nth(2).locator(".gtitle")
-    start = patch_title.text_content()
-    box = plots.nth(1).locator(".heatmaplayer").bounding_box()
-    plots.nth(1).click(position={"x": 10 + box["x"] - plots.nth(1).bounding_box()["x"] + box["width"] * 0.8,
-                                 "y": box["y"] - plots.nth(1).bounding_box()["y"] + box["height"] * 0.8})
-    page.wait_for_function("t => document.querySelectorAll('.jp-Notebook .js-plotly-plot')[2]"
-                           ".querySelector('.gtitle').textContent !== t", arg=start, timeout=30_000)
-    widget.screenshot(path=str(ARTIFACTS / "04_attention_maps_widget_after.png"))
-    assert _cell_errors(page) == []
-    assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []
+    nb.change("image", lambda: select.select_option(label=other),
+              f"t => document.querySelectorAll('{PLOTS}')[3].querySelector('.gtitle').textContent.endsWith(t)",
+              arg=other.replace("\xa0", " "))
+    start = nb.title(2)
+    heat = plots.nth(1).locator(".heatmaplayer").bounding_box()
+    figure = plots.nth(1).bounding_box()
+    click = {"x": heat["x"] - figure["x"] + heat["width"] * 0.8, "y": heat["y"] - figure["y"] + heat["height"] * 0.8}
+    nb.change("click", lambda: plots.nth(1).click(position=click),
+              f"t => document.querySelectorAll('{PLOTS}')[2].querySelector('.gtitle').textContent !== t", arg=start,
+              timeout_s=30)
+    nb.check()
 
 
-def test_vit_vs_resnet_notebook_in_jupyterlab(lab, page):
-    base, token = lab
-    ARTIFACTS.mkdir(exist_ok=True)
-    _run_all(page, base, token, "05_vit_vs_resnet.ipynb")
-    plots = page.locator(".jp-Notebook .js-plotly-plot")
+def test_vit_vs_resnet_notebook(lab, page):
+    import vitlab
+
+    nb = Lab(page, lab, "05_vit_vs_resnet.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
+    nb.run_all(timeout_s=600)
     # Sweep figure and table, the mini-sweep's, the probes' depth and shots figures, two CKA heatmaps.
-    plots.nth(7).wait_for(timeout=60_000)
-    assert plots.count() == 8
-    sweep_plot = plots.nth(0)
-    assert sweep_plot.locator(".scatterlayer .trace").count() >= 2  # a ViT and a ResNet curve
+    plots = nb.plots(8)
+    # Straight after Run All, before any click: every header and every accuracy is drawn.
+    for table in (plots.nth(1), plots.nth(3)):
+        headers = [t.replace("\xa0", " ") for t in table.locator("#header .cell-text").all_text_contents()]
+        assert len(headers) == 7 and all(headers), headers
+    drawn = {t.replace("\xa0", " ") for t in plots.nth(1).locator(".cell-text").all_text_contents()}
+    expected = vitlab.plots.sweep_table(vitlab.records.read_runs(vitlab.records.RESULTS)).data[0].cells.values
+    missing = {str(v).replace("\xa0", " ") for column in expected for v in column} - drawn
+    assert not missing, f"table cells not drawn: {sorted(missing)[:5]}"
+    assert plots.nth(0).locator(".scatterlayer .trace").count() >= 2  # a ViT and a ResNet curve
     assert plots.nth(2).locator(".scatterlayer .trace").count() == 2  # the live mini-sweep drew both families
     for i in (6, 7):
         assert plots.nth(i).locator(".hm image, .heatmaplayer image").count() >= 1
-    widget = page.locator(".jp-Notebook .widget-vbox").first
-    widget.scroll_into_view_if_needed()
-    widget.screenshot(path=str(ARTIFACTS / "05_sweep_widget_images.png"))
-
-    page.locator(".jp-Notebook .widget-toggle-button", has_text="training FLOPs").first.click()
-    page.wait_for_function("() => document.querySelectorAll('.jp-Notebook .js-plotly-plot')[0]"
-                           ".querySelector('.xtitle').textContent.includes('FLOPs')", timeout=30_000)
-    widget.screenshot(path=str(ARTIFACTS / "05_sweep_widget_flops.png"))
-    for name, index in (("05_probes", 4), ("05_cka", 6)):
+    flops = page.locator(".jp-Notebook .widget-toggle-button", has_text="training FLOPs").first
+    nb.change("flops", flops.click, f"() => document.querySelectorAll('{PLOTS}')[0]"
+              ".querySelector('.xtitle').textContent.includes('FLOPs')", timeout_s=30)
+    for name, index in (("probes", 4), ("cka", 6)):
         plots.nth(index).scroll_into_view_if_needed()
-        plots.nth(index).screenshot(path=str(ARTIFACTS / f"{name}.png"))
-    assert _cell_errors(page) == []
-    assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []
+        plots.nth(index).screenshot(path=str(ARTIFACTS / f"05_{name}.png"))
+    nb.check()
+
+
+def test_train_notebook(lab, page):
+    nb = Lab(page, lab, "06_train.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
+    nb.run_all(timeout_s=600)
+    nb.plots(6)  # two training curves, the position embeddings, the explorer's three figures
+    nb.check()

@@ -165,18 +165,84 @@ def test_analysis_images_prefer_cifar_and_fall_back_to_samples(tmp_path, monkeyp
     monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "nothing"))
     images, names, source = data.analysis_images()
     assert source == "data/samples" and images.shape[1:] == (3, 32, 32) and len(names) == len(images)
-    make_batches(tmp_path / "c", per_batch=4)
+    assert data.describe_images(5, source) == "5 sample images"
+    expected = make_batches(tmp_path / "c", per_batch=4, test_size=40)
     monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "c"))
     images, names, source = data.analysis_images()
-    assert source == "CIFAR-10 test set" and len(images) == 4 and names[0].startswith("CIFAR-10 test #0 (")
+    assert source == "CIFAR-10 test set" and len(images) == 40
+    test_images, test_labels = expected["test"]
+    for image, name in zip(images, names):  # each name says which test image it is, and its class
+        index = int(name.split("#")[1].split(" ")[0])
+        np.testing.assert_array_equal(image.numpy(), test_images[index])
+        assert name.endswith(f"({data.CLASSES[test_labels[index]]})")
+    first = [n.split("(")[1].rstrip(")") for n in names[:10]]
+    assert sorted(first) == sorted(data.CLASSES)  # the first ten are one per class
 
 
-def test_gallery_adds_cifar_test_images(tmp_path, monkeypatch):
-    expected = make_batches(tmp_path, per_batch=4)
+def _prefix_counts_balanced(labels, order):
+    """Brute force: for every prefix, class counts differ by at most one while no class has run out."""
+    total = {c: int((labels == c).sum()) for c in labels.unique().tolist()}
+    counts = {c: 0 for c in total}
+    for i in order.tolist():
+        counts[int(labels[i])] += 1
+        live = [counts[c] for c in total if counts[c] < total[c]]
+        if live and max(live) - min(live) > 1:
+            return False
+        if live and max(counts[c] for c in total) - min(live) > 1:
+            return False
+    return True
+
+
+def test_stratified_order_balances_every_prefix():
+    labels = torch.arange(10).repeat_interleave(30)  # sorted by class, as the shared copy is
+    order = data.stratified_order(labels, seed=0)
+    assert sorted(order.tolist()) == list(range(len(labels)))
+    assert _prefix_counts_balanced(labels, order)
+    uneven = torch.tensor([0] * 7 + [1] * 3 + [2] * 12)
+    assert _prefix_counts_balanced(uneven, data.stratified_order(uneven, seed=4))
+    assert torch.equal(data.stratified_order(labels, 3), data.stratified_order(labels, 3))
+    assert not torch.equal(data.stratified_order(labels, 3), data.stratified_order(labels, 4))
+
+
+def test_describe_images_counts_classes():
+    labels = torch.arange(10).repeat_interleave(100)[data.stratified_order(torch.arange(10).repeat_interleave(100))]
+    assert data.describe_images(128, "CIFAR-10 test set", labels) == "128 CIFAR-10 test images, 12-13 per class"
+    assert data.describe_images(128, "CIFAR-10 test set") == "128 CIFAR-10 test images, 12-13 per class"
+    assert data.describe_images(1000, "CIFAR-10 test set") == "1,000 CIFAR-10 test images, 100 per class"
+
+
+def test_resize_matches_torch_and_keeps_dtype():
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    assert data.resize(images, (8, 8)) is images
+    up = data.resize(images, (16, 12), "bilinear")
+    direct = torch.nn.functional.interpolate(images.float(), size=(16, 12), mode="bilinear", antialias=True)
+    assert up.dtype == torch.uint8 and up.shape == (2, 3, 16, 12)
+    assert torch.equal(up, direct.round().clamp(0, 255).byte())
+    floats = data.resize(images.float() / 255, (4, 4))
+    assert floats.dtype == torch.float32 and 0 <= floats.min() and floats.max() <= 1
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        data.resize(images[0], (4, 4))
+
+
+def test_gallery_adds_class_balanced_cifar_test_images(tmp_path, monkeypatch):
+    expected = make_batches(tmp_path, per_batch=4, test_size=40)
     monkeypatch.setenv("VITLAB_DATA", str(tmp_path))
     samples, _ = data.samples(32)
-    images, names = data.gallery(32, cifar=3)
-    assert len(images) == len(samples) + 3 and names[-3].startswith("CIFAR-10 test #0")
-    np.testing.assert_array_equal(images[-3:].numpy(), expected["test"][0][:3])  # 32 px: unchanged
+    images, names = data.gallery(32, cifar=10)
+    assert len(images) == len(samples) + 10
+    classes = [n.split("(")[1].rstrip(")") for n in names[-10:]]
+    assert sorted(classes) == sorted(data.CLASSES)  # one per class, not the first ten of a sorted folder
+    for image, name in zip(images[-10:], names[-10:]):  # 32 px: unchanged pixels
+        np.testing.assert_array_equal(image.numpy(), expected["test"][0][int(name.split("#")[1].split(" ")[0])])
     big, _ = data.gallery(64, cifar=3)
     assert big.shape[1:] == (3, 64, 64)
+
+
+def test_notebooks_that_read_cifar10_are_marked():
+    """``-m "not cifar"`` must deselect every notebook that cannot run on the sample images."""
+    from conftest import NOTEBOOKS_NEEDING_CIFAR
+
+    root = data.SAMPLES_DIR.parent.parent / "notebooks"
+    reading = {p.name for p in root.glob("*.ipynb")
+               if any(call in p.read_text() for call in ("data.cifar10(", "sweep.sweep(", "train_with_curves("))}
+    assert reading and reading <= NOTEBOOKS_NEEDING_CIFAR

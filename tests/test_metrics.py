@@ -307,3 +307,54 @@ def test_ridge_probe_separates_separable_classes():
     assert metrics.fewshot_accuracy(x, y, x_test, y_test, 3, l2=1.0) == 1.0
     with pytest.raises(ValueError, match="l2 must be positive"):
         metrics.ridge_classifier(x, y, 3, l2=0)
+
+
+# --- one image's attention, for display --------------------------------------------------
+
+
+def _attention(heads, rows, cols, prefix, seed=6):
+    n = prefix + rows * cols
+    return torch.softmax(torch.randn(heads, n, n, generator=torch.Generator().manual_seed(seed)), -1)
+
+
+@pytest.mark.parametrize("head", [None, 1])
+def test_query_attention_matches_brute_force(head):
+    rows, cols, prefix = 3, 4, 2
+    attn = _attention(3, rows, cols, prefix)
+    got = metrics.query_attention(attn, (rows, cols), prefix, (2, 1), head)
+    heads = range(3) if head is None else [head]
+    for r in range(rows):
+        for c in range(cols):
+            key = prefix + r * cols + c
+            expected = sum(float(attn[h, prefix + 2 * cols + 1, key]) for h in heads) / len(heads)
+            assert float(got[r, c]) == pytest.approx(expected, rel=1e-6)
+    # uniform attention spreads 1/N over every key, prefix included
+    uniform = torch.full((2, 1 + 4, 1 + 4), 0.2)
+    torch.testing.assert_close(metrics.query_attention(uniform, (2, 2), 1, (0, 0)), torch.full((2, 2), 0.2))
+    with pytest.raises(ValueError, match="outside"):
+        metrics.query_attention(attn, (rows, cols), prefix, (3, 0))
+    with pytest.raises(ValueError, match="prefix tokens"):
+        metrics.query_attention(attn, (rows, cols), 1, (0, 0))
+
+
+def test_class_token_attention_matches_brute_force():
+    rows, cols, prefix = 2, 3, 1
+    attns = [_attention(2, rows, cols, prefix, seed) for seed in (7, 8, 9)]
+    got = metrics.class_token_attention(attns, (rows, cols), prefix)
+    assert got.shape == (3, 2, rows, cols)
+    for layer in range(3):
+        for h in range(2):
+            for r in range(rows):
+                for c in range(cols):
+                    assert float(got[layer, h, r, c]) == float(attns[layer][h, 0, prefix + r * cols + c])
+    with pytest.raises(ValueError, match="no class token"):
+        metrics.class_token_attention([torch.softmax(torch.randn(2, 6, 6), -1)], (rows, cols), 0)
+
+
+def test_scale_to_max_divides_each_map_by_its_maximum():
+    maps = torch.rand(2, 3, 4, 4)
+    got = metrics.scale_to_max(maps)
+    for i in range(2):
+        for j in range(3):
+            torch.testing.assert_close(got[i, j], maps[i, j] / maps[i, j].max())
+    assert torch.equal(metrics.scale_to_max(torch.zeros(1, 2, 2)), torch.zeros(1, 2, 2))

@@ -12,7 +12,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import vitlab
-from vitlab import models
+from vitlab import models, zoo
 
 
 def _export_google_npz(model: VisionTransformer, path) -> None:
@@ -52,29 +52,35 @@ def _logits(model, seed=0):
         return model(x)
 
 
-@pytest.mark.parametrize("name", list(models.ZOO))
-def test_zoo_architectures_build_with_cifar_preprocessing(name):
-    model = vitlab.load_model(name, device="cpu")
-    cfg = timm.data.resolve_model_data_config(model)
-    assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == vitlab.data.MEAN and cfg["std"] == vitlab.data.STD
-    assert _logits(model).shape == (2, 10)
-    if models.ZOO[name].family == "vit":
-        patch = models.ZOO[name].patch_size
-        assert tuple(model.patch_embed.grid_size) == (32 // patch,) * 2 and model.patch_embed.patch_size == (patch, patch)
+def _empty_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
 
 
-def test_zoo_listing_reports_params_and_records(tmp_path, monkeypatch):
+def test_trained_models_are_offered_first_and_untrained_ones_last(tmp_path, monkeypatch):
+    """Only the architecture registered last has a checkpoint: the order cannot come from the registry."""
     monkeypatch.setattr(models, "ZOO_DIR", tmp_path)
-    model = models.build_model({"zoo": "vit_tiny_c10"})
-    models.save_model(model, tmp_path / "vit_tiny_c10.safetensors", metadata={"metrics": {"test_accuracy": 0.5}})
-    listing = vitlab.zoo()
-    assert set(listing) == set(models.ZOO)
-    assert listing["vit_tiny_c10"]["params"] == sum(p.numel() for p in model.parameters())
-    assert listing["vit_tiny_c10"]["test_accuracy"] == 0.5
-    assert listing["vit_small_c10"]["test_accuracy"] is None and listing["vit_small_c10"]["checkpoint"] is None
-    loaded = vitlab.load_model("vit_tiny_c10", device="cpu")
+    _empty_hub_cache(tmp_path, monkeypatch)
+    last = list(zoo.ENTRIES)[-1]
+    models.save_model(models.build_model({"zoo": zoo.ENTRIES[last].architecture}), tmp_path / f"{last}.safetensors")
+    untrained = [n for n in zoo.ENTRIES if n != last]
+    assert vitlab.available() == [last, *untrained]
+    family = zoo.ENTRIES[last].family
+    assert vitlab.available(family) == [last, *(n for n in untrained if zoo.ENTRIES[n].family == family)]
+    assert vitlab.available(trained_only=True) == [last]
+    assert zoo.label(last) == last and zoo.label(untrained[0]) == f"{untrained[0]} (untrained)"
+    assert zoo.label("vit_small_patch16_224") == "vit_small_patch16_224"
+
+
+def test_a_zoo_checkpoint_may_be_named_apart_from_its_architecture(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "ZOO_DIR", tmp_path)
+    model = models.build_model({"zoo": "vit_micro_c10"})
+    models.save_model(model, tmp_path / "vit_micro_c10_cutmix.safetensors")
+    loaded = vitlab.load_model("vit_micro_c10_cutmix", device="cpu")
     torch.testing.assert_close(_logits(loaded), _logits(model.eval()), rtol=0, atol=0)
-    assert vitlab.available("vit")[0] == "vit_tiny_c10"  # trained models are offered first
+    with pytest.raises(ValueError, match="Did you mean.*vit_micro_c10_cutmix"):
+        vitlab.load_model("vit_micro_c10_cutmx")
 
 
 def test_untrained_zoo_model_warns(tmp_path, monkeypatch):
@@ -173,7 +179,9 @@ def test_hub_weights_load_from_cache_offline(tmp_path):
         model = vitlab.load_model("vit_tiny_patch16_224.augreg_in21k", device="cpu")
         expected = safetensors.torch.load_file({str(weights)!r})
         assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
-        assert vitlab.available()[-1] == "vit_tiny_patch16_224.augreg_in21k"
+        names = vitlab.available()  # trained zoo entries, cached hub models, untrained zoo entries
+        after = names[names.index("vit_tiny_patch16_224.augreg_in21k") + 1:]
+        assert after == [n for n in vitlab.zoo.ENTRIES if not vitlab.zoo.trained(n)], names
         print("loaded from cache")
     """, tmp_path)
     assert "loaded from cache" in done.stdout, done.stderr

@@ -1,8 +1,24 @@
+import dataclasses
+import json
+
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 import torch
+from plotly.serializers import _py_to_js
 
-from vitlab import plots
+from vitlab import plots, plotting
+from vitlab.records import ProbeRecord, RunRecord
+
+
+def _strict_json(fig):
+    """The figure as a FigureWidget sends it to the browser: strict JSON, so no NaN or inf."""
+    return json.dumps(_py_to_js(go.FigureWidget(fig)._widget_data, None), allow_nan=False)
+
+
+def _text(values):
+    """Table texts as read (plots keeps them on one line with non-breaking spaces)."""
+    return [str(v).replace("\xa0", " ") for v in values]
 
 
 def _random_sim(rows, cols):
@@ -37,6 +53,9 @@ def test_position_similarity_figure_is_readable():
     assert fig.layout.yaxis.autorange == "reversed" and fig.layout.yaxis.scaleanchor == "x"
     assert list(fig.layout.xaxis.ticktext) == ["1", "2", "3", "4"]
     assert fig.layout.title.text == "demo"
+    assert fig.layout.title.xanchor == "left"  # clear of the mode bar at the top right
+    assert np.isnan(np.asarray(heat.z, dtype=float)[4, 0])  # the gaps stay empty ...
+    _strict_json(fig)  # ... and serialise
 
 
 def test_patch_similarity_figure_shows_that_patch():
@@ -44,6 +63,7 @@ def test_patch_similarity_figure_shows_that_patch():
     fig = plots.patch_similarity_figure(sim, 2, 1)
     np.testing.assert_array_equal(np.asarray(fig.data[0].z), sim[2, 1].numpy())
     assert (fig.data[1].x[0], fig.data[1].y[0]) == (2, 3)  # 1-based marker on the patch
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.yaxis.dtick == 1  # no half-step ticks on a small grid
 
 
 def test_tile_mosaic_with_rectangular_tiles():
@@ -78,14 +98,39 @@ def test_attention_distance_figure_has_a_trace_per_head_and_the_reference():
         np.testing.assert_allclose(fig.data[h].y, d[:, h].numpy(), rtol=1e-6)
         assert list(fig.data[h].x) == [1, 2, 3, 4]  # layers shown 1-based
     assert fig.layout.yaxis.range == (0, 40) and "pixels" in fig.layout.yaxis.title.text
+    assert fig.layout.xaxis.range == (0.5, 4.5)
+
+
+def test_attention_distance_figure_clips_the_reference_and_follows_depth():
+    fields = [("conv1", 3.0), ("layer1.0", 7.0), ("layer2.0", 19.0), ("layer3.0", 51.0), ("layer4.0", 109.0)]
+    reference = plots.receptive_field_reference(fields, depth=6, name="cnn")
+    xs, ys, names = reference["cnn"]
+    assert xs[0] == 1 and xs[-1] == 6 and np.allclose(np.diff(xs), 1.25) and ys == [r for _, r in fields]
+    fig = plots.attention_distance_figure(torch.rand(6, 2) * 20, reference=reference, max_distance=45.25, depth=6)
+    line = fig.data[-1]
+    assert list(line.y) == [3.0, 7.0, 19.0, 45.25, 45.25]  # inside the plot ...
+    assert [c[1] for c in line.customdata] == ys  # ... the hover keeps the true value
+    assert fig.layout.xaxis.range == (0.5, 6.5)
+    note = fig.layout.annotations[0].text
+    assert "layer3.0" in note and "109" in note
+
+
+def test_long_titles_break_before_the_mode_bar():
+    title = "vit_tiny_c10: mean attention distance, 128 CIFAR-10 test images, 12-13 per class"
+    fig = plots.attention_distance_figure(torch.rand(6, 2), title=title)
+    assert fig.layout.title.text == title.replace("distance, ", "distance,<br>")
+    assert fig.layout.margin.t == 72 and fig.layout.title.x < 0.1 and fig.layout.title.xanchor == "left"
+    assert plots.attention_distance_figure(torch.rand(6, 2), title="short").layout.title.text == "short"
 
 
 def test_attention_overlay_aligns_patches_with_pixels():
     image = torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8)
     mask = torch.rand(4, 6)
     fig = plots.attention_overlay_figure(image, mask, marker=(1, 2))
-    heat = fig.data[1]
+    heat = fig.data[-1]
     np.testing.assert_allclose(np.asarray(heat.z), mask.numpy(), rtol=1e-6)
+    assert [t.type for t in fig.data] == ["image", "image", "heatmap"]  # the image stays visible beside the map
+    assert heat.showscale is not False and heat.colorbar.title.text == "attention" and 0 < heat.opacity < 1
     # centre of patch (r, c) lands on pixel centre ((c + 0.5) * 8 - 0.5, (r + 0.5) * 8 - 0.5)
     assert heat.x0 + 2 * heat.dx == pytest.approx(2.5 * 8 - 0.5) and heat.dy == 8
     rect = fig.layout.shapes[0]
@@ -100,6 +145,7 @@ def test_head_attention_figure_scales_each_map_to_its_maximum():
         for head in range(3):
             tile = z[layer * 5 : layer * 5 + 4, head * 5 : head * 5 + 4]
             np.testing.assert_allclose(tile, (maps[layer, head] / maps[layer, head].max()).numpy(), rtol=1e-6)
+    _strict_json(fig)
 
 
 def test_training_curves_and_zoo_table():
@@ -109,8 +155,16 @@ def test_training_curves_and_zoo_table():
     assert list(fig.data[0].y) == [2.0, 1.5] and list(fig.data[2].y) == [0.35, 0.52]
     zoo = {"a": dict(family="vit", description="d", params=1234, test_accuracy=0.75),
            "b": dict(family="resnet", description="e", params=10, test_accuracy=None)}
-    cells = plots.zoo_table(zoo).data[0].cells.values
-    assert list(cells[0]) == ["a", "b"] and list(cells[4]) == ["75.0%", "not trained"] and cells[3][0] == "1,234"
+    table = plots.zoo_table(zoo).data[0]
+    cells = table.cells.values
+    assert _text(cells[0]) == ["a", "b"] and _text(cells[4]) == ["75.0%", "untrained"] and cells[3][0] == "1,234"
+    assert table.cells.height >= 28  # room for underscores
+    assert plots.training_curves_figure(records[:1]).layout.xaxis.dtick == 1  # no half epochs
+
+
+def test_durations_say_seconds_under_a_minute():
+    assert plotting.duration(0.4) == "0.4 s" and plotting.duration(42.0) == "42 s" and plotting.duration(59.4) == "59 s"
+    assert plotting.duration(60.0) == "1.0 min" and plotting.duration(192.0) == "3.2 min"
 
 
 def _sweep_records():
@@ -119,9 +173,9 @@ def _sweep_records():
     for model, family, flops in (("vit_a", "vit", 10.0), ("resnet_b", "resnet", 4.0)):
         for size, accs in ((100, [0.2, 0.3, 0.4]), (1000, [0.6])):
             for seed, acc in enumerate(accs):
-                records.append(dict(model=model, family=family, subset_size=size, seed=seed, epochs=1000 // size,
-                                    test_accuracy=acc + (0.1 if family == "resnet" else 0.0),
-                                    train_flops=flops * 1000, wall_seconds=60.0 * (seed + 1)))
+                records.append(RunRecord(model=model, family=family, subset_size=size, seed=seed, epochs=1000 // size,
+                                         test_accuracy=acc + (0.1 if family == "resnet" else 0.0),
+                                         train_flops=flops * 1000, wall_seconds=60.0 * (seed + 1)))
     return records
 
 
@@ -140,18 +194,25 @@ def test_sweep_figure_means_and_error_bars_over_seeds():
     np.testing.assert_allclose(flops.data[0].y, [0.4, 0.7])
     with pytest.raises(ValueError, match="x must be"):
         plots.sweep_figure(_sweep_records(), x="params")
-    probed = [dict(r, fewshot_5=r["test_accuracy"] / 2) for r in _sweep_records() if r["model"] == "vit_a"]
-    fig = plots.sweep_figure(probed + _sweep_records(), y="fewshot_5")
+    probed = [dataclasses.replace(r, fewshot={5: r.test_accuracy / 2}) for r in _sweep_records() if r.model == "vit_a"]
+    fig = plots.sweep_figure(probed + _sweep_records(), shots=5)
     assert [t.name for t in fig.data] == ["vit_a (vit)"]  # runs without probes are left out
     np.testing.assert_allclose(fig.data[0].y, [0.15, 0.3])
     assert fig.layout.yaxis.title.text == "5-shot linear probe accuracy"
+    assert fig.data[0].line.color == plotting.family_color("vit", 0)
 
 
 def test_sweep_table_lists_every_model_and_size():
-    cells = plots.sweep_table(_sweep_records()).data[0].cells.values
-    assert list(cells[0]) == ["resnet_b", "resnet_b", "vit_a", "vit_a"]
-    assert list(cells[1]) == ["100", "1,000"] * 2 and list(cells[3]) == [3, 1, 3, 1]
-    assert cells[4][2] == "30.0% ± 10.0%" and cells[4][3] == "60.0%"
+    table = plots.sweep_table(_sweep_records()).data[0]
+    cells = table.cells.values
+    assert _text(cells[0]) == ["resnet_b", "resnet_b", "vit_a", "vit_a"]
+    assert _text(cells[1]) == ["100", "1,000"] * 2 and _text(cells[3]) == ["3", "1", "3", "1"]
+    assert _text(cells[4])[2] == "30.0% ± 10.0%" and cells[4][3] == "60.0%"
+    assert _text(cells[6]) == ["2.0 min", "1.0 min"] * 2  # mean of 1, 2 and 3 minutes; one seed
+    assert len(table.header.values) == 7
+    # No text holds a plain space: plotly wraps such text by measuring it in the page, and a
+    # table drawn off screen then shows empty cells (notebook 05 after Run All).
+    assert not any(" " in str(v) for v in [*table.header.values, *(v for c in cells for v in c)])
 
 
 def _probe_records():
@@ -160,12 +221,13 @@ def _probe_records():
         for depth, layer in enumerate(["blocks.0", "blocks.1", "blocks.2"]):
             for pooling in ("cls", "mean"):
                 for shots in (1, 5):
-                    records.append(dict(model="vit", layer=layer, depth=depth, pooling=pooling, shots=shots, seed=seed,
-                                        accuracy=0.1 * depth + 0.01 * shots + 0.02 * seed + (pooling == "cls") * 0.05))
+                    records.append(ProbeRecord(
+                        model="vit", family="vit", layer=layer, depth=depth, pooling=pooling, shots=shots, seed=seed,
+                        accuracy=0.1 * depth + 0.01 * shots + 0.02 * seed + (pooling == "cls") * 0.05))
         for depth, layer in enumerate(["stem", "layer1"]):
             for shots in (1, 5):
-                records.append(dict(model="resnet", layer=layer, depth=depth, pooling="gap", shots=shots, seed=seed,
-                                    accuracy=0.3 * depth + 0.01 * shots))
+                records.append(ProbeRecord(model="resnet", family="resnet", layer=layer, depth=depth, pooling="gap",
+                                           shots=shots, seed=seed, accuracy=0.3 * depth + 0.01 * shots))
     return records
 
 
@@ -176,6 +238,10 @@ def test_probe_depth_figure_puts_models_on_a_relative_depth_axis():
     np.testing.assert_allclose(fig.data[2].x, [0, 1])
     np.testing.assert_allclose(fig.data[0].y, [0.05 + 0.05 + 0.01, 0.15 + 0.05 + 0.01, 0.25 + 0.05 + 0.01])
     np.testing.assert_allclose(fig.data[0].error_y.array, [np.std([0, 0.02], ddof=1)] * 3, atol=1e-12)
+    assert fig.data[2].line.color == plotting.family_color("resnet", 0)  # colour from the record's family
+    head = [dataclasses.replace(r, pooling="head") for r in _probe_records() if r.model == "vit"]
+    pooled_by_head = plots.probe_depth_figure(head, shots=5)
+    assert pooled_by_head.data[0].line.color == plotting.family_color("vit", 0)  # not guessed from the pooling
     with pytest.raises(ValueError, match="no probe records with 25 shots"):
         plots.probe_depth_figure(_probe_records(), shots=25)
 

@@ -21,4 +21,6 @@ def test_data_root_env_and_default(monkeypatch, tmp_path):
     monkeypatch.setenv("VITLAB_DATA", str(tmp_path))
     assert settings.data_root() == tmp_path
     monkeypatch.delenv("VITLAB_DATA")
-    assert settings.data_root() == Path(settings.__file__).resolve().parent.parent / "data"
+    checkout = Path(__file__).resolve().parents[1]  # this test file lives in <checkout>/tests
+    assert (checkout / "pyproject.toml").is_file()
+    assert settings.data_root() == checkout / "data"

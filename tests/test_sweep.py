@@ -1,16 +1,18 @@
 import csv
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from vitlab import __main__ as cli
-from vitlab import data, widgets
+from vitlab import data, records, zoo
 from vitlab import sweep as sweep_mod
-from vitlab.models import ZOO, build_model, load_model
+from vitlab.models import ARCHITECTURES, build_model, load_model
 from vitlab.sweep import SweepConfig, sweep, train_flops_per_image
 from vitlab.train import evaluate
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_budget_rule_gives_at_least_epochs_and_min_samples():
@@ -20,7 +22,7 @@ def test_budget_rule_gives_at_least_epochs_and_min_samples():
         assert epochs >= 3 and epochs * size >= 10_000
         assert epochs == 3 or (epochs - 1) * size < 10_000  # the smallest such count
     runs = SweepConfig(models=("a", "b"), sizes=(500, 100), seeds=(1, 0)).runs()
-    assert [(r["seed"], r["subset_size"], r["model"]) for r in runs][:3] == [(1, 100, "a"), (1, 100, "b"), (1, 500, "a")]
+    assert [(r.seed, r.subset_size, r.model) for r in runs][:3] == [(1, 100, "a"), (1, 100, "b"), (1, 500, "a")]
     assert len(runs) == 8
 
 
@@ -55,7 +57,7 @@ def _resnet_flops(model, img=32):
 @pytest.mark.parametrize("name", ["vit_micro_c10", "vit_tiny_c10"])
 def test_vit_flops_match_a_hand_count_including_attention(name):
     # The CPU's fused attention kernel is invisible to the flop counter; the count must still include it.
-    assert train_flops_per_image(build_model({"zoo": name})) == _vit_flops(ZOO[name])
+    assert train_flops_per_image(build_model({"zoo": name})) == _vit_flops(ARCHITECTURES[name])
 
 
 @pytest.mark.parametrize("name", ["resnet_micro_c10", "resnet_tiny_c10"])
@@ -70,38 +72,42 @@ def _tiny(tmp_path, **kw):
                                    out=str(tmp_path / "runs"), results=str(tmp_path / "results" / "sweep")), **kw))
 
 
-def test_sweep_records_every_run_and_skips_done_ones(fake_cifar, tmp_path, monkeypatch):
+def test_sweep_records_every_run_and_skips_done_ones(fake_cifar, tmp_path, monkeypatch, capsys):
     config = _tiny(tmp_path)
-    records = sweep(config)
-    assert len(records) == 4
+    runs = sweep(config)
+    assert len(runs) == 4
     test_x, test_y = data.cifar10("test")
-    for r in records:
-        assert set(sweep_mod.FIELDS) <= set(r)
-        assert r["family"] == ZOO[r["model"]].family
-        assert r["epochs"] == config.epochs_for(r["subset_size"])  # 2 epochs on 100 images, 1 on 200
-        steps = r["subset_size"] // config.batch_size * r["epochs"]
-        assert r["images_seen"] == steps * config.batch_size
-        assert r["train_flops"] == r["flops_per_image"] * r["images_seen"]
-        assert r["params"] == sum(p.numel() for p in build_model({"zoo": r["model"]}).parameters())
-        run = tmp_path / "runs" / f"{r['model']}-n{r['subset_size']}-s0-e{r['epochs']}"
+    for r in runs:
+        assert r.family == zoo.ENTRIES[r.model].family
+        assert r.epochs == config.epochs_for(r.subset_size)  # 2 epochs on 100 images, 1 on 200
+        steps = r.subset_size // config.batch_size * r.epochs
+        assert r.images_seen == steps * config.batch_size
+        assert r.train_flops == r.flops_per_image * r.images_seen
+        assert r.params == sum(p.numel() for p in build_model({"zoo": r.model}).parameters())
+        recipe = zoo.train_config(r.model)  # the zoo entry's recipe, written once
+        assert (r.optimizer, r.lr, r.weight_decay) == (recipe.optimizer, recipe.lr, recipe.weight_decay)
+        run = tmp_path / "runs" / f"{r.model}-n{r.subset_size}-s0-e{r.epochs}"
         meta = json.loads((run / "model.json").read_text())
-        assert meta["data"]["train_images"] == r["subset_size"]
+        assert meta["data"]["train_images"] == r.subset_size
         # The recorded accuracy is over the whole test set, recomputed from the saved weights.
-        assert r["test_accuracy"] == evaluate(load_model(run / "model.safetensors", device="cpu"), test_x, test_y)
+        assert r.test_accuracy == evaluate(load_model(run / "model.safetensors", device="cpu"), test_x, test_y)
     with open(tmp_path / "results" / "sweep.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(row["model"], int(row["subset_size"]), float(row["test_accuracy"])) for row in rows] == \
-        [(r["model"], r["subset_size"], r["test_accuracy"]) for r in records]
+        [(r.model, r.subset_size, r.test_accuracy) for r in runs]
     saved = json.loads((tmp_path / "results" / "sweep.json").read_text())
-    assert saved["runs"] == records and saved["commands"] == [sweep_mod.command_for(config)]
+    assert saved["runs"] == [{k: v for k, v in dataclasses.asdict(r).items() if k != "fewshot"} for r in runs]
+    assert saved["commands"] == [config.command()]
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 4 and not any(line.startswith("{") for line in printed)  # one short line per run
 
     trained = []
     real_train = sweep_mod.train
-    monkeypatch.setattr(sweep_mod, "train", lambda cfg, **kw: trained.append(cfg.model) or real_train(cfg, **kw))
-    assert sweep(config) == records and trained == []  # everything done: nothing retrained
+    monkeypatch.setattr(sweep_mod, "train", lambda cfg, out, **kw: trained.append(cfg.model) or real_train(cfg, out, **kw))
+    assert sweep(config) == runs and trained == []  # everything done: nothing retrained
     more = sweep(_tiny(tmp_path, seeds=(0, 1), sizes=(100,)))
     assert len(more) == 6 and sorted(trained) == ["resnet_micro_c10", "vit_micro_c10"]
-    assert {(r["seed"], r["subset_size"]) for r in more} == {(0, 100), (0, 200), (1, 100)}
+    assert {(r.seed, r.subset_size) for r in more} == {(0, 100), (0, 200), (1, 100)}
 
 
 def test_sweep_resumes_a_run_that_was_interrupted(fake_cifar, tmp_path, monkeypatch):
@@ -126,8 +132,8 @@ def test_sweep_resumes_a_run_that_was_interrupted(fake_cifar, tmp_path, monkeypa
     (record,) = sweep(config)
     log = (run / "metrics.jsonl").read_text().splitlines()
     assert log[0] == first[0]  # epoch 1 was not trained again
-    assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3] and record["epochs"] == 3
-    assert record["images_seen"] == 3 * 2 * config.batch_size
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3] and record.epochs == 3
+    assert record.images_seen == 3 * 2 * config.batch_size
 
 
 @pytest.mark.parametrize("change, message", [
@@ -143,52 +149,52 @@ def test_bad_sweeps_fail_before_training(fake_cifar, tmp_path, monkeypatch, chan
     assert not (tmp_path / "runs").exists()
 
 
-def test_command_line_maps_flags_onto_the_config(monkeypatch, capsys, tmp_path):
-    seen = {}
-    monkeypatch.setattr(cli, "sweep", lambda config, progress: seen.setdefault("config", config) and [])
-    cli.main(["sweep", "--models", "vit_micro_c10", "--sizes", "100", "200", "--seeds", "3",
-              "--min-samples", "400", "--results", str(tmp_path / "r")])
-    config = seen["config"]
-    assert config == SweepConfig(models=("vit_micro_c10",), sizes=(100, 200), seeds=(3,), min_samples=400,
-                                 results=str(tmp_path / "r"))
-    assert "--fewshot " not in sweep_mod.command_for(config)  # an empty list is left out, not written as a bare flag
-    config = dataclasses.replace(config, fewshot=(1, 5))
-    # The recorded command rebuilds the same config.
-    monkeypatch.setattr(cli, "sweep", lambda config, progress: seen.__setitem__("again", config) or [])
-    cli.main(sweep_mod.command_for(config).split()[3:])
-    assert seen["again"] == config
-
-
 def test_fewshot_probes_of_each_run_match_a_brute_force_probe(fake_cifar, tmp_path, monkeypatch):
     from conftest import sklearn_probe, timm_intermediates
 
     config = _tiny(tmp_path, fewshot=(1, 5), fewshot_seeds=2, fewshot_test=50)
-    records = sweep(config)
-    assert all({"fewshot_1", "fewshot_5"} <= set(r) and set(r) <= set(sweep_mod.FIELDS) | {"fewshot_1", "fewshot_5", "epochs"}
-               for r in records)
-    assert widgets.SweepExplorer(records).metric.options[1:] == (("1-shot probe", "fewshot_1"), ("5-shot probe", "fewshot_5"))
+    runs = sweep(config)
+    assert all(set(r.fewshot) == {1, 5} for r in runs)
     train_x, train_y = data.cifar10("train")
     test_x, test_y = data.cifar10("test")
     test_idx = data.stratified_subset(test_y, 50, 0)
-    for r in records:
-        model = load_model(tmp_path / "runs" / f"{r['model']}-n{r['subset_size']}-s0-e{r['epochs']}" / "model.safetensors",
+    for r in runs:
+        model = load_model(tmp_path / "runs" / f"{r.model}-n{r.subset_size}-s0-e{r.epochs}" / "model.safetensors",
                            device="cpu")
-        last = lambda images: timm_intermediates(model, images)[-1]  # noqa: E731
-        pooled = (lambda out: out[:, 0]) if r["family"] == "vit" else (lambda out: out.mean((2, 3)))  # class token / GAP
-        test_feats = pooled(last(test_x[test_idx]))
+
+        def head_input(images):
+            """What the classifier reads: the final norm's class token, or the ResNet's pooled last stage."""
+            last = timm_intermediates(model, images)[-1]
+            with torch.no_grad():
+                return model.norm(last)[:, 0] if r.family == "vit" else last.mean((2, 3))
+
+        test_feats = head_input(test_x[test_idx])
         for k in (1, 5):
             accs = []
             for seed in (0, 1):
                 idx = data.stratified_subset(train_y, 10 * k, seed)
-                _, pred = sklearn_probe(pooled(last(train_x[idx])), train_y[idx], test_feats, 2.0**10, 10)
+                _, pred = sklearn_probe(head_input(train_x[idx]), train_y[idx], test_feats, 2.0**10, 10)
                 accs.append(float((torch.from_numpy(pred) == test_y[test_idx]).double().mean()))
-            assert r[f"fewshot_{k}"] == pytest.approx(sum(accs) / 2)
+            assert r.fewshot[k] == pytest.approx(sum(accs) / 2)
     with open(tmp_path / "results" / "sweep-fewshot.csv") as f:
         assert next(csv.reader(f)) == ["model", "family", "subset_size", "seed", "epochs", "layer", "pooling",
                                        "fewshot_1", "fewshot_5"]
+    probes, _ = records.read_run_probes(config.results)
+    assert {(p.layer, p.pooling) for p in probes} == {("pre_logits", "head")}
     import vitlab.compare
 
     monkeypatch.setattr(vitlab.compare, "fewshot_probes", lambda *a, **kw: pytest.fail("probed twice"))
-    assert sweep(config) == records
+    assert sweep(config) == runs
     with pytest.raises(ValueError, match="few-shot probes need"):
         sweep(_tiny(tmp_path, fewshot=(20,)))  # 20 per class: more than the 100-image subset holds
+
+
+def test_the_committed_sweep_still_reads():
+    runs = records.read_runs(records.RESULTS)
+    stored = json.loads((ROOT / "data/results/vit_vs_resnet.json").read_text())["runs"]
+    assert [(r.model, r.subset_size, r.seed, r.test_accuracy) for r in runs] == \
+        [(r["model"], r["subset_size"], r["seed"], r["test_accuracy"]) for r in stored]
+    probes = json.loads((ROOT / "data/results/vit_vs_resnet-fewshot.json").read_text())["runs"]
+    probed = {(p["model"], p["subset_size"], p["seed"]): p["fewshot_25"] for p in probes}
+    assert probed and all(r.fewshot[25] == probed[(r.model, r.subset_size, r.seed)] for r in runs
+                          if (r.model, r.subset_size, r.seed) in probed)

@@ -1,9 +1,13 @@
+import json
+
 import numpy as np
 import pytest
 import torch
+from plotly.serializers import _py_to_js
 
-from vitlab import metrics, models, widgets
-from vitlab.capture import capture, head_statistics
+from vitlab import data, explorer, metrics, models, widgets, zoo
+from vitlab.hooks import capture, head_statistics
+from vitlab.records import ProbeRecord, RunRecord
 
 
 @pytest.fixture
@@ -14,6 +18,11 @@ def two_models(tmp_path):
         model = models.build_model({"zoo": "vit_tiny_c10"})
         paths.append(str(models.save_model(model, tmp_path / f"m{seed}.safetensors")))
     return paths
+
+
+def _strict_json(widget):
+    """What the widget sends to the browser, as strict JSON (NaN would fail here, as in the browser)."""
+    return json.dumps(_py_to_js(widget._widget_data, None), allow_nan=False)
 
 
 def test_explorer_updates_figures_in_place(two_models):
@@ -27,6 +36,8 @@ def test_explorer_updates_figures_in_place(two_models):
     assert after[0, 0] == pytest.approx(float(expected[0, 0, 0, 0]), abs=1e-6)
     assert not np.allclose(before, after, equal_nan=True)
     assert mosaic.layout.title.text == two_models[1] and view.status.value == ""
+    assert np.isnan(after[8, 0])  # a gap between tiles, sent as null
+    _strict_json(view.mosaic)
 
 
 def test_explorer_click_shows_that_patch(two_models):
@@ -35,7 +46,7 @@ def test_explorer_click_shows_that_patch(two_models):
     class Points:  # what plotly passes to a click handler
         xs, ys = [9 * 2 + 3], [9 * 5 + 1]  # tile (row 5, col 2) of an 8x8 mosaic
 
-    view._on_click(view.mosaic.data[0], Points(), None)
+    view._clicked(view.mosaic.data[0], Points(), None)
     np.testing.assert_allclose(np.asarray(view.detail.data[0].z), view.sim[5, 2].numpy())
     assert view.detail.layout.title.text == "Patch (row 6, col 3)"
 
@@ -48,6 +59,39 @@ def test_explorer_shows_load_errors_without_losing_the_figure(two_models):
     np.testing.assert_array_equal(np.array(view.mosaic.data[0].z, dtype=float), z)
 
 
+def test_model_dropdown_labels_untrained_zoo_models():
+    untrained = [n for n in zoo.available(family="vit") if not zoo.trained(n)]
+    if not untrained:
+        pytest.skip("every zoo ViT has a checkpoint")
+    dropdown = explorer.model_dropdown(zoo.available(family="vit"))
+    labels = [label for label, _ in dropdown.options]
+    assert labels[-len(untrained):] == [f"{n} (untrained)" for n in untrained]  # last, and said so
+    assert dropdown.style.description_width == "initial"
+
+
+def test_untrained_model_says_so_in_the_status_not_on_stderr(capfd):
+    untrained = [n for n in zoo.available(family="vit") if not zoo.trained(n)]
+    if not untrained:
+        pytest.skip("every zoo ViT has a checkpoint")
+    view = widgets.position_embedding_explorer(untrained[:1])
+    assert "random weights" in view.status.value
+    assert "random weights" not in capfd.readouterr().err
+
+
+def test_model_cache_follows_the_weights_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    torch.manual_seed(0)
+    models.save_model(models.build_model({"zoo": "vit_micro_c10"}), path)
+    first = explorer.cached_model(str(path))
+    assert explorer.cached_model(str(path)) is first  # unchanged file: the same model
+    torch.manual_seed(1)
+    other = models.build_model({"zoo": "vit_micro_c10"})
+    models.save_model(other, path)  # retrained at the same path
+    second = explorer.cached_model(str(path))
+    assert second is not first
+    torch.testing.assert_close(second.pos_embed, other.pos_embed)
+
+
 def test_embedding_filters_explorer_follows_model_and_components(two_models):
     view = widgets.EmbeddingFiltersExplorer(two_models, k=5)
     before = np.asarray(view.filters.data[0].z).copy()
@@ -57,21 +101,31 @@ def test_embedding_filters_explorer_follows_model_and_components(two_models):
     assert not np.array_equal(before, np.asarray(view.filters.data[0].z))
     _, ratio = metrics.embedding_filters(models.load_model(two_models[1], device="cpu"), k=8)
     np.testing.assert_allclose(view.variance.data[0].y, ratio.numpy(), rtol=1e-5)
+    assert view.components.style.description_width == "initial"  # not "compone..."
 
 
 def test_attention_distance_explorer_streams_the_chosen_images(two_models):
     images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
-    view = widgets.AttentionDistanceExplorer(two_models, images, default=16, reference="resnet_tiny_c10")
-    assert view.images.value == 16 and view.status.value == "16 images"
+    view = widgets.AttentionDistanceExplorer(two_models, images, default=16, reference="resnet_tiny_c10",
+                                             source="CIFAR-10 test set")
+    described = data.describe_images(16, "CIFAR-10 test set")
+    assert view.images.value == 16 and view.status.value == described
+    assert view.figure.layout.title.text.endswith(described)
     expected = head_statistics(models.load_model(two_models[0], device="cpu"), images[:16])["distance"]
     for head in range(expected.shape[1]):
         np.testing.assert_allclose(view.figure.data[head].y, expected[:, head].numpy(), rtol=1e-5)
-    assert view.figure.data[-1].name == "resnet_tiny_c10 receptive field"
+    reference = view.figure.data[-1]
+    assert reference.name == "resnet_tiny_c10 receptive field"
+    assert tuple(view.figure.layout.xaxis.range) == (0.5, 6.5)  # the 6-block ViT's depth
+    top = view.figure.layout.yaxis.range[1]
+    assert top == pytest.approx(32 * 2**0.5) and max(reference.y) <= top  # clipped to the image diagonal
+    assert any("beyond" in a.text for a in view.figure.layout.annotations)
     view.convention.value = "keep class-token share"
-    view.compute()
-    raw = head_statistics(models.load_model(two_models[0], device="cpu"), images[:16],
-                                  renormalize=False)["distance"]
+    assert "press Compute" in view.status.value  # the figure is stale until Compute
+    view.run.click()
+    raw = head_statistics(models.load_model(two_models[0], device="cpu"), images[:16], renormalize=False)["distance"]
     np.testing.assert_allclose(view.figure.data[0].y, raw[:, 0].numpy(), rtol=1e-5)
+    assert view.status.value == described
 
 
 def test_attention_maps_explorer_click_layer_and_discard(two_models):
@@ -81,14 +135,22 @@ def test_attention_maps_explorer_click_layer_and_discard(two_models):
     view.layer.value, view.head.value = 3, 1
     cap = capture(models.load_model(two_models[0], device="cpu"), images[:1])
     expected = cap.attn[2][0, 1, 1 + 2 * 8 + 5, 1:].reshape(8, 8)
-    np.testing.assert_allclose(np.asarray(view.patch.data[1].z), expected.numpy(), rtol=1e-5)
-    before = np.asarray(view.rollout.data[1].z).copy()
+    np.testing.assert_allclose(np.asarray(view.patch.data[-1].z), expected.numpy(), rtol=1e-5)
+    before = np.asarray(view.rollout.data[-1].z).copy()
     view.discard.value = 0.5
     expected = metrics.attention_rollout(list(cap.attn.values()), 1, "mean", 0.5)[0].reshape(8, 8)
-    np.testing.assert_allclose(np.asarray(view.rollout.data[1].z), expected.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(view.rollout.data[-1].z), expected.numpy(), rtol=1e-5)
     assert not np.allclose(before, expected.numpy())
+    assert view.rollout.data[-1].showscale is not False  # a colour bar
+
+    class Points:
+        point_inds = [[4, 1]]
+
+    view.rollout.data[-1]._click_callbacks[0](view.rollout.data[-1], Points(), None)  # still attached after redraws
+    assert view.selected == (4, 1) and view.patch.layout.title.text.startswith("patch (5, 2) attends")
     view.image.value = 2
     assert view.heads.layout.title.text.endswith(", c")
+    _strict_json(view.heads)
 
 
 def test_training_monitor_appends_epochs():
@@ -98,13 +160,17 @@ def test_training_monitor_appends_epochs():
     assert list(monitor.figure.data[0].y) == [2.0, 1.0] and list(monitor.figure.data[2].x) == [1, 2]
 
 
+def _run(**fields):
+    base = dict(model="vit_micro_c10", family="vit", subset_size=200, seed=0, epochs=5, test_accuracy=0.3,
+                train_flops=2e12, wall_seconds=30.0)
+    return RunRecord(**{**base, **fields})
+
+
 def test_sweep_explorer_adds_runs_and_switches_axis():
     view = widgets.SweepExplorer([], title="live")
     assert len(view.figure.data) == 0
-    record = dict(model="vit_micro_c10", family="vit", subset_size=200, seed=0, epochs=5, test_accuracy=0.3,
-                  train_flops=2e12, wall_seconds=30.0)
-    view.add(record)
-    view.add(dict(record, model="resnet_micro_c10", family="resnet", test_accuracy=0.4, train_flops=5e12))
+    view.add(_run())
+    view.add(_run(model="resnet_micro_c10", family="resnet", test_accuracy=0.4, train_flops=5e12))
     assert [t.name for t in view.figure.data] == ["vit_micro_c10 (vit)", "resnet_micro_c10 (resnet)"]
     assert view.models.value == ("resnet_micro_c10", "vit_micro_c10")
     view.axis.value = "training FLOPs"
@@ -112,9 +178,10 @@ def test_sweep_explorer_adds_runs_and_switches_axis():
     view.models.value = ("vit_micro_c10",)
     assert [t.name for t in view.figure.data] == ["vit_micro_c10 (vit)"]
     assert list(view.table.data[0].cells.values[0]) == ["vit_micro_c10"]
-    probed = widgets.SweepExplorer([dict(record, fewshot_10=0.25), dict(record, seed=1, fewshot_10=0.35)])
-    assert probed.metric.options == (("test accuracy", "test_accuracy"), ("10-shot probe", "fewshot_10"))
-    probed.metric.value = "fewshot_10"
+    assert list(view.table.data[0].cells.values[6]) == ["30\xa0s"]  # seconds, not "0.5" minutes
+    probed = widgets.SweepExplorer([_run(fewshot={10: 0.25}), _run(seed=1, fewshot={10: 0.35})])
+    assert probed.metric.options == (("test accuracy", "test"), ("10-shot probe", 10))
+    probed.metric.value = 10
     np.testing.assert_allclose(probed.figure.data[0].y, [0.3])
     assert probed.figure.layout.title.text.startswith("10-shot probe vs")
 
@@ -128,27 +195,60 @@ def zoo_pair(tmp_path):
     return paths
 
 
-def test_probe_explorer_shows_the_chosen_shots_and_layers(fake_cifar, zoo_pair):
+def _split(test_size=50):
+    train_x, train_y = data.cifar10("train")
+    test_x, test_y = data.cifar10("test")
+    test_idx = data.stratified_subset(test_y, test_size, 0)
+    return train_x, train_y, test_x[test_idx], test_y[test_idx]
+
+
+def _watch_progress(monkeypatch):
+    """Record what a slow explorer shows while it computes: the early display and each step."""
+    seen = {"shown": [], "steps": []}
+    monkeypatch.setattr(explorer, "_display_now", lambda widget: seen["shown"].append(widget))
+    real_step = explorer.Explorer.step
+
+    def step(self, text, done, total):
+        seen["steps"].append((text, done, total))
+        real_step(self, text, done, total)
+
+    monkeypatch.setattr(explorer.Explorer, "step", step)
+    return seen
+
+
+def test_probe_explorer_shows_the_chosen_shots_and_layers(fake_cifar, zoo_pair, monkeypatch):
     from vitlab.compare import fewshot_probes
 
-    view = widgets.ProbeExplorer(zoo_pair, shots=(1, 5), seeds=(0,), test_size=50)
-    assert [t.name for t in view.curve.data] == [f"{zoo_pair[0]} · blocks.1 · cls", f"{zoo_pair[0]} · blocks.1 · mean",
-                                                 f"{zoo_pair[1]} · layer4 · gap"]  # last layers by default
+    split = _split()
+    progress = _watch_progress(monkeypatch)
+    view = widgets.ProbeExplorer(zoo_pair, *split, shots=(1, 5), seeds=(0,))
+    assert len(progress["shown"]) == 1  # status and progress bar shown in the cell before the first compute
+    assert [(done, total) for _, done, total in progress["steps"]] == [(0, 2), (1, 2)]
+    assert zoo_pair[1] in progress["steps"][1][0]
+    assert all(isinstance(r, ProbeRecord) for r in view.records)
+    last = {m: max(r.depth for r in view.records if r.model == m) for m in zoo_pair}
+    deepest = list(dict.fromkeys(f"{r.model} · {r.layer} · {r.pooling}" for r in view.records
+                                 if r.depth == last[r.model]))
+    assert [t.name for t in view.curve.data] == deepest  # last layers by default
     view.shots.value = 1
-    expected = fewshot_probes(models.load_model(zoo_pair[1], device="cpu"), (1,), (0,), 50)
+    expected = fewshot_probes(models.load_model(zoo_pair[1], device="cpu"), *split, shots=(1,), seeds=(0,))
     resnet = next(t for t in view.depth.data if t.name.endswith("gap"))
-    np.testing.assert_allclose(resnet.y, [r["accuracy"] for r in expected])
+    np.testing.assert_allclose(resnet.y, [r.accuracy for r in sorted(expected, key=lambda r: r.depth)
+                                          if r.pooling == "gap"])
     view.models.value = (zoo_pair[1],)
-    assert [t.name for t in view.depth.data] == [f"{zoo_pair[1]} · gap"]
+    assert all(t.name.startswith(zoo_pair[1]) for t in view.depth.data)
     view.layers.value = ((zoo_pair[0], "blocks.0", "mean"),)
     assert [t.name for t in view.curve.data] == [f"{zoo_pair[0]} · blocks.0 · mean"]
+    assert view.status.value.startswith("probes scored on 50 CIFAR-10 test images, 5 per class")
 
 
-def test_cka_explorer_computes_both_heatmaps_and_caches(zoo_pair):
+def test_cka_explorer_computes_both_heatmaps_and_caches(zoo_pair, monkeypatch):
     from vitlab.compare import cka_matrix
 
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    progress = _watch_progress(monkeypatch)
     view = widgets.CKAExplorer(zoo_pair, images, batch_size=8)
+    assert len(progress["shown"]) == 1 and [s[1:] for s in progress["steps"]] == [(0, 2), (1, 2)]
     vit, resnet = (models.load_model(p, device="cpu") for p in zoo_pair)
     expected, names_v, names_r = cka_matrix(vit, resnet, images, batch_size=8)
     np.testing.assert_allclose(np.asarray(view.cross.data[0].z), expected.numpy(), rtol=1e-5)
@@ -157,4 +257,17 @@ def test_cka_explorer_computes_both_heatmaps_and_caches(zoo_pair):
     view.representation.value = "pooled"
     pooled = cka_matrix(vit, resnet, images, batch_size=8, representation="pooled")[0]
     np.testing.assert_allclose(np.asarray(view.cross.data[0].z), pooled.numpy(), rtol=1e-5)
-    assert len(view._cache) == 4 and view.status.value == "16 images"
+    assert len(view._cache) == 4 and view.status.value == data.describe_images(16, "CIFAR-10 test set")
+    progress["steps"].clear()
+    view.model_b.value = zoo_pair[0]  # A x A on both sides: computed already, and once
+    assert progress["steps"] == []
+    np.testing.assert_array_equal(np.asarray(view.cross.data[0].z), np.asarray(view.self_similarity.data[0].z))
+
+
+def test_widgets_send_strict_json_everywhere(two_models):
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    views = [widgets.position_embedding_explorer(two_models), widgets.EmbeddingFiltersExplorer(two_models, k=4),
+             widgets.AttentionMapsExplorer(two_models, images, ["a", "b"])]
+    for view in views:
+        for plot in view.plots:
+            _strict_json(plot)

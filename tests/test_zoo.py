@@ -1,45 +1,85 @@
-"""Every checkpoint shipped in data/zoo reproduces its recorded accuracy."""
+"""The zoo's entries, listing and publishing; every shipped checkpoint reproduces its recorded accuracy."""
 import json
 
 import pytest
-from conftest import needs_cifar
+import torch
 
 import vitlab
-from vitlab import models, train
+from vitlab import config, models, train, zoo
 
-SHIPPED = sorted(p.stem for p in models.ZOO_DIR.glob("*.safetensors"))
-
-
-def test_shipped_checkpoints_are_small_and_documented():
-    for name in SHIPPED:
-        assert name in models.ZOO
-        assert (models.ZOO_DIR / f"{name}.safetensors").stat().st_size <= 10 * 2**20
-        record = json.loads((models.ZOO_DIR / f"{name}.json").read_text())
-        assert record["command"].startswith("python -m vitlab train --model " + name)
-        assert record["metrics"]["hardware"] and record["metrics"]["wall_seconds"] > 0
-        assert (models.ZOO_DIR / f"{name}.metrics.jsonl").is_file()
-        assert vitlab.zoo()[name]["test_accuracy"] == record["metrics"]["test_accuracy"]
+#: Entries that declare a checkpoint shipped in data/zoo (read from the entries, not the folder,
+#: so an empty or half-copied data/zoo fails instead of passing with nothing to check).
+SHIPPED = [name for name, entry in zoo.ENTRIES.items() if entry.shipped]
 
 
-@needs_cifar
+def test_the_zoo_ships_a_vit_and_a_resnet():
+    assert {zoo.ENTRIES[n].family for n in SHIPPED} == {"vit", "resnet"}
+    on_disk = sorted(p.stem for p in models.ZOO_DIR.glob("*.safetensors"))
+    assert on_disk == sorted(SHIPPED)  # no undeclared checkpoint either
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoints_are_small_and_documented(name):
+    assert (models.ZOO_DIR / f"{name}.safetensors").stat().st_size <= 10 * 2**20
+    record = json.loads((models.ZOO_DIR / f"{name}.json").read_text())
+    assert record["command"].startswith("python -m vitlab train --model " + zoo.ENTRIES[name].architecture)
+    assert record["metrics"]["hardware"] and record["metrics"]["wall_seconds"] > 0
+    assert (models.ZOO_DIR / f"{name}.metrics.jsonl").is_file()
+    listing = zoo.zoo()[name]
+    assert listing["trained"] and listing["test_accuracy"] == record["metrics"]["test_accuracy"]
+    # Sidecars written before the zoo module (with out/progress in their config) still load.
+    assert config.from_args(train.TrainConfig, record["config"]) == zoo.train_config(name)
+    assert vitlab.load_model(name, device="cpu").vitlab_arch["zoo"] == zoo.ENTRIES[name].architecture
+
+
+@pytest.mark.cifar
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_reproduces_recorded_accuracy(name, monkeypatch):
     monkeypatch.delenv("VITLAB_CACHE")
     record = json.loads((models.ZOO_DIR / f"{name}.json").read_text())["metrics"]
-    accuracy = train.zoo_check_accuracy(vitlab.load_model(name, device="cpu"))
-    assert accuracy == pytest.approx(record[f"test_accuracy_{train.ZOO_CHECK_SIZE}"], abs=0.002)
+    accuracy = zoo.check_accuracy(vitlab.load_model(name, device="cpu"))
+    assert accuracy == pytest.approx(record[f"test_accuracy_{zoo.CHECK_SIZE}"], abs=0.002)
     assert accuracy == pytest.approx(record["test_accuracy"], abs=0.04)  # 1,000 images vs all 10,000
 
 
-def test_command_for_reproduces_the_config(monkeypatch):
-    config = train.TrainConfig(model="resnet_tiny_c10", optimizer="sgd", lr=0.1, flip=False, out="runs/r")
-    command = train.command_for(config)
-    assert command.startswith("python -m vitlab train --model resnet_tiny_c10 ")
-    assert " --optimizer sgd " in command and " --lr 0.1 " in command and " --no-flip " in command
-    assert " --epochs 30 " in command  # defaults are spelled out too
-    from vitlab import __main__ as cli
+def test_zoo_listing_reports_params_and_records(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "ZOO_DIR", tmp_path)
+    model = models.build_model({"zoo": "vit_tiny_c10"})
+    models.save_model(model, tmp_path / "vit_tiny_c10.safetensors", metadata={"metrics": {"test_accuracy": 0.5}})
+    listing = zoo.zoo()
+    assert set(listing) == set(zoo.ENTRIES)
+    assert listing["vit_tiny_c10"]["params"] == sum(p.numel() for p in model.parameters())
+    assert listing["vit_tiny_c10"]["test_accuracy"] == 0.5 and listing["vit_tiny_c10"]["trained"]
+    small = listing["vit_small_c10"]
+    assert small["test_accuracy"] is None and small["checkpoint"] is None and not small["trained"]
+    loaded = vitlab.load_model("vit_tiny_c10", device="cpu")
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
 
-    seen = []
-    monkeypatch.setattr(cli, "train", lambda c: seen.append(c) or train.TrainResult(None, {}))
-    cli.main(command.split()[3:])
-    assert seen == [config]
+
+def test_train_config_is_the_recipe_with_overrides():
+    vit, resnet = zoo.train_config("vit_tiny_c10"), zoo.train_config("resnet_tiny_c10", epochs=3, lr=0.05)
+    assert (vit.model, vit.optimizer, vit.lr, vit.weight_decay) == ("vit_tiny_c10", "adamw", 1e-3, 0.05)
+    assert (resnet.optimizer, resnet.lr, resnet.weight_decay, resnet.epochs) == ("sgd", 0.05, 5e-4, 3)
+    with pytest.raises(ValueError, match="unknown zoo model 'vit_huge_c10'"):
+        zoo.train_config("vit_huge_c10")
+
+
+def test_publish_copies_a_run_with_its_record_and_command(fake_cifar, tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "ZOO_DIR", tmp_path / "zoo")
+    monkeypatch.setattr(zoo, "CHECK_SIZE", 50)  # the fake test split holds 100 images
+    settings = zoo.train_config("vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    result = train.train(settings, tmp_path / "run", progress=False)
+    target = zoo.publish(tmp_path / "run", "vit_micro_c10", code_version="abc1234")
+    assert target == tmp_path / "zoo" / "vit_micro_c10.safetensors" and zoo.trained("vit_micro_c10")
+    record = json.loads(target.with_suffix(".json").read_text())
+    images, labels = vitlab.data.cifar10("test")
+    assert record["metrics"]["test_accuracy"] == train.evaluate(result.model, images, labels)
+    idx = vitlab.data.stratified_subset(labels, 50, seed=0)
+    assert record["metrics"]["test_accuracy_50"] == train.evaluate(result.model, images[idx], labels[idx])
+    assert record["command"] == f"{config.command_line('python -m vitlab train', settings)} --out {tmp_path / 'run'}"
+    assert record["code_version"] == "abc1234"
+    assert (tmp_path / "zoo" / "vit_micro_c10.metrics.jsonl").read_text() == (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="trained a vit_micro_c10, but zoo entry resnet_micro_c10"):
+        zoo.publish(tmp_path / "run", "resnet_micro_c10")

@@ -1,10 +1,27 @@
-"""vitlab: look inside Vision Transformers (Dosovitskiy et al., 2021) from a notebook."""
-from . import compare, data, metrics, plots, settings, sweep, train, widgets
-from .capture import Capture, capture, head_statistics
-from .models import available, load_model, preprocess, save_model, zoo
+"""vitlab: look inside Vision Transformers (Dosovitskiy et al., 2021) from a notebook.
+
+``plots`` (plotly) and ``widgets`` (ipywidgets) are imported on first use only, so the
+command line and torchrun workers never load the notebook stack.
+"""
+import importlib
+
+from . import compare, data, features, hooks, metrics, models, records, settings, sweep, train, zoo
+from .hooks import Capture, capture, head_statistics
+from .models import load_model, preprocess, save_model
 from .settings import quick_mode
+from .zoo import available
 
 __all__ = [
-    "Capture", "available", "capture", "compare", "data", "head_statistics", "load_model", "metrics", "plots",
-    "preprocess", "quick_mode", "save_model", "settings", "sweep", "train", "widgets", "zoo",
+    "Capture", "available", "capture", "compare", "data", "features", "head_statistics", "hooks", "load_model",
+    "metrics", "models", "plots", "preprocess", "quick_mode", "records", "save_model", "settings", "sweep", "train",
+    "widgets", "zoo",
 ]
+
+
+_LAZY = ("plots", "widgets")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'vitlab' has no attribute {name!r}")

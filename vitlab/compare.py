@@ -1,8 +1,9 @@
 """Compare what models learn, layer by layer: few-shot linear probes and CKA.
 
 * :func:`fewshot_probes` fits big_vision's closed-form ridge probe (paper Fig. 4 and
-  Appendix D.2) on frozen features of every layer: class token and mean of patch tokens
-  for ViT blocks, global-average-pooled maps for ResNet stages.
+  Appendix D.2) on frozen features of chosen layers: class token and mean of patch tokens
+  for ViT blocks, global-average-pooled maps for ResNet stages, and what the classifier
+  head reads (``"pre_logits"``). Images and labels are arguments: compare loads no data.
 * :func:`cka_matrix` measures linear CKA between every pair of layers of two models
   (Raghu et al. 2021, "Do Vision Transformers See Like Convolutional Neural Networks?"),
   accumulated over minibatches so thousands of images fit in memory.
@@ -11,72 +12,108 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from . import data, metrics
-from .capture import layer_features, layer_hooks, pool, representation_layers
+from .features import layer_features, layer_hooks, pool, pre_logits, representation_layers
+from .hooks import LayerMap, resolve_layers
 from .models import preprocess
+from .records import ProbeRecord
 
 #: Shots per class of the paper's few-shot evaluations that fit CIFAR-10.
 SHOTS = (1, 5, 10, 25)
 
+#: The ``layers`` entry of :func:`fewshot_probes` for what the classifier head reads.
+PRE_LOGITS = "pre_logits"
 
-def fewshot_probes(model: nn.Module, shots: Sequence[int] = SHOTS, seeds: Sequence[int] = (0, 1, 2),
-                   test_size: int = 2000, l2: float = metrics.FEWSHOT_L2, name: str = "",
-                   batch_size: int = 250, layers: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Few-shot accuracy of a ridge probe on every layer of ``model``, on CIFAR-10.
+# (layer name, depth, pooling) -> (N, features)
+_Reps = dict[tuple[str, int, str], torch.Tensor]
 
-    For each seed, ``k`` training images per class are drawn for every ``k`` in
-    ``shots`` (nested: the 5-shot set holds the 1-shot set, as in big_vision); probes
-    are scored on ``test_size`` class-stratified test images (the same for all).
-    ``layers`` restricts the probes to these module names (default: every layer).
 
-    Returns:
-        One record per (layer, pooling, shots, seed): ``model`` (``name``), ``layer``
-        (module name), ``depth`` (layer index), ``pooling`` (``cls``, ``mean`` or ``gap``),
-        ``shots``, ``seed`` and ``accuracy`` (a fraction).
-    """
-    train_images, train_labels = data.cifar10("train")
-    test_images, test_labels = data.cifar10("test")
-    classes = len(data.CLASSES)
+def model_family(model: nn.Module) -> str:
+    """``"vit"`` for a model with transformer ``blocks``, else ``"resnet"``."""
+    return "vit" if hasattr(model, "blocks") else "resnet"
+
+
+def _split_layers(model: nn.Module, layers: Sequence[int | str] | None) -> tuple[list[int], bool]:
+    """``layers`` as sorted representation-layer indices, and whether ``"pre_logits"`` is among them."""
+    count = len(representation_layers(model))  # fails early for models without layer information
+    if layers is None:
+        return list(range(count)), False
+    bad = [x for x in layers if isinstance(x, str) and x != PRE_LOGITS]
+    if bad:
+        raise ValueError(f"layers are indices into representation_layers or {PRE_LOGITS!r}, got {bad}")
+    return resolve_layers(count, [x for x in layers if x != PRE_LOGITS], what="layers"), PRE_LOGITS in layers
+
+
+def _representations(model: nn.Module, images: torch.Tensor, batch_size: int, indices: Sequence[int],
+                     head: bool) -> _Reps:
+    """Pooled features of the layers ``indices`` (and of ``pre_logits`` if ``head``) for ``images``."""
+    reps: _Reps = {}
+    if indices:
+        feats = layer_features(model, images, batch_size, indices)
+        reps.update({(feats.names[i], i, how): v for (how, i), v in feats.items()})
+    if head:
+        depth = len(representation_layers(model))  # after the last layer
+        reps[PRE_LOGITS, depth, "head"] = pre_logits(model, images, batch_size)
+    return reps
+
+
+def _check_probe_args(train_labels: torch.Tensor, classes: int, shots: Sequence[int], seeds: Sequence[int]) -> None:
     if not shots or min(shots) < 1 or max(shots) * classes > len(train_labels):
         raise ValueError(f"shots must be between 1 and {len(train_labels) // classes} per class, got {list(shots)}")
     if not seeds:
         raise ValueError("give at least one seed")
-    if not classes <= test_size <= len(test_labels):
-        raise ValueError(f"test_size must be in {classes}..{len(test_labels)}, got {test_size}")
-    everything = representation_layers(model)  # fails early for models without layer information
-    unknown = sorted(set(layers or ()) - set(everything))
-    if unknown:
-        raise ValueError(f"{type(model).__name__} has no layers {unknown}; its layers are {everything}")
+
+
+def fewshot_probes(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
+                   test_images: torch.Tensor, test_labels: torch.Tensor, shots: Sequence[int] = SHOTS,
+                   seeds: Sequence[int] = (0, 1, 2), l2: float = metrics.FEWSHOT_L2, name: str = "",
+                   family: str | None = None, batch_size: int = 250,
+                   layers: Sequence[int | str] | None = None) -> list[ProbeRecord]:
+    """Few-shot accuracy of a ridge probe on layers of ``model``.
+
+    For each seed, ``k`` training images per class are drawn from ``train_images`` for
+    every ``k`` in ``shots`` (:func:`vitlab.data.stratified_subset`, nested: the 5-shot set
+    holds the 1-shot set, as in big_vision); every probe is scored on all ``test_images``.
+
+    Args:
+        train_images, test_images: uint8 images (N, 3, H, W); labels (N,) in 0..classes-1.
+        name: the ``model`` of the records; family: their ``family`` (default :func:`model_family`).
+        layers: indices into :func:`~vitlab.features.representation_layers` (negative from
+            the last) and/or ``"pre_logits"`` (what the classifier head reads); default every layer.
+
+    Returns:
+        One :class:`~vitlab.records.ProbeRecord` per (layer, pooling, shots, seed).
+    """
+    classes = int(train_labels.max()) + 1
+    _check_probe_args(train_labels, classes, shots, seeds)
+    indices, head = _split_layers(model, layers)
     picks = {(s, k): data.stratified_subset(train_labels, k * classes, s) for s in seeds for k in shots}
-    pool_idx = torch.unique(torch.cat(list(picks.values())))  # sorted; every image needed, once
+    needed = torch.unique(torch.cat(list(picks.values())))  # sorted; every image needed, once
     where = torch.full((len(train_labels),), -1, dtype=torch.long)
-    where[pool_idx] = torch.arange(len(pool_idx))
-    test_idx = data.stratified_subset(test_labels, test_size, 0)
-    train_feats = layer_features(model, train_images[pool_idx], batch_size, layers)
-    test_feats = layer_features(model, test_images[test_idx], batch_size, layers)
-    y_test = test_labels[test_idx]
+    where[needed] = torch.arange(len(needed))
+    train_reps = _representations(model, train_images[needed], batch_size, indices, head)
+    test_reps = _representations(model, test_images, batch_size, indices, head)
+    family = family or model_family(model)
     records = []
-    for (layer, how), feats in train_feats.items():
+    for (layer, depth, how), feats in train_reps.items():
         for (seed, k), idx in picks.items():
-            acc = metrics.fewshot_accuracy(feats[where[idx]], train_labels[idx], test_feats[(layer, how)],
-                                           y_test, classes, l2)
-            records.append(dict(model=name, layer=layer, depth=everything.index(layer), pooling=how,
-                                shots=k, seed=seed, accuracy=acc))
+            acc = metrics.fewshot_accuracy(feats[where[idx]], train_labels[idx], test_reps[layer, depth, how],
+                                           test_labels, classes, l2)
+            records.append(ProbeRecord(model=name, family=family, layer=layer, depth=depth, pooling=how,
+                                       shots=k, seed=seed, accuracy=acc))
     return records
 
 
-def _representations(outputs: dict[str, torch.Tensor], names: Sequence[str], prefix: int,
-                     representation: str) -> list[torch.Tensor]:
+def _flatten(outputs: LayerMap, prefix: int, representation: str) -> list[torch.Tensor]:
     if representation == "full":
-        return [outputs[n].flatten(1).float() for n in names]  # (B, tokens x D) or (B, C x H x W)
+        return [out.flatten(1).float() for out in outputs.values()]  # (B, tokens x D) or (B, C x H x W)
     # Pooled: mean of patch tokens for ViTs, which compares like for like with a CNN's GAP.
-    pooled = [pool(outputs[n], prefix) for n in names]
-    return [(p["mean"] if "mean" in p else p["gap"]).float() for p in pooled]
+    pooled = [pool(out, prefix) for out in outputs.values()]
+    return [(p["mean"] if "mean" in p else p["gap"]).float() for p in pooled]  # (B, D) or (B, C)
 
 
 @torch.no_grad()
@@ -103,24 +140,12 @@ def cka_matrix(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, bat
     prefix_a = int(getattr(model_a, "num_prefix_tokens", 0))
     prefix_b = int(getattr(model_b, "num_prefix_tokens", 0))
     acc = metrics.MinibatchCKA(len(names_a), len(names_b))
-    with layer_hooks(model_a) as out_a, layer_hooks(model_b) if model_b is not model_a else contextlib.nullcontext(out_a) as out_b:
+    same = model_b is model_a
+    with layer_hooks(model_a) as out_a, contextlib.nullcontext(out_a) if same else layer_hooks(model_b) as out_b:
         for i in range(0, len(images) - batch_size + 1, batch_size):
             batch = images[i : i + batch_size]
             model_a(preprocess(model_a, batch))
-            if model_b is not model_a:
+            if not same:
                 model_b(preprocess(model_b, batch))
-            acc.update(_representations(out_a, names_a, prefix_a, representation),
-                       _representations(out_b, names_b, prefix_b, representation))
+            acc.update(_flatten(out_a, prefix_a, representation), _flatten(out_b, prefix_b, representation))
     return acc.compute(), names_a, names_b
-
-
-def mean_over_seeds(records: list[dict[str, Any]], keys: Sequence[str], value: str) -> list[dict[str, Any]]:
-    """Group ``records`` by ``keys`` and give each group's mean, standard deviation and count of ``value``."""
-    groups: dict[tuple, list[float]] = {}
-    for r in records:
-        groups.setdefault(tuple(r[k] for k in keys), []).append(float(r[value]))
-    out = []
-    for key, values in groups.items():
-        t = torch.tensor(values, dtype=torch.float64)
-        out.append(dict(zip(keys, key), mean=float(t.mean()), std=float(t.std()) if len(t) > 1 else 0.0, n=len(t)))
-    return out

@@ -124,6 +124,67 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int = 0) -> torch.T
     return torch.sort(torch.cat(picked)).values
 
 
+def resize(images: torch.Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
+    """Resize a batch (N, C, H, W) to ``size`` (height, width): vitlab's one resize path.
+
+    Antialiased ``interpolation`` (``"bicubic"`` or ``"bilinear"``, as a model's
+    ``pretrained_cfg`` names it). uint8 images come back as uint8 (rounded and clamped to
+    0..255); float images are taken to be in [0, 1] and come back clamped to [0, 1]. A batch
+    already of that size is returned as it is.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    size = (int(size[0]), int(size[1]))
+    if tuple(images.shape[-2:]) == size:
+        return images
+    mode = "bilinear" if interpolation == "bilinear" else "bicubic"
+    out = F.interpolate(images.float(), size=size, mode=mode, align_corners=False, antialias=True)
+    if images.dtype == torch.uint8:
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.clamp_(0, 1).to(images.dtype)
+
+
+def stratified_order(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A permutation of ``labels`` whose every prefix is class-balanced.
+
+    Items are dealt class by class in seeded random order (round r holds the r-th item of
+    each class, classes shuffled per round), so the first k items hold k // C or k // C + 1
+    of each class while a class has items left. "The first 128 test images" then means 12-13
+    per class, not 128 airplanes from a folder sorted by class.
+    """
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    classes = torch.unique(labels)
+    members = [torch.nonzero(labels == c).flatten() for c in classes.tolist()]
+    members = [m[torch.randperm(len(m), generator=gen)] for m in members]
+    rank = torch.empty(len(labels), dtype=torch.float64)  # (N,) round + position within the round
+    for m in members:
+        rank[m] = torch.arange(len(m), dtype=torch.float64)
+    rank += torch.rand(len(labels), generator=gen, dtype=torch.float64) * 0.5  # shuffle classes within a round
+    return torch.argsort(rank)
+
+
+def describe_images(n: int, source: str, labels: torch.Tensor | None = None) -> str:
+    """What a figure was computed on, in words, e.g. "128 CIFAR-10 test images, 12-13 per class".
+
+    Args:
+        n: number of images used (the first ``n`` of :func:`analysis_images`).
+        source: where they came from, as :func:`analysis_images` names it.
+        labels: labels of the images, to count classes; without them the counts of a prefix
+            of :func:`stratified_order` over the ten classes are stated (n // 10 to ceil(n / 10)).
+    """
+    if not source.startswith("CIFAR-10"):
+        return f"{n:,} sample images"
+    if labels is not None:
+        counts = torch.bincount(torch.as_tensor(labels)[:n], minlength=len(CLASSES))
+        low, high = int(counts.min()), int(counts.max())
+    else:
+        low, high = n // len(CLASSES), -(-n // len(CLASSES))
+    return f"{n:,} CIFAR-10 test images, {low if low == high else f'{low}-{high}'} per class"
+
+
 def samples(size: int = 32) -> tuple[torch.Tensor, list[str]]:
     """The real sample images shipped in ``data/samples``, resized to ``size`` x ``size``.
 
@@ -134,35 +195,42 @@ def samples(size: int = 32) -> tuple[torch.Tensor, list[str]]:
     images = []
     for entry in index:
         with Image.open(SAMPLES_DIR / entry["file"]) as im:
-            im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-            images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-    return torch.stack(images), [entry["name"] for entry in index]
+            images.append(torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1))
+    # Sample files differ in size: resize each (one at a time) through the one resize path.
+    return torch.cat([resize(im[None], (size, size)) for im in images]), [entry["name"] for entry in index]
+
+
+def _test_names(labels: torch.Tensor, indices: torch.Tensor) -> list[str]:
+    return [f"CIFAR-10 test #{i} ({CLASSES[labels[i]]})" for i in indices.tolist()]
 
 
 def analysis_images() -> tuple[torch.Tensor, list[str], str]:
     """Images for the analysis notebooks: the CIFAR-10 test set when present, else the samples.
 
-    Returns ``(images uint8 (N, 3, 32, 32), names, source)``; never downloads.
+    The test set comes in :func:`stratified_order` (seed 0), so any prefix ``images[:n]`` is
+    class-balanced (the shared copy is stored class by class). Returns ``(images uint8
+    (N, 3, 32, 32), names, source)``; never downloads. Names keep the test-set index.
     """
     if find_cifar10() is not None:
         images, labels = cifar10("test", download=False)
-        return images, [f"CIFAR-10 test #{i} ({CLASSES[y]})" for i, y in enumerate(labels.tolist())], "CIFAR-10 test set"
+        order = stratified_order(labels, seed=0)
+        return images[order], _test_names(labels, order), "CIFAR-10 test set"
     images, names = samples(32)
     return images, names, "data/samples"
 
 
 def gallery(size: int = 32, cifar: int = 20) -> tuple[torch.Tensor, list[str]]:
-    """The sample images plus the first ``cifar`` CIFAR-10 test images (when present), at ``size``.
+    """The sample images plus ``cifar`` class-balanced CIFAR-10 test images (when present), at ``size``.
 
-    Returns ``(images uint8 (N, 3, size, size), names)``, for picking images in notebooks.
+    The CIFAR-10 images are the first ``cifar`` of :func:`stratified_order` (two per class
+    for 20). Returns ``(images uint8 (N, 3, size, size), names)``, for picking images in notebooks.
     """
     images, names = samples(size)
     if cifar and find_cifar10() is not None:
         test, labels = cifar10("test", download=False)
-        extra = F.interpolate(test[:cifar].float(), size=(size, size), mode="bicubic", align_corners=False,
-                              antialias=True).round().clamp(0, 255).to(torch.uint8)
-        images = torch.cat([images, extra])
-        names += [f"CIFAR-10 test #{i} ({CLASSES[y]})" for i, y in enumerate(labels[:cifar].tolist())]
+        pick = stratified_order(labels, seed=0)[:cifar]
+        images = torch.cat([images, resize(test[pick], (size, size))])
+        names += _test_names(labels, pick)
     return images, names
 
 

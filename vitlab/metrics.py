@@ -361,3 +361,59 @@ def receptive_fields(model: nn.Module) -> list[tuple[str, float]]:
     if not out:
         raise ValueError(f"{type(model).__name__} has no convolutions or poolings")
     return list(out.items())
+
+
+# --- one image's attention, for display -------------------------------------------------
+
+
+def _check_image_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> None:
+    n = grid[0] * grid[1] + num_prefix_tokens
+    if attn.ndim != 3 or tuple(attn.shape[-2:]) != (n, n):
+        raise ValueError(f"attention must be one image's (heads, {n}, {n}) for a {grid} grid with "
+                         f"{num_prefix_tokens} prefix tokens, got {tuple(attn.shape)}")
+
+
+def query_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int, query: tuple[int, int],
+                    head: int | None = None) -> torch.Tensor:
+    """Where one query patch attends: its attention over the patch keys, as a map.
+
+    Args:
+        attn: one image's post-softmax attention (heads, N, N), N = prefix + patches.
+        grid: (rows, cols) of patches. query: (row, col) of the query patch, 0-based.
+        head: a head index, or None for the mean over heads.
+
+    Returns:
+        (rows, cols) float32: the attention the query gives each patch (prefix keys left out).
+    """
+    _check_image_attention(attn, grid, num_prefix_tokens)
+    rows, cols = grid
+    row, col = query
+    if not (0 <= row < rows and 0 <= col < cols):
+        raise ValueError(f"query patch {query} is outside the {rows}x{cols} grid")
+    a = attn.float().mean(0) if head is None else attn[head].float()  # (N, N)
+    return a[num_prefix_tokens + row * cols + col, num_prefix_tokens:].reshape(rows, cols)
+
+
+def class_token_attention(attns: Sequence[torch.Tensor], grid: tuple[int, int],
+                          num_prefix_tokens: int) -> torch.Tensor:
+    """The class token's attention over the patches, for every layer and head.
+
+    Args:
+        attns: per layer, one image's post-softmax attention (heads, N, N); token 0 is
+            the class token.
+
+    Returns:
+        (layers, heads, rows, cols) float32.
+    """
+    if num_prefix_tokens < 1:
+        raise ValueError("the model has no prefix tokens, so no class token to read attention from")
+    for a in attns:
+        _check_image_attention(a, grid, num_prefix_tokens)
+    maps = torch.stack([a[:, 0, num_prefix_tokens:].float() for a in attns])  # (L, H, patches)
+    return maps.reshape(len(attns), maps.shape[1], *grid)
+
+
+def scale_to_max(maps: torch.Tensor) -> torch.Tensor:
+    """Each (rows, cols) map of ``maps`` (..., rows, cols) divided by its own maximum (maps of zeros stay 0)."""
+    peak = maps.flatten(-2).amax(-1).clamp_min(1e-12)  # (...)
+    return maps / peak[..., None, None]

@@ -1,9 +1,10 @@
 """ViT against the ResNet baseline as the training set grows (paper Fig. 3 and 5, small scale).
 
-:func:`sweep` trains every model of a :class:`SweepConfig` on class-stratified CIFAR-10
-subsets of each size and seed, with one budget rule for all models, and keeps one record
-per run in ``<results>.csv`` and ``<results>.json``: model, family, subset size, seed,
-epochs, test accuracy on all 10,000 test images, training FLOPs counted by
+:func:`sweep` trains every zoo entry of a :class:`SweepConfig` on class-stratified
+CIFAR-10 subsets of each size and seed, with the entry's recipe (:func:`vitlab.zoo.train_config`)
+and one budget rule for all models, and keeps one :class:`~vitlab.records.RunRecord` per
+run in ``<results>.csv`` and ``<results>.json``: model, family, subset size, seed, epochs,
+test accuracy on all 10,000 test images, training FLOPs counted by
 ``torch.utils.flop_counter``, parameters, wall seconds and hardware.
 
 Each run trains in its own folder under ``out`` through :func:`vitlab.train.train`, so an
@@ -13,41 +14,28 @@ skipped. Results are rewritten atomically after every run.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import io
-import json
 import math
-import os
-import shlex
-from collections.abc import Callable, Sequence
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
-from . import data, settings
-from .io import atomic_write
-from .models import ZOO, build_model
-from .train import TrainConfig, _code_version, evaluate, train
+from . import data, records, zoo
+from .config import ConfigError, check_choices, command_line
+from .models import ARCHITECTURES, build_model, load_model
+from .records import RunProbe, RunRecord
+from .train import code_version, evaluate, train
 
-#: Optimiser settings per family: those the zoo checkpoints were trained with.
-RECIPES: dict[str, dict[str, Any]] = {
-    "vit": dict(optimizer="adamw", lr=1e-3, weight_decay=0.05),
-    "resnet": dict(optimizer="sgd", lr=0.1, weight_decay=5e-4),
-}
-
-#: The committed CPU sweep (``<RESULTS>.csv`` and ``<RESULTS>.json``).
-RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_vs_resnet"
-
-#: The columns of the results table, in order.
-FIELDS = ("model", "family", "subset_size", "seed", "epochs", "test_accuracy", "train_flops", "params",
-          "wall_seconds", "hardware", "images_seen", "flops_per_image", "optimizer", "lr", "weight_decay",
-          "batch_size", "code_version")
+#: Train and test images, uint8 (N, 3, 32, 32) and labels (N,).
+Split = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,55 +47,94 @@ class SweepConfig:
     least ``min_samples`` training images (a 1,000-image subset is not trained for 5
     steps). Both families therefore see exactly the same images, the same number of
     times; their FLOPs differ only by their cost per image.
+
+    Attributes:
+        models: zoo entries to train, each with its own recipe.
+        sizes: training images per run.
+        seeds: one run per seed (the subset, initial weights and batch order).
+        epochs: at least this many epochs per run.
+        min_samples: and at least this many training images seen.
+        batch_size: of every run.
+        warmup_fraction: of each run's epochs spent in learning-rate warmup.
+        monitor_size: class-stratified test images scored after every epoch.
+        precision: auto, bf16 or fp32.
+        fewshot: shots per class for probes of each run's final representation (paper Fig. 4).
+        fewshot_seeds: draws of the few-shot training images per probe.
+        fewshot_test: class-stratified test images the probes are scored on.
+        out: one training folder per run below this.
+        results: writes <results>.csv and <results>.json.
     """
 
     models: tuple[str, ...] = ("vit_tiny_c10", "resnet_tiny_c10")
-    sizes: tuple[int, ...] = (1000, 5000, 10000, 25000, 50000)  # training images per run
+    sizes: tuple[int, ...] = (1000, 5000, 10000, 25000, 50000)
     seeds: tuple[int, ...] = (0,)
-    epochs: int = 5  # at least this many epochs per run
-    min_samples: int = 50_000  # and at least this many training images seen
+    epochs: int = 5
+    min_samples: int = 50_000
     batch_size: int = 128
-    warmup_fraction: float = 0.1  # of each run's epochs
-    monitor_size: int = 1000  # class-stratified test images scored after every epoch
-    precision: str = "auto"
-    fewshot: tuple[int, ...] = ()  # shots per class for probes of each run's final representation (paper Fig. 4)
-    fewshot_seeds: int = 3  # draws of the few-shot training images per probe
-    fewshot_test: int = 2000  # class-stratified test images the probes are scored on
-    out: str = "runs/sweep"  # one training folder per run below this
-    results: str = "data/results/vit_vs_resnet"  # writes <results>.csv and <results>.json
+    warmup_fraction: float = 0.1
+    monitor_size: int = 1000
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    fewshot: tuple[int, ...] = ()
+    fewshot_seeds: int = 3
+    fewshot_test: int = 2000
+    out: str = "runs/sweep"
+    results: str = "data/results/vit_vs_resnet"
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
     def epochs_for(self, size: int) -> int:
         """Epochs for a subset of ``size`` images under the budget rule."""
         return max(self.epochs, math.ceil(self.min_samples / size))
 
-    def runs(self) -> list[dict[str, Any]]:
+    def runs(self) -> list[Run]:
         """Every run of the grid, smallest subsets first so early results span the axis."""
-        return [dict(model=m, subset_size=n, seed=s, epochs=self.epochs_for(n))
+        return [Run(model=m, subset_size=n, seed=s, epochs=self.epochs_for(n), batch_size=self.batch_size)
                 for s in self.seeds for n in sorted(self.sizes) for m in self.models]
+
+    def command(self) -> str:
+        """The ``python -m vitlab sweep`` command that runs this config."""
+        return command_line("python -m vitlab sweep", self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    """One run of a sweep: a zoo entry trained on a subset under one seed."""
+
+    model: str
+    subset_size: int
+    seed: int
+    epochs: int
+    batch_size: int
+
+
+def _key(run: Run | RunRecord | RunProbe) -> tuple:
+    return (run.model, run.subset_size, run.seed, run.epochs, run.batch_size)
 
 
 def check(config: SweepConfig, train_images: int = 50_000) -> None:
-    """Raise ValueError naming the bad setting (before any training starts)."""
-    unknown = [m for m in config.models if m not in ZOO]
+    """Raise :class:`~vitlab.config.ConfigError` naming the bad setting (before any training starts)."""
+    unknown = [m for m in config.models if m not in zoo.ENTRIES]
     if unknown:
-        raise ValueError(f"unknown zoo models {unknown}; choose from {list(ZOO)}")
+        raise ConfigError(f"unknown zoo models {unknown}; choose from {list(zoo.ENTRIES)}")
     if not config.models or not config.sizes or not config.seeds:
-        raise ValueError("a sweep needs at least one model, one subset size and one seed")
+        raise ConfigError("a sweep needs at least one model, one subset size and one seed")
     classes = len(data.CLASSES)
     bad = [n for n in config.sizes if not classes <= n <= train_images]
     if bad:
-        raise ValueError(f"subset sizes {bad} are outside {classes}..{train_images} (one image per class "
-                         "at least, the training set at most)")
+        raise ConfigError(f"subset sizes {bad} are outside {classes}..{train_images} (one image per class "
+                          "at least, the training set at most)")
     small = [n for n in config.sizes if n < config.batch_size]
     if small:
-        raise ValueError(f"subset sizes {small} are smaller than the batch of {config.batch_size}; "
-                         "lower --batch-size or drop them")
+        raise ConfigError(f"subset sizes {small} are smaller than the batch of {config.batch_size}; "
+                          "lower --batch-size or drop them")
     if config.epochs < 1 or config.min_samples < 0 or not 0 <= config.warmup_fraction < 1:
-        raise ValueError("epochs must be >= 1, min_samples >= 0 and warmup_fraction in [0, 1)")
+        raise ConfigError("epochs must be >= 1, min_samples >= 0 and warmup_fraction in [0, 1)")
     if config.fewshot and (min(config.fewshot) < 1 or max(config.fewshot) * classes > min(config.sizes)
                            or config.fewshot_seeds < 1):
-        raise ValueError(f"few-shot probes need 1..{min(config.sizes) // classes} shots per class (the smallest "
-                         f"subset) and at least one seed, got shots {list(config.fewshot)}, {config.fewshot_seeds} seeds")
+        raise ConfigError(f"few-shot probes need 1..{min(config.sizes) // classes} shots per class (the smallest "
+                          f"subset) and at least one seed, got shots {list(config.fewshot)}, "
+                          f"{config.fewshot_seeds} seeds")
 
 
 def train_flops_per_image(model: nn.Module, img_size: int = 32) -> float:
@@ -127,180 +154,109 @@ def train_flops_per_image(model: nn.Module, img_size: int = 32) -> float:
     return counter.get_total_flops() / 2
 
 
-def _key(record: dict[str, Any]) -> tuple:
-    return tuple(record[k] for k in ("model", "subset_size", "seed", "epochs", "batch_size"))
+def _ordered(runs: list[RunRecord]) -> list[RunRecord]:
+    return sorted(runs, key=lambda r: (r.family, r.model, r.subset_size, r.seed, r.epochs))
 
 
-def _file(results: str | os.PathLike, suffix: str) -> Path:
-    """``<results><suffix>``; a ``.csv`` or ``.json`` ending on ``results`` itself is dropped first."""
-    base = str(results)
-    for ending in (".csv", ".json"):
-        base = base.removesuffix(ending)
-    return Path(base + suffix)
+def _with(commands: list[str], command: str) -> list[str]:
+    return commands if command in commands else [*commands, command]
 
 
-def read_results(results: str | os.PathLike) -> list[dict[str, Any]]:
-    """The run records stored at ``<results>.json`` (empty if there is none yet).
-
-    Runs that were probed (``<results>-fewshot.json``) carry ``fewshot_<k>`` fields: the
-    mean few-shot accuracy of their final representation with k images per class.
-    """
-    path = _file(results, ".json")
-    records = json.loads(path.read_text())["runs"] if path.is_file() else []
-    probes = _file(results, "-fewshot.json")
-    if probes.is_file():
-        found = {_key(p): p for p in json.loads(probes.read_text())["runs"]}
-        for r in records:
-            probe = found.get(_key(r), {})
-            r.update({f"fewshot_{k}": probe[f"fewshot_{k}"] for k in fewshot_shots([probe])})
-    return records
-
-
-def fewshot_shots(records: list[dict[str, Any]]) -> list[int]:
-    """The shots k of the ``fewshot_<k>`` fields found in ``records``, ascending."""
-    return sorted({int(k[8:]) for r in records for k in r if k.startswith("fewshot_") and k[8:].isdigit()})
-
-
-def _ordered(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(records, key=lambda r: (r["family"], r["model"], r["subset_size"], r["seed"], r["epochs"]))
-
-
-def write_results(results: str | os.PathLike, records: list[dict[str, Any]], commands: list[str]) -> None:
-    """Write ``<results>.json`` (records and the commands that made them) and ``<results>.csv``."""
-    _write(results, "", records, commands, FIELDS)
-
-
-def _write(results: str | os.PathLike, tag: str, records: list[dict[str, Any]], commands: list[str],
-           fields: Sequence[str]) -> None:
-    _file(results, ".json").parent.mkdir(parents=True, exist_ok=True)
-    records = _ordered(records)
-    text = json.dumps(dict(commands=commands, fields=list(fields), runs=records), indent=1) + "\n"
-    atomic_write(_file(results, f"{tag}.json"), lambda tmp: tmp.write_text(text))
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    atomic_write(_file(results, f"{tag}.csv"), lambda tmp: tmp.write_text(table.getvalue()))
-
-
-def command_for(config: SweepConfig) -> str:
-    """The ``python -m vitlab sweep`` command line that runs ``config``."""
-    parts = ["python -m vitlab sweep"]
-    for field in dataclasses.fields(SweepConfig):
-        value = getattr(config, field.name)
-        if value == ():
-            continue  # an empty list is the default, and argparse cannot take it as a flag
-        flag = "--" + field.name.replace("_", "-")
-        parts.append(f"{flag} {' '.join(map(str, value))}" if isinstance(value, tuple) else f"{flag} {shlex.quote(str(value))}")
-    return " ".join(parts)
+def _run_dir(config: SweepConfig, run: Run | RunRecord) -> Path:
+    return Path(config.out) / f"{run.model}-n{run.subset_size}-s{run.seed}-e{run.epochs}"
 
 
 def sweep(config: SweepConfig, device: str | torch.device | None = None,
-          on_run: Callable[[dict[str, Any]], None] | None = None, progress: bool = False) -> list[dict[str, Any]]:
+          on_run: Callable[[RunRecord], None] | None = None, progress: bool = False) -> list[RunRecord]:
     """Run every missing run of ``config``; returns all records in the results file, ordered
     by family, model, subset size and seed.
 
-    ``on_run`` is called with each new record (e.g. to redraw a notebook figure). With
+    Prints one line per finished run (``progress`` adds a bar per epoch). ``on_run`` is
+    called with each new record (e.g. to redraw a notebook figure). With
     ``config.fewshot`` set, every finished run is then probed (:func:`fewshot_runs`).
     """
-    train_x, _ = data.cifar10("train")  # a missing dataset fails here, before any training
-    check(config, len(train_x))
-    test_x, test_y = data.cifar10("test")
+    check(config)
+    train_set, test_set = data.cifar10("train"), data.cifar10("test")  # fails here without a dataset
+    check(config, len(train_set[1]))
     # Probe results live in their own file (fewshot_runs), not among the training records.
-    records = [{k: v for k, v in r.items() if not k.startswith("fewshot_")} for r in read_results(config.results)]
-    commands = _commands(config.results, "")
-    command = command_for(config)
-    if command not in commands:
-        commands.append(command)
-    done = {_key(r) for r in records}
-    per_model: dict[str, float] = {}  # training FLOPs per image, counted once per model
-    for run in config.runs():
-        family = ZOO[run["model"]].family
-        recipe = RECIPES[family]
-        if _key(dict(run, batch_size=config.batch_size)) in done:
-            continue
-        train_config = TrainConfig(
-            model=run["model"], subset_size=run["subset_size"], seed=run["seed"], epochs=run["epochs"],
-            batch_size=config.batch_size, warmup_epochs=config.warmup_fraction * run["epochs"],
-            precision=config.precision, eval_size=config.monitor_size if config.monitor_size < len(test_y) else None,
-            progress=progress, out=str(_run_dir(config, run)), **recipe,
-        )
-        result = train(train_config, device=device)
-        if run["model"] not in per_model:
-            per_model[run["model"]] = train_flops_per_image(build_model({"zoo": run["model"]}), ZOO[run["model"]].img_size)
-        per_image = per_model[run["model"]]
-        seen = result.record["step"] * config.batch_size
-        record = dict(
-            run, family=family, test_accuracy=evaluate(result.model, test_x, test_y),
-            train_flops=per_image * seen, params=result.record["params"],
-            wall_seconds=round(result.record["wall_seconds"], 1), hardware=result.record["hardware"],
-            images_seen=seen, flops_per_image=per_image, batch_size=config.batch_size,
-            code_version=_code_version(), **recipe,
-        )
-        records.append(record)
-        done.add(_key(record))
-        write_results(config.results, records, commands)
-        print(json.dumps(record), flush=True)
+    done = [dataclasses.replace(r, fewshot={}) for r in records.read_runs(config.results)]
+    commands = _with(records.read_commands(config.results), config.command())
+    finished = {_key(r) for r in done}
+    todo = [run for run in config.runs() if _key(run) not in finished]
+    flops: dict[str, float] = {}  # training FLOPs per image, counted once per model
+    for i, run in enumerate(todo):
+        record = _train_run(config, run, test_set, device, progress, flops)
+        done.append(record)
+        records.write_runs(config.results, _ordered(done), commands)
+        print(f"run {i + 1}/{len(todo)}: {run.model} on {run.subset_size:,} images (seed {run.seed}, "
+              f"{run.epochs} epochs): test accuracy {record.test_accuracy:.1%}, {record.wall_seconds:.0f} s", flush=True)
         if on_run is not None:
             on_run(record)
-    write_results(config.results, records, commands)
+    records.write_runs(config.results, _ordered(done), commands)
     if config.fewshot:
-        fewshot_runs(config)
-    return _ordered(read_results(config.results))
+        fewshot_runs(config, train_set, test_set)
+    return _ordered(records.read_runs(config.results))
 
 
-def _commands(results: str | os.PathLike, tag: str) -> list[str]:
-    path = _file(results, f"{tag}.json")
-    return json.loads(path.read_text())["commands"] if path.is_file() else []
+def _train_run(config: SweepConfig, run: Run, test_set: Split, device: str | torch.device | None,
+               progress: bool, flops: dict[str, float]) -> RunRecord:
+    """Train one run (resuming it if it was interrupted) and score it on the whole test set."""
+    entry, test_x, test_y = zoo.entry(run.model), *test_set
+    settings = zoo.train_config(
+        run.model, subset_size=run.subset_size, seed=run.seed, epochs=run.epochs, batch_size=run.batch_size,
+        warmup_epochs=config.warmup_fraction * run.epochs, precision=config.precision,
+        eval_size=config.monitor_size if config.monitor_size < len(test_y) else None,
+    )
+    result = train(settings, _run_dir(config, run), device=device, progress=progress)
+    if run.model not in flops:
+        flops[run.model] = train_flops_per_image(build_model({"zoo": entry.architecture}),
+                                                 ARCHITECTURES[entry.architecture].img_size)
+    seen = result.record["step"] * run.batch_size
+    return RunRecord(
+        model=run.model, family=entry.family, subset_size=run.subset_size, seed=run.seed, epochs=run.epochs,
+        test_accuracy=evaluate(result.model, test_x, test_y), train_flops=flops[run.model] * seen,
+        params=result.record["params"], wall_seconds=round(result.record["wall_seconds"], 1),
+        hardware=result.record["hardware"], images_seen=seen, flops_per_image=flops[run.model],
+        optimizer=settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
+        batch_size=run.batch_size, code_version=code_version(), fewshot={},
+    )
 
 
-def _run_dir(config: SweepConfig, run: dict[str, Any]) -> Path:
-    return Path(config.out) / f"{run['model']}-n{run['subset_size']}-s{run['seed']}-e{run['epochs']}"
-
-
-def fewshot_runs(config: SweepConfig) -> list[dict[str, Any]]:
+def fewshot_runs(config: SweepConfig, train_set: Split | None = None, test_set: Split | None = None,
+                 progress: bool = True) -> list[RunProbe]:
     """Few-shot probes of the final representation of every finished run of ``config``.
 
-    The representation is what the classifier head reads (the class token after the last
-    block for a token-pooled ViT, else the mean patch token; the pooled last stage for a
-    ResNet). For each run and each k in ``config.fewshot``, ``fewshot_<k>`` is the mean
-    accuracy over ``config.fewshot_seeds`` draws of the training shots (paper Fig. 4, where
-    the few-shot accuracy is plotted against the pre-training set size). Results go to
+    The representation is what the classifier head reads (``forward_head(pre_logits=True)``:
+    the normalised class token of a token-pooled ViT, the pooled last stage of a ResNet).
+    For each run and each k in ``config.fewshot``, ``fewshot[k]`` is the mean accuracy over
+    ``config.fewshot_seeds`` draws of the training shots (paper Fig. 4, where the few-shot
+    accuracy is plotted against the pre-training set size). Results go to
     ``<results>-fewshot.{json,csv}``; runs probed with the same settings are skipped.
+
+    Args:
+        train_set, test_set: CIFAR-10's splits (loaded when not given); the probes score
+            ``config.fewshot_test`` class-stratified test images.
     """
-    from .capture import representation_layers
     from .compare import fewshot_probes
-    from .models import load_model
 
+    (train_x, train_y), (test_x, test_y) = train_set or data.cifar10("train"), test_set or data.cifar10("test")
+    test_idx = data.stratified_subset(test_y, config.fewshot_test, 0)
     setting = dict(shots=list(config.fewshot), seeds=config.fewshot_seeds, test=config.fewshot_test)
-    path = _file(config.results, "-fewshot.json")
-    done = json.loads(path.read_text())["runs"] if path.is_file() else []
-    probed = {_key(p) for p in done if p["probe_setting"] == setting}
-    commands = _commands(config.results, "-fewshot")
-    if command_for(config) not in commands:
-        commands.append(command_for(config))
-    wanted = {_key(dict(run, batch_size=config.batch_size)) for run in config.runs()}
-    for record in read_results(config.results):
-        key = _key(record)
-        weights = _run_dir(config, record) / "model.safetensors"
-        if key not in wanted or key in probed or not weights.is_file():
-            continue
-        model = load_model(weights, device="cpu")
-        last = representation_layers(model)[-1]
-        token_pooled = getattr(model, "global_pool", None) == "token" and getattr(model, "num_prefix_tokens", 0)
-        rows = fewshot_probes(model, config.fewshot, tuple(range(config.fewshot_seeds)), config.fewshot_test,
-                              name=record["model"], layers=[last])
-        pooling = "cls" if token_pooled else ("mean" if any(r["pooling"] == "mean" for r in rows) else "gap")
-        entry = {k: record[k] for k in ("model", "family", "subset_size", "seed", "epochs", "batch_size")}
-        for k in config.fewshot:
-            accs = [r["accuracy"] for r in rows if r["shots"] == k and r["pooling"] == pooling]
-            entry[f"fewshot_{k}"] = sum(accs) / len(accs)
-        entry.update(layer=last, pooling=pooling, probe_setting=setting)
-        done = [p for p in done if _key(p) != key] + [entry]
-        probed.add(key)
-        _write(config.results, "-fewshot", done, commands,
-               ["model", "family", "subset_size", "seed", "epochs", "layer", "pooling",
-                *(f"fewshot_{k}" for k in fewshot_shots(done))])
-        print(json.dumps(entry), flush=True)
-    return done
-
+    probes, commands = records.read_run_probes(config.results)
+    commands = _with(commands, config.command())
+    skip = {_key(p) for p in probes if p.probe_setting == setting}
+    wanted = {_key(run) for run in config.runs()}
+    todo = [r for r in records.read_runs(config.results) if _key(r) in wanted and _key(r) not in skip
+            and (_run_dir(config, r) / "model.safetensors").is_file()]
+    for record in tqdm(todo, desc="few-shot probes", disable=not (progress and todo)):
+        model = load_model(_run_dir(config, record) / "model.safetensors", device="cpu")
+        rows = fewshot_probes(model, train_x, train_y, test_x[test_idx], test_y[test_idx], shots=config.fewshot,
+                              seeds=tuple(range(config.fewshot_seeds)), name=record.model, family=record.family,
+                              layers=["pre_logits"])
+        accuracy = {k: statistics.fmean(r.accuracy for r in rows if r.shots == k) for k in config.fewshot}
+        probe = RunProbe(model=record.model, family=record.family, subset_size=record.subset_size, seed=record.seed,
+                         epochs=record.epochs, batch_size=record.batch_size, layer="pre_logits",
+                         pooling=rows[0].pooling, fewshot=accuracy, probe_setting=setting)
+        probes = [p for p in probes if _key(p) != _key(record)] + [probe]
+        records.write_run_probes(config.results, probes, commands)
+    return probes

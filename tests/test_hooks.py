@@ -1,19 +1,13 @@
+import contextlib
+
 import pytest
 import timm
 import torch
-from conftest import timm_intermediates
 from timm.layers import Attention
 from timm.utils import AttentionExtract
 
 import vitlab
-from vitlab.capture import (
-    capture,
-    head_statistics,
-    layer_features,
-    layer_hooks,
-    representation_layers,
-)
-from vitlab.models import build_model
+from vitlab.hooks import Capture, capture, head_statistics, hooks, restoring
 
 
 def _manual_attention(model, x):
@@ -81,9 +75,84 @@ def test_model_is_left_exactly_as_found(tiny_vit):
 
 def test_layers_subset_and_negative_indices(tiny_vit):
     cap = capture(tiny_vit, torch.randn(1, 3, 32, 32), layers=[-1])
-    assert list(cap.attn) == [1] and list(cap.tokens) == [1]
+    assert list(cap.attn) == [1] and list(cap.tokens) == [1] and cap.layers == [1]
     with pytest.raises(ValueError, match="out of range"):
         capture(tiny_vit, torch.randn(1, 3, 32, 32), layers=[5])
+    with pytest.raises(KeyError, match="not captured"):
+        cap.attn[0]
+    assert 0 not in cap.attn and -1 in cap.attn and -2 not in cap.tokens and 2 not in cap.tokens
+
+
+def test_negative_indices_and_named_keys_equal_the_int_keys(tiny_vit):
+    x = torch.randn(2, 3, 32, 32)
+    cap = capture(tiny_vit, x)
+    depth = len(tiny_vit.blocks)
+    assert list(cap.attn) == list(cap.tokens) == cap.layers == list(range(depth))  # iteration: block indices
+    assert [a.shape for a in cap.attn.values()] == [(2, 3, 17, 17)] * depth
+    for i in range(depth):
+        for key in (i, i - depth):
+            assert cap.attn[key] is cap.attn[i] and cap.tokens[key] is cap.tokens[i]
+            assert cap["attn", key] is cap.attn[i] and cap["tokens", key] is cap.tokens[i]
+    # Block -1 is the model's last block: its tokens are what the final norm reads.
+    torch.testing.assert_close(tiny_vit.norm(cap["tokens", -1]), tiny_vit.forward_features(x), atol=1e-5, rtol=0)
+    with pytest.raises(KeyError, match="outside"):
+        cap.attn[depth]
+    with pytest.raises(KeyError, match="kind"):
+        cap["mlp", 0]
+
+
+def test_every_forward_inside_hooks_overwrites_the_capture(tiny_vit):
+    a, b = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    with hooks(tiny_vit, layers=[0]) as cap:
+        tiny_vit(a)
+        first = cap.attn[0]
+        tiny_vit(b)
+    torch.testing.assert_close(first, capture(tiny_vit, a, layers=[0]).attn[0])
+    torch.testing.assert_close(cap.attn[0], capture(tiny_vit, b, layers=[0]).attn[0])
+
+
+def test_capture_records_through_its_methods():
+    cap = Capture(3, [0, 2], patch_size=(8, 8), num_prefix_tokens=1)
+    q, k = torch.randn(2, 4, 5, 6), torch.randn(2, 4, 5, 6)  # (B, heads, N, head_dim)
+    cap.record_qk(-1, q=q, scale=0.5)
+    cap.record_qk(2, k=k)
+    cap.record_attn(0, torch.full((2, 4, 5, 5), 0.2))
+    cap.record_tokens(0, torch.zeros(2, 5, 6))
+    assert list(cap.attn) == [0, 2] and list(cap.tokens) == [0]
+    expected = torch.softmax(torch.einsum("bhqd,bhkd->bhqk", q, k) * 0.5, dim=-1)
+    torch.testing.assert_close(cap["attn", 2], expected)
+    cap.record_output(torch.zeros(2, 10), (16, 16))
+    assert cap.grid == (2, 2)
+    with pytest.raises(ValueError, match="patches"):
+        cap.record_output(torch.zeros(2, 10), (32, 32))  # 4 patch tokens, but a 4x4 grid
+
+
+def _state(model):
+    return ([m.training for m in model.modules()],
+            [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()],
+            [m.__dict__.get("fused_attn", "absent") for m in model.modules()])
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_restoring_puts_hooks_flags_and_modes_back(tiny_vit, raises):
+    seen = []
+    tiny_vit.blocks[1].register_forward_hook(lambda m, a, out: seen.append(out.shape))  # the user's own hook
+    tiny_vit.blocks[0].train()
+    tiny_vit.blocks[1].attn.fused_attn = False
+    before = _state(tiny_vit)
+    with contextlib.suppress(RuntimeError), restoring(tiny_vit):
+        tiny_vit.eval()
+        tiny_vit.blocks[1]._forward_hooks.clear()  # even a removed hook comes back
+        for b in tiny_vit.blocks:
+            b.attn.fused_attn = True
+            b.mlp.fused_attn = True  # a module without the flag must not keep one
+            b.register_forward_hook(lambda m, a, out: None)
+            b.attn.register_forward_pre_hook(lambda m, a: None)
+        if raises:
+            raise RuntimeError("the body failed")
+    assert _state(tiny_vit) == before
+    tiny_vit(torch.randn(1, 3, 32, 32))
+    assert seen == [(1, 17, 24)]  # the user's hook still runs, once
 
 
 def test_registers_are_prefix_tokens():
@@ -141,25 +210,3 @@ def test_other_attention_classes_use_the_explicit_path(tiny_vit):
         torch.testing.assert_close(cap.attn[i], expected[i], rtol=1e-5, atol=1e-6)
     assert all(b.attn.fused_attn for b in tiny_vit.blocks)  # the module's own flag is restored
     assert not any(m._forward_hooks for m in tiny_vit.modules())
-
-
-@pytest.mark.parametrize("name", ["vit_micro_c10", "resnet_micro_c10"])
-def test_layer_features_match_timmtimm_intermediates(name):
-    torch.manual_seed(0)
-    model = build_model({"zoo": name}).eval()
-    images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
-    feats = layer_features(model, images, batch_size=3)
-    outs = timm_intermediates(model, images)
-    layers = representation_layers(model)
-    assert len(layers) == len(outs)
-    for layer, out in zip(layers, outs):
-        if out.ndim == 3:
-            torch.testing.assert_close(feats[(layer, "cls")], out[:, 0])
-            torch.testing.assert_close(feats[(layer, "mean")], out[:, 1:].mean(1))
-        else:
-            torch.testing.assert_close(feats[(layer, "gap")], out.mean((2, 3)))
-    assert model.training is False
-    model.train()
-    with layer_hooks(model):
-        pass
-    assert model.training and all(not m._forward_hooks for m in model.modules())

@@ -1,0 +1,40 @@
+import dataclasses
+import json
+
+import pytest
+import timm
+import torch
+
+import vitlab
+from vitlab import architectures, models
+
+
+def _logits(model, seed=0):
+    size = timm.data.resolve_model_data_config(model)["input_size"][1:]
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("name", list(architectures.ARCHITECTURES))
+def test_architectures_build_with_cifar_preprocessing(name):
+    model = vitlab.load_model(name, device="cpu")
+    cfg = timm.data.resolve_model_data_config(model)
+    assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == vitlab.data.MEAN and cfg["std"] == vitlab.data.STD
+    assert _logits(model).shape == (2, 10)
+    if architectures.ARCHITECTURES[name].family == "vit":
+        patch = architectures.ARCHITECTURES[name].patch_size
+        assert tuple(model.patch_embed.grid_size) == (32 // patch,) * 2 and model.patch_embed.patch_size == (patch, patch)
+
+
+@pytest.mark.parametrize("name", list(architectures.ARCHITECTURES))
+def test_a_stored_architecture_record_rebuilds_the_same_architecture(name):
+    """Sidecars store the fields as JSON (tuples become lists); reading them back gives the registry's entry."""
+    stored = json.loads(json.dumps(dataclasses.asdict(architectures.ARCHITECTURES[name])))
+    assert architectures.architecture(name, stored) == architectures.ARCHITECTURES[name]
+    assert architectures.architecture(name) is architectures.ARCHITECTURES[name]
+
+
+def test_models_still_offers_the_architectures():
+    assert models.ARCHITECTURES is architectures.ARCHITECTURES
+    assert (models.CifarViT, models.CifarResNet) == (architectures.CifarViT, architectures.CifarResNet)

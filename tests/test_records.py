@@ -1,0 +1,103 @@
+import csv
+import json
+import statistics
+
+import pytest
+
+from vitlab import records
+from vitlab.records import ProbeRecord, RunProbe, RunRecord, Spread, group_spread, spread
+
+SUFFIXES = (".json", ".csv", "-fewshot.json", "-fewshot.csv")
+
+
+def test_committed_results_are_rewritten_byte_for_byte(tmp_path):
+    runs = records.read_runs(records.RESULTS)
+    probes, probe_commands = records.read_run_probes(records.RESULTS)
+    assert len(runs) == 32 and len(probes) == 32
+    out = tmp_path / "copy"
+    records.write_runs(out, runs, records.read_commands(records.RESULTS))
+    records.write_run_probes(out, probes, probe_commands)
+    for suffix in SUFFIXES:
+        assert (tmp_path / f"copy{suffix}").read_bytes() == records.RESULTS.with_name(
+            records.RESULTS.name + suffix).read_bytes(), suffix
+
+
+def test_committed_runs_carry_their_probes_and_family():
+    runs = records.read_runs(records.RESULTS)
+    raw = json.loads(records.RESULTS.with_name(records.RESULTS.name + "-fewshot.json").read_text())["runs"]
+    for r in runs:
+        assert isinstance(r, RunRecord) and r.family in ("vit", "resnet") and r.model.startswith(r.family)
+        (row,) = [p for p in raw if (p["model"], p["subset_size"], p["seed"], p["epochs"]) ==
+                  (r.model, r.subset_size, r.seed, r.epochs)]
+        assert r.fewshot == {k: row[f"fewshot_{k}"] for k in (1, 5, 10, 25)}
+        assert r.key == (r.model, r.subset_size, r.seed, r.epochs, 128)
+    assert records.read_commands(records.RESULTS)[0].startswith("python -m vitlab sweep")
+    assert records.read_commands(records.RESULTS, "-fewshot") == records.read_run_probes(records.RESULTS)[1]
+
+
+def _run(model, family, size, seed, acc):
+    return RunRecord(model=model, family=family, subset_size=size, seed=seed, epochs=2, test_accuracy=acc,
+                     train_flops=1e12, params=1000, wall_seconds=1.5, hardware="CPU", images_seen=256,
+                     flops_per_image=4e9, optimizer="sgd", lr=0.1, weight_decay=5e-4, batch_size=128,
+                     code_version="abc1234")
+
+
+def test_round_trip_orders_runs_and_merges_probes(tmp_path):
+    runs = [_run("vit_b", "vit", 500, 1, 0.3), _run("resnet_a", "resnet", 1000, 0, 0.5),
+            _run("vit_b", "vit", 500, 0, 0.25)]
+    results = tmp_path / "results" / "sweep"
+    assert records.read_runs(results) == [] and records.read_commands(results) == []
+    assert records.read_run_probes(results) == ([], [])
+    records.write_runs(results, runs, ["cmd one"])
+    back = records.read_runs(str(results) + ".json")  # a .json/.csv ending on the name is dropped
+    assert back == sorted(runs, key=lambda r: (r.family, r.model, r.subset_size, r.seed, r.epochs))
+    assert all(r.fewshot == {} for r in back)
+    probe = RunProbe(model="vit_b", family="vit", subset_size=500, seed=1, epochs=2, batch_size=128,
+                     layer="pre_logits", pooling="head", fewshot={10: 0.4, 1: 0.2},
+                     probe_setting=dict(shots=[1, 10], seeds=2, test=50))
+    records.write_run_probes(results, [probe], ["cmd two"])
+    assert records.read_run_probes(results) == ([probe], ["cmd two"])
+    merged = {r.key: r.fewshot for r in records.read_runs(results)}
+    assert merged[probe.key] == {1: 0.2, 10: 0.4} and sum(bool(f) for f in merged.values()) == 1
+    with open(f"{results}-fewshot.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["model", "family", "subset_size", "seed", "epochs", "layer", "pooling",
+                             "fewshot_1", "fewshot_10"]
+    assert rows[0]["fewshot_10"] == "0.4"
+    with open(f"{results}.csv") as f:
+        header = next(csv.reader(f))
+    assert tuple(header) == records.RUN_FIELDS and "fewshot" not in header
+    assert json.loads((tmp_path / "results" / "sweep.json").read_text())["commands"] == ["cmd one"]
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path):
+    results = tmp_path / "sweep"
+    records.write_runs(results, [_run("vit_b", "vit", 500, 0, 0.3)], [])
+    before = (tmp_path / "sweep.json").read_bytes()
+    with pytest.raises(TypeError):
+        records.write_runs(results, [_run("vit_b", "vit", 500, 0, object())], [])  # not JSON serialisable
+    assert (tmp_path / "sweep.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.json"]  # no temporary left
+
+
+def test_spread_is_mean_and_sample_std():
+    values = [0.2, 0.3, 0.45]
+    s = spread(values)
+    assert s == Spread(pytest.approx(statistics.mean(values)), pytest.approx(statistics.stdev(values)), 3)
+    assert spread([0.7]) == Spread(0.7, 0.0, 1)  # one value: no spread
+    mean, std, n = spread(iter([1.0, 3.0]))
+    assert (mean, std, n) == (2.0, pytest.approx(2 ** 0.5), 2)
+    with pytest.raises(ValueError):
+        spread([])
+
+
+def test_group_spread_groups_in_first_seen_order():
+    probes = [ProbeRecord(model="m", family="vit", layer=layer, depth=d, pooling="cls", shots=k, seed=seed,
+                          accuracy=0.1 * d + 0.01 * k + 0.02 * seed)
+              for seed in (0, 1, 2) for d, layer in ((1, "blocks.1"), (0, "blocks.0")) for k in (5, 1)]
+    groups = group_spread(probes, key=lambda p: (p.layer, p.shots), value=lambda p: p.accuracy)
+    assert list(groups) == [("blocks.1", 5), ("blocks.1", 1), ("blocks.0", 5), ("blocks.0", 1)]
+    for (layer, k), s in groups.items():
+        expected = [p.accuracy for p in probes if (p.layer, p.shots) == (layer, k)]
+        assert s.n == 3 and s.mean == pytest.approx(statistics.mean(expected))
+        assert s.std == pytest.approx(statistics.stdev(expected))

@@ -1,0 +1,121 @@
+"""The CIFAR-scale architectures vitlab trains, as frozen records that build timm models.
+
+An architecture is a plain dataclass of its shape only (nanoGPT's ``GPTConfig``); its
+``build()`` returns an untrained timm model. :data:`ARCHITECTURES` names the ones the zoo
+and ``python -m vitlab train --model`` use; :func:`architecture` rebuilds one from the
+record a saved file stores, so old files stay loadable when the registry changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from timm.models.resnet import BasicBlock, ResNet
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+
+@dataclass(frozen=True, kw_only=True)
+class CifarViT:
+    """A ViT for 32x32 inputs; patch 4 gives an 8x8 grid of patches."""
+
+    description: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 2.0
+    patch_size: int = 4
+    img_size: int = 32
+    num_classes: int = 10
+    family: str = "vit"
+
+    def build(self) -> nn.Module:
+        return VisionTransformer(
+            img_size=self.img_size,
+            patch_size=self.patch_size,
+            num_classes=self.num_classes,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            global_pool="token",
+            dynamic_img_size=True,  # lets analysis run on other sizes and non-square inputs
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CifarResNet:
+    """A ResNet of basic blocks with a CIFAR stem (3x3 conv, stride 1, no max-pool)."""
+
+    description: str
+    channels: tuple[int, ...] = (64, 128, 256, 512)
+    layers: tuple[int, ...] = (2, 2, 2, 2)
+    img_size: int = 32
+    num_classes: int = 10
+    family: str = "resnet"
+
+    def build(self) -> nn.Module:
+        model = ResNet(
+            block=BasicBlock,
+            layers=self.layers,
+            channels=self.channels,
+            stem_type="deep",  # a deep stem of width w feeds 2w channels to the first stage
+            stem_width=self.channels[0] // 2,
+            num_classes=self.num_classes,
+        )
+        # ImageNet's stride-4 stem would shrink a 32x32 image to 8x8 before the first stage.
+        model.conv1 = nn.Conv2d(3, self.channels[0], kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+        for info in model.feature_info:
+            info["reduction"] = max(1, info["reduction"] // 4)
+        return model
+
+
+Architecture = CifarViT | CifarResNet
+
+#: The CIFAR-10 architectures vitlab builds, by name (zoo entries name one of them).
+ARCHITECTURES: dict[str, Architecture] = {
+    "vit_tiny_c10": CifarViT(
+        description="ViT, patch 4 (8x8 grid), width 128, 6 blocks, 4 heads",
+        embed_dim=128, depth=6, num_heads=4,
+    ),
+    "vit_small_c10": CifarViT(
+        description="ViT, patch 4 (8x8 grid), width 192, 9 blocks, 6 heads",
+        embed_dim=192, depth=9, num_heads=6,
+    ),
+    "resnet_tiny_c10": CifarResNet(
+        description="ResNet-18 of basic blocks, widths 16-128, CIFAR stem",
+        channels=(16, 32, 64, 128), layers=(2, 2, 2, 2),
+    ),
+    "resnet_small_c10": CifarResNet(
+        description="ResNet-18 of basic blocks, widths 32-256, CIFAR stem",
+        channels=(32, 64, 128, 256), layers=(2, 2, 2, 2),
+    ),
+    # Minute-scale models for quick-mode sweeps and tests of the whole pipeline.
+    "vit_micro_c10": CifarViT(
+        description="ViT, patch 8 (4x4 grid), width 32, 2 blocks, 2 heads (quick runs)",
+        embed_dim=32, depth=2, num_heads=2, patch_size=8,
+    ),
+    "resnet_micro_c10": CifarResNet(
+        description="ResNet of basic blocks, one per stage, widths 8-64, CIFAR stem (quick runs)",
+        channels=(8, 16, 32, 64), layers=(1, 1, 1, 1),
+    ),
+}
+
+
+def architecture(name: str, config: dict[str, Any] | None = None) -> Architecture:
+    """The architecture ``name`` of the registry, or the one a stored ``config`` describes.
+
+    Args:
+        name: a key of :data:`ARCHITECTURES` (used when ``config`` is None).
+        config: the fields of a saved architecture (``dataclasses.asdict`` of one, read back
+            from JSON, so tuples arrive as lists).
+    """
+    if config is None:
+        return ARCHITECTURES[name]
+    config = dict(config)
+    cls = CifarViT if config.get("family") == "vit" else CifarResNet
+    for key in ("channels", "layers"):
+        if key in config:
+            config[key] = tuple(config[key])
+    return cls(**config)

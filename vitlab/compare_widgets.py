@@ -1,0 +1,181 @@
+"""Views of the ViT vs ResNet study (notebook 05): the sweep, few-shot probes, CKA.
+
+Each is an :class:`~vitlab.explorer.Explorer`; :mod:`vitlab.widgets` gives them under its
+name too. The computations are :mod:`vitlab.compare`'s; the figures :mod:`vitlab.plots`'.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import ipywidgets as W
+import plotly.graph_objects as go
+import torch
+
+from . import data, plots, zoo
+from .compare import SHOTS, cka_matrix, fewshot_probes
+from .explorer import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, side_by_side
+from .records import ProbeRecord, RunRecord
+
+
+class SweepExplorer(Explorer):
+    """Accuracy against training-set size or training FLOPs, from sweep runs, with a table.
+
+    Pass :meth:`add` as ``sweep(..., on_run=...)`` to watch a sweep fill the figure in.
+    Attributes: ``axis`` (toggle), ``metric`` (``"test"`` accuracy or k for the k-shot probe
+    of the final representation, where the runs have them), ``models`` (multi-select),
+    ``figure``, ``table``.
+    """
+
+    AXES = {"training images": "subset_size", "training FLOPs": "train_flops"}
+    n_figures = 2
+
+    def __init__(self, records: Sequence[RunRecord], title: str = ""):
+        super().__init__()
+        self.records, self.title = list(records), title
+        self.axis = W.ToggleButtons(options=list(self.AXES), description="x axis",
+                                    style=dict(STYLE, button_width="auto"))
+        self.metric = W.Dropdown(description="y axis", style=STYLE)
+        self.models = W.SelectMultiple(description="models", rows=4, style=STYLE, layout=W.Layout(width="36ch"))
+        self._set_options()
+        self.figure, self.table = self.plots
+        controls = [self.axis, self.metric, self.models]
+        self._build([controls, self.figure, self.table], controls)
+
+    def _set_options(self) -> None:
+        # Newly seen models are shown; those the user deselected stay hidden.
+        with self.hold():
+            names = sorted({r.model for r in self.records})
+            hidden = set(self.models.options) - set(self.models.value)
+            self.models.options = names
+            self.models.value = tuple(n for n in names if n not in hidden)
+            shots = sorted({k for r in self.records for k in r.fewshot})
+            options = [("test accuracy", "test")] + [(f"{k}-shot probe", k) for k in shots]
+            if list(self.metric.options) != options:
+                value = self.metric.value
+                self.metric.options = options
+                self.metric.value = value if value in dict(options).values() else "test"
+
+    def compute(self) -> list[RunRecord]:
+        return [r for r in self.records if r.model in self.models.value]
+
+    def figures(self, shown: list[RunRecord]) -> list[go.Figure]:
+        x, shots = self.AXES[self.axis.value], (None if self.metric.value == "test" else self.metric.value)
+        what = "training-set size" if x == "subset_size" else "training compute"
+        metric = "accuracy" if shots is None else self.metric.label
+        title = f"{self.title}: {metric} vs {what}" if self.title else f"{metric} vs {what}"
+        return [plots.sweep_figure(self.records, x, list(self.models.value), title=title, shots=shots),
+                plots.sweep_table(shown)]
+
+    def add(self, record: RunRecord) -> None:
+        """Add one run and redraw (once, though the model list may change too)."""
+        self.records.append(record)
+        self._set_options()
+        self.refresh()
+
+
+class ProbeExplorer(Explorer):
+    """Few-shot linear probes on every layer of several models (paper Fig. 4 style).
+
+    The probes of each model are fitted once (progress in the status line) on the images
+    given. Attributes: ``shots`` (toggle), ``models`` (multi-select), ``layers``
+    (multi-select of model · layer · pooling for the shots curve), ``depth`` and ``curve``
+    (FigureWidgets), ``records`` (every :class:`vitlab.records.ProbeRecord`).
+    """
+
+    slow = True
+    n_figures = 2
+
+    def __init__(self, models: Sequence[str], train_images: torch.Tensor, train_labels: torch.Tensor,
+                 test_images: torch.Tensor, test_labels: torch.Tensor, shots: Sequence[int] = SHOTS,
+                 seeds: Sequence[int] = (0, 1, 2), batch_size: int = 250, source: str = "CIFAR-10 test set"):
+        super().__init__()
+        self.specs, self.test_labels, self.source = list(dict.fromkeys(models)), test_labels, source
+        self.data = (train_images, train_labels, test_images, test_labels)
+        self.settings = dict(shots=tuple(shots), seeds=tuple(seeds), batch_size=batch_size)
+        self._probes: dict[tuple, list[ProbeRecord]] = {}
+        self.shots = W.ToggleButtons(options=list(shots), value=max(shots), description="shots", style=STYLE)
+        self.models = W.SelectMultiple(options=[(zoo.label(s), s) for s in self.specs], value=tuple(self.specs),
+                                       description="models", rows=3, style=STYLE, layout=W.Layout(width="40ch"))
+        self.layers = W.SelectMultiple(description="layers", rows=6, style=STYLE, layout=W.Layout(width="48ch"))
+        self.depth, self.curve = self.plots
+        self._build([[self.shots, self.models], self.depth, self.layers, self.curve],
+                    [self.shots, self.models, self.layers])
+
+    @property
+    def records(self) -> list[ProbeRecord]:
+        return self.result or []
+
+    def compute(self) -> list[ProbeRecord]:
+        todo = [s for s in self.specs if model_key(s) not in self._probes]
+        for i, spec in enumerate(todo):
+            self.step(f"fitting probes on every layer of {spec} ({i + 1} of {len(todo)} models)", i, len(todo))
+            self._probes[model_key(spec)] = fewshot_probes(cached_model(spec), *self.data, name=spec, **self.settings)
+        records = [r for s in self.specs for r in self._probes[model_key(s)]]
+        if not self.layers.options:  # by default, the curves of each model's last layer
+            triples = list(dict.fromkeys((r.model, r.layer, r.pooling) for r in records))
+            last = {m: max(r.depth for r in records if r.model == m) for m in self.specs}
+            deepest = {(r.model, r.layer, r.pooling) for r in records if r.depth == last[r.model]}
+            with self.hold():
+                self.layers.options = [(" · ".join(t), t) for t in triples]
+                self.layers.value = tuple(t for t in triples if t in deepest)
+        return records
+
+    def describe(self, records: list[ProbeRecord]) -> str:
+        return f"probes scored on {data.describe_images(len(self.test_labels), self.source, self.test_labels)}"
+
+    def figures(self, records: list[ProbeRecord]) -> list[go.Figure]:
+        mine = [r for r in records if r.model in self.models.value]
+        if not mine:
+            raise ValueError("select at least one model")
+        return [plots.probe_depth_figure(mine, self.shots.value),
+                plots.probe_shots_figure(records, list(self.layers.value))]
+
+    def notes(self) -> list[str]:
+        return [load_note(s) for s in self.specs]
+
+
+class CKAExplorer(Explorer):
+    """CKA heatmaps between every layer of two models (A x B) and of A with itself (A x A).
+
+    Results are kept per (models, representation), so switching back is instant; new ones
+    show their progress in the status line. Attributes: ``model_a``, ``model_b``
+    (dropdowns), ``representation`` (toggle), ``cross`` and ``self_similarity``
+    (FigureWidgets), ``status``.
+    """
+
+    slow = True
+    n_figures = 2
+
+    def __init__(self, models: Sequence[str], images: torch.Tensor, initial: tuple[str, str] | None = None,
+                 batch_size: int = 250, source: str = "CIFAR-10 test set", labels: torch.Tensor | None = None):
+        a, b = initial if initial is not None else (models[0], models[-1])
+        super().__init__(models, a, description="model A")
+        self.data, self.batch_size, self.source, self.labels = images, min(batch_size, len(images)), source, labels
+        self._cache: dict[tuple, tuple[torch.Tensor, list[str], list[str]]] = {}
+        self.model_a, self.model_b = self.model, model_dropdown(models, b, "model B")
+        self.representation = W.ToggleButtons(options=["full", "pooled"], description="layer output", style=STYLE)
+        self.cross, self.self_similarity = self.plots
+        self._build([[self.model_a, self.model_b, self.representation], side_by_side(self.plots)],
+                    [self.model_b, self.representation])
+
+    def compute(self) -> list[tuple[str, str, tuple]]:
+        a, b, rep = self.model_a.value, self.model_b.value, self.representation.value
+        pairs = [(a, b), (a, a)]
+        keys = [(model_key(x), model_key(y), rep) for x, y in pairs]
+        todo = {k: p for k, p in zip(keys, pairs) if k not in self._cache}  # A x A once when B is A
+        for i, (key, (x, y)) in enumerate(todo.items()):
+            self.step(f"CKA of {x} x {y} over {self.describe(None)} ({i + 1} of {len(todo)})", i, len(todo))
+            self._cache[key] = cka_matrix(cached_model(x), cached_model(y), self.data, self.batch_size, rep)
+        return [(x, y, self._cache[k]) for (x, y), k in zip(pairs, keys)]
+
+    def describe(self, _result: Any) -> str:
+        used = len(self.data) // self.batch_size * self.batch_size  # cka_matrix drops a remainder
+        labels = self.labels[:used] if self.labels is not None else None
+        return data.describe_images(used, self.source, labels)
+
+    def figures(self, result: list[tuple[str, str, tuple]]) -> list[go.Figure]:
+        return [plots.cka_figure(c, ny, nx, x, y, title=f"CKA: {x} x {y}") for x, y, (c, ny, nx) in result]
+
+    def notes(self) -> list[str]:
+        return [load_note(self.model_a.value), load_note(self.model_b.value)]

@@ -1,0 +1,188 @@
+"""One mapping between a config dataclass, argparse flags and a command line.
+
+Every field of a frozen config dataclass (:class:`vitlab.train.TrainConfig`,
+:class:`vitlab.sweep.SweepConfig`) becomes one flag, typed from its annotation:
+
+* ``bool``: ``--flip`` / ``--no-flip``;
+* ``tuple[int, ...]``: ``--sizes 1000 5000`` (``nargs='+'``);
+* ``int | None``: ``--subset-size 500``, or ``--subset-size none`` for None;
+* ``Literal["adamw", "sgd"]``: argparse ``choices``, checked for any config by
+  :func:`check_choices`.
+
+:func:`command_line` writes a config back as the command that rebuilds it, so a recorded
+command always parses to an equal config. Help texts come from the class docstring's
+``Attributes:`` section. This module imports no other vitlab module.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work, found before any work starts."""
+
+
+def _field_type(hint: Any) -> tuple[Any, bool]:
+    """``(type without None, whether None is allowed)`` of a field annotation."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return hint, False
+
+
+def _choices(hint: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal`` annotation (optionally ``| None``), else None."""
+    kind, _ = _field_type(hint)
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
+
+
+def _parse(kind: type, optional: bool) -> Callable[[str], Any]:
+    """An argparse ``type`` that reads ``kind``, and ``none`` as None for optional fields."""
+    def convert(text: str) -> Any:
+        if optional and text.lower() == "none":
+            return None
+        return kind(text)
+
+    convert.__name__ = kind.__name__  # argparse names the type in its error messages
+    return convert
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Field descriptions from the ``Attributes:`` section of ``cls``'s docstring."""
+    lines = (cls.__doc__ or "").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "Attributes:"), None)
+    if start is None:
+        return {}
+    helps: dict[str, str] = {}
+    name, indent = None, None
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        depth = len(line) - len(line.lstrip())
+        indent = depth if indent is None else indent
+        head, sep, text = line.strip().partition(": ")
+        if depth == indent and sep:
+            name = head
+            helps[name] = text
+        elif depth > indent and name:
+            helps[name] += " " + line.strip()
+    return {k: v.replace("``", "") for k, v in helps.items()}
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, exclude: Iterable[str] = ()) -> None:
+    """Add one flag per field of the dataclass ``cls`` to ``parser`` (see the module docstring)."""
+    hints = typing.get_type_hints(cls)
+    helps = field_help(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in exclude:
+            continue
+        kind, optional = _field_type(hints[field.name])
+        default = _default(field)
+        text = f"{helps.get(field.name, '').rstrip('.')} (default: {default})".lstrip()
+        flag = _flag(field.name)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
+            parser.add_argument(flag, type=_parse(item, False), nargs="+", default=default, help=text)
+        elif (choices := _choices(kind)) is not None:
+            parser.add_argument(flag, type=_parse(type(choices[0]), optional), choices=choices, default=default,
+                                help=text)
+        else:
+            parser.add_argument(flag, type=_parse(kind if kind in (int, float) else str, optional),
+                                default=default, help=text)
+
+
+def from_args(cls: type, values: argparse.Namespace | Mapping[str, Any]) -> Any:
+    """Build ``cls`` from parsed flags or a mapping; keys that are not fields are ignored.
+
+    Lists become tuples for tuple fields (argparse and JSON give lists), and the result
+    is checked with :func:`check_choices`.
+    """
+    values = vars(values) if isinstance(values, argparse.Namespace) else dict(values)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name in values:
+            value = values[field.name]
+            if typing.get_origin(_field_type(hints[field.name])[0]) is tuple and isinstance(value, list):
+                value = tuple(value)
+            kwargs[field.name] = value
+    config = cls(**kwargs)
+    check_choices(config)
+    return config
+
+
+def check_choices(config: Any) -> None:
+    """Raise :class:`ConfigError` naming the field, value and choices of any ``Literal`` field out of range."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        choices = _choices(hints[field.name])
+        value = getattr(config, field.name)
+        optional = _field_type(hints[field.name])[1]
+        if choices is not None and value not in choices and not (optional and value is None):
+            raise ConfigError(f"{field.name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def command_line(prog: str, config: Any) -> str:
+    """The command, starting with ``prog``, whose flags rebuild ``config`` exactly.
+
+    Every field is spelled out, defaults too, so the command stays exact if a default
+    changes later; None and empty tuples are left out where they are the default.
+    """
+    parts = [prog]
+    for field in dataclasses.fields(config):
+        value, default, flag = getattr(config, field.name), _default(field), _flag(field.name)
+        if value is None or value == ():
+            if value == default:
+                continue
+            if value == ():
+                raise ValueError(f"{field.name}=() cannot be written as a flag (nargs='+')")
+            parts.append(f"{flag} none")
+        elif isinstance(value, bool):
+            parts.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, tuple):
+            parts.append(" ".join([flag, *(shlex.quote(str(v)) for v in value)]))
+        else:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
+def read_file(path: str | Path, cls: type, extra: Iterable[str] = ()) -> dict[str, Any]:
+    """The settings in a JSON or TOML file (``.toml`` by its suffix), keyed by field name.
+
+    Raises:
+        ConfigError: a key is neither a field of ``cls`` nor in ``extra`` (one line,
+            listing the known keys), or the file cannot be read or parsed.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read settings from {path}: {err}") from None
+    known = {f.name for f in dataclasses.fields(cls)} | set(extra)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+    return values

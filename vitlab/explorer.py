@@ -1,0 +1,272 @@
+"""The explorer pattern under every view of :mod:`vitlab.widgets`.
+
+An :class:`Explorer` owns a model dropdown (zoo architectures without a checkpoint read
+"(untrained)"), a status line for what a figure was computed on, progress and errors, and
+one redraw path (:meth:`Explorer.refresh`); a view declares its controls, ``compute()``
+and ``figures()``. Models are cached per weights file and reloaded when the file changes.
+"""
+from __future__ import annotations
+
+import contextlib
+import html
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as W
+import plotly.graph_objects as go
+from torch import nn
+
+from . import models, zoo
+
+# --- models, cached until their weights file changes ---------------------------------------
+
+_CACHE_SIZE = 8
+_MODELS: OrderedDict[tuple, nn.Module] = OrderedDict()
+_NOTES: dict[tuple, str] = {}
+
+
+def weights_file(spec: str) -> Path | None:
+    """The local file ``load_model(spec)`` reads weights from (a path, or a zoo checkpoint), if any."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    checkpoint = models.zoo_weights(spec)
+    return checkpoint if checkpoint.is_file() else None
+
+
+def model_key(spec: str) -> tuple:
+    """What the weights of ``spec`` are now: the spec and its weights file's path, mtime, size and inode."""
+    path = weights_file(spec)
+    if path is None:
+        return (spec,)
+    stat = path.stat()
+    return (spec, str(path.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def cached_model(spec: str) -> nn.Module:
+    """``load_model(spec)`` on the CPU, kept for the views and loaded again once its weights file changes.
+
+    Warnings from loading (e.g. random weights for an untrained zoo architecture) are kept
+    for the view's status line (:func:`load_note`) instead of going to stderr.
+    """
+    key = model_key(spec)
+    if key not in _MODELS:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            model = models.load_model(spec, device="cpu")
+        for stale in [k for k in _MODELS if k[0] == spec]:  # older weights of the same spec
+            del _MODELS[stale]
+            _NOTES.pop(stale, None)
+        _MODELS[key] = model
+        _NOTES[key] = " ".join(str(w.message) for w in caught)
+        while len(_MODELS) > _CACHE_SIZE:
+            _MODELS.popitem(last=False)
+    _MODELS.move_to_end(key)
+    return _MODELS[key]
+
+
+def load_note(spec: str) -> str:
+    """What loading ``spec`` warned about (empty when nothing, or when it was not loaded yet)."""
+    return _NOTES.get(model_key(spec), "")
+
+
+# --- small widget helpers ----------------------------------------------------------------
+
+#: Descriptions as wide as their text (ipywidgets cuts them at 90 px otherwise).
+STYLE = {"description_width": "initial"}
+
+
+def fit_width(labels: Sequence[str], description: str = "") -> W.Layout:
+    """A layout wide enough for the longest of ``labels`` after ``description``."""
+    chars = max(map(len, labels), default=10) + len(description) + 8
+    return W.Layout(width=f"{min(max(chars, 24), 80)}ch")
+
+
+def side_by_side(children: Sequence[W.Widget]) -> W.Box:
+    """Widgets side by side that wrap onto the next line when the output area is too narrow."""
+    return W.Box(list(children), layout=W.Layout(display="flex", flex_flow="row wrap", align_items="center",
+                                                 width="100%"))
+
+
+def model_dropdown(specs: Sequence[str], initial: str | None = None, description: str = "model") -> W.Dropdown:
+    """A dropdown of model specs labelled by :func:`vitlab.zoo.label`, in the order given.
+
+    ``vitlab.available()`` lists untrained zoo architectures last; they read "(untrained)".
+    ``initial`` (default the first spec) is added in front when it is not among ``specs``.
+    """
+    specs = list(dict.fromkeys(specs))
+    if initial is not None and initial not in specs:
+        specs.insert(0, initial)
+    if not specs:
+        raise ValueError("give at least one model spec (a zoo name, timm name or path)")
+    options = [(zoo.label(s), s) for s in specs]
+    return W.Dropdown(options=options, value=initial if initial is not None else specs[0], description=description,
+                      style=STYLE, layout=fit_width([label for label, _ in options], description))
+
+
+def error_html(err: Exception) -> str:
+    """An exception as one red line for a status label."""
+    return f"<span style='color:#b00'>{html.escape(type(err).__name__)}: {html.escape(str(err))}</span>"
+
+
+def _note_html(text: str) -> str:
+    return f"<span style='color:#a60'>{html.escape(text)}</span>"
+
+
+def show_figure(widget: go.FigureWidget, fresh: go.Figure) -> None:
+    """Put ``fresh``'s traces and layout into ``widget`` in one update.
+
+    Traces are updated in place when their types match (so click handlers stay on them),
+    else replaced. Shapes and annotations that ``fresh`` lacks are cleared.
+    """
+    layout = fresh.layout.to_plotly_json()
+    layout.pop("template", None)  # the widget has it already
+    for key in ("shapes", "annotations"):
+        layout.setdefault(key, [])
+    with widget.batch_update():
+        if [t.type for t in widget.data] == [t.type for t in fresh.data]:
+            for old, new in zip(widget.data, fresh.data):
+                old.update(new.to_plotly_json(), overwrite=True)
+        else:
+            widget.data = []
+            widget.add_traces(list(fresh.data))
+        widget.layout.update(layout, overwrite=True)
+
+
+def _display_now(widget: W.Widget):
+    """Display ``widget`` in the running cell's output now (in a kernel); returns the handle or None."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return None
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return None
+    return display(widget, display_id=True)
+
+
+# --- the explorer pattern ----------------------------------------------------------------
+
+
+class Explorer(W.VBox):
+    """Base of every view: a model dropdown, controls, a status line and figures, one redraw path.
+
+    A subclass makes its controls, then calls :meth:`_build` with its rows of widgets. It
+    defines :meth:`compute` (the tensor work for the current settings; cached where slow)
+    and :meth:`figures` (one plotly figure per entry of ``plots``, from what ``compute``
+    returned). A control change runs :meth:`refresh`; with ``live = False`` it only says
+    that the settings changed until ``run`` (Compute) is pressed. Errors and load warnings
+    go to the status line; on an error the figures stay as they were.
+
+    Attributes: ``model`` (dropdown, or None), ``status``, ``bar`` (progress while
+    computing), ``output`` (progress bars of the computation), ``plots`` (FigureWidgets),
+    ``run`` (Compute button when not live), ``result`` (what ``compute`` last returned).
+    """
+
+    live = True  # redraw on every control change
+    slow = False  # the first computation takes seconds: show progress in the cell meanwhile
+    n_figures = 1
+
+    def __init__(self, models: Sequence[str] | None = None, initial: str | None = None, description: str = "model"):
+        super().__init__()
+        self.model = model_dropdown(models, initial, description) if models is not None else None
+        self.status = W.HTML()
+        self.bar = W.IntProgress(layout=W.Layout(display="none", width="240px"))
+        self.output = W.Output()
+        self.run = None if self.live else W.Button(description="Compute", button_style="primary")
+        self.plots = [go.FigureWidget() for _ in range(self.n_figures)]
+        self.result: Any = None
+        self._clicks: list[tuple[int, int, Callable]] = []
+        self._held = 0
+
+    def compute(self) -> Any:
+        """The tensor work for the current settings."""
+        raise NotImplementedError
+
+    def figures(self, result: Any) -> list[go.Figure]:
+        """One figure per FigureWidget in ``plots``, from ``result``."""
+        raise NotImplementedError
+
+    def describe(self, result: Any) -> str:
+        """The status line after a successful refresh (e.g. what the figures were computed on)."""
+        return ""
+
+    def notes(self) -> list[str]:
+        """Warnings about the models shown (e.g. random weights), for the status line."""
+        return [load_note(self.model.value)] if self.model is not None else []
+
+    def _build(self, rows: Sequence[Sequence[W.Widget] | W.Widget], controls: Sequence[W.ValueWidget] = ()) -> None:
+        """Lay out ``rows`` (a list of widgets becomes a wrapping row), the status under the first, and draw."""
+        boxes = [side_by_side(r) if isinstance(r, (list, tuple)) else r for r in rows]
+        self.children = [boxes[0], side_by_side([self.status, self.bar]), self.output, *boxes[1:]]
+        for control in [*([self.model] if self.model is not None else []), *controls]:
+            control.observe(self._changed, names="value")
+        if self.run is not None:
+            self.run.on_click(lambda _: self.refresh())
+        busy = W.VBox([side_by_side([self.status, self.bar]), self.output])  # shown while the first compute runs
+        handle = _display_now(busy) if self.slow else None
+        try:
+            self.refresh()
+        finally:
+            if handle is not None:
+                from IPython.display import HTML
+
+                handle.update(HTML(""))
+
+    def click(self, plot: int, trace: int, handler: Callable[[Any, Any, Any], None]) -> None:
+        """Call ``handler(trace, points, state)`` on clicks on trace ``trace`` of ``plots[plot]``, across redraws."""
+        self._clicks.append((plot, trace, handler))
+        self._attach_clicks()
+
+    def _attach_clicks(self) -> None:
+        for plot, trace, handler in self._clicks:
+            if self.plots[plot].data:
+                self.plots[plot].data[trace].on_click(handler)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Change controls inside without triggering a redraw."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+
+    def _changed(self, _change=None) -> None:
+        if self._held:
+            return
+        if self.live:
+            self.refresh()
+        else:
+            self.status.value = _note_html("settings changed: press Compute to redraw")
+
+    def step(self, text: str, done: int, total: int) -> None:
+        """Say what is being computed, with a progress bar at ``done`` of ``total``."""
+        self.status.value = html.escape(text)
+        self.bar.max, self.bar.value, self.bar.layout.display = max(total, 1), done, ""
+
+    def refresh(self, _change=None) -> None:
+        """Compute for the current settings and redraw every figure: the one redraw path."""
+        self.status.value = "computing..."
+        error = None
+        with self.output, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            try:  # inside the Output, an exception would be printed and swallowed
+                result = self.compute()
+                fresh = self.figures(result)
+            except Exception as err:
+                error = err
+        self.bar.layout.display = "none"
+        if error is not None:
+            self.status.value = error_html(error)
+            return
+        self.result = result
+        for widget, fig in zip(self.plots, fresh):
+            show_figure(widget, fig)
+        self._attach_clicks()
+        notes = [n for n in [*self.notes(), *(str(w.message) for w in caught)] if n]
+        self.status.value = " ".join([html.escape(self.describe(result)), *map(_note_html, dict.fromkeys(notes))])

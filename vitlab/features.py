@@ -1,0 +1,151 @@
+"""Layer-wise representations of ViTs and CNNs alike, for probes and CKA.
+
+A model's layers are read from timm's ``feature_info`` (ViT blocks, ResNet stem and
+stages) and addressed by index into :func:`representation_layers`, negative indices
+counting from the last layer, as captured attention is (:mod:`vitlab.hooks`):
+``feats["cls", -1]`` is the class token after the last block. :func:`pre_logits` gives
+what the classifier head reads, through the model's own ``forward_head``.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .hooks import LayerMap, resolve_layers, restoring
+from .models import preprocess
+
+
+def representation_layers(model: nn.Module) -> list[str]:
+    """Names of the modules whose outputs are ``model``'s layer-wise representations.
+
+    Read from timm's ``feature_info`` (``blocks.0``, ``blocks.1``, ... for a ViT;
+    ``act1`` (the stem), ``layer1`` ... ``layer4`` for a ResNet), not guessed from names.
+    """
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ValueError(f"{type(model).__name__} has no feature_info listing its layers; vitlab reads "
+                         "representations from timm models (zoo models, timm ViTs and ResNets)")
+    return [f["module"] for f in info]
+
+
+def pool(output: torch.Tensor, num_prefix_tokens: int) -> dict[str, torch.Tensor]:
+    """One layer's output reduced to vectors per image, as in the paper's linear probes.
+
+    Token outputs (B, N, D) give ``"cls"`` (the first prefix token, if any) and ``"mean"``
+    (mean of the patch tokens); feature maps (B, C, H, W) give ``"gap"`` (global average).
+    """
+    if output.ndim == 3:
+        pooled = {"mean": output[:, num_prefix_tokens:].mean(1)}  # (B, D)
+        if num_prefix_tokens:
+            pooled = {"cls": output[:, 0], **pooled}  # (B, D)
+        return pooled
+    if output.ndim == 4:
+        return {"gap": output.mean((2, 3))}  # (B, C)
+    raise ValueError(f"cannot pool a layer output of shape {tuple(output.shape)}: expected (B, N, D) or (B, C, H, W)")
+
+
+@contextlib.contextmanager
+def layer_hooks(model: nn.Module, layers: Sequence[int] | None = None) -> Iterator[LayerMap]:
+    """Record the outputs of ``layers`` (indices into :func:`representation_layers`, default all).
+
+    Each forward inside the ``with`` block overwrites the returned map (layer index ->
+    output tensor, negative indices from the last layer). The model runs in eval mode
+    inside; hooks and train/eval modes are restored on exit.
+    """
+    names = representation_layers(model)
+    chosen = resolve_layers(len(names), layers, what="layers")
+    modules = dict(model.named_modules())
+    missing = [names[i] for i in chosen if names[i] not in modules]
+    if missing:
+        raise ValueError(f"{type(model).__name__} has no modules {missing}, though its feature_info lists them")
+    outputs = LayerMap(len(names))
+    with restoring(model):
+        model.eval()
+        for i in chosen:
+            modules[names[i]].register_forward_hook(lambda _m, _a, out, i=i: outputs.record(i, out.detach()))
+        yield outputs
+
+
+class Features(Mapping):
+    """Pooled layer representations keyed ``(pooling, layer)``, each (N, features) fp32 on the CPU.
+
+    ``layer`` indexes :attr:`names` (negative from the last layer): ``feats["cls", -1]``,
+    ``feats["gap", 4]``. Iterating yields the keys in layer order with non-negative indices.
+
+    Attributes:
+        names: module names of all the model's representation layers.
+        layers: indices of the layers held here, ascending.
+    """
+
+    def __init__(self, names: Sequence[str], vectors: Mapping[tuple[str, int], torch.Tensor]):
+        self.names = list(names)
+        self._vectors = dict(sorted(vectors.items(), key=lambda kv: kv[0][1]))  # stable: poolings keep their order
+        self.layers = sorted({layer for _, layer in self._vectors})
+
+    def __getitem__(self, key: tuple[str, int]) -> torch.Tensor:
+        pooling, layer = key
+        count = len(self.names)
+        if not isinstance(layer, int) or not -count <= layer < count:
+            raise KeyError(f"layer {layer!r} is outside the model's {count} layers {self.names}")
+        if (pooling, layer % count) not in self._vectors:
+            raise KeyError(f"no {pooling!r} features of layer {layer}; have {list(self._vectors)}")
+        return self._vectors[pooling, layer % count]
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        return iter(self._vectors)
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+
+def _batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    return (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+
+
+@torch.no_grad()
+def layer_features(model: nn.Module, images: torch.Tensor, batch_size: int = 250,
+                   layers: Sequence[int] | None = None) -> Features:
+    """Pooled representations of ``layers`` (default all) for uint8 ``images`` (N, 3, H, W).
+
+    Returns :class:`Features` with the poolings of :func:`pool` (``cls`` and ``mean`` for
+    ViT blocks, ``gap`` for ResNet stages), one forward per batch of ``batch_size``.
+    """
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    parts: dict[tuple[str, int], list[torch.Tensor]] = {}
+    with layer_hooks(model, layers) as outputs:
+        for batch in _batches(images, batch_size):
+            model(preprocess(model, batch))
+            for layer, out in outputs.items():
+                for how, vec in pool(out, prefix).items():
+                    parts.setdefault((how, layer), []).append(vec.float().cpu())  # (B, features)
+    return Features(representation_layers(model), {key: torch.cat(chunks) for key, chunks in parts.items()})
+
+
+@torch.no_grad()
+def pre_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """What the classifier head reads, for uint8 ``images`` (N, 3, H, W): (N, features) fp32 on the CPU.
+
+    Computed by the model itself, ``model.forward_head(model.forward_features(x),
+    pre_logits=True)``: for a token-pooled ViT the class token after the final norm, for a
+    mean-pooled one the mean patch token, for a ResNet the globally pooled last stage.
+    """
+    if not hasattr(model, "forward_head") or not hasattr(model, "forward_features"):
+        raise ValueError(f"{type(model).__name__} has no forward_features/forward_head: vitlab reads the "
+                         "pre-logits representation from timm models")
+    parts = []
+    with restoring(model):
+        model.eval()
+        for batch in _batches(images, batch_size):
+            x = preprocess(model, batch)
+            parts.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())  # (B, D)
+    return torch.cat(parts)

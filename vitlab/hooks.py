@@ -1,0 +1,325 @@
+"""Capture a ViT's attention maps and hidden tokens in one forward pass.
+
+timm computes attention with fused ``scaled_dot_product_attention`` by default, which
+never materialises the attention probabilities, so plain hooks on the softmax see
+nothing. vitlab reads them in one of two ways, per block:
+
+* timm's standard ``Attention`` (ViT, DeiT, registers): hooks record the queries and
+  keys (after ``q_norm``/``k_norm``) while the forward stays fused and untouched, and
+  ``softmax(q k^T * scale)`` is computed when a map is first read. The forward costs
+  what a plain one does, and maps nobody reads cost nothing.
+* any other attention module with timm's ``fused_attn`` switch and an ``attn_drop``
+  module: that module alone runs its explicit path and a hook on ``attn_drop`` records
+  the probabilities (never timm's global switch).
+
+Everything captured is keyed by block index, negative indices counting from the model's
+last block, as in TransformerLens: ``cap.attn[-1]``, ``cap["tokens", 2]``. On exit every
+flag, hook and train/eval mode is put back as it was (:func:`restoring`).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import torch
+from timm.layers import Attention
+from torch import nn
+
+from . import metrics
+from .models import preprocess
+
+_MISSING = object()
+
+# Every per-module hook table of nn.Module that a forward or backward pass consults.
+_HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+@contextlib.contextmanager
+def restoring(model: nn.Module, flags: Sequence[str] = ("fused_attn",)) -> Iterator[nn.Module]:
+    """Put ``model`` back as it was on exit, also when the body raises.
+
+    Restores every submodule's train/eval mode, its forward and backward hooks (hooks
+    added inside are dropped, hooks removed inside come back) and the instance
+    attributes named in ``flags`` (an attribute set inside that the module did not have
+    is deleted again, so a class-level default shows through).
+    """
+    saved = [_snapshot(m, flags) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for module, mode, tables, values in saved:
+            module.training = mode
+            _restore(module, tables, values)
+
+
+def _snapshot(module: nn.Module, flags: Sequence[str]) -> tuple[nn.Module, bool, dict, dict]:
+    # Only non-empty hook tables are copied: capture runs per batch, and most tables are empty.
+    d = module.__dict__
+    return (module, module.training, {name: dict(t) for name in _HOOK_TABLES if (t := d.get(name))},
+            {f: d.get(f, _MISSING) for f in flags})
+
+
+def _restore(module: nn.Module, tables: dict[str, dict], values: dict[str, object]) -> None:
+    d = module.__dict__
+    for name in _HOOK_TABLES:
+        table = d.get(name)
+        if table or name in tables:  # refill the same dict object: live handles point at it
+            table.clear()
+            table.update(tables.get(name, {}))
+    for flag, value in values.items():
+        if value is _MISSING:
+            d.pop(flag, None)
+        else:
+            setattr(module, flag, value)
+
+
+def resolve_layers(count: int, layers: Iterable[int] | None, what: str = "blocks") -> list[int]:
+    """Sorted, non-negative indices of ``layers`` among ``count`` (default all of them).
+
+    Negative indices count from the end; anything outside ``-count..count-1`` raises ValueError.
+    """
+    if layers is None:
+        return list(range(count))
+    layers = list(layers)
+    bad = [i for i in layers if not isinstance(i, int) or not -count <= i < count]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the model has {count} {what} (0..{count - 1}, or negative)")
+    return sorted({i % count for i in layers})
+
+
+class LayerMap(Mapping):
+    """Layer (block) index -> tensor, for the layers captured; negative indices count from the model's end.
+
+    ``depth`` is the model's number of layers. Iterating yields the captured indices in
+    order (non-negative), ``values()`` the tensors.
+    """
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        self._store: dict[int, torch.Tensor] = {}
+
+    def index(self, layer: int) -> int:
+        """``layer`` as a non-negative index (KeyError when outside the model)."""
+        if not isinstance(layer, int) or not -self.depth <= layer < self.depth:
+            raise KeyError(f"layer {layer!r} is outside the model's {self.depth} layers (0..{self.depth - 1}, "
+                           "or negative)")
+        return layer % self.depth
+
+    def record(self, layer: int, value: torch.Tensor) -> None:
+        """Store ``value`` for layer ``layer``, replacing what an earlier forward left."""
+        self._store[self.index(layer)] = value
+
+    def _keys(self) -> set[int]:
+        return set(self._store)
+
+    def __contains__(self, layer: object) -> bool:
+        return isinstance(layer, int) and -self.depth <= layer < self.depth and layer % self.depth in self._keys()
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        i = self.index(layer)
+        if i not in self._keys():
+            raise KeyError(f"layer {layer} was not captured; captured: {sorted(self._keys())}")
+        return self._store[i]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self._keys()))
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+
+class AttentionMaps(LayerMap):
+    """Block index -> post-softmax attention (B, heads, N, N), computed on first access."""
+
+    def __init__(self, depth: int):
+        super().__init__(depth)
+        self._qk: dict[int, dict[str, torch.Tensor | float]] = {}
+
+    def record_qk(self, layer: int, *, q: torch.Tensor | None = None, k: torch.Tensor | None = None,
+                  scale: float | None = None) -> None:
+        """Store block ``layer``'s queries and/or keys (B, heads, N, head_dim); the map follows on read."""
+        i = self.index(layer)
+        entry = self._qk.setdefault(i, {})
+        entry.update({name: v for name, v in (("q", q), ("k", k), ("scale", scale)) if v is not None})
+        self._store.pop(i, None)  # a new forward: the map of the last one is stale
+
+    def _keys(self) -> set[int]:
+        return set(self._store) | set(self._qk)
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        i = self.index(layer)
+        if i not in self._store and i in self._qk:
+            qk = self._qk.pop(i)
+            q, k = qk["q"] * qk["scale"], qk["k"]  # (B, heads, N, head_dim) each
+            self._store[i] = torch.softmax(q @ k.transpose(-2, -1), dim=-1)  # (B, heads, N, N)
+        return super().__getitem__(layer)
+
+
+class Capture:
+    """What one forward pass recorded, keyed by block index (negative from the model's end).
+
+    Attributes:
+        attn: block -> post-softmax attention (B, heads, N, N), N = prefix + patches.
+        tokens: block -> the block's output tokens (B, N, D).
+        layers: the captured block indices, ascending.
+        logits: the model's output (B, classes).
+        grid: (rows, cols) of patches for this input size.
+        patch_size: (height, width) of a patch in pixels.
+        num_prefix_tokens: class, register and distillation tokens before the patches.
+
+    ``cap["attn", -1]`` is ``cap.attn[-1]``; ``cap["tokens", 0]`` is ``cap.tokens[0]``.
+    """
+
+    KINDS = ("attn", "tokens")
+
+    def __init__(self, depth: int, layers: Sequence[int], patch_size: tuple[int, int] = (0, 0),
+                 num_prefix_tokens: int = 0):
+        self.attn = AttentionMaps(depth)
+        self.tokens = LayerMap(depth)
+        self.layers = list(layers)
+        self.patch_size = patch_size
+        self.num_prefix_tokens = num_prefix_tokens
+        self.logits: torch.Tensor | None = None
+        self.grid: tuple[int, int] = (0, 0)
+
+    def __getitem__(self, key: tuple[str, int]) -> torch.Tensor:
+        kind, layer = key
+        if kind not in self.KINDS:
+            raise KeyError(f"unknown kind {kind!r}; a Capture holds {self.KINDS}")
+        return getattr(self, kind)[layer]
+
+    def record_qk(self, layer: int, *, q: torch.Tensor | None = None, k: torch.Tensor | None = None,
+                  scale: float | None = None) -> None:
+        """Block ``layer``'s queries and/or keys (B, heads, N, head_dim) and the attention scale."""
+        self.attn.record_qk(layer, q=q, k=k, scale=scale)
+
+    def record_attn(self, layer: int, attn: torch.Tensor) -> None:
+        """Block ``layer``'s attention probabilities (B, heads, N, N)."""
+        self.attn.record(layer, attn)
+
+    def record_tokens(self, layer: int, tokens: torch.Tensor) -> None:
+        """Block ``layer``'s output tokens (B, N, D)."""
+        self.tokens.record(layer, tokens)
+
+    def record_output(self, logits: torch.Tensor, input_size: tuple[int, int]) -> None:
+        """The model's output for an input of ``input_size`` (H, W) pixels; sets ``grid``."""
+        self.logits = logits
+        self.grid = (input_size[0] // self.patch_size[0], input_size[1] // self.patch_size[1])
+        if self.tokens:
+            n = next(iter(self.tokens.values())).shape[1] - self.num_prefix_tokens
+            if n != self.grid[0] * self.grid[1]:
+                raise ValueError(f"attention covers {n} patches, but a {tuple(input_size)} input gives a "
+                                 f"{self.grid} grid of {self.patch_size} patches")
+
+
+def _standard(attn: nn.Module) -> bool:
+    # Only timm's own forward is known to apply nothing (e.g. rotary embeddings) between
+    # q_norm/k_norm and the attention product.
+    return getattr(type(attn), "forward", None) is Attention.forward
+
+
+def _readable(attn: nn.Module | None) -> bool:
+    return _standard(attn) or (hasattr(attn, "fused_attn") and isinstance(getattr(attn, "attn_drop", None), nn.Module))
+
+
+def _blocks(model: nn.Module) -> Sequence[nn.Module]:
+    blocks = getattr(model, "blocks", None)
+    ok = blocks is not None and all(_readable(getattr(b, "attn", None)) for b in blocks)
+    if not ok or getattr(model, "patch_embed", None) is None:
+        raise ValueError(
+            f"cannot read attention from {type(model).__name__}: vitlab.capture needs a timm "
+            "VisionTransformer-style model (model.blocks[i].attn with fused_attn and attn_drop, and "
+            "model.patch_embed), e.g. a zoo ViT or vit_small_patch16_224"
+        )
+    return blocks
+
+
+def _no_mask(module, args, kwargs) -> None:
+    mask = kwargs.get("attn_mask", args[1] if len(args) > 1 else None)
+    if mask is not None or kwargs.get("is_causal", False):
+        raise ValueError("vitlab.capture does not support attention masks")
+
+
+def _hook_block(cache: Capture, i: int, block: nn.Module) -> None:
+    """Register the hooks that record block ``i`` into ``cache`` (removed by :func:`restoring`)."""
+    attn = block.attn
+    if _standard(attn):
+        attn.register_forward_pre_hook(_no_mask, with_kwargs=True)
+        attn.q_norm.register_forward_hook(lambda _m, _a, out: cache.record_qk(i, q=out.detach(), scale=attn.scale))
+        attn.k_norm.register_forward_hook(lambda _m, _a, out: cache.record_qk(i, k=out.detach()))
+    else:
+        attn.fused_attn = False  # this module only; restored on exit
+        attn.attn_drop.register_forward_hook(lambda _m, _a, out: cache.record_attn(i, out.detach()))
+    block.register_forward_hook(lambda _m, _a, out: cache.record_tokens(i, out.detach()))
+
+
+@contextlib.contextmanager
+def hooks(model: nn.Module, layers: Sequence[int] | None = None) -> Iterator[Capture]:
+    """Record attention and tokens of ``layers`` (block indices, default all) while open.
+
+    Every forward inside the ``with`` block overwrites the returned :class:`Capture`.
+    The model runs in eval mode inside; flags, hooks and modes are restored on exit.
+    """
+    blocks = _blocks(model)
+    chosen = resolve_layers(len(blocks), layers)
+    cache = Capture(len(blocks), chosen, patch_size=tuple(int(p) for p in model.patch_embed.patch_size),
+                    num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)))
+    with restoring(model):
+        model.eval()
+        for i in chosen:
+            _hook_block(cache, i, blocks[i])
+        yield cache
+
+
+@torch.no_grad()
+def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None = None) -> Capture:
+    """One forward pass recording attention maps and tokens of ``layers`` (default all).
+
+    Args:
+        model: a timm VisionTransformer-style model (zoo ViTs, timm ViTs, DeiT, registers).
+        images: uint8 images (B, 3, H, W), preprocessed with :func:`vitlab.preprocess`, or
+            an already normalised float batch. Sizes other than the model's work for models
+            built with ``dynamic_img_size=True`` (zoo ViTs are).
+        layers: block indices; negative indices count from the end.
+
+    Returns:
+        A :class:`Capture`; ``logits`` equal a plain forward's.
+    """
+    dynamic = bool(getattr(model, "dynamic_img_size", False))  # such models take any size as is
+    x = preprocess(model, images, resize=not dynamic) if images.dtype == torch.uint8 else images
+    with hooks(model, layers) as cache:
+        logits = model(x)
+    cache.record_output(logits, tuple(x.shape[-2:]))
+    return cache
+
+
+def head_statistics(model: nn.Module, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 64,
+                    layers: Sequence[int] | None = None, renormalize: bool = True,
+                    progress: bool = False) -> dict[str, torch.Tensor]:
+    """Per-layer, per-head mean attention distance and entropy, streamed over ``images``.
+
+    Args:
+        images: uint8 images (N, 3, H, W), cut into batches of ``batch_size``, or any
+            iterable of uint8 batches (e.g. read from disk), so N can be the whole test set.
+        layers: block indices (negative from the end; default all).
+        renormalize: rescale each query's attention over patch keys to sum to 1.
+        progress: show a progress bar over batches.
+
+    Returns:
+        ``{"distance": (layers, heads) pixels, "entropy": (layers, heads) nats,
+        "layers": (layers,) block indices}``; memory does not grow with N.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(images, torch.Tensor):
+        batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+        total = -(-len(images) // batch_size)
+    else:
+        batches, total = iter(images), None
+    stats = metrics.HeadStats(renormalize=renormalize)
+    for batch in tqdm(batches, total=total, desc="attention statistics", disable=not progress, leave=False):
+        cap = capture(model, batch, layers)
+        stats.update(cap.attn, cap.grid, cap.patch_size, cap.num_prefix_tokens)
+        del cap  # drop this batch's maps before the next forward
+    return dict(stats.result(), layers=torch.tensor(sorted(stats.distance)))

@@ -1,0 +1,122 @@
+"""Plotly helpers under :mod:`vitlab.plots`: the one layout, the one tiling, tables, family colours.
+
+Every figure goes through :func:`layout` (size, margins, a left-aligned title that the mode
+bar at the top right cannot cover) and every tiled image through :func:`tile`. Values a
+figure leaves empty (gaps between tiles) are ``None``, not NaN (:func:`json_safe`), so
+figures serialise as strict JSON inside a ``FigureWidget``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+#: Mode-bar buttons a reader of these figures never needs (the rest: save, zoom, pan, reset).
+MODEBAR_REMOVE = ["lasso2d", "select2d", "autoScale2d", "zoomIn2d", "zoomOut2d"]
+
+
+def layout(fig: go.Figure, title: str, width: int, height: int, margin: tuple[int, int, int, int] = (70, 20, 50, 60),
+           **extra) -> go.Figure:
+    """Size (pixels), margins (left, right, top, bottom) and a left-aligned title; ``extra`` goes on as is.
+
+    A title too long to end before the mode bar (top right) breaks onto a second line,
+    after a comma or colon if it can, and the top margin grows by a line.
+    """
+    left, right, top, bottom = margin
+    limit = max(20, (width - 190) // 9)  # characters of a 17-pixel title left of the mode bar
+    if len(title) > limit and "<br>" not in title:
+        cut = max(title.rfind(", ", 0, limit + 1), title.rfind(": ", 0, limit + 1))
+        cut = cut + 1 if cut > 0 else title.rfind(" ", 0, limit + 1)
+        if cut > 0:
+            title, top = f"{title[:cut]}<br>{title[cut + 1:]}", top + 22
+    fig.update_layout(title=dict(text=title, x=0.01, xref="container", xanchor="left"), width=width, height=height,
+                      margin=dict(l=left, r=right, t=top, b=bottom), modebar=dict(remove=MODEBAR_REMOVE), **extra)
+    return fig
+
+
+def integer_ticks(count: int) -> dict:
+    """Axis ticks on whole numbers 1..count only (no half steps on small ranges)."""
+    return dict(tick0=1, dtick=max(1, math.ceil(count / 12)))
+
+
+def json_safe(values: np.ndarray) -> list:
+    """``values`` as nested lists with ``None`` for NaN: strict JSON, and plotly's gaps."""
+    return np.where(np.isnan(values), None, values.astype(object)).tolist()
+
+
+def tile(values: np.ndarray, fill: float) -> tuple[np.ndarray, np.ndarray]:
+    """Lay (A, B, r, c, ...) tiles out as one (A*(r+1) - 1, B*(c+1) - 1, ...) array with 1-pixel gaps.
+
+    Returns ``(mosaic, index)``: gaps hold ``fill``; ``index`` (height, width, 4) gives per
+    pixel the 0-based tile (a, b) and position (y, x) inside it, -1 in gaps.
+    """
+    a_n, b_n, rows, cols = values.shape[:4]
+
+    def lay(v: np.ndarray, gap: float) -> np.ndarray:
+        out = np.full((a_n, rows + 1, b_n, cols + 1, *v.shape[4:]), gap, dtype=v.dtype)
+        out[:, :rows, :, :cols] = v.swapaxes(1, 2)  # (A, r, B, c, ...)
+        return out.reshape(a_n * (rows + 1), b_n * (cols + 1), *v.shape[4:])[:-1, :-1]
+
+    index = np.moveaxis(np.indices((a_n, b_n, rows, cols)), 0, -1)  # (A, B, r, c, 4)
+    return lay(values, fill), lay(index, -1)
+
+
+def mosaic_axes(fig: go.Figure, tiles: tuple[int, int], size: tuple[int, int], titles: tuple[str, str],
+                labels: Sequence[str] | None = None) -> None:
+    """Square axes with a tick per tile of a :func:`tile` mosaic of ``tiles`` (A, B) tiles of ``size`` (r, c)."""
+    (a_n, b_n), (rows, cols) = tiles, size
+    fig.update_xaxes(title=titles[0], tickvals=[j * (cols + 1) + (cols - 1) / 2 for j in range(b_n)],
+                     ticktext=[str(j + 1) for j in range(b_n)])
+    fig.update_yaxes(title=titles[1], tickvals=[i * (rows + 1) + (rows - 1) / 2 for i in range(a_n)],
+                     ticktext=list(labels) if labels else [str(i + 1) for i in range(a_n)])
+    square_axes(fig)
+
+
+def square_axes(fig: go.Figure) -> None:
+    """Square pixels, the y axis running down as in an image, no grid."""
+    fig.update_xaxes(showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(showgrid=False, zeroline=False, autorange="reversed", scaleanchor="x", constrain="domain")
+
+
+def table(header: list[str], columns: list[list], widths: list[float], width: int) -> go.Figure:
+    """A plotly table of ``columns`` under ``header``, ``width`` pixels wide, split by relative ``widths``.
+
+    Texts never wrap (spaces become non-breaking): plotly wraps by measuring text in the
+    page, and a table drawn while off screen then shows empty cells (notebook 05 after Run All).
+    """
+    nowrap = lambda values: [str(v).replace(" ", "\u00a0") for v in values]  # noqa: E731
+    fig = go.Figure(go.Table(columnwidth=widths, header=dict(values=nowrap(header), align="left", height=30),
+                             cells=dict(values=[nowrap(c) for c in columns], align="left", height=28)))
+    fig.update_layout(width=width, height=84 + 28 * max(map(len, columns), default=0),  # the mode bar above the header
+                      margin=dict(l=10, r=10, t=34, b=10))
+    return fig
+
+
+#: Shades per model family: blues for ViTs, reds for ResNets.
+FAMILY_COLORS = {"vit": ("#1f77b4", "#6baed6", "#08519c"), "resnet": ("#d62728", "#fc9272", "#a50f15")}
+
+
+def family_color(family: str, k: int) -> str:
+    """The ``k``-th shade of a family's colour (grey for an unknown family)."""
+    shades = FAMILY_COLORS.get(family, ("#555555", "#999999", "#222222"))
+    return shades[k % len(shades)]
+
+
+def family_shades() -> Callable[[str], str]:
+    """A colour per curve from its records' family: the k-th curve of a family gets its k-th shade."""
+    seen: dict[str, int] = {}
+
+    def color(family: str) -> str:
+        seen[family] = seen.get(family, -1) + 1
+        return family_color(family, seen[family])
+
+    return color
+
+
+def duration(seconds: float) -> str:
+    """A run time for people: seconds under a minute ("0.4 s", "42 s"), else minutes ("3.2 min")."""
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
+    return f"{seconds:.0f} s" if seconds < 59.5 else f"{seconds / 60:.1f} min"

@@ -1,0 +1,273 @@
+"""Typed records of sweeps and probes, the result files they live in, and spread over seeds.
+
+A sweep keeps one :class:`RunRecord` per training run in ``<results>.json`` and
+``<results>.csv``; the few-shot probes of each run's final representation are kept apart,
+one :class:`RunProbe` per run in ``<results>-fewshot.json`` and ``.csv``. :func:`read_runs`
+merges the two, so ``run.fewshot[k]`` is the run's k-shot probe accuracy.
+
+The on-disk format is the one the committed sweep was written in (``fewshot_<k>`` fields,
+runs ordered by family, model, subset size, seed and epochs). Field names are read and
+written here, at the file boundary, and nowhere else: the rest of vitlab sees dataclasses.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
+
+from . import settings
+from .io import atomic_write
+
+#: The committed CPU sweep (``<RESULTS>.csv``, ``<RESULTS>.json`` and their ``-fewshot`` files).
+RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_vs_resnet"
+
+#: Columns of ``<results>.csv`` (and the ``fields`` list of ``<results>.json``), in order.
+RUN_FIELDS = ("model", "family", "subset_size", "seed", "epochs", "test_accuracy", "train_flops", "params",
+              "wall_seconds", "hardware", "images_seen", "flops_per_image", "optimizer", "lr", "weight_decay",
+              "batch_size", "code_version")
+
+# Key order of a run in <results>.json, as the sweep has always written it.
+_RUN_JSON_KEYS = ("model", "subset_size", "seed", "epochs", "family", "test_accuracy", "train_flops", "params",
+                  "wall_seconds", "hardware", "images_seen", "flops_per_image", "batch_size", "code_version",
+                  "optimizer", "lr", "weight_decay")
+
+_FEWSHOT_PREFIX = "fewshot_"
+FEWSHOT_TAG = "-fewshot"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """One training run of a sweep.
+
+    Attributes:
+        model: zoo name of the trained model; family: ``"vit"`` or ``"resnet"``.
+        subset_size: training images (a class-stratified CIFAR-10 subset); seed; epochs.
+        test_accuracy: fraction of the 10,000 test images classified correctly.
+        train_flops: FLOPs of all training steps (forward + backward); flops_per_image: of one image.
+        params: parameters; wall_seconds: training time; hardware: where it ran.
+        images_seen: training images processed (steps x batch size).
+        optimizer, lr, weight_decay, batch_size: the recipe; code_version: git commit of vitlab.
+        fewshot: shots per class -> mean few-shot probe accuracy of the run's final
+            representation (empty when the run was not probed).
+    """
+
+    model: str
+    family: str
+    subset_size: int
+    seed: int
+    epochs: int
+    test_accuracy: float
+    train_flops: float = 0.0
+    params: int = 0
+    wall_seconds: float = 0.0
+    hardware: str = ""
+    images_seen: int = 0
+    flops_per_image: float = 0.0
+    optimizer: str = ""
+    lr: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 0
+    code_version: str = ""
+    fewshot: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple:
+        """What identifies a run: (model, subset_size, seed, epochs, batch_size)."""
+        return (self.model, self.subset_size, self.seed, self.epochs, self.batch_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeRecord:
+    """One few-shot linear probe: one layer and pooling of a model, one draw of the shots.
+
+    Attributes:
+        model: the name the probed model was given; family: ``"vit"`` or ``"resnet"``.
+        layer: module name (e.g. ``"blocks.3"``, ``"layer2"``) or ``"pre_logits"`` (what
+            the classifier head reads).
+        depth: the layer's index in ``features.representation_layers`` (``pre_logits``
+            comes after the last one).
+        pooling: ``"cls"`` (class token), ``"mean"`` (mean patch token), ``"gap"``
+            (global average of a feature map) or ``"head"`` (the head's own pooling).
+        shots: training images per class; seed: draw of those images; accuracy: a fraction.
+    """
+
+    model: str
+    family: str
+    layer: str
+    depth: int
+    pooling: str
+    shots: int
+    seed: int
+    accuracy: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunProbe:
+    """Few-shot probes of one run's final representation, as kept in ``<results>-fewshot.json``.
+
+    Attributes:
+        model, family, subset_size, seed, epochs, batch_size: the probed run (see :class:`RunRecord`).
+        layer, pooling: the representation probed (see :class:`ProbeRecord`).
+        fewshot: shots per class -> accuracy averaged over the probe's seeds.
+        probe_setting: how it was probed (e.g. ``{"shots": [1, 5], "seeds": 3, "test": 2000}``).
+    """
+
+    model: str
+    family: str
+    subset_size: int
+    seed: int
+    epochs: int
+    batch_size: int
+    layer: str
+    pooling: str
+    fewshot: dict[int, float]
+    probe_setting: dict[str, Any]
+
+    @property
+    def key(self) -> tuple:
+        """The probed run's :attr:`RunRecord.key`."""
+        return (self.model, self.subset_size, self.seed, self.epochs, self.batch_size)
+
+
+# --- the file boundary: field names are parsed and written only below ---------------------------
+
+
+def _file(results: str | os.PathLike, suffix: str) -> Path:
+    """``<results><suffix>``; a ``.csv`` or ``.json`` ending on ``results`` itself is dropped first."""
+    base = str(results)
+    for ending in (".csv", ".json"):
+        base = base.removesuffix(ending)
+    return Path(base + suffix)
+
+
+def _load(results: str | os.PathLike, tag: str) -> dict[str, Any]:
+    path = _file(results, f"{tag}.json")
+    return json.loads(path.read_text()) if path.is_file() else {"commands": [], "runs": []}
+
+
+def _split_fewshot(row: dict[str, Any]) -> tuple[dict[str, Any], dict[int, float]]:
+    """A stored row without its ``fewshot_<k>`` fields, and those fields as {k: accuracy}."""
+    rest, shots = {}, {}
+    for name, value in row.items():
+        suffix = name.removeprefix(_FEWSHOT_PREFIX)
+        if suffix != name and suffix.isdigit():
+            shots[int(suffix)] = value
+        else:
+            rest[name] = value
+    return rest, shots
+
+
+def _fewshot_fields(shots: Iterable[int]) -> list[str]:
+    return [f"{_FEWSHOT_PREFIX}{k}" for k in sorted(shots)]
+
+
+def _run_row(run: RunRecord) -> dict[str, Any]:
+    return {name: getattr(run, name) for name in _RUN_JSON_KEYS}
+
+
+def _probe_row(probe: RunProbe) -> dict[str, Any]:
+    row = {k: getattr(probe, k) for k in ("model", "family", "subset_size", "seed", "epochs", "batch_size")}
+    row.update(zip(_fewshot_fields(probe.fewshot), (probe.fewshot[k] for k in sorted(probe.fewshot))))
+    return dict(row, layer=probe.layer, pooling=probe.pooling, probe_setting=probe.probe_setting)
+
+
+def _order(row: dict[str, Any]) -> tuple:
+    return (row["family"], row["model"], row["subset_size"], row["seed"], row["epochs"])
+
+
+def _write(results: str | os.PathLike, tag: str, rows: list[dict[str, Any]], commands: Sequence[str],
+           fields: Sequence[str]) -> None:
+    """``<results><tag>.json`` (commands, fields, rows) and ``<results><tag>.csv``, atomically."""
+    rows = sorted(rows, key=_order)
+    text = json.dumps(dict(commands=list(commands), fields=list(fields), runs=rows), indent=1) + "\n"
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    # Both texts are built before either file is touched, so a bad record changes neither.
+    atomic_write(_file(results, f"{tag}.json"), lambda tmp: tmp.write_text(text))
+    atomic_write(_file(results, f"{tag}.csv"), lambda tmp: tmp.write_text(table.getvalue()))
+
+
+def read_commands(results: str | os.PathLike, tag: str = "") -> list[str]:
+    """The command lines recorded in ``<results><tag>.json`` (empty if there is no file)."""
+    return list(_load(results, tag)["commands"])
+
+
+def read_run_probes(results: str | os.PathLike) -> tuple[list[RunProbe], list[str]]:
+    """The :class:`RunProbe` records of ``<results>-fewshot.json`` and the commands that made them."""
+    stored = _load(results, FEWSHOT_TAG)
+    probes = []
+    for row in stored["runs"]:
+        rest, shots = _split_fewshot(row)
+        probes.append(RunProbe(**rest, fewshot=shots))
+    return probes, list(stored["commands"])
+
+
+def write_run_probes(results: str | os.PathLike, probes: Sequence[RunProbe], commands: Sequence[str]) -> None:
+    """Write ``<results>-fewshot.json`` and ``.csv``: one row per probed run, ordered like the runs."""
+    shots = sorted({k for p in probes for k in p.fewshot})
+    fields = ["model", "family", "subset_size", "seed", "epochs", "layer", "pooling", *_fewshot_fields(shots)]
+    _write(results, FEWSHOT_TAG, [_probe_row(p) for p in probes], commands, fields)
+
+
+def read_runs(results: str | os.PathLike) -> list[RunRecord]:
+    """The runs of ``<results>.json`` (empty if there is none yet), in stored order.
+
+    Runs probed in ``<results>-fewshot.json`` carry those accuracies in ``.fewshot``.
+    """
+    probes = {p.key: p.fewshot for p in read_run_probes(results)[0]}
+    runs = [RunRecord(**row) for row in _load(results, "")["runs"]]
+    return [dataclasses.replace(r, fewshot=dict(probes.get(r.key, {}))) for r in runs]
+
+
+def write_runs(results: str | os.PathLike, runs: Sequence[RunRecord], commands: Sequence[str]) -> None:
+    """Write ``<results>.json`` (runs and the commands that made them) and ``<results>.csv``.
+
+    ``RunRecord.fewshot`` is not written here: probes live in their own file
+    (:func:`write_run_probes`).
+    """
+    _write(results, "", [_run_row(r) for r in runs], commands, RUN_FIELDS)
+
+
+# --- mean and spread over seeds ----------------------------------------------------------------
+
+
+class Spread(NamedTuple):
+    """Mean, sample standard deviation (0 for one value) and count of a group of values."""
+
+    mean: float
+    std: float
+    n: int
+
+
+def spread(values: Iterable[float]) -> Spread:
+    """The :class:`Spread` of ``values`` (at least one)."""
+    v = np.asarray(list(values), dtype=np.float64)
+    if not len(v):
+        raise ValueError("spread of no values")
+    return Spread(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0, n=len(v))
+
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+
+def group_spread(items: Iterable[T], key: Callable[[T], K], value: Callable[[T], float]) -> dict[K, Spread]:
+    """Group ``items`` by ``key(item)`` and give each group's :class:`Spread` of ``value(item)``.
+
+    Groups come in the order their first item appears, e.g.
+    ``group_spread(probes, lambda p: (p.layer, p.shots), lambda p: p.accuracy)``.
+    """
+    groups: dict[K, list[float]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(float(value(item)))
+    return {k: spread(v) for k, v in groups.items()}

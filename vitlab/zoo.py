@@ -1,0 +1,193 @@
+"""vitlab's model zoo: named entries, each an architecture with its training recipe.
+
+An entry (:class:`ZooEntry`) maps a name to an architecture of
+:data:`vitlab.models.ARCHITECTURES`, the recipe it is trained with and, when
+``data/zoo/<name>.safetensors`` exists, a trained checkpoint with its record (sidecar
+JSON and metrics log). Several entries may share an architecture (e.g. one trained with
+another recipe). :func:`train_config` is the one place the recipes are written;
+:func:`publish` copies a finished run into the zoo.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from . import data, models
+from .config import ConfigError, command_line, from_args
+from .io import atomic_write
+from .train import TrainConfig, evaluate
+
+#: The recipe of the ViT entries: AdamW, as for the paper's ViTs.
+VIT_RECIPE: dict[str, Any] = dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=30, batch_size=128,
+                                  warmup_epochs=2.0, label_smoothing=0.1)
+#: The recipe of the ResNet entries: SGD with Nesterov momentum, the usual CIFAR ResNet recipe.
+RESNET_RECIPE: dict[str, Any] = dict(VIT_RECIPE, optimizer="sgd", lr=0.1, weight_decay=5e-4)
+
+#: The test images every zoo checkpoint is re-checked on (class-stratified, seed 0).
+CHECK_SIZE = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZooEntry:
+    """A zoo name: an architecture and the recipe it is (or would be) trained with.
+
+    Attributes:
+        name: the zoo name (``load_model(name)``; checkpoint ``data/zoo/<name>.safetensors``).
+        architecture: a key of ``vitlab.models.ARCHITECTURES``.
+        recipe: :class:`~vitlab.train.TrainConfig` fields of its training run.
+        description: one line for listings.
+        shipped: the repository ships a trained checkpoint of this entry in ``data/zoo``.
+    """
+
+    name: str
+    architecture: str
+    recipe: dict[str, Any]
+    description: str
+    shipped: bool = False
+
+    @property
+    def family(self) -> str:
+        """``"vit"`` or ``"resnet"``, from the architecture."""
+        return models.ARCHITECTURES[self.architecture].family
+
+    @property
+    def weights(self) -> Path:
+        """Where its trained checkpoint is (or would be) stored."""
+        return models.zoo_weights(self.name)
+
+
+def _entry(name: str, recipe: dict[str, Any], shipped: bool = False) -> ZooEntry:
+    """An entry named after its architecture, described by it."""
+    arch = models.ARCHITECTURES[name]
+    return ZooEntry(name=name, architecture=name, recipe=recipe, description=arch.description, shipped=shipped)
+
+
+#: Every zoo entry, by name; the micro entries are minute-scale models for quick runs.
+ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
+    _entry("vit_tiny_c10", VIT_RECIPE, shipped=True),
+    _entry("vit_small_c10", VIT_RECIPE),
+    _entry("resnet_tiny_c10", RESNET_RECIPE, shipped=True),
+    _entry("resnet_small_c10", RESNET_RECIPE),
+    _entry("vit_micro_c10", VIT_RECIPE),
+    _entry("resnet_micro_c10", RESNET_RECIPE),
+]}
+
+
+def entry(name: str) -> ZooEntry:
+    """The entry called ``name``; ConfigError listing the entries if there is none."""
+    if name not in ENTRIES:
+        raise ConfigError(f"unknown zoo model {name!r}; choose one of {list(ENTRIES)}")
+    return ENTRIES[name]
+
+
+def train_config(name: str, **overrides: Any) -> TrainConfig:
+    """The :class:`~vitlab.train.TrainConfig` of zoo entry ``name``: its architecture and recipe.
+
+    ``overrides`` replace recipe settings, e.g. ``train_config("vit_tiny_c10", subset_size=5000)``.
+    """
+    found = entry(name)
+    return TrainConfig(**{"model": found.architecture, **found.recipe, **overrides})
+
+
+def trained(name: str) -> bool:
+    """Whether zoo entry ``name`` has a trained checkpoint in ``data/zoo``."""
+    return name in ENTRIES and ENTRIES[name].weights.is_file()
+
+
+def zoo() -> dict[str, dict[str, Any]]:
+    """Every zoo name with its family, description, parameter count and training record.
+
+    ``test_accuracy`` (a fraction) and ``checkpoint`` are ``None`` and ``trained`` is
+    False for entries with no trained checkpoint in ``data/zoo`` yet.
+    """
+    out = {}
+    for name, e in ENTRIES.items():
+        sidecar = e.weights.with_suffix(".json")
+        record = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        params = sum(p.numel() for p in models.ARCHITECTURES[e.architecture].build().parameters())
+        out[name] = dict(
+            family=e.family,
+            description=e.description,
+            params=params,
+            checkpoint=str(e.weights) if e.weights.is_file() else None,
+            test_accuracy=record.get("metrics", {}).get("test_accuracy"),
+            trained=e.weights.is_file(),
+        )
+    return out
+
+
+def available(family: str | None = None, trained_only: bool = False) -> list[str]:
+    """Model specs that load offline: trained zoo entries, cached timm models, then untrained entries.
+
+    Args:
+        family: keep only zoo entries of this family (``"vit"`` or ``"resnet"``); cached
+            hub models are listed whatever their family (only their name is known).
+        trained_only: leave out zoo entries without a trained checkpoint.
+    """
+    names = [n for n, e in ENTRIES.items() if family in (None, e.family)]
+    done = [n for n in names if trained(n)]
+    untrained = [] if trained_only else [n for n in names if not trained(n)]
+    return done + _cached_timm_models() + untrained
+
+
+def _cached_timm_models() -> list[str]:
+    from huggingface_hub import constants
+
+    cache, names = Path(constants.HF_HUB_CACHE), []
+    if cache.is_dir():
+        for repo in sorted(cache.glob("models--timm--*")):
+            if any(repo.glob("snapshots/*/model.safetensors")) or any(repo.glob("snapshots/*/pytorch_model.bin")):
+                names.append(repo.name.removeprefix("models--timm--"))
+    return names
+
+
+def label(spec: str) -> str:
+    """How a model spec reads in a menu: ``"vit_small_c10 (untrained)"`` for untrained zoo entries."""
+    return f"{spec} (untrained)" if spec in ENTRIES and not trained(spec) else str(spec)
+
+
+# --- publishing --------------------------------------------------------------------
+
+
+def check_accuracy(model: nn.Module) -> float:
+    """Accuracy on the fixed ``CHECK_SIZE`` test images that zoo records are checked on."""
+    images, labels = data.cifar10("test")
+    idx = data.stratified_subset(labels, CHECK_SIZE, seed=0)
+    return evaluate(model, images[idx], labels[idx])
+
+
+def publish(run: str | os.PathLike, name: str, code_version: str | None = None) -> Path:
+    """Copy a finished run into ``data/zoo/<name>`` with its record, log and command.
+
+    The sidecar gains the exact command, the accuracy on the full test set and on the
+    fixed ``CHECK_SIZE`` check set, wall time and hardware; the metrics log is copied to
+    ``<name>.metrics.jsonl``. ``code_version`` overrides the commit recorded by the run.
+    """
+    found, run = entry(name), Path(run)
+    weights, sidecar = run / "model.safetensors", run / "model.json"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{run} holds no finished run (no model.safetensors)")
+    meta = json.loads(sidecar.read_text())
+    config = from_args(TrainConfig, meta["config"])  # drops keys of earlier versions (out, progress)
+    if config.model != found.architecture:
+        raise ConfigError(f"{run} trained a {config.model}, but zoo entry {name} is a {found.architecture}")
+    model = models.load_model(weights, device="cpu")
+    images, labels = data.cifar10("test")
+    meta["metrics"]["test_accuracy"] = evaluate(model, images, labels)
+    meta["metrics"][f"test_accuracy_{CHECK_SIZE}"] = check_accuracy(model)
+    command = f"{command_line('python -m vitlab train', config)} --out {shlex.quote(str(run))}"
+    meta.update(config=dataclasses.asdict(config), command=command,
+                code_version=code_version or meta.get("code_version", "unknown"))
+    target = found.weights
+    keep = {k: v for k, v in meta.items() if k not in ("architecture", "pretrained_cfg", "format")}
+    models.save_model(model, target, metadata=keep)
+    log = (run / "metrics.jsonl").read_text()
+    atomic_write(target.with_suffix(".metrics.jsonl"), lambda tmp: tmp.write_text(log))
+    return target
