@@ -44,8 +44,9 @@ def lab(tmp_path_factory):
         port = s.getsockname()[1]
     token = secrets.token_hex(16)
     home = tmp_path_factory.mktemp("jupyter")
+    # Quick mode unless the caller asks for the full notebooks (VITLAB_QUICK=0 pytest tests/test_browser.py).
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
-               VITLAB_QUICK="1")
+               VITLAB_QUICK=os.environ.get("VITLAB_QUICK", "1"))
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}", "--LabApp.news_url=None",
@@ -131,7 +132,10 @@ class Lab:
             news.click()
 
     def run_all(self, timeout_s: int = 300) -> None:
-        """Run All Cells and wait until every cell has run and the kernel is idle."""
+        """Run All Cells and wait until every cell has run and the kernel is idle (longer in full mode)."""
+        from vitlab.settings import quick_mode
+
+        timeout_s *= 1 if quick_mode() else 8
         page = self.page
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
@@ -178,6 +182,8 @@ class Lab:
         stderr = page.locator(f".jp-OutputArea-output[data-mime-type='{STDERR}']").all_inner_texts()
         lines = [line for text in stderr for line in text.splitlines() if line.strip()]
         assert [line for line in lines if not any(p.search(line) for p in self.allow_stderr)] == []
+        stubs = page.locator(".jp-OutputArea-output", has_text="Loading widget...")  # views of closed widgets
+        assert stubs.count() == 0, stubs.all_inner_texts()
         self.open_file_browser()
         page.screenshot(path=str(ARTIFACTS / f"{self.name}_page.png"), full_page=True)
         plots, problems = page.locator(PLOTS), []
@@ -316,5 +322,7 @@ def test_vit_vs_resnet_notebook(lab, page):
 def test_train_notebook(lab, page):
     nb = Lab(page, lab, "06_train.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
     nb.run_all(timeout_s=600)
-    nb.plots(6)  # two training curves, the position embeddings, the explorer's three figures
+    plots = nb.plots(6)  # two training curves, the position embeddings, the explorer's three figures
+    for i in (0, 1):  # a run trained here, or resumed from an earlier Run All, shows its epochs
+        assert plots.nth(i).locator(".scatterlayer .point").count() >= 3
     nb.check()

@@ -160,6 +160,14 @@ def test_training_monitor_appends_epochs():
     assert list(monitor.figure.data[0].y) == [2.0, 1.0] and list(monitor.figure.data[2].x) == [1, 2]
 
 
+def test_training_monitor_starts_from_recorded_epochs_and_replaces_redone_ones():
+    recorded = [{"epoch": e, "loss": 3.0 - e, "train_accuracy": 0.1 * e, "test_accuracy": 0.1 * e} for e in (1, 2, 3)]
+    monitor = widgets.TrainingMonitor(records=recorded)
+    assert list(monitor.figure.data[0].x) == [1, 2, 3]  # a resumed or finished run shows its log at once
+    monitor.update({"epoch": 3, "loss": 0.5, "train_accuracy": 0.9, "test_accuracy": 0.8})  # redone after a resume
+    assert list(monitor.figure.data[0].x) == [1, 2, 3] and list(monitor.figure.data[0].y) == [2.0, 1.0, 0.5]
+
+
 def _run(**fields):
     base = dict(model="vit_micro_c10", family="vit", subset_size=200, seed=0, epochs=5, test_accuracy=0.3,
                 train_flops=2e12, wall_seconds=30.0)

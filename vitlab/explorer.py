@@ -260,6 +260,8 @@ class Explorer(W.VBox):
                 fresh = self.figures(result)
             except Exception as err:
                 error = err
+        # Finished tqdm bars close their widgets: a cleared output shows no "Loading widget..." stubs.
+        self.output.clear_output()
         self.bar.layout.display = "none"
         if error is not None:
             self.status.value = error_html(error)

@@ -25,7 +25,7 @@ from . import data, metrics, plots
 from .compare_widgets import CKAExplorer, ProbeExplorer, SweepExplorer  # noqa: F401 (notebook 05's views)
 from .explorer import STYLE, Explorer, cached_model, fit_width, model_key, show_figure, side_by_side
 from .hooks import capture, head_statistics
-from .train import train
+from .train import read_metrics, train
 
 
 # --- Fig. 7: filters, position embeddings, attention distance ----------------------------------
@@ -260,17 +260,21 @@ class AttentionMapsExplorer(Explorer):
 
 
 class TrainingMonitor(W.VBox):
-    """Live loss and accuracy curves; pass :meth:`update` as ``train(..., on_epoch=...)``."""
+    """Live loss and accuracy curves; pass :meth:`update` as ``train(..., on_epoch=...)``.
 
-    def __init__(self, title: str = "Training"):
-        self.records: list[dict] = []
+    ``records`` are epochs already run (e.g. ``train.read_metrics(out)`` of a run being
+    resumed), drawn at once; an epoch reported again replaces its earlier record.
+    """
+
+    def __init__(self, title: str = "Training", records: list[dict] | None = None):
+        self.records: list[dict] = list(records or [])
         self.title = title
-        self.figure = go.FigureWidget(plots.training_curves_figure([], title=title))
+        self.figure = go.FigureWidget(plots.training_curves_figure(self.records, title=title))
         super().__init__([self.figure])
 
     def update(self, record: dict) -> None:
-        """Append one epoch's record and redraw."""
-        self.records.append(record)
+        """Add one epoch's record (replacing a record of the same or a later epoch) and redraw."""
+        self.records = [r for r in self.records if r["epoch"] < record["epoch"]] + [record]
         show_figure(self.figure, plots.training_curves_figure(self.records, title=self.title))
 
 
@@ -278,6 +282,7 @@ def train_with_curves(config, out: str | Path, title: str | None = None):
     """Show live curves, train ``config`` (a :class:`vitlab.train.TrainConfig`) into ``out``, return the result."""
     from IPython.display import display
 
-    monitor = TrainingMonitor(title or f"Training {config.model} ({out})")
+    # A run resumed (or already finished) in ``out`` shows the epochs it has recorded so far.
+    monitor = TrainingMonitor(title or f"Training {config.model} ({out})", read_metrics(out))
     display(monitor)
     return train(config, out, progress=True, on_epoch=monitor.update)
