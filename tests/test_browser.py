@@ -44,12 +44,15 @@ def lab(tmp_path_factory):
         port = s.getsockname()[1]
     token = secrets.token_hex(16)
     home = tmp_path_factory.mktemp("jupyter")
+    # JupyterLab autosaves open notebooks (outputs included): serve copies, never the committed files.
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copytree(ROOT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns("runs", ".ipynb_checkpoints"))
     # Quick mode unless the caller asks for the full notebooks (VITLAB_QUICK=0 pytest tests/test_browser.py).
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
                VITLAB_QUICK=os.environ.get("VITLAB_QUICK", "1"))
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}", "--LabApp.news_url=None",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly",
          *(["--allow-root"] if os.geteuid() == 0 else [])],
         env=env, stdout=subprocess.DEVNULL, stderr=open(home / "server.log", "w"),
@@ -65,9 +68,11 @@ def lab(tmp_path_factory):
                 server.kill()
                 pytest.fail(f"JupyterLab did not start: {(home / 'server.log').read_text()[-2000:]}")
             time.sleep(0.5)
+    committed = {p: p.read_bytes() for p in (ROOT / "notebooks").glob("*.ipynb")}
     yield base, token
     server.terminate()
     server.wait(timeout=20)
+    assert {p: p.read_bytes() for p in (ROOT / "notebooks").glob("*.ipynb")} == committed, "a notebook was rewritten"
 
 
 @pytest.fixture

@@ -21,18 +21,24 @@ def layout(fig: go.Figure, title: str, width: int, height: int, margin: tuple[in
            **extra) -> go.Figure:
     """Size (pixels), margins (left, right, top, bottom) and a left-aligned title; ``extra`` goes on as is.
 
-    A title too long to end before the mode bar (top right) breaks onto a second line,
-    after a comma or colon if it can, and the top margin grows by a line.
+    A title too long to end before the mode bar (top right) breaks into lines, after a comma
+    or colon where it can, and the top margin grows by a line for each.
     """
     left, right, top, bottom = margin
     limit = max(20, (width - 190) // 9)  # characters of a 17-pixel title left of the mode bar
-    if len(title) > limit and "<br>" not in title:
-        cut = max(title.rfind(", ", 0, limit + 1), title.rfind(": ", 0, limit + 1))
-        cut = cut + 1 if cut > 0 else title.rfind(" ", 0, limit + 1)
-        if cut > 0:
-            title, top = f"{title[:cut]}<br>{title[cut + 1:]}", top + 22
-    fig.update_layout(title=dict(text=title, x=0.01, xref="container", xanchor="left"), width=width, height=height,
-                      margin=dict(l=left, r=right, t=top, b=bottom), modebar=dict(remove=MODEBAR_REMOVE), **extra)
+    lines = [] if "<br>" not in title else [title]
+    rest = "" if lines else title
+    while len(rest) > limit:
+        cut = max(rest.rfind(", ", 0, limit + 1), rest.rfind(": ", 0, limit + 1))
+        cut = cut + 1 if cut > 0 else rest.rfind(" ", 0, limit + 1)
+        if cut <= 0:
+            break
+        lines.append(rest[:cut])
+        rest = rest[cut + 1:]
+    lines += [rest] if rest else []
+    fig.update_layout(title=dict(text="<br>".join(lines), x=0.01, xref="container", xanchor="left"), width=width,
+                      height=height, margin=dict(l=left, r=right, t=top + 22 * (len(lines) - 1), b=bottom),
+                      modebar=dict(remove=MODEBAR_REMOVE), **extra)
     return fig
 
 

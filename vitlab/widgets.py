@@ -157,7 +157,8 @@ class AttentionDistanceExplorer(Explorer):
             fields = metrics.receptive_fields(cached_model(self.reference))
             reference = plots.receptive_field_reference(fields, depth, f"{self.reference} receptive field")
         diagonal = math.hypot(*result.model.pretrained_cfg["input_size"][1:])
-        title = f"{self.model.value}: mean attention distance, {self.describe(result)}"
+        title = (f"{self.model.value}: mean attention distance ({self.convention.value}), "
+                 f"{self.describe(result)}")
         return [plots.attention_distance_figure(result.stats["distance"], result.stats["layers"], reference,
                                                 max_distance=diagonal, title=title, depth=depth)]
 
