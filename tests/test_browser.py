@@ -144,9 +144,13 @@ class Lab:
         page = self.page
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        # Done when every cell has run, or as soon as one fails (Run All stops there).
         page.wait_for_function(
-            "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]"
+            "() => document.querySelector(\".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']\")"
+            " || [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]"
             ".every(p => /\\[\\d+\\]/.test(p.textContent))", timeout=timeout_s * 1000)
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
+        assert errors.count() == 0, errors.all_inner_texts()
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout_s * 1000)
 
     def plots(self, count: int):
@@ -296,6 +300,7 @@ def test_attention_maps_notebook(lab, page):
     nb.check()
 
 
+@pytest.mark.cifar
 def test_vit_vs_resnet_notebook(lab, page):
     import vitlab
 
@@ -324,6 +329,7 @@ def test_vit_vs_resnet_notebook(lab, page):
     nb.check()
 
 
+@pytest.mark.cifar
 def test_train_notebook(lab, page):
     nb = Lab(page, lab, "06_train.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
     nb.run_all(timeout_s=600)

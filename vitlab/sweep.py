@@ -171,7 +171,7 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
     """Run every missing run of ``config``; returns all records in the results file, ordered
     by family, model, subset size and seed.
 
-    Prints one line per finished run (``progress`` adds a bar per epoch). ``on_run`` is
+    Shows a progress bar over the runs (``progress`` adds a bar per epoch). ``on_run`` is
     called with each new record (e.g. to redraw a notebook figure). With
     ``config.fewshot`` set, every finished run is then probed (:func:`fewshot_runs`).
     """
@@ -184,12 +184,13 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
     finished = {_key(r) for r in done}
     todo = [run for run in config.runs() if _key(run) not in finished]
     flops: dict[str, float] = {}  # training FLOPs per image, counted once per model
-    for i, run in enumerate(todo):
+    bar = tqdm(todo, desc="sweep", unit="run", disable=not todo)  # a bar over runs, not a printed record each
+    for run in bar:
         record = _train_run(config, run, test_set, device, progress, flops)
         done.append(record)
         records.write_runs(config.results, _ordered(done), commands)
-        print(f"run {i + 1}/{len(todo)}: {run.model} on {run.subset_size:,} images (seed {run.seed}, "
-              f"{run.epochs} epochs): test accuracy {record.test_accuracy:.1%}, {record.wall_seconds:.0f} s", flush=True)
+        bar.set_postfix_str(f"last: {run.model}, {run.subset_size:,} images, seed {run.seed}: "
+                            f"{record.test_accuracy:.1%} in {record.wall_seconds:.0f} s")
         if on_run is not None:
             on_run(record)
     records.write_runs(config.results, _ordered(done), commands)
