@@ -168,11 +168,6 @@ def test_training_curves_and_zoo_table():
     assert plots.training_curves_figure(records[:1]).layout.xaxis.dtick == 1  # no half epochs
 
 
-def test_durations_say_seconds_under_a_minute():
-    assert plotting.duration(0.4) == "0.4 s" and plotting.duration(42.0) == "42 s" and plotting.duration(59.4) == "59 s"
-    assert plotting.duration(60.0) == "1.0 min" and plotting.duration(192.0) == "3.2 min"
-
-
 def _sweep_records():
     """Two models, two sizes; the small size has three seeds with known accuracies."""
     records = []

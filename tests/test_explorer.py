@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from vitlab import explorer, models, zoo
+
+
+def test_model_dropdown_labels_untrained_zoo_models():
+    untrained = [n for n in zoo.available(family="vit") if not zoo.trained(n)]
+    if not untrained:
+        pytest.skip("every zoo ViT has a checkpoint")
+    dropdown = explorer.model_dropdown(zoo.available(family="vit"))
+    labels = [label for label, _ in dropdown.options]
+    assert labels[-len(untrained):] == [f"{n} (untrained)" for n in untrained]  # last, and said so
+    assert dropdown.style.description_width == "initial"
+
+
+def test_model_cache_follows_the_weights_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    torch.manual_seed(0)
+    models.save_model(models.build_model({"zoo": "vit_micro_c10"}), path)
+    first = explorer.cached_model(str(path))
+    assert explorer.cached_model(str(path)) is first  # unchanged file: the same model
+    torch.manual_seed(1)
+    other = models.build_model({"zoo": "vit_micro_c10"})
+    models.save_model(other, path)  # retrained at the same path
+    second = explorer.cached_model(str(path))
+    assert second is not first
+    torch.testing.assert_close(second.pos_embed, other.pos_embed)
