@@ -64,6 +64,9 @@ def test_train_config_is_the_recipe_with_overrides():
     assert (resnet.optimizer, resnet.lr, resnet.weight_decay, resnet.epochs) == ("sgd", 0.05, 5e-4, 3)
     with pytest.raises(ValueError, match="unknown zoo model 'vit_huge_c10'"):
         zoo.train_config("vit_huge_c10")
+    with pytest.raises(TypeError):  # entries share their recipe: nobody changes it for the others
+        zoo.ENTRIES["vit_small_c10"].recipe["lr"] = 1.0
+    assert zoo.train_config("vit_tiny_c10").lr == 1e-3
 
 
 def test_publish_copies_a_run_with_its_record_and_command(fake_cifar, tmp_path, monkeypatch):

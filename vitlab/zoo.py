@@ -13,8 +13,10 @@ import dataclasses
 import json
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from torch import nn
@@ -24,11 +26,11 @@ from .config import ConfigError, command_line, from_args
 from .io import atomic_write
 from .train import TrainConfig, evaluate
 
-#: The recipe of the ViT entries: AdamW, as for the paper's ViTs.
-VIT_RECIPE: dict[str, Any] = dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=30, batch_size=128,
-                                  warmup_epochs=2.0, label_smoothing=0.1)
+#: The recipe of the ViT entries: AdamW, as for the paper's ViTs (read-only: entries share it).
+VIT_RECIPE: Mapping[str, Any] = MappingProxyType(dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=30,
+                                                      batch_size=128, warmup_epochs=2.0, label_smoothing=0.1))
 #: The recipe of the ResNet entries: SGD with Nesterov momentum, the usual CIFAR ResNet recipe.
-RESNET_RECIPE: dict[str, Any] = dict(VIT_RECIPE, optimizer="sgd", lr=0.1, weight_decay=5e-4)
+RESNET_RECIPE: Mapping[str, Any] = MappingProxyType(dict(VIT_RECIPE, optimizer="sgd", lr=0.1, weight_decay=5e-4))
 
 #: The test images every zoo checkpoint is re-checked on (class-stratified, seed 0).
 CHECK_SIZE = 1000
@@ -48,7 +50,7 @@ class ZooEntry:
 
     name: str
     architecture: str
-    recipe: dict[str, Any]
+    recipe: Mapping[str, Any]
     description: str
     shipped: bool = False
 
@@ -63,7 +65,7 @@ class ZooEntry:
         return models.zoo_weights(self.name)
 
 
-def _entry(name: str, recipe: dict[str, Any], shipped: bool = False) -> ZooEntry:
+def _entry(name: str, recipe: Mapping[str, Any], shipped: bool = False) -> ZooEntry:
     """An entry named after its architecture, described by it."""
     arch = models.ARCHITECTURES[name]
     return ZooEntry(name=name, architecture=name, recipe=recipe, description=arch.description, shipped=shipped)
