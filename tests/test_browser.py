@@ -116,6 +116,9 @@ _PLOT_PROBLEMS = """p => {
         if (!(t.right <= b.left || t.left >= b.right || t.bottom <= b.top || t.top >= b.bottom))
             problems.push(`mode bar covers title: ${title.textContent}`);
     }
+    const area = p.querySelector('.nsewdrag');  // the plotting area of a cartesian figure
+    if (title && area && title.textContent && title.getBoundingClientRect().bottom > area.getBoundingClientRect().top + 1)
+        problems.push(`title runs into the plot: ${title.textContent}`);
     return problems;
 }"""
 

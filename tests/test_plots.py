@@ -119,14 +119,14 @@ def test_long_titles_break_before_the_mode_bar():
     title = "vit_tiny_c10: mean attention distance, 128 CIFAR-10 test images, 12-13 per class"
     fig = plots.attention_distance_figure(torch.rand(6, 2), title=title)
     assert fig.layout.title.text == title.replace("distance, ", "distance,<br>")
-    assert fig.layout.margin.t == 72 and fig.layout.title.x < 0.1 and fig.layout.title.xanchor == "left"
+    assert fig.layout.margin.t == 74 and fig.layout.title.x < 0.1 and fig.layout.title.xanchor == "left"
     assert plots.attention_distance_figure(torch.rand(6, 2), title="short").layout.title.text == "short"
     longer = "vit_tiny_c10: mean attention distance (keep class-token share), 16 CIFAR-10 test images, 1-2 per class"
     fig = plots.attention_distance_figure(torch.rand(6, 2), title=longer)
     lines = fig.layout.title.text.split("<br>")
     limit = (fig.layout.width - 190) // 9  # characters left of the mode bar
     assert len(lines) == 3 and all(len(line) <= limit for line in lines) and " ".join(lines) == longer
-    assert fig.layout.margin.t == 50 + 2 * 22
+    assert fig.layout.margin.t == 50 + 2 * 24
 
 
 def test_attention_overlay_aligns_patches_with_pixels():

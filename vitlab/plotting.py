@@ -36,8 +36,11 @@ def layout(fig: go.Figure, title: str, width: int, height: int, margin: tuple[in
         lines.append(rest[:cut])
         rest = rest[cut + 1:]
     lines += [rest] if rest else []
-    fig.update_layout(title=dict(text="<br>".join(lines), x=0.01, xref="container", xanchor="left"), width=width,
-                      height=height, margin=dict(l=left, r=right, t=top + 22 * (len(lines) - 1), b=bottom),
+    # Anchored at the top, so each added line pushes the plot down rather than growing both ways.
+    title = dict(text="<br>".join(lines), x=0.01, xref="container", xanchor="left", y=1, yref="container",
+                 yanchor="top", pad=dict(t=12))
+    fig.update_layout(title=title, width=width, height=height,
+                      margin=dict(l=left, r=right, t=top + 24 * (len(lines) - 1), b=bottom),
                       modebar=dict(remove=MODEBAR_REMOVE), **extra)
     return fig
 
