@@ -1,12 +1,15 @@
 import json
+import os
 import pickle
+import re
 import urllib.error
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_batches, needs_cifar
-from PIL import Image
+from PIL import Image, ImageFile
 
 from vitlab import data
 
@@ -50,24 +53,148 @@ def test_cifar10_reads_from_VITLAB_DATA(tmp_path, monkeypatch):
     np.testing.assert_array_equal(images.numpy(), expected["test"][0])
 
 
+def _no_decoding(*_):
+    raise AssertionError("decoded again instead of reading the cache")
+
+
+def _count_decodes(monkeypatch):
+    """Wrap both decoders; returns the list each decode appends to."""
+    calls = []
+    for name in ("_read_imagefolder", "_read_batches"):
+        real = getattr(data, name)
+        monkeypatch.setattr(data, name, lambda *a, real=real: calls.append(1) or real(*a))
+    return calls
+
+
 def test_second_load_comes_from_cache(tmp_path, monkeypatch):
     expected = make_imagefolder(tmp_path)
     data.cifar10("train", root=tmp_path, download=False)
-
-    def no_decoding(*_):
-        raise AssertionError("decoded again instead of reading the cache")
-
-    monkeypatch.setattr(data, "_read_imagefolder", no_decoding)
-    images, labels = data.cifar10("train", root=tmp_path, download=False)
+    monkeypatch.setattr(data, "_read_imagefolder", _no_decoding)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an unchanged copy and a good cache: nothing to warn about
+        images, labels = data.cifar10("train", root=tmp_path, download=False)
     np.testing.assert_array_equal(images.numpy(), expected["train"][0])
     np.testing.assert_array_equal(labels.numpy(), expected["train"][1])
+
+
+def _png(path, pixels, mtime_ns):
+    Image.fromarray(pixels).save(path)  # rewritten in place: the same file count and folder mtime
+    if mtime_ns is not None:
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+@pytest.mark.parametrize("change", ["new pixels and mtime", "same bytes, new mtime", "new size, same mtime"])
+def test_an_image_replaced_in_place_rebuilds_the_cache(tmp_path, monkeypatch, change):
+    expected = make_imagefolder(tmp_path)
+    data.cifar10("test", root=tmp_path, download=False)
+    path = tmp_path / "cifar10" / "test" / "cat" / "0001.png"  # image 7 of the test split (2 per class)
+    old = path.stat()
+    pixels = expected["test"][0][7].transpose(1, 2, 0)
+    if change == "new pixels and mtime":
+        pixels = _random_images(1, 99)[0]
+        _png(path, pixels, old.st_mtime_ns + 10**9)
+    elif change == "same bytes, new mtime":
+        os.utime(path, ns=(old.st_mtime_ns + 10**9,) * 2)
+    else:
+        pixels = np.full_like(pixels, 7)  # one colour deflates to far fewer bytes than noise: a new size
+        _png(path, pixels, old.st_mtime_ns)
+        assert path.stat().st_size != old.st_size and path.stat().st_mtime_ns == old.st_mtime_ns
+    decodes = _count_decodes(monkeypatch)
+    changed = r"rebuilding the CIFAR-10 cache .*cifar10-test-\w+\.npz: the source files changed"
+    with pytest.warns(UserWarning, match=changed):
+        images, _ = data.cifar10("test", root=tmp_path, download=False)
+    assert decodes == [1]
+    np.testing.assert_array_equal(images[7].numpy(), pixels.transpose(2, 0, 1))
+    np.testing.assert_array_equal(np.delete(images.numpy(), 7, 0), np.delete(expected["test"][0], 7, 0))
+    assert len(list((tmp_path / "cache").glob("cifar10-test-*"))) == 1  # replaced, not left beside the new one
+    monkeypatch.setattr(data, "_read_imagefolder", _no_decoding)
+    assert torch.equal(data.cifar10("test", root=tmp_path, download=False)[0], images)
+
+
+def _cache_file(tmp_path):
+    (cache,) = (tmp_path / "cache").glob("cifar10-test-*.npz")
+    return cache
+
+
+def _zero_middle(raw):
+    middle = len(raw) // 2
+    return raw[:middle] + bytes(64) + raw[middle + 64:]
+
+
+def _one_image_short(cache):
+    with np.load(cache) as arrays:
+        key, images, labels = arrays["key"], arrays["images"], arrays["labels"]
+    with open(cache, "wb") as f:  # the right key, but an image missing
+        np.savez(f, images=images[:-1], labels=labels[:-1], key=key)
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda c: c.write_bytes(c.read_bytes()[: c.stat().st_size // 2]), "cannot be read (BadZipFile"),
+    (lambda c: c.write_bytes(b"not a cache " * 50), "cannot be read"),
+    (lambda c: c.write_bytes(b""), "cannot be read (EOFError"),
+    (lambda c: c.write_bytes(_zero_middle(c.read_bytes())), "Bad CRC-32"),  # silent corruption: zip's own CRC
+    (_one_image_short, "holds 19 images but the source has 20"),
+    (lambda c: c.unlink() or c.mkdir(), "cannot be read"),
+], ids=["truncated", "garbage", "empty", "zeroed bytes", "an image short", "a folder"])
+@pytest.mark.filterwarnings("ignore:could not write the CIFAR-10 cache")  # where a folder blocks the cache
+def test_a_damaged_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch, damage, why):
+    expected = make_imagefolder(tmp_path)
+    data.cifar10("test", root=tmp_path, download=False)
+    cache = _cache_file(tmp_path)
+    damage(cache)
+    with pytest.warns(UserWarning, match=re.escape(f"rebuilding the CIFAR-10 cache {cache}: ") + ".*" + re.escape(why)):
+        images, labels = data.cifar10("test", root=tmp_path, download=False)
+    np.testing.assert_array_equal(images.numpy(), expected["test"][0])
+    np.testing.assert_array_equal(labels.numpy(), expected["test"][1])
+    if cache.is_dir():  # never deleted or written over: vitlab did not write a folder
+        return
+    monkeypatch.setattr(data, "_read_imagefolder", _no_decoding)  # the rebuilt cache is whole again
+    assert torch.equal(data.cifar10("test", root=tmp_path, download=False)[0], images)
+
+
+def test_a_replaced_batch_file_rebuilds_the_cache(tmp_path, monkeypatch):
+    make_batches(tmp_path)
+    data.cifar10("train", root=tmp_path, download=False)
+    new = make_batches(tmp_path / "other", seed=5)["train"]
+    batch = "cifar-10-batches-py/data_batch_3"
+    (tmp_path / "other" / batch).replace(tmp_path / batch)  # a new file of the same name and size
+    with pytest.warns(UserWarning, match="the source files changed"):
+        images, _ = data.cifar10("train", root=tmp_path, download=False)
+    np.testing.assert_array_equal(images[8:12].numpy(), new[0][8:12])  # batch 3 of 4 images each
+
+
+def test_an_unwritable_cache_folder_costs_speed_not_the_load(tmp_path, monkeypatch):
+    expected = make_imagefolder(tmp_path)
+
+    def read_only(path, write):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(data, "atomic_write", read_only)
+    with pytest.warns(UserWarning, match="could not write the CIFAR-10 cache .*set VITLAB_CACHE"):
+        images, _ = data.cifar10("test", root=tmp_path, download=False)
+    np.testing.assert_array_equal(images.numpy(), expected["test"][0])
+
+
+def test_a_truncated_jpeg_is_named_even_where_pil_would_pad_it(tmp_path, monkeypatch):
+    make_imagefolder(tmp_path)
+    bad = tmp_path / "cifar10" / "train" / "frog" / "0002.jpg"
+    Image.fromarray(_random_images(1, 3)[0]).save(bad, quality=95)
+    bad.write_bytes(bad.read_bytes()[:-40])  # the last scan lines and the end marker are gone
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # a common "fix" that pads with grey
+    with pytest.raises(data.CorruptDataError) as info:
+        data.cifar10("train", root=tmp_path, download=False)
+    message = str(info.value)
+    assert message.startswith(f"{bad} is not a readable image") and "replace it" in message and "delete it" in message
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is left as it was
+    assert not list((tmp_path / "cache").glob("cifar10-train-*"))  # nothing cached
 
 
 def test_cache_is_rebuilt_when_the_dataset_changes(tmp_path):
     make_imagefolder(tmp_path)
     n = len(data.cifar10("test", root=tmp_path, download=False)[1])
     Image.fromarray(_random_images(1, 7)[0]).save(tmp_path / "cifar10" / "test" / "cat" / "extra.png")
-    assert len(data.cifar10("test", root=tmp_path, download=False)[1]) == n + 1
+    with pytest.warns(UserWarning, match="the source files changed"):
+        assert len(data.cifar10("test", root=tmp_path, download=False)[1]) == n + 1
 
 
 def test_batches_refuse_pickled_code(tmp_path):
@@ -131,6 +258,11 @@ def test_stratified_subset_counts_nesting_and_seed():
     assert not torch.equal(data.stratified_subset(labels, 100, 5), data.stratified_subset(labels, 100, 6))
     with pytest.raises(ValueError, match="subset size"):
         data.stratified_subset(labels, 501)
+    for same in (np.int64(137), torch.tensor(137)):  # integers of any kind count
+        assert torch.equal(data.stratified_subset(labels, same, 2), data.stratified_subset(labels, 137, 2))
+    for bad in (137.0, 0.3, np.float32(137), torch.tensor(137.0), True, np.True_, "137", None):
+        with pytest.raises(TypeError, match="subset size must be an integer count of images"):
+            data.stratified_subset(labels, bad)
 
 
 def test_samples_are_real_small_and_documented():

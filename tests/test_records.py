@@ -101,3 +101,41 @@ def test_group_spread_groups_in_first_seen_order():
         expected = [p.accuracy for p in probes if (p.layer, p.shots) == (layer, k)]
         assert s.n == 3 and s.mean == pytest.approx(statistics.mean(expected))
         assert s.std == pytest.approx(statistics.stdev(expected))
+
+
+def test_a_crash_between_the_json_and_the_csv_is_repaired_by_the_next_write(tmp_path, monkeypatch):
+    results = tmp_path / "sweep"
+    one, two = _run("vit_b", "vit", 500, 0, 0.3), _run("vit_b", "vit", 1000, 0, 0.4)
+    records.write_runs(results, [one], ["cmd"])
+    old_csv = (tmp_path / "sweep.csv").read_bytes()
+    real = records.atomic_write
+
+    def dies_on_the_csv(path, write):
+        if str(path).endswith(".csv"):
+            raise KeyboardInterrupt  # killed after the .json was replaced
+        return real(path, write)
+
+    monkeypatch.setattr(records, "atomic_write", dies_on_the_csv)
+    with pytest.raises(KeyboardInterrupt):
+        records.write_runs(results, [one, two], ["cmd"])
+    assert records.read_runs(results) == [one, two]  # the record is whole
+    assert (tmp_path / "sweep.csv").read_bytes() == old_csv  # the copy is one run behind, not torn
+    monkeypatch.setattr(records, "atomic_write", real)
+    records.write_runs(results, records.read_runs(results), ["cmd"])
+    records.write_runs(tmp_path / "fresh", [one, two], ["cmd"])
+    assert (tmp_path / "sweep.csv").read_bytes() == (tmp_path / "fresh.csv").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.csv", "fresh.json", "sweep.csv", "sweep.json"]
+
+
+@pytest.mark.parametrize("tear", [lambda t: t[: len(t) // 2], lambda t: "", lambda t: t.replace("{", "[", 1)],
+                         ids=["half", "empty", "not an object"])
+def test_a_torn_results_file_is_named_and_never_read_as_empty(tmp_path, tear):
+    results = tmp_path / "sweep"
+    records.write_runs(results, [_run("vit_b", "vit", 500, 0, 0.3)], ["cmd"])
+    path = tmp_path / "sweep.json"
+    path.write_text(tear(path.read_text()))
+    torn = path.read_bytes()
+    for read in (records.read_runs, records.read_commands):
+        with pytest.raises(records.ResultsFileError, match=f"^{path} is not a complete results file .*restore it"):
+            read(results)
+    assert path.read_bytes() == torn

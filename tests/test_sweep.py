@@ -137,6 +137,39 @@ def test_sweep_resumes_a_run_that_was_interrupted(fake_cifar, tmp_path, monkeypa
     assert record.images_seen == 3 * 2 * config.batch_size
 
 
+def _done_records(config):
+    """A finished record of every run of ``config``, as a sweep would have stored them."""
+    return [records.RunRecord(model=r.model, family=zoo.ENTRIES[r.model].family, subset_size=r.subset_size,
+                              seed=r.seed, epochs=r.epochs, test_accuracy=0.1 * (i + 1), batch_size=r.batch_size)
+            for i, r in enumerate(config.runs())]
+
+
+def test_a_torn_results_file_stops_the_sweep_before_data_and_keeps_it(tmp_path, monkeypatch):
+    config = _tiny(tmp_path)
+    records.write_runs(config.results, _done_records(config)[:2], ["cmd"])
+    path = Path(config.results + ".json")
+    path.write_text(path.read_text()[:-30])  # torn: the finished runs are still in the bytes
+    torn = path.read_bytes()
+    monkeypatch.setattr(data, "cifar10", lambda *a, **kw: pytest.fail("loaded data before reading the results"))
+    monkeypatch.setattr(sweep_mod, "train", lambda *a, **kw: pytest.fail("trained despite a torn results file"))
+    for run in (sweep, sweep_mod.fewshot_runs):
+        with pytest.raises(records.ResultsFileError, match=f"{path} is not a complete results file"):
+            run(config)
+    assert path.read_bytes() == torn and not (tmp_path / "runs").exists()
+
+
+def test_a_torn_csv_is_rewritten_from_the_json(fake_cifar, tmp_path, monkeypatch):
+    config = _tiny(tmp_path)
+    done = _done_records(config)
+    records.write_runs(config.results, done, [config.command()])
+    table = Path(config.results + ".csv")
+    whole = table.read_bytes()
+    table.write_bytes(whole[: len(whole) // 2])
+    monkeypatch.setattr(sweep_mod, "train", lambda *a, **kw: pytest.fail("retrained a finished run"))
+    assert sweep(config) == sorted(done, key=lambda r: (r.family, r.model, r.subset_size, r.seed, r.epochs))
+    assert table.read_bytes() == whole
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(models=("vit_huge_c10",)), "unknown zoo models"),
     (dict(sizes=(100, 10**6)), "outside"),

@@ -3,21 +3,33 @@
 ``cifar10(split)`` finds CIFAR-10 under ``settings.data_root()`` in either of the two
 common layouts (torchvision's ``cifar-10-batches-py`` or an ImageFolder of JPEGs),
 downloads it through torchvision when neither is there and the machine is online,
-and decodes it once into a ``.npy`` cache so later loads take a fraction of a second.
+and decodes it once into an ``.npz`` cache so later loads take a fraction of a second.
+
+The cache is checked on every load, cheaply: it holds a key made from the list of source
+files with their sizes and modification times (what ``make`` and ``rsync`` compare), and it
+must read back whole (the zip's CRC-32 of each array) with the shapes and count the source
+implies. A stale or unreadable cache is rebuilt with a warning; a broken source file (a
+truncated JPEG, a torn batch file) stops the decode with an error that names it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import operator
 import os
 import pickle
+import warnings
+import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFile
 
 from . import settings
 from .io import atomic_write
@@ -30,10 +42,20 @@ SPLITS = ("train", "test")
 _BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 SAMPLES_DIR = settings.PROJECT_ROOT / "data" / "samples"
+#: Bumped when the cache's content or key changes, so older caches are rebuilt.
+_CACHE_VERSION = 2
 
 
 class DataNotFoundError(FileNotFoundError):
     """No dataset copy was found and none could be downloaded."""
+
+
+#: One image of an ImageFolder split: (path below the split folder, label, size in bytes, mtime in ns).
+_Entry = tuple[str, int, int, int]
+
+
+class CorruptDataError(ValueError):
+    """A file of the dataset copy cannot be used: a truncated image, a wrong size, a torn batch file."""
 
 
 @dataclass(frozen=True)
@@ -73,25 +95,35 @@ def cifar10(
     Returns:
         ``(images, labels)``: uint8 (N, 3, 32, 32) and int64 (N,), labels indexing
         :data:`CLASSES` (the standard CIFAR-10 order).
+
+    Raises:
+        DataNotFoundError: no copy (and no download), or a class folder missing or empty.
+        CorruptDataError: a source file that cannot be decoded or is not 32x32, named.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = Path(root) if root is not None else settings.data_root()
+    if root.exists() and not root.is_dir():
+        raise DataNotFoundError(f"the CIFAR-10 folder {root} is a file, not a folder: pass root= (or set "
+                                "VITLAB_DATA to) the folder that holds cifar10/ or cifar-10-batches-py/")
     source = find_cifar10(root)
     if source is None:
         if download:
             source = _download_or_explain(root)
         else:
             raise DataNotFoundError(_not_found_message(root, reason="download=False"))
+    folder = source.path / split
+    files = _list_imagefolder(folder) if source.kind == "imagefolder" else None
+    key = _source_key(source, split, files)
     cache = _cache_file(source, split)
-    if cache.is_file():
-        with np.load(cache) as arrays:
-            return torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"])
+    cached = _read_cache(cache, key, None if files is None else len(files))
+    if cached is not None:
+        return torch.from_numpy(cached[0]), torch.from_numpy(cached[1])
     if source.kind == "batches":
         images, labels = _read_batches(source.path, split)
     else:
-        images, labels = _read_imagefolder(source.path / split)
-    atomic_write(cache, lambda tmp: _save_npz(tmp, images, labels))
+        images, labels = _read_imagefolder(folder, files)
+    _write_cache(cache, images, labels, key)
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
@@ -105,8 +137,7 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int = 0) -> torch.T
     labels = torch.as_tensor(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
-    if not 0 < size <= len(labels):
-        raise ValueError(f"subset size must be in 1..{len(labels)}, got {size}")
+    size = _image_count(size, len(labels))
     classes = torch.unique(labels)
     gen = torch.Generator().manual_seed(seed)
     extra_rank = torch.randperm(len(classes), generator=gen)
@@ -117,11 +148,32 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int = 0) -> torch.T
         want = base + (rank < extra)
         if want > len(members):
             raise ValueError(
-                f"class {cls} has {len(members)} items, a stratified subset of {size} needs {want}"
+                f"class {cls} has {len(members)} items, a stratified subset of {size} needs {want}: "
+                "ask for a smaller subset"
             )
         order = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed * 1009 + cls))
         picked.append(members[order[:want]])
     return torch.sort(torch.cat(picked)).values
+
+
+def _image_count(size, available: int) -> int:
+    """``size`` as an int in 1..``available``: integers of any kind (numpy, 0-d torch), not floats or bools."""
+    is_bool = isinstance(size, (bool, np.bool_)) or (isinstance(size, torch.Tensor) and size.dtype == torch.bool)
+    try:
+        if is_bool:
+            raise TypeError
+        count = operator.index(size)
+    except TypeError:
+        hint = ""
+        if isinstance(size, float) and size.is_integer():
+            hint = f"; pass {int(size)}"
+        elif isinstance(size, float) and 0 < size < 1:
+            hint = f"; for a fraction of the {available:,} labels pass round({size} * {available})"
+        raise TypeError(f"subset size must be an integer count of images, got {size!r} "
+                        f"({type(size).__name__}){hint}") from None
+    if not 0 < count <= available:
+        raise ValueError(f"subset size must be in 1..{available} (the number of labels), got {count}")
+    return count
 
 
 def resize(images: torch.Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
@@ -238,13 +290,12 @@ def gallery(size: int = 32, cifar: int = 20) -> tuple[torch.Tensor, list[str]]:
 
 
 def _not_found_message(root: Path, reason: str) -> str:
-    return (
-        f"CIFAR-10 was not found under {root} and could not be downloaded ({reason}).\n"
-        "Provide it in one of three ways:\n"
-        f"  1. torchvision layout: put the extracted 'cifar-10-batches-py' folder in {root};\n"
-        f"  2. ImageFolder layout: {root}/cifar10/train/<class>/*.jpg and .../test/<class>/*.jpg;\n"
-        "  3. download: run once on a machine that is online (vitlab downloads through torchvision).\n"
-        "Set VITLAB_DATA to the folder that holds it (e.g. VITLAB_DATA=../shared/data)."
+    return (  # one line (the command line prints it as it is), with the three ways to provide the data
+        f"CIFAR-10 was not found under {root} and could not be downloaded ({reason}); provide it in one of "
+        f"three ways: 1. torchvision layout: put the extracted 'cifar-10-batches-py' folder in {root}; "
+        f"2. ImageFolder layout: {root}/cifar10/train/<class>/*.jpg and .../test/<class>/*.jpg; "
+        "3. download: run once on a machine that is online (vitlab downloads through torchvision); "
+        "set VITLAB_DATA to the folder that holds it (e.g. VITLAB_DATA=../shared/data)"
     )
 
 
@@ -268,23 +319,87 @@ def _download_cifar10(root: Path) -> None:
 
 
 def _cache_file(source: Source, split: str) -> Path:
-    """Cache path keyed by the source's location and a cheap fingerprint of its files."""
-    if source.kind == "batches":
-        parts = [source.path / name for name in _BATCHES[split]]
-        stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in parts if p.exists()]
-    else:
-        folder = source.path / split
-        stamp = sorted(
-            (d.name, d.stat().st_mtime_ns, len(os.listdir(d))) for d in folder.iterdir() if d.is_dir()
-        )
-    key = json.dumps([str(source.path.resolve()), source.kind, split, stamp, 1])
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return settings.cache_dir() / f"cifar10-{split}-{digest}.npz"
+    """One cache file per copy and split; what it was decoded from is checked by :func:`_source_key`.
+
+    The name does not change with the source files, so a stale cache is found (and replaced)
+    rather than left beside a new one.
+    """
+    where = json.dumps([str(source.path.resolve()), source.kind, split, _CACHE_VERSION])
+    return settings.cache_dir() / f"cifar10-{split}-{hashlib.sha1(where.encode()).hexdigest()[:16]}.npz"
 
 
-def _save_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+def _source_key(source: Source, split: str, files: list[_Entry] | None) -> str:
+    """A digest of the source files' names, sizes and modification times (no content is read).
+
+    Catches a file added, removed or replaced in place (a new size or a new mtime), as ``make``
+    and ``rsync`` do. Names are relative, so the same copy reached by another path keeps its key.
+    """
+    if files is None:  # the batch files of the torchvision layout
+        stats = [(name, (source.path / name).stat()) for name in _BATCHES[split] if (source.path / name).is_file()]
+        files = [(name, -1, st.st_size, st.st_mtime_ns) for name, st in stats]
+    text = "".join(f"{name}\0{label}\0{size}\0{mtime}\n" for name, label, size, mtime in files)
+    return hashlib.sha1(f"{source.kind} {split} {_CACHE_VERSION}\n{text}".encode()).hexdigest()
+
+
+def _cache_problem(images: np.ndarray, labels: np.ndarray, count: int | None) -> str | None:
+    """Why the arrays of a cache are not a complete decode (None when they are)."""
+    n = len(labels)
+    if images.dtype != np.uint8 or images.shape != (n, 3, 32, 32):
+        return f"it holds {images.dtype} images of shape {images.shape}, expected uint8 ({n}, 3, 32, 32)"
+    if labels.dtype != np.int64 or labels.ndim != 1 or n == 0:
+        return f"it holds {labels.dtype} labels of shape {labels.shape}, expected int64 (N,) with N > 0"
+    if count is not None and n != count:
+        return f"it holds {n} images but the source has {count}"
+    if labels.min() < 0 or labels.max() >= len(CLASSES):
+        return f"its labels span {labels.min()}..{labels.max()}, not 0..{len(CLASSES) - 1}"
+    return None
+
+
+def _read_cache(cache: Path, key: str, count: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached ``(images, labels)`` if ``cache`` is a complete decode of the current source.
+
+    Otherwise None, with a warning naming the file and why when one was there. Reading checks
+    each array's CRC-32 (the zip format's own), so zeroed or torn bytes are caught as well.
+    """
+    if not cache.exists():
+        return None
+    try:
+        arrays = np.load(cache, allow_pickle=False)
+        if not isinstance(arrays, np.lib.npyio.NpzFile):
+            why = "it is not an .npz archive"
+        else:
+            with arrays:
+                if "key" not in arrays.files:
+                    why = "it was written by an older vitlab (no source key)"
+                elif str(arrays["key"]) != key:
+                    why = "the source files changed since it was written (a file added, removed or replaced)"
+                else:
+                    images, labels = arrays["images"], arrays["labels"]
+                    why = _cache_problem(images, labels, count)
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        why = f"it cannot be read ({type(err).__name__}: {err})"
+    if why is None:
+        return images, labels
+    warnings.warn(f"rebuilding the CIFAR-10 cache {cache}: {why}", stacklevel=3)
+    return None
+
+
+def _write_cache(cache: Path, images: np.ndarray, labels: np.ndarray, key: str) -> None:
+    """Write the cache atomically; a cache folder that cannot be written costs speed, not the load."""
+    try:
+        atomic_write(cache, lambda tmp: _save_npz(tmp, images, labels, key))
+    except OSError as err:
+        warnings.warn(f"could not write the CIFAR-10 cache {cache} ({type(err).__name__}: {err}); the next load "
+                      "decodes again: set VITLAB_CACHE to a writable folder", stacklevel=3)
+
+
+def _save_npz(path: Path, images: np.ndarray, labels: np.ndarray, key: str) -> None:
     with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
-        np.savez(f, images=images, labels=labels)
+        np.savez(f, images=images, labels=labels, key=np.array(key))
+
+
+class _RefusedPickle(pickle.UnpicklingError):
+    """A batch file asked to build something other than an array."""
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
@@ -300,11 +415,15 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
     }
 
+    def __init__(self, file, path: Path, **kwargs):
+        super().__init__(file, **kwargs)
+        self.path = path  # named in the refusal
+
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name}: a CIFAR-10 batch file holds only arrays, "
+        raise _RefusedPickle(
+            f"refusing to load {module}.{name} from {self.path}: a CIFAR-10 batch file holds only arrays, "
             "so this file is not a genuine CIFAR-10 batch; replace it with the official one"
         )
 
@@ -315,29 +434,77 @@ def _read_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         path = folder / name
         if not path.is_file():
             raise DataNotFoundError(f"{path} is missing: the cifar-10-batches-py folder is incomplete")
-        with open(path, "rb") as f:
-            batch = _ArrayOnlyUnpickler(f, encoding="latin1").load()
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        try:
+            with open(path, "rb") as f:
+                batch = _ArrayOnlyUnpickler(f, path, encoding="latin1").load()
+            data = np.asarray(batch["data"], dtype=np.uint8)
+            images.append(data.reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        except _RefusedPickle:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, IndexError) as err:
+            raise CorruptDataError(f"{path} is not a readable CIFAR-10 batch ({type(err).__name__}: {err}); "
+                                   "replace it with the official file (or delete the folder to download again)"
+                                   ) from None
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
 
-def _read_imagefolder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+def _list_imagefolder(folder: Path) -> list[_Entry]:
+    """Every image of one split (``"<class>/<file>"``, label, size, mtime), by class then name.
+
+    Strings rather than Paths: listing the 50,000 training images takes about 0.2 s. Raises
+    :class:`DataNotFoundError` naming the folder when a class folder is missing or empty, before
+    anything is decoded.
+    """
     found = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if sorted(CLASSES) != found:
+        missing, extra = sorted(set(CLASSES) - set(found)), sorted(set(found) - set(CLASSES))
         raise DataNotFoundError(
-            f"{folder} must hold exactly the 10 CIFAR-10 class folders {list(CLASSES)}; found {found}"
+            f"{folder} must hold exactly the 10 CIFAR-10 class folders {list(CLASSES)}; "
+            f"missing {missing}, unexpected {extra}: restore or rename them"
         )
-    files, labels = [], []
+    files = []
     for label, cls in enumerate(CLASSES):
-        names = sorted(n for n in os.listdir(folder / cls) if Path(n).suffix.lower() in _IMAGE_SUFFIXES)
-        files += [folder / cls / n for n in names]
-        labels += [label] * len(names)
-    images = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
-    for i, path in enumerate(files):
-        with Image.open(path) as im:
-            if im.size != (32, 32):
-                raise ValueError(f"{path} is {im.size[0]}x{im.size[1]}; CIFAR-10 images are 32x32")
-            images[i] = np.asarray(im.convert("RGB"))
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), np.asarray(labels, dtype=np.int64)
+        with os.scandir(folder / cls) as entries:
+            found = sorted((e.name, e.stat()) for e in entries
+                           if os.path.splitext(e.name)[1].lower() in _IMAGE_SUFFIXES and e.is_file())
+        if not found:
+            raise DataNotFoundError(f"{folder / cls} holds no images ({', '.join(sorted(_IMAGE_SUFFIXES))}): "
+                                    "restore them, or point VITLAB_DATA at a complete copy")
+        files += [(f"{cls}/{name}", label, st.st_size, st.st_mtime_ns) for name, st in found]
+    return files
+
+
+@contextlib.contextmanager
+def _strict_decoding() -> Iterator[None]:
+    """Make PIL raise on a truncated image even where a caller allowed it to pad them with grey."""
+    allowed = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = allowed
+
+
+def _read_imagefolder(folder: Path, files: list[_Entry]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the listed images of ``folder`` (see :func:`_list_imagefolder`) into uint8 (N, 3, 32, 32) and labels."""
+    images = np.empty((len(files), 32, 32, 3), dtype=np.uint8)  # (N, H, W, C)
+    with _strict_decoding():
+        for i, (name, *_) in enumerate(files):
+            path = folder / name
+            try:
+                with Image.open(path) as im:  # reads the header only
+                    size, rgb = im.size, None
+                    if size == (32, 32):
+                        im.load()  # decode now: a truncated file fails here, not as grey pixels
+                        rgb = np.asarray(im.convert("RGB"))
+            except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for broken or unknown files
+                raise CorruptDataError(f"{path} is not a readable image ({type(err).__name__}: "
+                                       f"{str(err).replace(str(path), '...')}); replace it with a good copy "
+                                       "or delete it") from None
+            if rgb is None:
+                raise CorruptDataError(f"{path} is {size[0]}x{size[1]}; CIFAR-10 images are 32x32: "
+                                       "resize it or delete it")
+            images[i] = rgb
+    labels = np.asarray([label for _, label, *_ in files], dtype=np.int64)
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels

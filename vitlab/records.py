@@ -8,6 +8,11 @@ merges the two, so ``run.fewshot[k]`` is the run's k-shot probe accuracy.
 The on-disk format is the one the committed sweep was written in (``fewshot_<k>`` fields,
 runs ordered by family, model, subset size, seed and epochs). Field names are read and
 written here, at the file boundary, and nowhere else: the rest of vitlab sees dataclasses.
+
+The ``.json`` file is the record; the ``.csv`` beside it is a copy for spreadsheets, rewritten
+from the records on every write. Both are written atomically. A ``.json`` that cannot be read
+whole raises an error naming it, never reads as empty: a sweep would otherwise rewrite it
+without its finished runs.
 """
 from __future__ import annotations
 
@@ -41,6 +46,12 @@ _RUN_JSON_KEYS = ("model", "subset_size", "seed", "epochs", "family", "test_accu
 
 _FEWSHOT_PREFIX = "fewshot_"
 FEWSHOT_TAG = "-fewshot"
+
+T = TypeVar("T")
+
+
+class ResultsFileError(ValueError):
+    """A results file cannot be read whole; it is left as it is."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,9 +159,42 @@ def _file(results: str | os.PathLike, suffix: str) -> Path:
     return Path(base + suffix)
 
 
+def _unreadable(path: Path, why: str) -> ResultsFileError:
+    return ResultsFileError(f"{path} is not a complete results file ({why}): restore it (from git or a backup), "
+                            "or move it away and rerun the sweep; vitlab will not overwrite it")
+
+
 def _load(results: str | os.PathLike, tag: str) -> dict[str, Any]:
-    path = _file(results, f"{tag}.json")
-    return json.loads(path.read_text()) if path.is_file() else {"commands": [], "runs": []}
+    """The stored ``{"commands": [...], "runs": [...]}`` of ``<results><tag>.json``; empty when there is none.
+
+    A file that does not parse, or a ``.csv`` of results without its ``.json``, raises
+    :class:`ResultsFileError` naming the file: reading it as empty would let the next write drop its runs.
+    """
+    path, table = _file(results, f"{tag}.json"), _file(results, f"{tag}.csv")
+    if not path.exists():
+        if table.is_file() and table.stat().st_size:
+            raise ResultsFileError(f"{table} holds results but {path.name} beside it is missing (vitlab reads and "
+                                   "rewrites runs from the .json): restore it, or move the .csv away to start afresh")
+        return {"commands": [], "runs": []}
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _unreadable(path, f"{type(err).__name__}: {err}") from None
+    if not (isinstance(stored, dict) and isinstance(stored.get("runs"), list)
+            and isinstance(stored.get("commands", []), list) and all(isinstance(r, dict) for r in stored["runs"])):
+        raise _unreadable(path, 'not an object with a "runs" list of records')
+    return {"commands": stored.get("commands", []), "runs": stored["runs"]}
+
+
+def _records(path: Path, rows: list[dict[str, Any]], build: Callable[[dict[str, Any]], T]) -> list[T]:
+    """``build(row)`` for every stored row; a row with missing or unknown fields names the file and row."""
+    built = []
+    for i, row in enumerate(rows):
+        try:
+            built.append(build(row))
+        except TypeError as err:
+            raise _unreadable(path, f"run {i}: {err}") from None
+    return built
 
 
 def _split_fewshot(row: dict[str, Any]) -> tuple[dict[str, Any], dict[int, float]]:
@@ -205,11 +249,12 @@ def read_commands(results: str | os.PathLike, tag: str = "") -> list[str]:
 def read_run_probes(results: str | os.PathLike) -> tuple[list[RunProbe], list[str]]:
     """The :class:`RunProbe` records of ``<results>-fewshot.json`` and the commands that made them."""
     stored = _load(results, FEWSHOT_TAG)
-    probes = []
-    for row in stored["runs"]:
+
+    def probe(row: dict[str, Any]) -> RunProbe:
         rest, shots = _split_fewshot(row)
-        probes.append(RunProbe(**rest, fewshot=shots))
-    return probes, list(stored["commands"])
+        return RunProbe(**rest, fewshot=shots)
+
+    return _records(_file(results, f"{FEWSHOT_TAG}.json"), stored["runs"], probe), list(stored["commands"])
 
 
 def write_run_probes(results: str | os.PathLike, probes: Sequence[RunProbe], commands: Sequence[str]) -> None:
@@ -225,7 +270,7 @@ def read_runs(results: str | os.PathLike) -> list[RunRecord]:
     Runs probed in ``<results>-fewshot.json`` carry those accuracies in ``.fewshot``.
     """
     probes = {p.key: p.fewshot for p in read_run_probes(results)[0]}
-    runs = [RunRecord(**row) for row in _load(results, "")["runs"]]
+    runs = _records(_file(results, ".json"), _load(results, "")["runs"], lambda row: RunRecord(**row))
     return [dataclasses.replace(r, fewshot=dict(probes.get(r.key, {}))) for r in runs]
 
 
@@ -257,7 +302,6 @@ def spread(values: Iterable[float]) -> Spread:
     return Spread(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0, n=len(v))
 
 
-T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 
 

@@ -9,7 +9,9 @@ test accuracy on all 10,000 test images, training FLOPs counted by
 
 Each run trains in its own folder under ``out`` through :func:`vitlab.train.train`, so an
 interrupted sweep resumes inside the run it was in; runs already in the results file are
-skipped. Results are rewritten atomically after every run.
+skipped. Results are rewritten atomically after every run (the ``.json`` first, then the
+``.csv`` copy, which the next write brings up to date if a crash fell between the two). A
+results file that cannot be read stops the sweep before any data is loaded, unchanged.
 """
 from __future__ import annotations
 
@@ -176,11 +178,12 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
     ``config.fewshot`` set, every finished run is then probed (:func:`fewshot_runs`).
     """
     check(config)
-    train_set, test_set = data.cifar10("train"), data.cifar10("test")  # fails here without a dataset
-    check(config, len(train_set[1]))
+    # Read the results first: a torn file stops here, before any data is loaded, and is never rewritten.
     # Probe results live in their own file (fewshot_runs), not among the training records.
     done = [dataclasses.replace(r, fewshot={}) for r in records.read_runs(config.results)]
     commands = _with(records.read_commands(config.results), config.command())
+    train_set, test_set = data.cifar10("train"), data.cifar10("test")  # fails here without a dataset
+    check(config, len(train_set[1]))
     finished = {_key(r) for r in done}
     todo = [run for run in config.runs() if _key(run) not in finished]
     flops: dict[str, float] = {}  # training FLOPs per image, counted once per model
@@ -240,15 +243,17 @@ def fewshot_runs(config: SweepConfig, train_set: Split | None = None, test_set: 
     """
     from .compare import fewshot_probes
 
-    (train_x, train_y), (test_x, test_y) = train_set or data.cifar10("train"), test_set or data.cifar10("test")
-    test_idx = data.stratified_subset(test_y, config.fewshot_test, 0)
     setting = dict(shots=list(config.fewshot), seeds=config.fewshot_seeds, test=config.fewshot_test)
-    probes, commands = records.read_run_probes(config.results)
+    probes, commands = records.read_run_probes(config.results)  # a torn file stops here, before the data
     commands = _with(commands, config.command())
     skip = {_key(p) for p in probes if p.probe_setting == setting}
     wanted = {_key(run) for run in config.runs()}
     todo = [r for r in records.read_runs(config.results) if _key(r) in wanted and _key(r) not in skip
             and (_run_dir(config, r) / "model.safetensors").is_file()]
+    if not todo:
+        return probes
+    (train_x, train_y), (test_x, test_y) = train_set or data.cifar10("train"), test_set or data.cifar10("test")
+    test_idx = data.stratified_subset(test_y, config.fewshot_test, 0)
     for record in tqdm(todo, desc="few-shot probes", disable=not (progress and todo)):
         model = load_model(_run_dir(config, record) / "model.safetensors", device="cpu")
         rows = fewshot_probes(model, train_x, train_y, test_x[test_idx], test_y[test_idx], shots=config.fewshot,
