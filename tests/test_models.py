@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import vitlab
-from vitlab import models, zoo
+from vitlab import data, models, zoo
+from vitlab.weights import WeightsFileError
 
 
 def _export_google_npz(model: VisionTransformer, path) -> None:
@@ -113,16 +115,26 @@ def test_state_dict_file_needs_arch_and_loads_with_weights_only(tmp_path, tiny_v
     torch.testing.assert_close(_logits(loaded), _logits(tiny_vit), rtol=0, atol=0)
 
 
-class _Payload:
+class _Touch:
+    """Unpickling this object opens ``marker`` for writing, so the file shows whether it ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (print, ("unpickled code ran",))
+        return (open, (self.marker, "w"))
 
 
-def test_pickled_objects_are_refused(tmp_path):
+def test_pickled_objects_are_refused_and_never_run(tmp_path):
+    control, marker = tmp_path / "control", tmp_path / "marker"
+    torch.save({"weights": _Touch(control)}, tmp_path / "control.pt")
+    torch.load(tmp_path / "control.pt", weights_only=False)  # what an unpickling loader would do
+    assert control.exists(), "the payload does not work, so the test below would prove nothing"
     path = tmp_path / "evil.pt"
-    torch.save({"weights": _Payload()}, path)
+    torch.save({"weights": _Touch(marker)}, path)
     with pytest.raises(ValueError, match="weights_only=True"):
-        vitlab.load_model(path, arch="vit_tiny_c10")
+        vitlab.load_model(path, arch="vit_tiny_c10", device="cpu")
+    assert not marker.exists()
 
 
 def test_mismatched_checkpoint_is_explained(tmp_path, tiny_vit):
@@ -241,3 +253,154 @@ def test_preprocess_matches_manual_normalisation(tiny_vit):
 def test_preprocess_rejects_bad_input(bad, error):
     with pytest.raises(error, match=r"\(N, 3, H, W\)"):
         vitlab.preprocess(vitlab.load_model("vit_tiny_c10", device="cpu"), bad)
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("reached work that a bad spec must never reach")
+
+
+def test_bad_pretrained_tag_is_refused_before_any_network_access(monkeypatch):
+    for name in ("create_connection", "getaddrinfo"):
+        monkeypatch.setattr(socket, name, _refuse)
+    monkeypatch.setattr(timm, "create_model", _refuse)
+    monkeypatch.setattr(models, "_create_cache_first", _refuse)
+    with pytest.raises(ValueError) as info:
+        vitlab.load_model("vit_tiny_patch16_224.nonexistent_tag", device="cpu")
+    message = str(info.value)
+    # timm's own list, read independently of vitlab's parsing of it
+    expected = sorted(n.split(".", 1)[1] for n in timm.list_pretrained("vit_tiny_patch16_224*")
+                      if n.split(".", 1)[0] == "vit_tiny_patch16_224")
+    assert expected and sorted(models.pretrained_tags("vit_tiny_patch16_224.whatever")) == expected
+    assert "'nonexistent_tag'" in message and all(tag in message for tag in expected)
+    assert models.check_spec("vit_tiny_patch16_224.augreg_in21k") == "timm"  # a real tag passes the check
+
+
+def test_describe_load_explains_a_bad_tag_in_one_line():
+    line = models.describe_load("vit_tiny_patch16_224.nonexistent_tag")
+    assert line.startswith("vit_tiny_patch16_224.nonexistent_tag: cannot be loaded.")
+    assert "augreg_in21k_ft_in1k" in line and "\n" not in line
+
+
+def test_describe_load_explains_a_broken_file(tmp_path):
+    (tmp_path / "m.safetensors").write_bytes(b"")
+    line = models.describe_load(str(tmp_path / "m.safetensors"))
+    assert line.startswith(f"{tmp_path / 'm.safetensors'}: cannot be loaded.") and "empty" in line
+
+
+def _micro_file(tmp_path):
+    model = models.build_model({"zoo": "vit_micro_c10"})
+    return model, models.save_model(model, tmp_path / "m.safetensors")
+
+
+@pytest.mark.parametrize("cut", [0, 4, 8, 100, -1])
+def test_a_cut_safetensors_file_fails_before_a_model_is_built(tmp_path, monkeypatch, cut):
+    _, path = _micro_file(tmp_path)
+    path.write_bytes(path.read_bytes()[:cut])
+    monkeypatch.setattr(models, "build_model", _refuse)
+    monkeypatch.setattr(models, "read_state_dict", _refuse)
+    with pytest.raises(WeightsFileError, match="is (empty|truncated)") as info:
+        vitlab.load_model(path, device="cpu")
+    assert str(path) in str(info.value)
+
+
+def test_check_spec_reads_headers_only(tmp_path, monkeypatch):
+    model, path = _micro_file(tmp_path)
+    monkeypatch.setattr(models, "build_model", _refuse)
+    monkeypatch.setattr(models, "read_state_dict", _refuse)
+    assert models.check_spec(path) == "file"
+    assert models.check_spec("vit_small_c10") in ("zoo", "file")
+    assert models.check_spec("vit_tiny_patch16_224") == "timm"
+    path.with_suffix(".json").write_text("{")
+    with pytest.raises(WeightsFileError, match="m.json is not valid JSON"):
+        models.check_spec(path)
+
+
+def test_zeroed_safetensors_header_is_named(tmp_path):
+    _, path = _micro_file(tmp_path)
+    raw = bytearray(path.read_bytes())
+    raw[8:40] = b"\0" * 32  # same size, header destroyed
+    path.write_bytes(bytes(raw))
+    with pytest.raises(WeightsFileError, match=f"{path.name} is truncated or corrupt"):
+        vitlab.load_model(path, device="cpu")
+
+
+def test_legacy_pt_files_still_load(tmp_path, tiny_vit):
+    path = tmp_path / "legacy.pt"
+    torch.save(tiny_vit.state_dict(), path, _use_new_zipfile_serialization=False)
+    kw = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=3)
+    loaded = vitlab.load_model(path, arch="vit_tiny_patch16_224", device="cpu", **kw)
+    torch.testing.assert_close(_logits(loaded), _logits(tiny_vit), rtol=0, atol=0)
+
+
+def test_a_folder_points_at_the_weights_inside(tmp_path):
+    (tmp_path / "run").mkdir()
+    _micro_file(tmp_path / "run")
+    with pytest.raises(FileNotFoundError) as info:
+        vitlab.load_model(tmp_path / "run", device="cpu")
+    assert str(tmp_path / "run" / "m.safetensors") in str(info.value)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(mean=[0, 0, 0], std=[1, 1, 1]),  # integers are numbers
+    dict(input_size=[3, 64, 48], interpolation="bilinear"),
+    dict(interpolation="lanczos"),
+])
+def test_sane_pretrained_cfg_is_accepted(tmp_path, cfg):
+    _, path = _micro_file(tmp_path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta["pretrained_cfg"].update(cfg)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    loaded = vitlab.load_model(path, device="cpu")
+    assert all(loaded.pretrained_cfg[k] == (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items())
+
+
+@pytest.mark.parametrize("key, value", [
+    ("mean", [0.5, 0.5, 0.5, 0.5]), ("mean", [0.5, "0.5", 0.5]), ("mean", [0.5, float("nan"), 0.5]),
+    ("mean", [True, 0.5, 0.5]), ("mean", 0.5), ("std", [0.2, -0.2, 0.2]), ("std", None),
+    ("input_size", [3, 32]), ("input_size", [3, 32.0, 32]), ("input_size", [0, 32, 32]),
+    ("interpolation", "BICUBIC"), ("interpolation", 3),
+])
+def test_nonsense_pretrained_cfg_names_the_sidecar_and_key(tmp_path, key, value):
+    _, path = _micro_file(tmp_path)
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    meta["pretrained_cfg"][key] = value
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(WeightsFileError, match=f"{sidecar.name}: key 'pretrained_cfg' '{key}' must be"):
+        vitlab.load_model(path, device="cpu")
+
+
+def test_every_timm_pretrained_cfg_passes_the_sidecar_check():
+    """The check refuses nonsense, not any preprocessing timm itself ships."""
+    from timm.models import get_pretrained_cfg
+
+    names = timm.list_pretrained()
+    assert len(names) > 1000
+    refused = [n for n in names if models._pretrained_cfg_problem(models._jsonable(get_pretrained_cfg(n).to_dict()))]
+    assert refused == []
+
+
+def test_a_sidecar_without_preprocessing_keys_takes_the_architectures(tmp_path):
+    _, path = _micro_file(tmp_path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    del meta["pretrained_cfg"]["mean"], meta["pretrained_cfg"]["std"]
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    cfg = timm.data.resolve_model_data_config(vitlab.load_model(path, device="cpu"))
+    assert cfg["mean"] == data.MEAN and cfg["std"] == data.STD  # CIFAR-10's, not timm's ImageNet default
+
+
+def test_num_classes_zero_removes_the_head_as_in_timm(tmp_path):
+    model = vitlab.load_model("vit_micro_c10", num_classes=0, device="cpu")
+    assert _logits(model).shape == (2, 32)  # the pooled features (embed_dim 32)
+    loaded = vitlab.load_model(models.save_model(model, tmp_path / "features.safetensors"), device="cpu")
+    torch.testing.assert_close(_logits(loaded), _logits(model), rtol=0, atol=0)
+
+
+def test_device_check_follows_the_gpus_present(monkeypatch):
+    """On a (pretended) one-GPU machine cuda and cuda:0 pass the check, cuda:1 does not."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert models._device("cuda") == torch.device("cuda") and models._device("cuda:0") == torch.device("cuda:0")
+    assert models._device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match="device='cuda:1' but this machine has 1 CUDA device"):
+        models._device("cuda:1")

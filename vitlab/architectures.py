@@ -7,6 +7,8 @@ record a saved file stores, so old files stay loadable when the registry changes
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,11 +112,28 @@ def architecture(name: str, config: dict[str, Any] | None = None) -> Architectur
         name: a key of :data:`ARCHITECTURES` (used when ``config`` is None).
         config: the fields of a saved architecture (``dataclasses.asdict`` of one, read back
             from JSON, so tuples arrive as lists).
+
+    Raises:
+        ValueError: ``name`` is not registered (with the closest names), or ``config`` does
+            not describe a CifarViT or CifarResNet (naming the fields that are wrong).
     """
     if config is None:
+        if name not in ARCHITECTURES:
+            close = difflib.get_close_matches(str(name), ARCHITECTURES, n=1)
+            hint = f"Did you mean {close[0]}? " if close else ""
+            raise ValueError(f"unknown zoo architecture {name!r}. {hint}Known: {', '.join(ARCHITECTURES)}.")
         return ARCHITECTURES[name]
+    if not isinstance(config, dict):
+        raise ValueError(f"the config of architecture {name!r} must be a mapping of fields, got {config!r}")
     config = dict(config)
     cls = CifarViT if config.get("family") == "vit" else CifarResNet
+    fields = {f.name for f in dataclasses.fields(cls)}
+    required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+    unknown, missing = sorted(set(config) - fields), sorted(required - set(config))
+    if unknown or missing:
+        wrong = [f"{label} fields {', '.join(keys)}" for label, keys in (("unknown", unknown), ("missing", missing))
+                 if keys]
+        raise ValueError(f"the config of architecture {name!r} is not a {cls.__name__}: {'; '.join(wrong)}")
     for key in ("channels", "layers"):
         if key in config:
             config[key] = tuple(config[key])

@@ -15,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import numbers
 import os
 import socket
 import urllib.parse
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import safetensors.torch
 import timm
@@ -32,7 +34,8 @@ from . import data, settings
 # The architectures are re-exported: models.ARCHITECTURES, models.CifarViT, ... keep working.
 from .architectures import ARCHITECTURES, Architecture, CifarResNet, CifarViT, architecture  # noqa: F401
 from .io import atomic_path, write_json
-from .weights import GOOGLE_VIT_CFG, SUFFIXES, fit_head, google_vit_args, load_google_npz, load_state, read_state_dict
+from .weights import (GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_weights_file, fit_head, google_vit_args,
+                      load_google_npz, load_state, read_state_dict)
 
 ZOO_DIR = settings.PROJECT_ROOT / "data" / "zoo"
 SIDECAR_FORMAT = 1
@@ -67,7 +70,9 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     config (so old files stay loadable when the registry changes);
     ``{"timm": name, "kwargs": {...}}`` calls ``timm.create_model(name, **kwargs)``;
     ``{"google_vit": {...}}`` builds a VisionTransformer with these arguments.
+    A record that names no known architecture raises ValueError saying which part.
     """
+    check_record(arch)
     if "zoo" in arch:
         config = architecture(arch["zoo"], arch.get("config"))
         model = config.build()
@@ -79,14 +84,12 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
         _match_input_size(model)
         model.vitlab_arch = {"timm": arch["timm"], "kwargs": kwargs}
         return model
-    if "google_vit" in arch:
-        kwargs = dict(arch["google_vit"])
-        model = VisionTransformer(**kwargs)
-        size = kwargs["img_size"]
-        cfg = dict(GOOGLE_VIT_CFG, input_size=(3, size, size), num_classes=kwargs["num_classes"])
-        _attach(model, cfg, {"google_vit": kwargs})
-        return model
-    raise ValueError(f"unknown architecture record {arch!r}: expected a 'zoo', 'timm' or 'google_vit' key")
+    kwargs = dict(arch["google_vit"])
+    model = VisionTransformer(**kwargs)
+    size = kwargs["img_size"]
+    cfg = dict(GOOGLE_VIT_CFG, input_size=(3, size, size), num_classes=kwargs["num_classes"])
+    _attach(model, cfg, {"google_vit": kwargs})
+    return model
 
 
 def _match_input_size(model: nn.Module) -> None:
@@ -113,6 +116,15 @@ def _attach(model: nn.Module, pretrained_cfg: dict[str, Any], arch: dict[str, An
 # --- loading -----------------------------------------------------------------------
 
 
+class _WeightsPlan(NamedTuple):
+    """A checked weights file and how to build the model it fits."""
+
+    path: Path
+    record: dict[str, Any] | None  # the architecture record to build; None: infer it from the .npz
+    pretrained_cfg: dict[str, Any] | None  # the sidecar's preprocessing
+    fit_head: bool  # arch= was given: size the head like the file's
+
+
 def load_model(
     spec: str | os.PathLike,
     num_classes: int | None = None,
@@ -122,6 +134,9 @@ def load_model(
     **kw: Any,
 ) -> nn.Module:
     """Load a model by zoo name, timm name or local file, in eval mode.
+
+    The spec, file header and sidecar are checked first (:func:`check_spec`), so a bad one
+    fails in one line naming it before any model is built or anything is downloaded.
 
     Args:
         spec: one of
@@ -133,49 +148,141 @@ def load_model(
               cache, downloaded when online (``pretrained=False`` for random weights);
             * a path to ``.safetensors``, ``.pt``/``.pth`` (a state dict, read with
               ``weights_only=True``) or a Google ``.npz`` ViT checkpoint.
-        num_classes: replace the classifier head with one for this many classes.
+        num_classes: replace the classifier head with one for this many classes (0 removes
+            it, as in timm: the model then returns its pooled features).
         device: where to put the model; default CUDA when available, else CPU.
         arch: architecture (timm or zoo name) of a weights file that has no sidecar.
-        **kw: passed to ``timm.create_model`` for timm names and architectures.
+        **kw: passed to ``timm.create_model`` for timm names and ``arch=`` timm architectures.
 
     Returns:
         The model, with ``pretrained_cfg`` describing its preprocessing.
     """
-    device = torch.device(device) if device is not None else settings.default_device()
-    text = os.fspath(spec)
-    path = Path(text).expanduser()
-    if text.lower().endswith(SUFFIXES) or path.is_file():
-        model = _load_file(path, arch=arch, **kw)
-    elif text in ARCHITECTURES or ("/" not in text and zoo_weights(text).is_file()):
-        if kw:
-            raise TypeError(f"zoo models take no extra arguments, got {sorted(kw)}")
-        model = _load_zoo(text)
-    elif timm.is_model(text.split(".", 1)[0]):
-        model = _load_timm(text, num_classes=num_classes, **kw)
+    device = _device(device)
+    _check_num_classes(num_classes)
+    kind, target = _resolve(spec, arch, kw)
+    if kind == "file":
+        model = _load_file(target)
+    elif kind == "zoo":
+        model = _untrained_zoo(target)
     else:
-        raise ValueError(_unknown_spec_message(text))
+        model = _load_timm(target, num_classes=num_classes, **kw)
     if num_classes is not None and model.num_classes != num_classes:
         _replace_head(model, num_classes)
     return model.to(device).eval()
+
+
+def check_spec(spec: str | os.PathLike, *, arch: str | None = None, **kw: Any) -> str:
+    """Raise the error ``load_model(spec, arch=arch, **kw)`` would raise for a bad spec, cheaply.
+
+    Reads only file headers and sidecars and never the network, so a caller can refuse a bad
+    spec (e.g. a command-line flag) before loading data. Returns what ``spec`` names:
+    ``"file"``, ``"zoo"`` or ``"timm"``.
+    """
+    return _resolve(spec, arch, kw)[0]
 
 
 def describe_load(spec: str) -> str:
     """Load ``spec`` and describe it in one line, or say why it cannot be loaded here."""
     try:
         model = load_model(spec, device="cpu")
-    except (WeightsUnavailableError, ValueError, FileNotFoundError) as err:
+    except WeightsUnavailableError as err:
         return f"{spec}: not available here. {err}"
+    except (ValueError, TypeError, OSError) as err:
+        return f"{spec}: cannot be loaded. {err}"
     params = sum(p.numel() for p in model.parameters())
     return f"{spec}: {type(model).__name__}, {params:,} parameters, input {model.pretrained_cfg['input_size']}"
 
 
+def pretrained_tags(name: str) -> list[str]:
+    """The pretrained tags timm has weights for under the architecture ``name``, e.g. ``augreg_in21k``."""
+    base = timm.models.split_model_name_tag(name)[0]
+    return [n.split(".", 1)[1] for n in timm.list_pretrained(f"{base}.*")]
+
+
+def _resolve(spec: str | os.PathLike, arch: str | None, kw: dict[str, Any]) -> tuple[str, Any]:
+    """What ``spec`` names, checked: ("file", plan), ("zoo", name) without a checkpoint, or ("timm", name)."""
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"spec must be a zoo name, timm name or file path (str or Path), got {spec!r}")
+    text = os.fspath(spec)
+    if not text.strip():
+        raise ValueError("spec is empty; pass a zoo name (e.g. 'vit_tiny_c10'), a timm name or a weights file path")
+    path = Path(text).expanduser()
+    if text.lower().endswith(SUFFIXES) or path.is_file():
+        return "file", _plan_file(path, arch, kw)
+    if arch is not None:
+        if path.is_dir():
+            check_weights_file(path)  # says it is a folder and which weights files it holds
+        raise TypeError(f"arch={arch!r} names the architecture of a weights file, but {text!r} is not a file "
+                        "path; drop arch=")
+    if text in ARCHITECTURES or ("/" not in text and zoo_weights(text).is_file()):
+        if kw:
+            raise TypeError(f"zoo model {text!r} takes no extra arguments, got {sorted(kw)}; for random weights "
+                            f"use vitlab.models.build_model({{'zoo': {text!r}}})")
+        weights = zoo_weights(text)
+        if not weights.is_file():
+            return "zoo", text
+        # The sidecar names the architecture, so a checkpoint may be named apart from it.
+        fallback = text if text in ARCHITECTURES and not weights.with_suffix(".json").is_file() else None
+        return "file", _plan_file(weights, fallback, {})
+    if timm.is_model(timm.models.split_model_name_tag(text)[0]):
+        _check_timm_name(text)
+        return "timm", text
+    if path.is_dir():
+        check_weights_file(path)  # says it is a folder and which weights files it holds
+    raise ValueError(_unknown_spec_message(text))
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return settings.default_device()
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device; pass 'cpu', 'cuda' or 'cuda:1', "
+                         "or leave it unset for CUDA when available") from None
+    if found.type == "cuda" and (not torch.cuda.is_available() or (found.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         "pass device='cpu', or leave it unset for CUDA when available")
+    return found
+
+
+def _check_num_classes(num_classes: Any) -> None:
+    if num_classes is None:
+        return
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise TypeError(f"num_classes must be a whole number of classes (0 for no head), got {num_classes!r}")
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be 0 or more (0 removes the head, as in timm), got {num_classes}")
+
+
+def _check_timm_name(name: str, what: str = "") -> None:
+    """Refuse an unknown timm architecture or pretrained tag before timm (or the hub) sees it."""
+    base, tag = timm.models.split_model_name_tag(name)
+    if not timm.is_model(base):
+        raise ValueError(f"{what}{name!r} is not a zoo or timm model name (timm {timm.__version__})."
+                         f"{_did_you_mean(base)} List timm names with timm.list_models('vit_*').")
+    if not tag:
+        return
+    tags = pretrained_tags(base)
+    if tag not in tags:
+        known = f"its tags are {', '.join(tags)}" if tags else f"timm {timm.__version__} has no weights for it"
+        raise ValueError(f"{what}{name!r}: {base} has no pretrained tag {tag!r}; {known} "
+                         f"(timm.list_pretrained('{base}.*')). Use {base!r} alone for its default weights.")
+
+
+def _zoo_names() -> list[str]:
+    return sorted({*ARCHITECTURES, *(p.stem for p in ZOO_DIR.glob("*.safetensors"))})
+
+
+def _did_you_mean(text: str) -> str:
+    close = difflib.get_close_matches(text, _zoo_names() + timm.list_models(), n=3)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
 def _unknown_spec_message(text: str) -> str:
-    zoo = sorted({*ARCHITECTURES, *(p.stem for p in ZOO_DIR.glob("*.safetensors"))})
-    close = difflib.get_close_matches(text, zoo + timm.list_models(), n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
     return (
-        f"{text!r} is neither a file, a zoo name ({', '.join(zoo)}) nor a timm model name.{hint} "
-        "List timm names with timm.list_models('vit_*')."
+        f"{text!r} is neither a file, a zoo name ({', '.join(_zoo_names())}) nor a timm model name."
+        f"{_did_you_mean(text)} List timm names with timm.list_models('vit_*')."
     )
 
 
@@ -184,12 +291,7 @@ def zoo_weights(name: str) -> Path:
     return ZOO_DIR / f"{name}.safetensors"
 
 
-def _load_zoo(name: str) -> nn.Module:
-    weights = zoo_weights(name)
-    if weights.is_file():
-        # The sidecar names the architecture, so a checkpoint may be named apart from it.
-        fallback = name if name in ARCHITECTURES and not weights.with_suffix(".json").is_file() else None
-        return _load_file(weights, arch=fallback)
+def _untrained_zoo(name: str) -> nn.Module:
     warnings.warn(
         f"zoo model {name!r} has no trained checkpoint in {ZOO_DIR}; returning random weights "
         f"(train one with: python -m vitlab train --model {name})",
@@ -247,35 +349,136 @@ def _create_cache_first(spec: str, pretrained: bool, kwargs: dict[str, Any]) -> 
     return timm.create_model(spec, pretrained=True, **kwargs)
 
 
-def _load_file(path: Path, arch: str | None, **kw: Any) -> nn.Module:
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(f"{path}: unsupported weights format {suffix!r}; use one of {SUFFIXES}")
+# --- weights files and sidecars ------------------------------------------------------
+
+
+def _plan_file(path: Path, arch: str | None, kw: dict[str, Any]) -> _WeightsPlan:
+    """Check ``path`` and the architecture it will be built as (arch=, sidecar or .npz shapes)."""
+    check_weights_file(path)
     sidecar = path.with_suffix(".json")
     if arch is not None:
-        record = {"zoo": arch} if arch in ARCHITECTURES else {"timm": arch, "kwargs": kw}
-        model, pretrained_cfg = build_model(record), None
-    elif sidecar.is_file():
-        meta = json.loads(sidecar.read_text())
-        model, pretrained_cfg = build_model(meta["architecture"]), meta.get("pretrained_cfg")
-    elif suffix == ".npz":
-        model, pretrained_cfg = build_model({"google_vit": google_vit_args(path)}), None
-    else:
-        raise ValueError(
-            f"{path} has no sidecar {sidecar.name} describing its architecture; pass arch=<timm "
-            f"or zoo name>, e.g. load_model({str(path)!r}, arch='vit_small_patch16_224')"
-        )
-    if suffix == ".npz":
+        if arch in ARCHITECTURES:
+            if kw:
+                raise TypeError(f"arch={arch!r} is a zoo architecture and takes no extra arguments, got {sorted(kw)}; "
+                                "drop them, or name a timm architecture")
+            return _WeightsPlan(path, {"zoo": arch}, None, fit_head=True)
+        _check_timm_name(arch, what="arch=")
+        return _WeightsPlan(path, {"timm": arch, "kwargs": kw}, None, fit_head=True)
+    if kw:
+        raise TypeError(f"extra arguments {sorted(kw)} for {path} are used only with arch=; its sidecar or "
+                        "shapes fix the architecture (set_input_size changes the input size)")
+    if sidecar.is_file():
+        meta = read_sidecar(sidecar)
+        return _WeightsPlan(path, meta["architecture"], meta.get("pretrained_cfg"), fit_head=False)
+    if path.suffix.lower() == ".npz":
+        return _WeightsPlan(path, None, None, fit_head=False)
+    raise ValueError(
+        f"{path} has no sidecar {sidecar.name} describing its architecture; pass arch=<timm "
+        f"or zoo name>, e.g. load_model({str(path)!r}, arch='vit_small_patch16_224')"
+    )
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar JSON at ``path``, checked: an architecture record that builds, sane preprocessing.
+
+    Raises:
+        WeightsFileError: one line naming the sidecar, the key and what to do.
+    """
+    fix = "fix the sidecar, or delete it and pass arch=<timm or zoo name> to load_model"
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise WeightsFileError(f"{path} is not valid JSON ({err}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise WeightsFileError(f"{path} holds a JSON {type(meta).__name__}, not an object; {fix}")
+    version = meta.get("format", SIDECAR_FORMAT)
+    if not isinstance(version, int) or version > SIDECAR_FORMAT:
+        raise WeightsFileError(f"{path} has format {version!r}, but this vitlab reads format {SIDECAR_FORMAT} "
+                               "or older; upgrade vitlab, or fix the sidecar")
+    if "architecture" not in meta:
+        raise WeightsFileError(f"{path} has no 'architecture' key (the record save_model writes, e.g. "
+                               f"{{\"zoo\": \"vit_tiny_c10\"}}); add it, or pass arch=<timm or zoo name> to load_model")
+    try:
+        check_record(meta["architecture"])
+    except ValueError as err:
+        raise WeightsFileError(f"{path}: key 'architecture': {str(err).rstrip('.')}; fix the sidecar, or pass "
+                               "arch=<timm or zoo name> to load_model") from None
+    problem = _pretrained_cfg_problem(meta["pretrained_cfg"]) if meta.get("pretrained_cfg") is not None else None
+    if problem:
+        raise WeightsFileError(f"{path}: key 'pretrained_cfg' {problem}; fix it, or delete 'pretrained_cfg' "
+                               "to use the architecture's defaults")
+    return meta
+
+
+def check_record(record: Any) -> None:
+    """Raise ValueError unless ``record`` is an architecture record :func:`build_model` can build."""
+    kinds = ("zoo", "timm", "google_vit")
+    if not isinstance(record, dict) or sum(k in record for k in kinds) != 1:
+        raise ValueError(f"expected a record with one of the keys 'zoo', 'timm' or 'google_vit', got {_short(record)}")
+    if "zoo" in record:
+        architecture(record["zoo"], record.get("config"))  # raises ValueError naming the problem
+    elif "timm" in record:
+        if not isinstance(record["timm"], str) or not isinstance(record.get("kwargs", {}), dict):
+            raise ValueError(f"a timm record needs a name and a 'kwargs' mapping, got {_short(record)}")
+        _check_timm_name(record["timm"])
+    elif not isinstance(record["google_vit"], dict) or not {"img_size", "num_classes"} <= record["google_vit"].keys():
+        raise ValueError(f"a google_vit record needs VisionTransformer arguments with img_size and "
+                         f"num_classes, got {_short(record)}")
+
+
+#: Resampling modes timm's transforms accept (``timm.data.transforms.str_to_interp_mode``).
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+def _pretrained_cfg_problem(cfg: Any) -> str | None:
+    """What makes ``cfg`` unusable for preprocessing (a phrase starting with the key), or None.
+
+    Checked: ``mean`` and ``std`` are three finite numbers (``std`` all > 0), ``input_size``
+    three positive integers (channels, height, width), ``interpolation`` a mode timm knows.
+    Keys left out take the architecture's defaults.
+    """
+    if not isinstance(cfg, dict):
+        return f"must be a JSON object, got {_short(cfg)}"
+    for key in ("mean", "std"):
+        value = cfg.get(key, (1, 1, 1))
+        if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(_finite(v) for v in value)):
+            return f"{key!r} must be three numbers (one per RGB channel), got {_short(value)}"
+    if min(cfg.get("std", (1,))) <= 0:
+        return f"'std' must be > 0 (inputs are divided by it), got {cfg['std']}"
+    size = cfg.get("input_size", (3, 1, 1))
+    if not (isinstance(size, (list, tuple)) and len(size) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        return f"'input_size' must be three positive integers (channels, height, width), got {_short(size)}"
+    if cfg.get("interpolation", "bicubic") not in INTERPOLATIONS:
+        return f"'interpolation' must be one of {', '.join(INTERPOLATIONS)}, got {_short(cfg['interpolation'])}"
+    return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _load_file(plan: _WeightsPlan) -> nn.Module:
+    """Read the weights of a checked plan, then build its model and load them into it."""
+    path = plan.path
+    if path.suffix.lower() == ".npz":
+        record = plan.record or {"google_vit": google_vit_args(path)}
+        model = build_model(record)
         load_google_npz(model, path)
     else:
-        state = read_state_dict(path)
-        if arch is not None:
+        state = read_state_dict(path)  # before building: a corrupt file fails before any other work
+        model = build_model(plan.record)
+        if plan.fit_head:
             fit_head(model, state)
         load_state(model, state, path)
-    if pretrained_cfg:  # JSON turned timm's tuples into lists
-        model.pretrained_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in pretrained_cfg.items()}
+    if plan.pretrained_cfg:  # JSON turned timm's tuples into lists
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in plan.pretrained_cfg.items()}
+        model.pretrained_cfg = dict(model.pretrained_cfg, **cfg)
         model.default_cfg = model.pretrained_cfg
     return model
 

@@ -1,11 +1,15 @@
 """Reading weight files: state dicts (``.safetensors``, ``.pt``/``.pth``) and Google ViT ``.npz``.
 
 The readers never unpickle arbitrary objects (``torch.load(weights_only=True)``) and explain
-a file that does not fit its architecture key by key. :mod:`vitlab.models` decides which
-architecture a file holds and calls these.
+a file that does not fit its architecture key by key. :func:`check_weights_file` reads only a
+file's header and table of contents, so an empty, truncated or misnamed file is refused in one
+line before any model is built. :mod:`vitlab.models` decides which architecture a file holds
+and calls these.
 """
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +22,89 @@ from torch import nn
 SUFFIXES = (".safetensors", ".pt", ".pth", ".npz")
 #: Preprocessing of the original Google ViT checkpoints (inputs scaled to [-1, 1]).
 GOOGLE_VIT_CFG = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=1.0)
+_REDO = "download it again or save it again (vitlab.save_model)"
+
+
+class WeightsFileError(ValueError):
+    """A weights file or its sidecar exists but cannot be read: empty, truncated, corrupt or invalid."""
+
+
+def check_weights_file(path: Path) -> None:
+    """Refuse a path that is not a complete weights file, reading only its header.
+
+    Raises FileNotFoundError for a missing path or a folder, ValueError for an unknown suffix
+    and :class:`WeightsFileError` for an empty or truncated file: an interrupted download or
+    copy, which the readers would report without the path, or only after building the model.
+    """
+    if path.is_dir():
+        inside = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())[:3]
+        hint = f"pass a weights file in it: {', '.join(inside)}" if inside else (
+            f"pass the path of a weights file ({', '.join(SUFFIXES)}) instead")
+        raise FileNotFoundError(f"{path} is a folder, not a weights file; {hint}")
+    if not path.is_file():
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise FileNotFoundError(f"no weights file at {path}; check the path{where}")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"{path}: unsupported weights format {suffix!r}; use one of {', '.join(SUFFIXES)}")
+    size = path.stat().st_size
+    if size == 0:
+        raise WeightsFileError(f"{path} is empty (0 bytes), e.g. from an interrupted download or copy; {_REDO}")
+    if suffix == ".safetensors":
+        problem = _safetensors_problem(path, size)
+    elif suffix == ".npz" or _starts_with(path, b"PK"):  # .npz and torch.save files are zip archives
+        problem = _zip_problem(path)
+    else:
+        problem = None  # a legacy torch.save pickle stream: torch.load(weights_only=True) checks it
+    if problem:
+        raise WeightsFileError(f"{path} is truncated or corrupt ({problem}); {_REDO}")
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(magic)) == magic
+
+
+def _safetensors_problem(path: Path, size: int) -> str | None:
+    """Why ``path`` is not a complete safetensors file (8-byte header length, JSON header, data), or None."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little")
+        if len(head) < 8 or 8 + length > size:
+            return f"the file has {size:,} bytes, fewer than its header says ({8 + length:,})"
+        try:
+            header = json.loads(f.read(length))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "its header is not valid safetensors JSON"
+    if 8 + length + end != size:
+        return f"the file has {size:,} bytes, its header says {8 + length + end:,}"
+    return None
+
+
+def _zip_problem(path: Path) -> str | None:
+    """Why the zip archive ``path`` (an .npz or torch.save file) is incomplete, or None.
+
+    The table of contents sits at the end of the archive, so a truncated file has none.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            size = path.stat().st_size
+            if any(i.header_offset + i.compress_size > size for i in archive.infolist()):
+                return "an entry runs past the end of the file"
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        return f"not a complete zip archive: {err}"
+    return None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` file, or the state dict in a ``.pt``/``.pth`` file."""
-    return safetensors.torch.load_file(path) if path.suffix.lower() == ".safetensors" else _read_torch_state(path)
+    if path.suffix.lower() != ".safetensors":
+        return _read_torch_state(path)
+    try:
+        return safetensors.torch.load_file(path)
+    except Exception as err:  # SafetensorError names neither the file nor what to do
+        raise WeightsFileError(f"{path} could not be read as safetensors ({err}); {_REDO}") from None
 
 
 def _read_torch_state(path: Path) -> dict[str, torch.Tensor]:
@@ -83,7 +165,11 @@ def load_google_npz(model: nn.Module, path: Path) -> None:
 
 def google_vit_args(path: Path) -> dict[str, Any]:
     """Infer VisionTransformer arguments from the shapes in an original Google ViT .npz."""
-    with np.load(path, allow_pickle=False) as w:
+    try:
+        w = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise WeightsFileError(f"{path} could not be read as an .npz archive ({type(err).__name__}); {_REDO}") from None
+    with w:
         keys = set(w.files)
         prefix = next((p for p in ("", "opt/target/", "params/") if f"{p}embedding/kernel" in keys), None)
         if prefix is None:
