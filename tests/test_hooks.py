@@ -1,4 +1,5 @@
 import contextlib
+import math
 
 import pytest
 import timm
@@ -7,7 +8,11 @@ from timm.layers import Attention
 from timm.utils import AttentionExtract
 
 import vitlab
-from vitlab.hooks import Capture, capture, head_statistics, hooks, restoring
+from vitlab import metrics
+from vitlab.hooks import (PIXEL_SLACK, Capture, attention_distance, capture, check_input, head_statistics, hooks,
+                          restoring)
+from vitlab.models import build_model
+from vitlab.weights import GOOGLE_VIT_CFG
 
 
 def _manual_attention(model, x):
@@ -210,3 +215,142 @@ def test_other_attention_classes_use_the_explicit_path(tiny_vit):
         torch.testing.assert_close(cap.attn[i], expected[i], rtol=1e-5, atol=1e-6)
     assert all(b.attn.fused_attn for b in tiny_vit.blocks)  # the module's own flag is restored
     assert not any(m._forward_hooks for m in tiny_vit.modules())
+
+
+# --- what may go into the model ------------------------------------------------------------
+
+
+def test_normalised_range_threshold_both_ways(tiny_vit):
+    mean = torch.tensor(tiny_vit.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(tiny_vit.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    normalised = (images / 255.0 - mean) / std  # by hand, as preprocess would
+    capture(tiny_vit, normalised)  # a genuinely normalised batch passes
+    top = (1 + PIXEL_SLACK - mean) / std  # (1, 3, 1, 1): the highest value allowed per channel
+    bottom = (-PIXEL_SLACK - mean) / std
+    for edge, step in ((top, 1), (bottom, -1)):
+        inside, outside = normalised.clone(), normalised.clone()
+        inside[0, :, 0, 0] = (edge - step * 0.01).flatten()
+        outside[1, 2, 3, 4] = float(edge.flatten()[2]) + step * 0.01
+        capture(tiny_vit, inside)
+        with pytest.raises(ValueError, match="far outside the model's normalised range"):
+            capture(tiny_vit, outside)
+    with pytest.raises(ValueError, match=r"vitlab\.preprocess\(model, images\)"):
+        capture(tiny_vit, images.float())  # 0..255 floats
+    with pytest.raises(ValueError, match="far outside"):
+        head_statistics(tiny_vit, images.float(), batch_size=1)
+
+
+def _vit_configs():
+    """Every zoo ViT as published (random weights, its own pretrained_cfg), the shipped one as loaded,
+    a Google-checkpoint ViT and timm's ImageNet-default ViT."""
+    zoo = [build_model({"zoo": name}) for name in vitlab.zoo.ENTRIES if name.startswith("vit")]
+    google = build_model({"google_vit": dict(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2,
+                                             num_classes=10)})
+    assert google.pretrained_cfg["mean"] == GOOGLE_VIT_CFG["mean"]
+    imagenet = build_model({"timm": "deit_tiny_patch16_224", "kwargs": dict(img_size=32, depth=1)})
+    assert imagenet.pretrained_cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN
+    return [*zoo, vitlab.load_model("vit_tiny_c10", device="cpu"), google, imagenet]
+
+
+def test_preprocessed_images_pass_for_every_vit_config():
+    size = 32
+    extremes = torch.stack([torch.zeros(3, size, size), torch.full((3, size, size), 255.0),
+                            (torch.arange(size * size).view(1, size, size) % 2 * 255).expand(3, -1, -1)])
+    for model in _vit_configs():
+        model.eval()
+        images = torch.cat([extremes, torch.randint(0, 256, (2, 3, size, size)).float()]).to(torch.uint8)
+        x = vitlab.preprocess(model, images)  # the values a real normalised input can take, extremes included
+        check_input(model, x)
+        capture(model, x, layers=[0])
+        with pytest.raises(ValueError, match="far outside"):
+            capture(model, vitlab.data.resize(images, x.shape[-2:]).float(), layers=[0])
+
+
+def test_hooks_check_the_input_and_record_the_grid(tiny_vit):
+    x = torch.randn(2, 3, 32, 32).clamp(-3, 3)
+    with hooks(tiny_vit, layers=[-1]) as cap:
+        assert cap.grid == (0, 0)
+        tiny_vit(x)
+        assert cap.grid == (4, 4)
+        with pytest.raises(ValueError, match="images given to model"):
+            tiny_vit(x * 255)
+        with pytest.raises(TypeError, match="uint8"):
+            tiny_vit(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    assert not any(m._forward_pre_hooks for m in tiny_vit.modules())
+
+
+@pytest.mark.gpu
+def test_float_images_are_moved_to_the_models_device(tiny_vit):
+    x = torch.randn(2, 3, 32, 32).clamp(-3, 3)  # on the CPU, as uint8 images may be too
+    cap = capture(tiny_vit.cuda(), x)
+    assert cap.logits.device.type == "cuda"
+    torch.testing.assert_close(cap.logits.cpu(), capture(tiny_vit.cpu(), x).logits, rtol=1e-3, atol=1e-3)
+
+
+# --- mean attention distance from a Capture ------------------------------------------------
+
+
+def _brute_distance(attn, rows, cols, patch, prefix, renormalize=True):
+    """Per head, the attention-weighted distance between patch centres, by explicit loops."""
+    b, h = attn.shape[:2]
+    n = rows * cols
+    out = torch.zeros(h, dtype=torch.float64)
+    for head in range(h):
+        for s in range(b):
+            for q in range(n):
+                weights = attn[s, head, prefix + q, prefix:].double()
+                total = float(weights.sum()) if renormalize else 1.0
+                qy, qx = (q // cols + 0.5) * patch, (q % cols + 0.5) * patch
+                for k in range(n):
+                    ky, kx = (k // cols + 0.5) * patch, (k % cols + 0.5) * patch
+                    out[head] += float(weights[k]) / total * math.hypot(qy - ky, qx - kx)
+    return out / (b * n)
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_attention_distance_uses_the_captures_grid_on_a_non_square_input(renormalize):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(32, 64), patch_size=8,
+                              embed_dim=24, depth=2, num_heads=3, reg_tokens=2).eval()  # 3 prefix tokens
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(40)  # peaked attention: near-uniform maps hide a transposed grid
+    cap = capture(model, torch.randn(2, 3, 32, 64).clamp(-3, 3))
+    assert (cap.grid, cap.patch_size, cap.num_prefix_tokens) == ((4, 8), (8, 8), 3)
+    for layer in (0, 1, -1):
+        ours = attention_distance(cap, layer, renormalize)
+        attn = cap.attn[layer]
+        right = metrics.mean_attention_distance(attn, (4, 8), (8, 8), 3, renormalize)
+        torch.testing.assert_close(ours, right)
+        torch.testing.assert_close(ours.double(), _brute_distance(attn, 4, 8, 8, 3, renormalize), rtol=1e-5, atol=1e-4)
+        transposed = metrics.mean_attention_distance(attn, (8, 4), (8, 8), 3, renormalize)  # accepted, but wrong
+        assert (ours - transposed).abs().max() > 0.5  # pixels
+    every = attention_distance(cap, renormalize=renormalize)
+    assert every.shape == (2, 3)
+    torch.testing.assert_close(every[1], attention_distance(cap, 1, renormalize))
+    with hooks(model) as live:  # the grid of a forward run by hand inside hooks
+        model(torch.randn(2, 3, 32, 64).clamp(-3, 3))
+        assert live.grid == (4, 8)
+        torch.testing.assert_close(attention_distance(live, 0, renormalize),
+                                   metrics.mean_attention_distance(live.attn[0], (4, 8), (8, 8), 3, renormalize))
+
+
+def test_attention_distance_needs_a_forward_pass():
+    with pytest.raises(ValueError, match="no forward pass"):
+        attention_distance(Capture(2, [0, 1], patch_size=(8, 8), num_prefix_tokens=1), 0)
+    with pytest.raises(TypeError, match="must be a Capture"):
+        attention_distance({0: torch.zeros(1, 1, 17, 17)}, 0)
+
+
+# --- rollout over a Capture's maps ----------------------------------------------------------
+
+
+def test_attention_rollout_takes_a_captures_attention_mapping(tiny_vit):
+    x = torch.randn(2, 3, 32, 32).clamp(-3, 3)
+    cap = capture(tiny_vit, x)
+    for fusion, discard in (("mean", 0.0), ("max", 0.5)):
+        as_list = metrics.attention_rollout([cap.attn[0], cap.attn[1]], 1, fusion, discard)
+        torch.testing.assert_close(metrics.attention_rollout(cap.attn, 1, fusion, discard), as_list, rtol=0, atol=0)
+    last = capture(tiny_vit, x, layers=[-1])
+    torch.testing.assert_close(metrics.attention_rollout(last.attn), metrics.attention_rollout([cap.attn[1]]))

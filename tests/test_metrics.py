@@ -186,6 +186,15 @@ def test_attention_rollout_of_identity_attention_stays_on_the_class_token():
     torch.testing.assert_close(metrics.attention_rollout([uniform]), torch.full((1, 4), 0.1))
 
 
+def test_attention_rollout_takes_a_layer_mapping_in_index_order():
+    gen = torch.Generator().manual_seed(6)
+    a, b, c = (torch.softmax(torch.randn(2, 3, 6, 6, generator=gen), -1) for _ in range(3))
+    as_list = metrics.attention_rollout([a, b, c], num_prefix_tokens=2)
+    assert not torch.allclose(as_list, metrics.attention_rollout([c, b, a], num_prefix_tokens=2))  # order matters
+    torch.testing.assert_close(metrics.attention_rollout({2: c, 0: a, 1: b}, num_prefix_tokens=2), as_list,
+                               rtol=0, atol=0)
+
+
 # --- CKA ------------------------------------------------------------------------------------
 
 
@@ -235,6 +244,17 @@ def test_cka_rejects_degenerate_input():
         metrics.cka(torch.ones(10, 3), torch.randn(10, 2))
     with pytest.raises(ValueError, match="same examples"):
         metrics.cka(torch.randn(10, 3), torch.randn(11, 2))
+
+
+def test_minibatch_cka_row_mismatch_says_what_cka_says():
+    x, y = torch.randn(10, 3), torch.randn(8, 2)
+    with pytest.raises(ValueError) as single:
+        metrics.cka(x, y)
+    with pytest.raises(ValueError) as batched:
+        metrics.MinibatchCKA(1, 1).update([x], [y])
+    assert str(batched.value) == str(single.value).replace("x and y", "xs[0] and ys[0]")
+    with pytest.raises(ValueError, match=r"xs\[0\] and xs\[1\] must hold the same examples: 10 vs 8 rows"):
+        metrics.MinibatchCKA(2, 1).update([x, torch.randn(8, 3)], [torch.randn(10, 2)])
 
 
 def test_minibatch_cka_sums_unbiased_hsic_over_batches():

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .hooks import LayerMap, resolve_layers, restoring
+from .hooks import LayerMap, check_images, check_input, resolve_layers, restoring
 from .models import preprocess
 
 
@@ -52,8 +52,9 @@ def layer_hooks(model: nn.Module, layers: Sequence[int] | None = None) -> Iterat
     """Record the outputs of ``layers`` (indices into :func:`representation_layers`, default all).
 
     Each forward inside the ``with`` block overwrites the returned map (layer index ->
-    output tensor, negative indices from the last layer). The model runs in eval mode
-    inside; hooks and train/eval modes are restored on exit.
+    output tensor, negative indices from the last layer); its input is checked first
+    (:func:`vitlab.hooks.check_input`). The model runs in eval mode inside; hooks and
+    train/eval modes are restored on exit.
     """
     names = representation_layers(model)
     chosen = resolve_layers(len(names), layers, what="layers")
@@ -64,6 +65,8 @@ def layer_hooks(model: nn.Module, layers: Sequence[int] | None = None) -> Iterat
     outputs = LayerMap(len(names))
     with restoring(model):
         model.eval()
+        model.register_forward_pre_hook(lambda _m, a, kw: check_input(model, a[0] if a else kw.get("x")),
+                                        with_kwargs=True)
         for i in chosen:
             modules[names[i]].register_forward_hook(lambda _m, _a, out, i=i: outputs.record(i, out.detach()))
         yield outputs
@@ -108,7 +111,15 @@ class Features(Mapping):
         return len(self._vectors)
 
 
-def _batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+def _batches(model: nn.Module, images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """``images`` cut into batches, checked first: a bad argument fails before any forward."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TypeError(f"images must be uint8 (N, 3, H, W) with values 0..255, got {got}: features are read "
+                        "from raw images, which vitlab.preprocess scales and normalises")
+    check_images(model, images)
     return (images[i : i + batch_size] for i in range(0, len(images), batch_size))
 
 
@@ -121,9 +132,10 @@ def layer_features(model: nn.Module, images: torch.Tensor, batch_size: int = 250
     ViT blocks, ``gap`` for ResNet stages), one forward per batch of ``batch_size``.
     """
     prefix = int(getattr(model, "num_prefix_tokens", 0))
+    batches = _batches(model, images, batch_size)
     parts: dict[tuple[str, int], list[torch.Tensor]] = {}
     with layer_hooks(model, layers) as outputs:
-        for batch in _batches(images, batch_size):
+        for batch in batches:
             model(preprocess(model, batch))
             for layer, out in outputs.items():
                 for how, vec in pool(out, prefix).items():
@@ -142,10 +154,11 @@ def pre_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 250) ->
     if not hasattr(model, "forward_head") or not hasattr(model, "forward_features"):
         raise ValueError(f"{type(model).__name__} has no forward_features/forward_head: vitlab reads the "
                          "pre-logits representation from timm models")
+    batches = _batches(model, images, batch_size)
     parts = []
     with restoring(model):
         model.eval()
-        for batch in _batches(images, batch_size):
+        for batch in batches:
             x = preprocess(model, batch)
             parts.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())  # (B, D)
     return torch.cat(parts)

@@ -1,7 +1,7 @@
 """Analysis metrics: pure tensor functions, no I/O and no plotting."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +125,21 @@ def attention_entropy(attn: torch.Tensor, grid: tuple[int, int], num_prefix_toke
     return -torch.special.xlogy(a, a).sum(-1).double().mean(dim=(0, 2)).float()
 
 
-def attention_rollout(attns: list[torch.Tensor] | tuple[torch.Tensor, ...], num_prefix_tokens: int = 1,
+def _layer_list(attns: object, what: str = "attns") -> list[torch.Tensor]:
+    """Per-layer attention in network order, from a sequence or a layer -> tensor mapping (a Capture's attn)."""
+    if isinstance(attns, torch.Tensor):
+        raise TypeError(f"{what} must be a list of per-layer attention tensors (B, heads, N, N) or a Capture's "
+                        f"attn mapping, got one tensor of shape {tuple(attns.shape)}: pass [attn] or cap.attn")
+    if isinstance(attns, Mapping):
+        keys = list(attns)
+        return [attns[k] for k in (sorted(keys) if all(isinstance(k, int) for k in keys) else keys)]
+    if not isinstance(attns, Sequence):
+        raise TypeError(f"{what} must be a list of per-layer attention tensors or a Capture's attn mapping, "
+                        f"got {type(attns).__name__}")
+    return list(attns)
+
+
+def attention_rollout(attns: Sequence[torch.Tensor] | Mapping[int, torch.Tensor], num_prefix_tokens: int = 1,
                       head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
     """Attention rollout (Abnar & Zuidema, 2020) as used for the paper's Fig. 6.
 
@@ -135,7 +149,8 @@ def attention_rollout(attns: list[torch.Tensor] | tuple[torch.Tensor, ...], num_
     rows are renormalised, and the layers are multiplied from first to last.
 
     Args:
-        attns: per-layer attention (B, heads, N, N), in network order.
+        attns: per-layer attention (B, heads, N, N), in network order, or a mapping of
+            layer index -> such a tensor (a Capture's ``attn``), taken in index order.
 
     Returns:
         (B, patches): the class token's rolled-out attention over the patch tokens (not rescaled).
@@ -144,8 +159,17 @@ def attention_rollout(attns: list[torch.Tensor] | tuple[torch.Tensor, ...], num_
         raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
+    attns = _layer_list(attns)
     if not attns:
         raise ValueError("attention_rollout needs the attention of at least one layer")
+    for i, a in enumerate(attns):
+        if not isinstance(a, torch.Tensor) or a.ndim != 4 or a.shape[-1] != a.shape[-2]:
+            got = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
+            raise ValueError(f"attns[{i}] must be attention (B, heads, N, N), got {got}; for one image's "
+                             "(heads, N, N) maps pass [a[None] for a in maps]")
+        if (a.shape[0], a.shape[-1]) != (attns[0].shape[0], attns[0].shape[-1]):
+            raise ValueError(f"attns[{i}] has shape {tuple(a.shape)}, but attns[0] {tuple(attns[0].shape)}: every "
+                             "layer must hold the same images and tokens")
     b, _, n, _ = attns[0].shape
     eye = torch.eye(n, dtype=torch.float64, device=attns[0].device)
     protected = torch.zeros(n, n, dtype=torch.bool, device=eye.device)
@@ -174,9 +198,19 @@ def _check_features(x: torch.Tensor, name: str) -> torch.Tensor:
     if x.shape[0] < 4:
         raise ValueError(f"CKA needs at least 4 samples, {name} has {x.shape[0]}")
     x = x.detach().double()
+    if not bool(x.isfinite().all()):
+        counts = {"NaN": int(x.isnan().sum()), "inf": int(x.isinf().sum())}
+        kinds = " and ".join(f"{k} ({n} of {x.numel()} values)" for k, n in counts.items() if n)
+        raise ValueError(f"{name} contains {kinds}, so its CKA is undefined: check the images and model "
+                         "that gave these features")
     if torch.all(x.std(0) == 0):
         raise ValueError(f"{name} is constant across samples, so its CKA is undefined (0/0)")
     return x
+
+
+def _check_same_rows(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str = "y") -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{x_name} and {y_name} must hold the same examples: {x.shape[0]} vs {y.shape[0]} rows")
 
 
 def _gram(features: torch.Tensor) -> torch.Tensor:
@@ -203,8 +237,7 @@ def cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> float:
     not biased upwards for few samples. Rows must be the same n examples.
     """
     x, y = _check_features(x, "x"), _check_features(y, "y")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must hold the same examples: {x.shape[0]} vs {y.shape[0]} rows")
+    _check_same_rows(x, y)
     k, l = x @ x.T, y @ y.T
     denom = torch.sqrt(_hsic(k, k, unbiased) * _hsic(l, l, unbiased))
     if not denom > 0:
@@ -230,8 +263,12 @@ class MinibatchCKA:
         """Add one minibatch: per layer a (b, features) tensor, the same b examples throughout."""
         if len(xs) != len(self.xx) or len(ys) != len(self.yy):
             raise ValueError(f"expected {len(self.xx)} x-layers and {len(self.yy)} y-layers, got {len(xs)}, {len(ys)}")
-        gx = [_gram(_check_features(x.flatten(1), "x")) for x in xs]  # (b, b) each
-        gy = [_gram(_check_features(y.flatten(1), "y")) for y in ys]
+        xs = [_check_features(x.flatten(1), f"xs[{i}]") for i, x in enumerate(xs)]
+        ys = [_check_features(y.flatten(1), f"ys[{j}]") for j, y in enumerate(ys)]
+        for name, z in [*((f"xs[{i}]", x) for i, x in enumerate(xs)), *((f"ys[{j}]", y) for j, y in enumerate(ys))]:
+            _check_same_rows(xs[0], z, "xs[0]", name)
+        gx = [_gram(x) for x in xs]  # (b, b) each
+        gy = [_gram(y) for y in ys]
         for i, k in enumerate(gx):
             self.xx[i] += _hsic(k, k, True)
             for j, l in enumerate(gy):
@@ -369,8 +406,9 @@ def receptive_fields(model: nn.Module) -> list[tuple[str, float]]:
 def _check_image_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> None:
     n = grid[0] * grid[1] + num_prefix_tokens
     if attn.ndim != 3 or tuple(attn.shape[-2:]) != (n, n):
+        hint = f": for image i of a batch pass attn[i]" if attn.ndim == 4 else ""
         raise ValueError(f"attention must be one image's (heads, {n}, {n}) for a {grid} grid with "
-                         f"{num_prefix_tokens} prefix tokens, got {tuple(attn.shape)}")
+                         f"{num_prefix_tokens} prefix tokens, got {tuple(attn.shape)}{hint}")
 
 
 def query_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int, query: tuple[int, int],
@@ -390,6 +428,10 @@ def query_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens
     row, col = query
     if not (0 <= row < rows and 0 <= col < cols):
         raise ValueError(f"query patch {query} is outside the {rows}x{cols} grid")
+    heads = attn.shape[0]
+    if head is not None and (isinstance(head, bool) or not isinstance(head, int) or not -heads <= head < heads):
+        raise ValueError(f"head {head!r} is out of range: the attention has {heads} heads (0..{heads - 1}, or "
+                         "negative; None for their mean)")
     a = attn.float().mean(0) if head is None else attn[head].float()  # (N, N)
     return a[num_prefix_tokens + row * cols + col, num_prefix_tokens:].reshape(rows, cols)
 
@@ -407,6 +449,9 @@ def class_token_attention(attns: Sequence[torch.Tensor], grid: tuple[int, int],
     """
     if num_prefix_tokens < 1:
         raise ValueError("the model has no prefix tokens, so no class token to read attention from")
+    if isinstance(attns, Mapping):
+        raise TypeError("attns must be a list of one image's attention (heads, N, N) per layer; from a Capture "
+                        "pass [a[i] for a in cap.attn.values()] for image i")
     for a in attns:
         _check_image_attention(a, grid, num_prefix_tokens)
     maps = torch.stack([a[:, 0, num_prefix_tokens:].float() for a in attns])  # (L, H, patches)
