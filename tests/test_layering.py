@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vitlab"
 #: Lowest first (STYLE.md: data -> models -> capture/train -> metrics/compare -> plots -> widgets).
 #: A module may import modules of a lower rank, or of its own rank where listed in SAME_RANK.
 RANKS = {
-    "settings": 0, "io": 0, "metrics": 0, "config": 0,
+    "settings": 0, "io": 0, "metrics": 0, "config": 0, "inputs": 0,
     "data": 1, "records": 1, "architectures": 1, "weights": 1, "checkpoints": 1,
     "models": 2,
     "hooks": 3, "features": 3, "train": 3,

@@ -14,7 +14,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .hooks import LayerMap, check_images, check_input, resolve_layers, restoring
+from .hooks import LayerMap, resolve_layers, restoring
+from .inputs import check_images, check_input
 from .models import preprocess
 
 
@@ -53,7 +54,7 @@ def layer_hooks(model: nn.Module, layers: Sequence[int] | None = None) -> Iterat
 
     Each forward inside the ``with`` block overwrites the returned map (layer index ->
     output tensor, negative indices from the last layer); its input is checked first
-    (:func:`vitlab.hooks.check_input`). The model runs in eval mode inside; hooks and
+    (:func:`vitlab.inputs.check_input`). The model runs in eval mode inside; hooks and
     train/eval modes are restored on exit.
     """
     names = representation_layers(model)

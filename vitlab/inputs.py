@@ -1,0 +1,138 @@
+"""What a model can take as input: one-line errors before a forward pass, not after it.
+
+:func:`check_images` (uint8 images or a normalised float batch, as :func:`vitlab.hooks.capture`
+takes them) and :func:`check_input` (what the model's ``forward`` receives) turn a wrong batch
+into one line saying what to pass instead of a timm assertion or, worse, silence: float images
+left in 0..255, NaN or inf, an empty batch, wrong channels, or a size the patches cannot tile.
+The model states the facts checked (``pretrained_cfg`` mean, std and input size, its patch
+embedding, its first convolution's channels); this module imports nothing else from vitlab.
+"""
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+
+#: How far outside [0, 1] a pixel may stray before its normalised value counts as far
+#: outside the model's range: resizing and augmentation overshoot by a little, a float
+#: image left in 0..255 by about 250, and Gaussian-noise test inputs stay inside.
+PIXEL_SLACK = 2.0
+
+
+def normalised_range(model: nn.Module, slack: float = 0.0) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per channel, the lowest and highest values of a normalised input of ``model``: (C,), (C,).
+
+    Pixels in ``[-slack, 1 + slack]`` normalised as :func:`vitlab.preprocess` does, with
+    the mean and std of the model's ``pretrained_cfg``; None when those are not usable
+    numbers (then nothing can be said about the range).
+    """
+    try:
+        cfg = timm.data.resolve_model_data_config(model)
+        mean = torch.tensor(cfg["mean"], dtype=torch.float64).flatten()
+        std = torch.tensor(cfg["std"], dtype=torch.float64).flatten()
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        return None
+    if mean.shape != std.shape or not len(mean) or not bool((std > 0).all() and mean.isfinite().all()):
+        return None
+    return (-slack - mean) / std, (1 + slack - mean) / std
+
+
+def _in_channels(model: nn.Module) -> int | None:
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)  # patch embedding or stem
+    return None if first is None else first.in_channels
+
+
+def _check_batch(model: nn.Module, images: object, what: str) -> None:
+    """A batch (B, C, H, W) of uint8 or float images with the model's C and at least one image."""
+    if not isinstance(images, torch.Tensor):
+        hint = ": convert with torch.from_numpy(images)" if type(images).__module__ == "numpy" else ""
+        raise TypeError(f"{what} must be a torch.Tensor (B, 3, H, W), got {type(images).__name__}{hint}")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise TypeError(f"{what} are {images.dtype}: pass uint8 images (0..255) or a normalised float batch "
+                        "from vitlab.preprocess(model, images)")
+    if images.ndim != 4:
+        hint = ": for one image pass images[None]" if images.ndim == 3 else ""
+        raise ValueError(f"{what} must be a batch (B, C, H, W), got shape {tuple(images.shape)}{hint}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{what} is an empty batch (shape {tuple(images.shape)}): pass at least one image")
+    channels = _in_channels(model)
+    if channels is not None and images.shape[1] != channels:
+        hint = ": repeat a grayscale channel with images.expand(-1, 3, -1, -1)" if images.shape[1] == 1 else ""
+        got = f"{images.shape[1]} channel" + "s" * (images.shape[1] != 1)
+        raise ValueError(f"{what} have {got}, but the model takes {channels} "
+                         f"(shape {tuple(images.shape)}){hint}")
+
+
+def _input_size(model: nn.Module) -> tuple[int, int]:
+    """(H, W) that :func:`vitlab.preprocess` resizes to."""
+    try:
+        return tuple(timm.data.resolve_model_data_config(model)["input_size"][1:])
+    except (KeyError, TypeError, ValueError, RuntimeError):  # a broken pretrained_cfg: the built size
+        return tuple(model.patch_embed.img_size)
+
+
+def _check_size(model: nn.Module, size: tuple[int, int], what: str) -> None:
+    """``size`` (H, W) is one the model's patch embedding accepts (timm would assert)."""
+    embed = getattr(model, "patch_embed", None)
+    if getattr(embed, "img_size", None) is None or getattr(embed, "dynamic_img_pad", False):
+        return
+    (h, w), (ph, pw) = size, embed.patch_size
+    target = "x".join(str(int(v)) for v in _input_size(model))
+    if getattr(embed, "strict_img_size", True):
+        if (h, w) != tuple(embed.img_size):
+            raise ValueError(f"{what} are {h}x{w} pixels, but the model takes {embed.img_size[0]}x{embed.img_size[1]}: "
+                             f"pass uint8 images (vitlab.preprocess(model, images) resizes them to {target})")
+    elif h % ph or w % pw:
+        raise ValueError(f"{what} are {h}x{w} pixels, not a multiple of the model's {ph}x{pw} patch size: crop "
+                         f"them, or pass uint8 images to vitlab.preprocess(model, images), which resizes to {target}")
+
+
+def _check_values(model: nn.Module, x: torch.Tensor, what: str) -> None:
+    """A float batch is finite, of the model's dtype, and near the model's normalised range."""
+    weights = next(model.parameters(), None)
+    if weights is not None and x.dtype != weights.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{what} are {x.dtype}, but the model computes in {weights.dtype}: "
+                        f"pass images.to({weights.dtype})")
+    lo, hi = x.amin(dim=(0, 2, 3)).double().cpu(), x.amax(dim=(0, 2, 3)).double().cpu()  # (C,): NaN propagates
+    if not bool(lo.isfinite().all() and hi.isfinite().all()):
+        counts = {"NaN": int(x.isnan().sum()), "inf": int(x.isinf().sum())}
+        kinds = " and ".join(f"{k} ({n} of {x.numel()} values)" for k, n in counts.items() if n)
+        raise ValueError(f"{what} contain {kinds}: drop or repair those images before the forward pass")
+    bounds = normalised_range(model, PIXEL_SLACK)
+    if bounds is None or len(bounds[0]) != len(lo):
+        return
+    if bool((lo < bounds[0]).any() or (hi > bounds[1]).any()):
+        low, high = normalised_range(model)
+        raise ValueError(f"{what} hold values from {lo.min():.4g} to {hi.max():.4g}, far outside the model's "
+                         f"normalised range (about {low.min():.2f}..{high.max():.2f} for its pretrained_cfg mean "
+                         "and std): pass uint8 images (0..255) or call vitlab.preprocess(model, images) first")
+
+
+def check_input(model: nn.Module, x: object, what: str = "images given to model(...)") -> None:
+    """Raise a one-line error when ``x`` cannot be ``model``'s input as it is.
+
+    ``x`` must be a float batch (B, C, H, W) as :func:`vitlab.preprocess` returns: the
+    model's channels, dtype and a size its patch embedding takes, finite, and not far
+    outside the range its ``pretrained_cfg`` mean and std give pixels in [0, 1] (float
+    images left in 0..255 are). Costs one pass over ``x``, nothing next to a forward.
+    """
+    _check_batch(model, x, what)
+    if x.dtype == torch.uint8:
+        raise TypeError(f"{what} are uint8: call vitlab.preprocess(model, images) first, which scales and "
+                        "normalises them as the model expects")
+    _check_size(model, tuple(x.shape[-2:]), what)
+    _check_values(model, x, what)
+
+
+def check_images(model: nn.Module, images: object, what: str = "images") -> None:
+    """Raise a one-line error when :func:`capture` cannot take ``images`` for ``model``.
+
+    uint8 images (B, C, H, W) need the model's channels (and, for a model of dynamic size,
+    which keeps their size, one its patches tile); float images must pass :func:`check_input`.
+    """
+    _check_batch(model, images, what)
+    if images.dtype != torch.uint8:
+        check_input(model, images, what)
+    elif getattr(model, "dynamic_img_size", False):
+        _check_size(model, tuple(images.shape[-2:]), what)
