@@ -1,11 +1,13 @@
 """Checkpoints and the metrics log: written atomically, resumed bit-exactly, refused on changed settings."""
 import dataclasses
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from vitlab import checkpoints, train
+from vitlab import checkpoints, config, train
+from vitlab.__main__ import main
 from vitlab.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +68,7 @@ def test_checkpoint_roundtrip_restores_weights_optimizer_and_random_streams(tmp_
     assert (meta["step"], meta["epoch"], meta["wall_seconds"]) == (7, 0.5, 3.0)
     assert meta["config"] == {"a": 1, "b": "x", "c": True} and meta["data"] == {"dataset": "toy"}
     assert meta["architecture"] == {"note": "toy"} and meta["metrics"] == []
+    assert set(meta["sha256"]) == {"weights", "state"}
 
     fresh, fresh_opt = _model_and_optimizer(1)
     fresh_gen = torch.Generator().manual_seed(99)
@@ -78,16 +82,143 @@ def test_checkpoint_roundtrip_restores_weights_optimizer_and_random_streams(tmp_
     assert torch.equal(torch.rand(3), expected_torch)
 
 
-def test_a_new_checkpoint_replaces_the_old_one_and_other_settings_are_refused(tmp_path):
-    model, opt = _model_and_optimizer(0)
-    for step in (7, 9):
-        checkpoints.save_checkpoint(tmp_path, step=step, epoch=1.0, wall_seconds=1.0, model=model, optimizer=opt,
-                                    generator=torch.Generator(), config=_Settings(), data={})
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [
-        "checkpoint-00000009.safetensors", "checkpoint-00000009.state.pt"]
+def _save(out, step, seed=0, **kw):
+    """A toy checkpoint at ``step`` whose weights depend on ``seed``; returns those weights."""
+    model, opt = _model_and_optimizer(seed)
+    checkpoints.save_checkpoint(out, step=step, epoch=1.0, wall_seconds=float(step), model=model, optimizer=opt,
+                                generator=torch.Generator(), config=kw.pop("config", _Settings()), data={}, **kw)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_the_last_two_checkpoints_are_kept_and_only_files_vitlab_wrote_are_deleted(tmp_path):
+    foreign = ["checkpoint-notes.txt", "checkpoint-best.pt", "checkpoint-1.safetensors", "checkpoint-00000003.ckpt"]
+    for name in foreign:
+        (tmp_path / name).write_text("mine")
+    leftover = tmp_path / ".checkpoint-00000005.safetensors.k3j_x9a1.tmp"  # an atomic write a kill interrupted
+    leftover.write_text("half")
+    for step in (7, 9, 11):
+        _save(tmp_path, step)
+    ours = [f"checkpoint-{s:08d}.{ext}" for s in (9, 11) for ext in ("json", "safetensors", "state.pt")]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == sorted(ours + foreign)
+    assert all((tmp_path / name).read_text() == "mine" for name in foreign) and not leftover.exists()
+
+
+def test_each_checkpoint_records_the_sha256_of_its_files(tmp_path):
+    _save(tmp_path, 7)
+    record = json.loads((tmp_path / "checkpoint-00000007.json").read_text())
+    assert record == json.loads((tmp_path / "checkpoint.json").read_text())
+    for key, name in [("weights", "checkpoint-00000007.safetensors"), ("state", "checkpoint-00000007.state.pt")]:
+        assert record[key] == name
+        assert record["sha256"][key] == hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+
+
+def test_other_settings_are_refused_naming_each_change(tmp_path):
+    model, _ = _model_and_optimizer(0)
+    _save(tmp_path, 7)
     assert checkpoints.load_checkpoint(tmp_path / "elsewhere", _Settings(), model) is None
     with pytest.raises(ConfigError, match="other settings \\(a 1 in the checkpoint, 2 now\\)"):
         checkpoints.load_checkpoint(tmp_path, _Settings(a=2), model)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _zero(path):
+    data = bytearray(path.read_bytes())
+    data[-64:] = bytes(64)  # same size, same header: only the checksum can tell
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, culprit, resumed", [
+    (lambda d: _truncate(d / "checkpoint-00000009.safetensors"), "checkpoint-00000009.safetensors", 7),
+    (lambda d: _truncate(d / "checkpoint-00000009.state.pt"), "checkpoint-00000009.state.pt", 7),
+    (lambda d: _zero(d / "checkpoint-00000009.safetensors"), "checkpoint-00000009.safetensors", 7),
+    (lambda d: (d / "checkpoint-00000009.state.pt").unlink(), "checkpoint-00000009.state.pt", 7),
+    (lambda d: (d / "checkpoint-00000009.json").write_text('{"step": 9, "wei'), "checkpoint-00000009.json", 9),
+    (lambda d: (d / "checkpoint.json").write_text("not json"), "checkpoint.json", 9),
+])
+def test_a_damaged_checkpoint_is_skipped_for_the_previous_one_with_a_warning(tmp_path, damage, culprit, resumed):
+    saved = {7: _save(tmp_path, 7, seed=7), 9: _save(tmp_path, 9, seed=9)}
+    damage(tmp_path)
+    model, _ = _model_and_optimizer(0)
+    with pytest.warns(UserWarning, match=f"{culprit}.*resumed from .*\\(step {resumed}\\)"):
+        state = checkpoints.load_checkpoint(tmp_path, _Settings(), model)
+    assert state["step"] == resumed and state["wall_seconds"] == float(resumed)
+    assert all(torch.equal(v, saved[resumed][k]) for k, v in model.state_dict().items())
+
+
+def test_no_readable_checkpoint_is_one_line_naming_the_files_and_what_to_do(tmp_path):
+    for step in (7, 9):
+        _save(tmp_path, step)
+        _truncate(tmp_path / f"checkpoint-{step:08d}.safetensors")
+    model, _ = _model_and_optimizer(0)
+    with pytest.raises(checkpoints.RunFolderError) as info:
+        checkpoints.load_checkpoint(tmp_path, _Settings(), model)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "checkpoint-00000007.safetensors" in message and "checkpoint-00000009.safetensors" in message
+    assert "to start the run over, or choose another --out" in message
+
+
+def test_a_record_ahead_of_the_pointer_and_files_without_a_record(tmp_path):
+    """Killed between a checkpoint's record and the pointer, or before its record: both are normal crashes."""
+    model, _ = _model_and_optimizer(0)
+    (tmp_path / "checkpoint-00000003.safetensors").write_bytes(b"")  # the first checkpoint, cut short
+    assert checkpoints.load_checkpoint(tmp_path, _Settings(), model) is None
+    _save(tmp_path, 7)
+    newer = _save(tmp_path, 9, seed=9)
+    pointer = json.loads((tmp_path / "checkpoint-00000007.json").read_text())
+    (tmp_path / "checkpoint.json").write_text(json.dumps(pointer))  # as if the pointer never moved to 9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert checkpoints.load_checkpoint(tmp_path, _Settings(), model)["step"] == 9
+    assert all(torch.equal(v, newer[k]) for k, v in model.state_dict().items())
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
+    records = [dict(epoch=e, step=10 * e) for e in (1, 2)]
+    for record in records:
+        checkpoints.append_metrics(tmp_path, record)
+    log = tmp_path / "metrics.jsonl"
+    log.write_text(log.read_text() + '{"epoch": 3, "st')  # killed while appending
+    with pytest.warns(UserWarning, match=f"{log}: dropped its last line"):
+        assert checkpoints.read_metrics(tmp_path) == records
+    with pytest.warns(UserWarning):
+        checkpoints.trim_metrics(tmp_path, 20)
+    assert log.read_text() == "".join(json.dumps(r) + "\n" for r in records)
+    log.write_text('{"epoch": 1}\nnot json\n{"epoch": 3}\n')  # damage inside the log is not a crash: refused
+    with pytest.raises(checkpoints.RunFolderError, match="metrics.jsonl line 2 is not a JSON record"):
+        checkpoints.read_metrics(tmp_path)
+
+
+_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_folder_in_use_by_another_process_is_refused_naming_it(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / checkpoints.LOCK)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(checkpoints.RunFolderError, match=f"in use: another vitlab process \\(PID {holder.pid},"):
+            with checkpoints.lock_run(tmp_path):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with checkpoints.lock_run(tmp_path):  # the kernel released the killed holder's lock
+        assert (tmp_path / checkpoints.LOCK).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(checkpoints.RunFolderError, match=f"PID {os.getpid()}"):  # a second open is refused too
+            with checkpoints.lock_run(tmp_path):
+                pass
+    assert (tmp_path / checkpoints.LOCK).exists()  # never deleted: another process may be opening it
 
 
 def test_train_still_offers_the_run_file_helpers():
@@ -131,34 +262,52 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights(tmp_path, fake_cif
     assert [r["epoch"] for r in checkpoints.read_metrics(tmp_path / "killed")] == [1, 2, 3]
 
 
-def test_resume_refuses_a_changed_config_naming_every_change(tmp_path, fake_cifar):
+def test_a_changed_config_is_refused_naming_every_change(tmp_path, fake_cifar):
     config = train.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
     train.train(config, tmp_path / "run", progress=False)
     changed = dataclasses.replace(config, lr=0.5, flip=False)
-    with pytest.raises(ValueError, match="other settings \\(lr 0.001 in the checkpoint, 0.5 now; "
-                                         "flip True in the checkpoint, False now\\)"):
+    with pytest.raises(ValueError, match="finished run with other settings \\(lr 0.001 in the finished run, 0.5 now; "
+                                         "flip True in the finished run, False now\\)"):
         train.train(changed, tmp_path / "run", progress=False)
-    # Where the run lives and how it reports are not settings: another folder, a bar, or
-    # checkpoints every step do not stop it from resuming.
-    again = train.train(config, tmp_path / "run", progress=True, checkpoint_every=1)
+    # Where the run lives and how it reports are not settings: another spelling of the
+    # folder, a bar, or checkpoints every step give the finished run back.
+    again = train.train(config, tmp_path / "run" / ".." / "run", progress=True, checkpoint_every=1)
     assert again.record["step"] == 10
 
 
+def _stop_in_epoch_two(record):
+    if record["epoch"] == 2:
+        raise KeyboardInterrupt
+
+
 def test_checkpoints_of_earlier_versions_still_resume(tmp_path, fake_cifar, capsys):
-    """Before runtime knobs left TrainConfig, checkpoint.json recorded out, progress and checkpoint_every."""
+    """Earlier versions wrote checkpoint.json alone, without checksums, with out, progress and checkpoint_every."""
     config = train.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50)
-
-    def stop_in_epoch_two(record):
-        if record["epoch"] == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train.train(config, tmp_path / "run", progress=False, on_epoch=stop_in_epoch_two)
+        train.train(config, tmp_path / "run", progress=False, on_epoch=_stop_in_epoch_two)
+    (tmp_path / "run" / "checkpoint-00000010.json").unlink()
     pointer = tmp_path / "run" / "checkpoint.json"
     meta = json.loads(pointer.read_text())
     meta["config"].update(out=str(tmp_path / "run"), progress=False, checkpoint_every=0)
-    del meta["config"]["compile"]  # a setting added later counts as its default
+    del meta["config"]["compile"], meta["sha256"]  # a setting added later counts as its default
     pointer.write_text(json.dumps(meta))
     result = train.train(config, tmp_path / "run", progress=True)
     assert "resuming at step 10" in capsys.readouterr().out
     assert [r["epoch"] for r in checkpoints.read_metrics(tmp_path / "run")] == [1, 2] and result.record["step"] == 20
+
+
+def test_resume_does_not_depend_on_how_out_is_spelled(tmp_path, fake_cifar, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--model", "vit_micro_c10", "--epochs", "2", "--batch-size", "64", "--eval-size", "50"]
+    with pytest.raises(KeyboardInterrupt):
+        train.train(config.from_args(train.TrainConfig, dict(model="vit_micro_c10", epochs=2, batch_size=64,
+                                                               eval_size=50)), "ok", on_epoch=_stop_in_epoch_two)
+    capsys.readouterr()
+    main(["train", *flags, "--out", "./ok/"])
+    assert "resuming at step 10" in capsys.readouterr().out
+    weights = (tmp_path / "ok" / "model.safetensors").read_bytes()
+    main(["train", *flags, "--out", str(tmp_path / "ok")])
+    assert "already finished" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="lr 0.001 in the finished run, 0.5 now"):
+        main(["train", *flags, "--lr", "0.5", "--out", "ok"])
+    assert (tmp_path / "ok" / "model.safetensors").read_bytes() == weights

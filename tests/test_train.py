@@ -146,3 +146,65 @@ def test_training_on_a_gpu_runs_in_bf16_and_saves_a_cpu_loadable_model(tmp_path,
     idx = data.stratified_subset(labels, 50, 0)
     model = vitlab.load_model(tmp_path / "run" / "model.safetensors", device="cpu")
     assert train.evaluate(model, images[idx], labels[idx]) == pytest.approx(result.record["test_accuracy"], abs=0.04)
+
+
+def _files(folder):
+    """Every file in ``folder`` with its bytes and modification time, but the lock (each run takes it)."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.name != "vitlab.lock"}
+
+
+def test_a_finished_run_is_given_back_without_training_or_writing(tmp_path, fake_cifar, capsys):
+    config = train.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    first = train.train(config, tmp_path / "run", progress=False)
+    for path in (tmp_path / "run").glob("checkpoint*"):  # the sidecar alone says the run finished
+        path.unlink()
+    before = _files(tmp_path / "run")
+    again = train.train(config, tmp_path / "run")
+    assert "already finished" in capsys.readouterr().out
+    assert _files(tmp_path / "run") == before
+    assert again.record == first.record and not again.model.training
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), first.model.state_dict().values()))
+
+
+def test_a_finished_run_with_other_settings_is_refused_even_without_checkpoints(tmp_path, fake_cifar):
+    config = train.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    train.train(config, tmp_path / "run", progress=False)
+    for path in (tmp_path / "run").glob("checkpoint*"):
+        path.unlink()
+    before = _files(tmp_path / "run")
+    with pytest.raises(ValueError, match="finished run with other settings \\(epochs 1 in the finished run, 2 now\\)"):
+        train.train(train.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50), tmp_path / "run")
+    assert _files(tmp_path / "run") == before
+
+
+@pytest.mark.parametrize("sidecar", [None, "not json", json.dumps({"format": 1, "architecture": {}})])
+def test_a_model_vitlab_did_not_train_is_never_overwritten(tmp_path, fake_cifar, sidecar):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"someone's weights")
+    if sidecar is not None:
+        (run / "model.json").write_text(sidecar)
+    before = _files(run)
+    with pytest.raises(ValueError, match="model.safetensors was not written by a vitlab training run"):
+        train.train(train.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64), run)
+    assert _files(run) == before
+
+
+@pytest.mark.parametrize("change", [
+    dict(lr=0.0), dict(crop_padding=0), dict(crop_padding=31), dict(label_smoothing=0.0), dict(label_smoothing=0.99),
+    dict(epochs=3, warmup_epochs=3.0), dict(epochs=1), dict(warmup_epochs=0.0), dict(weight_decay=0.0),
+    dict(img_size=48), dict(model="vit_micro_c10", img_size=40), dict(model="resnet_micro_c10", img_size=30),
+    dict(subset_size=50_000), dict(subset_size=128), dict(eval_size=1), dict(eval_size=10_000),
+])
+def test_settings_at_the_edges_of_their_ranges_are_accepted(tmp_path, change):
+    train.check(train.TrainConfig(**change), tmp_path / "run", checkpoint_every=0)
+
+
+def test_training_flags_are_checked_before_any_data_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "cifar10", lambda split: pytest.fail("read data before checking the flags"))
+    with pytest.raises(ValueError, match=r"^--img-size 30: must be a positive multiple of 4, the patch size of "
+                                         r"vit_tiny_c10$"):
+        train.train(train.TrainConfig(img_size=30), tmp_path / "run")
+    with pytest.raises(ValueError, match=r"^--img-size 44: must be a positive multiple of 8"):
+        train.train(train.TrainConfig(model="vit_micro_c10", img_size=44), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -6,6 +6,7 @@ import torch
 
 import vitlab
 from vitlab import config, models, train, zoo
+from vitlab.__main__ import main
 
 #: Entries that declare a checkpoint shipped in data/zoo (read from the entries, not the folder,
 #: so an empty or half-copied data/zoo fails instead of passing with nothing to check).
@@ -86,3 +87,23 @@ def test_publish_copies_a_run_with_its_record_and_command(fake_cifar, tmp_path, 
     assert (tmp_path / "zoo" / "vit_micro_c10.metrics.jsonl").read_text() == (tmp_path / "run" / "metrics.jsonl").read_text()
     with pytest.raises(ValueError, match="trained a vit_micro_c10, but zoo entry resnet_micro_c10"):
         zoo.publish(tmp_path / "run", "resnet_micro_c10")
+
+
+def test_publish_refuses_to_replace_a_zoo_checkpoint_without_force(fake_cifar, tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "ZOO_DIR", tmp_path / "zoo")
+    monkeypatch.setattr(zoo, "CHECK_SIZE", 50)
+    for name, lr in [("first", 1e-3), ("second", 2e-3)]:
+        train.train(zoo.train_config("vit_micro_c10", epochs=1, batch_size=64, eval_size=50, lr=lr), tmp_path / name,
+                    progress=False)
+    target = zoo.publish(tmp_path / "first", "vit_micro_c10")
+    published = {p.name: p.read_bytes() for p in (tmp_path / "zoo").iterdir()}
+    monkeypatch.setattr(zoo, "evaluate", lambda *args: pytest.fail("evaluated before refusing"))
+    with pytest.raises(FileExistsError, match=f"zoo entry vit_micro_c10 has a checkpoint already \\({target}\\); "
+                                              "pass --force"):
+        zoo.publish(tmp_path / "second", "vit_micro_c10")
+    with pytest.raises(SystemExit, match="publish: error: zoo entry vit_micro_c10 has a checkpoint already"):
+        main(["publish", str(tmp_path / "second"), "vit_micro_c10"])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "zoo").iterdir()} == published
+    monkeypatch.setattr(zoo, "evaluate", train.evaluate)
+    main(["publish", str(tmp_path / "second"), "vit_micro_c10", "--force"])
+    assert json.loads(target.with_suffix(".json").read_text())["config"]["lr"] == 2e-3

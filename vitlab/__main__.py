@@ -15,10 +15,16 @@ import sys
 
 from . import data, zoo
 from .config import ConfigError, add_flags, from_args, read_file
+from .models import WeightsUnavailableError
+from .records import ResultsFileError
 from .sweep import SweepConfig, sweep
 from .train import TrainConfig, train
+from .weights import WeightsFileError
 
 PROG = "python -m vitlab"
+#: Errors that report bad input in one line: printed as they are, without a traceback.
+INPUT_ERRORS = (ConfigError, PermissionError, FileNotFoundError, FileExistsError, data.CorruptDataError,
+                WeightsFileError, WeightsUnavailableError, ResultsFileError)
 #: Flags of ``train`` that say where and how a run reports, not what it is.
 RUN_FLAGS = ("out", "progress", "checkpoint_every")
 
@@ -44,6 +50,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     pub.add_argument("run", help="the run's --out folder")
     pub.add_argument("name", choices=sorted(zoo.ENTRIES), help="zoo entry it is a checkpoint of")
     pub.add_argument("--code-version", default=None, help="commit the run was trained with, if not recorded")
+    pub.add_argument("--force", action="store_true", help="replace the entry's checkpoint if it has one already")
     sweep_parser = sub.add_parser("sweep", help="train ViT and ResNet on growing CIFAR-10 subsets")
     add_flags(sweep_parser, SweepConfig)
     sweep_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
@@ -63,15 +70,13 @@ def _data(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     config = from_args(TrainConfig, args)
-    if args.checkpoint_every < 0:
-        raise ConfigError(f"--checkpoint-every must be 0 or more steps, got {args.checkpoint_every}")
     out = args.out or f"runs/{config.model}"
     result = train(config, out, progress=args.progress, checkpoint_every=args.checkpoint_every)
     print(json.dumps(result.record, indent=2))
 
 
 def _publish(args: argparse.Namespace) -> None:
-    print(zoo.publish(args.run, args.name, args.code_version))
+    print(zoo.publish(args.run, args.name, args.code_version, force=args.force))
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "config", None):
             args = build_parser(read_file(args.config, TrainConfig, extra=RUN_FLAGS)).parse_args(argv)
         COMMANDS[args.command](args)
-    except (ConfigError, PermissionError, FileNotFoundError) as err:
+    except INPUT_ERRORS as err:
         sys.exit(f"{PROG} {args.command}: error: {err}")
     return 0
 

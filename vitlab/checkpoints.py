@@ -1,18 +1,29 @@
-"""The files a training run keeps in its folder (checkpoints, the metrics log) and its provenance.
+"""The files a training run keeps in its folder (checkpoints, the metrics log, the lock) and its provenance.
 
-A checkpoint is ``checkpoint-<step>.safetensors`` (weights) and ``checkpoint-<step>.state.pt``
-(optimiser, augmentation stream, torch RNG), named by ``checkpoint.json``. Each file is
-written atomically and the pointer last, so a crash at any moment leaves ``checkpoint.json``
-naming a complete checkpoint. ``metrics.jsonl`` holds one JSON record per finished epoch.
-Settings are compared field by field on resume, so this module needs no training code.
+A checkpoint is ``checkpoint-<step>.safetensors`` (weights), ``checkpoint-<step>.state.pt``
+(optimiser, augmentation stream, torch RNG) and ``checkpoint-<step>.json``, its record:
+step, settings and the sha256 of both files. ``checkpoint.json`` is a copy of the latest
+record. Every file is written atomically and a record only after its files, so a crash at
+any moment leaves each record naming complete files. The last two checkpoints are kept: a
+resumed run checks the checksums and falls back to the previous checkpoint when the latest
+cannot be read. ``metrics.jsonl`` holds one JSON record per finished epoch; a line cut
+short by a crash is dropped on reading. ``vitlab.lock`` keeps a second process out of a
+folder in use. Settings are compared field by field, so this module needs no training code.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import functools
+import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +37,26 @@ from .io import atomic_path, atomic_write, write_json
 
 #: The per-epoch log in a run's folder.
 METRICS_LOG = "metrics.jsonl"
-#: The pointer to a run's latest complete checkpoint.
+#: The copy of the latest checkpoint's record.
 POINTER = "checkpoint.json"
+#: The lock a training process holds on its folder (its PID inside).
+LOCK = "vitlab.lock"
+#: The final model and its sidecar, written when a run finishes.
+MODEL, SIDECAR = "model.safetensors", "model.json"
+#: The names of checkpoint files vitlab writes; nothing else in a run folder is ever deleted.
+CHECKPOINT_FILE = re.compile(r"checkpoint-(\d{8,})\.(safetensors|state\.pt|json)")
+#: Temporary files of vitlab's atomic writes (``io.atomic_path``) left behind by a killed run.
+_LEFTOVER = re.compile(r"\.(checkpoint-\d{8,}\.(safetensors|state\.pt|json)|checkpoint\.json|metrics\.jsonl"
+                       r"|model\.safetensors|model\.json)\.\w+\.tmp")
 
 
+class RunFolderError(ConfigError):
+    """A run folder that cannot be trained into as asked: in use, finished, or unreadable."""
+
+
+@functools.cache
 def code_version() -> str:
-    """The short git commit of the vitlab checkout, or ``"unknown"``."""
+    """The short git commit of the vitlab checkout, or ``"unknown"`` (asked once per process)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=settings.PROJECT_ROOT,
                              capture_output=True, text=True, timeout=5)
@@ -51,25 +76,78 @@ def prepare_folder(out: Path) -> None:
     """Create the run folder ``out``; PermissionError, naming it, when it cannot be written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / ".write-test", lambda tmp: tmp.write_text("ok"))
-        (out / ".write-test").unlink()
+        probe = out / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
+        atomic_write(probe, lambda tmp: tmp.write_text("ok"))
+        probe.unlink()
     except OSError as err:
         raise PermissionError(f"output folder {out} is not writable ({err.strerror}); choose another --out") from None
+
+
+@contextlib.contextmanager
+def lock_run(out: Path) -> Iterator[None]:
+    """Hold ``<out>/vitlab.lock`` while the block runs: one training process per folder.
+
+    ``flock`` locks die with their process, so a killed run never leaves the folder locked;
+    the file stays (deleting it could split the lock between two processes) and holds the
+    holder's PID for the error a second process gets.
+
+    Raises:
+        RunFolderError: another process holds the lock (naming its PID).
+    """
+    path = out / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunFolderError(f"{out} is in use: another vitlab process (PID {holder}, see {path}) is training "
+                                 "into it; wait for it to end, stop it, or choose another --out") from None
+        except OSError as err:  # e.g. a network file system without locks
+            warnings.warn(f"cannot lock {path} ({err.strerror}); make sure no other process trains into {out}",
+                          stacklevel=3)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+        os.ftruncate(fd, 0)  # still held: no other process reads a PID that has gone
+    finally:
+        os.close(fd)
 
 
 # --- the metrics log -----------------------------------------------------------------
 
 
 def read_metrics(out: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-epoch records of a run's ``metrics.jsonl`` (empty before the first epoch)."""
+    """The per-epoch records of a run's ``metrics.jsonl`` (empty before the first epoch).
+
+    A last line cut short (a crash while it was appended) is dropped with a warning; the
+    epoch it logged is trained again on resume.
+    """
     path = Path(out) / METRICS_LOG
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    lines = path.read_text().splitlines() if path.is_file() else []
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif number == len(lines):
+            warnings.warn(f"{path}: dropped its last line, cut short by a crash ({line[:40]!r}...); "
+                          "a resumed run logs that epoch again", stacklevel=2)
+        else:
+            raise RunFolderError(f"{path} line {number} is not a JSON record ({line[:40]!r}); "
+                                 "delete that line or choose another --out")
+    return records
 
 
 def append_metrics(out: Path, record: dict[str, Any]) -> None:
-    """Add one epoch's ``record`` to the run's log."""
+    """Add one epoch's ``record`` to the run's log, on disk before this returns."""
     with open(out / METRICS_LOG, "a") as f:
         f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def trim_metrics(out: Path, step: int) -> None:
@@ -82,13 +160,22 @@ def trim_metrics(out: Path, step: int) -> None:
 # --- checkpoints ---------------------------------------------------------------------
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_checkpoint(out: Path, *, step: int, epoch: float, wall_seconds: float, model: nn.Module,
                     optimizer: torch.optim.Optimizer, generator: torch.Generator, config: Any,
                     data: dict[str, Any]) -> None:
-    """Write ``checkpoint-<step>.{safetensors,state.pt}``, then point ``checkpoint.json`` at them.
+    """Write ``checkpoint-<step>.{safetensors,state.pt}``, then its record, then ``checkpoint.json``.
 
     Args:
-        out: the run's folder; older checkpoints in it are deleted once the pointer moved.
+        out: the run's folder; checkpoints older than the previous one are deleted once
+            this one is complete, and nothing but vitlab's own checkpoint files.
         step, epoch: optimiser steps taken, and epochs (fractional mid-epoch) they make.
         wall_seconds: training seconds so far, over all sessions of the run.
         model: a model built by vitlab (its ``vitlab_arch`` is recorded).
@@ -98,51 +185,178 @@ def save_checkpoint(out: Path, *, step: int, epoch: float, wall_seconds: float, 
     """
     stem = f"checkpoint-{step:08d}"
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # The learning rate is a pure function of the step, so the step is the scheduler's state.
+    state = dict(optimizer=optimizer.state_dict(), generator=generator.get_state().cpu(),
+                 torch_rng=torch.get_rng_state())
+    sha256 = {}
     with atomic_path(out / f"{stem}.safetensors") as tmp:
         safetensors.torch.save_file(weights, str(tmp))
-    state = dict(optimizer=optimizer.state_dict(), generator=generator.get_state().cpu(), torch_rng=torch.get_rng_state())
+        sha256["weights"] = _sha256(tmp)
     with atomic_path(out / f"{stem}.state.pt") as tmp:
         torch.save(state, tmp)
-    # The learning rate is a pure function of the step, so the step is the scheduler's state.
-    write_json(out / POINTER, dict(
-        step=step, epoch=epoch, wall_seconds=wall_seconds,
-        weights=f"{stem}.safetensors", state=f"{stem}.state.pt", metrics=read_metrics(out)[-1:],
-        config=dataclasses.asdict(config), architecture=model.vitlab_arch,
-        data=data, code_version=code_version(),
-    ))
-    for old in out.glob("checkpoint-*"):
-        if not old.name.startswith(stem):
-            old.unlink(missing_ok=True)
+        sha256["state"] = _sha256(tmp)
+    record = dict(step=step, epoch=epoch, wall_seconds=wall_seconds, weights=f"{stem}.safetensors",
+                  state=f"{stem}.state.pt", sha256=sha256, metrics=read_metrics(out)[-1:],
+                  config=dataclasses.asdict(config), architecture=model.vitlab_arch, data=data,
+                  code_version=code_version())
+    write_json(out / f"{stem}.json", record)
+    write_json(out / POINTER, record)
+    _prune(out, step)
 
 
-def changes(saved: dict[str, Any], config: Any) -> list[str]:
-    """How ``config`` differs from the settings ``saved`` in a checkpoint, one phrase per field.
+def _prune(out: Path, step: int) -> None:
+    """Keep checkpoint ``step`` and the complete one before it; delete other vitlab checkpoint files.
+
+    Later steps go too: they belong to a stretch of the run that this one redid.
+    """
+    steps = {}
+    for path in out.iterdir():
+        if match := CHECKPOINT_FILE.fullmatch(path.name):
+            steps.setdefault(int(match[1]), []).append(path)
+        elif _LEFTOVER.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+    earlier = [s for s, files in steps.items() if s < step and any(p.suffix == ".json" for p in files)]
+    keep = {step, max(earlier, default=step)}
+    for s, files in steps.items():
+        if s not in keep:
+            for path in files:
+                path.unlink(missing_ok=True)
+
+
+def changes(saved: dict[str, Any], config: Any, where: str = "the checkpoint") -> list[str]:
+    """How ``config`` differs from the settings ``saved`` in a run's files, one phrase per field.
 
     Keys that are no setting (``out``, ``progress`` in checkpoints of earlier versions) are
-    not compared; a setting the checkpoint predates counts as its default.
+    not compared; a setting the checkpoint predates counts as its default. ``where`` names
+    the files in the phrases (``"lr 0.001 in the checkpoint, 0.5 now"``).
     """
     pairs = [(f.name, saved.get(f.name, f.default), getattr(config, f.name)) for f in dataclasses.fields(config)]
-    return [f"{name} {old!r} in the checkpoint, {new!r} now" for name, old, new in pairs if old != new]
+    return [f"{name} {old!r} in {where}, {new!r} now" for name, old, new in pairs if old != new]
+
+
+def finished_run(out: Path, config: Any) -> dict[str, Any] | None:
+    """The sidecar record of the run that finished in ``out`` with settings ``config``; None if none did.
+
+    A ``model.safetensors`` without a sidecar is the crash of a run between writing the two
+    when checkpoint records remain (None: the run finishes again); otherwise it is not
+    vitlab's and is never overwritten.
+
+    Raises:
+        ConfigError: the finished run had other settings (naming each, with both values).
+        RunFolderError: ``out`` holds a model that no vitlab training run wrote.
+    """
+    model, sidecar = out / MODEL, out / SIDECAR
+    if not model.exists():
+        return None
+    try:
+        record = json.loads(sidecar.read_text())
+        problem = None if isinstance(record, dict) and isinstance(record.get("config"), dict) else "no run settings"
+    except FileNotFoundError:
+        problem = f"no {SIDECAR}"
+    except (OSError, ValueError) as err:
+        problem = f"{SIDECAR} cannot be read: {str(err).splitlines()[0]}"
+    if problem is not None:
+        if (out / POINTER).is_file() or any(CHECKPOINT_FILE.fullmatch(p.name) for p in out.glob("checkpoint-*.json")):
+            return None
+        raise RunFolderError(f"{model} was not written by a vitlab training run ({problem}); vitlab does not "
+                             "overwrite it: choose another --out")
+    differences = changes(record["config"], config, where="the finished run")
+    if differences:
+        raise ConfigError(f"{out} holds a finished run with other settings ({'; '.join(differences)}); "
+                          "choose another --out, or pass the same settings to get its result")
+    return record
+
+
+def _records(out: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
+    """The checkpoint records in ``out``, latest step first and one per step, and why others are unusable."""
+    paths = [out / POINTER] + sorted((p for p in out.glob("checkpoint-*.json") if CHECKPOINT_FILE.fullmatch(p.name)),
+                                     reverse=True)
+    found: dict[int, tuple[Path, dict[str, Any]]] = {}
+    problems = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text())
+            _check_record(record)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            problems.append(f"{path} is no checkpoint record ({str(err).splitlines()[0]})")
+            continue
+        found.setdefault(record["step"], (path, record))
+    return [found[s] for s in sorted(found, reverse=True)], problems
+
+
+def _check_record(record: Any) -> None:
+    if not isinstance(record, dict):
+        raise TypeError("not a JSON object")
+    kinds = dict(step=int, wall_seconds=(int, float), config=dict, weights=str, state=str)
+    for key, kind in kinds.items():
+        if not isinstance(record[key], kind):
+            raise TypeError(f"{key} is {record[key]!r}")
+    for key in ("weights", "state"):
+        if not CHECKPOINT_FILE.fullmatch(record[key]):
+            raise ValueError(f"{key} names {record[key]!r}, not a checkpoint file")
+
+
+def _read(out: Path, record: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights and state of the checkpoint ``record`` names, checked against its checksums.
+
+    Raises:
+        ValueError: naming the file that is missing, corrupt or unreadable.
+    """
+    for key in ("weights", "state"):
+        path, expected = out / record[key], record.get("sha256", {}).get(key)  # earlier versions stored none
+        if not path.is_file():
+            raise ValueError(f"{path} is missing")
+        if expected is not None and _sha256(path) != expected:
+            raise ValueError(f"{path} does not match the sha256 in its record (corrupt)")
+    try:
+        weights = safetensors.torch.load_file(out / record["weights"])
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(f"{out / record['weights']} cannot be read ({str(err).splitlines()[0]})") from None
+    try:
+        state = torch.load(out / record["state"], map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"optimizer", "generator", "torch_rng"} <= state.keys():
+            raise ValueError("not a training state")
+    except Exception as err:
+        raise ValueError(f"{out / record['state']} cannot be read ({str(err).splitlines()[0]})") from None
+    return weights, state
 
 
 def load_checkpoint(out: Path, config: Any, model: nn.Module) -> dict[str, Any] | None:
-    """Load the weights of the checkpoint in ``out`` into ``model``; None when there is none.
+    """Load the weights of the latest readable checkpoint in ``out`` into ``model``; None when there is none.
 
-    Returns the rest of its state for :func:`restore`. Raises
-    :class:`~vitlab.config.ConfigError` naming every setting of ``config`` (a dataclass)
-    that differs from the checkpoint's.
+    A checkpoint whose files are missing, fail their checksum or cannot be read is skipped
+    for the one before it, with a warning naming the file. Files with no record (a crash
+    during the first checkpoint) count as no checkpoint. Returns the rest of its state for
+    :func:`restore`.
+
+    Raises:
+        ConfigError: the checkpoint had other settings than ``config`` (a dataclass),
+            naming every one that differs.
+        RunFolderError: there are checkpoint records, but none can be resumed.
     """
-    pointer = out / POINTER
-    if not pointer.is_file():
-        return None
-    meta = json.loads(pointer.read_text())
-    differences = changes(meta["config"], config)
-    if differences:
-        raise ConfigError(f"{out} holds a checkpoint of a run with other settings ({'; '.join(differences)}); "
-                          "resume with the same settings or choose another --out")
-    state = torch.load(out / meta["state"], map_location="cpu", weights_only=True)
-    model.load_state_dict(safetensors.torch.load_file(out / meta["weights"]))
-    return dict(state, step=meta["step"], wall_seconds=meta["wall_seconds"])
+    records, problems = _records(out)
+    if records:
+        differences = changes(records[0][1]["config"], config)
+        if differences:
+            raise ConfigError(f"{out} holds a checkpoint of a run with other settings ({'; '.join(differences)}); "
+                              "resume with the same settings or choose another --out")
+    for path, record in records:
+        try:
+            weights, state = _read(out, record)
+            model.load_state_dict(weights)
+        except (ValueError, RuntimeError) as err:
+            problems.append(str(err).splitlines()[0])
+            continue
+        for problem in problems:
+            warnings.warn(f"{problem}; resumed from {path} (step {record['step']}) instead", stacklevel=2)
+        return dict(state, step=record["step"], wall_seconds=record["wall_seconds"])
+    if problems:
+        files = sorted(p.name for p in out.iterdir() if CHECKPOINT_FILE.fullmatch(p.name) or p.name == POINTER)
+        raise RunFolderError(f"no checkpoint in {out} can be resumed: {'; '.join(problems)}; delete "
+                             f"{', '.join(files)} to start the run over, or choose another --out")
+    return None
 
 
 def restore(state: dict[str, Any], optimizer: torch.optim.Optimizer, generator: torch.Generator) -> tuple[int, float]:

@@ -6,10 +6,13 @@ timm's ``train.py``. :class:`TrainConfig` holds a run's settings only; where the
 stays on the device as uint8 and is augmented in whole batches. Under ``torchrun`` the
 same function trains data-parallel (DDP; NCCL on GPUs, gloo on CPUs). A run started again
 in ``<out>`` with the same settings continues from its last checkpoint
-(:mod:`vitlab.checkpoints`) and ends with the weights of a run that was never interrupted.
+(:mod:`vitlab.checkpoints`) and ends with the weights of a run that was never interrupted;
+a finished one is given back untouched. Settings out of range, a folder in use or holding
+another run are refused with one line before any data is read.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,8 +32,8 @@ from tqdm.auto import tqdm
 
 from . import data
 # code_version, hardware and read_metrics are re-exported: train.read_metrics(out) keeps working.
-from .checkpoints import (append_metrics, code_version, hardware, load_checkpoint, prepare_folder,  # noqa: F401
-                          read_metrics, restore, save_checkpoint, trim_metrics)
+from .checkpoints import (append_metrics, code_version, finished_run, hardware, load_checkpoint,  # noqa: F401
+                          lock_run, prepare_folder, read_metrics, restore, save_checkpoint, trim_metrics)
 from .config import ConfigError, check_choices
 from .models import ARCHITECTURES, build_model, load_model, preprocess, save_model, set_input_size
 
@@ -53,7 +56,8 @@ class TrainConfig:
         optimizer: adamw, or sgd (momentum 0.9, Nesterov).
         lr: peak learning rate, after a linear warmup, before a cosine decay to zero.
         weight_decay: decoupled weight decay of weights (not of biases, norms, embeddings).
-        warmup_epochs: epochs of linear learning-rate warmup.
+        warmup_epochs: epochs of linear learning-rate warmup, at most ``epochs`` (the default 2
+            is kept in shorter runs, whose learning rate then peaks below ``lr``).
         label_smoothing: of the cross-entropy loss.
         crop_padding: pixels of reflection padding for random crops.
         flip: random horizontal flips.
@@ -195,17 +199,56 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 
 # --- setup -------------------------------------------------------------------------
 
+#: CIFAR-10's training and test images, and their side in pixels: the bounds of the size settings.
+TRAIN_IMAGES, TEST_IMAGES, IMAGE_SIZE = 50_000, 10_000, 32
 
-def check(config: TrainConfig, out: str | os.PathLike) -> None:
-    """Raise :class:`~vitlab.config.ConfigError` (or PermissionError for ``out``) before any work."""
+
+def check(config: TrainConfig, out: str | os.PathLike, checkpoint_every: int = 0) -> None:
+    """Raise :class:`~vitlab.config.ConfigError` (or PermissionError for ``out``) before any work.
+
+    Each setting out of range gets one line naming its flag, the value and the range.
+    """
     if config.model not in ARCHITECTURES:
         raise ConfigError(f"unknown zoo model {config.model!r}: choose an architecture of {list(ARCHITECTURES)}")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise ConfigError("epochs and batch size must be at least 1")
+    problem = _out_of_range(config, checkpoint_every)
+    if problem is not None:
+        raise ConfigError(problem)
     if config.subset_size is not None and config.batch_size > config.subset_size:
         raise ConfigError(f"batch size {config.batch_size} exceeds the subset of {config.subset_size} images; "
                           "lower --batch-size or raise --subset-size")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if config.batch_size % world:
+        raise ConfigError(f"batch size {config.batch_size} must divide evenly over {world} processes")
     prepare_folder(Path(out))
+
+
+def _out_of_range(config: TrainConfig, checkpoint_every: int) -> str | None:
+    """The first setting outside its range, as ``"--flag value: must be ..."``; None when all fit."""
+    c = config
+    patch = getattr(ARCHITECTURES[c.model], "patch_size", None)  # ResNets have none
+    size_rule = f"a positive multiple of {patch}, the patch size of {c.model}" if patch else "at least 1 pixel"
+    # The default warmup stays allowed in shorter runs (their learning rate peaks below lr), as before.
+    warmup_ok = 0 <= c.warmup_epochs <= c.epochs or c.warmup_epochs == TrainConfig.warmup_epochs
+    rules = [
+        ("epochs", c.epochs, c.epochs >= 1, "at least 1"),
+        ("batch_size", c.batch_size, c.batch_size >= 1, "at least 1"),
+        ("subset_size", c.subset_size, c.subset_size is None or 1 <= c.subset_size <= TRAIN_IMAGES,
+         f"1..{TRAIN_IMAGES} training images, or none for all"),
+        ("eval_size", c.eval_size, c.eval_size is None or 1 <= c.eval_size <= TEST_IMAGES,
+         f"1..{TEST_IMAGES} test images, or none for all"),
+        ("lr", c.lr, math.isfinite(c.lr) and c.lr >= 0, "0 or more (the peak learning rate; 0 keeps the weights)"),
+        ("weight_decay", c.weight_decay, math.isfinite(c.weight_decay) and c.weight_decay >= 0, "0 or more"),
+        ("warmup_epochs", c.warmup_epochs, warmup_ok, f"0..{c.epochs} (at most --epochs)"),
+        ("label_smoothing", c.label_smoothing, 0 <= c.label_smoothing < 1, "at least 0 and below 1"),
+        ("crop_padding", c.crop_padding, 0 <= c.crop_padding < IMAGE_SIZE,
+         f"0..{IMAGE_SIZE - 1} pixels (reflection padding stays below the {IMAGE_SIZE}-pixel CIFAR image size)"),
+        ("img_size", c.img_size, c.img_size is None or (c.img_size >= 1 and c.img_size % (patch or 1) == 0), size_rule),
+        ("checkpoint_every", checkpoint_every, checkpoint_every >= 0, "0 (epoch ends only) or more steps"),
+    ]
+    for name, value, ok, allowed in rules:
+        if not ok:
+            return f"--{name.replace('_', '-')} {value}: must be {allowed}"
+    return None
 
 
 def _processes() -> tuple[int, int]:
@@ -215,6 +258,22 @@ def _processes() -> tuple[int, int]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def _lock(out: Path) -> contextlib.AbstractContextManager:
+    """The folder's lock, taken by the first process only (torchrun's other ranks share its run)."""
+    return lock_run(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+
+
+def _finished(config: TrainConfig, out: Path, progress: bool) -> TrainResult | None:
+    """The result of the run that already finished in ``out`` with these settings, read back; else None."""
+    record = finished_run(out, config)
+    if record is None:
+        return None
+    metrics = record.get("metrics", {})
+    _report(progress, f"{out} already finished with these settings (test accuracy {metrics.get('test_accuracy')}); "
+            "returning its model without training")
+    return TrainResult(load_model(out / "model.safetensors", device="cpu").eval(), metrics)
 
 
 def _data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -246,14 +305,36 @@ def _initial_model(config: TrainConfig) -> nn.Module:
     return model
 
 
-def _setup(config: TrainConfig, out: Path, device: torch.device, train_images: int) -> _Run:
-    """Build the model, optimiser and augmentation stream; continue from a checkpoint in ``out``."""
+def _start(config: TrainConfig, out: Path, device: str | torch.device | None,
+           progress: bool) -> tuple[_Run, tuple[torch.Tensor, ...]]:
+    """The run, resumed from its checkpoint, and its data on the device.
+
+    The model and checkpoint come first, so an unreadable checkpoint is reported before the
+    data is loaded.
+    """
+    if device is None:
+        cuda = torch.cuda.is_available()
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
+    device = torch.device(device)
     rank, world = _processes()
-    if config.batch_size % world:
-        raise ConfigError(f"batch size {config.batch_size} must divide evenly over {world} processes")
     torch.manual_seed(config.seed)
     model = _initial_model(config)
     state = load_checkpoint(out, config, model)
+    train_x, train_y, test_x, test_y = _data(config)
+    run = _setup(config, out, model, device, rank, world, len(train_x) // config.batch_size)
+    if state is not None:
+        run.step, run.wall = restore(state, run.opt, run.gen)
+    if rank == 0:
+        trim_metrics(out, run.step)
+        _report(progress, f"training {config.model}: {len(train_x)} images, {run.total} steps, {world} "
+                f"process(es) on {hardware(device)}, "
+                f"{'resuming at step ' + str(run.step) if run.step else 'from the start'}")
+    return run, (train_x.to(device), train_y.to(device), test_x, test_y)
+
+
+def _setup(config: TrainConfig, out: Path, model: nn.Module, device: torch.device, rank: int, world: int,
+           steps_per_epoch: int) -> _Run:
+    """Wrap the model for the step (DDP, compile) and build its optimiser and augmentation stream."""
     model.to(device)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if config.compile:
@@ -263,13 +344,10 @@ def _setup(config: TrainConfig, out: Path, device: torch.device, train_images: i
         opt = torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
     else:
         opt = torch.optim.AdamW(groups, lr=config.lr, fused=device.type == "cuda" or None)
-    run = _Run(config=config, out=out, model=model, net=net, opt=opt, device=device,
-               gen=torch.Generator(device=device).manual_seed(config.seed + 1),
-               amp=autocast_dtype(config.precision, device), rank=rank, world=world,
-               steps_per_epoch=train_images // config.batch_size)
-    if state is not None:
-        run.step, run.wall = restore(state, opt, run.gen)
-    return run
+    return _Run(config=config, out=out, model=model, net=net, opt=opt, device=device,
+                gen=torch.Generator(device=device).manual_seed(config.seed + 1),
+                amp=autocast_dtype(config.precision, device), rank=rank, world=world,
+                steps_per_epoch=steps_per_epoch)
 
 
 # --- the loop ----------------------------------------------------------------------
@@ -282,7 +360,9 @@ def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.de
 
     Writes ``<out>/metrics.jsonl`` (epoch, step, loss, train/test accuracy, learning rate,
     images/s, wall seconds), checkpoints, and finally ``<out>/model.safetensors`` with its
-    sidecar (config, metrics, data subset, code version, hardware).
+    sidecar (config, metrics, data subset, code version, hardware). A run that finished in
+    ``out`` with the same settings is returned as it is; one with other settings, a model
+    vitlab did not write, or another process training into ``out`` is refused before any work.
 
     Args:
         device: default: the local rank's GPU when there is one, else the CPU.
@@ -291,35 +371,33 @@ def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.de
         on_epoch: called with each epoch's record (e.g. to draw live curves in a notebook).
     """
     out = Path(out)
-    check(config, out)
-    if device is None:
-        cuda = torch.cuda.is_available()
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
-    device = torch.device(device)
-    train_x, train_y, test_x, test_y = _data(config)
-    run = _setup(config, out, device, len(train_x))
-    train_x, train_y = train_x.to(device), train_y.to(device)
-    if run.rank == 0:
-        trim_metrics(out, run.step)
-        _report(progress, f"training {config.model}: {len(train_x)} images, {run.total} steps, {run.world} "
-                f"process(es) on {hardware(device)}, "
-                f"{'resuming at step ' + str(run.step) if run.step else 'from the start'}")
-    record: dict[str, Any] = (read_metrics(out) or [{}])[-1] if run.step else {}
-    while run.step < run.total:
-        epoch = run.step // run.steps_per_epoch
-        stats = train_one_epoch(run, train_x, train_y, progress=progress, checkpoint_every=checkpoint_every)
-        accuracy = evaluate(run.model, test_x, test_y) if run.rank == 0 else float("nan")
-        record = dict(epoch=epoch + 1, step=run.step, loss=stats["loss"], train_accuracy=stats["train_accuracy"],
-                      test_accuracy=accuracy, lr=run.opt.param_groups[0]["lr"],
-                      images_per_second=stats["images_per_second"], wall_seconds=run.wall)
-        if run.rank == 0:
-            append_metrics(out, record)
-            if not progress:
-                log.info(json.dumps(record))
-            if on_epoch is not None:
-                on_epoch(record)
-        _save_checkpoint(run, epoch + 1)
-    return _finish(run, record)
+    check(config, out, checkpoint_every)
+    with _lock(out):
+        done = _finished(config, out, progress)
+        if done is not None:
+            return done
+        run, (train_x, train_y, test_x, test_y) = _start(config, out, device, progress)
+        record: dict[str, Any] = (read_metrics(out) or [{}])[-1] if run.step else {}
+        while run.step < run.total:
+            epoch = run.step // run.steps_per_epoch
+            stats = train_one_epoch(run, train_x, train_y, progress=progress, checkpoint_every=checkpoint_every)
+            accuracy = evaluate(run.model, test_x, test_y) if run.rank == 0 else float("nan")
+            record = dict(epoch=epoch + 1, step=run.step, loss=stats["loss"], train_accuracy=stats["train_accuracy"],
+                          test_accuracy=accuracy, lr=run.opt.param_groups[0]["lr"],
+                          images_per_second=stats["images_per_second"], wall_seconds=run.wall)
+            if run.rank == 0:
+                _log_epoch(out, record, progress, on_epoch)
+            _save_checkpoint(run, epoch + 1)
+        return _finish(run, record)
+
+
+def _log_epoch(out: Path, record: dict[str, Any], progress: bool,
+               on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
+    append_metrics(out, record)
+    if not progress:
+        log.info(json.dumps(record))
+    if on_epoch is not None:
+        on_epoch(record)
 
 
 def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progress: bool = True,

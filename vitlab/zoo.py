@@ -165,12 +165,16 @@ def check_accuracy(model: nn.Module) -> float:
     return evaluate(model, images[idx], labels[idx])
 
 
-def publish(run: str | os.PathLike, name: str, code_version: str | None = None) -> Path:
+def publish(run: str | os.PathLike, name: str, code_version: str | None = None, force: bool = False) -> Path:
     """Copy a finished run into ``data/zoo/<name>`` with its record, log and command.
 
     The sidecar gains the exact command, the accuracy on the full test set and on the
     fixed ``CHECK_SIZE`` check set, wall time and hardware; the metrics log is copied to
     ``<name>.metrics.jsonl``. ``code_version`` overrides the commit recorded by the run.
+
+    Raises:
+        FileExistsError: the entry has a checkpoint already and ``force`` is False
+            (checked before anything is evaluated or written).
     """
     found, run = entry(name), Path(run)
     weights, sidecar = run / "model.safetensors", run / "model.json"
@@ -180,6 +184,9 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None) 
     config = from_args(TrainConfig, meta["config"])  # drops keys of earlier versions (out, progress)
     if config.model != found.architecture:
         raise ConfigError(f"{run} trained a {config.model}, but zoo entry {name} is a {found.architecture}")
+    if found.weights.exists() and not force:
+        raise FileExistsError(f"zoo entry {name} has a checkpoint already ({found.weights}); pass --force "
+                              "(force=True) to replace it")
     model = models.load_model(weights, device="cpu")
     images, labels = data.cifar10("test")
     meta["metrics"]["test_accuracy"] = evaluate(model, images, labels)
