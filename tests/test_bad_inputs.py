@@ -8,14 +8,26 @@ downloads fail, so a row whose error came only after loading data would fail wit
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import timm
+import torch
+from PIL import Image
 
-from vitlab import data
+import vitlab
+from vitlab import checkpoints, data, metrics, models, records
+from vitlab.features import layer_features, layer_hooks, pre_logits
+from vitlab.hooks import capture, head_statistics, hooks
+from vitlab.sweep import SweepConfig, sweep
+from vitlab.train import TrainConfig
+from vitlab.weights import WeightsFileError
 
 
 @dataclass(frozen=True)
@@ -35,15 +47,767 @@ def cli(*argv: str) -> None:
     main(list(argv))
 
 
-ROWS: dict[str, Bad] = {}
-# Scaffolding while the table is written in sections (tests/bad_rows_<area>.py, each a
-# ``ROWS`` dict built with Bad and cli from here); the sections are merged into this file.
-import importlib  # noqa: E402
-import sys  # noqa: E402
+# ================================================================================================
+# Run folders and training settings: the train and publish commands (runs-)
+#
+# ``before`` is what the same input did on main before issue 12 (reproduced with a fake
+# CIFAR-10 where the error came only after loading data).
 
-sys.modules.setdefault("test_bad_inputs", sys.modules[__name__])
-for _section in sorted(Path(__file__).parent.glob("bad_rows_*.py")):
-    ROWS.update(importlib.import_module(_section.stem).ROWS)
+
+def _train(*flags: str):
+    """A CLI row: ``python -m vitlab train *flags --out <tmp>/run``."""
+    return lambda tmp: cli("train", *flags, "--out", str(tmp / "run"))
+
+
+def _finished(tmp: Path, model: str = "vit_micro_c10", **settings) -> Path:
+    """A run folder as a finished run leaves it (model, sidecar with settings), made without training."""
+    run = tmp / "run"
+    config = dataclasses.asdict(TrainConfig(model=model, **settings))
+    models.save_model(models.build_model({"zoo": model}), run / "model.safetensors",
+                      metadata=dict(config=config, metrics=dict(epoch=1, step=10, test_accuracy=0.1)))
+    return run
+
+
+def _other_settings(tmp: Path) -> None:
+    _finished(tmp, epochs=1)
+    cli("train", "--model", "vit_micro_c10", "--epochs", "2", "--out", str(tmp / "run"))
+
+
+def _foreign_model(tmp: Path) -> None:
+    (tmp / "run").mkdir()
+    (tmp / "run" / "model.safetensors").write_bytes(b"weights of another tool")
+    cli("train", "--out", str(tmp / "run"))
+
+
+def _in_use(tmp: Path) -> None:
+    (tmp / "run").mkdir()
+    with checkpoints.lock_run(tmp / "run"):  # as another process training there holds it
+        cli("train", "--out", str(tmp / "run"))
+
+
+def _unreadable_checkpoint(tmp: Path) -> None:
+    run = tmp / "run"
+    run.mkdir()
+    model = models.build_model({"zoo": "vit_micro_c10"})
+    checkpoints.save_checkpoint(run, step=5, epoch=0.5, wall_seconds=1.0, model=model,
+                                optimizer=torch.optim.AdamW(model.parameters()), generator=torch.Generator(),
+                                config=TrainConfig(model="vit_micro_c10"), data={})
+    weights = run / "checkpoint-00000005.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    cli("train", "--model", "vit_micro_c10", "--out", str(run))
+
+
+def _publish_onto_shipped(tmp: Path) -> None:
+    # The shipped entry's checkpoint exists, so the refusal comes first and nothing in data/zoo is touched.
+    assert models.zoo_weights("vit_tiny_c10").is_file(), "this row needs the shipped vit_tiny_c10 checkpoint"
+    cli("publish", str(_finished(tmp, model="vit_tiny_c10")), "vit_tiny_c10")
+
+
+_AFTER_DATA = "after loading the data, a traceback: "
+
+RUNS_ROWS: dict[str, Bad] = {
+    "runs-subset-size-0": Bad(
+        _train("--subset-size", "0"), SystemExit, "--subset-size 0: must be 1..50000 training images",
+        before="ConfigError 'batch size 128 exceeds the subset of 0 images' (blamed the batch size)"),
+    "runs-subset-size-negative": Bad(
+        _train("--subset-size", "-5"), SystemExit, "--subset-size -5: must be 1..50000",
+        before="ConfigError 'batch size 128 exceeds the subset of -5 images'"),
+    "runs-subset-size-too-large": Bad(
+        _train("--subset-size", "60000"), SystemExit, "--subset-size 60000: must be 1..50000",
+        before=_AFTER_DATA + "ValueError 'subset size must be in 1..50000 (the number of labels), got 60000'"),
+    "runs-batch-size-0": Bad(
+        _train("--batch-size", "0"), SystemExit, "--batch-size 0: must be at least 1",
+        before="ConfigError 'epochs and batch size must be at least 1' (neither flag nor value named)"),
+    "runs-epochs-0": Bad(
+        _train("--epochs", "0"), SystemExit, "--epochs 0: must be at least 1",
+        before="ConfigError 'epochs and batch size must be at least 1' (neither flag nor value named)"),
+    "runs-batch-exceeds-subset": Bad(
+        _train("--subset-size", "100", "--batch-size", "128"), SystemExit, "lower --batch-size or raise --subset-size",
+        before="the same one-line ConfigError (already behaved)"),
+    "runs-lr-negative": Bad(
+        _train("--lr", "-1"), SystemExit, "--lr -1.0: must be 0 or more",
+        before=_AFTER_DATA + "torch ValueError 'Invalid learning rate: -1.0'"),
+    "runs-lr-nan": Bad(
+        _train("--lr", "nan"), SystemExit, "--lr nan: must be 0 or more",
+        before=_AFTER_DATA + "torch ValueError 'Invalid learning rate: nan'"),
+    "runs-weight-decay-negative": Bad(
+        _train("--weight-decay", "-1"), SystemExit, "--weight-decay -1.0: must be 0 or more",
+        before="trained without complaint (a negative decay grows the weights)"),
+    "runs-warmup-over-epochs": Bad(
+        _train("--epochs", "2", "--warmup-epochs", "3"), SystemExit, "--warmup-epochs 3.0: must be 0..2",
+        before="trained without complaint; the learning rate never reached --lr"),
+    "runs-warmup-negative": Bad(
+        _train("--warmup-epochs", "-1"), SystemExit, "--warmup-epochs -1.0: must be 0..30",
+        before="trained without complaint, with no warmup"),
+    "runs-label-smoothing-2": Bad(
+        _train("--label-smoothing", "2"), SystemExit, "--label-smoothing 2.0: must be at least 0 and below 1",
+        before=_AFTER_DATA + "RuntimeError 'label_smoothing must be between 0.0 and 1.0. Got: 2' at the first step"),
+    "runs-label-smoothing-negative": Bad(
+        _train("--label-smoothing", "-0.1"), SystemExit, "--label-smoothing -0.1: must be at least 0",
+        before="trained without complaint"),
+    "runs-crop-padding-40": Bad(
+        _train("--crop-padding", "40"), SystemExit, "--crop-padding 40: must be 0..31 pixels",
+        before=_AFTER_DATA + "RuntimeError 'Padding size should be less than the corresponding input dimension' "
+                             "at the first step"),
+    "runs-crop-padding-negative": Bad(
+        _train("--crop-padding", "-1"), SystemExit, "--crop-padding -1: must be 0..31 pixels",
+        before=_AFTER_DATA + "RuntimeError \"random_ expects 'from' to be less than 'to'\" at the first step"),
+    "runs-img-size-30": Bad(
+        _train("--img-size", "30"), SystemExit, "--img-size 30: must be a positive multiple of 4, the patch size",
+        before=_AFTER_DATA + "timm AssertionError 'Input height (30) should be divisible by patch size (4)' "
+                             "at the first step"),
+    "runs-img-size-0-resnet": Bad(
+        _train("--model", "resnet_micro_c10", "--img-size", "0"), SystemExit, "--img-size 0: must be at least 1 pixel",
+        before=_AFTER_DATA + "RuntimeError 'Input and output sizes should be greater than 0' at the first step"),
+    "runs-eval-size-0": Bad(
+        _train("--eval-size", "0"), SystemExit, "--eval-size 0: must be 1..10000 test images",
+        before=_AFTER_DATA + "ValueError 'subset size must be in 1..10000 (the number of labels), got 0'"),
+    "runs-eval-size-too-large": Bad(
+        _train("--eval-size", "20000"), SystemExit, "--eval-size 20000: must be 1..10000",
+        before=_AFTER_DATA + "ValueError 'subset size must be in 1..10000 (the number of labels), got 20000'"),
+    "runs-checkpoint-every-negative": Bad(
+        _train("--checkpoint-every", "-1"), SystemExit, "--checkpoint-every -1: must be 0",
+        before="the same kind of line from the CLI; train(checkpoint_every=-1) checkpointed after every step"),
+    "runs-finished-other-settings": Bad(
+        _other_settings, SystemExit, "finished run with other settings (epochs 1 in the finished run, 2 now)",
+        before="trained from the start and silently replaced model.safetensors, model.json and metrics.jsonl "
+               "(refused only while checkpoint.json was there)"),
+    "runs-foreign-model": Bad(
+        _foreign_model, SystemExit, "model.safetensors was not written by a vitlab training run",
+        before="trained and silently replaced the model.safetensors"),
+    "runs-folder-in-use": Bad(
+        _in_use, SystemExit, "is in use: another vitlab process (PID",
+        before="both processes trained into the folder at once and exited 0; metrics.jsonl logged epoch 3 twice"),
+    "runs-unreadable-checkpoint": Bad(
+        _unreadable_checkpoint, SystemExit, "checkpoint-00000005.safetensors does not match the sha256",
+        before=_AFTER_DATA + "SafetensorError 'Error while deserializing header: invalid header length', no path"),
+    "runs-publish-existing": Bad(
+        _publish_onto_shipped, SystemExit, "zoo entry vit_tiny_c10 has a checkpoint already",
+        before="evaluated the run and silently replaced data/zoo/<name>.safetensors, .json and .metrics.jsonl"),
+}
+
+
+# ================================================================================================
+# Model specs and weight files: load_model and friends (model-)
+#
+# Each file row builds its bad file in the row's fresh folder from a saved ``vit_micro_c10``
+# (a few hundred kB), so the rows need no data, no zoo checkpoint and no network.
+
+
+def _saved(tmp: Path) -> Path:
+    """A complete ``model.safetensors`` with its sidecar ``model.json``."""
+    return models.save_model(models.build_model({"zoo": "vit_micro_c10"}), tmp / "model.safetensors")
+
+
+def _load(path: Path, **kw) -> None:
+    vitlab.load_model(path, device="cpu", **kw)
+
+
+def _truncated_safetensors(tmp: Path) -> None:
+    path = _saved(tmp)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    _load(path)
+
+
+def _empty(tmp: Path, name: str, **kw) -> None:
+    (tmp / name).write_bytes(b"")
+    _load(tmp / name, **kw)
+
+
+def _truncated_npz(tmp: Path) -> None:
+    path = tmp / "ViT-micro.npz"
+    np.savez(path, **{"embedding/kernel": np.zeros((8, 8, 3, 32), np.float32), "cls": np.zeros((1, 1, 32))})
+    path.write_bytes(path.read_bytes()[:-100])  # an interrupted download
+    _load(path)
+
+
+def _truncated_pt(tmp: Path) -> None:
+    path = tmp / "weights.pt"
+    torch.save(models.build_model({"zoo": "vit_micro_c10"}).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:1000])
+    _load(path, arch="vit_micro_c10")
+
+
+def _folder(tmp: Path, name: str, with_run: bool = False) -> None:
+    folder = tmp / name
+    folder.mkdir()
+    if with_run:
+        _saved(folder)
+    vitlab.load_model(str(folder), device="cpu")
+
+
+def _sidecar(tmp: Path, edit) -> None:
+    """Rewrite the sidecar of a good file with ``edit(meta)`` (or the text it returns), then load."""
+    path = _saved(tmp)
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    out = edit(meta)
+    sidecar.write_text(out if isinstance(out, str) else json.dumps(meta))
+    _load(path)
+
+
+def _set(mapping: dict, **changes) -> None:
+    for key, value in changes.items():
+        if value is None:
+            mapping.pop(key, None)
+        else:
+            mapping[key] = value
+
+
+class _Touch:
+    """Unpickling this object opens ``marker`` for writing: the file appears if anything unpickles it."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _pickled_pt(tmp: Path) -> None:
+    """A .pt whose pickled object would create a marker file: refused, and the marker never appears."""
+    marker = tmp / "unpickled-marker"
+    path = tmp / "evil.pt"
+    torch.save({"weight": _Touch(marker)}, path)
+    try:
+        _load(path, arch="vit_micro_c10")
+    finally:
+        if marker.exists():
+            raise AssertionError(f"load_model unpickled {path}: {marker} appeared")
+
+
+def _state_dict_file(tmp: Path) -> Path:
+    path = tmp / "weights.pt"
+    torch.save(models.build_model({"zoo": "vit_micro_c10"}).state_dict(), path)
+    return path
+
+
+MODELS_ROWS: dict[str, Bad] = {
+    "model-safetensors-truncated": Bad(
+        call=_truncated_safetensors, error=WeightsFileError, phrase="model.safetensors is truncated",
+        before="SafetensorError: Error while deserializing header: incomplete metadata, file not fully "
+               "covered (no path)"),
+    "model-safetensors-empty": Bad(
+        call=lambda tmp: _empty(tmp, "model.safetensors", arch="vit_micro_c10"), error=WeightsFileError,
+        phrase="model.safetensors is empty (0 bytes)",
+        before="SafetensorError: Error while deserializing header: header too small (no path)"),
+    "model-npz-empty": Bad(
+        call=lambda tmp: _empty(tmp, "ViT-B_16.npz"), error=WeightsFileError, phrase="ViT-B_16.npz is empty",
+        before="EOFError: No data left in file (no path)"),
+    "model-npz-truncated": Bad(
+        call=_truncated_npz, error=WeightsFileError, phrase="ViT-micro.npz is truncated",
+        before="zipfile.BadZipFile: File is not a zip file (no path)"),
+    "model-pt-truncated": Bad(
+        call=_truncated_pt, error=WeightsFileError, phrase="weights.pt is truncated",
+        before="ValueError: <path> could not be read as a plain state dict with weights_only=True "
+               "(RuntimeError); vitlab never unpickles arbitrary objects (blames pickling, not truncation)"),
+    "model-folder-named-safetensors": Bad(
+        call=lambda tmp: _folder(tmp, "x.safetensors"), error=FileNotFoundError,
+        phrase="x.safetensors is a folder, not a weights file",
+        before="FileNotFoundError: no weights file at <path> (though the path exists)"),
+    "model-folder-plain": Bad(
+        call=lambda tmp: _folder(tmp, "weights"), error=FileNotFoundError, phrase="is a folder, not a weights file",
+        before="ValueError: '<path>' is neither a file, a zoo name (...) nor a timm model name"),
+    "model-folder-of-a-run": Bad(
+        call=lambda tmp: _folder(tmp, "run", with_run=True), error=FileNotFoundError,
+        phrase="pass a weights file in it:",
+        before="ValueError: '<path>' is neither a file, a zoo name (...) nor a timm model name"),
+    "model-missing-file": Bad(
+        call=lambda tmp: _load(tmp / "missing.safetensors"), error=FileNotFoundError,
+        phrase="no weights file at",
+        before="FileNotFoundError: no weights file at <path> (already clear)"),
+    "model-unsupported-suffix": Bad(
+        call=lambda tmp: ((tmp / "w.bin").write_bytes(b"x"), _load(tmp / "w.bin")), error=ValueError,
+        phrase="unsupported weights format '.bin'",
+        before="ValueError: <path>: unsupported weights format '.bin'; use one of (...) (already clear)"),
+    "model-pretrained-tag-unknown": Bad(
+        call=lambda tmp: vitlab.load_model("vit_tiny_patch16_224.nonexistent_tag", device="cpu"),
+        error=ValueError, phrase="vit_tiny_patch16_224 has no pretrained tag 'nonexistent_tag'; its tags are",
+        before="RuntimeError: Invalid pretrained tag (nonexistent_tag) for vit_tiny_patch16_224. (from timm; "
+               "describe_load raised it too)"),
+    "model-sidecar-invalid-json": Bad(
+        call=lambda tmp: _sidecar(tmp, lambda meta: "{not json"), error=WeightsFileError,
+        phrase="model.json is not valid JSON",
+        before="json.JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 "
+               "(no path)"),
+    "model-sidecar-not-an-object": Bad(
+        call=lambda tmp: _sidecar(tmp, lambda meta: "[1, 2]"), error=WeightsFileError,
+        phrase="model.json holds a JSON list, not an object",
+        before="TypeError: list indices must be integers or slices, not str"),
+    "model-sidecar-without-architecture": Bad(
+        call=lambda tmp: _sidecar(tmp, lambda meta: _set(meta, architecture=None)), error=WeightsFileError,
+        phrase="model.json has no 'architecture' key",
+        before="KeyError: 'architecture'"),
+    "model-sidecar-unknown-zoo-architecture": Bad(
+        call=lambda tmp: _sidecar(tmp, lambda meta: _set(meta, architecture={"zoo": "vit_nope_c10"})),
+        error=WeightsFileError, phrase="key 'architecture': unknown zoo architecture 'vit_nope_c10'",
+        before="KeyError: 'vit_nope_c10'"),
+    "model-sidecar-unknown-timm-model": Bad(
+        call=lambda tmp: _sidecar(tmp, lambda meta: _set(meta, architecture={"timm": "vit_nope", "kwargs": {}})),
+        error=WeightsFileError, phrase="key 'architecture': 'vit_nope' is not a zoo or timm model name",
+        before="RuntimeError: Unknown model (vit_nope) (from timm, no path)"),
+    "model-sidecar-zoo-config-wrong-fields": Bad(
+        call=lambda tmp: _sidecar(tmp, lambda meta: meta["architecture"]["config"].update(width=3)),
+        error=WeightsFileError, phrase="is not a CifarViT: unknown fields width",
+        before="TypeError: CifarViT.__init__() got an unexpected keyword argument 'width' (no path)"),
+    "model-sidecar-newer-format": Bad(
+        call=lambda tmp: _sidecar(tmp, lambda meta: _set(meta, format=99)), error=WeightsFileError,
+        phrase="upgrade vitlab",
+        before="loaded without a word about the unknown format"),
+    "model-sidecar-cfg-mean-two-numbers": Bad(
+        call=lambda tmp: _sidecar(tmp, lambda meta: _set(meta["pretrained_cfg"], mean=[0.5, 0.5])),
+        error=WeightsFileError, phrase="key 'pretrained_cfg' 'mean' must be three numbers",
+        before="loaded; preprocess then raised RuntimeError: shape '[1, 3, 1, 1]' is invalid for input of size 2"),
+    "model-sidecar-cfg-std-zero": Bad(
+        call=lambda tmp: _sidecar(tmp, lambda meta: _set(meta["pretrained_cfg"], std=[0.2, 0, 0.2])),
+        error=WeightsFileError, phrase="'std' must be > 0",
+        before="loaded; preprocess then returned non-finite pixels (divided by 0)"),
+    "model-sidecar-cfg-std-text": Bad(
+        call=lambda tmp: _sidecar(tmp, lambda meta: _set(meta["pretrained_cfg"], std="0.2")),
+        error=WeightsFileError, phrase="'std' must be three numbers",
+        before="loaded; preprocess then raised TypeError: new(): invalid data type 'str'"),
+    "model-sidecar-cfg-input-size": Bad(
+        call=lambda tmp: _sidecar(tmp, lambda meta: _set(meta["pretrained_cfg"], input_size=[3, -32, 32])),
+        error=WeightsFileError, phrase="'input_size' must be three positive integers",
+        before="loaded; preprocess then raised RuntimeError: Input and output sizes should be greater than 0"),
+    "model-sidecar-cfg-interpolation": Bad(
+        call=lambda tmp: _sidecar(tmp, lambda meta: _set(meta["pretrained_cfg"], interpolation="cubicish")),
+        error=WeightsFileError, phrase="'interpolation' must be one of",
+        before="loaded; preprocess silently used bicubic, timm.data.create_transform raised KeyError: 'cubicish'"),
+    "model-zoo-name-typo": Bad(
+        call=lambda tmp: vitlab.load_model("vit_tiny_c1", device="cpu"), error=ValueError,
+        phrase="Did you mean vit_tiny_c10",
+        before="ValueError: ... Did you mean vit_tiny_c10, ...? (already behaved)"),
+    "model-pt-pickled-object-never-unpickled": Bad(
+        call=_pickled_pt, error=ValueError, phrase="vitlab never unpickles",
+        before="ValueError: ... could not be read as a plain state dict with weights_only=True (already "
+               "behaved; the marker file never appeared)"),
+    "model-arch-unknown": Bad(
+        call=lambda tmp: _load(_state_dict_file(tmp), arch="vit_nope_c10"), error=ValueError,
+        phrase="arch='vit_nope_c10' is not a zoo or timm model name",
+        before="RuntimeError: Unknown model (vit_nope_c10) (from timm)"),
+    "model-arch-bad-tag": Bad(
+        call=lambda tmp: _load(_state_dict_file(tmp), arch="vit_tiny_patch16_224.nope"), error=ValueError,
+        phrase="has no pretrained tag 'nope'",
+        before="RuntimeError: Invalid pretrained tag (nope) for vit_tiny_patch16_224. (from timm)"),
+    "model-arch-zoo-with-timm-arguments": Bad(
+        call=lambda tmp: _load(_state_dict_file(tmp), arch="vit_micro_c10", img_size=64), error=TypeError,
+        phrase="zoo architecture and takes no extra arguments",
+        before="loaded at 32x32, img_size=64 silently ignored"),
+    "model-file-with-extra-arguments": Bad(
+        call=lambda tmp: _load(_saved(tmp), img_size=64), error=TypeError, phrase="are used only with arch=",
+        before="loaded at 32x32, img_size=64 silently ignored"),
+    "model-arch-with-a-name-spec": Bad(
+        call=lambda tmp: vitlab.load_model("vit_tiny_c10", arch="vit_small_c10", device="cpu"), error=TypeError,
+        phrase="names the architecture of a weights file",
+        before="loaded vit_tiny_c10, arch= silently ignored"),
+    "model-zoo-with-extra-arguments": Bad(
+        call=lambda tmp: vitlab.load_model("vit_tiny_c10", pretrained=False, device="cpu"), error=TypeError,
+        phrase="for random weights use vitlab.models.build_model",
+        before="TypeError: zoo models take no extra arguments, got ['pretrained'] (no name, no way out)"),
+    "model-num-classes-negative": Bad(
+        call=lambda tmp: vitlab.load_model("vit_tiny_c10", num_classes=-1, device="cpu"), error=ValueError,
+        phrase="num_classes must be 0 or more",
+        before="loaded with no head (timm treats -1 as 0) and num_classes=-1 recorded"),
+    "model-num-classes-float": Bad(
+        call=lambda tmp: vitlab.load_model("vit_tiny_c10", num_classes=2.5, device="cpu"), error=TypeError,
+        phrase="num_classes must be a whole number",
+        before="TypeError: empty(): argument 'size' ... must be tuple of ints, but found element of type float"),
+    "model-device-unknown": Bad(
+        call=lambda tmp: vitlab.load_model("vit_tiny_c10", device="gpu"), error=ValueError,
+        phrase="device='gpu' is not a torch device",
+        before="RuntimeError: Expected one of cpu, cuda, ipu, xpu, ... device type at start of device string: gpu"),
+    "model-device-absent-gpu": Bad(
+        call=lambda tmp: vitlab.load_model("vit_tiny_c10", device="cuda:99"), error=ValueError,
+        phrase="device='cuda:99' but this machine has",
+        before="model built and loaded, then .to('cuda:99') raised RuntimeError: Found no NVIDIA driver on your "
+               "system (CPU machine)"),
+    "model-spec-empty": Bad(
+        call=lambda tmp: vitlab.load_model("", device="cpu"), error=ValueError, phrase="spec is empty",
+        before="ValueError: '' is neither a file, a zoo name (...) nor a timm model name"),
+    "model-spec-none": Bad(
+        call=lambda tmp: vitlab.load_model(None, device="cpu"), error=TypeError,
+        phrase="spec must be a zoo name, timm name or file path",
+        before="TypeError: expected str, bytes or os.PathLike object, not NoneType"),
+    "model-record-unknown-zoo": Bad(
+        call=lambda tmp: models.build_model({"zoo": "vit_tiny_c1"}), error=ValueError,
+        phrase="unknown zoo architecture 'vit_tiny_c1'. Did you mean vit_tiny_c10",
+        before="KeyError: 'vit_tiny_c1'"),
+}
+
+
+# ================================================================================================
+# Images fed to models, capture and metrics (input-)
+#
+# Each row builds a tiny random-weight timm ViT (as the ``tiny_vit`` fixture does) and feeds
+# it, or a metric, one bad thing. ``before`` is what the same call did on the code before
+# issue 12.
+
+
+def _vit(**kw) -> torch.nn.Module:
+    """A 2-block ViT on 32x32 inputs with 8-pixel patches (4x4 grid), 3 heads; its cfg's mean/std are 0.5."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=24,
+                              depth=2, num_heads=3, num_classes=5, **kw).eval()
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 32, 32))
+    return model
+
+
+def _floats_0_255(n: int = 2, size: int = 32) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, size, size)).float()
+
+
+def _uint8(n: int = 2, size: int = 32, channels: int = 3) -> torch.Tensor:
+    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8)
+
+
+def _with(value: float) -> torch.Tensor:
+    x = torch.randn(2, 3, 32, 32).clamp(-1, 1)
+    x[1, 2, 5, 7] = value
+    return x
+
+
+def _forward_inside_hooks(x: torch.Tensor) -> None:
+    model = _vit()
+    with hooks(model):
+        model(x)
+
+
+def _forward_inside_layer_hooks(x: torch.Tensor) -> None:
+    model = _vit()
+    with layer_hooks(model):
+        model(x)
+
+
+def _attn(batch: int = 2) -> torch.Tensor:
+    """Random post-softmax attention (B, 3 heads, 17, 17): a 4x4 grid with a class token."""
+    return torch.softmax(torch.randn(batch, 3, 17, 17), -1)
+
+
+def _features(bad: float | None = None, rows: int = 10) -> torch.Tensor:
+    x = torch.randn(rows, 5)
+    if bad is not None:
+        x[2, 1] = bad
+    return x
+
+
+INPUTS_ROWS: dict[str, Bad] = {
+    # --- images into capture / hooks / head_statistics ---------------------------------
+    "input-capture-float-0-255": Bad(
+        call=lambda tmp: capture(_vit(), _floats_0_255()), error=ValueError,
+        phrase="pass uint8 images (0..255) or call vitlab.preprocess(model, images)",
+        before="no error: the forward ran on 0..255 floats and returned meaningless attention and logits"),
+    "input-hooks-float-0-255": Bad(
+        call=lambda tmp: _forward_inside_hooks(_floats_0_255()), error=ValueError, phrase="vitlab.preprocess",
+        before="no error: the forward ran on 0..255 floats inside vitlab.hooks"),
+    "input-head-statistics-float-0-255": Bad(
+        call=lambda tmp: head_statistics(_vit(), _floats_0_255(5), batch_size=2), error=ValueError,
+        phrase="far outside the model's normalised range",
+        before="no error: returned distance/entropy statistics of 0..255 floats"),
+    "input-layer-hooks-float-0-255": Bad(
+        call=lambda tmp: _forward_inside_layer_hooks(_floats_0_255()), error=ValueError,
+        phrase="vitlab.preprocess",
+        before="no error: the forward ran on 0..255 floats inside vitlab.features.layer_hooks"),
+    "input-capture-nan": Bad(
+        call=lambda tmp: capture(_vit(), _with(float("nan"))), error=ValueError, phrase="images contain NaN",
+        before="no error: a Capture whose attention and logits were NaN"),
+    "input-capture-inf": Bad(
+        call=lambda tmp: capture(_vit(), _with(float("inf"))), error=ValueError, phrase="images contain inf",
+        before="no error: a Capture whose attention and logits were NaN"),
+    "input-capture-empty-batch": Bad(
+        call=lambda tmp: capture(_vit(), _uint8(n=0)), error=ValueError, phrase="images is an empty batch",
+        before="no error: a Capture of 0 images (logits (0, 5))"),
+    "input-head-statistics-empty-batch": Bad(
+        call=lambda tmp: head_statistics(_vit(), _uint8(n=0)), error=ValueError, phrase="empty batch",
+        before="ValueError: no batch was added"),
+    "input-head-statistics-no-batches": Bad(
+        call=lambda tmp: head_statistics(_vit(), iter([])), error=ValueError, phrase="images gave no batches",
+        before="ValueError: no batch was added"),
+    "input-head-statistics-batch-size-0": Bad(
+        call=lambda tmp: head_statistics(_vit(), _uint8(), batch_size=0), error=ValueError,
+        phrase="batch_size must be a positive integer",
+        before="ValueError: range() arg 3 must not be zero"),
+    "input-capture-fixed-size-model-wrong-size": Bad(
+        call=lambda tmp: capture(_vit(), torch.randn(1, 3, 40, 40).clamp(-1, 1)), error=ValueError,
+        phrase="images are 40x40 pixels, but the model takes 32x32",
+        before="AssertionError: Input height (40) doesn't match model (32). (timm)"),
+    "input-capture-size-not-multiple-of-patch": Bad(
+        call=lambda tmp: capture(_vit(dynamic_img_size=True), torch.randn(1, 3, 30, 30).clamp(-1, 1)),
+        error=ValueError, phrase="30x30 pixels, not a multiple of the model's 8x8 patch size",
+        before="AssertionError: Input height (30) should be divisible by patch size (8). (timm)"),
+    "input-capture-uint8-size-not-multiple-of-patch": Bad(
+        call=lambda tmp: capture(_vit(dynamic_img_size=True), _uint8(size=30)), error=ValueError,
+        phrase="resizes to 32x32",
+        before="AssertionError: Input height (30) should be divisible by patch size (8). (timm; a dynamic-size "
+               "model keeps uint8 images at their size)"),
+    "input-capture-grayscale-float": Bad(
+        call=lambda tmp: capture(_vit(), torch.randn(2, 1, 32, 32).clamp(-1, 1)), error=ValueError,
+        phrase="images have 1 channel, but the model takes 3",
+        before="RuntimeError: Given groups=1, weight of size [24, 3, 8, 8], expected input[2, 1, 32, 32] to have 3 "
+               "channels, but got 1 channels instead"),
+    "input-capture-grayscale-uint8": Bad(
+        call=lambda tmp: capture(_vit(), _uint8(channels=1)), error=ValueError, phrase="images.expand(-1, 3, -1, -1)",
+        before="ValueError: images must have shape (N, 3, H, W), got (2, 1, 32, 32) (from preprocess)"),
+    "input-capture-one-image-3d": Bad(
+        call=lambda tmp: capture(_vit(), torch.randn(3, 32, 32).clamp(-1, 1)), error=ValueError,
+        phrase="for one image pass images[None]",
+        before="ValueError: not enough values to unpack (expected 4, got 3)"),
+    "input-capture-numpy-array": Bad(
+        call=lambda tmp: capture(_vit(), torch.randn(1, 3, 32, 32).numpy()), error=TypeError,
+        phrase="torch.from_numpy",
+        before="TypeError: conv2d() received an invalid combination of arguments - got (numpy.ndarray, ...) "
+               "(a multi-line message)"),
+    "input-capture-int64-images": Bad(
+        call=lambda tmp: capture(_vit(), torch.randint(0, 256, (1, 3, 32, 32))), error=TypeError,
+        phrase="pass uint8 images",
+        before="RuntimeError: Input type (long int) and bias type (float) should be the same"),
+    "input-capture-float64-images": Bad(
+        call=lambda tmp: capture(_vit(), torch.randn(1, 3, 32, 32, dtype=torch.float64).clamp(-1, 1)),
+        error=TypeError, phrase="pass images.to(torch.float32)",
+        before="RuntimeError: Input type (double) and bias type (float) should be the same"),
+    "input-capture-layers-int": Bad(
+        call=lambda tmp: capture(_vit(), _uint8(), layers=-1), error=TypeError, phrase="pass [-1]",
+        before="TypeError: 'int' object is not iterable"),
+    "input-capture-layer-out-of-range": Bad(
+        call=lambda tmp: capture(_vit(), _uint8(), layers=[5]), error=ValueError,
+        phrase="layers [5] out of range: the model has 2 blocks",
+        before="ValueError: layers [5] out of range: the model has 2 blocks (0..1, or negative) (already clear)"),
+    "input-capture-layer-not-captured": Bad(
+        call=lambda tmp: capture(_vit(), _uint8(), layers=[-1]).attn[0], error=KeyError,
+        phrase="layer 0 was not captured",
+        before="KeyError: layer 0 was not captured; captured: [1] (already clear)"),
+    # --- features ------------------------------------------------------------------------
+    "input-layer-features-empty-batch": Bad(
+        call=lambda tmp: layer_features(_vit(), _uint8(n=0)), error=ValueError, phrase="images is an empty batch",
+        before="no error: a Features holding no vectors"),
+    "input-pre-logits-empty-batch": Bad(
+        call=lambda tmp: pre_logits(_vit(), _uint8(n=0)), error=ValueError, phrase="images is an empty batch",
+        before="RuntimeError: torch.cat(): expected a non-empty list of Tensors"),
+    "input-layer-features-batch-size-0": Bad(
+        call=lambda tmp: layer_features(_vit(), _uint8(), batch_size=0), error=ValueError,
+        phrase="batch_size must be a positive integer",
+        before="ValueError: range() arg 3 must not be zero"),
+    "input-layer-features-float": Bad(
+        call=lambda tmp: layer_features(_vit(), _floats_0_255()), error=TypeError, phrase="images must be uint8",
+        before="TypeError: images must be a uint8 tensor (N, 3, H, W) with values 0..255 (already clear)"),
+    # --- attention metrics ----------------------------------------------------------------
+    "input-rollout-one-tensor": Bad(
+        call=lambda tmp: metrics.attention_rollout(_attn()), error=TypeError, phrase="pass [attn] or cap.attn",
+        before="RuntimeError: Boolean value of Tensor with more than one value is ambiguous"),
+    "input-rollout-one-image-maps": Bad(
+        call=lambda tmp: metrics.attention_rollout([_attn()[0], _attn()[0]]), error=ValueError,
+        phrase="pass [a[None] for a in maps]",
+        before="ValueError: not enough values to unpack (expected 4, got 3)"),
+    "input-mean-attention-distance-wrong-token-count": Bad(
+        call=lambda tmp: metrics.mean_attention_distance(_attn(), (4, 4), (8, 8), 0), error=ValueError,
+        phrase="attn has 17 tokens",
+        before="ValueError: attn has 17 tokens; a (4, 4) grid with 0 prefix tokens needs 16 (already clear; a "
+               "grid of the right product but wrong shape is undetectable: use vitlab.hooks.attention_distance)"),
+    "input-query-head-out-of-range": Bad(
+        call=lambda tmp: metrics.query_attention(_attn()[0], (4, 4), 1, (0, 0), head=7), error=ValueError,
+        phrase="head 7 is out of range: the attention has 3 heads",
+        before="IndexError: index 7 is out of bounds for dimension 0 with size 3"),
+    "input-query-patch-outside-grid": Bad(
+        call=lambda tmp: metrics.query_attention(_attn()[0], (4, 4), 1, (4, 0)), error=ValueError,
+        phrase="query patch (4, 0) is outside the 4x4 grid",
+        before="ValueError: query patch (4, 0) is outside the 4x4 grid (already clear)"),
+    "input-query-batch-attention": Bad(
+        call=lambda tmp: metrics.query_attention(_attn(), (4, 4), 1, (0, 0)), error=ValueError,
+        phrase="pass attn[i]",
+        before="ValueError: attention must be one image's (heads, 17, 17) ..., got (2, 3, 17, 17) (no hint what "
+               "to pass)"),
+    "input-class-token-attention-mapping": Bad(
+        call=lambda tmp: metrics.class_token_attention({0: _attn()[0], 1: _attn()[0]}, (4, 4), 1), error=TypeError,
+        phrase="cap.attn.values()",
+        before="AttributeError: 'int' object has no attribute 'ndim'"),
+    # --- CKA ----------------------------------------------------------------------------
+    "input-cka-nan-x": Bad(
+        call=lambda tmp: metrics.cka(_features(float("nan")), _features()), error=ValueError,
+        phrase="x contains NaN",
+        before="ValueError: CKA is undefined here: a representation has zero (estimated) self-similarity"),
+    "input-cka-nan-y": Bad(
+        call=lambda tmp: metrics.cka(_features(), _features(float("nan"))), error=ValueError,
+        phrase="y contains NaN",
+        before="ValueError: CKA is undefined here: a representation has zero (estimated) self-similarity"),
+    "input-cka-inf": Bad(
+        call=lambda tmp: metrics.cka(_features(float("inf")), _features(), unbiased=True), error=ValueError,
+        phrase="x contains inf",
+        before="ValueError: CKA is undefined here: a representation has zero (estimated) self-similarity"),
+    "input-cka-rows": Bad(
+        call=lambda tmp: metrics.cka(_features(), _features(rows=8)), error=ValueError,
+        phrase="x and y must hold the same examples: 10 vs 8 rows",
+        before="ValueError: x and y must hold the same examples: 10 vs 8 rows (already clear)"),
+    "input-minibatch-cka-rows": Bad(
+        call=lambda tmp: metrics.MinibatchCKA(1, 1).update([_features()], [_features(rows=8)]), error=ValueError,
+        phrase="xs[0] and ys[0] must hold the same examples: 10 vs 8 rows",
+        before="RuntimeError: mat1 and mat2 shapes cannot be multiplied (10x10 and 8x8)"),
+    "input-minibatch-cka-nan": Bad(
+        call=lambda tmp: metrics.MinibatchCKA(1, 2).update([_features()], [_features(), _features(float("nan"))]),
+        error=ValueError, phrase="ys[1] contains NaN",
+        before="no error: NaN added to the running sums, so compute() gave NaN"),
+}
+
+
+# ================================================================================================
+# The dataset copy, subsets and sweep result files (data-)
+
+
+def _imagefolder(tmp: Path, suffix: str = ".png") -> Path:
+    """A one-image-per-class ImageFolder copy in ``tmp``; returns the root to pass as ``root=``."""
+    for split in data.SPLITS:
+        for label, cls in enumerate(data.CLASSES):
+            folder = tmp / "cifar10" / split / cls
+            folder.mkdir(parents=True)
+            pixels = np.random.default_rng(label).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"0000{suffix}")
+    return tmp
+
+
+def _broken_image(tmp: Path, content: bytes | None = None, suffix: str = ".jpg") -> None:
+    """Decode the test split of a copy whose ``test/dog/0000`` image is cut to ``content`` (half when None)."""
+    root = _imagefolder(tmp, suffix)
+    path = root / "cifar10" / "test" / "dog" / f"0000{suffix}"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if content is None else content)
+    data.cifar10("test", root=root, download=False)
+
+
+def _wrong_size(tmp: Path) -> None:
+    root = _imagefolder(tmp)
+    Image.new("RGB", (64, 48)).save(root / "cifar10" / "test" / "dog" / "0000.png")
+    data.cifar10("test", root=root, download=False)
+
+
+def _class_folder(tmp: Path, empty: bool) -> None:
+    root = _imagefolder(tmp)
+    truck = root / "cifar10" / "test" / "truck"
+    (truck / "0000.png").unlink()
+    if not empty:
+        truck.rmdir()
+    data.cifar10("test", root=root, download=False)
+
+
+def _root_is_a_file(tmp: Path) -> None:
+    (tmp / "cifar10.zip").write_bytes(b"PK")
+    data.cifar10("train", root=tmp / "cifar10.zip")
+
+
+def _torn_batch(tmp: Path) -> None:
+    from conftest import make_batches
+
+    make_batches(tmp)
+    batch = tmp / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:500])
+    data.cifar10("test", root=tmp, download=False)
+
+
+def _subset(size) -> None:
+    data.stratified_subset(torch.arange(10).repeat_interleave(50), size)
+
+
+def _results(tmp: Path, tag: str = "") -> Path:
+    """A results file of one run (and its probe) in ``tmp``; returns ``<results><tag>.json``."""
+    results = tmp / "results" / "sweep"
+    run = records.RunRecord(model="vit_micro_c10", family="vit", subset_size=100, seed=0, epochs=2,
+                            test_accuracy=0.3, batch_size=50)
+    records.write_runs(results, [run], ["python -m vitlab sweep"])
+    probe = records.RunProbe(model=run.model, family="vit", subset_size=100, seed=0, epochs=2, batch_size=50,
+                             layer="pre_logits", pooling="head", fewshot={1: 0.2}, probe_setting={})
+    records.write_run_probes(results, [probe], ["python -m vitlab sweep"])
+    return Path(f"{results}{tag}.json")
+
+
+def _torn_results(tmp: Path, tag: str = "", text: str | None = None) -> Path:
+    path = _results(tmp, tag)
+    path.write_text(path.read_text()[:120] if text is None else text)
+    return path.parent / "sweep"
+
+
+def _csv_without_json(tmp: Path) -> None:
+    _results(tmp).unlink()
+    records.read_runs(tmp / "results" / "sweep")
+
+
+def _sweep_torn_results(tmp: Path) -> None:
+    results = _torn_results(tmp)
+    sweep(SweepConfig(models=("vit_micro_c10",), sizes=(100,), seeds=(0,), epochs=1, min_samples=100,
+                      batch_size=50, monitor_size=50, out=str(tmp / "runs"), results=str(results)))
+
+
+DATA_ROWS: dict[str, Bad] = {
+    "data-truncated-jpeg": Bad(
+        call=lambda tmp: _broken_image(tmp), error=data.CorruptDataError, phrase="dog/0000.jpg is not a readable image",
+        before="OSError: 'Truncated File Read' (no path; with PIL's LOAD_TRUNCATED_IMAGES set: grey pixels, no error)"),
+    "data-image-not-an-image": Bad(
+        call=lambda tmp: _broken_image(tmp, b"<html>404 not found</html>"), error=data.CorruptDataError,
+        phrase="replace it with a good copy or delete it",
+        before="PIL.UnidentifiedImageError: cannot identify image file '<path>' (no advice)"),
+    "data-image-empty-file": Bad(
+        call=lambda tmp: _broken_image(tmp, b""), error=data.CorruptDataError, phrase="dog/0000.jpg",
+        before="PIL.UnidentifiedImageError: cannot identify image file '<path>' (no advice)"),
+    "data-image-wrong-size": Bad(
+        call=_wrong_size, error=data.CorruptDataError, phrase="is 64x48; CIFAR-10 images are 32x32: resize it",
+        before="ValueError: '<path> is 64x48; CIFAR-10 images are 32x32' (no advice)"),
+    "data-class-folder-missing": Bad(
+        call=lambda tmp: _class_folder(tmp, empty=False), error=data.DataNotFoundError, phrase="missing ['truck']",
+        before="DataNotFoundError: '<folder> must hold exactly the 10 CIFAR-10 class folders [...]; found [nine "
+               "names]' (which one was missing left to the reader)"),
+    "data-class-folder-empty": Bad(
+        call=lambda tmp: _class_folder(tmp, empty=True), error=data.DataNotFoundError, phrase="truck holds no images",
+        before="no error: a test split of 9 classes, silently"),
+    "data-root-is-a-file": Bad(
+        call=_root_is_a_file, error=data.DataNotFoundError, phrase="cifar10.zip is a file, not a folder",
+        before="DataNotFoundError after a download attempt (FileExistsError: File exists), a 6-line message"),
+    "data-torn-batch-file": Bad(
+        call=_torn_batch, error=data.CorruptDataError, phrase="test_batch is not a readable CIFAR-10 batch",
+        before="_pickle.UnpicklingError: 'pickle data was truncated' (no path)"),
+    "data-subset-float": Bad(
+        call=lambda tmp: _subset(100.0), error=TypeError, phrase="must be an integer count of images, got 100.0",
+        before="TypeError: 'slice indices must be integers or None or have an __index__ method'"),
+    "data-subset-fraction": Bad(
+        call=lambda tmp: _subset(0.5), error=TypeError, phrase="for a fraction of the 500 labels pass round(0.5 * 500)",
+        before="TypeError: 'slice indices must be integers or None or have an __index__ method'"),
+    "data-subset-bool": Bad(
+        call=lambda tmp: _subset(True), error=TypeError, phrase="must be an integer count of images, got True",
+        before="no error: a subset of 1 image"),
+    "data-subset-zero": Bad(
+        call=lambda tmp: _subset(0), error=ValueError, phrase="subset size must be in 1..500",
+        before="ValueError: 'subset size must be in 1..500, got 0' (already clear)"),
+    "data-subset-negative": Bad(
+        call=lambda tmp: _subset(-5), error=ValueError, phrase="got -5",
+        before="ValueError: 'subset size must be in 1..500, got -5' (already clear)"),
+    "data-subset-too-large": Bad(
+        call=lambda tmp: _subset(501), error=ValueError, phrase="1..500 (the number of labels), got 501",
+        before="ValueError: 'subset size must be in 1..500, got 501' (already clear)"),
+    "data-results-torn-json": Bad(
+        call=lambda tmp: records.read_runs(_torn_results(tmp)), error=records.ResultsFileError,
+        phrase="sweep.json is not a complete results file",
+        before="json.JSONDecodeError: 'Unterminated string starting at: line 10 column 3 (char 113)' (no path)"),
+    "data-results-torn-fewshot-json": Bad(
+        call=lambda tmp: records.read_run_probes(_torn_results(tmp, records.FEWSHOT_TAG)),
+        error=records.ResultsFileError, phrase="sweep-fewshot.json is not a complete results file",
+        before="json.JSONDecodeError: 'Unterminated string starting at: line 10 column 3 (char 113)' (no path)"),
+    "data-results-empty-json": Bad(
+        call=lambda tmp: records.read_commands(_torn_results(tmp, text="")), error=records.ResultsFileError,
+        phrase="restore it (from git or a backup)",
+        before="json.JSONDecodeError: 'Expecting value: line 1 column 1 (char 0)' (no path)"),
+    "data-results-not-records": Bad(
+        call=lambda tmp: records.read_runs(_torn_results(tmp, text=json.dumps([{"model": "m"}]))),
+        error=records.ResultsFileError, phrase='not an object with a "runs" list',
+        before="TypeError: 'list indices must be integers or slices, not str'"),
+    "data-results-run-lacks-fields": Bad(
+        call=lambda tmp: records.read_runs(_torn_results(tmp, text=json.dumps({"runs": [{"model": "m"}]}))),
+        error=records.ResultsFileError, phrase="run 0: RunRecord.__init__() missing",
+        before="TypeError: 'RunRecord.__init__() missing 5 required keyword-only arguments: ...' (no path)"),
+    "data-results-csv-without-json": Bad(
+        call=_csv_without_json, error=records.ResultsFileError, phrase="sweep.csv holds results but sweep.json",
+        before="no error: read as no runs, so a sweep retrains everything and overwrites the .csv"),
+    "data-sweep-torn-results": Bad(
+        call=_sweep_torn_results, error=records.ResultsFileError, phrase="sweep.json is not a complete results file",
+        before="DataNotFoundError here (the data were loaded first); with data: json.JSONDecodeError, no path"),
+}
+
+
+ROWS: dict[str, Bad] = {**RUNS_ROWS, **MODELS_ROWS, **INPUTS_ROWS, **DATA_ROWS}
 
 
 @pytest.fixture

@@ -179,6 +179,9 @@ def test_config_file_with_unknown_keys_is_refused(monkeypatch, tmp_path):
     (["train", "--model", "vit_huge_c10"], "unknown zoo model 'vit_huge_c10'"),
     (["train", "--optimizer", "lamb"], "invalid choice: 'lamb'"),
     (["sweep", "--models", "vit_huge_c10"], "unknown zoo models"),
+    (["train", "--lr", "-1"], "--lr -1.0: must be 0 or more"),
+    (["train", "--img-size", "30"], "--img-size 30: must be a positive multiple of 4"),
+    (["train", "--subset-size", "0"], "--subset-size 0: must be 1..50000"),
 ])
 def test_bad_input_is_one_line_without_traceback(tmp_path, argv, message):
     env = dict(os.environ, VITLAB_DATA=str(tmp_path / "nothing"))
