@@ -270,7 +270,7 @@ def test_attention_distance_notebook(lab, page):
         assert "per class" in nb.title(0)  # says what it was computed on
     status = nb.widget().locator(".widget-html").first
     described = status.text_content()
-    toggle = page.locator(".jp-Notebook .widget-toggle-button", has_text="keep class-token share").first
+    toggle = page.locator(".jp-Notebook .widget-toggle-button", has_text="renormalised over patches").first
     nb.change("stale", toggle.click, "() => document.querySelector('.jp-Notebook .widget-vbox .widget-html')"
               ".textContent.includes('press Compute')")
     compute = page.locator(".jp-Notebook button", has_text="Compute").first

@@ -9,7 +9,8 @@ from timm.utils import AttentionExtract
 
 import vitlab
 from vitlab import metrics
-from vitlab.hooks import Capture, attention_distance, capture, head_statistics, hooks, restoring
+from vitlab.hooks import (Capture, attention_distance, capture, head_statistics, hooks, random_init,
+                          random_init_statistics, restoring, uniform_distance)
 
 
 def _manual_attention(model, x):
@@ -291,6 +292,55 @@ def test_attention_distance_needs_a_forward_pass():
         attention_distance(Capture(2, [0, 1], patch_size=(8, 8), num_prefix_tokens=1), 0)
     with pytest.raises(TypeError, match="must be a Capture"):
         attention_distance({0: torch.zeros(1, 1, 17, 17)}, 0)
+
+
+def test_the_papers_convention_is_the_default(tiny_vit):
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    cap = capture(tiny_vit, images)
+    for layer in (0, 1):
+        paper = _brute_distance(cap.attn[layer], 4, 4, 8, 1, renormalize=False)
+        torch.testing.assert_close(attention_distance(cap, layer).double(), paper, rtol=1e-5, atol=1e-5)
+    stats = head_statistics(tiny_vit, images)
+    torch.testing.assert_close(stats["distance"], attention_distance(cap), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(stats["distance"], head_statistics(tiny_vit, images, renormalize=True)["distance"])
+
+
+# --- references: uniform attention and random-initialised models ------------------------------
+
+
+def test_uniform_distance_reads_the_models_grid():
+    model = vitlab.models.build_model({"timm": "vit_tiny_patch16_224", "kwargs": dict(
+        img_size=(32, 48), patch_size=8, embed_dim=24, depth=1, num_heads=2, reg_tokens=2)})  # 3 prefix tokens
+    centres = [((r + 0.5) * 8, (c + 0.5) * 8) for r in range(4) for c in range(6)]
+    mean = sum(math.dist(a, b) for a in centres for b in centres) / 24**2
+    assert uniform_distance(model, renormalize=True) == pytest.approx(mean, rel=1e-9)
+    assert uniform_distance(model) == pytest.approx(mean * 24 / 27, rel=1e-9)
+
+
+def test_random_init_statistics_are_seeded_untrained_models_of_the_same_architecture():
+    trained = vitlab.models.build_model({"zoo": "vit_tiny_c10"})
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(3)  # not what any seed gives
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    got = random_init_statistics(trained, images, seeds=(0, 2), batch_size=2, layers=[0, -1])
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is untouched
+    for i, seed in enumerate((0, 2)):
+        torch.manual_seed(seed)
+        fresh = vitlab.models.build_model(trained.vitlab_arch)
+        expected = head_statistics(fresh, images, layers=[0, -1])
+        torch.testing.assert_close(got["distance"][i], expected["distance"])
+        torch.testing.assert_close(got["entropy"][i], expected["entropy"])
+    assert got["distance"].shape == (2, 2, 4) and got["layers"].tolist() == [0, 5]
+    assert not torch.equal(got["distance"][0], got["distance"][1])
+    assert not torch.equal(random_init(trained, 0).blocks[0].attn.qkv.weight, trained.blocks[0].attn.qkv.weight)
+    del trained.vitlab_arch
+    with pytest.raises(ValueError, match="vitlab_arch"):
+        random_init(trained, 0)
+    with pytest.raises(ValueError, match="seed"):
+        random_init_statistics(trained, images, seeds=())
 
 
 # --- rollout over a Capture's maps ----------------------------------------------------------

@@ -70,6 +70,150 @@ def test_position_similarity_rejects_models_without_position_embeddings():
         metrics.position_similarity(resnet)
 
 
+# --- position structure and mirror scores ---------------------------------------------------
+
+
+def _sincos_embedding(rows, cols, dim):
+    """The fixed 2-D sine-cosine position embedding of MAE (Transformer sincos per axis), (rows*cols, dim)."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
+                          indexing="ij")
+    angles = [p.flatten()[:, None] * omega for p in (r, c)]  # (n, dim/4) per axis
+    return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], 1)
+
+
+def _cosine(vectors):
+    v = torch.nn.functional.normalize(vectors.double(), dim=-1)
+    return v @ v.T  # (n, n)
+
+
+def _loop_ranks(values):
+    """Average ranks (1-based) by comparing every value with every other."""
+    return [1 + sum(w < v for w in values) + (sum(w == v for w in values) - 1) / 2 for v in values]
+
+
+def _loop_pearson(x, y):
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    return sxy / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
+
+
+def _brute_structure(sim, rows, cols):
+    """Spearman correlations by loops over pairs of distinct patches; the partial one by its textbook formula."""
+    sims, closeness, line = [], [], []
+    patches = [(r, c) for r in range(rows) for c in range(cols)]
+    for a in range(len(patches)):
+        for b in range(a + 1, len(patches)):
+            (r1, c1), (r2, c2) = patches[a], patches[b]
+            sims.append(float(sim[a, b]))
+            closeness.append(-math.hypot(r1 - r2, c1 - c2))
+            line.append(float(r1 == r2 or c1 == c2))
+    rank = {name: _loop_ranks(v) for name, v in (("s", sims), ("d", closeness), ("l", line))}
+    sd, sl, ld = (_loop_pearson(rank[a], rank[b]) for a, b in (("s", "d"), ("s", "l"), ("l", "d")))
+    return sd, (sl - sd * ld) / math.sqrt((1 - sd**2) * (1 - ld**2))
+
+
+def test_rank_and_spearman_match_scipy():
+    from scipy import stats
+
+    x = torch.tensor([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0, 5.0])
+    y = torch.tensor([2.0, 7.0, 1.0, 8.0, 2.0, 8.0, 1.0, 8.0, 2.0, 8.0, 4.0])
+    np.testing.assert_array_equal(metrics.rank(x).numpy(), stats.rankdata(x.numpy()))
+    assert metrics.spearman(x, y) == pytest.approx(stats.spearmanr(x.numpy(), y.numpy()).statistic, abs=1e-12)
+    assert math.isnan(metrics.spearman(x, torch.ones_like(x)))
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (3, 5)])
+def test_position_structure_matches_brute_force(grid):
+    rows, cols = grid
+    sim = _cosine(torch.randn(rows * cols, 6, generator=torch.Generator().manual_seed(1)))
+    score = metrics.position_structure(sim.reshape(rows, cols, rows, cols), grid)
+    distance, row_column = _brute_structure(sim, rows, cols)
+    assert score.distance == pytest.approx(distance, abs=1e-12)
+    assert score.row_column == pytest.approx(row_column, abs=1e-12)
+    with pytest.raises(ValueError, match="does not cover"):
+        metrics.position_structure(sim, (rows, cols + 1))
+
+
+def test_position_structure_distance_matches_scipy_on_sincos():
+    from scipy import stats
+
+    rows, cols = 8, 8
+    sim = _cosine(_sincos_embedding(rows, cols, 128))
+    i, j = np.triu_indices(rows * cols, 1)
+    distance = np.hypot(i // cols - j // cols, i % cols - j % cols)
+    expected = -stats.spearmanr(sim.numpy()[i, j], distance).statistic
+    assert metrics.position_structure(sim, (rows, cols)).distance == pytest.approx(expected, abs=1e-12)
+
+
+def test_position_structure_analytic_cases():
+    rows, cols = 8, 8
+    # Positive control: the MAE sincos embedding is nearly monotone in distance, with a row/column excess.
+    sincos = metrics.position_structure(_cosine(_sincos_embedding(rows, cols, 128)), (rows, cols))
+    assert sincos.distance > 0.8 and sincos.row_column > 0.3
+    # Similarity a strictly decreasing function of distance: distance +1 exactly, no row/column excess.
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    pos = torch.stack([r.flatten(), c.flatten()], 1).double()  # (n, 2)
+    isotropic = metrics.position_structure(torch.exp(-torch.cdist(pos, pos) ** 2 / 8), (rows, cols))
+    assert isotropic.distance == pytest.approx(1.0, abs=1e-12) and isotropic.row_column == pytest.approx(0, abs=1e-6)
+    # One-hot row plus one-hot column: similar exactly when in the same row or column.
+    onehot = torch.cat([torch.nn.functional.one_hot(r.flatten(), rows), torch.nn.functional.one_hot(c.flatten(), cols)],
+                       1)
+    cross = metrics.position_structure(_cosine(onehot), (rows, cols))
+    assert cross.row_column == pytest.approx(1.0, abs=1e-12) and 0 < cross.distance < 0.5
+    # Far patches the more similar: -1.
+    far = metrics.position_structure(torch.cdist(pos, pos), (rows, cols))
+    assert far.distance == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_position_structure_of_random_embeddings_is_near_zero():
+    gen = torch.Generator().manual_seed(0)
+    scores = [metrics.position_structure(_cosine(torch.randn(64, 128, generator=gen)), (8, 8)) for _ in range(20)]
+    distance = torch.tensor([s.distance for s in scores])
+    row_column = torch.tensor([s.row_column for s in scores])
+    assert distance.abs().max() < 0.1 and row_column.abs().max() < 0.1
+    assert abs(float(distance.mean())) < 0.03 and abs(float(row_column.mean())) < 0.03
+
+
+def _brute_mirror(sim, rows, cols):
+    at = lambda r1, c1, r2, c2: float(sim[r1 * cols + c1, r2 * cols + c2])  # noqa: E731
+    mirror = [at(r, c, r, cols - 1 - c) for r in range(rows) for c in range(cols) if c != cols - 1 - c]
+    neighbour = []
+    for r in range(rows):
+        for c in range(cols):
+            near = [at(r, c, r + dr, c + dc) for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0))
+                    if 0 <= r + dr < rows and 0 <= c + dc < cols]
+            neighbour.append(sum(near) / len(near))
+    return sum(mirror) / len(mirror) if mirror else math.nan, sum(neighbour) / len(neighbour)
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (3, 5), (2, 1)])
+def test_mirror_score_matches_brute_force(grid):
+    rows, cols = grid
+    sim = torch.randn(rows * cols, rows * cols, generator=torch.Generator().manual_seed(2))  # need not be symmetric
+    score = metrics.mirror_score(sim, grid)
+    mirror, neighbour = _brute_mirror(sim, rows, cols)
+    assert score.neighbour == pytest.approx(neighbour, abs=1e-12)
+    if cols == 1:  # no patch has a mirror position other than itself
+        assert math.isnan(score.mirror) and math.isnan(mirror)
+        return
+    assert score.mirror == pytest.approx(mirror, abs=1e-12) and score.excess == pytest.approx(mirror - neighbour,
+                                                                                              abs=1e-12)
+
+
+@pytest.mark.parametrize("cols", [8, 7])
+def test_mirror_score_is_maximal_for_a_mirror_symmetric_embedding(cols):
+    rows = 8
+    emb = torch.randn(rows, cols, 32, generator=torch.Generator().manual_seed(3))
+    emb = emb + emb.flip(1)  # e[r, c] = e[r, C-1-c]
+    score = metrics.mirror_score(_cosine(emb.reshape(rows * cols, 32)), (rows, cols))
+    assert score.mirror == pytest.approx(1.0, abs=1e-12)  # the largest a cosine similarity can be
+    assert score.excess == pytest.approx(1.0 - score.neighbour, abs=1e-12) and score.excess > 0.5
+    sincos = metrics.mirror_score(_cosine(_sincos_embedding(rows, cols, 128)), (rows, cols))
+    assert sincos.mirror < 0.95 and sincos.excess < -0.05  # it tells left from right
+
+
 # --- embedding filters ---------------------------------------------------------------
 
 
@@ -137,14 +281,105 @@ def test_mean_attention_distance_analytic_cases():
     n = 4  # a 2x2 grid of 16-pixel patches, one class token
     uniform = torch.full((1, 1, n + 1, n + 1), 1.0 / (n + 1))
     expected = (0 + 16 + 16 + 16 * math.sqrt(2)) / 4  # from any patch to all four
-    assert float(metrics.mean_attention_distance(uniform, (2, 2), (16, 16))) == pytest.approx(expected, rel=1e-6)
-    # without renormalising, the 1/5 given to the class token carries no distance
-    assert float(metrics.mean_attention_distance(uniform, (2, 2), (16, 16), renormalize=False)) == pytest.approx(
-        expected * 4 / 5, rel=1e-6)
+    assert float(metrics.mean_attention_distance(uniform, (2, 2), (16, 16), renormalize=True)) == pytest.approx(
+        expected, rel=1e-6)
+    # without renormalising (the default), the 1/5 given to the class token carries no distance
+    assert float(metrics.mean_attention_distance(uniform, (2, 2), (16, 16))) == pytest.approx(expected * 4 / 5,
+                                                                                              rel=1e-6)
     self_only = torch.eye(n + 1)[None, None]
     assert float(metrics.mean_attention_distance(self_only, (2, 2), (16, 16))) == 0.0
     with pytest.raises(ValueError, match="prefix"):
         metrics.mean_attention_distance(uniform, (3, 3), (16, 16))
+
+
+def _papers_distance(attn, rows, cols, patch):
+    """Fig. 7 (right) as in google-research/vision_transformer issue #162, with plain loops.
+
+    ``w = attn[example, head, 1:, 1:]``, the weighted sum of pixel distances per query,
+    averaged over queries and examples: no renormalisation over patch keys.
+    """
+    examples, heads, tokens, _ = attn.shape
+    out = []
+    for head in range(heads):
+        per_example = []
+        for example in range(examples):
+            total = 0.0
+            for q in range(tokens - 1):
+                for k in range(tokens - 1):
+                    dy, dx = (q // cols - k // cols) * patch, (q % cols - k % cols) * patch
+                    total += float(attn[example, head, 1 + q, 1 + k]) * math.sqrt(dy * dy + dx * dx)
+            per_example.append(total / (tokens - 1))
+        out.append(sum(per_example) / examples)
+    return out
+
+
+def test_default_distance_is_the_papers_formula():
+    gen = torch.Generator().manual_seed(3)
+    attn = torch.softmax(3 * torch.randn(3, 2, 1 + 12, 1 + 12, generator=gen), -1)  # a 3x4 grid + class token
+    attn[:, :, :, 0] += 2.0  # the class token takes a large share, as in trained ViTs
+    attn = attn / attn.sum(-1, keepdim=True)
+    got = metrics.mean_attention_distance(attn, (3, 4), (4, 4))
+    assert got.tolist() == pytest.approx(_papers_distance(attn, 3, 4, 4), rel=1e-5)
+    stats = metrics.HeadStats()
+    stats.update({0: attn}, (3, 4), (4, 4), 1)
+    assert stats.result()["distance"][0].tolist() == pytest.approx(_papers_distance(attn, 3, 4, 4), rel=1e-5)
+    renormalised = metrics.mean_attention_distance(attn, (3, 4), (4, 4), renormalize=True)
+    assert (renormalised / got).min() > 1.5  # the other convention differs where the class token takes much
+
+
+# --- references: uniform and local attention ----------------------------------------------------
+
+
+def test_uniform_attention_distance_of_the_cifar_grid():
+    centres = [(r, c) for r in range(8) for c in range(8)]
+    pairs = [math.hypot(4 * (a - c), 4 * (b - d)) for a, b in centres for c, d in centres]
+    mean = sum(pairs) / len(pairs)
+    assert round(mean, 1) == 16.5
+    assert metrics.uniform_attention_distance((8, 8), (4, 4), renormalize=True) == pytest.approx(mean, rel=1e-9)
+    assert metrics.uniform_attention_distance((8, 8), (4, 4), 0) == pytest.approx(mean, rel=1e-9)
+    assert metrics.uniform_attention_distance((8, 8), (4, 4)) == pytest.approx(mean * 64 / 65, rel=1e-9)
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("grid, patch, prefix", [((8, 8), (4, 4), 1), ((3, 5), (8, 6), 2), ((4, 4), (16, 16), 0)])
+def test_uniform_and_one_hot_attention_give_the_references(renormalize, grid, patch, prefix):
+    tokens = grid[0] * grid[1] + prefix
+    uniform = torch.full((2, 3, tokens, tokens), 1.0 / tokens)  # over every token, prefix tokens included
+    got = metrics.mean_attention_distance(uniform, grid, patch, prefix, renormalize)
+    expected = metrics.uniform_attention_distance(grid, patch, prefix, renormalize)
+    torch.testing.assert_close(got, torch.full((3,), expected), rtol=1e-6, atol=0)
+    diagonal = torch.eye(tokens).expand(2, 3, tokens, tokens)  # each token attends only to itself
+    assert metrics.mean_attention_distance(diagonal, grid, patch, prefix, renormalize).abs().max() == 0
+
+
+def _gaussian_attention(rows, cols, width, prefix):
+    """Each patch query's attention exp(-d^2 / 2 width^2) over patch keys (d in patches), rows summing to 1."""
+    n = rows * cols
+    attn = torch.zeros(1, 1, prefix + n, prefix + n, dtype=torch.float64)
+    attn[0, 0, :prefix, :prefix] = torch.eye(prefix)
+    for q in range(n):
+        for k in range(n):
+            d2 = (q // cols - k // cols) ** 2 + (q % cols - k % cols) ** 2
+            attn[0, 0, prefix + q, prefix + k] = math.exp(-d2 / (2 * width**2))
+    return attn / attn.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_local_gaussian_attention_gives_its_width(renormalize):
+    rows = cols = 8
+    patch, width = 4, 0.7  # a kernel 0.7 patches wide: nearly all weight on the patch and its 4 neighbours
+    attn = _gaussian_attention(rows, cols, width, 1)
+    expected = 0.0  # the kernel's mean distance, computed query by query
+    for qy in range(rows):
+        for qx in range(cols):
+            w = {(ky, kx): math.exp(-((qy - ky) ** 2 + (qx - kx) ** 2) / (2 * width**2))
+                 for ky in range(rows) for kx in range(cols)}
+            norm = sum(w.values())
+            expected += sum(v / norm * patch * math.hypot(qy - ky, qx - kx) for (ky, kx), v in w.items())
+    expected /= rows * cols
+    got = float(metrics.mean_attention_distance(attn, (rows, cols), (patch, patch), 1, renormalize))
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert 2.0 < got < 0.3 * metrics.uniform_attention_distance((rows, cols), (patch, patch), 1, renormalize)
 
 
 # --- rollout --------------------------------------------------------------------------------

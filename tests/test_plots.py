@@ -7,7 +7,7 @@ import pytest
 import torch
 from plotly.serializers import _py_to_js
 
-from vitlab import plots, plotting
+from vitlab import metrics, plots, plotting
 from vitlab.records import ProbeRecord, RunRecord
 
 
@@ -58,6 +58,38 @@ def test_position_similarity_figure_is_readable():
     _strict_json(fig)  # ... and serialise
 
 
+def test_position_similarity_figure_prints_the_scores_and_their_random_init_reference():
+    sim = _random_sim(4, 5)
+    structure, mirror = metrics.position_structure(sim, (4, 5)), metrics.mirror_score(sim, (4, 5))
+    alone = plots.position_similarity_figure(sim).layout.annotations[0].text.split("<br>")
+    assert alone[0].endswith(f"ρ(similarity, -distance): {structure.distance:.2f}")
+    assert alone[1].endswith(f"partial ρ given distance: {structure.row_column:.2f}")
+    assert alone[2] == f"similarity to the mirror position {mirror.mirror:.2f}, to neighbours {mirror.neighbour:.2f}"
+    reference = [(metrics.PositionStructure(d, rc), metrics.MirrorScore(m, n))
+                 for d, rc, m, n in ((0.1, -0.2, 0.3, 0.5), (0.3, 0.0, 0.1, 0.4), (-0.1, 0.05, 0.2, 0.6))]
+    lines = plots.position_similarity_figure(sim, reference=reference).layout.annotations[0].text.split("<br>")
+    assert lines[0].endswith("random init (3 seeds) 0.10 [-0.10, 0.30]")
+    assert lines[1].endswith("random init (3 seeds) -0.05 [-0.20, 0.05]")
+    assert lines[2].endswith("random init (3 seeds) 0.20 [0.10, 0.30], 0.50 [0.40, 0.60]")
+    assert plots.spread_text([-0.001, 0.001]) == "0.00 [0.00, 0.00]"  # never "-0.00"
+
+
+def test_explained_variance_figure_draws_the_random_init_reference():
+    ratio = torch.tensor([0.5, 0.2, 0.1])
+    reference = torch.tensor([[0.2, 0.2, 0.2], [0.3, 0.2, 0.1], [0.1, 0.1, 0.1]])  # (seeds, k)
+    fig = plots.explained_variance_figure(ratio, reference)
+    np.testing.assert_allclose(fig.data[1].y, [0.5, 0.7, 0.8])  # the model's cumulative curve
+    band, mean = fig.data[2], fig.data[3]
+    np.testing.assert_allclose(mean.y, [0.2, 1.1 / 3, 0.5])  # mean of the cumulative sums
+    np.testing.assert_allclose(band.y, [0.3, 0.5, 0.6, 0.3, 0.2, 0.1])  # max forward, min back
+    assert "first 3 components hold 80.0%" in fig.layout.title.text
+    assert "random init 50.0% [30.0, 60.0]" in fig.layout.title.text
+    assert len(plots.explained_variance_figure(ratio).data) == 2
+    with pytest.raises(ValueError, match="components"):
+        plots.explained_variance_figure(ratio, reference[:, :2])
+    _strict_json(fig)
+
+
 def test_patch_similarity_figure_shows_that_patch():
     sim = _random_sim(3, 4)
     fig = plots.patch_similarity_figure(sim, 2, 1)
@@ -99,6 +131,32 @@ def test_attention_distance_figure_has_a_trace_per_head_and_the_reference():
         assert list(fig.data[h].x) == [1, 2, 3, 4]  # layers shown 1-based
     assert fig.layout.yaxis.range == (0, 40) and "pixels" in fig.layout.yaxis.title.text
     assert fig.layout.xaxis.range == (0.5, 4.5)
+
+
+def test_attention_distance_figure_draws_uniform_and_random_init_references():
+    d = torch.rand(4, 3) * 20
+    random = torch.rand(3, 4, 3) * 10 + 25  # (seeds, layers, heads)
+    fig = plots.attention_distance_figure(d, uniform=16.5, random_init=random, depth=4)
+    band, line, *heads = fig.data
+    assert [h.name for h in heads] == ["head 1", "head 2", "head 3"]
+    for h, trace in enumerate(heads):
+        np.testing.assert_allclose(trace.y, d[:, h].numpy(), rtol=1e-6)
+    assert line.name == "uniform attention (16.5 px)" and list(line.y) == [16.5, 16.5]
+    assert list(line.x) == [0.5, 4.5]  # across the whole depth axis
+    assert band.name == "random init (3 seeds)" and band.fill == "toself" and band.showlegend is not False
+    low = [float(random[:, i].min()) for i in range(4)]
+    high = [float(random[:, i].max()) for i in range(4)]
+    assert list(band.x) == [1, 2, 3, 4, 4, 3, 2, 1]
+    np.testing.assert_allclose(band.y, high + low[::-1], rtol=1e-6)
+    assert fig.layout.yaxis.range[1] == pytest.approx(max(high) * 1.1, rel=1e-6)  # the band fits in
+    pairs = [(1.0, 3.0), (2.0, 5.0)]  # per-layer (low, high) for layers 3 and 5
+    fig = plots.attention_distance_figure(torch.rand(2, 3), torch.tensor([2, 4]), random_init=pairs)
+    assert fig.data[0].name == "random init" and list(fig.data[0].x) == [3, 5, 5, 3]
+    assert list(fig.data[0].y) == [3.0, 5.0, 2.0, 1.0]
+    one = plots.attention_distance_figure(torch.rand(1, 2), random_init=torch.tensor([[[4.0, 6.0]]]))
+    assert list(one.data[0].x) == pytest.approx([0.6, 1.4, 1.4, 0.6]) and list(one.data[0].y) == [6, 6, 4, 4]
+    with pytest.raises(ValueError, match="random_init"):
+        plots.attention_distance_figure(d, random_init=torch.rand(3, 5, 3))
 
 
 def test_attention_distance_figure_clips_the_reference_and_follows_depth():

@@ -1,11 +1,12 @@
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 from plotly.serializers import _py_to_js
 
-from vitlab import data, metrics, models, widgets, zoo
+from vitlab import data, hooks, metrics, models, plots, widgets, zoo
 from vitlab.hooks import capture, head_statistics
 
 
@@ -67,6 +68,52 @@ def test_untrained_model_says_so_in_the_status_not_on_stderr(capfd):
     assert "random weights" not in capfd.readouterr().err
 
 
+def _random_inits(spec, seeds):
+    """Random-initialised models of ``spec``'s architecture, rebuilt here from its record under each seed."""
+    record = models.load_model(spec, device="cpu").vitlab_arch
+    built = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        built.append(models.build_model(record))
+    return built
+
+
+def test_position_explorer_prints_scores_against_random_init(two_models, monkeypatch):
+    view = widgets.position_embedding_explorer(two_models)
+    assert view.SEEDS == (0, 1, 2)
+    expected = []
+    for model in _random_inits(two_models[0], view.SEEDS):
+        sim = metrics.position_similarity(model)
+        expected.append((metrics.position_structure(sim, (8, 8)), metrics.mirror_score(sim, (8, 8))))
+    assert view.reference == expected  # the same numbers, exactly
+    assert all(abs(s.distance) < 0.1 and abs(s.row_column) < 0.1 for s, _ in expected)  # random init: no structure
+    text = view.mosaic.layout.annotations[0].text
+    assert text == plots.position_scores_text(view.sim, expected)
+    own = metrics.position_structure(view.sim, (8, 8))
+    assert f"-distance): {own.distance:.2f} · random init (3 seeds) " \
+           f"{plots.spread_text([s.distance for s, _ in expected])}" in text
+    assert plots.spread_text([m.neighbour for _, m in expected]) in text
+    # Cached per model: switching away and back builds no model again.
+    built = []
+    monkeypatch.setattr(widgets, "random_init", lambda *a: built.append(a) or models.build_model(a[0].vitlab_arch))
+    view.model.value = two_models[1]
+    assert len(built) == 3
+    view.model.value = two_models[0]
+    assert len(built) == 3 and view.reference == expected
+
+
+def test_embedding_filters_explorer_draws_random_init_reference(two_models):
+    view = widgets.EmbeddingFiltersExplorer(two_models, k=6)
+    ratios = torch.stack([metrics.embedding_filters(m, k=48)[1] for m in _random_inits(two_models[0], view.SEEDS)])
+    torch.testing.assert_close(view.reference, ratios[:, :6], rtol=0, atol=0)
+    cumulative = ratios[:, :6].double().cumsum(1)  # (seeds, k)
+    np.testing.assert_allclose(view.variance.data[3].y, cumulative.mean(0).numpy(), rtol=1e-12)
+    assert plots.spread_text(100 * cumulative[:, -1].numpy(), 1, "%") in view.variance.layout.title.text
+    view.components.value = 10
+    torch.testing.assert_close(view.reference, ratios[:, :10], rtol=0, atol=0)
+    assert len(view.variance.data[3].y) == 10
+
+
 def test_embedding_filters_explorer_follows_model_and_components(two_models):
     view = widgets.EmbeddingFiltersExplorer(two_models, k=5)
     before = np.asarray(view.filters.data[0].z).copy()
@@ -85,22 +132,67 @@ def test_attention_distance_explorer_streams_the_chosen_images(two_models):
                                              source="CIFAR-10 test set")
     described = data.describe_images(16, "CIFAR-10 test set")
     assert view.images.value == 16 and view.status.value == described
-    assert view.figure.layout.title.text.endswith(described)
+    assert described in view.figure.layout.title.text.replace("<br>", " ")
+    assert view.convention.value.startswith("paper's")  # the paper's convention by default
     expected = head_statistics(models.load_model(two_models[0], device="cpu"), images[:16])["distance"]
     for head in range(expected.shape[1]):
-        np.testing.assert_allclose(view.figure.data[head].y, expected[:, head].numpy(), rtol=1e-5)
+        np.testing.assert_allclose(_head(view.figure, head).y, expected[:, head].numpy(), rtol=1e-5)
     reference = view.figure.data[-1]
     assert reference.name == "resnet_tiny_c10 receptive field"
     assert tuple(view.figure.layout.xaxis.range) == (0.5, 6.5)  # the 6-block ViT's depth
     top = view.figure.layout.yaxis.range[1]
     assert top == pytest.approx(32 * 2**0.5) and max(reference.y) <= top  # clipped to the image diagonal
     assert any("beyond" in a.text for a in view.figure.layout.annotations)
-    view.convention.value = "keep class-token share"
+    view.convention.value = "renormalised over patches"
     assert "press Compute" in view.status.value  # the figure is stale until Compute
     view.run.click()
-    raw = head_statistics(models.load_model(two_models[0], device="cpu"), images[:16], renormalize=False)["distance"]
-    np.testing.assert_allclose(view.figure.data[0].y, raw[:, 0].numpy(), rtol=1e-5)
+    renormalised = head_statistics(models.load_model(two_models[0], device="cpu"), images[:16],
+                                   renormalize=True)["distance"]
+    np.testing.assert_allclose(_head(view.figure, 0).y, renormalised[:, 0].numpy(), rtol=1e-5)
     assert view.status.value == described
+
+
+def _head(fig, h):
+    return next(t for t in fig.data if t.name == f"head {h + 1}")
+
+
+def _trace(fig, start):
+    return next(t for t in fig.data if t.name.startswith(start))
+
+
+def test_attention_distance_explorer_draws_uniform_and_random_init_references(two_models, monkeypatch):
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    calls = []
+    counted = lambda *a, **k: calls.append(k["renormalize"]) or hooks.random_init_statistics(*a, **k)  # noqa: E731
+    monkeypatch.setattr(widgets, "random_init_statistics", counted)
+    view = widgets.AttentionDistanceExplorer(two_models, images, default=16)
+    # independent recomputation: the same architecture record, built under seeds 0, 1, 2
+    record = models.load_model(two_models[0], device="cpu").vitlab_arch
+    expected = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        expected.append(head_statistics(models.build_model(record), images[:16])["distance"])
+    expected = torch.stack(expected)  # (seeds, layers, heads)
+    torch.testing.assert_close(view.result.random_init, expected)
+    band = _trace(view.figure, "random init")
+    assert band.name == "random init (3 seeds)"
+    low, high = expected.amin((0, 2)).tolist(), expected.amax((0, 2)).tolist()
+    np.testing.assert_allclose(band.y, high + low[::-1], rtol=1e-6)
+    centres = [(r, c) for r in range(8) for c in range(8)]  # vit_tiny_c10: 8x8 grid of 4-pixel patches
+    mean = sum(math.hypot(4 * (a - c), 4 * (b - d)) for a, b in centres for c, d in centres) / 64**2
+    line = _trace(view.figure, "uniform attention")
+    assert list(line.y) == pytest.approx([mean * 64 / 65] * 2)  # the class token's share carries no distance
+    title = view.figure.layout.title.text.replace("<br>", " ")
+    assert f"uniform {mean * 64 / 65:.1f} px" in title and f"random init {expected.min():.1f}-" in title
+    assert calls == [False]
+    view.convention.value = "renormalised over patches"
+    view.run.click()
+    assert list(_trace(view.figure, "uniform attention").y) == pytest.approx([mean] * 2)
+    assert f"uniform {mean:.1f} px" in view.figure.layout.title.text.replace("<br>", " ")
+    view.convention.value = "paper's: raw weights over patches"
+    view.run.click()  # back to a convention already computed: the reference comes from the cache
+    assert calls == [False, True]
+    torch.testing.assert_close(view.result.random_init, expected)
 
 
 def test_attention_maps_explorer_click_layer_and_discard(two_models):

@@ -29,7 +29,7 @@ from torch import nn
 
 from . import metrics
 from .inputs import check_images, check_input
-from .models import preprocess
+from .models import build_model, preprocess
 
 _MISSING = object()
 
@@ -334,7 +334,7 @@ def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None
     return cache
 
 
-def attention_distance(cap: Capture, layer: int | None = None, renormalize: bool = True) -> torch.Tensor:
+def attention_distance(cap: Capture, layer: int | None = None, renormalize: bool = False) -> torch.Tensor:
     """Mean attention distance in pixels per head, with the capture's own grid, patches and prefix.
 
     :func:`vitlab.metrics.mean_attention_distance` cannot tell a (4, 8) grid from an
@@ -344,7 +344,9 @@ def attention_distance(cap: Capture, layer: int | None = None, renormalize: bool
     Args:
         cap: what :func:`capture` (or a forward inside :func:`hooks`) recorded.
         layer: a captured block index (negative from the end), or None for every captured block.
-        renormalize: rescale each query's attention over patch keys to sum to 1.
+        renormalize: False (default) keeps the raw weights over patch keys, the paper's convention
+            (google-research/vision_transformer issue #162, probing-vits); True rescales each
+            query's attention over patch keys to sum to 1 (see :func:`vitlab.metrics.mean_attention_distance`).
 
     Returns:
         (heads,) for one ``layer``; (layers, heads) in ``cap.layers`` order for None.
@@ -361,7 +363,7 @@ def attention_distance(cap: Capture, layer: int | None = None, renormalize: bool
 
 
 def head_statistics(model: nn.Module, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 64,
-                    layers: Sequence[int] | None = None, renormalize: bool = True,
+                    layers: Sequence[int] | None = None, renormalize: bool = False,
                     progress: bool = False) -> dict[str, torch.Tensor]:
     """Per-layer, per-head mean attention distance and entropy, streamed over ``images``.
 
@@ -369,7 +371,9 @@ def head_statistics(model: nn.Module, images: torch.Tensor | Iterable[torch.Tens
         images: uint8 images (N, 3, H, W), cut into batches of ``batch_size``, or any
             iterable of uint8 batches (e.g. read from disk), so N can be the whole test set.
         layers: block indices (negative from the end; default all).
-        renormalize: rescale each query's attention over patch keys to sum to 1.
+        renormalize: False (default) keeps the raw weights over patch keys, the paper's convention
+            (google-research/vision_transformer issue #162, probing-vits); True rescales each
+            query's attention over patch keys to sum to 1 (see :func:`vitlab.metrics.mean_attention_distance`).
         progress: show a progress bar over batches.
 
     Returns:
@@ -394,3 +398,55 @@ def head_statistics(model: nn.Module, images: torch.Tensor | Iterable[torch.Tens
     if not stats.images:
         raise ValueError("images gave no batches: pass a uint8 tensor (N, 3, H, W) or an iterable of such batches")
     return dict(stats.result(), layers=torch.tensor(sorted(stats.distance)))
+
+
+# --- references for the attention distance -----------------------------------------------------
+
+#: Initialisation seeds of the random-initialised reference models.
+INIT_SEEDS = (0, 1, 2)
+
+
+def uniform_distance(model: nn.Module, renormalize: bool = False) -> float:
+    """:func:`vitlab.metrics.uniform_attention_distance` for the grid, patch size and prefix tokens of ``model``.
+
+    Read from the model (``patch_embed.grid_size``, ``patch_embed.patch_size``,
+    ``num_prefix_tokens``), for inputs of the size it was built for. Pixels.
+    """
+    patch = tuple(int(p) for p in model.patch_embed.patch_size)
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    return metrics.uniform_attention_distance(metrics.patch_grid(model), patch, prefix, renormalize)
+
+
+def random_init(model: nn.Module, seed: int) -> nn.Module:
+    """An untrained model of ``model``'s architecture (its ``vitlab_arch``), initialised under ``seed``.
+
+    Built as ``torch.manual_seed(seed); build_model(model.vitlab_arch)``, on ``model``'s
+    device, without changing the caller's random state.
+    """
+    arch = getattr(model, "vitlab_arch", None)
+    if arch is None:
+        raise ValueError(f"{type(model).__name__} has no vitlab_arch record: load it with vitlab.load_model "
+                         "to compare it with random-initialised models of its architecture")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = build_model(arch)
+    return fresh.to(next(model.parameters()).device).eval()
+
+
+def random_init_statistics(model: nn.Module, images: torch.Tensor, seeds: Sequence[int] = INIT_SEEDS,
+                           batch_size: int = 64, layers: Sequence[int] | None = None, renormalize: bool = False,
+                           progress: bool = False) -> dict[str, torch.Tensor]:
+    """:func:`head_statistics` of random-initialised models of ``model``'s architecture (:func:`random_init`).
+
+    The reference that tells a trained model's attention distances from what its
+    architecture gives before any training. Same arguments as :func:`head_statistics`.
+
+    Returns:
+        ``{"distance": (seeds, layers, heads) pixels, "entropy": (seeds, layers, heads) nats,
+        "layers": (layers,) block indices}``.
+    """
+    if not seeds:
+        raise ValueError("give at least one seed")
+    runs = [head_statistics(random_init(model, s), images, batch_size, layers, renormalize, progress) for s in seeds]
+    return {"distance": torch.stack([r["distance"] for r in runs]),  # (seeds, layers, heads)
+            "entropy": torch.stack([r["entropy"] for r in runs]), "layers": runs[0]["layers"]}

@@ -1,7 +1,9 @@
 """Analysis metrics: pure tensor functions, no I/O and no plotting."""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +76,123 @@ def embedding_filters(model: nn.Module, k: int = 28) -> tuple[torch.Tensor, torc
     return comps.float().reshape(k, *w.shape[1:]), (var[:k] / var.sum()).float()
 
 
+def rank(x: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of the values of a 1-D tensor, ties sharing their average rank (float64).
+
+    The same as ``scipy.stats.rankdata(x)`` (method "average").
+    """
+    _, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
+    last = counts.cumsum(0).double()  # rank of the last copy of each distinct value
+    return (last - (counts.double() - 1) / 2)[inverse]
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors (as ``scipy.stats.spearmanr``); NaN if one is constant."""
+    rx, ry = rank(x) - (x.numel() + 1) / 2, rank(y) - (y.numel() + 1) / 2  # centred: ranks average (n+1)/2
+    scale = float(rx.norm() * ry.norm())
+    return float(rx @ ry) / scale if scale > 0 else math.nan
+
+
+def _patch_matrix(sim: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``sim`` as an (n, n) float64 matrix over the patches of ``grid`` in row-major order."""
+    rows, cols = grid
+    n = rows * cols
+    if sim.numel() != n * n:
+        raise ValueError(f"similarity of shape {tuple(sim.shape)} does not cover a {rows}x{cols} grid of patches")
+    return sim.detach().reshape(n, n).double()
+
+
+def _grid_pairs(sim: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Similarity, row offset and column offset of every pair of distinct patches i < j (row-major)."""
+    s = _patch_matrix(sim, grid)  # (n, n)
+    i, j = torch.triu_indices(len(s), len(s), offset=1)  # (2, n(n-1)/2)
+    cols = grid[1]
+    return s[i, j], i // cols - j // cols, i % cols - j % cols
+
+
+@dataclass(frozen=True)
+class PositionStructure:
+    """How much of the 2-D image grid a position-embedding similarity holds (:func:`position_structure`).
+
+    Attributes:
+        distance: Spearman correlation between similarity and *closeness* (minus grid
+            distance) over all pairs of distinct patches: +1 when similarity falls
+            monotonically with distance ("nearby patches are more similar"), about 0 for
+            random embeddings, negative when far patches are the more similar.
+        row_column: partial Spearman correlation between similarity and sharing a row or
+            column, given grid distance: above 0 when patches in the same row or column are
+            more similar than distance alone predicts (the paper's row-column structure),
+            about 0 for random embeddings, 0 when similarity is a decreasing function of
+            distance alone. NaN on a grid of one row or column.
+    """
+
+    distance: float
+    row_column: float
+
+
+def position_structure(sim: torch.Tensor, grid: tuple[int, int]) -> PositionStructure:
+    """Structure scores of a position-embedding similarity (paper Fig. 7, center).
+
+    Args:
+        sim: (rows, cols, rows, cols) or (n, n) similarity of patches in row-major order,
+            e.g. from :func:`position_similarity`.
+        grid: (rows, cols) of patches.
+    """
+    pairs, dr, dc = _grid_pairs(sim, grid)  # (pairs,) each
+    closeness = -(dr**2 + dc**2)  # squared: ranks as distance, with exact ties
+    line = ((dr == 0) | (dc == 0)).double()
+    sd, sl, ld = spearman(pairs, closeness), spearman(pairs, line), spearman(line, closeness)
+    # Partial correlation of similarity and line given closeness, on ranks.
+    scale = math.sqrt(max((1 - sd**2) * (1 - ld**2), 0.0))
+    row_column = (sl - sd * ld) / scale if scale > 0 else math.nan
+    return PositionStructure(distance=sd, row_column=row_column)
+
+
+@dataclass(frozen=True)
+class MirrorScore:
+    """Left-right mirror symmetry of a position-embedding similarity (:func:`mirror_score`).
+
+    Attributes:
+        mirror: mean similarity of a patch to its mirror position (row r, column C-1-c),
+            over patches off the middle column.
+        neighbour: mean, over patches, of a patch's mean similarity to its immediate
+            neighbours (up, down, left, right).
+    """
+
+    mirror: float
+    neighbour: float
+
+    @property
+    def excess(self) -> float:
+        """``mirror - neighbour``: about 0 when a patch is as similar to its mirror position as to
+        its neighbours (what horizontal-flip augmentation teaches), clearly below 0 when the
+        embedding tells left from right, 1 - ``neighbour`` for an exactly mirror-symmetric one."""
+        return self.mirror - self.neighbour
+
+
+def mirror_score(sim: torch.Tensor, grid: tuple[int, int]) -> MirrorScore:
+    """Similarity of each patch to its left-right mirror position, against its neighbours'.
+
+    Args:
+        sim: (rows, cols, rows, cols) or (n, n) similarity of patches in row-major order.
+        grid: (rows, cols) of patches. NaN where no patch has a mirror (one column) or a neighbour.
+    """
+    rows, cols = grid
+    s = _patch_matrix(sim, grid).reshape(rows, cols, rows, cols)
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")  # (rows, cols) each
+    off_middle = c != cols - 1 - c
+    mirror = s[r, c, r, cols - 1 - c][off_middle]  # (patches off the middle column,)
+    total, count = torch.zeros(rows, cols, dtype=torch.float64), torch.zeros(rows, cols)
+    for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        rr, cc = r + dr, c + dc
+        inside = (rr >= 0) & (rr < rows) & (cc >= 0) & (cc < cols)
+        total[inside] += s[r[inside], c[inside], rr[inside], cc[inside]]
+        count += inside
+    neighbour = total[count > 0] / count[count > 0]  # (patches with a neighbour,)
+    return MirrorScore(mirror=float(mirror.mean()) if mirror.numel() else math.nan,
+                       neighbour=float(neighbour.mean()) if neighbour.numel() else math.nan)
+
+
 def patch_distances(grid: tuple[int, int], patch_size: tuple[int, int]) -> torch.Tensor:
     """Pixel distance between the centres of every pair of patches: (rows*cols, rows*cols)."""
     rows, cols = grid
@@ -100,16 +219,25 @@ def _patch_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_token
 
 
 def mean_attention_distance(attn: torch.Tensor, grid: tuple[int, int], patch_size: tuple[int, int],
-                            num_prefix_tokens: int = 1, renormalize: bool = True) -> torch.Tensor:
+                            num_prefix_tokens: int = 1, renormalize: bool = False) -> torch.Tensor:
     """Attention-weighted distance in pixels between query and key patches, per head (Fig. 7 right).
 
-    Only patch queries and patch keys count. With ``renormalize`` each query's attention
-    over patch keys is rescaled to sum to 1 (a true weighted mean); without it, attention
-    given to prefix tokens simply contributes no distance.
+    Only patch queries and patch keys count. Two conventions:
+
+    * ``renormalize=False`` (default, the paper's): the raw weights of patch queries over
+      patch keys, so attention given to prefix tokens contributes no distance. This is
+      the code that produced Fig. 7 (right), posted by the paper's author in
+      google-research/vision_transformer issue #162 (``w = attn[block][example, head, 1:, 1:]``,
+      a weighted sum of pixel distances averaged over queries and images); probing-vits
+      computes the same.
+    * ``renormalize=True``: each query's attention over patch keys is rescaled to sum to 1,
+      a true weighted mean over patches (larger where prefix tokens take much attention).
 
     Args:
         attn: post-softmax attention (B, heads, N, N).
         grid: (rows, cols) of patches. patch_size: (height, width) in pixels.
+        num_prefix_tokens: leading non-patch tokens (class token, registers).
+        renormalize: which convention (above).
 
     Returns:
         (heads,) mean distance in pixels, averaged over query patches and the batch.
@@ -117,6 +245,22 @@ def mean_attention_distance(attn: torch.Tensor, grid: tuple[int, int], patch_siz
     a = _patch_attention(attn, grid, num_prefix_tokens, renormalize)  # (B, H, n, n)
     dist = patch_distances(grid, patch_size).to(a.device, a.dtype)  # (n, n)
     return torch.einsum("bhqk,qk->h", a, dist).double().div(a.shape[0] * a.shape[2]).float()  # (H,)
+
+
+def uniform_attention_distance(grid: tuple[int, int], patch_size: tuple[int, int], num_prefix_tokens: int = 1,
+                               renormalize: bool = False) -> float:
+    """Mean attention distance in pixels under uniform attention: the reference for Fig. 7 (right).
+
+    With ``renormalize=True`` (or no prefix tokens) it is the mean distance between patch
+    centres over all (query, key) pairs, e.g. 16.5 px for an 8x8 grid of 4-pixel patches.
+    Under the paper's convention (``renormalize=False``) uniform attention over all
+    n + prefix tokens gives prefix tokens their share and them no distance, so the value
+    is that mean times n / (n + ``num_prefix_tokens``). Equals
+    :func:`mean_attention_distance` of a uniform attention tensor under the same convention.
+    """
+    n = grid[0] * grid[1]
+    mean = float(patch_distances(grid, patch_size).mean())  # over all n*n pairs, self included
+    return mean if renormalize else mean * n / (n + num_prefix_tokens)
 
 
 def attention_entropy(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
@@ -147,6 +291,11 @@ def attention_rollout(attns: Sequence[torch.Tensor] | Mapping[int, torch.Tensor]
     weakest ``discard_ratio`` of each sample's weights are zeroed, never an entry whose
     query or key is the class token (token 0); the identity is added as 0.5*A + 0.5*I,
     rows are renormalised, and the layers are multiplied from first to last.
+
+    ``discard_ratio`` differs from vit-explain (jacobgildenblat/vit-explain) by design:
+    vit-explain protects only the class-to-class entry from discarding and divides entry
+    (i, j) by row j's sum (the wrong axis, by broadcasting), so its rows do not sum to 1;
+    here the class token's whole row and column are protected and each row is renormalised.
 
     Args:
         attns: per-layer attention (B, heads, N, N), in network order, or a mapping of
@@ -345,10 +494,11 @@ class HeadStats:
     """Per-layer, per-head attention statistics accumulated batch by batch.
 
     Keeps running sums of mean attention distance (pixels) and attention entropy (nats)
-    over images, so memory does not grow with the number of images.
+    over images, so memory does not grow with the number of images. ``renormalize`` picks
+    the distance convention of :func:`mean_attention_distance` (default the paper's, False).
     """
 
-    def __init__(self, renormalize: bool = True):
+    def __init__(self, renormalize: bool = False):
         self.renormalize = renormalize
         self.distance: dict[int, torch.Tensor] = {}
         self.entropy: dict[int, torch.Tensor] = {}
@@ -406,7 +556,7 @@ def receptive_fields(model: nn.Module) -> list[tuple[str, float]]:
 def _check_image_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> None:
     n = grid[0] * grid[1] + num_prefix_tokens
     if attn.ndim != 3 or tuple(attn.shape[-2:]) != (n, n):
-        hint = f": for image i of a batch pass attn[i]" if attn.ndim == 4 else ""
+        hint = ": for image i of a batch pass attn[i]" if attn.ndim == 4 else ""
         raise ValueError(f"attention must be one image's (heads, {n}, {n}) for a {grid} grid with "
                          f"{num_prefix_tokens} prefix tokens, got {tuple(attn.shape)}{hint}")
 

@@ -43,12 +43,47 @@ def mosaic_tile(shape: tuple[int, ...], x: float, y: float) -> tuple[int, int] |
     return i, j
 
 
-def position_similarity_figure(sim: torch.Tensor, title: str = "Position embedding similarity") -> go.Figure:
+def _number(x: float, digits: int) -> str:
+    return f"{round(float(x), digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.00"
+
+
+def spread_text(values: Sequence[float], digits: int = 2, unit: str = "") -> str:
+    """Mean and range of reference values (e.g. over init seeds): "0.01 [-0.03, 0.04]"."""
+    v = np.asarray(values, dtype=float)
+    return f"{_number(v.mean(), digits)}{unit} [{_number(v.min(), digits)}, {_number(v.max(), digits)}]"
+
+
+def position_scores_text(sim: torch.Tensor,
+                         reference: Sequence[tuple[metrics.PositionStructure, metrics.MirrorScore]] = ()) -> str:
+    """The structure and mirror scores of ``sim`` (rows, cols, rows, cols), one line each (``<br>``).
+
+    ``reference``: the scores of random-initialised models of the same architecture (one
+    pair per seed), shown after each score as their mean [min, max] over seeds.
+    """
+    grid = tuple(sim.shape[:2])
+    s, m = metrics.position_structure(sim, grid), metrics.mirror_score(sim, grid)
+    lines = [f"nearby patches more similar, Spearman ρ(similarity, -distance): {_number(s.distance, 2)}",
+             f"same row or column more similar, partial ρ given distance: {_number(s.row_column, 2)}",
+             f"similarity to the mirror position {_number(m.mirror, 2)}, to neighbours {_number(m.neighbour, 2)}"]
+    if reference:
+        init = f"random init ({len(reference)} seeds)"
+        lines[0] += f" · {init} {spread_text([r.distance for r, _ in reference])}"
+        lines[1] += f" · {init} {spread_text([r.row_column for r, _ in reference])}"
+        lines[2] += (f" · {init} {spread_text([r.mirror for _, r in reference])}, "
+                     f"{spread_text([r.neighbour for _, r in reference])}")
+    return "<br>".join(lines)
+
+
+def position_similarity_figure(sim: torch.Tensor, title: str = "Position embedding similarity",
+                               reference: Sequence[tuple[metrics.PositionStructure, metrics.MirrorScore]] = ()
+                               ) -> go.Figure:
     """Paper Fig. 7 (center): one small heatmap per patch, tiled by the patch's position.
 
     Tile (i, j) shows the cosine similarity of patch (i, j)'s position embedding with
     every other patch's. ``sim`` is (rows, cols, rows, cols) from
-    :func:`vitlab.metrics.position_similarity`.
+    :func:`vitlab.metrics.position_similarity`. Under the mosaic: its structure and mirror
+    scores (:func:`position_scores_text`), next to ``reference`` (the same scores of
+    random-initialised models of the architecture) when given.
     """
     rows, cols = sim.shape[:2]
     z, custom = tile_mosaic(sim)
@@ -58,7 +93,9 @@ def position_similarity_figure(sim: torch.Tensor, title: str = "Position embeddi
         hovertemplate="query patch (row %{customdata[0]}, col %{customdata[1]})<br>"
                       "key patch (row %{customdata[2]}, col %{customdata[3]})<br>similarity %{z:.3f}<extra></extra>",
     ))
-    layout(fig, title, 680, 620, plot_bgcolor="white")
+    layout(fig, title, 680, 660, margin=(70, 20, 50, 110), plot_bgcolor="white")
+    fig.add_annotation(text=position_scores_text(sim, reference), xref="paper", yref="paper", x=0, y=0, yshift=-48,
+                       xanchor="left", yanchor="top", align="left", showarrow=False, font=dict(size=11))
     mosaic_axes(fig, (rows, cols), (rows, cols), ("Input patch column", "Input patch row"))
     return fig
 
@@ -112,15 +149,36 @@ def embedding_filters_figure(filters: torch.Tensor, ratio: torch.Tensor, cols: i
                    xaxis=dict(visible=False), yaxis=dict(visible=False))
 
 
-def explained_variance_figure(ratio: torch.Tensor) -> go.Figure:
-    """Explained-variance ratio of each principal component, with the cumulative sum."""
-    r = ratio.detach().float().numpy()
-    idx = np.arange(1, len(r) + 1)
-    fig = go.Figure([go.Bar(x=idx, y=r, name="component"),
-                     go.Scatter(x=idx, y=np.cumsum(r), name="cumulative", mode="lines+markers")])
-    return layout(fig, "Explained variance", 520, 320, margin=(60, 20, 50, 50), legend=dict(x=0.6, y=0.5),
-                   xaxis=dict(title="principal component", **integer_ticks(len(r))),
-                   yaxis=dict(title="fraction of variance", range=[0, 1]))
+def explained_variance_figure(ratio: torch.Tensor, reference: torch.Tensor | None = None,
+                              title: str = "Explained variance") -> go.Figure:
+    """Explained-variance ratio of each principal component, with the cumulative sum.
+
+    Args:
+        ratio: (k,) from :func:`vitlab.metrics.embedding_filters`.
+        reference: (seeds, k) ratios of random-initialised models of the same architecture:
+            their cumulative curve is drawn as a dashed mean within a grey min-max band, and
+            the title gives both models' share of the first k components.
+    """
+    r = ratio.detach().double().numpy()
+    idx = list(range(1, len(r) + 1))
+    fig = go.Figure([go.Bar(x=idx, y=r.tolist(), name="component"),
+                     go.Scatter(x=idx, y=np.cumsum(r).tolist(), name="cumulative", mode="lines+markers")])
+    if reference is not None:
+        ref = reference.detach().double().numpy().cumsum(1)  # (seeds, k)
+        if ref.shape[1] != len(r):
+            raise ValueError(f"reference has {ref.shape[1]} components, ratio {len(r)}")
+        name = f"random init, cumulative ({len(ref)} seeds)"
+        fig.add_trace(go.Scatter(x=idx + idx[::-1], y=ref.max(0).tolist() + ref.min(0)[::-1].tolist(),
+                                 fill="toself", mode="lines", line=dict(width=0), fillcolor="rgba(128, 128, 128, 0.3)",
+                                 hoverinfo="skip", showlegend=False, legendgroup="init"))
+        fig.add_trace(go.Scatter(x=idx, y=ref.mean(0).tolist(), name=name, mode="lines", legendgroup="init",
+                                 line=dict(dash="dash", color="gray")))
+        title += (f": first {len(r)} components hold {_number(100 * r.sum(), 1)}%<br>"
+                  f"(random init {spread_text(100 * ref[:, -1], 1, '%')} over seeds)")
+    return layout(fig, title, 520, 340, margin=(60, 20, 50, 50),
+                  legend=dict(x=0.98, xanchor="right", y=0.04, yanchor="bottom"),
+                  xaxis=dict(title="principal component", **integer_ticks(len(r))),
+                  yaxis=dict(title="fraction of variance", range=[0, 1]))
 
 
 def receptive_field_reference(fields: Sequence[tuple[str, float]], depth: int,
@@ -151,10 +209,31 @@ def _reference_traces(fig: go.Figure, reference: dict[str, tuple], top: float) -
                                text=f"beyond {top:.0f} px from {names[over[0]]} on (up to {max(ys):.0f} px)")
 
 
+def _random_init_band(fig: go.Figure, rows: torch.Tensor, random_init: torch.Tensor) -> tuple[float, float]:
+    """Shade min..max of ``random_init`` (seeds, layers, heads) or (layers, k) per layer; returns the extremes."""
+    r = torch.as_tensor(random_init).detach().float()  # a list of per-layer (low, high) pairs works too
+    if r.ndim == 3:  # (seeds, layers, heads) -> (layers, seeds*heads)
+        name = f"random init ({len(r)} seed{'s' if len(r) != 1 else ''})"
+        r = r.transpose(0, 1).flatten(1)
+    else:
+        name = "random init"
+    if r.ndim != 2 or len(r) != len(rows):
+        raise ValueError(f"random_init must be (seeds, layers, heads) or (layers, k) with {len(rows)} layers, "
+                         f"got {tuple(torch.as_tensor(random_init).shape)}")
+    low, high = r.amin(1), r.amax(1)  # (layers,)
+    xs = rows.tolist() if len(rows) > 1 else [rows.item() - 0.4, rows.item() + 0.4]  # one layer: a short band
+    lo, hi = (low.tolist(), high.tolist()) if len(rows) > 1 else (2 * low.tolist(), 2 * high.tolist())
+    fig.add_trace(go.Scatter(
+        x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", mode="lines", name=name, line=dict(width=0),
+        fillcolor="rgba(128, 128, 128, 0.25)", hoverinfo="skip"))
+    return float(low.min()), float(high.max())
+
+
 def attention_distance_figure(distance: torch.Tensor, layers: torch.Tensor | None = None,
                               reference: dict[str, tuple] | None = None, max_distance: float | None = None,
                               title: str = "Mean attention distance by head and depth",
-                              depth: int | None = None) -> go.Figure:
+                              depth: int | None = None, uniform: float | None = None,
+                              random_init: torch.Tensor | None = None) -> go.Figure:
     """Paper Fig. 7 (right): each head's mean attention distance against network depth.
 
     Args:
@@ -164,17 +243,31 @@ def attention_distance_figure(distance: torch.Tensor, layers: torch.Tensor | Non
             from :func:`receptive_field_reference`; points above the top are clipped to it.
         max_distance: top of the y axis in pixels (e.g. the image's diagonal).
         depth: the model's number of blocks (the x axis runs 1..depth); default the last layer shown.
+        uniform: the distance under uniform attention in pixels
+            (:func:`vitlab.hooks.uniform_distance`), drawn as a horizontal dashed line.
+        random_init: distances of random-initialised models of the same architecture for
+            the same rows, (seeds, layers, heads) from :func:`vitlab.hooks.random_init_statistics`
+            or (layers, k) (e.g. per-layer (low, high)), shaded from min to max per layer.
     """
     d = distance.detach().float()
     rows = (layers if layers is not None else torch.arange(len(d))).float() + 1
+    depth = depth or int(rows.max())
     fig = go.Figure()
+    highest = float(d.max())
+    if random_init is not None:  # drawn first: under the heads
+        highest = max(highest, _random_init_band(fig, rows, random_init)[1])
+    if uniform is not None:
+        fig.add_trace(go.Scatter(
+            x=[0.5, depth + 0.5], y=[uniform, uniform], mode="lines", name=f"uniform attention ({uniform:.1f} px)",
+            line=dict(dash="dash", color="black", width=1.5), hovertemplate=f"uniform attention: {uniform:.1f} px"
+                                                                            "<extra></extra>"))
+        highest = max(highest, uniform)
     for h in range(d.shape[1]):
         fig.add_trace(go.Scatter(
             x=rows.numpy(), y=d[:, h].numpy(), mode="markers", name=f"head {h + 1}", marker=dict(size=9, opacity=0.85),
             hovertemplate=f"layer %{{x}}, head {h + 1}<br>%{{y:.1f}} px<extra></extra>"))
-    top = max_distance if max_distance is not None else float(d.max()) * 1.1
+    top = max_distance if max_distance is not None else highest * 1.1
     _reference_traces(fig, reference or {}, top)
-    depth = depth or int(rows.max())
     return layout(fig, title, 640, 440, xaxis=dict(title="Network depth (layer)", range=[0.5, depth + 0.5], dtick=1),
                    yaxis=dict(title="Mean attention distance (pixels)", range=[0, top]))
 

@@ -24,25 +24,47 @@ from torch import nn
 from . import data, metrics, plots
 from .compare_widgets import CKAExplorer, ProbeExplorer, SweepExplorer  # noqa: F401 (notebook 05's views)
 from .explorer import STYLE, Explorer, cached_model, fit_width, model_key, show_figure, side_by_side
-from .hooks import capture, head_statistics
+from .hooks import INIT_SEEDS, capture, head_statistics, random_init, random_init_statistics, uniform_distance
+from .settings import quick_or
 from .train import read_metrics, train
 
 
 # --- Fig. 7: filters, position embeddings, attention distance ----------------------------------
 
 
+_Scores = tuple[metrics.PositionStructure, metrics.MirrorScore]
+
+
+def _position_scores(sim: torch.Tensor) -> _Scores:
+    grid = tuple(sim.shape[:2])  # sim: (rows, cols, rows, cols)
+    return metrics.position_structure(sim, grid), metrics.mirror_score(sim, grid)
+
+
+@dataclass(frozen=True)
+class _Positions:
+    sim: torch.Tensor  # (rows, cols, rows, cols)
+    reference: list[_Scores]  # one per seed of SEEDS; empty for a model without vitlab_arch
+
+
 class PositionEmbeddingExplorer(Explorer):
     """Fig. 7 (center) for a model picked from a dropdown; click a tile to enlarge it.
 
+    Under the mosaic, the structure and mirror scores of the model and of random-initialised
+    models of its architecture (:func:`vitlab.hooks.random_init` with seeds ``SEEDS``,
+    cached per model).
+
     Attributes: ``model``, ``mosaic`` (one similarity tile per patch), ``detail`` (the
-    clicked patch's map), ``status``, ``sim`` (the similarity shown), ``selected`` (patch).
+    clicked patch's map), ``status``, ``sim`` (the similarity shown), ``reference`` (the
+    random-init scores shown, one (structure, mirror) pair per seed), ``selected`` (patch).
     """
 
     n_figures = 2
+    SEEDS = INIT_SEEDS
 
     def __init__(self, models: Sequence[str], initial: str | None = None):
         super().__init__(models, initial)
         self.selected = (0, 0)
+        self._references: OrderedDict[tuple, list[_Scores]] = OrderedDict()
         self.mosaic, self.detail = self.plots
         self._build([[self.model], W.HTML("<i>Click a tile to see that patch's similarity map large.</i>"),
                      side_by_side(self.plots)])
@@ -50,16 +72,32 @@ class PositionEmbeddingExplorer(Explorer):
 
     @property
     def sim(self) -> torch.Tensor:
-        return self.result
+        return self.result.sim
 
-    def compute(self) -> torch.Tensor:
-        sim = metrics.position_similarity(cached_model(self.model.value))  # (rows, cols, rows, cols)
+    @property
+    def reference(self) -> list[_Scores]:
+        return self.result.reference
+
+    def compute(self) -> _Positions:
+        model = cached_model(self.model.value)
+        sim = metrics.position_similarity(model)  # (rows, cols, rows, cols)
         self.selected = tuple(min(s, n - 1) for s, n in zip(self.selected, sim.shape[:2]))
-        return sim
+        return _Positions(sim, self.random_init(model))
 
-    def figures(self, sim: torch.Tensor) -> list[go.Figure]:
-        return [plots.position_similarity_figure(sim, title=self.model.value),
-                plots.patch_similarity_figure(sim, *self.selected)]
+    def random_init(self, model: nn.Module) -> list[_Scores]:
+        """Structure and mirror scores of random-initialised models of ``model``'s architecture, cached per model."""
+        key = model_key(self.model.value)
+        if key not in self._references:
+            arch = getattr(model, "vitlab_arch", None)
+            self._references[key] = [] if arch is None else [
+                _position_scores(metrics.position_similarity(random_init(model, s))) for s in self.SEEDS]
+            while len(self._references) > 16:
+                self._references.popitem(last=False)
+        return self._references[key]
+
+    def figures(self, result: _Positions) -> list[go.Figure]:
+        return [plots.position_similarity_figure(result.sim, title=self.model.value, reference=result.reference),
+                plots.patch_similarity_figure(result.sim, *self.selected)]
 
     def _clicked(self, trace, points, state) -> None:
         if points.xs:
@@ -78,34 +116,67 @@ def position_embedding_explorer(models: Sequence[str], initial: str | None = Non
     return PositionEmbeddingExplorer(models, initial)
 
 
+@dataclass(frozen=True)
+class _Filters:
+    filters: torch.Tensor  # (k, C, P, P) principal components
+    ratio: torch.Tensor  # (k,) explained-variance ratios
+    reference: torch.Tensor | None  # (seeds, k) ratios of random-initialised models; None without vitlab_arch
+
+
 class EmbeddingFiltersExplorer(Explorer):
     """Fig. 7 (left): principal components of a model's patch-embedding filters.
 
+    The explained-variance figure draws, beside the model's cumulative curve, that of
+    random-initialised models of its architecture (:func:`vitlab.hooks.random_init` with
+    seeds ``SEEDS``, cached per model): filters with more structure than random init put
+    more variance in their first components.
+
     Attributes: ``model`` (dropdown), ``components`` (slider), ``filters`` and ``variance``
-    (FigureWidgets), ``status``.
+    (FigureWidgets), ``status``, ``reference`` ((seeds, k) random-init ratios shown, or None).
     """
 
     n_figures = 2
+    SEEDS = INIT_SEEDS
 
     def __init__(self, models: Sequence[str], initial: str | None = None, k: int = 28):
         super().__init__(models, initial)
         self.components = W.IntSlider(value=k, min=1, max=64, description="components", continuous_update=False,
                                       style=STYLE)
+        self._references: OrderedDict[tuple, torch.Tensor | None] = OrderedDict()
         self.filters, self.variance = self.plots
         self._build([[self.model, self.components], side_by_side(self.plots)], [self.components])
 
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def reference(self) -> torch.Tensor | None:
+        return self.result.reference
+
+    def compute(self) -> _Filters:
         model = cached_model(self.model.value)
         proj = getattr(getattr(model, "patch_embed", None), "proj", None)
         if proj is not None:
             with self.hold():  # a smaller maximum may lower the value: no second redraw
                 self.components.max = min(proj.weight.shape[0], proj.weight[0].numel())
-        return metrics.embedding_filters(model, k=self.components.value)
+        k = self.components.value
+        filters, ratio = metrics.embedding_filters(model, k=k)
+        reference = self.random_init(model)
+        return _Filters(filters, ratio, None if reference is None else reference[:, :k])
 
-    def figures(self, result: tuple[torch.Tensor, torch.Tensor]) -> list[go.Figure]:
-        filters, ratio = result
-        title = f"{self.model.value}: first {len(ratio)} principal components"
-        return [plots.embedding_filters_figure(filters, ratio, title=title), plots.explained_variance_figure(ratio)]
+    def random_init(self, model: nn.Module) -> torch.Tensor | None:
+        """(seeds, all components) explained-variance ratios of random-initialised models, cached per model."""
+        key = model_key(self.model.value)
+        if key not in self._references:
+            w = model.patch_embed.proj.weight
+            full = min(w.shape[0], w[0].numel())
+            self._references[key] = None if getattr(model, "vitlab_arch", None) is None else torch.stack(
+                [metrics.embedding_filters(random_init(model, s), k=full)[1] for s in self.SEEDS])
+            while len(self._references) > 16:
+                self._references.popitem(last=False)
+        return self._references[key]
+
+    def figures(self, result: _Filters) -> list[go.Figure]:
+        title = f"{self.model.value}: first {len(result.ratio)} principal components"
+        return [plots.embedding_filters_figure(result.filters, result.ratio, title=title),
+                plots.explained_variance_figure(result.ratio, result.reference)]
 
 
 @dataclass(frozen=True)
@@ -113,17 +184,27 @@ class _Distances:
     model: nn.Module
     stats: dict[str, torch.Tensor]
     images: int
+    uniform: float  # pixels, under the convention shown
+    random_init: torch.Tensor | None  # (seeds, layers, heads) pixels; None for a model without vitlab_arch
+    random_images: int  # how many of the images the random-initialised models saw
 
 
 class AttentionDistanceExplorer(Explorer):
     """Fig. 7 (right): mean attention distance per head against depth, streamed over images.
+
+    Two references are drawn for the model on screen and the convention in use: uniform
+    attention over its grid (:func:`vitlab.hooks.uniform_distance`) and random-initialised
+    models of its architecture (seeds ``SEEDS``, on the first ``reference_images`` of the
+    images, cached per model, image count and convention).
 
     Attributes: ``model``, ``images`` (how many of the images), ``convention`` (how
     attention given to the class token is treated), ``run`` (Compute), ``figure``,
     ``status`` (what the figure was computed on, or that the settings changed).
     """
 
-    CONVENTIONS = {"renormalise over patches": True, "keep class-token share": False}
+    #: Label -> ``renormalize``; the paper's convention first (the default).
+    CONVENTIONS = {"paper's: raw weights over patches": False, "renormalised over patches": True}
+    SEEDS = INIT_SEEDS
     live, slow = False, True
 
     def __init__(self, models: Sequence[str], images: torch.Tensor, initial: str | None = None,
@@ -131,10 +212,12 @@ class AttentionDistanceExplorer(Explorer):
                  reference: str | None = None, source: str = ""):
         super().__init__(models, initial)
         self.data, self.source, self.reference = images, source, reference
+        self.reference_images = quick_or(256, 16)  # random-init models are alike across images
+        self._random: OrderedDict[tuple, torch.Tensor | None] = OrderedDict()
         counts = sorted({c for c in counts if c <= len(images)} | {min(default, len(images))})
         self.images = W.Dropdown(options=counts, value=min(default, len(images)), description="images", style=STYLE,
                                  layout=W.Layout(width="22ch"))
-        self.convention = W.ToggleButtons(options=list(self.CONVENTIONS), description="class token",
+        self.convention = W.ToggleButtons(options=list(self.CONVENTIONS), description="convention",
                                           style=dict(STYLE, button_width="auto"))
         self.figure = self.plots[0]
         self._build([[self.model, self.images, self.convention, self.run], self.figure],
@@ -143,12 +226,33 @@ class AttentionDistanceExplorer(Explorer):
     def compute(self) -> _Distances:
         model = cached_model(self.model.value)
         n = self.images.value
-        stats = head_statistics(model, self.data[:n], batch_size=64, progress=True,
-                                renormalize=self.CONVENTIONS[self.convention.value])
-        return _Distances(model, stats, n)
+        renormalize = self.CONVENTIONS[self.convention.value]
+        stats = head_statistics(model, self.data[:n], batch_size=64, progress=True, renormalize=renormalize)
+        m = min(n, self.reference_images)
+        return _Distances(model, stats, n, uniform_distance(model, renormalize),
+                          self.random_init(model, m, renormalize), m)
+
+    def random_init(self, model: nn.Module, n: int, renormalize: bool) -> torch.Tensor | None:
+        """(seeds, layers, heads) distances of random-initialised models on the first ``n`` images, cached."""
+        key = (model_key(self.model.value), n, renormalize)
+        if key not in self._random:
+            self._random[key] = None if getattr(model, "vitlab_arch", None) is None else random_init_statistics(
+                model, self.data[:n], self.SEEDS, batch_size=64, renormalize=renormalize, progress=True)["distance"]
+            while len(self._random) > 16:
+                self._random.popitem(last=False)
+        return self._random[key]
 
     def describe(self, result: _Distances) -> str:
         return data.describe_images(result.images, self.source)
+
+    def references(self, result: _Distances) -> str:
+        """The reference numbers drawn, for the title: uniform, and the random-init range."""
+        text = f"uniform {result.uniform:.1f} px"
+        if result.random_init is not None:
+            r = result.random_init
+            text += (f", random init {float(r.min()):.1f}-{float(r.max()):.1f} px ({len(r)} seeds, "
+                     f"{result.random_images} images)")
+        return text
 
     def figures(self, result: _Distances) -> list[go.Figure]:
         depth = len(result.model.blocks)
@@ -158,9 +262,10 @@ class AttentionDistanceExplorer(Explorer):
             reference = plots.receptive_field_reference(fields, depth, f"{self.reference} receptive field")
         diagonal = math.hypot(*result.model.pretrained_cfg["input_size"][1:])
         title = (f"{self.model.value}: mean attention distance ({self.convention.value}), "
-                 f"{self.describe(result)}")
+                 f"{self.describe(result)}; {self.references(result)}")
         return [plots.attention_distance_figure(result.stats["distance"], result.stats["layers"], reference,
-                                                max_distance=diagonal, title=title, depth=depth)]
+                                                max_distance=diagonal, title=title, depth=depth,
+                                                uniform=result.uniform, random_init=result.random_init)]
 
 
 # --- Fig. 6: attention maps -----------------------------------------------------------------
