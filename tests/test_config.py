@@ -107,9 +107,9 @@ def _capture_train(monkeypatch):
 def test_train_flags_map_onto_the_config(monkeypatch):
     seen = _capture_train(monkeypatch)
     cli.main(["train", "--model", "vit_small_c10", "--subset-size", "1000", "--no-flip", "--lr", "0.002",
-              "--checkpoint-every", "5", "--no-progress"])
+              "--checkpoint-every", "5", "--no-progress", "--no-inside"])
     assert seen == [(train.TrainConfig(model="vit_small_c10", subset_size=1000, flip=False, lr=0.002),
-                     "runs/vit_small_c10", dict(progress=False, checkpoint_every=5))]
+                     "runs/vit_small_c10", dict(progress=False, checkpoint_every=5, inside=False))]
 
 
 @pytest.mark.parametrize("name", list(zoo.ENTRIES))

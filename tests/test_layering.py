@@ -14,14 +14,15 @@ RANKS = {
     "settings": 0, "io": 0, "metrics": 0, "config": 0, "inputs": 0,
     "data": 1, "records": 1, "architectures": 1, "weights": 1, "checkpoints": 1,
     "models": 2,
-    "hooks": 3, "features": 3, "train": 3,
+    "hooks": 3, "features": 3, "train": 3, "inside": 3,
     "zoo": 4,
-    "compare": 5, "sweep": 5,
+    "compare": 5, "sweep": 5, "readouts": 5,
     "plotting": 6, "plots": 6,
     "explorer": 7, "widgets": 7, "compare_widgets": 7,
     "__init__": 8, "__main__": 8,
 }
-SAME_RANK = {("features", "hooks"), ("sweep", "compare"), ("plots", "plotting"), ("widgets", "explorer"),
+SAME_RANK = {("features", "hooks"), ("inside", "hooks"), ("train", "inside"), ("sweep", "compare"),
+             ("plots", "plotting"), ("widgets", "explorer"),
              ("widgets", "compare_widgets"), ("compare_widgets", "explorer")}
 
 

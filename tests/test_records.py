@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 import statistics
 
 import pytest
@@ -139,3 +140,19 @@ def test_a_torn_results_file_is_named_and_never_read_as_empty(tmp_path, tear):
         with pytest.raises(records.ResultsFileError, match=f"^{path} is not a complete results file .*restore it"):
             read(results)
     assert path.read_bytes() == torn
+
+
+def test_inside_view_round_trips_through_its_json_line_and_reads_its_summaries():
+    from vitlab.records import InsideView
+
+    view = InsideView(epoch=3, step=30, images=256, grid=(2, 2), patch_size=(4, 4), num_prefix_tokens=1,
+                      distance=[[3.0, 5.0], [6.0, 8.0]], entropy=[[1.0, 1.2], [1.3, 1.4]], uniform=4.5,
+                      position_distance=0.5, position_row_column=float("nan"), mirror=0.2, mirror_neighbour=0.3,
+                      filter_variance_first=0.1, filter_variance_k=0.9, filter_k=4)
+    line = view.to_json()
+    assert "\n" not in line and json.loads(line)["distance"] == [[3.0, 5.0], [6.0, 8.0]]
+    back = InsideView.from_json(line)
+    assert back.grid == (2, 2) and back.distance == view.distance and math.isnan(back.position_row_column)
+    assert back.lowest_local == 3.0 and back.layer_means == [4.0, 7.0]
+    with pytest.raises(TypeError, match="missing \\['uniform'\\]"):
+        InsideView.from_json({k: v for k, v in json.loads(line).items() if k != "uniform"})

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -208,3 +209,12 @@ def test_training_flags_are_checked_before_any_data_is_read(tmp_path, monkeypatc
     with pytest.raises(ValueError, match=r"^--img-size 44: must be a positive multiple of 8"):
         train.train(train.TrainConfig(model="vit_micro_c10", img_size=44), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_inside_views_are_a_run_flag_on_by_default():
+    from vitlab.__main__ import RUN_FLAGS, build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["train"]).inside is True and parse(["train", "--no-inside"]).inside is False
+    assert "inside" in RUN_FLAGS  # not a setting: resuming with the other choice keeps the same weights
+    assert "inside" not in {f.name for f in dataclasses.fields(train.TrainConfig)}

@@ -5,15 +5,15 @@ command line and torchrun workers never load the notebook stack.
 """
 import importlib
 
-from . import compare, data, features, hooks, metrics, models, records, settings, sweep, train, zoo
+from . import compare, data, features, hooks, inside, metrics, models, readouts, records, settings, sweep, train, zoo
 from .hooks import Capture, capture, head_statistics
 from .models import load_model, preprocess, save_model
 from .settings import quick_mode
 from .zoo import available
 
 __all__ = [
-    "Capture", "available", "capture", "compare", "data", "features", "head_statistics", "hooks", "load_model",
-    "metrics", "models", "plots", "preprocess", "quick_mode", "records", "save_model", "settings", "sweep", "train",
+    "Capture", "available", "capture", "compare", "data", "features", "head_statistics", "hooks", "inside", "load_model",
+    "metrics", "models", "plots", "preprocess", "quick_mode", "readouts", "records", "save_model", "settings", "sweep", "train",
     "widgets", "zoo",
 ]
 

@@ -26,7 +26,7 @@ PROG = "python -m vitlab"
 INPUT_ERRORS = (ConfigError, PermissionError, FileNotFoundError, FileExistsError, data.CorruptDataError,
                 WeightsFileError, WeightsUnavailableError, ResultsFileError)
 #: Flags of ``train`` that say where and how a run reports, not what it is.
-RUN_FLAGS = ("out", "progress", "checkpoint_every")
+RUN_FLAGS = ("out", "progress", "checkpoint_every", "inside")
 
 
 def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
@@ -45,6 +45,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
                               help="a progress bar per epoch; without it, one JSON line per epoch")
     train_parser.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                               help="also checkpoint every this many steps (default: 0, at epoch ends only)")
+    train_parser.add_argument("--inside", action=argparse.BooleanOptionalAction, default=True,
+                              help="record a ViT's inside views (inside.jsonl, inside.safetensors) each epoch")
     train_parser.set_defaults(**(train_defaults or {}))
     pub = sub.add_parser("publish", help="copy a finished run into data/zoo under a zoo name")
     pub.add_argument("run", help="the run's --out folder")
@@ -71,7 +73,7 @@ def _data(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     config = from_args(TrainConfig, args)
     out = args.out or f"runs/{config.model}"
-    result = train(config, out, progress=args.progress, checkpoint_every=args.checkpoint_every)
+    result = train(config, out, progress=args.progress, checkpoint_every=args.checkpoint_every, inside=args.inside)
     print(json.dumps(result.record, indent=2))
 
 

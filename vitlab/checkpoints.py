@@ -8,7 +8,9 @@ any moment leaves each record naming complete files. The last two checkpoints ar
 resumed run checks the checksums and falls back to the previous checkpoint when the latest
 cannot be read. ``metrics.jsonl`` holds one JSON record per finished epoch; a line cut
 short by a crash is dropped on reading. ``vitlab.lock`` keeps a second process out of a
-folder in use. Settings are compared field by field, so this module needs no training code.
+folder in use. ``inside.jsonl`` and ``inside.safetensors`` (:mod:`vitlab.inside`) are read
+the same way and trimmed on resume like the metrics log. Settings are compared field by
+field, so this module needs no training code.
 """
 from __future__ import annotations
 
@@ -43,11 +45,13 @@ POINTER = "checkpoint.json"
 LOCK = "vitlab.lock"
 #: The final model and its sidecar, written when a run finishes.
 MODEL, SIDECAR = "model.safetensors", "model.json"
+#: A ViT's inside views, one JSON line per recorded epoch, and their tensors (:mod:`vitlab.inside`).
+INSIDE_LOG, INSIDE_TENSORS = "inside.jsonl", "inside.safetensors"
 #: The names of checkpoint files vitlab writes; nothing else in a run folder is ever deleted.
 CHECKPOINT_FILE = re.compile(r"checkpoint-(\d{8,})\.(safetensors|state\.pt|json)")
 #: Temporary files of vitlab's atomic writes (``io.atomic_path``) left behind by a killed run.
 _LEFTOVER = re.compile(r"\.(checkpoint-\d{8,}\.(safetensors|state\.pt|json)|checkpoint\.json|metrics\.jsonl"
-                       r"|model\.safetensors|model\.json)\.\w+\.tmp")
+                       r"|model\.safetensors|model\.json|inside\.jsonl|inside\.safetensors)\.\w+\.tmp")
 
 
 class RunFolderError(ConfigError):
@@ -123,7 +127,15 @@ def read_metrics(out: str | os.PathLike) -> list[dict[str, Any]]:
     A last line cut short (a crash while it was appended) is dropped with a warning; the
     epoch it logged is trained again on resume.
     """
-    path = Path(out) / METRICS_LOG
+    return read_jsonl(Path(out) / METRICS_LOG, "a resumed run logs that epoch again")
+
+
+def read_jsonl(path: Path, redo: str = "a resumed run records it again") -> list[dict[str, Any]]:
+    """The JSON records of a run's log ``path``, one per line (empty when there is no file).
+
+    A last line cut short by a crash is dropped with a warning ending in ``redo``; a broken
+    line before it raises :class:`RunFolderError` naming the file and line.
+    """
     lines = path.read_text().splitlines() if path.is_file() else []
     records = []
     for number, line in enumerate(lines, 1):
@@ -134,8 +146,8 @@ def read_metrics(out: str | os.PathLike) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             records.append(record)
         elif number == len(lines):
-            warnings.warn(f"{path}: dropped its last line, cut short by a crash ({line[:40]!r}...); "
-                          "a resumed run logs that epoch again", stacklevel=2)
+            warnings.warn(f"{path}: dropped its last line, cut short by a crash ({line[:40]!r}...); {redo}",
+                          stacklevel=3)
         else:
             raise RunFolderError(f"{path} line {number} is not a JSON record ({line[:40]!r}); "
                                  "delete that line or choose another --out")

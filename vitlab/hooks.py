@@ -378,7 +378,9 @@ def head_statistics(model: nn.Module, images: torch.Tensor | Iterable[torch.Tens
 
     Returns:
         ``{"distance": (layers, heads) pixels, "entropy": (layers, heads) nats,
-        "layers": (layers,) block indices}``; memory does not grow with N.
+        "distance_per_image": (N, layers, heads) pixels, "entropy_per_image": (N, layers, heads)
+        nats (each image's own values, for the spread over images), "layers": (layers,) block
+        indices}``; memory grows only by those per-image floats, never by attention maps.
     """
     from tqdm.auto import tqdm
 

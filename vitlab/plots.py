@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 from . import metrics
 from .plotting import (duration, family_color, family_shades, integer_ticks, json_safe, layout, mosaic_axes,
                        square_axes, table, tile)
-from .records import ProbeRecord, RunRecord, group_spread, spread
+from .records import InsideView, ProbeRecord, RunRecord, group_spread, spread
 
 
 def tile_mosaic(tiles: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -476,3 +476,36 @@ def cka_figure(cka: torch.Tensor, names_y: list[str], names_x: list[str], label_
                                hovertemplate=f"{label_y} %{{y}} vs {label_x} %{{x}}<br>CKA %{{z:.3f}}<extra></extra>"))
     return layout(fig, title, 560, 500, margin=(90, 20, 50, 80), xaxis=dict(title=label_x, type="category"),
                    yaxis=dict(title=label_y, type="category", autorange="reversed"))
+
+
+# --- inside views across training -------------------------------------------------------------
+
+
+def inside_views_figure(views: Sequence[InsideView], epoch: int | None = None,
+                        title: str = "Attention distance across training") -> go.Figure:
+    """The lowest layer's most local head and each layer's mean distance against epoch, with uniform attention.
+
+    Args:
+        views: a run's inside views (:func:`vitlab.inside.read`), in epoch order.
+        epoch: marked with a vertical line (e.g. the epoch an explorer shows).
+    """
+    if not views:
+        raise ValueError("no inside views to draw: train a ViT with inside views on (the default)")
+    epochs = [v.epoch for v in views]
+    uniform = views[-1].uniform
+    fig = go.Figure(go.Scatter(
+        x=[min(epochs), max(epochs)], y=[uniform, uniform], mode="lines", name=f"uniform attention ({uniform:.1f} px)",
+        line=dict(dash="dash", color="black", width=1.5), hoverinfo="skip"))
+    for layer in range(len(views[0].distance)):
+        fig.add_trace(go.Scatter(
+            x=epochs, y=[v.layer_means[layer] for v in views], mode="lines", name=f"layer {layer + 1}, mean of heads",
+            line=dict(width=1.5), opacity=0.8,
+            hovertemplate=f"epoch %{{x}}<br>layer {layer + 1} mean %{{y:.1f}} px<extra></extra>"))
+    fig.add_trace(go.Scatter(
+        x=epochs, y=[v.lowest_local for v in views], mode="lines+markers", name="layer 1, most local head",
+        line=dict(width=3, color="crimson"), hovertemplate="epoch %{x}<br>most local head %{y:.1f} px<extra></extra>"))
+    if epoch is not None:
+        fig.add_vline(x=epoch, line=dict(color="gray", dash="dot"))
+    top = max(uniform, max(max(max(row) for row in v.distance) for v in views)) * 1.1
+    return layout(fig, title, 640, 420, xaxis=dict(title="epoch", **integer_ticks(max(epochs))),
+                  yaxis=dict(title="Mean attention distance (pixels)", range=[0, top]))

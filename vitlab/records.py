@@ -315,3 +315,73 @@ def group_spread(items: Iterable[T], key: Callable[[T], K], value: Callable[[T],
     for item in items:
         groups.setdefault(key(item), []).append(float(value(item)))
     return {k: spread(v) for k, v in groups.items()}
+
+
+# --- inside views: the paper's Fig. 7 numbers of one model at one moment of training ------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class InsideView:
+    """What a ViT looks like inside at the end of one epoch (:func:`vitlab.inside.inside_view`).
+
+    One line of a run's ``inside.jsonl``; the field names are the file's keys and stay stable.
+
+    Attributes:
+        epoch: epochs finished (1-based); step: optimiser steps taken.
+        images: probe images the attention statistics average over.
+        grid: (rows, cols) of patches; patch_size: (height, width) in pixels;
+            num_prefix_tokens: class token and other non-patch tokens.
+        distance: per layer, per head mean attention distance in pixels (layers x heads),
+            the paper's convention (raw weights over patch keys, ``renormalize=False``).
+        entropy: per layer, per head attention entropy over patch keys in nats (layers x heads).
+        uniform: the distance under uniform attention over all tokens, same convention (pixels).
+        position_distance, position_row_column: :class:`vitlab.metrics.PositionStructure`
+            of the position embeddings' similarity (Spearman correlations).
+        mirror, mirror_neighbour: :class:`vitlab.metrics.MirrorScore` (mean similarity to
+            the mirror position, to the neighbours).
+        filter_variance_first: explained-variance ratio of the first principal component of
+            the patch-embedding filters; filter_variance_k: of the first ``filter_k`` together.
+    """
+
+    epoch: int
+    step: int
+    images: int
+    grid: tuple[int, int]
+    patch_size: tuple[int, int]
+    num_prefix_tokens: int
+    distance: list[list[float]]
+    entropy: list[list[float]]
+    uniform: float
+    position_distance: float
+    position_row_column: float
+    mirror: float
+    mirror_neighbour: float
+    filter_variance_first: float
+    filter_variance_k: float
+    filter_k: int
+
+    @property
+    def lowest_local(self) -> float:
+        """The lowest layer's most local head: its smallest mean attention distance (pixels)."""
+        return min(self.distance[0])
+
+    @property
+    def layer_means(self) -> list[float]:
+        """Mean attention distance of each layer, averaged over its heads (pixels)."""
+        return [sum(row) / len(row) for row in self.distance]
+
+    def to_json(self) -> str:
+        """One JSON line (no newline): the fields by name."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, line: str | dict[str, Any]) -> InsideView:
+        """The record of one ``inside.jsonl`` line (or its parsed dict); TypeError on missing or unknown fields."""
+        row = json.loads(line) if isinstance(line, str) else dict(line)
+        if not isinstance(row, dict):
+            raise TypeError(f"an inside view is a JSON object, got {type(row).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if row.keys() != names:
+            raise TypeError(f"inside view fields differ: missing {sorted(names - row.keys())}, "
+                            f"unknown {sorted(row.keys() - names)}")
+        return cls(**dict(row, grid=tuple(row["grid"]), patch_size=tuple(row["patch_size"])))

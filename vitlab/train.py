@@ -8,7 +8,9 @@ same function trains data-parallel (DDP; NCCL on GPUs, gloo on CPUs). A run star
 in ``<out>`` with the same settings continues from its last checkpoint
 (:mod:`vitlab.checkpoints`) and ends with the weights of a run that was never interrupted;
 a finished one is given back untouched. Settings out of range, a folder in use or holding
-another run are refused with one line before any data is read.
+another run are refused with one line before any data is read. A ViT's inside views (the
+paper's Fig. 7 numbers and tensors on a fixed probe set, :mod:`vitlab.inside`) are recorded
+at the end of each epoch, at most 30 per run.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data
+from . import data, inside as inside_views
 # code_version, hardware and read_metrics are re-exported: train.read_metrics(out) keeps working.
 from .checkpoints import (append_metrics, code_version, finished_run, hardware, load_checkpoint,  # noqa: F401
                           lock_run, prepare_folder, read_metrics, restore, save_checkpoint, trim_metrics)
@@ -113,6 +115,7 @@ class _Run:
     steps_per_epoch: int
     step: int = 0
     wall: float = 0.0  # training seconds so far, over all sessions of the run
+    probe: torch.Tensor | None = None  # uint8 probe images of the inside views (rank 0, ViTs); None: none recorded
 
     @property
     def total(self) -> int:
@@ -306,7 +309,7 @@ def _initial_model(config: TrainConfig) -> nn.Module:
 
 
 def _start(config: TrainConfig, out: Path, device: str | torch.device | None,
-           progress: bool) -> tuple[_Run, tuple[torch.Tensor, ...]]:
+           progress: bool, inside: bool = True) -> tuple[_Run, tuple[torch.Tensor, ...]]:
     """The run, resumed from its checkpoint, and its data on the device.
 
     The model and checkpoint come first, so an unreadable checkpoint is reported before the
@@ -326,6 +329,9 @@ def _start(config: TrainConfig, out: Path, device: str | torch.device | None,
         run.step, run.wall = restore(state, run.opt, run.gen)
     if rank == 0:
         trim_metrics(out, run.step)
+        inside_views.trim(out, run.step)
+        if inside and inside_views.is_vit(model):  # its own generator: the training streams are untouched
+            run.probe = inside_views.probe_images().to(device)
         _report(progress, f"training {config.model}: {len(train_x)} images, {run.total} steps, {world} "
                 f"process(es) on {hardware(device)}, "
                 f"{'resuming at step ' + str(run.step) if run.step else 'from the start'}")
@@ -355,7 +361,7 @@ def _setup(config: TrainConfig, out: Path, model: nn.Module, device: torch.devic
 
 def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.device | None = None,
           progress: bool = True, checkpoint_every: int = 0,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict[str, Any]], None] | None = None, inside: bool = True) -> TrainResult:
     """Train (or fine-tune) ``config.model`` on CIFAR-10 in ``out``; resumes from its checkpoint.
 
     Writes ``<out>/metrics.jsonl`` (epoch, step, loss, train/test accuracy, learning rate,
@@ -369,6 +375,10 @@ def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.de
         progress: print a start line and show a bar per epoch; else report to :data:`log`.
         checkpoint_every: also checkpoint every this many steps (0: at epoch ends only).
         on_epoch: called with each epoch's record (e.g. to draw live curves in a notebook).
+        inside: record a ViT's inside views in ``<out>/inside.jsonl`` and ``inside.safetensors``
+            (:mod:`vitlab.inside`) at the end of each epoch, at most 30 per run; ignored for
+            ResNets. An argument, not a setting: the weights are the same either way, so a run
+            may be resumed with the other choice (the views then cover only part of it).
     """
     out = Path(out)
     check(config, out, checkpoint_every)
@@ -376,7 +386,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.de
         done = _finished(config, out, progress)
         if done is not None:
             return done
-        run, (train_x, train_y, test_x, test_y) = _start(config, out, device, progress)
+        run, (train_x, train_y, test_x, test_y) = _start(config, out, device, progress, inside)
         record: dict[str, Any] = (read_metrics(out) or [{}])[-1] if run.step else {}
         while run.step < run.total:
             epoch = run.step // run.steps_per_epoch
@@ -387,6 +397,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.de
                           images_per_second=stats["images_per_second"], wall_seconds=run.wall)
             if run.rank == 0:
                 _log_epoch(out, record, progress, on_epoch)
+                _record_inside(run, epoch + 1)
             _save_checkpoint(run, epoch + 1)
         return _finish(run, record)
 
@@ -398,6 +409,14 @@ def _log_epoch(out: Path, record: dict[str, Any], progress: bool,
         log.info(json.dumps(record))
     if on_epoch is not None:
         on_epoch(record)
+
+
+def _record_inside(run: _Run, epoch: int) -> None:
+    """The inside view of the model at the end of ``epoch`` (1-based), when this epoch is one to record."""
+    if run.probe is None or epoch not in inside_views.recorded_epochs(run.config.epochs):
+        return
+    view = inside_views.inside_view(run.model, run.probe, epoch, run.step)
+    inside_views.record(run.out, view, inside_views.inside_tensors(run.model, epoch))
 
 
 def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progress: bool = True,

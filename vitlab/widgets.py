@@ -21,9 +21,9 @@ import plotly.graph_objects as go
 import torch
 from torch import nn
 
-from . import data, metrics, plots
+from . import data, metrics, plots, readouts
 from .compare_widgets import CKAExplorer, ProbeExplorer, SweepExplorer  # noqa: F401 (notebook 05's views)
-from .explorer import STYLE, Explorer, cached_model, fit_width, model_key, show_figure, side_by_side
+from .explorer import STYLE, Explorer, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
 from .hooks import INIT_SEEDS, capture, head_statistics, random_init, random_init_statistics, uniform_distance
 from .settings import quick_or
 from .train import read_metrics, train
@@ -55,7 +55,8 @@ class PositionEmbeddingExplorer(Explorer):
 
     Attributes: ``model``, ``mosaic`` (one similarity tile per patch), ``detail`` (the
     clicked patch's map), ``status``, ``sim`` (the similarity shown), ``reference`` (the
-    random-init scores shown, one (structure, mirror) pair per seed), ``selected`` (patch).
+    random-init scores shown, one (structure, mirror) pair per seed), ``selected`` (patch),
+    ``readout`` (HTML under the figures: :func:`vitlab.readouts.position_embeddings` of the model shown).
     """
 
     n_figures = 2
@@ -66,8 +67,9 @@ class PositionEmbeddingExplorer(Explorer):
         self.selected = (0, 0)
         self._references: OrderedDict[tuple, list[_Scores]] = OrderedDict()
         self.mosaic, self.detail = self.plots
+        self.readout = W.HTML()
         self._build([[self.model], W.HTML("<i>Click a tile to see that patch's similarity map large.</i>"),
-                     side_by_side(self.plots)])
+                     side_by_side(self.plots), self.readout])
         self.click(0, 0, self._clicked)
 
     @property
@@ -96,6 +98,7 @@ class PositionEmbeddingExplorer(Explorer):
         return self._references[key]
 
     def figures(self, result: _Positions) -> list[go.Figure]:
+        self.readout.value = readouts.position_embeddings(result.sim, result.reference).html()
         return [plots.position_similarity_figure(result.sim, title=self.model.value, reference=result.reference),
                 plots.patch_similarity_figure(result.sim, *self.selected)]
 
@@ -132,7 +135,8 @@ class EmbeddingFiltersExplorer(Explorer):
     more variance in their first components.
 
     Attributes: ``model`` (dropdown), ``components`` (slider), ``filters`` and ``variance``
-    (FigureWidgets), ``status``, ``reference`` ((seeds, k) random-init ratios shown, or None).
+    (FigureWidgets), ``status``, ``reference`` ((seeds, k) random-init ratios shown, or None),
+    ``readout`` (HTML under the figures: :func:`vitlab.readouts.embedding_filters` of the components shown).
     """
 
     n_figures = 2
@@ -144,7 +148,8 @@ class EmbeddingFiltersExplorer(Explorer):
                                       style=STYLE)
         self._references: OrderedDict[tuple, torch.Tensor | None] = OrderedDict()
         self.filters, self.variance = self.plots
-        self._build([[self.model, self.components], side_by_side(self.plots)], [self.components])
+        self.readout = W.HTML()
+        self._build([[self.model, self.components], side_by_side(self.plots), self.readout], [self.components])
 
     @property
     def reference(self) -> torch.Tensor | None:
@@ -175,6 +180,7 @@ class EmbeddingFiltersExplorer(Explorer):
 
     def figures(self, result: _Filters) -> list[go.Figure]:
         title = f"{self.model.value}: first {len(result.ratio)} principal components"
+        self.readout.value = readouts.embedding_filters(result.ratio, result.reference, len(result.ratio)).html()
         return [plots.embedding_filters_figure(result.filters, result.ratio, title=title),
                 plots.explained_variance_figure(result.ratio, result.reference)]
 
@@ -199,7 +205,8 @@ class AttentionDistanceExplorer(Explorer):
 
     Attributes: ``model``, ``images`` (how many of the images), ``convention`` (how
     attention given to the class token is treated), ``run`` (Compute), ``figure``,
-    ``status`` (what the figure was computed on, or that the settings changed).
+    ``status`` (what the figure was computed on, or that the settings changed), ``readout``
+    (HTML under the figure: :func:`vitlab.readouts.attention_distance` of what it shows).
     """
 
     #: Label -> ``renormalize``; the paper's convention first (the default).
@@ -220,7 +227,8 @@ class AttentionDistanceExplorer(Explorer):
         self.convention = W.ToggleButtons(options=list(self.CONVENTIONS), description="convention",
                                           style=dict(STYLE, button_width="auto"))
         self.figure = self.plots[0]
-        self._build([[self.model, self.images, self.convention, self.run], self.figure],
+        self.readout = W.HTML()
+        self._build([[self.model, self.images, self.convention, self.run], self.figure, self.readout],
                     [self.images, self.convention])
 
     def compute(self) -> _Distances:
@@ -263,9 +271,41 @@ class AttentionDistanceExplorer(Explorer):
         diagonal = math.hypot(*result.model.pretrained_cfg["input_size"][1:])
         title = (f"{self.model.value}: mean attention distance ({self.convention.value}), "
                  f"{self.describe(result)}; {self.references(result)}")
+        self.readout.value = readouts.attention_distance(result.stats["distance_per_image"], result.uniform,
+                                                         result.random_init, result.stats["layers"].tolist()).html()
         return [plots.attention_distance_figure(result.stats["distance"], result.stats["layers"], reference,
                                                 max_distance=diagonal, title=title, depth=depth,
                                                 uniform=result.uniform, random_init=result.random_init)]
+
+
+def attention_distance_view(model: str, images: torch.Tensor, reference: str | None = None, source: str = "",
+                            renormalize: bool = False) -> tuple[go.Figure, readouts.DistanceReadout]:
+    """Fig. 7 (right) for ``model`` on ``images`` with its references, and its readout.
+
+    Computes each head's distance over ``images`` (uint8 (N, 3, H, W)), the uniform line, the
+    random-init band (seeds ``INIT_SEEDS``, same images) and, when ``reference`` names a
+    CNN, its receptive-field line; returns ``(figure, readout)``
+    (:func:`vitlab.readouts.attention_distance`), what notebook 03 shows.
+    """
+    net = cached_model(model)
+    if load_note(model):  # e.g. random weights: cached_model keeps it for status lines, a notebook shows it
+        import warnings
+
+        warnings.warn(load_note(model), stacklevel=2)
+    stats = head_statistics(net, images, progress=True, renormalize=renormalize)
+    uniform = uniform_distance(net, renormalize)
+    band = None if getattr(net, "vitlab_arch", None) is None else random_init_statistics(
+        net, images, progress=True, renormalize=renormalize)["distance"]  # (seeds, layers, heads)
+    depth = len(net.blocks)
+    lines = {}
+    if reference is not None:
+        lines = plots.receptive_field_reference(metrics.receptive_fields(cached_model(reference)), depth,
+                                                f"{reference} receptive field")
+    diagonal = math.hypot(*net.pretrained_cfg["input_size"][1:])  # pixels
+    title = f"{model}: mean attention distance, {data.describe_images(len(images), source)}; uniform {uniform:.1f} px"
+    figure = plots.attention_distance_figure(stats["distance"], stats["layers"], lines, diagonal, title=title,
+                                             depth=depth, uniform=uniform, random_init=band)
+    return figure, readouts.attention_distance(stats["distance_per_image"], uniform, band, stats["layers"].tolist())
 
 
 # --- Fig. 6: attention maps -----------------------------------------------------------------
@@ -286,7 +326,10 @@ class AttentionMapsExplorer(Explorer):
 
     Click a patch of the rollout map to see where that patch attends at the chosen layer
     and head. Attributes: ``model``, ``image``, ``layer``, ``head``, ``fusion``, ``discard``
-    (controls); ``rollout``, ``patch``, ``heads`` (FigureWidgets); ``selected`` (patch).
+    (controls); ``rollout``, ``patch``, ``heads`` (FigureWidgets); ``selected`` (patch);
+    ``readout`` (HTML under the rollout: :func:`vitlab.readouts.attention_rollout` over all the
+    images of the list, for the model, head fusion and discard ratio shown, against random init;
+    cached).
     """
 
     n_figures = 3
@@ -304,10 +347,12 @@ class AttentionMapsExplorer(Explorer):
                                      continuous_update=False, style=STYLE)
         self.selected = (0, 0)
         self._seen: OrderedDict[tuple, _Seen] = OrderedDict()
+        self._readouts: OrderedDict[tuple, readouts.RolloutReadout] = OrderedDict()
         self.rollout, self.patch, self.heads = self.plots
+        self.readout = W.HTML()
         self._build([[self.model, self.image], [self.fusion, self.discard, self.layer, self.head],
                      W.HTML("<i>Click a patch of the rollout map to see where it attends (next figure).</i>"),
-                     side_by_side(self.plots[:2]), self.heads],
+                     side_by_side(self.plots[:2]), self.readout, self.heads],
                     [self.image, self.layer, self.head, self.fusion, self.discard])
         self.click(0, -1, self._clicked)
 
@@ -343,6 +388,7 @@ class AttentionMapsExplorer(Explorer):
         head = None if self.head.value < 0 else self.head.value
         query = metrics.query_attention(seen.attn[self.layer.value - 1], seen.grid, seen.prefix, self.selected, head)
         where = f"layer {self.layer.value}, " + ("mean of heads" if head is None else f"head {head + 1}")
+        self.readout.value = self.rollout_readout().html()
         return [
             plots.attention_overlay_figure(seen.image, rollout, title=f"attention rollout: {name}",
                                            marker=self.selected, scale="rollout"),
@@ -360,6 +406,17 @@ class AttentionMapsExplorer(Explorer):
         """Show where patch (row, col) attends (0-based) and outline it."""
         self.selected = (row, col)
         self.refresh()
+
+    def rollout_readout(self) -> readouts.RolloutReadout:
+        """:func:`vitlab.readouts.attention_rollout_of` over all the images, for the settings shown (cached)."""
+        key = (model_key(self.model.value), self.fusion.value, self.discard.value)
+        if key not in self._readouts:
+            model = cached_model(self.model.value)
+            images = data.resize(self.images, model.pretrained_cfg["input_size"][1:])
+            self._readouts[key] = readouts.attention_rollout_of(model, images, self.fusion.value, self.discard.value)
+            while len(self._readouts) > 16:
+                self._readouts.popitem(last=False)
+        return self._readouts[key]
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -392,3 +449,64 @@ def train_with_curves(config, out: str | Path, title: str | None = None):
     monitor = TrainingMonitor(title or f"Training {config.model} ({out})", read_metrics(out))
     display(monitor)
     return train(config, out, progress=True, on_epoch=monitor.update)
+
+
+# --- inside views across training ---------------------------------------------------------------
+
+
+class InsideViewsExplorer(W.VBox):
+    """The three Fig. 7 panels of a ViT run at any recorded epoch, and its attention distance against epoch.
+
+    Reads ``<run>/inside.jsonl`` and ``inside.safetensors`` (written by the trainer,
+    :mod:`vitlab.inside`). The epoch slider redraws the filters' principal components and
+    their explained variance (from the stored filters), the position-embedding similarity
+    (from the stored position embeddings) and the attention distance per head (from the
+    record, with the uniform line); the line chart marks the epoch shown.
+
+    Attributes: ``epoch`` (slider over recorded epochs), ``filters``, ``variance``,
+    ``positions``, ``distance``, ``timeline`` (FigureWidgets), ``views`` (the records),
+    ``view`` (the one shown), ``sim`` and ``ratio`` (the similarity and explained variance shown).
+    """
+
+    def __init__(self, run_folder: str | Path, k: int = 28):
+        from . import inside
+
+        self.folder = Path(run_folder)
+        self.views, self.tensors, recorded = inside.load(self.folder)
+        if not self.views:
+            raise ValueError(f"{self.folder} holds no inside views (inside.jsonl) and no finished ViT: train a ViT "
+                             "into it with inside views on (the default)")
+        self.note = W.HTML("" if recorded else "<i>This run recorded no inside views (it predates them, or ran "
+                           "with them off): only its final model is shown. Train it again into a new folder to "
+                           "see every epoch.</i>")
+        self.k = k
+        epochs = [v.epoch for v in self.views]
+        self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
+                                       continuous_update=False, style=STYLE)
+        self.filters, self.variance, self.positions, self.distance, self.timeline = (
+            go.FigureWidget() for _ in range(5))
+        self.epoch.observe(lambda change: self.show_epoch(change["new"]), names="value")
+        super().__init__([self.epoch, self.note, side_by_side([self.filters, self.variance]),
+                          side_by_side([self.positions, self.distance]), self.timeline])
+        self.show_epoch(epochs[-1])
+
+    def show_epoch(self, epoch: int) -> None:
+        """Redraw every panel for ``epoch`` (one of the recorded epochs)."""
+        from . import inside
+
+        self.view = next(v for v in self.views if v.epoch == epoch)
+        if self.epoch.value != epoch:
+            self.epoch.value = epoch  # observed: comes back here once with the same epoch
+            return
+        stand_in = inside.stored_model(self.view, self.tensors)
+        w = stand_in.patch_embed.proj.weight
+        components, self.ratio = metrics.embedding_filters(stand_in, k=min(self.k, w.shape[0], w[0].numel()))
+        self.sim = metrics.position_similarity(stand_in)  # (rows, cols, rows, cols)
+        name = f"{self.folder.name}, epoch {epoch}"
+        show_figure(self.filters, plots.embedding_filters_figure(components, self.ratio, title=f"{name}: filters"))
+        show_figure(self.variance, plots.explained_variance_figure(self.ratio))
+        show_figure(self.positions, plots.position_similarity_figure(self.sim, title=f"{name}: position embeddings"))
+        show_figure(self.distance, plots.attention_distance_figure(
+            torch.tensor(self.view.distance), uniform=self.view.uniform,
+            title=f"{name}: mean attention distance ({self.view.images} probe images)"))
+        show_figure(self.timeline, plots.inside_views_figure(self.views, epoch=epoch))

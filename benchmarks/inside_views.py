@@ -1,0 +1,63 @@
+"""Cost of the inside views: one inside view on the probe set against one full-data training epoch.
+
+The trainer records an inside view (:mod:`vitlab.inside`) at the end of each epoch; it
+should cost at most 5% of a full-data epoch. This times ``--repeats`` inside views of
+``--model`` on the probe set (256 class-balanced test images), and ``--steps`` training
+steps (vitlab's own step, batch ``--batch``), and estimates the epoch of 50,000 images from
+those steps' images/s. Prints both and the ratio.
+
+    VITLAB_DATA=/path/to/data python benchmarks/inside_views.py --model vit_tiny_c10
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vitlab import inside
+from vitlab.train import TRAIN_IMAGES, TrainConfig, _setup, _step, augment, hardware
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vit_tiny_c10")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10, help="training steps timed (after 2 warm-up steps)")
+    parser.add_argument("--repeats", type=int, default=3, help="inside views timed (median)")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    config = TrainConfig(model=args.model, batch_size=args.batch)
+    torch.manual_seed(0)
+    from vitlab.models import build_model
+
+    model = build_model({"zoo": args.model})
+    run = _setup(config, Path(tempfile.mkdtemp()), model, device, 0, 1, steps_per_epoch=TRAIN_IMAGES // args.batch)
+    x = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    run.net.train()
+    for i in range(2 + args.steps):
+        if i == 2:
+            started = time.perf_counter()
+        _step(run, augment(x, config.crop_padding, config.flip, run.gen), y)
+    per_second = args.steps * args.batch / (time.perf_counter() - started)
+    epoch = TRAIN_IMAGES / per_second
+    probe = inside.probe_images().to(device)
+    times = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        inside.inside_view(model, probe, epoch=1, step=0)
+        inside.inside_tensors(model, 1)
+        times.append(time.perf_counter() - started)
+    view = statistics.median(times)
+    print(f"{args.model} on {hardware(device)}: training {per_second:.0f} images/s, full-data epoch "
+          f"({TRAIN_IMAGES} images) about {epoch:.0f} s; inside view on {len(probe)} probe images "
+          f"{view:.2f} s (median of {args.repeats}: {', '.join(f'{t:.2f}' for t in times)})")
+    print(f"ratio inside view / epoch: {view / epoch:.4f} ({100 * view / epoch:.2f}%, target at most 5%)")
+
+
+if __name__ == "__main__":
+    main()

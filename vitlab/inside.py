@@ -1,0 +1,202 @@
+"""Inside views across training: the paper's Fig. 7 numbers of a ViT at the end of each epoch.
+
+:func:`inside_view` measures a model on a fixed probe set (:func:`probe_images`, class-balanced
+CIFAR-10 test images): per-layer, per-head mean attention distance (the paper's convention)
+and entropy, the structure and mirror scores of its position embeddings and the explained
+variance of its patch-embedding filters, as one :class:`~vitlab.records.InsideView`.
+:func:`inside_tensors` are the small tensors those figures are drawn from (position
+embeddings and patch-embedding filters: about 60 KB for ``vit_tiny_c10``), so all three
+Fig. 7 panels can be redrawn for any recorded epoch (:func:`stored_model`).
+
+The trainer keeps them in the run folder: ``inside.jsonl`` (one view per recorded epoch)
+and ``inside.safetensors`` (``pos_embed.<epoch>``, ``filters.<epoch>``), both rewritten whole
+and atomically (:func:`record`), trimmed to the resumed checkpoint's step (:func:`trim`). At
+most :data:`MOST` epochs are recorded per run (:func:`recorded_epochs`). ResNets have no
+attention: they get no inside view.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from . import data, metrics
+from .checkpoints import INSIDE_LOG, INSIDE_TENSORS, MODEL, SIDECAR, read_jsonl
+from .hooks import head_statistics, uniform_distance
+from .io import atomic_path, atomic_write
+from .models import load_model
+from .records import InsideView
+
+#: Probe images per inside view, and the seed of their class-balanced order (fixed: runs compare).
+PROBE_IMAGES, PROBE_SEED = 256, 0
+#: At most this many inside views per run: every epoch up to MOST epochs, evenly spaced beyond.
+MOST = 30
+#: Principal components of the filters whose explained variance is recorded together.
+FILTER_K = 28
+
+
+def probe_images(count: int = PROBE_IMAGES, seed: int = PROBE_SEED) -> torch.Tensor:
+    """The first ``count`` CIFAR-10 test images in :func:`vitlab.data.stratified_order` (class-balanced).
+
+    uint8 (count, 3, 32, 32); fewer when the test set holds fewer. Drawn from its own
+    generator: the torch random state is left as it was.
+    """
+    images, labels = data.cifar10("test")
+    return images[data.stratified_order(labels, seed)[:count]]
+
+
+def is_vit(model: nn.Module) -> bool:
+    """Whether ``model`` has what an inside view measures: blocks, position embeddings and a patch embedding."""
+    return (hasattr(model, "blocks") and isinstance(getattr(model, "pos_embed", None), torch.Tensor)
+            and isinstance(getattr(getattr(model, "patch_embed", None), "proj", None), nn.Conv2d))
+
+
+def recorded_epochs(epochs: int, most: int = MOST) -> list[int]:
+    """The epochs (1-based) a run of ``epochs`` records: all up to ``most``, else ``most`` evenly spaced.
+
+    The last epoch is always among them: epoch ceil(i * epochs / most) for i = 1..most.
+    """
+    if epochs <= most:
+        return list(range(1, epochs + 1))
+    return [-(-i * epochs // most) for i in range(1, most + 1)]
+
+
+@torch.no_grad()
+def inside_view(model: nn.Module, images: torch.Tensor, epoch: int, step: int,
+                batch_size: int = 128) -> InsideView | None:
+    """The :class:`~vitlab.records.InsideView` of ``model`` on uint8 ``images`` (N, 3, H, W); None for a non-ViT.
+
+    Images are resized to the model's input size (a fine-tuned model sees its own grid).
+    Attention distance is the paper's convention (``renormalize=False``). Leaves the model
+    in eval mode; draws no random numbers.
+    """
+    if not is_vit(model):
+        return None
+    size = tuple(model.pretrained_cfg["input_size"][1:])
+    if tuple(images.shape[-2:]) != size:
+        images = data.resize(images, size)
+    stats = head_statistics(model, images, batch_size=batch_size)  # (layers, heads) each
+    grid = metrics.patch_grid(model)
+    sim = metrics.position_similarity(model)  # (rows, cols, rows, cols)
+    structure, mirror = metrics.position_structure(sim, grid), metrics.mirror_score(sim, grid)
+    w = model.patch_embed.proj.weight
+    k = min(FILTER_K, w.shape[0], w[0].numel())
+    ratio = metrics.embedding_filters(model, k=k)[1]  # (k,)
+    return InsideView(
+        epoch=epoch, step=step, images=len(images), grid=grid,
+        patch_size=tuple(int(p) for p in model.patch_embed.patch_size),
+        num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
+        distance=stats["distance"].double().tolist(), entropy=stats["entropy"].double().tolist(),
+        uniform=uniform_distance(model), position_distance=structure.distance,
+        position_row_column=structure.row_column, mirror=mirror.mirror, mirror_neighbour=mirror.neighbour,
+        filter_variance_first=float(ratio[0]), filter_variance_k=float(ratio.double().sum()), filter_k=k)
+
+
+def inside_tensors(model: nn.Module, epoch: int) -> dict[str, torch.Tensor]:
+    """``{"pos_embed.<epoch>": (1, tokens, D), "filters.<epoch>": (D, C, P, P)}``, float32 copies on the CPU."""
+    return {f"pos_embed.{epoch}": model.pos_embed.detach().float().cpu().contiguous().clone(),
+            f"filters.{epoch}": model.patch_embed.proj.weight.detach().float().cpu().contiguous().clone()}
+
+
+# --- the run folder's files ----------------------------------------------------------------
+
+
+def read(out: str | os.PathLike) -> list[InsideView]:
+    """The inside views of the run in ``out``, by epoch (empty when there are none).
+
+    A last line cut short by a crash is dropped with a warning, as for ``metrics.jsonl``.
+    """
+    return [InsideView.from_json(r) for r in read_jsonl(Path(out) / INSIDE_LOG, "a resumed run records it again")]
+
+
+def read_tensors(out: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Everything in ``<out>/inside.safetensors`` (empty when there is no file)."""
+    path = Path(out) / INSIDE_TENSORS
+    return safetensors.torch.load_file(path) if path.is_file() else {}
+
+
+def load(out: str | os.PathLike) -> tuple[list[InsideView], dict[str, torch.Tensor], bool]:
+    """``(views, tensors, recorded)`` of the run in ``out``, for figures.
+
+    A finished ViT run without inside views (trained before they existed, or with them off)
+    gives its final model's view, computed now on the probe set and not written (a finished
+    run is left untouched): ``recorded`` is then False. Empty lists for anything else.
+    """
+    out = Path(out)
+    views = read(out)
+    if views or not (out / MODEL).is_file() or not (out / SIDECAR).is_file():
+        return views, read_tensors(out), bool(views)
+    final = json.loads((out / SIDECAR).read_text()).get("metrics", {})  # the finished run's last epoch
+    model = load_model(out / MODEL, device="cpu")
+    epoch, step = int(final.get("epoch", 0)), int(final.get("step", 0))
+    view = inside_view(model, probe_images(), epoch, step)
+    return ([], {}, False) if view is None else ([view], inside_tensors(model, epoch), False)
+
+
+def _epoch(key: str) -> int:
+    return int(key.rsplit(".", 1)[1])
+
+
+def _write(out: Path, views: list[InsideView], tensors: dict[str, torch.Tensor]) -> None:
+    """Tensors first, then the log: a crash between leaves tensors of an epoch with no line, dropped next time."""
+    keep = {v.epoch for v in views}
+    tensors = {k: v for k, v in tensors.items() if _epoch(k) in keep}
+    with atomic_path(out / INSIDE_TENSORS) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp))
+    text = "".join(v.to_json() + "\n" for v in views)
+    atomic_write(out / INSIDE_LOG, lambda tmp: tmp.write_text(text))
+
+
+def record(out: str | os.PathLike, view: InsideView, tensors: dict[str, torch.Tensor]) -> None:
+    """Add ``view`` and its ``tensors`` (:func:`inside_tensors`) to the run in ``out``, both files rewritten atomically.
+
+    Views of the same or later steps (a stretch of the run that is being redone) are replaced.
+    """
+    out = Path(out)
+    views = [v for v in read(out) if v.step < view.step] + [view]
+    _write(out, views, {**read_tensors(out), **tensors})
+
+
+def trim(out: str | os.PathLike, step: int) -> None:
+    """Drop inside views (and their tensors) recorded after ``step``: the checkpoint a run resumes from."""
+    out = Path(out)
+    if (out / INSIDE_LOG).exists() or (out / INSIDE_TENSORS).exists():
+        _write(out, [v for v in read(out) if v.step <= step], read_tensors(out))
+
+
+def stored_model(view: InsideView, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """A stand-in module holding one epoch's stored position embeddings and filters.
+
+    It has what :func:`vitlab.metrics.position_similarity` and
+    :func:`vitlab.metrics.embedding_filters` read (``pos_embed``, ``patch_embed.proj``,
+    ``patch_embed.grid_size``, ``num_prefix_tokens``), so the Fig. 7 panels of that epoch
+    come from the same code as a live model's.
+    """
+    pos, filters = tensors[f"pos_embed.{view.epoch}"], tensors[f"filters.{view.epoch}"]  # (1, T, D), (D, C, P, P)
+    stand_in = nn.Module()
+    stand_in.pos_embed = nn.Parameter(pos.clone(), requires_grad=False)
+    stand_in.num_prefix_tokens = view.num_prefix_tokens
+    stand_in.patch_embed = nn.Module()
+    stand_in.patch_embed.grid_size = tuple(view.grid)
+    stand_in.patch_embed.patch_size = tuple(view.patch_size)
+    proj = nn.Conv2d(filters.shape[1], filters.shape[0], filters.shape[2:], stride=filters.shape[2:], bias=False)
+    proj.weight = nn.Parameter(filters.clone(), requires_grad=False)
+    stand_in.patch_embed.proj = proj
+    return stand_in
+
+
+def summary(views: list[InsideView]) -> str:
+    """One sentence on how the attention distances moved between the first and last recorded epochs."""
+    if not views:
+        return "no inside views recorded"
+    a, b = views[0], views[-1]
+    means = ", ".join(f"{x:.1f}" for x in b.layer_means)
+    return (f"epoch {a.epoch} to {b.epoch}: the lowest layer's most local head went from {a.lowest_local:.1f} to "
+            f"{b.lowest_local:.1f} px (uniform attention: {b.uniform:.1f} px); mean distance per layer at epoch "
+            f"{b.epoch}: {means} px; position structure ρ {a.position_distance:.2f} to {b.position_distance:.2f}; "
+            f"first filter component {100 * a.filter_variance_first:.1f}% to {100 * b.filter_variance_first:.1f}% "
+            f"of the variance")

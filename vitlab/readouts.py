@@ -1,0 +1,458 @@
+"""Measured readouts: what the model on screen shows, next to what the paper claims.
+
+Each readout turns the numbers behind one of the paper's figures into a typed record
+(:class:`Readout` subclasses) with one or two plain sentences (``text``) and the paper's
+own reading of that figure (``paper``). A notebook cell ending in a readout displays it
+(``_repr_markdown_``); the explorers show ``html()`` under their figures.
+
+The readout functions take the statistics (attention distances per image, similarities,
+explained-variance ratios, rollout maps), so synthetic cases can be fed to them; each has
+a thin ``*_of(model, ...)`` convenience that computes those from a model and images, with
+random-initialised models of the same architecture (:func:`vitlab.hooks.random_init`,
+seeds :data:`vitlab.hooks.INIT_SEEDS`) as the reference.
+
+Spread: image readouts (attention distance, rollout) give a bootstrap interval of the mean
+over images (:func:`bootstrap_interval`) and the standard deviation across images;
+weight-only readouts (filters, position embeddings) give the range over init seeds.
+"""
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import metrics
+from .hooks import INIT_SEEDS, capture, head_statistics, random_init, random_init_statistics, uniform_distance
+from .inputs import check_images
+
+#: A head is "local" when its whole 95% interval lies below this fraction of the uniform-attention distance.
+LOCAL_FRACTION = 0.5
+#: Position embeddings "hold the grid" when the Spearman structure score reaches this (and beats random init).
+STRUCTURE_THRESHOLD = 0.3
+#: Bootstrap defaults: resamples of the images, their seed, and the interval's level.
+RESAMPLES, BOOTSTRAP_SEED, LEVEL = 1000, 0, 0.95
+
+
+@dataclass(frozen=True, kw_only=True)
+class Readout:
+    """What one figure shows for this model, measured.
+
+    Attributes:
+        figure: the paper's figure, e.g. "Fig. 7 (right)".
+        text: one or two plain sentences with the measured numbers.
+        paper: the paper's claim for that figure, in one sentence.
+    """
+
+    figure: str
+    text: str
+    paper: str
+
+    def _repr_markdown_(self) -> str:
+        return f"**Measured ({self.figure}):** {self.text}\n\n*Paper:* {self.paper}"
+
+    def html(self) -> str:
+        """The readout as HTML, for a widget under an explorer's figure."""
+        return (f"<b>Measured ({html.escape(self.figure)}):</b> {html.escape(self.text)}<br>"
+                f"<i>Paper:</i> {html.escape(self.paper)}")
+
+    def __str__(self) -> str:
+        return f"{self.text}\nPaper: {self.paper}"
+
+
+def bootstrap_interval(values: torch.Tensor, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                       level: float = LEVEL) -> tuple[torch.Tensor, torch.Tensor]:
+    """Percentile bootstrap interval of the mean over the first dimension (images).
+
+    Args:
+        values: (images, ...) one value per image (and per layer, head, ...).
+        resamples: bootstrap resamples of the images, drawn with replacement under ``seed``
+            (a generator of its own: the caller's random state is untouched).
+        level: coverage of the interval, e.g. 0.95.
+
+    Returns:
+        ``(low, high)``, each shaped ``values.shape[1:]``, float64.
+    """
+    if values.ndim < 1 or len(values) < 1:
+        raise ValueError(f"values must hold at least one image along dim 0, got shape {tuple(values.shape)}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    n = len(values)
+    flat = values.detach().double().cpu().reshape(n, -1)  # (n, k)
+    gen = torch.Generator().manual_seed(seed)
+    means = []
+    for start in range(0, resamples, 100):  # 100 resamples at a time: memory 100 x n, whatever n
+        picks = torch.randint(0, n, (min(100, resamples - start), n), generator=gen)  # (r, n) image indices
+        counts = torch.zeros(len(picks), n, dtype=torch.float64).scatter_add_(1, picks, torch.ones(picks.shape,
+                                                                                                  dtype=torch.float64))
+        means.append(counts @ flat / n)  # (r, k): each resample's mean
+    means = torch.cat(means)  # (R, k)
+    tail = (1 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
+    return low.reshape(values.shape[1:]), high.reshape(values.shape[1:])
+
+
+def _px(x: float) -> str:
+    return f"{x:.1f} px"
+
+
+def _spread(values: Sequence[float], digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
+    v = [scale * float(x) for x in values]
+    mean = sum(v) / len(v)
+    return f"{mean:.{digits}f}{unit} [{min(v):.{digits}f}, {max(v):.{digits}f}]"
+
+
+# --- Fig. 7 (right): mean attention distance -----------------------------------------------------
+
+PAPER_DISTANCE = ("in the lowest layers some heads attend locally while others attend across most of the "
+                  "image, and attention distance grows with depth.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistanceReadout(Readout):
+    """Mean attention distance per layer and head against its references (:func:`attention_distance`).
+
+    Attributes:
+        layers: block indices (0-based) of the rows.
+        mean: (layers, heads) pixels, averaged over images.
+        std: (layers, heads) standard deviation across images, pixels.
+        low, high: (layers, heads) the 95% bootstrap interval of the mean, pixels.
+        layer_min, layer_max: per layer the lowest and highest head's mean, pixels.
+        head: the lowest layer's most local head (0-based); its ``head_mean``, ``head_low``,
+            ``head_high`` (interval) and ``head_std`` (across images), pixels.
+        uniform: distance under uniform attention for the convention used, pixels.
+        band: per layer (low, high) of the random-init heads over seeds, pixels; empty without one.
+        local: (layers, heads) bool, the rule of :func:`attention_distance`.
+        images: how many images.
+    """
+
+    layers: list[int]
+    mean: torch.Tensor
+    std: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    layer_min: list[float]
+    layer_max: list[float]
+    head: int
+    head_mean: float
+    head_low: float
+    head_high: float
+    head_std: float
+    uniform: float
+    band: list[tuple[float, float]]
+    local: torch.Tensor
+    images: int
+
+
+def attention_distance(distance_per_image: torch.Tensor, uniform: float, random_init: torch.Tensor | None = None,
+                       layers: Sequence[int] | None = None, resamples: int = RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> DistanceReadout:
+    """Readout of Fig. 7 (right) from each image's per-head mean attention distance.
+
+    A head is called **local** when the upper end of its 95% bootstrap interval lies below
+    ``LOCAL_FRACTION`` (half) of the uniform-attention distance and, with a random-init
+    reference, below that layer's lowest random-init head: it attends clearly closer than
+    both uniform attention and an untrained model of the same architecture.
+
+    Args:
+        distance_per_image: (images, layers, heads) pixels, e.g. ``head_statistics(...)["distance_per_image"]``.
+        uniform: the uniform-attention distance for the same convention (:func:`vitlab.hooks.uniform_distance`).
+        random_init: (seeds, layers, heads) pixels of random-initialised models, or None.
+        layers: block indices of the rows (default 0..layers-1); the first row is the "lowest layer".
+        resamples, seed: of the bootstrap over images (:func:`bootstrap_interval`).
+    """
+    d = distance_per_image.detach().double().cpu()
+    if d.ndim != 3 or len(d) < 1:
+        raise ValueError(f"distance_per_image must be (images, layers, heads), got {tuple(d.shape)}")
+    layers = list(range(d.shape[1])) if layers is None else [int(i) for i in layers]
+    mean = d.mean(0)  # (L, H)
+    std = d.std(0, unbiased=True) if len(d) > 1 else torch.zeros_like(mean)
+    low, high = bootstrap_interval(d, resamples, seed)  # (L, H) each
+    band = []
+    local = high < LOCAL_FRACTION * uniform
+    if random_init is not None:
+        r = random_init.detach().double().cpu()  # (seeds, L, H)
+        if r.shape[1:] != d.shape[1:]:
+            raise ValueError(f"random_init {tuple(r.shape)} must be (seeds, {d.shape[1]}, {d.shape[2]})")
+        band = [(float(r[:, i].min()), float(r[:, i].max())) for i in range(r.shape[1])]
+        local &= high < torch.tensor([b[0] for b in band], dtype=torch.float64)[:, None]
+    head = int(mean[0].argmin())
+    lo, hi = float(mean[0].min()), float(mean[0].max())
+    n_local = int(local[0].sum())
+    verdict = ("no local heads" if n_local == 0 else f"{n_local} of {d.shape[2]} heads local")
+    refs = f"uniform attention: {_px(uniform)}"
+    if band:
+        refs += f"; random init: {band[0][0]:.1f} to {_px(band[0][1])}"
+    per_layer = mean.mean(1)  # (L,)
+    deepest = int(per_layer.argmax())
+    text = (f"Lowest layer ({layers[0] + 1}): heads attend {lo:.1f} to {_px(hi)} ({refs}): {verdict}; its most "
+            f"local head {head + 1} attends {_px(float(mean[0, head]))} (95% interval {float(low[0, head]):.1f} to "
+            f"{float(high[0, head]):.1f}, std {float(std[0, head]):.1f} across {len(d)} images). "
+            f"Mean over heads: {_px(float(per_layer[0]))} in layer {layers[0] + 1}, {_px(float(per_layer[-1]))} in "
+            f"layer {layers[-1] + 1}, largest in layer {layers[deepest] + 1}.")
+    return DistanceReadout(
+        figure="Fig. 7 (right)", text=text, paper=PAPER_DISTANCE, layers=layers, mean=mean.float(), std=std.float(),
+        low=low.float(), high=high.float(), layer_min=[float(x) for x in mean.min(1).values],
+        layer_max=[float(x) for x in mean.max(1).values], head=head, head_mean=float(mean[0, head]),
+        head_low=float(low[0, head]), head_high=float(high[0, head]), head_std=float(std[0, head]),
+        uniform=float(uniform), band=band, local=local, images=len(d))
+
+
+def attention_distance_of(model: nn.Module, images: torch.Tensor, renormalize: bool = False,
+                          seeds: Sequence[int] = INIT_SEEDS, batch_size: int = 64,
+                          progress: bool = False) -> DistanceReadout:
+    """:func:`attention_distance` of ``model`` on ``images`` (uint8 (N, 3, H, W)), with its references.
+
+    The random-init band comes from models of its architecture (``seeds``) on the same
+    images; a model without ``vitlab_arch`` gets no band.
+    """
+    stats = head_statistics(model, images, batch_size, renormalize=renormalize, progress=progress)
+    band = None
+    if getattr(model, "vitlab_arch", None) is not None and seeds:
+        band = random_init_statistics(model, images, seeds, batch_size, renormalize=renormalize,
+                                      progress=progress)["distance"]
+    return attention_distance(stats["distance_per_image"], uniform_distance(model, renormalize), band,
+                              stats["layers"].tolist())
+
+
+# --- Fig. 7 (center): position embeddings --------------------------------------------------------
+
+PAPER_POSITION = ("nearby patches have similar position embeddings, and a row-column structure appears "
+                  "(patches in the same row or column have similar embeddings).")
+
+_Scores = tuple[metrics.PositionStructure, metrics.MirrorScore]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PositionReadout(Readout):
+    """Structure and mirror scores of position embeddings against random init (:func:`position_embeddings`).
+
+    Attributes:
+        structure: :func:`vitlab.metrics.position_structure` of the model.
+        mirror: :func:`vitlab.metrics.mirror_score` of the model.
+        reference: the same pair for each random-init seed (may be empty).
+        grid_structure: the rule of :func:`position_embeddings` for "nearby patches are similar".
+        mirror_symmetric: the rule for "as similar to its mirror position as to its neighbours".
+    """
+
+    structure: metrics.PositionStructure
+    mirror: metrics.MirrorScore
+    reference: list[_Scores]
+    grid_structure: bool
+    mirror_symmetric: bool
+
+
+def position_scores(sim: torch.Tensor) -> _Scores:
+    """Structure and mirror scores of a (rows, cols, rows, cols) similarity."""
+    grid = tuple(sim.shape[:2])
+    return metrics.position_structure(sim, grid), metrics.mirror_score(sim, grid)
+
+
+def position_embeddings(sim: torch.Tensor, reference: Sequence[_Scores] = ()) -> PositionReadout:
+    """Readout of Fig. 7 (center) from a position-embedding similarity.
+
+    Rules: the grid structure is **there** when the structure score (Spearman correlation of
+    similarity with closeness) reaches ``STRUCTURE_THRESHOLD`` and exceeds every random-init
+    seed's. The embedding is **mirror-symmetric** left to right when a patch is at least
+    about as similar to its mirror position as to its neighbours (``excess`` >= -0.05) and
+    that similarity is clearly above chance (mirror similarity >= 0.3).
+
+    Args:
+        sim: (rows, cols, rows, cols) from :func:`vitlab.metrics.position_similarity`.
+        reference: :func:`position_scores` of random-initialised models, one per seed.
+    """
+    structure, mirror = position_scores(sim)
+    reference = list(reference)
+    init_max = max((r.distance for r, _ in reference), default=-math.inf)
+    grid = structure.distance >= STRUCTURE_THRESHOLD and structure.distance > init_max
+    symmetric = mirror.excess >= -0.05 and mirror.mirror >= 0.3
+    init = f" (random init, {len(reference)} seeds: {_spread([r.distance for r, _ in reference])})" if reference else ""
+    strength = "strong" if structure.distance >= 0.7 else "partial"
+    first = (f"Nearby patches are more similar: structure score {structure.distance:.2f}{init}, a {strength} "
+             f"grid structure; row/column excess {structure.row_column:.2f}." if grid else
+             f"No grid structure: structure score {structure.distance:.2f}{init}; row/column excess "
+             f"{structure.row_column:.2f}.")
+    second = (f" Mirror-symmetric left to right, as horizontal-flip augmentation teaches: similarity to the mirror "
+              f"position {mirror.mirror:.2f}, to neighbours {mirror.neighbour:.2f}." if symmetric else
+              f" Not mirror-symmetric: similarity to the mirror position {mirror.mirror:.2f}, to neighbours "
+              f"{mirror.neighbour:.2f}.")
+    return PositionReadout(figure="Fig. 7 (center)", text=first + second, paper=PAPER_POSITION, structure=structure,
+                           mirror=mirror, reference=reference, grid_structure=grid, mirror_symmetric=symmetric)
+
+
+def position_embeddings_of(model: nn.Module, seeds: Sequence[int] = INIT_SEEDS) -> PositionReadout:
+    """:func:`position_embeddings` of ``model``, against random-initialised models of its architecture."""
+    has_arch = getattr(model, "vitlab_arch", None) is not None
+    reference = [position_scores(metrics.position_similarity(random_init(model, s))) for s in seeds] if has_arch else []
+    return position_embeddings(metrics.position_similarity(model), reference)
+
+
+# --- Fig. 7 (left): embedding filters ------------------------------------------------------------
+
+PAPER_FILTERS = ("the top principal components of the patch-embedding filters resemble plausible basis functions "
+                 "for a low-dimensional representation of the fine structure within each patch.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FiltersReadout(Readout):
+    """Explained variance of the filters' principal components against random init (:func:`embedding_filters`).
+
+    Attributes:
+        k: how many components ``first_k`` sums.
+        first, first_k: fractions of the variance in the first component and in the first ``k``.
+        reference_first, reference_first_k: the same for each random-init seed.
+        verdict: "clearly more", "a little more" or "no more" structure than random init.
+    """
+
+    k: int
+    first: float
+    first_k: float
+    reference_first: list[float]
+    reference_first_k: list[float]
+    verdict: str
+
+
+def embedding_filters(ratio: torch.Tensor, reference: torch.Tensor | None = None, k: int = 28) -> FiltersReadout:
+    """Readout of Fig. 7 (left) from explained-variance ratios.
+
+    Rule: the first component's share against random init's: at least twice its mean over
+    seeds is "clearly more" structure, above 1.1 times its maximum "a little more", else "no more".
+
+    Args:
+        ratio: (components,) explained-variance ratios, e.g. ``metrics.embedding_filters(model, k)[1]``
+            with at least ``k`` components.
+        reference: (seeds, components) ratios of random-initialised models, or None.
+        k: how many leading components to sum (the paper shows 28).
+    """
+    ratio = ratio.detach().double().cpu()
+    k = min(k, len(ratio))
+    first, first_k = float(ratio[0]), float(ratio[:k].sum())
+    ref_first = [] if reference is None else [float(r[0]) for r in reference]
+    ref_k = [] if reference is None else [float(r[:k].sum()) for r in reference]
+    if ref_first:
+        verdict = ("clearly more" if first >= 2 * sum(ref_first) / len(ref_first) else
+                   "a little more" if first > 1.1 * max(ref_first) else "no more")
+        text = (f"The first component holds {100 * first:.1f}% of the variance (random init, {len(ref_first)} seeds: "
+                f"{_spread(ref_first, 1, 100, '%')}), the first {k} hold {100 * first_k:.1f}% "
+                f"({_spread(ref_k, 1, 100, '%')}): {verdict} structure than random init.")
+    else:
+        verdict = ""
+        text = (f"The first component holds {100 * first:.1f}% of the variance, the first {k} hold "
+                f"{100 * first_k:.1f}% (no random-init reference for this model).")
+    return FiltersReadout(figure="Fig. 7 (left)", text=text, paper=PAPER_FILTERS, k=k, first=first, first_k=first_k,
+                          reference_first=ref_first, reference_first_k=ref_k, verdict=verdict)
+
+
+def embedding_filters_of(model: nn.Module, k: int = 28, seeds: Sequence[int] = INIT_SEEDS) -> FiltersReadout:
+    """:func:`embedding_filters` of ``model``, against random-initialised models of its architecture."""
+    w = model.patch_embed.proj.weight
+    full = min(w.shape[0], w[0].numel())
+    ratio = metrics.embedding_filters(model, k=full)[1]
+    reference = None
+    if getattr(model, "vitlab_arch", None) is not None and seeds:
+        reference = torch.stack([metrics.embedding_filters(random_init(model, s), k=full)[1] for s in seeds])
+    return embedding_filters(ratio, reference, k)
+
+
+# --- Fig. 6: attention rollout -------------------------------------------------------------------
+
+PAPER_ROLLOUT = "the model attends to image regions that are semantically relevant for classification."
+
+
+def central_region(grid: tuple[int, int]) -> torch.Tensor:
+    """(rows, cols) bool mask of the central patches: the middle half of the rows and of the columns.
+
+    A quarter of the area on grids divisible by 4 (the central 4x4 of an 8x8 grid).
+    """
+    rows, cols = grid
+    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    mask[rows // 4 : rows - rows // 4, cols // 4 : cols - cols // 4] = True
+    return mask
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutReadout(Readout):
+    """Share of rollout mass in the image centre against its share of area (:func:`attention_rollout`).
+
+    Attributes:
+        area: fraction of the patches in the central region.
+        ratio: mean over images of (rollout mass in the centre / ``area``); 1 for uniform rollout.
+        low, high: its 95% bootstrap interval over images. std: across images.
+        reference: the mean ratio of each random-init seed (may be empty).
+        images: how many images.
+    """
+
+    area: float
+    ratio: float
+    low: float
+    high: float
+    std: float
+    reference: list[float]
+    images: int
+
+
+def centre_ratio(rollout: torch.Tensor) -> torch.Tensor:
+    """Per image, rollout mass in :func:`central_region` over its share of area: (images,) float64.
+
+    Args:
+        rollout: (images, rows, cols) non-negative class-token rollout over the patches.
+    """
+    if rollout.ndim != 3:
+        raise ValueError(f"rollout must be (images, rows, cols), got {tuple(rollout.shape)}")
+    r = rollout.detach().double().cpu()
+    mask = central_region(tuple(r.shape[1:]))
+    mass = r[:, mask].sum(1) / r.flatten(1).sum(1).clamp_min(1e-30)  # (images,)
+    return mass / mask.double().mean()
+
+
+def attention_rollout(rollout: torch.Tensor, reference: Sequence[torch.Tensor] = (), resamples: int = RESAMPLES,
+                      seed: int = BOOTSTRAP_SEED) -> RolloutReadout:
+    """Readout of Fig. 6: does the rollout favour the image centre, where CIFAR-10 objects mostly are?
+
+    Measures only where the rollout mass lies relative to the central region (the middle half
+    of rows and columns), averaged over images: a ratio of 1 means no preference (uniform
+    rollout), above 1 more mass on the centre. It cannot say whether the mass lies on the
+    object: no segmentation masks are used, and objects off centre count against it.
+
+    Args:
+        rollout: (images, rows, cols) the class token's rollout, e.g. from :func:`rollout_maps`.
+        reference: the same for random-initialised models, one tensor per seed.
+    """
+    ratios = centre_ratio(rollout)  # (images,)
+    low, high = bootstrap_interval(ratios, resamples, seed)
+    area = float(central_region(tuple(rollout.shape[1:])).double().mean())
+    ref = [float(centre_ratio(r).mean()) for r in reference]
+    mean, std = float(ratios.mean()), float(ratios.std()) if len(ratios) > 1 else 0.0
+    init = f"; random init ({len(ref)} seeds): {_spread(ref)}" if ref else ""
+    text = (f"Over {len(ratios)} images the central {100 * area:.0f}% of the image gets {mean:.2f} times its share of "
+            f"the rollout (95% interval {float(low):.2f} to {float(high):.2f}, std {std:.2f} across images; 1 = no "
+            f"preference{init}). This measures a preference for the centre, where CIFAR-10 objects mostly are, "
+            "not whether the mass lies on the object (no segmentation masks).")
+    return RolloutReadout(figure="Fig. 6", text=text, paper=PAPER_ROLLOUT, area=area, ratio=mean, low=float(low),
+                          high=float(high), std=std, reference=ref, images=len(ratios))
+
+
+@torch.no_grad()
+def rollout_maps(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0,
+                 batch_size: int = 64) -> torch.Tensor:
+    """The class token's rollout (:func:`vitlab.metrics.attention_rollout`) per image: (images, rows, cols)."""
+    check_images(model, images)
+    maps = []
+    for i in range(0, len(images), batch_size):
+        cap = capture(model, images[i : i + batch_size])
+        roll = metrics.attention_rollout(cap.attn, cap.num_prefix_tokens, head_fusion, discard_ratio)  # (B, n)
+        maps.append(roll.reshape(len(roll), *cap.grid))
+    return torch.cat(maps)
+
+
+def attention_rollout_of(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean",
+                         discard_ratio: float = 0.0, seeds: Sequence[int] = INIT_SEEDS) -> RolloutReadout:
+    """:func:`attention_rollout` of ``model`` on ``images`` (uint8), against random-initialised models."""
+    maps = rollout_maps(model, images, head_fusion, discard_ratio)
+    reference = []
+    if getattr(model, "vitlab_arch", None) is not None:
+        reference = [rollout_maps(random_init(model, s), images, head_fusion, discard_ratio) for s in seeds]
+    return attention_rollout(maps, reference)
