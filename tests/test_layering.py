@@ -22,7 +22,7 @@ RANKS = {
     "__init__": 8, "__main__": 8,
 }
 SAME_RANK = {("features", "hooks"), ("inside", "hooks"), ("train", "inside"), ("sweep", "compare"),
-             ("plots", "plotting"), ("widgets", "explorer"),
+             ("sweep", "readouts"), ("plots", "plotting"), ("widgets", "explorer"),
              ("widgets", "compare_widgets"), ("compare_widgets", "explorer")}
 
 

@@ -323,3 +323,20 @@ def test_cka_figure_rows_and_columns():
     assert fig.layout.xaxis.title.text == "ResNet" and fig.layout.yaxis.title.text == "ViT"
     with pytest.raises(ValueError, match="does not match"):
         plots.cka_figure(cka, ["b0"], ["s0", "s1", "s2"])
+
+
+def test_inside_by_size_figure_draws_layer_lines_per_size_and_the_lowest_head_against_size():
+    from test_records import _run_inside
+
+    runs = [_run_inside(1000, 3.0, 3.2), _run_inside(100, 1.0, 1.2)]
+    fig = plots.inside_by_size_figure(runs)
+    lines = [t for t in fig.data if t.name and t.name.endswith("images")]
+    assert [t.name for t in lines] == ["100 images", "1,000 images"]  # smallest first
+    assert list(lines[0].y) == pytest.approx([1.5, 7.0])  # mean over heads per layer
+    lowest = next(t for t in fig.data if t.name == "lowest layer, most local head")
+    assert list(lowest.x) == [100, 1000] and list(lowest.y) == [1.0, 3.0]
+    uniform = [t for t in fig.data if t.name.startswith("uniform attention")]
+    assert len(uniform) == 2 and all(list(t.y) == [4.2, 4.2] for t in uniform)
+    assert fig.layout.xaxis2.type == "log"
+    with pytest.raises(ValueError, match="no inside views"):
+        plots.inside_by_size_figure([])

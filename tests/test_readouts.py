@@ -210,3 +210,19 @@ def test_attention_distance_view_returns_the_figure_and_its_readout(micro_file):
     stats = head_statistics(models.load_model(micro_file, device="cpu"), images)
     band = hooks.random_init_statistics(models.load_model(micro_file, device="cpu"), images)["distance"]
     assert view.readout.value == readouts.attention_distance(stats["distance_per_image"], expected.uniform, band).html()
+
+
+def test_data_size_readout_states_each_run_and_applies_the_local_rule():
+    from test_records import _run_inside
+
+    runs = [_run_inside(1000, 3.9, 4.0), _run_inside(100, 1.5, 1.9), _run_inside(500, 2.0, 2.2)]
+    out = readouts.data_size(runs)
+    assert out.sizes == [100, 500, 1000] and out.lowest == [1.5, 2.0, 3.9] and out.uniform == 4.2
+    # Local: the whole interval below half the uniform distance (2.1 px).
+    assert out.local == [True, False, False]
+    assert "100 images: 1.5 px (95% interval 1.4 to 1.9" in out.text and "1,000 images: 3.9 px" in out.text
+    assert "1 of 3 runs have a local head" in out.text and "uniform attention: 4.2 px" in out.text
+    none = readouts.data_size([_run_inside(100, 3.0, 3.5)])
+    assert none.local == [False] and "no run has a local head" in none.text
+    with pytest.raises(ValueError, match="run `python -m vitlab sweep`"):
+        readouts.data_size([])

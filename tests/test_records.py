@@ -156,3 +156,31 @@ def test_inside_view_round_trips_through_its_json_line_and_reads_its_summaries()
     assert back.lowest_local == 3.0 and back.layer_means == [4.0, 7.0]
     with pytest.raises(TypeError, match="missing \\['uniform'\\]"):
         InsideView.from_json({k: v for k, v in json.loads(line).items() if k != "uniform"})
+
+
+def _run_inside(size, lowest, high, seed=0):
+    from vitlab.records import InsideView, RunInside
+
+    view = InsideView(epoch=5, step=40, images=256, grid=(2, 2), patch_size=(4, 4), num_prefix_tokens=1,
+                      distance=[[lowest, lowest + 1.0], [6.0, 8.0]], entropy=[[1.0, 1.2], [1.3, 1.4]], uniform=4.2,
+                      position_distance=0.5, position_row_column=0.1, mirror=0.2, mirror_neighbour=0.3,
+                      filter_variance_first=0.1, filter_variance_k=0.9, filter_k=4)
+    return RunInside(model="vit_micro_c10", family="vit", subset_size=size, seed=seed, epochs=5, batch_size=50,
+                     test_accuracy=0.5, code_version="abc1234", view=view, lowest_std=0.3, lowest_low=lowest - 0.1,
+                     lowest_high=high)
+
+
+def test_run_insides_round_trip_with_a_summary_csv(tmp_path):
+    results = tmp_path / "sweep"
+    runs = [_run_inside(200, 3.0, 3.1), _run_inside(100, 1.0, 1.2)]
+    records.write_run_insides(results, runs, ["python -m vitlab sweep --sizes 100 200"])
+    back, commands = records.read_run_insides(results)
+    assert back == sorted(runs, key=lambda r: r.subset_size) and commands == ["python -m vitlab sweep --sizes 100 200"]
+    with open(tmp_path / "sweep-inside.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["subset_size"]), float(r["lowest_local"]), float(r["lowest_high"])) for r in rows] == \
+        [(100, 1.0, 1.2), (200, 3.0, 3.1)]
+    path = tmp_path / "sweep-inside.json"
+    path.write_text(path.read_text()[:-40])  # torn
+    with pytest.raises(records.ResultsFileError, match="sweep-inside.json is not a complete results file"):
+        records.read_run_insides(results)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import vitlab
 from vitlab import data, records, zoo
 from vitlab import sweep as sweep_mod
 from vitlab.models import ARCHITECTURES, build_model, load_model
@@ -109,6 +110,37 @@ def test_sweep_records_every_run_and_skips_done_ones(fake_cifar, tmp_path, monke
     more = sweep(_tiny(tmp_path, seeds=(0, 1), sizes=(100,)))
     assert len(more) == 6 and sorted(trained) == ["resnet_micro_c10", "vit_micro_c10"]
     assert {(r.seed, r.subset_size) for r in more} == {(0, 100), (0, 200), (1, 100)}
+
+
+def test_every_vit_run_gets_the_inside_view_of_its_final_model(fake_cifar, tmp_path, monkeypatch):
+    from vitlab import inside
+
+    config = _tiny(tmp_path)
+    runs = sweep(config)
+    views, commands = records.read_run_insides(config.results)
+    assert commands == [config.command()]
+    assert sorted(v.key for v in views) == sorted(r.key for r in runs if r.family == "vit")  # ResNets: none
+    images = inside.probe_images()
+    for v in views:
+        folder = tmp_path / "runs" / f"{v.model}-n{v.subset_size}-s0-e{v.epochs}"
+        model = load_model(folder / "model.safetensors", device="cpu")
+        again = inside.inside_view(model, images, epoch=v.epochs, step=v.view.step)
+        assert v.view == again  # the same view, recomputed independently from the saved weights
+        # The spread: each probe image's distance for the lowest layer's most local head, by hand.
+        head = min(range(len(v.view.distance[0])), key=lambda h: v.view.distance[0][h])
+        per_image = torch.stack([vitlab.metrics.mean_attention_distance(
+            vitlab.capture(model, images[i : i + 1]).attn[0], v.view.grid, v.view.patch_size)[head]
+            for i in range(len(images))])
+        assert v.lowest_std == pytest.approx(float(per_image.double().std()), rel=1e-4)
+        assert v.lowest_low <= v.view.lowest_local <= v.lowest_high
+        assert v.test_accuracy == next(r.test_accuracy for r in runs if r.key == v.key)
+    with open(tmp_path / "results" / "sweep-inside.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["lowest_local"]) for r in rows] == pytest.approx([v.view.lowest_local for v in views])
+    computed = []
+    monkeypatch.setattr(inside, "inside_view", lambda *a, **k: computed.append(a) or None)
+    sweep(config)
+    assert computed == []  # views of done runs are kept, not recomputed
 
 
 def test_sweep_resumes_a_run_that_was_interrupted(fake_cifar, tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 from . import metrics
 from .plotting import (duration, family_color, family_shades, integer_ticks, json_safe, layout, mosaic_axes,
                        square_axes, table, tile)
-from .records import InsideView, ProbeRecord, RunRecord, group_spread, spread
+from .records import InsideView, ProbeRecord, RunInside, RunRecord, group_spread, spread
 
 
 def tile_mosaic(tiles: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -509,3 +509,49 @@ def inside_views_figure(views: Sequence[InsideView], epoch: int | None = None,
     top = max(uniform, max(max(max(row) for row in v.distance) for v in views)) * 1.1
     return layout(fig, title, 640, 420, xaxis=dict(title="epoch", **integer_ticks(max(epochs))),
                   yaxis=dict(title="Mean attention distance (pixels)", range=[0, top]))
+
+
+def inside_by_size_figure(runs: Sequence[RunInside], title: str | None = None) -> go.Figure:
+    """Fig. 7 (right) against training-set size: what more data does to attention distance.
+
+    Left: each layer's mean attention distance (mean over heads) against depth, one line per
+    training-set size (darker: more images), with the uniform-attention line. Right: the
+    lowest layer's most local head against the number of training images (log axis). One
+    point per run; several seeds of a size are drawn as separate points.
+
+    Args:
+        runs: :class:`~vitlab.records.RunInside` records of ViT runs (one architecture).
+    """
+    if not runs:
+        raise ValueError("no inside views to draw: run `python -m vitlab sweep` on ViTs first")
+    runs = sorted(runs, key=lambda r: (r.subset_size, r.seed))
+    sizes = sorted({r.subset_size for r in runs})
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=(
+        "mean distance per layer", "lowest layer's most local head"))
+    uniform = runs[0].view.uniform
+    depth = len(runs[0].view.distance)
+    for r in runs:
+        shade = 0.25 + 0.75 * sizes.index(r.subset_size) / max(1, len(sizes) - 1)
+        colour = f"rgba(31, 119, 180, {shade:.2f})"
+        fig.add_trace(go.Scatter(
+            x=list(range(1, depth + 1)), y=r.view.layer_means, mode="lines+markers", line=dict(color=colour),
+            name=f"{r.subset_size:,} images" + (f", seed {r.seed}" if r.seed else ""), legendgroup=str(r.subset_size),
+            hovertemplate=f"{r.subset_size:,} images: layer %{{x}}, %{{y:.1f}} px<extra></extra>"), 1, 1)
+    fig.add_trace(go.Scatter(
+        x=[r.subset_size for r in runs], y=[r.view.lowest_local for r in runs], mode="markers+lines",
+        name="lowest layer, most local head", marker=dict(size=9, color="#08519c"), line=dict(color="#08519c"),
+        customdata=[[r.seed, r.test_accuracy] for r in runs],
+        hovertemplate="%{x:,} images, seed %{customdata[0]}: %{y:.1f} px (accuracy %{customdata[1]:.1%})"
+                      "<extra></extra>"), 1, 2)
+    for col, xs in ((1, [0.5, depth + 0.5]), (2, [sizes[0] / 1.3, sizes[-1] * 1.3])):
+        fig.add_trace(go.Scatter(x=xs, y=[uniform, uniform], mode="lines", line=dict(dash="dash", color="black"),
+                                 name=f"uniform attention ({uniform:.1f} px)", showlegend=col == 1,
+                                 hovertemplate=f"uniform attention: {uniform:.1f} px<extra></extra>"), 1, col)
+    top = max(uniform, *(max(r.view.layer_means) for r in runs)) * 1.1
+    fig.update_xaxes(title_text="Network depth (layer)", dtick=1, range=[0.5, depth + 0.5], row=1, col=1)
+    fig.update_xaxes(title_text="training images", type="log", row=1, col=2)
+    fig.update_yaxes(title_text="Mean attention distance (pixels)", range=[0, top], row=1, col=1)
+    fig.update_yaxes(title_text="pixels", range=[0, top], row=1, col=2)
+    model = runs[0].model
+    return layout(fig, title or f"{model}: attention distance against training-set size (paper's convention)",
+                  980, 460, margin=(90, 20, 60, 60))

@@ -28,6 +28,7 @@ from torch import nn
 from . import metrics
 from .hooks import INIT_SEEDS, capture, head_statistics, random_init, random_init_statistics, uniform_distance
 from .inputs import check_images
+from .records import RunInside
 
 #: A head is "local" when its whole 95% interval lies below this fraction of the uniform-attention distance.
 LOCAL_FRACTION = 0.5
@@ -456,3 +457,55 @@ def attention_rollout_of(model: nn.Module, images: torch.Tensor, head_fusion: st
     if getattr(model, "vitlab_arch", None) is not None:
         reference = [rollout_maps(random_init(model, s), images, head_fusion, discard_ratio) for s in seeds]
     return attention_rollout(maps, reference)
+
+
+# --- Fig. 7 (right) against training-set size (Raghu et al. 2021) -------------------------------
+
+PAPER_DATA_SIZE = ("with enough pre-training data (JFT-300M) some lower-layer heads attend locally; Raghu et al. "
+                   "(2021) found that ViTs trained on less data (ImageNet) do not learn this local attention in "
+                   "their lower layers.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSizeReadout(Readout):
+    """The lowest layer's most local head across training-set sizes (:func:`data_size`).
+
+    Attributes:
+        sizes: training images of each run, ascending (one entry per run).
+        lowest: the lowest layer's most local head of each run, pixels; ``low``/``high`` its 95%
+            interval over the probe images, pixels.
+        uniform: distance under uniform attention (the same for every run), pixels.
+        local: per run, whether that head is local by :func:`attention_distance`'s rule
+            (its interval below ``LOCAL_FRACTION`` of the uniform distance).
+    """
+
+    sizes: list[int]
+    lowest: list[float]
+    low: list[float]
+    high: list[float]
+    uniform: float
+    local: list[bool]
+
+
+def data_size(runs: Sequence[RunInside]) -> DataSizeReadout:
+    """Readout of the inside views of sweep runs (:func:`vitlab.sweep.inside_runs`) against their data size."""
+    if not runs:
+        raise ValueError("no inside views of sweep runs: run `python -m vitlab sweep` on ViTs first")
+    runs = sorted(runs, key=lambda r: (r.subset_size, r.seed))
+    uniform = runs[0].view.uniform
+    local = [r.lowest_high < LOCAL_FRACTION * uniform for r in runs]
+    first, last = runs[0], runs[-1]
+
+    def said(r: RunInside) -> str:
+        return (f"{r.subset_size:,} images: {_px(r.view.lowest_local)} (95% interval {r.lowest_low:.1f} to "
+                f"{r.lowest_high:.1f}, std {r.lowest_std:.1f} across {r.view.images} images; test accuracy "
+                f"{r.test_accuracy:.1%})")
+
+    verdict = ("no run has a local head in its lowest layer" if not any(local)
+               else f"{sum(local)} of {len(runs)} runs have a local head in their lowest layer")
+    text = (f"Lowest layer's most local head, {said(first)}; {said(last)}; uniform attention: {_px(uniform)}. "
+            f"Across {len(runs)} runs ({first.model}), {verdict}.")
+    return DataSizeReadout(
+        figure="Fig. 7 (right) against data size", text=text, paper=PAPER_DATA_SIZE,
+        sizes=[r.subset_size for r in runs], lowest=[r.view.lowest_local for r in runs],
+        low=[r.lowest_low for r in runs], high=[r.lowest_high for r in runs], uniform=uniform, local=local)

@@ -33,6 +33,8 @@ from .io import atomic_write
 
 #: The committed CPU sweep (``<RESULTS>.csv``, ``<RESULTS>.json`` and their ``-fewshot`` files).
 RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_vs_resnet"
+#: ViT runs of the sweep's sizes retrained with inside views (``<INSIDE_RESULTS>-inside.json``, ...).
+INSIDE_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_inside"
 
 #: Columns of ``<results>.csv`` (and the ``fields`` list of ``<results>.json``), in order.
 RUN_FIELDS = ("model", "family", "subset_size", "seed", "epochs", "test_accuracy", "train_flops", "params",
@@ -385,3 +387,77 @@ class InsideView:
             raise TypeError(f"inside view fields differ: missing {sorted(names - row.keys())}, "
                             f"unknown {sorted(row.keys() - names)}")
         return cls(**dict(row, grid=tuple(row["grid"]), patch_size=tuple(row["patch_size"])))
+
+
+# --- inside views of sweep runs: Fig. 7 numbers against training-set size ------------------------
+
+#: ``<results>-inside.{json,csv}``: the inside view of each ViT run's final model.
+INSIDE_TAG = "-inside"
+_RUN_KEYS = ("model", "family", "subset_size", "seed", "epochs", "batch_size")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunInside:
+    """The inside view of one sweep run's final model (:func:`vitlab.sweep.inside_runs`).
+
+    Attributes:
+        model, family, subset_size, seed, epochs, batch_size: the run, as in :class:`RunRecord`.
+        test_accuracy: of the run (copied from its record, so a figure needs one file).
+        code_version: git commit the run was trained with.
+        view: its :class:`InsideView` on the probe images, from the final weights.
+        lowest_std, lowest_low, lowest_high: spread over the probe images of the lowest
+            layer's most local head (``view.lowest_local``): standard deviation across images
+            and the 95% bootstrap interval of the mean, pixels.
+    """
+
+    model: str
+    family: str
+    subset_size: int
+    seed: int
+    epochs: int
+    batch_size: int
+    test_accuracy: float
+    code_version: str
+    view: InsideView
+    lowest_std: float = 0.0
+    lowest_low: float = 0.0
+    lowest_high: float = 0.0
+
+    @property
+    def key(self) -> tuple:
+        """What identifies the run: (model, subset_size, seed, epochs, batch_size)."""
+        return (self.model, self.subset_size, self.seed, self.epochs, self.batch_size)
+
+
+#: Columns of ``<results>-inside.csv`` (the ``.json`` keeps the whole view).
+INSIDE_FIELDS = [*_RUN_KEYS, "test_accuracy", "code_version", "lowest_local", "lowest_low", "lowest_high",
+                 "lowest_std", "uniform",
+                 "position_distance", "position_row_column", "mirror", "mirror_neighbour", "filter_variance_first"]
+
+
+_INSIDE_SCALARS = ("test_accuracy", "code_version", "lowest_std", "lowest_low", "lowest_high")
+
+
+def _inside_row(run: RunInside) -> dict[str, Any]:
+    row = {k: getattr(run, k) for k in (*_RUN_KEYS, *_INSIDE_SCALARS)}
+    view = dataclasses.asdict(run.view)
+    flat = {k: view[k] for k in INSIDE_FIELDS if k in view}
+    return dict(row, lowest_local=run.view.lowest_local, **flat, view=view)
+
+
+def read_run_insides(results: str | os.PathLike) -> tuple[list[RunInside], list[str]]:
+    """The :class:`RunInside` records of ``<results>-inside.json`` and the commands that made them."""
+    stored = _load(results, INSIDE_TAG)
+
+    def build(row: dict[str, Any]) -> RunInside:
+        if not isinstance(row.get("view"), dict):
+            raise TypeError("no 'view' object")
+        return RunInside(**{k: row[k] for k in (*_RUN_KEYS, *_INSIDE_SCALARS) if k in row},
+                         view=InsideView.from_json(row["view"]))
+
+    return _records(_file(results, f"{INSIDE_TAG}.json"), stored["runs"], build), list(stored["commands"])
+
+
+def write_run_insides(results: str | os.PathLike, insides: Sequence[RunInside], commands: Sequence[str]) -> None:
+    """Write ``<results>-inside.json`` (whole views) and ``.csv`` (one summary row per run), atomically."""
+    _write(results, INSIDE_TAG, [_inside_row(i) for i in insides], commands, INSIDE_FIELDS)

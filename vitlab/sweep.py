@@ -12,6 +12,9 @@ interrupted sweep resumes inside the run it was in; runs already in the results 
 skipped. Results are rewritten atomically after every run (the ``.json`` first, then the
 ``.csv`` copy, which the next write brings up to date if a crash fell between the two). A
 results file that cannot be read stops the sweep before any data is loaded, unchanged.
+Every finished ViT run also gets the inside view of its final model (:func:`inside_runs`,
+``<results>-inside.{json,csv}``): attention distance per layer and head, position and filter
+scores, the paper's Fig. 7 numbers against training-set size (Raghu et al. 2021).
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ from tqdm.auto import tqdm
 from . import data, records, zoo
 from .config import ConfigError, check_choices, command_line
 from .models import ARCHITECTURES, build_model, load_model
-from .records import RunProbe, RunRecord
+from .hooks import head_statistics
+from .records import RunInside, RunProbe, RunRecord
 from .train import code_version, evaluate, train
 
 #: Train and test images, uint8 (N, 3, 32, 32) and labels (N,).
@@ -197,6 +201,7 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
         if on_run is not None:
             on_run(record)
     records.write_runs(config.results, _ordered(done), commands)
+    inside_runs(config, progress=bool(todo))
     if config.fewshot:
         fewshot_runs(config, train_set, test_set)
     return _ordered(records.read_runs(config.results))
@@ -266,3 +271,35 @@ def fewshot_runs(config: SweepConfig, train_set: Split | None = None, test_set: 
         probes = [p for p in probes if _key(p) != _key(record)] + [probe]
         records.write_run_probes(config.results, probes, commands)
     return probes
+
+
+def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
+    """Inside views of the final model of every finished ViT run of ``config`` (Raghu et al. 2021).
+
+    For each run whose folder still holds its final weights and that has no view yet, the
+    :class:`~vitlab.records.InsideView` on the fixed probe images (:func:`vitlab.inside.probe_images`),
+    the same view the trainer records at a run's last epoch. Results go to
+    ``<results>-inside.{json,csv}``; runs with a view are skipped. ResNets have none.
+    """
+    from . import inside, readouts
+
+    views, commands = records.read_run_insides(config.results)  # a torn file stops here, before the data
+    commands = _with(commands, config.command())
+    have, wanted = {v.key for v in views}, {_key(run) for run in config.runs()}
+    todo = [r for r in records.read_runs(config.results) if r.family == "vit" and _key(r) in wanted
+            and _key(r) not in have and (_run_dir(config, r) / "model.safetensors").is_file()]
+    if not todo:
+        return views
+    images = inside.probe_images()
+    for record in tqdm(todo, desc="inside views", disable=not progress):
+        model = load_model(_run_dir(config, record) / "model.safetensors", device="cpu")
+        view = inside.inside_view(model, images, epoch=record.epochs, step=record.images_seen // record.batch_size)
+        per_image = head_statistics(model, images, layers=[0])["distance_per_image"]  # (images, 1, heads)
+        spread = readouts.attention_distance(per_image, view.uniform)  # its lowest layer's most local head
+        views = [*views, RunInside(model=record.model, family=record.family, subset_size=record.subset_size,
+                                   seed=record.seed, epochs=record.epochs, batch_size=record.batch_size,
+                                   test_accuracy=record.test_accuracy, code_version=record.code_version, view=view,
+                                   lowest_std=spread.head_std, lowest_low=spread.head_low,
+                                   lowest_high=spread.head_high)]
+        records.write_run_insides(config.results, views, commands)
+    return views
