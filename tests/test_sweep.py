@@ -264,3 +264,18 @@ def test_the_committed_sweep_still_reads():
     probed = {(p["model"], p["subset_size"], p["seed"]): p["fewshot_25"] for p in probes}
     assert probed and all(r.fewshot[25] == probed[(r.model, r.subset_size, r.seed)] for r in runs
                           if (r.model, r.subset_size, r.seed) in probed)
+
+
+def test_the_committed_inside_views_read_and_match_their_runs():
+    from vitlab.metrics import uniform_attention_distance
+
+    views, commands = records.read_run_insides(records.INSIDE_RESULTS)
+    runs = {r.key: r for r in records.read_runs(records.INSIDE_RESULTS)}
+    assert sorted(v.key for v in views) == sorted(runs) and len(views) == 6
+    assert commands[-1].endswith("--results data/results/vit_inside")
+    cfg = ARCHITECTURES["vit_tiny_c10"]
+    grid = (cfg.img_size // cfg.patch_size,) * 2
+    for v in views:
+        assert v.test_accuracy == runs[v.key].test_accuracy and v.code_version == runs[v.key].code_version
+        assert v.view.uniform == pytest.approx(uniform_attention_distance(grid, (cfg.patch_size,) * 2))
+        assert len(v.view.distance) == cfg.depth and v.lowest_low <= v.view.lowest_local <= v.lowest_high
