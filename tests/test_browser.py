@@ -309,8 +309,9 @@ def test_vit_vs_resnet_notebook(lab, page):
 
     nb = Lab(page, lab, "05_vit_vs_resnet.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
     nb.run_all(timeout_s=600)
-    # Sweep figure and table, the mini-sweep's, the probes' depth and shots figures, two CKA heatmaps.
-    plots = nb.plots(8)
+    # Sweep figure and table, the mini-sweep's, the probes' depth and shots figures, two CKA heatmaps,
+    # attention distance against training-set size.
+    plots = nb.plots(9)
     # Straight after Run All, before any click: every header and every accuracy is drawn.
     for table in (plots.nth(1), plots.nth(3)):
         headers = [t.replace("\xa0", " ") for t in table.locator("#header .cell-text").all_text_contents()]
@@ -323,6 +324,7 @@ def test_vit_vs_resnet_notebook(lab, page):
     assert plots.nth(2).locator(".scatterlayer .trace").count() == 2  # the live mini-sweep drew both families
     for i in (6, 7):
         assert plots.nth(i).locator(".hm image, .heatmaplayer image").count() >= 1
+    assert plots.nth(8).locator(".scatterlayer .trace").count() >= 8  # six sizes, the lowest head, uniform
     flops = page.locator(".jp-Notebook .widget-toggle-button", has_text="training FLOPs").first
     nb.change("flops", flops.click, f"() => document.querySelectorAll('{PLOTS}')[0]"
               ".querySelector('.xtitle').textContent.includes('FLOPs')", timeout_s=30)
@@ -336,7 +338,11 @@ def test_vit_vs_resnet_notebook(lab, page):
 def test_train_notebook(lab, page):
     nb = Lab(page, lab, "06_train.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
     nb.run_all(timeout_s=600)
-    plots = nb.plots(6)  # two training curves, the position embeddings, the explorer's three figures
+    # Two training curves, the position embeddings, the attention explorer's three figures, and the
+    # inside-views explorer's five (filters, explained variance, position, distance, against epoch).
+    plots = nb.plots(11)
     for i in (0, 1):  # a run trained here, or resumed from an earlier Run All, shows its epochs
         assert plots.nth(i).locator(".scatterlayer .point").count() >= 3
+    plots.nth(10).scroll_into_view_if_needed()
+    plots.nth(10).screenshot(path=str(ARTIFACTS / "06_inside_views.png"))
     nb.check()

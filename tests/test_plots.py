@@ -82,8 +82,8 @@ def test_explained_variance_figure_draws_the_random_init_reference():
     band, mean = fig.data[2], fig.data[3]
     np.testing.assert_allclose(mean.y, [0.2, 1.1 / 3, 0.5])  # mean of the cumulative sums
     np.testing.assert_allclose(band.y, [0.3, 0.5, 0.6, 0.3, 0.2, 0.1])  # max forward, min back
-    assert "first 3 components hold 80.0%" in fig.layout.title.text
-    assert "random init 50.0% [30.0, 60.0]" in fig.layout.title.text
+    assert "first 3 hold 80.0%<br>" in fig.layout.title.text
+    assert "<br>(random init 50.0% [30.0, 60.0] over seeds)" in fig.layout.title.text
     assert len(plots.explained_variance_figure(ratio).data) == 2
     with pytest.raises(ValueError, match="components"):
         plots.explained_variance_figure(ratio, reference[:, :2])

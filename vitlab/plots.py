@@ -173,9 +173,9 @@ def explained_variance_figure(ratio: torch.Tensor, reference: torch.Tensor | Non
                                  hoverinfo="skip", showlegend=False, legendgroup="init"))
         fig.add_trace(go.Scatter(x=idx, y=ref.mean(0).tolist(), name=name, mode="lines", legendgroup="init",
                                  line=dict(dash="dash", color="gray")))
-        title += (f": first {len(r)} components hold {_number(100 * r.sum(), 1)}%<br>"
+        title += (f": first {len(r)} hold {_number(100 * r.sum(), 1)}%<br>"
                   f"(random init {spread_text(100 * ref[:, -1], 1, '%')} over seeds)")
-    return layout(fig, title, 520, 340, margin=(60, 20, 50, 50),
+    return layout(fig, title, 580, 340, margin=(60, 20, 50, 50),
                   legend=dict(x=0.98, xanchor="right", y=0.04, yanchor="bottom"),
                   xaxis=dict(title="principal component", **integer_ticks(len(r))),
                   yaxis=dict(title="fraction of variance", range=[0, 1]))

@@ -21,21 +21,22 @@ def layout(fig: go.Figure, title: str, width: int, height: int, margin: tuple[in
            **extra) -> go.Figure:
     """Size (pixels), margins (left, right, top, bottom) and a left-aligned title; ``extra`` goes on as is.
 
-    A title too long to end before the mode bar (top right) breaks into lines, after a comma
-    or colon where it can, and the top margin grows by a line for each.
+    A title line too long to end before the mode bar (top right) breaks into lines, after a
+    comma or colon where it can (lines the caller broke with ``<br>`` are wrapped the same way),
+    and the top margin grows by a line for each.
     """
     left, right, top, bottom = margin
     limit = max(20, (width - 190) // 9)  # characters of a 17-pixel title left of the mode bar
-    lines = [] if "<br>" not in title else [title]
-    rest = "" if lines else title
-    while len(rest) > limit:
-        cut = max(rest.rfind(", ", 0, limit + 1), rest.rfind(": ", 0, limit + 1))
-        cut = cut + 1 if cut > 0 else rest.rfind(" ", 0, limit + 1)
-        if cut <= 0:
-            break
-        lines.append(rest[:cut])
-        rest = rest[cut + 1:]
-    lines += [rest] if rest else []
+    lines = []
+    for rest in title.split("<br>"):  # lines the caller broke, each wrapped as needed
+        while len(rest) > limit:
+            cut = max(rest.rfind(", ", 0, limit + 1), rest.rfind(": ", 0, limit + 1))
+            cut = cut + 1 if cut > 0 else rest.rfind(" ", 0, limit + 1)
+            if cut <= 0:
+                break
+            lines.append(rest[:cut])
+            rest = rest[cut + 1:]
+        lines += [rest] if rest else []
     # Anchored at the top, so each added line pushes the plot down rather than growing both ways.
     title = dict(text="<br>".join(lines), x=0.01, xref="container", xanchor="left", y=1, yref="container",
                  yanchor="top", pad=dict(t=12))
