@@ -335,6 +335,8 @@ def test_inside_by_size_figure_draws_layer_lines_per_size_and_the_lowest_head_ag
     assert list(lines[0].y) == pytest.approx([1.5, 7.0])  # mean over heads per layer
     lowest = next(t for t in fig.data if t.name == "lowest layer, most local head")
     assert list(lowest.x) == [100, 1000] and list(lowest.y) == [1.0, 3.0]
+    assert list(lowest.error_y.array) == pytest.approx([0.2, 0.2]) and list(lowest.error_y.arrayminus) == \
+        pytest.approx([0.1, 0.1])  # the 95% interval over images
     uniform = [t for t in fig.data if t.name.startswith("uniform attention")]
     assert len(uniform) == 2 and all(list(t.y) == [4.2, 4.2] for t in uniform)
     assert fig.layout.xaxis2.type == "log"

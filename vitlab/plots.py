@@ -516,8 +516,9 @@ def inside_by_size_figure(runs: Sequence[RunInside], title: str | None = None) -
 
     Left: each layer's mean attention distance (mean over heads) against depth, one line per
     training-set size (darker: more images), with the uniform-attention line. Right: the
-    lowest layer's most local head against the number of training images (log axis). One
-    point per run; several seeds of a size are drawn as separate points.
+    lowest layer's most local head against the number of training images (log axis), with
+    its 95% bootstrap interval over the probe images. One point per run; several seeds of a
+    size are drawn as separate points.
 
     Args:
         runs: :class:`~vitlab.records.RunInside` records of ViT runs (one architecture).
@@ -540,6 +541,8 @@ def inside_by_size_figure(runs: Sequence[RunInside], title: str | None = None) -
     fig.add_trace(go.Scatter(
         x=[r.subset_size for r in runs], y=[r.view.lowest_local for r in runs], mode="markers+lines",
         name="lowest layer, most local head", marker=dict(size=9, color="#08519c"), line=dict(color="#08519c"),
+        error_y=dict(type="data", symmetric=False, array=[r.lowest_high - r.view.lowest_local for r in runs],
+                     arrayminus=[r.view.lowest_local - r.lowest_low for r in runs]),  # 95% interval over images
         customdata=[[r.seed, r.test_accuracy] for r in runs],
         hovertemplate="%{x:,} images, seed %{customdata[0]}: %{y:.1f} px (accuracy %{customdata[1]:.1%})"
                       "<extra></extra>"), 1, 2)
