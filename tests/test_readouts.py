@@ -226,3 +226,20 @@ def test_data_size_readout_states_each_run_and_applies_the_local_rule():
     assert none.local == [False] and "no run has a local head" in none.text
     with pytest.raises(ValueError, match="run `python -m vitlab sweep`"):
         readouts.data_size([])
+
+
+def test_references_are_random_init_models_rebuilt_under_each_seed(tiny_vit):
+    model = models.build_model({"zoo": "vit_micro_c10"})
+    rebuilt = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        rebuilt.append(models.build_model(model.vitlab_arch))
+    full = min(model.patch_embed.proj.weight.shape[0], model.patch_embed.proj.weight[0].numel())
+    expected = torch.stack([metrics.embedding_filters(m, k=full)[1][:5] for m in rebuilt])
+    assert torch.allclose(readouts.filters_reference(model, 5, seeds=(0, 1)), expected)
+    scores = readouts.position_reference(model, seeds=(0, 1))
+    for (structure, mirror), m in zip(scores, rebuilt):
+        sim = metrics.position_similarity(m)
+        assert structure == metrics.position_structure(sim, tuple(sim.shape[:2]))
+        assert mirror == metrics.mirror_score(sim, tuple(sim.shape[:2]))
+    assert readouts.filters_reference(tiny_vit) is None and readouts.position_reference(tiny_vit) == []  # no vitlab_arch

@@ -6,7 +6,7 @@ import pytest
 import torch
 from plotly.serializers import _py_to_js
 
-from vitlab import data, hooks, metrics, models, plots, widgets, zoo
+from vitlab import data, hooks, metrics, models, plots, readouts, widgets, zoo
 from vitlab.hooks import capture, head_statistics
 
 
@@ -95,7 +95,7 @@ def test_position_explorer_prints_scores_against_random_init(two_models, monkeyp
     assert plots.spread_text([m.neighbour for _, m in expected]) in text
     # Cached per model: switching away and back builds no model again.
     built = []
-    monkeypatch.setattr(widgets, "random_init", lambda *a: built.append(a) or models.build_model(a[0].vitlab_arch))
+    monkeypatch.setattr(readouts, "random_init", lambda *a: built.append(a) or models.build_model(a[0].vitlab_arch))
     view.model.value = two_models[1]
     assert len(built) == 3
     view.model.value = two_models[0]

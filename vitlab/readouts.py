@@ -284,11 +284,19 @@ def position_embeddings(sim: torch.Tensor, reference: Sequence[_Scores] = ()) ->
                            mirror=mirror, reference=reference, grid_structure=grid, mirror_symmetric=symmetric)
 
 
+def position_reference(model: nn.Module, seeds: Sequence[int] = INIT_SEEDS) -> list[_Scores]:
+    """Structure and mirror scores of random-initialised models of ``model``'s architecture, one per seed.
+
+    Empty for a model without ``vitlab_arch`` (its architecture cannot be rebuilt).
+    """
+    if getattr(model, "vitlab_arch", None) is None:
+        return []
+    return [position_scores(metrics.position_similarity(random_init(model, s))) for s in seeds]
+
+
 def position_embeddings_of(model: nn.Module, seeds: Sequence[int] = INIT_SEEDS) -> PositionReadout:
     """:func:`position_embeddings` of ``model``, against random-initialised models of its architecture."""
-    has_arch = getattr(model, "vitlab_arch", None) is not None
-    reference = [position_scores(metrics.position_similarity(random_init(model, s))) for s in seeds] if has_arch else []
-    return position_embeddings(metrics.position_similarity(model), reference)
+    return position_embeddings(metrics.position_similarity(model), position_reference(model, seeds))
 
 
 # --- Fig. 7 (left): embedding filters ------------------------------------------------------------
@@ -347,15 +355,28 @@ def embedding_filters(ratio: torch.Tensor, reference: torch.Tensor | None = None
                           reference_first=ref_first, reference_first_k=ref_k, verdict=verdict)
 
 
+def _components(model: nn.Module) -> int:
+    w = model.patch_embed.proj.weight  # (D, C, P, P)
+    return min(w.shape[0], w[0].numel())
+
+
+def filters_reference(model: nn.Module, k: int | None = None,
+                      seeds: Sequence[int] = INIT_SEEDS) -> torch.Tensor | None:
+    """(seeds, k) explained-variance ratios of the filters of random-initialised models of ``model``'s architecture.
+
+    ``k`` defaults to every component; None for a model without ``vitlab_arch`` or without seeds.
+    """
+    if getattr(model, "vitlab_arch", None) is None or not seeds:
+        return None
+    full = _components(model)
+    reference = torch.stack([metrics.embedding_filters(random_init(model, s), k=full)[1] for s in seeds])
+    return reference if k is None else reference[:, :k]
+
+
 def embedding_filters_of(model: nn.Module, k: int = 28, seeds: Sequence[int] = INIT_SEEDS) -> FiltersReadout:
     """:func:`embedding_filters` of ``model``, against random-initialised models of its architecture."""
-    w = model.patch_embed.proj.weight
-    full = min(w.shape[0], w[0].numel())
-    ratio = metrics.embedding_filters(model, k=full)[1]
-    reference = None
-    if getattr(model, "vitlab_arch", None) is not None and seeds:
-        reference = torch.stack([metrics.embedding_filters(random_init(model, s), k=full)[1] for s in seeds])
-    return embedding_filters(ratio, reference, k)
+    ratio = metrics.embedding_filters(model, k=_components(model))[1]
+    return embedding_filters(ratio, filters_reference(model, seeds=seeds), k)
 
 
 # --- Fig. 6: attention rollout -------------------------------------------------------------------

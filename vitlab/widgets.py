@@ -24,7 +24,7 @@ from torch import nn
 from . import data, metrics, plots, readouts
 from .compare_widgets import CKAExplorer, ProbeExplorer, SweepExplorer  # noqa: F401 (notebook 05's views)
 from .explorer import STYLE, Explorer, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
-from .hooks import INIT_SEEDS, capture, head_statistics, random_init, random_init_statistics, uniform_distance
+from .hooks import INIT_SEEDS, capture, head_statistics, random_init_statistics, uniform_distance
 from .settings import quick_or
 from .train import read_metrics, train
 
@@ -33,11 +33,6 @@ from .train import read_metrics, train
 
 
 _Scores = tuple[metrics.PositionStructure, metrics.MirrorScore]
-
-
-def _position_scores(sim: torch.Tensor) -> _Scores:
-    grid = tuple(sim.shape[:2])  # sim: (rows, cols, rows, cols)
-    return metrics.position_structure(sim, grid), metrics.mirror_score(sim, grid)
 
 
 @dataclass(frozen=True)
@@ -90,9 +85,7 @@ class PositionEmbeddingExplorer(Explorer):
         """Structure and mirror scores of random-initialised models of ``model``'s architecture, cached per model."""
         key = model_key(self.model.value)
         if key not in self._references:
-            arch = getattr(model, "vitlab_arch", None)
-            self._references[key] = [] if arch is None else [
-                _position_scores(metrics.position_similarity(random_init(model, s))) for s in self.SEEDS]
+            self._references[key] = readouts.position_reference(model, self.SEEDS)
             while len(self._references) > 16:
                 self._references.popitem(last=False)
         return self._references[key]
@@ -170,10 +163,7 @@ class EmbeddingFiltersExplorer(Explorer):
         """(seeds, all components) explained-variance ratios of random-initialised models, cached per model."""
         key = model_key(self.model.value)
         if key not in self._references:
-            w = model.patch_embed.proj.weight
-            full = min(w.shape[0], w[0].numel())
-            self._references[key] = None if getattr(model, "vitlab_arch", None) is None else torch.stack(
-                [metrics.embedding_filters(random_init(model, s), k=full)[1] for s in self.SEEDS])
+            self._references[key] = readouts.filters_reference(model, seeds=self.SEEDS)
             while len(self._references) > 16:
                 self._references.popitem(last=False)
         return self._references[key]
