@@ -243,3 +243,9 @@ def test_references_are_random_init_models_rebuilt_under_each_seed(tiny_vit):
         assert structure == metrics.position_structure(sim, tuple(sim.shape[:2]))
         assert mirror == metrics.mirror_score(sim, tuple(sim.shape[:2]))
     assert readouts.filters_reference(tiny_vit) is None and readouts.position_reference(tiny_vit) == []  # no vitlab_arch
+
+
+def test_numbers_that_round_to_zero_lose_their_minus_sign():
+    assert readouts.number(-0.004, 2) == "0.00" and readouts.number(-0.006, 2) == "-0.01"
+    assert readouts.spread_text([-0.001, -0.02, 0.0]) == "-0.01 [-0.02, 0.00]"
+    assert readouts.spread_text([0.05, 0.052], 1, "%", 100) == "5.1% [5.0, 5.2]"

@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 from . import metrics
 from .plotting import (duration, family_color, family_shades, integer_ticks, json_safe, layout, mosaic_axes,
                        square_axes, table, tile)
+from .readouts import number as _number, spread_text
 from .records import InsideView, ProbeRecord, RunInside, RunRecord, group_spread, spread
 
 
@@ -41,16 +42,6 @@ def mosaic_tile(shape: tuple[int, ...], x: float, y: float) -> tuple[int, int] |
     if ry == rows or rx == cols or not (0 <= i < a_n and 0 <= j < b_n):
         return None
     return i, j
-
-
-def _number(x: float, digits: int) -> str:
-    return f"{round(float(x), digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.00"
-
-
-def spread_text(values: Sequence[float], digits: int = 2, unit: str = "") -> str:
-    """Mean and range of reference values (e.g. over init seeds): "0.01 [-0.03, 0.04]"."""
-    v = np.asarray(values, dtype=float)
-    return f"{_number(v.mean(), digits)}{unit} [{_number(v.min(), digits)}, {_number(v.max(), digits)}]"
 
 
 def position_scores_text(sim: torch.Tensor,

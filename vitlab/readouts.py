@@ -100,10 +100,16 @@ def _px(x: float) -> str:
     return f"{x:.1f} px"
 
 
-def _spread(values: Sequence[float], digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
+def number(x: float, digits: int) -> str:
+    """``x`` rounded to ``digits`` decimals, never "-0.00"."""
+    return f"{round(float(x), digits) + 0.0:.{digits}f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def spread_text(values: Sequence[float], digits: int = 2, unit: str = "", scale: float = 1.0) -> str:
+    """Mean and range of reference values (e.g. over init seeds), times ``scale``: "0.01 [-0.03, 0.04]"."""
     v = [scale * float(x) for x in values]
     mean = sum(v) / len(v)
-    return f"{mean:.{digits}f}{unit} [{min(v):.{digits}f}, {max(v):.{digits}f}]"
+    return f"{number(mean, digits)}{unit} [{number(min(v), digits)}, {number(max(v), digits)}]"
 
 
 # --- Fig. 7 (right): mean attention distance -----------------------------------------------------
@@ -270,7 +276,7 @@ def position_embeddings(sim: torch.Tensor, reference: Sequence[_Scores] = ()) ->
     init_max = max((r.distance for r, _ in reference), default=-math.inf)
     grid = structure.distance >= STRUCTURE_THRESHOLD and structure.distance > init_max
     symmetric = mirror.excess >= -0.05 and mirror.mirror >= 0.3
-    init = f" (random init, {len(reference)} seeds: {_spread([r.distance for r, _ in reference])})" if reference else ""
+    init = f" (random init, {len(reference)} seeds: {spread_text([r.distance for r, _ in reference])})" if reference else ""
     strength = "strong" if structure.distance >= 0.7 else "partial"
     first = (f"Nearby patches are more similar: structure score {structure.distance:.2f}{init}, a {strength} "
              f"grid structure; row/column excess {structure.row_column:.2f}." if grid else
@@ -345,8 +351,8 @@ def embedding_filters(ratio: torch.Tensor, reference: torch.Tensor | None = None
         verdict = ("clearly more" if first >= 2 * sum(ref_first) / len(ref_first) else
                    "a little more" if first > 1.1 * max(ref_first) else "no more")
         text = (f"The first component holds {100 * first:.1f}% of the variance (random init, {len(ref_first)} seeds: "
-                f"{_spread(ref_first, 1, 100, '%')}), the first {k} hold {100 * first_k:.1f}% "
-                f"({_spread(ref_k, 1, 100, '%')}): {verdict} structure than random init.")
+                f"{spread_text(ref_first, 1, '%', 100)}), the first {k} hold {100 * first_k:.1f}% "
+                f"({spread_text(ref_k, 1, '%', 100)}): {verdict} structure than random init.")
     else:
         verdict = ""
         text = (f"The first component holds {100 * first:.1f}% of the variance, the first {k} hold "
@@ -448,7 +454,7 @@ def attention_rollout(rollout: torch.Tensor, reference: Sequence[torch.Tensor] =
     area = float(central_region(tuple(rollout.shape[1:])).double().mean())
     ref = [float(centre_ratio(r).mean()) for r in reference]
     mean, std = float(ratios.mean()), float(ratios.std()) if len(ratios) > 1 else 0.0
-    init = f"; random init ({len(ref)} seeds): {_spread(ref)}" if ref else ""
+    init = f"; random init ({len(ref)} seeds): {spread_text(ref)}" if ref else ""
     text = (f"Over {len(ratios)} images the central {100 * area:.0f}% of the image gets {mean:.2f} times its share of "
             f"the rollout (95% interval {float(low):.2f} to {float(high):.2f}, std {std:.2f} across images; 1 = no "
             f"preference{init}). This measures a preference for the centre, where CIFAR-10 objects mostly are, "
