@@ -26,3 +26,17 @@ def test_model_cache_follows_the_weights_file(tmp_path):
     second = explorer.cached_model(str(path))
     assert second is not first
     torch.testing.assert_close(second.pos_embed, other.pos_embed)
+
+
+def test_recent_makes_each_value_once_and_drops_the_least_recently_used():
+    from vitlab.explorer import Recent
+
+    made = []
+    cache = Recent(size=2)
+    make = lambda k: (lambda: made.append(k) or k * 10)  # noqa: E731
+    assert cache.keep("a", make("a")) == "a" * 10 and cache.keep("b", make("b")) == "b" * 10
+    assert cache.keep("a", make("a")) == "a" * 10 and made == ["a", "b"]  # kept: not made again
+    cache.keep("c", make("c"))  # over size: "b", the least recently used, goes
+    assert list(cache) == ["a", "c"]
+    cache.keep("b", make("b"))
+    assert made == ["a", "b", "c", "b"] and list(cache) == ["c", "b"]

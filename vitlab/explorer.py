@@ -28,6 +28,28 @@ _MODELS: OrderedDict[tuple, nn.Module] = OrderedDict()
 _NOTES: dict[tuple, str] = {}
 
 
+class Recent(OrderedDict):
+    """A cache of at most ``size`` entries, the least recently used dropped first.
+
+    Explorers keep what a figure took long to compute (random-init references, captures)
+    per model and settings, so switching back to them redraws without recomputing.
+    """
+
+    def __init__(self, size: int = 16):
+        super().__init__()
+        self.size = size
+
+    def keep(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The value kept for ``key``, made by ``make()`` the first time."""
+        if key in self:
+            self.move_to_end(key)
+        else:
+            self[key] = make()
+            while len(self) > self.size:
+                self.popitem(last=False)
+        return self[key]
+
+
 def weights_file(spec: str) -> Path | None:
     """The local file ``load_model(spec)`` reads weights from (a path, or a zoo checkpoint), if any."""
     path = Path(spec).expanduser()

@@ -11,7 +11,6 @@ tests and for users who want to rearrange them. The views of the ViT vs ResNet s
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch import nn
 
 from . import data, metrics, plots, readouts
 from .compare_widgets import CKAExplorer, ProbeExplorer, SweepExplorer  # noqa: F401 (notebook 05's views)
-from .explorer import STYLE, Explorer, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
+from .explorer import STYLE, Explorer, Recent, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
 from .hooks import INIT_SEEDS, capture, head_statistics, random_init_statistics, uniform_distance
 from .settings import quick_or
 from .train import read_metrics, train
@@ -60,7 +59,7 @@ class PositionEmbeddingExplorer(Explorer):
     def __init__(self, models: Sequence[str], initial: str | None = None):
         super().__init__(models, initial)
         self.selected = (0, 0)
-        self._references: OrderedDict[tuple, list[_Scores]] = OrderedDict()
+        self._references = Recent()
         self.mosaic, self.detail = self.plots
         self.readout = W.HTML()
         self._build([[self.model], W.HTML("<i>Click a tile to see that patch's similarity map large.</i>"),
@@ -83,12 +82,8 @@ class PositionEmbeddingExplorer(Explorer):
 
     def random_init(self, model: nn.Module) -> list[_Scores]:
         """Structure and mirror scores of random-initialised models of ``model``'s architecture, cached per model."""
-        key = model_key(self.model.value)
-        if key not in self._references:
-            self._references[key] = readouts.position_reference(model, self.SEEDS)
-            while len(self._references) > 16:
-                self._references.popitem(last=False)
-        return self._references[key]
+        return self._references.keep(model_key(self.model.value),
+                                     lambda: readouts.position_reference(model, self.SEEDS))
 
     def figures(self, result: _Positions) -> list[go.Figure]:
         self.readout.value = readouts.position_embeddings(result.sim, result.reference).html()
@@ -139,7 +134,7 @@ class EmbeddingFiltersExplorer(Explorer):
         super().__init__(models, initial)
         self.components = W.IntSlider(value=k, min=1, max=64, description="components", continuous_update=False,
                                       style=STYLE)
-        self._references: OrderedDict[tuple, torch.Tensor | None] = OrderedDict()
+        self._references = Recent()
         self.filters, self.variance = self.plots
         self.readout = W.HTML()
         self._build([[self.model, self.components], side_by_side(self.plots), self.readout], [self.components])
@@ -161,12 +156,8 @@ class EmbeddingFiltersExplorer(Explorer):
 
     def random_init(self, model: nn.Module) -> torch.Tensor | None:
         """(seeds, all components) explained-variance ratios of random-initialised models, cached per model."""
-        key = model_key(self.model.value)
-        if key not in self._references:
-            self._references[key] = readouts.filters_reference(model, seeds=self.SEEDS)
-            while len(self._references) > 16:
-                self._references.popitem(last=False)
-        return self._references[key]
+        return self._references.keep(model_key(self.model.value),
+                                    lambda: readouts.filters_reference(model, seeds=self.SEEDS))
 
     def figures(self, result: _Filters) -> list[go.Figure]:
         title = f"{self.model.value}: first {len(result.ratio)} principal components"
@@ -210,7 +201,7 @@ class AttentionDistanceExplorer(Explorer):
         super().__init__(models, initial)
         self.data, self.source, self.reference = images, source, reference
         self.reference_images = quick_or(256, 16)  # random-init models are alike across images
-        self._random: OrderedDict[tuple, torch.Tensor | None] = OrderedDict()
+        self._random = Recent()
         counts = sorted({c for c in counts if c <= len(images)} | {min(default, len(images))})
         self.images = W.Dropdown(options=counts, value=min(default, len(images)), description="images", style=STYLE,
                                  layout=W.Layout(width="22ch"))
@@ -232,13 +223,13 @@ class AttentionDistanceExplorer(Explorer):
 
     def random_init(self, model: nn.Module, n: int, renormalize: bool) -> torch.Tensor | None:
         """(seeds, layers, heads) distances of random-initialised models on the first ``n`` images, cached."""
-        key = (model_key(self.model.value), n, renormalize)
-        if key not in self._random:
-            self._random[key] = None if getattr(model, "vitlab_arch", None) is None else random_init_statistics(
-                model, self.data[:n], self.SEEDS, batch_size=64, renormalize=renormalize, progress=True)["distance"]
-            while len(self._random) > 16:
-                self._random.popitem(last=False)
-        return self._random[key]
+        def make() -> torch.Tensor | None:
+            if getattr(model, "vitlab_arch", None) is None:
+                return None
+            return random_init_statistics(model, self.data[:n], self.SEEDS, batch_size=64, renormalize=renormalize,
+                                          progress=True)["distance"]
+
+        return self._random.keep((model_key(self.model.value), n, renormalize), make)
 
     def describe(self, result: _Distances) -> str:
         return data.describe_images(result.images, self.source)
@@ -336,8 +327,8 @@ class AttentionMapsExplorer(Explorer):
         self.discard = W.FloatSlider(value=0.0, min=0.0, max=0.95, step=0.05, description="discard ratio",
                                      continuous_update=False, style=STYLE)
         self.selected = (0, 0)
-        self._seen: OrderedDict[tuple, _Seen] = OrderedDict()
-        self._readouts: OrderedDict[tuple, readouts.RolloutReadout] = OrderedDict()
+        self._seen = Recent()
+        self._readouts = Recent()
         self.rollout, self.patch, self.heads = self.plots
         self.readout = W.HTML()
         self._build([[self.model, self.image], [self.fusion, self.discard, self.layer, self.head],
@@ -347,16 +338,14 @@ class AttentionMapsExplorer(Explorer):
         self.click(0, -1, self._clicked)
 
     def _see(self) -> _Seen:
-        key = (model_key(self.model.value), self.image.value)
-        if key not in self._seen:
+        def make() -> _Seen:
             model = cached_model(self.model.value)
             size = model.pretrained_cfg["input_size"][1:]
             img = data.resize(self.images[self.image.value : self.image.value + 1], size)  # (1, 3, H, W)
             cap = capture(model, img)
-            self._seen[key] = _Seen(img[0], [cap.attn[i][0] for i in cap.attn], cap.grid, cap.num_prefix_tokens)
-            while len(self._seen) > 16:
-                self._seen.popitem(last=False)
-        return self._seen[key]
+            return _Seen(img[0], [cap.attn[i][0] for i in cap.attn], cap.grid, cap.num_prefix_tokens)
+
+        return self._seen.keep((model_key(self.model.value), self.image.value), make)
 
     def compute(self) -> _Seen:
         seen = self._see()
@@ -399,14 +388,12 @@ class AttentionMapsExplorer(Explorer):
 
     def rollout_readout(self) -> readouts.RolloutReadout:
         """:func:`vitlab.readouts.attention_rollout_of` over all the images, for the settings shown (cached)."""
-        key = (model_key(self.model.value), self.fusion.value, self.discard.value)
-        if key not in self._readouts:
+        def make() -> readouts.RolloutReadout:
             model = cached_model(self.model.value)
             images = data.resize(self.images, model.pretrained_cfg["input_size"][1:])
-            self._readouts[key] = readouts.attention_rollout_of(model, images, self.fusion.value, self.discard.value)
-            while len(self._readouts) > 16:
-                self._readouts.popitem(last=False)
-        return self._readouts[key]
+            return readouts.attention_rollout_of(model, images, self.fusion.value, self.discard.value)
+
+        return self._readouts.keep((model_key(self.model.value), self.fusion.value, self.discard.value), make)
 
 
 # --- training ---------------------------------------------------------------------------------
