@@ -66,20 +66,22 @@ def recorded_epochs(epochs: int, most: int = MOST) -> list[int]:
 
 
 @torch.no_grad()
-def inside_view(model: nn.Module, images: torch.Tensor, epoch: int, step: int,
-                batch_size: int = 128) -> InsideView | None:
+def inside_view(model: nn.Module, images: torch.Tensor, epoch: int, step: int, batch_size: int = 128,
+                stats: dict[str, torch.Tensor] | None = None) -> InsideView | None:
     """The :class:`~vitlab.records.InsideView` of ``model`` on uint8 ``images`` (N, 3, H, W); None for a non-ViT.
 
     Images are resized to the model's input size (a fine-tuned model sees its own grid).
-    Attention distance is the paper's convention (``renormalize=False``). Leaves the model
-    in eval mode; draws no random numbers.
+    Attention distance is the paper's convention (``renormalize=False``); ``stats`` are
+    :func:`vitlab.hooks.head_statistics` of these images (at the model's input size) when the
+    caller already has them. Leaves the model in eval mode; draws no random numbers.
     """
     if not is_vit(model):
         return None
     size = tuple(model.pretrained_cfg["input_size"][1:])
     if tuple(images.shape[-2:]) != size:
         images = data.resize(images, size)
-    stats = head_statistics(model, images, batch_size=batch_size)  # (layers, heads) each
+    if stats is None:  # callers that need the per-image values too pass the statistics they computed
+        stats = head_statistics(model, images, batch_size=batch_size)  # (layers, heads) each
     grid = metrics.patch_grid(model)
     sim = metrics.position_similarity(model)  # (rows, cols, rows, cols)
     structure, mirror = metrics.position_structure(sim, grid), metrics.mirror_score(sim, grid)

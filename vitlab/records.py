@@ -123,14 +123,11 @@ class ProbeRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunProbe:
-    """Few-shot probes of one run's final representation, as kept in ``<results>-fewshot.json``.
+class RunOf:
+    """What a record about one sweep run (its probes, its inside view) names that run by.
 
     Attributes:
-        model, family, subset_size, seed, epochs, batch_size: the probed run (see :class:`RunRecord`).
-        layer, pooling: the representation probed (see :class:`ProbeRecord`).
-        fewshot: shots per class -> accuracy averaged over the probe's seeds.
-        probe_setting: how it was probed (e.g. ``{"shots": [1, 5], "seeds": 3, "test": 2000}``).
+        model, family, subset_size, seed, epochs, batch_size: the run (see :class:`RunRecord`).
     """
 
     model: str
@@ -139,15 +136,30 @@ class RunProbe:
     seed: int
     epochs: int
     batch_size: int
+
+    @property
+    def key(self) -> tuple:
+        """The run's :attr:`RunRecord.key`: (model, subset_size, seed, epochs, batch_size)."""
+        return (self.model, self.subset_size, self.seed, self.epochs, self.batch_size)
+
+
+_RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunOf))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunProbe(RunOf):
+    """Few-shot probes of one run's final representation, as kept in ``<results>-fewshot.json``.
+
+    Attributes:
+        layer, pooling: the representation probed (see :class:`ProbeRecord`).
+        fewshot: shots per class -> accuracy averaged over the probe's seeds.
+        probe_setting: how it was probed (e.g. ``{"shots": [1, 5], "seeds": 3, "test": 2000}``).
+    """
+
     layer: str
     pooling: str
     fewshot: dict[int, float]
     probe_setting: dict[str, Any]
-
-    @property
-    def key(self) -> tuple:
-        """The probed run's :attr:`RunRecord.key`."""
-        return (self.model, self.subset_size, self.seed, self.epochs, self.batch_size)
 
 
 # --- the file boundary: field names are parsed and written only below ---------------------------
@@ -220,7 +232,7 @@ def _run_row(run: RunRecord) -> dict[str, Any]:
 
 
 def _probe_row(probe: RunProbe) -> dict[str, Any]:
-    row = {k: getattr(probe, k) for k in ("model", "family", "subset_size", "seed", "epochs", "batch_size")}
+    row = {k: getattr(probe, k) for k in _RUN_KEYS}
     row.update(zip(_fewshot_fields(probe.fewshot), (probe.fewshot[k] for k in sorted(probe.fewshot))))
     return dict(row, layer=probe.layer, pooling=probe.pooling, probe_setting=probe.probe_setting)
 
@@ -393,15 +405,13 @@ class InsideView:
 
 #: ``<results>-inside.{json,csv}``: the inside view of each ViT run's final model.
 INSIDE_TAG = "-inside"
-_RUN_KEYS = ("model", "family", "subset_size", "seed", "epochs", "batch_size")
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunInside:
+class RunInside(RunOf):
     """The inside view of one sweep run's final model (:func:`vitlab.sweep.inside_runs`).
 
     Attributes:
-        model, family, subset_size, seed, epochs, batch_size: the run, as in :class:`RunRecord`.
         test_accuracy: of the run (copied from its record, so a figure needs one file).
         code_version: git commit the run was trained with.
         view: its :class:`InsideView` on the probe images, from the final weights.
@@ -410,23 +420,12 @@ class RunInside:
             and the 95% bootstrap interval of the mean, pixels.
     """
 
-    model: str
-    family: str
-    subset_size: int
-    seed: int
-    epochs: int
-    batch_size: int
     test_accuracy: float
     code_version: str
     view: InsideView
     lowest_std: float = 0.0
     lowest_low: float = 0.0
     lowest_high: float = 0.0
-
-    @property
-    def key(self) -> tuple:
-        """What identifies the run: (model, subset_size, seed, epochs, batch_size)."""
-        return (self.model, self.subset_size, self.seed, self.epochs, self.batch_size)
 
 
 #: Columns of ``<results>-inside.csv`` (the ``.json`` keeps the whole view).

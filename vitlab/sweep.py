@@ -293,9 +293,11 @@ def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
     images = inside.probe_images()
     for record in tqdm(todo, desc="inside views", disable=not progress):
         model = load_model(_run_dir(config, record) / "model.safetensors", device="cpu")
-        view = inside.inside_view(model, images, epoch=record.epochs, step=record.images_seen // record.batch_size)
-        per_image = head_statistics(model, images, layers=[0])["distance_per_image"]  # (images, 1, heads)
-        spread = readouts.attention_distance(per_image, view.uniform)  # its lowest layer's most local head
+        stats = head_statistics(model, images)  # once: the view's means and the per-image spread
+        view = inside.inside_view(model, images, epoch=record.epochs, step=record.images_seen // record.batch_size,
+                                  stats=stats)
+        lowest = stats["distance_per_image"][:, :1]  # (images, 1, heads)
+        spread = readouts.attention_distance(lowest, view.uniform)  # its lowest layer's most local head
         views = [*views, RunInside(model=record.model, family=record.family, subset_size=record.subset_size,
                                    seed=record.seed, epochs=record.epochs, batch_size=record.batch_size,
                                    test_accuracy=record.test_accuracy, code_version=record.code_version, view=view,
