@@ -165,6 +165,12 @@ RUNS_ROWS: dict[str, Bad] = {
     "runs-eval-size-too-large": Bad(
         _train("--eval-size", "20000"), SystemExit, "--eval-size 20000: must be 1..10000",
         before=_AFTER_DATA + "ValueError 'subset size must be in 1..10000 (the number of labels), got 20000'"),
+    "runs-cutmix-odd-batch": Bad(
+        _train("--cutmix", "1.0", "--batch-size", "127"), SystemExit, "--batch-size 127: must be even when --mixup",
+        before="(new flag) timm's AssertionError 'Batch size should be even when using this' at the first step"),
+    "runs-mix-prob-above-one": Bad(
+        _train("--mixup", "0.8", "--mix-prob", "1.5"), SystemExit, "--mix-prob 1.5: must be a probability",
+        before="(new flag) timm mixed every batch without a word"),
     "runs-checkpoint-every-negative": Bad(
         _train("--checkpoint-every", "-1"), SystemExit, "--checkpoint-every -1: must be 0",
         before="the same kind of line from the CLI; train(checkpoint_every=-1) checkpointed after every step"),

@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: 2 epochs of 15 steps, checkpoints at steps 4, 8, 12, 15 (epoch end), 16, 20, 24, 28 and 30.
 FLAGS = ["--model", "vit_micro_c10", "--epochs", "2", "--batch-size", "20", "--warmup-epochs", "0.5",
          "--checkpoint-every", "4", "--no-progress"]
+#: The same run with timm's CutMix and mixup, whose draws come from NumPy's global state.
+MIXED = [*FLAGS, "--cutmix", "1.0", "--mixup", "0.8"]
 
 #: (fault, what the kill interrupts, the step the next run resumes at: 0 is from the start).
 #: Each run resumes where the one before was killed, so the chain crosses every moment once.
@@ -149,11 +151,11 @@ class Runs:
         self.count = 0
         self.baseline: Path | None = None  # the folder of the uninterrupted run
 
-    def run(self, out: Path, fault: list | None = None) -> tuple[dict, str]:
+    def run(self, out: Path, fault: list | None = None, flags: list[str] = FLAGS) -> tuple[dict, str]:
         """Train into ``out`` with ``fault``; returns how the process ended and what it printed."""
         self.count += 1
         log = out.parent / f"{out.name}-{self.count}.log"
-        job = dict(argv=[*FLAGS, "--out", str(out)], fault=fault, log=str(log))
+        job = dict(argv=[*flags, "--out", str(out)], fault=fault, log=str(log))
         self.zygote.stdin.write(json.dumps(job) + "\n")
         ended = json.loads(self.zygote.stdout.readline())
         return ended, log.read_text()
@@ -231,6 +233,27 @@ def test_a_truncated_latest_checkpoint_resumes_from_the_previous_one(runs, tmp_p
                      r".*checkpoint-00000008.json \(step 8\)", output), output
     assert _resumed_at(output) == 8
     _assert_same_weights(out, runs.baseline)
+
+
+@pytest.mark.slow
+def test_a_cutmix_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(runs, tmp_path):
+    """Every child is forked with the zygote's NumPy state, so a resumed run that drew its mixing
+    from NumPy's global stream would replay the first steps' boxes and end elsewhere."""
+    baseline = tmp_path / "uninterrupted"
+    ended, output = runs.run(baseline, flags=MIXED)
+    assert ended == dict(signal=None, code=0), output
+    assert "dominant label" in output
+    mixed, plain = (safetensors.torch.load_file(folder / "model.safetensors") for folder in (baseline, runs.baseline))
+    assert not torch.equal(mixed["head.weight"], plain["head.weight"]), "CutMix changed nothing"
+    for step, resume_at in ((6, 4), (27, 24)):
+        out = tmp_path / f"killed-at-{step}"
+        ended, output = runs.run(out, ["step", step], flags=MIXED)
+        assert ended["signal"] == signal.SIGKILL, output
+        ended, output = runs.run(out, flags=MIXED)
+        assert ended == dict(signal=None, code=0), output
+        assert _resumed_at(output) == resume_at
+        _assert_same_weights(out, baseline)
+        assert _scores(out) == _scores(baseline)
 
 
 if __name__ == "__main__":

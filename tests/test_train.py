@@ -218,3 +218,151 @@ def test_inside_views_are_a_run_flag_on_by_default():
     assert parse(["train"]).inside is True and parse(["train", "--no-inside"]).inside is False
     assert "inside" in RUN_FLAGS  # not a setting: resuming with the other choice keeps the same weights
     assert "inside" not in {f.name for f in dataclasses.fields(train.TrainConfig)}
+
+
+# --- Mixup and CutMix (timm), and the sync-free step ------------------------------------
+
+
+def _smoothed(labels: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
+    """(1 - s) one-hot + s / classes, written out element by element."""
+    out = torch.empty(len(labels), classes)
+    for i, label in enumerate(labels.tolist()):
+        for k in range(classes):
+            out[i, k] = smoothing / classes + (1 - smoothing) * (k == label)
+    return out
+
+
+def test_cutmix_targets_are_the_pasted_pixel_fractions_and_sum_to_one():
+    config = train.TrainConfig(cutmix=1.0, label_smoothing=0.1)
+    mixup = train.mixer(config, num_classes=10)
+    b = 8
+    x = torch.arange(b, dtype=torch.float32)[:, None, None, None].expand(b, 3, 16, 16).clone()  # image i is all i
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    smooth = _smoothed(y, 10, 0.1)
+    boxes = 0
+    for step in range(20):
+        mixed, target = train.mix(mixup, x.clone(), y, seed=0, step=step)
+        assert target.shape == (b, 10)
+        torch.testing.assert_close(target.sum(-1), torch.ones(b))
+        for i in range(b):
+            own = (mixed[i] == i).float().mean().item()  # fraction of image i still its own
+            pasted = (mixed[i] == b - 1 - i).float().mean().item()  # CutMix pastes from the mirror image
+            assert own + pasted == pytest.approx(1.0)
+            torch.testing.assert_close(target[i], own * smooth[i] + pasted * smooth[b - 1 - i])
+        boxes += pasted > 0
+    assert boxes >= 15  # alpha 1 draws a box almost every time
+
+
+def test_mixup_targets_follow_the_pixel_weights():
+    mixup = train.mixer(train.TrainConfig(mixup=0.8, label_smoothing=0.0), num_classes=10)
+    x = torch.rand(4, 3, 8, 8)
+    y = torch.tensor([3, 1, 4, 1])
+    mixed, target = train.mix(mixup, x.clone(), y, seed=1, step=5)
+    lam = target[0, 3].item() if y[0] != y[-1] else None  # the weight of image 0's own label
+    assert lam is not None
+    torch.testing.assert_close(mixed[0], lam * x[0] + (1 - lam) * x[-1])
+    torch.testing.assert_close(target.sum(-1), torch.ones(4))
+
+
+def test_a_batch_with_mix_probability_zero_is_unchanged_and_matches_plain_smoothed_loss():
+    config = train.TrainConfig(mixup=0.8, cutmix=1.0, mix_prob=0.0, label_smoothing=0.1)
+    x = torch.randn(6, 3, 8, 8)
+    y = torch.tensor([0, 1, 2, 3, 4, 9])
+    for step in range(10):
+        mixed, target = train.mix(train.mixer(config, 10), x.clone(), y, seed=0, step=step)
+        assert torch.equal(mixed, x)
+        torch.testing.assert_close(target, _smoothed(y, 10, 0.1))
+    logits = torch.randn(6, 10)
+    soft = timm.loss.SoftTargetCrossEntropy()(logits, target)
+    torch.testing.assert_close(soft, F.cross_entropy(logits, y, label_smoothing=0.1))
+
+
+def test_mixing_is_a_function_of_seed_and_step_and_leaves_numpy_alone():
+    import numpy as np
+
+    mixup = train.mixer(train.TrainConfig(mixup=0.8, cutmix=1.0), 10)
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    a = train.mix(mixup, x.clone(), y, seed=0, step=7)
+    assert np.array_equal(np.random.get_state()[1], before)
+    np.random.rand(10)  # whatever the caller's stream did in between
+    b = train.mix(mixup, x.clone(), y, seed=0, step=7)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    draws = {tuple(train.mix(mixup, x.clone(), y, seed=0, step=s)[1][0].tolist()) for s in range(8)}
+    assert len(draws) > 4  # other steps draw other mixes
+
+
+@pytest.mark.parametrize("change, error", [
+    (dict(cutmix=1.0, batch_size=127), r"^--batch-size 127: must be even when --mixup or --cutmix is on"),
+    (dict(mixup=-0.2), r"^--mixup -0.2: must be 0 \(off\) or a positive Beta alpha"),
+    (dict(cutmix=float("nan")), r"^--cutmix nan: must be 0 \(off\)"),
+    (dict(mix_prob=1.5), r"^--mix-prob 1.5: must be a probability, 0..1$"),
+    (dict(mix_switch_prob=-0.1), r"^--mix-switch-prob -0.1: must be a probability"),
+])
+def test_mixing_settings_are_checked_up_front(tmp_path, change, error):
+    with pytest.raises(ValueError, match=error):
+        train.check(train.TrainConfig(**change), tmp_path / "run")
+    train.check(train.TrainConfig(batch_size=127), tmp_path / "run")  # odd batches are fine without mixing
+
+
+def test_mixing_flags_are_timms_and_off_by_default():
+    from vitlab.__main__ import build_parser
+
+    args = build_parser().parse_args(["train", "--mixup", "0.8", "--cutmix", "1.0", "--mix-prob", "0.5",
+                                      "--mix-switch-prob", "0.3"])
+    assert (args.mixup, args.cutmix, args.mix_prob, args.mix_switch_prob) == (0.8, 1.0, 0.5, 0.3)
+    config = train.TrainConfig()
+    assert not train.mixing(config) and train.mixer(config, 10) is None
+    mixup = train.mixer(train.TrainConfig(mixup=0.8, cutmix=1.0, mix_prob=0.5, mix_switch_prob=0.3), 10)
+    assert (mixup.mixup_alpha, mixup.cutmix_alpha, mixup.mix_prob, mixup.switch_prob, mixup.mode) == (
+        0.8, 1.0, 0.5, 0.3, "batch")
+
+
+def _micro_run(tmp_path, **change):
+    config = train.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=16, **change)
+    model = models.build_model({"zoo": "vit_micro_c10"})
+    return train._setup(config, tmp_path, model, torch.device("cpu"), rank=0, world=1, steps_per_epoch=6)
+
+
+@pytest.mark.parametrize("change", [{}, dict(cutmix=1.0, mixup=0.8)])
+def test_the_step_returns_device_tensors_and_the_epoch_reads_back_once(tmp_path, monkeypatch, change):
+    run = _micro_run(tmp_path, **change)
+    images = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(96) % 10
+    x, y = train.batch(run, images[:16], labels[:16])
+    loss, hits = train._step(run, x, y)
+    assert isinstance(loss, torch.Tensor) and isinstance(hits, torch.Tensor)
+    assert loss.device == hits.device == run.device and loss.ndim == hits.ndim == 0
+    assert not loss.requires_grad
+    reads = []
+
+    def counted(name, original):
+        def read(self, *args):
+            caller = sys._getframe(1).f_code.co_filename
+            # torch.optim reads its step counters, which it keeps on the host by design: no device sync.
+            if f"torch{os.sep}optim" not in caller:
+                reads.append((name, Path(caller).name))
+            return original(self, *args)
+        return read
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    stats = train.train_one_epoch(run, images, labels, progress=False)
+    monkeypatch.undo()
+    assert reads == [("item", "train.py")] * 2, reads  # loss and hits, once, after the epoch's 5 remaining steps
+    assert 0 <= stats["train_accuracy"] <= 1 and math.isfinite(stats["loss"])
+
+
+def test_mixed_training_counts_accuracy_against_the_dominant_label(tmp_path, monkeypatch):
+    run = _micro_run(tmp_path, cutmix=1.0)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(16) % 10
+    x, target = train.batch(run, images, labels)
+    lam = target[0, labels[0]].item() - 0.01  # smoothing 0.1 over 10 classes adds 0.01 to each
+    dominant = labels if lam >= 0.5 else labels.flip(0)
+    logits = torch.nn.functional.one_hot(dominant, 10).float()  # a model that always says the dominant label
+    monkeypatch.setattr(run, "net", lambda inputs: logits.requires_grad_())
+    monkeypatch.setattr(run.opt, "step", lambda: None)
+    _, hits = train._step(run, x, target)
+    assert hits.item() == 16

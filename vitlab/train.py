@@ -10,7 +10,11 @@ in ``<out>`` with the same settings continues from its last checkpoint
 a finished one is given back untouched. Settings out of range, a folder in use or holding
 another run are refused with one line before any data is read. A ViT's inside views (the
 paper's Fig. 7 numbers and tensors on a fixed probe set, :mod:`vitlab.inside`) are recorded
-at the end of each epoch, at most 30 per run.
+at the end of each epoch, at most 30 per run. Mixup and CutMix are timm's
+(:class:`timm.data.Mixup` on whole batches, soft targets); with them on, the train accuracy
+is counted against each mixed image's dominant label. The step loop never waits for the
+device: losses and hit counts stay device tensors, read once per epoch and at progress-bar
+refreshes.
 """
 from __future__ import annotations
 
@@ -26,9 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -60,7 +67,12 @@ class TrainConfig:
         weight_decay: decoupled weight decay of weights (not of biases, norms, embeddings).
         warmup_epochs: epochs of linear learning-rate warmup, at most ``epochs`` (the default 2
             is kept in shorter runs, whose learning rate then peaks below ``lr``).
-        label_smoothing: of the cross-entropy loss.
+        label_smoothing: of the cross-entropy loss (folded into the soft targets under mixing).
+        mixup: alpha of mixup's Beta(alpha, alpha) mixing weight; 0: off (timm's ``mixup_alpha``).
+        cutmix: alpha of CutMix's Beta(alpha, alpha) box area; 0: off (timm's ``cutmix_alpha``).
+        mix_prob: chance that a batch is mixed at all, when mixup or cutmix is on (timm's ``prob``).
+        mix_switch_prob: with both on, chance that a mixed batch uses CutMix rather than mixup
+            (timm's ``switch_prob``).
         crop_padding: pixels of reflection padding for random crops.
         flip: random horizontal flips.
         precision: auto (bf16 on GPUs, fp32 on CPUs), bf16 or fp32.
@@ -80,6 +92,10 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    mix_switch_prob: float = 0.5
     crop_padding: int = 4
     flip: bool = True
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -108,6 +124,7 @@ class _Run:
     net: nn.Module  # what the step runs: the model, maybe wrapped in DDP and compiled
     opt: torch.optim.Optimizer
     gen: torch.Generator  # the augmentation stream, on the device
+    mixup: Mixup | None  # timm's batch mixup/CutMix; None: plain labels
     device: torch.device
     amp: torch.dtype | None
     rank: int
@@ -243,6 +260,13 @@ def _out_of_range(config: TrainConfig, checkpoint_every: int) -> str | None:
         ("weight_decay", c.weight_decay, math.isfinite(c.weight_decay) and c.weight_decay >= 0, "0 or more"),
         ("warmup_epochs", c.warmup_epochs, warmup_ok, f"0..{c.epochs} (at most --epochs)"),
         ("label_smoothing", c.label_smoothing, 0 <= c.label_smoothing < 1, "at least 0 and below 1"),
+        ("mixup", c.mixup, math.isfinite(c.mixup) and c.mixup >= 0, "0 (off) or a positive Beta alpha, e.g. 0.8"),
+        ("cutmix", c.cutmix, math.isfinite(c.cutmix) and c.cutmix >= 0, "0 (off) or a positive Beta alpha, e.g. 1.0"),
+        ("mix_prob", c.mix_prob, 0 <= c.mix_prob <= 1, "a probability, 0..1"),
+        ("mix_switch_prob", c.mix_switch_prob, 0 <= c.mix_switch_prob <= 1, "a probability, 0..1"),
+        # timm mixes each image with its mirror in the batch (x.flip(0)), so the pairs need an even batch.
+        ("batch_size", c.batch_size, not mixing(c) or c.batch_size % 2 == 0,
+         "even when --mixup or --cutmix is on (timm pairs each image with another of its batch)"),
         ("crop_padding", c.crop_padding, 0 <= c.crop_padding < IMAGE_SIZE,
          f"0..{IMAGE_SIZE - 1} pixels (reflection padding stays below the {IMAGE_SIZE}-pixel CIFAR image size)"),
         ("img_size", c.img_size, c.img_size is None or (c.img_size >= 1 and c.img_size % (patch or 1) == 0), size_rule),
@@ -252,6 +276,35 @@ def _out_of_range(config: TrainConfig, checkpoint_every: int) -> str | None:
         if not ok:
             return f"--{name.replace('_', '-')} {value}: must be {allowed}"
     return None
+
+
+def mixing(config: TrainConfig) -> bool:
+    """Whether ``config`` mixes images (mixup or CutMix on)."""
+    return config.mixup > 0 or config.cutmix > 0
+
+
+def mixer(config: TrainConfig, num_classes: int) -> Mixup | None:
+    """timm's :class:`~timm.data.Mixup` for ``config`` in batch mode (one draw per batch); None when off."""
+    if not mixing(config):
+        return None
+    return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mix_prob,
+                 switch_prob=config.mix_switch_prob, mode="batch", label_smoothing=config.label_smoothing,
+                 num_classes=num_classes)
+
+
+def mix(mixup: Mixup, x: torch.Tensor, y: torch.Tensor, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix the normalised batch ``x`` (B, C, H, W) in place; returns it and its soft targets (B, classes).
+
+    timm draws from NumPy's global random state, which checkpoints do not hold: the state is
+    seeded from ``(seed, step)`` for the call and put back after, so a resumed run draws what
+    the uninterrupted one drew and the caller's NumPy stream is untouched.
+    """
+    saved = np.random.get_state()
+    np.random.seed((seed * 1_000_003 + step) % 2**32)
+    try:
+        return mixup(x, y)
+    finally:
+        np.random.set_state(saved)
 
 
 def _processes() -> tuple[int, int]:
@@ -334,7 +387,9 @@ def _start(config: TrainConfig, out: Path, device: str | torch.device | None,
             run.probe = inside_views.probe_images().to(device)
         _report(progress, f"training {config.model}: {len(train_x)} images, {run.total} steps, {world} "
                 f"process(es) on {hardware(device)}, "
-                f"{'resuming at step ' + str(run.step) if run.step else 'from the start'}")
+                f"{'resuming at step ' + str(run.step) if run.step else 'from the start'}"
+                + ("; images mixed (timm Mixup/CutMix): train accuracy counts each image's dominant label"
+                   if run.mixup is not None else ""))
     return run, (train_x.to(device), train_y.to(device), test_x, test_y)
 
 
@@ -351,7 +406,7 @@ def _setup(config: TrainConfig, out: Path, model: nn.Module, device: torch.devic
     else:
         opt = torch.optim.AdamW(groups, lr=config.lr, fused=device.type == "cuda" or None)
     return _Run(config=config, out=out, model=model, net=net, opt=opt, device=device,
-                gen=torch.Generator(device=device).manual_seed(config.seed + 1),
+                gen=torch.Generator(device=device).manual_seed(config.seed + 1), mixup=mixer(config, len(data.CLASSES)),
                 amp=autocast_dtype(config.precision, device), rank=rank, world=world,
                 steps_per_epoch=steps_per_epoch)
 
@@ -431,38 +486,70 @@ def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progr
     order = _epoch_order(len(images), config.seed, epoch, run.device)
     shard = slice(run.rank * bs // run.world, (run.rank + 1) * bs // run.world)
     run.net.train()
-    started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+    started, seen = time.perf_counter(), 0
+    loss_sum = torch.zeros((), device=run.device)  # summed on the device: no host sync per step
+    correct = torch.zeros((), dtype=torch.long, device=run.device)
     bar = tqdm(range(first, run.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                disable=not progress or run.rank != 0)
     for b in bar:
         idx = order[b * bs : (b + 1) * bs]
-        # Every process draws the whole batch's augmentation and keeps its shard, so the
-        # random stream (and the result) does not depend on the number of processes.
-        x = augment(images[idx], config.crop_padding, config.flip, run.gen)[shard]  # (B / world, 3, H, W)
-        loss, hits = _step(run, x, labels[idx][shard])
-        loss_sum, correct, seen = loss_sum + loss, correct + hits, seen + len(x)
-        bar.set_postfix(loss=f"{loss_sum / (b - first + 1):.3f}")
+        x, y = batch(run, images[idx], labels[idx])
+        x, y = x[shard], y[shard]  # (B / world, 3, H, W), (B / world[, classes])
+        loss, hits = _step(run, x, y)
+        loss_sum += loss
+        correct += hits
+        seen += len(x)
+        if not bar.disable and (b - first) % PROGRESS_EVERY == 0:  # the only read-back inside the epoch
+            bar.set_postfix(loss=f"{loss_sum.item() / (b - first + 1):.3f}")
         if checkpoint_every and run.step % checkpoint_every == 0 and run.step % run.steps_per_epoch:
             _save_checkpoint(run, run.step / run.steps_per_epoch, wall=run.wall + time.perf_counter() - started)
+    loss_total, hit_total = loss_sum.item(), correct.item()  # waits for the epoch's last step
     elapsed = time.perf_counter() - started
     run.wall += elapsed
     steps = run.steps_per_epoch - first
-    return dict(loss=loss_sum / max(1, steps), train_accuracy=correct / max(1, seen),
+    return dict(loss=loss_total / max(1, steps), train_accuracy=hit_total / max(1, seen),
                 images_per_second=steps * bs / elapsed)
 
 
-def _step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-    """One optimiser step on the batch ``x`` (B, 3, H, W) uint8; returns its loss and correct count."""
+#: Steps between progress-bar updates, each of which reads the running loss back from the device.
+PROGRESS_EVERY = 20
+
+
+def batch(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training inputs of one whole batch: augmented, normalised and maybe mixed.
+
+    Every process draws the whole batch's augmentation and mixing and keeps its shard, so
+    the random streams (and the result) do not depend on the number of processes.
+
+    Returns:
+        ``(x, y)``: float inputs (B, 3, H, W), and labels (B,) or soft targets (B, classes).
+    """
+    x = preprocess(run.model, augment(images, run.config.crop_padding, run.config.flip, run.gen))
+    if run.mixup is None:
+        return x, labels
+    return mix(run.mixup, x, labels, run.config.seed, run.step)
+
+
+def _step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on the inputs ``x`` (B, 3, H, W) against labels or soft targets ``y``.
+
+    Returns the loss and the count of correct predictions (against each mixed image's
+    dominant label) as device tensors, so the step never waits for the device.
+    """
     for group in run.opt.param_groups:
         group["lr"] = lr_at(run.step, run.total, run.warmup, run.config.lr)
     with torch.autocast(run.device.type, dtype=run.amp, enabled=run.amp is not None):
-        logits = run.net(preprocess(run.model, x))  # (B, classes)
-        loss = F.cross_entropy(logits, y, label_smoothing=run.config.label_smoothing)
+        logits = run.net(x)  # (B, classes)
+        if y.ndim == 2:  # soft targets; the label smoothing is in them
+            loss = SoftTargetCrossEntropy()(logits, y)
+        else:
+            loss = F.cross_entropy(logits, y, label_smoothing=run.config.label_smoothing)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     run.opt.step()
     run.step += 1
-    return loss.item(), (logits.argmax(-1) == y).sum().item()
+    label = y.argmax(-1) if y.ndim == 2 else y
+    return loss.detach(), (logits.argmax(-1) == label).sum()
 
 
 def _epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
@@ -482,6 +569,7 @@ def _finish(run: _Run, record: dict[str, Any]) -> TrainResult:
     """Save the final model with its record (rank 0) and return it."""
     model = run.model
     final = dict(record, hardware=hardware(run.device), processes=run.world,
+                 **({"train_accuracy_of": "dominant label"} if run.mixup is not None else {}),
                  precision=str(run.amp or torch.float32), params=sum(p.numel() for p in model.parameters()))
     if run.rank == 0:
         metadata = dict(config=dataclasses.asdict(run.config), metrics=final, data=_data_record(run.config),
