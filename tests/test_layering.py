@@ -16,14 +16,14 @@ RANKS = {
     "models": 2,
     "hooks": 3, "features": 3, "train": 3, "inside": 3,
     "zoo": 4,
-    "compare": 5, "sweep": 5, "readouts": 5,
+    "compare": 5, "sweep": 5, "readouts": 5, "recipes": 5,
     "plotting": 6, "plots": 6,
     "explorer": 7, "widgets": 7, "compare_widgets": 7,
     "__init__": 8, "__main__": 8,
 }
 SAME_RANK = {("features", "hooks"), ("inside", "hooks"), ("train", "inside"), ("sweep", "compare"),
              ("sweep", "readouts"), ("plots", "plotting"), ("widgets", "explorer"),
-             ("widgets", "compare_widgets"), ("compare_widgets", "explorer")}
+             ("widgets", "compare_widgets"), ("compare_widgets", "explorer"), ("recipes", "readouts")}
 
 
 def _imports(path: Path) -> set[str]:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m vitlab {zoo,data,train,publish,sweep}``.
+"""Command line: ``python -m vitlab {zoo,data,train,publish,sweep,recipes}``.
 
 ``train`` has one flag per field of :class:`vitlab.train.TrainConfig` (mapped by
 :mod:`vitlab.config`) besides ``--out``, ``--progress`` and ``--checkpoint-every``;
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 
 from . import data, zoo
@@ -57,6 +58,12 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     add_flags(sweep_parser, SweepConfig)
     sweep_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
                               help="a progress bar per epoch")
+    rec = sub.add_parser("recipes", help="collect finished runs into one comparison of training recipes")
+    rec.add_argument("--arm", nargs="+", action="append", required=True, metavar=("LABEL", "RUN"),
+                     help="an arm's label and the run folders of its seeds (give --arm once per arm)")
+    rec.add_argument("--out", required=True, help="new folder of the comparison (e.g. data/results/locality)")
+    rec.add_argument("--force", action="store_true", help="replace --out if it exists")
+    rec.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     return parser
 
 
@@ -87,7 +94,21 @@ def _sweep(args: argparse.Namespace) -> None:
     print(f"{len(runs)} runs in {config.results}.csv")
 
 
-COMMANDS = dict(zoo=_zoo, data=_data, train=_train, publish=_publish, sweep=_sweep)
+def _recipes(args: argparse.Namespace) -> None:
+    from . import readouts, recipes
+
+    arms = {}
+    for label, *runs in args.arm:
+        if not runs or label in arms:
+            raise ConfigError(f"--arm {label}: give each arm once, as a label followed by its run folders")
+        arms[label] = runs
+    command = "python -m vitlab recipes " + " ".join(
+        shlex.join(["--arm", *arm]) for arm in args.arm) + f" --out {shlex.quote(args.out)}"
+    comparison = recipes.collect(arms, args.out, commands=[command], force=args.force, progress=args.progress)
+    print(readouts.recipes(comparison))
+
+
+COMMANDS = dict(zoo=_zoo, data=_data, train=_train, publish=_publish, sweep=_sweep, recipes=_recipes)
 
 
 def main(argv: list[str] | None = None) -> int:

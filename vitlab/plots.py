@@ -16,7 +16,7 @@ from . import metrics
 from .plotting import (duration, family_color, family_shades, integer_ticks, json_safe, layout, mosaic_axes,
                        square_axes, table, tile)
 from .readouts import number as _number, spread_text
-from .records import InsideView, ProbeRecord, RunInside, RunRecord, group_spread, spread
+from .records import InsideView, ProbeRecord, Recipes, RunInside, RunRecord, group_spread, spread
 
 
 def tile_mosaic(tiles: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -549,3 +549,99 @@ def inside_by_size_figure(runs: Sequence[RunInside], title: str | None = None) -
     model = runs[0].model
     return layout(fig, title or f"{model}: attention distance against training-set size (paper's convention)",
                   980, 460, margin=(90, 20, 60, 60))
+
+
+#: One colour per arm of a recipe comparison, in its order; seeds are told apart by dash and symbol.
+ARM_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+_SEED_DASH, _SEED_SYMBOL = ("solid", "dash", "dot", "dashdot"), ("circle", "diamond", "square", "cross")
+
+
+def recipes_figure(comparison: Recipes, epoch: int, title: str | None = None) -> go.Figure:
+    """Fig. 7 (right) for each arm of a recipe comparison side by side, at ``epoch``.
+
+    One panel per arm: every head's mean attention distance against depth for each seed
+    (symbols), each seed's mean over heads as a line, and uniform attention (dashed). The
+    y axis is shared, so the arms compare at a glance.
+    """
+    arms = list(comparison.arms)
+    fig = make_subplots(rows=1, cols=len(arms), shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=[f"{a}" for a in arms])
+    uniform = comparison.runs[0].views[-1].uniform
+    depth = len(comparison.runs[0].views[-1].distance)
+    top = uniform
+    for col, arm in enumerate(arms, 1):
+        colour = ARM_COLOURS[(col - 1) % len(ARM_COLOURS)]
+        for k, run in enumerate(comparison.arms[arm]):
+            view = run.view_at(epoch)
+            d = torch.tensor(view.distance)  # (layers, heads)
+            top = max(top, float(d.max()))
+            offset = 0.12 * (k - (len(comparison.arms[arm]) - 1) / 2)  # seeds side by side within a layer
+            layers = torch.arange(1, depth + 1).float()
+            fig.add_trace(go.Scatter(
+                x=(layers[:, None] + offset).expand_as(d).flatten().numpy(), y=d.flatten().numpy(), mode="markers",
+                marker=dict(color=colour, size=8, opacity=0.75, symbol=_SEED_SYMBOL[k % 4]),
+                name=f"{arm}, seed {run.seed}: heads", legendgroup=f"{arm}{run.seed}",
+                customdata=[[h + 1] for _ in range(depth) for h in range(d.shape[1])],
+                hovertemplate=f"{arm}, seed {run.seed}<br>layer %{{x:.0f}}, head %{{customdata[0]}}: %{{y:.1f}} px"
+                              "<extra></extra>"), 1, col)
+            fig.add_trace(go.Scatter(
+                x=layers.numpy() + offset, y=view.layer_means, mode="lines", line=dict(color=colour, width=1.5,
+                                                                                     dash=_SEED_DASH[k % 4]),
+                name=f"{arm}, seed {run.seed}: mean of heads", legendgroup=f"{arm}{run.seed}", showlegend=False,
+                hovertemplate=f"{arm}, seed {run.seed}: layer %{{x:.0f}} mean %{{y:.1f}} px<extra></extra>"), 1, col)
+        fig.add_trace(go.Scatter(x=[0.5, depth + 0.5], y=[uniform, uniform], mode="lines",
+                                 line=dict(dash="dash", color="black", width=1.5), showlegend=col == 1,
+                                 name=f"uniform attention ({uniform:.1f} px)",
+                                 hovertemplate=f"uniform attention: {uniform:.1f} px<extra></extra>"), 1, col)
+        fig.update_xaxes(title_text="Network depth (layer)", dtick=1, range=[0.5, depth + 0.5], row=1, col=col)
+    fig.update_yaxes(title_text="Mean attention distance (pixels)", range=[0, top * 1.1], row=1, col=1)
+    fig.update_yaxes(range=[0, top * 1.1])
+    model = comparison.runs[0].config.get("model", "ViT")
+    return layout(fig, title or f"{model} at epoch {epoch}: mean attention distance per head, by recipe",
+                  max(640, 420 * len(arms)), 460, margin=(70, 20, 90, 60))
+
+
+def recipes_timeline_figure(comparison: Recipes, epoch: int | None = None,
+                            title: str | None = None) -> go.Figure:
+    """The runs of a recipe comparison across training: lowest layer's most local head and test accuracy.
+
+    Left: the lowest layer's most local head against epoch, one line per run (colour: arm,
+    dash: seed), with uniform attention; the final models' 95% intervals over the probe
+    images as error bars at the last epoch. Right: test accuracy against epoch.
+
+    Args:
+        epoch: marked with a vertical line (the epoch an explorer shows).
+    """
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
+        "lowest layer's most local head", "test accuracy"))
+    uniform = comparison.runs[0].views[-1].uniform
+    last = max(r.epochs[-1] for r in comparison.runs)
+    for i, (arm, runs) in enumerate(comparison.arms.items()):
+        colour = ARM_COLOURS[i % len(ARM_COLOURS)]
+        for k, run in enumerate(runs):
+            name, dash = f"{arm}, seed {run.seed}", _SEED_DASH[k % 4]
+            lowest = [v.lowest_local for v in run.views]
+            fig.add_trace(go.Scatter(
+                x=run.epochs, y=lowest, mode="lines+markers", line=dict(color=colour, dash=dash), name=name,
+                legendgroup=name, error_y=dict(type="data", symmetric=False, visible=True,
+                                               array=[0.0] * (len(lowest) - 1) + [run.lowest_high - lowest[-1]],
+                                               arrayminus=[0.0] * (len(lowest) - 1) + [lowest[-1] - run.lowest_low]),
+                hovertemplate=f"{name}<br>epoch %{{x}}: %{{y:.2f}} px<extra></extra>"), 1, 1)
+            fig.add_trace(go.Scatter(
+                x=[m["epoch"] for m in run.metrics], y=[m["test_accuracy"] for m in run.metrics], mode="lines+markers",
+                line=dict(color=colour, dash=dash), name=name, legendgroup=name, showlegend=False,
+                hovertemplate=f"{name}<br>epoch %{{x}}: %{{y:.1%}}<extra></extra>"), 1, 2)
+    fig.add_trace(go.Scatter(x=[1, last], y=[uniform, uniform], mode="lines", line=dict(dash="dash", color="black"),
+                             name=f"uniform attention ({uniform:.1f} px)",
+                             hovertemplate=f"uniform attention: {uniform:.1f} px<extra></extra>"), 1, 1)
+    if epoch is not None:
+        for col in (1, 2):
+            fig.add_vline(x=epoch, line=dict(color="gray", dash="dot"), row=1, col=col)
+    high = max(uniform, *(r.lowest_high for r in comparison.runs), *(v.lowest_local for r in comparison.runs
+                                                                       for v in r.views))
+    fig.update_xaxes(title_text="epoch", **integer_ticks(last))
+    # From zero: how far below uniform attention a head gets is the finding, not the wiggle near it.
+    fig.update_yaxes(title_text="Mean attention distance (pixels)", range=[0, 1.1 * high], row=1, col=1)
+    fig.update_yaxes(title_text="test accuracy", tickformat=".0%", row=1, col=2)
+    model = comparison.runs[0].config.get("model", "ViT")
+    return layout(fig, title or f"{model}: the recipes across training", 980, 440, margin=(70, 20, 90, 60))

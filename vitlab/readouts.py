@@ -28,7 +28,7 @@ from torch import nn
 from . import metrics
 from .hooks import INIT_SEEDS, capture, head_statistics, random_init, random_init_statistics, uniform_distance
 from .inputs import check_images
-from .records import RunInside
+from .records import Recipes, RunInside
 
 #: A head is "local" when its whole 95% interval lies below this fraction of the uniform-attention distance.
 LOCAL_FRACTION = 0.5
@@ -536,3 +536,90 @@ def data_size(runs: Sequence[RunInside]) -> DataSizeReadout:
         figure="Fig. 7 (right) against data size", text=text, paper=PAPER_DATA_SIZE,
         sizes=[r.subset_size for r in runs], lowest=[r.view.lowest_local for r in runs],
         low=[r.lowest_low for r in runs], high=[r.lowest_high for r in runs], uniform=uniform, local=local)
+
+
+# --- recipe comparisons: what a change of training recipe does to attention distance ---------------
+
+PAPER_RECIPES = ("the ViT paper explains local lower-layer heads by pre-training data (JFT-300M); Santiago "
+                 "Toledo and Martinez (2026, arXiv 2605.16390) report that for ViTs trained from scratch on "
+                 "CIFAR-10, CIFAR-100 and Tiny-ImageNet CutMix is what makes early heads local (CIFAR-100: minimum "
+                 "normalised mean attention distance 0.316 without, 0.008 with), while AutoAugment and label "
+                 "smoothing have no effect.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecipesReadout(Readout):
+    """Arms of a recipe comparison at one epoch (:func:`recipes`).
+
+    Attributes:
+        epoch: the epoch read (the last one all runs recorded, unless asked).
+        arms: arm labels, in the comparison's order; seeds: per arm, the runs' seeds.
+        accuracy: per arm, each run's test accuracy at ``epoch`` (fractions).
+        lowest: per arm, each run's lowest-layer most local head at ``epoch`` (pixels).
+        low, high: per arm, each run's 95% interval of that head over the probe images (pixels);
+            only at the final epoch (the final models were measured per image), else empty.
+        structure: per arm, each run's position-embedding structure score (Spearman).
+        uniform: the uniform-attention distance (pixels).
+        local: per arm, whether each run's lowest layer has a local head: its interval (at the
+            final epoch) or its value (before) below ``LOCAL_FRACTION`` of uniform attention.
+    """
+
+    epoch: int
+    arms: list[str]
+    seeds: dict[str, list[int]]
+    accuracy: dict[str, list[float]]
+    lowest: dict[str, list[float]]
+    low: dict[str, list[float]]
+    high: dict[str, list[float]]
+    structure: dict[str, list[float]]
+    uniform: float
+    local: dict[str, list[bool]]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
+    """Readout of a recipe comparison (:func:`vitlab.recipes.read`) at ``epoch`` (default: the last one)."""
+    epochs = comparison.epochs
+    if not epochs:
+        raise ValueError("the runs of this comparison share no recorded epoch")
+    epoch = epochs[-1] if epoch is None else epoch
+    final = all(epoch >= r.epochs[-1] for r in comparison.runs)
+    arms = list(comparison.arms)
+    views = {a: [r.view_at(epoch) for r in runs] for a, runs in comparison.arms.items()}
+    uniform = comparison.runs[0].views[-1].uniform
+    lowest = {a: [v.lowest_local for v in vs] for a, vs in views.items()}
+    accuracy = {a: [r.accuracy_at(epoch) for r in runs] for a, runs in comparison.arms.items()}
+    low = {a: [r.lowest_low for r in runs] if final else [] for a, runs in comparison.arms.items()}
+    high = {a: [r.lowest_high for r in runs] if final else [] for a, runs in comparison.arms.items()}
+    local = {a: [h < LOCAL_FRACTION * uniform for h in (high[a] or lowest[a])] for a in arms}
+    structure = {a: [v.position_distance for v in vs] for a, vs in views.items()}
+    seeds = {a: [r.seed for r in runs] for a, runs in comparison.arms.items()}
+
+    def arm_text(a: str) -> str:
+        runs = ", ".join(
+            f"seed {s}: {_px(x)}" + (f" (95% interval {lo:.1f} to {hi:.1f} over images)" if final else "")
+            for s, x, lo, hi in zip(seeds[a], lowest[a], low[a] or lowest[a], high[a] or lowest[a]))
+        layer1 = _mean([v.layer_means[0] for v in views[a]])
+        return (f"{a}: test accuracy {', '.join(f'{x:.1%}' for x in accuracy[a])} (mean {_mean(accuracy[a]):.1%}); "
+                f"lowest layer's most local head {runs}; layer-1 mean over heads {_px(layer1)}; position structure "
+                f"ρ {', '.join(number(x, 2) for x in structure[a])}")
+
+    first, *rest = arms
+    gaps = "; ".join(f"{a} minus {first}: most local head {number(_mean(lowest[a]) - _mean(lowest[first]), 1)} px, "
+                     f"accuracy {100 * (_mean(accuracy[a]) - _mean(accuracy[first])):+.1f} points" for a in rest)
+    seed_span = max(max(v) - min(v) for v in lowest.values())
+    n_local = sum(sum(v) for v in local.values())
+    verdict = ("no run has a local head in its lowest layer" if n_local == 0 else
+               "; ".join(f"{a}: {sum(local[a])} of {len(local[a])} runs with a local head" for a in arms))
+    rule = "its 95% interval" if final else "its value"
+    changed = ", ".join(f"{k} ({', '.join(f'{a}: {v}' for a, v in by_arm.items())})"
+                        for k, by_arm in comparison.differs_in.items()) or "nothing"
+    text = (f"Epoch {epoch}, arms differing in {changed}. " + ". ".join(arm_text(a) for a in arms)
+            + f". {gaps} (seeds of one arm span up to {seed_span:.1f} px). Uniform attention: {_px(uniform)}; "
+            f"{verdict} ({rule} below {LOCAL_FRACTION:.0%} of uniform).")
+    return RecipesReadout(
+        figure="Fig. 7 (right) by training recipe", text=text, paper=PAPER_RECIPES, epoch=epoch, arms=arms, seeds=seeds,
+        accuracy=accuracy, lowest=lowest, low=low, high=high, structure=structure, uniform=uniform, local=local)

@@ -460,3 +460,81 @@ def read_run_insides(results: str | os.PathLike) -> tuple[list[RunInside], list[
 def write_run_insides(results: str | os.PathLike, insides: Sequence[RunInside], commands: Sequence[str]) -> None:
     """Write ``<results>-inside.json`` (whole views) and ``.csv`` (one summary row per run), atomically."""
     _write(results, INSIDE_TAG, [_inside_row(i) for i in insides], commands, INSIDE_FIELDS)
+
+
+# --- recipe comparisons: arms that differ in a few settings, several seeds each ------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecipeRun:
+    """One training run of a recipe comparison (:func:`vitlab.recipes.read`), with its inside views.
+
+    Attributes:
+        name: the run's folder name under the comparison's folder.
+        arm: the recipe it follows (the comparison's label for it, e.g. ``"CutMix 1.0"``).
+        seed: its seed; config: its :class:`~vitlab.train.TrainConfig` fields (from ``model.json``).
+        code_version: git commit it was trained with.
+        metrics: its ``metrics.jsonl`` records, one per epoch.
+        views: its :class:`InsideView` records, one per recorded epoch.
+        lowest_std, lowest_low, lowest_high: spread over the probe images of the final model's
+            lowest layer's most local head: standard deviation and 95% bootstrap interval, pixels.
+    """
+
+    name: str
+    arm: str
+    seed: int
+    config: dict[str, Any]
+    code_version: str
+    metrics: list[dict[str, Any]]
+    views: list[InsideView]
+    lowest_std: float
+    lowest_low: float
+    lowest_high: float
+
+    @property
+    def test_accuracy(self) -> float:
+        """Test accuracy of the final model (a fraction)."""
+        return float(self.metrics[-1]["test_accuracy"])
+
+    @property
+    def epochs(self) -> list[int]:
+        """The recorded epochs of its inside views."""
+        return [v.epoch for v in self.views]
+
+    def view_at(self, epoch: int) -> InsideView:
+        """The inside view at ``epoch``, or the last recorded one before it."""
+        earlier = [v for v in self.views if v.epoch <= epoch] or self.views[:1]
+        return earlier[-1]
+
+    def accuracy_at(self, epoch: int) -> float:
+        """Test accuracy at the end of ``epoch`` (or the last epoch logged before it)."""
+        earlier = [m for m in self.metrics if m["epoch"] <= epoch] or self.metrics[:1]
+        return float(earlier[-1]["test_accuracy"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipes:
+    """A comparison of training recipes (:func:`vitlab.recipes.collect` writes it, :func:`vitlab.recipes.read` reads).
+
+    Attributes:
+        arms: arm label -> its runs (one per seed), in the order the comparison names them.
+        differs_in: each setting whose value differs between arms -> arm label -> its value
+            (computed from the runs' configs, never declared).
+        commands: the commands that trained the runs and collected them.
+    """
+
+    arms: dict[str, list[RecipeRun]]
+    differs_in: dict[str, dict[str, Any]]
+    commands: list[str]
+
+    @property
+    def runs(self) -> list[RecipeRun]:
+        return [r for runs in self.arms.values() for r in runs]
+
+    @property
+    def epochs(self) -> list[int]:
+        """Epochs recorded by every run: the ones a side-by-side view can show."""
+        common = set(self.runs[0].epochs)
+        for r in self.runs[1:]:
+            common &= set(r.epochs)
+        return sorted(common)

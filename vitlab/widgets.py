@@ -487,3 +487,41 @@ class InsideViewsExplorer(W.VBox):
             torch.tensor(self.view.distance), uniform=self.view.uniform,
             title=f"{name}: mean attention distance ({self.view.images} probe images)"))
         show_figure(self.timeline, plots.inside_views_figure(self.views, epoch=epoch))
+
+
+class RecipesExplorer(W.VBox):
+    """The arms of a recipe comparison side by side at any recorded epoch (e.g. with and without CutMix).
+
+    Reads a comparison folder (:func:`vitlab.recipes.read`, default the committed locality
+    experiment). The epoch slider redraws each arm's attention distance per head against
+    depth (every seed) and the readout for that epoch; the timeline below shows the lowest
+    layer's most local head and the test accuracy of every run against epoch, marking the
+    epoch shown.
+
+    Attributes: ``epoch`` (slider), ``distance``, ``timeline`` (FigureWidgets), ``readout``
+    (HTML), ``comparison`` (the :class:`~vitlab.records.Recipes`), ``measured`` (the
+    :class:`~vitlab.readouts.RecipesReadout` shown).
+    """
+
+    def __init__(self, folder: str | Path | None = None):
+        from . import recipes
+
+        self.comparison = recipes.read(folder or recipes.LOCALITY)
+        epochs = self.comparison.epochs
+        self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
+                                       continuous_update=False, style=STYLE)
+        self.distance, self.timeline = go.FigureWidget(), go.FigureWidget()
+        self.readout = W.HTML()
+        self.epoch.observe(lambda change: self.show_epoch(change["new"]), names="value")
+        super().__init__([self.epoch, self.distance, self.readout, self.timeline])
+        self.show_epoch(epochs[-1])
+
+    def show_epoch(self, epoch: int) -> None:
+        """Redraw the arms and the readout at ``epoch`` (one every run recorded)."""
+        if self.epoch.value != epoch:
+            self.epoch.value = epoch  # observed: comes back here once with the same epoch
+            return
+        self.measured = readouts.recipes(self.comparison, epoch)
+        show_figure(self.distance, plots.recipes_figure(self.comparison, epoch))
+        show_figure(self.timeline, plots.recipes_timeline_figure(self.comparison, epoch))
+        self.readout.value = self.measured.html()

@@ -1,0 +1,208 @@
+"""Recipe comparisons: collecting runs, reading them back, the readout, the figures and the explorer."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from vitlab import hooks, inside, readouts, recipes, train
+from vitlab.config import ConfigError
+from vitlab.models import load_model
+from vitlab.records import InsideView, RecipeRun, Recipes, ResultsFileError
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Four finished micro-ViT runs on fake data: two arms (plain, CutMix) of two seeds, 2 epochs each."""
+    from conftest import make_batches
+
+    root = tmp_path_factory.mktemp("recipes")
+    make_batches(root / "data", per_batch=64, test_size=60)  # 320 training images
+    folders = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VITLAB_DATA", str(root / "data"))
+        mp.setenv("VITLAB_CACHE", str(root / "cache"))
+        for arm, cutmix in (("plain", 0.0), ("CutMix", 1.0)):
+            for seed in (0, 1):
+                out = root / f"{arm.lower()}-s{seed}"
+                config = train.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=32, seed=seed, cutmix=cutmix,
+                                           eval_size=50)
+                train.train(config, out, progress=False)
+                folders.setdefault(arm, []).append(out)
+        yield root, folders, mp
+
+
+@pytest.fixture(scope="module")
+def collected(trained):
+    root, folders, mp = trained
+    return recipes.collect(folders, root / "comparison", commands=["collect it"]), root / "comparison"
+
+
+def test_collect_copies_the_records_and_reads_them_back(trained, collected):
+    root, folders, _ = trained
+    comparison, out = collected
+    assert list(comparison.arms) == ["plain", "CutMix"]
+    assert comparison.differs_in == {"cutmix": {"plain": 0.0, "CutMix": 1.0}}  # computed from the configs
+    for run, folder in zip(comparison.runs, [f for fs in folders.values() for f in fs]):
+        for name in recipes.RUN_FILES:
+            assert (out / folder.name / name).read_bytes() == (folder / name).read_bytes()
+        assert not (out / folder.name / "model.safetensors").exists()  # weights stay out: small enough to commit
+        assert run.views == inside.read(folder) and run.epochs == [1, 2]
+        assert run.metrics == train.read_metrics(folder)
+        assert run.seed == json.loads((folder / "model.json").read_text())["config"]["seed"]
+    assert comparison.commands[-1] == "collect it" and all("--seed" in c for c in comparison.commands[:-1])
+    assert not [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_final_spread_brackets_the_trainers_last_view(trained, collected):
+    """The per-image recompute of the final model and the view the trainer recorded agree."""
+    root, folders, mp = trained
+    comparison, _ = collected
+    for run, folder in zip(comparison.runs, [f for fs in folders.values() for f in fs]):
+        stats = hooks.head_statistics(load_model(folder / "model.safetensors", device="cpu"), inside.probe_images())
+        per_image = stats["distance_per_image"][:, 0]  # (images, heads): the lowest layer
+        head = int(per_image.mean(0).argmin())
+        assert run.views[-1].lowest_local == pytest.approx(float(per_image.mean(0)[head]), abs=1e-4)
+        assert run.lowest_std == pytest.approx(float(per_image[:, head].std()), rel=1e-4)
+        assert run.lowest_low < run.views[-1].lowest_local < run.lowest_high
+
+
+def test_collect_refuses_before_writing(trained, collected, tmp_path):
+    root, folders, _ = trained
+    _, out = collected
+    with pytest.raises(FileExistsError, match="exists; choose another --out, or pass --force"):
+        recipes.collect(folders, out)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="lacks metrics.jsonl, inside.jsonl, inside.safetensors, model"):
+        recipes.collect({"a": folders["plain"], "b": [broken]}, tmp_path / "new")
+    with pytest.raises(ConfigError, match="at least two arms"):
+        recipes.collect({"a": folders["plain"]}, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_runs_of_one_arm_may_differ_only_in_their_seed():
+    base = dataclasses.asdict(train.TrainConfig())
+    same = recipes.differences({"a": [base, dict(base, seed=1)], "b": [dict(base, cutmix=1.0, mix_prob=0.5)]})
+    assert same == {"cutmix": {"a": 0.0, "b": 1.0}, "mix_prob": {"a": 1.0, "b": 0.5}}
+    with pytest.raises(ConfigError, match="arm 'a' differ in lr, not only in their seed"):
+        recipes.differences({"a": [base, dict(base, lr=0.5)], "b": [base]})
+    old = {k: v for k, v in base.items() if k != "cutmix"}  # recorded before the setting existed
+    assert recipes.differences({"a": [old], "b": [dict(base, cutmix=1.0)]}) == {"cutmix": {"a": None, "b": 1.0}}
+
+
+def test_force_replaces_a_comparison_whole(trained, tmp_path):
+    root, folders, _ = trained
+    out = tmp_path / "c"
+    recipes.collect(folders, out)
+    (out / "stray.txt").write_text("x")
+    recipes.collect({"first": folders["plain"][:1], "second": folders["CutMix"][:1]}, out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted([recipes.EXPERIMENT, "plain-s0", "cutmix-s0"])
+    assert list(recipes.read(out).arms) == ["first", "second"]
+
+
+@pytest.mark.parametrize("damage", ["{", json.dumps({"format": 1}), json.dumps({"format": 9, "arms": {}})])
+def test_a_damaged_comparison_is_named_in_one_line(collected, tmp_path, damage):
+    import shutil
+
+    _, out = collected
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / recipes.EXPERIMENT).write_text(damage)
+    with pytest.raises(ResultsFileError, match=str(copy / recipes.EXPERIMENT)) as err:
+        recipes.read(copy)
+    assert "\n" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="python -m vitlab recipes"):
+        recipes.read(tmp_path / "nothing")
+
+
+# --- the readout and figures on hand-made comparisons -----------------------------------------
+
+
+def _view(epoch: int, lowest: float, uniform: float = 16.0, structure: float = 0.3) -> InsideView:
+    distance = [[lowest, lowest + 4.0, 18.0], [14.0, 15.0, 16.0]]  # (layers, heads): the lowest head is `lowest`
+    return InsideView(epoch=epoch, step=10 * epoch, images=100, grid=(8, 8), patch_size=(4, 4), num_prefix_tokens=1,
+                      distance=distance, entropy=[[1.0] * 3] * 2, uniform=uniform, position_distance=structure,
+                      position_row_column=0.1, mirror=0.2, mirror_neighbour=0.3, filter_variance_first=0.1,
+                      filter_variance_k=0.9, filter_k=28)
+
+
+def _run(arm: str, seed: int, lowest: list[float], accuracy: list[float], interval=(-0.5, 0.5)) -> RecipeRun:
+    views = [_view(e + 1, x) for e, x in enumerate(lowest)]
+    metrics = [dict(epoch=e + 1, test_accuracy=a) for e, a in enumerate(accuracy)]
+    return RecipeRun(name=f"{arm}-{seed}", arm=arm, seed=seed, config=dict(model="vit_tiny_c10", seed=seed),
+                     code_version="abc", metrics=metrics, views=views, lowest_std=1.0,
+                     lowest_low=lowest[-1] + interval[0], lowest_high=lowest[-1] + interval[1])
+
+
+def _comparison() -> Recipes:
+    plain = [_run("plain", 0, [15.0, 14.0], [0.5, 0.6]), _run("plain", 1, [15.5, 14.5], [0.5, 0.62])]
+    cutmix = [_run("CutMix", 0, [12.0, 3.0], [0.4, 0.58]), _run("CutMix", 1, [13.0, 9.0], [0.4, 0.6])]
+    return Recipes(arms={"plain": plain, "CutMix": cutmix}, differs_in={"cutmix": {"plain": 0.0, "CutMix": 1.0}},
+                   commands=[])
+
+
+def test_the_readout_says_what_each_arm_measured():
+    r = readouts.recipes(_comparison())
+    assert r.epoch == 2 and r.arms == ["plain", "CutMix"]
+    assert r.lowest == {"plain": [14.0, 14.5], "CutMix": [3.0, 9.0]}
+    assert r.accuracy == {"plain": [0.6, 0.62], "CutMix": [0.58, 0.6]}
+    assert r.high == {"plain": [14.5, 15.0], "CutMix": [3.5, 9.5]}  # the final models' intervals
+    # Local: the interval's top below half of uniform attention (8 px): only CutMix seed 0.
+    assert r.local == {"plain": [False, False], "CutMix": [True, False]}
+    assert "CutMix minus plain: most local head -8.2 px, accuracy -2.0 points" in r.text
+    assert "CutMix: 1 of 2 runs with a local head" in r.text and "cutmix (plain: 0.0, CutMix: 1.0)" in r.text
+    early = readouts.recipes(_comparison(), epoch=1)
+    assert early.lowest == {"plain": [15.0, 15.5], "CutMix": [12.0, 13.0]} and early.high["plain"] == []
+    assert "no run has a local head" in early.text and "its value below 50%" in early.text
+
+
+def test_the_side_by_side_figure_draws_every_head_of_every_seed():
+    from vitlab import plots
+
+    fig = plots.recipes_figure(_comparison(), 1)
+    heads = [t for t in fig.data if t.name and t.name.endswith(": heads")]
+    assert len(heads) == 4 and {t.xaxis for t in heads} == {"x", "x2"}  # one panel per arm
+    cutmix_s0 = next(t for t in heads if t.name == "CutMix, seed 0: heads")
+    assert sorted(cutmix_s0.y) == sorted([12.0, 16.0, 18.0, 14.0, 15.0, 16.0])  # epoch 1's distances
+    assert any(t.name and t.name.startswith("uniform attention (16.0 px)") for t in fig.data)
+    assert len(fig.layout.annotations) == 2  # the arms' panel titles
+
+
+def test_the_timeline_has_a_line_per_run_and_the_final_intervals():
+    from vitlab import plots
+
+    fig = plots.recipes_timeline_figure(_comparison(), epoch=1)
+    lines = [t for t in fig.data if t.xaxis == "x" and t.name and "seed" in t.name]
+    assert [list(t.y) for t in lines] == [[15.0, 14.0], [15.5, 14.5], [12.0, 3.0], [13.0, 9.0]]
+    assert [list(t.error_y.array) for t in lines][2] == [0.0, 0.5]
+    assert fig.layout.yaxis.range[0] == 0  # from zero
+    assert len(fig.layout.shapes) == 2  # the epoch shown, marked on both panels
+
+
+def test_the_explorer_redraws_the_arms_at_the_chosen_epoch(collected):
+    from vitlab.widgets import RecipesExplorer
+
+    _, out = collected
+    explorer = RecipesExplorer(out)
+    assert list(explorer.epoch.options) == [1, 2] and explorer.measured.epoch == 2
+    explorer.epoch.value = 1
+    assert explorer.measured.epoch == 1 and "Epoch 1" in explorer.readout.value
+    run = explorer.comparison.arms["CutMix"][1]
+    trace = next(t for t in explorer.distance.data if t.name == "CutMix, seed 1: heads")
+    assert sorted(trace.y) == pytest.approx(sorted(torch.tensor(run.views[0].distance).flatten().tolist()))
+
+
+def test_the_command_collects_and_prints_the_readout(trained, tmp_path, capsys):
+    from vitlab.__main__ import main
+
+    root, folders, _ = trained
+    out = tmp_path / "cli"
+    main(["recipes", "--arm", "plain", *map(str, folders["plain"]), "--arm", "CutMix", *map(str, folders["CutMix"]),
+          "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "arms differing in cutmix (plain: 0.0, CutMix: 1.0)" in printed
+    assert recipes.read(out).commands[-1].startswith("python -m vitlab recipes --arm plain ")
+    with pytest.raises(SystemExit, match="--arm solo: give each arm once, as a label followed by its run folders"):
+        main(["recipes", "--arm", "solo", "--arm", "x", "y", "--out", str(tmp_path / "no")])

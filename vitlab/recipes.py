@@ -1,0 +1,170 @@
+"""Recipe comparisons: what a change of training recipe does inside a ViT, over training.
+
+A comparison has arms (e.g. with and without CutMix), each trained with a few seeds with
+the trainer's inside views on (:mod:`vitlab.inside`). :func:`collect` copies what each run
+recorded (``inside.jsonl``, ``inside.safetensors``, ``metrics.jsonl``, ``model.json``) into
+one folder with ``experiment.json``, which names the arms, the settings they differ in
+(computed from the runs' configs: runs of one arm must agree on everything but the seed)
+and, from each final model, the spread over the probe images of its lowest layer's most
+local head. The model weights are not copied, so a comparison stays small enough to
+commit. :func:`read` gives it back as :class:`~vitlab.records.Recipes`, which the readout
+(:func:`vitlab.readouts.recipes`), the figures and ``vitlab.widgets.RecipesExplorer`` take.
+
+    python -m vitlab recipes --arm "no CutMix" runs/a-s0 runs/a-s1 --arm "CutMix" runs/b-s0 runs/b-s1 \
+        --out data/results/locality
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import inside, readouts, settings
+from .checkpoints import RunFolderError, read_jsonl
+from .config import ConfigError, command_line, from_args
+from .hooks import head_statistics
+from .io import write_json
+from .models import load_model
+from .records import InsideView, RecipeRun, Recipes, ResultsFileError
+from .train import TrainConfig
+
+#: The locality experiment of issue 14 (zoo recipe with and without CutMix, 10 epochs, seeds 0 and 1).
+LOCALITY = settings.PROJECT_ROOT / "data" / "results" / "locality"
+#: What a run folder must hold to be collected, and what is copied of it.
+RUN_FILES = ("model.json", "metrics.jsonl", "inside.jsonl", "inside.safetensors")
+EXPERIMENT = "experiment.json"
+FORMAT = 1
+#: Settings that may differ within an arm (its seeds), or that name no property of the recipe.
+_NOT_RECIPE = {"seed", "out", "progress"}
+
+
+def _config(run: Path) -> tuple[dict[str, Any], str]:
+    record = json.loads((run / "model.json").read_text())
+    return {k: v for k, v in record["config"].items() if k not in {"out", "progress"}}, record.get("code_version", "")
+
+
+def differences(configs: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Settings whose value differs between arms: ``{field: {arm: value}}``.
+
+    Args:
+        configs: arm label -> the configs of its runs (dicts of TrainConfig fields). A setting a
+            config lacks (recorded before it existed) counts as missing, not as its default.
+
+    Raises:
+        ConfigError: two runs of one arm differ in something other than the seed.
+    """
+    differ: dict[str, dict[str, Any]] = {}
+    fields = sorted({k for runs in configs.values() for c in runs for k in c} - _NOT_RECIPE)
+    for arm, runs in configs.items():
+        for c in runs[1:]:
+            odd = [f for f in fields if c.get(f) != runs[0].get(f)]
+            if odd:
+                raise ConfigError(f"the runs of arm {arm!r} differ in {', '.join(odd)}, not only in their seed: "
+                                  "put them in separate arms")
+    for f in fields:
+        values = {arm: runs[0].get(f) for arm, runs in configs.items()}
+        if len({json.dumps(v) for v in values.values()}) > 1:
+            differ[f] = values
+    return differ
+
+
+def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathLike,
+            commands: Sequence[str] = (), force: bool = False, progress: bool = False) -> Recipes:
+    """Copy the records of finished runs into ``out`` as one comparison, and read it back.
+
+    Args:
+        arms: arm label -> the run folders of its seeds (finished ViT runs with inside views).
+        out: a new folder (or, with ``force``, one to replace as a whole).
+        commands: the command that collected them (each run's training command, from its
+            sidecar, is kept before it in ``experiment.json``).
+        force: replace ``out`` when it exists.
+
+    Every folder is checked before anything is computed or written; ``out`` appears complete
+    or not at all.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; choose another --out, or pass --force to replace it")
+    if len(arms) < 2 or any(not runs for runs in arms.values()):
+        raise ConfigError("a comparison needs at least two arms, each with at least one run folder")
+    folders = {arm: [Path(r) for r in runs] for arm, runs in arms.items()}
+    names = [f.name for runs in folders.values() for f in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"run folder names must be unique (they name the copies): {names}")
+    for f in (f for runs in folders.values() for f in runs):
+        missing = [n for n in (*RUN_FILES, "model.safetensors") if not (f / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{f} lacks {', '.join(missing)}: collect finished ViT runs trained with "
+                                    "inside views on (the default)")
+    configs = {arm: [_config(f)[0] for f in runs] for arm, runs in folders.items()}
+    differ = differences(configs)
+    images = inside.probe_images()
+    stored: dict[str, list[dict[str, Any]]] = {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        for arm, runs in folders.items():
+            stored[arm] = []
+            for f in runs:
+                (tmp / f.name).mkdir()
+                for n in RUN_FILES:
+                    shutil.copy2(f / n, tmp / f.name / n)
+                stats = head_statistics(load_model(f / "model.safetensors", device="cpu"), images, progress=progress)
+                view = inside.read(f)[-1]
+                spread = readouts.attention_distance(stats["distance_per_image"][:, :1], view.uniform)
+                stored[arm].append(dict(name=f.name, seed=_config(f)[0]["seed"], lowest_std=spread.head_std,
+                                        lowest_low=spread.head_low, lowest_high=spread.head_high))
+        trained = [f"{command_line('python -m vitlab train', from_args(TrainConfig, _config(f)[0]))} "
+                   f"--out {shlex.quote(str(f))}" for runs in folders.values() for f in runs]
+        arms_in_order = [dict(label=arm, runs=rows) for arm, rows in stored.items()]  # the file's keys are sorted
+        write_json(tmp / EXPERIMENT, dict(format=FORMAT, arms=arms_in_order, differs_in=differ,
+                                          commands=[*trained, *commands]))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return read(out)
+
+
+def read(folder: str | os.PathLike = LOCALITY) -> Recipes:
+    """The comparison :func:`collect` wrote in ``folder``; a missing or damaged file is named in one line."""
+    folder = Path(folder)
+    path = folder / EXPERIMENT
+    if not path.is_file():
+        raise FileNotFoundError(f"no {EXPERIMENT} in {folder}: collect runs into it with `python -m vitlab recipes`")
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("format", 0) > FORMAT:
+            raise ResultsFileError(f"{path} has format {stored['format']}, this vitlab reads {FORMAT}: upgrade vitlab")
+        arms = {}
+        for arm in stored["arms"]:
+            arms[arm["label"]] = [_run(folder, arm["label"], row) for row in arm["runs"]]
+        differ = {k: {a: by_arm[a] for a in arms} for k, by_arm in stored["differs_in"].items()}  # arms' order
+        return Recipes(arms=arms, differs_in=differ, commands=list(stored.get("commands", [])))
+    except (KeyError, TypeError, ValueError, AttributeError, RunFolderError, OSError) as err:
+        if isinstance(err, ResultsFileError):
+            raise
+        raise ResultsFileError(f"{path} or a run folder beside it cannot be read ({type(err).__name__}: {err}); "
+                               "collect the runs again") from None
+
+
+def _run(folder: Path, arm: str, row: dict[str, Any]) -> RecipeRun:
+    run = folder / row["name"]
+    config, code = _config(run)
+    views = [InsideView.from_json(r) for r in read_jsonl(run / "inside.jsonl")]
+    metrics = read_jsonl(run / "metrics.jsonl")
+    if not views or not metrics:
+        raise ValueError(f"{run} has no inside views or no metrics")
+    return RecipeRun(name=row["name"], arm=arm, seed=int(row["seed"]), config=config, code_version=code,
+                     metrics=metrics, views=views, lowest_std=float(row["lowest_std"]),
+                     lowest_low=float(row["lowest_low"]), lowest_high=float(row["lowest_high"]))
