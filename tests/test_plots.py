@@ -342,3 +342,10 @@ def test_inside_by_size_figure_draws_layer_lines_per_size_and_the_lowest_head_ag
     assert fig.layout.xaxis2.type == "log"
     with pytest.raises(ValueError, match="no inside views"):
         plots.inside_by_size_figure([])
+
+
+def test_training_curves_say_when_train_accuracy_counts_dominant_labels():
+    records = [dict(epoch=1, loss=2.0, train_accuracy=0.3, test_accuracy=0.35)]
+    plain = {t.name for t in plots.training_curves_figure(records).data}
+    mixed = {t.name for t in plots.training_curves_figure(records, mixed=True).data}
+    assert "train accuracy" in plain and "train accuracy (dominant label of mixed images)" in mixed

@@ -320,13 +320,20 @@ def head_attention_figure(maps: torch.Tensor, layers: list[int] | None = None,
     return fig
 
 
-def training_curves_figure(records: list[dict] | None = None, title: str = "Training") -> go.Figure:
-    """Loss and train/test accuracy per epoch from a run's metrics records (may be empty)."""
+def training_curves_figure(records: list[dict] | None = None, title: str = "Training",
+                           mixed: bool = False) -> go.Figure:
+    """Loss and train/test accuracy per epoch from a run's metrics records (may be empty).
+
+    Args:
+        mixed: the run mixes images (mixup/CutMix): its train accuracy counts each image's
+            dominant label, and the legend says so.
+    """
     records = records or []
     epochs = [r["epoch"] for r in records]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
     fig.add_trace(go.Scatter(x=epochs, y=[r["loss"] for r in records], name="train loss", mode="lines+markers"), 1, 1)
-    for key, name in (("train_accuracy", "train accuracy"), ("test_accuracy", "test accuracy")):
+    train_name = "train accuracy (dominant label of mixed images)" if mixed else "train accuracy"
+    for key, name in (("train_accuracy", train_name), ("test_accuracy", "test accuracy")):
         fig.add_trace(go.Scatter(x=epochs, y=[r.get(key) for r in records], name=name, mode="lines+markers"), 1, 2)
     layout(fig, title, 900, 360, margin=(60, 20, 70, 50))
     fig.update_xaxes(title_text="epoch", **integer_ticks(max(epochs, default=1)))

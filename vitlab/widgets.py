@@ -25,7 +25,7 @@ from .compare_widgets import CKAExplorer, ProbeExplorer, SweepExplorer  # noqa: 
 from .explorer import STYLE, Explorer, Recent, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
 from .hooks import INIT_SEEDS, capture, head_statistics, random_init_statistics, uniform_distance
 from .settings import quick_or
-from .train import read_metrics, train
+from .train import mixing, read_metrics, train
 
 
 # --- Fig. 7: filters, position embeddings, attention distance ----------------------------------
@@ -403,19 +403,20 @@ class TrainingMonitor(W.VBox):
     """Live loss and accuracy curves; pass :meth:`update` as ``train(..., on_epoch=...)``.
 
     ``records`` are epochs already run (e.g. ``train.read_metrics(out)`` of a run being
-    resumed), drawn at once; an epoch reported again replaces its earlier record.
+    resumed), drawn at once; an epoch reported again replaces its earlier record. ``mixed``:
+    the run mixes images, so its train accuracy counts dominant labels (the legend says so).
     """
 
-    def __init__(self, title: str = "Training", records: list[dict] | None = None):
+    def __init__(self, title: str = "Training", records: list[dict] | None = None, mixed: bool = False):
         self.records: list[dict] = list(records or [])
-        self.title = title
-        self.figure = go.FigureWidget(plots.training_curves_figure(self.records, title=title))
+        self.title, self.mixed = title, mixed
+        self.figure = go.FigureWidget(plots.training_curves_figure(self.records, title=title, mixed=mixed))
         super().__init__([self.figure])
 
     def update(self, record: dict) -> None:
         """Add one epoch's record (replacing a record of the same or a later epoch) and redraw."""
         self.records = [r for r in self.records if r["epoch"] < record["epoch"]] + [record]
-        show_figure(self.figure, plots.training_curves_figure(self.records, title=self.title))
+        show_figure(self.figure, plots.training_curves_figure(self.records, title=self.title, mixed=self.mixed))
 
 
 def train_with_curves(config, out: str | Path, title: str | None = None):
@@ -423,7 +424,7 @@ def train_with_curves(config, out: str | Path, title: str | None = None):
     from IPython.display import display
 
     # A run resumed (or already finished) in ``out`` shows the epochs it has recorded so far.
-    monitor = TrainingMonitor(title or f"Training {config.model} ({out})", read_metrics(out))
+    monitor = TrainingMonitor(title or f"Training {config.model} ({out})", read_metrics(out), mixed=mixing(config))
     display(monitor)
     return train(config, out, progress=True, on_epoch=monitor.update)
 
