@@ -23,7 +23,8 @@ RANKS = {
 }
 SAME_RANK = {("features", "hooks"), ("inside", "hooks"), ("train", "inside"), ("sweep", "compare"),
              ("sweep", "readouts"), ("plots", "plotting"), ("widgets", "explorer"),
-             ("widgets", "compare_widgets"), ("compare_widgets", "explorer"), ("recipes", "readouts")}
+             ("widgets", "compare_widgets"), ("compare_widgets", "explorer"), ("recipes", "readouts"),
+             ("train", "hooks")}
 
 
 def _imports(path: Path) -> set[str]:

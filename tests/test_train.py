@@ -366,3 +366,21 @@ def test_mixed_training_counts_accuracy_against_the_dominant_label(tmp_path, mon
     monkeypatch.setattr(run.opt, "step", lambda: None)
     _, hits = train._step(run, x, target)
     assert hits.item() == 16
+
+
+@pytest.mark.parametrize("precision, eager", [("bf16", True), ("fp32", False)])
+def test_cpu_bf16_training_uses_unfused_attention_and_puts_it_back(tmp_path, fake_cifar, monkeypatch, precision, eager):
+    seen = []
+    step = train._step
+
+    def spy(run, x, y):
+        seen.append({m.fused_attn for m in run.model.modules() if hasattr(m, "fused_attn")})
+        return step(run, x, y)
+
+    monkeypatch.setattr(train, "_step", spy)
+    config = train.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50, precision=precision)
+    model = train.train(config, tmp_path / "run", device="cpu", progress=False).model
+    assert seen and all(flags == {not eager} for flags in seen)
+    fresh = models.build_model({"zoo": "vit_micro_c10"})
+    assert [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")] == [
+        m.fused_attn for m in fresh.modules() if hasattr(m, "fused_attn")]  # back as built
