@@ -286,6 +286,83 @@ def gallery(size: int = 32, cifar: int = 20) -> tuple[torch.Tensor, list[str]]:
     return images, names
 
 
+#: File name of the default subset file of :func:`write_subset`, in ``settings.cache_dir()`` (ignored by git).
+SUBSET_FILE = "cifar10-subset.npz"
+
+
+def write_subset(path: str | os.PathLike | None = None, train_size: int = 10_000, test_size: int = 2_000,
+                 seed: int = 0) -> Path:
+    """Write a class-stratified uint8 subset of CIFAR-10 to one ``.npz``, to carry where the dataset is not.
+
+    The file holds ``train_x`` (N, 3, 32, 32) uint8 and ``train_y`` (N,) int64, and ``test_x`` and
+    ``test_y`` alike: 10,000 + 2,000 images take 37 MB. They are the data of ``TrainConfig(
+    subset_size=train_size, seed=seed, eval_size=test_size)``: ``stratified_subset`` of the training
+    labels with ``seed`` and of the test labels with seed 0. Written atomically; never replaces a file.
+
+    Args:
+        path: where to write; default ``settings.cache_dir() / SUBSET_FILE``.
+        train_size: training images, a multiple of 10 for equal classes.
+        test_size: test images, likewise.
+        seed: seeds the training subset.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path) if path is not None else settings.cache_dir() / SUBSET_FILE
+    if path.exists():
+        raise FileExistsError(f"{path} already exists: delete it to write it again, or pass another path")
+    arrays = {}
+    for split, size, subset_seed in (("train", train_size, seed), ("test", test_size, 0)):
+        images, labels = cifar10(split)
+        pick = stratified_subset(labels, size, subset_seed)
+        arrays[f"{split}_x"], arrays[f"{split}_y"] = images[pick].numpy(), labels[pick].numpy()
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object keeps numpy from appending ".npz"
+            np.savez(f, **arrays)
+
+    return atomic_write(path, save)
+
+
+def read_subset(
+    path: str | os.PathLike | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read a file of :func:`write_subset` (default path likewise), checking every array.
+
+    Returns:
+        ``(train_x, train_y, test_x, test_y)``: uint8 (N, 3, 32, 32) and int64 (N,) tensors.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CorruptDataError: a file that is not such a subset, with one line saying why.
+    """
+    path = Path(path) if path is not None else settings.cache_dir() / SUBSET_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no CIFAR-10 subset file at {path}: write one with vitlab.data.write_subset() "
+                                "on a machine that has CIFAR-10 (VITLAB_DATA)")
+    names = ("train_x", "train_y", "test_x", "test_y")
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        if not isinstance(arrays, np.lib.npyio.NpzFile):
+            why = "it is not an .npz archive"
+        else:
+            with arrays:
+                missing = [name for name in names if name not in arrays.files]
+                loaded = [] if missing else [arrays[name] for name in names]
+            if missing:
+                why = f"it lacks {missing}"
+            else:
+                problems = [f"{split}: {problem}" for split, pair in (("train", loaded[:2]), ("test", loaded[2:]))
+                            if (problem := _cache_problem(*pair, None))]
+                why = problems[0] if problems else None
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        why = f"it cannot be read ({type(err).__name__}: {err})"
+    if why:
+        raise CorruptDataError(f"{path} is not a CIFAR-10 subset file: {why}; delete it and write it again "
+                               "with vitlab.data.write_subset()")
+    return tuple(torch.from_numpy(array) for array in loaded)
+
+
 # --- locating, downloading, caching ---------------------------------------------------
 
 
