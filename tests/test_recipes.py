@@ -88,8 +88,22 @@ def test_runs_of_one_arm_may_differ_only_in_their_seed():
     assert same == {"cutmix": {"a": 0.0, "b": 1.0}, "mix_prob": {"a": 1.0, "b": 0.5}}
     with pytest.raises(ConfigError, match="arm 'a' differ in lr, not only in their seed"):
         recipes.differences({"a": [base, dict(base, lr=0.5)], "b": [base]})
-    old = {k: v for k, v in base.items() if k != "cutmix"}  # recorded before the setting existed
-    assert recipes.differences({"a": [old], "b": [dict(base, cutmix=1.0)]}) == {"cutmix": {"a": None, "b": 1.0}}
+
+
+def test_a_setting_a_run_predates_counts_as_its_default(trained, tmp_path):
+    """Runs trained before --cutmix existed recorded no such field: they are not an arm of their own."""
+    import shutil
+
+    root, folders, _ = trained
+    old = tmp_path / "old-s0"
+    shutil.copytree(folders["plain"][0], old)
+    record = json.loads((old / "model.json").read_text())
+    for field in ("mixup", "cutmix", "mix_prob", "mix_switch_prob"):
+        del record["config"][field]
+    (old / "model.json").write_text(json.dumps(record))
+    comparison = recipes.collect({"old": [old], "CutMix": folders["CutMix"][:1]}, tmp_path / "c")
+    assert comparison.differs_in == {"cutmix": {"old": 0.0, "CutMix": 1.0}}
+    assert comparison.runs[0].config["cutmix"] == 0.0
 
 
 def test_force_replaces_a_comparison_whole(trained, tmp_path):

@@ -15,6 +15,7 @@ commit. :func:`read` gives it back as :class:`~vitlab.records.Recipes`, which th
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -44,16 +45,17 @@ _NOT_RECIPE = {"seed", "out", "progress"}
 
 
 def _config(run: Path) -> tuple[dict[str, Any], str]:
+    """The run's settings, every field of today's TrainConfig (one it predates at its default), and its commit."""
     record = json.loads((run / "model.json").read_text())
-    return {k: v for k, v in record["config"].items() if k not in {"out", "progress"}}, record.get("code_version", "")
+    return dataclasses.asdict(from_args(TrainConfig, record["config"])), record.get("code_version", "")
 
 
 def differences(configs: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Settings whose value differs between arms: ``{field: {arm: value}}``.
 
     Args:
-        configs: arm label -> the configs of its runs (dicts of TrainConfig fields). A setting a
-            config lacks (recorded before it existed) counts as missing, not as its default.
+        configs: arm label -> the configs of its runs (dicts of TrainConfig fields; :func:`collect`
+            gives a setting a run predates its default, as resuming does).
 
     Raises:
         ConfigError: two runs of one arm differ in something other than the seed.
