@@ -211,11 +211,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
     """Top-1 accuracy (a fraction) of ``model`` on uint8 ``images`` (N, 3, H, W)."""
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long)
     for i in range(0, len(images), batch_size):
         logits = model(preprocess(model, images[i : i + batch_size]))  # (B, classes)
-        correct += (logits.argmax(-1).cpu() == labels[i : i + batch_size].cpu()).sum().item()
-    return correct / len(images)
+        correct = correct.to(logits.device) + (logits.argmax(-1) == labels[i : i + batch_size].to(logits.device)).sum()
+    return correct.item() / len(images)  # one read-back for the whole set
 
 
 # --- setup -------------------------------------------------------------------------
