@@ -263,8 +263,12 @@ def test_attention_distance_notebook(lab, page):
 
     nb = Lab(page, lab, "03_attention_distance.ipynb")
     nb.run_all()
-    plots = nb.plots(2)
+    plots = nb.plots(4)  # the static view, the explorer, then the recipes' arms and their timeline
     depth = len(vitlab.load_model("vit_tiny_c10", device="cpu").blocks)
+    comparison = vitlab.recipes.read()
+    assert "epoch" in nb.title(2) and all(arm in plots.nth(2).text_content() for arm in comparison.arms)
+    for axis in ("xtick", "x2tick"):  # one depth axis per arm, every layer ticked
+        assert plots.nth(2).locator(f".{axis} text").count() == depth
     assert max(float(t) for t in plots.nth(0).locator(".xtick text").all_text_contents()) == depth
     if vitlab.data.find_cifar10() is not None:
         assert "per class" in nb.title(0)  # says what it was computed on
@@ -276,6 +280,16 @@ def test_attention_distance_notebook(lab, page):
     compute = page.locator(".jp-Notebook button", has_text="Compute").first
     nb.change("compute", compute.click, "t => document.querySelector('.jp-Notebook .widget-vbox .widget-html')"
               ".textContent === t", arg=described)
+    # The recipes' epoch slider redraws both arms and moves the timeline's marker to the epoch chosen.
+    boxes = page.locator(".jp-Notebook .jp-OutputArea-output .widget-vbox")
+    explorer = boxes.evaluate_all("bs => bs.findIndex(b => [...b.querySelectorAll('.widget-slider .widget-label')]"
+                                  ".some(l => l.textContent === 'epoch'))")
+    handle = boxes.nth(explorer).locator(".noUi-handle").first
+    earlier = comparison.epochs[-2]
+    nb.change("epoch", lambda: (handle.focus(), handle.press("ArrowLeft")),
+              f"t => document.querySelectorAll('{PLOTS}')[2].querySelector('.gtitle').textContent.includes(t)",
+              arg=f"at epoch {earlier}:", widget=explorer)
+    assert f"Epoch {earlier}," in boxes.nth(explorer).locator(".widget-html").first.text_content()  # the readout too
     nb.check()
 
 

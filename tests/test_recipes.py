@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from vitlab import hooks, inside, readouts, recipes, train
+from vitlab import hooks, inside, readouts, recipes, settings, train
 from vitlab.config import ConfigError
 from vitlab.models import load_model
 from vitlab.records import InsideView, RecipeRun, Recipes, ResultsFileError
@@ -220,3 +220,22 @@ def test_the_command_collects_and_prints_the_readout(trained, tmp_path, capsys):
     assert recipes.read(out).commands[-1].startswith("python -m vitlab recipes --arm plain ")
     with pytest.raises(SystemExit, match="--arm solo: give each arm once, as a label followed by its run folders"):
         main(["recipes", "--arm", "solo", "--arm", "x", "y", "--out", str(tmp_path / "no")])
+
+
+def test_notebook_03_states_what_the_committed_records_measure():
+    """The figures notebook 03's markdown states are those its readout computes from data/results/locality."""
+    notebook = json.loads((settings.PROJECT_ROOT / "notebooks" / "03_attention_distance.ipynb").read_text())
+    stated = next("".join(c["source"]) for c in notebook["cells"]
+                  if c["cell_type"] == "markdown" and "".join(c["source"]).startswith("**What was measured**"))
+    r = readouts.recipes(recipes.read())
+    plain, cutmix = r.arms
+    for arm in r.arms:
+        for seed, px in zip(r.seeds[arm], r.lowest[arm]):
+            assert f"{px:.1f}" in stated, (arm, seed)
+        assert f"{100 * sum(r.accuracy[arm]) / len(r.accuracy[arm]):.1f}%" in stated
+    assert f"{r.uniform:.1f} px" in stated
+    shift = sum(r.lowest[cutmix]) / 2 - sum(r.lowest[plain]) / 2
+    cost = 100 * (sum(r.accuracy[plain]) - sum(r.accuracy[cutmix])) / 2
+    assert f"{shift:.1f} px *away*" in stated and shift > 0  # the markdown's direction is the records'
+    assert f"{cost:.1f} points" in stated
+    assert not any(any(r.local[arm]) for arm in r.arms) and "did **not** make any head local" in stated
