@@ -150,8 +150,10 @@ class _Run:
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
 
-    On this project's CPUs bf16 autocast measured 0.5x the speed of fp32 for
-    ``vit_tiny_c10`` (2 threads), so ``"auto"`` uses bf16 only on GPUs that support it.
+    ``"auto"`` uses bf16 only on GPUs that support it. On a CPU bf16 pays only where the
+    CPU has native bf16 matmuls; on this project's (4.25x the fp32 matmul peak) ``"bf16"``
+    trains ``vit_tiny_c10`` 2.39x faster than fp32, with the unfused attention of
+    :func:`cpu_bf16_attention` (``benchmarks/train_step.py``), so ask for it by name.
     """
     if precision == "fp32":
         return None
@@ -312,10 +314,11 @@ def mix(mixup: Mixup, x: torch.Tensor, y: torch.Tensor, seed: int, step: int) ->
 def cpu_bf16_attention(model: nn.Module, amp: torch.dtype | None, device: torch.device):
     """While training under bf16 autocast on a CPU, timm's unfused attention; put back on exit.
 
-    PyTorch's fused CPU attention is slow backwards in bf16: 333 ms against 73 ms in fp32
+    PyTorch's fused CPU attention is slow backwards in bf16: 194 ms against 44 ms in fp32
     per ``vit_tiny_c10`` step of 128 images, while the unfused path (matmuls, softmax)
-    made the whole bf16 step 3.1x faster than fp32 (``benchmarks/train_step.py --profile``,
-    1 thread). Other devices and precisions are left alone.
+    made the whole bf16 step 2.54x faster than fp32 (``benchmarks/train_step.py --profile``,
+    2 threads, ``data/results/locality/train_step_profile.log``). Other devices and
+    precisions are left alone.
     """
     if amp is not torch.bfloat16 or device.type != "cpu":
         yield
