@@ -85,6 +85,12 @@ def test_publish_copies_a_run_with_its_record_and_command(fake_cifar, tmp_path, 
     assert record["command"] == f"{config.command_line('python -m vitlab train', settings)} --out {tmp_path / 'run'}"
     assert record["code_version"] == "abc1234"
     assert (tmp_path / "zoo" / "vit_micro_c10.metrics.jsonl").read_text() == (tmp_path / "run" / "metrics.jsonl").read_text()
+    # The inside views over training travel with it, and read back as the run's own.
+    assert zoo.inside_folder("vit_micro_c10") == tmp_path / "zoo" / "vit_micro_c10.inside"
+    for file in ("inside.jsonl", "inside.safetensors"):
+        assert (zoo.inside_folder("vit_micro_c10") / file).read_bytes() == (tmp_path / "run" / file).read_bytes()
+    views = vitlab.inside.read(zoo.inside_folder("vit_micro_c10"))
+    assert [v.epoch for v in views] == [1] and views == vitlab.inside.read(tmp_path / "run")
     with pytest.raises(ValueError, match="trained a vit_micro_c10, but zoo entry resnet_micro_c10"):
         zoo.publish(tmp_path / "run", "resnet_micro_c10")
 
@@ -92,18 +98,19 @@ def test_publish_copies_a_run_with_its_record_and_command(fake_cifar, tmp_path, 
 def test_publish_refuses_to_replace_a_zoo_checkpoint_without_force(fake_cifar, tmp_path, monkeypatch):
     monkeypatch.setattr(models, "ZOO_DIR", tmp_path / "zoo")
     monkeypatch.setattr(zoo, "CHECK_SIZE", 50)
-    for name, lr in [("first", 1e-3), ("second", 2e-3)]:
+    for name, lr, inside in [("first", 1e-3, True), ("second", 2e-3, False)]:
         train.train(zoo.train_config("vit_micro_c10", epochs=1, batch_size=64, eval_size=50, lr=lr), tmp_path / name,
-                    progress=False)
+                    progress=False, inside=inside)
     target = zoo.publish(tmp_path / "first", "vit_micro_c10")
-    published = {p.name: p.read_bytes() for p in (tmp_path / "zoo").iterdir()}
+    published = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "zoo").rglob("*") if p.is_file()}
     monkeypatch.setattr(zoo, "evaluate", lambda *args: pytest.fail("evaluated before refusing"))
     with pytest.raises(FileExistsError, match=f"zoo entry vit_micro_c10 has a checkpoint already \\({target}\\); "
                                               "pass --force"):
         zoo.publish(tmp_path / "second", "vit_micro_c10")
     with pytest.raises(SystemExit, match="publish: error: zoo entry vit_micro_c10 has a checkpoint already"):
         main(["publish", str(tmp_path / "second"), "vit_micro_c10"])
-    assert {p.name: p.read_bytes() for p in (tmp_path / "zoo").iterdir()} == published
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "zoo").rglob("*") if p.is_file()} == published
     monkeypatch.setattr(zoo, "evaluate", train.evaluate)
     main(["publish", str(tmp_path / "second"), "vit_micro_c10", "--force"])
     assert json.loads(target.with_suffix(".json").read_text())["config"]["lr"] == 2e-3
+    assert vitlab.inside.read(zoo.inside_folder("vit_micro_c10")) == []  # the first run's views went with it

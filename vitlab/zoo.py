@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from . import data, models
+from .checkpoints import INSIDE_LOG, INSIDE_TENSORS
 from .config import ConfigError, command_line, from_args
 from .io import atomic_write
 from .train import TrainConfig, evaluate
@@ -158,6 +160,16 @@ def label(spec: str) -> str:
 # --- publishing --------------------------------------------------------------------
 
 
+def inside_folder(name: str) -> Path:
+    """Where zoo entry ``name``'s inside views over training are (``inside.jsonl``, ``inside.safetensors``).
+
+    A run folder as far as :func:`vitlab.inside.load` and
+    :class:`vitlab.widgets.InsideViewsExplorer` go; it may not exist (entries trained
+    before the trainer recorded inside views have none).
+    """
+    return models.ZOO_DIR / f"{name}.inside"
+
+
 def check_accuracy(model: nn.Module) -> float:
     """Accuracy on the fixed ``CHECK_SIZE`` test images that zoo records are checked on."""
     images, labels = data.cifar10("test")
@@ -166,11 +178,14 @@ def check_accuracy(model: nn.Module) -> float:
 
 
 def publish(run: str | os.PathLike, name: str, code_version: str | None = None, force: bool = False) -> Path:
-    """Copy a finished run into ``data/zoo/<name>`` with its record, log and command.
+    """Copy a finished run into ``data/zoo/<name>`` with its record, logs and command.
 
     The sidecar gains the exact command, the accuracy on the full test set and on the
     fixed ``CHECK_SIZE`` check set, wall time and hardware; the metrics log is copied to
-    ``<name>.metrics.jsonl``. ``code_version`` overrides the commit recorded by the run.
+    ``<name>.metrics.jsonl`` and the run's inside views (if it recorded any) to
+    :func:`inside_folder`. Every file is written atomically, the checkpoint last, so an
+    entry is never listed as trained with its records missing. ``code_version`` overrides
+    the commit recorded by the run.
 
     Raises:
         FileExistsError: the entry has a checkpoint already and ``force`` is False
@@ -195,8 +210,15 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
     meta.update(config=dataclasses.asdict(config), command=command,
                 code_version=code_version or meta.get("code_version", "unknown"))
     target = found.weights
-    keep = {k: v for k, v in meta.items() if k not in ("architecture", "pretrained_cfg", "format")}
-    models.save_model(model, target, metadata=keep)
     log = (run / "metrics.jsonl").read_text()
     atomic_write(target.with_suffix(".metrics.jsonl"), lambda tmp: tmp.write_text(log))
+    inside = inside_folder(name)
+    for file in (INSIDE_LOG, INSIDE_TENSORS):
+        if (run / file).is_file():
+            inside.mkdir(parents=True, exist_ok=True)
+            atomic_write(inside / file, lambda tmp, source=run / file: shutil.copyfile(source, tmp))
+        elif (inside / file).is_file():  # the replaced checkpoint's record (force): not this run's
+            (inside / file).unlink()
+    keep = {k: v for k, v in meta.items() if k not in ("architecture", "pretrained_cfg", "format")}
+    models.save_model(model, target, metadata=keep)
     return target
