@@ -1,4 +1,8 @@
+import contextlib
+import importlib.util
 import pickle
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +30,20 @@ def tiny_vit():
     ).eval()
     model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 32, 32))
     return model
+
+
+@contextlib.contextmanager
+def benchmark_script(filename: str):
+    """The script ``benchmarks/<filename>`` imported as a module, for its tests; unregistered on exit."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / filename
+    spec = importlib.util.spec_from_file_location(f"{path.stem}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
 
 
 def cifar_available() -> bool:

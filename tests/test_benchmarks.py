@@ -1,7 +1,4 @@
 """benchmarks/train_step.py: its FLOP count, its variants and where its profile puts the time."""
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -9,18 +6,15 @@ import torch
 
 from vitlab.models import ARCHITECTURES
 
+from conftest import benchmark_script
+
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).parents[1] / "benchmarks" / "train_step.py"
-    spec = importlib.util.spec_from_file_location("train_step_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_script("train_step.py") as module:
+        yield module
 
 
 @pytest.fixture(autouse=True)

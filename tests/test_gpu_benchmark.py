@@ -1,5 +1,4 @@
 """benchmarks/gpu.py and the CIFAR-10 subset file it trains on (vitlab.data.write_subset / read_subset)."""
-import importlib.util
 import math
 import os
 import subprocess
@@ -13,7 +12,7 @@ import torch
 from vitlab import data, settings
 from vitlab.models import ARCHITECTURES
 
-from conftest import make_batches
+from conftest import benchmark_script, make_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -30,13 +29,8 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def bench():
-    path = ROOT / "benchmarks" / "gpu.py"
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_script("gpu.py") as module:
+        yield module
 
 
 @pytest.fixture

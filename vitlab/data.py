@@ -341,22 +341,14 @@ def read_subset(
         raise FileNotFoundError(f"no CIFAR-10 subset file at {path}: write one with vitlab.data.write_subset() "
                                 "on a machine that has CIFAR-10 (VITLAB_DATA)")
     names = ("train_x", "train_y", "test_x", "test_y")
-    try:
-        arrays = np.load(path, allow_pickle=False)
-        if not isinstance(arrays, np.lib.npyio.NpzFile):
-            why = "it is not an .npz archive"
-        else:
-            with arrays:
-                missing = [name for name in names if name not in arrays.files]
-                loaded = [] if missing else [arrays[name] for name in names]
-            if missing:
-                why = f"it lacks {missing}"
-            else:
-                problems = [f"{split}: {problem}" for split, pair in (("train", loaded[:2]), ("test", loaded[2:]))
-                            if (problem := _cache_problem(*pair, None))]
-                why = problems[0] if problems else None
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as err:
-        why = f"it cannot be read ({type(err).__name__}: {err})"
+    arrays, why = _load_npz(path)
+    loaded = [arrays[name] for name in names if name in arrays]
+    if why is None and len(loaded) < len(names):
+        why = f"it lacks {[name for name in names if name not in arrays]}"
+    if why is None:
+        problems = [f"{split}: {problem}" for split, pair in (("train", loaded[:2]), ("test", loaded[2:]))
+                    if (problem := _cache_problem(*pair, None))]
+        why = problems[0] if problems else None
     if why:
         raise CorruptDataError(f"{path} is not a CIFAR-10 subset file: {why}; delete it and write it again "
                                "with vitlab.data.write_subset()")
@@ -432,6 +424,19 @@ def _cache_problem(images: np.ndarray, labels: np.ndarray, count: int | None) ->
     return None
 
 
+def _load_npz(path: Path) -> tuple[dict[str, np.ndarray], str | None]:
+    """``(arrays, None)``: every array of the ``.npz`` archive at ``path``, each read whole, so its
+    CRC-32 (the zip format's own) is checked; or ``({}, why)`` when it cannot be read."""
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        if not isinstance(arrays, np.lib.npyio.NpzFile):
+            return {}, "it is not an .npz archive"
+        with arrays:
+            return {name: arrays[name] for name in arrays.files}, None
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        return {}, f"it cannot be read ({type(err).__name__}: {err})"
+
+
 def _read_cache(cache: Path, key: str, count: int | None) -> tuple[np.ndarray, np.ndarray] | None:
     """The cached ``(images, labels)`` if ``cache`` is a complete decode of the current source.
 
@@ -440,23 +445,17 @@ def _read_cache(cache: Path, key: str, count: int | None) -> tuple[np.ndarray, n
     """
     if not cache.exists():
         return None
-    try:
-        arrays = np.load(cache, allow_pickle=False)
-        if not isinstance(arrays, np.lib.npyio.NpzFile):
-            why = "it is not an .npz archive"
-        else:
-            with arrays:
-                if "key" not in arrays.files:
-                    why = "it was written by an older vitlab (no source key)"
-                elif str(arrays["key"]) != key:
-                    why = "the source files changed since it was written (a file added, removed or replaced)"
-                else:
-                    images, labels = arrays["images"], arrays["labels"]
-                    why = _cache_problem(images, labels, count)
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as err:
-        why = f"it cannot be read ({type(err).__name__}: {err})"
+    arrays, why = _load_npz(cache)
+    if why is None and "key" not in arrays:
+        why = "it was written by an older vitlab (no source key)"
+    elif why is None and str(arrays["key"]) != key:
+        why = "the source files changed since it was written (a file added, removed or replaced)"
+    elif why is None and not {"images", "labels"} <= arrays.keys():
+        why = f"it lacks {sorted({'images', 'labels'} - arrays.keys())}"
+    elif why is None:
+        why = _cache_problem(arrays["images"], arrays["labels"], count)
     if why is None:
-        return images, labels
+        return arrays["images"], arrays["labels"]
     warnings.warn(f"rebuilding the CIFAR-10 cache {cache}: {why}", stacklevel=3)
     return None
 
