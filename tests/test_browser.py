@@ -263,9 +263,16 @@ def test_attention_distance_notebook(lab, page):
 
     nb = Lab(page, lab, "03_attention_distance.ipynb")
     nb.run_all()
-    plots = nb.plots(4)  # the static view, the explorer, then the recipes' arms and their timeline
+    # the static view, the explorer, the recipes' arms and their timeline, then the zoo run's five inside views
+    plots = nb.plots(9)
     depth = len(vitlab.load_model("vit_tiny_c10", device="cpu").blocks)
     comparison = vitlab.recipes.read()
+    shipped = vitlab.inside.read(vitlab.zoo.inside_folder("vit_tiny_c10_e40"))
+    assert f"vit_tiny_c10_e40, epoch {shipped[-1].epoch}: filters" in nb.title(4)
+    assert plots.nth(7).locator(".xtick text").count() >= 1  # its attention distance per head, layer by layer
+    for i, shot in ((7, "distance"), (8, "timeline")):
+        plots.nth(i).scroll_into_view_if_needed()
+        plots.nth(i).screenshot(path=str(ARTIFACTS / f"03_zoo_inside_{shot}.png"))
     assert "epoch" in nb.title(2) and all(arm in plots.nth(2).text_content() for arm in comparison.arms)
     for axis in ("xtick", "x2tick"):  # one depth axis per arm, every layer ticked
         assert plots.nth(2).locator(f".{axis} text").count() == depth

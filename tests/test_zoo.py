@@ -17,6 +17,8 @@ def test_the_zoo_ships_a_vit_and_a_resnet():
     assert {zoo.ENTRIES[n].family for n in SHIPPED} == {"vit", "resnet"}
     on_disk = sorted(p.stem for p in models.ZOO_DIR.glob("*.safetensors"))
     assert on_disk == sorted(SHIPPED)  # no undeclared checkpoint either
+    # At least one shipped ViT carries its inside views over training (notebook 03 shows them).
+    assert any(vitlab.inside.read(zoo.inside_folder(n)) for n in SHIPPED if zoo.ENTRIES[n].family == "vit")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -31,6 +33,10 @@ def test_shipped_checkpoints_are_small_and_documented(name):
     # Sidecars written before the zoo module (with out/progress in their config) still load.
     assert config.from_args(train.TrainConfig, record["config"]) == zoo.train_config(name)
     assert vitlab.load_model(name, device="cpu").vitlab_arch["zoo"] == zoo.ENTRIES[name].architecture
+    views = vitlab.inside.read(zoo.inside_folder(name))  # entries trained before inside views have none
+    if views:  # every epoch the trainer records, up to the last, from the run's own final model
+        assert [v.epoch for v in views] == vitlab.inside.recorded_epochs(record["config"]["epochs"])
+        assert all(p.stat().st_size <= 10 * 2**20 for p in zoo.inside_folder(name).iterdir())
 
 
 @pytest.mark.cifar

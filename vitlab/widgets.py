@@ -480,7 +480,7 @@ class InsideViewsExplorer(W.VBox):
         w = stand_in.patch_embed.proj.weight
         components, self.ratio = metrics.embedding_filters(stand_in, k=min(self.k, w.shape[0], w[0].numel()))
         self.sim = metrics.position_similarity(stand_in)  # (rows, cols, rows, cols)
-        name = f"{self.folder.name}, epoch {epoch}"
+        name = f"{self.folder.name.removesuffix('.inside')}, epoch {epoch}"  # a zoo entry's folder: its name
         show_figure(self.filters, plots.embedding_filters_figure(components, self.ratio, title=f"{name}: filters"))
         show_figure(self.variance, plots.explained_variance_figure(self.ratio))
         show_figure(self.positions, plots.position_similarity_figure(self.sim, title=f"{name}: position embeddings"))

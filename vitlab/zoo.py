@@ -75,6 +75,9 @@ def _entry(name: str, recipe: Mapping[str, Any], shipped: bool = False) -> ZooEn
 
 #: Every zoo entry, by name; the micro entries are minute-scale models for quick runs.
 ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
+    ZooEntry(name="vit_tiny_c10_e40", architecture="vit_tiny_c10", recipe=MappingProxyType(dict(VIT_RECIPE, epochs=40)),
+             description=models.ARCHITECTURES["vit_tiny_c10"].description + "; the zoo recipe for 40 epochs "
+             "(crop, flip, label smoothing 0.1, no CutMix), inside views recorded", shipped=True),
     _entry("vit_tiny_c10", VIT_RECIPE, shipped=True),
     _entry("vit_small_c10", VIT_RECIPE),
     _entry("resnet_tiny_c10", RESNET_RECIPE, shipped=True),
