@@ -32,15 +32,17 @@ def test_normalised_range_threshold_both_ways(tiny_vit):
 
 
 def _vit_configs():
-    """Every zoo ViT as published (random weights, its own pretrained_cfg), the shipped one as loaded,
-    a Google-checkpoint ViT and timm's ImageNet-default ViT."""
-    zoo = [build_model({"zoo": name}) for name in vitlab.zoo.ENTRIES if name.startswith("vit")]
+    """Every zoo ViT architecture as published (random weights, its own pretrained_cfg), the shipped
+    ones as loaded, a Google-checkpoint ViT and timm's ImageNet-default ViT."""
+    entries = [e for e in vitlab.zoo.ENTRIES.values() if e.family == "vit"]
+    zoo = [build_model({"zoo": arch}) for arch in dict.fromkeys(e.architecture for e in entries)]
+    zoo += [vitlab.load_model(e.name, device="cpu") for e in entries if e.shipped]
     google = build_model({"google_vit": dict(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2,
                                              num_classes=10)})
     assert google.pretrained_cfg["mean"] == GOOGLE_VIT_CFG["mean"]
     imagenet = build_model({"timm": "deit_tiny_patch16_224", "kwargs": dict(img_size=32, depth=1)})
     assert imagenet.pretrained_cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN
-    return [*zoo, vitlab.load_model("vit_tiny_c10", device="cpu"), google, imagenet]
+    return [*zoo, google, imagenet]
 
 
 def test_preprocessed_images_pass_for_every_vit_config():
