@@ -14,7 +14,7 @@ RANKS = {
     "settings": 0, "io": 0, "metrics": 0, "config": 0, "inputs": 0,
     "data": 1, "records": 1, "architectures": 1, "weights": 1, "checkpoints": 1,
     "models": 2,
-    "hooks": 3, "features": 3, "train": 3, "inside": 3,
+    "hooks": 3, "features": 3, "train": 3, "inside": 3, "mpp": 3,
     "zoo": 4,
     "compare": 5, "sweep": 5, "readouts": 5, "recipes": 5,
     "plotting": 6, "plots": 6,

@@ -1,0 +1,127 @@
+"""Masked patch prediction (the ViT paper's self-supervised objective): corruption, colour targets, loss."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitlab import mpp
+from vitlab.models import build_model, preprocess
+
+
+def test_colour_targets_match_a_brute_force_loop():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 12, 8), generator=g, dtype=torch.uint8)
+    got = mpp.colour_targets(images, patch_size=4)  # a 3x2 grid of patches
+    for n in range(3):
+        for row in range(3):
+            for col in range(2):
+                levels = []
+                for c in range(3):
+                    total = 0
+                    for y in range(4 * row, 4 * row + 4):
+                        for x in range(4 * col, 4 * col + 4):
+                            total += int(images[n, c, y, x])
+                    levels.append(min(7, int(total / 16 * 8 // 256)))
+                assert got[n, row * 2 + col] == levels[0] * 64 + levels[1] * 8 + levels[2]
+
+
+def test_colour_targets_of_known_patches():
+    image = torch.zeros(1, 3, 4, 12, dtype=torch.uint8)  # three 4x4 patches in a row
+    image[0, 0, :, 0:4] = 255  # pure red: r level 7
+    image[0, :, :, 4:8] = 255  # white: every level 7
+    image[0, 1, :, 8:12] = 31  # g mean 31: level 0 (31 * 8 / 256 = 0.97)
+    image[0, 2, :, 8:12] = 32  # b mean 32: level 1
+    assert mpp.colour_targets(image, 4).tolist() == [[7 * 64, 511, 1]]
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        mpp.colour_targets(torch.zeros(1, 3, 6, 6, dtype=torch.uint8), 4)
+
+
+def test_corruption_proportions_over_many_draws():
+    batch, patches = 400, 64
+    c = mpp.draw_corruption(batch, patches, torch.Generator().manual_seed(1))
+    assert (c.corrupted.sum(1) == patches // 2).all()  # exactly half of every image
+    corrupted = batch * patches // 2
+    for kind, share in ((mpp.MASKED, 0.8), (mpp.SWAPPED, 0.1), (mpp.UNCHANGED, 0.1)):
+        count = int((c.kind == kind).sum())
+        sd = math.sqrt(corrupted * share * (1 - share))
+        assert abs(count - corrupted * share) < 5 * sd, (kind, count)
+    # Every patch is corrupted about equally often: no position is favoured.
+    per_position = c.corrupted.float().mean(0)
+    assert (per_position - 0.5).abs().max() < 5 * math.sqrt(0.25 / batch)
+    # A swapped patch takes another patch of its image, drawn uniformly over the others.
+    own = torch.arange(patches).expand(batch, patches)
+    swapped = c.kind == mpp.SWAPPED
+    assert (c.source[swapped] != own[swapped]).all() and (c.source[~swapped] == own[~swapped]).all()
+    offsets = (c.source[swapped] - own[swapped]) % patches  # 1..patches-1, uniform
+    assert offsets.min() >= 1 and torch.bincount(offsets, minlength=patches)[1:].min() > 0
+
+
+def test_corrupt_replaces_what_the_draw_says_and_nothing_else():
+    tokens = torch.randn(8, 16, 5)
+    mask = torch.randn(5)
+    c = mpp.draw_corruption(8, 16, torch.Generator().manual_seed(2))
+    out = mpp.corrupt(tokens, c, mask)
+    for n in range(8):
+        for p in range(16):
+            kind = int(c.kind[n, p])
+            expected = {mpp.KEPT: tokens[n, p], mpp.UNCHANGED: tokens[n, p], mpp.MASKED: mask,
+                        mpp.SWAPPED: tokens[n, int(c.source[n, p])]}[kind]
+            assert torch.equal(out[n, p], expected)
+
+
+def test_loss_is_the_cross_entropy_over_corrupted_patches_only():
+    torch.manual_seed(0)
+    encoder = build_model({"zoo": "vit_micro_c10"})
+    model = mpp.MaskedPatchPrediction(encoder)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    loss, correct, count = model.loss(images, torch.Generator().manual_seed(3))
+    # The same draw, recomputed by hand.
+    targets = mpp.colour_targets(images, 8)  # vit_micro_c10: 8-pixel patches, a 4x4 grid
+    c = mpp.draw_corruption(4, 16, torch.Generator().manual_seed(3))
+    logits = model(preprocess(encoder, images, resize=False), c)
+    assert logits.shape == (4, 16, mpp.COLOURS)
+    expected = F.cross_entropy(logits[c.corrupted], targets[c.corrupted])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert count.item() == 4 * 8 and correct.item() == (logits[c.corrupted].argmax(-1) == targets[c.corrupted]).sum()
+    loss.backward()  # the mask embedding is learned
+    assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
+
+
+def test_encoder_keys_stay_those_of_a_plain_vit():
+    encoder = build_model({"zoo": "vit_micro_c10"})
+    model = mpp.MaskedPatchPrediction(encoder)
+    keys = set(model.state_dict())
+    assert {k.removeprefix("encoder.") for k in keys if k.startswith("encoder.")} == set(encoder.state_dict())
+    assert keys - {f"encoder.{k}" for k in encoder.state_dict()} == {"mask_token", "colour_head.weight",
+                                                                      "colour_head.bias"}
+    with pytest.raises(TypeError, match="VisionTransformer"):
+        mpp.MaskedPatchPrediction(build_model({"zoo": "resnet_micro_c10"}))
+
+
+STEPS = 300
+
+
+def test_masked_colours_are_learned_from_the_other_patches():
+    """Images of one colour: a masked patch's colour is readable only from the uncorrupted others."""
+    torch.manual_seed(0)
+    model = mpp.MaskedPatchPrediction(build_model({"zoo": "vit_micro_c10"}))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(4)
+
+    def batch(n=64):
+        colours = torch.randint(0, 2, (n, 3, 1, 1), generator=g) * 224 + 16  # channels 16 or 240: 8 colours
+        return colours.expand(n, 3, 32, 32).to(torch.uint8)
+
+    for _ in range(STEPS):
+        loss, _, _ = model.loss(batch(), g)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        images = batch(256)
+        c = mpp.draw_corruption(256, 16, g)
+        logits = model(preprocess(model.encoder, images, resize=False), c)
+        masked = c.kind == mpp.MASKED
+        accuracy = (logits[masked].argmax(-1) == mpp.colour_targets(images, 8)[masked]).float().mean()
+    assert accuracy > 0.9  # knowing only which 8 colours occur gives 1/8

@@ -1,0 +1,151 @@
+"""Masked patch prediction, the ViT paper's self-supervised objective (section 4.6, appendix B.1.2).
+
+Half of each image's patch embeddings are corrupted: of those, 80% are replaced by a
+learnable ``[mask]`` embedding, 10% by the embedding of a random other patch of the same
+image, and 10% are left unchanged. For every corrupted patch the model predicts the patch's
+3-bit mean colour (its mean R, G and B, each quantised to 8 levels: 512 classes) from that
+patch's output token through a linear head; the loss is the cross-entropy over the
+corrupted patches only.
+
+:class:`MaskedPatchPrediction` wraps a timm ``VisionTransformer`` without changing it: the
+mask embedding and the colour head are parameters of the wrapper (state-dict keys
+``mask_token`` and ``colour_head.*``, beside the encoder's ``encoder.*``), so the encoder
+can be saved and loaded as a plain ViT for analysis and fine-tuning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import preprocess
+
+#: Fraction of each image's patches that are corrupted.
+CORRUPT_FRACTION = 0.5
+#: Of the corrupted patches: the shares replaced by ``[mask]``, by a random other patch, left unchanged.
+MASK_SHARE, RANDOM_SHARE = 0.8, 0.1
+#: Quantisation levels per colour channel (3 bits), and the classes of the mean colour (8 ** 3).
+LEVELS = 8
+COLOURS = LEVELS**3
+
+#: How a patch was corrupted, in :attr:`Corruption.kind`.
+KEPT, MASKED, SWAPPED, UNCHANGED = 0, 1, 2, 3
+
+
+def colour_targets(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The 3-bit mean colour of every patch: (N, patches) class indices in 0..511, patches row-major.
+
+    ``images`` are uint8 (N, 3, H, W) with H and W multiples of ``patch_size``. Each
+    channel's mean over the patch (0..255) is quantised to ``floor(mean * 8 / 256)`` (0..7);
+    the class is ``r * 64 + g * 8 + b``.
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise TypeError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    if images.shape[-1] % patch_size or images.shape[-2] % patch_size:
+        raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {patch_size}")
+    means = F.avg_pool2d(images.float(), patch_size)  # (N, 3, rows, cols), 0..255
+    levels = (means * LEVELS / 256).floor().clamp_(0, LEVELS - 1).long()
+    r, g, b = levels.unbind(1)  # each (N, rows, cols)
+    return (r * LEVELS**2 + g * LEVELS + b).flatten(1)
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """Which patches of a batch were corrupted, and how.
+
+    Attributes:
+        kind: (N, patches) int: ``KEPT``, ``MASKED``, ``SWAPPED`` (replaced by patch
+            ``source``) or ``UNCHANGED`` (corrupted, but its embedding left as it was).
+        source: (N, patches) long: the patch whose embedding a ``SWAPPED`` patch took (its own index otherwise).
+    """
+
+    kind: torch.Tensor
+    source: torch.Tensor
+
+    @property
+    def corrupted(self) -> torch.Tensor:
+        """(N, patches) bool: the patches the loss is computed on."""
+        return self.kind != KEPT
+
+
+def draw_corruption(batch: int, patches: int, generator: torch.Generator | None = None,
+                    device: torch.device | str = "cpu") -> Corruption:
+    """Draw which patches to corrupt: exactly ``round(CORRUPT_FRACTION * patches)`` per image.
+
+    Each corrupted patch independently becomes ``MASKED`` (probability 0.8), ``SWAPPED``
+    with a uniformly drawn other patch of the same image (0.1) or ``UNCHANGED`` (0.1). All
+    draws come from ``generator`` (on ``device``), so a run that saves it resumes exactly.
+    """
+    if patches < 2:
+        raise ValueError(f"masked patch prediction needs at least 2 patches per image, got {patches}")
+    count = round(CORRUPT_FRACTION * patches)
+    rand = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
+    chosen = rand(batch, patches).argsort(dim=1)[:, :count]  # (N, count) patch indices, uniformly drawn
+    how = rand(batch, count)
+    kinds = torch.where(how < MASK_SHARE, MASKED, torch.where(how < MASK_SHARE + RANDOM_SHARE, SWAPPED, UNCHANGED))
+    kind = torch.full((batch, patches), KEPT, device=device).scatter_(1, chosen, kinds)
+    # A random other patch: draw from the patches - 1 others and skip over the patch itself.
+    own = torch.arange(patches, device=device).expand(batch, patches)
+    other = (rand(batch, patches) * (patches - 1)).long().clamp_(max=patches - 2)
+    other = other + (other >= own).long()
+    source = torch.where(kind == SWAPPED, other, own)
+    return Corruption(kind=kind, source=source)
+
+
+def corrupt(tokens: torch.Tensor, corruption: Corruption, mask_token: torch.Tensor) -> torch.Tensor:
+    """Apply ``corruption`` to patch embeddings (N, patches, D): masked ones become ``mask_token`` (D,)."""
+    swapped = tokens.gather(1, corruption.source.unsqueeze(-1).expand_as(tokens))  # (N, patches, D)
+    masked = (corruption.kind == MASKED).unsqueeze(-1)
+    return torch.where(masked, mask_token.to(tokens.dtype).expand_as(tokens), swapped)
+
+
+class MaskedPatchPrediction(nn.Module):
+    """A ViT encoder with a ``[mask]`` embedding and a linear 512-colour head over its patch tokens.
+
+    ``forward(images, corruption)`` returns the colour logits of every patch (N, patches,
+    512); :meth:`loss` draws the corruption, computes the targets and the cross-entropy
+    over the corrupted patches.
+    """
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        if not hasattr(encoder, "patch_embed") or not hasattr(encoder, "_pos_embed"):
+            raise TypeError(f"masked patch prediction needs a timm VisionTransformer, got {type(encoder).__name__}")
+        self.encoder = encoder
+        width = encoder.embed_dim
+        self.mask_token = nn.Parameter(torch.zeros(width))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)  # as timm initialises its tokens
+        self.colour_head = nn.Linear(width, COLOURS)
+
+    @property
+    def patch_size(self) -> int:
+        return self.encoder.patch_embed.patch_size[0]
+
+    def forward(self, x: torch.Tensor, corruption: Corruption) -> torch.Tensor:
+        """Colour logits (N, patches, 512) of normalised images ``x`` whose patch embeddings are corrupted."""
+        vit = self.encoder
+        tokens = vit.patch_embed(x)  # (N, rows, cols, D) with dynamic image size, else (N, patches, D)
+        grid = tokens.shape[1:3] if tokens.ndim == 4 else None
+        flat = tokens.flatten(1, 2) if grid is not None else tokens  # (N, patches, D)
+        flat = corrupt(flat, corruption, self.mask_token)
+        tokens = flat.unflatten(1, grid) if grid is not None else flat
+        h = vit.norm_pre(vit.patch_drop(vit._pos_embed(tokens)))
+        h = vit.norm(vit.blocks(h))  # (N, prefix + patches, D)
+        return self.colour_head(h[:, vit.num_prefix_tokens:])
+
+    def loss(self, images: torch.Tensor, generator: torch.Generator | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cross-entropy of the colour head on the corrupted patches of uint8 ``images``.
+
+        Returns ``(loss, correct, count)``: the mean cross-entropy, and the number of corrupted
+        patches whose colour was predicted right and their number (device tensors; no sync).
+        """
+        targets = colour_targets(images, self.patch_size).to(self.mask_token.device)  # (N, patches)
+        corruption = draw_corruption(*targets.shape, generator=generator, device=targets.device)
+        logits = self(preprocess(self.encoder, images, resize=False), corruption)
+        picked = corruption.corrupted
+        chosen, wanted = logits[picked], targets[picked]  # (corrupted, 512), (corrupted,)
+        loss = F.cross_entropy(chosen.float(), wanted)
+        return loss, (chosen.argmax(-1) == wanted).sum(), wanted.new_tensor(wanted.numel())
