@@ -24,7 +24,7 @@ RANKS = {
 SAME_RANK = {("features", "hooks"), ("inside", "hooks"), ("train", "inside"), ("sweep", "compare"),
              ("sweep", "readouts"), ("plots", "plotting"), ("widgets", "explorer"),
              ("widgets", "compare_widgets"), ("compare_widgets", "explorer"), ("recipes", "readouts"),
-             ("train", "hooks")}
+             ("train", "hooks"), ("train", "mpp")}
 
 
 def _imports(path: Path) -> set[str]:

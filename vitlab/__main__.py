@@ -1,7 +1,9 @@
-"""Command line: ``python -m vitlab {zoo,data,train,publish,sweep,recipes}``.
+"""Command line: ``python -m vitlab {zoo,data,train,pretrain,publish,sweep,recipes}``.
 
 ``train`` has one flag per field of :class:`vitlab.train.TrainConfig` (mapped by
 :mod:`vitlab.config`) besides ``--out``, ``--progress`` and ``--checkpoint-every``;
+``pretrain`` is the same trainer without labels (``--objective mpp``, the paper's masked
+patch prediction), with the flags that concern labels left out;
 ``--config`` names a JSON or TOML file of the same settings, and flags given beside it
 win. ``sweep`` maps its flags onto :class:`vitlab.sweep.SweepConfig` the same way. Bad
 input ends in a one-line error before any work starts.
@@ -28,6 +30,9 @@ INPUT_ERRORS = (ConfigError, PermissionError, FileNotFoundError, FileExistsError
                 WeightsFileError, WeightsUnavailableError, ResultsFileError)
 #: Flags of ``train`` that say where and how a run reports, not what it is.
 RUN_FLAGS = ("out", "progress", "checkpoint_every", "inside")
+#: Settings of ``train`` that act on labels; ``pretrain`` has no flags for them and fixes them off.
+LABEL_FLAGS = ("label_smoothing", "mixup", "cutmix", "mix_prob", "mix_switch_prob")
+PRETRAIN_DEFAULTS = TrainConfig(objective="mpp", label_smoothing=0.0)
 
 
 def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
@@ -40,15 +45,12 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     train_parser = sub.add_parser("train", help="train a zoo architecture on CIFAR-10")
     train_parser.add_argument("--config", help="JSON or TOML file of these settings (flags override it)")
     add_flags(train_parser, TrainConfig)
-    train_parser.add_argument("--out", help="folder of the run: checkpoints, log, final model "
-                              "(default: runs/<model>); a run started again in it resumes")
-    train_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                              help="a progress bar per epoch; without it, one JSON line per epoch")
-    train_parser.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
-                              help="also checkpoint every this many steps (default: 0, at epoch ends only)")
-    train_parser.add_argument("--inside", action=argparse.BooleanOptionalAction, default=True,
-                              help="record a ViT's inside views (inside.jsonl, inside.safetensors) each epoch")
+    _run_flags(train_parser)
     train_parser.set_defaults(**(train_defaults or {}))
+    pre = sub.add_parser("pretrain", help="pre-train a zoo ViT on CIFAR-10's images without their labels")
+    add_flags(pre, TrainConfig, exclude=LABEL_FLAGS)
+    _run_flags(pre)
+    pre.set_defaults(objective="mpp", **{name: getattr(PRETRAIN_DEFAULTS, name) for name in LABEL_FLAGS})
     pub = sub.add_parser("publish", help="copy a finished run into data/zoo under a zoo name")
     pub.add_argument("run", help="the run's --out folder")
     pub.add_argument("name", choices=sorted(zoo.ENTRIES), help="zoo entry it is a checkpoint of")
@@ -67,6 +69,19 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``train`` and ``pretrain`` that say where and how a run reports (:data:`RUN_FLAGS`)."""
+    parser.add_argument("--out", help="folder of the run: checkpoints, log, final model "
+                        "(default: runs/<model>, runs/<model>-<objective> when pre-training); a run started "
+                        "again in it resumes")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="a progress bar per epoch; without it, one JSON line per epoch")
+    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                        help="also checkpoint every this many steps (default: 0, at epoch ends only)")
+    parser.add_argument("--inside", action=argparse.BooleanOptionalAction, default=True,
+                        help="record a ViT's inside views (inside.jsonl, inside.safetensors) each epoch")
+
+
 def _zoo(args: argparse.Namespace) -> None:
     print(json.dumps(zoo.zoo(), indent=2))
 
@@ -79,7 +94,11 @@ def _data(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     config = from_args(TrainConfig, args)
-    out = args.out or f"runs/{config.model}"
+    if args.command == "pretrain" and config.objective == "classify":
+        raise ConfigError("pretrain trains without labels: --objective must be mpp (masked patch prediction); "
+                          "use python -m vitlab train to classify")
+    default = f"runs/{config.model}-{config.objective}" if args.command == "pretrain" else f"runs/{config.model}"
+    out = args.out or default
     result = train(config, out, progress=args.progress, checkpoint_every=args.checkpoint_every, inside=args.inside)
     print(json.dumps(result.record, indent=2))
 
@@ -108,7 +127,7 @@ def _recipes(args: argparse.Namespace) -> None:
     print(readouts.recipes(comparison))
 
 
-COMMANDS = dict(zoo=_zoo, data=_data, train=_train, publish=_publish, sweep=_sweep, recipes=_recipes)
+COMMANDS = dict(zoo=_zoo, data=_data, train=_train, pretrain=_train, publish=_publish, sweep=_sweep, recipes=_recipes)
 
 
 def main(argv: list[str] | None = None) -> int:

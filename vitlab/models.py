@@ -519,11 +519,13 @@ def _update_arch(model: nn.Module, **changes: Any) -> None:
 # --- saving ------------------------------------------------------------------------
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None,
+               extra: dict[str, torch.Tensor] | None = None) -> Path:
     """Save weights as ``.safetensors`` with a JSON sidecar that rebuilds the architecture.
 
     Both files are written atomically. ``metadata`` (e.g. training config and metrics)
-    is stored in the sidecar beside the architecture record and ``pretrained_cfg``.
+    is stored in the sidecar beside the architecture record and ``pretrained_cfg``;
+    ``extra`` tensors (a pre-training objective's, keys ``mpp.*``) beside the weights.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -535,6 +537,10 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, An
             "vitlab.load_model(...) (e.g. load_model('vit_small_patch16_224', pretrained=False))"
         )
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    clash = sorted(state.keys() & (extra or {}).keys())
+    if clash:
+        raise ValueError(f"extra tensors {clash} would overwrite the model's own weights; rename them")
+    state.update(extra or {})
     with atomic_path(path) as tmp:
         safetensors.torch.save_file(state, str(tmp))
     meta = dict(metadata or {})

@@ -14,13 +14,16 @@ can be saved and loaded as a plain ViT for analysis and fine-tuning.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import preprocess
+from .models import load_model, preprocess, zoo_weights
+from .weights import OBJECTIVE_PREFIX, read_state_dict
 
 #: Fraction of each image's patches that are corrupted.
 CORRUPT_FRACTION = 0.5
@@ -70,6 +73,11 @@ class Corruption:
         return self.kind != KEPT
 
 
+def corrupted_per_image(patches: int) -> int:
+    """How many of an image's ``patches`` are corrupted (and scored)."""
+    return round(CORRUPT_FRACTION * patches)
+
+
 def draw_corruption(batch: int, patches: int, generator: torch.Generator | None = None,
                     device: torch.device | str = "cpu") -> Corruption:
     """Draw which patches to corrupt: exactly ``round(CORRUPT_FRACTION * patches)`` per image.
@@ -80,7 +88,7 @@ def draw_corruption(batch: int, patches: int, generator: torch.Generator | None 
     """
     if patches < 2:
         raise ValueError(f"masked patch prediction needs at least 2 patches per image, got {patches}")
-    count = round(CORRUPT_FRACTION * patches)
+    count = corrupted_per_image(patches)
     rand = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
     chosen = rand(batch, patches).argsort(dim=1)[:, :count]  # (N, count) patch indices, uniformly drawn
     how = rand(batch, count)
@@ -120,6 +128,11 @@ class MaskedPatchPrediction(nn.Module):
         self.colour_head = nn.Linear(width, COLOURS)
 
     @property
+    def vitlab_arch(self) -> dict:
+        """The encoder's architecture record: checkpoints of a pre-training run rebuild the encoder."""
+        return self.encoder.vitlab_arch
+
+    @property
     def patch_size(self) -> int:
         return self.encoder.patch_embed.patch_size[0]
 
@@ -135,6 +148,10 @@ class MaskedPatchPrediction(nn.Module):
         h = vit.norm(vit.blocks(h))  # (N, prefix + patches, D)
         return self.colour_head(h[:, vit.num_prefix_tokens:])
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay: the encoder's (timm's list) and the mask embedding."""
+        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()} | {"mask_token"}
+
     def loss(self, images: torch.Tensor, generator: torch.Generator | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cross-entropy of the colour head on the corrupted patches of uint8 ``images``.
@@ -142,10 +159,87 @@ class MaskedPatchPrediction(nn.Module):
         Returns ``(loss, correct, count)``: the mean cross-entropy, and the number of corrupted
         patches whose colour was predicted right and their number (device tensors; no sync).
         """
-        targets = colour_targets(images, self.patch_size).to(self.mask_token.device)  # (N, patches)
-        corruption = draw_corruption(*targets.shape, generator=generator, device=targets.device)
-        logits = self(preprocess(self.encoder, images, resize=False), corruption)
-        picked = corruption.corrupted
-        chosen, wanted = logits[picked], targets[picked]  # (corrupted, 512), (corrupted,)
-        loss = F.cross_entropy(chosen.float(), wanted)
-        return loss, (chosen.argmax(-1) == wanted).sum(), wanted.new_tensor(wanted.numel())
+        targets, corruption = draw_batch(images, self.patch_size, generator)
+        return self.scored(preprocess(self.encoder, images, resize=False), targets, corruption)
+
+    def scored(self, x: torch.Tensor, targets: torch.Tensor, corruption: Corruption
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`loss` on normalised images ``x`` with their colour ``targets`` (N, patches) and ``corruption``."""
+        return score(self(x, corruption), targets, corruption)
+
+
+def score(logits: torch.Tensor, targets: torch.Tensor, corruption: Corruption
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cross-entropy of colour ``logits`` (N, patches, 512) against ``targets`` (N, patches) over
+    the corrupted patches only; returns ``(loss, correct, count)`` as device tensors."""
+    picked = corruption.corrupted
+    chosen, wanted = logits[picked], targets[picked]  # (corrupted, 512), (corrupted,)
+    loss = F.cross_entropy(chosen.float(), wanted)
+    return loss, (chosen.argmax(-1) == wanted).sum(), wanted.new_tensor(wanted.numel())
+
+
+def draw_batch(images: torch.Tensor, patch_size: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> tuple[torch.Tensor, Corruption]:
+    """The colour targets (N, patches) of uint8 ``images`` and a corruption drawn from ``generator``.
+
+    Both land on ``device`` (default: the generator's, else the images'), where the model runs.
+    """
+    device = device or (generator.device if generator is not None else images.device)
+    targets = colour_targets(images, patch_size).to(device)  # (N, patches)
+    return targets, draw_corruption(*targets.shape, generator=generator, device=device)
+
+
+@torch.no_grad()
+def masked_accuracy(model: MaskedPatchPrediction, images: torch.Tensor, seed: int = 0,
+                    batch_size: int = 500) -> float:
+    """Share of the corrupted patches of uint8 ``images`` whose 3-bit colour ``model`` predicts right.
+
+    The corruption is drawn from a generator seeded by ``seed``, so every call (every epoch
+    of a run, every model compared) is scored on the same corrupted patches.
+    """
+    model.eval()
+    device = model.mask_token.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    correct = count = torch.zeros((), dtype=torch.long, device=device)
+    for i in range(0, len(images), batch_size):
+        chunk = images[i : i + batch_size]
+        targets, corruption = draw_batch(chunk, model.patch_size, generator, device)
+        _, hits, n = model.scored(preprocess(model.encoder, chunk, resize=False), targets, corruption)
+        correct, count = correct + hits, count + n
+    return correct.item() / max(1, count.item())  # one read-back for the whole set
+
+
+# --- files: the encoder as a plain ViT, the objective's parameters under their own keys ------
+
+
+def objective_state(model: MaskedPatchPrediction) -> dict[str, torch.Tensor]:
+    """The mask embedding and colour head under ``mpp.*`` keys, stored beside the encoder's weights.
+
+    :func:`vitlab.models.load_model` ignores these keys, so the file loads as the plain ViT
+    it pre-trained; :func:`load_pretrainer` puts them back.
+    """
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    return {f"{OBJECTIVE_PREFIX}{k}": v.detach().cpu().contiguous() for k, v in own.items()}
+
+
+def load_pretrainer(spec: str | os.PathLike, device: str | torch.device | None = None) -> MaskedPatchPrediction:
+    """The encoder of a pre-trained weights file (a path or zoo name) with its mask embedding and colour head.
+
+    Raises ValueError when the file holds no masked-patch-prediction parameters (it was not
+    pre-trained with this objective).
+    """
+    encoder = load_model(spec, device="cpu")
+    path = _weights_path(spec)
+    state = {k.removeprefix(OBJECTIVE_PREFIX): v for k, v in read_state_dict(path).items()
+             if k.startswith(OBJECTIVE_PREFIX)}
+    if not state:
+        raise ValueError(f"{path} holds no masked-patch-prediction parameters ({OBJECTIVE_PREFIX}* keys): it was "
+                         "not pre-trained with python -m vitlab pretrain --objective mpp")
+    model = MaskedPatchPrediction(encoder)
+    model.load_state_dict({**{f"encoder.{k}": v for k, v in encoder.state_dict().items()}, **state})
+    return model.to(device or next(encoder.parameters()).device).eval()
+
+
+def _weights_path(spec: str | os.PathLike) -> Path:
+    path = Path(spec)
+    return path if path.is_file() else zoo_weights(os.fspath(spec))

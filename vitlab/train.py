@@ -1,4 +1,4 @@
-"""Supervised training and fine-tuning of zoo architectures on CIFAR-10 subsets.
+"""Supervised training, fine-tuning and self-supervised pre-training of zoo architectures on CIFAR-10.
 
 :func:`train` is a short setup around :func:`train_one_epoch` and :func:`evaluate`, as in
 timm's ``train.py``. :class:`TrainConfig` holds a run's settings only; where the run lives
@@ -14,7 +14,10 @@ at the end of each epoch, at most 30 per run. Mixup and CutMix are timm's
 (:class:`timm.data.Mixup` on whole batches, soft targets); with them on, the train accuracy
 is counted against each mixed image's dominant label. The step loop never waits for the
 device: losses and hit counts stay device tensors, read once per epoch and at progress-bar
-refreshes.
+refreshes. With ``objective="mpp"`` the same loop pre-trains a ViT without labels by the
+paper's masked patch prediction (:mod:`vitlab.mpp`): the accuracies it logs are then the
+share of corrupted patches whose 3-bit colour is predicted right, and the final file is the
+plain ViT with the objective's parameters under ``mpp.*`` keys.
 """
 from __future__ import annotations
 
@@ -39,13 +42,13 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data, inside as inside_views
+from . import data, inside as inside_views, mpp
 # code_version, hardware and read_metrics are re-exported: train.read_metrics(out) keeps working.
 from .checkpoints import (append_metrics, code_version, finished_run, hardware, load_checkpoint,  # noqa: F401
                           lock_run, prepare_folder, read_metrics, restore, save_checkpoint, trim_metrics)
 from .config import ConfigError, check_choices
 from .hooks import restoring
-from .models import ARCHITECTURES, build_model, load_model, preprocess, save_model, set_input_size
+from .models import ARCHITECTURES, build_model, load_model, preprocess, save_model, set_input_size, zoo_weights
 
 #: Without ``progress``, runs report here (``python -m vitlab`` prints it; notebooks stay quiet).
 log = logging.getLogger(__name__)
@@ -57,7 +60,10 @@ class TrainConfig:
 
     Attributes:
         model: architecture to build (a key of ``vitlab.models.ARCHITECTURES``).
-        init: fine-tune: start from these weights (any load_model spec).
+        init: fine-tune: start from these weights (any load_model spec). Weights pre-trained
+            without labels (``objective="mpp"``) get a new classifier head.
+        objective: classify (supervised, with labels), or mpp (masked patch prediction
+            without labels, a ViT only: ``python -m vitlab pretrain``).
         img_size: fine-tune at this resolution; ViT position embeddings are resampled in 2-D.
         subset_size: class-stratified training subset; None: all 50,000 images.
         seed: seeds the subset, the initial weights, the batch order and the augmentation.
@@ -83,6 +89,7 @@ class TrainConfig:
 
     model: str = "vit_tiny_c10"
     init: str | None = None
+    objective: Literal["classify", "mpp"] = "classify"
     img_size: int | None = None
     subset_size: int | None = None
     seed: int = 0
@@ -134,6 +141,11 @@ class _Run:
     step: int = 0
     wall: float = 0.0  # training seconds so far, over all sessions of the run
     probe: torch.Tensor | None = None  # uint8 probe images of the inside views (rank 0, ViTs); None: none recorded
+
+    @property
+    def analysed(self) -> nn.Module:
+        """The model the inside views look at: the ViT itself, or the encoder being pre-trained."""
+        return self.model.encoder if isinstance(self.model, mpp.MaskedPatchPrediction) else self.model
 
     @property
     def total(self) -> int:
@@ -233,6 +245,9 @@ def check(config: TrainConfig, out: str | os.PathLike, checkpoint_every: int = 0
     """
     if config.model not in ARCHITECTURES:
         raise ConfigError(f"unknown zoo model {config.model!r}: choose an architecture of {list(ARCHITECTURES)}")
+    if config.objective == "mpp" and ARCHITECTURES[config.model].family != "vit":
+        raise ConfigError(f"--objective mpp (masked patch prediction) pre-trains a ViT, and {config.model} is a "
+                          f"{ARCHITECTURES[config.model].family}; choose a ViT architecture")
     problem = _out_of_range(config, checkpoint_every)
     if problem is not None:
         raise ConfigError(problem)
@@ -274,6 +289,13 @@ def _out_of_range(config: TrainConfig, checkpoint_every: int) -> str | None:
          f"0..{IMAGE_SIZE - 1} pixels (reflection padding stays below the {IMAGE_SIZE}-pixel CIFAR image size)"),
         ("img_size", c.img_size, c.img_size is None or (c.img_size >= 1 and c.img_size % (patch or 1) == 0), size_rule),
         ("checkpoint_every", checkpoint_every, checkpoint_every >= 0, "0 (epoch ends only) or more steps"),
+        # Masked patch prediction reads no labels: label smoothing and mixing have nothing to act on.
+        ("label_smoothing", c.label_smoothing, c.objective != "mpp" or c.label_smoothing == 0,
+         "0 with --objective mpp (pre-training uses no labels)"),
+        ("img_size", c.img_size, c.objective != "mpp" or c.img_size in (None, IMAGE_SIZE),
+         f"none with --objective mpp (colour targets are taken at CIFAR's {IMAGE_SIZE} pixels)"),
+        ("mixup", c.mixup, c.objective != "mpp" or not mixing(c), "0 with --objective mpp (no labels to mix)"),
+        ("cutmix", c.cutmix, c.objective != "mpp" or not mixing(c), "0 with --objective mpp (no labels to mix)"),
     ]
     for name, value, ok, allowed in rules:
         if not ok:
@@ -352,7 +374,9 @@ def _finished(config: TrainConfig, out: Path, progress: bool) -> TrainResult | N
     metrics = record.get("metrics", {})
     _report(progress, f"{out} already finished with these settings (test accuracy {metrics.get('test_accuracy')}); "
             "returning its model without training")
-    return TrainResult(load_model(out / "model.safetensors", device="cpu").eval(), metrics)
+    weights = out / "model.safetensors"
+    model = mpp.load_pretrainer(weights, "cpu") if config.objective == "mpp" else load_model(weights, device="cpu")
+    return TrainResult(model.eval(), metrics)
 
 
 def _data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -379,9 +403,31 @@ def _initial_model(config: TrainConfig) -> nn.Module:
         if type(model) is not type(wanted):
             raise ConfigError(f"--init {config.init} holds a {type(model).__name__}, but --model "
                               f"{config.model} is a {type(wanted).__name__}")
+        if init_objective(config.init) == "mpp":  # its head never saw a label: start a new one (seeded)
+            model.reset_classifier(len(data.CLASSES))
     if config.img_size is not None:
         set_input_size(model, config.img_size)
-    return model
+    return mpp.MaskedPatchPrediction(model) if config.objective == "mpp" else model
+
+
+def init_objective(spec: str | os.PathLike | None) -> str:
+    """How the weights ``spec`` names were trained: ``"mpp"``, ``"classify"``, or ``""`` for none (scratch).
+
+    Read from the sidecar of a vitlab file or zoo checkpoint; other weights (timm's, a bare
+    state dict) count as supervised.
+    """
+    if spec is None:
+        return ""
+    path = Path(spec)
+    if not path.is_file():
+        path = zoo_weights(os.fspath(spec))
+    sidecar = path.with_suffix(".json")
+    try:
+        record = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        record = {}
+    config = record.get("config") if isinstance(record, dict) else None
+    return (config.get("objective") if isinstance(config, dict) else None) or "classify"
 
 
 def _start(config: TrainConfig, out: Path, device: str | torch.device | None,
@@ -406,9 +452,10 @@ def _start(config: TrainConfig, out: Path, device: str | torch.device | None,
     if rank == 0:
         trim_metrics(out, run.step)
         inside_views.trim(out, run.step)
-        if inside and inside_views.is_vit(model):  # its own generator: the training streams are untouched
+        if inside and inside_views.is_vit(run.analysed):  # its own generator: the training streams are untouched
             run.probe = inside_views.probe_images().to(device)
-        _report(progress, f"training {config.model}: {len(train_x)} images, {run.total} steps, {world} "
+        what = "pre-training (masked patch prediction, no labels)" if config.objective == "mpp" else "training"
+        _report(progress, f"{what} {config.model}: {len(train_x)} images, {run.total} steps, {world} "
                 f"process(es) on {hardware(device)}, "
                 f"{'resuming at step ' + str(run.step) if run.step else 'from the start'}"
                 + ("; images mixed (timm Mixup/CutMix): train accuracy counts each image's dominant label"
@@ -479,7 +526,7 @@ def _epochs(run: _Run, tensors: tuple[torch.Tensor, ...], record: dict[str, Any]
     while run.step < run.total:
         epoch = run.step // run.steps_per_epoch
         stats = train_one_epoch(run, train_x, train_y, progress=progress, checkpoint_every=checkpoint_every)
-        accuracy = evaluate(run.model, test_x, test_y) if run.rank == 0 else float("nan")
+        accuracy = _test_accuracy(run, test_x, test_y) if run.rank == 0 else float("nan")
         record = dict(epoch=epoch + 1, step=run.step, loss=stats["loss"], train_accuracy=stats["train_accuracy"],
                       test_accuracy=accuracy, lr=run.opt.param_groups[0]["lr"],
                       images_per_second=stats["images_per_second"], wall_seconds=run.wall)
@@ -488,6 +535,14 @@ def _epochs(run: _Run, tensors: tuple[torch.Tensor, ...], record: dict[str, Any]
             _record_inside(run, epoch + 1)
         _save_checkpoint(run, epoch + 1)
     return record
+
+
+def _test_accuracy(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy on the test images, or under masked patch prediction the share of their
+    corrupted patches whose colour is predicted right (the same corruption every epoch)."""
+    if run.config.objective == "mpp":
+        return mpp.masked_accuracy(run.model, images)
+    return evaluate(run.model, images, labels)
 
 
 def _log_epoch(out: Path, record: dict[str, Any], progress: bool,
@@ -503,8 +558,8 @@ def _record_inside(run: _Run, epoch: int) -> None:
     """The inside view of the model at the end of ``epoch`` (1-based), when this epoch is one to record."""
     if run.probe is None or epoch not in inside_views.recorded_epochs(run.config.epochs):
         return
-    view = inside_views.inside_view(run.model, run.probe, epoch, run.step)
-    inside_views.record(run.out, view, inside_views.inside_tensors(run.model, epoch))
+    view = inside_views.inside_view(run.analysed, run.probe, epoch, run.step)
+    inside_views.record(run.out, view, inside_views.inside_tensors(run.analysed, epoch))
 
 
 def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progress: bool = True,
@@ -512,7 +567,8 @@ def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progr
     """Train from ``run.step`` to the end of its epoch; returns loss, train accuracy and images/s.
 
     ``images`` (N, 3, H, W) uint8 and ``labels`` (N,) are the whole training set, on the
-    device. A resumed run starts mid-epoch, where its checkpoint was written.
+    device (masked patch prediction ignores the labels). A resumed run starts mid-epoch,
+    where its checkpoint was written.
     """
     config, bs = run.config, run.config.batch_size
     epoch, first = divmod(run.step, run.steps_per_epoch)
@@ -528,10 +584,10 @@ def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progr
         idx = order[b * bs : (b + 1) * bs]
         x, y = batch(run, images[idx], labels[idx])
         x, y = x[shard], y[shard]  # (B / world, 3, H, W), (B / world[, classes])
-        loss, hits = _step(run, x, y)
+        loss, hits, scored = _step(run, x, y)
         loss_sum += loss
         correct += hits
-        seen += len(x)
+        seen += scored
         if not bar.disable and (b - first) % PROGRESS_EVERY == 0:  # the only read-back inside the epoch
             bar.set_postfix(loss=f"{loss_sum.item() / (b - first + 1):.3f}")
         if checkpoint_every and run.step % checkpoint_every == 0 and run.step % run.steps_per_epoch:
@@ -551,38 +607,55 @@ PROGRESS_EVERY = 20
 def batch(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The training inputs of one whole batch: augmented, normalised and maybe mixed.
 
-    Every process draws the whole batch's augmentation and mixing and keeps its shard, so
-    the random streams (and the result) do not depend on the number of processes.
+    Every process draws the whole batch's augmentation and mixing (or corruption) and keeps
+    its shard, so the random streams (and the result) do not depend on the number of processes.
 
     Returns:
-        ``(x, y)``: float inputs (B, 3, H, W), and labels (B,) or soft targets (B, classes).
+        ``(x, y)``: float inputs (B, 3, H, W), and labels (B,) or soft targets (B, classes);
+        under masked patch prediction, y is (B, patches, 3): each patch's colour target,
+        corruption kind and source patch (:func:`_unpack_mpp`).
     """
-    x = preprocess(run.model, augment(images, run.config.crop_padding, run.config.flip, run.gen))
+    augmented = augment(images, run.config.crop_padding, run.config.flip, run.gen)  # (B, 3, H, W) uint8
+    x = preprocess(run.analysed, augmented)
+    if run.config.objective == "mpp":
+        targets, corruption = mpp.draw_batch(augmented, run.model.patch_size, run.gen)
+        return x, torch.stack([targets, corruption.kind.long(), corruption.source], dim=-1)
     if run.mixup is None:
         return x, labels
     return mix(run.mixup, x, labels, run.config.seed, run.step)
 
 
-def _step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One optimiser step on the inputs ``x`` (B, 3, H, W) against labels or soft targets ``y``.
 
     Returns the loss and the count of correct predictions (against each mixed image's
-    dominant label) as device tensors, so the step never waits for the device.
+    dominant label; under masked patch prediction, of corrupted patches' colours) as device
+    tensors, so the step never waits for the device, and how many predictions were scored.
     """
     for group in run.opt.param_groups:
         group["lr"] = lr_at(run.step, run.total, run.warmup, run.config.lr)
     with torch.autocast(run.device.type, dtype=run.amp, enabled=run.amp is not None):
-        logits = run.net(x)  # (B, classes)
-        if y.ndim == 2:  # soft targets; the label smoothing is in them
-            loss = SoftTargetCrossEntropy()(logits, y)
+        if run.config.objective == "mpp":
+            targets, corruption = _unpack_mpp(y)
+            loss, hits, _ = mpp.score(run.net(x, corruption), targets, corruption)  # logits (B, patches, 512)
+            scored = len(x) * mpp.corrupted_per_image(targets.shape[1])
         else:
-            loss = F.cross_entropy(logits, y, label_smoothing=run.config.label_smoothing)
+            logits = run.net(x)  # (B, classes)
+            if y.ndim == 2:  # soft targets; the label smoothing is in them
+                loss = SoftTargetCrossEntropy()(logits, y)
+            else:
+                loss = F.cross_entropy(logits, y, label_smoothing=run.config.label_smoothing)
+            hits, scored = (logits.argmax(-1) == (y.argmax(-1) if y.ndim == 2 else y)).sum(), len(x)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     run.opt.step()
     run.step += 1
-    label = y.argmax(-1) if y.ndim == 2 else y
-    return loss.detach(), (logits.argmax(-1) == label).sum()
+    return loss.detach(), hits, scored
+
+
+def _unpack_mpp(y: torch.Tensor) -> tuple[torch.Tensor, mpp.Corruption]:
+    """The colour targets (B, patches) and corruption packed in ``y`` (B, patches, 3) by :func:`batch`."""
+    return y[..., 0], mpp.Corruption(kind=y[..., 1], source=y[..., 2])
 
 
 def _epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
@@ -600,17 +673,23 @@ def _report(progress: bool, message: str) -> None:
 
 def _finish(run: _Run, record: dict[str, Any]) -> TrainResult:
     """Save the final model with its record (rank 0) and return it."""
-    model = run.model
+    model, pretraining = run.model, run.config.objective == "mpp"
     final = dict(record, hardware=hardware(run.device), processes=run.world,
                  **({"train_accuracy_of": "dominant label"} if run.mixup is not None else {}),
-                 precision=str(run.amp or torch.float32), params=sum(p.numel() for p in model.parameters()))
+                 **({"accuracy_of": MPP_ACCURACY} if pretraining else {}),
+                 precision=str(run.amp or torch.float32), params=sum(p.numel() for p in run.analysed.parameters()))
     if run.rank == 0:
         metadata = dict(config=dataclasses.asdict(run.config), metrics=final, data=_data_record(run.config),
                         code_version=code_version())
-        save_model(model.cpu(), run.out / "model.safetensors", metadata=metadata)
+        extra = mpp.objective_state(model) if pretraining else None
+        save_model(run.analysed.cpu(), run.out / "model.safetensors", metadata=metadata, extra=extra)
     if run.world > 1:
         dist.barrier()
     return TrainResult(model.cpu().eval(), final)
+
+
+#: What the accuracies of a masked-patch-prediction run count.
+MPP_ACCURACY = "corrupted patches whose 3-bit mean colour (512 classes) is predicted right"
 
 
 def _data_record(config: TrainConfig) -> dict[str, Any]:

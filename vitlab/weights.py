@@ -20,6 +20,9 @@ from torch import nn
 
 #: The weight files vitlab reads.
 SUFFIXES = (".safetensors", ".pt", ".pth", ".npz")
+#: Keys of a pre-training objective's own parameters (``vitlab.mpp``: mask embedding, colour head),
+#: stored beside a model's weights and skipped when the model is loaded.
+OBJECTIVE_PREFIX = "mpp."
 #: Preprocessing of the original Google ViT checkpoints (inputs scaled to [-1, 1]).
 GOOGLE_VIT_CFG = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=1.0)
 _REDO = "download it again or save it again (vitlab.save_model)"
@@ -135,7 +138,11 @@ def fit_head(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Load ``state`` strictly, explaining any mismatch with the architecture."""
+    """Load ``state`` strictly, explaining any mismatch with the architecture.
+
+    A pre-training objective's parameters (keys starting ``mpp.``) are not the model's and are skipped.
+    """
+    state = {k: v for k, v in state.items() if not k.startswith(OBJECTIVE_PREFIX)}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

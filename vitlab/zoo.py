@@ -34,6 +34,9 @@ VIT_RECIPE: Mapping[str, Any] = MappingProxyType(dict(optimizer="adamw", lr=1e-3
 #: The recipe of the ResNet entries: SGD with Nesterov momentum, the usual CIFAR ResNet recipe.
 RESNET_RECIPE: Mapping[str, Any] = MappingProxyType(dict(VIT_RECIPE, optimizer="sgd", lr=0.1, weight_decay=5e-4))
 
+#: The recipe of the pre-trained encoders: the ViT recipe without labels, masked patch prediction.
+MPP_RECIPE: Mapping[str, Any] = MappingProxyType(dict(VIT_RECIPE, objective="mpp", label_smoothing=0.0, epochs=20))
+
 #: The test images every zoo checkpoint is re-checked on (class-stratified, seed 0).
 CHECK_SIZE = 1000
 
@@ -79,6 +82,9 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
              description=models.ARCHITECTURES["vit_tiny_c10"].description + "; the zoo recipe for 40 epochs "
              "(crop, flip, label smoothing 0.1, no CutMix), inside views recorded", shipped=True),
     _entry("vit_tiny_c10", VIT_RECIPE, shipped=True),
+    ZooEntry(name="vit_tiny_c10_mpp", architecture="vit_tiny_c10", recipe=MPP_RECIPE,
+             description=models.ARCHITECTURES["vit_tiny_c10"].description + "; pre-trained without labels by masked "
+             "patch prediction for 20 epochs (its classifier head is untrained: fine-tune it with --init)"),
     _entry("vit_small_c10", VIT_RECIPE),
     _entry("resnet_tiny_c10", RESNET_RECIPE, shipped=True),
     _entry("resnet_small_c10", RESNET_RECIPE),
