@@ -1,11 +1,15 @@
 """Masked patch prediction (the ViT paper's self-supervised objective): corruption, colour targets, loss."""
 import math
+import pickle
+import re
 
 import pytest
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from vitlab import mpp
+import vitlab
+from vitlab import data, mpp, train
 from vitlab.models import build_model, preprocess
 
 
@@ -125,3 +129,94 @@ def test_masked_colours_are_learned_from_the_other_patches():
         masked = c.kind == mpp.MASKED
         accuracy = (logits[masked].argmax(-1) == mpp.colour_targets(images, 8)[masked]).float().mean()
     assert accuracy > 0.9  # knowing only which 8 colours occur gives 1/8
+
+
+# --- pre-training over the trainer, its files and fine-tuning from them ---------------------
+
+PRETRAIN = dict(model="vit_micro_c10", objective="mpp", label_smoothing=0.0, epochs=2, batch_size=64, eval_size=50)
+
+
+def _relabel(root, shift):
+    """Rewrite a fake CIFAR-10's labels (images untouched), as another labelling of the same images."""
+    for path in (root / "cifar-10-batches-py").iterdir():
+        with open(path, "rb") as f:
+            batch = pickle.load(f)
+        batch["labels"] = [(y + shift) % 10 for y in batch["labels"]]
+        with open(path, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+
+
+def test_pretraining_reads_no_labels_and_saves_the_encoder_as_a_plain_vit(tmp_path, fake_cifar, monkeypatch):
+    result = train.train(train.TrainConfig(**PRETRAIN), tmp_path / "a", progress=False)
+    images, labels = data.cifar10("test")
+    scored = images[data.stratified_subset(labels, 50, 0)]  # the test images the run was scored on
+    # Same images, other labels: a run that read no label ends with exactly the same weights.
+    _relabel(fake_cifar, shift=3)
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "other-cache"))
+    train.train(train.TrainConfig(**PRETRAIN), tmp_path / "b", progress=False)
+    a, b = (safetensors.torch.load_file(tmp_path / run / "model.safetensors") for run in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The file: the plain ViT's keys, and the objective's under mpp.*
+    encoder = vitlab.load_model(tmp_path / "a" / "model.safetensors", device="cpu")
+    assert type(encoder).__name__ == "VisionTransformer"
+    assert set(a) - set(encoder.state_dict()) == {"mpp.mask_token", "mpp.colour_head.weight", "mpp.colour_head.bias"}
+    assert all(torch.equal(encoder.state_dict()[k], a[k]) for k in encoder.state_dict())
+    assert all(torch.equal(v, result.model.state_dict()[f"encoder.{k}"]) for k, v in encoder.state_dict().items())
+    # The colour head comes back with it, and scores what the run logged on the same test images.
+    reloaded = mpp.load_pretrainer(tmp_path / "a" / "model.safetensors", device="cpu")
+    assert torch.equal(reloaded.colour_head.weight, result.model.colour_head.weight)
+    logged = train.read_metrics(tmp_path / "a")
+    assert [r["epoch"] for r in logged] == [1, 2]
+    assert mpp.masked_accuracy(reloaded, scored) == logged[-1]["test_accuracy"]
+    assert result.record["accuracy_of"] == train.MPP_ACCURACY
+    # A finished pre-training run is given back as such, not retrained.
+    again = train.train(train.TrainConfig(**PRETRAIN), tmp_path / "a", progress=False)
+    assert isinstance(again.model, mpp.MaskedPatchPrediction)
+    with pytest.raises(ValueError, match="no masked-patch-prediction parameters"):
+        train.train(train.TrainConfig(**dict(PRETRAIN, objective="classify", label_smoothing=0.1)),
+                    tmp_path / "c", progress=False)
+        mpp.load_pretrainer(tmp_path / "c" / "model.safetensors")
+
+
+def test_fine_tuning_a_pretrained_encoder_keeps_it_and_starts_a_new_head(tmp_path, fake_cifar):
+    train.train(train.TrainConfig(**PRETRAIN), tmp_path / "pre", progress=False)
+    source = tmp_path / "pre" / "model.safetensors"
+    assert train.init_objective(str(source)) == "mpp" and train.init_objective(None) == ""
+    tuned = train.train(train.TrainConfig(model="vit_micro_c10", init=str(source), epochs=1, batch_size=64, lr=0.0,
+                                          eval_size=50), tmp_path / "tuned", progress=False).model
+    pre = safetensors.torch.load_file(source)
+    body = {k: v for k, v in tuned.state_dict().items() if not k.startswith("head.")}
+    assert all(torch.equal(v, pre[k]) for k, v in body.items())  # lr 0: the encoder as pre-trained
+    assert not torch.equal(tuned.head.weight, pre["head.weight"])  # a new head, not the untrained one saved
+    assert train.init_objective(str(tmp_path / "tuned" / "model.safetensors")) == "classify"
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["pretrain", "--objective", "classify"], "--objective must be mpp"),
+    (["pretrain", "--model", "resnet_micro_c10"], "pre-trains a ViT, and resnet_micro_c10 is a resnet"),
+    (["pretrain", "--img-size", "64"], "--img-size 64: must be none with --objective mpp"),
+    (["train", "--objective", "mpp", "--label-smoothing", "0", "--mixup", "0.8"], "--mixup 0.8: must be 0 with"),
+    (["train", "--objective", "mpp", "--label-smoothing", "0", "--cutmix", "1.0"], "--cutmix 1.0: must be 0 with"),
+    (["train", "--objective", "mpp"], "--label-smoothing 0.1: must be 0 with --objective mpp"),
+])
+def test_pretraining_settings_are_refused_in_one_line_before_any_data_is_read(tmp_path, monkeypatch, capsys,
+                                                                               argv, error):
+    from vitlab.__main__ import main
+
+    monkeypatch.setattr(data, "cifar10", lambda split: pytest.fail("read data before checking the flags"))
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--out", str(tmp_path / "run")])
+    message = str(exit_.value.code)
+    assert re.search(error, message) and "\n" not in message, message
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrain_has_no_label_flags_and_its_own_default_folder(tmp_path, monkeypatch, capsys):
+    from vitlab.__main__ import LABEL_FLAGS, build_parser
+
+    args = build_parser().parse_args(["pretrain"])
+    assert args.objective == "mpp" and all(getattr(args, f) in (0, 0.0, 1.0, 0.5) for f in LABEL_FLAGS)
+    assert args.label_smoothing == 0 and args.mixup == 0 and args.cutmix == 0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["pretrain", "--label-smoothing", "0.1"])
+    assert "unrecognized arguments: --label-smoothing" in capsys.readouterr().err

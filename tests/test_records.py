@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import math
 import statistics
@@ -31,7 +32,7 @@ def test_committed_runs_carry_their_probes_and_family():
         (row,) = [p for p in raw if (p["model"], p["subset_size"], p["seed"], p["epochs"]) ==
                   (r.model, r.subset_size, r.seed, r.epochs)]
         assert r.fewshot == {k: row[f"fewshot_{k}"] for k in (1, 5, 10, 25)}
-        assert r.key == (r.model, r.subset_size, r.seed, r.epochs, 128)
+        assert r.key == (r.model, r.subset_size, r.seed, r.epochs, 128, "")
     assert records.read_commands(records.RESULTS)[0].startswith("python -m vitlab sweep")
     assert records.read_commands(records.RESULTS, "-fewshot") == records.read_run_probes(records.RESULTS)[1]
 
@@ -67,8 +68,28 @@ def test_round_trip_orders_runs_and_merges_probes(tmp_path):
     assert rows[0]["fewshot_10"] == "0.4"
     with open(f"{results}.csv") as f:
         header = next(csv.reader(f))
-    assert tuple(header) == records.RUN_FIELDS and "fewshot" not in header
+    assert tuple(header) == tuple(f for f in records.RUN_FIELDS if f != "init") and "fewshot" not in header
     assert json.loads((tmp_path / "results" / "sweep.json").read_text())["commands"] == ["cmd one"]
+
+
+def test_runs_fine_tuned_from_pretrained_weights_are_told_apart_by_their_init(tmp_path):
+    scratch = _run("vit_b", "vit", 500, 0, 0.25)
+    tuned = dataclasses.replace(scratch, init="mpp:vit_b_mpp", test_accuracy=0.3)
+    assert tuned.key != scratch.key and tuned.label == "vit_b ← mpp:vit_b_mpp" and scratch.label == "vit_b"
+    results = tmp_path / "sweep"
+    records.write_runs(results, [tuned, scratch], ["cmd"])
+    assert records.read_runs(results) == [scratch, tuned]  # from scratch first, then by init
+    stored = json.loads((tmp_path / "sweep.json").read_text())
+    assert "init" not in stored["runs"][0] and stored["runs"][1]["init"] == "mpp:vit_b_mpp"
+    with open(f"{results}.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == records.RUN_FIELDS and [r["init"] for r in rows] == ["", "mpp:vit_b_mpp"]
+    probe = RunProbe(model="vit_b", family="vit", subset_size=500, seed=0, epochs=2, batch_size=128,
+                     init="mpp:vit_b_mpp", layer="pre_logits", pooling="head", fewshot={1: 0.5},
+                     probe_setting=dict(shots=[1], seeds=1, test=50))
+    records.write_run_probes(results, [probe], ["cmd"])
+    merged = {r.key: r.fewshot for r in records.read_runs(results)}
+    assert merged == {scratch.key: {}, tuned.key: {1: 0.5}}
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path):

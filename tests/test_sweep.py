@@ -97,7 +97,7 @@ def test_sweep_records_every_run_and_skips_done_ones(fake_cifar, tmp_path, monke
     assert [(row["model"], int(row["subset_size"]), float(row["test_accuracy"])) for row in rows] == \
         [(r.model, r.subset_size, r.test_accuracy) for r in runs]
     saved = json.loads((tmp_path / "results" / "sweep.json").read_text())
-    assert saved["runs"] == [{k: v for k, v in dataclasses.asdict(r).items() if k != "fewshot"} for r in runs]
+    assert saved["runs"] == [{k: v for k, v in dataclasses.asdict(r).items() if k not in ("fewshot", "init")} for r in runs]
     assert saved["commands"] == [config.command()]
     shown = capsys.readouterr()
     assert shown.out == ""  # no printed records: a progress bar over the runs instead
@@ -279,3 +279,43 @@ def test_the_committed_inside_views_read_and_match_their_runs():
         assert v.test_accuracy == runs[v.key].test_accuracy and v.code_version == runs[v.key].code_version
         assert v.view.uniform == pytest.approx(uniform_attention_distance(grid, (cfg.patch_size,) * 2))
         assert len(v.view.distance) == cfg.depth and v.lowest_low <= v.view.lowest_local <= v.lowest_high
+
+
+def test_a_sweep_from_pretrained_weights_keeps_its_runs_apart_from_runs_from_scratch(fake_cifar, tmp_path):
+    from vitlab.train import TrainConfig, train
+
+    train(TrainConfig(model="vit_micro_c10", objective="mpp", label_smoothing=0.0, epochs=1, batch_size=64,
+                      eval_size=50), tmp_path / "pre", progress=False)
+    encoder = tmp_path / "pre" / "model.safetensors"
+    with pytest.raises(vitlab.config.ConfigError, match=r"holds a vit_micro_c10, which cannot start \['resnet_micro_c10'\]"):
+        sweep(_tiny(tmp_path, init=str(encoder)))
+    scratch = sweep(_tiny(tmp_path, models=("vit_micro_c10",), sizes=(100,)))
+    tuned_config = _tiny(tmp_path, models=("vit_micro_c10",), sizes=(100,), init=str(encoder))
+    assert tuned_config.runs()[0].init == "mpp:model"  # the objective from the sidecar, the name from the file
+    runs = sweep(tuned_config)
+    assert len(runs) == 2 and {r.init for r in runs} == {"", "mpp:model"}  # not skipped as the scratch run
+    (tuned,) = [r for r in runs if r.init]
+    assert next(r for r in runs if not r.init) == scratch[0]
+    folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert folders == ["vit_micro_c10-n100-s0-e2", "vit_micro_c10-n100-s0-e2-from-mpp-model"]
+    meta = json.loads((tmp_path / "runs" / folders[1] / "model.json").read_text())
+    assert meta["config"]["init"] == str(encoder) and meta["config"]["lr"] == tuned.lr
+    # The fine-tuned run started from the encoder: its patch embedding moved from the pre-trained one, not from
+    # a fresh initialisation (which is what the run from scratch started from).
+    pre = load_model(encoder, device="cpu").patch_embed.proj.weight
+    after = load_model(tmp_path / "runs" / folders[1] / "model.safetensors", device="cpu").patch_embed.proj.weight
+    fresh = load_model(tmp_path / "runs" / folders[0] / "model.safetensors", device="cpu").patch_embed.proj.weight
+    assert (after - pre).norm() < (fresh - pre).norm()
+    views, _ = records.read_run_insides(tuned_config.results)
+    assert sorted(v.init for v in views) == ["", "mpp:model"]
+    assert sweep(tuned_config) == runs  # done: nothing retrained
+
+
+@pytest.mark.parametrize("kw, error", [
+    (dict(init="vit_micro_c10"), "names no trained weights here"),
+    (dict(init="no-such-file.safetensors"), "--init no-such-file.safetensors"),
+])
+def test_a_sweep_init_that_cannot_start_its_models_is_refused_up_front(fake_cifar, tmp_path, monkeypatch, kw, error):
+    monkeypatch.setattr(data, "cifar10", lambda split: pytest.fail("read data before checking the init"))
+    with pytest.raises(vitlab.config.ConfigError, match=error):
+        sweep(_tiny(tmp_path, **kw))

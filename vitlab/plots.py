@@ -370,7 +370,7 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
     Args:
         records: sweep runs (:func:`vitlab.records.read_runs`).
         x: ``"subset_size"`` (training images) or ``"train_flops"``.
-        models: the models to draw (default all); ViTs are drawn first.
+        models: the series to draw, by :attr:`~vitlab.records.RunRecord.label` (default all); ViTs first.
         shots: None for test accuracy, or k for the k-shot probe accuracy of the runs'
             final representation (paper Fig. 4); runs without it are left out.
     """
@@ -378,11 +378,11 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
         raise ValueError(f"x must be 'subset_size' or 'train_flops', got {x!r}")
     value = (lambda r: r.test_accuracy) if shots is None else (lambda r: r.fewshot.get(shots))
     records = [r for r in records if value(r) is not None]
-    family = {r.model: r.family for r in records}
+    family = {r.label: r.family for r in records}  # runs fine-tuned from pre-trained weights are series of their own
     names = [n for n in sorted(family, key=lambda m: (family[m] != "vit", m)) if models is None or n in models]
     fig, shade = go.Figure(), {f: 0 for f in family.values()}
     for name in names:
-        groups = _by_size([r for r in records if r.model == name])
+        groups = _by_size([r for r in records if r.label == name])
         stats = [spread(value(r) for r in runs) for runs in groups.values()]
         seconds = [spread(r.wall_seconds for r in runs).mean for runs in groups.values()]
         custom = [[len(runs), runs[0].epochs, size, s / 60, duration(s)]
@@ -392,7 +392,8 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
             x=[spread(getattr(r, x) for r in runs).mean for runs in groups.values()], y=[s.mean for s in stats],
             mode="lines+markers", name=f"{name} ({family[name]})", customdata=custom, line=dict(color=color),
             error_y=dict(type="data", array=[s.std for s in stats], visible=True),
-            marker=dict(size=9, color=color, symbol="circle" if family[name] == "vit" else "square"),
+            marker=dict(size=9, color=color, symbol="square" if family[name] != "vit" else
+                        "diamond" if "←" in name else "circle"),
             hovertemplate=("%{customdata[2]:,} images, %{customdata[1]} epochs<br>accuracy %{y:.1%} "
                            "(%{customdata[0]} seed(s))<br>%{customdata[4]} per run<extra>" + name + "</extra>")))
     by_size = x == "subset_size"
@@ -407,8 +408,8 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
 def sweep_table(records: list[RunRecord]) -> go.Figure:
     """The sweep as a table: per model and subset size, epochs, accuracy (mean ± std over seeds), FLOPs, time."""
     columns: list[list] = [[] for _ in range(7)]
-    for name in sorted({r.model for r in records}):
-        for size, runs in _by_size([r for r in records if r.model == name]).items():
+    for name in sorted({r.label for r in records}):
+        for size, runs in _by_size([r for r in records if r.label == name]).items():
             acc, flops = spread(r.test_accuracy for r in runs), spread(r.train_flops for r in runs)
             accuracy = f"{acc.mean:.1%}" + (f" ± {acc.std:.1%}" if acc.n > 1 else "")
             row = [name, f"{size:,}", runs[0].epochs, len(runs), accuracy, f"{flops.mean:.2e}",

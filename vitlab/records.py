@@ -39,12 +39,12 @@ INSIDE_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_inside"
 #: Columns of ``<results>.csv`` (and the ``fields`` list of ``<results>.json``), in order.
 RUN_FIELDS = ("model", "family", "subset_size", "seed", "epochs", "test_accuracy", "train_flops", "params",
               "wall_seconds", "hardware", "images_seen", "flops_per_image", "optimizer", "lr", "weight_decay",
-              "batch_size", "code_version")
+              "batch_size", "code_version", "init")
 
 # Key order of a run in <results>.json, as the sweep has always written it.
 _RUN_JSON_KEYS = ("model", "subset_size", "seed", "epochs", "family", "test_accuracy", "train_flops", "params",
                   "wall_seconds", "hardware", "images_seen", "flops_per_image", "batch_size", "code_version",
-                  "optimizer", "lr", "weight_decay")
+                  "optimizer", "lr", "weight_decay", "init")
 
 _FEWSHOT_PREFIX = "fewshot_"
 FEWSHOT_TAG = "-fewshot"
@@ -68,6 +68,8 @@ class RunRecord:
         params: parameters; wall_seconds: training time; hardware: where it ran.
         images_seen: training images processed (steps x batch size).
         optimizer, lr, weight_decay, batch_size: the recipe; code_version: git commit of vitlab.
+        init: how the run was initialised: ``""`` from scratch, else ``"<objective>:<weights>"``
+            (e.g. ``"mpp:vit_tiny_c10_mpp"``, fine-tuned from that masked-patch-prediction encoder).
         fewshot: shots per class -> mean few-shot probe accuracy of the run's final
             representation (empty when the run was not probed).
     """
@@ -89,12 +91,18 @@ class RunRecord:
     weight_decay: float = 0.0
     batch_size: int = 0
     code_version: str = ""
+    init: str = ""
     fewshot: dict[int, float] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple:
-        """What identifies a run: (model, subset_size, seed, epochs, batch_size)."""
-        return (self.model, self.subset_size, self.seed, self.epochs, self.batch_size)
+        """What identifies a run: (model, subset_size, seed, epochs, batch_size, init)."""
+        return (self.model, self.subset_size, self.seed, self.epochs, self.batch_size, self.init)
+
+    @property
+    def label(self) -> str:
+        """How figures name the run's series: the model, and what it was fine-tuned from if anything."""
+        return run_label(self.model, self.init)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +135,7 @@ class RunOf:
     """What a record about one sweep run (its probes, its inside view) names that run by.
 
     Attributes:
-        model, family, subset_size, seed, epochs, batch_size: the run (see :class:`RunRecord`).
+        model, family, subset_size, seed, epochs, batch_size, init: the run (see :class:`RunRecord`).
     """
 
     model: str
@@ -136,11 +144,22 @@ class RunOf:
     seed: int
     epochs: int
     batch_size: int
+    init: str = ""
 
     @property
     def key(self) -> tuple:
-        """The run's :attr:`RunRecord.key`: (model, subset_size, seed, epochs, batch_size)."""
-        return (self.model, self.subset_size, self.seed, self.epochs, self.batch_size)
+        """The run's :attr:`RunRecord.key`: (model, subset_size, seed, epochs, batch_size, init)."""
+        return (self.model, self.subset_size, self.seed, self.epochs, self.batch_size, self.init)
+
+    @property
+    def label(self) -> str:
+        """The run's :attr:`RunRecord.label`."""
+        return run_label(self.model, self.init)
+
+
+def run_label(model: str, init: str) -> str:
+    """``model``, or ``"model ← init"`` for a run fine-tuned from pre-trained weights."""
+    return f"{model} ← {init}" if init else model
 
 
 _RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunOf))
@@ -238,13 +257,19 @@ def _probe_row(probe: RunProbe) -> dict[str, Any]:
 
 
 def _order(row: dict[str, Any]) -> tuple:
-    return (row["family"], row["model"], row["subset_size"], row["seed"], row["epochs"])
+    return (row["family"], row["model"], row.get("init", ""), row["subset_size"], row["seed"], row["epochs"])
 
 
 def _write(results: str | os.PathLike, tag: str, rows: list[dict[str, Any]], commands: Sequence[str],
            fields: Sequence[str]) -> None:
-    """``<results><tag>.json`` (commands, fields, rows) and ``<results><tag>.csv``, atomically."""
-    rows = sorted(rows, key=_order)
+    """``<results><tag>.json`` (commands, fields, rows) and ``<results><tag>.csv``, atomically.
+
+    ``init`` is written only for runs fine-tuned from pre-trained weights, and is a column
+    only where there are such runs: files of runs from scratch keep the format they always had.
+    """
+    rows = sorted(({k: v for k, v in row.items() if k != "init" or v} for row in rows), key=_order)
+    if not any("init" in row for row in rows):
+        fields = [f for f in fields if f != "init"]
     text = json.dumps(dict(commands=list(commands), fields=list(fields), runs=rows), indent=1) + "\n"
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
@@ -274,7 +299,7 @@ def read_run_probes(results: str | os.PathLike) -> tuple[list[RunProbe], list[st
 def write_run_probes(results: str | os.PathLike, probes: Sequence[RunProbe], commands: Sequence[str]) -> None:
     """Write ``<results>-fewshot.json`` and ``.csv``: one row per probed run, ordered like the runs."""
     shots = sorted({k for p in probes for k in p.fewshot})
-    fields = ["model", "family", "subset_size", "seed", "epochs", "layer", "pooling", *_fewshot_fields(shots)]
+    fields = ["model", "family", "subset_size", "seed", "epochs", "init", "layer", "pooling", *_fewshot_fields(shots)]
     _write(results, FEWSHOT_TAG, [_probe_row(p) for p in probes], commands, fields)
 
 

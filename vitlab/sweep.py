@@ -35,10 +35,10 @@ from tqdm.auto import tqdm
 
 from . import data, records, zoo
 from .config import ConfigError, check_choices, command_line
-from .models import ARCHITECTURES, build_model, load_model
+from .models import ARCHITECTURES, build_model, check_spec, load_model
 from .hooks import head_statistics
 from .records import RunInside, RunProbe, RunRecord
-from .train import code_version, evaluate, train
+from .train import code_version, evaluate, init_objective, train
 
 #: Train and test images, uint8 (N, 3, 32, 32) and labels (N,).
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -56,6 +56,10 @@ class SweepConfig:
 
     Attributes:
         models: zoo entries to train, each with its own recipe.
+        init: fine-tune every model from these weights (a zoo name or file, e.g. the
+            masked-patch-prediction encoder ``vit_tiny_c10_mpp``) instead of training from
+            scratch; its runs are told apart by their ``init`` (``"mpp:vit_tiny_c10_mpp"``)
+            in the results and in their folders' names.
         sizes: training images per run.
         seeds: one run per seed (the subset, initial weights and batch order).
         epochs: at least this many epochs per run.
@@ -72,6 +76,7 @@ class SweepConfig:
     """
 
     models: tuple[str, ...] = ("vit_tiny_c10", "resnet_tiny_c10")
+    init: str | None = None
     sizes: tuple[int, ...] = (1000, 5000, 10000, 25000, 50000)
     seeds: tuple[int, ...] = (0,)
     epochs: int = 5
@@ -95,7 +100,8 @@ class SweepConfig:
 
     def runs(self) -> list[Run]:
         """Every run of the grid, smallest subsets first so early results span the axis."""
-        return [Run(model=m, subset_size=n, seed=s, epochs=self.epochs_for(n), batch_size=self.batch_size)
+        init = init_label(self.init)
+        return [Run(model=m, subset_size=n, seed=s, epochs=self.epochs_for(n), batch_size=self.batch_size, init=init)
                 for s in self.seeds for n in sorted(self.sizes) for m in self.models]
 
     def command(self) -> str:
@@ -112,10 +118,24 @@ class Run:
     seed: int
     epochs: int
     batch_size: int
+    init: str = ""  # "" from scratch, else init_label(SweepConfig.init)
 
 
 def _key(run: Run | RunRecord | RunProbe) -> tuple:
-    return (run.model, run.subset_size, run.seed, run.epochs, run.batch_size)
+    return (run.model, run.subset_size, run.seed, run.epochs, run.batch_size, run.init)
+
+
+def init_label(spec: str | None) -> str:
+    """What a run fine-tuned from the weights ``spec`` records as its ``init``: ``"<objective>:<name>"``.
+
+    The objective is read from the weights' sidecar (``"mpp"`` for masked patch prediction,
+    ``"classify"`` for supervised weights); the name is the zoo name, or the file's stem.
+    ``""`` (from scratch) for None.
+    """
+    if spec is None:
+        return ""
+    path = Path(spec)
+    return f"{init_objective(spec)}:{path.stem if path.is_file() else spec}"
 
 
 def check(config: SweepConfig, train_images: int = 50_000) -> None:
@@ -134,6 +154,8 @@ def check(config: SweepConfig, train_images: int = 50_000) -> None:
     if small:
         raise ConfigError(f"subset sizes {small} are smaller than the batch of {config.batch_size}; "
                           "lower --batch-size or drop them")
+    if config.init is not None:
+        _check_init(config)
     if config.epochs < 1 or config.min_samples < 0 or not 0 <= config.warmup_fraction < 1:
         raise ConfigError("epochs must be >= 1, min_samples >= 0 and warmup_fraction in [0, 1)")
     if config.fewshot and (min(config.fewshot) < 1 or max(config.fewshot) * classes > min(config.sizes)
@@ -141,6 +163,22 @@ def check(config: SweepConfig, train_images: int = 50_000) -> None:
         raise ConfigError(f"few-shot probes need 1..{min(config.sizes) // classes} shots per class (the smallest "
                           f"subset) and at least one seed, got shots {list(config.fewshot)}, "
                           f"{config.fewshot_seeds} seeds")
+
+
+def _check_init(config: SweepConfig) -> None:
+    """Refuse an init that cannot start every model of the sweep, before any data is loaded."""
+    try:
+        kind = check_spec(config.init)
+    except (ValueError, TypeError, OSError) as err:
+        raise ConfigError(f"--init {config.init}: {err}") from None
+    if kind != "file":
+        raise ConfigError(f"--init {config.init} names no trained weights here (a zoo entry without a checkpoint, "
+                          "or a timm name); pre-train one first (python -m vitlab pretrain) or give a weights file")
+    wanted = load_model(config.init, device="cpu").vitlab_arch.get("zoo")
+    other = [m for m in config.models if zoo.entry(m).architecture != wanted]
+    if other:
+        raise ConfigError(f"--init {config.init} holds a {wanted}, which cannot start {other}; sweep only "
+                          f"{wanted} models from it (run the other models from scratch in a sweep of their own)")
 
 
 def train_flops_per_image(model: nn.Module, img_size: int = 32) -> float:
@@ -169,7 +207,8 @@ def _with(commands: list[str], command: str) -> list[str]:
 
 
 def _run_dir(config: SweepConfig, run: Run | RunRecord) -> Path:
-    return Path(config.out) / f"{run.model}-n{run.subset_size}-s{run.seed}-e{run.epochs}"
+    start = f"-from-{run.init.replace(':', '-')}" if run.init else ""  # fine-tuned runs never share a folder
+    return Path(config.out) / f"{run.model}-n{run.subset_size}-s{run.seed}-e{run.epochs}{start}"
 
 
 def sweep(config: SweepConfig, device: str | torch.device | None = None,
@@ -214,7 +253,7 @@ def _train_run(config: SweepConfig, run: Run, test_set: Split, device: str | tor
     settings = zoo.train_config(
         run.model, subset_size=run.subset_size, seed=run.seed, epochs=run.epochs, batch_size=run.batch_size,
         warmup_epochs=config.warmup_fraction * run.epochs, precision=config.precision,
-        eval_size=config.monitor_size if config.monitor_size < len(test_y) else None,
+        eval_size=config.monitor_size if config.monitor_size < len(test_y) else None, init=config.init,
     )
     result = train(settings, _run_dir(config, run), device=device, progress=progress)
     if run.model not in flops:
@@ -227,7 +266,7 @@ def _train_run(config: SweepConfig, run: Run, test_set: Split, device: str | tor
         params=result.record["params"], wall_seconds=round(result.record["wall_seconds"], 1),
         hardware=result.record["hardware"], images_seen=seen, flops_per_image=flops[run.model],
         optimizer=settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
-        batch_size=run.batch_size, code_version=code_version(), fewshot={},
+        batch_size=run.batch_size, code_version=code_version(), init=run.init, fewshot={},
     )
 
 
@@ -266,7 +305,7 @@ def fewshot_runs(config: SweepConfig, train_set: Split | None = None, test_set: 
                               layers=["pre_logits"])
         accuracy = {k: statistics.fmean(r.accuracy for r in rows if r.shots == k) for k in config.fewshot}
         probe = RunProbe(model=record.model, family=record.family, subset_size=record.subset_size, seed=record.seed,
-                         epochs=record.epochs, batch_size=record.batch_size, layer="pre_logits",
+                         epochs=record.epochs, batch_size=record.batch_size, init=record.init, layer="pre_logits",
                          pooling=rows[0].pooling, fewshot=accuracy, probe_setting=setting)
         probes = [p for p in probes if _key(p) != _key(record)] + [probe]
         records.write_run_probes(config.results, probes, commands)
@@ -300,7 +339,7 @@ def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
         spread = readouts.attention_distance(lowest, view.uniform)  # its lowest layer's most local head
         views = [*views, RunInside(model=record.model, family=record.family, subset_size=record.subset_size,
                                    seed=record.seed, epochs=record.epochs, batch_size=record.batch_size,
-                                   test_accuracy=record.test_accuracy, code_version=record.code_version, view=view,
+                                   init=record.init, test_accuracy=record.test_accuracy, code_version=record.code_version, view=view,
                                    lowest_std=spread.head_std, lowest_low=spread.head_low,
                                    lowest_high=spread.head_high)]
         records.write_run_insides(config.results, views, commands)

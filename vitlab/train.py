@@ -294,8 +294,8 @@ def _out_of_range(config: TrainConfig, checkpoint_every: int) -> str | None:
          "0 with --objective mpp (pre-training uses no labels)"),
         ("img_size", c.img_size, c.objective != "mpp" or c.img_size in (None, IMAGE_SIZE),
          f"none with --objective mpp (colour targets are taken at CIFAR's {IMAGE_SIZE} pixels)"),
-        ("mixup", c.mixup, c.objective != "mpp" or not mixing(c), "0 with --objective mpp (no labels to mix)"),
-        ("cutmix", c.cutmix, c.objective != "mpp" or not mixing(c), "0 with --objective mpp (no labels to mix)"),
+        ("mixup", c.mixup, c.objective != "mpp" or c.mixup == 0, "0 with --objective mpp (no labels to mix)"),
+        ("cutmix", c.cutmix, c.objective != "mpp" or c.cutmix == 0, "0 with --objective mpp (no labels to mix)"),
     ]
     for name, value, ok, allowed in rules:
         if not ok:
