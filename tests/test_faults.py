@@ -38,6 +38,9 @@ FLAGS = ["--model", "vit_micro_c10", "--epochs", "2", "--batch-size", "20", "--w
          "--checkpoint-every", "4", "--no-progress"]
 #: The same run with timm's CutMix and mixup, whose draws come from NumPy's global state.
 MIXED = [*FLAGS, "--cutmix", "1.0", "--mixup", "0.8"]
+#: The same schedule pre-training by masked patch prediction (``python -m vitlab pretrain``): the
+#: corruption is drawn from the run's checkpointed stream.
+PRETRAIN = ["pretrain", *FLAGS]
 
 #: (fault, what the kill interrupts, the step the next run resumes at: 0 is from the start).
 #: Each run resumes where the one before was killed, so the chain crosses every moment once.
@@ -116,7 +119,8 @@ def _child(job: dict) -> None:
     code = 1
     try:
         _inject(job["fault"])
-        code = main(["train", *job["argv"]])
+        argv = job["argv"]
+        code = main(argv if argv[0] == "pretrain" else ["train", *argv])
     except SystemExit as err:
         print(err.code)
     except BaseException:
@@ -258,3 +262,22 @@ def test_a_cutmix_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(runs
 
 if __name__ == "__main__":
     _zygote()
+
+
+@pytest.mark.slow
+def test_a_pretraining_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(runs, tmp_path):
+    baseline = tmp_path / "uninterrupted"
+    ended, output = runs.run(baseline, flags=PRETRAIN)
+    assert ended == dict(signal=None, code=0), output
+    assert "pre-training (masked patch prediction, no labels)" in output
+    weights = safetensors.torch.load_file(baseline / "model.safetensors")
+    assert {"mpp.mask_token", "mpp.colour_head.weight"} <= weights.keys()  # the objective's state is kept, and resumed
+    for fault, resume_at in ((["step", 6], 4), (["after", "checkpoint-00000012.json", 1], 12), (["step", 27], 24)):
+        out = tmp_path / f"killed-{fault[1]}"
+        ended, output = runs.run(out, fault, flags=PRETRAIN)
+        assert ended["signal"] == signal.SIGKILL, output
+        ended, output = runs.run(out, flags=PRETRAIN)
+        assert ended == dict(signal=None, code=0), output
+        assert _resumed_at(output) == resume_at
+        _assert_same_weights(out, baseline)
+        assert _scores(out) == _scores(baseline)

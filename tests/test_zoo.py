@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vitlab
-from vitlab import config, models, train, zoo
+from vitlab import config, models, mpp, train, zoo
 from vitlab.__main__ import main
 
 #: Entries that declare a checkpoint shipped in data/zoo (read from the entries, not the folder,
@@ -44,7 +44,7 @@ def test_shipped_checkpoints_are_small_and_documented(name):
 def test_shipped_checkpoint_reproduces_recorded_accuracy(name, monkeypatch):
     monkeypatch.delenv("VITLAB_CACHE")
     record = json.loads((models.ZOO_DIR / f"{name}.json").read_text())["metrics"]
-    accuracy = zoo.check_accuracy(vitlab.load_model(name, device="cpu"))
+    accuracy = zoo.check_accuracy(zoo.checked_model(name))  # a pre-trained encoder: its masked-colour accuracy
     assert accuracy == pytest.approx(record[f"test_accuracy_{zoo.CHECK_SIZE}"], abs=0.002)
     assert accuracy == pytest.approx(record["test_accuracy"], abs=0.04)  # 1,000 images vs all 10,000
 
@@ -99,6 +99,29 @@ def test_publish_copies_a_run_with_its_record_and_command(fake_cifar, tmp_path, 
     assert [v.epoch for v in views] == [1] and views == vitlab.inside.read(tmp_path / "run")
     with pytest.raises(ValueError, match="trained a vit_micro_c10, but zoo entry resnet_micro_c10"):
         zoo.publish(tmp_path / "run", "resnet_micro_c10")
+
+
+def test_publish_of_a_pretrained_encoder_keeps_its_colour_head_and_records_its_pretraining(fake_cifar, tmp_path,
+                                                                                            monkeypatch):
+    monkeypatch.setattr(models, "ZOO_DIR", tmp_path / "zoo")
+    monkeypatch.setattr(zoo, "CHECK_SIZE", 50)
+    settings = zoo.train_config("vit_micro_c10_mpp", epochs=1, batch_size=64, eval_size=50)
+    assert settings.objective == "mpp" and zoo.ENTRIES["vit_micro_c10_mpp"].objective == "mpp"
+    result = train.train(settings, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="trained with objective mpp, but zoo entry vit_micro_c10 is classify"):
+        zoo.publish(tmp_path / "run", "vit_micro_c10")
+    target = zoo.publish(tmp_path / "run", "vit_micro_c10_mpp")
+    record = json.loads(target.with_suffix(".json").read_text())
+    images, labels = vitlab.data.cifar10("test")
+    assert record["metrics"]["test_accuracy"] == mpp.masked_accuracy(result.model, images)
+    assert record["pretraining"] == dict(objective="mpp", epochs=1, images_seen=640 // 64 * 64, labels_used=False,
+                                         wall_seconds=record["metrics"]["wall_seconds"],
+                                         masked_colour_accuracy=record["metrics"]["test_accuracy"])
+    assert zoo.check_accuracy(zoo.checked_model("vit_micro_c10_mpp")) == record["metrics"]["test_accuracy_50"]
+    assert zoo.zoo()["vit_micro_c10_mpp"]["objective"] == "mpp"
+    # Loaded by name for analysis it is the plain ViT; fine-tuning from it by name starts a new head.
+    assert type(vitlab.load_model("vit_micro_c10_mpp", device="cpu")).__name__ == "VisionTransformer"
+    assert train.init_objective("vit_micro_c10_mpp") == "mpp"
 
 
 def test_publish_refuses_to_replace_a_zoo_checkpoint_without_force(fake_cifar, tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from . import data, models
+from . import data, models, mpp
 from .checkpoints import INSIDE_LOG, INSIDE_TENSORS
 from .config import ConfigError, command_line, from_args
 from .io import atomic_write
@@ -65,6 +65,11 @@ class ZooEntry:
         return models.ARCHITECTURES[self.architecture].family
 
     @property
+    def objective(self) -> str:
+        """``"classify"`` (trained with labels) or ``"mpp"`` (pre-trained without them: its head is untrained)."""
+        return self.recipe.get("objective", "classify")
+
+    @property
     def weights(self) -> Path:
         """Where its trained checkpoint is (or would be) stored."""
         return models.zoo_weights(self.name)
@@ -90,6 +95,9 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
     _entry("resnet_small_c10", RESNET_RECIPE),
     _entry("vit_micro_c10", VIT_RECIPE),
     _entry("resnet_micro_c10", RESNET_RECIPE),
+    ZooEntry(name="vit_micro_c10_mpp", architecture="vit_micro_c10", recipe=MPP_RECIPE,
+             description=models.ARCHITECTURES["vit_micro_c10"].description + "; pre-trained without labels by masked "
+             "patch prediction (quick runs)"),
 ]}
 
 
@@ -118,7 +126,8 @@ def zoo() -> dict[str, dict[str, Any]]:
     """Every zoo name with its family, description, parameter count and training record.
 
     ``test_accuracy`` (a fraction) and ``checkpoint`` are ``None`` and ``trained`` is
-    False for entries with no trained checkpoint in ``data/zoo`` yet.
+    False for entries with no trained checkpoint in ``data/zoo`` yet. For an entry whose
+    ``objective`` is ``"mpp"``, ``test_accuracy`` is the masked-patch colour accuracy.
     """
     out = {}
     for name, e in ENTRIES.items():
@@ -130,6 +139,7 @@ def zoo() -> dict[str, dict[str, Any]]:
             description=e.description,
             params=params,
             checkpoint=str(e.weights) if e.weights.is_file() else None,
+            objective=e.objective,
             test_accuracy=record.get("metrics", {}).get("test_accuracy"),
             trained=e.weights.is_file(),
         )
@@ -180,17 +190,37 @@ def inside_folder(name: str) -> Path:
 
 
 def check_accuracy(model: nn.Module) -> float:
-    """Accuracy on the fixed ``CHECK_SIZE`` test images that zoo records are checked on."""
+    """Accuracy on the fixed ``CHECK_SIZE`` test images that zoo records are checked on.
+
+    A pre-trainer (:class:`vitlab.mpp.MaskedPatchPrediction`) is scored on the share of those
+    images' corrupted patches whose colour it predicts right.
+    """
     images, labels = data.cifar10("test")
     idx = data.stratified_subset(labels, CHECK_SIZE, seed=0)
-    return evaluate(model, images[idx], labels[idx])
+    return _accuracy(model, images[idx], labels[idx])
+
+
+def _accuracy(model: nn.Module, images, labels) -> float:
+    if isinstance(model, mpp.MaskedPatchPrediction):
+        return mpp.masked_accuracy(model, images)
+    return evaluate(model, images, labels)
+
+
+def checked_model(name: str) -> nn.Module:
+    """Zoo entry ``name``'s checkpoint as its recorded accuracy is measured: the classifier, or for a
+    pre-trained encoder the encoder with its masked-patch-prediction head (:func:`vitlab.mpp.load_pretrainer`)."""
+    found = entry(name)
+    if found.objective == "mpp":
+        return mpp.load_pretrainer(found.weights, device="cpu")
+    return models.load_model(name, device="cpu")
 
 
 def publish(run: str | os.PathLike, name: str, code_version: str | None = None, force: bool = False) -> Path:
     """Copy a finished run into ``data/zoo/<name>`` with its record, logs and command.
 
     The sidecar gains the exact command, the accuracy on the full test set and on the
-    fixed ``CHECK_SIZE`` check set, wall time and hardware; the metrics log is copied to
+    fixed ``CHECK_SIZE`` check set (for a pre-trained encoder: its masked-patch colour
+    accuracy, with its objective, epochs, images seen and time under ``pretraining``), wall time and hardware; the metrics log is copied to
     ``<name>.metrics.jsonl`` and the run's inside views (if it recorded any) to
     :func:`inside_folder`. Every file is written atomically, the checkpoint last, so an
     entry is never listed as trained with its records missing. ``code_version`` overrides
@@ -211,10 +241,20 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
     if found.weights.exists() and not force:
         raise FileExistsError(f"zoo entry {name} has a checkpoint already ({found.weights}); pass --force "
                               "(force=True) to replace it")
-    model = models.load_model(weights, device="cpu")
+    if config.objective != found.objective:
+        raise ConfigError(f"{run} was trained with objective {config.objective}, but zoo entry {name} is "
+                          f"{found.objective}")
+    pretrainer = mpp.load_pretrainer(weights, device="cpu") if config.objective == "mpp" else None
+    model = pretrainer.encoder if pretrainer is not None else models.load_model(weights, device="cpu")
     images, labels = data.cifar10("test")
-    meta["metrics"]["test_accuracy"] = evaluate(model, images, labels)
-    meta["metrics"][f"test_accuracy_{CHECK_SIZE}"] = check_accuracy(model)
+    meta["metrics"]["test_accuracy"] = _accuracy(pretrainer or model, images, labels)
+    meta["metrics"][f"test_accuracy_{CHECK_SIZE}"] = check_accuracy(pretrainer or model)
+    if pretrainer is not None:
+        metrics = meta["metrics"]
+        meta["pretraining"] = dict(objective=config.objective, epochs=config.epochs,
+                                   images_seen=metrics["step"] * config.batch_size,
+                                   wall_seconds=metrics["wall_seconds"], masked_colour_accuracy=metrics["test_accuracy"],
+                                   labels_used=False)
     command = f"{command_line('python -m vitlab train', config)} --out {shlex.quote(str(run))}"
     meta.update(config=dataclasses.asdict(config), command=command,
                 code_version=code_version or meta.get("code_version", "unknown"))
@@ -229,5 +269,5 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
         elif (inside / file).is_file():  # the replaced checkpoint's record (force): not this run's
             (inside / file).unlink()
     keep = {k: v for k, v in meta.items() if k not in ("architecture", "pretrained_cfg", "format")}
-    models.save_model(model, target, metadata=keep)
+    models.save_model(model, target, metadata=keep, extra=mpp.objective_state(pretrainer) if pretrainer else None)
     return target
