@@ -25,6 +25,14 @@ def test_sweep_explorer_adds_runs_and_switches_axis():
     assert [t.name for t in view.figure.data] == ["vit_micro_c10 (vit)"]
     assert list(view.table.data[0].cells.values[0]) == ["vit_micro_c10"]
     assert list(view.table.data[0].cells.values[6]) == ["30\xa0s"]  # seconds, not "0.5" minutes
+    # A run fine-tuned from pre-trained weights is a series of its own, chosen on its own.
+    view.add(_run(init="mpp:enc", test_accuracy=0.5))
+    assert "vit_micro_c10 ← mpp:enc" in view.models.value
+    assert {t.name: list(t.y) for t in view.figure.data} == {"vit_micro_c10 (vit)": [0.3],
+                                                             "vit_micro_c10 ← mpp:enc (vit)": [0.5]}
+    assert [t.marker.symbol for t in view.figure.data] == ["circle", "diamond"]
+    view.models.value = ("vit_micro_c10 ← mpp:enc",)
+    assert [t.replace("\xa0", " ") for t in view.table.data[0].cells.values[0]] == ["vit_micro_c10 ← mpp:enc"]
     probed = compare_widgets.SweepExplorer([_run(fewshot={10: 0.25}), _run(seed=1, fewshot={10: 0.35})])
     assert probed.metric.options == (("test accuracy", "test"), ("10-shot probe", 10))
     probed.metric.value = 10

@@ -220,3 +220,41 @@ def test_pretrain_has_no_label_flags_and_its_own_default_folder(tmp_path, monkey
     with pytest.raises(SystemExit):
         build_parser().parse_args(["pretrain", "--label-smoothing", "0.1"])
     assert "unrecognized arguments: --label-smoothing" in capsys.readouterr().err
+
+
+def test_baselines_guess_on_the_patches_masked_accuracy_scores():
+    g = torch.Generator().manual_seed(5)
+    # Half the images one flat colour (every guess from visible patches is right), half noise.
+    flat = (torch.randint(0, 8, (6, 3, 1, 1), generator=g) * 32 + 16).expand(6, 3, 32, 32)
+    noise = torch.randint(0, 256, (6, 3, 32, 32), generator=g)
+    images = torch.cat([flat, noise]).to(torch.uint8)
+    got = mpp.baselines(images, patch_size=8, seed=0, batch_size=5)
+    # By hand, with the same draws: one generator seeded 0, batches of 5 images, a 4x4 grid of patches.
+    generator, hits, colours = torch.Generator().manual_seed(0), {"neighbours' mean": 0, "image mean": 0}, []
+
+    def colour(mean):
+        level = [min(7, int(m * 8 // 256)) for m in mean]
+        return level[0] * 64 + level[1] * 8 + level[2]
+
+    for i in range(0, 12, 5):
+        chunk = images[i : i + 5]
+        targets, c = mpp.draw_batch(chunk, 8, generator, "cpu")
+        for n in range(len(chunk)):
+            patch_mean = {p: [float(chunk[n, ch, 8 * (p // 4):8 * (p // 4) + 8, 8 * (p % 4):8 * (p % 4) + 8].float().mean())
+                              for ch in range(3)] for p in range(16)}
+            kept = [p for p in range(16) if c.kind[n, p] == mpp.KEPT]
+            image_mean = [sum(patch_mean[p][ch] for p in kept) / len(kept) for ch in range(3)]
+            for p in range(16):
+                if not c.corrupted[n, p]:
+                    continue
+                row, col = divmod(p, 4)
+                around = [q for q in (p - 4, p + 4, p - 1 if col else -1, p + 1 if col < 3 else -1)
+                          if 0 <= q < 16 and q in kept]
+                near = [sum(patch_mean[q][ch] for q in around) / len(around) for ch in range(3)] if around else image_mean
+                hits["neighbours' mean"] += int(targets[n, p]) == colour(near)
+                hits["image mean"] += int(targets[n, p]) == colour(image_mean)
+                colours.append(int(targets[n, p]))
+    for name, count in hits.items():
+        assert got[name] == pytest.approx(count / len(colours)), name
+    assert got["most frequent"] == pytest.approx(max(colours.count(k) for k in set(colours)) / len(colours))
+    assert got["image mean"] >= 0.5 and got["neighbours' mean"] >= 0.5  # every patch of a flat image is its colour

@@ -218,10 +218,12 @@ def test_training_curves_and_zoo_table():
     fig = plots.training_curves_figure(records)
     assert list(fig.data[0].y) == [2.0, 1.5] and list(fig.data[2].y) == [0.35, 0.52]
     zoo = {"a": dict(family="vit", description="d", params=1234, test_accuracy=0.75),
-           "b": dict(family="resnet", description="e", params=10, test_accuracy=None)}
+           "b": dict(family="resnet", description="e", params=10, test_accuracy=None),
+           "c": dict(family="vit", description="f", params=10, test_accuracy=0.4, objective="mpp")}
     table = plots.zoo_table(zoo).data[0]
     cells = table.cells.values
-    assert _text(cells[0]) == ["a", "b"] and _text(cells[4]) == ["75.0%", "untrained"] and cells[3][0] == "1,234"
+    assert _text(cells[0]) == ["a", "b", "c"] and cells[3][0] == "1,234"
+    assert _text(cells[4]) == ["75.0%", "untrained", "no head; masked colours 40.0%"]
     assert table.cells.height >= 28  # room for underscores
     assert plots.training_curves_figure(records[:1]).layout.xaxis.dtick == 1  # no half epochs
 
@@ -349,3 +351,65 @@ def test_training_curves_say_when_train_accuracy_counts_dominant_labels():
     plain = {t.name for t in plots.training_curves_figure(records).data}
     mixed = {t.name for t in plots.training_curves_figure(records, mixed=True).data}
     assert "train accuracy" in plain and "train accuracy (dominant label of mixed images)" in mixed
+
+
+# --- masked patch prediction ---------------------------------------------------------------------
+
+
+def test_pretraining_figure_names_colour_accuracy_and_draws_each_guess_at_its_value():
+    log = [dict(epoch=1, loss=4.0, train_accuracy=0.2, test_accuracy=0.25), dict(epoch=2, loss=3.0, train_accuracy=0.3,
+                                                                                 test_accuracy=0.35)]
+    fig = plots.pretraining_figure(log, {"neighbours' mean": 0.28, "most frequent": 0.05})
+    names = [t.name for t in fig.data]
+    assert "test images' corrupted patches" in names and "train images' corrupted patches" in names
+    guesses = {t.name: set(t.y) for t in fig.data if t.name.startswith("guess")}
+    assert guesses == {"guess: neighbours' mean (28.0%)": {0.28}, "guess: most frequent (5.0%)": {0.05}}
+    assert "masked-patch colour accuracy" in [a.text for a in fig.layout.annotations]
+    _strict_json(fig)
+
+
+def test_mpp_example_figure_shows_the_targets_and_scores_each_image_by_hand():
+    from vitlab import mpp
+    from vitlab.models import build_model, preprocess
+
+    torch.manual_seed(0)
+    model = mpp.MaskedPatchPrediction(build_model({"zoo": "vit_micro_c10"}))
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    fig = plots.mpp_example_figure(model, images, seed=3)
+    targets, c = mpp.draw_batch(images, 8, torch.Generator().manual_seed(3), "cpu")
+    with torch.no_grad():
+        predicted = model(preprocess(model.encoder, images, resize=False), c).argmax(-1)
+    for n in range(2):
+        picked = c.corrupted[n]
+        right = float((predicted[n][picked] == targets[n][picked]).float().mean())
+        assert fig.layout.annotations[4 + n].text == f"{right:.0%} right"  # after the 4 column titles
+        # The target panel: each 8x8 patch drawn in the centre colour of its 3-bit bin.
+        target_img = np.asarray(fig.data[4 * n + 2].z)
+        for p in range(16):
+            r, col = divmod(p, 4)
+            k = int(targets[n, p])
+            expected = [(k // 64 + 0.5) * 32, (k // 8 % 8 + 0.5) * 32, (k % 8 + 0.5) * 32]
+            assert (target_img[8 * r : 8 * r + 8, 8 * col : 8 * col + 8] == expected).all()
+        # What the encoder sees: masked patches are grey, the others show the patch they carry.
+        seen = np.asarray(fig.data[4 * n + 1].z)
+        for p in range(16):
+            r, col = divmod(p, 4)
+            tile = seen[8 * r : 8 * r + 8, 8 * col : 8 * col + 8]
+            if c.kind[n, p] == mpp.MASKED:
+                assert (tile == 128).all()
+            else:
+                sr, sc = divmod(int(c.source[n, p]), 4)
+                assert (tile == images[n, :, 8 * sr : 8 * sr + 8, 8 * sc : 8 * sc + 8].permute(1, 2, 0).numpy()).all()
+    assert sum(s.type == "rect" for s in fig.layout.shapes) == int(c.corrupted.sum())
+
+
+def test_inside_comparison_figure_draws_each_models_layer_means_and_most_local_heads():
+    from test_recipes import _view
+
+    views = {"pre-trained": _view(1, 3.0), "scratch": _view(1, 12.0)}
+    fig = plots.inside_comparison_figure(views)
+    by_name = {t.name: list(t.y) for t in fig.data}
+    assert by_name["pre-trained: mean over heads"] == pytest.approx(views["pre-trained"].layer_means)
+    assert by_name["scratch: most local head"] == [12.0, 14.0]
+    assert by_name["uniform attention (16.0 px)"] == [16.0, 16.0]
+    _strict_json(fig)

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -249,3 +250,51 @@ def test_numbers_that_round_to_zero_lose_their_minus_sign():
     assert readouts.number(-0.004, 2) == "0.00" and readouts.number(-0.006, 2) == "-0.01"
     assert readouts.spread_text([-0.001, -0.02, 0.0]) == "-0.01 [-0.02, 0.00]"
     assert readouts.spread_text([0.05, 0.052], 1, "%", 100) == "5.1% [5.0, 5.2]"
+
+
+# --- pre-training by masked patch prediction ----------------------------------------------------
+
+
+def _fine_tune_runs():
+    from vitlab.records import RunRecord
+
+    def run(size, seed, acc, init=""):
+        return RunRecord(model="vit_t", family="vit", subset_size=size, seed=seed, epochs=5, test_accuracy=acc, init=init)
+
+    return [run(1000, 0, 0.40), run(1000, 1, 0.44), run(1000, 0, 0.47, "mpp:enc"), run(1000, 1, 0.49, "mpp:enc"),
+            run(5000, 0, 0.60), run(5000, 0, 0.59, "mpp:enc"), run(25000, 0, 0.70),  # 25,000: no fine-tuned run
+            run(1000, 0, 0.9, "mpp:other")]
+
+
+def test_fine_tuning_gain_is_the_difference_of_seed_means_at_sizes_with_both():
+    r = readouts.fine_tuning(_fine_tune_runs(), "vit_t", "mpp:enc", pretrained_on=50_000)
+    assert r.sizes == [1000, 5000]
+    assert r.gain[1000] == pytest.approx((0.47 + 0.49) / 2 - (0.40 + 0.44) / 2)
+    assert r.gain[5000] == pytest.approx(-0.01)
+    assert "pre-training helps at 1 of 2 sizes" in r.text.lower() and "shrinks" in r.text and "50,000" in r.text
+    assert "+6.0 points" in r.text and "-1.0 points" in r.text
+    with pytest.raises(ValueError, match="no size has runs"):
+        readouts.fine_tuning(_fine_tune_runs(), "vit_t", "mpp:missing")
+
+
+def test_pretraining_readout_compares_the_last_epoch_with_the_best_guess():
+    log = [dict(epoch=1, step=10, test_accuracy=0.2, wall_seconds=60.0), dict(epoch=2, step=20, test_accuracy=0.5,
+                                                                             wall_seconds=120.0)]
+    r = readouts.pretraining(log, {"neighbours' mean": 0.25, "most frequent": 0.05}, batch_size=8)
+    assert (r.accuracy, r.first, r.images_seen, r.minutes) == (0.5, 0.2, 160, 2.0)
+    assert "2.0x the best guess (neighbours' mean)" in r.text
+    weak = readouts.pretraining(log, {"neighbours' mean": 0.6}, batch_size=8)
+    assert "no better than the best guess" in weak.text
+
+
+def test_inside_comparison_finds_each_models_most_local_head_and_refuses_mixed_grids():
+    from test_recipes import _view
+
+    views = {"a": _view(1, 3.0), "b": _view(1, 15.0)}  # a: a local head (3 px) in its lowest layer
+    r = readouts.inside_comparison(views)
+    assert r.lowest == {"a": 3.0, "b": 15.0}  # b: min(15, 19, 18) in its lowest layer; its layer 2 has 14
+    assert r.most_local == {"a": (3.0, 1), "b": (14.0, 2)}
+    assert "local heads (below 50% of uniform) in: a." in r.text
+    other = dataclasses.replace(_view(1, 3.0), grid=(4, 4), patch_size=(8, 8))
+    with pytest.raises(ValueError, match="one patch grid"):
+        readouts.inside_comparison({"a": views["a"], "c": other})

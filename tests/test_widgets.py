@@ -227,6 +227,14 @@ def test_training_monitor_appends_epochs():
     assert list(monitor.figure.data[0].y) == [2.0, 1.0] and list(monitor.figure.data[2].x) == [1, 2]
 
 
+def test_training_monitor_of_a_pretraining_run_says_what_its_accuracy_counts():
+    monitor = widgets.TrainingMonitor(objective="mpp")
+    monitor.update({"epoch": 1, "loss": 4.0, "train_accuracy": 0.2, "test_accuracy": 0.25})
+    assert [t.name for t in monitor.figure.data] == ["train loss", "train images' corrupted patches",
+                                                     "test images' corrupted patches"]
+    assert "masked-patch colour accuracy" in [a.text for a in monitor.figure.layout.annotations]
+
+
 def test_training_monitor_starts_from_recorded_epochs_and_replaces_redone_ones():
     recorded = [{"epoch": e, "loss": 3.0 - e, "train_accuracy": 0.1 * e, "test_accuracy": 0.1 * e} for e in (1, 2, 3)]
     monitor = widgets.TrainingMonitor(records=recorded)

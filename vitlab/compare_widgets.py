@@ -45,7 +45,7 @@ class SweepExplorer(Explorer):
     def _set_options(self) -> None:
         # Newly seen models are shown; those the user deselected stay hidden.
         with self.hold():
-            names = sorted({r.model for r in self.records})
+            names = sorted({r.label for r in self.records})  # runs fine-tuned from pre-trained weights apart
             hidden = set(self.models.options) - set(self.models.value)
             self.models.options = names
             self.models.value = tuple(n for n in names if n not in hidden)
@@ -57,7 +57,7 @@ class SweepExplorer(Explorer):
                 self.metric.value = value if value in dict(options).values() else "test"
 
     def compute(self) -> list[RunRecord]:
-        return [r for r in self.records if r.model in self.models.value]
+        return [r for r in self.records if r.label in self.models.value]
 
     def figures(self, shown: list[RunRecord]) -> list[go.Figure]:
         x, shots = self.AXES[self.axis.value], (None if self.metric.value == "test" else self.metric.value)

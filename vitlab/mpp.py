@@ -209,6 +209,45 @@ def masked_accuracy(model: MaskedPatchPrediction, images: torch.Tensor, seed: in
     return correct.item() / max(1, count.item())  # one read-back for the whole set
 
 
+def baselines(images: torch.Tensor, patch_size: int, seed: int = 0, batch_size: int = 500) -> dict[str, float]:
+    """What guessing without a model scores on the corrupted patches :func:`masked_accuracy` scores.
+
+    The same corruption (a CPU generator seeded by ``seed``, the same batches) as
+    :func:`masked_accuracy` of a model on the CPU. Colours are averaged over the patches
+    left as they were (``KEPT``) and quantised like the targets. Returns fractions:
+
+    * ``"neighbours' mean"``: each corrupted patch guessed as the mean colour of its visible
+      neighbours (up, down, left, right; the image's visible mean where it has none): local
+      interpolation, what a model that only looks next door would get;
+    * ``"image mean"``: as the image's mean colour over its visible patches;
+    * ``"most frequent"``: every patch guessed as the colour most frequent among the scored
+      patches themselves (an upper bound for any guess that ignores the image).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    cross = torch.tensor([[0.0, 1, 0], [1, 0, 1], [0, 1, 0]]).view(1, 1, 3, 3)
+    counts = torch.zeros(COLOURS, dtype=torch.long)
+    hits = {"neighbours' mean": 0, "image mean": 0}
+    scored = 0
+    for i in range(0, len(images), batch_size):
+        chunk = images[i : i + batch_size]
+        targets, corruption = draw_batch(chunk, patch_size, generator, "cpu")  # (N, patches)
+        means = F.avg_pool2d(chunk.float(), patch_size)  # (N, 3, rows, cols), 0..255
+        n, _, rows, cols = means.shape
+        kept = (corruption.kind == KEPT).float().view(n, 1, rows, cols)
+        visible = (means * kept).sum((2, 3)) / kept.sum((2, 3))  # (N, 3): the image's visible mean
+        around = F.conv2d((means * kept).reshape(n * 3, 1, rows, cols), cross, padding=1).view(n, 3, rows, cols)
+        seen = F.conv2d(kept, cross, padding=1)  # (N, 1, rows, cols): visible neighbours
+        local = torch.where(seen > 0, around / seen.clamp(min=1), visible[:, :, None, None])  # (N, 3, rows, cols)
+        picked = corruption.corrupted
+        for name, colour in (("neighbours' mean", local.flatten(2)), ("image mean", visible[:, :, None])):
+            r, g, b = (colour * LEVELS / 256).floor().clamp_(0, LEVELS - 1).long().unbind(1)
+            guess = (r * LEVELS**2 + g * LEVELS + b).expand_as(targets)  # (N, patches)
+            hits[name] += int((guess[picked] == targets[picked]).sum())
+        counts += torch.bincount(targets[picked], minlength=COLOURS)
+        scored += int(picked.sum())
+    return {**{k: v / scored for k, v in hits.items()}, "most frequent": int(counts.max()) / scored}
+
+
 # --- files: the encoder as a plain ViT, the objective's parameters under their own keys ------
 
 

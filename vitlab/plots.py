@@ -10,12 +10,14 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 import torch
+from torch import nn
 from plotly.subplots import make_subplots
 
-from . import metrics
+from . import metrics, mpp
+from .models import preprocess
 from .plotting import (duration, family_color, family_shades, integer_ticks, json_safe, layout, mosaic_axes,
                        square_axes, table, tile)
-from .readouts import number as _number, spread_text
+from .readouts import check_one_grid, number as _number, spread_text
 from .records import InsideView, ProbeRecord, Recipes, RunInside, RunRecord, group_spread, spread
 
 
@@ -321,19 +323,27 @@ def head_attention_figure(maps: torch.Tensor, layers: list[int] | None = None,
 
 
 def training_curves_figure(records: list[dict] | None = None, title: str = "Training",
-                           mixed: bool = False) -> go.Figure:
+                           mixed: bool = False, objective: str = "classify") -> go.Figure:
     """Loss and train/test accuracy per epoch from a run's metrics records (may be empty).
 
     Args:
         mixed: the run mixes images (mixup/CutMix): its train accuracy counts each image's
             dominant label, and the legend says so.
+        objective: ``"mpp"``: a masked-patch-prediction run, whose accuracies count corrupted
+            patches with the right 3-bit colour (the legend and titles say so).
     """
     records = records or []
     epochs = [r["epoch"] for r in records]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    colours = objective == "mpp"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+        "loss (cross-entropy over 512 colours)" if colours else "loss",
+        "masked-patch colour accuracy" if colours else "accuracy"))
     fig.add_trace(go.Scatter(x=epochs, y=[r["loss"] for r in records], name="train loss", mode="lines+markers"), 1, 1)
     train_name = "train accuracy (dominant label of mixed images)" if mixed else "train accuracy"
-    for key, name in (("train_accuracy", train_name), ("test_accuracy", "test accuracy")):
+    if colours:
+        train_name = "train images' corrupted patches"
+    test_name = "test images' corrupted patches" if colours else "test accuracy"
+    for key, name in (("train_accuracy", train_name), ("test_accuracy", test_name)):
         fig.add_trace(go.Scatter(x=epochs, y=[r.get(key) for r in records], name=name, mode="lines+markers"), 1, 2)
     layout(fig, title, 900, 360, margin=(60, 20, 70, 50))
     fig.update_xaxes(title_text="epoch", **integer_ticks(max(epochs, default=1)))
@@ -342,9 +352,20 @@ def training_curves_figure(records: list[dict] | None = None, title: str = "Trai
 
 
 def zoo_table(zoo: dict[str, dict]) -> go.Figure:
-    """The zoo as a table: name, family, description, parameters, recorded test accuracy ("untrained" without)."""
+    """The zoo as a table: name, family, description, parameters, recorded test accuracy ("untrained" without).
+
+    A pre-trained encoder (objective ``"mpp"``) has no classifier: its masked-patch colour accuracy is shown, named.
+    """
     names = list(zoo)
-    acc = [f"{zoo[n]['test_accuracy']:.1%}" if zoo[n].get("test_accuracy") is not None else "untrained" for n in names]
+
+    def accuracy(entry: dict) -> str:
+        if entry.get("test_accuracy") is None:
+            return "untrained"
+        if entry.get("objective") == "mpp":
+            return f"no head; masked colours {entry['test_accuracy']:.1%}"
+        return f"{entry['test_accuracy']:.1%}"
+
+    acc = [accuracy(zoo[n]) for n in names]
     return table(["name", "family", "architecture", "parameters", "CIFAR-10 test accuracy"],
                   [names, [zoo[n]["family"] for n in names], [zoo[n]["description"] for n in names],
                    [f"{zoo[n]['params']:,}" for n in names], acc], [1.3, 0.6, 4.4, 0.9, 1.5], 900)
@@ -653,3 +674,118 @@ def recipes_timeline_figure(comparison: Recipes, epoch: int | None = None,
     fig.update_yaxes(title_text="test accuracy", tickformat=".0%", row=1, col=2)
     model = comparison.runs[0].config.get("model", "ViT")
     return layout(fig, title or f"{model}: the recipes across training", 980, 440, margin=(70, 20, 90, 60))
+
+
+# --- self-supervised pre-training: masked patch prediction (paper 4.6, B.1.2) --------------------
+
+
+def pretraining_figure(records: list[dict], baselines: dict[str, float] | None = None,
+                       title: str = "Masked patch prediction") -> go.Figure:
+    """Pre-training loss and masked-patch colour accuracy per epoch, with the guesses that need no model.
+
+    Args:
+        records: the run's metrics log (:func:`vitlab.train.read_metrics`).
+        baselines: accuracy of guesses on the same test patches (:func:`vitlab.mpp.baselines`),
+            drawn as dotted lines on the accuracy panel.
+    """
+    fig = training_curves_figure(records, title=title, objective="mpp")
+    epochs = [r["epoch"] for r in records] or [1]
+    xs = [min(epochs) - 0.5, max(epochs) + 0.5]
+    for (name, value), dash in zip((baselines or {}).items(), ("dot", "dashdot", "longdash")):
+        fig.add_trace(go.Scatter(x=xs, y=[value, value], mode="lines", line=dict(dash=dash, color="gray"),
+                                 name=f"guess: {name} ({value:.1%})",
+                                 hovertemplate=f"{name}: {value:.1%}<extra></extra>"), 1, 2)
+    return fig
+
+
+def _colour_tiles(classes: torch.Tensor, grid: tuple[int, int], patch: int) -> np.ndarray:
+    """(H, W, 3) uint8 image of 3-bit colour classes (patches,) drawn at the centre of their level bins."""
+    levels = torch.stack([classes // mpp.LEVELS**2, classes // mpp.LEVELS % mpp.LEVELS, classes % mpp.LEVELS], -1)  # (patches, 3)
+    rgb = ((levels.float() + 0.5) * 256 / mpp.LEVELS).round().clamp(0, 255).to(torch.uint8)
+    tiles = rgb.view(*grid, 3).repeat_interleave(patch, 0).repeat_interleave(patch, 1)  # (H, W, 3)
+    return tiles.numpy()
+
+
+@torch.no_grad()
+def mpp_example_figure(model: nn.Module, images: torch.Tensor, seed: int = 0,
+                       title: str = "Masked patch prediction on test images") -> go.Figure:
+    """What the objective asks, image by image: the input, its corruption, the 3-bit targets and the predictions.
+
+    One row per image: the image; what the encoder sees (masked patches grey, swapped patches
+    showing the patch they took, unchanged ones as they are, each corrupted patch outlined);
+    each patch's 3-bit mean colour (the targets); and the model's prediction on the
+    corrupted patches (the others dimmed), with the share it got right.
+
+    Args:
+        model: a :class:`vitlab.mpp.MaskedPatchPrediction` (e.g. :func:`vitlab.mpp.load_pretrainer`).
+        images: uint8 (N, 3, H, W), a few.
+        seed: seeds the corruption drawn.
+    """
+    model.eval()
+    device = model.mask_token.device
+    patch = model.patch_size
+    targets, corruption = mpp.draw_batch(images, patch, torch.Generator(device=device).manual_seed(seed), device)
+    logits = model(preprocess(model.encoder, images, resize=False), corruption)  # (N, patches, 512)
+    predicted = logits.argmax(-1).cpu()
+    targets, kind, source = targets.cpu(), corruption.kind.cpu(), corruption.source.cpu()
+    rows, (h, w) = len(images), images.shape[-2:]
+    grid = (h // patch, w // patch)
+    columns = ("image", "what the encoder sees", "targets: 3-bit mean colour", "prediction on corrupted patches")
+    fig = make_subplots(rows=rows, cols=4, horizontal_spacing=0.02, vertical_spacing=0.04,
+                        subplot_titles=[c if r == 0 else "" for r in range(rows) for c in columns])
+    for n in range(rows):
+        pixels = images[n].permute(1, 2, 0).cpu()  # (H, W, 3)
+        tiles = pixels.unfold(0, patch, patch).unfold(1, patch, patch)  # (rows, cols, 3, p, p)
+        flat = tiles.reshape(-1, 3, patch, patch)
+        seen = flat[source[n]].clone()  # a swapped patch shows the patch it took
+        seen[kind[n] == mpp.MASKED] = 128
+        seen_img = seen.view(*grid, 3, patch, patch).permute(0, 3, 1, 4, 2).reshape(h, w, 3)
+        guess = torch.where(corruption.corrupted[n].cpu(), predicted[n], targets[n])
+        shown = _colour_tiles(guess, grid, patch).astype(np.float32)
+        kept = (~corruption.corrupted[n].cpu()).view(*grid).repeat_interleave(patch, 0).repeat_interleave(patch, 1)
+        shown[kept.numpy()] = 0.25 * shown[kept.numpy()] + 0.75 * 235  # the uncorrupted patches are not scored
+        picked = corruption.corrupted[n].cpu()
+        right = float((predicted[n][picked] == targets[n][picked]).float().mean())
+        for col, img in enumerate((pixels.numpy(), seen_img.numpy(), _colour_tiles(targets[n], grid, patch),
+                                   shown.astype(np.uint8)), start=1):
+            fig.add_trace(go.Image(z=img, hoverinfo="skip"), n + 1, col)
+        for p in torch.nonzero(picked).flatten().tolist():  # outline the corrupted patches on the input
+            r, c = divmod(p, grid[1])
+            fig.add_shape(type="rect", x0=c * patch - 0.5, x1=(c + 1) * patch - 0.5, y0=r * patch - 0.5,
+                          y1=(r + 1) * patch - 0.5, line=dict(color="red", width=1), row=n + 1, col=2)
+        fig.add_annotation(text=f"{right:.0%} right", x=w / 2, y=h + 1.5, showarrow=False, yanchor="top",
+                           font=dict(size=11), row=n + 1, col=4)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return layout(fig, title, 760, 60 + 185 * rows, margin=(70, 10, 30, 10))
+
+
+def inside_comparison_figure(views: dict[str, InsideView], title: str = "Attention distance against depth"
+                             ) -> go.Figure:
+    """Fig. 7 (right) for several models side by side: each layer's mean and most local head, and uniform attention.
+
+    Args:
+        views: label -> the model's :class:`~vitlab.records.InsideView` (:func:`vitlab.inside.inside_view`),
+            all of one architecture (the same uniform-attention distance).
+    """
+    check_one_grid(views)
+    fig = go.Figure()
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+    depth = max(len(v.distance) for v in views.values())
+    for (name, view), colour in zip(views.items(), palette):
+        layers = list(range(1, len(view.distance) + 1))
+        fig.add_trace(go.Scatter(x=layers, y=view.layer_means, mode="lines+markers", line=dict(color=colour),
+                                 name=f"{name}: mean over heads", legendgroup=name,
+                                 hovertemplate=f"{name}, layer %{{x}}: mean %{{y:.1f}} px<extra></extra>"))
+        fig.add_trace(go.Scatter(x=layers, y=[min(row) for row in view.distance], mode="lines+markers",
+                                 line=dict(color=colour, dash="dot"), marker=dict(symbol="triangle-down"),
+                                 name=f"{name}: most local head", legendgroup=name,
+                                 hovertemplate=f"{name}, layer %{{x}}: most local head %{{y:.1f}} px<extra></extra>"))
+    uniform = next(iter(views.values())).uniform
+    fig.add_trace(go.Scatter(x=[0.5, depth + 0.5], y=[uniform, uniform], mode="lines",
+                             line=dict(dash="dash", color="black"), name=f"uniform attention ({uniform:.1f} px)",
+                             hovertemplate=f"uniform attention: {uniform:.1f} px<extra></extra>"))
+    top = max(uniform, *(max(max(row) for row in v.distance) for v in views.values())) * 1.1
+    fig.update_xaxes(title_text="Network depth (layer)", dtick=1, range=[0.5, depth + 0.5])
+    fig.update_yaxes(title_text="Mean attention distance (pixels)", range=[0, top])
+    return layout(fig, title, 820, 420)

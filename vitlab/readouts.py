@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from torch import nn
 from . import metrics
 from .hooks import INIT_SEEDS, capture, head_statistics, random_init, random_init_statistics, uniform_distance
 from .inputs import check_images
-from .records import Recipes, RunInside
+from .records import InsideView, Recipes, RunInside, RunRecord
 
 #: A head is "local" when its whole 95% interval lies below this fraction of the uniform-attention distance.
 LOCAL_FRACTION = 0.5
@@ -623,3 +624,160 @@ def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
     return RecipesReadout(
         figure="Fig. 7 (right) by training recipe", text=text, paper=PAPER_RECIPES, epoch=epoch, arms=arms, seeds=seeds,
         accuracy=accuracy, lowest=lowest, low=low, high=high, structure=structure, uniform=uniform, local=local)
+
+
+# --- self-supervised pre-training: masked patch prediction, and fine-tuning from it ------------------
+
+PAPER_MPP = ("masked patch prediction (50% of patch embeddings corrupted, 3-bit mean colour predicted) pre-trains "
+             "ViT-B/16 on JFT-300M to 79.9% ImageNet top-1 after fine-tuning: 2% above training from scratch, 4% "
+             "below supervised pre-training (section 4.6, appendix B.1.2).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainingReadout(Readout):
+    """What pre-training by masked patch prediction reached (:func:`pretraining`).
+
+    Attributes:
+        epochs: epochs run; images_seen: training images processed; minutes: training time.
+        accuracy: share of corrupted test patches whose 3-bit colour the model predicts (final epoch).
+        first: the same after the first epoch.
+        baselines: name -> accuracy of a guess that needs no model (:func:`vitlab.mpp.baselines`).
+    """
+
+    epochs: int
+    images_seen: int
+    minutes: float
+    accuracy: float
+    first: float
+    baselines: dict[str, float]
+
+
+def pretraining(log: Sequence[dict], baselines: dict[str, float], batch_size: int) -> PretrainingReadout:
+    """Readout of a pre-training run's metrics log (masked-patch colour accuracy per epoch) against guesses.
+
+    Args:
+        log: the run's metrics records (:func:`vitlab.train.read_metrics`).
+        baselines: guesses scored on the same test patches (:func:`vitlab.mpp.baselines`).
+        batch_size: of the run, to count the images it saw.
+    """
+    if not log:
+        raise ValueError("no epochs in this pre-training log: pre-train first (python -m vitlab pretrain)")
+    last = log[-1]
+    best_guess = max(baselines.items(), key=lambda kv: kv[1]) if baselines else ("none", 0.0)
+    ratio = last["test_accuracy"] / best_guess[1] if best_guess[1] else float("inf")
+    guesses = ", ".join(f"{k} {v:.1%}" for k, v in baselines.items())
+    text = (f"After {last['epoch']} epochs ({last['step'] * batch_size:,} images seen, no labels, "
+            f"{last['wall_seconds'] / 60:.0f} min) the encoder predicts the 3-bit colour of "
+            f"{last['test_accuracy']:.1%} of the corrupted test patches ({log[0]['test_accuracy']:.1%} after the first "
+            f"epoch). Guesses without a model, on the same patches: {guesses}. ")
+    if ratio > 1.05:
+        text += (f"The encoder gets {ratio:.1f}x the best guess ({best_guess[0]}): it reads the visible patches "
+                 "around each corrupted one, not only the image's overall colour.")
+    else:
+        text += f"That is no better than the best guess ({best_guess[0]})."
+    return PretrainingReadout(figure="masked patch prediction (paper 4.6)", text=text, paper=PAPER_MPP,
+                              epochs=last["epoch"], images_seen=last["step"] * batch_size,
+                              minutes=last["wall_seconds"] / 60, accuracy=last["test_accuracy"],
+                              first=log[0]["test_accuracy"], baselines=dict(baselines))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneReadout(Readout):
+    """Fine-tuned from pre-trained weights against from scratch, per number of labelled images (:func:`fine_tuning`).
+
+    Attributes:
+        model: the architecture's zoo name; init: what the fine-tuned runs started from.
+        sizes: labelled training images, ascending.
+        scratch, tuned: per size, each seed's test accuracy (fractions).
+        gain: per size, mean fine-tuned minus mean from scratch (fractions).
+    """
+
+    model: str
+    init: str
+    sizes: list[int]
+    scratch: dict[int, list[float]]
+    tuned: dict[int, list[float]]
+    gain: dict[int, float]
+
+
+def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on: int | None = None) -> FinetuneReadout:
+    """Readout of sweep runs of ``model`` fine-tuned from ``init`` against its runs from scratch of the same sizes.
+
+    Only sizes with runs of both kinds count; seeds are averaged (the spread is the
+    standard deviation over seeds, where there are several). ``pretrained_on``: the
+    training images the encoder was pre-trained on (its sidecar's ``data``), said in the text.
+    """
+    mine = [r for r in runs if r.model == model]
+    scratch = {n: [r.test_accuracy for r in mine if not r.init and r.subset_size == n] for n in {r.subset_size for r in mine}}
+    tuned = {n: [r.test_accuracy for r in mine if r.init == init and r.subset_size == n] for n in scratch}
+    sizes = sorted(n for n in scratch if scratch[n] and tuned[n])
+    if not sizes:
+        raise ValueError(f"no size has runs of {model} both from scratch and fine-tuned from {init}")
+    gain = {n: _mean(tuned[n]) - _mean(scratch[n]) for n in sizes}
+
+    def said(n: int) -> str:
+        def acc(xs: list[float]) -> str:
+            return f"{_mean(xs):.1%}" + (f" ± {100 * statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
+        return f"{n:,} labels: {acc(tuned[n])} vs {acc(scratch[n])} ({100 * gain[n]:+.1f} points)"
+
+    helped = [n for n in sizes if gain[n] > 0]
+    verdict = (f"pre-training helps at every size, by {100 * min(gain.values()):.1f} to {100 * max(gain.values()):.1f} "
+               "points" if len(helped) == len(sizes) else
+               f"pre-training helps at {len(helped)} of {len(sizes)} sizes" if helped else
+               "pre-training helps at no size")
+    text = (f"Fine-tuned from {init} vs {model} from scratch, same recipe and budget (mean over seeds ± std): "
+            + "; ".join(said(n) for n in sizes) + f". {verdict.capitalize()}, and the gain "
+            + ("shrinks" if gain[sizes[-1]] < gain[sizes[0]] else "grows") + " as the labels grow."
+            + (f" The encoder was pre-trained without labels on {pretrained_on:,} CIFAR-10 training images, those the "
+               "labelled subsets are drawn from: this tests the objective, not more data." if pretrained_on else ""))
+    return FinetuneReadout(figure="masked patch prediction, then fine-tuning (paper 4.6)", text=text, paper=PAPER_MPP,
+                           model=model, init=init, sizes=sizes, scratch={n: scratch[n] for n in sizes},
+                           tuned={n: tuned[n] for n in sizes}, gain=gain)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InsideComparisonReadout(Readout):
+    """Fig. 7 numbers of several models of one architecture side by side (:func:`inside_comparison`).
+
+    Attributes:
+        names: the models' labels; lowest: each one's lowest-layer most local head (pixels);
+        most_local: each one's most local head anywhere (pixels) and its layer (1-based);
+        structure: each one's position-embedding structure score; uniform: uniform attention (pixels).
+    """
+
+    names: list[str]
+    lowest: dict[str, float]
+    most_local: dict[str, tuple[float, int]]
+    structure: dict[str, float]
+    uniform: float
+
+
+def check_one_grid(views: dict[str, InsideView]) -> None:
+    """Refuse views of models with different patch grids: their distances and uniform lines differ."""
+    if not views:
+        raise ValueError("no inside views to compare")
+    grids = {k: (tuple(v.grid), tuple(v.patch_size)) for k, v in views.items()}
+    if len(set(grids.values())) > 1:
+        raise ValueError(f"compare models of one patch grid; got {grids} (grid, patch size in pixels)")
+
+
+def inside_comparison(views: dict[str, InsideView]) -> InsideComparisonReadout:
+    """Readout of models' inside views (e.g. pre-trained without labels, trained from scratch, random init)."""
+    check_one_grid(views)
+    uniform = next(iter(views.values())).uniform
+    lowest = {k: v.lowest_local for k, v in views.items()}
+    most_local = {}
+    for k, v in views.items():
+        layer = min(range(len(v.distance)), key=lambda i: min(v.distance[i]))
+        most_local[k] = (min(v.distance[layer]), layer + 1)
+    structure = {k: v.position_distance for k, v in views.items()}
+    local = [k for k, (d, _) in most_local.items() if d < LOCAL_FRACTION * uniform]
+    text = ("; ".join(f"{k}: lowest layer's most local head {_px(lowest[k])}, most local head anywhere "
+                      f"{_px(most_local[k][0])} (layer {most_local[k][1]}), position structure ρ "
+                      f"{number(structure[k], 2)}" for k in views)
+            + f". Uniform attention: {_px(uniform)}; "
+            + (f"local heads (below {LOCAL_FRACTION:.0%} of uniform) in: {', '.join(local)}." if local else
+               f"no model has a head below {LOCAL_FRACTION:.0%} of uniform attention."))
+    return InsideComparisonReadout(figure="Fig. 7 (right), by initialisation", text=text, paper=PAPER_DATA_SIZE,
+                                   names=list(views), lowest=lowest, most_local=most_local, structure=structure,
+                                   uniform=uniform)

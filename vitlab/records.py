@@ -33,6 +33,8 @@ from .io import atomic_write
 
 #: The committed CPU sweep (``<RESULTS>.csv``, ``<RESULTS>.json`` and their ``-fewshot`` files).
 RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_vs_resnet"
+#: The ViT fine-tuned from the masked-patch-prediction encoder at the sweep's sizes (``init`` set).
+MPP_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "mpp_finetune"
 #: ViT runs of the sweep's sizes retrained with inside views (``<INSIDE_RESULTS>-inside.json``, ...).
 INSIDE_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_inside"
 

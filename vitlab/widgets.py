@@ -405,18 +405,23 @@ class TrainingMonitor(W.VBox):
     ``records`` are epochs already run (e.g. ``train.read_metrics(out)`` of a run being
     resumed), drawn at once; an epoch reported again replaces its earlier record. ``mixed``:
     the run mixes images, so its train accuracy counts dominant labels (the legend says so).
+    ``objective``: ``"mpp"`` for a pre-training run, whose accuracies count masked patches' colours.
     """
 
-    def __init__(self, title: str = "Training", records: list[dict] | None = None, mixed: bool = False):
+    def __init__(self, title: str = "Training", records: list[dict] | None = None, mixed: bool = False,
+                 objective: str = "classify"):
         self.records: list[dict] = list(records or [])
-        self.title, self.mixed = title, mixed
-        self.figure = go.FigureWidget(plots.training_curves_figure(self.records, title=title, mixed=mixed))
+        self.title, self.mixed, self.objective = title, mixed, objective
+        self.figure = go.FigureWidget(self._figure())
         super().__init__([self.figure])
 
     def update(self, record: dict) -> None:
         """Add one epoch's record (replacing a record of the same or a later epoch) and redraw."""
         self.records = [r for r in self.records if r["epoch"] < record["epoch"]] + [record]
-        show_figure(self.figure, plots.training_curves_figure(self.records, title=self.title, mixed=self.mixed))
+        show_figure(self.figure, self._figure())
+
+    def _figure(self) -> go.Figure:
+        return plots.training_curves_figure(self.records, title=self.title, mixed=self.mixed, objective=self.objective)
 
 
 def train_with_curves(config, out: str | Path, title: str | None = None):
@@ -424,7 +429,9 @@ def train_with_curves(config, out: str | Path, title: str | None = None):
     from IPython.display import display
 
     # A run resumed (or already finished) in ``out`` shows the epochs it has recorded so far.
-    monitor = TrainingMonitor(title or f"Training {config.model} ({out})", read_metrics(out), mixed=mixing(config))
+    what = "Pre-training (masked patch prediction)" if config.objective == "mpp" else "Training"
+    monitor = TrainingMonitor(title or f"{what} {config.model} ({out})", read_metrics(out), mixed=mixing(config),
+                              objective=config.objective)
     display(monitor)
     return train(config, out, progress=True, on_epoch=monitor.update)
 

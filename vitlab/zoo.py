@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from . import data, models, mpp
-from .checkpoints import INSIDE_LOG, INSIDE_TENSORS
+from .checkpoints import INSIDE_LOG, INSIDE_TENSORS, read_jsonl
 from .config import ConfigError, command_line, from_args
 from .io import atomic_write
 from .train import TrainConfig, evaluate
@@ -156,7 +156,8 @@ def available(family: str | None = None, trained_only: bool = False) -> list[str
     """
     names = [n for n, e in ENTRIES.items() if family in (None, e.family)]
     done = [n for n in names if trained(n)]
-    untrained = [] if trained_only else [n for n in names if not trained(n)]
+    # Untrained entries load as random weights only where named after their architecture.
+    untrained = [] if trained_only else [n for n in names if not trained(n) and n in models.ARCHITECTURES]
     return done + _cached_timm_models() + untrained
 
 
@@ -187,6 +188,37 @@ def inside_folder(name: str) -> Path:
     before the trainer recorded inside views have none).
     """
     return models.ZOO_DIR / f"{name}.inside"
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """How a trained checkpoint was made: its sidecar, its metrics log, and where its inside views are.
+
+    Attributes:
+        sidecar: the checkpoint's JSON sidecar (``config``, ``metrics``, ``command``, ...).
+        log: one record per epoch (loss, train and test accuracy, wall seconds, ...).
+        inside: the folder of its inside views over training (may hold none).
+    """
+
+    sidecar: dict[str, Any]
+    log: list[dict[str, Any]]
+    inside: Path
+
+
+def training_record(spec: str | os.PathLike) -> TrainingRecord:
+    """The :class:`TrainingRecord` of a zoo entry's checkpoint, or of a run's ``model.safetensors``."""
+    path = Path(spec)
+    if path.is_file():
+        sidecar, log, inside = path.with_suffix(".json"), path.parent / "metrics.jsonl", path.parent
+    elif str(spec) in ENTRIES and trained(str(spec)):
+        weights = ENTRIES[str(spec)].weights
+        sidecar, log, inside = weights.with_suffix(".json"), weights.with_suffix(".metrics.jsonl"), inside_folder(str(spec))
+    else:
+        raise FileNotFoundError(f"{spec} is neither a trained zoo entry ({', '.join(n for n in ENTRIES if trained(n))}) "
+                                "nor a run's model.safetensors")
+    if not sidecar.is_file() or not log.is_file():
+        raise FileNotFoundError(f"{spec}: its training record is missing ({sidecar.name} and {log.name} beside it)")
+    return TrainingRecord(sidecar=json.loads(sidecar.read_text()), log=read_jsonl(log), inside=inside)
 
 
 def check_accuracy(model: nn.Module) -> float:
