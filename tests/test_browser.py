@@ -367,3 +367,26 @@ def test_train_notebook(lab, page):
     plots.nth(10).scroll_into_view_if_needed()
     plots.nth(10).screenshot(path=str(ARTIFACTS / "06_inside_views.png"))
     nb.check()
+
+
+@pytest.mark.cifar
+def test_pretraining_notebook(lab, page):
+    import vitlab
+
+    nb = Lab(page, lab, "07_pretraining.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
+    nb.run_all(timeout_s=600)
+    # The objective on test images, the pre-training curves, the live micro run, the inside comparison,
+    # the inside-views explorer's five, the fine-tuning sweep and its table, the probes' depth and shots.
+    plots = nb.plots(13)
+    assert plots.nth(0).locator("image").count() == 16  # four images, four panels each
+    assert plots.nth(1).locator(".legendtext", has_text="guess:").count() == 3  # neighbours, image mean, most frequent
+    assert plots.nth(2).locator(".scatterlayer .point").count() >= 2  # the live run shows its epochs
+    assert plots.nth(3).locator(".scatterlayer .trace").count() == 7  # three models x (mean, most local) + uniform
+    shipped = vitlab.zoo.training_record("vit_tiny_c10_mpp").log
+    assert f"epoch {shipped[-1]['epoch']}" in nb.title(4)  # the encoder's inside views at its last epoch
+    legend = plots.nth(9).locator(".legendtext").all_text_contents()
+    assert any("←" in t for t in legend) and any("resnet" in t for t in legend), legend
+    for i, shot in ((0, "objective"), (1, "curves"), (3, "inside"), (9, "fine_tuning"), (11, "probes")):
+        plots.nth(i).scroll_into_view_if_needed()
+        plots.nth(i).screenshot(path=str(ARTIFACTS / f"07_{shot}.png"))
+    nb.check()

@@ -122,6 +122,13 @@ def test_publish_of_a_pretrained_encoder_keeps_its_colour_head_and_records_its_p
     # Loaded by name for analysis it is the plain ViT; fine-tuning from it by name starts a new head.
     assert type(vitlab.load_model("vit_micro_c10_mpp", device="cpu")).__name__ == "VisionTransformer"
     assert train.init_objective("vit_micro_c10_mpp") == "mpp"
+    # Its training record, by zoo name or from the run folder, is the run's own.
+    for spec in ("vit_micro_c10_mpp", tmp_path / "run" / "model.safetensors"):
+        record = zoo.training_record(spec)
+        assert record.log == train.read_metrics(tmp_path / "run") and record.sidecar["config"]["objective"] == "mpp"
+        assert vitlab.inside.read(record.inside) == vitlab.inside.read(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="neither a trained zoo entry"):
+        zoo.training_record("vit_small_c10")
 
 
 def test_publish_refuses_to_replace_a_zoo_checkpoint_without_force(fake_cifar, tmp_path, monkeypatch):
