@@ -321,17 +321,19 @@ def test_mixing_flags_are_timms_and_off_by_default():
 
 def _micro_run(tmp_path, **change):
     config = train.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=16, **change)
-    model = models.build_model({"zoo": "vit_micro_c10"})
+    model = train._initial_model(config)  # a pre-training run wraps the ViT (vitlab.mpp)
     return train._setup(config, tmp_path, model, torch.device("cpu"), rank=0, world=1, steps_per_epoch=6)
 
 
-@pytest.mark.parametrize("change", [{}, dict(cutmix=1.0, mixup=0.8)])
+@pytest.mark.parametrize("change", [{}, dict(cutmix=1.0, mixup=0.8), dict(objective="mpp", label_smoothing=0.0)])
 def test_the_step_returns_device_tensors_and_the_epoch_reads_back_once(tmp_path, monkeypatch, change):
     run = _micro_run(tmp_path, **change)
     images = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(96) % 10
     x, y = train.batch(run, images[:16], labels[:16])
-    loss, hits = train._step(run, x, y)
+    loss, hits, scored = train._step(run, x, y)
+    # Images, or under masked patch prediction the corrupted patches (half of a micro ViT's 16 per image).
+    assert scored == (16 * 8 if change.get("objective") == "mpp" else 16)
     assert isinstance(loss, torch.Tensor) and isinstance(hits, torch.Tensor)
     assert loss.device == hits.device == run.device and loss.ndim == hits.ndim == 0
     assert not loss.requires_grad
@@ -364,7 +366,7 @@ def test_mixed_training_counts_accuracy_against_the_dominant_label(tmp_path, mon
     logits = torch.nn.functional.one_hot(dominant, 10).float()  # a model that always says the dominant label
     monkeypatch.setattr(run, "net", lambda inputs: logits.requires_grad_())
     monkeypatch.setattr(run.opt, "step", lambda: None)
-    _, hits = train._step(run, x, target)
+    _, hits, _ = train._step(run, x, target)
     assert hits.item() == 16
 
 

@@ -5,8 +5,8 @@ command line and torchrun workers never load the notebook stack.
 """
 import importlib
 
-from . import (compare, data, features, hooks, inside, metrics, models, readouts, recipes, records, settings, sweep,
-               train, zoo)
+from . import (compare, data, features, hooks, inside, metrics, models, mpp, readouts, recipes, records, settings,
+               sweep, train, zoo)
 from .hooks import Capture, capture, head_statistics
 from .models import load_model, preprocess, save_model
 from .settings import quick_mode
@@ -14,7 +14,7 @@ from .zoo import available
 
 __all__ = [
     "Capture", "available", "capture", "compare", "data", "features", "head_statistics", "hooks", "inside", "load_model",
-    "metrics", "models", "plots", "preprocess", "quick_mode", "readouts", "recipes", "records", "save_model", "settings", "sweep", "train",
+    "metrics", "models", "mpp", "plots", "preprocess", "quick_mode", "readouts", "recipes", "records", "save_model", "settings", "sweep", "train",
     "widgets", "zoo",
 ]
 
