@@ -700,7 +700,8 @@ def pretraining_figure(records: list[dict], baselines: dict[str, float] | None =
 
 def _colour_tiles(classes: torch.Tensor, grid: tuple[int, int], patch: int) -> np.ndarray:
     """(H, W, 3) uint8 image of 3-bit colour classes (patches,) drawn at the centre of their level bins."""
-    levels = torch.stack([classes // mpp.LEVELS**2, classes // mpp.LEVELS % mpp.LEVELS, classes % mpp.LEVELS], -1)  # (patches, 3)
+    k = mpp.LEVELS
+    levels = torch.stack([classes // k**2, classes // k % k, classes % k], -1)  # (patches, 3)
     rgb = ((levels.float() + 0.5) * 256 / mpp.LEVELS).round().clamp(0, 255).to(torch.uint8)
     tiles = rgb.view(*grid, 3).repeat_interleave(patch, 0).repeat_interleave(patch, 1)  # (H, W, 3)
     return tiles.numpy()

@@ -708,7 +708,8 @@ def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on:
     training images the encoder was pre-trained on (its sidecar's ``data``), said in the text.
     """
     mine = [r for r in runs if r.model == model]
-    scratch = {n: [r.test_accuracy for r in mine if not r.init and r.subset_size == n] for n in {r.subset_size for r in mine}}
+    sizes_run = {r.subset_size for r in mine}
+    scratch = {n: [r.test_accuracy for r in mine if not r.init and r.subset_size == n] for n in sizes_run}
     tuned = {n: [r.test_accuracy for r in mine if r.init == init and r.subset_size == n] for n in scratch}
     sizes = sorted(n for n in scratch if scratch[n] and tuned[n])
     if not sizes:

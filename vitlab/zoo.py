@@ -212,9 +212,11 @@ def training_record(spec: str | os.PathLike) -> TrainingRecord:
         sidecar, log, inside = path.with_suffix(".json"), path.parent / "metrics.jsonl", path.parent
     elif str(spec) in ENTRIES and trained(str(spec)):
         weights = ENTRIES[str(spec)].weights
-        sidecar, log, inside = weights.with_suffix(".json"), weights.with_suffix(".metrics.jsonl"), inside_folder(str(spec))
+        sidecar, log = weights.with_suffix(".json"), weights.with_suffix(".metrics.jsonl")
+        inside = inside_folder(str(spec))
     else:
-        raise FileNotFoundError(f"{spec} is neither a trained zoo entry ({', '.join(n for n in ENTRIES if trained(n))}) "
+        names = ", ".join(n for n in ENTRIES if trained(n))
+        raise FileNotFoundError(f"{spec} is neither a trained zoo entry ({names}) "
                                 "nor a run's model.safetensors")
     if not sidecar.is_file() or not log.is_file():
         raise FileNotFoundError(f"{spec}: its training record is missing ({sidecar.name} and {log.name} beside it)")
@@ -252,9 +254,9 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
 
     The sidecar gains the exact command, the accuracy on the full test set and on the
     fixed ``CHECK_SIZE`` check set (for a pre-trained encoder: its masked-patch colour
-    accuracy, with its objective, epochs, images seen and time under ``pretraining``), wall time and hardware; the metrics log is copied to
-    ``<name>.metrics.jsonl`` and the run's inside views (if it recorded any) to
-    :func:`inside_folder`. Every file is written atomically, the checkpoint last, so an
+    accuracy, with its objective, epochs, images seen and time under ``pretraining``), wall
+    time and hardware; the metrics log is copied to ``<name>.metrics.jsonl`` and the run's
+    inside views (if it recorded any) to :func:`inside_folder`. Every file is written atomically, the checkpoint last, so an
     entry is never listed as trained with its records missing. ``code_version`` overrides
     the commit recorded by the run.
 
