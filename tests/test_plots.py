@@ -382,7 +382,8 @@ def test_mpp_example_figure_shows_the_targets_and_scores_each_image_by_hand():
     for n in range(2):
         picked = c.corrupted[n]
         right = float((predicted[n][picked] == targets[n][picked]).float().mean())
-        assert fig.layout.annotations[4 + n].text == f"{right:.0%} right"  # after the 4 column titles
+        titles = [a.text for a in fig.layout.annotations]
+        assert titles[3 + n] == f"prediction: {right:.0%} right"  # after the first row's three column titles
         # The target panel: each 8x8 patch drawn in the centre colour of its 3-bit bin.
         target_img = np.asarray(fig.data[4 * n + 2].z)
         for p in range(16):
@@ -390,6 +391,13 @@ def test_mpp_example_figure_shows_the_targets_and_scores_each_image_by_hand():
             k = int(targets[n, p])
             expected = [(k // 64 + 0.5) * 32, (k // 8 % 8 + 0.5) * 32, (k % 8 + 0.5) * 32]
             assert (target_img[8 * r : 8 * r + 8, 8 * col : 8 * col + 8] == expected).all()
+        # The prediction panel: predicted colours on the scored patches, flat grey on the others.
+        shown = np.asarray(fig.data[4 * n + 3].z)
+        for p in range(16):
+            r, col = divmod(p, 4)
+            k = int(predicted[n, p])
+            expected = [(k // 64 + 0.5) * 32, (k // 8 % 8 + 0.5) * 32, (k % 8 + 0.5) * 32] if c.corrupted[n, p] else 225
+            assert (shown[8 * r : 8 * r + 8, 8 * col : 8 * col + 8] == expected).all()
         # What the encoder sees: masked patches are grey, the others show the patch they carry.
         seen = np.asarray(fig.data[4 * n + 1].z)
         for p in range(16):
@@ -400,7 +408,7 @@ def test_mpp_example_figure_shows_the_targets_and_scores_each_image_by_hand():
             else:
                 sr, sc = divmod(int(c.source[n, p]), 4)
                 assert (tile == images[n, :, 8 * sr : 8 * sr + 8, 8 * sc : 8 * sc + 8].permute(1, 2, 0).numpy()).all()
-    assert sum(s.type == "rect" for s in fig.layout.shapes) == int(c.corrupted.sum())
+    assert sum(s.type == "rect" for s in fig.layout.shapes) == 2 * int(c.corrupted.sum())  # on input and prediction
 
 
 def test_inside_comparison_figure_draws_each_models_layer_means_and_most_local_heads():

@@ -713,9 +713,10 @@ def mpp_example_figure(model: nn.Module, images: torch.Tensor, seed: int = 0,
     """What the objective asks, image by image: the input, its corruption, the 3-bit targets and the predictions.
 
     One row per image: the image; what the encoder sees (masked patches grey, swapped patches
-    showing the patch they took, unchanged ones as they are, each corrupted patch outlined);
-    each patch's 3-bit mean colour (the targets); and the model's prediction on the
-    corrupted patches (the others dimmed), with the share it got right.
+    showing the patch they took, unchanged ones as they are); each patch's 3-bit mean colour
+    (the targets, drawn at the centre of their colour bins); and the model's prediction on the
+    corrupted patches, titled with the share it got right (patches that are not scored are flat
+    light grey). Corrupted patches are outlined in red on the input and the prediction.
 
     Args:
         model: a :class:`vitlab.mpp.MaskedPatchPrediction` (e.g. :func:`vitlab.mpp.load_pretrainer`).
@@ -729,36 +730,35 @@ def mpp_example_figure(model: nn.Module, images: torch.Tensor, seed: int = 0,
     logits = model(preprocess(model.encoder, images, resize=False), corruption)  # (N, patches, 512)
     predicted = logits.argmax(-1).cpu()
     targets, kind, source = targets.cpu(), corruption.kind.cpu(), corruption.source.cpu()
+    picked = corruption.corrupted.cpu()  # (N, patches)
+    right = [float((predicted[n][picked[n]] == targets[n][picked[n]]).float().mean()) for n in range(len(images))]
     rows, (h, w) = len(images), images.shape[-2:]
     grid = (h // patch, w // patch)
-    columns = ("image", "what the encoder sees", "targets: 3-bit mean colour", "prediction on corrupted patches")
-    fig = make_subplots(rows=rows, cols=4, horizontal_spacing=0.02, vertical_spacing=0.04,
-                        subplot_titles=[c if r == 0 else "" for r in range(rows) for c in columns])
+    columns = ("image", "encoder input", "target colours")
+    titles = [name for n in range(rows) for name in ((*columns,) if n == 0 else ("", "", "")) + (
+        f"prediction: {right[n]:.0%} right",)]
+    fig = make_subplots(rows=rows, cols=4, horizontal_spacing=0.03, vertical_spacing=0.06, subplot_titles=titles)
     for n in range(rows):
         pixels = images[n].permute(1, 2, 0).cpu()  # (H, W, 3)
-        tiles = pixels.unfold(0, patch, patch).unfold(1, patch, patch)  # (rows, cols, 3, p, p)
-        flat = tiles.reshape(-1, 3, patch, patch)
+        flat = pixels.unfold(0, patch, patch).unfold(1, patch, patch).reshape(-1, 3, patch, patch)  # (patches, 3, p, p)
         seen = flat[source[n]].clone()  # a swapped patch shows the patch it took
         seen[kind[n] == mpp.MASKED] = 128
         seen_img = seen.view(*grid, 3, patch, patch).permute(0, 3, 1, 4, 2).reshape(h, w, 3)
-        guess = torch.where(corruption.corrupted[n].cpu(), predicted[n], targets[n])
-        shown = _colour_tiles(guess, grid, patch).astype(np.float32)
-        kept = (~corruption.corrupted[n].cpu()).view(*grid).repeat_interleave(patch, 0).repeat_interleave(patch, 1)
-        shown[kept.numpy()] = 0.25 * shown[kept.numpy()] + 0.75 * 235  # the uncorrupted patches are not scored
-        picked = corruption.corrupted[n].cpu()
-        right = float((predicted[n][picked] == targets[n][picked]).float().mean())
-        for col, img in enumerate((pixels.numpy(), seen_img.numpy(), _colour_tiles(targets[n], grid, patch),
-                                   shown.astype(np.uint8)), start=1):
+        shown = _colour_tiles(predicted[n], grid, patch)
+        kept = (~picked[n]).view(*grid).repeat_interleave(patch, 0).repeat_interleave(patch, 1).numpy()
+        shown[kept] = 225  # not scored
+        for col, img in enumerate((pixels.numpy(), seen_img.numpy(), _colour_tiles(targets[n], grid, patch), shown),
+                                  start=1):
             fig.add_trace(go.Image(z=img, hoverinfo="skip"), n + 1, col)
-        for p in torch.nonzero(picked).flatten().tolist():  # outline the corrupted patches on the input
+        for p in torch.nonzero(picked[n]).flatten().tolist():
             r, c = divmod(p, grid[1])
-            fig.add_shape(type="rect", x0=c * patch - 0.5, x1=(c + 1) * patch - 0.5, y0=r * patch - 0.5,
-                          y1=(r + 1) * patch - 0.5, line=dict(color="red", width=1), row=n + 1, col=2)
-        fig.add_annotation(text=f"{right:.0%} right", x=w / 2, y=h + 1.5, showarrow=False, yanchor="top",
-                           font=dict(size=11), row=n + 1, col=4)
+            for col in (2, 4):
+                fig.add_shape(type="rect", x0=c * patch - 0.5, x1=(c + 1) * patch - 0.5, y0=r * patch - 0.5,
+                              y1=(r + 1) * patch - 0.5, line=dict(color="red", width=1), row=n + 1, col=col)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    return layout(fig, title, 760, 60 + 185 * rows, margin=(70, 10, 30, 10))
+    fig.update_annotations(font_size=12)
+    return layout(fig, title, 860, 90 + 200 * rows, margin=(10, 10, 90, 20))
 
 
 def inside_comparison_figure(views: dict[str, InsideView], title: str = "Attention distance against depth"
