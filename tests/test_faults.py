@@ -249,19 +249,20 @@ def test_a_cutmix_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(runs
     assert "dominant label" in output
     mixed, plain = (safetensors.torch.load_file(folder / "model.safetensors") for folder in (baseline, runs.baseline))
     assert not torch.equal(mixed["head.weight"], plain["head.weight"]), "CutMix changed nothing"
-    for step, resume_at in ((6, 4), (27, 24)):
-        out = tmp_path / f"killed-at-{step}"
-        ended, output = runs.run(out, ["step", step], flags=MIXED)
+    _kill_and_resume(runs, tmp_path, baseline, [(["step", 6], 4), (["step", 27], 24)], MIXED)
+
+
+def _kill_and_resume(runs: Runs, tmp_path: Path, baseline: Path, faults: list, flags: list[str]) -> None:
+    """Each (fault, step it resumes at): kill a run there, run it again, and it must end as ``baseline`` did."""
+    for i, (fault, resume_at) in enumerate(faults):
+        out = tmp_path / f"killed-{i}"
+        ended, output = runs.run(out, fault, flags=flags)
         assert ended["signal"] == signal.SIGKILL, output
-        ended, output = runs.run(out, flags=MIXED)
+        ended, output = runs.run(out, flags=flags)
         assert ended == dict(signal=None, code=0), output
         assert _resumed_at(output) == resume_at
         _assert_same_weights(out, baseline)
         assert _scores(out) == _scores(baseline)
-
-
-if __name__ == "__main__":
-    _zygote()
 
 
 @pytest.mark.slow
@@ -272,12 +273,9 @@ def test_a_pretraining_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights
     assert "pre-training (masked patch prediction, no labels)" in output
     weights = safetensors.torch.load_file(baseline / "model.safetensors")
     assert {"mpp.mask_token", "mpp.colour_head.weight"} <= weights.keys()  # the objective's state is kept, and resumed
-    for fault, resume_at in ((["step", 6], 4), (["after", "checkpoint-00000012.json", 1], 12), (["step", 27], 24)):
-        out = tmp_path / f"killed-{fault[1]}"
-        ended, output = runs.run(out, fault, flags=PRETRAIN)
-        assert ended["signal"] == signal.SIGKILL, output
-        ended, output = runs.run(out, flags=PRETRAIN)
-        assert ended == dict(signal=None, code=0), output
-        assert _resumed_at(output) == resume_at
-        _assert_same_weights(out, baseline)
-        assert _scores(out) == _scores(baseline)
+    _kill_and_resume(runs, tmp_path, baseline, [(["step", 6], 4), (["after", "checkpoint-00000012.json", 1], 12),
+                                                (["step", 27], 24)], PRETRAIN)
+
+
+if __name__ == "__main__":
+    _zygote()
