@@ -722,13 +722,13 @@ def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on:
         return f"{n:,} labels: {acc(tuned[n])} vs {acc(scratch[n])} ({100 * gain[n]:+.1f} points)"
 
     helped = [n for n in sizes if gain[n] > 0]
-    verdict = (f"pre-training helps at every size, by {100 * min(gain.values()):.1f} to {100 * max(gain.values()):.1f} "
-               "points" if len(helped) == len(sizes) else
-               f"pre-training helps at {len(helped)} of {len(sizes)} sizes" if helped else
-               "pre-training helps at no size")
+    verdict = ("pre-training helps at every size" if len(helped) == len(sizes) else
+               f"pre-training helps at {len(helped)} of {len(sizes)} sizes" if helped else "pre-training helps at no size")
+    most, least = max(sizes, key=gain.get), min(sizes, key=gain.get)
     text = (f"Fine-tuned from {init} vs {model} from scratch, same recipe and budget (mean over seeds ± std): "
-            + "; ".join(said(n) for n in sizes) + f". {verdict.capitalize()}, and the gain "
-            + ("shrinks" if gain[sizes[-1]] < gain[sizes[0]] else "grows") + " as the labels grow."
+            + "; ".join(said(n) for n in sizes) + f". {verdict.capitalize()}"
+            + (f"; the gain is largest at {most:,} labels ({100 * gain[most]:+.1f} points) and smallest at "
+               f"{least:,} ({100 * gain[least]:+.1f})." if len(sizes) > 1 else ".")
             + (f" The encoder was pre-trained without labels on {pretrained_on:,} CIFAR-10 training images, those the "
                "labelled subsets are drawn from: this tests the objective, not more data." if pretrained_on else ""))
     return FinetuneReadout(figure="masked patch prediction, then fine-tuning (paper 4.6)", text=text, paper=PAPER_MPP,
