@@ -220,6 +220,9 @@ def test_pretrain_has_no_label_flags_and_its_own_default_folder(tmp_path, monkey
     with pytest.raises(SystemExit):
         build_parser().parse_args(["pretrain", "--label-smoothing", "0.1"])
     assert "unrecognized arguments: --label-smoothing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["pretrain", "--help"])
+    assert "masked patch prediction (default: mpp)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_baselines_guess_on_the_patches_masked_accuracy_scores():

@@ -51,6 +51,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     add_flags(pre, TrainConfig, exclude=LABEL_FLAGS)
     _run_flags(pre)
     pre.set_defaults(objective="mpp", **{name: getattr(PRETRAIN_DEFAULTS, name) for name in LABEL_FLAGS})
+    objective = next(a for a in pre._actions if a.dest == "objective")  # its help names train's default
+    objective.help = "the self-supervised objective: mpp, the paper's masked patch prediction (default: mpp)"
     pub = sub.add_parser("publish", help="copy a finished run into data/zoo under a zoo name")
     pub.add_argument("run", help="the run's --out folder")
     pub.add_argument("name", choices=sorted(zoo.ENTRIES), help="zoo entry it is a checkpoint of")
