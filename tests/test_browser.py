@@ -376,17 +376,19 @@ def test_pretraining_notebook(lab, page):
     nb = Lab(page, lab, "07_pretraining.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
     nb.run_all(timeout_s=600)
     # The objective on test images, the pre-training curves, the live micro run, the inside comparison,
-    # the inside-views explorer's five, the fine-tuning sweep and its table, the probes' depth and shots.
-    plots = nb.plots(13)
+    # the encoder's and the from-scratch model's inside-views explorers (five each), the fine-tuning sweep
+    # and its table, the probes' depth and shots.
+    plots = nb.plots(18)
     assert plots.nth(0).locator("image").count() == 16  # four images, four panels each
     assert plots.nth(1).locator(".legendtext", has_text="guess:").count() == 3  # neighbours, image mean, most frequent
     assert plots.nth(2).locator(".scatterlayer .point").count() >= 2  # the live run shows its epochs
     assert plots.nth(3).locator(".scatterlayer .trace").count() == 7  # three models x (mean, most local) + uniform
     shipped = vitlab.zoo.training_record("vit_tiny_c10_mpp").log
-    assert f"epoch {shipped[-1]['epoch']}" in nb.title(4)  # the encoder's inside views at its last epoch
-    legend = plots.nth(9).locator(".legendtext").all_text_contents()
+    assert f"vit_tiny_c10_mpp, epoch {shipped[-1]['epoch']}" in nb.title(4)  # the encoder's, at its last epoch
+    assert "vit_tiny_c10_e40, epoch 40" in nb.title(9)  # then the from-scratch model's
+    legend = plots.nth(14).locator(".legendtext").all_text_contents()
     assert any("←" in t for t in legend) and any("resnet" in t for t in legend), legend
-    for i, shot in ((0, "objective"), (1, "curves"), (3, "inside"), (9, "fine_tuning"), (11, "probes")):
+    for i, shot in ((0, "objective"), (1, "curves"), (3, "inside"), (14, "fine_tuning"), (16, "probes")):
         plots.nth(i).scroll_into_view_if_needed()
         plots.nth(i).screenshot(path=str(ARTIFACTS / f"07_{shot}.png"))
     nb.check()
