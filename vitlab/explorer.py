@@ -12,7 +12,6 @@ import html
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
@@ -50,18 +49,9 @@ class Recent(OrderedDict):
         return self[key]
 
 
-def weights_file(spec: str) -> Path | None:
-    """The local file ``load_model(spec)`` reads weights from (a path, or a zoo checkpoint), if any."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path
-    checkpoint = models.zoo_weights(spec)
-    return checkpoint if checkpoint.is_file() else None
-
-
 def model_key(spec: str) -> tuple:
     """What the weights of ``spec`` are now: the spec and its weights file's path, mtime, size and inode."""
-    path = weights_file(spec)
+    path = models.weights_file(spec)
     if path is None:
         return (spec,)
     stat = path.stat()

@@ -291,6 +291,15 @@ def zoo_weights(name: str) -> Path:
     return ZOO_DIR / f"{name}.safetensors"
 
 
+def weights_file(spec: str | os.PathLike) -> Path | None:
+    """The local file ``load_model(spec)`` reads weights from (a path, or a zoo checkpoint), if any."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    checkpoint = zoo_weights(os.fspath(spec))
+    return checkpoint if checkpoint.is_file() else None
+
+
 def _untrained_zoo(name: str) -> nn.Module:
     warnings.warn(
         f"zoo model {name!r} has no trained checkpoint in {ZOO_DIR}; returning random weights "

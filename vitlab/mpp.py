@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import load_model, preprocess, zoo_weights
+from .models import load_model, preprocess, weights_file
 from .weights import OBJECTIVE_PREFIX, read_state_dict
 
 #: Fraction of each image's patches that are corrupted.
@@ -49,9 +48,13 @@ def colour_targets(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     if images.shape[-1] % patch_size or images.shape[-2] % patch_size:
         raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {patch_size}")
     means = F.avg_pool2d(images.float(), patch_size)  # (N, 3, rows, cols), 0..255
-    levels = (means * LEVELS / 256).floor().clamp_(0, LEVELS - 1).long()
-    r, g, b = levels.unbind(1)  # each (N, rows, cols)
-    return (r * LEVELS**2 + g * LEVELS + b).flatten(1)
+    return colour_class(means).flatten(1)
+
+
+def colour_class(rgb: torch.Tensor) -> torch.Tensor:
+    """The 3-bit colour class (0..511) of mean colours ``rgb`` (N, 3, ...) on a 0..255 scale; shape (N, ...)."""
+    r, g, b = (rgb * LEVELS / 256).floor().clamp_(0, LEVELS - 1).long().unbind(1)
+    return r * LEVELS**2 + g * LEVELS + b
 
 
 @dataclass(frozen=True)
@@ -240,8 +243,7 @@ def baselines(images: torch.Tensor, patch_size: int, seed: int = 0, batch_size: 
         local = torch.where(seen > 0, around / seen.clamp(min=1), visible[:, :, None, None])  # (N, 3, rows, cols)
         picked = corruption.corrupted
         for name, colour in (("neighbours' mean", local.flatten(2)), ("image mean", visible[:, :, None])):
-            r, g, b = (colour * LEVELS / 256).floor().clamp_(0, LEVELS - 1).long().unbind(1)
-            guess = (r * LEVELS**2 + g * LEVELS + b).expand_as(targets)  # (N, patches)
+            guess = colour_class(colour).expand_as(targets)  # (N, patches)
             hits[name] += int((guess[picked] == targets[picked]).sum())
         counts += torch.bincount(targets[picked], minlength=COLOURS)
         scored += int(picked.sum())
@@ -268,7 +270,7 @@ def load_pretrainer(spec: str | os.PathLike, device: str | torch.device | None =
     pre-trained with this objective).
     """
     encoder = load_model(spec, device="cpu")
-    path = _weights_path(spec)
+    path = weights_file(spec)  # load_model above found it
     state = {k.removeprefix(OBJECTIVE_PREFIX): v for k, v in read_state_dict(path).items()
              if k.startswith(OBJECTIVE_PREFIX)}
     if not state:
@@ -278,7 +280,3 @@ def load_pretrainer(spec: str | os.PathLike, device: str | torch.device | None =
     model.load_state_dict({**{f"encoder.{k}": v for k, v in encoder.state_dict().items()}, **state})
     return model.to(device or next(encoder.parameters()).device).eval()
 
-
-def _weights_path(spec: str | os.PathLike) -> Path:
-    path = Path(spec)
-    return path if path.is_file() else zoo_weights(os.fspath(spec))

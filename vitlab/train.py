@@ -48,7 +48,7 @@ from .checkpoints import (append_metrics, code_version, finished_run, hardware, 
                           lock_run, prepare_folder, read_metrics, restore, save_checkpoint, trim_metrics)
 from .config import ConfigError, check_choices
 from .hooks import restoring
-from .models import ARCHITECTURES, build_model, load_model, preprocess, save_model, set_input_size, zoo_weights
+from .models import ARCHITECTURES, build_model, load_model, preprocess, save_model, set_input_size, weights_file
 
 #: Without ``progress``, runs report here (``python -m vitlab`` prints it; notebooks stay quiet).
 log = logging.getLogger(__name__)
@@ -418,12 +418,10 @@ def init_objective(spec: str | os.PathLike | None) -> str:
     """
     if spec is None:
         return ""
-    path = Path(spec)
-    if not path.is_file():
-        path = zoo_weights(os.fspath(spec))
-    sidecar = path.with_suffix(".json")
+    path = weights_file(spec)
+    sidecar = path.with_suffix(".json") if path is not None else None
     try:
-        record = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        record = json.loads(sidecar.read_text()) if sidecar is not None and sidecar.is_file() else {}
     except (OSError, json.JSONDecodeError):
         record = {}
     config = record.get("config") if isinstance(record, dict) else None
