@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from timm.layers import HybridEmbed
 from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -73,7 +76,61 @@ class CifarResNet:
         return model
 
 
-Architecture = CifarViT | CifarResNet
+@dataclass(frozen=True, kw_only=True)
+class CifarHybrid:
+    """A hybrid ViT (paper section 3.1): a small ResNet's feature map cut into 1x1 patches.
+
+    The CNN is a ResNet stem (3x3 convolution, stride 1, then a stride-2 max-pool, as in the
+    paper's R50 stem) and stages of basic blocks (the first at stride 1, each later one at
+    stride 2): with two stages a 32x32 image becomes an 8x8 map, the grid of a patch-4 ViT.
+    timm's ``HybridEmbed`` projects each map position into the transformer.
+    """
+
+    description: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 2.0
+    channels: tuple[int, ...] = (32, 64)
+    layers: tuple[int, ...] = (1, 1)
+    img_size: int = 32
+    num_classes: int = 10
+    family: str = "hybrid"
+
+    @property
+    def stride(self) -> int:
+        """Pixels between neighbouring positions of the feature map (its tokens): the max-pool's 2, then 2 per stage."""
+        return 2 ** len(self.layers)
+
+    def backbone(self) -> nn.Module:
+        """The CNN alone: (B, 3, H, W) images to (B, channels[-1], H / stride, W / stride) maps.
+
+        timm's ResNet builds the stages; its forward assumes four of them, so its modules
+        run in order as a Sequential that keeps their names (``conv1``, ``layer2.0.conv1``).
+        """
+        net = ResNet(block=BasicBlock, layers=self.layers, channels=self.channels, stem_type="deep",
+                     stem_width=self.channels[0] // 2)  # a deep stem of width w feeds 2w channels onwards
+        stem = dict(conv1=nn.Conv2d(3, self.channels[0], kernel_size=3, stride=1, padding=1, bias=False),
+                    bn1=net.bn1, act1=net.act1, maxpool=net.maxpool)
+        stages = {f"layer{i + 1}": getattr(net, f"layer{i + 1}") for i in range(len(self.layers))}
+        return nn.Sequential(OrderedDict({**stem, **stages}))
+
+    def build(self) -> nn.Module:
+        return VisionTransformer(
+            img_size=self.img_size,
+            patch_size=1,
+            embed_layer=partial(HybridEmbed, backbone=self.backbone()),
+            num_classes=self.num_classes,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            global_pool="token",
+            dynamic_img_size=True,
+        )
+
+
+Architecture = CifarViT | CifarResNet | CifarHybrid
 
 #: The CIFAR-10 architectures vitlab builds, by name (zoo entries name one of them).
 ARCHITECTURES: dict[str, Architecture] = {
@@ -93,6 +150,11 @@ ARCHITECTURES: dict[str, Architecture] = {
         description="ResNet-18 of basic blocks, widths 32-256, CIFAR stem",
         channels=(32, 64, 128, 256), layers=(2, 2, 2, 2),
     ),
+    "hybrid_tiny_c10": CifarHybrid(
+        description="Hybrid: ResNet stem and 2 stages (widths 32, 64; 8x8 map), 1x1 patches, width 128, "
+                    "5 blocks, 4 heads",
+        embed_dim=128, depth=5, num_heads=4,
+    ),
     # Minute-scale models for quick-mode sweeps and tests of the whole pipeline.
     "vit_micro_c10": CifarViT(
         description="ViT, patch 8 (4x4 grid), width 32, 2 blocks, 2 heads (quick runs)",
@@ -101,6 +163,11 @@ ARCHITECTURES: dict[str, Architecture] = {
     "resnet_micro_c10": CifarResNet(
         description="ResNet of basic blocks, one per stage, widths 8-64, CIFAR stem (quick runs)",
         channels=(8, 16, 32, 64), layers=(1, 1, 1, 1),
+    ),
+    "hybrid_micro_c10": CifarHybrid(
+        description="Hybrid: ResNet stem and 3 stages (widths 8-32; 4x4 map), 1x1 patches, width 32, 2 blocks, "
+                    "2 heads (quick runs)",
+        embed_dim=32, depth=2, num_heads=2, channels=(8, 16, 32), layers=(1, 1, 1),
     ),
 }
 
@@ -126,7 +193,7 @@ def architecture(name: str, config: dict[str, Any] | None = None) -> Architectur
     if not isinstance(config, dict):
         raise ValueError(f"the config of architecture {name!r} must be a mapping of fields, got {config!r}")
     config = dict(config)
-    cls = CifarViT if config.get("family") == "vit" else CifarResNet
+    cls = {"vit": CifarViT, "hybrid": CifarHybrid}.get(config.get("family"), CifarResNet)
     fields = {f.name for f in dataclasses.fields(cls)}
     required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
     unknown, missing = sorted(set(config) - fields), sorted(required - set(config))

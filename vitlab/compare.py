@@ -33,8 +33,11 @@ _Reps = dict[tuple[str, int, str], torch.Tensor]
 
 
 def model_family(model: nn.Module) -> str:
-    """``"vit"`` for a model with transformer ``blocks``, else ``"resnet"``."""
-    return "vit" if hasattr(model, "blocks") else "resnet"
+    """``"hybrid"`` for a ViT embedding a CNN's feature map, ``"vit"`` for other models with transformer
+    ``blocks``, else ``"resnet"``."""
+    if not hasattr(model, "blocks"):
+        return "resnet"
+    return "hybrid" if metrics.is_hybrid(model) else "vit"
 
 
 def _split_layers(model: nn.Module, layers: Sequence[int | str] | None) -> tuple[list[int], bool]:

@@ -170,7 +170,8 @@ class Capture:
         layers: the captured block indices, ascending.
         logits: the model's output (B, classes).
         grid: (rows, cols) of patches for this input size.
-        patch_size: (height, width) of a patch in pixels.
+        patch_size: (height, width) in pixels between neighbouring patches (a hybrid's: the
+            backbone's stride times its patch size, :func:`vitlab.metrics.pixel_patch_size`).
         num_prefix_tokens: class, register and distillation tokens before the patches.
 
     ``cap["attn", -1]`` is ``cap.attn[-1]``; ``cap["tokens", 0]`` is ``cap.tokens[0]``.
@@ -207,10 +208,10 @@ class Capture:
         """Block ``layer``'s output tokens (B, N, D)."""
         self.tokens.record(layer, tokens)
 
-    def record_output(self, logits: torch.Tensor, input_size: tuple[int, int]) -> None:
-        """The model's output for an input of ``input_size`` (H, W) pixels; sets ``grid``."""
+    def record_output(self, logits: torch.Tensor, input_size: tuple[int, int], grid: tuple[int, int]) -> None:
+        """The model's output for an input of ``input_size`` (H, W) pixels cut into ``grid`` (rows, cols) patches."""
         self.logits = logits
-        self.grid = (input_size[0] // self.patch_size[0], input_size[1] // self.patch_size[1])
+        self.grid = tuple(grid)
         if self.tokens:
             n = next(iter(self.tokens.values())).shape[1] - self.num_prefix_tokens
             if n != self.grid[0] * self.grid[1]:
@@ -270,14 +271,15 @@ def _grid(model: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
     embed = model.patch_embed
     if hasattr(embed, "dynamic_feat_size"):  # timm's own rule, padding included
         return tuple(int(v) for v in embed.dynamic_feat_size(tuple(size)))
-    return size[0] // embed.patch_size[0], size[1] // embed.patch_size[1]
+    ph, pw = metrics.pixel_patch_size(model)
+    return size[0] // ph, size[1] // pw
 
 
 @contextlib.contextmanager
 def _open(model: nn.Module, layers: Sequence[int] | None, check: bool) -> Iterator[Capture]:
     blocks = _blocks(model)
     chosen = resolve_layers(len(blocks), layers)
-    cache = Capture(len(blocks), chosen, patch_size=tuple(int(p) for p in model.patch_embed.patch_size),
+    cache = Capture(len(blocks), chosen, patch_size=metrics.pixel_patch_size(model),
                     num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)))
 
     def before_forward(_module, args, kwargs) -> None:
@@ -330,7 +332,7 @@ def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None
         x = images.to(next(model.parameters()).device)  # where preprocess puts uint8 images too
     with _open(model, layers, check=False) as cache:
         logits = model(x)
-    cache.record_output(logits, tuple(x.shape[-2:]))
+    cache.record_output(logits, tuple(x.shape[-2:]), _grid(model, tuple(x.shape[-2:])))
     return cache
 
 
@@ -411,10 +413,10 @@ INIT_SEEDS = (0, 1, 2)
 def uniform_distance(model: nn.Module, renormalize: bool = False) -> float:
     """:func:`vitlab.metrics.uniform_attention_distance` for the grid, patch size and prefix tokens of ``model``.
 
-    Read from the model (``patch_embed.grid_size``, ``patch_embed.patch_size``,
+    Read from the model (``patch_embed.grid_size``, :func:`vitlab.metrics.pixel_patch_size`,
     ``num_prefix_tokens``), for inputs of the size it was built for. Pixels.
     """
-    patch = tuple(int(p) for p in model.patch_embed.patch_size)
+    patch = metrics.pixel_patch_size(model)
     prefix = int(getattr(model, "num_prefix_tokens", 0))
     return metrics.uniform_attention_distance(metrics.patch_grid(model), patch, prefix, renormalize)
 

@@ -77,14 +77,15 @@ def _check_size(model: nn.Module, size: tuple[int, int], what: str) -> None:
     embed = getattr(model, "patch_embed", None)
     if getattr(embed, "img_size", None) is None or getattr(embed, "dynamic_img_pad", False):
         return
-    (h, w), (ph, pw) = size, embed.patch_size
+    pixels = embed.feat_ratio(as_scalar=False) if hasattr(embed, "feat_ratio") else embed.patch_size  # hybrids: stride
+    (h, w), (ph, pw) = size, pixels
     target = "x".join(str(int(v)) for v in _input_size(model))
     if getattr(embed, "strict_img_size", True):
         if (h, w) != tuple(embed.img_size):
             raise ValueError(f"{what} are {h}x{w} pixels, but the model takes {embed.img_size[0]}x{embed.img_size[1]}: "
                              f"pass uint8 images (vitlab.preprocess(model, images) resizes them to {target})")
     elif h % ph or w % pw:
-        raise ValueError(f"{what} are {h}x{w} pixels, not a multiple of the model's {ph}x{pw} patch size: crop "
+        raise ValueError(f"{what} are {h}x{w} pixels, not a multiple of the model's {ph}x{pw}-pixel patches: crop "
                          f"them, or pass uint8 images to vitlab.preprocess(model, images), which resizes to {target}")
 
 

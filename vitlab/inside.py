@@ -12,11 +12,13 @@ The trainer keeps them in the run folder: ``inside.jsonl`` (one view per recorde
 and ``inside.safetensors`` (``pos_embed.<epoch>``, ``filters.<epoch>``), both rewritten whole
 and atomically (:func:`record`), trimmed to the resumed checkpoint's step (:func:`trim`). At
 most :data:`MOST` epochs are recorded per run (:func:`recorded_epochs`). ResNets have no
-attention: they get no inside view.
+attention: they get no inside view. A hybrid ViT's embedding projects CNN features, not pixels:
+its views record no filters (NaN shares, ``filter_k`` 0, no ``filters.<epoch>`` tensors).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -85,12 +87,14 @@ def inside_view(model: nn.Module, images: torch.Tensor, epoch: int, step: int, b
     grid = metrics.patch_grid(model)
     sim = metrics.position_similarity(model)  # (rows, cols, rows, cols)
     structure, mirror = metrics.position_structure(sim, grid), metrics.mirror_score(sim, grid)
-    w = model.patch_embed.proj.weight
-    k = min(FILTER_K, w.shape[0], w[0].numel())
-    ratio = metrics.embedding_filters(model, k=k)[1]  # (k,)
+    if metrics.is_hybrid(model):  # no pixel filters: the CNN sees the pixels
+        k, ratio = 0, torch.tensor([math.nan])
+    else:
+        w = model.patch_embed.proj.weight
+        k = min(FILTER_K, w.shape[0], w[0].numel())
+        ratio = metrics.embedding_filters(model, k=k)[1]  # (k,)
     return InsideView(
-        epoch=epoch, step=step, images=len(images), grid=grid,
-        patch_size=tuple(int(p) for p in model.patch_embed.patch_size),
+        epoch=epoch, step=step, images=len(images), grid=grid, patch_size=metrics.pixel_patch_size(model),
         num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
         distance=stats["distance"].double().tolist(), entropy=stats["entropy"].double().tolist(),
         uniform=uniform_distance(model), position_distance=structure.distance,
@@ -99,9 +103,14 @@ def inside_view(model: nn.Module, images: torch.Tensor, epoch: int, step: int, b
 
 
 def inside_tensors(model: nn.Module, epoch: int) -> dict[str, torch.Tensor]:
-    """``{"pos_embed.<epoch>": (1, tokens, D), "filters.<epoch>": (D, C, P, P)}``, float32 copies on the CPU."""
-    return {f"pos_embed.{epoch}": model.pos_embed.detach().float().cpu().contiguous().clone(),
-            f"filters.{epoch}": model.patch_embed.proj.weight.detach().float().cpu().contiguous().clone()}
+    """``{"pos_embed.<epoch>": (1, tokens, D), "filters.<epoch>": (D, C, P, P)}``, float32 copies on the CPU.
+
+    A hybrid has no pixel filters: its dict holds the position embeddings only.
+    """
+    tensors = {f"pos_embed.{epoch}": model.pos_embed.detach().float().cpu().contiguous().clone()}
+    if not metrics.is_hybrid(model):
+        tensors[f"filters.{epoch}"] = model.patch_embed.proj.weight.detach().float().cpu().contiguous().clone()
+    return tensors
 
 
 # --- the run folder's files ----------------------------------------------------------------
@@ -176,18 +185,21 @@ def stored_model(view: InsideView, tensors: dict[str, torch.Tensor]) -> nn.Modul
     It has what :func:`vitlab.metrics.position_similarity` and
     :func:`vitlab.metrics.embedding_filters` read (``pos_embed``, ``patch_embed.proj``,
     ``patch_embed.grid_size``, ``num_prefix_tokens``), so the Fig. 7 panels of that epoch
-    come from the same code as a live model's.
+    come from the same code as a live model's. A hybrid's view stored no filters: its
+    stand-in has no ``patch_embed.proj``.
     """
-    pos, filters = tensors[f"pos_embed.{view.epoch}"], tensors[f"filters.{view.epoch}"]  # (1, T, D), (D, C, P, P)
+    pos = tensors[f"pos_embed.{view.epoch}"]  # (1, T, D)
     stand_in = nn.Module()
     stand_in.pos_embed = nn.Parameter(pos.clone(), requires_grad=False)
     stand_in.num_prefix_tokens = view.num_prefix_tokens
     stand_in.patch_embed = nn.Module()
     stand_in.patch_embed.grid_size = tuple(view.grid)
     stand_in.patch_embed.patch_size = tuple(view.patch_size)
-    proj = nn.Conv2d(filters.shape[1], filters.shape[0], filters.shape[2:], stride=filters.shape[2:], bias=False)
-    proj.weight = nn.Parameter(filters.clone(), requires_grad=False)
-    stand_in.patch_embed.proj = proj
+    filters = tensors.get(f"filters.{view.epoch}")  # (D, C, P, P)
+    if filters is not None:
+        proj = nn.Conv2d(filters.shape[1], filters.shape[0], filters.shape[2:], stride=filters.shape[2:], bias=False)
+        proj.weight = nn.Parameter(filters.clone(), requires_grad=False)
+        stand_in.patch_embed.proj = proj
     return stand_in
 
 
@@ -199,6 +211,6 @@ def summary(views: list[InsideView]) -> str:
     means = ", ".join(f"{x:.1f}" for x in b.layer_means)
     return (f"epoch {a.epoch} to {b.epoch}: the lowest layer's most local head went from {a.lowest_local:.1f} to "
             f"{b.lowest_local:.1f} px (uniform attention: {b.uniform:.1f} px); mean distance per layer at epoch "
-            f"{b.epoch}: {means} px; position structure ρ {a.position_distance:.2f} to {b.position_distance:.2f}; "
-            f"first filter component {100 * a.filter_variance_first:.1f}% to {100 * b.filter_variance_first:.1f}% "
-            f"of the variance")
+            f"{b.epoch}: {means} px; position structure ρ {a.position_distance:.2f} to {b.position_distance:.2f}"
+            + (f"; first filter component {100 * a.filter_variance_first:.1f}% to {100 * b.filter_variance_first:.1f}% "
+               "of the variance" if b.filter_k else " (a hybrid: no pixel filters)"))

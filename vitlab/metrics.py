@@ -22,6 +22,26 @@ def patch_grid(model: nn.Module) -> tuple[int, int]:
     return int(rows), int(cols)
 
 
+def is_hybrid(model: nn.Module) -> bool:
+    """Whether ``model``'s patch embedding cuts a CNN's feature map into patches (timm's ``HybridEmbed``)."""
+    return isinstance(getattr(getattr(model, "patch_embed", None), "backbone", None), nn.Module)
+
+
+def pixel_patch_size(model: nn.Module) -> tuple[int, int]:
+    """(height, width) in input pixels between neighbouring tokens of the patch grid.
+
+    For a plain ViT this is ``patch_embed.patch_size``. A hybrid's embedding cuts the
+    backbone's feature map into patches, so a token spans the backbone's total stride times
+    the embedding's patch size (16 px for ``vit_base_r50_s16_224``: stride 16, 1x1 patches),
+    which timm's ``feat_ratio`` reports for both kinds of embedding.
+    """
+    patch_grid(model)  # the same refusal for a model without a patch embedding
+    embed = model.patch_embed
+    if hasattr(embed, "feat_ratio"):
+        return tuple(int(p) for p in embed.feat_ratio(as_scalar=False))
+    return tuple(int(p) for p in embed.patch_size)
+
+
 def position_similarity(model: nn.Module) -> torch.Tensor:
     """Cosine similarity between the position embeddings of every pair of patches.
 
@@ -62,6 +82,11 @@ def embedding_filters(model: nn.Module, k: int = 28) -> tuple[torch.Tensor, torc
         fixed so each has a non-negative sum) and (k,) fractions of the total variance.
     """
     proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    if is_hybrid(model):
+        rows, cols = proj.kernel_size if isinstance(proj, nn.Conv2d) else ("?", "?")
+        raise ValueError(f"{type(model).__name__} is a hybrid ViT: its embedding projects {rows}x{cols} patches of a "
+                         "CNN's feature map, not of pixels, so it has no image filters to show; its first filters "
+                         "are the CNN's (patch_embed.backbone)")
     if not isinstance(proj, nn.Conv2d):
         raise ValueError(f"{type(model).__name__} has no convolutional patch embedding (patch_embed.proj)")
     w = proj.weight.detach().float()  # (D, C, P, P)

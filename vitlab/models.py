@@ -56,7 +56,7 @@ def _cifar_cfg(name: str, config: Architecture) -> dict[str, Any]:
         crop_pct=1.0,
         crop_mode="center",
         num_classes=config.num_classes,
-        classifier="head" if config.family == "vit" else "fc",
+        classifier="fc" if config.family == "resnet" else "head",
     )
 
 

@@ -313,7 +313,7 @@ def fewshot_runs(config: SweepConfig, train_set: Split | None = None, test_set: 
 
 
 def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
-    """Inside views of the final model of every finished ViT run of ``config`` (Raghu et al. 2021).
+    """Inside views of the final model of every finished ViT and hybrid run of ``config`` (Raghu et al. 2021).
 
     For each run whose folder still holds its final weights and that has no view yet, the
     :class:`~vitlab.records.InsideView` on the fixed probe images (:func:`vitlab.inside.probe_images`),
@@ -325,7 +325,7 @@ def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
     views, commands = records.read_run_insides(config.results)  # a torn file stops here, before the data
     commands = _with(commands, config.command())
     have, wanted = {v.key for v in views}, {_key(run) for run in config.runs()}
-    todo = [r for r in records.read_runs(config.results) if r.family == "vit" and _key(r) in wanted
+    todo = [r for r in records.read_runs(config.results) if r.family != "resnet" and _key(r) in wanted
             and _key(r) not in have and (_run_dir(config, r) / "model.safetensors").is_file()]
     if not todo:
         return views

@@ -263,7 +263,8 @@ def check(config: TrainConfig, out: str | os.PathLike, checkpoint_every: int = 0
 def _out_of_range(config: TrainConfig, checkpoint_every: int) -> str | None:
     """The first setting outside its range, as ``"--flag value: must be ..."``; None when all fit."""
     c = config
-    patch = getattr(ARCHITECTURES[c.model], "patch_size", None)  # ResNets have none
+    arch = ARCHITECTURES[c.model]
+    patch = getattr(arch, "patch_size", getattr(arch, "stride", None))  # a hybrid's tokens are stride apart; ResNets
     size_rule = f"a positive multiple of {patch}, the patch size of {c.model}" if patch else "at least 1 pixel"
     # The default warmup stays allowed in shorter runs (their learning rate peaks below lr), as before.
     warmup_ok = 0 <= c.warmup_epochs <= c.epochs or c.warmup_epochs == TrainConfig.warmup_epochs

@@ -61,7 +61,7 @@ class ZooEntry:
 
     @property
     def family(self) -> str:
-        """``"vit"`` or ``"resnet"``, from the architecture."""
+        """``"vit"``, ``"hybrid"`` or ``"resnet"``, from the architecture."""
         return models.ARCHITECTURES[self.architecture].family
 
     @property
@@ -91,10 +91,12 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
              description=models.ARCHITECTURES["vit_tiny_c10"].description + "; pre-trained without labels by masked "
              "patch prediction for 20 epochs (its classifier head is untrained: fine-tune it with --init)", shipped=True),
     _entry("vit_small_c10", VIT_RECIPE),
+    _entry("hybrid_tiny_c10", VIT_RECIPE),
     _entry("resnet_tiny_c10", RESNET_RECIPE, shipped=True),
     _entry("resnet_small_c10", RESNET_RECIPE),
     _entry("vit_micro_c10", VIT_RECIPE),
     _entry("resnet_micro_c10", RESNET_RECIPE),
+    _entry("hybrid_micro_c10", VIT_RECIPE),
     ZooEntry(name="vit_micro_c10_mpp", architecture="vit_micro_c10", recipe=MPP_RECIPE,
              description=models.ARCHITECTURES["vit_micro_c10"].description + "; pre-trained without labels by masked "
              "patch prediction (quick runs)"),
