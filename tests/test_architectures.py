@@ -25,6 +25,22 @@ def test_architectures_build_with_cifar_preprocessing(name):
     if architectures.ARCHITECTURES[name].family == "vit":
         patch = architectures.ARCHITECTURES[name].patch_size
         assert tuple(model.patch_embed.grid_size) == (32 // patch,) * 2 and model.patch_embed.patch_size == (patch, patch)
+    if architectures.ARCHITECTURES[name].family == "hybrid":  # the CNN's map, measured, is the grid of 1x1 patches
+        stride = architectures.ARCHITECTURES[name].stride
+        with torch.no_grad():
+            fmap = model.patch_embed.backbone(torch.zeros(1, 3, 32, 32))
+        assert fmap.shape[-2:] == (32 // stride,) * 2 == tuple(model.patch_embed.grid_size)
+        assert model.patch_embed.patch_size == (1, 1) and model.patch_embed.proj.kernel_size == (1, 1)
+
+
+def test_the_tiny_hybrid_sits_between_the_tiny_resnet_and_vit_in_parameters_on_the_vits_grid():
+    count = {n: sum(p.numel() for p in models.build_model({"zoo": n}).parameters())
+             for n in ("resnet_tiny_c10", "hybrid_tiny_c10", "vit_tiny_c10")}
+    assert count["resnet_tiny_c10"] < count["hybrid_tiny_c10"] < count["vit_tiny_c10"]
+    assert 700_000 <= count["hybrid_tiny_c10"] <= 810_000
+    hybrid, vit = models.build_model({"zoo": "hybrid_tiny_c10"}), models.build_model({"zoo": "vit_tiny_c10"})
+    assert hybrid.patch_embed.grid_size == vit.patch_embed.grid_size == (8, 8)
+    assert (hybrid.embed_dim, hybrid.blocks[0].attn.num_heads) == (vit.embed_dim, vit.blocks[0].attn.num_heads)
 
 
 @pytest.mark.parametrize("name", list(architectures.ARCHITECTURES))
@@ -38,3 +54,4 @@ def test_a_stored_architecture_record_rebuilds_the_same_architecture(name):
 def test_models_still_offers_the_architectures():
     assert models.ARCHITECTURES is architectures.ARCHITECTURES
     assert (models.CifarViT, models.CifarResNet) == (architectures.CifarViT, architectures.CifarResNet)
+    assert models.CifarHybrid is architectures.CifarHybrid

@@ -52,7 +52,8 @@ def _head_input(model):
     return represent
 
 
-@pytest.mark.parametrize("name, family", [("vit_micro_c10", "vit"), ("resnet_micro_c10", "resnet")])
+@pytest.mark.parametrize("name, family", [("vit_micro_c10", "vit"), ("resnet_micro_c10", "resnet"),
+                                          ("hybrid_micro_c10", "hybrid")])
 def test_pre_logits_and_negative_layers(fake_cifar, name, family):
     torch.manual_seed(0)
     model = build_model({"zoo": name}).eval()
@@ -61,6 +62,9 @@ def test_pre_logits_and_negative_layers(fake_cifar, name, family):
     records = fewshot_probes(model, *split, shots=(2,), seeds=(0, 1), l2=2.0, layers=[-1, "pre_logits"])
     assert {(r.layer, r.depth) for r in records} == {(layers[-1], len(layers) - 1), ("pre_logits", len(layers))}
     assert all(r.family == family for r in records)
+    if family != "resnet":  # a hybrid's layers are its transformer blocks: class-token and mean-token probes
+        assert layers == [f"blocks.{i}" for i in range(len(model.blocks))]
+        assert {r.pooling for r in records if r.layer == layers[-1]} == {"cls", "mean"}
     head = [r for r in records if r.layer == "pre_logits"]
     assert len(head) == 2 and all(r.pooling == "head" for r in head)
     for r in head:
@@ -68,8 +72,8 @@ def test_pre_logits_and_negative_layers(fake_cifar, name, family):
     last = [r for r in records if r.layer == layers[-1]]
     same = fewshot_probes(model, *split, shots=(2,), seeds=(0, 1), l2=2.0, layers=[len(layers) - 1])
     assert [(r.pooling, r.accuracy) for r in last] == [(r.pooling, r.accuracy) for r in same]
-    assert {r.family for r in fewshot_probes(model, *split, shots=(1,), seeds=(0,), family="hybrid",
-                                             layers=["pre_logits"])} == {"hybrid"}
+    assert {r.family for r in fewshot_probes(model, *split, shots=(1,), seeds=(0,), family="other",
+                                             layers=["pre_logits"])} == {"other"}
     with pytest.raises(ValueError, match="pre_logits"):
         fewshot_probes(model, *split, shots=(1,), layers=["head"])
     with pytest.raises(ValueError, match="out of range"):

@@ -354,3 +354,53 @@ def test_attention_rollout_takes_a_captures_attention_mapping(tiny_vit):
         torch.testing.assert_close(metrics.attention_rollout(cap.attn, 1, fusion, discard), as_list, rtol=0, atol=0)
     last = capture(tiny_vit, x, layers=[-1])
     torch.testing.assert_close(metrics.attention_rollout(last.attn), metrics.attention_rollout([cap.attn[1]]))
+
+
+# --- hybrid ViTs: the grid is the backbone's feature map ---------------------------------------
+
+
+def _timm_hybrid(name: str, **kw):
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, **kw).eval()
+
+
+@pytest.mark.parametrize("name, kw, grid, pixels", [
+    ("vit_tiny_r_s16_p8_224", dict(img_size=128, depth=2), (4, 4), (32, 32)),  # stem stride 4 x 8x8 patches
+    ("vit_base_r50_s16_224", dict(img_size=64, depth=1, embed_dim=48, num_heads=2), (4, 4), (16, 16)),
+])
+def test_capture_on_timm_hybrids_matches_attention_recomputed_from_the_blocks_inputs(name, kw, grid, pixels):
+    model = _timm_hybrid(name, **kw)
+    size = kw["img_size"]
+    x = torch.randn(2, 3, size, size).clamp(-3, 3)
+    with torch.no_grad():  # the backbone's own map, measured: the stride is the image over the map
+        fmap = model.patch_embed.backbone(x)
+    stride = size // fmap.shape[-1]
+    patch = model.patch_embed.patch_size
+    assert (stride * patch[0], stride * patch[1]) == pixels
+    cap = capture(model, x)
+    assert (cap.grid, cap.patch_size, cap.num_prefix_tokens) == (grid, pixels, 1)
+    manual = _manual_attention(model, x)
+    for i in manual:
+        torch.testing.assert_close(cap.attn[i], manual[i], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(attention_distance(cap, i).double(),
+                                   _brute_distance(cap.attn[i], *grid, pixels[0], 1, renormalize=False),
+                                   rtol=1e-5, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(cap.logits, model(x), rtol=0, atol=1e-5)
+    centres = [((r + 0.5) * pixels[0], (c + 0.5) * pixels[1]) for r in range(grid[0]) for c in range(grid[1])]
+    n = len(centres)
+    pairs = sum(math.dist(a, b) for a in centres for b in centres) / n**2
+    assert uniform_distance(model) == pytest.approx(pairs * n / (n + 1), rel=1e-9)
+
+
+def test_the_zoo_hybrid_takes_non_square_inputs_on_its_8x8_grid_of_4_pixel_tokens():
+    torch.manual_seed(0)
+    model = vitlab.models.build_model({"zoo": "hybrid_micro_c10"}).eval()  # stride 8: a 4x4 grid at 32x32
+    cap = capture(model, torch.randn(2, 3, 32, 48).clamp(-3, 3))
+    assert (cap.grid, cap.patch_size) == ((4, 6), (8, 8))
+    assert cap.attn[0].shape == (2, 2, 25, 25)
+    torch.testing.assert_close(attention_distance(cap, 0).double(),
+                               _brute_distance(cap.attn[0], 4, 6, 8, 1, renormalize=False), rtol=1e-5, atol=1e-4)
+    tiny = vitlab.models.build_model({"zoo": "hybrid_tiny_c10"}).eval()
+    cap = capture(tiny, torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert (cap.grid, cap.patch_size, len(cap.attn)) == ((8, 8), (4, 4), 5)

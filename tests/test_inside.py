@@ -203,3 +203,27 @@ def test_record_round_trip_rejects_unknown_fields(micro_vit):
     assert isinstance(view, InsideView) and InsideView.from_json(view.to_json()) == view
     with pytest.raises(TypeError, match="unknown"):
         InsideView.from_json(dict(view.__dict__, extra=1))
+
+
+def test_a_hybrids_view_has_its_grid_of_4_pixel_tokens_and_no_filters(tmp_path):
+    from vitlab import widgets
+
+    torch.manual_seed(0)
+    hybrid = models.build_model({"zoo": "hybrid_micro_c10"}).eval()  # an 8-pixel stride: a 4x4 grid
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    view = inside.inside_view(hybrid, images, epoch=1, step=4)
+    cap = capture(hybrid, images)
+    assert (view.grid, view.patch_size) == ((4, 4), (8, 8))
+    for layer, row in enumerate(view.distance):
+        assert row == pytest.approx(_brute_distance(cap.attn[layer], (4, 4), (8, 8), 1).tolist(), abs=1e-4)
+    assert view.filter_k == 0 and math.isnan(view.filter_variance_first) and math.isnan(view.filter_variance_k)
+    assert InsideView.from_json(view.to_json()).filter_k == 0  # NaN survives its JSON line
+    tensors = inside.inside_tensors(hybrid, 1)
+    assert sorted(tensors) == ["pos_embed.1"]
+    inside.record(tmp_path, view, tensors)
+    assert "no pixel filters" in inside.summary(inside.read(tmp_path))
+    explorer = widgets.InsideViewsExplorer(tmp_path)
+    assert explorer.ratio is None and "no patch-embedding filters" in explorer.filters.layout.title.text
+    n = 16
+    emb = F.normalize(hybrid.pos_embed[0, -n:].detach(), dim=-1)
+    assert torch.allclose(explorer.sim.reshape(n, n), emb @ emb.T, atol=1e-6)

@@ -613,3 +613,35 @@ def test_scale_to_max_divides_each_map_by_its_maximum():
         for j in range(3):
             torch.testing.assert_close(got[i, j], maps[i, j] / maps[i, j].max())
     assert torch.equal(metrics.scale_to_max(torch.zeros(1, 2, 2)), torch.zeros(1, 2, 2))
+
+
+# --- hybrid ViTs ---------------------------------------------------------------------------------
+
+
+def test_a_hybrids_pixel_patch_and_token_receptive_field_by_hand():
+    torch.manual_seed(0)
+    hybrid = vitlab.models.build_model({"zoo": "hybrid_tiny_c10"})
+    vit = vitlab.models.build_model({"zoo": "vit_tiny_c10"})
+    assert metrics.is_hybrid(hybrid) and not metrics.is_hybrid(vit)
+    assert metrics.pixel_patch_size(hybrid) == (4, 4) == metrics.pixel_patch_size(vit)
+    assert metrics.patch_grid(hybrid) == (8, 8)
+    # r: 1 -> 3 (conv1) -> 5 (max-pool k3, then jump 2) -> 9 -> 13 (layer1: two k3) -> 17 (layer2 k3 s2,
+    # then jump 4) -> 25 (k3) -> 25 (1x1 projection)
+    assert metrics.token_receptive_field(hybrid) == 25.0
+    assert metrics.token_receptive_field(vit) == 4.0
+    timm_hybrid = timm.create_model("vit_tiny_r_s16_p8_224", pretrained=False, img_size=128, depth=1)
+    assert metrics.pixel_patch_size(timm_hybrid) == (32, 32)  # a stride-4 stem, then 8x8 patches of its map
+    # its stem: k7 s2 (r 7, jump 2), k3 s2 max-pool (r 11, jump 4), then the 8x8 projection (r 11 + 7*4)
+    assert metrics.token_receptive_field(timm_hybrid) == 39.0
+
+
+def test_embedding_filters_refuse_a_hybrid_and_position_similarity_reads_its_map():
+    torch.manual_seed(0)
+    hybrid = vitlab.models.build_model({"zoo": "hybrid_tiny_c10"})
+    assert hybrid.patch_embed.proj.kernel_size == (1, 1)  # a conv that embedding_filters would accept as filters
+    with pytest.raises(ValueError, match="hybrid ViT.*1x1 patches of a CNN's feature map.*no image filters"):
+        metrics.embedding_filters(hybrid)
+    sim = metrics.position_similarity(hybrid)
+    pos = torch.nn.functional.normalize(hybrid.pos_embed[0, 1:].detach(), dim=-1)  # (64, D) after the class token
+    assert sim.shape == (8, 8, 8, 8)
+    assert float(sim[2, 3, 5, 1]) == pytest.approx(float(pos[2 * 8 + 3] @ pos[5 * 8 + 1]), abs=1e-6)

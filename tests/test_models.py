@@ -71,6 +71,9 @@ def test_trained_models_are_offered_first_and_untrained_ones_last(tmp_path, monk
     assert vitlab.available() == [last, *untrained]
     family = zoo.ENTRIES[last].family
     assert vitlab.available(family) == [last, *(n for n in untrained if zoo.ENTRIES[n].family == family)]
+    attention = [n for n in untrained if zoo.ENTRIES[n].family in ("vit", "hybrid")]
+    assert {zoo.ENTRIES[n].family for n in attention} == {"vit", "hybrid"}
+    assert vitlab.available(("vit", "hybrid")) == [last, *attention]
     assert vitlab.available(trained_only=True) == [last]
     assert zoo.label(last) == last and zoo.label(untrained[0]) == f"{untrained[0]} (untrained)"
     assert zoo.label("vit_small_patch16_224") == "vit_small_patch16_224"

@@ -250,3 +250,36 @@ def test_widgets_send_strict_json_everywhere(two_models):
     for view in views:
         for plot in view.plots:
             _strict_json(plot)
+
+
+@pytest.fixture
+def hybrid_file(tmp_path):
+    torch.manual_seed(0)
+    return str(models.save_model(models.build_model({"zoo": "hybrid_tiny_c10"}), tmp_path / "hybrid.safetensors"))
+
+
+def test_the_explorers_of_notebooks_02_to_04_take_a_hybrid(hybrid_file):
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    net = models.load_model(hybrid_file, device="cpu")
+    distance = widgets.AttentionDistanceExplorer([hybrid_file], images, default=4, reference="resnet_tiny_c10")
+    expected = head_statistics(net, images)["distance"]
+    np.testing.assert_allclose(_head(distance.figure, 0).y, expected[:, 0].numpy(), rtol=1e-5)
+    stem = _trace(distance.figure, f"{hybrid_file}'s CNN stem receptive field")
+    # by hand: conv k3 (3), max-pool k3 s2 (5), layer1 two k3 (13), layer2 k3 s2 (17), k3 at jump 4 (25)
+    assert stem.name.endswith("(25 px)") and list(stem.y) == [25.0, 25.0] and list(stem.x) == [1, 5]
+    assert _trace(distance.figure, "resnet_tiny_c10 receptive field")  # the CNN contrast stays
+    figure, _ = widgets.attention_distance_view(hybrid_file, images)
+    assert list(_trace(figure, f"{hybrid_file}'s CNN stem").y) == [25.0, 25.0]
+    maps = widgets.AttentionMapsExplorer([hybrid_file], images, ["a", "b", "c", "d"])
+    maps.select(2, 5)
+    maps.layer.value, maps.head.value = 3, 1
+    cap = capture(net, images[:1])
+    assert cap.grid == (8, 8)
+    np.testing.assert_allclose(np.asarray(maps.patch.data[-1].z),
+                               cap.attn[2][0, 1, 1 + 2 * 8 + 5, 1:].reshape(8, 8).numpy(), rtol=1e-5)
+    rollout = metrics.attention_rollout(list(cap.attn.values()), 1, "mean", 0.0)[0].reshape(8, 8)
+    np.testing.assert_allclose(np.asarray(maps.rollout.data[-1].z), rollout.numpy(), rtol=1e-5)
+    positions = widgets.position_embedding_explorer([hybrid_file])
+    torch.testing.assert_close(positions.result.sim, metrics.position_similarity(net))
+    with pytest.raises(ValueError, match="hybrid ViT"):
+        readouts.embedding_filters_of(net)

@@ -592,6 +592,19 @@ def receptive_fields(model: nn.Module) -> list[tuple[str, float]]:
     return list(out.items())
 
 
+def token_receptive_field(model: nn.Module) -> float:
+    """Pixels across the input window one patch token of a ViT is computed from, before any attention.
+
+    A plain ViT's token sees its own patch (``patch_size``); a hybrid's sees the receptive
+    field of its CNN and projection (:func:`receptive_fields` of ``patch_embed``: 25 px for
+    ``hybrid_tiny_c10``, whose tokens are 4 px apart). Square windows: the larger side.
+    """
+    if is_hybrid(model):
+        return receptive_fields(model.patch_embed)[-1][1]
+    patch_grid(model)
+    return float(max(model.patch_embed.patch_size))
+
+
 # --- one image's attention, for display -------------------------------------------------
 
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from . import data, settings
 # The architectures are re-exported: models.ARCHITECTURES, models.CifarViT, ... keep working.
-from .architectures import ARCHITECTURES, Architecture, CifarResNet, CifarViT, architecture  # noqa: F401
+from .architectures import ARCHITECTURES, Architecture, CifarHybrid, CifarResNet, CifarViT, architecture  # noqa: F401
 from .io import atomic_path, write_json
 from .weights import (GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_weights_file, fit_head, google_vit_args,
                       load_google_npz, load_state, read_state_dict)

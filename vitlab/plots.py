@@ -174,6 +174,13 @@ def explained_variance_figure(ratio: torch.Tensor, reference: torch.Tensor | Non
                   yaxis=dict(title="fraction of variance", range=[0, 1]))
 
 
+def note_figure(title: str, text: str, width: int = 580, height: int = 340) -> go.Figure:
+    """A figure without data that says why there is none (``text`` in the middle, no axes)."""
+    fig = go.Figure()
+    fig.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=dict(size=13))
+    return layout(fig, title, width, height, xaxis=dict(visible=False), yaxis=dict(visible=False))
+
+
 def receptive_field_reference(fields: Sequence[tuple[str, float]], depth: int,
                               name: str = "ResNet receptive field") -> dict[str, tuple[list, list, list]]:
     """A CNN's receptive fields (:func:`vitlab.metrics.receptive_fields`) spread evenly over depths 1..``depth``.
@@ -184,6 +191,16 @@ def receptive_field_reference(fields: Sequence[tuple[str, float]], depth: int,
     n = len(fields)
     xs = [1 + i * (depth - 1) / max(n - 1, 1) for i in range(n)]
     return {name: (xs, [r for _, r in fields], [block for block, _ in fields])}
+
+
+def token_field_reference(pixels: float, depth: int, name: str = "CNN stem receptive field"
+                          ) -> dict[str, tuple[list, list, list]]:
+    """A hybrid's input tokens' receptive field (:func:`vitlab.metrics.token_receptive_field`) at every depth.
+
+    Returns ``{name: (depths 1..depth, pixels, labels)}`` for :func:`attention_distance_figure`:
+    before any attention, each token already sees this window of the image.
+    """
+    return {name: ([1, depth], [pixels, pixels], ["the tokens' CNN window (every layer's input)"] * 2)}
 
 
 def _reference_traces(fig: go.Figure, reference: dict[str, tuple], top: float) -> None:

@@ -104,8 +104,9 @@ def table(header: list[str], columns: list[list], widths: list[float], width: in
     return fig
 
 
-#: Shades per model family: blues for ViTs, reds for ResNets.
-FAMILY_COLORS = {"vit": ("#1f77b4", "#6baed6", "#08519c"), "resnet": ("#d62728", "#fc9272", "#a50f15")}
+#: Shades per model family: blues for ViTs, reds for ResNets, greens for hybrids.
+FAMILY_COLORS = {"vit": ("#1f77b4", "#6baed6", "#08519c"), "resnet": ("#d62728", "#fc9272", "#a50f15"),
+                 "hybrid": ("#2ca02c", "#74c476", "#006d2c")}
 
 
 def family_color(family: str, k: int) -> str:

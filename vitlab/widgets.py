@@ -245,10 +245,7 @@ class AttentionDistanceExplorer(Explorer):
 
     def figures(self, result: _Distances) -> list[go.Figure]:
         depth = len(result.model.blocks)
-        reference = {}
-        if self.reference is not None:
-            fields = metrics.receptive_fields(cached_model(self.reference))
-            reference = plots.receptive_field_reference(fields, depth, f"{self.reference} receptive field")
+        reference = _distance_references(result.model, self.model.value, self.reference, depth)
         diagonal = math.hypot(*result.model.pretrained_cfg["input_size"][1:])
         title = (f"{self.model.value}: mean attention distance ({self.convention.value}), "
                  f"{self.describe(result)}; {self.references(result)}")
@@ -259,13 +256,26 @@ class AttentionDistanceExplorer(Explorer):
                                                 uniform=result.uniform, random_init=result.random_init)]
 
 
+def _distance_references(model: nn.Module, name: str, cnn: str | None, depth: int) -> dict[str, tuple]:
+    """Receptive-field lines for Fig. 7 (right): the CNN ``cnn``'s stages, and a hybrid's own CNN stem."""
+    lines = {}
+    if cnn is not None:
+        lines = plots.receptive_field_reference(metrics.receptive_fields(cached_model(cnn)), depth,
+                                                f"{cnn} receptive field")
+    if metrics.is_hybrid(model):
+        pixels = metrics.token_receptive_field(model)
+        lines.update(plots.token_field_reference(pixels, depth, f"{name}'s CNN stem receptive field ({pixels:.0f} px)"))
+    return lines
+
+
 def attention_distance_view(model: str, images: torch.Tensor, reference: str | None = None, source: str = "",
                             renormalize: bool = False) -> tuple[go.Figure, readouts.DistanceReadout]:
     """Fig. 7 (right) for ``model`` on ``images`` with its references, and its readout.
 
     Computes each head's distance over ``images`` (uint8 (N, 3, H, W)), the uniform line, the
-    random-init band (seeds ``INIT_SEEDS``, same images) and, when ``reference`` names a
-    CNN, its receptive-field line; returns ``(figure, readout)``
+    random-init band (seeds ``INIT_SEEDS``, same images), when ``reference`` names a
+    CNN its receptive-field line, and for a hybrid its own CNN stem's receptive field (what each
+    token sees before any attention); returns ``(figure, readout)``
     (:func:`vitlab.readouts.attention_distance`), what notebook 03 shows.
     """
     net = cached_model(model)
@@ -278,10 +288,7 @@ def attention_distance_view(model: str, images: torch.Tensor, reference: str | N
     band = None if getattr(net, "vitlab_arch", None) is None else random_init_statistics(
         net, images, progress=True, renormalize=renormalize)["distance"]  # (seeds, layers, heads)
     depth = len(net.blocks)
-    lines = {}
-    if reference is not None:
-        lines = plots.receptive_field_reference(metrics.receptive_fields(cached_model(reference)), depth,
-                                                f"{reference} receptive field")
+    lines = _distance_references(net, model, reference, depth)
     diagonal = math.hypot(*net.pretrained_cfg["input_size"][1:])  # pixels
     title = f"{model}: mean attention distance, {data.describe_images(len(images), source)}; uniform {uniform:.1f} px"
     figure = plots.attention_distance_figure(stats["distance"], stats["layers"], lines, diagonal, title=title,
@@ -450,7 +457,8 @@ class InsideViewsExplorer(W.VBox):
 
     Attributes: ``epoch`` (slider over recorded epochs), ``filters``, ``variance``,
     ``positions``, ``distance``, ``timeline`` (FigureWidgets), ``views`` (the records),
-    ``view`` (the one shown), ``sim`` and ``ratio`` (the similarity and explained variance shown).
+    ``view`` (the one shown), ``sim`` and ``ratio`` (the similarity and explained variance shown;
+    None for a hybrid, whose embedding has no pixel filters: its filter panels say so).
     """
 
     def __init__(self, run_folder: str | Path, k: int = 28):
@@ -484,12 +492,19 @@ class InsideViewsExplorer(W.VBox):
             self.epoch.value = epoch  # observed: comes back here once with the same epoch
             return
         stand_in = inside.stored_model(self.view, self.tensors)
-        w = stand_in.patch_embed.proj.weight
-        components, self.ratio = metrics.embedding_filters(stand_in, k=min(self.k, w.shape[0], w[0].numel()))
         self.sim = metrics.position_similarity(stand_in)  # (rows, cols, rows, cols)
         name = f"{self.folder.name.removesuffix('.inside')}, epoch {epoch}"  # a zoo entry's folder: its name
-        show_figure(self.filters, plots.embedding_filters_figure(components, self.ratio, title=f"{name}: filters"))
-        show_figure(self.variance, plots.explained_variance_figure(self.ratio))
+        if self.view.filter_k:
+            w = stand_in.patch_embed.proj.weight
+            components, self.ratio = metrics.embedding_filters(stand_in, k=min(self.k, w.shape[0], w[0].numel()))
+            show_figure(self.filters, plots.embedding_filters_figure(components, self.ratio, title=f"{name}: filters"))
+            show_figure(self.variance, plots.explained_variance_figure(self.ratio))
+        else:  # a hybrid: its first layer is a CNN, its embedding projects CNN features
+            self.ratio = None
+            for widget in (self.filters, self.variance):
+                show_figure(widget, plots.note_figure(
+                    f"{name}: a hybrid ViT has no patch-embedding filters",
+                    "its embedding projects 1x1 patches of a CNN's feature map, not pixels"))
         show_figure(self.positions, plots.position_similarity_figure(self.sim, title=f"{name}: position embeddings"))
         show_figure(self.distance, plots.attention_distance_figure(
             torch.tensor(self.view.distance), uniform=self.view.uniform,

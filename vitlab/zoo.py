@@ -14,7 +14,7 @@ import json
 import os
 import shlex
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -148,15 +148,17 @@ def zoo() -> dict[str, dict[str, Any]]:
     return out
 
 
-def available(family: str | None = None, trained_only: bool = False) -> list[str]:
+def available(family: str | Sequence[str] | None = None, trained_only: bool = False) -> list[str]:
     """Model specs that load offline: trained zoo entries, cached timm models, then untrained entries.
 
     Args:
-        family: keep only zoo entries of this family (``"vit"`` or ``"resnet"``); cached
+        family: keep only zoo entries of this family (``"vit"``, ``"hybrid"`` or ``"resnet"``)
+            or of these families (``("vit", "hybrid")``: every model with attention); cached
             hub models are listed whatever their family (only their name is known).
         trained_only: leave out zoo entries without a trained checkpoint.
     """
-    names = [n for n, e in ENTRIES.items() if family in (None, e.family)]
+    families = None if family is None else {family} if isinstance(family, str) else set(family)
+    names = [n for n, e in ENTRIES.items() if families is None or e.family in families]
     done = [n for n in names if trained(n)]
     # Untrained entries load as random weights only where named after their architecture.
     untrained = [] if trained_only else [n for n in names if not trained(n) and n in models.ARCHITECTURES]
