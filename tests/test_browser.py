@@ -243,7 +243,7 @@ def test_position_embeddings_notebook(lab, page):
     assert ticks and all(t.isdigit() for t in ticks)  # no half-step ticks
 
     select = page.locator(".jp-Notebook .widget-dropdown select").first
-    specs = vitlab.zoo.available(family="vit")
+    specs = vitlab.zoo.available(family=("vit", "hybrid"))
     labels = [t.replace("\xa0", " ") for t in select.locator("option").all_inner_texts()]
     assert labels == [vitlab.zoo.label(s) for s in specs]  # untrained architectures last, and marked
     other = next(i for i, s in enumerate(specs) if s != nb.title(1))

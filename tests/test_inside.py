@@ -227,3 +227,16 @@ def test_a_hybrids_view_has_its_grid_of_4_pixel_tokens_and_no_filters(tmp_path):
     n = 16
     emb = F.normalize(hybrid.pos_embed[0, -n:].detach(), dim=-1)
     assert torch.allclose(explorer.sim.reshape(n, n), emb @ emb.T, atol=1e-6)
+
+
+def test_a_hybrid_run_records_views_of_its_final_model_without_filters(tmp_path, fake_cifar):
+    result = train.train(train.TrainConfig(**dict(MICRO, model="hybrid_micro_c10")), tmp_path / "h", progress=False)
+    views = inside.read(tmp_path / "h")
+    assert [v.epoch for v in views] == [1, 2] and all(v.filter_k == 0 for v in views)
+    final = models.load_model(tmp_path / "h" / "model.safetensors", device="cpu")
+    assert metrics.is_hybrid(final) and final.vitlab_arch["config"]["family"] == "hybrid"
+    again = inside.inside_view(final, inside.probe_images(), epoch=2, step=result.record["step"])
+    assert torch.allclose(torch.tensor(again.distance), torch.tensor(views[-1].distance), atol=1e-4)
+    stored = safetensors.torch.load_file(tmp_path / "h" / "inside.safetensors")
+    assert sorted(stored) == ["pos_embed.1", "pos_embed.2"]
+    assert torch.equal(stored["pos_embed.2"], final.pos_embed.detach())

@@ -263,6 +263,16 @@ def test_sweep_figure_means_and_error_bars_over_seeds():
     assert fig.data[0].line.color == plotting.family_color("vit", 0)
 
 
+def test_sweep_figure_draws_the_three_families_in_order_each_in_its_colour_and_marker():
+    hybrid = [dataclasses.replace(r, model="hybrid_c", family="hybrid") for r in _sweep_records() if r.model == "vit_a"]
+    fig = plots.sweep_figure(_sweep_records() + hybrid)
+    assert [t.name for t in fig.data] == ["vit_a (vit)", "hybrid_c (hybrid)", "resnet_b (resnet)"]
+    assert [t.marker.symbol for t in fig.data] == ["circle", "triangle-up", "square"]
+    assert [t.line.color for t in fig.data] == [plotting.family_color(f, 0) for f in ("vit", "hybrid", "resnet")]
+    assert len(set(plotting.FAMILY_COLORS["hybrid"]) & set(plotting.FAMILY_COLORS["vit"] +
+                                                          plotting.FAMILY_COLORS["resnet"])) == 0
+
+
 def test_sweep_table_lists_every_model_and_size():
     table = plots.sweep_table(_sweep_records()).data[0]
     cells = table.cells.values
@@ -342,6 +352,11 @@ def test_inside_by_size_figure_draws_layer_lines_per_size_and_the_lowest_head_ag
     uniform = [t for t in fig.data if t.name.startswith("uniform attention")]
     assert len(uniform) == 2 and all(list(t.y) == [4.2, 4.2] for t in uniform)
     assert fig.layout.xaxis2.type == "log"
+    assert lowest.line.color == plotting.family_color("vit", 2) and lines[0].line.color.startswith("rgba(31, 119, 180,")
+    green = plots.inside_by_size_figure([dataclasses.replace(r, family="hybrid") for r in runs])
+    lowest = next(t for t in green.data if t.name == "lowest layer, most local head")
+    assert lowest.line.color == plotting.family_color("hybrid", 2)
+    assert green.data[0].line.color.startswith("rgba(44, 160, 44,")  # #2ca02c, faded by size
     with pytest.raises(ValueError, match="no inside views"):
         plots.inside_by_size_figure([])
 

@@ -398,6 +398,10 @@ def _by_size(runs: list[RunRecord]) -> dict[int, list[RunRecord]]:
     return groups
 
 
+#: Marker per family in the sweep's figures (runs fine-tuned from pre-trained weights: diamonds).
+_FAMILY_SYMBOLS = {"vit": "circle", "hybrid": "triangle-up", "resnet": "square"}
+
+
 def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[str] | None = None,
                  title: str | None = None, shots: int | None = None) -> go.Figure:
     """Accuracy against training images or training FLOPs (log axis), per model (paper Fig. 3 and 5).
@@ -408,7 +412,8 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
     Args:
         records: sweep runs (:func:`vitlab.records.read_runs`).
         x: ``"subset_size"`` (training images) or ``"train_flops"``.
-        models: the series to draw, by :attr:`~vitlab.records.RunRecord.label` (default all); ViTs first.
+        models: the series to draw, by :attr:`~vitlab.records.RunRecord.label` (default all); ViTs first,
+            then hybrids, then ResNets.
         shots: None for test accuracy, or k for the k-shot probe accuracy of the runs'
             final representation (paper Fig. 4); runs without it are left out.
     """
@@ -417,7 +422,8 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
     value = (lambda r: r.test_accuracy) if shots is None else (lambda r: r.fewshot.get(shots))
     records = [r for r in records if value(r) is not None]
     family = {r.label: r.family for r in records}  # runs fine-tuned from pre-trained weights are series of their own
-    names = [n for n in sorted(family, key=lambda m: (family[m] != "vit", m)) if models is None or n in models]
+    order = {"vit": 0, "hybrid": 1}  # ViTs, then hybrids, then ResNets
+    names = [n for n in sorted(family, key=lambda m: (order.get(family[m], 2), m)) if models is None or n in models]
     fig, shade = go.Figure(), {f: 0 for f in family.values()}
     for name in names:
         groups = _by_size([r for r in records if r.label == name])
@@ -430,8 +436,8 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
             x=[spread(getattr(r, x) for r in runs).mean for runs in groups.values()], y=[s.mean for s in stats],
             mode="lines+markers", name=f"{name} ({family[name]})", customdata=custom, line=dict(color=color),
             error_y=dict(type="data", array=[s.std for s in stats], visible=True),
-            marker=dict(size=9, color=color, symbol="square" if family[name] != "vit" else
-                        "diamond" if "←" in name else "circle"),
+            marker=dict(size=9, color=color, symbol="diamond" if "←" in name else _FAMILY_SYMBOLS.get(family[name],
+                                                                                                   "square")),
             hovertemplate=("%{customdata[2]:,} images, %{customdata[1]} epochs<br>accuracy %{y:.1%} "
                            "(%{customdata[0]} seed(s))<br>%{customdata[4]} per run<extra>" + name + "</extra>")))
     by_size = x == "subset_size"
@@ -558,7 +564,8 @@ def inside_by_size_figure(runs: Sequence[RunInside], title: str | None = None) -
     size are drawn as separate points.
 
     Args:
-        runs: :class:`~vitlab.records.RunInside` records of ViT runs (one architecture).
+        runs: :class:`~vitlab.records.RunInside` records of ViT or hybrid runs (one architecture),
+            drawn in their family's colour.
     """
     if not runs:
         raise ValueError("no inside views to draw: run `python -m vitlab sweep` on ViTs first")
@@ -568,16 +575,18 @@ def inside_by_size_figure(runs: Sequence[RunInside], title: str | None = None) -
         "mean distance per layer", "lowest layer's most local head"))
     uniform = runs[0].view.uniform
     depth = len(runs[0].view.distance)
+    red, green, blue = (int(family_color(runs[0].family, 0)[i:i + 2], 16) for i in (1, 3, 5))
+    dark = family_color(runs[0].family, 2)
     for r in runs:
         shade = 0.25 + 0.75 * sizes.index(r.subset_size) / max(1, len(sizes) - 1)
-        colour = f"rgba(31, 119, 180, {shade:.2f})"
+        colour = f"rgba({red}, {green}, {blue}, {shade:.2f})"
         fig.add_trace(go.Scatter(
             x=list(range(1, depth + 1)), y=r.view.layer_means, mode="lines+markers", line=dict(color=colour),
             name=f"{r.subset_size:,} images" + (f", seed {r.seed}" if r.seed else ""), legendgroup=str(r.subset_size),
             hovertemplate=f"{r.subset_size:,} images: layer %{{x}}, %{{y:.1f}} px<extra></extra>"), 1, 1)
     fig.add_trace(go.Scatter(
         x=[r.subset_size for r in runs], y=[r.view.lowest_local for r in runs], mode="markers+lines",
-        name="lowest layer, most local head", marker=dict(size=9, color="#08519c"), line=dict(color="#08519c"),
+        name="lowest layer, most local head", marker=dict(size=9, color=dark), line=dict(color=dark),
         error_y=dict(type="data", symmetric=False, array=[r.lowest_high - r.view.lowest_local for r in runs],
                      arrayminus=[r.view.lowest_local - r.lowest_low for r in runs]),  # 95% interval over images
         customdata=[[r.seed, r.test_accuracy] for r in runs],
