@@ -1,6 +1,7 @@
 import contextlib
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -404,3 +405,24 @@ def test_the_zoo_hybrid_takes_non_square_inputs_on_its_8x8_grid_of_4_pixel_token
     tiny = vitlab.models.build_model({"zoo": "hybrid_tiny_c10"}).eval()
     cap = capture(tiny, torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert (cap.grid, cap.patch_size, len(cap.attn)) == ((8, 8), (4, 4), 5)
+
+
+def test_rollout_overlays_and_position_similarity_on_a_timm_hybrid():
+    from vitlab import plots, readouts
+
+    torch.manual_seed(0)
+    model = vitlab.models.build_model({"timm": "vit_tiny_r_s16_p8_224", "kwargs": dict(img_size=128, depth=2)}).eval()
+    images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
+    maps = readouts.rollout_maps(model, images)
+    x = vitlab.preprocess(model, images)
+    manual = _manual_attention(model, x)
+    expected = metrics.attention_rollout([manual[0], manual[1]], 1)  # (2, 16)
+    assert maps.shape == (2, 4, 4)
+    torch.testing.assert_close(maps, expected.reshape(2, 4, 4), rtol=1e-5, atol=1e-6)
+    overlay = plots.attention_overlay_figure(images[0], maps[0], scale="rollout")
+    heat = overlay.data[-1]  # one cell per token, each spanning its 32-pixel stride of the image
+    assert np.asarray(heat.z).shape == (4, 4) and (heat.dx, heat.dy, heat.x0) == (32, 32, 15.5)
+    sim = metrics.position_similarity(model)
+    pos = torch.nn.functional.normalize(model.pos_embed[0, 1:].detach(), dim=-1)  # (16, D)
+    assert sim.shape == (4, 4, 4, 4)
+    torch.testing.assert_close(sim.reshape(16, 16), pos @ pos.T)
