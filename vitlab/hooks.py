@@ -208,10 +208,16 @@ class Capture:
         """Block ``layer``'s output tokens (B, N, D)."""
         self.tokens.record(layer, tokens)
 
-    def record_output(self, logits: torch.Tensor, input_size: tuple[int, int], grid: tuple[int, int]) -> None:
-        """The model's output for an input of ``input_size`` (H, W) pixels cut into ``grid`` (rows, cols) patches."""
+    def record_output(self, logits: torch.Tensor, input_size: tuple[int, int],
+                      grid: tuple[int, int] | None = None) -> None:
+        """The model's output for an input of ``input_size`` (H, W) pixels; sets ``grid``.
+
+        ``grid`` (rows, cols) is the model's own count where it pads (timm's ``dynamic_feat_size``);
+        by default ``input_size`` over ``patch_size``.
+        """
         self.logits = logits
-        self.grid = tuple(grid)
+        self.grid = tuple(grid) if grid is not None else (input_size[0] // self.patch_size[0],
+                                                           input_size[1] // self.patch_size[1])
         if self.tokens:
             n = next(iter(self.tokens.values())).shape[1] - self.num_prefix_tokens
             if n != self.grid[0] * self.grid[1]:
