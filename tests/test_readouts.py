@@ -299,3 +299,31 @@ def test_inside_comparison_finds_each_models_most_local_head_and_refuses_mixed_g
     other = dataclasses.replace(_view(1, 3.0), grid=(4, 4), patch_size=(8, 8))
     with pytest.raises(ValueError, match="one patch grid"):
         readouts.inside_comparison({"a": views["a"], "c": other})
+
+
+def test_families_compares_seed_means_size_by_size_at_sizes_every_model_ran():
+    from vitlab.records import RunRecord
+
+    def run(model, family, size, seed, acc, init="", flops=1e8):
+        return RunRecord(model=model, family=family, subset_size=size, seed=seed, epochs=5, test_accuracy=acc,
+                         init=init, flops_per_image=flops)
+
+    runs = [run("r", "resnet", 1000, 0, 0.45), run("r", "resnet", 5000, 0, 0.60),
+            run("v", "vit", 1000, 0, 0.40), run("v", "vit", 1000, 1, 0.44), run("v", "vit", 5000, 0, 0.55),
+            run("h", "hybrid", 1000, 0, 0.50, flops=3e8), run("h", "hybrid", 5000, 0, 0.58, flops=3e8),
+            run("h", "hybrid", 25000, 0, 0.70, flops=3e8),  # 25,000: only the hybrid ran it
+            run("v", "vit", 1000, 0, 0.99, init="mpp:enc")]  # fine-tuned: left out
+    r = readouts.families(runs)
+    assert list(r.models) == ["v", "h", "r"] and r.sizes == [1000, 5000]
+    assert r.accuracy["v"][1000] == [0.40, 0.44]
+    assert r.best == {1000: "h", 5000: "r"}
+    assert r.gaps["v", "h"][1000] == pytest.approx(0.42 - 0.50)
+    assert r.gaps["h", "r"][5000] == pytest.approx(-0.02)
+    assert list(r.gaps) == [("v", "h"), ("v", "r"), ("h", "r")]
+    assert "1,000 images: h 50.0% > r 45.0% > v 42.0%" in r.text
+    assert "h ahead of r at 1 of 2 sizes (+5.0 points at 1,000 images, -2.0 at 5,000)" in r.text
+    assert "v 100 M, h 300 M, r 100 M" in r.text and r.flops_per_image["h"] == 3e8
+    with pytest.raises(ValueError, match="at least two models"):
+        readouts.families([x for x in runs if x.model == "v"])
+    with pytest.raises(ValueError, match="no training-set size"):
+        readouts.families([run("a", "vit", 1000, 0, 0.4), run("b", "resnet", 5000, 0, 0.5)])

@@ -736,6 +736,79 @@ def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on:
                            tuned={n: tuned[n] for n in sizes}, gain=gain)
 
 
+# --- three families: ViT, hybrid and ResNet against training-set size ----------------------------
+
+PAPER_FAMILIES = ("Fig. 5 (pre-trained on JFT-300M, transfer accuracy against pre-training compute): ViTs dominate "
+                  "ResNets on the performance/compute trade-off, needing 2-4x less compute for the same accuracy; "
+                  "hybrids slightly outperform ViTs at small computational budgets, and the difference vanishes "
+                  "for larger models.")
+
+#: Figure order of the families: ViTs, then hybrids, then ResNets (other families last).
+FAMILY_ORDER = {"vit": 0, "hybrid": 1, "resnet": 2}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FamiliesReadout(Readout):
+    """Each model trained from scratch in one sweep, per training-set size (:func:`families`).
+
+    Attributes:
+        models: model name -> family, ViTs first, then hybrids, then ResNets.
+        sizes: the training-set sizes every model ran, ascending.
+        accuracy: model -> size -> each seed's test accuracy (fractions).
+        flops_per_image: model -> training FLOPs of one image (forward and backward).
+        best: size -> the model with the highest mean test accuracy.
+        gaps: (model a, model b) -> size -> mean accuracy of a minus that of b (fractions), for
+            every pair in ``models`` order.
+    """
+
+    models: dict[str, str]
+    sizes: list[int]
+    accuracy: dict[str, dict[int, list[float]]]
+    flops_per_image: dict[str, float]
+    best: dict[int, str]
+    gaps: dict[tuple[str, str], dict[int, float]]
+
+
+def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
+    """Readout of a sweep's models trained from scratch against each other, size by size (paper Fig. 5).
+
+    Runs fine-tuned from pre-trained weights (``init``) are left out; seeds are averaged.
+    Only sizes that every model ran count.
+    """
+    scratch = [r for r in runs if not r.init]
+    found = {r.model: r.family for r in scratch}
+    models = dict(sorted(found.items(), key=lambda kv: (FAMILY_ORDER.get(kv[1], len(FAMILY_ORDER)), kv[0])))
+    if len(models) < 2:
+        raise ValueError(f"comparing families needs runs of at least two models trained from scratch, got {list(models)}")
+    sizes = sorted(set.intersection(*({r.subset_size for r in scratch if r.model == m} for m in models)))
+    if not sizes:
+        raise ValueError(f"no training-set size was run for every model of {list(models)}")
+    acc = {m: {n: [r.test_accuracy for r in scratch if r.model == m and r.subset_size == n] for n in sizes}
+           for m in models}
+    mean = {m: {n: _mean(acc[m][n]) for n in sizes} for m in models}
+    best = {n: max(models, key=lambda m: mean[m][n]) for n in sizes}
+    names = list(models)
+    gaps = {(a, b): {n: mean[a][n] - mean[b][n] for n in sizes} for i, a in enumerate(names) for b in names[i + 1:]}
+    flops = {m: next(r.flops_per_image for r in scratch if r.model == m) for m in models}
+
+    def at(n: int) -> str:
+        ranked = sorted(models, key=lambda m: -mean[m][n])
+        return f"{n:,} images: " + " > ".join(f"{m} {mean[m][n]:.1%}" for m in ranked)
+
+    def pair(a: str, b: str) -> str:
+        g = gaps[a, b]
+        ahead = sum(v > 0 for v in g.values())
+        return (f"{a} ahead of {b} at {ahead} of {len(sizes)} sizes ({100 * g[sizes[0]]:+.1f} points at "
+                f"{sizes[0]:,} images, {100 * g[sizes[-1]]:+.1f} at {sizes[-1]:,})")
+
+    seeds = sorted({len(acc[m][n]) for m in models for n in sizes})
+    text = ("Test accuracy, mean over " + ("seeds" if seeds[-1] > 1 else "one seed") + ": "
+            + "; ".join(at(n) for n in sizes) + ". Pairwise: " + "; ".join(pair(a, b) for a, b in gaps)
+            + ". Training FLOPs per image: " + ", ".join(f"{m} {flops[m] / 1e6:.0f} M" for m in models) + ".")
+    return FamiliesReadout(figure="Fig. 5, small scale", text=text, paper=PAPER_FAMILIES, models=models, sizes=sizes,
+                           accuracy=acc, flops_per_image=flops, best=best, gaps=gaps)
+
+
 @dataclass(frozen=True, kw_only=True)
 class InsideComparisonReadout(Readout):
     """Fig. 7 numbers of several models of one architecture side by side (:func:`inside_comparison`).
