@@ -35,17 +35,22 @@ class CifarViT:
     family: str = "vit"
 
     def build(self) -> nn.Module:
-        return VisionTransformer(
-            img_size=self.img_size,
-            patch_size=self.patch_size,
-            num_classes=self.num_classes,
-            embed_dim=self.embed_dim,
-            depth=self.depth,
-            num_heads=self.num_heads,
-            mlp_ratio=self.mlp_ratio,
-            global_pool="token",
-            dynamic_img_size=True,  # lets analysis run on other sizes and non-square inputs
-        )
+        return _transformer(self, patch_size=self.patch_size)
+
+
+def _transformer(arch: CifarViT | CifarHybrid, **embedding: Any) -> VisionTransformer:
+    """The class-token VisionTransformer of ``arch``'s shape; ``embedding`` says how tokens are made."""
+    return VisionTransformer(
+        img_size=arch.img_size,
+        num_classes=arch.num_classes,
+        embed_dim=arch.embed_dim,
+        depth=arch.depth,
+        num_heads=arch.num_heads,
+        mlp_ratio=arch.mlp_ratio,
+        global_pool="token",
+        dynamic_img_size=True,  # lets analysis run on other sizes and non-square inputs
+        **embedding,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,18 +121,7 @@ class CifarHybrid:
         return nn.Sequential(OrderedDict({**stem, **stages}))
 
     def build(self) -> nn.Module:
-        return VisionTransformer(
-            img_size=self.img_size,
-            patch_size=1,
-            embed_layer=partial(HybridEmbed, backbone=self.backbone()),
-            num_classes=self.num_classes,
-            embed_dim=self.embed_dim,
-            depth=self.depth,
-            num_heads=self.num_heads,
-            mlp_ratio=self.mlp_ratio,
-            global_pool="token",
-            dynamic_img_size=True,
-        )
+        return _transformer(self, patch_size=1, embed_layer=partial(HybridEmbed, backbone=self.backbone()))
 
 
 Architecture = CifarViT | CifarResNet | CifarHybrid
