@@ -85,7 +85,7 @@ def _check_size(model: nn.Module, size: tuple[int, int], what: str) -> None:
             raise ValueError(f"{what} are {h}x{w} pixels, but the model takes {embed.img_size[0]}x{embed.img_size[1]}: "
                              f"pass uint8 images (vitlab.preprocess(model, images) resizes them to {target})")
     elif h % ph or w % pw:
-        raise ValueError(f"{what} are {h}x{w} pixels, not a multiple of the model's {ph}x{pw}-pixel patches: crop "
+        raise ValueError(f"{what} are {h}x{w} pixels, not a multiple of the model's {ph}x{pw} patch size: crop "
                          f"them, or pass uint8 images to vitlab.preprocess(model, images), which resizes to {target}")
 
 
