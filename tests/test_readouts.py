@@ -320,7 +320,7 @@ def test_families_compares_seed_means_size_by_size_at_sizes_every_model_ran():
     assert r.gaps["v", "h"][1000] == pytest.approx(0.42 - 0.50)
     assert r.gaps["h", "r"][5000] == pytest.approx(-0.02)
     assert list(r.gaps) == [("v", "h"), ("v", "r"), ("h", "r")]
-    assert "1,000 images: h 50.0% > r 45.0% > v 42.0%" in r.text
+    assert "1,000 images: h 50.0% > r 45.0% > v 42.0% (2 seeds)" in r.text
     assert "h ahead of r at 1 of 2 sizes (+5.0 points at 1,000 images, -2.0 at 5,000)" in r.text
     assert "v 100 M, h 300 M, r 100 M" in r.text and r.flops_per_image["h"] == 3e8
     with pytest.raises(ValueError, match="at least two models"):

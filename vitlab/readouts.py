@@ -793,7 +793,8 @@ def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
 
     def at(n: int) -> str:
         ranked = sorted(models, key=lambda m: -mean[m][n])
-        return f"{n:,} images: " + " > ".join(f"{m} {mean[m][n]:.1%}" for m in ranked)
+        seeds = {m: f" ({len(acc[m][n])} seeds)" if len(acc[m][n]) > 1 else "" for m in models}
+        return f"{n:,} images: " + " > ".join(f"{m} {mean[m][n]:.1%}{seeds[m]}" for m in ranked)
 
     def pair(a: str, b: str) -> str:
         g = gaps[a, b]
@@ -801,8 +802,7 @@ def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
         return (f"{a} ahead of {b} at {ahead} of {len(sizes)} sizes ({100 * g[sizes[0]]:+.1f} points at "
                 f"{sizes[0]:,} images, {100 * g[sizes[-1]]:+.1f} at {sizes[-1]:,})")
 
-    seeds = sorted({len(acc[m][n]) for m in models for n in sizes})
-    text = ("Test accuracy, mean over " + ("seeds" if seeds[-1] > 1 else "one seed") + ": "
+    text = ("Test accuracy on the 10,000 test images (mean over the seeds run, one where not said): "
             + "; ".join(at(n) for n in sizes) + ". Pairwise: " + "; ".join(pair(a, b) for a, b in gaps)
             + ". Training FLOPs per image: " + ", ".join(f"{m} {flops[m] / 1e6:.0f} M" for m in models) + ".")
     return FamiliesReadout(figure="Fig. 5, small scale", text=text, paper=PAPER_FAMILIES, models=models, sizes=sizes,
