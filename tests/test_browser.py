@@ -330,9 +330,9 @@ def test_vit_vs_resnet_notebook(lab, page):
 
     nb = Lab(page, lab, "05_vit_vs_resnet.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
     nb.run_all(timeout_s=600)
-    # Sweep figure and table, the mini-sweep's, the probes' depth and shots figures, two CKA heatmaps,
-    # attention distance against training-set size.
-    plots = nb.plots(9)
+    # Sweep figure and table, the mini-sweep's, the probes' depth and shots figures, two CKA heatmaps of
+    # the ViT and two of the hybrid, attention distance against training-set size of the ViT and the hybrid.
+    plots = nb.plots(12)
     # Straight after Run All, before any click: every header and every accuracy is drawn.
     for table in (plots.nth(1), plots.nth(3)):
         headers = [t.replace("\xa0", " ") for t in table.locator("#header .cell-text").all_text_contents()]
@@ -341,15 +341,18 @@ def test_vit_vs_resnet_notebook(lab, page):
     expected = vitlab.plots.sweep_table(vitlab.records.read_runs(vitlab.records.RESULTS)).data[0].cells.values
     missing = {str(v).replace("\xa0", " ") for column in expected for v in column} - drawn
     assert not missing, f"table cells not drawn: {sorted(missing)[:5]}"
-    assert plots.nth(0).locator(".scatterlayer .trace").count() >= 2  # a ViT and a ResNet curve
-    assert plots.nth(2).locator(".scatterlayer .trace").count() == 2  # the live mini-sweep drew both families
-    for i in (6, 7):
+    assert plots.nth(0).locator(".scatterlayer .trace").count() >= 3  # a ViT, a hybrid and a ResNet curve
+    assert plots.nth(2).locator(".scatterlayer .trace").count() == 3  # the live mini-sweep drew all three families
+    for i in (6, 7, 8, 9):
         assert plots.nth(i).locator(".hm image, .heatmaplayer image").count() >= 1
-    assert plots.nth(8).locator(".scatterlayer .trace").count() >= 8  # six sizes, the lowest head, uniform
+    for i in (10, 11):  # the ViT's and the hybrid's: six sizes, the lowest head, uniform
+        assert plots.nth(i).locator(".scatterlayer .trace").count() >= 8
+    readout = page.locator(".jp-Notebook .jp-RenderedMarkdown", has_text="Pairwise:").first
+    assert "hybrid_tiny_c10" in readout.text_content()  # the families readout, computed from the records
     flops = page.locator(".jp-Notebook .widget-toggle-button", has_text="training FLOPs").first
     nb.change("flops", flops.click, f"() => document.querySelectorAll('{PLOTS}')[0]"
               ".querySelector('.xtitle').textContent.includes('FLOPs')", timeout_s=30)
-    for name, index in (("probes", 4), ("cka", 6)):
+    for name, index in (("sweep", 0), ("probes", 4), ("cka", 6), ("cka_hybrid", 8), ("inside_hybrid", 11)):
         plots.nth(index).scroll_into_view_if_needed()
         plots.nth(index).screenshot(path=str(ARTIFACTS / f"05_{name}.png"))
     nb.check()
