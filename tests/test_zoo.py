@@ -101,6 +101,24 @@ def test_publish_copies_a_run_with_its_record_and_command(fake_cifar, tmp_path, 
         zoo.publish(tmp_path / "run", "resnet_micro_c10")
 
 
+def test_publish_of_a_hybrid_keeps_its_cnn_and_its_views_without_filters(fake_cifar, tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "ZOO_DIR", tmp_path / "zoo")
+    monkeypatch.setattr(zoo, "CHECK_SIZE", 50)  # the fake test split holds 100 images
+    settings = zoo.train_config("hybrid_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    result = train.train(settings, tmp_path / "run", progress=False)
+    target = zoo.publish(tmp_path / "run", "hybrid_micro_c10", code_version="abc1234")
+    loaded = vitlab.load_model("hybrid_micro_c10", device="cpu")
+    assert vitlab.metrics.is_hybrid(loaded) and zoo.zoo()["hybrid_micro_c10"]["family"] == "hybrid"
+    state = result.model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())  # the CNN's weights included
+    assert any(k.startswith("patch_embed.backbone.layer2") for k in state)
+    images, labels = vitlab.data.cifar10("test")
+    record = json.loads(target.with_suffix(".json").read_text())
+    assert record["metrics"]["test_accuracy"] == train.evaluate(loaded, images, labels)
+    views = vitlab.inside.read(zoo.inside_folder("hybrid_micro_c10"))
+    assert [v.filter_k for v in views] == [0]
+
+
 def test_publish_of_a_pretrained_encoder_keeps_its_colour_head_and_records_its_pretraining(fake_cifar, tmp_path,
                                                                                             monkeypatch):
     monkeypatch.setattr(models, "ZOO_DIR", tmp_path / "zoo")
