@@ -18,7 +18,7 @@ from .models import preprocess
 from .plotting import (duration, family_color, family_shades, integer_ticks, json_safe, layout, mosaic_axes,
                        square_axes, table, tile)
 from .readouts import check_one_grid, number as _number, spread_text
-from .records import InsideView, ProbeRecord, Recipes, RunInside, RunRecord, group_spread, spread
+from .records import FAMILY_ORDER, InsideView, ProbeRecord, Recipes, RunInside, RunRecord, group_spread, spread
 
 
 def tile_mosaic(tiles: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -422,8 +422,8 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
     value = (lambda r: r.test_accuracy) if shots is None else (lambda r: r.fewshot.get(shots))
     records = [r for r in records if value(r) is not None]
     family = {r.label: r.family for r in records}  # runs fine-tuned from pre-trained weights are series of their own
-    order = {"vit": 0, "hybrid": 1}  # ViTs, then hybrids, then ResNets
-    names = [n for n in sorted(family, key=lambda m: (order.get(family[m], 2), m)) if models is None or n in models]
+    names = [n for n in sorted(family, key=lambda m: (FAMILY_ORDER.get(family[m], len(FAMILY_ORDER)), m))
+             if models is None or n in models]
     fig, shade = go.Figure(), {f: 0 for f in family.values()}
     for name in names:
         groups = _by_size([r for r in records if r.label == name])

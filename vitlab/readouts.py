@@ -29,7 +29,7 @@ from torch import nn
 from . import metrics
 from .hooks import INIT_SEEDS, capture, head_statistics, random_init, random_init_statistics, uniform_distance
 from .inputs import check_images
-from .records import InsideView, Recipes, RunInside, RunRecord
+from .records import FAMILY_ORDER, InsideView, Recipes, RunInside, RunRecord
 
 #: A head is "local" when its whole 95% interval lies below this fraction of the uniform-attention distance.
 LOCAL_FRACTION = 0.5
@@ -742,10 +742,6 @@ PAPER_FAMILIES = ("Fig. 5 (pre-trained on JFT-300M, transfer accuracy against pr
                   "ResNets on the performance/compute trade-off, needing 2-4x less compute for the same accuracy; "
                   "hybrids slightly outperform ViTs at small computational budgets, and the difference vanishes "
                   "for larger models.")
-
-#: Figure order of the families: ViTs, then hybrids, then ResNets (other families last).
-FAMILY_ORDER = {"vit": 0, "hybrid": 1, "resnet": 2}
-
 
 @dataclass(frozen=True, kw_only=True)
 class FamiliesReadout(Readout):

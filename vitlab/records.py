@@ -32,6 +32,9 @@ from . import settings
 from .io import atomic_write
 
 #: The committed CPU sweep (``<RESULTS>.csv``, ``<RESULTS>.json`` and their ``-fewshot`` files).
+#: The order figures and readouts give the model families: ViTs, hybrids, ResNets (others after them).
+FAMILY_ORDER = {"vit": 0, "hybrid": 1, "resnet": 2}
+
 RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_vs_resnet"
 #: The ViT fine-tuned from the masked-patch-prediction encoder at the sweep's sizes (``init`` set).
 MPP_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "mpp_finetune"
@@ -63,7 +66,7 @@ class RunRecord:
     """One training run of a sweep.
 
     Attributes:
-        model: zoo name of the trained model; family: ``"vit"`` or ``"resnet"``.
+        model: zoo name of the trained model; family: ``"vit"``, ``"hybrid"`` or ``"resnet"``.
         subset_size: training images (a class-stratified CIFAR-10 subset); seed; epochs.
         test_accuracy: fraction of the 10,000 test images classified correctly.
         train_flops: FLOPs of all training steps (forward + backward); flops_per_image: of one image.
@@ -112,7 +115,7 @@ class ProbeRecord:
     """One few-shot linear probe: one layer and pooling of a model, one draw of the shots.
 
     Attributes:
-        model: the name the probed model was given; family: ``"vit"`` or ``"resnet"``.
+        model: the name the probed model was given; family: ``"vit"``, ``"hybrid"`` or ``"resnet"``.
         layer: module name (e.g. ``"blocks.3"``, ``"layer2"``) or ``"pre_logits"`` (what
             the classifier head reads).
         depth: the layer's index in ``features.representation_layers`` (``pre_logits``
