@@ -268,8 +268,14 @@ def test_the_explorers_of_notebooks_02_to_04_take_a_hybrid(hybrid_file):
     # by hand: conv k3 (3), max-pool k3 s2 (5), layer1 two k3 (13), layer2 k3 s2 (17), k3 at jump 4 (25)
     assert stem.name.endswith("(25 px)") and list(stem.y) == [25.0, 25.0] and list(stem.x) == [1, 5]
     assert _trace(distance.figure, "resnet_tiny_c10 receptive field")  # the CNN contrast stays
-    figure, _ = widgets.attention_distance_view(hybrid_file, images)
+    figure, readout = widgets.attention_distance_view(hybrid_file, images)
     assert list(_trace(figure, f"{hybrid_file}'s CNN stem").y) == [25.0, 25.0]
+    assert "25-pixel window" in readout.text and readout.paper == readouts.PAPER_HYBRID_DISTANCE
+    assert "less pronounced in hybrid models" in distance.readout.value
+    band = hooks.random_init_statistics(net, images)["distance"]
+    plain = readouts.attention_distance(head_statistics(net, images)["distance_per_image"], readout.uniform, band)
+    assert plain.paper == readouts.PAPER_DISTANCE and "window" not in plain.text  # the same numbers, said as a ViT's
+    assert plain.text in readout.text
     maps = widgets.AttentionMapsExplorer([hybrid_file], images, ["a", "b", "c", "d"])
     maps.select(2, 5)
     maps.layer.value, maps.head.value = 3, 1

@@ -117,6 +117,9 @@ def spread_text(values: Sequence[float], digits: int = 2, unit: str = "", scale:
 
 PAPER_DISTANCE = ("in the lowest layers some heads attend locally while others attend across most of the "
                   "image, and attention distance grows with depth.")
+PAPER_HYBRID_DISTANCE = ("(section 4.5) the highly localised attention of a ViT's lowest layers is less pronounced in "
+                         "hybrid models that apply a ResNet before the Transformer, suggesting that it may serve a "
+                         "similar function as early convolutional layers in CNNs.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,7 +160,7 @@ class DistanceReadout(Readout):
 
 def attention_distance(distance_per_image: torch.Tensor, uniform: float, random_init: torch.Tensor | None = None,
                        layers: Sequence[int] | None = None, resamples: int = RESAMPLES,
-                       seed: int = BOOTSTRAP_SEED) -> DistanceReadout:
+                       seed: int = BOOTSTRAP_SEED, token_field: float | None = None) -> DistanceReadout:
     """Readout of Fig. 7 (right) from each image's per-head mean attention distance.
 
     A head is called **local** when the upper end of its 95% bootstrap interval lies below
@@ -171,6 +174,8 @@ def attention_distance(distance_per_image: torch.Tensor, uniform: float, random_
         random_init: (seeds, layers, heads) pixels of random-initialised models, or None.
         layers: block indices of the rows (default 0..layers-1); the first row is the "lowest layer".
         resamples, seed: of the bootstrap over images (:func:`bootstrap_interval`).
+        token_field: for a hybrid, the pixels across the window each token sees through its CNN
+            (:func:`vitlab.metrics.token_receptive_field`): said in the text, beside the paper's remark on hybrids.
     """
     d = distance_per_image.detach().double().cpu()
     if d.ndim != 3 or len(d) < 1:
@@ -201,8 +206,11 @@ def attention_distance(distance_per_image: torch.Tensor, uniform: float, random_
             f"{float(high[0, head]):.1f}, std {float(std[0, head]):.1f} across {len(d)} images). "
             f"Mean over heads: {_px(float(per_layer[0]))} in layer {layers[0] + 1}, {_px(float(per_layer[-1]))} in "
             f"layer {layers[-1] + 1}, largest in layer {layers[deepest] + 1}.")
+    if token_field is not None:
+        text += (f" A hybrid: before any attention, each token already sees a {token_field:.0f}-pixel window of the "
+                 "image through its CNN.")
     return DistanceReadout(
-        figure="Fig. 7 (right)", text=text, paper=PAPER_DISTANCE, layers=layers, mean=mean.float(), std=std.float(),
+        figure="Fig. 7 (right)", text=text, paper=PAPER_DISTANCE if token_field is None else PAPER_HYBRID_DISTANCE, layers=layers, mean=mean.float(), std=std.float(),
         low=low.float(), high=high.float(), layer_min=[float(x) for x in mean.min(1).values],
         layer_max=[float(x) for x in mean.max(1).values], head=head, head_mean=float(mean[0, head]),
         head_low=float(low[0, head]), head_high=float(high[0, head]), head_std=float(std[0, head]),
@@ -223,7 +231,12 @@ def attention_distance_of(model: nn.Module, images: torch.Tensor, renormalize: b
         band = random_init_statistics(model, images, seeds, batch_size, renormalize=renormalize,
                                       progress=progress)["distance"]
     return attention_distance(stats["distance_per_image"], uniform_distance(model, renormalize), band,
-                              stats["layers"].tolist())
+                              stats["layers"].tolist(), token_field=token_field_of(model))
+
+
+def token_field_of(model: nn.Module) -> float | None:
+    """A hybrid's tokens' CNN window in pixels (:func:`vitlab.metrics.token_receptive_field`); None for a ViT."""
+    return metrics.token_receptive_field(model) if metrics.is_hybrid(model) else None
 
 
 # --- Fig. 7 (center): position embeddings --------------------------------------------------------

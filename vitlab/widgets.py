@@ -250,7 +250,8 @@ class AttentionDistanceExplorer(Explorer):
         title = (f"{self.model.value}: mean attention distance ({self.convention.value}), "
                  f"{self.describe(result)}; {self.references(result)}")
         self.readout.value = readouts.attention_distance(result.stats["distance_per_image"], result.uniform,
-                                                         result.random_init, result.stats["layers"].tolist()).html()
+                                                         result.random_init, result.stats["layers"].tolist(),
+                                                         token_field=readouts.token_field_of(result.model)).html()
         return [plots.attention_distance_figure(result.stats["distance"], result.stats["layers"], reference,
                                                 max_distance=diagonal, title=title, depth=depth,
                                                 uniform=result.uniform, random_init=result.random_init)]
@@ -293,7 +294,8 @@ def attention_distance_view(model: str, images: torch.Tensor, reference: str | N
     title = f"{model}: mean attention distance, {data.describe_images(len(images), source)}; uniform {uniform:.1f} px"
     figure = plots.attention_distance_figure(stats["distance"], stats["layers"], lines, diagonal, title=title,
                                              depth=depth, uniform=uniform, random_init=band)
-    return figure, readouts.attention_distance(stats["distance_per_image"], uniform, band, stats["layers"].tolist())
+    return figure, readouts.attention_distance(stats["distance_per_image"], uniform, band, stats["layers"].tolist(),
+                                               token_field=readouts.token_field_of(net))
 
 
 # --- Fig. 6: attention maps -----------------------------------------------------------------
