@@ -13,8 +13,8 @@ from vitlab.__main__ import main
 SHIPPED = [name for name, entry in zoo.ENTRIES.items() if entry.shipped]
 
 
-def test_the_zoo_ships_a_vit_and_a_resnet():
-    assert {zoo.ENTRIES[n].family for n in SHIPPED} == {"vit", "resnet"}
+def test_the_zoo_ships_a_vit_a_hybrid_and_a_resnet():
+    assert {zoo.ENTRIES[n].family for n in SHIPPED} == {"vit", "hybrid", "resnet"}
     on_disk = sorted(p.stem for p in models.ZOO_DIR.glob("*.safetensors"))
     assert on_disk == sorted(SHIPPED)  # no undeclared checkpoint either
     # At least one shipped ViT carries its inside views over training (notebook 03 shows them).

@@ -91,7 +91,7 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
              description=models.ARCHITECTURES["vit_tiny_c10"].description + "; pre-trained without labels by masked "
              "patch prediction for 20 epochs (its classifier head is untrained: fine-tune it with --init)", shipped=True),
     _entry("vit_small_c10", VIT_RECIPE),
-    _entry("hybrid_tiny_c10", VIT_RECIPE),
+    _entry("hybrid_tiny_c10", VIT_RECIPE, shipped=True),
     _entry("resnet_tiny_c10", RESNET_RECIPE, shipped=True),
     _entry("resnet_small_c10", RESNET_RECIPE),
     _entry("vit_micro_c10", VIT_RECIPE),
