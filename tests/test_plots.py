@@ -436,3 +436,16 @@ def test_inside_comparison_figure_draws_each_models_layer_means_and_most_local_h
     assert by_name["scratch: most local head"] == [12.0, 14.0]
     assert by_name["uniform attention (16.0 px)"] == [16.0, 16.0]
     _strict_json(fig)
+    colours = {t.name: t.line.color for t in plots.inside_comparison_figure(views, families={"scratch": "hybrid"}).data}
+    assert colours["scratch: mean over heads"] == plotting.family_color("hybrid", 0)  # its family's green
+    assert colours["pre-trained: mean over heads"] == "#1f77b4"  # the palette's first colour, unchanged
+
+
+def test_a_hybrids_stem_line_is_styled_apart_from_a_cnns_receptive_fields():
+    lines = {**plots.receptive_field_reference([("conv1", 3.0), ("layer4", 40.0)], 5),
+             **plots.token_field_reference(25.0, 5, "stem")}
+    fig = plots.attention_distance_figure(torch.full((5, 2), 10.0), reference=lines, max_distance=45.0)
+    stem, cnn = next(t for t in fig.data if t.name == "stem"), next(t for t in fig.data if t.name.startswith("ResNet"))
+    assert list(stem.x) == [1, 5] and list(stem.y) == [25.0, 25.0]
+    assert (stem.line.dash, stem.line.color) == ("dashdot", plotting.family_color("hybrid", 2))
+    assert (cnn.line.dash, cnn.line.color) == ("dot", "gray")

@@ -200,16 +200,19 @@ def token_field_reference(pixels: float, depth: int, name: str = "CNN stem recep
     Returns ``{name: (depths 1..depth, pixels, labels)}`` for :func:`attention_distance_figure`:
     before any attention, each token already sees this window of the image.
     """
-    return {name: ([1, depth], [pixels, pixels], ["the tokens' CNN window (every layer's input)"] * 2)}
+    style = dict(dash="dashdot", color=family_color("hybrid", 2))  # apart from a CNN's grey receptive fields
+    return {name: ([1, depth], [pixels, pixels], ["the tokens' CNN window (every layer's input)"] * 2, style)}
 
 
 def _reference_traces(fig: go.Figure, reference: dict[str, tuple], top: float) -> None:
-    """Dotted reference curves, clipped at ``top`` with a note of where they leave the plot."""
-    for name, (xs, ys, *labels) in reference.items():
-        names = labels[0] if labels else [f"depth {x:g}" for x in xs]
+    """Reference curves (grey dots unless a fourth element gives the line's style), clipped at ``top``
+    with a note of where they leave the plot."""
+    for name, (xs, ys, *rest) in reference.items():
+        names = rest[0] if rest else [f"depth {x:g}" for x in xs]
+        style = rest[1] if len(rest) > 1 else dict(dash="dot", color="gray")
         fig.add_trace(go.Scatter(
             x=xs, y=[min(y, top) for y in ys], mode="lines+markers", name=name, customdata=list(zip(names, ys)),
-            line=dict(dash="dot", color="gray"), cliponaxis=False,
+            line=style, cliponaxis=False,
             marker=dict(symbol=["triangle-up" if y > top else "circle" for y in ys]),  # up: clipped
             hovertemplate="%{customdata[0]}<br>%{customdata[1]:.0f} px<extra>" + name + "</extra>"))
         over = [i for i, y in enumerate(ys) if y > top]
@@ -787,19 +790,23 @@ def mpp_example_figure(model: nn.Module, images: torch.Tensor, seed: int = 0,
     return layout(fig, title, 860, 90 + 200 * rows, margin=(10, 10, 90, 20))
 
 
-def inside_comparison_figure(views: dict[str, InsideView], title: str = "Attention distance against depth"
-                             ) -> go.Figure:
+def inside_comparison_figure(views: dict[str, InsideView], title: str = "Attention distance against depth",
+                             families: dict[str, str] | None = None) -> go.Figure:
     """Fig. 7 (right) for several models side by side: each layer's mean and most local head, and uniform attention.
 
     Args:
         views: label -> the model's :class:`~vitlab.records.InsideView` (:func:`vitlab.inside.inside_view`),
-            all of one architecture (the same uniform-attention distance).
+            all on one grid of tokens (the same uniform-attention distance).
+        families: label -> family (``"vit"``, ``"hybrid"``): those labels take their family's colour,
+            as in the sweep's figures; the others take a fixed palette in order.
     """
     check_one_grid(views)
     fig = go.Figure()
-    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+    palette = iter(("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"))
+    families = families or {}
+    colours = [family_color(families[name], 0) if name in families else next(palette) for name in views]
     depth = max(len(v.distance) for v in views.values())
-    for (name, view), colour in zip(views.items(), palette):
+    for (name, view), colour in zip(views.items(), colours):
         layers = list(range(1, len(view.distance) + 1))
         fig.add_trace(go.Scatter(x=layers, y=view.layer_means, mode="lines+markers", line=dict(color=colour),
                                  name=f"{name}: mean over heads", legendgroup=name,
