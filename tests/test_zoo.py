@@ -76,12 +76,17 @@ def test_train_config_is_the_recipe_with_overrides():
     assert zoo.train_config("vit_tiny_c10").lr == 1e-3
 
 
-def test_publish_copies_a_run_with_its_record_and_command(fake_cifar, tmp_path, monkeypatch):
+def _train_and_publish(name, tmp_path, monkeypatch):
+    """A one-epoch run of zoo entry ``name`` on the fake CIFAR-10, published into a zoo under ``tmp_path``."""
     monkeypatch.setattr(models, "ZOO_DIR", tmp_path / "zoo")
     monkeypatch.setattr(zoo, "CHECK_SIZE", 50)  # the fake test split holds 100 images
-    settings = zoo.train_config("vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    settings = zoo.train_config(name, epochs=1, batch_size=64, eval_size=50)
     result = train.train(settings, tmp_path / "run", progress=False)
-    target = zoo.publish(tmp_path / "run", "vit_micro_c10", code_version="abc1234")
+    return settings, result, zoo.publish(tmp_path / "run", name, code_version="abc1234")
+
+
+def test_publish_copies_a_run_with_its_record_and_command(fake_cifar, tmp_path, monkeypatch):
+    settings, result, target = _train_and_publish("vit_micro_c10", tmp_path, monkeypatch)
     assert target == tmp_path / "zoo" / "vit_micro_c10.safetensors" and zoo.trained("vit_micro_c10")
     record = json.loads(target.with_suffix(".json").read_text())
     images, labels = vitlab.data.cifar10("test")
@@ -102,11 +107,7 @@ def test_publish_copies_a_run_with_its_record_and_command(fake_cifar, tmp_path, 
 
 
 def test_publish_of_a_hybrid_keeps_its_cnn_and_its_views_without_filters(fake_cifar, tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "ZOO_DIR", tmp_path / "zoo")
-    monkeypatch.setattr(zoo, "CHECK_SIZE", 50)  # the fake test split holds 100 images
-    settings = zoo.train_config("hybrid_micro_c10", epochs=1, batch_size=64, eval_size=50)
-    result = train.train(settings, tmp_path / "run", progress=False)
-    target = zoo.publish(tmp_path / "run", "hybrid_micro_c10", code_version="abc1234")
+    _, result, target = _train_and_publish("hybrid_micro_c10", tmp_path, monkeypatch)
     loaded = vitlab.load_model("hybrid_micro_c10", device="cpu")
     assert vitlab.metrics.is_hybrid(loaded) and zoo.zoo()["hybrid_micro_c10"]["family"] == "hybrid"
     state = result.model.state_dict()
