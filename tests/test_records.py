@@ -15,11 +15,15 @@ SUFFIXES = (".json", ".csv", "-fewshot.json", "-fewshot.csv")
 def test_committed_results_are_rewritten_byte_for_byte(tmp_path):
     runs = records.read_runs(records.RESULTS)
     probes, probe_commands = records.read_run_probes(records.RESULTS)
-    assert len(runs) == 32 and len(probes) == 32
+    count = {f: sum(r.family == f for r in runs) for f in ("vit", "hybrid", "resnet")}
+    assert count == {"vit": 16, "hybrid": 6, "resnet": 16} and len(probes) == len(runs) == 38
+    insides, inside_commands = records.read_run_insides(records.RESULTS)
+    assert [v.model for v in insides] == ["hybrid_tiny_c10"] * 6  # the hybrid's runs: ViTs' are in INSIDE_RESULTS
     out = tmp_path / "copy"
     records.write_runs(out, runs, records.read_commands(records.RESULTS))
     records.write_run_probes(out, probes, probe_commands)
-    for suffix in SUFFIXES:
+    records.write_run_insides(out, insides, inside_commands)
+    for suffix in (*SUFFIXES, "-inside.json", "-inside.csv"):
         assert (tmp_path / f"copy{suffix}").read_bytes() == records.RESULTS.with_name(
             records.RESULTS.name + suffix).read_bytes(), suffix
 
@@ -28,7 +32,7 @@ def test_committed_runs_carry_their_probes_and_family():
     runs = records.read_runs(records.RESULTS)
     raw = json.loads(records.RESULTS.with_name(records.RESULTS.name + "-fewshot.json").read_text())["runs"]
     for r in runs:
-        assert isinstance(r, RunRecord) and r.family in ("vit", "resnet") and r.model.startswith(r.family)
+        assert isinstance(r, RunRecord) and r.family in ("vit", "hybrid", "resnet") and r.model.startswith(r.family)
         (row,) = [p for p in raw if (p["model"], p["subset_size"], p["seed"], p["epochs"]) ==
                   (r.model, r.subset_size, r.seed, r.epochs)]
         assert r.fewshot == {k: row[f"fewshot_{k}"] for k in (1, 5, 10, 25)}
