@@ -338,7 +338,7 @@ def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None
         x = images.to(next(model.parameters()).device)  # where preprocess puts uint8 images too
     with _open(model, layers, check=False) as cache:
         logits = model(x)
-    cache.record_output(logits, tuple(x.shape[-2:]), _grid(model, tuple(x.shape[-2:])))
+    cache.record_output(logits, tuple(x.shape[-2:]), cache.grid)  # the grid the pre-forward hook read from the model
     return cache
 
 

@@ -263,8 +263,8 @@ def _distance_references(model: nn.Module, name: str, cnn: str | None, depth: in
     if cnn is not None:
         lines = plots.receptive_field_reference(metrics.receptive_fields(cached_model(cnn)), depth,
                                                 f"{cnn} receptive field")
-    if metrics.is_hybrid(model):
-        pixels = metrics.token_receptive_field(model)
+    pixels = readouts.token_field_of(model)  # None for a ViT
+    if pixels is not None:
         lines.update(plots.token_field_reference(pixels, depth, f"{name}'s CNN stem receptive field ({pixels:.0f} px)"))
     return lines
 
