@@ -1,4 +1,4 @@
-"""Cost of vitlab.capture (module vitlab.hooks), and memory of streaming attention statistics.
+"""Cost of vitlab.capture (module vitlab.analysis.capture), and memory of streaming attention statistics.
 
 Prints, in one run (targets in brackets):
   1. capture of all layers vs a plain forward with timm's default fused attention,
@@ -26,7 +26,7 @@ import torch
 from timm.utils import AttentionExtract
 
 from vitlab import data, settings
-from vitlab.hooks import capture, head_statistics
+from vitlab.analysis.capture import capture, head_statistics
 from vitlab.models import load_model
 
 

@@ -1,6 +1,6 @@
 """Cost of the inside views: one inside view on the probe set against one full-data training epoch.
 
-The trainer records an inside view (:mod:`vitlab.inside`) at the end of each epoch; it
+The trainer records an inside view (:mod:`vitlab.training.inside`) at the end of each epoch; it
 should cost at most 5% of a full-data epoch. This times ``--repeats`` inside views of
 ``--model`` on the probe set (256 class-balanced test images), and ``--steps`` training
 steps (vitlab's own step, batch ``--batch``), and estimates the epoch of 50,000 images from
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from vitlab import inside
-from vitlab.train import TRAIN_IMAGES, TrainConfig, _setup, _step, augment, hardware
+from vitlab.training import inside
+from vitlab.training.loop import TRAIN_IMAGES, TrainConfig, _setup, _step, augment, hardware
 
 
 def main() -> None:

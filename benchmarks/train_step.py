@@ -53,7 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitlab import data, settings
 from vitlab.models import ARCHITECTURES, build_model, preprocess
-from vitlab.train import TrainConfig, autocast_dtype, hardware, param_groups, train
+from vitlab.training.loop import TrainConfig, autocast_dtype, hardware, param_groups, train
 
 #: Dense bf16 peak of known GPUs, FLOP/s, for utilisation.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -173,7 +173,7 @@ def bare_loop(model_name: str, batch: int, steps: int, device: torch.device, amp
 
 
 def vitlab_loop(model_name: str, batch: int, steps: int, device: torch.device) -> float:
-    """Images/s that ``vitlab.train`` reports for one epoch of ``steps`` steps."""
+    """Images/s that ``vitlab.training.loop`` reports for one epoch of ``steps`` steps."""
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(model=model_name, subset_size=batch * steps, epochs=1, batch_size=batch, eval_size=100)
         return train(config, out, device=device, progress=False).record["images_per_second"]

@@ -22,12 +22,14 @@ import torch
 from PIL import Image
 
 import vitlab
-from vitlab import checkpoints, data, metrics, models, records
-from vitlab.features import layer_features, layer_hooks, pre_logits
-from vitlab.hooks import capture, head_statistics, hooks
-from vitlab.sweep import SweepConfig, sweep
-from vitlab.train import TrainConfig
-from vitlab.weights import WeightsFileError
+from vitlab import data, models, records
+from vitlab.training import run_folder
+from vitlab.analysis import metrics
+from vitlab.analysis.features import layer_features, layer_hooks, pre_logits
+from vitlab.analysis.capture import capture, head_statistics, hooks
+from vitlab.training.sweep import SweepConfig, sweep
+from vitlab.training.loop import TrainConfig
+from vitlab.models.weights import WeightsFileError
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def _foreign_model(tmp: Path) -> None:
 
 def _in_use(tmp: Path) -> None:
     (tmp / "run").mkdir()
-    with checkpoints.lock_run(tmp / "run"):  # as another process training there holds it
+    with run_folder.lock_run(tmp / "run"):  # as another process training there holds it
         cli("train", "--out", str(tmp / "run"))
 
 
@@ -89,7 +91,7 @@ def _unreadable_checkpoint(tmp: Path) -> None:
     run = tmp / "run"
     run.mkdir()
     model = models.build_model({"zoo": "vit_micro_c10"})
-    checkpoints.save_checkpoint(run, step=5, epoch=0.5, wall_seconds=1.0, model=model,
+    run_folder.save_checkpoint(run, step=5, epoch=0.5, wall_seconds=1.0, model=model,
                                 optimizer=torch.optim.AdamW(model.parameters()), generator=torch.Generator(),
                                 config=TrainConfig(model="vit_micro_c10"), data={})
     weights = run / "checkpoint-00000005.safetensors"
@@ -505,7 +507,7 @@ INPUTS_ROWS: dict[str, Bad] = {
         before="no error: the forward ran on 0..255 floats and returned meaningless attention and logits"),
     "input-hooks-float-0-255": Bad(
         call=lambda tmp: _forward_inside_hooks(_floats_0_255()), error=ValueError, phrase="vitlab.preprocess",
-        before="no error: the forward ran on 0..255 floats inside vitlab.hooks"),
+        before="no error: the forward ran on 0..255 floats inside vitlab.analysis.capture"),
     "input-head-statistics-float-0-255": Bad(
         call=lambda tmp: head_statistics(_vit(), _floats_0_255(5), batch_size=2), error=ValueError,
         phrase="far outside the model's normalised range",
@@ -513,7 +515,7 @@ INPUTS_ROWS: dict[str, Bad] = {
     "input-layer-hooks-float-0-255": Bad(
         call=lambda tmp: _forward_inside_layer_hooks(_floats_0_255()), error=ValueError,
         phrase="vitlab.preprocess",
-        before="no error: the forward ran on 0..255 floats inside vitlab.features.layer_hooks"),
+        before="no error: the forward ran on 0..255 floats inside vitlab.analysis.features.layer_hooks"),
     "input-capture-nan": Bad(
         call=lambda tmp: capture(_vit(), _with(float("nan"))), error=ValueError, phrase="images contain NaN",
         before="no error: a Capture whose attention and logits were NaN"),
@@ -608,7 +610,7 @@ INPUTS_ROWS: dict[str, Bad] = {
         call=lambda tmp: metrics.mean_attention_distance(_attn(), (4, 4), (8, 8), 0), error=ValueError,
         phrase="attn has 17 tokens",
         before="ValueError: attn has 17 tokens; a (4, 4) grid with 0 prefix tokens needs 16 (already clear; a "
-               "grid of the right product but wrong shape is undetectable: use vitlab.hooks.attention_distance)"),
+               "grid of the right product but wrong shape is undetectable: use vitlab.analysis.capture.attention_distance)"),
     "input-query-head-out-of-range": Bad(
         call=lambda tmp: metrics.query_attention(_attn()[0], (4, 4), 1, (0, 0), head=7), error=ValueError,
         phrase="head 7 is out of range: the attention has 3 heads",

@@ -243,14 +243,14 @@ def test_position_embeddings_notebook(lab, page):
     assert ticks and all(t.isdigit() for t in ticks)  # no half-step ticks
 
     select = page.locator(".jp-Notebook .widget-dropdown select").first
-    specs = vitlab.zoo.available(family=("vit", "hybrid"))
+    specs = vitlab.training.zoo.available(family=("vit", "hybrid"))
     labels = [t.replace("\xa0", " ") for t in select.locator("option").all_inner_texts()]
-    assert labels == [vitlab.zoo.label(s) for s in specs]  # untrained architectures last, and marked
+    assert labels == [vitlab.training.zoo.label(s) for s in specs]  # untrained architectures last, and marked
     other = next(i for i, s in enumerate(specs) if s != nb.title(1))
     image_before = heatmap.first.get_attribute("href")
     nb.change("model", lambda: select.select_option(index=other), _title_is(1), arg=specs[other])
     assert heatmap.first.get_attribute("href") != image_before  # the tiles were redrawn, not only the title
-    if not vitlab.zoo.trained(specs[other]):  # an untrained model says so beside its noise
+    if not vitlab.training.zoo.trained(specs[other]):  # an untrained model says so beside its noise
         assert "random weights" in nb.widget().locator(".widget-html").first.text_content()
     nb.change("click", lambda: plots.nth(1).click(position={"x": box["width"] * 0.45, "y": box["height"] * 0.5}),
               f"() => !document.querySelectorAll('{PLOTS}')[2].querySelector('.gtitle')"
@@ -267,14 +267,14 @@ def test_attention_distance_notebook(lab, page):
     # then the hybrid's view, the hybrid beside the ViT, and the hybrid's five inside views
     plots = nb.plots(16)
     depth = len(vitlab.load_model("vit_tiny_c10", device="cpu").blocks)
-    comparison = vitlab.recipes.read()
-    shipped = vitlab.inside.read(vitlab.zoo.inside_folder("vit_tiny_c10_e40"))
+    comparison = vitlab.training.recipes.read()
+    shipped = vitlab.training.inside.read(vitlab.training.zoo.inside_folder("vit_tiny_c10_e40"))
     assert f"vit_tiny_c10_e40, epoch {shipped[-1].epoch}: filters" in nb.title(4)
     assert plots.nth(7).locator(".xtick text").count() >= 1  # its attention distance per head, layer by layer
     for i, shot in ((7, "distance"), (8, "timeline")):
         plots.nth(i).scroll_into_view_if_needed()
         plots.nth(i).screenshot(path=str(ARTIFACTS / f"03_zoo_inside_{shot}.png"))
-    hybrid_field = vitlab.metrics.token_receptive_field(vitlab.load_model("hybrid_tiny_c10", device="cpu"))
+    hybrid_field = vitlab.analysis.metrics.token_receptive_field(vitlab.load_model("hybrid_tiny_c10", device="cpu"))
     assert f"CNN stem receptive field ({hybrid_field:.0f} px)" in plots.nth(9).text_content()
     assert all(name in plots.nth(10).text_content() for name in ("vit_tiny_c10_e40", "hybrid_tiny_c10"))
     assert "no patch-embedding filters" in nb.title(11)  # a hybrid's filter panels say why they are empty
@@ -346,7 +346,7 @@ def test_vit_vs_resnet_notebook(lab, page):
         headers = [t.replace("\xa0", " ") for t in table.locator("#header .cell-text").all_text_contents()]
         assert len(headers) == 7 and all(headers), headers
     drawn = {t.replace("\xa0", " ") for t in plots.nth(1).locator(".cell-text").all_text_contents()}
-    expected = vitlab.plots.sweep_table(vitlab.records.read_runs(vitlab.records.RESULTS)).data[0].cells.values
+    expected = vitlab.views.figures.sweep_table(vitlab.records.read_runs(vitlab.records.RESULTS)).data[0].cells.values
     missing = {str(v).replace("\xa0", " ") for column in expected for v in column} - drawn
     assert not missing, f"table cells not drawn: {sorted(missing)[:5]}"
     assert plots.nth(0).locator(".scatterlayer .trace").count() >= 3  # a ViT, a hybrid and a ResNet curve
@@ -394,7 +394,7 @@ def test_pretraining_notebook(lab, page):
     assert plots.nth(1).locator(".legendtext", has_text="guess:").count() == 3  # neighbours, image mean, most frequent
     assert plots.nth(2).locator(".scatterlayer .point").count() >= 2  # the live run shows its epochs
     assert plots.nth(3).locator(".scatterlayer .trace").count() == 7  # three models x (mean, most local) + uniform
-    shipped = vitlab.zoo.training_record("vit_tiny_c10_mpp").log
+    shipped = vitlab.training.zoo.training_record("vit_tiny_c10_mpp").log
     assert f"vit_tiny_c10_mpp, epoch {shipped[-1]['epoch']}" in nb.title(4)  # the encoder's, at its last epoch
     assert "vit_tiny_c10_e40, epoch 40" in nb.title(9)  # then the from-scratch model's
     legend = plots.nth(14).locator(".legendtext").all_text_contents()

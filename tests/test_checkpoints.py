@@ -15,9 +15,11 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from vitlab import checkpoints, config, train
+from vitlab.training import run_folder
+from vitlab.training import config
+from vitlab.training import loop
 from vitlab.__main__ import main
-from vitlab.config import ConfigError
+from vitlab.training.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,22 +32,22 @@ class _Settings:
 
 
 def test_metrics_log_appends_reads_and_trims(tmp_path):
-    assert checkpoints.read_metrics(tmp_path) == []
+    assert run_folder.read_metrics(tmp_path) == []
     records = [dict(epoch=e, step=10 * e, loss=1.0 / e) for e in (1, 2, 3)]
     for record in records:
-        checkpoints.append_metrics(tmp_path, record)
-    assert checkpoints.read_metrics(tmp_path) == records
-    checkpoints.trim_metrics(tmp_path, 20)
-    assert checkpoints.read_metrics(tmp_path) == records[:2]
-    checkpoints.trim_metrics(tmp_path, 0)
-    assert checkpoints.read_metrics(tmp_path) == [] and (tmp_path / "metrics.jsonl").read_text() == ""
+        run_folder.append_metrics(tmp_path, record)
+    assert run_folder.read_metrics(tmp_path) == records
+    run_folder.trim_metrics(tmp_path, 20)
+    assert run_folder.read_metrics(tmp_path) == records[:2]
+    run_folder.trim_metrics(tmp_path, 0)
+    assert run_folder.read_metrics(tmp_path) == [] and (tmp_path / "metrics.jsonl").read_text() == ""
 
 
 def test_changes_name_each_differing_setting_and_skip_keys_that_are_no_setting():
     saved = {"a": 2, "b": "x", "out": "/somewhere", "progress": False}  # c predates the checkpoint
-    assert checkpoints.changes(saved, _Settings()) == ["a 2 in the checkpoint, 1 now"]
-    assert checkpoints.changes(saved, _Settings(a=2, c=False)) == ["c True in the checkpoint, False now"]
-    assert checkpoints.changes(dataclasses.asdict(_Settings()), _Settings()) == []
+    assert run_folder.changes(saved, _Settings()) == ["a 2 in the checkpoint, 1 now"]
+    assert run_folder.changes(saved, _Settings(a=2, c=False)) == ["c True in the checkpoint, False now"]
+    assert run_folder.changes(dataclasses.asdict(_Settings()), _Settings()) == []
 
 
 def _model_and_optimizer(seed):
@@ -61,7 +63,7 @@ def test_checkpoint_roundtrip_restores_weights_optimizer_and_random_streams(tmp_
     opt.step()
     gen = torch.Generator().manual_seed(5)
     torch.rand(7, generator=gen)  # advance the stream: the saved state is not the seed's
-    checkpoints.save_checkpoint(tmp_path, step=7, epoch=0.5, wall_seconds=3.0, model=model, optimizer=opt,
+    run_folder.save_checkpoint(tmp_path, step=7, epoch=0.5, wall_seconds=3.0, model=model, optimizer=opt,
                                 generator=gen, config=_Settings(), data={"dataset": "toy"})
     expected_gen, expected_torch = torch.rand(3, generator=gen), torch.rand(3)  # what a resumed run must draw next
     meta = json.loads((tmp_path / "checkpoint.json").read_text())
@@ -72,8 +74,8 @@ def test_checkpoint_roundtrip_restores_weights_optimizer_and_random_streams(tmp_
 
     fresh, fresh_opt = _model_and_optimizer(1)
     fresh_gen = torch.Generator().manual_seed(99)
-    state = checkpoints.load_checkpoint(tmp_path, _Settings(), fresh)
-    assert checkpoints.restore(state, fresh_opt, fresh_gen) == (7, 3.0)
+    state = run_folder.load_checkpoint(tmp_path, _Settings(), fresh)
+    assert run_folder.restore(state, fresh_opt, fresh_gen) == (7, 3.0)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
     saved, restored = opt.state_dict()["state"], fresh_opt.state_dict()["state"]
     assert saved.keys() == restored.keys() and all(
@@ -85,7 +87,7 @@ def test_checkpoint_roundtrip_restores_weights_optimizer_and_random_streams(tmp_
 def _save(out, step, seed=0, **kw):
     """A toy checkpoint at ``step`` whose weights depend on ``seed``; returns those weights."""
     model, opt = _model_and_optimizer(seed)
-    checkpoints.save_checkpoint(out, step=step, epoch=1.0, wall_seconds=float(step), model=model, optimizer=opt,
+    run_folder.save_checkpoint(out, step=step, epoch=1.0, wall_seconds=float(step), model=model, optimizer=opt,
                                 generator=torch.Generator(), config=kw.pop("config", _Settings()), data={}, **kw)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -115,9 +117,9 @@ def test_each_checkpoint_records_the_sha256_of_its_files(tmp_path):
 def test_other_settings_are_refused_naming_each_change(tmp_path):
     model, _ = _model_and_optimizer(0)
     _save(tmp_path, 7)
-    assert checkpoints.load_checkpoint(tmp_path / "elsewhere", _Settings(), model) is None
+    assert run_folder.load_checkpoint(tmp_path / "elsewhere", _Settings(), model) is None
     with pytest.raises(ConfigError, match="other settings \\(a 1 in the checkpoint, 2 now\\)"):
-        checkpoints.load_checkpoint(tmp_path, _Settings(a=2), model)
+        run_folder.load_checkpoint(tmp_path, _Settings(a=2), model)
 
 
 def _truncate(path):
@@ -143,7 +145,7 @@ def test_a_damaged_checkpoint_is_skipped_for_the_previous_one_with_a_warning(tmp
     damage(tmp_path)
     model, _ = _model_and_optimizer(0)
     with pytest.warns(UserWarning, match=f"{culprit}.*resumed from .*\\(step {resumed}\\)"):
-        state = checkpoints.load_checkpoint(tmp_path, _Settings(), model)
+        state = run_folder.load_checkpoint(tmp_path, _Settings(), model)
     assert state["step"] == resumed and state["wall_seconds"] == float(resumed)
     assert all(torch.equal(v, saved[resumed][k]) for k, v in model.state_dict().items())
 
@@ -153,8 +155,8 @@ def test_no_readable_checkpoint_is_one_line_naming_the_files_and_what_to_do(tmp_
         _save(tmp_path, step)
         _truncate(tmp_path / f"checkpoint-{step:08d}.safetensors")
     model, _ = _model_and_optimizer(0)
-    with pytest.raises(checkpoints.RunFolderError) as info:
-        checkpoints.load_checkpoint(tmp_path, _Settings(), model)
+    with pytest.raises(run_folder.RunFolderError) as info:
+        run_folder.load_checkpoint(tmp_path, _Settings(), model)
     message = str(info.value)
     assert "\n" not in message
     assert "checkpoint-00000007.safetensors" in message and "checkpoint-00000009.safetensors" in message
@@ -165,31 +167,31 @@ def test_a_record_ahead_of_the_pointer_and_files_without_a_record(tmp_path):
     """Killed between a checkpoint's record and the pointer, or before its record: both are normal crashes."""
     model, _ = _model_and_optimizer(0)
     (tmp_path / "checkpoint-00000003.safetensors").write_bytes(b"")  # the first checkpoint, cut short
-    assert checkpoints.load_checkpoint(tmp_path, _Settings(), model) is None
+    assert run_folder.load_checkpoint(tmp_path, _Settings(), model) is None
     _save(tmp_path, 7)
     newer = _save(tmp_path, 9, seed=9)
     pointer = json.loads((tmp_path / "checkpoint-00000007.json").read_text())
     (tmp_path / "checkpoint.json").write_text(json.dumps(pointer))  # as if the pointer never moved to 9
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert checkpoints.load_checkpoint(tmp_path, _Settings(), model)["step"] == 9
+        assert run_folder.load_checkpoint(tmp_path, _Settings(), model)["step"] == 9
     assert all(torch.equal(v, newer[k]) for k, v in model.state_dict().items())
 
 
 def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
     records = [dict(epoch=e, step=10 * e) for e in (1, 2)]
     for record in records:
-        checkpoints.append_metrics(tmp_path, record)
+        run_folder.append_metrics(tmp_path, record)
     log = tmp_path / "metrics.jsonl"
     log.write_text(log.read_text() + '{"epoch": 3, "st')  # killed while appending
     with pytest.warns(UserWarning, match=f"{log}: dropped its last line"):
-        assert checkpoints.read_metrics(tmp_path) == records
+        assert run_folder.read_metrics(tmp_path) == records
     with pytest.warns(UserWarning):
-        checkpoints.trim_metrics(tmp_path, 20)
+        run_folder.trim_metrics(tmp_path, 20)
     assert log.read_text() == "".join(json.dumps(r) + "\n" for r in records)
     log.write_text('{"epoch": 1}\nnot json\n{"epoch": 3}\n')  # damage inside the log is not a crash: refused
-    with pytest.raises(checkpoints.RunFolderError, match="metrics.jsonl line 2 is not a JSON record"):
-        checkpoints.read_metrics(tmp_path)
+    with pytest.raises(run_folder.RunFolderError, match="metrics.jsonl line 2 is not a JSON record"):
+        run_folder.read_metrics(tmp_path)
 
 
 _HOLDER = """
@@ -203,28 +205,28 @@ time.sleep(60)
 
 
 def test_a_folder_in_use_by_another_process_is_refused_naming_it(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / checkpoints.LOCK)], stdout=subprocess.PIPE,
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / run_folder.LOCK)], stdout=subprocess.PIPE,
                               text=True)
     try:
         assert holder.stdout.readline() == "locked\n"
-        with pytest.raises(checkpoints.RunFolderError, match=f"in use: another vitlab process \\(PID {holder.pid},"):
-            with checkpoints.lock_run(tmp_path):
+        with pytest.raises(run_folder.RunFolderError, match=f"in use: another vitlab process \\(PID {holder.pid},"):
+            with run_folder.lock_run(tmp_path):
                 pass
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    with checkpoints.lock_run(tmp_path):  # the kernel released the killed holder's lock
-        assert (tmp_path / checkpoints.LOCK).read_text() == f"{os.getpid()}\n"
-        with pytest.raises(checkpoints.RunFolderError, match=f"PID {os.getpid()}"):  # a second open is refused too
-            with checkpoints.lock_run(tmp_path):
+    with run_folder.lock_run(tmp_path):  # the kernel released the killed holder's lock
+        assert (tmp_path / run_folder.LOCK).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(run_folder.RunFolderError, match=f"PID {os.getpid()}"):  # a second open is refused too
+            with run_folder.lock_run(tmp_path):
                 pass
-    assert (tmp_path / checkpoints.LOCK).exists()  # never deleted: another process may be opening it
+    assert (tmp_path / run_folder.LOCK).exists()  # never deleted: another process may be opening it
 
 
 def test_train_still_offers_the_run_file_helpers():
-    """Notebooks and widgets call train.read_metrics; sweep and benchmarks import these from train."""
-    assert train.read_metrics is checkpoints.read_metrics
-    assert train.code_version is checkpoints.code_version and train.hardware is checkpoints.hardware
+    """Notebooks and widgets call loop.read_metrics; sweep and benchmarks import these from train."""
+    assert loop.read_metrics is run_folder.read_metrics
+    assert loop.code_version is run_folder.code_version and loop.hardware is run_folder.hardware
 
 
 def _cli_train(out, env_root, extra=()):
@@ -259,19 +261,19 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights(tmp_path, fake_cif
     a = safetensors.torch.load_file(tmp_path / "full" / "model.safetensors")
     b = safetensors.torch.load_file(tmp_path / "killed" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["epoch"] for r in checkpoints.read_metrics(tmp_path / "killed")] == [1, 2, 3]
+    assert [r["epoch"] for r in run_folder.read_metrics(tmp_path / "killed")] == [1, 2, 3]
 
 
 def test_a_changed_config_is_refused_naming_every_change(tmp_path, fake_cifar):
-    config = train.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
-    train.train(config, tmp_path / "run", progress=False)
+    config = loop.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    loop.train(config, tmp_path / "run", progress=False)
     changed = dataclasses.replace(config, lr=0.5, flip=False)
     with pytest.raises(ValueError, match="finished run with other settings \\(lr 0.001 in the finished run, 0.5 now; "
                                          "flip True in the finished run, False now\\)"):
-        train.train(changed, tmp_path / "run", progress=False)
+        loop.train(changed, tmp_path / "run", progress=False)
     # Where the run lives and how it reports are not settings: another spelling of the
     # folder, a bar, or checkpoints every step give the finished run back.
-    again = train.train(config, tmp_path / "run" / ".." / "run", progress=True, checkpoint_every=1)
+    again = loop.train(config, tmp_path / "run" / ".." / "run", progress=True, checkpoint_every=1)
     assert again.record["step"] == 10
 
 
@@ -282,25 +284,25 @@ def _stop_in_epoch_two(record):
 
 def test_checkpoints_of_earlier_versions_still_resume(tmp_path, fake_cifar, capsys):
     """Earlier versions wrote checkpoint.json alone, without checksums, with out, progress and checkpoint_every."""
-    config = train.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50)
+    config = loop.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50)
     with pytest.raises(KeyboardInterrupt):
-        train.train(config, tmp_path / "run", progress=False, on_epoch=_stop_in_epoch_two)
+        loop.train(config, tmp_path / "run", progress=False, on_epoch=_stop_in_epoch_two)
     (tmp_path / "run" / "checkpoint-00000010.json").unlink()
     pointer = tmp_path / "run" / "checkpoint.json"
     meta = json.loads(pointer.read_text())
     meta["config"].update(out=str(tmp_path / "run"), progress=False, checkpoint_every=0)
     del meta["config"]["compile"], meta["sha256"]  # a setting added later counts as its default
     pointer.write_text(json.dumps(meta))
-    result = train.train(config, tmp_path / "run", progress=True)
+    result = loop.train(config, tmp_path / "run", progress=True)
     assert "resuming at step 10" in capsys.readouterr().out
-    assert [r["epoch"] for r in checkpoints.read_metrics(tmp_path / "run")] == [1, 2] and result.record["step"] == 20
+    assert [r["epoch"] for r in run_folder.read_metrics(tmp_path / "run")] == [1, 2] and result.record["step"] == 20
 
 
 def test_resume_does_not_depend_on_how_out_is_spelled(tmp_path, fake_cifar, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     flags = ["--model", "vit_micro_c10", "--epochs", "2", "--batch-size", "64", "--eval-size", "50"]
     with pytest.raises(KeyboardInterrupt):
-        train.train(config.from_args(train.TrainConfig, dict(model="vit_micro_c10", epochs=2, batch_size=64,
+        loop.train(config.from_args(loop.TrainConfig, dict(model="vit_micro_c10", epochs=2, batch_size=64,
                                                                eval_size=50)), "ok", on_epoch=_stop_in_epoch_two)
     capsys.readouterr()
     main(["train", *flags, "--out", "./ok/"])

@@ -2,9 +2,10 @@ import pytest
 import torch
 from conftest import sklearn_probe, timm_intermediates
 
-from vitlab import data, metrics
-from vitlab.compare import cka_matrix, fewshot_probes
-from vitlab.features import representation_layers
+from vitlab import data
+from vitlab.analysis import metrics
+from vitlab.analysis.representations import cka_matrix, fewshot_probes
+from vitlab.analysis.features import representation_layers
 from vitlab.models import build_model, preprocess
 from vitlab.records import ProbeRecord, group_spread
 

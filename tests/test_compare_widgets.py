@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from vitlab import compare_widgets, data, explorer, models
+from vitlab import data, models
+from vitlab.views import study_explorers
+from vitlab.views import controls
 from vitlab.records import ProbeRecord, RunRecord
 
 
@@ -13,7 +15,7 @@ def _run(**fields):
 
 
 def test_sweep_explorer_adds_runs_and_switches_axis():
-    view = compare_widgets.SweepExplorer([], title="live")
+    view = study_explorers.SweepExplorer([], title="live")
     assert len(view.figure.data) == 0
     view.add(_run())
     view.add(_run(model="resnet_micro_c10", family="resnet", test_accuracy=0.4, train_flops=5e12))
@@ -33,7 +35,7 @@ def test_sweep_explorer_adds_runs_and_switches_axis():
     assert [t.marker.symbol for t in view.figure.data] == ["circle", "diamond"]
     view.models.value = ("vit_micro_c10 ← mpp:enc",)
     assert [t.replace("\xa0", " ") for t in view.table.data[0].cells.values[0]] == ["vit_micro_c10 ← mpp:enc"]
-    probed = compare_widgets.SweepExplorer([_run(fewshot={10: 0.25}), _run(seed=1, fewshot={10: 0.35})])
+    probed = study_explorers.SweepExplorer([_run(fewshot={10: 0.25}), _run(seed=1, fewshot={10: 0.35})])
     assert probed.metric.options == (("test accuracy", "test"), ("10-shot probe", 10))
     probed.metric.value = 10
     np.testing.assert_allclose(probed.figure.data[0].y, [0.3])
@@ -59,23 +61,23 @@ def _split(test_size=50):
 def _watch_progress(monkeypatch):
     """Record what a slow explorer shows while it computes: the early display and each step."""
     seen = {"shown": [], "steps": []}
-    monkeypatch.setattr(explorer, "_display_now", lambda widget: seen["shown"].append(widget))
-    real_step = explorer.Explorer.step
+    monkeypatch.setattr(controls, "_display_now", lambda widget: seen["shown"].append(widget))
+    real_step = controls.Explorer.step
 
     def step(self, text, done, total):
         seen["steps"].append((text, done, total))
         real_step(self, text, done, total)
 
-    monkeypatch.setattr(explorer.Explorer, "step", step)
+    monkeypatch.setattr(controls.Explorer, "step", step)
     return seen
 
 
 def test_probe_explorer_shows_the_chosen_shots_and_layers(fake_cifar, zoo_pair, monkeypatch):
-    from vitlab.compare import fewshot_probes
+    from vitlab.analysis.representations import fewshot_probes
 
     split = _split()
     progress = _watch_progress(monkeypatch)
-    view = compare_widgets.ProbeExplorer(zoo_pair, *split, shots=(1, 5), seeds=(0,))
+    view = study_explorers.ProbeExplorer(zoo_pair, *split, shots=(1, 5), seeds=(0,))
     assert len(progress["shown"]) == 1  # status and progress bar shown in the cell before the first compute
     assert [(done, total) for _, done, total in progress["steps"]] == [(0, 2), (1, 2)]
     assert zoo_pair[1] in progress["steps"][1][0]
@@ -97,11 +99,11 @@ def test_probe_explorer_shows_the_chosen_shots_and_layers(fake_cifar, zoo_pair, 
 
 
 def test_cka_explorer_computes_both_heatmaps_and_caches(zoo_pair, monkeypatch):
-    from vitlab.compare import cka_matrix
+    from vitlab.analysis.representations import cka_matrix
 
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     progress = _watch_progress(monkeypatch)
-    view = compare_widgets.CKAExplorer(zoo_pair, images, batch_size=8)
+    view = study_explorers.CKAExplorer(zoo_pair, images, batch_size=8)
     assert len(progress["shown"]) == 1 and [s[1:] for s in progress["steps"]] == [(0, 2), (1, 2)]
     vit, resnet = (models.load_model(p, device="cpu") for p in zoo_pair)
     expected, names_v, names_r = cka_matrix(vit, resnet, images, batch_size=8)

@@ -28,7 +28,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from vitlab import checkpoints
+from vitlab.training import run_folder
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the zygote forks its runs (POSIX)")
 
@@ -67,11 +67,11 @@ def _die() -> None:
 
 def _inject(fault: list) -> None:
     """Arm ``fault`` in this (child) process: it SIGKILLs itself at that moment."""
-    from vitlab import train
+    from vitlab.training import loop
 
     kind, *args = fault or [None]
     if kind == "step":  # right after optimiser step args[0]
-        step = train._step
+        step = loop._step
 
         def stepped(run, x, y):
             result = step(run, x, y)
@@ -79,7 +79,7 @@ def _inject(fault: list) -> None:
                 _die()
             return result
 
-        train._step = stepped
+        loop._step = stepped
     elif kind in ("before", "after"):  # around the args[1]-th atomic rename onto a file named args[0]
         replace, seen = os.replace, []
 
@@ -102,7 +102,7 @@ def _inject(fault: list) -> None:
                 os.fsync(f.fileno())
             _die()
 
-        train.append_metrics = torn
+        loop.append_metrics = torn
 
 
 def _child(job: dict) -> None:
@@ -132,7 +132,7 @@ def _child(job: dict) -> None:
 
 
 def _zygote() -> None:
-    import vitlab.train  # noqa: F401  (imported once here, inherited by every child)
+    import vitlab.training.loop  # noqa: F401  (imported once here, inherited by every child)
 
     for line in sys.stdin:
         pid = os.fork()
@@ -200,7 +200,7 @@ def _resumed_at(output: str) -> int:
 
 def _scores(out: Path) -> list:
     """What an interrupted run must log as the uninterrupted one did (loss and speed cover only the last session)."""
-    return [(r["epoch"], r["step"], r["test_accuracy"], r["lr"]) for r in checkpoints.read_metrics(out)]
+    return [(r["epoch"], r["step"], r["test_accuracy"], r["lr"]) for r in run_folder.read_metrics(out)]
 
 
 @pytest.mark.slow

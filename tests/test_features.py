@@ -3,7 +3,7 @@ import timm
 import torch
 from conftest import timm_intermediates
 
-from vitlab.features import layer_features, layer_hooks, pool, pre_logits, representation_layers
+from vitlab.analysis.features import layer_features, layer_hooks, pool, pre_logits, representation_layers
 from vitlab.models import build_model, preprocess
 
 

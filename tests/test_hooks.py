@@ -9,9 +9,8 @@ from timm.layers import Attention
 from timm.utils import AttentionExtract
 
 import vitlab
-from vitlab import metrics
-from vitlab.hooks import (Capture, attention_distance, capture, head_statistics, hooks, random_init,
-                          random_init_statistics, restoring, uniform_distance)
+from vitlab.analysis import metrics
+from vitlab.analysis.capture import Capture, attention_distance, capture, head_statistics, hooks, random_init, random_init_statistics, restoring, uniform_distance
 
 
 def _manual_attention(model, x):
@@ -189,7 +188,7 @@ def test_head_statistics_stream_equals_one_big_batch(tiny_vit):
     streamed = head_statistics(tiny_vit, images, batch_size=3)
     cap = capture(tiny_vit, images)
     for layer in (0, 1):
-        expected = vitlab.metrics.mean_attention_distance(cap.attn[layer], cap.grid, cap.patch_size)
+        expected = vitlab.analysis.metrics.mean_attention_distance(cap.attn[layer], cap.grid, cap.patch_size)
         torch.testing.assert_close(streamed["distance"][layer], expected, rtol=1e-5, atol=1e-5)
     assert streamed["distance"].shape == streamed["entropy"].shape == (2, 3)
     batches = (images[i : i + 4] for i in range(0, 10, 4))  # any iterable of batches works too
@@ -408,7 +407,8 @@ def test_the_zoo_hybrid_takes_non_square_inputs_on_its_8x8_grid_of_4_pixel_token
 
 
 def test_rollout_overlays_and_position_similarity_on_a_timm_hybrid():
-    from vitlab import plots, readouts
+    from vitlab.views import figures
+    from vitlab.views import readouts
 
     torch.manual_seed(0)
     model = vitlab.models.build_model({"timm": "vit_tiny_r_s16_p8_224", "kwargs": dict(img_size=128, depth=2)}).eval()
@@ -419,7 +419,7 @@ def test_rollout_overlays_and_position_similarity_on_a_timm_hybrid():
     expected = metrics.attention_rollout([manual[0], manual[1]], 1)  # (2, 16)
     assert maps.shape == (2, 4, 4)
     torch.testing.assert_close(maps, expected.reshape(2, 4, 4), rtol=1e-5, atol=1e-6)
-    overlay = plots.attention_overlay_figure(images[0], maps[0], scale="rollout")
+    overlay = figures.attention_overlay_figure(images[0], maps[0], scale="rollout")
     heat = overlay.data[-1]  # one cell per token, each spanning its 32-pixel stride of the image
     assert np.asarray(heat.z).shape == (4, 4) and (heat.dx, heat.dy, heat.x0) == (32, 32, 15.5)
     sim = metrics.position_similarity(model)

@@ -4,10 +4,10 @@ import timm
 import torch
 
 import vitlab
-from vitlab.hooks import capture, head_statistics
-from vitlab.inputs import PIXEL_SLACK, check_input
+from vitlab.analysis.capture import capture, head_statistics
+from vitlab.models.inputs import PIXEL_SLACK, check_input
 from vitlab.models import build_model
-from vitlab.weights import GOOGLE_VIT_CFG
+from vitlab.models.weights import GOOGLE_VIT_CFG
 
 
 def test_normalised_range_threshold_both_ways(tiny_vit):
@@ -34,7 +34,7 @@ def test_normalised_range_threshold_both_ways(tiny_vit):
 def _vit_configs():
     """Every zoo ViT architecture as published (random weights, its own pretrained_cfg), the shipped
     ones as loaded, a Google-checkpoint ViT and timm's ImageNet-default ViT."""
-    entries = [e for e in vitlab.zoo.ENTRIES.values() if e.family == "vit"]
+    entries = [e for e in vitlab.training.zoo.ENTRIES.values() if e.family == "vit"]
     zoo = [build_model({"zoo": arch}) for arch in dict.fromkeys(e.architecture for e in entries)]
     zoo += [vitlab.load_model(e.name, device="cpu") for e in entries if e.shipped]
     google = build_model({"google_vit": dict(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2,

@@ -8,8 +8,11 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from vitlab import data, inside, metrics, models, train
-from vitlab.hooks import capture
+from vitlab import data, models
+from vitlab.training import inside
+from vitlab.analysis import metrics
+from vitlab.training import loop
+from vitlab.analysis.capture import capture
 from vitlab.records import InsideView
 
 MICRO = dict(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50, warmup_epochs=1)
@@ -91,7 +94,7 @@ def test_probe_images_are_a_class_balanced_prefix_and_leave_the_random_state(fak
 
 
 def test_training_records_views_that_match_the_final_model(tmp_path, fake_cifar):
-    result = train.train(train.TrainConfig(**MICRO), tmp_path / "run", progress=False)
+    result = loop.train(loop.TrainConfig(**MICRO), tmp_path / "run", progress=False)
     views = inside.read(tmp_path / "run")
     assert [v.epoch for v in views] == [1, 2] and views[-1].step == result.record["step"]
     final = models.load_model(tmp_path / "run" / "model.safetensors", device="cpu")
@@ -109,9 +112,9 @@ def test_training_records_views_that_match_the_final_model(tmp_path, fake_cifar)
 
 
 def test_inside_views_leave_the_weights_unchanged_and_resume_redoes_later_lines(tmp_path, fake_cifar):
-    config = train.TrainConfig(**MICRO)
-    train.train(config, tmp_path / "on", progress=False)
-    train.train(config, tmp_path / "off", progress=False, inside=False)
+    config = loop.TrainConfig(**MICRO)
+    loop.train(config, tmp_path / "on", progress=False)
+    loop.train(config, tmp_path / "off", progress=False, inside=False)
     on, off = (safetensors.torch.load_file(tmp_path / r / "model.safetensors") for r in ("on", "off"))
     assert all(torch.equal(on[k], off[k]) for k in on)
     assert not (tmp_path / "off" / "inside.jsonl").exists()
@@ -132,14 +135,14 @@ def test_inside_views_leave_the_weights_unchanged_and_resume_redoes_later_lines(
     inside.trim(run, first_step)
     assert [v.epoch for v in inside.read(run)] == [1]
     assert sorted(inside.read_tensors(run)) == ["filters.1", "pos_embed.1"]
-    train.train(config, run, progress=False)
+    loop.train(config, run, progress=False)
     assert inside.read(run) == inside.read(tmp_path / "on")
     redone = safetensors.torch.load_file(run / "model.safetensors")
     assert all(torch.equal(on[k], redone[k]) for k in on)
 
 
 def test_a_resnet_run_records_no_inside_views(tmp_path, fake_cifar):
-    train.train(train.TrainConfig(**dict(MICRO, model="resnet_micro_c10", epochs=1)), tmp_path / "r", progress=False)
+    loop.train(loop.TrainConfig(**dict(MICRO, model="resnet_micro_c10", epochs=1)), tmp_path / "r", progress=False)
     assert not (tmp_path / "r" / "inside.jsonl").exists() and not (tmp_path / "r" / "inside.safetensors").exists()
 
 
@@ -162,7 +165,7 @@ def test_a_torn_last_line_is_dropped_and_a_later_record_replaces_it(tmp_path, mi
 
 
 def test_the_explorer_redraws_every_panel_for_the_chosen_epoch(tmp_path, micro_vit):
-    from vitlab import widgets
+    from vitlab.views import explorers
 
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     stored = {}
@@ -172,7 +175,7 @@ def test_the_explorer_redraws_every_panel_for_the_chosen_epoch(tmp_path, micro_v
         view = inside.inside_view(micro_vit, images, epoch, 10 * epoch)
         stored[epoch] = (view, micro_vit.pos_embed.detach().clone())
         inside.record(tmp_path, view, inside.inside_tensors(micro_vit, epoch))
-    explorer = widgets.InsideViewsExplorer(tmp_path)
+    explorer = explorers.InsideViewsExplorer(tmp_path)
     assert explorer.epoch.value == 3 and explorer.epoch.options == (1, 2, 3)
     explorer.epoch.value = 2
     view, pos = stored[2]
@@ -192,10 +195,10 @@ def test_the_explorer_redraws_every_panel_for_the_chosen_epoch(tmp_path, micro_v
 
 
 def test_the_explorer_explains_a_folder_without_views(tmp_path):
-    from vitlab import widgets
+    from vitlab.views import explorers
 
     with pytest.raises(ValueError, match="holds no inside views"):
-        widgets.InsideViewsExplorer(tmp_path)
+        explorers.InsideViewsExplorer(tmp_path)
 
 
 def test_record_round_trip_rejects_unknown_fields(micro_vit):
@@ -206,7 +209,7 @@ def test_record_round_trip_rejects_unknown_fields(micro_vit):
 
 
 def test_a_hybrids_view_has_its_grid_of_4_pixel_tokens_and_no_filters(tmp_path):
-    from vitlab import widgets
+    from vitlab.views import explorers
 
     torch.manual_seed(0)
     hybrid = models.build_model({"zoo": "hybrid_micro_c10"}).eval()  # an 8-pixel stride: a 4x4 grid
@@ -222,7 +225,7 @@ def test_a_hybrids_view_has_its_grid_of_4_pixel_tokens_and_no_filters(tmp_path):
     assert sorted(tensors) == ["pos_embed.1"]
     inside.record(tmp_path, view, tensors)
     assert "no pixel filters" in inside.summary(inside.read(tmp_path))
-    explorer = widgets.InsideViewsExplorer(tmp_path)
+    explorer = explorers.InsideViewsExplorer(tmp_path)
     assert explorer.ratio is None and "no patch-embedding filters" in explorer.filters.layout.title.text
     n = 16
     emb = F.normalize(hybrid.pos_embed[0, -n:].detach(), dim=-1)
@@ -230,7 +233,7 @@ def test_a_hybrids_view_has_its_grid_of_4_pixel_tokens_and_no_filters(tmp_path):
 
 
 def test_a_hybrid_run_records_views_of_its_final_model_without_filters(tmp_path, fake_cifar):
-    result = train.train(train.TrainConfig(**dict(MICRO, model="hybrid_micro_c10")), tmp_path / "h", progress=False)
+    result = loop.train(loop.TrainConfig(**dict(MICRO, model="hybrid_micro_c10")), tmp_path / "h", progress=False)
     views = inside.read(tmp_path / "h")
     assert [v.epoch for v in views] == [1, 2] and all(v.filter_k == 0 for v in views)
     final = models.load_model(tmp_path / "h" / "model.safetensors", device="cpu")

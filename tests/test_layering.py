@@ -8,59 +8,109 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vitlab"
 
-#: Lowest first (STYLE.md: data -> models -> capture/train -> metrics/compare -> plots -> widgets).
-#: A module may import modules of a lower rank, or of its own rank where listed in SAME_RANK.
+#: The folders in the order the data flows; a module imports only from its own folder or folders before it.
+FOLDERS = ("", "models", "analysis", "training", "views")
+#: Within a folder, lowest first: a module imports modules of a lower rank, or of its own rank where listed in
+#: SAME_RANK. The package's ``__init__`` and ``__main__`` sit above every folder.
 RANKS = {
-    "settings": 0, "io": 0, "metrics": 0, "config": 0, "inputs": 0,
-    "data": 1, "records": 1, "architectures": 1, "weights": 1, "checkpoints": 1,
-    "models": 2,
-    "hooks": 3, "features": 3, "train": 3, "inside": 3, "mpp": 3,
-    "zoo": 4,
-    "compare": 5, "sweep": 5, "readouts": 5, "recipes": 5,
-    "plotting": 6, "plots": 6,
-    "explorer": 7, "widgets": 7, "compare_widgets": 7,
-    "__init__": 8, "__main__": 8,
+    "settings": 0, "io": 0, "data": 1, "records": 1,
+    "models.inputs": 0, "models.architectures": 0, "models.weights": 0, "models.loading": 1, "models.__init__": 2,
+    "analysis.metrics": 0, "analysis.capture": 1, "analysis.features": 2, "analysis.representations": 3,
+    "analysis.__init__": 4,
+    "training.config": 0, "training.run_folder": 1, "training.mpp": 1, "training.inside": 2, "training.loop": 3,
+    "training.zoo": 4, "training.sweep": 5, "training.recipes": 5, "training.__init__": 6,
+    "views.style": 0, "views.readouts": 0, "views.figures": 1, "views.controls": 2, "views.study_explorers": 3,
+    "views.explorers": 4, "views.__init__": 5,
+    "__init__": 9, "__main__": 9,
 }
-SAME_RANK = {("features", "hooks"), ("inside", "hooks"), ("train", "inside"), ("sweep", "compare"),
-             ("sweep", "readouts"), ("plots", "plotting"), ("widgets", "explorer"),
-             ("widgets", "compare_widgets"), ("compare_widgets", "explorer"), ("recipes", "readouts"),
-             ("train", "hooks"), ("train", "mpp")}
+SAME_RANK = {("training.loop", "training.inside")}
+#: Upward imports still to remove (issue 26 step 2: studies read the analyses' numbers, not readouts).
+KNOWN_UPWARD = {("training.recipes", "views.readouts"), ("training.sweep", "views.readouts")}
 
 
-def _imports(path: Path) -> set[str]:
+def _module(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    return ".".join(rel.parts)
+
+
+def _folder(module: str) -> str:
+    return module.split(".")[0] if "." in module else ""
+
+
+def _resolve(me: str, level: int, target: str) -> str:
+    """The dotted module (relative to vitlab) that ``from <level dots><target>`` in module ``me`` names."""
+    base = me.split(".")[:-1]
+    base = base[: len(base) - (level - 1)] if level > 1 else base
+    return ".".join([*base, *target.split(".")]) if target else ".".join(base)
+
+
+def _known(name: str) -> str | None:
+    """The module key for a dotted name: the module itself, a package's __init__, or None outside vitlab."""
+    if name in RANKS:
+        return name
+    if f"{name}.__init__" in RANKS:
+        return f"{name}.__init__"
+    return None
+
+
+def _imports(path: Path, me: str | None = None) -> set[str]:
     """vitlab modules imported anywhere in ``path`` (module level or inside functions)."""
+    me = me or _module(path)
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1:  # from . import x / from .x import y
-                found |= {a.name for a in node.names} if node.module is None else {node.module.split(".")[0]}
+            if node.level >= 1:
+                pkg = _resolve(me, node.level, node.module or "")
             elif node.module and node.module.split(".")[0] == "vitlab":
-                parts = node.module.split(".")
-                found |= {a.name for a in node.names} if len(parts) == 1 else {parts[1]}
+                pkg = ".".join(node.module.split(".")[1:])
+            else:
+                continue
+            for a in node.names:
+                found.add(_known(f"{pkg}.{a.name}" if pkg else a.name) or _known(pkg) or "")
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("vitlab.")}
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("."):
-            found.add(node.value[1:])  # importlib.import_module(".widgets", ...)
-    return found & set(RANKS)
+            found |= {_known(".".join(a.name.split(".")[1:])) or "" for a in node.names if a.name.startswith("vitlab.")}
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" and node.args
+              and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith(".")):
+            found.add(_known(_resolve(me, 1, node.args[0].value[1:])) or "")  # importlib.import_module(".views", ...)
+    return found - {"", me}
+
+
+def _order(module: str) -> tuple[int, int]:
+    if module in ("__init__", "__main__"):
+        return (len(FOLDERS), RANKS[module])
+    return (FOLDERS.index(_folder(module)), RANKS[module])
 
 
 def test_every_module_has_a_rank():
-    assert {p.stem for p in PACKAGE.glob("*.py")} == set(RANKS)
+    assert {_module(p) for p in PACKAGE.rglob("*.py")} == set(RANKS)
+
+
+def test_every_folder_has_a_docstring():
+    for folder in FOLDERS[1:]:
+        assert ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text())), folder
+
+
+def test_same_rank_exceptions_stay_few():
+    assert len(SAME_RANK) <= 3
 
 
 @pytest.mark.parametrize("module", sorted(RANKS))
 def test_imports_run_downward(module):
-    upward = [m for m in _imports(PACKAGE / f"{module}.py") if m != module and (
-        RANKS[m] > RANKS[module] or (RANKS[m] == RANKS[module] and (module, m) not in SAME_RANK))]
+    path = PACKAGE / (module.replace(".", "/") + ".py")
+    upward = [m for m in _imports(path, module) if
+              (_order(m) > _order(module) and (module, m) not in KNOWN_UPWARD)
+              or (_order(m) == _order(module) and (module, m) not in SAME_RANK)]
     assert upward == [], f"vitlab.{module} imports {upward} from its own layer or above"
 
 
 def test_the_checker_sees_upward_imports(tmp_path):
     """The parser finds all three spellings of an import, at module level and inside a function."""
     source = tmp_path / "m.py"
-    source.write_text("from . import plots\nfrom .widgets import X\ndef f():\n    import vitlab.capture\n"
-                      "    from vitlab import compare\n")
-    assert _imports(source) == {"plots", "widgets", "compare"}
+    source.write_text("from . import figures\nfrom ..training.loop import X\ndef f():\n    import vitlab.analysis.capture\n"
+                      "    from vitlab import records\n    from ..models import load_model\n"
+                      "    importlib.import_module('.style', __name__)\n    x = '.json'\n")
+    assert _imports(source, "views.readouts") == {"views.figures", "training.loop", "analysis.capture", "records",
+                                                  "models.__init__", "views.style"}
 
 
 def test_command_line_loads_no_notebook_stack():
@@ -77,4 +127,4 @@ def test_command_line_loads_no_notebook_stack():
 def test_widgets_load_on_first_use():
     import vitlab
 
-    assert vitlab.widgets.__name__ == "vitlab.widgets" and vitlab.plots.__name__ == "vitlab.plots"
+    assert vitlab.views.explorers.__name__ == "vitlab.views.explorers" and vitlab.views.figures.__name__ == "vitlab.views.figures"

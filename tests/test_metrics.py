@@ -7,7 +7,7 @@ import torch
 from conftest import sklearn_probe
 
 import vitlab
-from vitlab import metrics
+from vitlab.analysis import metrics
 
 
 def _brute_force_similarity(vectors, rows, cols):

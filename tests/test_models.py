@@ -13,8 +13,10 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import vitlab
-from vitlab import data, models, zoo
-from vitlab.weights import WeightsFileError
+from vitlab import data, models
+from vitlab.models import loading
+from vitlab.training import zoo
+from vitlab.models.weights import WeightsFileError
 
 
 def _export_google_npz(model: VisionTransformer, path) -> None:
@@ -62,7 +64,7 @@ def _empty_hub_cache(tmp_path, monkeypatch):
 
 def test_trained_models_are_offered_first_and_untrained_ones_last(tmp_path, monkeypatch):
     """Only the architecture registered last has a checkpoint: the order cannot come from the registry."""
-    monkeypatch.setattr(models, "ZOO_DIR", tmp_path)
+    monkeypatch.setattr(loading, "ZOO_DIR", tmp_path)
     _empty_hub_cache(tmp_path, monkeypatch)
     last = list(zoo.ENTRIES)[-1]
     models.save_model(models.build_model({"zoo": zoo.ENTRIES[last].architecture}), tmp_path / f"{last}.safetensors")
@@ -80,7 +82,7 @@ def test_trained_models_are_offered_first_and_untrained_ones_last(tmp_path, monk
 
 
 def test_a_zoo_checkpoint_may_be_named_apart_from_its_architecture(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "ZOO_DIR", tmp_path)
+    monkeypatch.setattr(loading, "ZOO_DIR", tmp_path)
     model = models.build_model({"zoo": "vit_micro_c10"})
     models.save_model(model, tmp_path / "vit_micro_c10_cutmix.safetensors")
     loaded = vitlab.load_model("vit_micro_c10_cutmix", device="cpu")
@@ -90,7 +92,7 @@ def test_a_zoo_checkpoint_may_be_named_apart_from_its_architecture(tmp_path, mon
 
 
 def test_untrained_zoo_model_warns(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "ZOO_DIR", tmp_path)
+    monkeypatch.setattr(loading, "ZOO_DIR", tmp_path)
     with pytest.warns(UserWarning, match="no trained checkpoint"):
         vitlab.load_model("resnet_tiny_c10", device="cpu")
 
@@ -197,7 +199,7 @@ def test_hub_weights_load_from_cache_offline(tmp_path):
         assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
         names = vitlab.available()  # trained zoo entries, cached hub models, untrained zoo entries
         after = names[names.index("vit_tiny_patch16_224.augreg_in21k") + 1:]
-        assert after == [n for n in vitlab.zoo.ENTRIES if not vitlab.zoo.trained(n) and n in vitlab.models.ARCHITECTURES], names
+        assert after == [n for n in vitlab.training.zoo.ENTRIES if not vitlab.training.zoo.trained(n) and n in vitlab.models.ARCHITECTURES], names
         print("loaded from cache")
     """, tmp_path)
     assert "loaded from cache" in done.stdout, done.stderr
@@ -209,7 +211,7 @@ def test_offline_without_cache_gives_clear_error(tmp_path):
         vitlab.load_model("vit_small_patch16_224.augreg_in21k")
     """, tmp_path)
     assert done.returncode != 0
-    assert "vitlab.models.WeightsUnavailableError" in done.stderr
+    assert "vitlab.models.loading.WeightsUnavailableError" in done.stderr
     assert "pretrained=False" in done.stderr and "online" in done.stderr
     assert "huggingface_hub" not in done.stderr  # no stack of hub internals
 
@@ -267,7 +269,7 @@ def test_bad_pretrained_tag_is_refused_before_any_network_access(monkeypatch):
     for name in ("create_connection", "getaddrinfo"):
         monkeypatch.setattr(socket, name, _refuse)
     monkeypatch.setattr(timm, "create_model", _refuse)
-    monkeypatch.setattr(models, "_create_cache_first", _refuse)
+    monkeypatch.setattr(loading, "_create_cache_first", _refuse)
     with pytest.raises(ValueError) as info:
         vitlab.load_model("vit_tiny_patch16_224.nonexistent_tag", device="cpu")
     message = str(info.value)
@@ -300,8 +302,8 @@ def _micro_file(tmp_path):
 def test_a_cut_safetensors_file_fails_before_a_model_is_built(tmp_path, monkeypatch, cut):
     _, path = _micro_file(tmp_path)
     path.write_bytes(path.read_bytes()[:cut])
-    monkeypatch.setattr(models, "build_model", _refuse)
-    monkeypatch.setattr(models, "read_state_dict", _refuse)
+    monkeypatch.setattr(loading, "build_model", _refuse)
+    monkeypatch.setattr(loading, "read_state_dict", _refuse)
     with pytest.raises(WeightsFileError, match="is (empty|truncated)") as info:
         vitlab.load_model(path, device="cpu")
     assert str(path) in str(info.value)
@@ -309,8 +311,8 @@ def test_a_cut_safetensors_file_fails_before_a_model_is_built(tmp_path, monkeypa
 
 def test_check_spec_reads_headers_only(tmp_path, monkeypatch):
     model, path = _micro_file(tmp_path)
-    monkeypatch.setattr(models, "build_model", _refuse)
-    monkeypatch.setattr(models, "read_state_dict", _refuse)
+    monkeypatch.setattr(loading, "build_model", _refuse)
+    monkeypatch.setattr(loading, "read_state_dict", _refuse)
     assert models.check_spec(path) == "file"
     assert models.check_spec("vit_small_c10") in ("zoo", "file")
     assert models.check_spec("vit_tiny_patch16_224") == "timm"
@@ -380,7 +382,7 @@ def test_every_timm_pretrained_cfg_passes_the_sidecar_check():
 
     names = timm.list_pretrained()
     assert len(names) > 1000
-    refused = [n for n in names if models._pretrained_cfg_problem(models._jsonable(get_pretrained_cfg(n).to_dict()))]
+    refused = [n for n in names if loading._pretrained_cfg_problem(loading._jsonable(get_pretrained_cfg(n).to_dict()))]
     assert refused == []
 
 
@@ -404,7 +406,7 @@ def test_device_check_follows_the_gpus_present(monkeypatch):
     """On a (pretended) one-GPU machine cuda and cuda:0 pass the check, cuda:1 does not."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert models._device("cuda") == torch.device("cuda") and models._device("cuda:0") == torch.device("cuda:0")
-    assert models._device(torch.device("cpu")) == torch.device("cpu")
+    assert loading._device("cuda") == torch.device("cuda") and loading._device("cuda:0") == torch.device("cuda:0")
+    assert loading._device(torch.device("cpu")) == torch.device("cpu")
     with pytest.raises(ValueError, match="device='cuda:1' but this machine has 1 CUDA device"):
-        models._device("cuda:1")
+        loading._device("cuda:1")

@@ -7,7 +7,9 @@ import pytest
 import torch
 from plotly.serializers import _py_to_js
 
-from vitlab import metrics, plots, plotting
+from vitlab.analysis import metrics
+from vitlab.views import figures
+from vitlab.views import style
 from vitlab.records import ProbeRecord, RunRecord
 
 
@@ -28,7 +30,7 @@ def _random_sim(rows, cols):
 def test_mosaic_places_each_tile_and_hover_labels():
     rows, cols = 3, 5
     sim = _random_sim(rows, cols)
-    z, custom = plots.tile_mosaic(sim)
+    z, custom = figures.tile_mosaic(sim)
     assert z.shape == (rows * rows + rows - 1, cols * cols + cols - 1)
     covered = np.zeros(z.shape, dtype=bool)
     for i in range(rows):
@@ -38,15 +40,15 @@ def test_mosaic_places_each_tile_and_hover_labels():
                     y, x = i * (rows + 1) + k, j * (cols + 1) + l
                     assert z[y, x] == np.float32(sim[i, j, k, l])
                     assert tuple(custom[y, x]) == (i + 1, j + 1, k + 1, l + 1)
-                    assert plots.mosaic_tile(sim.shape, x, y) == (i, j)
+                    assert figures.mosaic_tile(sim.shape, x, y) == (i, j)
                     covered[y, x] = True
     assert np.isnan(z[~covered]).all()  # the gaps between tiles stay empty
     gaps = np.argwhere(~covered)
-    assert all(plots.mosaic_tile(sim.shape, x, y) is None for y, x in gaps)
+    assert all(figures.mosaic_tile(sim.shape, x, y) is None for y, x in gaps)
 
 
 def test_position_similarity_figure_is_readable():
-    fig = plots.position_similarity_figure(_random_sim(4, 4), title="demo")
+    fig = figures.position_similarity_figure(_random_sim(4, 4), title="demo")
     heat = fig.data[0]
     assert (heat.zmin, heat.zmax) == (-1, 1)
     assert fig.layout.xaxis.title.text == "Input patch column" and fig.layout.yaxis.title.text == "Input patch row"
@@ -61,38 +63,38 @@ def test_position_similarity_figure_is_readable():
 def test_position_similarity_figure_prints_the_scores_and_their_random_init_reference():
     sim = _random_sim(4, 5)
     structure, mirror = metrics.position_structure(sim, (4, 5)), metrics.mirror_score(sim, (4, 5))
-    alone = plots.position_similarity_figure(sim).layout.annotations[0].text.split("<br>")
+    alone = figures.position_similarity_figure(sim).layout.annotations[0].text.split("<br>")
     assert alone[0].endswith(f"ρ(similarity, -distance): {structure.distance:.2f}")
     assert alone[1].endswith(f"partial ρ given distance: {structure.row_column:.2f}")
     assert alone[2] == f"similarity to the mirror position {mirror.mirror:.2f}, to neighbours {mirror.neighbour:.2f}"
     reference = [(metrics.PositionStructure(d, rc), metrics.MirrorScore(m, n))
                  for d, rc, m, n in ((0.1, -0.2, 0.3, 0.5), (0.3, 0.0, 0.1, 0.4), (-0.1, 0.05, 0.2, 0.6))]
-    lines = plots.position_similarity_figure(sim, reference=reference).layout.annotations[0].text.split("<br>")
+    lines = figures.position_similarity_figure(sim, reference=reference).layout.annotations[0].text.split("<br>")
     assert lines[0].endswith("random init (3 seeds) 0.10 [-0.10, 0.30]")
     assert lines[1].endswith("random init (3 seeds) -0.05 [-0.20, 0.05]")
     assert lines[2].endswith("random init (3 seeds) 0.20 [0.10, 0.30], 0.50 [0.40, 0.60]")
-    assert plots.spread_text([-0.001, 0.001]) == "0.00 [0.00, 0.00]"  # never "-0.00"
+    assert figures.spread_text([-0.001, 0.001]) == "0.00 [0.00, 0.00]"  # never "-0.00"
 
 
 def test_explained_variance_figure_draws_the_random_init_reference():
     ratio = torch.tensor([0.5, 0.2, 0.1])
     reference = torch.tensor([[0.2, 0.2, 0.2], [0.3, 0.2, 0.1], [0.1, 0.1, 0.1]])  # (seeds, k)
-    fig = plots.explained_variance_figure(ratio, reference)
+    fig = figures.explained_variance_figure(ratio, reference)
     np.testing.assert_allclose(fig.data[1].y, [0.5, 0.7, 0.8])  # the model's cumulative curve
     band, mean = fig.data[2], fig.data[3]
     np.testing.assert_allclose(mean.y, [0.2, 1.1 / 3, 0.5])  # mean of the cumulative sums
     np.testing.assert_allclose(band.y, [0.3, 0.5, 0.6, 0.3, 0.2, 0.1])  # max forward, min back
     assert "first 3 hold 80.0%<br>" in fig.layout.title.text
     assert "<br>(random init 50.0% [30.0, 60.0] over seeds)" in fig.layout.title.text
-    assert len(plots.explained_variance_figure(ratio).data) == 2
+    assert len(figures.explained_variance_figure(ratio).data) == 2
     with pytest.raises(ValueError, match="components"):
-        plots.explained_variance_figure(ratio, reference[:, :2])
+        figures.explained_variance_figure(ratio, reference[:, :2])
     _strict_json(fig)
 
 
 def test_patch_similarity_figure_shows_that_patch():
     sim = _random_sim(3, 4)
-    fig = plots.patch_similarity_figure(sim, 2, 1)
+    fig = figures.patch_similarity_figure(sim, 2, 1)
     np.testing.assert_array_equal(np.asarray(fig.data[0].z), sim[2, 1].numpy())
     assert (fig.data[1].x[0], fig.data[1].y[0]) == (2, 3)  # 1-based marker on the patch
     assert fig.layout.xaxis.dtick == 1 and fig.layout.yaxis.dtick == 1  # no half-step ticks on a small grid
@@ -100,18 +102,18 @@ def test_patch_similarity_figure_shows_that_patch():
 
 def test_tile_mosaic_with_rectangular_tiles():
     tiles = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
-    z, custom = plots.tile_mosaic(tiles)
+    z, custom = figures.tile_mosaic(tiles)
     assert z.shape == (2 * 5 - 1, 3 * 6 - 1)
     for a in range(2):
         for b in range(3):
             np.testing.assert_array_equal(z[a * 5 : a * 5 + 4, b * 6 : b * 6 + 5], tiles[a, b].numpy())
-            assert plots.mosaic_tile(tiles.shape, b * 6 + 4, a * 5 + 3) == (a, b)
+            assert figures.mosaic_tile(tiles.shape, b * 6 + 4, a * 5 + 3) == (a, b)
             assert tuple(custom[a * 5 + 3, b * 6 + 4]) == (a + 1, b + 1, 4, 5)
 
 
 def test_embedding_filters_figure_scales_each_component():
     filters = torch.randn(5, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    fig = plots.embedding_filters_figure(filters, torch.full((5,), 0.1), cols=3)
+    fig = figures.embedding_filters_figure(filters, torch.full((5,), 0.1), cols=3)
     img = np.asarray(fig.data[0].z)
     assert img.shape == (2 * 5 - 1, 3 * 5 - 1, 3)
     for i in range(5):
@@ -124,7 +126,7 @@ def test_embedding_filters_figure_scales_each_component():
 
 def test_attention_distance_figure_has_a_trace_per_head_and_the_reference():
     d = torch.rand(4, 3) * 20
-    fig = plots.attention_distance_figure(d, reference={"resnet": ([0, 1], [3.0, 7.0])}, max_distance=40)
+    fig = figures.attention_distance_figure(d, reference={"resnet": ([0, 1], [3.0, 7.0])}, max_distance=40)
     assert len(fig.data) == 4
     for h in range(3):
         np.testing.assert_allclose(fig.data[h].y, d[:, h].numpy(), rtol=1e-6)
@@ -136,7 +138,7 @@ def test_attention_distance_figure_has_a_trace_per_head_and_the_reference():
 def test_attention_distance_figure_draws_uniform_and_random_init_references():
     d = torch.rand(4, 3) * 20
     random = torch.rand(3, 4, 3) * 10 + 25  # (seeds, layers, heads)
-    fig = plots.attention_distance_figure(d, uniform=16.5, random_init=random, depth=4)
+    fig = figures.attention_distance_figure(d, uniform=16.5, random_init=random, depth=4)
     band, line, *heads = fig.data
     assert [h.name for h in heads] == ["head 1", "head 2", "head 3"]
     for h, trace in enumerate(heads):
@@ -150,21 +152,21 @@ def test_attention_distance_figure_draws_uniform_and_random_init_references():
     np.testing.assert_allclose(band.y, high + low[::-1], rtol=1e-6)
     assert fig.layout.yaxis.range[1] == pytest.approx(max(high) * 1.1, rel=1e-6)  # the band fits in
     pairs = [(1.0, 3.0), (2.0, 5.0)]  # per-layer (low, high) for layers 3 and 5
-    fig = plots.attention_distance_figure(torch.rand(2, 3), torch.tensor([2, 4]), random_init=pairs)
+    fig = figures.attention_distance_figure(torch.rand(2, 3), torch.tensor([2, 4]), random_init=pairs)
     assert fig.data[0].name == "random init" and list(fig.data[0].x) == [3, 5, 5, 3]
     assert list(fig.data[0].y) == [3.0, 5.0, 2.0, 1.0]
-    one = plots.attention_distance_figure(torch.rand(1, 2), random_init=torch.tensor([[[4.0, 6.0]]]))
+    one = figures.attention_distance_figure(torch.rand(1, 2), random_init=torch.tensor([[[4.0, 6.0]]]))
     assert list(one.data[0].x) == pytest.approx([0.6, 1.4, 1.4, 0.6]) and list(one.data[0].y) == [6, 6, 4, 4]
     with pytest.raises(ValueError, match="random_init"):
-        plots.attention_distance_figure(d, random_init=torch.rand(3, 5, 3))
+        figures.attention_distance_figure(d, random_init=torch.rand(3, 5, 3))
 
 
 def test_attention_distance_figure_clips_the_reference_and_follows_depth():
     fields = [("conv1", 3.0), ("layer1.0", 7.0), ("layer2.0", 19.0), ("layer3.0", 51.0), ("layer4.0", 109.0)]
-    reference = plots.receptive_field_reference(fields, depth=6, name="cnn")
+    reference = figures.receptive_field_reference(fields, depth=6, name="cnn")
     xs, ys, names = reference["cnn"]
     assert xs[0] == 1 and xs[-1] == 6 and np.allclose(np.diff(xs), 1.25) and ys == [r for _, r in fields]
-    fig = plots.attention_distance_figure(torch.rand(6, 2) * 20, reference=reference, max_distance=45.25, depth=6)
+    fig = figures.attention_distance_figure(torch.rand(6, 2) * 20, reference=reference, max_distance=45.25, depth=6)
     line = fig.data[-1]
     assert list(line.y) == [3.0, 7.0, 19.0, 45.25, 45.25]  # inside the plot ...
     assert [c[1] for c in line.customdata] == ys  # ... the hover keeps the true value
@@ -175,12 +177,12 @@ def test_attention_distance_figure_clips_the_reference_and_follows_depth():
 
 def test_long_titles_break_before_the_mode_bar():
     title = "vit_tiny_c10: mean attention distance, 128 CIFAR-10 test images, 12-13 per class"
-    fig = plots.attention_distance_figure(torch.rand(6, 2), title=title)
+    fig = figures.attention_distance_figure(torch.rand(6, 2), title=title)
     assert fig.layout.title.text == title.replace("distance, ", "distance,<br>")
     assert fig.layout.margin.t == 74 and fig.layout.title.x < 0.1 and fig.layout.title.xanchor == "left"
-    assert plots.attention_distance_figure(torch.rand(6, 2), title="short").layout.title.text == "short"
+    assert figures.attention_distance_figure(torch.rand(6, 2), title="short").layout.title.text == "short"
     longer = "vit_tiny_c10: mean attention distance (keep class-token share), 16 CIFAR-10 test images, 1-2 per class"
-    fig = plots.attention_distance_figure(torch.rand(6, 2), title=longer)
+    fig = figures.attention_distance_figure(torch.rand(6, 2), title=longer)
     lines = fig.layout.title.text.split("<br>")
     limit = (fig.layout.width - 190) // 9  # characters left of the mode bar
     assert len(lines) == 3 and all(len(line) <= limit for line in lines) and " ".join(lines) == longer
@@ -190,7 +192,7 @@ def test_long_titles_break_before_the_mode_bar():
 def test_attention_overlay_aligns_patches_with_pixels():
     image = torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8)
     mask = torch.rand(4, 6)
-    fig = plots.attention_overlay_figure(image, mask, marker=(1, 2))
+    fig = figures.attention_overlay_figure(image, mask, marker=(1, 2))
     heat = fig.data[-1]
     np.testing.assert_allclose(np.asarray(heat.z), mask.numpy(), rtol=1e-6)
     assert [t.type for t in fig.data] == ["image", "image", "heatmap"]  # the image stays visible beside the map
@@ -203,7 +205,7 @@ def test_attention_overlay_aligns_patches_with_pixels():
 
 def test_head_attention_figure_scales_each_map_to_its_maximum():
     maps = torch.rand(2, 3, 4, 4)
-    fig = plots.head_attention_figure(maps)
+    fig = figures.head_attention_figure(maps)
     z = np.asarray(fig.data[0].z, dtype=float)
     for layer in range(2):
         for head in range(3):
@@ -215,17 +217,17 @@ def test_head_attention_figure_scales_each_map_to_its_maximum():
 def test_training_curves_and_zoo_table():
     records = [{"epoch": 1, "loss": 2.0, "train_accuracy": 0.3, "test_accuracy": 0.35},
                {"epoch": 2, "loss": 1.5, "train_accuracy": 0.5, "test_accuracy": 0.52}]
-    fig = plots.training_curves_figure(records)
+    fig = figures.training_curves_figure(records)
     assert list(fig.data[0].y) == [2.0, 1.5] and list(fig.data[2].y) == [0.35, 0.52]
     zoo = {"a": dict(family="vit", description="d", params=1234, test_accuracy=0.75),
            "b": dict(family="resnet", description="e", params=10, test_accuracy=None),
            "c": dict(family="vit", description="f", params=10, test_accuracy=0.4, objective="mpp")}
-    table = plots.zoo_table(zoo).data[0]
+    table = figures.zoo_table(zoo).data[0]
     cells = table.cells.values
     assert _text(cells[0]) == ["a", "b", "c"] and cells[3][0] == "1,234"
     assert _text(cells[4]) == ["75.0%", "untrained", "no head; masked colours 40.0%"]
     assert table.cells.height >= 28  # room for underscores
-    assert plots.training_curves_figure(records[:1]).layout.xaxis.dtick == 1  # no half epochs
+    assert figures.training_curves_figure(records[:1]).layout.xaxis.dtick == 1  # no half epochs
 
 
 def _sweep_records():
@@ -241,7 +243,7 @@ def _sweep_records():
 
 
 def test_sweep_figure_means_and_error_bars_over_seeds():
-    fig = plots.sweep_figure(_sweep_records())
+    fig = figures.sweep_figure(_sweep_records())
     assert [t.name for t in fig.data] == ["vit_a (vit)", "resnet_b (resnet)"]  # ViTs first
     vit = fig.data[0]
     assert list(vit.x) == [100, 1000]
@@ -250,31 +252,31 @@ def test_sweep_figure_means_and_error_bars_over_seeds():
     assert [list(c[:3]) for c in vit.customdata] == [[3, 10, 100], [1, 1, 1000]]
     assert vit.customdata[0][3] == pytest.approx(2.0)  # mean of 1, 2 and 3 minutes
     assert fig.layout.xaxis.type == "log"
-    flops = plots.sweep_figure(_sweep_records(), x="train_flops", models=["resnet_b"])
+    flops = figures.sweep_figure(_sweep_records(), x="train_flops", models=["resnet_b"])
     assert len(flops.data) == 1 and list(flops.data[0].x) == [4000.0, 4000.0]
     np.testing.assert_allclose(flops.data[0].y, [0.4, 0.7])
     with pytest.raises(ValueError, match="x must be"):
-        plots.sweep_figure(_sweep_records(), x="params")
+        figures.sweep_figure(_sweep_records(), x="params")
     probed = [dataclasses.replace(r, fewshot={5: r.test_accuracy / 2}) for r in _sweep_records() if r.model == "vit_a"]
-    fig = plots.sweep_figure(probed + _sweep_records(), shots=5)
+    fig = figures.sweep_figure(probed + _sweep_records(), shots=5)
     assert [t.name for t in fig.data] == ["vit_a (vit)"]  # runs without probes are left out
     np.testing.assert_allclose(fig.data[0].y, [0.15, 0.3])
     assert fig.layout.yaxis.title.text == "5-shot linear probe accuracy"
-    assert fig.data[0].line.color == plotting.family_color("vit", 0)
+    assert fig.data[0].line.color == style.family_color("vit", 0)
 
 
 def test_sweep_figure_draws_the_three_families_in_order_each_in_its_colour_and_marker():
     hybrid = [dataclasses.replace(r, model="hybrid_c", family="hybrid") for r in _sweep_records() if r.model == "vit_a"]
-    fig = plots.sweep_figure(_sweep_records() + hybrid)
+    fig = figures.sweep_figure(_sweep_records() + hybrid)
     assert [t.name for t in fig.data] == ["vit_a (vit)", "hybrid_c (hybrid)", "resnet_b (resnet)"]
     assert [t.marker.symbol for t in fig.data] == ["circle", "triangle-up", "square"]
-    assert [t.line.color for t in fig.data] == [plotting.family_color(f, 0) for f in ("vit", "hybrid", "resnet")]
-    assert len(set(plotting.FAMILY_COLORS["hybrid"]) & set(plotting.FAMILY_COLORS["vit"] +
-                                                          plotting.FAMILY_COLORS["resnet"])) == 0
+    assert [t.line.color for t in fig.data] == [style.family_color(f, 0) for f in ("vit", "hybrid", "resnet")]
+    assert len(set(style.FAMILY_COLORS["hybrid"]) & set(style.FAMILY_COLORS["vit"] +
+                                                          style.FAMILY_COLORS["resnet"])) == 0
 
 
 def test_sweep_table_lists_every_model_and_size():
-    table = plots.sweep_table(_sweep_records()).data[0]
+    table = figures.sweep_table(_sweep_records()).data[0]
     cells = table.cells.values
     assert _text(cells[0]) == ["resnet_b", "resnet_b", "vit_a", "vit_a"]
     assert _text(cells[1]) == ["100", "1,000"] * 2 and _text(cells[3]) == ["3", "1", "3", "1"]
@@ -303,45 +305,45 @@ def _probe_records():
 
 
 def test_probe_depth_figure_puts_models_on_a_relative_depth_axis():
-    fig = plots.probe_depth_figure(_probe_records(), shots=5)
+    fig = figures.probe_depth_figure(_probe_records(), shots=5)
     assert [t.name for t in fig.data] == ["vit · cls", "vit · mean", "resnet · gap"]
     np.testing.assert_allclose(fig.data[0].x, [0, 0.5, 1])
     np.testing.assert_allclose(fig.data[2].x, [0, 1])
     np.testing.assert_allclose(fig.data[0].y, [0.05 + 0.05 + 0.01, 0.15 + 0.05 + 0.01, 0.25 + 0.05 + 0.01])
     np.testing.assert_allclose(fig.data[0].error_y.array, [np.std([0, 0.02], ddof=1)] * 3, atol=1e-12)
-    assert fig.data[2].line.color == plotting.family_color("resnet", 0)  # colour from the record's family
+    assert fig.data[2].line.color == style.family_color("resnet", 0)  # colour from the record's family
     head = [dataclasses.replace(r, pooling="head") for r in _probe_records() if r.model == "vit"]
-    pooled_by_head = plots.probe_depth_figure(head, shots=5)
-    assert pooled_by_head.data[0].line.color == plotting.family_color("vit", 0)  # not guessed from the pooling
+    pooled_by_head = figures.probe_depth_figure(head, shots=5)
+    assert pooled_by_head.data[0].line.color == style.family_color("vit", 0)  # not guessed from the pooling
     with pytest.raises(ValueError, match="no probe records with 25 shots"):
-        plots.probe_depth_figure(_probe_records(), shots=25)
+        figures.probe_depth_figure(_probe_records(), shots=25)
 
 
 def test_probe_shots_figure_follows_the_chosen_layers():
-    fig = plots.probe_shots_figure(_probe_records(), [("resnet", "layer1", "gap"), ("vit", "blocks.0", "mean")])
+    fig = figures.probe_shots_figure(_probe_records(), [("resnet", "layer1", "gap"), ("vit", "blocks.0", "mean")])
     assert list(fig.data[0].x) == [1, 5]
     np.testing.assert_allclose(fig.data[0].y, [0.31, 0.35])
     np.testing.assert_allclose(fig.data[1].y, [0.02, 0.06])
     with pytest.raises(ValueError, match="no probe records"):
-        plots.probe_shots_figure(_probe_records(), [("vit", "blocks.9", "cls")])
+        figures.probe_shots_figure(_probe_records(), [("vit", "blocks.9", "cls")])
 
 
 def test_cka_figure_rows_and_columns():
     cka = torch.tensor([[1.0, 0.5, 0.25], [0.1, 0.2, 0.3]])
-    fig = plots.cka_figure(cka, ["b0", "b1"], ["s0", "s1", "s2"], "ViT", "ResNet")
+    fig = figures.cka_figure(cka, ["b0", "b1"], ["s0", "s1", "s2"], "ViT", "ResNet")
     heat = fig.data[0]
     np.testing.assert_allclose(np.asarray(heat.z), cka.numpy())
     assert list(heat.y) == ["b0", "b1"] and list(heat.x) == ["s0", "s1", "s2"] and (heat.zmin, heat.zmax) == (0, 1)
     assert fig.layout.xaxis.title.text == "ResNet" and fig.layout.yaxis.title.text == "ViT"
     with pytest.raises(ValueError, match="does not match"):
-        plots.cka_figure(cka, ["b0"], ["s0", "s1", "s2"])
+        figures.cka_figure(cka, ["b0"], ["s0", "s1", "s2"])
 
 
 def test_inside_by_size_figure_draws_layer_lines_per_size_and_the_lowest_head_against_size():
     from test_records import _run_inside
 
     runs = [_run_inside(1000, 3.0, 3.2), _run_inside(100, 1.0, 1.2)]
-    fig = plots.inside_by_size_figure(runs)
+    fig = figures.inside_by_size_figure(runs)
     lines = [t for t in fig.data if t.name and t.name.endswith("images")]
     assert [t.name for t in lines] == ["100 images", "1,000 images"]  # smallest first
     assert list(lines[0].y) == pytest.approx([1.5, 7.0])  # mean over heads per layer
@@ -352,19 +354,19 @@ def test_inside_by_size_figure_draws_layer_lines_per_size_and_the_lowest_head_ag
     uniform = [t for t in fig.data if t.name.startswith("uniform attention")]
     assert len(uniform) == 2 and all(list(t.y) == [4.2, 4.2] for t in uniform)
     assert fig.layout.xaxis2.type == "log"
-    assert lowest.line.color == plotting.family_color("vit", 2) and lines[0].line.color.startswith("rgba(31, 119, 180,")
-    green = plots.inside_by_size_figure([dataclasses.replace(r, family="hybrid") for r in runs])
+    assert lowest.line.color == style.family_color("vit", 2) and lines[0].line.color.startswith("rgba(31, 119, 180,")
+    green = figures.inside_by_size_figure([dataclasses.replace(r, family="hybrid") for r in runs])
     lowest = next(t for t in green.data if t.name == "lowest layer, most local head")
-    assert lowest.line.color == plotting.family_color("hybrid", 2)
+    assert lowest.line.color == style.family_color("hybrid", 2)
     assert green.data[0].line.color.startswith("rgba(44, 160, 44,")  # #2ca02c, faded by size
     with pytest.raises(ValueError, match="no inside views"):
-        plots.inside_by_size_figure([])
+        figures.inside_by_size_figure([])
 
 
 def test_training_curves_say_when_train_accuracy_counts_dominant_labels():
     records = [dict(epoch=1, loss=2.0, train_accuracy=0.3, test_accuracy=0.35)]
-    plain = {t.name for t in plots.training_curves_figure(records).data}
-    mixed = {t.name for t in plots.training_curves_figure(records, mixed=True).data}
+    plain = {t.name for t in figures.training_curves_figure(records).data}
+    mixed = {t.name for t in figures.training_curves_figure(records, mixed=True).data}
     assert "train accuracy" in plain and "train accuracy (dominant label of mixed images)" in mixed
 
 
@@ -374,7 +376,7 @@ def test_training_curves_say_when_train_accuracy_counts_dominant_labels():
 def test_pretraining_figure_names_colour_accuracy_and_draws_each_guess_at_its_value():
     log = [dict(epoch=1, loss=4.0, train_accuracy=0.2, test_accuracy=0.25), dict(epoch=2, loss=3.0, train_accuracy=0.3,
                                                                                  test_accuracy=0.35)]
-    fig = plots.pretraining_figure(log, {"neighbours' mean": 0.28, "most frequent": 0.05})
+    fig = figures.pretraining_figure(log, {"neighbours' mean": 0.28, "most frequent": 0.05})
     names = [t.name for t in fig.data]
     assert "test images' corrupted patches" in names and "train images' corrupted patches" in names
     guesses = {t.name: set(t.y) for t in fig.data if t.name.startswith("guess")}
@@ -384,13 +386,13 @@ def test_pretraining_figure_names_colour_accuracy_and_draws_each_guess_at_its_va
 
 
 def test_mpp_example_figure_shows_the_targets_and_scores_each_image_by_hand():
-    from vitlab import mpp
+    from vitlab.training import mpp
     from vitlab.models import build_model, preprocess
 
     torch.manual_seed(0)
     model = mpp.MaskedPatchPrediction(build_model({"zoo": "vit_micro_c10"}))
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    fig = plots.mpp_example_figure(model, images, seed=3)
+    fig = figures.mpp_example_figure(model, images, seed=3)
     targets, c = mpp.draw_batch(images, 8, torch.Generator().manual_seed(3), "cpu")
     with torch.no_grad():
         predicted = model(preprocess(model.encoder, images, resize=False), c).argmax(-1)
@@ -430,22 +432,22 @@ def test_inside_comparison_figure_draws_each_models_layer_means_and_most_local_h
     from test_recipes import _view
 
     views = {"pre-trained": _view(1, 3.0), "scratch": _view(1, 12.0)}
-    fig = plots.inside_comparison_figure(views)
+    fig = figures.inside_comparison_figure(views)
     by_name = {t.name: list(t.y) for t in fig.data}
     assert by_name["pre-trained: mean over heads"] == pytest.approx(views["pre-trained"].layer_means)
     assert by_name["scratch: most local head"] == [12.0, 14.0]
     assert by_name["uniform attention (16.0 px)"] == [16.0, 16.0]
     _strict_json(fig)
-    colours = {t.name: t.line.color for t in plots.inside_comparison_figure(views, families={"scratch": "hybrid"}).data}
-    assert colours["scratch: mean over heads"] == plotting.family_color("hybrid", 0)  # its family's green
+    colours = {t.name: t.line.color for t in figures.inside_comparison_figure(views, families={"scratch": "hybrid"}).data}
+    assert colours["scratch: mean over heads"] == style.family_color("hybrid", 0)  # its family's green
     assert colours["pre-trained: mean over heads"] == "#1f77b4"  # the palette's first colour, unchanged
 
 
 def test_a_hybrids_stem_line_is_styled_apart_from_a_cnns_receptive_fields():
-    lines = {**plots.receptive_field_reference([("conv1", 3.0), ("layer4", 40.0)], 5),
-             **plots.token_field_reference(25.0, 5, "stem")}
-    fig = plots.attention_distance_figure(torch.full((5, 2), 10.0), reference=lines, max_distance=45.0)
+    lines = {**figures.receptive_field_reference([("conv1", 3.0), ("layer4", 40.0)], 5),
+             **figures.token_field_reference(25.0, 5, "stem")}
+    fig = figures.attention_distance_figure(torch.full((5, 2), 10.0), reference=lines, max_distance=45.0)
     stem, cnn = next(t for t in fig.data if t.name == "stem"), next(t for t in fig.data if t.name.startswith("ResNet"))
     assert list(stem.x) == [1, 5] and list(stem.y) == [25.0, 25.0]
-    assert (stem.line.dash, stem.line.color) == ("dashdot", plotting.family_color("hybrid", 2))
+    assert (stem.line.dash, stem.line.color) == ("dashdot", style.family_color("hybrid", 2))
     assert (cnn.line.dash, cnn.line.color) == ("dot", "gray")

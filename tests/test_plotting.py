@@ -1,15 +1,15 @@
 import plotly.graph_objects as go
 
-from vitlab import plotting
+from vitlab.views import style
 
 
 def test_durations_say_seconds_under_a_minute():
-    assert plotting.duration(0.4) == "0.4 s" and plotting.duration(42.0) == "42 s" and plotting.duration(59.4) == "59 s"
-    assert plotting.duration(60.0) == "1.0 min" and plotting.duration(192.0) == "3.2 min"
+    assert style.duration(0.4) == "0.4 s" and style.duration(42.0) == "42 s" and style.duration(59.4) == "59 s"
+    assert style.duration(60.0) == "1.0 min" and style.duration(192.0) == "3.2 min"
 
 
 def test_lines_the_caller_broke_are_each_wrapped_before_the_mode_bar():
-    fig = plotting.layout(go.Figure(), "Short<br>" + "word " * 30 + "end", 520, 300)
+    fig = style.layout(go.Figure(), "Short<br>" + "word " * 30 + "end", 520, 300)
     lines = fig.layout.title.text.split("<br>")
     limit = (520 - 190) // 9
     assert lines[0] == "Short" and len(lines) >= 4 and all(len(line) <= limit for line in lines)

@@ -4,8 +4,10 @@ import math
 import pytest
 import torch
 
-from vitlab import hooks, metrics, models, readouts
-from vitlab.hooks import capture, head_statistics
+from vitlab import models
+from vitlab.analysis import metrics
+from vitlab.views import readouts
+from vitlab.analysis.capture import INIT_SEEDS, attention_distance, capture, head_statistics, random_init, random_init_statistics
 
 GRID, PATCH = (8, 8), (4, 4)
 
@@ -91,7 +93,7 @@ def test_gaussian_local_attention_gives_its_distance_and_is_local():
 def test_attention_distance_readout_equals_the_metric_on_a_model(tiny_vit):
     images = torch.randint(0, 256, (9, 3, 32, 32), dtype=torch.uint8)
     r = readouts.attention_distance_of(tiny_vit, images)  # timm model: no vitlab_arch, no band
-    per_image = torch.stack([hooks.attention_distance(capture(tiny_vit, images[i : i + 1])) for i in range(9)])
+    per_image = torch.stack([attention_distance(capture(tiny_vit, images[i : i + 1])) for i in range(9)])
     mean = per_image.mean(0)  # (layers, heads)
     torch.testing.assert_close(r.mean, mean, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(r.std, per_image.std(0), atol=1e-4, rtol=1e-4)
@@ -110,8 +112,8 @@ def test_random_position_embeddings_say_no_structure():
     assert r.structure == metrics.position_structure(sim, grid) and r.mirror == metrics.mirror_score(sim, grid)
     assert abs(r.structure.distance) < 0.2 and not r.grid_structure and "No grid structure" in r.text
     assert len(r.reference) == 3 and all(abs(s.distance) < 0.2 for s, _ in r.reference)
-    expected = [metrics.position_structure(metrics.position_similarity(hooks.random_init(model, s)), grid)
-                for s in hooks.INIT_SEEDS]
+    expected = [metrics.position_structure(metrics.position_similarity(random_init(model, s)), grid)
+                for s in INIT_SEEDS]
     assert [s for s, _ in r.reference] == expected
 
 
@@ -143,7 +145,7 @@ def test_filters_readout_equals_the_explained_variance():
     r = readouts.embedding_filters_of(model, k=5)
     ratio = metrics.embedding_filters(model, k=32)[1]
     assert r.first == pytest.approx(float(ratio[0])) and r.first_k == pytest.approx(float(ratio[:5].sum()))
-    ref = [metrics.embedding_filters(hooks.random_init(model, s), k=32)[1] for s in hooks.INIT_SEEDS]
+    ref = [metrics.embedding_filters(random_init(model, s), k=32)[1] for s in INIT_SEEDS]
     assert r.reference_first == pytest.approx([float(x[0]) for x in ref])
     assert r.reference_first_k == pytest.approx([float(x[:5].sum()) for x in ref])
     assert r.verdict == "no more"  # a random model against random models
@@ -186,30 +188,30 @@ def micro_file(tmp_path):
 
 
 def test_explorers_show_the_readout_of_what_they_draw(micro_file):
-    from vitlab import widgets
+    from vitlab.views import explorers
 
     model = models.load_model(micro_file, device="cpu")
-    view = widgets.PositionEmbeddingExplorer([micro_file])
+    view = explorers.PositionEmbeddingExplorer([micro_file])
     assert view.readout.value == readouts.position_embeddings_of(model).html()
-    view = widgets.EmbeddingFiltersExplorer([micro_file], k=5)
+    view = explorers.EmbeddingFiltersExplorer([micro_file], k=5)
     assert view.readout.value == readouts.embedding_filters_of(model, k=5).html()
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    view = widgets.AttentionMapsExplorer([micro_file], images, [f"img{i}" for i in range(6)])
+    view = explorers.AttentionMapsExplorer([micro_file], images, [f"img{i}" for i in range(6)])
     assert view.readout.value == readouts.attention_rollout_of(model, images).html()
 
 
 def test_attention_distance_view_returns_the_figure_and_its_readout(micro_file):
-    from vitlab import widgets
+    from vitlab.views import explorers
 
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    figure, readout = widgets.attention_distance_view(micro_file, images)
+    figure, readout = explorers.attention_distance_view(micro_file, images)
     expected = readouts.attention_distance_of(models.load_model(micro_file, device="cpu"), images)
     assert readout.text == expected.text and len(readout.band) == len(expected.layers)
     heads = [t for t in figure.data if t.name and t.name.startswith("head ")]
     assert [float(y) for y in heads[0].y] == pytest.approx(expected.mean[:, 0].tolist(), abs=1e-4)
-    view = widgets.AttentionDistanceExplorer([micro_file], images, default=6)
+    view = explorers.AttentionDistanceExplorer([micro_file], images, default=6)
     stats = head_statistics(models.load_model(micro_file, device="cpu"), images)
-    band = hooks.random_init_statistics(models.load_model(micro_file, device="cpu"), images)["distance"]
+    band = random_init_statistics(models.load_model(micro_file, device="cpu"), images)["distance"]
     assert view.readout.value == readouts.attention_distance(stats["distance_per_image"], expected.uniform, band).html()
 
 

@@ -5,8 +5,13 @@ import json
 import pytest
 import torch
 
-from vitlab import hooks, inside, readouts, recipes, settings, train
-from vitlab.config import ConfigError
+from vitlab import settings
+from vitlab.analysis.capture import head_statistics
+from vitlab.training import inside
+from vitlab.views import readouts
+from vitlab.training import recipes
+from vitlab.training import loop
+from vitlab.training.config import ConfigError
 from vitlab.models import load_model
 from vitlab.records import InsideView, RecipeRun, Recipes, ResultsFileError
 
@@ -25,9 +30,9 @@ def trained(tmp_path_factory):
         for arm, cutmix in (("plain", 0.0), ("CutMix", 1.0)):
             for seed in (0, 1):
                 out = root / f"{arm.lower()}-s{seed}"
-                config = train.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=32, seed=seed, cutmix=cutmix,
+                config = loop.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=32, seed=seed, cutmix=cutmix,
                                            eval_size=50)
-                train.train(config, out, progress=False)
+                loop.train(config, out, progress=False)
                 folders.setdefault(arm, []).append(out)
         yield root, folders, mp
 
@@ -48,7 +53,7 @@ def test_collect_copies_the_records_and_reads_them_back(trained, collected):
             assert (out / folder.name / name).read_bytes() == (folder / name).read_bytes()
         assert not (out / folder.name / "model.safetensors").exists()  # weights stay out: small enough to commit
         assert run.views == inside.read(folder) and run.epochs == [1, 2]
-        assert run.metrics == train.read_metrics(folder)
+        assert run.metrics == loop.read_metrics(folder)
         assert run.seed == json.loads((folder / "model.json").read_text())["config"]["seed"]
     assert comparison.commands[-1] == "collect it" and all("--seed" in c for c in comparison.commands[:-1])
     assert not [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")]
@@ -59,7 +64,7 @@ def test_the_final_spread_brackets_the_trainers_last_view(trained, collected):
     root, folders, mp = trained
     comparison, _ = collected
     for run, folder in zip(comparison.runs, [f for fs in folders.values() for f in fs]):
-        stats = hooks.head_statistics(load_model(folder / "model.safetensors", device="cpu"), inside.probe_images())
+        stats = head_statistics(load_model(folder / "model.safetensors", device="cpu"), inside.probe_images())
         per_image = stats["distance_per_image"][:, 0]  # (images, heads): the lowest layer
         head = int(per_image.mean(0).argmin())
         assert run.views[-1].lowest_local == pytest.approx(float(per_image.mean(0)[head]), abs=1e-4)
@@ -83,7 +88,7 @@ def test_collect_refuses_before_writing(trained, collected, tmp_path):
 
 
 def test_runs_of_one_arm_may_differ_only_in_their_seed():
-    base = dataclasses.asdict(train.TrainConfig())
+    base = dataclasses.asdict(loop.TrainConfig())
     same = recipes.differences({"a": [base, dict(base, seed=1)], "b": [dict(base, cutmix=1.0, mix_prob=0.5)]})
     assert same == {"cutmix": {"a": 0.0, "b": 1.0}, "mix_prob": {"a": 1.0, "b": 0.5}}
     with pytest.raises(ConfigError, match="arm 'a' differ in lr, not only in their seed"):
@@ -173,9 +178,9 @@ def test_the_readout_says_what_each_arm_measured():
 
 
 def test_the_side_by_side_figure_draws_every_head_of_every_seed():
-    from vitlab import plots
+    from vitlab.views import figures
 
-    fig = plots.recipes_figure(_comparison(), 1)
+    fig = figures.recipes_figure(_comparison(), 1)
     heads = [t for t in fig.data if t.name and t.name.endswith(": heads")]
     assert len(heads) == 4 and {t.xaxis for t in heads} == {"x", "x2"}  # one panel per arm
     cutmix_s0 = next(t for t in heads if t.name == "CutMix, seed 0: heads")
@@ -185,9 +190,9 @@ def test_the_side_by_side_figure_draws_every_head_of_every_seed():
 
 
 def test_the_timeline_has_a_line_per_run_and_the_final_intervals():
-    from vitlab import plots
+    from vitlab.views import figures
 
-    fig = plots.recipes_timeline_figure(_comparison(), epoch=1)
+    fig = figures.recipes_timeline_figure(_comparison(), epoch=1)
     lines = [t for t in fig.data if t.xaxis == "x" and t.name and "seed" in t.name]
     assert [list(t.y) for t in lines] == [[15.0, 14.0], [15.5, 14.5], [12.0, 3.0], [13.0, 9.0]]
     assert [list(t.error_y.array) for t in lines][2] == [0.0, 0.5]
@@ -196,7 +201,7 @@ def test_the_timeline_has_a_line_per_run_and_the_final_intervals():
 
 
 def test_the_explorer_redraws_the_arms_at_the_chosen_epoch(collected):
-    from vitlab.widgets import RecipesExplorer
+    from vitlab.views.explorers import RecipesExplorer
 
     _, out = collected
     explorer = RecipesExplorer(out)

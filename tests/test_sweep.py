@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import vitlab
-from vitlab import data, records, zoo
-from vitlab import sweep as sweep_mod
+from vitlab import data, records
+from vitlab.training import zoo
+from vitlab.training import sweep as sweep_mod
 from vitlab.models import ARCHITECTURES, build_model, load_model
-from vitlab.sweep import SweepConfig, sweep, train_flops_per_image
-from vitlab.train import evaluate
+from vitlab.training.sweep import SweepConfig, sweep, train_flops_per_image
+from vitlab.training.loop import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +114,7 @@ def test_sweep_records_every_run_and_skips_done_ones(fake_cifar, tmp_path, monke
 
 
 def test_every_vit_run_gets_the_inside_view_of_its_final_model(fake_cifar, tmp_path, monkeypatch):
-    from vitlab import inside
+    from vitlab.training import inside
 
     config = _tiny(tmp_path)
     runs = sweep(config)
@@ -128,7 +129,7 @@ def test_every_vit_run_gets_the_inside_view_of_its_final_model(fake_cifar, tmp_p
         assert v.view == again  # the same view, recomputed independently from the saved weights
         # The spread: each probe image's distance for the lowest layer's most local head, by hand.
         head = min(range(len(v.view.distance[0])), key=lambda h: v.view.distance[0][h])
-        per_image = torch.stack([vitlab.metrics.mean_attention_distance(
+        per_image = torch.stack([vitlab.analysis.metrics.mean_attention_distance(
             vitlab.capture(model, images[i : i + 1]).attn[0], v.view.grid, v.view.patch_size)[head]
             for i in range(len(images))])
         assert v.lowest_std == pytest.approx(float(per_image.double().std()), rel=1e-4)
@@ -144,7 +145,7 @@ def test_every_vit_run_gets_the_inside_view_of_its_final_model(fake_cifar, tmp_p
 
 
 def test_sweep_resumes_a_run_that_was_interrupted(fake_cifar, tmp_path, monkeypatch):
-    from vitlab import train as train_mod
+    from vitlab.training import loop as train_mod
 
     config = _tiny(tmp_path, models=("vit_micro_c10",), sizes=(100,), min_samples=300)  # 3 epochs
     real_evaluate, calls = train_mod.evaluate, []
@@ -247,9 +248,9 @@ def test_fewshot_probes_of_each_run_match_a_brute_force_probe(fake_cifar, tmp_pa
                                        "fewshot_1", "fewshot_5"]
     probes, _ = records.read_run_probes(config.results)
     assert {(p.layer, p.pooling) for p in probes} == {("pre_logits", "head")}
-    import vitlab.compare
+    import vitlab.analysis.representations
 
-    monkeypatch.setattr(vitlab.compare, "fewshot_probes", lambda *a, **kw: pytest.fail("probed twice"))
+    monkeypatch.setattr(vitlab.analysis.representations, "fewshot_probes", lambda *a, **kw: pytest.fail("probed twice"))
     assert sweep(config) == runs
     with pytest.raises(ValueError, match="few-shot probes need"):
         sweep(_tiny(tmp_path, fewshot=(20,)))  # 20 per class: more than the 100-image subset holds
@@ -267,7 +268,7 @@ def test_the_committed_sweep_still_reads():
 
 
 def test_the_committed_inside_views_read_and_match_their_runs():
-    from vitlab.metrics import uniform_attention_distance
+    from vitlab.analysis.metrics import uniform_attention_distance
 
     views, commands = records.read_run_insides(records.INSIDE_RESULTS)
     runs = {r.key: r for r in records.read_runs(records.INSIDE_RESULTS)}
@@ -282,12 +283,12 @@ def test_the_committed_inside_views_read_and_match_their_runs():
 
 
 def test_a_sweep_from_pretrained_weights_keeps_its_runs_apart_from_runs_from_scratch(fake_cifar, tmp_path):
-    from vitlab.train import TrainConfig, train
+    from vitlab.training.loop import TrainConfig, train
 
     train(TrainConfig(model="vit_micro_c10", objective="mpp", label_smoothing=0.0, epochs=1, batch_size=64,
                       eval_size=50), tmp_path / "pre", progress=False)
     encoder = tmp_path / "pre" / "model.safetensors"
-    with pytest.raises(vitlab.config.ConfigError, match=r"holds a vit_micro_c10, which cannot start \['resnet_micro_c10'\]"):
+    with pytest.raises(vitlab.training.config.ConfigError, match=r"holds a vit_micro_c10, which cannot start \['resnet_micro_c10'\]"):
         sweep(_tiny(tmp_path, init=str(encoder)))
     scratch = sweep(_tiny(tmp_path, models=("vit_micro_c10",), sizes=(100,)))
     tuned_config = _tiny(tmp_path, models=("vit_micro_c10",), sizes=(100,), init=str(encoder))
@@ -317,5 +318,5 @@ def test_a_sweep_from_pretrained_weights_keeps_its_runs_apart_from_runs_from_scr
 ])
 def test_a_sweep_init_that_cannot_start_its_models_is_refused_up_front(fake_cifar, tmp_path, monkeypatch, kw, error):
     monkeypatch.setattr(data, "cifar10", lambda split: pytest.fail("read data before checking the init"))
-    with pytest.raises(vitlab.config.ConfigError, match=error):
+    with pytest.raises(vitlab.training.config.ConfigError, match=error):
         sweep(_tiny(tmp_path, **kw))

@@ -16,14 +16,15 @@ import torch.nn.functional as F
 import vitlab
 from torch import nn
 
-from vitlab import data, models, train
+from vitlab import data, models
+from vitlab.training import loop
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_augment_is_a_padded_crop_then_flip():
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
-    out = train.augment(images, padding=2, flip=True, generator=torch.Generator().manual_seed(0))
+    out = loop.augment(images, padding=2, flip=True, generator=torch.Generator().manual_seed(0))
     padded = F.pad(images.float(), (2, 2, 2, 2), mode="reflect").to(torch.uint8)
     for b in range(len(images)):  # some crop offset (and maybe a flip) must reproduce each output
         candidates = [
@@ -37,15 +38,15 @@ def test_augment_is_a_padded_crop_then_flip():
 
 def test_augment_without_padding_or_flip_is_identity():
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
-    assert torch.equal(train.augment(images, 0, False, torch.Generator()), images)
+    assert torch.equal(loop.augment(images, 0, False, torch.Generator()), images)
 
 
 def test_lr_schedule_warmup_then_cosine():
     peak, total, warmup = 0.1, 100, 10
-    assert train.lr_at(0, total, warmup, peak) == pytest.approx(peak / warmup)
-    assert train.lr_at(9, total, warmup, peak) == pytest.approx(peak)
-    assert train.lr_at(55, total, warmup, peak) == pytest.approx(0.5 * peak * (1 + math.cos(math.pi * 0.5)))
-    assert train.lr_at(100, total, warmup, peak) == pytest.approx(0.0)
+    assert loop.lr_at(0, total, warmup, peak) == pytest.approx(peak / warmup)
+    assert loop.lr_at(9, total, warmup, peak) == pytest.approx(peak)
+    assert loop.lr_at(55, total, warmup, peak) == pytest.approx(0.5 * peak * (1 + math.cos(math.pi * 0.5)))
+    assert loop.lr_at(100, total, warmup, peak) == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("change, error", [
@@ -56,7 +57,7 @@ def test_lr_schedule_warmup_then_cosine():
 ])
 def test_bad_config_fails_before_any_work(tmp_path, change, error):
     with pytest.raises(ValueError, match=error):
-        train.train(train.TrainConfig(**change), tmp_path / "x")
+        loop.train(loop.TrainConfig(**change), tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -64,14 +65,14 @@ def test_unwritable_output_folder_is_explained(tmp_path, fake_cifar):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(PermissionError, match="not writable"):
-        train.train(train.TrainConfig(), blocker / "run")
+        loop.train(loop.TrainConfig(), blocker / "run")
 
 
 def test_missing_dataset_is_explained(tmp_path, monkeypatch):
     monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "empty"))
     monkeypatch.setattr(data, "_download_cifar10", lambda root: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(data.DataNotFoundError, match="three ways|ImageFolder"):
-        train.train(train.TrainConfig(), tmp_path / "run")
+        loop.train(loop.TrainConfig(), tmp_path / "run")
 
 
 @pytest.mark.slow
@@ -84,16 +85,16 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, fake_ci
     ranks = [safetensors.torch.load_file(tmp_path / "ddp" / f"rank{r}.safetensors") for r in (0, 1)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     # Same global batch, same augmentation stream: one process reaches the same weights.
-    single = train.train(train.TrainConfig(model="vit_tiny_c10", epochs=1, batch_size=32, eval_size=50),
+    single = loop.train(loop.TrainConfig(model="vit_tiny_c10", epochs=1, batch_size=32, eval_size=50),
                          tmp_path / "single", progress=False).model.state_dict()
     for k, v in single.items():
         torch.testing.assert_close(ranks[0][k], v, rtol=1e-3, atol=1e-4)
 
 
 def test_fine_tune_at_higher_resolution_resamples_position_embeddings(tmp_path, fake_cifar):
-    base = train.train(train.TrainConfig(epochs=1, batch_size=64, eval_size=50), tmp_path / "base", progress=False)
+    base = loop.train(loop.TrainConfig(epochs=1, batch_size=64, eval_size=50), tmp_path / "base", progress=False)
     source = tmp_path / "base" / "model.safetensors"
-    tuned = train.train(train.TrainConfig(init=str(source), img_size=48, epochs=1, batch_size=64, lr=0.0,
+    tuned = loop.train(loop.TrainConfig(init=str(source), img_size=48, epochs=1, batch_size=64, lr=0.0,
                                           eval_size=50), tmp_path / "tuned", progress=False).model
     assert tuple(tuned.patch_embed.grid_size) == (12, 12)
     expected = timm.layers.resample_abs_pos_embed(base.model.pos_embed, new_size=(12, 12), old_size=(8, 8),
@@ -105,28 +106,28 @@ def test_fine_tune_at_higher_resolution_resamples_position_embeddings(tmp_path, 
 
 def test_init_from_another_architecture_is_refused(tmp_path, fake_cifar):
     with pytest.raises(ValueError, match="holds a ResNet"):
-        train.train(train.TrainConfig(init="resnet_tiny_c10"), tmp_path / "run")
+        loop.train(loop.TrainConfig(init="resnet_tiny_c10"), tmp_path / "run")
 
 
 @pytest.mark.cifar
 def test_tiny_training_run_saves_a_loadable_checkpoint(tmp_path, monkeypatch):
     monkeypatch.delenv("VITLAB_CACHE")
-    config = train.TrainConfig(model="vit_tiny_c10", subset_size=640, epochs=2, batch_size=64, eval_size=500)
-    final = train.train(config, tmp_path / "run", device="cpu").record
+    config = loop.TrainConfig(model="vit_tiny_c10", subset_size=640, epochs=2, batch_size=64, eval_size=500)
+    final = loop.train(config, tmp_path / "run", device="cpu").record
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2] and log[-1]["step"] == 20
     assert log[1]["loss"] < log[0]["loss"]
     model = vitlab.load_model(tmp_path / "run" / "model.safetensors", device="cpu")
     images, labels = data.cifar10("test")
     idx = data.stratified_subset(labels, 500, 0)
-    assert train.evaluate(model, images[idx], labels[idx]) == pytest.approx(final["test_accuracy"])
+    assert loop.evaluate(model, images[idx], labels[idx]) == pytest.approx(final["test_accuracy"])
     assert final["test_accuracy"] > 0.15  # better than chance after 20 steps
 
 
 @pytest.mark.parametrize("name", ["vit_micro_c10", "resnet_micro_c10"])
 def test_weight_decay_applies_to_conv_and_linear_weights_only(name):
     model = models.build_model({"zoo": name})
-    decay, rest = train.param_groups(model, 0.05)
+    decay, rest = loop.param_groups(model, 0.05)
     assert (decay["weight_decay"], rest["weight_decay"]) == (0.05, 0.0)
     names = {id(p): n for n, p in model.named_parameters()}
     # Independent of how the exemptions are found: the weights of convolutions and linear layers.
@@ -140,13 +141,13 @@ def test_weight_decay_applies_to_conv_and_linear_weights_only(name):
 
 @pytest.mark.gpu
 def test_training_on_a_gpu_runs_in_bf16_and_saves_a_cpu_loadable_model(tmp_path, fake_cifar):
-    config = train.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50)
-    result = train.train(config, tmp_path / "run", device="cuda", progress=False)
+    config = loop.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50)
+    result = loop.train(config, tmp_path / "run", device="cuda", progress=False)
     assert result.record["precision"] == "torch.bfloat16" and "cuda" not in str(next(result.model.parameters()).device)
     images, labels = data.cifar10("test")
     idx = data.stratified_subset(labels, 50, 0)
     model = vitlab.load_model(tmp_path / "run" / "model.safetensors", device="cpu")
-    assert train.evaluate(model, images[idx], labels[idx]) == pytest.approx(result.record["test_accuracy"], abs=0.04)
+    assert loop.evaluate(model, images[idx], labels[idx]) == pytest.approx(result.record["test_accuracy"], abs=0.04)
 
 
 def _files(folder):
@@ -155,12 +156,12 @@ def _files(folder):
 
 
 def test_a_finished_run_is_given_back_without_training_or_writing(tmp_path, fake_cifar, capsys):
-    config = train.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
-    first = train.train(config, tmp_path / "run", progress=False)
+    config = loop.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    first = loop.train(config, tmp_path / "run", progress=False)
     for path in (tmp_path / "run").glob("checkpoint*"):  # the sidecar alone says the run finished
         path.unlink()
     before = _files(tmp_path / "run")
-    again = train.train(config, tmp_path / "run")
+    again = loop.train(config, tmp_path / "run")
     assert "already finished" in capsys.readouterr().out
     assert _files(tmp_path / "run") == before
     assert again.record == first.record and not again.model.training
@@ -168,13 +169,13 @@ def test_a_finished_run_is_given_back_without_training_or_writing(tmp_path, fake
 
 
 def test_a_finished_run_with_other_settings_is_refused_even_without_checkpoints(tmp_path, fake_cifar):
-    config = train.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
-    train.train(config, tmp_path / "run", progress=False)
+    config = loop.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    loop.train(config, tmp_path / "run", progress=False)
     for path in (tmp_path / "run").glob("checkpoint*"):
         path.unlink()
     before = _files(tmp_path / "run")
     with pytest.raises(ValueError, match="finished run with other settings \\(epochs 1 in the finished run, 2 now\\)"):
-        train.train(train.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50), tmp_path / "run")
+        loop.train(loop.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50), tmp_path / "run")
     assert _files(tmp_path / "run") == before
 
 
@@ -187,7 +188,7 @@ def test_a_model_vitlab_did_not_train_is_never_overwritten(tmp_path, fake_cifar,
         (run / "model.json").write_text(sidecar)
     before = _files(run)
     with pytest.raises(ValueError, match="model.safetensors was not written by a vitlab training run"):
-        train.train(train.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64), run)
+        loop.train(loop.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64), run)
     assert _files(run) == before
 
 
@@ -198,16 +199,16 @@ def test_a_model_vitlab_did_not_train_is_never_overwritten(tmp_path, fake_cifar,
     dict(subset_size=50_000), dict(subset_size=128), dict(eval_size=1), dict(eval_size=10_000),
 ])
 def test_settings_at_the_edges_of_their_ranges_are_accepted(tmp_path, change):
-    train.check(train.TrainConfig(**change), tmp_path / "run", checkpoint_every=0)
+    loop.check(loop.TrainConfig(**change), tmp_path / "run", checkpoint_every=0)
 
 
 def test_training_flags_are_checked_before_any_data_is_read(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "cifar10", lambda split: pytest.fail("read data before checking the flags"))
     with pytest.raises(ValueError, match=r"^--img-size 30: must be a positive multiple of 4, the patch size of "
                                          r"vit_tiny_c10$"):
-        train.train(train.TrainConfig(img_size=30), tmp_path / "run")
+        loop.train(loop.TrainConfig(img_size=30), tmp_path / "run")
     with pytest.raises(ValueError, match=r"^--img-size 44: must be a positive multiple of 8"):
-        train.train(train.TrainConfig(model="vit_micro_c10", img_size=44), tmp_path / "run")
+        loop.train(loop.TrainConfig(model="vit_micro_c10", img_size=44), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -217,7 +218,7 @@ def test_inside_views_are_a_run_flag_on_by_default():
     parse = build_parser().parse_args
     assert parse(["train"]).inside is True and parse(["train", "--no-inside"]).inside is False
     assert "inside" in RUN_FLAGS  # not a setting: resuming with the other choice keeps the same weights
-    assert "inside" not in {f.name for f in dataclasses.fields(train.TrainConfig)}
+    assert "inside" not in {f.name for f in dataclasses.fields(loop.TrainConfig)}
 
 
 # --- Mixup and CutMix (timm), and the sync-free step ------------------------------------
@@ -233,15 +234,15 @@ def _smoothed(labels: torch.Tensor, classes: int, smoothing: float) -> torch.Ten
 
 
 def test_cutmix_targets_are_the_pasted_pixel_fractions_and_sum_to_one():
-    config = train.TrainConfig(cutmix=1.0, label_smoothing=0.1)
-    mixup = train.mixer(config, num_classes=10)
+    config = loop.TrainConfig(cutmix=1.0, label_smoothing=0.1)
+    mixup = loop.mixer(config, num_classes=10)
     b = 8
     x = torch.arange(b, dtype=torch.float32)[:, None, None, None].expand(b, 3, 16, 16).clone()  # image i is all i
     y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
     smooth = _smoothed(y, 10, 0.1)
     boxes = 0
     for step in range(20):
-        mixed, target = train.mix(mixup, x.clone(), y, seed=0, step=step)
+        mixed, target = loop.mix(mixup, x.clone(), y, seed=0, step=step)
         assert target.shape == (b, 10)
         torch.testing.assert_close(target.sum(-1), torch.ones(b))
         for i in range(b):
@@ -254,10 +255,10 @@ def test_cutmix_targets_are_the_pasted_pixel_fractions_and_sum_to_one():
 
 
 def test_mixup_targets_follow_the_pixel_weights():
-    mixup = train.mixer(train.TrainConfig(mixup=0.8, label_smoothing=0.0), num_classes=10)
+    mixup = loop.mixer(loop.TrainConfig(mixup=0.8, label_smoothing=0.0), num_classes=10)
     x = torch.rand(4, 3, 8, 8)
     y = torch.tensor([3, 1, 4, 1])
-    mixed, target = train.mix(mixup, x.clone(), y, seed=1, step=5)
+    mixed, target = loop.mix(mixup, x.clone(), y, seed=1, step=5)
     lam = target[0, 3].item() if y[0] != y[-1] else None  # the weight of image 0's own label
     assert lam is not None
     torch.testing.assert_close(mixed[0], lam * x[0] + (1 - lam) * x[-1])
@@ -265,11 +266,11 @@ def test_mixup_targets_follow_the_pixel_weights():
 
 
 def test_a_batch_with_mix_probability_zero_is_unchanged_and_matches_plain_smoothed_loss():
-    config = train.TrainConfig(mixup=0.8, cutmix=1.0, mix_prob=0.0, label_smoothing=0.1)
+    config = loop.TrainConfig(mixup=0.8, cutmix=1.0, mix_prob=0.0, label_smoothing=0.1)
     x = torch.randn(6, 3, 8, 8)
     y = torch.tensor([0, 1, 2, 3, 4, 9])
     for step in range(10):
-        mixed, target = train.mix(train.mixer(config, 10), x.clone(), y, seed=0, step=step)
+        mixed, target = loop.mix(loop.mixer(config, 10), x.clone(), y, seed=0, step=step)
         assert torch.equal(mixed, x)
         torch.testing.assert_close(target, _smoothed(y, 10, 0.1))
     logits = torch.randn(6, 10)
@@ -280,16 +281,16 @@ def test_a_batch_with_mix_probability_zero_is_unchanged_and_matches_plain_smooth
 def test_mixing_is_a_function_of_seed_and_step_and_leaves_numpy_alone():
     import numpy as np
 
-    mixup = train.mixer(train.TrainConfig(mixup=0.8, cutmix=1.0), 10)
+    mixup = loop.mixer(loop.TrainConfig(mixup=0.8, cutmix=1.0), 10)
     x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
     np.random.seed(123)
     before = np.random.get_state()[1].copy()
-    a = train.mix(mixup, x.clone(), y, seed=0, step=7)
+    a = loop.mix(mixup, x.clone(), y, seed=0, step=7)
     assert np.array_equal(np.random.get_state()[1], before)
     np.random.rand(10)  # whatever the caller's stream did in between
-    b = train.mix(mixup, x.clone(), y, seed=0, step=7)
+    b = loop.mix(mixup, x.clone(), y, seed=0, step=7)
     assert all(torch.equal(u, v) for u, v in zip(a, b))
-    draws = {tuple(train.mix(mixup, x.clone(), y, seed=0, step=s)[1][0].tolist()) for s in range(8)}
+    draws = {tuple(loop.mix(mixup, x.clone(), y, seed=0, step=s)[1][0].tolist()) for s in range(8)}
     assert len(draws) > 4  # other steps draw other mixes
 
 
@@ -302,8 +303,8 @@ def test_mixing_is_a_function_of_seed_and_step_and_leaves_numpy_alone():
 ])
 def test_mixing_settings_are_checked_up_front(tmp_path, change, error):
     with pytest.raises(ValueError, match=error):
-        train.check(train.TrainConfig(**change), tmp_path / "run")
-    train.check(train.TrainConfig(batch_size=127), tmp_path / "run")  # odd batches are fine without mixing
+        loop.check(loop.TrainConfig(**change), tmp_path / "run")
+    loop.check(loop.TrainConfig(batch_size=127), tmp_path / "run")  # odd batches are fine without mixing
 
 
 def test_mixing_flags_are_timms_and_off_by_default():
@@ -312,17 +313,17 @@ def test_mixing_flags_are_timms_and_off_by_default():
     args = build_parser().parse_args(["train", "--mixup", "0.8", "--cutmix", "1.0", "--mix-prob", "0.5",
                                       "--mix-switch-prob", "0.3"])
     assert (args.mixup, args.cutmix, args.mix_prob, args.mix_switch_prob) == (0.8, 1.0, 0.5, 0.3)
-    config = train.TrainConfig()
-    assert not train.mixing(config) and train.mixer(config, 10) is None
-    mixup = train.mixer(train.TrainConfig(mixup=0.8, cutmix=1.0, mix_prob=0.5, mix_switch_prob=0.3), 10)
+    config = loop.TrainConfig()
+    assert not loop.mixing(config) and loop.mixer(config, 10) is None
+    mixup = loop.mixer(loop.TrainConfig(mixup=0.8, cutmix=1.0, mix_prob=0.5, mix_switch_prob=0.3), 10)
     assert (mixup.mixup_alpha, mixup.cutmix_alpha, mixup.mix_prob, mixup.switch_prob, mixup.mode) == (
         0.8, 1.0, 0.5, 0.3, "batch")
 
 
 def _micro_run(tmp_path, **change):
-    config = train.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=16, **change)
-    model = train._initial_model(config)  # a pre-training run wraps the ViT (vitlab.mpp)
-    return train._setup(config, tmp_path, model, torch.device("cpu"), rank=0, world=1, steps_per_epoch=6)
+    config = loop.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=16, **change)
+    model = loop._initial_model(config)  # a pre-training run wraps the ViT (vitlab.training.mpp)
+    return loop._setup(config, tmp_path, model, torch.device("cpu"), rank=0, world=1, steps_per_epoch=6)
 
 
 @pytest.mark.parametrize("change", [{}, dict(cutmix=1.0, mixup=0.8), dict(objective="mpp", label_smoothing=0.0)])
@@ -330,8 +331,8 @@ def test_the_step_returns_device_tensors_and_the_epoch_reads_back_once(tmp_path,
     run = _micro_run(tmp_path, **change)
     images = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(96) % 10
-    x, y = train.batch(run, images[:16], labels[:16])
-    loss, hits, scored = train._step(run, x, y)
+    x, y = loop.batch(run, images[:16], labels[:16])
+    loss, hits, scored = loop._step(run, x, y)
     # Images, or under masked patch prediction the corrupted patches (half of a micro ViT's 16 per image).
     assert scored == (16 * 8 if change.get("objective") == "mpp" else 16)
     assert isinstance(loss, torch.Tensor) and isinstance(hits, torch.Tensor)
@@ -350,9 +351,9 @@ def test_the_step_returns_device_tensors_and_the_epoch_reads_back_once(tmp_path,
 
     for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
-    stats = train.train_one_epoch(run, images, labels, progress=False)
+    stats = loop.train_one_epoch(run, images, labels, progress=False)
     monkeypatch.undo()
-    assert reads == [("item", "train.py")] * 2, reads  # loss and hits, once, after the epoch's 5 remaining steps
+    assert reads == [("item", "loop.py")] * 2, reads  # loss and hits, once, after the epoch's 5 remaining steps
     assert 0 <= stats["train_accuracy"] <= 1 and math.isfinite(stats["loss"])
 
 
@@ -360,28 +361,28 @@ def test_mixed_training_counts_accuracy_against_the_dominant_label(tmp_path, mon
     run = _micro_run(tmp_path, cutmix=1.0)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(16) % 10
-    x, target = train.batch(run, images, labels)
+    x, target = loop.batch(run, images, labels)
     lam = target[0, labels[0]].item() - 0.01  # smoothing 0.1 over 10 classes adds 0.01 to each
     dominant = labels if lam >= 0.5 else labels.flip(0)
     logits = torch.nn.functional.one_hot(dominant, 10).float()  # a model that always says the dominant label
     monkeypatch.setattr(run, "net", lambda inputs: logits.requires_grad_())
     monkeypatch.setattr(run.opt, "step", lambda: None)
-    _, hits, _ = train._step(run, x, target)
+    _, hits, _ = loop._step(run, x, target)
     assert hits.item() == 16
 
 
 @pytest.mark.parametrize("precision, eager", [("bf16", True), ("fp32", False)])
 def test_cpu_bf16_training_uses_unfused_attention_and_puts_it_back(tmp_path, fake_cifar, monkeypatch, precision, eager):
     seen = []
-    step = train._step
+    step = loop._step
 
     def spy(run, x, y):
         seen.append({m.fused_attn for m in run.model.modules() if hasattr(m, "fused_attn")})
         return step(run, x, y)
 
-    monkeypatch.setattr(train, "_step", spy)
-    config = train.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50, precision=precision)
-    model = train.train(config, tmp_path / "run", device="cpu", progress=False).model
+    monkeypatch.setattr(loop, "_step", spy)
+    config = loop.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50, precision=precision)
+    model = loop.train(config, tmp_path / "run", device="cpu", progress=False).model
     assert seen and all(flags == {not eager} for flags in seen)
     fresh = models.build_model({"zoo": "vit_micro_c10"})
     assert [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")] == [

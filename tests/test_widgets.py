@@ -6,8 +6,13 @@ import pytest
 import torch
 from plotly.serializers import _py_to_js
 
-from vitlab import data, hooks, metrics, models, plots, readouts, widgets, zoo
-from vitlab.hooks import capture, head_statistics
+from vitlab import data, models
+from vitlab.analysis import metrics
+from vitlab.views import figures
+from vitlab.views import readouts
+from vitlab.views import explorers
+from vitlab.training import zoo
+from vitlab.analysis.capture import capture, head_statistics, random_init_statistics
 
 
 @pytest.fixture
@@ -26,7 +31,7 @@ def _strict_json(widget):
 
 
 def test_explorer_updates_figures_in_place(two_models):
-    view = widgets.position_embedding_explorer(two_models)
+    view = explorers.position_embedding_explorer(two_models)
     mosaic, detail = view.mosaic, view.detail
     before = np.array(mosaic.data[0].z, dtype=float)
     view.model.value = two_models[1]
@@ -41,7 +46,7 @@ def test_explorer_updates_figures_in_place(two_models):
 
 
 def test_explorer_click_shows_that_patch(two_models):
-    view = widgets.position_embedding_explorer(two_models)
+    view = explorers.position_embedding_explorer(two_models)
 
     class Points:  # what plotly passes to a click handler
         xs, ys = [9 * 2 + 3], [9 * 5 + 1]  # tile (row 5, col 2) of an 8x8 mosaic
@@ -52,7 +57,7 @@ def test_explorer_click_shows_that_patch(two_models):
 
 
 def test_explorer_shows_load_errors_without_losing_the_figure(two_models):
-    view = widgets.position_embedding_explorer([*two_models, "resnet_tiny_c10"])
+    view = explorers.position_embedding_explorer([*two_models, "resnet_tiny_c10"])
     z = np.array(view.mosaic.data[0].z, dtype=float)
     view.model.value = "resnet_tiny_c10"
     assert "no learned position embeddings" in view.status.value
@@ -63,7 +68,7 @@ def test_untrained_model_says_so_in_the_status_not_on_stderr(capfd):
     untrained = [n for n in zoo.available(family="vit") if not zoo.trained(n)]
     if not untrained:
         pytest.skip("every zoo ViT has a checkpoint")
-    view = widgets.position_embedding_explorer(untrained[:1])
+    view = explorers.position_embedding_explorer(untrained[:1])
     assert "random weights" in view.status.value
     assert "random weights" not in capfd.readouterr().err
 
@@ -79,7 +84,7 @@ def _random_inits(spec, seeds):
 
 
 def test_position_explorer_prints_scores_against_random_init(two_models, monkeypatch):
-    view = widgets.position_embedding_explorer(two_models)
+    view = explorers.position_embedding_explorer(two_models)
     assert view.SEEDS == (0, 1, 2)
     expected = []
     for model in _random_inits(two_models[0], view.SEEDS):
@@ -88,11 +93,11 @@ def test_position_explorer_prints_scores_against_random_init(two_models, monkeyp
     assert view.reference == expected  # the same numbers, exactly
     assert all(abs(s.distance) < 0.1 and abs(s.row_column) < 0.1 for s, _ in expected)  # random init: no structure
     text = view.mosaic.layout.annotations[0].text
-    assert text == plots.position_scores_text(view.sim, expected)
+    assert text == figures.position_scores_text(view.sim, expected)
     own = metrics.position_structure(view.sim, (8, 8))
     assert f"-distance): {own.distance:.2f} · random init (3 seeds) " \
-           f"{plots.spread_text([s.distance for s, _ in expected])}" in text
-    assert plots.spread_text([m.neighbour for _, m in expected]) in text
+           f"{figures.spread_text([s.distance for s, _ in expected])}" in text
+    assert figures.spread_text([m.neighbour for _, m in expected]) in text
     # Cached per model: switching away and back builds no model again.
     built = []
     monkeypatch.setattr(readouts, "random_init", lambda *a: built.append(a) or models.build_model(a[0].vitlab_arch))
@@ -103,19 +108,19 @@ def test_position_explorer_prints_scores_against_random_init(two_models, monkeyp
 
 
 def test_embedding_filters_explorer_draws_random_init_reference(two_models):
-    view = widgets.EmbeddingFiltersExplorer(two_models, k=6)
+    view = explorers.EmbeddingFiltersExplorer(two_models, k=6)
     ratios = torch.stack([metrics.embedding_filters(m, k=48)[1] for m in _random_inits(two_models[0], view.SEEDS)])
     torch.testing.assert_close(view.reference, ratios[:, :6], rtol=0, atol=0)
     cumulative = ratios[:, :6].double().cumsum(1)  # (seeds, k)
     np.testing.assert_allclose(view.variance.data[3].y, cumulative.mean(0).numpy(), rtol=1e-12)
-    assert plots.spread_text(100 * cumulative[:, -1].numpy(), 1, "%") in view.variance.layout.title.text
+    assert figures.spread_text(100 * cumulative[:, -1].numpy(), 1, "%") in view.variance.layout.title.text
     view.components.value = 10
     torch.testing.assert_close(view.reference, ratios[:, :10], rtol=0, atol=0)
     assert len(view.variance.data[3].y) == 10
 
 
 def test_embedding_filters_explorer_follows_model_and_components(two_models):
-    view = widgets.EmbeddingFiltersExplorer(two_models, k=5)
+    view = explorers.EmbeddingFiltersExplorer(two_models, k=5)
     before = np.asarray(view.filters.data[0].z).copy()
     view.components.value = 8
     assert len(view.variance.data[0].y) == 8
@@ -128,7 +133,7 @@ def test_embedding_filters_explorer_follows_model_and_components(two_models):
 
 def test_attention_distance_explorer_streams_the_chosen_images(two_models):
     images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
-    view = widgets.AttentionDistanceExplorer(two_models, images, default=16, reference="resnet_tiny_c10",
+    view = explorers.AttentionDistanceExplorer(two_models, images, default=16, reference="resnet_tiny_c10",
                                              source="CIFAR-10 test set")
     described = data.describe_images(16, "CIFAR-10 test set")
     assert view.images.value == 16 and view.status.value == described
@@ -163,9 +168,9 @@ def _trace(fig, start):
 def test_attention_distance_explorer_draws_uniform_and_random_init_references(two_models, monkeypatch):
     images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
     calls = []
-    counted = lambda *a, **k: calls.append(k["renormalize"]) or hooks.random_init_statistics(*a, **k)  # noqa: E731
-    monkeypatch.setattr(widgets, "random_init_statistics", counted)
-    view = widgets.AttentionDistanceExplorer(two_models, images, default=16)
+    counted = lambda *a, **k: calls.append(k["renormalize"]) or random_init_statistics(*a, **k)  # noqa: E731
+    monkeypatch.setattr(explorers, "random_init_statistics", counted)
+    view = explorers.AttentionDistanceExplorer(two_models, images, default=16)
     # independent recomputation: the same architecture record, built under seeds 0, 1, 2
     record = models.load_model(two_models[0], device="cpu").vitlab_arch
     expected = []
@@ -197,7 +202,7 @@ def test_attention_distance_explorer_draws_uniform_and_random_init_references(tw
 
 def test_attention_maps_explorer_click_layer_and_discard(two_models):
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    view = widgets.AttentionMapsExplorer(two_models, images, ["a", "b", "c"])
+    view = explorers.AttentionMapsExplorer(two_models, images, ["a", "b", "c"])
     view.select(2, 5)
     view.layer.value, view.head.value = 3, 1
     cap = capture(models.load_model(two_models[0], device="cpu"), images[:1])
@@ -221,14 +226,14 @@ def test_attention_maps_explorer_click_layer_and_discard(two_models):
 
 
 def test_training_monitor_appends_epochs():
-    monitor = widgets.TrainingMonitor()
+    monitor = explorers.TrainingMonitor()
     monitor.update({"epoch": 1, "loss": 2.0, "train_accuracy": 0.2, "test_accuracy": 0.25})
     monitor.update({"epoch": 2, "loss": 1.0, "train_accuracy": 0.4, "test_accuracy": 0.45})
     assert list(monitor.figure.data[0].y) == [2.0, 1.0] and list(monitor.figure.data[2].x) == [1, 2]
 
 
 def test_training_monitor_of_a_pretraining_run_says_what_its_accuracy_counts():
-    monitor = widgets.TrainingMonitor(objective="mpp")
+    monitor = explorers.TrainingMonitor(objective="mpp")
     monitor.update({"epoch": 1, "loss": 4.0, "train_accuracy": 0.2, "test_accuracy": 0.25})
     assert [t.name for t in monitor.figure.data] == ["train loss", "train images' corrupted patches",
                                                      "test images' corrupted patches"]
@@ -237,7 +242,7 @@ def test_training_monitor_of_a_pretraining_run_says_what_its_accuracy_counts():
 
 def test_training_monitor_starts_from_recorded_epochs_and_replaces_redone_ones():
     recorded = [{"epoch": e, "loss": 3.0 - e, "train_accuracy": 0.1 * e, "test_accuracy": 0.1 * e} for e in (1, 2, 3)]
-    monitor = widgets.TrainingMonitor(records=recorded)
+    monitor = explorers.TrainingMonitor(records=recorded)
     assert list(monitor.figure.data[0].x) == [1, 2, 3]  # a resumed or finished run shows its log at once
     monitor.update({"epoch": 3, "loss": 0.5, "train_accuracy": 0.9, "test_accuracy": 0.8})  # redone after a resume
     assert list(monitor.figure.data[0].x) == [1, 2, 3] and list(monitor.figure.data[0].y) == [2.0, 1.0, 0.5]
@@ -245,8 +250,8 @@ def test_training_monitor_starts_from_recorded_epochs_and_replaces_redone_ones()
 
 def test_widgets_send_strict_json_everywhere(two_models):
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    views = [widgets.position_embedding_explorer(two_models), widgets.EmbeddingFiltersExplorer(two_models, k=4),
-             widgets.AttentionMapsExplorer(two_models, images, ["a", "b"])]
+    views = [explorers.position_embedding_explorer(two_models), explorers.EmbeddingFiltersExplorer(two_models, k=4),
+             explorers.AttentionMapsExplorer(two_models, images, ["a", "b"])]
     for view in views:
         for plot in view.plots:
             _strict_json(plot)
@@ -261,22 +266,22 @@ def hybrid_file(tmp_path):
 def test_the_explorers_of_notebooks_02_to_04_take_a_hybrid(hybrid_file):
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     net = models.load_model(hybrid_file, device="cpu")
-    distance = widgets.AttentionDistanceExplorer([hybrid_file], images, default=4, reference="resnet_tiny_c10")
+    distance = explorers.AttentionDistanceExplorer([hybrid_file], images, default=4, reference="resnet_tiny_c10")
     expected = head_statistics(net, images)["distance"]
     np.testing.assert_allclose(_head(distance.figure, 0).y, expected[:, 0].numpy(), rtol=1e-5)
     stem = _trace(distance.figure, f"{hybrid_file}'s CNN stem receptive field")
     # by hand: conv k3 (3), max-pool k3 s2 (5), layer1 two k3 (13), layer2 k3 s2 (17), k3 at jump 4 (25)
     assert stem.name.endswith("(25 px)") and list(stem.y) == [25.0, 25.0] and list(stem.x) == [1, 5]
     assert _trace(distance.figure, "resnet_tiny_c10 receptive field")  # the CNN contrast stays
-    figure, readout = widgets.attention_distance_view(hybrid_file, images)
+    figure, readout = explorers.attention_distance_view(hybrid_file, images)
     assert list(_trace(figure, f"{hybrid_file}'s CNN stem").y) == [25.0, 25.0]
     assert "25-pixel window" in readout.text and readout.paper == readouts.PAPER_HYBRID_DISTANCE
     assert "less pronounced in hybrid models" in distance.readout.value
-    band = hooks.random_init_statistics(net, images)["distance"]
+    band = random_init_statistics(net, images)["distance"]
     plain = readouts.attention_distance(head_statistics(net, images)["distance_per_image"], readout.uniform, band)
     assert plain.paper == readouts.PAPER_DISTANCE and "window" not in plain.text  # the same numbers, said as a ViT's
     assert plain.text in readout.text
-    maps = widgets.AttentionMapsExplorer([hybrid_file], images, ["a", "b", "c", "d"])
+    maps = explorers.AttentionMapsExplorer([hybrid_file], images, ["a", "b", "c", "d"])
     maps.select(2, 5)
     maps.layer.value, maps.head.value = 3, 1
     cap = capture(net, images[:1])
@@ -285,7 +290,7 @@ def test_the_explorers_of_notebooks_02_to_04_take_a_hybrid(hybrid_file):
                                cap.attn[2][0, 1, 1 + 2 * 8 + 5, 1:].reshape(8, 8).numpy(), rtol=1e-5)
     rollout = metrics.attention_rollout(list(cap.attn.values()), 1, "mean", 0.0)[0].reshape(8, 8)
     np.testing.assert_allclose(np.asarray(maps.rollout.data[-1].z), rollout.numpy(), rtol=1e-5)
-    positions = widgets.position_embedding_explorer([hybrid_file])
+    positions = explorers.position_embedding_explorer([hybrid_file])
     torch.testing.assert_close(positions.result.sim, metrics.position_similarity(net))
     with pytest.raises(ValueError, match="hybrid ViT"):
         readouts.embedding_filters_of(net)

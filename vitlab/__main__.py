@@ -1,11 +1,11 @@
 """Command line: ``python -m vitlab {zoo,data,train,pretrain,publish,sweep,recipes}``.
 
-``train`` has one flag per field of :class:`vitlab.train.TrainConfig` (mapped by
-:mod:`vitlab.config`) besides ``--out``, ``--progress`` and ``--checkpoint-every``;
+``train`` has one flag per field of :class:`vitlab.training.loop.TrainConfig` (mapped by
+:mod:`vitlab.training.config`) besides ``--out``, ``--progress`` and ``--checkpoint-every``;
 ``pretrain`` is the same trainer without labels (``--objective mpp``, the paper's masked
 patch prediction), with the flags that concern labels left out;
 ``--config`` names a JSON or TOML file of the same settings, and flags given beside it
-win. ``sweep`` maps its flags onto :class:`vitlab.sweep.SweepConfig` the same way. Bad
+win. ``sweep`` maps its flags onto :class:`vitlab.training.sweep.SweepConfig` the same way. Bad
 input ends in a one-line error before any work starts.
 """
 from __future__ import annotations
@@ -16,13 +16,14 @@ import logging
 import shlex
 import sys
 
-from . import data, zoo
-from .config import ConfigError, add_flags, from_args, read_file
+from . import data
+from .training import zoo
+from .training.config import ConfigError, add_flags, from_args, read_file
 from .models import WeightsUnavailableError
 from .records import ResultsFileError
-from .sweep import SweepConfig, sweep
-from .train import TrainConfig, train
-from .weights import WeightsFileError
+from .training.sweep import SweepConfig, sweep
+from .training.loop import TrainConfig, train
+from .models.weights import WeightsFileError
 
 PROG = "python -m vitlab"
 #: Errors that report bad input in one line: printed as they are, without a traceback.
@@ -116,7 +117,8 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _recipes(args: argparse.Namespace) -> None:
-    from . import readouts, recipes
+    from .views import readouts
+    from .training import recipes
 
     arms = {}
     for label, *runs in args.arm:
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _log_to_stdout() -> None:
-    """Print what runs report without a progress bar (:data:`vitlab.train.log`), as lines."""
+    """Print what runs report without a progress bar (:data:`vitlab.training.loop.log`), as lines."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("vitlab")

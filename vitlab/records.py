@@ -366,7 +366,7 @@ def group_spread(items: Iterable[T], key: Callable[[T], K], value: Callable[[T],
 
 @dataclass(frozen=True, kw_only=True)
 class InsideView:
-    """What a ViT looks like inside at the end of one epoch (:func:`vitlab.inside.inside_view`).
+    """What a ViT looks like inside at the end of one epoch (:func:`vitlab.training.inside.inside_view`).
 
     One line of a run's ``inside.jsonl``; the field names are the file's keys and stay stable.
 
@@ -379,9 +379,9 @@ class InsideView:
             the paper's convention (raw weights over patch keys, ``renormalize=False``).
         entropy: per layer, per head attention entropy over patch keys in nats (layers x heads).
         uniform: the distance under uniform attention over all tokens, same convention (pixels).
-        position_distance, position_row_column: :class:`vitlab.metrics.PositionStructure`
+        position_distance, position_row_column: :class:`vitlab.analysis.metrics.PositionStructure`
             of the position embeddings' similarity (Spearman correlations).
-        mirror, mirror_neighbour: :class:`vitlab.metrics.MirrorScore` (mean similarity to
+        mirror, mirror_neighbour: :class:`vitlab.analysis.metrics.MirrorScore` (mean similarity to
             the mirror position, to the neighbours).
         filter_variance_first: explained-variance ratio of the first principal component of
             the patch-embedding filters; filter_variance_k: of the first ``filter_k`` together.
@@ -439,7 +439,7 @@ INSIDE_TAG = "-inside"
 
 @dataclass(frozen=True, kw_only=True)
 class RunInside(RunOf):
-    """The inside view of one sweep run's final model (:func:`vitlab.sweep.inside_runs`).
+    """The inside view of one sweep run's final model (:func:`vitlab.training.sweep.inside_runs`).
 
     Attributes:
         test_accuracy: of the run (copied from its record, so a figure needs one file).
@@ -497,12 +497,12 @@ def write_run_insides(results: str | os.PathLike, insides: Sequence[RunInside], 
 
 @dataclass(frozen=True, kw_only=True)
 class RecipeRun:
-    """One training run of a recipe comparison (:func:`vitlab.recipes.read`), with its inside views.
+    """One training run of a recipe comparison (:func:`vitlab.training.recipes.read`), with its inside views.
 
     Attributes:
         name: the run's folder name under the comparison's folder.
         arm: the recipe it follows (the comparison's label for it, e.g. ``"CutMix 1.0"``).
-        seed: its seed; config: its :class:`~vitlab.train.TrainConfig` fields (from ``model.json``).
+        seed: its seed; config: its :class:`~vitlab.training.loop.TrainConfig` fields (from ``model.json``).
         code_version: git commit it was trained with.
         metrics: its ``metrics.jsonl`` records, one per epoch.
         views: its :class:`InsideView` records, one per recorded epoch.
@@ -544,7 +544,7 @@ class RecipeRun:
 
 @dataclass(frozen=True, kw_only=True)
 class Recipes:
-    """A comparison of training recipes (:func:`vitlab.recipes.collect` writes it, :func:`vitlab.recipes.read` reads).
+    """A comparison of training recipes (:func:`vitlab.training.recipes.collect` writes it, :func:`vitlab.training.recipes.read` reads).
 
     Attributes:
         arms: arm label -> its runs (one per seed), in the order the comparison names them.

@@ -2,7 +2,7 @@
 
 A model's layers are read from timm's ``feature_info`` (ViT blocks, ResNet stem and
 stages) and addressed by index into :func:`representation_layers`, negative indices
-counting from the last layer, as captured attention is (:mod:`vitlab.hooks`):
+counting from the last layer, as captured attention is (:mod:`vitlab.analysis.capture`):
 ``feats["cls", -1]`` is the class token after the last block. :func:`pre_logits` gives
 what the classifier head reads, through the model's own ``forward_head``.
 """
@@ -14,9 +14,9 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .hooks import LayerMap, resolve_layers, restoring
-from .inputs import check_images, check_input
-from .models import preprocess
+from .capture import LayerMap, resolve_layers, restoring
+from ..models.inputs import check_images, check_input
+from ..models import preprocess
 
 
 def representation_layers(model: nn.Module) -> list[str]:
@@ -54,7 +54,7 @@ def layer_hooks(model: nn.Module, layers: Sequence[int] | None = None) -> Iterat
 
     Each forward inside the ``with`` block overwrites the returned map (layer index ->
     output tensor, negative indices from the last layer); its input is checked first
-    (:func:`vitlab.inputs.check_input`). The model runs in eval mode inside; hooks and
+    (:func:`vitlab.models.inputs.check_input`). The model runs in eval mode inside; hooks and
     train/eval modes are restored on exit.
     """
     names = representation_layers(model)

@@ -1,4 +1,4 @@
-"""Plotly helpers under :mod:`vitlab.plots`: the one layout, the one tiling, tables, family colours.
+"""Plotly helpers under :mod:`vitlab.views.figures`: the one layout, the one tiling, tables, family colours.
 
 Every figure goes through :func:`layout` (size, margins, a left-aligned title that the mode
 bar at the top right cannot cover) and every tiled image through :func:`tile`. Values a

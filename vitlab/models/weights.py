@@ -20,7 +20,7 @@ from torch import nn
 
 #: The weight files vitlab reads.
 SUFFIXES = (".safetensors", ".pt", ".pth", ".npz")
-#: Keys of a pre-training objective's own parameters (``vitlab.mpp``: mask embedding, colour head),
+#: Keys of a pre-training objective's own parameters (``vitlab.training.mpp``: mask embedding, colour head),
 #: stored beside a model's weights and skipped when the model is loaded.
 OBJECTIVE_PREFIX = "mpp."
 #: Preprocessing of the original Google ViT checkpoints (inputs scaled to [-1, 1]).

@@ -16,11 +16,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import data, metrics
+from .. import data
+from . import metrics
 from .features import layer_features, layer_hooks, pool, pre_logits, representation_layers
-from .hooks import LayerMap, resolve_layers
-from .models import preprocess
-from .records import ProbeRecord
+from .capture import LayerMap, resolve_layers
+from ..models import preprocess
+from ..records import ProbeRecord
 
 #: Shots per class of the paper's few-shot evaluations that fit CIFAR-10.
 SHOTS = (1, 5, 10, 25)
@@ -85,7 +86,7 @@ def fewshot_probes(model: nn.Module, train_images: torch.Tensor, train_labels: t
     Args:
         train_images, test_images: uint8 images (N, 3, H, W); labels (N,) in 0..classes-1.
         name: the ``model`` of the records; family: their ``family`` (default :func:`model_family`).
-        layers: indices into :func:`~vitlab.features.representation_layers` (negative from
+        layers: indices into :func:`~vitlab.analysis.features.representation_layers` (negative from
             the last) and/or ``"pre_logits"`` (what the classifier head reads); default every layer.
 
     Returns:

@@ -1,14 +1,14 @@
 """Recipe comparisons: what a change of training recipe does inside a ViT, over training.
 
 A comparison has arms (e.g. with and without CutMix), each trained with a few seeds with
-the trainer's inside views on (:mod:`vitlab.inside`). :func:`collect` copies what each run
+the trainer's inside views on (:mod:`vitlab.training.inside`). :func:`collect` copies what each run
 recorded (``inside.jsonl``, ``inside.safetensors``, ``metrics.jsonl``, ``model.json``) into
 one folder with ``experiment.json``, which names the arms, the settings they differ in
 (computed from the runs' configs: runs of one arm must agree on everything but the seed)
 and, from each final model, the spread over the probe images of its lowest layer's most
 local head. The model weights are not copied, so a comparison stays small enough to
 commit. :func:`read` gives it back as :class:`~vitlab.records.Recipes`, which the readout
-(:func:`vitlab.readouts.recipes`), the figures and ``vitlab.widgets.RecipesExplorer`` take.
+(:func:`vitlab.views.readouts.recipes`), the figures and ``vitlab.views.explorers.RecipesExplorer`` take.
 
     python -m vitlab recipes --arm "no CutMix" runs/a-s0 runs/a-s1 --arm "CutMix" runs/b-s0 runs/b-s1 \
         --out data/results/locality
@@ -25,14 +25,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import inside, readouts, settings
-from .checkpoints import RunFolderError, read_jsonl
+from . import inside
+from ..views import readouts
+from .. import settings
+from .run_folder import RunFolderError, read_jsonl
 from .config import ConfigError, command_line, from_args
-from .hooks import head_statistics
-from .io import write_json
-from .models import load_model
-from .records import InsideView, RecipeRun, Recipes, ResultsFileError
-from .train import TrainConfig
+from ..analysis.capture import head_statistics
+from ..io import write_json
+from ..models import load_model
+from ..records import InsideView, RecipeRun, Recipes, ResultsFileError
+from .loop import TrainConfig
 
 #: The locality experiment of issue 14 (zoo recipe with and without CutMix, 10 epochs, seeds 0 and 1).
 LOCALITY = settings.PROJECT_ROOT / "data" / "results" / "locality"

@@ -1,6 +1,6 @@
 """What a model can take as input: one-line errors before a forward pass, not after it.
 
-:func:`check_images` (uint8 images or a normalised float batch, as :func:`vitlab.hooks.capture`
+:func:`check_images` (uint8 images or a normalised float batch, as :func:`vitlab.analysis.capture.capture`
 takes them) and :func:`check_input` (what the model's ``forward`` receives) turn a wrong batch
 into one line saying what to pass instead of a timm assertion or, worse, silence: float images
 left in 0..255, NaN or inf, an empty batch, wrong channels, or a size the patches cannot tile.

@@ -1,7 +1,7 @@
 """Views of the ViT vs ResNet study (notebook 05): the sweep, few-shot probes, CKA.
 
-Each is an :class:`~vitlab.explorer.Explorer`; :mod:`vitlab.widgets` gives them under its
-name too. The computations are :mod:`vitlab.compare`'s; the figures :mod:`vitlab.plots`'.
+Each is an :class:`~vitlab.views.controls.Explorer`; :mod:`vitlab.views.explorers` gives them under its
+name too. The computations are :mod:`vitlab.analysis.representations`'s; the figures :mod:`vitlab.views.figures`'.
 """
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import ipywidgets as W
 import plotly.graph_objects as go
 import torch
 
-from . import data, plots, zoo
-from .compare import SHOTS, cka_matrix, fewshot_probes
-from .explorer import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, side_by_side
-from .records import ProbeRecord, RunRecord
+from .. import data
+from . import figures
+from ..training import zoo
+from ..analysis.representations import SHOTS, cka_matrix, fewshot_probes
+from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, side_by_side
+from ..records import ProbeRecord, RunRecord
 
 
 class SweepExplorer(Explorer):
@@ -64,8 +66,8 @@ class SweepExplorer(Explorer):
         what = "training-set size" if x == "subset_size" else "training compute"
         metric = "accuracy" if shots is None else self.metric.label
         title = f"{self.title}: {metric} vs {what}" if self.title else f"{metric} vs {what}"
-        return [plots.sweep_figure(self.records, x, list(self.models.value), title=title, shots=shots),
-                plots.sweep_table(shown)]
+        return [figures.sweep_figure(self.records, x, list(self.models.value), title=title, shots=shots),
+                figures.sweep_table(shown)]
 
     def add(self, record: RunRecord) -> None:
         """Add one run and redraw (once, though the model list may change too)."""
@@ -128,8 +130,8 @@ class ProbeExplorer(Explorer):
         mine = [r for r in records if r.model in self.models.value]
         if not mine:
             raise ValueError("select at least one model")
-        return [plots.probe_depth_figure(mine, self.shots.value),
-                plots.probe_shots_figure(records, list(self.layers.value))]
+        return [figures.probe_depth_figure(mine, self.shots.value),
+                figures.probe_shots_figure(records, list(self.layers.value))]
 
     def notes(self) -> list[str]:
         return [load_note(s) for s in self.specs]
@@ -175,7 +177,7 @@ class CKAExplorer(Explorer):
         return data.describe_images(used, self.source, labels)
 
     def figures(self, result: list[tuple[str, str, tuple]]) -> list[go.Figure]:
-        return [plots.cka_figure(c, ny, nx, x, y, title=f"CKA: {x} x {y}") for x, y, (c, ny, nx) in result]
+        return [figures.cka_figure(c, ny, nx, x, y, title=f"CKA: {x} x {y}") for x, y, (c, ny, nx) in result]
 
     def notes(self) -> list[str]:
         return [load_note(self.model_a.value), load_note(self.model_b.value)]

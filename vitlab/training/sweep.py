@@ -1,13 +1,13 @@
 """ViT against the ResNet baseline as the training set grows (paper Fig. 3 and 5, small scale).
 
 :func:`sweep` trains every zoo entry of a :class:`SweepConfig` on class-stratified
-CIFAR-10 subsets of each size and seed, with the entry's recipe (:func:`vitlab.zoo.train_config`)
+CIFAR-10 subsets of each size and seed, with the entry's recipe (:func:`vitlab.training.zoo.train_config`)
 and one budget rule for all models, and keeps one :class:`~vitlab.records.RunRecord` per
 run in ``<results>.csv`` and ``<results>.json``: model, family, subset size, seed, epochs,
 test accuracy on all 10,000 test images, training FLOPs counted by
 ``torch.utils.flop_counter``, parameters, wall seconds and hardware.
 
-Each run trains in its own folder under ``out`` through :func:`vitlab.train.train`, so an
+Each run trains in its own folder under ``out`` through :func:`vitlab.training.loop.train`, so an
 interrupted sweep resumes inside the run it was in; runs already in the results file are
 skipped. Results are rewritten atomically after every run (the ``.json`` first, then the
 ``.csv`` copy, which the next write brings up to date if a crash fell between the two). A
@@ -33,12 +33,14 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from . import data, records, zoo
+from .. import data
+from .. import records
+from . import zoo
 from .config import ConfigError, check_choices, command_line
-from .models import ARCHITECTURES, build_model, check_spec, load_model
-from .hooks import head_statistics
-from .records import RunInside, RunProbe, RunRecord
-from .train import code_version, evaluate, init_objective, train
+from ..models import ARCHITECTURES, build_model, check_spec, load_model
+from ..analysis.capture import head_statistics
+from ..records import RunInside, RunProbe, RunRecord
+from .loop import code_version, evaluate, init_objective, train
 
 #: Train and test images, uint8 (N, 3, 32, 32) and labels (N,).
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -139,7 +141,7 @@ def init_label(spec: str | None) -> str:
 
 
 def check(config: SweepConfig, train_images: int = 50_000) -> None:
-    """Raise :class:`~vitlab.config.ConfigError` naming the bad setting (before any training starts)."""
+    """Raise :class:`~vitlab.training.config.ConfigError` naming the bad setting (before any training starts)."""
     unknown = [m for m in config.models if m not in zoo.ENTRIES]
     if unknown:
         raise ConfigError(f"unknown zoo models {unknown}; choose from {list(zoo.ENTRIES)}")
@@ -285,7 +287,7 @@ def fewshot_runs(config: SweepConfig, train_set: Split | None = None, test_set: 
         train_set, test_set: CIFAR-10's splits (loaded when not given); the probes score
             ``config.fewshot_test`` class-stratified test images.
     """
-    from .compare import fewshot_probes
+    from ..analysis.representations import fewshot_probes
 
     setting = dict(shots=list(config.fewshot), seeds=config.fewshot_seeds, test=config.fewshot_test)
     probes, commands = records.read_run_probes(config.results)  # a torn file stops here, before the data
@@ -316,11 +318,12 @@ def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
     """Inside views of the final model of every finished ViT and hybrid run of ``config`` (Raghu et al. 2021).
 
     For each run whose folder still holds its final weights and that has no view yet, the
-    :class:`~vitlab.records.InsideView` on the fixed probe images (:func:`vitlab.inside.probe_images`),
+    :class:`~vitlab.records.InsideView` on the fixed probe images (:func:`vitlab.training.inside.probe_images`),
     the same view the trainer records at a run's last epoch. Results go to
     ``<results>-inside.{json,csv}``; runs with a view are skipped. ResNets have none.
     """
-    from . import inside, readouts
+    from . import inside
+    from ..views import readouts
 
     views, commands = records.read_run_insides(config.results)  # a torn file stops here, before the data
     commands = _with(commands, config.command())

@@ -1,7 +1,7 @@
 """Figures as plotly ``go.Figure`` objects; nothing here calls ``.show()``.
 
-Every figure is laid out by :func:`vitlab.plotting.layout` and every tiled image by
-:func:`vitlab.plotting.tile`; colours come from the records' ``family``.
+Every figure is laid out by :func:`vitlab.views.style.layout` and every tiled image by
+:func:`vitlab.views.style.tile`; colours come from the records' ``family``.
 """
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import torch
 from torch import nn
 from plotly.subplots import make_subplots
 
-from . import metrics, mpp
-from .models import preprocess
-from .plotting import (duration, family_color, family_shades, integer_ticks, json_safe, layout, mosaic_axes,
-                       square_axes, table, tile)
+from ..analysis import metrics
+from ..training import mpp
+from ..models import preprocess
+from .style import duration, family_color, family_shades, integer_ticks, json_safe, layout, mosaic_axes, square_axes, table, tile
 from .readouts import check_one_grid, number as _number, spread_text
-from .records import FAMILY_ORDER, InsideView, ProbeRecord, Recipes, RunInside, RunRecord, group_spread, spread
+from ..records import FAMILY_ORDER, InsideView, ProbeRecord, Recipes, RunInside, RunRecord, group_spread, spread
 
 
 def tile_mosaic(tiles: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +74,7 @@ def position_similarity_figure(sim: torch.Tensor, title: str = "Position embeddi
 
     Tile (i, j) shows the cosine similarity of patch (i, j)'s position embedding with
     every other patch's. ``sim`` is (rows, cols, rows, cols) from
-    :func:`vitlab.metrics.position_similarity`. Under the mosaic: its structure and mirror
+    :func:`vitlab.analysis.metrics.position_similarity`. Under the mosaic: its structure and mirror
     scores (:func:`position_scores_text`), next to ``reference`` (the same scores of
     random-initialised models of the architecture) when given.
     """
@@ -119,7 +119,7 @@ def embedding_filters_figure(filters: torch.Tensor, ratio: torch.Tensor, cols: i
     """Paper Fig. 7 (left): each principal component shown as an RGB patch.
 
     Args:
-        filters: (k, 3, P, P) components from :func:`vitlab.metrics.embedding_filters`;
+        filters: (k, 3, P, P) components from :func:`vitlab.analysis.metrics.embedding_filters`;
             each is min-max scaled to the full colour range on its own.
         ratio: (k,) explained-variance ratios, shown in the hover text.
     """
@@ -147,7 +147,7 @@ def explained_variance_figure(ratio: torch.Tensor, reference: torch.Tensor | Non
     """Explained-variance ratio of each principal component, with the cumulative sum.
 
     Args:
-        ratio: (k,) from :func:`vitlab.metrics.embedding_filters`.
+        ratio: (k,) from :func:`vitlab.analysis.metrics.embedding_filters`.
         reference: (seeds, k) ratios of random-initialised models of the same architecture:
             their cumulative curve is drawn as a dashed mean within a grey min-max band, and
             the title gives both models' share of the first k components.
@@ -183,7 +183,7 @@ def note_figure(title: str, text: str, width: int = 580, height: int = 340) -> g
 
 def receptive_field_reference(fields: Sequence[tuple[str, float]], depth: int,
                               name: str = "ResNet receptive field") -> dict[str, tuple[list, list, list]]:
-    """A CNN's receptive fields (:func:`vitlab.metrics.receptive_fields`) spread evenly over depths 1..``depth``.
+    """A CNN's receptive fields (:func:`vitlab.analysis.metrics.receptive_fields`) spread evenly over depths 1..``depth``.
 
     Returns ``{name: (depths, pixels, block names)}`` for :func:`attention_distance_figure`,
     so a ResNet's blocks share the x axis of a ``depth``-block ViT.
@@ -195,7 +195,7 @@ def receptive_field_reference(fields: Sequence[tuple[str, float]], depth: int,
 
 def token_field_reference(pixels: float, depth: int, name: str = "CNN stem receptive field"
                           ) -> dict[str, tuple[list, list, list]]:
-    """A hybrid's input tokens' receptive field (:func:`vitlab.metrics.token_receptive_field`) at every depth.
+    """A hybrid's input tokens' receptive field (:func:`vitlab.analysis.metrics.token_receptive_field`) at every depth.
 
     Returns ``{name: (depths 1..depth, pixels, labels)}`` for :func:`attention_distance_figure`:
     before any attention, each token already sees this window of the image.
@@ -250,16 +250,16 @@ def attention_distance_figure(distance: torch.Tensor, layers: torch.Tensor | Non
     """Paper Fig. 7 (right): each head's mean attention distance against network depth.
 
     Args:
-        distance: (layers, heads) pixels, from :func:`vitlab.hooks.head_statistics`.
+        distance: (layers, heads) pixels, from :func:`vitlab.analysis.capture.head_statistics`.
         layers: block indices (0-based) of the rows; default 0..L-1. Shown 1-based.
         reference: name -> (depths, pixels[, labels]) curves drawn as dotted lines, e.g.
             from :func:`receptive_field_reference`; points above the top are clipped to it.
         max_distance: top of the y axis in pixels (e.g. the image's diagonal).
         depth: the model's number of blocks (the x axis runs 1..depth); default the last layer shown.
         uniform: the distance under uniform attention in pixels
-            (:func:`vitlab.hooks.uniform_distance`), drawn as a horizontal dashed line.
+            (:func:`vitlab.analysis.capture.uniform_distance`), drawn as a horizontal dashed line.
         random_init: distances of random-initialised models of the same architecture for
-            the same rows, (seeds, layers, heads) from :func:`vitlab.hooks.random_init_statistics`
+            the same rows, (seeds, layers, heads) from :func:`vitlab.analysis.capture.random_init_statistics`
             or (layers, k) (e.g. per-layer (low, high)), shaded from min to max per layer.
     """
     d = distance.detach().float()
@@ -532,7 +532,7 @@ def inside_views_figure(views: Sequence[InsideView], epoch: int | None = None,
     """The lowest layer's most local head and each layer's mean distance against epoch, with uniform attention.
 
     Args:
-        views: a run's inside views (:func:`vitlab.inside.read`), in epoch order.
+        views: a run's inside views (:func:`vitlab.training.inside.read`), in epoch order.
         epoch: marked with a vertical line (e.g. the epoch an explorer shows).
     """
     if not views:
@@ -713,8 +713,8 @@ def pretraining_figure(records: list[dict], baselines: dict[str, float] | None =
     """Pre-training loss and masked-patch colour accuracy per epoch, with the guesses that need no model.
 
     Args:
-        records: the run's metrics log (:func:`vitlab.train.read_metrics`).
-        baselines: accuracy of guesses on the same test patches (:func:`vitlab.mpp.baselines`),
+        records: the run's metrics log (:func:`vitlab.training.loop.read_metrics`).
+        baselines: accuracy of guesses on the same test patches (:func:`vitlab.training.mpp.baselines`),
             drawn as dotted lines on the accuracy panel.
     """
     fig = training_curves_figure(records, title=title, objective="mpp")
@@ -748,7 +748,7 @@ def mpp_example_figure(model: nn.Module, images: torch.Tensor, seed: int = 0,
     light grey). Corrupted patches are outlined in red on the input and the prediction.
 
     Args:
-        model: a :class:`vitlab.mpp.MaskedPatchPrediction` (e.g. :func:`vitlab.mpp.load_pretrainer`).
+        model: a :class:`vitlab.training.mpp.MaskedPatchPrediction` (e.g. :func:`vitlab.training.mpp.load_pretrainer`).
         images: uint8 (N, 3, H, W), a few.
         seed: seeds the corruption drawn.
     """
@@ -795,7 +795,7 @@ def inside_comparison_figure(views: dict[str, InsideView], title: str = "Attenti
     """Fig. 7 (right) for several models side by side: each layer's mean and most local head, and uniform attention.
 
     Args:
-        views: label -> the model's :class:`~vitlab.records.InsideView` (:func:`vitlab.inside.inside_view`),
+        views: label -> the model's :class:`~vitlab.records.InsideView` (:func:`vitlab.training.inside.inside_view`),
             all on one grid of tokens (the same uniform-attention distance).
         families: label -> family (``"vit"``, ``"hybrid"``): those labels take their family's colour,
             as in the sweep's figures; the others take a fixed palette in order.

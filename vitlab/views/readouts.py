@@ -8,8 +8,8 @@ own reading of that figure (``paper``). A notebook cell ending in a readout disp
 The readout functions take the statistics (attention distances per image, similarities,
 explained-variance ratios, rollout maps), so synthetic cases can be fed to them; each has
 a thin ``*_of(model, ...)`` convenience that computes those from a model and images, with
-random-initialised models of the same architecture (:func:`vitlab.hooks.random_init`,
-seeds :data:`vitlab.hooks.INIT_SEEDS`) as the reference.
+random-initialised models of the same architecture (:func:`vitlab.analysis.capture.random_init`,
+seeds :data:`vitlab.analysis.capture.INIT_SEEDS`) as the reference.
 
 Spread: image readouts (attention distance, rollout) give a bootstrap interval of the mean
 over images (:func:`bootstrap_interval`) and the standard deviation across images;
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import metrics
-from .hooks import INIT_SEEDS, capture, head_statistics, random_init, random_init_statistics, uniform_distance
-from .inputs import check_images
-from .records import FAMILY_ORDER, InsideView, Recipes, RunInside, RunRecord
+from ..analysis import metrics
+from ..analysis.capture import INIT_SEEDS, capture, head_statistics, random_init, random_init_statistics, uniform_distance
+from ..models.inputs import check_images
+from ..records import FAMILY_ORDER, InsideView, Recipes, RunInside, RunRecord
 
 #: A head is "local" when its whole 95% interval lies below this fraction of the uniform-attention distance.
 LOCAL_FRACTION = 0.5
@@ -170,12 +170,12 @@ def attention_distance(distance_per_image: torch.Tensor, uniform: float, random_
 
     Args:
         distance_per_image: (images, layers, heads) pixels, e.g. ``head_statistics(...)["distance_per_image"]``.
-        uniform: the uniform-attention distance for the same convention (:func:`vitlab.hooks.uniform_distance`).
+        uniform: the uniform-attention distance for the same convention (:func:`vitlab.analysis.capture.uniform_distance`).
         random_init: (seeds, layers, heads) pixels of random-initialised models, or None.
         layers: block indices of the rows (default 0..layers-1); the first row is the "lowest layer".
         resamples, seed: of the bootstrap over images (:func:`bootstrap_interval`).
         token_field: for a hybrid, the pixels across the window each token sees through its CNN
-            (:func:`vitlab.metrics.token_receptive_field`): said in the text, beside the paper's remark on hybrids.
+            (:func:`vitlab.analysis.metrics.token_receptive_field`): said in the text, beside the paper's remark on hybrids.
     """
     d = distance_per_image.detach().double().cpu()
     if d.ndim != 3 or len(d) < 1:
@@ -235,7 +235,7 @@ def attention_distance_of(model: nn.Module, images: torch.Tensor, renormalize: b
 
 
 def token_field_of(model: nn.Module) -> float | None:
-    """A hybrid's tokens' CNN window in pixels (:func:`vitlab.metrics.token_receptive_field`); None for a ViT."""
+    """A hybrid's tokens' CNN window in pixels (:func:`vitlab.analysis.metrics.token_receptive_field`); None for a ViT."""
     return metrics.token_receptive_field(model) if metrics.is_hybrid(model) else None
 
 
@@ -252,8 +252,8 @@ class PositionReadout(Readout):
     """Structure and mirror scores of position embeddings against random init (:func:`position_embeddings`).
 
     Attributes:
-        structure: :func:`vitlab.metrics.position_structure` of the model.
-        mirror: :func:`vitlab.metrics.mirror_score` of the model.
+        structure: :func:`vitlab.analysis.metrics.position_structure` of the model.
+        mirror: :func:`vitlab.analysis.metrics.mirror_score` of the model.
         reference: the same pair for each random-init seed (may be empty).
         grid_structure: the rule of :func:`position_embeddings` for "nearby patches are similar".
         mirror_symmetric: the rule for "as similar to its mirror position as to its neighbours".
@@ -282,7 +282,7 @@ def position_embeddings(sim: torch.Tensor, reference: Sequence[_Scores] = ()) ->
     that similarity is clearly above chance (mirror similarity >= 0.3).
 
     Args:
-        sim: (rows, cols, rows, cols) from :func:`vitlab.metrics.position_similarity`.
+        sim: (rows, cols, rows, cols) from :func:`vitlab.analysis.metrics.position_similarity`.
         reference: :func:`position_scores` of random-initialised models, one per seed.
     """
     structure, mirror = position_scores(sim)
@@ -480,7 +480,7 @@ def attention_rollout(rollout: torch.Tensor, reference: Sequence[torch.Tensor] =
 @torch.no_grad()
 def rollout_maps(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0,
                  batch_size: int = 64) -> torch.Tensor:
-    """The class token's rollout (:func:`vitlab.metrics.attention_rollout`) per image: (images, rows, cols)."""
+    """The class token's rollout (:func:`vitlab.analysis.metrics.attention_rollout`) per image: (images, rows, cols)."""
     check_images(model, images)
     maps = []
     for i in range(0, len(images), batch_size):
@@ -529,7 +529,7 @@ class DataSizeReadout(Readout):
 
 
 def data_size(runs: Sequence[RunInside]) -> DataSizeReadout:
-    """Readout of the inside views of sweep runs (:func:`vitlab.sweep.inside_runs`) against their data size."""
+    """Readout of the inside views of sweep runs (:func:`vitlab.training.sweep.inside_runs`) against their data size."""
     if not runs:
         raise ValueError("no inside views of sweep runs: run `python -m vitlab sweep` on ViTs first")
     runs = sorted(runs, key=lambda r: (r.subset_size, r.seed))
@@ -595,7 +595,7 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
-    """Readout of a recipe comparison (:func:`vitlab.recipes.read`) at ``epoch`` (default: the last one)."""
+    """Readout of a recipe comparison (:func:`vitlab.training.recipes.read`) at ``epoch`` (default: the last one)."""
     epochs = comparison.epochs
     if not epochs:
         raise ValueError("the runs of this comparison share no recorded epoch")
@@ -654,7 +654,7 @@ class PretrainingReadout(Readout):
         epochs: epochs run; images_seen: training images processed; minutes: training time.
         accuracy: share of corrupted test patches whose 3-bit colour the model predicts (final epoch).
         first: the same after the first epoch.
-        baselines: name -> accuracy of a guess that needs no model (:func:`vitlab.mpp.baselines`).
+        baselines: name -> accuracy of a guess that needs no model (:func:`vitlab.training.mpp.baselines`).
     """
 
     epochs: int
@@ -669,8 +669,8 @@ def pretraining(log: Sequence[dict], baselines: dict[str, float], batch_size: in
     """Readout of a pre-training run's metrics log (masked-patch colour accuracy per epoch) against guesses.
 
     Args:
-        log: the run's metrics records (:func:`vitlab.train.read_metrics`).
-        baselines: guesses scored on the same test patches (:func:`vitlab.mpp.baselines`).
+        log: the run's metrics records (:func:`vitlab.training.loop.read_metrics`).
+        baselines: guesses scored on the same test patches (:func:`vitlab.training.mpp.baselines`).
         batch_size: of the run, to count the images it saw.
     """
     if not log:

@@ -8,7 +8,7 @@ any moment leaves each record naming complete files. The last two checkpoints ar
 resumed run checks the checksums and falls back to the previous checkpoint when the latest
 cannot be read. ``metrics.jsonl`` holds one JSON record per finished epoch; a line cut
 short by a crash is dropped on reading. ``vitlab.lock`` keeps a second process out of a
-folder in use. ``inside.jsonl`` and ``inside.safetensors`` (:mod:`vitlab.inside`) are read
+folder in use. ``inside.jsonl`` and ``inside.safetensors`` (:mod:`vitlab.training.inside`) are read
 the same way and trimmed on resume like the metrics log. Settings are compared field by
 field, so this module needs no training code.
 """
@@ -33,9 +33,9 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from . import settings
+from .. import settings
 from .config import ConfigError
-from .io import atomic_path, atomic_write, write_json
+from ..io import atomic_path, atomic_write, write_json
 
 #: The per-epoch log in a run's folder.
 METRICS_LOG = "metrics.jsonl"
@@ -45,7 +45,7 @@ POINTER = "checkpoint.json"
 LOCK = "vitlab.lock"
 #: The final model and its sidecar, written when a run finishes.
 MODEL, SIDECAR = "model.safetensors", "model.json"
-#: A ViT's inside views, one JSON line per recorded epoch, and their tensors (:mod:`vitlab.inside`).
+#: A ViT's inside views, one JSON line per recorded epoch, and their tensors (:mod:`vitlab.training.inside`).
 INSIDE_LOG, INSIDE_TENSORS = "inside.jsonl", "inside.safetensors"
 #: The names of checkpoint files vitlab writes; nothing else in a run folder is ever deleted.
 CHECKPOINT_FILE = re.compile(r"checkpoint-(\d{8,})\.(safetensors|state\.pt|json)")

@@ -26,12 +26,13 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from . import data, metrics
-from .checkpoints import INSIDE_LOG, INSIDE_TENSORS, MODEL, SIDECAR, read_jsonl
-from .hooks import head_statistics, uniform_distance
-from .io import atomic_path, atomic_write
-from .models import load_model
-from .records import InsideView
+from .. import data
+from ..analysis import metrics
+from .run_folder import INSIDE_LOG, INSIDE_TENSORS, MODEL, SIDECAR, read_jsonl
+from ..analysis.capture import head_statistics, uniform_distance
+from ..io import atomic_path, atomic_write
+from ..models import load_model
+from ..records import InsideView
 
 #: Probe images per inside view, and the seed of their class-balanced order (fixed: runs compare).
 PROBE_IMAGES, PROBE_SEED = 256, 0
@@ -74,7 +75,7 @@ def inside_view(model: nn.Module, images: torch.Tensor, epoch: int, step: int, b
 
     Images are resized to the model's input size (a fine-tuned model sees its own grid).
     Attention distance is the paper's convention (``renormalize=False``); ``stats`` are
-    :func:`vitlab.hooks.head_statistics` of these images (at the model's input size) when the
+    :func:`vitlab.analysis.capture.head_statistics` of these images (at the model's input size) when the
     caller already has them. Leaves the model in eval mode; draws no random numbers.
     """
     if not is_vit(model):
@@ -182,8 +183,8 @@ def trim(out: str | os.PathLike, step: int) -> None:
 def stored_model(view: InsideView, tensors: dict[str, torch.Tensor]) -> nn.Module:
     """A stand-in module holding one epoch's stored position embeddings and filters.
 
-    It has what :func:`vitlab.metrics.position_similarity` and
-    :func:`vitlab.metrics.embedding_filters` read (``pos_embed``, ``patch_embed.proj``,
+    It has what :func:`vitlab.analysis.metrics.position_similarity` and
+    :func:`vitlab.analysis.metrics.embedding_filters` read (``pos_embed``, ``patch_embed.proj``,
     ``patch_embed.grid_size``, ``num_prefix_tokens``), so the Fig. 7 panels of that epoch
     come from the same code as a live model's. A hybrid's view stored no filters: its
     stand-in has no ``patch_embed.proj``.

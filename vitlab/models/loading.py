@@ -7,8 +7,8 @@ Every model vitlab returns carries
 * ``model.vitlab_arch``: a JSON-able record that rebuilds the architecture, written
   into the sidecar by :func:`save_model` so saved files load without extra arguments.
 
-The CIFAR architectures are defined in :mod:`vitlab.architectures` and the weight-file
-readers in :mod:`vitlab.weights`; this module decides what a spec names and puts it together.
+The CIFAR architectures are defined in :mod:`vitlab.models.architectures` and the weight-file
+readers in :mod:`vitlab.models.weights`; this module decides what a spec names and puts it together.
 """
 from __future__ import annotations
 
@@ -30,12 +30,11 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from . import data, settings
-# The architectures are re-exported: models.ARCHITECTURES, models.CifarViT, ... keep working.
-from .architectures import ARCHITECTURES, Architecture, CifarHybrid, CifarResNet, CifarViT, architecture  # noqa: F401
-from .io import atomic_path, write_json
-from .weights import (GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_weights_file, fit_head, google_vit_args,
-                      load_google_npz, load_state, read_state_dict)
+from .. import data
+from .. import settings
+from .architectures import ARCHITECTURES, Architecture, CifarHybrid, CifarResNet, CifarViT, architecture
+from ..io import atomic_path, write_json
+from .weights import GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_weights_file, fit_head, google_vit_args, load_google_npz, load_state, read_state_dict
 
 ZOO_DIR = settings.PROJECT_ROOT / "data" / "zoo"
 SIDECAR_FORMAT = 1
@@ -140,7 +139,7 @@ def load_model(
 
     Args:
         spec: one of
-            * a zoo name (see :func:`vitlab.zoo.zoo`): its checkpoint ``data/zoo/<name>.safetensors``
+            * a zoo name (see :func:`vitlab.training.zoo.zoo`): its checkpoint ``data/zoo/<name>.safetensors``
               (architecture from its sidecar), or random weights of the architecture of
               that name with a warning when there is no checkpoint;
             * a timm name with optional pretrained tag, e.g.

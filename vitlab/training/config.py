@@ -1,7 +1,7 @@
 """One mapping between a config dataclass, argparse flags and a command line.
 
-Every field of a frozen config dataclass (:class:`vitlab.train.TrainConfig`,
-:class:`vitlab.sweep.SweepConfig`) becomes one flag, typed from its annotation:
+Every field of a frozen config dataclass (:class:`vitlab.training.loop.TrainConfig`,
+:class:`vitlab.training.sweep.SweepConfig`) becomes one flag, typed from its annotation:
 
 * ``bool``: ``--flip`` / ``--no-flip``;
 * ``tuple[int, ...]``: ``--sizes 1000 5000`` (``nargs='+'``);

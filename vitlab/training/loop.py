@@ -6,16 +6,16 @@ timm's ``train.py``. :class:`TrainConfig` holds a run's settings only; where the
 stays on the device as uint8 and is augmented in whole batches. Under ``torchrun`` the
 same function trains data-parallel (DDP; NCCL on GPUs, gloo on CPUs). A run started again
 in ``<out>`` with the same settings continues from its last checkpoint
-(:mod:`vitlab.checkpoints`) and ends with the weights of a run that was never interrupted;
+(:mod:`vitlab.training.run_folder`) and ends with the weights of a run that was never interrupted;
 a finished one is given back untouched. Settings out of range, a folder in use or holding
 another run are refused with one line before any data is read. A ViT's inside views (the
-paper's Fig. 7 numbers and tensors on a fixed probe set, :mod:`vitlab.inside`) are recorded
+paper's Fig. 7 numbers and tensors on a fixed probe set, :mod:`vitlab.training.inside`) are recorded
 at the end of each epoch, at most 30 per run. Mixup and CutMix are timm's
 (:class:`timm.data.Mixup` on whole batches, soft targets); with them on, the train accuracy
 is counted against each mixed image's dominant label. The step loop never waits for the
 device: losses and hit counts stay device tensors, read once per epoch and at progress-bar
 refreshes. With ``objective="mpp"`` the same loop pre-trains a ViT without labels by the
-paper's masked patch prediction (:mod:`vitlab.mpp`): the accuracies it logs are then the
+paper's masked patch prediction (:mod:`vitlab.training.mpp`): the accuracies it logs are then the
 share of corrupted patches whose 3-bit colour is predicted right, and the final file is the
 plain ViT with the objective's parameters under ``mpp.*`` keys.
 """
@@ -42,13 +42,14 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data, inside as inside_views, mpp
+from .. import data
+from . import inside as inside_views
+from . import mpp
 # code_version, hardware and read_metrics are re-exported: train.read_metrics(out) keeps working.
-from .checkpoints import (append_metrics, code_version, finished_run, hardware, load_checkpoint,  # noqa: F401
-                          lock_run, prepare_folder, read_metrics, restore, save_checkpoint, trim_metrics)
+from .run_folder import append_metrics, code_version, finished_run, hardware, load_checkpoint, lock_run, prepare_folder, read_metrics, restore, save_checkpoint, trim_metrics
 from .config import ConfigError, check_choices
-from .hooks import restoring
-from .models import ARCHITECTURES, build_model, load_model, preprocess, save_model, set_input_size, weights_file
+from ..analysis.capture import restoring
+from ..models import ARCHITECTURES, build_model, load_model, preprocess, save_model, set_input_size, weights_file
 
 #: Without ``progress``, runs report here (``python -m vitlab`` prints it; notebooks stay quiet).
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ TRAIN_IMAGES, TEST_IMAGES, IMAGE_SIZE = 50_000, 10_000, 32
 
 
 def check(config: TrainConfig, out: str | os.PathLike, checkpoint_every: int = 0) -> None:
-    """Raise :class:`~vitlab.config.ConfigError` (or PermissionError for ``out``) before any work.
+    """Raise :class:`~vitlab.training.config.ConfigError` (or PermissionError for ``out``) before any work.
 
     Each setting out of range gets one line naming its flag, the value and the range.
     """
@@ -500,7 +501,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.de
         checkpoint_every: also checkpoint every this many steps (0: at epoch ends only).
         on_epoch: called with each epoch's record (e.g. to draw live curves in a notebook).
         inside: record a ViT's inside views in ``<out>/inside.jsonl`` and ``inside.safetensors``
-            (:mod:`vitlab.inside`) at the end of each epoch, at most 30 per run; ignored for
+            (:mod:`vitlab.training.inside`) at the end of each epoch, at most 30 per run; ignored for
             ResNets. An argument, not a setting: the weights are the same either way, so a run
             may be resumed with the other choice (the views then cover only part of it).
     """

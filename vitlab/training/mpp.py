@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import load_model, preprocess, weights_file
-from .weights import OBJECTIVE_PREFIX, read_state_dict
+from ..models import load_model, preprocess, weights_file
+from ..models.weights import OBJECTIVE_PREFIX, read_state_dict
 
 #: Fraction of each image's patches that are corrupted.
 CORRUPT_FRACTION = 0.5

@@ -22,11 +22,13 @@ from typing import Any
 
 from torch import nn
 
-from . import data, models, mpp
-from .checkpoints import INSIDE_LOG, INSIDE_TENSORS, read_jsonl
+from .. import data
+from ..models import loading
+from . import mpp
+from .run_folder import INSIDE_LOG, INSIDE_TENSORS, read_jsonl
 from .config import ConfigError, command_line, from_args
-from .io import atomic_write
-from .train import TrainConfig, evaluate
+from ..io import atomic_write
+from .loop import TrainConfig, evaluate
 
 #: The recipe of the ViT entries: AdamW, as for the paper's ViTs (read-only: entries share it).
 VIT_RECIPE: Mapping[str, Any] = MappingProxyType(dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=30,
@@ -48,7 +50,7 @@ class ZooEntry:
     Attributes:
         name: the zoo name (``load_model(name)``; checkpoint ``data/zoo/<name>.safetensors``).
         architecture: a key of ``vitlab.models.ARCHITECTURES``.
-        recipe: :class:`~vitlab.train.TrainConfig` fields of its training run.
+        recipe: :class:`~vitlab.training.loop.TrainConfig` fields of its training run.
         description: one line for listings.
         shipped: the repository ships a trained checkpoint of this entry in ``data/zoo``.
     """
@@ -62,7 +64,7 @@ class ZooEntry:
     @property
     def family(self) -> str:
         """``"vit"``, ``"hybrid"`` or ``"resnet"``, from the architecture."""
-        return models.ARCHITECTURES[self.architecture].family
+        return loading.ARCHITECTURES[self.architecture].family
 
     @property
     def objective(self) -> str:
@@ -72,23 +74,23 @@ class ZooEntry:
     @property
     def weights(self) -> Path:
         """Where its trained checkpoint is (or would be) stored."""
-        return models.zoo_weights(self.name)
+        return loading.zoo_weights(self.name)
 
 
 def _entry(name: str, recipe: Mapping[str, Any], shipped: bool = False) -> ZooEntry:
     """An entry named after its architecture, described by it."""
-    arch = models.ARCHITECTURES[name]
+    arch = loading.ARCHITECTURES[name]
     return ZooEntry(name=name, architecture=name, recipe=recipe, description=arch.description, shipped=shipped)
 
 
 #: Every zoo entry, by name; the micro entries are minute-scale models for quick runs.
 ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
     ZooEntry(name="vit_tiny_c10_e40", architecture="vit_tiny_c10", recipe=MappingProxyType(dict(VIT_RECIPE, epochs=40)),
-             description=models.ARCHITECTURES["vit_tiny_c10"].description + "; the zoo recipe for 40 epochs "
+             description=loading.ARCHITECTURES["vit_tiny_c10"].description + "; the zoo recipe for 40 epochs "
              "(crop, flip, label smoothing 0.1, no CutMix), inside views recorded", shipped=True),
     _entry("vit_tiny_c10", VIT_RECIPE, shipped=True),
     ZooEntry(name="vit_tiny_c10_mpp", architecture="vit_tiny_c10", recipe=MPP_RECIPE,
-             description=models.ARCHITECTURES["vit_tiny_c10"].description + "; pre-trained without labels by masked "
+             description=loading.ARCHITECTURES["vit_tiny_c10"].description + "; pre-trained without labels by masked "
              "patch prediction for 20 epochs (its classifier head is untrained: fine-tune it with --init)", shipped=True),
     _entry("vit_small_c10", VIT_RECIPE),
     _entry("hybrid_tiny_c10", VIT_RECIPE, shipped=True),
@@ -98,7 +100,7 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
     _entry("resnet_micro_c10", RESNET_RECIPE),
     _entry("hybrid_micro_c10", VIT_RECIPE),
     ZooEntry(name="vit_micro_c10_mpp", architecture="vit_micro_c10", recipe=MPP_RECIPE,
-             description=models.ARCHITECTURES["vit_micro_c10"].description + "; pre-trained without labels by masked "
+             description=loading.ARCHITECTURES["vit_micro_c10"].description + "; pre-trained without labels by masked "
              "patch prediction (quick runs)"),
 ]}
 
@@ -111,7 +113,7 @@ def entry(name: str) -> ZooEntry:
 
 
 def train_config(name: str, **overrides: Any) -> TrainConfig:
-    """The :class:`~vitlab.train.TrainConfig` of zoo entry ``name``: its architecture and recipe.
+    """The :class:`~vitlab.training.loop.TrainConfig` of zoo entry ``name``: its architecture and recipe.
 
     ``overrides`` replace recipe settings, e.g. ``train_config("vit_tiny_c10", subset_size=5000)``.
     """
@@ -135,7 +137,7 @@ def zoo() -> dict[str, dict[str, Any]]:
     for name, e in ENTRIES.items():
         sidecar = e.weights.with_suffix(".json")
         record = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        params = sum(p.numel() for p in models.ARCHITECTURES[e.architecture].build().parameters())
+        params = sum(p.numel() for p in loading.ARCHITECTURES[e.architecture].build().parameters())
         out[name] = dict(
             family=e.family,
             description=e.description,
@@ -161,7 +163,7 @@ def available(family: str | Sequence[str] | None = None, trained_only: bool = Fa
     names = [n for n, e in ENTRIES.items() if families is None or e.family in families]
     done = [n for n in names if trained(n)]
     # Untrained entries load as random weights only where named after their architecture.
-    untrained = [] if trained_only else [n for n in names if not trained(n) and n in models.ARCHITECTURES]
+    untrained = [] if trained_only else [n for n in names if not trained(n) and n in loading.ARCHITECTURES]
     return done + _cached_timm_models() + untrained
 
 
@@ -187,11 +189,11 @@ def label(spec: str) -> str:
 def inside_folder(name: str) -> Path:
     """Where zoo entry ``name``'s inside views over training are (``inside.jsonl``, ``inside.safetensors``).
 
-    A run folder as far as :func:`vitlab.inside.load` and
-    :class:`vitlab.widgets.InsideViewsExplorer` go; it may not exist (entries trained
+    A run folder as far as :func:`vitlab.training.inside.load` and
+    :class:`vitlab.views.explorers.InsideViewsExplorer` go; it may not exist (entries trained
     before the trainer recorded inside views have none).
     """
-    return models.ZOO_DIR / f"{name}.inside"
+    return loading.ZOO_DIR / f"{name}.inside"
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,7 @@ def training_record(spec: str | os.PathLike) -> TrainingRecord:
 def check_accuracy(model: nn.Module) -> float:
     """Accuracy on the fixed ``CHECK_SIZE`` test images that zoo records are checked on.
 
-    A pre-trainer (:class:`vitlab.mpp.MaskedPatchPrediction`) is scored on the share of those
+    A pre-trainer (:class:`vitlab.training.mpp.MaskedPatchPrediction`) is scored on the share of those
     images' corrupted patches whose colour it predicts right.
     """
     images, labels = data.cifar10("test")
@@ -246,11 +248,11 @@ def _accuracy(model: nn.Module, images, labels) -> float:
 
 def checked_model(name: str) -> nn.Module:
     """Zoo entry ``name``'s checkpoint as its recorded accuracy is measured: the classifier, or for a
-    pre-trained encoder the encoder with its masked-patch-prediction head (:func:`vitlab.mpp.load_pretrainer`)."""
+    pre-trained encoder the encoder with its masked-patch-prediction head (:func:`vitlab.training.mpp.load_pretrainer`)."""
     found = entry(name)
     if found.objective == "mpp":
         return mpp.load_pretrainer(found.weights, device="cpu")
-    return models.load_model(name, device="cpu")
+    return loading.load_model(name, device="cpu")
 
 
 def publish(run: str | os.PathLike, name: str, code_version: str | None = None, force: bool = False) -> Path:
@@ -283,7 +285,7 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
         raise ConfigError(f"{run} was trained with objective {config.objective}, but zoo entry {name} is "
                           f"{found.objective}")
     pretrainer = mpp.load_pretrainer(weights, device="cpu") if config.objective == "mpp" else None
-    model = pretrainer.encoder if pretrainer is not None else models.load_model(weights, device="cpu")
+    model = pretrainer.encoder if pretrainer is not None else loading.load_model(weights, device="cpu")
     images, labels = data.cifar10("test")
     meta["metrics"]["test_accuracy"] = _accuracy(pretrainer or model, images, labels)
     meta["metrics"][f"test_accuracy_{CHECK_SIZE}"] = check_accuracy(pretrainer or model)
@@ -307,5 +309,5 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
         elif (inside / file).is_file():  # the replaced checkpoint's record (force): not this run's
             (inside / file).unlink()
     keep = {k: v for k, v in meta.items() if k not in ("architecture", "pretrained_cfg", "format")}
-    models.save_model(model, target, metadata=keep, extra=mpp.objective_state(pretrainer) if pretrainer else None)
+    loading.save_model(model, target, metadata=keep, extra=mpp.objective_state(pretrainer) if pretrainer else None)
     return target

@@ -16,7 +16,7 @@ Everything captured is keyed by block index, negative indices counting from the 
 last block, as in TransformerLens: ``cap.attn[-1]``, ``cap["tokens", 2]``. On exit every
 flag, hook and train/eval mode is put back as it was (:func:`restoring`).
 
-What goes into the model is checked before the forward (:mod:`vitlab.inputs`).
+What goes into the model is checked before the forward (:mod:`vitlab.models.inputs`).
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from timm.layers import Attention
 from torch import nn
 
 from . import metrics
-from .inputs import check_images, check_input
-from .models import build_model, preprocess
+from ..models.inputs import check_images, check_input
+from ..models import build_model, preprocess
 
 _MISSING = object()
 
@@ -171,7 +171,7 @@ class Capture:
         logits: the model's output (B, classes).
         grid: (rows, cols) of patches for this input size.
         patch_size: (height, width) in pixels between neighbouring patches (a hybrid's: the
-            backbone's stride times its patch size, :func:`vitlab.metrics.pixel_patch_size`).
+            backbone's stride times its patch size, :func:`vitlab.analysis.metrics.pixel_patch_size`).
         num_prefix_tokens: class, register and distillation tokens before the patches.
 
     ``cap["attn", -1]`` is ``cap.attn[-1]``; ``cap["tokens", 0]`` is ``cap.tokens[0]``.
@@ -308,7 +308,7 @@ def hooks(model: nn.Module, layers: Sequence[int] | None = None) -> Iterator[Cap
     """Record attention and tokens of ``layers`` (block indices, default all) while open.
 
     Every forward inside the ``with`` block overwrites the returned :class:`Capture`,
-    ``grid`` included. Its input is checked first (:func:`vitlab.inputs.check_input`: a normalised
+    ``grid`` included. Its input is checked first (:func:`vitlab.models.inputs.check_input`: a normalised
     float batch, as :func:`vitlab.preprocess` returns). The model runs in eval mode
     inside; flags, hooks and modes are restored on exit.
     """
@@ -323,7 +323,7 @@ def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None
     Args:
         model: a timm VisionTransformer-style model (zoo ViTs, timm ViTs, DeiT, registers).
         images: uint8 images (B, 3, H, W), preprocessed with :func:`vitlab.preprocess`, or
-            an already normalised float batch (checked: :func:`vitlab.inputs.check_images`). Sizes other
+            an already normalised float batch (checked: :func:`vitlab.models.inputs.check_images`). Sizes other
             than the model's work for models built with ``dynamic_img_size=True`` (zoo ViTs are).
         layers: block indices; negative indices count from the end.
 
@@ -345,7 +345,7 @@ def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None
 def attention_distance(cap: Capture, layer: int | None = None, renormalize: bool = False) -> torch.Tensor:
     """Mean attention distance in pixels per head, with the capture's own grid, patches and prefix.
 
-    :func:`vitlab.metrics.mean_attention_distance` cannot tell a (4, 8) grid from an
+    :func:`vitlab.analysis.metrics.mean_attention_distance` cannot tell a (4, 8) grid from an
     (8, 4) one (the token count is the same); a :class:`Capture` knows which grid its
     forward pass used, so this cannot mix them up.
 
@@ -354,16 +354,16 @@ def attention_distance(cap: Capture, layer: int | None = None, renormalize: bool
         layer: a captured block index (negative from the end), or None for every captured block.
         renormalize: False (default) keeps the raw weights over patch keys, the paper's convention
             (google-research/vision_transformer issue #162, probing-vits); True rescales each
-            query's attention over patch keys to sum to 1 (see :func:`vitlab.metrics.mean_attention_distance`).
+            query's attention over patch keys to sum to 1 (see :func:`vitlab.analysis.metrics.mean_attention_distance`).
 
     Returns:
         (heads,) for one ``layer``; (layers, heads) in ``cap.layers`` order for None.
     """
     if not isinstance(cap, Capture):
-        raise TypeError(f"cap must be a Capture (from vitlab.capture or vitlab.hooks), got {type(cap).__name__}")
+        raise TypeError(f"cap must be a Capture (from vitlab.capture or vitlab.analysis.capture), got {type(cap).__name__}")
     if 0 in cap.grid or 0 in cap.patch_size:
         raise ValueError("cap holds no forward pass yet (its grid is unknown): fill it with vitlab.capture(model, "
-                         "images), or run the model inside vitlab.hooks(model)")
+                         "images), or run the model inside vitlab.analysis.capture(model)")
     if layer is not None:
         return metrics.mean_attention_distance(cap.attn[layer], cap.grid, cap.patch_size, cap.num_prefix_tokens,
                                                renormalize)
@@ -381,7 +381,7 @@ def head_statistics(model: nn.Module, images: torch.Tensor | Iterable[torch.Tens
         layers: block indices (negative from the end; default all).
         renormalize: False (default) keeps the raw weights over patch keys, the paper's convention
             (google-research/vision_transformer issue #162, probing-vits); True rescales each
-            query's attention over patch keys to sum to 1 (see :func:`vitlab.metrics.mean_attention_distance`).
+            query's attention over patch keys to sum to 1 (see :func:`vitlab.analysis.metrics.mean_attention_distance`).
         progress: show a progress bar over batches.
 
     Returns:
@@ -417,9 +417,9 @@ INIT_SEEDS = (0, 1, 2)
 
 
 def uniform_distance(model: nn.Module, renormalize: bool = False) -> float:
-    """:func:`vitlab.metrics.uniform_attention_distance` for the grid, patch size and prefix tokens of ``model``.
+    """:func:`vitlab.analysis.metrics.uniform_attention_distance` for the grid, patch size and prefix tokens of ``model``.
 
-    Read from the model (``patch_embed.grid_size``, :func:`vitlab.metrics.pixel_patch_size`,
+    Read from the model (``patch_embed.grid_size``, :func:`vitlab.analysis.metrics.pixel_patch_size`,
     ``num_prefix_tokens``), for inputs of the size it was built for. Pixels.
     """
     patch = metrics.pixel_patch_size(model)

@@ -1,4 +1,4 @@
-"""The explorer pattern under every view of :mod:`vitlab.widgets`.
+"""The explorer pattern under every view of :mod:`vitlab.views.explorers`.
 
 An :class:`Explorer` owns a model dropdown (zoo architectures without a checkpoint read
 "(untrained)"), a status line for what a figure was computed on, progress and errors, and
@@ -18,7 +18,8 @@ import ipywidgets as W
 import plotly.graph_objects as go
 from torch import nn
 
-from . import models, zoo
+from .. import models
+from ..training import zoo
 
 # --- models, cached until their weights file changes ---------------------------------------
 
@@ -104,7 +105,7 @@ def side_by_side(children: Sequence[W.Widget]) -> W.Box:
 
 
 def model_dropdown(specs: Sequence[str], initial: str | None = None, description: str = "model") -> W.Dropdown:
-    """A dropdown of model specs labelled by :func:`vitlab.zoo.label`, in the order given.
+    """A dropdown of model specs labelled by :func:`vitlab.training.zoo.label`, in the order given.
 
     ``vitlab.available()`` lists untrained zoo architectures last; they read "(untrained)".
     ``initial`` (default the first spec) is added in front when it is not among ``specs``.

@@ -1,12 +1,12 @@
-"""Interactive views: ipywidgets wiring around :mod:`vitlab.plots` figures.
+"""Interactive views: ipywidgets wiring around :mod:`vitlab.views.figures` figures.
 
-Every view is an :class:`~vitlab.explorer.Explorer`: a model dropdown, its own controls,
+Every view is an :class:`~vitlab.views.controls.Explorer`: a model dropdown, its own controls,
 a status line and plotly ``FigureWidget``s updated in place, so changing a widget never
-re-runs a cell. The tensor work lives in :mod:`vitlab.metrics` and :mod:`vitlab.hooks`;
+re-runs a cell. The tensor work lives in :mod:`vitlab.analysis.metrics` and :mod:`vitlab.analysis.capture`;
 here it is only called. Every view is its own root widget; its parts are attributes, for
 tests and for users who want to rearrange them. The views of the ViT vs ResNet study
 (:class:`SweepExplorer`, :class:`ProbeExplorer`, :class:`CKAExplorer`) live in
-:mod:`vitlab.compare_widgets` and are given here under the same names.
+:mod:`vitlab.views.study_explorers` and are given here under the same names.
 """
 from __future__ import annotations
 
@@ -20,12 +20,15 @@ import plotly.graph_objects as go
 import torch
 from torch import nn
 
-from . import data, metrics, plots, readouts
-from .compare_widgets import CKAExplorer, ProbeExplorer, SweepExplorer  # noqa: F401 (notebook 05's views)
-from .explorer import STYLE, Explorer, Recent, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
-from .hooks import INIT_SEEDS, capture, head_statistics, random_init_statistics, uniform_distance
-from .settings import quick_or
-from .train import mixing, read_metrics, train
+from .. import data
+from ..analysis import metrics
+from . import figures
+from . import readouts
+from .study_explorers import CKAExplorer, ProbeExplorer, SweepExplorer
+from .controls import STYLE, Explorer, Recent, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
+from ..analysis.capture import INIT_SEEDS, capture, head_statistics, random_init_statistics, uniform_distance
+from ..settings import quick_or
+from ..training.loop import mixing, read_metrics, train
 
 
 # --- Fig. 7: filters, position embeddings, attention distance ----------------------------------
@@ -44,13 +47,13 @@ class PositionEmbeddingExplorer(Explorer):
     """Fig. 7 (center) for a model picked from a dropdown; click a tile to enlarge it.
 
     Under the mosaic, the structure and mirror scores of the model and of random-initialised
-    models of its architecture (:func:`vitlab.hooks.random_init` with seeds ``SEEDS``,
+    models of its architecture (:func:`vitlab.analysis.capture.random_init` with seeds ``SEEDS``,
     cached per model).
 
     Attributes: ``model``, ``mosaic`` (one similarity tile per patch), ``detail`` (the
     clicked patch's map), ``status``, ``sim`` (the similarity shown), ``reference`` (the
     random-init scores shown, one (structure, mirror) pair per seed), ``selected`` (patch),
-    ``readout`` (HTML under the figures: :func:`vitlab.readouts.position_embeddings` of the model shown).
+    ``readout`` (HTML under the figures: :func:`vitlab.views.readouts.position_embeddings` of the model shown).
     """
 
     n_figures = 2
@@ -87,12 +90,12 @@ class PositionEmbeddingExplorer(Explorer):
 
     def figures(self, result: _Positions) -> list[go.Figure]:
         self.readout.value = readouts.position_embeddings(result.sim, result.reference).html()
-        return [plots.position_similarity_figure(result.sim, title=self.model.value, reference=result.reference),
-                plots.patch_similarity_figure(result.sim, *self.selected)]
+        return [figures.position_similarity_figure(result.sim, title=self.model.value, reference=result.reference),
+                figures.patch_similarity_figure(result.sim, *self.selected)]
 
     def _clicked(self, trace, points, state) -> None:
         if points.xs:
-            tile = plots.mosaic_tile(self.sim.shape, points.xs[0], points.ys[0])
+            tile = figures.mosaic_tile(self.sim.shape, points.xs[0], points.ys[0])
             if tile is not None:
                 self.show_patch(*tile)
 
@@ -118,13 +121,13 @@ class EmbeddingFiltersExplorer(Explorer):
     """Fig. 7 (left): principal components of a model's patch-embedding filters.
 
     The explained-variance figure draws, beside the model's cumulative curve, that of
-    random-initialised models of its architecture (:func:`vitlab.hooks.random_init` with
+    random-initialised models of its architecture (:func:`vitlab.analysis.capture.random_init` with
     seeds ``SEEDS``, cached per model): filters with more structure than random init put
     more variance in their first components.
 
     Attributes: ``model`` (dropdown), ``components`` (slider), ``filters`` and ``variance``
     (FigureWidgets), ``status``, ``reference`` ((seeds, k) random-init ratios shown, or None),
-    ``readout`` (HTML under the figures: :func:`vitlab.readouts.embedding_filters` of the components shown).
+    ``readout`` (HTML under the figures: :func:`vitlab.views.readouts.embedding_filters` of the components shown).
     """
 
     n_figures = 2
@@ -162,8 +165,8 @@ class EmbeddingFiltersExplorer(Explorer):
     def figures(self, result: _Filters) -> list[go.Figure]:
         title = f"{self.model.value}: first {len(result.ratio)} principal components"
         self.readout.value = readouts.embedding_filters(result.ratio, result.reference, len(result.ratio)).html()
-        return [plots.embedding_filters_figure(result.filters, result.ratio, title=title),
-                plots.explained_variance_figure(result.ratio, result.reference)]
+        return [figures.embedding_filters_figure(result.filters, result.ratio, title=title),
+                figures.explained_variance_figure(result.ratio, result.reference)]
 
 
 @dataclass(frozen=True)
@@ -180,14 +183,14 @@ class AttentionDistanceExplorer(Explorer):
     """Fig. 7 (right): mean attention distance per head against depth, streamed over images.
 
     Two references are drawn for the model on screen and the convention in use: uniform
-    attention over its grid (:func:`vitlab.hooks.uniform_distance`) and random-initialised
+    attention over its grid (:func:`vitlab.analysis.capture.uniform_distance`) and random-initialised
     models of its architecture (seeds ``SEEDS``, on the first ``reference_images`` of the
     images, cached per model, image count and convention).
 
     Attributes: ``model``, ``images`` (how many of the images), ``convention`` (how
     attention given to the class token is treated), ``run`` (Compute), ``figure``,
     ``status`` (what the figure was computed on, or that the settings changed), ``readout``
-    (HTML under the figure: :func:`vitlab.readouts.attention_distance` of what it shows).
+    (HTML under the figure: :func:`vitlab.views.readouts.attention_distance` of what it shows).
     """
 
     #: Label -> ``renormalize``; the paper's convention first (the default).
@@ -252,7 +255,7 @@ class AttentionDistanceExplorer(Explorer):
         self.readout.value = readouts.attention_distance(result.stats["distance_per_image"], result.uniform,
                                                          result.random_init, result.stats["layers"].tolist(),
                                                          token_field=readouts.token_field_of(result.model)).html()
-        return [plots.attention_distance_figure(result.stats["distance"], result.stats["layers"], reference,
+        return [figures.attention_distance_figure(result.stats["distance"], result.stats["layers"], reference,
                                                 max_distance=diagonal, title=title, depth=depth,
                                                 uniform=result.uniform, random_init=result.random_init)]
 
@@ -261,11 +264,11 @@ def _distance_references(model: nn.Module, name: str, cnn: str | None, depth: in
     """Receptive-field lines for Fig. 7 (right): the CNN ``cnn``'s stages, and a hybrid's own CNN stem."""
     lines = {}
     if cnn is not None:
-        lines = plots.receptive_field_reference(metrics.receptive_fields(cached_model(cnn)), depth,
+        lines = figures.receptive_field_reference(metrics.receptive_fields(cached_model(cnn)), depth,
                                                 f"{cnn} receptive field")
     pixels = readouts.token_field_of(model)  # None for a ViT
     if pixels is not None:
-        lines.update(plots.token_field_reference(pixels, depth, f"{name}'s CNN stem receptive field ({pixels:.0f} px)"))
+        lines.update(figures.token_field_reference(pixels, depth, f"{name}'s CNN stem receptive field ({pixels:.0f} px)"))
     return lines
 
 
@@ -277,7 +280,7 @@ def attention_distance_view(model: str, images: torch.Tensor, reference: str | N
     random-init band (seeds ``INIT_SEEDS``, same images), when ``reference`` names a
     CNN its receptive-field line, and for a hybrid its own CNN stem's receptive field (what each
     token sees before any attention); returns ``(figure, readout)``
-    (:func:`vitlab.readouts.attention_distance`), what notebook 03 shows.
+    (:func:`vitlab.views.readouts.attention_distance`), what notebook 03 shows.
     """
     net = cached_model(model)
     if load_note(model):  # e.g. random weights: cached_model keeps it for status lines, a notebook shows it
@@ -292,7 +295,7 @@ def attention_distance_view(model: str, images: torch.Tensor, reference: str | N
     lines = _distance_references(net, model, reference, depth)
     diagonal = math.hypot(*net.pretrained_cfg["input_size"][1:])  # pixels
     title = f"{model}: mean attention distance, {data.describe_images(len(images), source)}; uniform {uniform:.1f} px"
-    figure = plots.attention_distance_figure(stats["distance"], stats["layers"], lines, diagonal, title=title,
+    figure = figures.attention_distance_figure(stats["distance"], stats["layers"], lines, diagonal, title=title,
                                              depth=depth, uniform=uniform, random_init=band)
     return figure, readouts.attention_distance(stats["distance_per_image"], uniform, band, stats["layers"].tolist(),
                                                token_field=readouts.token_field_of(net))
@@ -317,7 +320,7 @@ class AttentionMapsExplorer(Explorer):
     Click a patch of the rollout map to see where that patch attends at the chosen layer
     and head. Attributes: ``model``, ``image``, ``layer``, ``head``, ``fusion``, ``discard``
     (controls); ``rollout``, ``patch``, ``heads`` (FigureWidgets); ``selected`` (patch);
-    ``readout`` (HTML under the rollout: :func:`vitlab.readouts.attention_rollout` over all the
+    ``readout`` (HTML under the rollout: :func:`vitlab.views.readouts.attention_rollout` over all the
     images of the list, for the model, head fusion and discard ratio shown, against random init;
     cached).
     """
@@ -378,11 +381,11 @@ class AttentionMapsExplorer(Explorer):
         where = f"layer {self.layer.value}, " + ("mean of heads" if head is None else f"head {head + 1}")
         self.readout.value = self.rollout_readout().html()
         return [
-            plots.attention_overlay_figure(seen.image, rollout, title=f"attention rollout: {name}",
+            figures.attention_overlay_figure(seen.image, rollout, title=f"attention rollout: {name}",
                                            marker=self.selected, scale="rollout"),
-            plots.attention_overlay_figure(seen.image, query, title=f"patch ({r + 1}, {c + 1}) attends: {where}",
+            figures.attention_overlay_figure(seen.image, query, title=f"patch ({r + 1}, {c + 1}) attends: {where}",
                                            marker=self.selected),
-            plots.head_attention_figure(metrics.class_token_attention(seen.attn, seen.grid, seen.prefix),
+            figures.head_attention_figure(metrics.class_token_attention(seen.attn, seen.grid, seen.prefix),
                                         title=f"class-token attention per layer and head, {name}"),
         ]
 
@@ -396,7 +399,7 @@ class AttentionMapsExplorer(Explorer):
         self.refresh()
 
     def rollout_readout(self) -> readouts.RolloutReadout:
-        """:func:`vitlab.readouts.attention_rollout_of` over all the images, for the settings shown (cached)."""
+        """:func:`vitlab.views.readouts.attention_rollout_of` over all the images, for the settings shown (cached)."""
         def make() -> readouts.RolloutReadout:
             model = cached_model(self.model.value)
             images = data.resize(self.images, model.pretrained_cfg["input_size"][1:])
@@ -430,11 +433,11 @@ class TrainingMonitor(W.VBox):
         show_figure(self.figure, self._figure())
 
     def _figure(self) -> go.Figure:
-        return plots.training_curves_figure(self.records, title=self.title, mixed=self.mixed, objective=self.objective)
+        return figures.training_curves_figure(self.records, title=self.title, mixed=self.mixed, objective=self.objective)
 
 
 def train_with_curves(config, out: str | Path, title: str | None = None):
-    """Show live curves, train ``config`` (a :class:`vitlab.train.TrainConfig`) into ``out``, return the result."""
+    """Show live curves, train ``config`` (a :class:`vitlab.training.loop.TrainConfig`) into ``out``, return the result."""
     from IPython.display import display
 
     # A run resumed (or already finished) in ``out`` shows the epochs it has recorded so far.
@@ -452,7 +455,7 @@ class InsideViewsExplorer(W.VBox):
     """The three Fig. 7 panels of a ViT run at any recorded epoch, and its attention distance against epoch.
 
     Reads ``<run>/inside.jsonl`` and ``inside.safetensors`` (written by the trainer,
-    :mod:`vitlab.inside`). The epoch slider redraws the filters' principal components and
+    :mod:`vitlab.training.inside`). The epoch slider redraws the filters' principal components and
     their explained variance (from the stored filters), the position-embedding similarity
     (from the stored position embeddings) and the attention distance per head (from the
     record, with the uniform line); the line chart marks the epoch shown.
@@ -464,7 +467,7 @@ class InsideViewsExplorer(W.VBox):
     """
 
     def __init__(self, run_folder: str | Path, k: int = 28):
-        from . import inside
+        from ..training import inside
 
         self.folder = Path(run_folder)
         self.views, self.tensors, recorded = inside.load(self.folder)
@@ -487,7 +490,7 @@ class InsideViewsExplorer(W.VBox):
 
     def show_epoch(self, epoch: int) -> None:
         """Redraw every panel for ``epoch`` (one of the recorded epochs)."""
-        from . import inside
+        from ..training import inside
 
         self.view = next(v for v in self.views if v.epoch == epoch)
         if self.epoch.value != epoch:
@@ -499,25 +502,25 @@ class InsideViewsExplorer(W.VBox):
         if self.view.filter_k:
             w = stand_in.patch_embed.proj.weight
             components, self.ratio = metrics.embedding_filters(stand_in, k=min(self.k, w.shape[0], w[0].numel()))
-            show_figure(self.filters, plots.embedding_filters_figure(components, self.ratio, title=f"{name}: filters"))
-            show_figure(self.variance, plots.explained_variance_figure(self.ratio))
+            show_figure(self.filters, figures.embedding_filters_figure(components, self.ratio, title=f"{name}: filters"))
+            show_figure(self.variance, figures.explained_variance_figure(self.ratio))
         else:  # a hybrid: its first layer is a CNN, its embedding projects CNN features
             self.ratio = None
             for widget in (self.filters, self.variance):
-                show_figure(widget, plots.note_figure(
+                show_figure(widget, figures.note_figure(
                     f"{name}: a hybrid ViT has no patch-embedding filters",
                     "its embedding projects 1x1 patches of a CNN's feature map, not pixels"))
-        show_figure(self.positions, plots.position_similarity_figure(self.sim, title=f"{name}: position embeddings"))
-        show_figure(self.distance, plots.attention_distance_figure(
+        show_figure(self.positions, figures.position_similarity_figure(self.sim, title=f"{name}: position embeddings"))
+        show_figure(self.distance, figures.attention_distance_figure(
             torch.tensor(self.view.distance), uniform=self.view.uniform,
             title=f"{name}: mean attention distance ({self.view.images} probe images)"))
-        show_figure(self.timeline, plots.inside_views_figure(self.views, epoch=epoch))
+        show_figure(self.timeline, figures.inside_views_figure(self.views, epoch=epoch))
 
 
 class RecipesExplorer(W.VBox):
     """The arms of a recipe comparison side by side at any recorded epoch (e.g. with and without CutMix).
 
-    Reads a comparison folder (:func:`vitlab.recipes.read`, default the committed locality
+    Reads a comparison folder (:func:`vitlab.training.recipes.read`, default the committed locality
     experiment). The epoch slider redraws each arm's attention distance per head against
     depth (every seed) and the readout for that epoch; the timeline below shows the lowest
     layer's most local head and the test accuracy of every run against epoch, marking the
@@ -525,11 +528,11 @@ class RecipesExplorer(W.VBox):
 
     Attributes: ``epoch`` (slider), ``distance``, ``timeline`` (FigureWidgets), ``readout``
     (HTML), ``comparison`` (the :class:`~vitlab.records.Recipes`), ``measured`` (the
-    :class:`~vitlab.readouts.RecipesReadout` shown).
+    :class:`~vitlab.views.readouts.RecipesReadout` shown).
     """
 
     def __init__(self, folder: str | Path | None = None):
-        from . import recipes
+        from ..training import recipes
 
         self.comparison = recipes.read(folder or recipes.LOCALITY)
         epochs = self.comparison.epochs
@@ -547,6 +550,6 @@ class RecipesExplorer(W.VBox):
             self.epoch.value = epoch  # observed: comes back here once with the same epoch
             return
         self.measured = readouts.recipes(self.comparison, epoch)
-        show_figure(self.distance, plots.recipes_figure(self.comparison, epoch))
-        show_figure(self.timeline, plots.recipes_timeline_figure(self.comparison, epoch))
+        show_figure(self.distance, figures.recipes_figure(self.comparison, epoch))
+        show_figure(self.timeline, figures.recipes_timeline_figure(self.comparison, epoch))
         self.readout.value = self.measured.html()
