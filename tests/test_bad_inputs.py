@@ -828,7 +828,7 @@ def no_data(tmp_path, monkeypatch):
     def refuse(root):
         raise AssertionError("a bad-input row started a download: its error came too late")
 
-    monkeypatch.setattr(data, "_download_cifar10", refuse)
+    monkeypatch.setattr(data.files, "_download_cifar10", refuse)
 
 
 @pytest.mark.parametrize("name", list(ROWS))

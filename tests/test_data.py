@@ -61,15 +61,15 @@ def _count_decodes(monkeypatch):
     """Wrap both decoders; returns the list each decode appends to."""
     calls = []
     for name in ("_read_imagefolder", "_read_batches"):
-        real = getattr(data, name)
-        monkeypatch.setattr(data, name, lambda *a, real=real: calls.append(1) or real(*a))
+        real = getattr(data.files, name)
+        monkeypatch.setattr(data.files, name, lambda *a, real=real: calls.append(1) or real(*a))
     return calls
 
 
 def test_second_load_comes_from_cache(tmp_path, monkeypatch):
     expected = make_imagefolder(tmp_path)
     data.cifar10("train", root=tmp_path, download=False)
-    monkeypatch.setattr(data, "_read_imagefolder", _no_decoding)
+    monkeypatch.setattr(data.files, "_read_imagefolder", _no_decoding)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an unchanged copy and a good cache: nothing to warn about
         images, labels = data.cifar10("train", root=tmp_path, download=False)
@@ -107,7 +107,7 @@ def test_an_image_replaced_in_place_rebuilds_the_cache(tmp_path, monkeypatch, ch
     np.testing.assert_array_equal(images[7].numpy(), pixels.transpose(2, 0, 1))
     np.testing.assert_array_equal(np.delete(images.numpy(), 7, 0), np.delete(expected["test"][0], 7, 0))
     assert len(list((tmp_path / "cache").glob("cifar10-test-*"))) == 1  # replaced, not left beside the new one
-    monkeypatch.setattr(data, "_read_imagefolder", _no_decoding)
+    monkeypatch.setattr(data.files, "_read_imagefolder", _no_decoding)
     assert torch.equal(data.cifar10("test", root=tmp_path, download=False)[0], images)
 
 
@@ -148,7 +148,7 @@ def test_a_damaged_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch, damage
     np.testing.assert_array_equal(labels.numpy(), expected["test"][1])
     if cache.is_dir():  # never deleted or written over: vitlab did not write a folder
         return
-    monkeypatch.setattr(data, "_read_imagefolder", _no_decoding)  # the rebuilt cache is whole again
+    monkeypatch.setattr(data.files, "_read_imagefolder", _no_decoding)  # the rebuilt cache is whole again
     assert torch.equal(data.cifar10("test", root=tmp_path, download=False)[0], images)
 
 
@@ -169,7 +169,7 @@ def test_an_unwritable_cache_folder_costs_speed_not_the_load(tmp_path, monkeypat
     def read_only(path, write):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(data, "atomic_write", read_only)
+    monkeypatch.setattr(data.files, "atomic_write", read_only)
     with pytest.warns(UserWarning, match="could not write the CIFAR-10 cache .*set VITLAB_CACHE"):
         images, _ = data.cifar10("test", root=tmp_path, download=False)
     np.testing.assert_array_equal(images.numpy(), expected["test"][0])
@@ -219,7 +219,7 @@ def test_download_used_when_nothing_is_found(tmp_path, monkeypatch):
         calls.append(root)
         make_batches(root)
 
-    monkeypatch.setattr(data, "_download_cifar10", fake_download)
+    monkeypatch.setattr(data.files, "_download_cifar10", fake_download)
     images, _ = data.cifar10("test", root=tmp_path)
     assert calls == [tmp_path] and images.shape == (4, 3, 32, 32)
 
@@ -228,7 +228,7 @@ def test_offline_with_nothing_found_names_three_options(tmp_path, monkeypatch):
     def offline(root):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(data, "_download_cifar10", offline)
+    monkeypatch.setattr(data.files, "_download_cifar10", offline)
     with pytest.raises(data.DataNotFoundError) as info:
         data.cifar10("train", root=tmp_path)
     message = str(info.value)
@@ -288,7 +288,7 @@ def test_real_cifar10_loads_and_is_cached(monkeypatch):
     def no_decoding(*_):
         raise AssertionError("decoded 50,000 JPEGs again instead of reading the cache")
 
-    monkeypatch.setattr(data, "_read_imagefolder", no_decoding)
+    monkeypatch.setattr(data.files, "_read_imagefolder", no_decoding)
     again, _ = data.cifar10("train")  # served from the .npz cache (timed in benchmarks/data_cache.py)
     assert again.shape == (50_000, 3, 32, 32)
 

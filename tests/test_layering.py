@@ -9,11 +9,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "vitlab"
 
 #: The folders in the order the data flows; a module imports only from its own folder or folders before it.
-FOLDERS = ("", "models", "analysis", "training", "views")
+FOLDERS = ("", "data", "models", "analysis", "training", "views")
 #: Within a folder, lowest first: a module imports modules of a lower rank, or of its own rank where listed in
 #: SAME_RANK. The package's ``__init__`` and ``__main__`` sit above every folder.
 RANKS = {
-    "settings": 0, "io": 0, "data": 1, "records": 1,
+    "settings": 0, "io": 0, "records": 1, "data.files": 0, "data.__init__": 1,
     "models.inputs": 0, "models.architectures": 0, "models.weights": 0, "models.loading": 1, "models.__init__": 2,
     "analysis.metrics": 0, "analysis.capture": 1, "analysis.features": 2, "analysis.representations": 3,
     "analysis.__init__": 4,

@@ -70,7 +70,7 @@ def test_unwritable_output_folder_is_explained(tmp_path, fake_cifar):
 
 def test_missing_dataset_is_explained(tmp_path, monkeypatch):
     monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "empty"))
-    monkeypatch.setattr(data, "_download_cifar10", lambda root: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr(data.files, "_download_cifar10", lambda root: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(data.DataNotFoundError, match="three ways|ImageFolder"):
         loop.train(loop.TrainConfig(), tmp_path / "run")
 
