@@ -163,7 +163,7 @@ def test_flops_per_image_are_model_flops(bench, name):
     assert bench.flops_per_image(model, (32, 32), CPU) == expected
     assert all(p.grad is None for p in model.parameters())
     if name == "vit_tiny_c10":
-        assert round(expected / 1e6) == 347  # the README's figure
+        assert round(expected / 1e6) == 347  # the figure in docs/performance.md
 
 
 def test_throughput_step_on_the_cpu(bench):
