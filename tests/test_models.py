@@ -15,6 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 import vitlab
 from vitlab import data, models
 from vitlab.models import loading
+from vitlab.models import sidecar
 from vitlab.training import zoo
 from vitlab.models.weights import WeightsFileError
 
@@ -382,7 +383,7 @@ def test_every_timm_pretrained_cfg_passes_the_sidecar_check():
 
     names = timm.list_pretrained()
     assert len(names) > 1000
-    refused = [n for n in names if loading._pretrained_cfg_problem(loading._jsonable(get_pretrained_cfg(n).to_dict()))]
+    refused = [n for n in names if sidecar.pretrained_cfg_problem(sidecar.jsonable(get_pretrained_cfg(n).to_dict()))]
     assert refused == []
 
 

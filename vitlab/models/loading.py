@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import math
 import numbers
 import os
 import socket
@@ -33,11 +31,11 @@ from torch import nn
 from .. import data
 from .. import settings
 from .architectures import ARCHITECTURES, Architecture, CifarHybrid, CifarResNet, CifarViT, architecture
-from ..io import atomic_path, write_json
+from ..io import atomic_path
+from .sidecar import Sidecar, jsonable, read_sidecar, short_repr, sidecar_path, write_sidecar
 from .weights import GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_weights_file, fit_head, google_vit_args, load_google_npz, load_state, read_state_dict
 
 ZOO_DIR = settings.PROJECT_ROOT / "data" / "zoo"
-SIDECAR_FORMAT = 1
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -221,7 +219,7 @@ def _resolve(spec: str | os.PathLike, arch: str | None, kw: dict[str, Any]) -> t
         if not weights.is_file():
             return "zoo", text
         # The sidecar names the architecture, so a checkpoint may be named apart from it.
-        fallback = text if text in ARCHITECTURES and not weights.with_suffix(".json").is_file() else None
+        fallback = text if text in ARCHITECTURES and not sidecar_path(weights).is_file() else None
         return "file", _plan_file(weights, fallback, {})
     if timm.is_model(timm.models.split_model_name_tag(text)[0]):
         _check_timm_name(text)
@@ -363,7 +361,7 @@ def _create_cache_first(spec: str, pretrained: bool, kwargs: dict[str, Any]) -> 
 def _plan_file(path: Path, arch: str | None, kw: dict[str, Any]) -> _WeightsPlan:
     """Check ``path`` and the architecture it will be built as (arch=, sidecar or .npz shapes)."""
     check_weights_file(path)
-    sidecar = path.with_suffix(".json")
+    sidecar = sidecar_path(path)
     if arch is not None:
         if arch in ARCHITECTURES:
             if kw:
@@ -376,8 +374,8 @@ def _plan_file(path: Path, arch: str | None, kw: dict[str, Any]) -> _WeightsPlan
         raise TypeError(f"extra arguments {sorted(kw)} for {path} are used only with arch=; its sidecar or "
                         "shapes fix the architecture (set_input_size changes the input size)")
     if sidecar.is_file():
-        meta = read_sidecar(sidecar)
-        return _WeightsPlan(path, meta["architecture"], meta.get("pretrained_cfg"), fit_head=False)
+        meta = _checked_sidecar(sidecar)
+        return _WeightsPlan(path, meta.architecture, meta.pretrained_cfg, fit_head=False)
     if path.suffix.lower() == ".npz":
         return _WeightsPlan(path, None, None, fit_head=False)
     raise ValueError(
@@ -386,35 +384,18 @@ def _plan_file(path: Path, arch: str | None, kw: dict[str, Any]) -> _WeightsPlan
     )
 
 
-def read_sidecar(path: Path) -> dict[str, Any]:
-    """The sidecar JSON at ``path``, checked: an architecture record that builds, sane preprocessing.
+def _checked_sidecar(path: Path) -> Sidecar:
+    """The sidecar at ``path`` (:func:`~vitlab.models.sidecar.read_sidecar`), its architecture record checked to build.
 
     Raises:
         WeightsFileError: one line naming the sidecar, the key and what to do.
     """
-    fix = "fix the sidecar, or delete it and pass arch=<timm or zoo name> to load_model"
+    meta = read_sidecar(path)
     try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise WeightsFileError(f"{path} is not valid JSON ({err}); {fix}") from None
-    if not isinstance(meta, dict):
-        raise WeightsFileError(f"{path} holds a JSON {type(meta).__name__}, not an object; {fix}")
-    version = meta.get("format", SIDECAR_FORMAT)
-    if not isinstance(version, int) or version > SIDECAR_FORMAT:
-        raise WeightsFileError(f"{path} has format {version!r}, but this vitlab reads format {SIDECAR_FORMAT} "
-                               "or older; upgrade vitlab, or fix the sidecar")
-    if "architecture" not in meta:
-        raise WeightsFileError(f"{path} has no 'architecture' key (the record save_model writes, e.g. "
-                               f"{{\"zoo\": \"vit_tiny_c10\"}}); add it, or pass arch=<timm or zoo name> to load_model")
-    try:
-        check_record(meta["architecture"])
+        check_record(meta.architecture)
     except ValueError as err:
         raise WeightsFileError(f"{path}: key 'architecture': {str(err).rstrip('.')}; fix the sidecar, or pass "
                                "arch=<timm or zoo name> to load_model") from None
-    problem = _pretrained_cfg_problem(meta["pretrained_cfg"]) if meta.get("pretrained_cfg") is not None else None
-    if problem:
-        raise WeightsFileError(f"{path}: key 'pretrained_cfg' {problem}; fix it, or delete 'pretrained_cfg' "
-                               "to use the architecture's defaults")
     return meta
 
 
@@ -422,53 +403,16 @@ def check_record(record: Any) -> None:
     """Raise ValueError unless ``record`` is an architecture record :func:`build_model` can build."""
     kinds = ("zoo", "timm", "google_vit")
     if not isinstance(record, dict) or sum(k in record for k in kinds) != 1:
-        raise ValueError(f"expected a record with one of the keys 'zoo', 'timm' or 'google_vit', got {_short(record)}")
+        raise ValueError(f"expected a record with one of the keys 'zoo', 'timm' or 'google_vit', got {short_repr(record)}")
     if "zoo" in record:
         architecture(record["zoo"], record.get("config"))  # raises ValueError naming the problem
     elif "timm" in record:
         if not isinstance(record["timm"], str) or not isinstance(record.get("kwargs", {}), dict):
-            raise ValueError(f"a timm record needs a name and a 'kwargs' mapping, got {_short(record)}")
+            raise ValueError(f"a timm record needs a name and a 'kwargs' mapping, got {short_repr(record)}")
         _check_timm_name(record["timm"])
     elif not isinstance(record["google_vit"], dict) or not {"img_size", "num_classes"} <= record["google_vit"].keys():
         raise ValueError(f"a google_vit record needs VisionTransformer arguments with img_size and "
-                         f"num_classes, got {_short(record)}")
-
-
-#: Resampling modes timm's transforms accept (``timm.data.transforms.str_to_interp_mode``).
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
-
-
-def _pretrained_cfg_problem(cfg: Any) -> str | None:
-    """What makes ``cfg`` unusable for preprocessing (a phrase starting with the key), or None.
-
-    Checked: ``mean`` and ``std`` are three finite numbers (``std`` all > 0), ``input_size``
-    three positive integers (channels, height, width), ``interpolation`` a mode timm knows.
-    Keys left out take the architecture's defaults.
-    """
-    if not isinstance(cfg, dict):
-        return f"must be a JSON object, got {_short(cfg)}"
-    for key in ("mean", "std"):
-        value = cfg.get(key, (1, 1, 1))
-        if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(_finite(v) for v in value)):
-            return f"{key!r} must be three numbers (one per RGB channel), got {_short(value)}"
-    if min(cfg.get("std", (1,))) <= 0:
-        return f"'std' must be > 0 (inputs are divided by it), got {cfg['std']}"
-    size = cfg.get("input_size", (3, 1, 1))
-    if not (isinstance(size, (list, tuple)) and len(size) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        return f"'input_size' must be three positive integers (channels, height, width), got {_short(size)}"
-    if cfg.get("interpolation", "bicubic") not in INTERPOLATIONS:
-        return f"'interpolation' must be one of {', '.join(INTERPOLATIONS)}, got {_short(cfg['interpolation'])}"
-    return None
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}..."
+                         f"num_classes, got {short_repr(record)}")
 
 
 def _load_file(plan: _WeightsPlan) -> nn.Module:
@@ -549,16 +493,13 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, An
     if clash:
         raise ValueError(f"extra tensors {clash} would overwrite the model's own weights; rename them")
     state.update(extra or {})
+    meta = {k: v for k, v in (metadata or {}).items() if k != "format"}  # the writer stamps its own
+    sidecar = Sidecar.from_json(dict(meta, architecture=arch, pretrained_cfg=jsonable(model.pretrained_cfg)),
+                                where=f"the metadata for {path}")  # refused before anything is written
     with atomic_path(path) as tmp:
         safetensors.torch.save_file(state, str(tmp))
-    meta = dict(metadata or {})
-    meta.update(format=SIDECAR_FORMAT, architecture=arch, pretrained_cfg=_jsonable(model.pretrained_cfg))
-    write_json(path.with_suffix(".json"), meta)
+    write_sidecar(sidecar_path(path), sidecar)
     return path
-
-
-def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
 
 # --- preprocessing -----------------------------------------------------------------
