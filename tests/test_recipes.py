@@ -8,6 +8,7 @@ import torch
 from vitlab import settings
 from vitlab.analysis.capture import head_statistics
 from vitlab.training import inside
+from vitlab.training import run_folder
 from vitlab.views import readouts
 from vitlab.training import recipes
 from vitlab.training import loop
@@ -52,7 +53,7 @@ def test_collect_copies_the_records_and_reads_them_back(trained, collected):
         for name in recipes.RUN_FILES:
             assert (out / folder.name / name).read_bytes() == (folder / name).read_bytes()
         assert not (out / folder.name / "model.safetensors").exists()  # weights stay out: small enough to commit
-        assert run.views == inside.read(folder) and run.epochs == [1, 2]
+        assert run.views == run_folder.read_inside(folder) and run.epochs == [1, 2]
         assert run.metrics == loop.read_metrics(folder)
         assert run.seed == json.loads((folder / "model.json").read_text())["config"]["seed"]
     assert comparison.commands[-1] == "collect it" and all("--seed" in c for c in comparison.commands[:-1])

@@ -23,7 +23,7 @@ def test_the_zoo_ships_a_vit_a_hybrid_and_a_resnet():
     on_disk = sorted(p.stem for p in loading.ZOO_DIR.glob("*.safetensors"))
     assert on_disk == sorted(SHIPPED)  # no undeclared checkpoint either
     # At least one shipped ViT carries its inside views over training (notebook 03 shows them).
-    assert any(vitlab.training.inside.read(zoo.inside_folder(n)) for n in SHIPPED if zoo.ENTRIES[n].family == "vit")
+    assert any(vitlab.training.run_folder.read_inside(zoo.inside_folder(n)) for n in SHIPPED if zoo.ENTRIES[n].family == "vit")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -38,7 +38,7 @@ def test_shipped_checkpoints_are_small_and_documented(name):
     # Sidecars written before the zoo module (with out/progress in their config) still load.
     assert config.from_args(loop.TrainConfig, record["config"]) == zoo.train_config(name)
     assert vitlab.load_model(name, device="cpu").vitlab_arch["zoo"] == zoo.ENTRIES[name].architecture
-    views = vitlab.training.inside.read(zoo.inside_folder(name))  # entries trained before inside views have none
+    views = vitlab.training.run_folder.read_inside(zoo.inside_folder(name))  # entries trained before inside views have none
     if views:  # every epoch the trainer records, up to the last, from the run's own final model
         assert [v.epoch for v in views] == vitlab.training.inside.recorded_epochs(record["config"]["epochs"])
         assert all(p.stat().st_size <= 10 * 2**20 for p in zoo.inside_folder(name).iterdir())
@@ -105,8 +105,8 @@ def test_publish_copies_a_run_with_its_record_and_command(fake_cifar, tmp_path, 
     assert zoo.inside_folder("vit_micro_c10") == tmp_path / "zoo" / "vit_micro_c10.inside"
     for file in ("inside.jsonl", "inside.safetensors"):
         assert (zoo.inside_folder("vit_micro_c10") / file).read_bytes() == (tmp_path / "run" / file).read_bytes()
-    views = vitlab.training.inside.read(zoo.inside_folder("vit_micro_c10"))
-    assert [v.epoch for v in views] == [1] and views == vitlab.training.inside.read(tmp_path / "run")
+    views = vitlab.training.run_folder.read_inside(zoo.inside_folder("vit_micro_c10"))
+    assert [v.epoch for v in views] == [1] and views == vitlab.training.run_folder.read_inside(tmp_path / "run")
     with pytest.raises(ValueError, match="trained a vit_micro_c10, but zoo entry resnet_micro_c10"):
         zoo.publish(tmp_path / "run", "resnet_micro_c10")
 
@@ -121,7 +121,7 @@ def test_publish_of_a_hybrid_keeps_its_cnn_and_its_views_without_filters(fake_ci
     images, labels = vitlab.data.cifar10("test")
     record = json.loads(target.with_suffix(".json").read_text())
     assert record["metrics"]["test_accuracy"] == loop.evaluate(loaded, images, labels)
-    views = vitlab.training.inside.read(zoo.inside_folder("hybrid_micro_c10"))
+    views = vitlab.training.run_folder.read_inside(zoo.inside_folder("hybrid_micro_c10"))
     assert [v.filter_k for v in views] == [0]
 
 
@@ -149,8 +149,8 @@ def test_publish_of_a_pretrained_encoder_keeps_its_colour_head_and_records_its_p
     # Its training record, by zoo name or from the run folder, is the run's own.
     for spec in ("vit_micro_c10_mpp", tmp_path / "run" / "model.safetensors"):
         record = zoo.training_record(spec)
-        assert record.log == loop.read_metrics(tmp_path / "run") and record.sidecar["config"]["objective"] == "mpp"
-        assert vitlab.training.inside.read(record.inside) == vitlab.training.inside.read(tmp_path / "run")
+        assert record.log == loop.read_metrics(tmp_path / "run") and record.config.objective == "mpp"
+        assert vitlab.training.run_folder.read_inside(record.inside) == vitlab.training.run_folder.read_inside(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="neither a trained zoo entry"):
         zoo.training_record("vit_small_c10")
 
@@ -173,4 +173,4 @@ def test_publish_refuses_to_replace_a_zoo_checkpoint_without_force(fake_cifar, t
     monkeypatch.setattr(zoo, "evaluate", loop.evaluate)
     main(["publish", str(tmp_path / "second"), "vit_micro_c10", "--force"])
     assert json.loads(target.with_suffix(".json").read_text())["config"]["lr"] == 2e-3
-    assert vitlab.training.inside.read(zoo.inside_folder("vit_micro_c10")) == []  # the first run's views went with it
+    assert vitlab.training.run_folder.read_inside(zoo.inside_folder("vit_micro_c10")) == []  # the first run's views went with it

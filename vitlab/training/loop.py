@@ -46,10 +46,12 @@ from .. import data
 from . import inside as inside_views
 from . import mpp
 # code_version, hardware and read_metrics are re-exported: train.read_metrics(out) keeps working.
-from .run_folder import append_metrics, code_version, finished_run, hardware, load_checkpoint, lock_run, prepare_folder, read_metrics, restore, save_checkpoint, trim_metrics
+from .run_folder import append_metrics, code_version, finished_run, hardware, load_checkpoint, lock_run, prepare_folder, read_metrics, record_inside, restore, save_checkpoint, save_final, trim_inside, trim_metrics
 from .config import ConfigError, check_choices
 from ..analysis.capture import restoring
-from ..models import ARCHITECTURES, build_model, load_model, preprocess, save_model, set_input_size, weights_file
+from ..models import ARCHITECTURES, build_model, load_model, preprocess, set_input_size, weights_file
+from ..models.sidecar import read_sidecar, sidecar_path
+from ..models.weights import WeightsFileError
 
 #: Without ``progress``, runs report here (``python -m vitlab`` prints it; notebooks stay quiet).
 log = logging.getLogger(__name__)
@@ -373,7 +375,7 @@ def _finished(config: TrainConfig, out: Path, progress: bool) -> TrainResult | N
     record = finished_run(out, config)
     if record is None:
         return None
-    metrics = record.get("metrics", {})
+    metrics = record.metrics
     _report(progress, f"{out} already finished with these settings (test accuracy {metrics.get('test_accuracy')}); "
             "returning its model without training")
     weights = out / "model.safetensors"
@@ -421,13 +423,10 @@ def init_objective(spec: str | os.PathLike | None) -> str:
     if spec is None:
         return ""
     path = weights_file(spec)
-    sidecar = path.with_suffix(".json") if path is not None else None
     try:
-        record = json.loads(sidecar.read_text()) if sidecar is not None and sidecar.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        record = {}
-    config = record.get("config") if isinstance(record, dict) else None
-    return (config.get("objective") if isinstance(config, dict) else None) or "classify"
+        return read_sidecar(sidecar_path(path)).objective if path is not None else "classify"
+    except (OSError, WeightsFileError):  # no sidecar, or one that is not vitlab's
+        return "classify"
 
 
 def _start(config: TrainConfig, out: Path, device: str | torch.device | None,
@@ -451,7 +450,7 @@ def _start(config: TrainConfig, out: Path, device: str | torch.device | None,
         run.step, run.wall = restore(state, run.opt, run.gen)
     if rank == 0:
         trim_metrics(out, run.step)
-        inside_views.trim(out, run.step)
+        trim_inside(out, run.step)
         if inside and inside_views.is_vit(run.analysed):  # its own generator: the training streams are untouched
             run.probe = inside_views.probe_images().to(device)
         what = "pre-training (masked patch prediction, no labels)" if config.objective == "mpp" else "training"
@@ -559,7 +558,7 @@ def _record_inside(run: _Run, epoch: int) -> None:
     if run.probe is None or epoch not in inside_views.recorded_epochs(run.config.epochs):
         return
     view = inside_views.inside_view(run.analysed, run.probe, epoch, run.step)
-    inside_views.record(run.out, view, inside_views.inside_tensors(run.analysed, epoch))
+    record_inside(run.out, view, inside_views.inside_tensors(run.analysed, epoch))
 
 
 def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progress: bool = True,
@@ -679,10 +678,9 @@ def _finish(run: _Run, record: dict[str, Any]) -> TrainResult:
                  **({"accuracy_of": MPP_ACCURACY} if pretraining else {}),
                  precision=str(run.amp or torch.float32), params=sum(p.numel() for p in run.analysed.parameters()))
     if run.rank == 0:
-        metadata = dict(config=dataclasses.asdict(run.config), metrics=final, data=_data_record(run.config),
-                        code_version=code_version())
         extra = mpp.objective_state(model) if pretraining else None
-        save_model(run.analysed.cpu(), run.out / "model.safetensors", metadata=metadata, extra=extra)
+        save_final(run.out, run.analysed.cpu(), config=run.config, metrics=final, data=_data_record(run.config),
+                   extra=extra)
     if run.world > 1:
         dist.barrier()
     return TrainResult(model.cpu().eval(), final)

@@ -28,18 +28,19 @@ from typing import Any
 from . import inside
 from ..views import readouts
 from .. import settings
-from .run_folder import RunFolderError, read_jsonl
+from . import run_folder
+from .run_folder import RunFolderError
 from .config import ConfigError, command_line, from_args
 from ..analysis.capture import head_statistics
 from ..io import write_json
 from ..models import load_model
-from ..records import InsideView, RecipeRun, Recipes, ResultsFileError
+from ..records import RecipeRun, Recipes, ResultsFileError
 from .loop import TrainConfig
 
 #: The locality experiment of issue 14 (zoo recipe with and without CutMix, 10 epochs, seeds 0 and 1).
 LOCALITY = settings.PROJECT_ROOT / "data" / "results" / "locality"
 #: What a run folder must hold to be collected, and what is copied of it.
-RUN_FILES = ("model.json", "metrics.jsonl", "inside.jsonl", "inside.safetensors")
+RUN_FILES = (run_folder.SIDECAR, run_folder.METRICS_LOG, run_folder.INSIDE_LOG, run_folder.INSIDE_TENSORS)
 EXPERIMENT = "experiment.json"
 FORMAT = 1
 #: Settings that may differ within an arm (its seeds), or that name no property of the recipe.
@@ -48,8 +49,8 @@ _NOT_RECIPE = {"seed", "out", "progress"}
 
 def _config(run: Path) -> tuple[dict[str, Any], str]:
     """The run's settings, every field of today's TrainConfig (one it predates at its default), and its commit."""
-    record = json.loads((run / "model.json").read_text())
-    return dataclasses.asdict(from_args(TrainConfig, record["config"])), record.get("code_version", "")
+    record = run_folder.run_sidecar(run)
+    return dataclasses.asdict(from_args(TrainConfig, record.config)), record.code_version or ""
 
 
 def differences(configs: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -101,7 +102,7 @@ def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathL
     if len(set(names)) != len(names):
         raise ConfigError(f"run folder names must be unique (they name the copies): {names}")
     for f in (f for runs in folders.values() for f in runs):
-        missing = [n for n in (*RUN_FILES, "model.safetensors") if not (f / n).is_file()]
+        missing = [n for n in (*RUN_FILES, run_folder.MODEL) if not (f / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{f} lacks {', '.join(missing)}: collect finished ViT runs trained with "
                                     "inside views on (the default)")
@@ -118,8 +119,8 @@ def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathL
                 (tmp / f.name).mkdir()
                 for n in RUN_FILES:
                     shutil.copy2(f / n, tmp / f.name / n)
-                stats = head_statistics(load_model(f / "model.safetensors", device="cpu"), images, progress=progress)
-                view = inside.read(f)[-1]
+                stats = head_statistics(load_model(f / run_folder.MODEL, device="cpu"), images, progress=progress)
+                view = run_folder.read_inside(f)[-1]
                 spread = readouts.attention_distance(stats["distance_per_image"][:, :1], view.uniform)
                 stored[arm].append(dict(name=f.name, seed=_config(f)[0]["seed"], lowest_std=spread.head_std,
                                         lowest_low=spread.head_low, lowest_high=spread.head_high))
@@ -165,8 +166,7 @@ def read(folder: str | os.PathLike = LOCALITY) -> Recipes:
 def _run(folder: Path, arm: str, row: dict[str, Any]) -> RecipeRun:
     run = folder / row["name"]
     config, code = _config(run)
-    views = [InsideView.from_json(r) for r in read_jsonl(run / "inside.jsonl")]
-    metrics = read_jsonl(run / "metrics.jsonl")
+    views, metrics = run_folder.read_inside(run), run_folder.read_metrics(run)
     if not views or not metrics:
         raise ValueError(f"{run} has no inside views or no metrics")
     return RecipeRun(name=row["name"], arm=arm, seed=int(row["seed"]), config=config, code_version=code,

@@ -24,8 +24,10 @@ from torch import nn
 
 from .. import data
 from ..models import loading
+from ..models.sidecar import Sidecar, read_sidecar, sidecar_path
 from . import mpp
-from .run_folder import INSIDE_LOG, INSIDE_TENSORS, read_jsonl
+from . import run_folder
+from .run_folder import INSIDE_LOG, INSIDE_TENSORS, METRICS_LOG, read_jsonl
 from .config import ConfigError, command_line, from_args
 from ..io import atomic_write
 from .loop import TrainConfig, evaluate
@@ -135,8 +137,8 @@ def zoo() -> dict[str, dict[str, Any]]:
     """
     out = {}
     for name, e in ENTRIES.items():
-        sidecar = e.weights.with_suffix(".json")
-        record = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        sidecar = sidecar_path(e.weights)
+        metrics = read_sidecar(sidecar).metrics if sidecar.is_file() else {}
         params = sum(p.numel() for p in loading.ARCHITECTURES[e.architecture].build().parameters())
         out[name] = dict(
             family=e.family,
@@ -144,7 +146,7 @@ def zoo() -> dict[str, dict[str, Any]]:
             params=params,
             checkpoint=str(e.weights) if e.weights.is_file() else None,
             objective=e.objective,
-            test_accuracy=record.get("metrics", {}).get("test_accuracy"),
+            test_accuracy=metrics.get("test_accuracy"),
             trained=e.weights.is_file(),
         )
     return out
@@ -201,24 +203,29 @@ class TrainingRecord:
     """How a trained checkpoint was made: its sidecar, its metrics log, and where its inside views are.
 
     Attributes:
-        sidecar: the checkpoint's JSON sidecar (``config``, ``metrics``, ``command``, ...).
+        sidecar: the checkpoint's sidecar (``config``, ``metrics``, ``data``, ``command``, ...).
         log: one record per epoch (loss, train and test accuracy, wall seconds, ...).
         inside: the folder of its inside views over training (may hold none).
     """
 
-    sidecar: dict[str, Any]
+    sidecar: Sidecar
     log: list[dict[str, Any]]
     inside: Path
+
+    @property
+    def config(self) -> TrainConfig:
+        """The settings it was trained with (a setting its run predates at its default)."""
+        return from_args(TrainConfig, self.sidecar.config)
 
 
 def training_record(spec: str | os.PathLike) -> TrainingRecord:
     """The :class:`TrainingRecord` of a zoo entry's checkpoint, or of a run's ``model.safetensors``."""
     path = Path(spec)
     if path.is_file():
-        sidecar, log, inside = path.with_suffix(".json"), path.parent / "metrics.jsonl", path.parent
+        sidecar, log, inside = sidecar_path(path), path.parent / METRICS_LOG, path.parent
     elif str(spec) in ENTRIES and trained(str(spec)):
         weights = ENTRIES[str(spec)].weights
-        sidecar, log = weights.with_suffix(".json"), weights.with_suffix(".metrics.jsonl")
+        sidecar, log = sidecar_path(weights), weights.with_suffix(".metrics.jsonl")
         inside = inside_folder(str(spec))
     else:
         names = ", ".join(n for n in ENTRIES if trained(n))
@@ -226,7 +233,7 @@ def training_record(spec: str | os.PathLike) -> TrainingRecord:
                                 "nor a run's model.safetensors")
     if not sidecar.is_file() or not log.is_file():
         raise FileNotFoundError(f"{spec}: its training record is missing ({sidecar.name} and {log.name} beside it)")
-    return TrainingRecord(sidecar=json.loads(sidecar.read_text()), log=read_jsonl(log), inside=inside)
+    return TrainingRecord(sidecar=read_sidecar(sidecar), log=read_jsonl(log), inside=inside)
 
 
 def check_accuracy(model: nn.Module) -> float:
@@ -271,10 +278,10 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
             (checked before anything is evaluated or written).
     """
     found, run = entry(name), Path(run)
-    weights, sidecar = run / "model.safetensors", run / "model.json"
+    weights = run / run_folder.MODEL
     if not weights.is_file():
-        raise FileNotFoundError(f"{run} holds no finished run (no model.safetensors)")
-    meta = json.loads(sidecar.read_text())
+        raise FileNotFoundError(f"{run} holds no finished run (no {run_folder.MODEL})")
+    meta = run_folder.run_sidecar(run).to_json()
     config = from_args(TrainConfig, meta["config"])  # drops keys of earlier versions (out, progress)
     if config.model != found.architecture:
         raise ConfigError(f"{run} trained a {config.model}, but zoo entry {name} is a {found.architecture}")
@@ -299,7 +306,7 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
     meta.update(config=dataclasses.asdict(config), command=command,
                 code_version=code_version or meta.get("code_version", "unknown"))
     target = found.weights
-    log = (run / "metrics.jsonl").read_text()
+    log = (run / METRICS_LOG).read_text()
     atomic_write(target.with_suffix(".metrics.jsonl"), lambda tmp: tmp.write_text(log))
     inside = inside_folder(name)
     for file in (INSIDE_LOG, INSIDE_TENSORS):

@@ -532,7 +532,7 @@ def inside_views_figure(views: Sequence[InsideView], epoch: int | None = None,
     """The lowest layer's most local head and each layer's mean distance against epoch, with uniform attention.
 
     Args:
-        views: a run's inside views (:func:`vitlab.training.inside.read`), in epoch order.
+        views: a run's inside views (:func:`vitlab.training.run_folder.read_inside`), in epoch order.
         epoch: marked with a vertical line (e.g. the epoch an explorer shows).
     """
     if not views:
