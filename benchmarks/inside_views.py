@@ -19,7 +19,10 @@ from pathlib import Path
 import torch
 
 from vitlab.training import inside
-from vitlab.training.loop import TRAIN_IMAGES, TrainConfig, _setup, _step, augment, hardware
+from vitlab.training.config import TRAIN_IMAGES, TrainConfig
+from vitlab.training.loop import _setup, _step
+from vitlab.training.run_folder import hardware
+from vitlab.training.steps import augment
 
 
 def main() -> None:

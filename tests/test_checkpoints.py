@@ -19,7 +19,7 @@ from vitlab.training import run_folder
 from vitlab.training import config
 from vitlab.training import loop
 from vitlab.__main__ import main
-from vitlab.training.config import ConfigError
+from vitlab.training.config import ConfigError, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -223,12 +223,6 @@ def test_a_folder_in_use_by_another_process_is_refused_naming_it(tmp_path):
     assert (tmp_path / run_folder.LOCK).exists()  # never deleted: another process may be opening it
 
 
-def test_train_still_offers_the_run_file_helpers():
-    """Notebooks and widgets call loop.read_metrics; sweep and benchmarks import these from train."""
-    assert loop.read_metrics is run_folder.read_metrics
-    assert loop.code_version is run_folder.code_version and loop.hardware is run_folder.hardware
-
-
 def _cli_train(out, env_root, extra=()):
     env = dict(os.environ, VITLAB_DATA=str(env_root), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "vitlab", "train", "--model", "vit_tiny_c10", "--epochs", "3", "--batch-size", "32",
@@ -265,7 +259,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights(tmp_path, fake_cif
 
 
 def test_a_changed_config_is_refused_naming_every_change(tmp_path, fake_cifar):
-    config = loop.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    config = TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
     loop.train(config, tmp_path / "run", progress=False)
     changed = dataclasses.replace(config, lr=0.5, flip=False)
     with pytest.raises(ValueError, match="finished run with other settings \\(lr 0.001 in the finished run, 0.5 now; "
@@ -284,7 +278,7 @@ def _stop_in_epoch_two(record):
 
 def test_checkpoints_of_earlier_versions_still_resume(tmp_path, fake_cifar, capsys):
     """Earlier versions wrote checkpoint.json alone, without checksums, with out, progress and checkpoint_every."""
-    config = loop.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50)
+    config = TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50)
     with pytest.raises(KeyboardInterrupt):
         loop.train(config, tmp_path / "run", progress=False, on_epoch=_stop_in_epoch_two)
     (tmp_path / "run" / "checkpoint-00000010.json").unlink()
@@ -302,7 +296,7 @@ def test_resume_does_not_depend_on_how_out_is_spelled(tmp_path, fake_cifar, monk
     monkeypatch.chdir(tmp_path)
     flags = ["--model", "vit_micro_c10", "--epochs", "2", "--batch-size", "64", "--eval-size", "50"]
     with pytest.raises(KeyboardInterrupt):
-        loop.train(config.from_args(loop.TrainConfig, dict(model="vit_micro_c10", epochs=2, batch_size=64,
+        loop.train(config.from_args(TrainConfig, dict(model="vit_micro_c10", epochs=2, batch_size=64,
                                                                eval_size=50)), "ok", on_epoch=_stop_in_epoch_two)
     capsys.readouterr()
     main(["train", *flags, "--out", "./ok/"])

@@ -13,6 +13,7 @@ from vitlab.training import inside
 from vitlab.training import run_folder
 from vitlab.analysis import metrics
 from vitlab.training import loop
+from vitlab.training.config import TrainConfig
 from vitlab.analysis.capture import capture
 from vitlab.records import InsideView
 
@@ -95,7 +96,7 @@ def test_probe_images_are_a_class_balanced_prefix_and_leave_the_random_state(fak
 
 
 def test_training_records_views_that_match_the_final_model(tmp_path, fake_cifar):
-    result = loop.train(loop.TrainConfig(**MICRO), tmp_path / "run", progress=False)
+    result = loop.train(TrainConfig(**MICRO), tmp_path / "run", progress=False)
     views = run_folder.read_inside(tmp_path / "run")
     assert [v.epoch for v in views] == [1, 2] and views[-1].step == result.record["step"]
     final = models.load_model(tmp_path / "run" / "model.safetensors", device="cpu")
@@ -113,7 +114,7 @@ def test_training_records_views_that_match_the_final_model(tmp_path, fake_cifar)
 
 
 def test_inside_views_leave_the_weights_unchanged_and_resume_redoes_later_lines(tmp_path, fake_cifar):
-    config = loop.TrainConfig(**MICRO)
+    config = TrainConfig(**MICRO)
     loop.train(config, tmp_path / "on", progress=False)
     loop.train(config, tmp_path / "off", progress=False, inside=False)
     on, off = (safetensors.torch.load_file(tmp_path / r / "model.safetensors") for r in ("on", "off"))
@@ -143,7 +144,7 @@ def test_inside_views_leave_the_weights_unchanged_and_resume_redoes_later_lines(
 
 
 def test_a_resnet_run_records_no_inside_views(tmp_path, fake_cifar):
-    loop.train(loop.TrainConfig(**dict(MICRO, model="resnet_micro_c10", epochs=1)), tmp_path / "r", progress=False)
+    loop.train(TrainConfig(**dict(MICRO, model="resnet_micro_c10", epochs=1)), tmp_path / "r", progress=False)
     assert not (tmp_path / "r" / "inside.jsonl").exists() and not (tmp_path / "r" / "inside.safetensors").exists()
 
 
@@ -234,7 +235,7 @@ def test_a_hybrids_view_has_its_grid_of_4_pixel_tokens_and_no_filters(tmp_path):
 
 
 def test_a_hybrid_run_records_views_of_its_final_model_without_filters(tmp_path, fake_cifar):
-    result = loop.train(loop.TrainConfig(**dict(MICRO, model="hybrid_micro_c10")), tmp_path / "h", progress=False)
+    result = loop.train(TrainConfig(**dict(MICRO, model="hybrid_micro_c10")), tmp_path / "h", progress=False)
     views = run_folder.read_inside(tmp_path / "h")
     assert [v.epoch for v in views] == [1, 2] and all(v.filter_k == 0 for v in views)
     final = models.load_model(tmp_path / "h" / "model.safetensors", device="cpu")

@@ -502,7 +502,7 @@ class RecipeRun:
     Attributes:
         name: the run's folder name under the comparison's folder.
         arm: the recipe it follows (the comparison's label for it, e.g. ``"CutMix 1.0"``).
-        seed: its seed; config: its :class:`~vitlab.training.loop.TrainConfig` fields (from ``model.json``).
+        seed: its seed; config: its :class:`~vitlab.training.config.TrainConfig` fields (from ``model.json``).
         code_version: git commit it was trained with.
         metrics: its ``metrics.jsonl`` records, one per epoch.
         views: its :class:`InsideView` records, one per recorded epoch.

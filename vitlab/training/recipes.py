@@ -30,12 +30,11 @@ from ..views import readouts
 from .. import settings
 from . import run_folder
 from .run_folder import RunFolderError
-from .config import ConfigError, command_line, from_args
+from .config import ConfigError, TrainConfig, command_line, from_args
 from ..analysis.capture import head_statistics
 from ..io import write_json
 from ..models import load_model
 from ..records import RecipeRun, Recipes, ResultsFileError
-from .loop import TrainConfig
 
 #: The locality experiment of issue 14 (zoo recipe with and without CutMix, 10 epochs, seeds 0 and 1).
 LOCALITY = settings.PROJECT_ROOT / "data" / "results" / "locality"

@@ -40,7 +40,9 @@ from .config import ConfigError, check_choices, command_line
 from ..models import ARCHITECTURES, build_model, check_spec, load_model
 from ..analysis.capture import head_statistics
 from ..records import RunInside, RunProbe, RunRecord
-from .loop import code_version, evaluate, init_objective, train
+from .loop import train
+from .objectives import evaluate, init_objective
+from .run_folder import code_version
 
 #: Train and test images, uint8 (N, 3, 32, 32) and labels (N,).
 Split = tuple[torch.Tensor, torch.Tensor]

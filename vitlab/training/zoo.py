@@ -10,7 +10,6 @@ another recipe). :func:`train_config` is the one place the recipes are written;
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shlex
 import shutil
@@ -25,12 +24,11 @@ from torch import nn
 from .. import data
 from ..models import loading
 from ..models.sidecar import Sidecar, read_sidecar, sidecar_path
-from . import mpp
 from . import run_folder
 from .run_folder import INSIDE_LOG, INSIDE_TENSORS, METRICS_LOG, read_jsonl
-from .config import ConfigError, command_line, from_args
+from .config import ConfigError, TrainConfig, command_line, from_args
+from .objectives import Objective, objective_for
 from ..io import atomic_write
-from .loop import TrainConfig, evaluate
 
 #: The recipe of the ViT entries: AdamW, as for the paper's ViTs (read-only: entries share it).
 VIT_RECIPE: Mapping[str, Any] = MappingProxyType(dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=30,
@@ -52,7 +50,7 @@ class ZooEntry:
     Attributes:
         name: the zoo name (``load_model(name)``; checkpoint ``data/zoo/<name>.safetensors``).
         architecture: a key of ``vitlab.models.ARCHITECTURES``.
-        recipe: :class:`~vitlab.training.loop.TrainConfig` fields of its training run.
+        recipe: :class:`~vitlab.training.config.TrainConfig` fields of its training run.
         description: one line for listings.
         shipped: the repository ships a trained checkpoint of this entry in ``data/zoo``.
     """
@@ -115,7 +113,7 @@ def entry(name: str) -> ZooEntry:
 
 
 def train_config(name: str, **overrides: Any) -> TrainConfig:
-    """The :class:`~vitlab.training.loop.TrainConfig` of zoo entry ``name``: its architecture and recipe.
+    """The :class:`~vitlab.training.config.TrainConfig` of zoo entry ``name``: its architecture and recipe.
 
     ``overrides`` replace recipe settings, e.g. ``train_config("vit_tiny_c10", subset_size=5000)``.
     """
@@ -236,30 +234,21 @@ def training_record(spec: str | os.PathLike) -> TrainingRecord:
     return TrainingRecord(sidecar=read_sidecar(sidecar), log=read_jsonl(log), inside=inside)
 
 
-def check_accuracy(model: nn.Module) -> float:
-    """Accuracy on the fixed ``CHECK_SIZE`` test images that zoo records are checked on.
+def check_accuracy(name: str) -> float:
+    """Zoo entry ``name``'s accuracy on the fixed ``CHECK_SIZE`` test images its record is checked on.
 
-    A pre-trainer (:class:`vitlab.training.mpp.MaskedPatchPrediction`) is scored on the share of those
-    images' corrupted patches whose colour it predicts right.
+    Measured as its objective measures test accuracy: top-1 for a classifier; for an encoder
+    pre-trained by masked patch prediction, with its mask embedding and colour head, the share
+    of those images' corrupted patches whose colour it predicts right.
     """
+    objective = objective_for(train_config(name))
+    return _check_set_accuracy(objective, objective.load_trained(entry(name).weights))
+
+
+def _check_set_accuracy(objective: Objective, trained: nn.Module) -> float:
     images, labels = data.cifar10("test")
     idx = data.stratified_subset(labels, CHECK_SIZE, seed=0)
-    return _accuracy(model, images[idx], labels[idx])
-
-
-def _accuracy(model: nn.Module, images, labels) -> float:
-    if isinstance(model, mpp.MaskedPatchPrediction):
-        return mpp.masked_accuracy(model, images)
-    return evaluate(model, images, labels)
-
-
-def checked_model(name: str) -> nn.Module:
-    """Zoo entry ``name``'s checkpoint as its recorded accuracy is measured: the classifier, or for a
-    pre-trained encoder the encoder with its masked-patch-prediction head (:func:`vitlab.training.mpp.load_pretrainer`)."""
-    found = entry(name)
-    if found.objective == "mpp":
-        return mpp.load_pretrainer(found.weights, device="cpu")
-    return loading.load_model(name, device="cpu")
+    return objective.test_accuracy(trained, images[idx], labels[idx])
 
 
 def publish(run: str | os.PathLike, name: str, code_version: str | None = None, force: bool = False) -> Path:
@@ -281,8 +270,8 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
     weights = run / run_folder.MODEL
     if not weights.is_file():
         raise FileNotFoundError(f"{run} holds no finished run (no {run_folder.MODEL})")
-    meta = run_folder.run_sidecar(run).to_json()
-    config = from_args(TrainConfig, meta["config"])  # drops keys of earlier versions (out, progress)
+    meta = run_folder.run_sidecar(run)
+    config = from_args(TrainConfig, meta.config)  # drops keys of earlier versions (out, progress)
     if config.model != found.architecture:
         raise ConfigError(f"{run} trained a {config.model}, but zoo entry {name} is a {found.architecture}")
     if found.weights.exists() and not force:
@@ -291,23 +280,26 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
     if config.objective != found.objective:
         raise ConfigError(f"{run} was trained with objective {config.objective}, but zoo entry {name} is "
                           f"{found.objective}")
-    pretrainer = mpp.load_pretrainer(weights, device="cpu") if config.objective == "mpp" else None
-    model = pretrainer.encoder if pretrainer is not None else loading.load_model(weights, device="cpu")
+    objective = objective_for(config)
+    trained = objective.load_trained(weights)
     images, labels = data.cifar10("test")
-    meta["metrics"]["test_accuracy"] = _accuracy(pretrainer or model, images, labels)
-    meta["metrics"][f"test_accuracy_{CHECK_SIZE}"] = check_accuracy(pretrainer or model)
-    if pretrainer is not None:
-        metrics = meta["metrics"]
-        meta["pretraining"] = dict(objective=config.objective, epochs=config.epochs,
-                                   images_seen=metrics["step"] * config.batch_size,
-                                   wall_seconds=metrics["wall_seconds"], masked_colour_accuracy=metrics["test_accuracy"],
-                                   labels_used=False)
+    metrics = dict(meta.metrics, test_accuracy=objective.test_accuracy(trained, images, labels))
+    metrics[f"test_accuracy_{CHECK_SIZE}"] = _check_set_accuracy(objective, trained)
     command = f"{command_line('python -m vitlab train', config)} --out {shlex.quote(str(run))}"
-    meta.update(config=dataclasses.asdict(config), command=command,
-                code_version=code_version or meta.get("code_version", "unknown"))
-    target = found.weights
+    published = dataclasses.replace(
+        meta, config=dataclasses.asdict(config), metrics=metrics, command=command,
+        code_version=code_version or ("unknown" if meta.code_version is None else meta.code_version),
+        others=dict(meta.others, **objective.published(metrics)))
+    _copy_logs(run, name)
+    keep = {k: v for k, v in published.to_json().items() if k not in ("architecture", "pretrained_cfg", "format")}
+    loading.save_model(objective.encoder(trained), found.weights, metadata=keep, extra=objective.extra_state(trained))
+    return found.weights
+
+
+def _copy_logs(run: Path, name: str) -> None:
+    """Copy the run's metrics log beside the entry's checkpoint, and its inside views (if any) to :func:`inside_folder`."""
     log = (run / METRICS_LOG).read_text()
-    atomic_write(target.with_suffix(".metrics.jsonl"), lambda tmp: tmp.write_text(log))
+    atomic_write(entry(name).weights.with_suffix(".metrics.jsonl"), lambda tmp: tmp.write_text(log))
     inside = inside_folder(name)
     for file in (INSIDE_LOG, INSIDE_TENSORS):
         if (run / file).is_file():
@@ -315,6 +307,3 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
             atomic_write(inside / file, lambda tmp, source=run / file: shutil.copyfile(source, tmp))
         elif (inside / file).is_file():  # the replaced checkpoint's record (force): not this run's
             (inside / file).unlink()
-    keep = {k: v for k, v in meta.items() if k not in ("architecture", "pretrained_cfg", "format")}
-    loading.save_model(model, target, metadata=keep, extra=mpp.objective_state(pretrainer) if pretrainer else None)
-    return target

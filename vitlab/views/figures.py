@@ -713,7 +713,7 @@ def pretraining_figure(records: list[dict], baselines: dict[str, float] | None =
     """Pre-training loss and masked-patch colour accuracy per epoch, with the guesses that need no model.
 
     Args:
-        records: the run's metrics log (:func:`vitlab.training.loop.read_metrics`).
+        records: the run's metrics log (:func:`vitlab.training.run_folder.read_metrics`).
         baselines: accuracy of guesses on the same test patches (:func:`vitlab.training.mpp.baselines`),
             drawn as dotted lines on the accuracy panel.
     """
