@@ -18,7 +18,7 @@ their inputs so that every caller measures the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -27,13 +27,6 @@ from . import inside
 from ..analysis import metrics
 from ..analysis.representations import SHOTS, cka_matrix, fewshot_probes
 from ..records import InsideView, ProbeRecord
-
-
-class Evaluator(Protocol):
-    """What every evaluator offers: ``run(model)`` measures ``model`` and returns its record."""
-
-    def run(self, model: nn.Module) -> Any:
-        """Measure ``model``; the record's type is the evaluator's."""
 
 
 class InsideViewEvaluator:
