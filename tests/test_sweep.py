@@ -162,7 +162,7 @@ def test_sweep_resumes_a_run_that_was_interrupted(fake_cifar, tmp_path, monkeypa
     run = tmp_path / "runs" / "vit_micro_c10-n100-s0-e3"
     first = (run / "metrics.jsonl").read_text().splitlines()
     assert len(first) == 1 and not (tmp_path / "results" / "sweep.json").exists()
-    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    monkeypatch.setattr(objectives, "evaluate", real_evaluate)
     (record,) = sweep(config)
     log = (run / "metrics.jsonl").read_text().splitlines()
     assert log[0] == first[0]  # epoch 1 was not trained again
