@@ -1,4 +1,4 @@
-"""Run by tests/test_train.py under torchrun: train, then save this rank's weights."""
+"""Run by tests/test_loop.py under torchrun: train, then save this rank's weights."""
 import os
 import sys
 

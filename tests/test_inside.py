@@ -1,7 +1,6 @@
 """Inside views across training: the records, the run folder's files, resume and the explorer."""
 import math
 import shutil
-import warnings
 
 import pytest
 import safetensors.torch
@@ -146,24 +145,6 @@ def test_inside_views_leave_the_weights_unchanged_and_resume_redoes_later_lines(
 def test_a_resnet_run_records_no_inside_views(tmp_path, fake_cifar):
     loop.train(TrainConfig(**dict(MICRO, model="resnet_micro_c10", epochs=1)), tmp_path / "r", progress=False)
     assert not (tmp_path / "r" / "inside.jsonl").exists() and not (tmp_path / "r" / "inside.safetensors").exists()
-
-
-def test_a_torn_last_line_is_dropped_and_a_later_record_replaces_it(tmp_path, micro_vit):
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    for epoch in (1, 2):
-        run_folder.record_inside(tmp_path, inside.inside_view(micro_vit, images, epoch, 10 * epoch),
-                      inside.inside_tensors(micro_vit, epoch))
-    line = inside.inside_view(micro_vit, images, 3, 30).to_json()
-    with open(tmp_path / "inside.jsonl", "a") as f:
-        f.write(line[: len(line) // 2])
-    with pytest.warns(UserWarning, match="dropped its last line"):
-        assert [v.epoch for v in run_folder.read_inside(tmp_path)] == [1, 2]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run_folder.record_inside(tmp_path, inside.inside_view(micro_vit, images, 2, 20), inside.inside_tensors(micro_vit, 2))
-    assert [v.epoch for v in run_folder.read_inside(tmp_path)] == [1, 2]  # epoch 2 redone, not doubled
-    run_folder.trim_inside(tmp_path, 10)
-    assert [v.epoch for v in run_folder.read_inside(tmp_path)] == [1]
 
 
 def test_the_explorer_redraws_every_panel_for_the_chosen_epoch(tmp_path, micro_vit):
