@@ -15,7 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 import vitlab
 from vitlab import data, models
 from vitlab.models import loading
-from vitlab.models import sidecar
+from vitlab.models import hub, sidecar
 from vitlab.training import zoo
 from vitlab.models.weights import WeightsFileError
 
@@ -212,7 +212,7 @@ def test_offline_without_cache_gives_clear_error(tmp_path):
         vitlab.load_model("vit_small_patch16_224.augreg_in21k")
     """, tmp_path)
     assert done.returncode != 0
-    assert "vitlab.models.loading.WeightsUnavailableError" in done.stderr
+    assert "vitlab.models.hub.WeightsUnavailableError" in done.stderr
     assert "pretrained=False" in done.stderr and "online" in done.stderr
     assert "huggingface_hub" not in done.stderr  # no stack of hub internals
 
@@ -270,7 +270,7 @@ def test_bad_pretrained_tag_is_refused_before_any_network_access(monkeypatch):
     for name in ("create_connection", "getaddrinfo"):
         monkeypatch.setattr(socket, name, _refuse)
     monkeypatch.setattr(timm, "create_model", _refuse)
-    monkeypatch.setattr(loading, "_create_cache_first", _refuse)
+    monkeypatch.setattr(hub, "_create_cache_first", _refuse)
     with pytest.raises(ValueError) as info:
         vitlab.load_model("vit_tiny_patch16_224.nonexistent_tag", device="cpu")
     message = str(info.value)

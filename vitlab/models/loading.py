@@ -7,8 +7,9 @@ Every model vitlab returns carries
 * ``model.vitlab_arch``: a JSON-able record that rebuilds the architecture, written
   into the sidecar by :func:`save_model` so saved files load without extra arguments.
 
-The CIFAR architectures are defined in :mod:`vitlab.models.architectures` and the weight-file
-readers in :mod:`vitlab.models.weights`; this module decides what a spec names and puts it together.
+The CIFAR architectures are defined in :mod:`vitlab.models.architectures`, the weight-file readers in
+:mod:`vitlab.models.weights`, the sidecar in :mod:`vitlab.models.sidecar` and timm's pretrained weights in
+:mod:`vitlab.models.hub`; this module decides what a spec names and puts it together.
 """
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ import dataclasses
 import difflib
 import numbers
 import os
-import socket
-import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,14 +31,11 @@ from .. import data
 from .. import settings
 from .architectures import ARCHITECTURES, Architecture, CifarHybrid, CifarResNet, CifarViT, architecture
 from ..io import atomic_path
+from .hub import WeightsUnavailableError, load_timm, match_input_size, pretrained_tags
 from .sidecar import Sidecar, jsonable, read_sidecar, short_repr, sidecar_path, write_sidecar
 from .weights import GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_weights_file, fit_head, google_vit_args, load_google_npz, load_state, read_state_dict
 
 ZOO_DIR = settings.PROJECT_ROOT / "data" / "zoo"
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are neither cached nor downloadable."""
 
 
 def _cifar_cfg(name: str, config: Architecture) -> dict[str, Any]:
@@ -78,7 +74,7 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     if "timm" in arch:
         kwargs = dict(arch.get("kwargs", {}))
         model = timm.create_model(arch["timm"], pretrained=False, **kwargs)
-        _match_input_size(model)
+        match_input_size(model)
         model.vitlab_arch = {"timm": arch["timm"], "kwargs": kwargs}
         return model
     kwargs = dict(arch["google_vit"])
@@ -87,21 +83,6 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     cfg = dict(GOOGLE_VIT_CFG, input_size=(3, size, size), num_classes=kwargs["num_classes"])
     _attach(model, cfg, {"google_vit": kwargs})
     return model
-
-
-def _match_input_size(model: nn.Module) -> None:
-    """Make ``pretrained_cfg['input_size']`` agree with the size the ViT was built for.
-
-    timm keeps the default cfg's size (e.g. 224) when ``img_size=`` builds a model for
-    another one, and preprocessing would then resize to the wrong size.
-    """
-    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    if img_size is None or "input_size" not in cfg:
-        return
-    if tuple(cfg["input_size"][1:]) != tuple(img_size):
-        model.pretrained_cfg = dict(cfg, input_size=(cfg["input_size"][0], *img_size))
-        model.default_cfg = model.pretrained_cfg
 
 
 def _attach(model: nn.Module, pretrained_cfg: dict[str, Any], arch: dict[str, Any]) -> None:
@@ -162,7 +143,7 @@ def load_model(
     elif kind == "zoo":
         model = _untrained_zoo(target)
     else:
-        model = _load_timm(target, num_classes=num_classes, **kw)
+        model = load_timm(target, num_classes=num_classes, **kw)
     if num_classes is not None and model.num_classes != num_classes:
         _replace_head(model, num_classes)
     return model.to(device).eval()
@@ -188,12 +169,6 @@ def describe_load(spec: str) -> str:
         return f"{spec}: cannot be loaded. {err}"
     params = sum(p.numel() for p in model.parameters())
     return f"{spec}: {type(model).__name__}, {params:,} parameters, input {model.pretrained_cfg['input_size']}"
-
-
-def pretrained_tags(name: str) -> list[str]:
-    """The pretrained tags timm has weights for under the architecture ``name``, e.g. ``augreg_in21k``."""
-    base = timm.models.split_model_name_tag(name)[0]
-    return [n.split(".", 1)[1] for n in timm.list_pretrained(f"{base}.*")]
 
 
 def _resolve(spec: str | os.PathLike, arch: str | None, kw: dict[str, Any]) -> tuple[str, Any]:
@@ -304,55 +279,6 @@ def _untrained_zoo(name: str) -> nn.Module:
         stacklevel=3,
     )
     return build_model({"zoo": name})
-
-
-def _load_timm(spec: str, num_classes: int | None, pretrained: bool = True, **kw: Any) -> nn.Module:
-    kwargs = dict(kw)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    try:
-        model = _create_cache_first(spec, pretrained, kwargs)
-    except OSError as err:  # hub: not cached and no connection (or offline mode)
-        raise WeightsUnavailableError(
-            f"pretrained weights for {spec!r} are not in the Hugging Face cache and could not be "
-            f"downloaded ({type(err).__name__}). To get them: run once on a machine that is online "
-            f"(they are cached in ~/.cache/huggingface, or HF_HOME); or download the model's "
-            f"model.safetensors from https://huggingface.co/timm/{spec} and call "
-            f"load_model('path/to/model.safetensors', arch={spec.split('.', 1)[0]!r}); or pass "
-            f"pretrained=False for random weights."
-        ) from None
-    _match_input_size(model)
-    # Rebuilding needs the bare architecture name: the pretrained tag only names weights.
-    kwargs.setdefault("num_classes", model.num_classes)
-    model.vitlab_arch = {"timm": spec.split(".", 1)[0], "kwargs": kwargs}
-    return model
-
-
-def _create_cache_first(spec: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
-    """``timm.create_model``, trying the Hugging Face cache before the network.
-
-    Cached weights then load with no network round trip, and an offline machine fails
-    at once instead of after the hub's retries.
-    """
-    if not pretrained:
-        return timm.create_model(spec, pretrained=False, **kwargs)
-    from huggingface_hub import constants
-
-    offline = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        return timm.create_model(spec, pretrained=True, **kwargs)
-    except OSError:
-        if offline:
-            raise
-    finally:
-        constants.HF_HUB_OFFLINE = offline
-    host = urllib.parse.urlparse(constants.ENDPOINT).hostname
-    try:  # the hub's client would retry an unreachable host for most of a minute
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError as err:
-        raise ConnectionError(f"cannot reach {host}: {err}") from None
-    return timm.create_model(spec, pretrained=True, **kwargs)
 
 
 # --- weights files and sidecars ------------------------------------------------------
@@ -500,27 +426,3 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, An
         safetensors.torch.save_file(state, str(tmp))
     write_sidecar(sidecar_path(path), sidecar)
     return path
-
-
-# --- preprocessing -----------------------------------------------------------------
-
-
-def preprocess(model: nn.Module, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
-    """Turn uint8 images (N, 3, H, W) into the normalised float batch ``model`` expects.
-
-    Images are resized to the model's ``input_size`` when their size differs and
-    ``resize`` is true (with the interpolation its ``pretrained_cfg`` names), scaled to
-    [0, 1], normalised with its mean and std, and moved to the model's device.
-    """
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-        raise TypeError("images must be a uint8 tensor (N, 3, H, W) with values 0..255")
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
-    cfg = timm.data.resolve_model_data_config(model)
-    device = next(model.parameters()).device
-    x = images.to(device).float() / 255.0  # (N, 3, H, W) in [0, 1]
-    if resize:
-        x = data.resize(x, tuple(cfg["input_size"][1:]), cfg.get("interpolation", "bicubic"))  # (N, 3, h, w)
-    mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
