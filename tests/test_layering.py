@@ -14,8 +14,8 @@ FOLDERS = ("", "models", "analysis", "training", "views")
 #: SAME_RANK. The package's ``__init__`` and ``__main__`` sit above every folder.
 RANKS = {
     "settings": 0, "io": 0, "data": 1, "records": 1,
-    "models.inputs": 0, "models.architectures": 0, "models.weights": 0, "models.hub": 0, "models.sidecar": 1, "models.loading": 2,
-    "models.__init__": 3,
+    "models.inputs": 0, "models.architectures": 0, "models.weights": 0, "models.hub": 0, "models.sidecar": 1,
+    "models.loading": 2, "models.__init__": 3,
     "analysis.metrics": 0, "analysis.capture": 1, "analysis.features": 2, "analysis.representations": 3,
     "analysis.__init__": 4,
     "training.config": 0, "training.run_folder": 1, "training.mpp": 1, "training.steps": 1, "training.inside": 2,

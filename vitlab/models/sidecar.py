@@ -85,7 +85,7 @@ class Sidecar:
                                    "or older; upgrade vitlab, or fix the sidecar")
         if "architecture" not in stored:
             raise WeightsFileError(f"{where} has no 'architecture' key (the record save_model writes, e.g. "
-                                   f"{{\"zoo\": \"vit_tiny_c10\"}}); add it, or pass arch=<timm or zoo name> to load_model")
+                                   '{"zoo": "vit_tiny_c10"}); add it, or pass arch=<timm or zoo name> to load_model')
         cfg = stored.get("pretrained_cfg")
         problem = pretrained_cfg_problem(cfg) if cfg is not None else None
         if problem:
@@ -93,7 +93,8 @@ class Sidecar:
                                    "to use the architecture's defaults")
         for key in _OBJECTS:
             if not isinstance(stored.get(key, {}), dict):
-                raise WeightsFileError(f"{where}: key {key!r} must be a JSON object, got {short_repr(stored[key])}; {_FIX}")
+                raise WeightsFileError(f"{where}: key {key!r} must be a JSON object, got {short_repr(stored[key])}; "
+                                       f"{_FIX}")
         names = {f.name for f in dataclasses.fields(cls)} - {"others"}
         others = {k: v for k, v in stored.items() if k not in names and k != "format"}
         return cls(**{k: v for k, v in stored.items() if k in names}, others=others)

@@ -57,7 +57,8 @@ class Objective:
         self.config = config
 
     def check(self) -> None:
-        """Raise :class:`~vitlab.training.config.ConfigError` when ``config.model`` is an architecture it cannot train."""
+        """Raise :class:`~vitlab.training.config.ConfigError` when ``config.model`` is an architecture it
+        cannot train."""
 
     def rules(self) -> list[Rule]:
         """Range rules of the settings this objective restricts, after the general ones."""

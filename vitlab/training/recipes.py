@@ -92,19 +92,7 @@ def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathL
     or not at all.
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; choose another --out, or pass --force to replace it")
-    if len(arms) < 2 or any(not runs for runs in arms.values()):
-        raise ConfigError("a comparison needs at least two arms, each with at least one run folder")
-    folders = {arm: [Path(r) for r in runs] for arm, runs in arms.items()}
-    names = [f.name for runs in folders.values() for f in runs]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"run folder names must be unique (they name the copies): {names}")
-    for f in (f for runs in folders.values() for f in runs):
-        missing = [n for n in (*RUN_FILES, run_folder.MODEL) if not (f / n).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{f} lacks {', '.join(missing)}: collect finished ViT runs trained with "
-                                    "inside views on (the default)")
+    folders = _checked_folders(arms, out, force)
     configs = {arm: [_config(f)[0] for f in runs] for arm, runs in folders.items()}
     differ = differences(configs)
     images = inside.probe_images()
@@ -138,6 +126,25 @@ def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathL
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return read(out)
+
+
+def _checked_folders(arms: Mapping[str, Sequence[str | os.PathLike]], out: Path, force: bool) -> dict[str, list[Path]]:
+    """The run folders of each arm, once :func:`collect` may go on: ``out`` free (or ``force``), two arms or
+    more, unique folder names, and every folder a finished run with its records."""
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; choose another --out, or pass --force to replace it")
+    if len(arms) < 2 or any(not runs for runs in arms.values()):
+        raise ConfigError("a comparison needs at least two arms, each with at least one run folder")
+    folders = {arm: [Path(r) for r in runs] for arm, runs in arms.items()}
+    names = [f.name for runs in folders.values() for f in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"run folder names must be unique (they name the copies): {names}")
+    for f in (f for runs in folders.values() for f in runs):
+        missing = [n for n in (*RUN_FILES, run_folder.MODEL) if not (f / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{f} lacks {', '.join(missing)}: collect finished ViT runs trained with "
+                                    "inside views on (the default)")
+    return folders
 
 
 def read(folder: str | os.PathLike = LOCALITY) -> Recipes:

@@ -297,7 +297,7 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
 
 
 def _copy_logs(run: Path, name: str) -> None:
-    """Copy the run's metrics log beside the entry's checkpoint, and its inside views (if any) to :func:`inside_folder`."""
+    """Copy the run's metrics log beside the entry's checkpoint and its inside views (if any) to :func:`inside_folder`."""
     log = (run / METRICS_LOG).read_text()
     atomic_write(entry(name).weights.with_suffix(".metrics.jsonl"), lambda tmp: tmp.write_text(log))
     inside = inside_folder(name)

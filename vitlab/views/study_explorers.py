@@ -1,8 +1,8 @@
 """Views of the ViT vs ResNet study (notebook 05): the sweep, few-shot probes, CKA.
 
 Each is an :class:`~vitlab.views.controls.Explorer`; :mod:`vitlab.views.explorers` gives them under its
-name too. The measurements are :mod:`vitlab.training.evaluators`' (over :mod:`vitlab.analysis.representations`); the figures
-:mod:`vitlab.views.figures`'.
+name too. The measurements are :mod:`vitlab.training.evaluators`' (over
+:mod:`vitlab.analysis.representations`); the figures :mod:`vitlab.views.figures`'.
 """
 from __future__ import annotations
 
@@ -114,7 +114,8 @@ class ProbeExplorer(Explorer):
         todo = [s for s in self.specs if model_key(s) not in self._probes]
         for i, spec in enumerate(todo):
             self.step(f"fitting probes on every layer of {spec} ({i + 1} of {len(todo)} models)", i, len(todo))
-            self._probes[model_key(spec)] = FewshotEvaluator(*self.data, **self.settings).run(cached_model(spec), name=spec)
+            probes = FewshotEvaluator(*self.data, **self.settings)
+            self._probes[model_key(spec)] = probes.run(cached_model(spec), name=spec)
         records = [r for s in self.specs for r in self._probes[model_key(s)]]
         if not self.layers.options:  # by default, the curves of each model's last layer
             triples = list(dict.fromkeys((r.model, r.layer, r.pooling) for r in records))
