@@ -106,7 +106,7 @@ def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathL
                 (tmp / f.name).mkdir()
                 for n in RUN_FILES:
                     shutil.copy2(f / n, tmp / f.name / n)
-                stats = head_statistics(load_model(f / run_folder.MODEL, device="cpu"), images, progress=progress)
+                stats = head_statistics(load_model(f / "model.safetensors", device="cpu"), images, progress=progress)
                 view = run_folder.read_inside(f)[-1]
                 spread = readouts.attention_distance(stats["distance_per_image"][:, :1], view.uniform)
                 stored[arm].append(dict(name=f.name, seed=_config(f)[0]["seed"], lowest_std=spread.head_std,
