@@ -3,8 +3,8 @@
 On a CUDA device one run prints:
 
 * time to ``--target`` (75%) test accuracy: ``vit_tiny_c10`` trained by vitlab's own loop
-  (``vitlab.training.loop``'s ``train_one_epoch`` and ``evaluate``: its augmentation, fused AdamW, warmup
-  and cosine schedule over ``--epochs``, bf16 autocast) on the training images of a subset file
+  (``vitlab.training.loop.train_one_epoch`` and ``vitlab.training.objectives.evaluate``: its augmentation,
+  fused AdamW, warmup and cosine schedule over ``--epochs``, bf16 autocast) on the training images of a subset file
   (``vitlab.data.write_subset``), scored on its test images after every epoch; it stops at the
   target and prints the wall seconds since the first step (evaluations included), or, if the
   target is never reached, the best accuracy and when;
@@ -49,7 +49,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitlab import data
 from vitlab.models import ARCHITECTURES, build_model
-from vitlab.training.loop import TrainConfig, _setup, evaluate, param_groups, train_one_epoch
+from vitlab.training.config import TrainConfig
+from vitlab.training.loop import _setup, train_one_epoch
+from vitlab.training.objectives import evaluate
+from vitlab.training.steps import param_groups
 
 #: Dense bf16 peak of known GPUs, FLOP/s, by a part of the device name; the first match counts.
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}

@@ -19,7 +19,11 @@ from pathlib import Path
 import torch
 
 from vitlab.training import inside
-from vitlab.training.loop import TRAIN_IMAGES, TrainConfig, _setup, _step, augment, hardware
+from vitlab.training.evaluators import InsideViewEvaluator
+from vitlab.training.config import TRAIN_IMAGES, TrainConfig
+from vitlab.training.loop import _setup, _step
+from vitlab.training.run_folder import hardware
+from vitlab.training.steps import augment
 
 
 def main() -> None:
@@ -45,11 +49,12 @@ def main() -> None:
         _step(run, augment(x, config.crop_padding, config.flip, run.gen), y)
     per_second = args.steps * args.batch / (time.perf_counter() - started)
     epoch = TRAIN_IMAGES / per_second
-    probe = inside.probe_images().to(device)
+    evaluator = InsideViewEvaluator(inside.probe_images().to(device))  # what the loop runs each recorded epoch
+    probe = evaluator.images
     times = []
     for _ in range(args.repeats):
         started = time.perf_counter()
-        inside.inside_view(model, probe, epoch=1, step=0)
+        evaluator.run(model, epoch=1, step=0)
         inside.inside_tensors(model, 1)
         times.append(time.perf_counter() - started)
     view = statistics.median(times)

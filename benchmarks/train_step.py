@@ -53,7 +53,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitlab import data, settings
 from vitlab.models import ARCHITECTURES, build_model, preprocess
-from vitlab.training.loop import TrainConfig, autocast_dtype, hardware, param_groups, train
+from vitlab.training.config import TrainConfig
+from vitlab.training.loop import train
+from vitlab.training.run_folder import hardware
+from vitlab.training.steps import autocast_dtype, param_groups
 
 #: Dense bf16 peak of known GPUs, FLOP/s, for utilisation.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}

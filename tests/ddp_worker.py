@@ -1,10 +1,11 @@
-"""Run by tests/test_train.py under torchrun: train, then save this rank's weights."""
+"""Run by tests/test_loop.py under torchrun: train, then save this rank's weights."""
 import os
 import sys
 
 import safetensors.torch
 
-from vitlab.training.loop import TrainConfig, train
+from vitlab.training.config import TrainConfig
+from vitlab.training.loop import train
 
 out = sys.argv[1]
 result = train(TrainConfig(model="vit_tiny_c10", epochs=1, batch_size=32, eval_size=50), out, progress=False)

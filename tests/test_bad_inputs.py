@@ -28,7 +28,7 @@ from vitlab.analysis import metrics
 from vitlab.analysis.features import layer_features, layer_hooks, pre_logits
 from vitlab.analysis.capture import capture, head_statistics, hooks
 from vitlab.training.sweep import SweepConfig, sweep
-from vitlab.training.loop import TrainConfig
+from vitlab.training.config import TrainConfig
 from vitlab.models.weights import WeightsFileError
 
 

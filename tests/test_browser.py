@@ -268,7 +268,7 @@ def test_attention_distance_notebook(lab, page):
     plots = nb.plots(16)
     depth = len(vitlab.load_model("vit_tiny_c10", device="cpu").blocks)
     comparison = vitlab.training.recipes.read()
-    shipped = vitlab.training.inside.read(vitlab.training.zoo.inside_folder("vit_tiny_c10_e40"))
+    shipped = vitlab.training.run_folder.read_inside(vitlab.training.zoo.inside_folder("vit_tiny_c10_e40"))
     assert f"vit_tiny_c10_e40, epoch {shipped[-1].epoch}: filters" in nb.title(4)
     assert plots.nth(7).locator(".xtick text").count() >= 1  # its attention distance per head, layer by layer
     for i, shot in ((7, "distance"), (8, "timeline")):

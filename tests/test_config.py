@@ -13,7 +13,8 @@ import pytest
 from vitlab import __main__ as cli
 from vitlab.training import config
 from vitlab.training import sweep
-from vitlab.training import loop
+from vitlab.training.config import TrainConfig
+from vitlab.training.loop import TrainResult
 from vitlab.training import zoo
 from vitlab.training.config import ConfigError
 
@@ -74,7 +75,7 @@ def test_command_line_round_trips(value):
 
 
 def test_command_line_spells_out_defaults_and_leaves_out_default_nones():
-    command = config.command_line("python -m vitlab train", loop.TrainConfig(model="resnet_tiny_c10",
+    command = config.command_line("python -m vitlab train", TrainConfig(model="resnet_tiny_c10",
                                                                               optimizer="sgd", lr=0.1, flip=False))
     assert command.startswith("python -m vitlab train --model resnet_tiny_c10 ")
     assert " --optimizer sgd " in command and " --lr 0.1 " in command and " --no-flip " in command
@@ -84,7 +85,7 @@ def test_command_line_spells_out_defaults_and_leaves_out_default_nones():
 
 def test_help_comes_from_the_docstring():
     assert config.field_help(Toy)["size"] == "may be None (a second line of help)."
-    assert set(config.field_help(loop.TrainConfig)) == {f.name for f in dataclasses.fields(loop.TrainConfig)}
+    assert set(config.field_help(TrainConfig)) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(config.field_help(sweep.SweepConfig)) == {f.name for f in dataclasses.fields(sweep.SweepConfig)}
 
 
@@ -92,7 +93,7 @@ def test_literal_fields_are_checked_in_one_place():
     with pytest.raises(ConfigError, match="mode must be one of 'x', 'y'; got 'z'"):
         config.check_choices(Toy(mode="z"))
     with pytest.raises(ConfigError, match="optimizer must be one of 'adamw', 'sgd'; got 'lamb'"):
-        loop.TrainConfig(optimizer="lamb")
+        TrainConfig(optimizer="lamb")
     with pytest.raises(ConfigError, match="precision must be one of 'auto', 'bf16', 'fp32'; got 'fp8'"):
         sweep.SweepConfig(precision="fp8")
     assert config.from_args(Toy, {"sizes": [3, 4], "unrelated": 1}) == Toy(sizes=(3, 4))
@@ -103,7 +104,7 @@ def test_literal_fields_are_checked_in_one_place():
 
 def _capture_train(monkeypatch):
     seen = []
-    monkeypatch.setattr(cli, "train", lambda c, out, **kw: seen.append((c, out, kw)) or loop.TrainResult(None, {}))
+    monkeypatch.setattr(cli, "train", lambda c, out, **kw: seen.append((c, out, kw)) or TrainResult(None, {}))
     return seen
 
 
@@ -111,7 +112,7 @@ def test_train_flags_map_onto_the_config(monkeypatch):
     seen = _capture_train(monkeypatch)
     cli.main(["train", "--model", "vit_small_c10", "--subset-size", "1000", "--no-flip", "--lr", "0.002",
               "--checkpoint-every", "5", "--no-progress", "--no-inside"])
-    assert seen == [(loop.TrainConfig(model="vit_small_c10", subset_size=1000, flip=False, lr=0.002),
+    assert seen == [(TrainConfig(model="vit_small_c10", subset_size=1000, flip=False, lr=0.002),
                      "runs/vit_small_c10", dict(progress=False, checkpoint_every=5, inside=False))]
 
 
@@ -168,7 +169,7 @@ def test_config_file_sets_defaults_and_flags_win(monkeypatch, tmp_path, suffix, 
     path = tmp_path / f"settings{suffix}"
     path.write_text(text)
     cli.main(["train", "--config", str(path), "--lr", "0.25"])
-    assert seen[0][:2] == (loop.TrainConfig(model="vit_small_c10", lr=0.25, flip=False), "runs/from-file")
+    assert seen[0][:2] == (TrainConfig(model="vit_small_c10", lr=0.25, flip=False), "runs/from-file")
 
 
 def test_config_file_with_unknown_keys_is_refused(monkeypatch, tmp_path):

@@ -1,7 +1,6 @@
 """Inside views across training: the records, the run folder's files, resume and the explorer."""
 import math
 import shutil
-import warnings
 
 import pytest
 import safetensors.torch
@@ -10,8 +9,10 @@ import torch.nn.functional as F
 
 from vitlab import data, models
 from vitlab.training import inside
+from vitlab.training import run_folder
 from vitlab.analysis import metrics
 from vitlab.training import loop
+from vitlab.training.config import TrainConfig
 from vitlab.analysis.capture import capture
 from vitlab.records import InsideView
 
@@ -94,8 +95,8 @@ def test_probe_images_are_a_class_balanced_prefix_and_leave_the_random_state(fak
 
 
 def test_training_records_views_that_match_the_final_model(tmp_path, fake_cifar):
-    result = loop.train(loop.TrainConfig(**MICRO), tmp_path / "run", progress=False)
-    views = inside.read(tmp_path / "run")
+    result = loop.train(TrainConfig(**MICRO), tmp_path / "run", progress=False)
+    views = run_folder.read_inside(tmp_path / "run")
     assert [v.epoch for v in views] == [1, 2] and views[-1].step == result.record["step"]
     final = models.load_model(tmp_path / "run" / "model.safetensors", device="cpu")
     again = inside.inside_view(final, inside.probe_images(), epoch=2, step=views[-1].step)
@@ -112,7 +113,7 @@ def test_training_records_views_that_match_the_final_model(tmp_path, fake_cifar)
 
 
 def test_inside_views_leave_the_weights_unchanged_and_resume_redoes_later_lines(tmp_path, fake_cifar):
-    config = loop.TrainConfig(**MICRO)
+    config = TrainConfig(**MICRO)
     loop.train(config, tmp_path / "on", progress=False)
     loop.train(config, tmp_path / "off", progress=False, inside=False)
     on, off = (safetensors.torch.load_file(tmp_path / r / "model.safetensors") for r in ("on", "off"))
@@ -122,46 +123,28 @@ def test_inside_views_leave_the_weights_unchanged_and_resume_redoes_later_lines(
     before = sorted(p.name for p in (tmp_path / "off").iterdir())
     views, tensors, recorded = inside.load(tmp_path / "off")
     assert not recorded and len(views) == 1 and views[0].epoch == 2
-    assert torch.allclose(torch.tensor(views[0].distance), torch.tensor(inside.read(tmp_path / "on")[-1].distance))
+    assert torch.allclose(torch.tensor(views[0].distance), torch.tensor(run_folder.read_inside(tmp_path / "on")[-1].distance))
     assert torch.equal(tensors["pos_embed.2"], off["pos_embed"])
     assert sorted(p.name for p in (tmp_path / "off").iterdir()) == before
     # Take the run back to its epoch-1 checkpoint, as if it had been killed during epoch 2.
     run = tmp_path / "resumed"
     shutil.copytree(tmp_path / "on", run)
-    first_step = inside.read(run)[0].step
+    first_step = run_folder.read_inside(run)[0].step
     for path in list(run.glob("checkpoint*")) + [run / "model.safetensors", run / "model.json"]:
         if f"{first_step:08d}" not in path.name:
             path.unlink()
-    inside.trim(run, first_step)
-    assert [v.epoch for v in inside.read(run)] == [1]
-    assert sorted(inside.read_tensors(run)) == ["filters.1", "pos_embed.1"]
+    run_folder.trim_inside(run, first_step)
+    assert [v.epoch for v in run_folder.read_inside(run)] == [1]
+    assert sorted(run_folder.read_inside_tensors(run)) == ["filters.1", "pos_embed.1"]
     loop.train(config, run, progress=False)
-    assert inside.read(run) == inside.read(tmp_path / "on")
+    assert run_folder.read_inside(run) == run_folder.read_inside(tmp_path / "on")
     redone = safetensors.torch.load_file(run / "model.safetensors")
     assert all(torch.equal(on[k], redone[k]) for k in on)
 
 
 def test_a_resnet_run_records_no_inside_views(tmp_path, fake_cifar):
-    loop.train(loop.TrainConfig(**dict(MICRO, model="resnet_micro_c10", epochs=1)), tmp_path / "r", progress=False)
+    loop.train(TrainConfig(**dict(MICRO, model="resnet_micro_c10", epochs=1)), tmp_path / "r", progress=False)
     assert not (tmp_path / "r" / "inside.jsonl").exists() and not (tmp_path / "r" / "inside.safetensors").exists()
-
-
-def test_a_torn_last_line_is_dropped_and_a_later_record_replaces_it(tmp_path, micro_vit):
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    for epoch in (1, 2):
-        inside.record(tmp_path, inside.inside_view(micro_vit, images, epoch, 10 * epoch),
-                      inside.inside_tensors(micro_vit, epoch))
-    line = inside.inside_view(micro_vit, images, 3, 30).to_json()
-    with open(tmp_path / "inside.jsonl", "a") as f:
-        f.write(line[: len(line) // 2])
-    with pytest.warns(UserWarning, match="dropped its last line"):
-        assert [v.epoch for v in inside.read(tmp_path)] == [1, 2]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        inside.record(tmp_path, inside.inside_view(micro_vit, images, 2, 20), inside.inside_tensors(micro_vit, 2))
-    assert [v.epoch for v in inside.read(tmp_path)] == [1, 2]  # epoch 2 redone, not doubled
-    inside.trim(tmp_path, 10)
-    assert [v.epoch for v in inside.read(tmp_path)] == [1]
 
 
 def test_the_explorer_redraws_every_panel_for_the_chosen_epoch(tmp_path, micro_vit):
@@ -174,7 +157,7 @@ def test_the_explorer_redraws_every_panel_for_the_chosen_epoch(tmp_path, micro_v
             micro_vit.pos_embed.add_(torch.randn_like(micro_vit.pos_embed))  # each epoch's embeddings differ
         view = inside.inside_view(micro_vit, images, epoch, 10 * epoch)
         stored[epoch] = (view, micro_vit.pos_embed.detach().clone())
-        inside.record(tmp_path, view, inside.inside_tensors(micro_vit, epoch))
+        run_folder.record_inside(tmp_path, view, inside.inside_tensors(micro_vit, epoch))
     explorer = explorers.InsideViewsExplorer(tmp_path)
     assert explorer.epoch.value == 3 and explorer.epoch.options == (1, 2, 3)
     explorer.epoch.value = 2
@@ -223,8 +206,8 @@ def test_a_hybrids_view_has_its_grid_of_4_pixel_tokens_and_no_filters(tmp_path):
     assert InsideView.from_json(view.to_json()).filter_k == 0  # NaN survives its JSON line
     tensors = inside.inside_tensors(hybrid, 1)
     assert sorted(tensors) == ["pos_embed.1"]
-    inside.record(tmp_path, view, tensors)
-    assert "no pixel filters" in inside.summary(inside.read(tmp_path))
+    run_folder.record_inside(tmp_path, view, tensors)
+    assert "no pixel filters" in inside.summary(run_folder.read_inside(tmp_path))
     explorer = explorers.InsideViewsExplorer(tmp_path)
     assert explorer.ratio is None and "no patch-embedding filters" in explorer.filters.layout.title.text
     n = 16
@@ -233,8 +216,8 @@ def test_a_hybrids_view_has_its_grid_of_4_pixel_tokens_and_no_filters(tmp_path):
 
 
 def test_a_hybrid_run_records_views_of_its_final_model_without_filters(tmp_path, fake_cifar):
-    result = loop.train(loop.TrainConfig(**dict(MICRO, model="hybrid_micro_c10")), tmp_path / "h", progress=False)
-    views = inside.read(tmp_path / "h")
+    result = loop.train(TrainConfig(**dict(MICRO, model="hybrid_micro_c10")), tmp_path / "h", progress=False)
+    views = run_folder.read_inside(tmp_path / "h")
     assert [v.epoch for v in views] == [1, 2] and all(v.filter_k == 0 for v in views)
     final = models.load_model(tmp_path / "h" / "model.safetensors", device="cpu")
     assert metrics.is_hybrid(final) and final.vitlab_arch["config"]["family"] == "hybrid"

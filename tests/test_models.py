@@ -15,6 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 import vitlab
 from vitlab import data, models
 from vitlab.models import loading
+from vitlab.models import hub, sidecar
 from vitlab.training import zoo
 from vitlab.models.weights import WeightsFileError
 
@@ -211,7 +212,7 @@ def test_offline_without_cache_gives_clear_error(tmp_path):
         vitlab.load_model("vit_small_patch16_224.augreg_in21k")
     """, tmp_path)
     assert done.returncode != 0
-    assert "vitlab.models.loading.WeightsUnavailableError" in done.stderr
+    assert "vitlab.models.hub.WeightsUnavailableError" in done.stderr
     assert "pretrained=False" in done.stderr and "online" in done.stderr
     assert "huggingface_hub" not in done.stderr  # no stack of hub internals
 
@@ -269,7 +270,7 @@ def test_bad_pretrained_tag_is_refused_before_any_network_access(monkeypatch):
     for name in ("create_connection", "getaddrinfo"):
         monkeypatch.setattr(socket, name, _refuse)
     monkeypatch.setattr(timm, "create_model", _refuse)
-    monkeypatch.setattr(loading, "_create_cache_first", _refuse)
+    monkeypatch.setattr(hub, "_create_cache_first", _refuse)
     with pytest.raises(ValueError) as info:
         vitlab.load_model("vit_tiny_patch16_224.nonexistent_tag", device="cpu")
     message = str(info.value)
@@ -382,7 +383,7 @@ def test_every_timm_pretrained_cfg_passes_the_sidecar_check():
 
     names = timm.list_pretrained()
     assert len(names) > 1000
-    refused = [n for n in names if loading._pretrained_cfg_problem(loading._jsonable(get_pretrained_cfg(n).to_dict()))]
+    refused = [n for n in names if sidecar.pretrained_cfg_problem(sidecar.jsonable(get_pretrained_cfg(n).to_dict()))]
     assert refused == []
 
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 import vitlab
 from vitlab import data
 from vitlab.training import mpp
-from vitlab.training import loop
+from vitlab.training import loop, objectives, run_folder
+from vitlab.training.config import TrainConfig
 from vitlab.models import build_model, preprocess
 
 
@@ -149,13 +150,13 @@ def _relabel(root, shift):
 
 
 def test_pretraining_reads_no_labels_and_saves_the_encoder_as_a_plain_vit(tmp_path, fake_cifar, monkeypatch):
-    result = loop.train(loop.TrainConfig(**PRETRAIN), tmp_path / "a", progress=False)
+    result = loop.train(TrainConfig(**PRETRAIN), tmp_path / "a", progress=False)
     images, labels = data.cifar10("test")
     scored = images[data.stratified_subset(labels, 50, 0)]  # the test images the run was scored on
     # Same images, other labels: a run that read no label ends with exactly the same weights.
     _relabel(fake_cifar, shift=3)
     monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "other-cache"))
-    loop.train(loop.TrainConfig(**PRETRAIN), tmp_path / "b", progress=False)
+    loop.train(TrainConfig(**PRETRAIN), tmp_path / "b", progress=False)
     a, b = (safetensors.torch.load_file(tmp_path / run / "model.safetensors") for run in ("a", "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The file: the plain ViT's keys, and the objective's under mpp.*
@@ -167,30 +168,30 @@ def test_pretraining_reads_no_labels_and_saves_the_encoder_as_a_plain_vit(tmp_pa
     # The colour head comes back with it, and scores what the run logged on the same test images.
     reloaded = mpp.load_pretrainer(tmp_path / "a" / "model.safetensors", device="cpu")
     assert torch.equal(reloaded.colour_head.weight, result.model.colour_head.weight)
-    logged = loop.read_metrics(tmp_path / "a")
+    logged = run_folder.read_metrics(tmp_path / "a")
     assert [r["epoch"] for r in logged] == [1, 2]
     assert mpp.masked_accuracy(reloaded, scored) == logged[-1]["test_accuracy"]
-    assert result.record["accuracy_of"] == loop.MPP_ACCURACY
+    assert result.record["accuracy_of"] == objectives.MPP_ACCURACY
     # A finished pre-training run is given back as such, not retrained.
-    again = loop.train(loop.TrainConfig(**PRETRAIN), tmp_path / "a", progress=False)
+    again = loop.train(TrainConfig(**PRETRAIN), tmp_path / "a", progress=False)
     assert isinstance(again.model, mpp.MaskedPatchPrediction)
     with pytest.raises(ValueError, match="no masked-patch-prediction parameters"):
-        loop.train(loop.TrainConfig(**dict(PRETRAIN, objective="classify", label_smoothing=0.1)),
+        loop.train(TrainConfig(**dict(PRETRAIN, objective="classify", label_smoothing=0.1)),
                     tmp_path / "c", progress=False)
         mpp.load_pretrainer(tmp_path / "c" / "model.safetensors")
 
 
 def test_fine_tuning_a_pretrained_encoder_keeps_it_and_starts_a_new_head(tmp_path, fake_cifar):
-    loop.train(loop.TrainConfig(**PRETRAIN), tmp_path / "pre", progress=False)
+    loop.train(TrainConfig(**PRETRAIN), tmp_path / "pre", progress=False)
     source = tmp_path / "pre" / "model.safetensors"
-    assert loop.init_objective(str(source)) == "mpp" and loop.init_objective(None) == ""
-    tuned = loop.train(loop.TrainConfig(model="vit_micro_c10", init=str(source), epochs=1, batch_size=64, lr=0.0,
+    assert objectives.init_objective(str(source)) == "mpp" and objectives.init_objective(None) == ""
+    tuned = loop.train(TrainConfig(model="vit_micro_c10", init=str(source), epochs=1, batch_size=64, lr=0.0,
                                           eval_size=50), tmp_path / "tuned", progress=False).model
     pre = safetensors.torch.load_file(source)
     body = {k: v for k, v in tuned.state_dict().items() if not k.startswith("head.")}
     assert all(torch.equal(v, pre[k]) for k, v in body.items())  # lr 0: the encoder as pre-trained
     assert not torch.equal(tuned.head.weight, pre["head.weight"])  # a new head, not the untrained one saved
-    assert loop.init_objective(str(tmp_path / "tuned" / "model.safetensors")) == "classify"
+    assert objectives.init_objective(str(tmp_path / "tuned" / "model.safetensors")) == "classify"
 
 
 @pytest.mark.parametrize("argv, error", [

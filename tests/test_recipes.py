@@ -8,10 +8,11 @@ import torch
 from vitlab import settings
 from vitlab.analysis.capture import head_statistics
 from vitlab.training import inside
+from vitlab.training import run_folder
 from vitlab.views import readouts
 from vitlab.training import recipes
 from vitlab.training import loop
-from vitlab.training.config import ConfigError
+from vitlab.training.config import ConfigError, TrainConfig
 from vitlab.models import load_model
 from vitlab.records import InsideView, RecipeRun, Recipes, ResultsFileError
 
@@ -30,7 +31,7 @@ def trained(tmp_path_factory):
         for arm, cutmix in (("plain", 0.0), ("CutMix", 1.0)):
             for seed in (0, 1):
                 out = root / f"{arm.lower()}-s{seed}"
-                config = loop.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=32, seed=seed, cutmix=cutmix,
+                config = TrainConfig(model="vit_micro_c10", epochs=2, batch_size=32, seed=seed, cutmix=cutmix,
                                            eval_size=50)
                 loop.train(config, out, progress=False)
                 folders.setdefault(arm, []).append(out)
@@ -52,8 +53,8 @@ def test_collect_copies_the_records_and_reads_them_back(trained, collected):
         for name in recipes.RUN_FILES:
             assert (out / folder.name / name).read_bytes() == (folder / name).read_bytes()
         assert not (out / folder.name / "model.safetensors").exists()  # weights stay out: small enough to commit
-        assert run.views == inside.read(folder) and run.epochs == [1, 2]
-        assert run.metrics == loop.read_metrics(folder)
+        assert run.views == run_folder.read_inside(folder) and run.epochs == [1, 2]
+        assert run.metrics == run_folder.read_metrics(folder)
         assert run.seed == json.loads((folder / "model.json").read_text())["config"]["seed"]
     assert comparison.commands[-1] == "collect it" and all("--seed" in c for c in comparison.commands[:-1])
     assert not [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")]
@@ -88,7 +89,7 @@ def test_collect_refuses_before_writing(trained, collected, tmp_path):
 
 
 def test_runs_of_one_arm_may_differ_only_in_their_seed():
-    base = dataclasses.asdict(loop.TrainConfig())
+    base = dataclasses.asdict(TrainConfig())
     same = recipes.differences({"a": [base, dict(base, seed=1)], "b": [dict(base, cutmix=1.0, mix_prob=0.5)]})
     assert same == {"cutmix": {"a": 0.0, "b": 1.0}, "mix_prob": {"a": 1.0, "b": 0.5}}
     with pytest.raises(ConfigError, match="arm 'a' differ in lr, not only in their seed"):

@@ -12,7 +12,7 @@ from vitlab.training import zoo
 from vitlab.training import sweep as sweep_mod
 from vitlab.models import ARCHITECTURES, build_model, load_model
 from vitlab.training.sweep import SweepConfig, sweep, train_flops_per_image
-from vitlab.training.loop import evaluate
+from vitlab.training.objectives import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,10 +145,10 @@ def test_every_vit_run_gets_the_inside_view_of_its_final_model(fake_cifar, tmp_p
 
 
 def test_sweep_resumes_a_run_that_was_interrupted(fake_cifar, tmp_path, monkeypatch):
-    from vitlab.training import loop as train_mod
+    from vitlab.training import objectives
 
     config = _tiny(tmp_path, models=("vit_micro_c10",), sizes=(100,), min_samples=300)  # 3 epochs
-    real_evaluate, calls = train_mod.evaluate, []
+    real_evaluate, calls = objectives.evaluate, []
 
     def dies_in_epoch_two(*a, **kw):
         calls.append(1)
@@ -156,13 +156,13 @@ def test_sweep_resumes_a_run_that_was_interrupted(fake_cifar, tmp_path, monkeypa
             raise KeyboardInterrupt
         return real_evaluate(*a, **kw)
 
-    monkeypatch.setattr(train_mod, "evaluate", dies_in_epoch_two)
+    monkeypatch.setattr(objectives, "evaluate", dies_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         sweep(config)
     run = tmp_path / "runs" / "vit_micro_c10-n100-s0-e3"
     first = (run / "metrics.jsonl").read_text().splitlines()
     assert len(first) == 1 and not (tmp_path / "results" / "sweep.json").exists()
-    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    monkeypatch.setattr(objectives, "evaluate", real_evaluate)
     (record,) = sweep(config)
     log = (run / "metrics.jsonl").read_text().splitlines()
     assert log[0] == first[0]  # epoch 1 was not trained again
@@ -283,7 +283,8 @@ def test_the_committed_inside_views_read_and_match_their_runs():
 
 
 def test_a_sweep_from_pretrained_weights_keeps_its_runs_apart_from_runs_from_scratch(fake_cifar, tmp_path):
-    from vitlab.training.loop import TrainConfig, train
+    from vitlab.training.config import TrainConfig
+    from vitlab.training.loop import train
 
     train(TrainConfig(model="vit_micro_c10", objective="mpp", label_smoothing=0.0, epochs=1, batch_size=64,
                       eval_size=50), tmp_path / "pre", progress=False)

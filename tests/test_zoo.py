@@ -9,7 +9,8 @@ from vitlab import models
 from vitlab.models import loading
 from vitlab.training import config
 from vitlab.training import mpp
-from vitlab.training import loop
+from vitlab.training import loop, objectives, run_folder
+from vitlab.training.config import TrainConfig
 from vitlab.training import zoo
 from vitlab.__main__ import main
 
@@ -23,7 +24,7 @@ def test_the_zoo_ships_a_vit_a_hybrid_and_a_resnet():
     on_disk = sorted(p.stem for p in loading.ZOO_DIR.glob("*.safetensors"))
     assert on_disk == sorted(SHIPPED)  # no undeclared checkpoint either
     # At least one shipped ViT carries its inside views over training (notebook 03 shows them).
-    assert any(vitlab.training.inside.read(zoo.inside_folder(n)) for n in SHIPPED if zoo.ENTRIES[n].family == "vit")
+    assert any(vitlab.training.run_folder.read_inside(zoo.inside_folder(n)) for n in SHIPPED if zoo.ENTRIES[n].family == "vit")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -36,9 +37,9 @@ def test_shipped_checkpoints_are_small_and_documented(name):
     listing = zoo.zoo()[name]
     assert listing["trained"] and listing["test_accuracy"] == record["metrics"]["test_accuracy"]
     # Sidecars written before the zoo module (with out/progress in their config) still load.
-    assert config.from_args(loop.TrainConfig, record["config"]) == zoo.train_config(name)
+    assert config.from_args(TrainConfig, record["config"]) == zoo.train_config(name)
     assert vitlab.load_model(name, device="cpu").vitlab_arch["zoo"] == zoo.ENTRIES[name].architecture
-    views = vitlab.training.inside.read(zoo.inside_folder(name))  # entries trained before inside views have none
+    views = vitlab.training.run_folder.read_inside(zoo.inside_folder(name))  # entries trained before inside views have none
     if views:  # every epoch the trainer records, up to the last, from the run's own final model
         assert [v.epoch for v in views] == vitlab.training.inside.recorded_epochs(record["config"]["epochs"])
         assert all(p.stat().st_size <= 10 * 2**20 for p in zoo.inside_folder(name).iterdir())
@@ -49,7 +50,7 @@ def test_shipped_checkpoints_are_small_and_documented(name):
 def test_shipped_checkpoint_reproduces_recorded_accuracy(name, monkeypatch):
     monkeypatch.delenv("VITLAB_CACHE")
     record = json.loads((loading.ZOO_DIR / f"{name}.json").read_text())["metrics"]
-    accuracy = zoo.check_accuracy(zoo.checked_model(name))  # a pre-trained encoder: its masked-colour accuracy
+    accuracy = zoo.check_accuracy(name)  # a pre-trained encoder: its masked-colour accuracy
     assert accuracy == pytest.approx(record[f"test_accuracy_{zoo.CHECK_SIZE}"], abs=0.002)
     assert accuracy == pytest.approx(record["test_accuracy"], abs=0.04)  # 1,000 images vs all 10,000
 
@@ -95,9 +96,9 @@ def test_publish_copies_a_run_with_its_record_and_command(fake_cifar, tmp_path, 
     assert target == tmp_path / "zoo" / "vit_micro_c10.safetensors" and zoo.trained("vit_micro_c10")
     record = json.loads(target.with_suffix(".json").read_text())
     images, labels = vitlab.data.cifar10("test")
-    assert record["metrics"]["test_accuracy"] == loop.evaluate(result.model, images, labels)
+    assert record["metrics"]["test_accuracy"] == objectives.evaluate(result.model, images, labels)
     idx = vitlab.data.stratified_subset(labels, 50, seed=0)
-    assert record["metrics"]["test_accuracy_50"] == loop.evaluate(result.model, images[idx], labels[idx])
+    assert record["metrics"]["test_accuracy_50"] == objectives.evaluate(result.model, images[idx], labels[idx])
     assert record["command"] == f"{config.command_line('python -m vitlab train', settings)} --out {tmp_path / 'run'}"
     assert record["code_version"] == "abc1234"
     assert (tmp_path / "zoo" / "vit_micro_c10.metrics.jsonl").read_text() == (tmp_path / "run" / "metrics.jsonl").read_text()
@@ -105,8 +106,8 @@ def test_publish_copies_a_run_with_its_record_and_command(fake_cifar, tmp_path, 
     assert zoo.inside_folder("vit_micro_c10") == tmp_path / "zoo" / "vit_micro_c10.inside"
     for file in ("inside.jsonl", "inside.safetensors"):
         assert (zoo.inside_folder("vit_micro_c10") / file).read_bytes() == (tmp_path / "run" / file).read_bytes()
-    views = vitlab.training.inside.read(zoo.inside_folder("vit_micro_c10"))
-    assert [v.epoch for v in views] == [1] and views == vitlab.training.inside.read(tmp_path / "run")
+    views = vitlab.training.run_folder.read_inside(zoo.inside_folder("vit_micro_c10"))
+    assert [v.epoch for v in views] == [1] and views == vitlab.training.run_folder.read_inside(tmp_path / "run")
     with pytest.raises(ValueError, match="trained a vit_micro_c10, but zoo entry resnet_micro_c10"):
         zoo.publish(tmp_path / "run", "resnet_micro_c10")
 
@@ -120,8 +121,8 @@ def test_publish_of_a_hybrid_keeps_its_cnn_and_its_views_without_filters(fake_ci
     assert any(k.startswith("patch_embed.backbone.layer2") for k in state)
     images, labels = vitlab.data.cifar10("test")
     record = json.loads(target.with_suffix(".json").read_text())
-    assert record["metrics"]["test_accuracy"] == loop.evaluate(loaded, images, labels)
-    views = vitlab.training.inside.read(zoo.inside_folder("hybrid_micro_c10"))
+    assert record["metrics"]["test_accuracy"] == objectives.evaluate(loaded, images, labels)
+    views = vitlab.training.run_folder.read_inside(zoo.inside_folder("hybrid_micro_c10"))
     assert [v.filter_k for v in views] == [0]
 
 
@@ -141,16 +142,16 @@ def test_publish_of_a_pretrained_encoder_keeps_its_colour_head_and_records_its_p
     assert record["pretraining"] == dict(objective="mpp", epochs=1, images_seen=640 // 64 * 64, labels_used=False,
                                          wall_seconds=record["metrics"]["wall_seconds"],
                                          masked_colour_accuracy=record["metrics"]["test_accuracy"])
-    assert zoo.check_accuracy(zoo.checked_model("vit_micro_c10_mpp")) == record["metrics"]["test_accuracy_50"]
+    assert zoo.check_accuracy("vit_micro_c10_mpp") == record["metrics"]["test_accuracy_50"]
     assert zoo.zoo()["vit_micro_c10_mpp"]["objective"] == "mpp"
     # Loaded by name for analysis it is the plain ViT; fine-tuning from it by name starts a new head.
     assert type(vitlab.load_model("vit_micro_c10_mpp", device="cpu")).__name__ == "VisionTransformer"
-    assert loop.init_objective("vit_micro_c10_mpp") == "mpp"
+    assert objectives.init_objective("vit_micro_c10_mpp") == "mpp"
     # Its training record, by zoo name or from the run folder, is the run's own.
     for spec in ("vit_micro_c10_mpp", tmp_path / "run" / "model.safetensors"):
         record = zoo.training_record(spec)
-        assert record.log == loop.read_metrics(tmp_path / "run") and record.sidecar["config"]["objective"] == "mpp"
-        assert vitlab.training.inside.read(record.inside) == vitlab.training.inside.read(tmp_path / "run")
+        assert record.log == run_folder.read_metrics(tmp_path / "run") and record.config.objective == "mpp"
+        assert vitlab.training.run_folder.read_inside(record.inside) == vitlab.training.run_folder.read_inside(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="neither a trained zoo entry"):
         zoo.training_record("vit_small_c10")
 
@@ -163,14 +164,15 @@ def test_publish_refuses_to_replace_a_zoo_checkpoint_without_force(fake_cifar, t
                     progress=False, inside=inside)
     target = zoo.publish(tmp_path / "first", "vit_micro_c10")
     published = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "zoo").rglob("*") if p.is_file()}
-    monkeypatch.setattr(zoo, "evaluate", lambda *args: pytest.fail("evaluated before refusing"))
+    measured = objectives.Classification.test_accuracy
+    monkeypatch.setattr(objectives.Classification, "test_accuracy", lambda *args: pytest.fail("evaluated before refusing"))
     with pytest.raises(FileExistsError, match=f"zoo entry vit_micro_c10 has a checkpoint already \\({target}\\); "
                                               "pass --force"):
         zoo.publish(tmp_path / "second", "vit_micro_c10")
     with pytest.raises(SystemExit, match="publish: error: zoo entry vit_micro_c10 has a checkpoint already"):
         main(["publish", str(tmp_path / "second"), "vit_micro_c10"])
     assert {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "zoo").rglob("*") if p.is_file()} == published
-    monkeypatch.setattr(zoo, "evaluate", loop.evaluate)
+    monkeypatch.setattr(objectives.Classification, "test_accuracy", measured)
     main(["publish", str(tmp_path / "second"), "vit_micro_c10", "--force"])
     assert json.loads(target.with_suffix(".json").read_text())["config"]["lr"] == 2e-3
-    assert vitlab.training.inside.read(zoo.inside_folder("vit_micro_c10")) == []  # the first run's views went with it
+    assert vitlab.training.run_folder.read_inside(zoo.inside_folder("vit_micro_c10")) == []  # the first run's views went with it

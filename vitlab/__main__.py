@@ -1,6 +1,6 @@
 """Command line: ``python -m vitlab {zoo,data,train,pretrain,publish,sweep,recipes}``.
 
-``train`` has one flag per field of :class:`vitlab.training.loop.TrainConfig` (mapped by
+``train`` has one flag per field of :class:`vitlab.training.config.TrainConfig` (mapped by
 :mod:`vitlab.training.config`) besides ``--out``, ``--progress`` and ``--checkpoint-every``;
 ``pretrain`` is the same trainer without labels (``--objective mpp``, the paper's masked
 patch prediction), with the flags that concern labels left out;
@@ -18,11 +18,11 @@ import sys
 
 from . import data
 from .training import zoo
-from .training.config import ConfigError, add_flags, from_args, read_file
+from .training.config import ConfigError, TrainConfig, add_flags, from_args, read_file
 from .models import WeightsUnavailableError
 from .records import ResultsFileError
 from .training.sweep import SweepConfig, sweep
-from .training.loop import TrainConfig, train
+from .training.loop import train
 from .models.weights import WeightsFileError
 
 PROG = "python -m vitlab"

@@ -62,21 +62,14 @@ class ResultsFileError(ValueError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunRecord:
-    """One training run of a sweep.
+class RunOf:
+    """What names one sweep run: its training record, its probes and its inside view all start with these fields.
 
     Attributes:
         model: zoo name of the trained model; family: ``"vit"``, ``"hybrid"`` or ``"resnet"``.
-        subset_size: training images (a class-stratified CIFAR-10 subset); seed; epochs.
-        test_accuracy: fraction of the 10,000 test images classified correctly.
-        train_flops: FLOPs of all training steps (forward + backward); flops_per_image: of one image.
-        params: parameters; wall_seconds: training time; hardware: where it ran.
-        images_seen: training images processed (steps x batch size).
-        optimizer, lr, weight_decay, batch_size: the recipe; code_version: git commit of vitlab.
+        subset_size: training images (a class-stratified CIFAR-10 subset); seed; epochs; batch_size.
         init: how the run was initialised: ``""`` from scratch, else ``"<objective>:<weights>"``
             (e.g. ``"mpp:vit_tiny_c10_mpp"``, fine-tuned from that masked-patch-prediction encoder).
-        fewshot: shots per class -> mean few-shot probe accuracy of the run's final
-            representation (empty when the run was not probed).
     """
 
     model: str
@@ -84,20 +77,8 @@ class RunRecord:
     subset_size: int
     seed: int
     epochs: int
-    test_accuracy: float
-    train_flops: float = 0.0
-    params: int = 0
-    wall_seconds: float = 0.0
-    hardware: str = ""
-    images_seen: int = 0
-    flops_per_image: float = 0.0
-    optimizer: str = ""
-    lr: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 0
-    code_version: str = ""
+    batch_size: int
     init: str = ""
-    fewshot: dict[int, float] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple:
@@ -108,6 +89,43 @@ class RunRecord:
     def label(self) -> str:
         """How figures name the run's series: the model, and what it was fine-tuned from if anything."""
         return run_label(self.model, self.init)
+
+
+def run_label(model: str, init: str) -> str:
+    """``model``, or ``"model ← init"`` for a run fine-tuned from pre-trained weights."""
+    return f"{model} ← {init}" if init else model
+
+
+_RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunOf))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord(RunOf):
+    """One training run of a sweep: the run (:class:`RunOf`'s fields) and what its training measured.
+
+    Attributes:
+        test_accuracy: fraction of the 10,000 test images classified correctly.
+        train_flops: FLOPs of all training steps (forward + backward); flops_per_image: of one image.
+        params: parameters; wall_seconds: training time; hardware: where it ran.
+        images_seen: training images processed (steps x batch size).
+        optimizer, lr, weight_decay: the recipe (with ``batch_size``); code_version: git commit of vitlab.
+        fewshot: shots per class -> mean few-shot probe accuracy of the run's final
+            representation (empty when the run was not probed).
+    """
+
+    batch_size: int = 0  # optional here, as it always was for a run record
+    test_accuracy: float
+    train_flops: float = 0.0
+    params: int = 0
+    wall_seconds: float = 0.0
+    hardware: str = ""
+    images_seen: int = 0
+    flops_per_image: float = 0.0
+    optimizer: str = ""
+    lr: float = 0.0
+    weight_decay: float = 0.0
+    code_version: str = ""
+    fewshot: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,39 +153,6 @@ class ProbeRecord:
     accuracy: float
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunOf:
-    """What a record about one sweep run (its probes, its inside view) names that run by.
-
-    Attributes:
-        model, family, subset_size, seed, epochs, batch_size, init: the run (see :class:`RunRecord`).
-    """
-
-    model: str
-    family: str
-    subset_size: int
-    seed: int
-    epochs: int
-    batch_size: int
-    init: str = ""
-
-    @property
-    def key(self) -> tuple:
-        """The run's :attr:`RunRecord.key`: (model, subset_size, seed, epochs, batch_size, init)."""
-        return (self.model, self.subset_size, self.seed, self.epochs, self.batch_size, self.init)
-
-    @property
-    def label(self) -> str:
-        """The run's :attr:`RunRecord.label`."""
-        return run_label(self.model, self.init)
-
-
-def run_label(model: str, init: str) -> str:
-    """``model``, or ``"model ← init"`` for a run fine-tuned from pre-trained weights."""
-    return f"{model} ← {init}" if init else model
-
-
-_RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunOf))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -502,7 +487,7 @@ class RecipeRun:
     Attributes:
         name: the run's folder name under the comparison's folder.
         arm: the recipe it follows (the comparison's label for it, e.g. ``"CutMix 1.0"``).
-        seed: its seed; config: its :class:`~vitlab.training.loop.TrainConfig` fields (from ``model.json``).
+        seed: its seed; config: its :class:`~vitlab.training.config.TrainConfig` fields (from ``model.json``).
         code_version: git commit it was trained with.
         metrics: its ``metrics.jsonl`` records, one per epoch.
         views: its :class:`InsideView` records, one per recorded epoch.

@@ -1,10 +1,13 @@
-"""Models: the CIFAR architectures, weight files, loading any spec (zoo name, timm name, file) and input checks.
+"""Models: the CIFAR architectures, weight files and sidecars, timm's hub, loading any spec (zoo name, timm name,
+file) and the inputs a model takes.
 
 The loading API is exported here: ``vitlab.models.load_model``, ``build_model``, ``save_model``, ``preprocess``.
 """
 from .architectures import ARCHITECTURES
-from .loading import (ZOO_DIR, WeightsUnavailableError, build_model, check_spec, describe_load, load_model,
-                      preprocess, pretrained_tags, save_model, set_input_size, weights_file, zoo_weights)
+from .hub import WeightsUnavailableError, pretrained_tags
+from .inputs import preprocess
+from .loading import (ZOO_DIR, build_model, check_spec, describe_load, load_model, save_model, set_input_size,
+                      weights_file, zoo_weights)
 
 __all__ = ["ARCHITECTURES", "WeightsUnavailableError", "ZOO_DIR", "build_model", "check_spec", "describe_load",
            "load_model", "preprocess", "pretrained_tags", "save_model", "set_input_size", "weights_file", "zoo_weights"]

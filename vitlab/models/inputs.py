@@ -1,17 +1,22 @@
-"""What a model can take as input: one-line errors before a forward pass, not after it.
+"""What a model can take as input: the batch it expects, and one-line errors before a forward pass, not after it.
+
+:func:`preprocess` turns uint8 images into the normalised batch a model expects, read from its
+``pretrained_cfg`` (input size, interpolation, mean and std).
 
 :func:`check_images` (uint8 images or a normalised float batch, as :func:`vitlab.analysis.capture.capture`
 takes them) and :func:`check_input` (what the model's ``forward`` receives) turn a wrong batch
 into one line saying what to pass instead of a timm assertion or, worse, silence: float images
 left in 0..255, NaN or inf, an empty batch, wrong channels, or a size the patches cannot tile.
 The model states the facts checked (``pretrained_cfg`` mean, std and input size, its patch
-embedding, its first convolution's channels); this module imports nothing else from vitlab.
+embedding, its first convolution's channels); this module imports only :mod:`vitlab.data` from vitlab.
 """
 from __future__ import annotations
 
 import timm
 import torch
 from torch import nn
+
+from .. import data
 
 
 #: How far outside [0, 1] a pixel may stray before its normalised value counts as far
@@ -137,3 +142,24 @@ def check_images(model: nn.Module, images: object, what: str = "images") -> None
         check_input(model, images, what)
     elif getattr(model, "dynamic_img_size", False):
         _check_size(model, tuple(images.shape[-2:]), what)
+
+
+def preprocess(model: nn.Module, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
+    """Turn uint8 images (N, 3, H, W) into the normalised float batch ``model`` expects.
+
+    Images are resized to the model's ``input_size`` when their size differs and
+    ``resize`` is true (with the interpolation its ``pretrained_cfg`` names), scaled to
+    [0, 1], normalised with its mean and std, and moved to the model's device.
+    """
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        raise TypeError("images must be a uint8 tensor (N, 3, H, W) with values 0..255")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
+    cfg = timm.data.resolve_model_data_config(model)
+    device = next(model.parameters()).device
+    x = images.to(device).float() / 255.0  # (N, 3, H, W) in [0, 1]
+    if resize:
+        x = data.resize(x, tuple(cfg["input_size"][1:]), cfg.get("interpolation", "bicubic"))  # (N, 3, h, w)
+    mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
+    return (x - mean) / std

@@ -7,19 +7,16 @@ Every model vitlab returns carries
 * ``model.vitlab_arch``: a JSON-able record that rebuilds the architecture, written
   into the sidecar by :func:`save_model` so saved files load without extra arguments.
 
-The CIFAR architectures are defined in :mod:`vitlab.models.architectures` and the weight-file
-readers in :mod:`vitlab.models.weights`; this module decides what a spec names and puts it together.
+The CIFAR architectures are defined in :mod:`vitlab.models.architectures`, the weight-file readers in
+:mod:`vitlab.models.weights`, the sidecar in :mod:`vitlab.models.sidecar` and timm's pretrained weights in
+:mod:`vitlab.models.hub`; this module decides what a spec names and puts it together.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import math
 import numbers
 import os
-import socket
-import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,15 +30,12 @@ from torch import nn
 from .. import data
 from .. import settings
 from .architectures import ARCHITECTURES, Architecture, CifarHybrid, CifarResNet, CifarViT, architecture
-from ..io import atomic_path, write_json
+from ..io import atomic_path
+from .hub import WeightsUnavailableError, load_timm, match_input_size, pretrained_tags
+from .sidecar import Sidecar, jsonable, read_sidecar, short_repr, sidecar_path, write_sidecar
 from .weights import GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_weights_file, fit_head, google_vit_args, load_google_npz, load_state, read_state_dict
 
 ZOO_DIR = settings.PROJECT_ROOT / "data" / "zoo"
-SIDECAR_FORMAT = 1
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are neither cached nor downloadable."""
 
 
 def _cifar_cfg(name: str, config: Architecture) -> dict[str, Any]:
@@ -80,7 +74,7 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     if "timm" in arch:
         kwargs = dict(arch.get("kwargs", {}))
         model = timm.create_model(arch["timm"], pretrained=False, **kwargs)
-        _match_input_size(model)
+        match_input_size(model)
         model.vitlab_arch = {"timm": arch["timm"], "kwargs": kwargs}
         return model
     kwargs = dict(arch["google_vit"])
@@ -89,21 +83,6 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     cfg = dict(GOOGLE_VIT_CFG, input_size=(3, size, size), num_classes=kwargs["num_classes"])
     _attach(model, cfg, {"google_vit": kwargs})
     return model
-
-
-def _match_input_size(model: nn.Module) -> None:
-    """Make ``pretrained_cfg['input_size']`` agree with the size the ViT was built for.
-
-    timm keeps the default cfg's size (e.g. 224) when ``img_size=`` builds a model for
-    another one, and preprocessing would then resize to the wrong size.
-    """
-    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    if img_size is None or "input_size" not in cfg:
-        return
-    if tuple(cfg["input_size"][1:]) != tuple(img_size):
-        model.pretrained_cfg = dict(cfg, input_size=(cfg["input_size"][0], *img_size))
-        model.default_cfg = model.pretrained_cfg
 
 
 def _attach(model: nn.Module, pretrained_cfg: dict[str, Any], arch: dict[str, Any]) -> None:
@@ -164,7 +143,7 @@ def load_model(
     elif kind == "zoo":
         model = _untrained_zoo(target)
     else:
-        model = _load_timm(target, num_classes=num_classes, **kw)
+        model = load_timm(target, num_classes=num_classes, **kw)
     if num_classes is not None and model.num_classes != num_classes:
         _replace_head(model, num_classes)
     return model.to(device).eval()
@@ -192,12 +171,6 @@ def describe_load(spec: str) -> str:
     return f"{spec}: {type(model).__name__}, {params:,} parameters, input {model.pretrained_cfg['input_size']}"
 
 
-def pretrained_tags(name: str) -> list[str]:
-    """The pretrained tags timm has weights for under the architecture ``name``, e.g. ``augreg_in21k``."""
-    base = timm.models.split_model_name_tag(name)[0]
-    return [n.split(".", 1)[1] for n in timm.list_pretrained(f"{base}.*")]
-
-
 def _resolve(spec: str | os.PathLike, arch: str | None, kw: dict[str, Any]) -> tuple[str, Any]:
     """What ``spec`` names, checked: ("file", plan), ("zoo", name) without a checkpoint, or ("timm", name)."""
     if not isinstance(spec, (str, os.PathLike)):
@@ -221,7 +194,7 @@ def _resolve(spec: str | os.PathLike, arch: str | None, kw: dict[str, Any]) -> t
         if not weights.is_file():
             return "zoo", text
         # The sidecar names the architecture, so a checkpoint may be named apart from it.
-        fallback = text if text in ARCHITECTURES and not weights.with_suffix(".json").is_file() else None
+        fallback = text if text in ARCHITECTURES and not sidecar_path(weights).is_file() else None
         return "file", _plan_file(weights, fallback, {})
     if timm.is_model(timm.models.split_model_name_tag(text)[0]):
         _check_timm_name(text)
@@ -308,62 +281,13 @@ def _untrained_zoo(name: str) -> nn.Module:
     return build_model({"zoo": name})
 
 
-def _load_timm(spec: str, num_classes: int | None, pretrained: bool = True, **kw: Any) -> nn.Module:
-    kwargs = dict(kw)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    try:
-        model = _create_cache_first(spec, pretrained, kwargs)
-    except OSError as err:  # hub: not cached and no connection (or offline mode)
-        raise WeightsUnavailableError(
-            f"pretrained weights for {spec!r} are not in the Hugging Face cache and could not be "
-            f"downloaded ({type(err).__name__}). To get them: run once on a machine that is online "
-            f"(they are cached in ~/.cache/huggingface, or HF_HOME); or download the model's "
-            f"model.safetensors from https://huggingface.co/timm/{spec} and call "
-            f"load_model('path/to/model.safetensors', arch={spec.split('.', 1)[0]!r}); or pass "
-            f"pretrained=False for random weights."
-        ) from None
-    _match_input_size(model)
-    # Rebuilding needs the bare architecture name: the pretrained tag only names weights.
-    kwargs.setdefault("num_classes", model.num_classes)
-    model.vitlab_arch = {"timm": spec.split(".", 1)[0], "kwargs": kwargs}
-    return model
-
-
-def _create_cache_first(spec: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
-    """``timm.create_model``, trying the Hugging Face cache before the network.
-
-    Cached weights then load with no network round trip, and an offline machine fails
-    at once instead of after the hub's retries.
-    """
-    if not pretrained:
-        return timm.create_model(spec, pretrained=False, **kwargs)
-    from huggingface_hub import constants
-
-    offline = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        return timm.create_model(spec, pretrained=True, **kwargs)
-    except OSError:
-        if offline:
-            raise
-    finally:
-        constants.HF_HUB_OFFLINE = offline
-    host = urllib.parse.urlparse(constants.ENDPOINT).hostname
-    try:  # the hub's client would retry an unreachable host for most of a minute
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError as err:
-        raise ConnectionError(f"cannot reach {host}: {err}") from None
-    return timm.create_model(spec, pretrained=True, **kwargs)
-
-
 # --- weights files and sidecars ------------------------------------------------------
 
 
 def _plan_file(path: Path, arch: str | None, kw: dict[str, Any]) -> _WeightsPlan:
     """Check ``path`` and the architecture it will be built as (arch=, sidecar or .npz shapes)."""
     check_weights_file(path)
-    sidecar = path.with_suffix(".json")
+    sidecar = sidecar_path(path)
     if arch is not None:
         if arch in ARCHITECTURES:
             if kw:
@@ -376,8 +300,8 @@ def _plan_file(path: Path, arch: str | None, kw: dict[str, Any]) -> _WeightsPlan
         raise TypeError(f"extra arguments {sorted(kw)} for {path} are used only with arch=; its sidecar or "
                         "shapes fix the architecture (set_input_size changes the input size)")
     if sidecar.is_file():
-        meta = read_sidecar(sidecar)
-        return _WeightsPlan(path, meta["architecture"], meta.get("pretrained_cfg"), fit_head=False)
+        meta = _checked_sidecar(sidecar)
+        return _WeightsPlan(path, meta.architecture, meta.pretrained_cfg, fit_head=False)
     if path.suffix.lower() == ".npz":
         return _WeightsPlan(path, None, None, fit_head=False)
     raise ValueError(
@@ -386,35 +310,18 @@ def _plan_file(path: Path, arch: str | None, kw: dict[str, Any]) -> _WeightsPlan
     )
 
 
-def read_sidecar(path: Path) -> dict[str, Any]:
-    """The sidecar JSON at ``path``, checked: an architecture record that builds, sane preprocessing.
+def _checked_sidecar(path: Path) -> Sidecar:
+    """The sidecar at ``path`` (:func:`~vitlab.models.sidecar.read_sidecar`), its architecture record checked to build.
 
     Raises:
         WeightsFileError: one line naming the sidecar, the key and what to do.
     """
-    fix = "fix the sidecar, or delete it and pass arch=<timm or zoo name> to load_model"
+    meta = read_sidecar(path)
     try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise WeightsFileError(f"{path} is not valid JSON ({err}); {fix}") from None
-    if not isinstance(meta, dict):
-        raise WeightsFileError(f"{path} holds a JSON {type(meta).__name__}, not an object; {fix}")
-    version = meta.get("format", SIDECAR_FORMAT)
-    if not isinstance(version, int) or version > SIDECAR_FORMAT:
-        raise WeightsFileError(f"{path} has format {version!r}, but this vitlab reads format {SIDECAR_FORMAT} "
-                               "or older; upgrade vitlab, or fix the sidecar")
-    if "architecture" not in meta:
-        raise WeightsFileError(f"{path} has no 'architecture' key (the record save_model writes, e.g. "
-                               f"{{\"zoo\": \"vit_tiny_c10\"}}); add it, or pass arch=<timm or zoo name> to load_model")
-    try:
-        check_record(meta["architecture"])
+        check_record(meta.architecture)
     except ValueError as err:
         raise WeightsFileError(f"{path}: key 'architecture': {str(err).rstrip('.')}; fix the sidecar, or pass "
                                "arch=<timm or zoo name> to load_model") from None
-    problem = _pretrained_cfg_problem(meta["pretrained_cfg"]) if meta.get("pretrained_cfg") is not None else None
-    if problem:
-        raise WeightsFileError(f"{path}: key 'pretrained_cfg' {problem}; fix it, or delete 'pretrained_cfg' "
-                               "to use the architecture's defaults")
     return meta
 
 
@@ -422,53 +329,16 @@ def check_record(record: Any) -> None:
     """Raise ValueError unless ``record`` is an architecture record :func:`build_model` can build."""
     kinds = ("zoo", "timm", "google_vit")
     if not isinstance(record, dict) or sum(k in record for k in kinds) != 1:
-        raise ValueError(f"expected a record with one of the keys 'zoo', 'timm' or 'google_vit', got {_short(record)}")
+        raise ValueError(f"expected a record with one of the keys 'zoo', 'timm' or 'google_vit', got {short_repr(record)}")
     if "zoo" in record:
         architecture(record["zoo"], record.get("config"))  # raises ValueError naming the problem
     elif "timm" in record:
         if not isinstance(record["timm"], str) or not isinstance(record.get("kwargs", {}), dict):
-            raise ValueError(f"a timm record needs a name and a 'kwargs' mapping, got {_short(record)}")
+            raise ValueError(f"a timm record needs a name and a 'kwargs' mapping, got {short_repr(record)}")
         _check_timm_name(record["timm"])
     elif not isinstance(record["google_vit"], dict) or not {"img_size", "num_classes"} <= record["google_vit"].keys():
         raise ValueError(f"a google_vit record needs VisionTransformer arguments with img_size and "
-                         f"num_classes, got {_short(record)}")
-
-
-#: Resampling modes timm's transforms accept (``timm.data.transforms.str_to_interp_mode``).
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
-
-
-def _pretrained_cfg_problem(cfg: Any) -> str | None:
-    """What makes ``cfg`` unusable for preprocessing (a phrase starting with the key), or None.
-
-    Checked: ``mean`` and ``std`` are three finite numbers (``std`` all > 0), ``input_size``
-    three positive integers (channels, height, width), ``interpolation`` a mode timm knows.
-    Keys left out take the architecture's defaults.
-    """
-    if not isinstance(cfg, dict):
-        return f"must be a JSON object, got {_short(cfg)}"
-    for key in ("mean", "std"):
-        value = cfg.get(key, (1, 1, 1))
-        if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(_finite(v) for v in value)):
-            return f"{key!r} must be three numbers (one per RGB channel), got {_short(value)}"
-    if min(cfg.get("std", (1,))) <= 0:
-        return f"'std' must be > 0 (inputs are divided by it), got {cfg['std']}"
-    size = cfg.get("input_size", (3, 1, 1))
-    if not (isinstance(size, (list, tuple)) and len(size) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        return f"'input_size' must be three positive integers (channels, height, width), got {_short(size)}"
-    if cfg.get("interpolation", "bicubic") not in INTERPOLATIONS:
-        return f"'interpolation' must be one of {', '.join(INTERPOLATIONS)}, got {_short(cfg['interpolation'])}"
-    return None
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}..."
+                         f"num_classes, got {short_repr(record)}")
 
 
 def _load_file(plan: _WeightsPlan) -> nn.Module:
@@ -549,37 +419,10 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, An
     if clash:
         raise ValueError(f"extra tensors {clash} would overwrite the model's own weights; rename them")
     state.update(extra or {})
+    meta = {k: v for k, v in (metadata or {}).items() if k != "format"}  # the writer stamps its own
+    sidecar = Sidecar.from_json(dict(meta, architecture=arch, pretrained_cfg=jsonable(model.pretrained_cfg)),
+                                where=f"the metadata for {path}")  # refused before anything is written
     with atomic_path(path) as tmp:
         safetensors.torch.save_file(state, str(tmp))
-    meta = dict(metadata or {})
-    meta.update(format=SIDECAR_FORMAT, architecture=arch, pretrained_cfg=_jsonable(model.pretrained_cfg))
-    write_json(path.with_suffix(".json"), meta)
+    write_sidecar(sidecar_path(path), sidecar)
     return path
-
-
-def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-
-
-# --- preprocessing -----------------------------------------------------------------
-
-
-def preprocess(model: nn.Module, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
-    """Turn uint8 images (N, 3, H, W) into the normalised float batch ``model`` expects.
-
-    Images are resized to the model's ``input_size`` when their size differs and
-    ``resize`` is true (with the interpolation its ``pretrained_cfg`` names), scaled to
-    [0, 1], normalised with its mean and std, and moved to the model's device.
-    """
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-        raise TypeError("images must be a uint8 tensor (N, 3, H, W) with values 0..255")
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
-    cfg = timm.data.resolve_model_data_config(model)
-    device = next(model.parameters()).device
-    x = images.to(device).float() / 255.0  # (N, 3, H, W) in [0, 1]
-    if resize:
-        x = data.resize(x, tuple(cfg["input_size"][1:]), cfg.get("interpolation", "bicubic"))  # (N, 3, h, w)
-    mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
-    return (x - mean) / std

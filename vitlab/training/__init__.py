@@ -2,4 +2,4 @@
 
 Imports from ``vitlab.analysis``, ``vitlab.models`` and the base modules; nothing here draws.
 """
-from . import config, inside, loop, mpp, recipes, run_folder, sweep, zoo
+from . import config, evaluators, inside, loop, mpp, objectives, recipes, run_folder, steps, sweep, zoo

@@ -1,6 +1,6 @@
-"""One mapping between a config dataclass, argparse flags and a command line.
+"""A training run's settings (:class:`TrainConfig`), and one mapping between configs, flags and command lines.
 
-Every field of a frozen config dataclass (:class:`vitlab.training.loop.TrainConfig`,
+Every field of a frozen config dataclass (:class:`TrainConfig`,
 :class:`vitlab.training.sweep.SweepConfig`) becomes one flag, typed from its annotation:
 
 * ``bool``: ``--flip`` / ``--no-flip``;
@@ -23,8 +23,12 @@ import tomllib
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+#: CIFAR-10's training and test images, and their side in pixels: the bounds of the size settings.
+TRAIN_IMAGES, TEST_IMAGES, IMAGE_SIZE = 50_000, 10_000, 32
 
 
 class ConfigError(ValueError):
@@ -186,3 +190,63 @@ def read_file(path: str | Path, cls: type, extra: Iterable[str] = ()) -> dict[st
     if unknown:
         raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
     return values
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """What to train and how: the settings of a run. Sizes are in images, ``img_size`` in pixels.
+
+    Attributes:
+        model: architecture to build (a key of ``vitlab.models.ARCHITECTURES``).
+        init: fine-tune: start from these weights (any load_model spec). Weights pre-trained
+            without labels (``objective="mpp"``) get a new classifier head.
+        objective: classify (supervised, with labels), or mpp (masked patch prediction
+            without labels, a ViT only: ``python -m vitlab pretrain``).
+        img_size: fine-tune at this resolution; ViT position embeddings are resampled in 2-D.
+        subset_size: class-stratified training subset; None: all 50,000 images.
+        seed: seeds the subset, the initial weights, the batch order and the augmentation.
+        epochs: passes over the training images.
+        batch_size: global batch, split across processes under torchrun.
+        optimizer: adamw, or sgd (momentum 0.9, Nesterov).
+        lr: peak learning rate, after a linear warmup, before a cosine decay to zero.
+        weight_decay: decoupled weight decay of weights (not of biases, norms, embeddings).
+        warmup_epochs: epochs of linear learning-rate warmup, at most ``epochs`` (the default 2
+            is kept in shorter runs, whose learning rate then peaks below ``lr``).
+        label_smoothing: of the cross-entropy loss (folded into the soft targets under mixing).
+        mixup: alpha of mixup's Beta(alpha, alpha) mixing weight; 0: off (timm's ``mixup_alpha``).
+        cutmix: alpha of CutMix's Beta(alpha, alpha) box area; 0: off (timm's ``cutmix_alpha``).
+        mix_prob: chance that a batch is mixed at all, when mixup or cutmix is on (timm's ``prob``).
+        mix_switch_prob: with both on, chance that a mixed batch uses CutMix rather than mixup
+            (timm's ``switch_prob``).
+        crop_padding: pixels of reflection padding for random crops.
+        flip: random horizontal flips.
+        precision: auto (bf16 on GPUs, fp32 on CPUs), bf16 or fp32.
+        compile: torch.compile the model (GPU).
+        eval_size: class-stratified test subset scored after every epoch; None: all 10,000.
+    """
+
+    model: str = "vit_tiny_c10"
+    init: str | None = None
+    objective: Literal["classify", "mpp"] = "classify"
+    img_size: int | None = None
+    subset_size: int | None = None
+    seed: int = 0
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    mix_switch_prob: float = 0.5
+    crop_padding: int = 4
+    flip: bool = True
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    compile: bool = False
+    eval_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_choices(self)

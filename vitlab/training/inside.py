@@ -8,29 +8,25 @@ variance of its patch-embedding filters, as one :class:`~vitlab.records.InsideVi
 embeddings and patch-embedding filters: about 60 KB for ``vit_tiny_c10``), so all three
 Fig. 7 panels can be redrawn for any recorded epoch (:func:`stored_model`).
 
-The trainer keeps them in the run folder: ``inside.jsonl`` (one view per recorded epoch)
-and ``inside.safetensors`` (``pos_embed.<epoch>``, ``filters.<epoch>``), both rewritten whole
-and atomically (:func:`record`), trimmed to the resumed checkpoint's step (:func:`trim`). At
+The trainer keeps them in the run folder (``inside.jsonl`` and ``inside.safetensors``, read and
+written by :mod:`vitlab.training.run_folder`); :func:`load` gives them back for figures. At
 most :data:`MOST` epochs are recorded per run (:func:`recorded_epochs`). ResNets have no
 attention: they get no inside view. A hybrid ViT's embedding projects CNN features, not pixels:
 its views record no filters (NaN shares, ``filter_k`` 0, no ``filters.<epoch>`` tensors).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from torch import nn
 
 from .. import data
 from ..analysis import metrics
-from .run_folder import INSIDE_LOG, INSIDE_TENSORS, MODEL, SIDECAR, read_jsonl
+from . import run_folder
 from ..analysis.capture import head_statistics, uniform_distance
-from ..io import atomic_path, atomic_write
 from ..models import load_model
 from ..records import InsideView
 
@@ -114,23 +110,6 @@ def inside_tensors(model: nn.Module, epoch: int) -> dict[str, torch.Tensor]:
     return tensors
 
 
-# --- the run folder's files ----------------------------------------------------------------
-
-
-def read(out: str | os.PathLike) -> list[InsideView]:
-    """The inside views of the run in ``out``, by epoch (empty when there are none).
-
-    A last line cut short by a crash is dropped with a warning, as for ``metrics.jsonl``.
-    """
-    return [InsideView.from_json(r) for r in read_jsonl(Path(out) / INSIDE_LOG, "a resumed run records it again")]
-
-
-def read_tensors(out: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Everything in ``<out>/inside.safetensors`` (empty when there is no file)."""
-    path = Path(out) / INSIDE_TENSORS
-    return safetensors.torch.load_file(path) if path.is_file() else {}
-
-
 def load(out: str | os.PathLike) -> tuple[list[InsideView], dict[str, torch.Tensor], bool]:
     """``(views, tensors, recorded)`` of the run in ``out``, for figures.
 
@@ -139,45 +118,14 @@ def load(out: str | os.PathLike) -> tuple[list[InsideView], dict[str, torch.Tens
     run is left untouched): ``recorded`` is then False. Empty lists for anything else.
     """
     out = Path(out)
-    views = read(out)
-    if views or not (out / MODEL).is_file() or not (out / SIDECAR).is_file():
-        return views, read_tensors(out), bool(views)
-    final = json.loads((out / SIDECAR).read_text()).get("metrics", {})  # the finished run's last epoch
-    model = load_model(out / MODEL, device="cpu")
+    views = run_folder.read_inside(out)
+    if views or not (out / run_folder.MODEL).is_file() or not (out / run_folder.SIDECAR).is_file():
+        return views, run_folder.read_inside_tensors(out), bool(views)
+    final = run_folder.run_sidecar(out).metrics  # the finished run's last epoch
+    model = load_model(out / run_folder.MODEL, device="cpu")
     epoch, step = int(final.get("epoch", 0)), int(final.get("step", 0))
     view = inside_view(model, probe_images(), epoch, step)
     return ([], {}, False) if view is None else ([view], inside_tensors(model, epoch), False)
-
-
-def _epoch(key: str) -> int:
-    return int(key.rsplit(".", 1)[1])
-
-
-def _write(out: Path, views: list[InsideView], tensors: dict[str, torch.Tensor]) -> None:
-    """Tensors first, then the log: a crash between leaves tensors of an epoch with no line, dropped next time."""
-    keep = {v.epoch for v in views}
-    tensors = {k: v for k, v in tensors.items() if _epoch(k) in keep}
-    with atomic_path(out / INSIDE_TENSORS) as tmp:
-        safetensors.torch.save_file(tensors, str(tmp))
-    text = "".join(v.to_json() + "\n" for v in views)
-    atomic_write(out / INSIDE_LOG, lambda tmp: tmp.write_text(text))
-
-
-def record(out: str | os.PathLike, view: InsideView, tensors: dict[str, torch.Tensor]) -> None:
-    """Add ``view`` and its ``tensors`` (:func:`inside_tensors`) to the run in ``out``, both files rewritten atomically.
-
-    Views of the same or later steps (a stretch of the run that is being redone) are replaced.
-    """
-    out = Path(out)
-    views = [v for v in read(out) if v.step < view.step] + [view]
-    _write(out, views, {**read_tensors(out), **tensors})
-
-
-def trim(out: str | os.PathLike, step: int) -> None:
-    """Drop inside views (and their tensors) recorded after ``step``: the checkpoint a run resumes from."""
-    out = Path(out)
-    if (out / INSIDE_LOG).exists() or (out / INSIDE_TENSORS).exists():
-        _write(out, [v for v in read(out) if v.step <= step], read_tensors(out))
 
 
 def stored_model(view: InsideView, tensors: dict[str, torch.Tensor]) -> nn.Module:

@@ -28,18 +28,18 @@ from typing import Any
 from . import inside
 from ..views import readouts
 from .. import settings
-from .run_folder import RunFolderError, read_jsonl
-from .config import ConfigError, command_line, from_args
+from . import run_folder
+from .run_folder import RunFolderError
+from .config import ConfigError, TrainConfig, command_line, from_args
 from ..analysis.capture import head_statistics
 from ..io import write_json
 from ..models import load_model
-from ..records import InsideView, RecipeRun, Recipes, ResultsFileError
-from .loop import TrainConfig
+from ..records import RecipeRun, Recipes, ResultsFileError
 
 #: The locality experiment of issue 14 (zoo recipe with and without CutMix, 10 epochs, seeds 0 and 1).
 LOCALITY = settings.PROJECT_ROOT / "data" / "results" / "locality"
 #: What a run folder must hold to be collected, and what is copied of it.
-RUN_FILES = ("model.json", "metrics.jsonl", "inside.jsonl", "inside.safetensors")
+RUN_FILES = (run_folder.SIDECAR, run_folder.METRICS_LOG, run_folder.INSIDE_LOG, run_folder.INSIDE_TENSORS)
 EXPERIMENT = "experiment.json"
 FORMAT = 1
 #: Settings that may differ within an arm (its seeds), or that name no property of the recipe.
@@ -48,8 +48,8 @@ _NOT_RECIPE = {"seed", "out", "progress"}
 
 def _config(run: Path) -> tuple[dict[str, Any], str]:
     """The run's settings, every field of today's TrainConfig (one it predates at its default), and its commit."""
-    record = json.loads((run / "model.json").read_text())
-    return dataclasses.asdict(from_args(TrainConfig, record["config"])), record.get("code_version", "")
+    record = run_folder.run_sidecar(run)
+    return dataclasses.asdict(from_args(TrainConfig, record.config)), record.code_version or ""
 
 
 def differences(configs: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -92,19 +92,7 @@ def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathL
     or not at all.
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; choose another --out, or pass --force to replace it")
-    if len(arms) < 2 or any(not runs for runs in arms.values()):
-        raise ConfigError("a comparison needs at least two arms, each with at least one run folder")
-    folders = {arm: [Path(r) for r in runs] for arm, runs in arms.items()}
-    names = [f.name for runs in folders.values() for f in runs]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"run folder names must be unique (they name the copies): {names}")
-    for f in (f for runs in folders.values() for f in runs):
-        missing = [n for n in (*RUN_FILES, "model.safetensors") if not (f / n).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{f} lacks {', '.join(missing)}: collect finished ViT runs trained with "
-                                    "inside views on (the default)")
+    folders = _checked_folders(arms, out, force)
     configs = {arm: [_config(f)[0] for f in runs] for arm, runs in folders.items()}
     differ = differences(configs)
     images = inside.probe_images()
@@ -119,7 +107,7 @@ def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathL
                 for n in RUN_FILES:
                     shutil.copy2(f / n, tmp / f.name / n)
                 stats = head_statistics(load_model(f / "model.safetensors", device="cpu"), images, progress=progress)
-                view = inside.read(f)[-1]
+                view = run_folder.read_inside(f)[-1]
                 spread = readouts.attention_distance(stats["distance_per_image"][:, :1], view.uniform)
                 stored[arm].append(dict(name=f.name, seed=_config(f)[0]["seed"], lowest_std=spread.head_std,
                                         lowest_low=spread.head_low, lowest_high=spread.head_high))
@@ -138,6 +126,25 @@ def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathL
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return read(out)
+
+
+def _checked_folders(arms: Mapping[str, Sequence[str | os.PathLike]], out: Path, force: bool) -> dict[str, list[Path]]:
+    """The run folders of each arm, once :func:`collect` may go on: ``out`` free (or ``force``), two arms or
+    more, unique folder names, and every folder a finished run with its records."""
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; choose another --out, or pass --force to replace it")
+    if len(arms) < 2 or any(not runs for runs in arms.values()):
+        raise ConfigError("a comparison needs at least two arms, each with at least one run folder")
+    folders = {arm: [Path(r) for r in runs] for arm, runs in arms.items()}
+    names = [f.name for runs in folders.values() for f in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"run folder names must be unique (they name the copies): {names}")
+    for f in (f for runs in folders.values() for f in runs):
+        missing = [n for n in (*RUN_FILES, run_folder.MODEL) if not (f / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{f} lacks {', '.join(missing)}: collect finished ViT runs trained with "
+                                    "inside views on (the default)")
+    return folders
 
 
 def read(folder: str | os.PathLike = LOCALITY) -> Recipes:
@@ -165,8 +172,7 @@ def read(folder: str | os.PathLike = LOCALITY) -> Recipes:
 def _run(folder: Path, arm: str, row: dict[str, Any]) -> RecipeRun:
     run = folder / row["name"]
     config, code = _config(run)
-    views = [InsideView.from_json(r) for r in read_jsonl(run / "inside.jsonl")]
-    metrics = read_jsonl(run / "metrics.jsonl")
+    views, metrics = run_folder.read_inside(run), run_folder.read_metrics(run)
     if not views or not metrics:
         raise ValueError(f"{run} has no inside views or no metrics")
     return RecipeRun(name=row["name"], arm=arm, seed=int(row["seed"]), config=config, code_version=code,

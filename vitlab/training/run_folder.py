@@ -1,4 +1,4 @@
-"""The files a training run keeps in its folder (checkpoints, the metrics log, the lock) and its provenance.
+"""The run folder: every file a training run keeps in ``out``, read and written here and nowhere else.
 
 A checkpoint is ``checkpoint-<step>.safetensors`` (weights), ``checkpoint-<step>.state.pt``
 (optimiser, augmentation stream, torch RNG) and ``checkpoint-<step>.json``, its record:
@@ -8,9 +8,11 @@ any moment leaves each record naming complete files. The last two checkpoints ar
 resumed run checks the checksums and falls back to the previous checkpoint when the latest
 cannot be read. ``metrics.jsonl`` holds one JSON record per finished epoch; a line cut
 short by a crash is dropped on reading. ``vitlab.lock`` keeps a second process out of a
-folder in use. ``inside.jsonl`` and ``inside.safetensors`` (:mod:`vitlab.training.inside`) are read
-the same way and trimmed on resume like the metrics log. Settings are compared field by
-field, so this module needs no training code.
+folder in use. A ViT's inside views (:mod:`vitlab.training.inside`) are ``inside.jsonl``, one
+view per recorded epoch, and ``inside.safetensors`` (``pos_embed.<epoch>``, ``filters.<epoch>``),
+both rewritten whole and trimmed on resume like the metrics log. A finished run leaves
+``model.safetensors`` and its sidecar ``model.json`` (:mod:`vitlab.models.sidecar`). Settings
+are compared field by field, so this module needs no training code.
 """
 from __future__ import annotations
 
@@ -36,6 +38,10 @@ from torch import nn
 from .. import settings
 from .config import ConfigError
 from ..io import atomic_path, atomic_write, write_json
+from ..models import save_model
+from ..models.sidecar import Sidecar, read_sidecar
+from ..models.weights import WeightsFileError
+from ..records import InsideView
 
 #: The per-epoch log in a run's folder.
 METRICS_LOG = "metrics.jsonl"
@@ -246,8 +252,8 @@ def changes(saved: dict[str, Any], config: Any, where: str = "the checkpoint") -
     return [f"{name} {old!r} in {where}, {new!r} now" for name, old, new in pairs if old != new]
 
 
-def finished_run(out: Path, config: Any) -> dict[str, Any] | None:
-    """The sidecar record of the run that finished in ``out`` with settings ``config``; None if none did.
+def finished_run(out: Path, config: Any) -> Sidecar | None:
+    """The sidecar of the run that finished in ``out`` with settings ``config``; None if none did.
 
     A ``model.safetensors`` without a sidecar is the crash of a run between writing the two
     when checkpoint records remain (None: the run finishes again); otherwise it is not
@@ -257,26 +263,41 @@ def finished_run(out: Path, config: Any) -> dict[str, Any] | None:
         ConfigError: the finished run had other settings (naming each, with both values).
         RunFolderError: ``out`` holds a model that no vitlab training run wrote.
     """
-    model, sidecar = out / MODEL, out / SIDECAR
+    model = out / MODEL
     if not model.exists():
         return None
     try:
-        record = json.loads(sidecar.read_text())
-        problem = None if isinstance(record, dict) and isinstance(record.get("config"), dict) else "no run settings"
+        record = read_sidecar(out / SIDECAR)
+        problem = None if record.config else "no run settings"
     except FileNotFoundError:
         problem = f"no {SIDECAR}"
-    except (OSError, ValueError) as err:
+    except (OSError, WeightsFileError) as err:
         problem = f"{SIDECAR} cannot be read: {str(err).splitlines()[0]}"
     if problem is not None:
         if (out / POINTER).is_file() or any(CHECKPOINT_FILE.fullmatch(p.name) for p in out.glob("checkpoint-*.json")):
             return None
         raise RunFolderError(f"{model} was not written by a vitlab training run ({problem}); vitlab does not "
                              "overwrite it: choose another --out")
-    differences = changes(record["config"], config, where="the finished run")
+    differences = changes(record.config, config, where="the finished run")
     if differences:
         raise ConfigError(f"{out} holds a finished run with other settings ({'; '.join(differences)}); "
                           "choose another --out, or pass the same settings to get its result")
     return record
+
+
+def run_sidecar(out: str | os.PathLike) -> Sidecar:
+    """The sidecar of the finished run in ``out`` (its settings, final metrics, data, code version)."""
+    return read_sidecar(Path(out) / SIDECAR)
+
+
+def save_final(out: Path, model: nn.Module, *, config: Any, metrics: dict[str, Any], data: dict[str, Any],
+               extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the finished run's ``model.safetensors`` and its sidecar: settings, final metrics, data, code version.
+
+    ``extra`` tensors (an objective's own parameters) are stored beside the model's weights.
+    """
+    metadata = dict(config=dataclasses.asdict(config), metrics=metrics, data=data, code_version=code_version())
+    return save_model(model, out / MODEL, metadata=metadata, extra=extra)
 
 
 def _records(out: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
@@ -380,3 +401,47 @@ def restore(state: dict[str, Any], optimizer: torch.optim.Optimizer, generator: 
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"]), float(state["wall_seconds"])
+
+
+# --- inside views ----------------------------------------------------------------------
+
+
+def read_inside(out: str | os.PathLike) -> list[InsideView]:
+    """The inside views recorded in ``out``, by epoch (empty when there are none).
+
+    A last line cut short by a crash is dropped with a warning, as for ``metrics.jsonl``.
+    """
+    return [InsideView.from_json(r) for r in read_jsonl(Path(out) / INSIDE_LOG)]
+
+
+def read_inside_tensors(out: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Everything in ``<out>/inside.safetensors`` (empty when there is no file)."""
+    path = Path(out) / INSIDE_TENSORS
+    return safetensors.torch.load_file(path) if path.is_file() else {}
+
+
+def _write_inside(out: Path, views: list[InsideView], tensors: dict[str, torch.Tensor]) -> None:
+    """Tensors first, then the log: a crash between leaves tensors of an epoch with no line, dropped next time."""
+    keep = {v.epoch for v in views}
+    tensors = {k: v for k, v in tensors.items() if int(k.rsplit(".", 1)[1]) in keep}  # "<name>.<epoch>"
+    with atomic_path(out / INSIDE_TENSORS) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp))
+    text = "".join(v.to_json() + "\n" for v in views)
+    atomic_write(out / INSIDE_LOG, lambda tmp: tmp.write_text(text))
+
+
+def record_inside(out: str | os.PathLike, view: InsideView, tensors: dict[str, torch.Tensor]) -> None:
+    """Add ``view`` and its ``tensors`` to the run in ``out``, both files rewritten atomically.
+
+    Views of the same or later steps (a stretch of the run that is being redone) are replaced.
+    """
+    out = Path(out)
+    views = [v for v in read_inside(out) if v.step < view.step] + [view]
+    _write_inside(out, views, {**read_inside_tensors(out), **tensors})
+
+
+def trim_inside(out: str | os.PathLike, step: int) -> None:
+    """Drop inside views (and their tensors) recorded after ``step``: the checkpoint a run resumes from."""
+    out = Path(out)
+    if (out / INSIDE_LOG).exists() or (out / INSIDE_TENSORS).exists():
+        _write_inside(out, [v for v in read_inside(out) if v.step <= step], read_inside_tensors(out))

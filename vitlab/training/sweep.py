@@ -40,7 +40,11 @@ from .config import ConfigError, check_choices, command_line
 from ..models import ARCHITECTURES, build_model, check_spec, load_model
 from ..analysis.capture import head_statistics
 from ..records import RunInside, RunProbe, RunRecord
-from .loop import code_version, evaluate, init_objective, train
+from .loop import train
+from .objectives import evaluate, init_objective
+from .evaluators import FewshotEvaluator, InsideViewEvaluator
+from .run_folder import MODEL, code_version
+from ..analysis.representations import PRE_LOGITS
 
 #: Train and test images, uint8 (N, 3, 32, 32) and labels (N,).
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -287,27 +291,25 @@ def fewshot_runs(config: SweepConfig, train_set: Split | None = None, test_set: 
         train_set, test_set: CIFAR-10's splits (loaded when not given); the probes score
             ``config.fewshot_test`` class-stratified test images.
     """
-    from ..analysis.representations import fewshot_probes
-
     setting = dict(shots=list(config.fewshot), seeds=config.fewshot_seeds, test=config.fewshot_test)
     probes, commands = records.read_run_probes(config.results)  # a torn file stops here, before the data
     commands = _with(commands, config.command())
     skip = {_key(p) for p in probes if p.probe_setting == setting}
     wanted = {_key(run) for run in config.runs()}
     todo = [r for r in records.read_runs(config.results) if _key(r) in wanted and _key(r) not in skip
-            and (_run_dir(config, r) / "model.safetensors").is_file()]
+            and (_run_dir(config, r) / MODEL).is_file()]
     if not todo:
         return probes
     (train_x, train_y), (test_x, test_y) = train_set or data.cifar10("train"), test_set or data.cifar10("test")
     test_idx = data.stratified_subset(test_y, config.fewshot_test, 0)
+    evaluator = FewshotEvaluator(train_x, train_y, test_x[test_idx], test_y[test_idx], shots=config.fewshot,
+                                 seeds=tuple(range(config.fewshot_seeds)), layers=[PRE_LOGITS])
     for record in tqdm(todo, desc="few-shot probes", disable=not (progress and todo)):
-        model = load_model(_run_dir(config, record) / "model.safetensors", device="cpu")
-        rows = fewshot_probes(model, train_x, train_y, test_x[test_idx], test_y[test_idx], shots=config.fewshot,
-                              seeds=tuple(range(config.fewshot_seeds)), name=record.model, family=record.family,
-                              layers=["pre_logits"])
+        model = load_model(_run_dir(config, record) / MODEL, device="cpu")
+        rows = evaluator.run(model, name=record.model, family=record.family)
         accuracy = {k: statistics.fmean(r.accuracy for r in rows if r.shots == k) for k in config.fewshot}
         probe = RunProbe(model=record.model, family=record.family, subset_size=record.subset_size, seed=record.seed,
-                         epochs=record.epochs, batch_size=record.batch_size, init=record.init, layer="pre_logits",
+                         epochs=record.epochs, batch_size=record.batch_size, init=record.init, layer=PRE_LOGITS,
                          pooling=rows[0].pooling, fewshot=accuracy, probe_setting=setting)
         probes = [p for p in probes if _key(p) != _key(record)] + [probe]
         records.write_run_probes(config.results, probes, commands)
@@ -329,15 +331,15 @@ def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
     commands = _with(commands, config.command())
     have, wanted = {v.key for v in views}, {_key(run) for run in config.runs()}
     todo = [r for r in records.read_runs(config.results) if r.family != "resnet" and _key(r) in wanted
-            and _key(r) not in have and (_run_dir(config, r) / "model.safetensors").is_file()]
+            and _key(r) not in have and (_run_dir(config, r) / MODEL).is_file()]
     if not todo:
         return views
     images = inside.probe_images()
+    evaluator = InsideViewEvaluator(images)
     for record in tqdm(todo, desc="inside views", disable=not progress):
-        model = load_model(_run_dir(config, record) / "model.safetensors", device="cpu")
+        model = load_model(_run_dir(config, record) / MODEL, device="cpu")
         stats = head_statistics(model, images)  # once: the view's means and the per-image spread
-        view = inside.inside_view(model, images, epoch=record.epochs, step=record.images_seen // record.batch_size,
-                                  stats=stats)
+        view = evaluator.run(model, epoch=record.epochs, step=record.images_seen // record.batch_size, stats=stats)
         lowest = stats["distance_per_image"][:, :1]  # (images, 1, heads)
         spread = readouts.attention_distance(lowest, view.uniform)  # its lowest layer's most local head
         views = [*views, RunInside(model=record.model, family=record.family, subset_size=record.subset_size,

@@ -10,7 +10,6 @@ another recipe). :func:`train_config` is the one place the recipes are written;
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shlex
 import shutil
@@ -24,11 +23,12 @@ from torch import nn
 
 from .. import data
 from ..models import loading
-from . import mpp
-from .run_folder import INSIDE_LOG, INSIDE_TENSORS, read_jsonl
-from .config import ConfigError, command_line, from_args
+from ..models.sidecar import Sidecar, read_sidecar, sidecar_path
+from . import run_folder
+from .run_folder import INSIDE_LOG, INSIDE_TENSORS, METRICS_LOG, read_jsonl
+from .config import ConfigError, TrainConfig, command_line, from_args
+from .objectives import Objective, objective_for
 from ..io import atomic_write
-from .loop import TrainConfig, evaluate
 
 #: The recipe of the ViT entries: AdamW, as for the paper's ViTs (read-only: entries share it).
 VIT_RECIPE: Mapping[str, Any] = MappingProxyType(dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=30,
@@ -50,7 +50,7 @@ class ZooEntry:
     Attributes:
         name: the zoo name (``load_model(name)``; checkpoint ``data/zoo/<name>.safetensors``).
         architecture: a key of ``vitlab.models.ARCHITECTURES``.
-        recipe: :class:`~vitlab.training.loop.TrainConfig` fields of its training run.
+        recipe: :class:`~vitlab.training.config.TrainConfig` fields of its training run.
         description: one line for listings.
         shipped: the repository ships a trained checkpoint of this entry in ``data/zoo``.
     """
@@ -113,7 +113,7 @@ def entry(name: str) -> ZooEntry:
 
 
 def train_config(name: str, **overrides: Any) -> TrainConfig:
-    """The :class:`~vitlab.training.loop.TrainConfig` of zoo entry ``name``: its architecture and recipe.
+    """The :class:`~vitlab.training.config.TrainConfig` of zoo entry ``name``: its architecture and recipe.
 
     ``overrides`` replace recipe settings, e.g. ``train_config("vit_tiny_c10", subset_size=5000)``.
     """
@@ -135,8 +135,8 @@ def zoo() -> dict[str, dict[str, Any]]:
     """
     out = {}
     for name, e in ENTRIES.items():
-        sidecar = e.weights.with_suffix(".json")
-        record = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        sidecar = sidecar_path(e.weights)
+        metrics = read_sidecar(sidecar).metrics if sidecar.is_file() else {}
         params = sum(p.numel() for p in loading.ARCHITECTURES[e.architecture].build().parameters())
         out[name] = dict(
             family=e.family,
@@ -144,7 +144,7 @@ def zoo() -> dict[str, dict[str, Any]]:
             params=params,
             checkpoint=str(e.weights) if e.weights.is_file() else None,
             objective=e.objective,
-            test_accuracy=record.get("metrics", {}).get("test_accuracy"),
+            test_accuracy=metrics.get("test_accuracy"),
             trained=e.weights.is_file(),
         )
     return out
@@ -201,24 +201,29 @@ class TrainingRecord:
     """How a trained checkpoint was made: its sidecar, its metrics log, and where its inside views are.
 
     Attributes:
-        sidecar: the checkpoint's JSON sidecar (``config``, ``metrics``, ``command``, ...).
+        sidecar: the checkpoint's sidecar (``config``, ``metrics``, ``data``, ``command``, ...).
         log: one record per epoch (loss, train and test accuracy, wall seconds, ...).
         inside: the folder of its inside views over training (may hold none).
     """
 
-    sidecar: dict[str, Any]
+    sidecar: Sidecar
     log: list[dict[str, Any]]
     inside: Path
+
+    @property
+    def config(self) -> TrainConfig:
+        """The settings it was trained with (a setting its run predates at its default)."""
+        return from_args(TrainConfig, self.sidecar.config)
 
 
 def training_record(spec: str | os.PathLike) -> TrainingRecord:
     """The :class:`TrainingRecord` of a zoo entry's checkpoint, or of a run's ``model.safetensors``."""
     path = Path(spec)
     if path.is_file():
-        sidecar, log, inside = path.with_suffix(".json"), path.parent / "metrics.jsonl", path.parent
+        sidecar, log, inside = sidecar_path(path), path.parent / METRICS_LOG, path.parent
     elif str(spec) in ENTRIES and trained(str(spec)):
         weights = ENTRIES[str(spec)].weights
-        sidecar, log = weights.with_suffix(".json"), weights.with_suffix(".metrics.jsonl")
+        sidecar, log = sidecar_path(weights), weights.with_suffix(".metrics.jsonl")
         inside = inside_folder(str(spec))
     else:
         names = ", ".join(n for n in ENTRIES if trained(n))
@@ -226,33 +231,24 @@ def training_record(spec: str | os.PathLike) -> TrainingRecord:
                                 "nor a run's model.safetensors")
     if not sidecar.is_file() or not log.is_file():
         raise FileNotFoundError(f"{spec}: its training record is missing ({sidecar.name} and {log.name} beside it)")
-    return TrainingRecord(sidecar=json.loads(sidecar.read_text()), log=read_jsonl(log), inside=inside)
+    return TrainingRecord(sidecar=read_sidecar(sidecar), log=read_jsonl(log), inside=inside)
 
 
-def check_accuracy(model: nn.Module) -> float:
-    """Accuracy on the fixed ``CHECK_SIZE`` test images that zoo records are checked on.
+def check_accuracy(name: str) -> float:
+    """Zoo entry ``name``'s accuracy on the fixed ``CHECK_SIZE`` test images its record is checked on.
 
-    A pre-trainer (:class:`vitlab.training.mpp.MaskedPatchPrediction`) is scored on the share of those
-    images' corrupted patches whose colour it predicts right.
+    Measured as its objective measures test accuracy: top-1 for a classifier; for an encoder
+    pre-trained by masked patch prediction, with its mask embedding and colour head, the share
+    of those images' corrupted patches whose colour it predicts right.
     """
+    objective = objective_for(train_config(name))
+    return _check_set_accuracy(objective, objective.load_trained(entry(name).weights))
+
+
+def _check_set_accuracy(objective: Objective, trained: nn.Module) -> float:
     images, labels = data.cifar10("test")
     idx = data.stratified_subset(labels, CHECK_SIZE, seed=0)
-    return _accuracy(model, images[idx], labels[idx])
-
-
-def _accuracy(model: nn.Module, images, labels) -> float:
-    if isinstance(model, mpp.MaskedPatchPrediction):
-        return mpp.masked_accuracy(model, images)
-    return evaluate(model, images, labels)
-
-
-def checked_model(name: str) -> nn.Module:
-    """Zoo entry ``name``'s checkpoint as its recorded accuracy is measured: the classifier, or for a
-    pre-trained encoder the encoder with its masked-patch-prediction head (:func:`vitlab.training.mpp.load_pretrainer`)."""
-    found = entry(name)
-    if found.objective == "mpp":
-        return mpp.load_pretrainer(found.weights, device="cpu")
-    return loading.load_model(name, device="cpu")
+    return objective.test_accuracy(trained, images[idx], labels[idx])
 
 
 def publish(run: str | os.PathLike, name: str, code_version: str | None = None, force: bool = False) -> Path:
@@ -271,11 +267,11 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
             (checked before anything is evaluated or written).
     """
     found, run = entry(name), Path(run)
-    weights, sidecar = run / "model.safetensors", run / "model.json"
+    weights = run / run_folder.MODEL
     if not weights.is_file():
-        raise FileNotFoundError(f"{run} holds no finished run (no model.safetensors)")
-    meta = json.loads(sidecar.read_text())
-    config = from_args(TrainConfig, meta["config"])  # drops keys of earlier versions (out, progress)
+        raise FileNotFoundError(f"{run} holds no finished run (no {run_folder.MODEL})")
+    meta = run_folder.run_sidecar(run)
+    config = from_args(TrainConfig, meta.config)  # drops keys of earlier versions (out, progress)
     if config.model != found.architecture:
         raise ConfigError(f"{run} trained a {config.model}, but zoo entry {name} is a {found.architecture}")
     if found.weights.exists() and not force:
@@ -284,23 +280,26 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
     if config.objective != found.objective:
         raise ConfigError(f"{run} was trained with objective {config.objective}, but zoo entry {name} is "
                           f"{found.objective}")
-    pretrainer = mpp.load_pretrainer(weights, device="cpu") if config.objective == "mpp" else None
-    model = pretrainer.encoder if pretrainer is not None else loading.load_model(weights, device="cpu")
+    objective = objective_for(config)
+    trained = objective.load_trained(weights)
     images, labels = data.cifar10("test")
-    meta["metrics"]["test_accuracy"] = _accuracy(pretrainer or model, images, labels)
-    meta["metrics"][f"test_accuracy_{CHECK_SIZE}"] = check_accuracy(pretrainer or model)
-    if pretrainer is not None:
-        metrics = meta["metrics"]
-        meta["pretraining"] = dict(objective=config.objective, epochs=config.epochs,
-                                   images_seen=metrics["step"] * config.batch_size,
-                                   wall_seconds=metrics["wall_seconds"], masked_colour_accuracy=metrics["test_accuracy"],
-                                   labels_used=False)
+    metrics = dict(meta.metrics, test_accuracy=objective.test_accuracy(trained, images, labels))
+    metrics[f"test_accuracy_{CHECK_SIZE}"] = _check_set_accuracy(objective, trained)
     command = f"{command_line('python -m vitlab train', config)} --out {shlex.quote(str(run))}"
-    meta.update(config=dataclasses.asdict(config), command=command,
-                code_version=code_version or meta.get("code_version", "unknown"))
-    target = found.weights
-    log = (run / "metrics.jsonl").read_text()
-    atomic_write(target.with_suffix(".metrics.jsonl"), lambda tmp: tmp.write_text(log))
+    published = dataclasses.replace(
+        meta, config=dataclasses.asdict(config), metrics=metrics, command=command,
+        code_version=code_version or ("unknown" if meta.code_version is None else meta.code_version),
+        others=dict(meta.others, **objective.published(metrics)))
+    _copy_logs(run, name)
+    keep = {k: v for k, v in published.to_json().items() if k not in ("architecture", "pretrained_cfg", "format")}
+    loading.save_model(objective.encoder(trained), found.weights, metadata=keep, extra=objective.extra_state(trained))
+    return found.weights
+
+
+def _copy_logs(run: Path, name: str) -> None:
+    """Copy the run's metrics log beside the entry's checkpoint and its inside views (if any) to :func:`inside_folder`."""
+    log = (run / METRICS_LOG).read_text()
+    atomic_write(entry(name).weights.with_suffix(".metrics.jsonl"), lambda tmp: tmp.write_text(log))
     inside = inside_folder(name)
     for file in (INSIDE_LOG, INSIDE_TENSORS):
         if (run / file).is_file():
@@ -308,6 +307,3 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
             atomic_write(inside / file, lambda tmp, source=run / file: shutil.copyfile(source, tmp))
         elif (inside / file).is_file():  # the replaced checkpoint's record (force): not this run's
             (inside / file).unlink()
-    keep = {k: v for k, v in meta.items() if k not in ("architecture", "pretrained_cfg", "format")}
-    loading.save_model(model, target, metadata=keep, extra=mpp.objective_state(pretrainer) if pretrainer else None)
-    return target

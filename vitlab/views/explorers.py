@@ -28,7 +28,9 @@ from .study_explorers import CKAExplorer, ProbeExplorer, SweepExplorer
 from .controls import STYLE, Explorer, Recent, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
 from ..analysis.capture import INIT_SEEDS, capture, head_statistics, random_init_statistics, uniform_distance
 from ..settings import quick_or
-from ..training.loop import mixing, read_metrics, train
+from ..training.loop import train
+from ..training.objectives import mixing
+from ..training.run_folder import read_metrics
 
 
 # --- Fig. 7: filters, position embeddings, attention distance ----------------------------------
@@ -437,7 +439,7 @@ class TrainingMonitor(W.VBox):
 
 
 def train_with_curves(config, out: str | Path, title: str | None = None):
-    """Show live curves, train ``config`` (a :class:`vitlab.training.loop.TrainConfig`) into ``out``, return the result."""
+    """Show live curves, train ``config`` (a :class:`vitlab.training.config.TrainConfig`) into ``out``, return the result."""
     from IPython.display import display
 
     # A run resumed (or already finished) in ``out`` shows the epochs it has recorded so far.

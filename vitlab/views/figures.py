@@ -532,7 +532,7 @@ def inside_views_figure(views: Sequence[InsideView], epoch: int | None = None,
     """The lowest layer's most local head and each layer's mean distance against epoch, with uniform attention.
 
     Args:
-        views: a run's inside views (:func:`vitlab.training.inside.read`), in epoch order.
+        views: a run's inside views (:func:`vitlab.training.run_folder.read_inside`), in epoch order.
         epoch: marked with a vertical line (e.g. the epoch an explorer shows).
     """
     if not views:
@@ -713,7 +713,7 @@ def pretraining_figure(records: list[dict], baselines: dict[str, float] | None =
     """Pre-training loss and masked-patch colour accuracy per epoch, with the guesses that need no model.
 
     Args:
-        records: the run's metrics log (:func:`vitlab.training.loop.read_metrics`).
+        records: the run's metrics log (:func:`vitlab.training.run_folder.read_metrics`).
         baselines: accuracy of guesses on the same test patches (:func:`vitlab.training.mpp.baselines`),
             drawn as dotted lines on the accuracy panel.
     """

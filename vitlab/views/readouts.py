@@ -669,7 +669,7 @@ def pretraining(log: Sequence[dict], baselines: dict[str, float], batch_size: in
     """Readout of a pre-training run's metrics log (masked-patch colour accuracy per epoch) against guesses.
 
     Args:
-        log: the run's metrics records (:func:`vitlab.training.loop.read_metrics`).
+        log: the run's metrics records (:func:`vitlab.training.run_folder.read_metrics`).
         baselines: guesses scored on the same test patches (:func:`vitlab.training.mpp.baselines`).
         batch_size: of the run, to count the images it saw.
     """

@@ -1,7 +1,8 @@
 """Views of the ViT vs ResNet study (notebook 05): the sweep, few-shot probes, CKA.
 
 Each is an :class:`~vitlab.views.controls.Explorer`; :mod:`vitlab.views.explorers` gives them under its
-name too. The computations are :mod:`vitlab.analysis.representations`'s; the figures :mod:`vitlab.views.figures`'.
+name too. The measurements are :mod:`vitlab.training.evaluators`' (over
+:mod:`vitlab.analysis.representations`); the figures :mod:`vitlab.views.figures`'.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch
 from .. import data
 from . import figures
 from ..training import zoo
-from ..analysis.representations import SHOTS, cka_matrix, fewshot_probes
+from ..analysis.representations import SHOTS
+from ..training.evaluators import CKAEvaluator, CKAResult, FewshotEvaluator
 from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, side_by_side
 from ..records import ProbeRecord, RunRecord
 
@@ -112,7 +114,8 @@ class ProbeExplorer(Explorer):
         todo = [s for s in self.specs if model_key(s) not in self._probes]
         for i, spec in enumerate(todo):
             self.step(f"fitting probes on every layer of {spec} ({i + 1} of {len(todo)} models)", i, len(todo))
-            self._probes[model_key(spec)] = fewshot_probes(cached_model(spec), *self.data, name=spec, **self.settings)
+            probes = FewshotEvaluator(*self.data, **self.settings)
+            self._probes[model_key(spec)] = probes.run(cached_model(spec), name=spec)
         records = [r for s in self.specs for r in self._probes[model_key(s)]]
         if not self.layers.options:  # by default, the curves of each model's last layer
             triples = list(dict.fromkeys((r.model, r.layer, r.pooling) for r in records))
@@ -154,7 +157,7 @@ class CKAExplorer(Explorer):
         a, b = initial if initial is not None else (models[0], models[-1])
         super().__init__(models, a, description="model A")
         self.data, self.batch_size, self.source, self.labels = images, min(batch_size, len(images)), source, labels
-        self._cache: dict[tuple, tuple[torch.Tensor, list[str], list[str]]] = {}
+        self._cache: dict[tuple, CKAResult] = {}
         self.model_a, self.model_b = self.model, model_dropdown(models, b, "model B")
         self.representation = W.ToggleButtons(options=["full", "pooled"], description="layer output", style=STYLE)
         self.cross, self.self_similarity = self.plots
@@ -168,11 +171,12 @@ class CKAExplorer(Explorer):
         todo = {k: p for k, p in zip(keys, pairs) if k not in self._cache}  # A x A once when B is A
         for i, (key, (x, y)) in enumerate(todo.items()):
             self.step(f"CKA of {x} x {y} over {self.describe(None)} ({i + 1} of {len(todo)})", i, len(todo))
-            self._cache[key] = cka_matrix(cached_model(x), cached_model(y), self.data, self.batch_size, rep)
+            cka = CKAEvaluator(self.data, reference=cached_model(y), batch_size=self.batch_size, representation=rep)
+            self._cache[key] = cka.run(cached_model(x))
         return [(x, y, self._cache[k]) for (x, y), k in zip(pairs, keys)]
 
     def describe(self, _result: Any) -> str:
-        used = len(self.data) // self.batch_size * self.batch_size  # cka_matrix drops a remainder
+        used = len(self.data) // self.batch_size * self.batch_size  # CKA drops a remainder
         labels = self.labels[:used] if self.labels is not None else None
         return data.describe_images(used, self.source, labels)
 

@@ -1,4 +1,5 @@
-"""Checkpoints and the metrics log: written atomically, resumed bit-exactly, refused on changed settings."""
+"""The run folder: checkpoints and the metrics log (written atomically, resumed bit-exactly, refused on changed
+settings), the inside-view files and the finished run's model and sidecar."""
 import dataclasses
 import hashlib
 import json
@@ -15,11 +16,12 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from vitlab.training import run_folder
+from vitlab import models
+from vitlab.training import inside, run_folder
 from vitlab.training import config
 from vitlab.training import loop
 from vitlab.__main__ import main
-from vitlab.training.config import ConfigError
+from vitlab.training.config import ConfigError, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -223,12 +225,6 @@ def test_a_folder_in_use_by_another_process_is_refused_naming_it(tmp_path):
     assert (tmp_path / run_folder.LOCK).exists()  # never deleted: another process may be opening it
 
 
-def test_train_still_offers_the_run_file_helpers():
-    """Notebooks and widgets call loop.read_metrics; sweep and benchmarks import these from train."""
-    assert loop.read_metrics is run_folder.read_metrics
-    assert loop.code_version is run_folder.code_version and loop.hardware is run_folder.hardware
-
-
 def _cli_train(out, env_root, extra=()):
     env = dict(os.environ, VITLAB_DATA=str(env_root), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "vitlab", "train", "--model", "vit_tiny_c10", "--epochs", "3", "--batch-size", "32",
@@ -265,7 +261,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights(tmp_path, fake_cif
 
 
 def test_a_changed_config_is_refused_naming_every_change(tmp_path, fake_cifar):
-    config = loop.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    config = TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
     loop.train(config, tmp_path / "run", progress=False)
     changed = dataclasses.replace(config, lr=0.5, flip=False)
     with pytest.raises(ValueError, match="finished run with other settings \\(lr 0.001 in the finished run, 0.5 now; "
@@ -284,7 +280,7 @@ def _stop_in_epoch_two(record):
 
 def test_checkpoints_of_earlier_versions_still_resume(tmp_path, fake_cifar, capsys):
     """Earlier versions wrote checkpoint.json alone, without checksums, with out, progress and checkpoint_every."""
-    config = loop.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50)
+    config = TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50)
     with pytest.raises(KeyboardInterrupt):
         loop.train(config, tmp_path / "run", progress=False, on_epoch=_stop_in_epoch_two)
     (tmp_path / "run" / "checkpoint-00000010.json").unlink()
@@ -302,7 +298,7 @@ def test_resume_does_not_depend_on_how_out_is_spelled(tmp_path, fake_cifar, monk
     monkeypatch.chdir(tmp_path)
     flags = ["--model", "vit_micro_c10", "--epochs", "2", "--batch-size", "64", "--eval-size", "50"]
     with pytest.raises(KeyboardInterrupt):
-        loop.train(config.from_args(loop.TrainConfig, dict(model="vit_micro_c10", epochs=2, batch_size=64,
+        loop.train(config.from_args(TrainConfig, dict(model="vit_micro_c10", epochs=2, batch_size=64,
                                                                eval_size=50)), "ok", on_epoch=_stop_in_epoch_two)
     capsys.readouterr()
     main(["train", *flags, "--out", "./ok/"])
@@ -313,3 +309,47 @@ def test_resume_does_not_depend_on_how_out_is_spelled(tmp_path, fake_cifar, monk
     with pytest.raises(SystemExit, match="lr 0.001 in the finished run, 0.5 now"):
         main(["train", *flags, "--lr", "0.5", "--out", "ok"])
     assert (tmp_path / "ok" / "model.safetensors").read_bytes() == weights
+
+
+# --- inside views and the finished run's files ----------------------------------------------
+
+
+def test_a_torn_inside_line_is_dropped_and_a_later_record_replaces_it(tmp_path):
+    torch.manual_seed(0)
+    micro_vit = models.build_model({"zoo": "vit_micro_c10"}).eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    for epoch in (1, 2):
+        run_folder.record_inside(tmp_path, inside.inside_view(micro_vit, images, epoch, 10 * epoch),
+                                 inside.inside_tensors(micro_vit, epoch))
+    line = inside.inside_view(micro_vit, images, 3, 30).to_json()
+    with open(tmp_path / run_folder.INSIDE_LOG, "a") as f:
+        f.write(line[: len(line) // 2])
+    with pytest.warns(UserWarning, match="dropped its last line"):
+        assert [v.epoch for v in run_folder.read_inside(tmp_path)] == [1, 2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_folder.record_inside(tmp_path, inside.inside_view(micro_vit, images, 2, 20),
+                                 inside.inside_tensors(micro_vit, 2))
+    assert [v.epoch for v in run_folder.read_inside(tmp_path)] == [1, 2]  # epoch 2 redone, not doubled
+    assert sorted(run_folder.read_inside_tensors(tmp_path)) == ["filters.1", "filters.2", "pos_embed.1", "pos_embed.2"]
+    run_folder.trim_inside(tmp_path, 10)
+    assert [v.epoch for v in run_folder.read_inside(tmp_path)] == [1]
+    assert sorted(run_folder.read_inside_tensors(tmp_path)) == ["filters.1", "pos_embed.1"]
+
+
+def test_the_final_model_and_its_sidecar_read_back_as_the_finished_run(tmp_path):
+    config = TrainConfig(model="vit_micro_c10", epochs=3, lr=0.002)
+    model = models.build_model({"zoo": "vit_micro_c10"})
+    metrics = {"epoch": 3, "test_accuracy": 0.25}
+    data = {"dataset": "cifar10", "train_images": 640, "subset_seed": 0, "test_images": 100}
+    assert run_folder.finished_run(tmp_path, config) is None  # nothing finished yet
+    path = run_folder.save_final(tmp_path, model, config=config, metrics=metrics, data=data)
+    assert path == tmp_path / run_folder.MODEL and (tmp_path / run_folder.SIDECAR).is_file()
+    stored = json.loads((tmp_path / run_folder.SIDECAR).read_text())  # the file itself, read without vitlab
+    assert stored["config"] == dataclasses.asdict(config) and stored["metrics"] == metrics and stored["data"] == data
+    assert stored["code_version"] == run_folder.code_version() and stored["architecture"] == model.vitlab_arch
+    record = run_folder.finished_run(tmp_path, config)
+    assert (record.config, record.metrics, record.data) == (stored["config"], metrics, data)
+    assert record == run_folder.run_sidecar(tmp_path)
+    with pytest.raises(ConfigError, match="other settings \\(lr 0.002 in the finished run, 0.001 now\\)"):
+        run_folder.finished_run(tmp_path, dataclasses.replace(config, lr=0.001))

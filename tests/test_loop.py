@@ -11,42 +11,14 @@ import safetensors
 import safetensors.torch
 import timm
 import torch
-import torch.nn.functional as F
 
 import vitlab
-from torch import nn
 
 from vitlab import data, models
-from vitlab.training import loop
+from vitlab.training import loop, objectives
+from vitlab.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def test_augment_is_a_padded_crop_then_flip():
-    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
-    out = loop.augment(images, padding=2, flip=True, generator=torch.Generator().manual_seed(0))
-    padded = F.pad(images.float(), (2, 2, 2, 2), mode="reflect").to(torch.uint8)
-    for b in range(len(images)):  # some crop offset (and maybe a flip) must reproduce each output
-        candidates = [
-            crop.flip(-1) if flip else crop
-            for dy in range(5) for dx in range(5) for flip in (False, True)
-            for crop in [padded[b, :, dy:dy + 8, dx:dx + 8]]
-        ]
-        assert any(torch.equal(out[b], c) for c in candidates)
-    assert out.dtype == torch.uint8 and out.shape == images.shape
-
-
-def test_augment_without_padding_or_flip_is_identity():
-    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
-    assert torch.equal(loop.augment(images, 0, False, torch.Generator()), images)
-
-
-def test_lr_schedule_warmup_then_cosine():
-    peak, total, warmup = 0.1, 100, 10
-    assert loop.lr_at(0, total, warmup, peak) == pytest.approx(peak / warmup)
-    assert loop.lr_at(9, total, warmup, peak) == pytest.approx(peak)
-    assert loop.lr_at(55, total, warmup, peak) == pytest.approx(0.5 * peak * (1 + math.cos(math.pi * 0.5)))
-    assert loop.lr_at(100, total, warmup, peak) == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("change, error", [
@@ -57,7 +29,7 @@ def test_lr_schedule_warmup_then_cosine():
 ])
 def test_bad_config_fails_before_any_work(tmp_path, change, error):
     with pytest.raises(ValueError, match=error):
-        loop.train(loop.TrainConfig(**change), tmp_path / "x")
+        loop.train(TrainConfig(**change), tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -65,14 +37,14 @@ def test_unwritable_output_folder_is_explained(tmp_path, fake_cifar):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(PermissionError, match="not writable"):
-        loop.train(loop.TrainConfig(), blocker / "run")
+        loop.train(TrainConfig(), blocker / "run")
 
 
 def test_missing_dataset_is_explained(tmp_path, monkeypatch):
     monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "empty"))
     monkeypatch.setattr(data.files, "_download_cifar10", lambda root: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(data.DataNotFoundError, match="three ways|ImageFolder"):
-        loop.train(loop.TrainConfig(), tmp_path / "run")
+        loop.train(TrainConfig(), tmp_path / "run")
 
 
 @pytest.mark.slow
@@ -85,16 +57,16 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, fake_ci
     ranks = [safetensors.torch.load_file(tmp_path / "ddp" / f"rank{r}.safetensors") for r in (0, 1)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     # Same global batch, same augmentation stream: one process reaches the same weights.
-    single = loop.train(loop.TrainConfig(model="vit_tiny_c10", epochs=1, batch_size=32, eval_size=50),
+    single = loop.train(TrainConfig(model="vit_tiny_c10", epochs=1, batch_size=32, eval_size=50),
                          tmp_path / "single", progress=False).model.state_dict()
     for k, v in single.items():
         torch.testing.assert_close(ranks[0][k], v, rtol=1e-3, atol=1e-4)
 
 
 def test_fine_tune_at_higher_resolution_resamples_position_embeddings(tmp_path, fake_cifar):
-    base = loop.train(loop.TrainConfig(epochs=1, batch_size=64, eval_size=50), tmp_path / "base", progress=False)
+    base = loop.train(TrainConfig(epochs=1, batch_size=64, eval_size=50), tmp_path / "base", progress=False)
     source = tmp_path / "base" / "model.safetensors"
-    tuned = loop.train(loop.TrainConfig(init=str(source), img_size=48, epochs=1, batch_size=64, lr=0.0,
+    tuned = loop.train(TrainConfig(init=str(source), img_size=48, epochs=1, batch_size=64, lr=0.0,
                                           eval_size=50), tmp_path / "tuned", progress=False).model
     assert tuple(tuned.patch_embed.grid_size) == (12, 12)
     expected = timm.layers.resample_abs_pos_embed(base.model.pos_embed, new_size=(12, 12), old_size=(8, 8),
@@ -106,13 +78,13 @@ def test_fine_tune_at_higher_resolution_resamples_position_embeddings(tmp_path, 
 
 def test_init_from_another_architecture_is_refused(tmp_path, fake_cifar):
     with pytest.raises(ValueError, match="holds a ResNet"):
-        loop.train(loop.TrainConfig(init="resnet_tiny_c10"), tmp_path / "run")
+        loop.train(TrainConfig(init="resnet_tiny_c10"), tmp_path / "run")
 
 
 @pytest.mark.cifar
 def test_tiny_training_run_saves_a_loadable_checkpoint(tmp_path, monkeypatch):
     monkeypatch.delenv("VITLAB_CACHE")
-    config = loop.TrainConfig(model="vit_tiny_c10", subset_size=640, epochs=2, batch_size=64, eval_size=500)
+    config = TrainConfig(model="vit_tiny_c10", subset_size=640, epochs=2, batch_size=64, eval_size=500)
     final = loop.train(config, tmp_path / "run", device="cpu").record
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2] and log[-1]["step"] == 20
@@ -120,34 +92,19 @@ def test_tiny_training_run_saves_a_loadable_checkpoint(tmp_path, monkeypatch):
     model = vitlab.load_model(tmp_path / "run" / "model.safetensors", device="cpu")
     images, labels = data.cifar10("test")
     idx = data.stratified_subset(labels, 500, 0)
-    assert loop.evaluate(model, images[idx], labels[idx]) == pytest.approx(final["test_accuracy"])
+    assert objectives.evaluate(model, images[idx], labels[idx]) == pytest.approx(final["test_accuracy"])
     assert final["test_accuracy"] > 0.15  # better than chance after 20 steps
-
-
-@pytest.mark.parametrize("name", ["vit_micro_c10", "resnet_micro_c10"])
-def test_weight_decay_applies_to_conv_and_linear_weights_only(name):
-    model = models.build_model({"zoo": name})
-    decay, rest = loop.param_groups(model, 0.05)
-    assert (decay["weight_decay"], rest["weight_decay"]) == (0.05, 0.0)
-    names = {id(p): n for n, p in model.named_parameters()}
-    # Independent of how the exemptions are found: the weights of convolutions and linear layers.
-    weights = {f"{m}.weight" for m, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d))}
-    assert {names[id(p)] for p in decay["params"]} == weights
-    assert {names[id(p)] for p in rest["params"]} == set(names.values()) - weights
-    if name.startswith("vit"):
-        exempt = {names[id(p)] for p in rest["params"]}
-        assert {"cls_token", "pos_embed", "blocks.0.attn.qkv.bias", "blocks.0.norm1.weight", "norm.weight"} <= exempt
 
 
 @pytest.mark.gpu
 def test_training_on_a_gpu_runs_in_bf16_and_saves_a_cpu_loadable_model(tmp_path, fake_cifar):
-    config = loop.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50)
+    config = TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50)
     result = loop.train(config, tmp_path / "run", device="cuda", progress=False)
     assert result.record["precision"] == "torch.bfloat16" and "cuda" not in str(next(result.model.parameters()).device)
     images, labels = data.cifar10("test")
     idx = data.stratified_subset(labels, 50, 0)
     model = vitlab.load_model(tmp_path / "run" / "model.safetensors", device="cpu")
-    assert loop.evaluate(model, images[idx], labels[idx]) == pytest.approx(result.record["test_accuracy"], abs=0.04)
+    assert objectives.evaluate(model, images[idx], labels[idx]) == pytest.approx(result.record["test_accuracy"], abs=0.04)
 
 
 def _files(folder):
@@ -156,7 +113,7 @@ def _files(folder):
 
 
 def test_a_finished_run_is_given_back_without_training_or_writing(tmp_path, fake_cifar, capsys):
-    config = loop.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    config = TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
     first = loop.train(config, tmp_path / "run", progress=False)
     for path in (tmp_path / "run").glob("checkpoint*"):  # the sidecar alone says the run finished
         path.unlink()
@@ -169,13 +126,13 @@ def test_a_finished_run_is_given_back_without_training_or_writing(tmp_path, fake
 
 
 def test_a_finished_run_with_other_settings_is_refused_even_without_checkpoints(tmp_path, fake_cifar):
-    config = loop.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    config = TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
     loop.train(config, tmp_path / "run", progress=False)
     for path in (tmp_path / "run").glob("checkpoint*"):
         path.unlink()
     before = _files(tmp_path / "run")
     with pytest.raises(ValueError, match="finished run with other settings \\(epochs 1 in the finished run, 2 now\\)"):
-        loop.train(loop.TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50), tmp_path / "run")
+        loop.train(TrainConfig(model="vit_micro_c10", epochs=2, batch_size=64, eval_size=50), tmp_path / "run")
     assert _files(tmp_path / "run") == before
 
 
@@ -188,7 +145,7 @@ def test_a_model_vitlab_did_not_train_is_never_overwritten(tmp_path, fake_cifar,
         (run / "model.json").write_text(sidecar)
     before = _files(run)
     with pytest.raises(ValueError, match="model.safetensors was not written by a vitlab training run"):
-        loop.train(loop.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64), run)
+        loop.train(TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64), run)
     assert _files(run) == before
 
 
@@ -199,16 +156,16 @@ def test_a_model_vitlab_did_not_train_is_never_overwritten(tmp_path, fake_cifar,
     dict(subset_size=50_000), dict(subset_size=128), dict(eval_size=1), dict(eval_size=10_000),
 ])
 def test_settings_at_the_edges_of_their_ranges_are_accepted(tmp_path, change):
-    loop.check(loop.TrainConfig(**change), tmp_path / "run", checkpoint_every=0)
+    loop.check(TrainConfig(**change), tmp_path / "run", checkpoint_every=0)
 
 
 def test_training_flags_are_checked_before_any_data_is_read(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "cifar10", lambda split: pytest.fail("read data before checking the flags"))
     with pytest.raises(ValueError, match=r"^--img-size 30: must be a positive multiple of 4, the patch size of "
                                          r"vit_tiny_c10$"):
-        loop.train(loop.TrainConfig(img_size=30), tmp_path / "run")
+        loop.train(TrainConfig(img_size=30), tmp_path / "run")
     with pytest.raises(ValueError, match=r"^--img-size 44: must be a positive multiple of 8"):
-        loop.train(loop.TrainConfig(model="vit_micro_c10", img_size=44), tmp_path / "run")
+        loop.train(TrainConfig(model="vit_micro_c10", img_size=44), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -218,80 +175,10 @@ def test_inside_views_are_a_run_flag_on_by_default():
     parse = build_parser().parse_args
     assert parse(["train"]).inside is True and parse(["train", "--no-inside"]).inside is False
     assert "inside" in RUN_FLAGS  # not a setting: resuming with the other choice keeps the same weights
-    assert "inside" not in {f.name for f in dataclasses.fields(loop.TrainConfig)}
+    assert "inside" not in {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-# --- Mixup and CutMix (timm), and the sync-free step ------------------------------------
-
-
-def _smoothed(labels: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
-    """(1 - s) one-hot + s / classes, written out element by element."""
-    out = torch.empty(len(labels), classes)
-    for i, label in enumerate(labels.tolist()):
-        for k in range(classes):
-            out[i, k] = smoothing / classes + (1 - smoothing) * (k == label)
-    return out
-
-
-def test_cutmix_targets_are_the_pasted_pixel_fractions_and_sum_to_one():
-    config = loop.TrainConfig(cutmix=1.0, label_smoothing=0.1)
-    mixup = loop.mixer(config, num_classes=10)
-    b = 8
-    x = torch.arange(b, dtype=torch.float32)[:, None, None, None].expand(b, 3, 16, 16).clone()  # image i is all i
-    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
-    smooth = _smoothed(y, 10, 0.1)
-    boxes = 0
-    for step in range(20):
-        mixed, target = loop.mix(mixup, x.clone(), y, seed=0, step=step)
-        assert target.shape == (b, 10)
-        torch.testing.assert_close(target.sum(-1), torch.ones(b))
-        for i in range(b):
-            own = (mixed[i] == i).float().mean().item()  # fraction of image i still its own
-            pasted = (mixed[i] == b - 1 - i).float().mean().item()  # CutMix pastes from the mirror image
-            assert own + pasted == pytest.approx(1.0)
-            torch.testing.assert_close(target[i], own * smooth[i] + pasted * smooth[b - 1 - i])
-        boxes += pasted > 0
-    assert boxes >= 15  # alpha 1 draws a box almost every time
-
-
-def test_mixup_targets_follow_the_pixel_weights():
-    mixup = loop.mixer(loop.TrainConfig(mixup=0.8, label_smoothing=0.0), num_classes=10)
-    x = torch.rand(4, 3, 8, 8)
-    y = torch.tensor([3, 1, 4, 1])
-    mixed, target = loop.mix(mixup, x.clone(), y, seed=1, step=5)
-    lam = target[0, 3].item() if y[0] != y[-1] else None  # the weight of image 0's own label
-    assert lam is not None
-    torch.testing.assert_close(mixed[0], lam * x[0] + (1 - lam) * x[-1])
-    torch.testing.assert_close(target.sum(-1), torch.ones(4))
-
-
-def test_a_batch_with_mix_probability_zero_is_unchanged_and_matches_plain_smoothed_loss():
-    config = loop.TrainConfig(mixup=0.8, cutmix=1.0, mix_prob=0.0, label_smoothing=0.1)
-    x = torch.randn(6, 3, 8, 8)
-    y = torch.tensor([0, 1, 2, 3, 4, 9])
-    for step in range(10):
-        mixed, target = loop.mix(loop.mixer(config, 10), x.clone(), y, seed=0, step=step)
-        assert torch.equal(mixed, x)
-        torch.testing.assert_close(target, _smoothed(y, 10, 0.1))
-    logits = torch.randn(6, 10)
-    soft = timm.loss.SoftTargetCrossEntropy()(logits, target)
-    torch.testing.assert_close(soft, F.cross_entropy(logits, y, label_smoothing=0.1))
-
-
-def test_mixing_is_a_function_of_seed_and_step_and_leaves_numpy_alone():
-    import numpy as np
-
-    mixup = loop.mixer(loop.TrainConfig(mixup=0.8, cutmix=1.0), 10)
-    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
-    np.random.seed(123)
-    before = np.random.get_state()[1].copy()
-    a = loop.mix(mixup, x.clone(), y, seed=0, step=7)
-    assert np.array_equal(np.random.get_state()[1], before)
-    np.random.rand(10)  # whatever the caller's stream did in between
-    b = loop.mix(mixup, x.clone(), y, seed=0, step=7)
-    assert all(torch.equal(u, v) for u, v in zip(a, b))
-    draws = {tuple(loop.mix(mixup, x.clone(), y, seed=0, step=s)[1][0].tolist()) for s in range(8)}
-    assert len(draws) > 4  # other steps draw other mixes
+# --- the sync-free step ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("change, error", [
@@ -303,25 +190,12 @@ def test_mixing_is_a_function_of_seed_and_step_and_leaves_numpy_alone():
 ])
 def test_mixing_settings_are_checked_up_front(tmp_path, change, error):
     with pytest.raises(ValueError, match=error):
-        loop.check(loop.TrainConfig(**change), tmp_path / "run")
-    loop.check(loop.TrainConfig(batch_size=127), tmp_path / "run")  # odd batches are fine without mixing
-
-
-def test_mixing_flags_are_timms_and_off_by_default():
-    from vitlab.__main__ import build_parser
-
-    args = build_parser().parse_args(["train", "--mixup", "0.8", "--cutmix", "1.0", "--mix-prob", "0.5",
-                                      "--mix-switch-prob", "0.3"])
-    assert (args.mixup, args.cutmix, args.mix_prob, args.mix_switch_prob) == (0.8, 1.0, 0.5, 0.3)
-    config = loop.TrainConfig()
-    assert not loop.mixing(config) and loop.mixer(config, 10) is None
-    mixup = loop.mixer(loop.TrainConfig(mixup=0.8, cutmix=1.0, mix_prob=0.5, mix_switch_prob=0.3), 10)
-    assert (mixup.mixup_alpha, mixup.cutmix_alpha, mixup.mix_prob, mixup.switch_prob, mixup.mode) == (
-        0.8, 1.0, 0.5, 0.3, "batch")
+        loop.check(TrainConfig(**change), tmp_path / "run")
+    loop.check(TrainConfig(batch_size=127), tmp_path / "run")  # odd batches are fine without mixing
 
 
 def _micro_run(tmp_path, **change):
-    config = loop.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=16, **change)
+    config = TrainConfig(model="vit_micro_c10", epochs=1, batch_size=16, **change)
     model = loop._initial_model(config)  # a pre-training run wraps the ViT (vitlab.training.mpp)
     return loop._setup(config, tmp_path, model, torch.device("cpu"), rank=0, world=1, steps_per_epoch=6)
 
@@ -381,7 +255,7 @@ def test_cpu_bf16_training_uses_unfused_attention_and_puts_it_back(tmp_path, fak
         return step(run, x, y)
 
     monkeypatch.setattr(loop, "_step", spy)
-    config = loop.TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50, precision=precision)
+    config = TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50, precision=precision)
     model = loop.train(config, tmp_path / "run", device="cpu", progress=False).model
     assert seen and all(flags == {not eager} for flags in seen)
     fresh = models.build_model({"zoo": "vit_micro_c10"})

@@ -1,0 +1,159 @@
+"""The sidecar: the JSON record beside a weights file that rebuilds its model and says how it was made.
+
+``<weights>.json`` holds ``architecture`` (the ``vitlab_arch`` record :func:`vitlab.models.build_model`
+rebuilds), ``pretrained_cfg`` (preprocessing in timm's convention) and ``format``; a model a vitlab
+run trained adds that run's ``config`` (its settings), ``metrics`` (its final record), ``data`` (what
+it was trained on) and ``code_version``, and a published zoo checkpoint its ``command`` and, when
+pre-trained without labels, ``pretraining``. :func:`read_sidecar` and :func:`write_sidecar` are the
+only reader and writer of these files; keys are written sorted, indented by two spaces.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..io import write_json
+from .weights import WeightsFileError
+
+#: The sidecar format this vitlab writes, and the newest it reads.
+FORMAT = 1
+#: Resampling modes timm's transforms accept (``timm.data.transforms.str_to_interp_mode``).
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+#: Keys that hold a JSON object when present.
+_OBJECTS = ("config", "metrics", "data")
+_FIX = "fix the sidecar, or delete it and pass arch=<timm or zoo name> to load_model"
+
+
+def sidecar_path(weights: str | os.PathLike) -> Path:
+    """Where the sidecar of the weights file ``weights`` is: the same path ending in ``.json``."""
+    return Path(weights).with_suffix(".json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sidecar:
+    """The record beside a weights file. Keys a file leaves out read as empty (``{}`` or None).
+
+    Attributes:
+        architecture: the ``vitlab_arch`` record that rebuilds the model.
+        pretrained_cfg: its preprocessing (timm's convention); None: the architecture's defaults.
+        config: settings of the run that trained it (``TrainConfig`` fields); ``{}`` when none.
+        metrics: that run's final record (test accuracy, epochs, wall seconds, ...); ``{}`` when none.
+        data: what it was trained on (``dataset``, ``train_images``, ``subset_seed``, ``test_images``).
+        code_version: git commit of vitlab that trained it; command: the command that did.
+        others: every other key as stored (e.g. a pre-trained zoo checkpoint's ``pretraining``).
+    """
+
+    architecture: dict[str, Any]
+    pretrained_cfg: dict[str, Any] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    code_version: str | None = None
+    command: str | None = None
+    others: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def objective(self) -> str:
+        """How the weights were trained: ``"mpp"`` (masked patch prediction, no labels) or ``"classify"``."""
+        return self.config.get("objective") or "classify"
+
+    @property
+    def train_images(self) -> int | None:
+        """Training images of the run that made it (None when it records none)."""
+        return self.data.get("train_images")
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object :func:`write_sidecar` stores: empty keys left out, ``format`` added."""
+        named = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "others"}
+        kept = {k: v for k, v in named.items() if v is not None and not (k in _OBJECTS and not v)}
+        return dict(self.others, **kept, format=FORMAT)
+
+    @classmethod
+    def from_json(cls, stored: Any, where: str = "the sidecar") -> Sidecar:
+        """The sidecar of a parsed JSON object; :class:`~vitlab.models.weights.WeightsFileError` naming
+        ``where`` and the key when it is not one (another type, a newer format, no architecture, bad preprocessing)."""
+        if not isinstance(stored, dict):
+            raise WeightsFileError(f"{where} holds a JSON {type(stored).__name__}, not an object; {_FIX}")
+        version = stored.get("format", FORMAT)
+        if not isinstance(version, int) or version > FORMAT:
+            raise WeightsFileError(f"{where} has format {version!r}, but this vitlab reads format {FORMAT} "
+                                   "or older; upgrade vitlab, or fix the sidecar")
+        if "architecture" not in stored:
+            raise WeightsFileError(f"{where} has no 'architecture' key (the record save_model writes, e.g. "
+                                   '{"zoo": "vit_tiny_c10"}); add it, or pass arch=<timm or zoo name> to load_model')
+        cfg = stored.get("pretrained_cfg")
+        problem = pretrained_cfg_problem(cfg) if cfg is not None else None
+        if problem:
+            raise WeightsFileError(f"{where}: key 'pretrained_cfg' {problem}; fix it, or delete 'pretrained_cfg' "
+                                   "to use the architecture's defaults")
+        for key in _OBJECTS:
+            if not isinstance(stored.get(key, {}), dict):
+                raise WeightsFileError(f"{where}: key {key!r} must be a JSON object, got {short_repr(stored[key])}; "
+                                       f"{_FIX}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"others"}
+        others = {k: v for k, v in stored.items() if k not in names and k != "format"}
+        return cls(**{k: v for k, v in stored.items() if k in names}, others=others)
+
+
+def read_sidecar(path: str | os.PathLike) -> Sidecar:
+    """The checked :class:`Sidecar` at ``path`` (a ``.json`` file; :func:`sidecar_path` of a weights file).
+
+    Raises:
+        FileNotFoundError: there is no file at ``path``.
+        WeightsFileError: one line naming the sidecar, the key and what to do.
+    """
+    path = Path(path)
+    try:
+        stored = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise WeightsFileError(f"{path} is not valid JSON ({err}); {_FIX}") from None
+    return Sidecar.from_json(stored, where=str(path))
+
+
+def write_sidecar(path: str | os.PathLike, sidecar: Sidecar) -> Path:
+    """Write ``sidecar`` to ``path`` atomically, as :func:`read_sidecar` reads it back."""
+    return write_json(path, sidecar.to_json())
+
+
+def pretrained_cfg_problem(cfg: Any) -> str | None:
+    """What makes ``cfg`` unusable for preprocessing (a phrase starting with the key), or None.
+
+    Checked: ``mean`` and ``std`` are three finite numbers (``std`` all > 0), ``input_size``
+    three positive integers (channels, height, width), ``interpolation`` a mode timm knows.
+    Keys left out take the architecture's defaults.
+    """
+    if not isinstance(cfg, dict):
+        return f"must be a JSON object, got {short_repr(cfg)}"
+    for key in ("mean", "std"):
+        value = cfg.get(key, (1, 1, 1))
+        if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(_finite(v) for v in value)):
+            return f"{key!r} must be three numbers (one per RGB channel), got {short_repr(value)}"
+    if min(cfg.get("std", (1,))) <= 0:
+        return f"'std' must be > 0 (inputs are divided by it), got {cfg['std']}"
+    size = cfg.get("input_size", (3, 1, 1))
+    if not (isinstance(size, (list, tuple)) and len(size) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        return f"'input_size' must be three positive integers (channels, height, width), got {short_repr(size)}"
+    if cfg.get("interpolation", "bicubic") not in INTERPOLATIONS:
+        return f"'interpolation' must be one of {', '.join(INTERPOLATIONS)}, got {short_repr(cfg['interpolation'])}"
+    return None
+
+
+def jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` as JSON stores it: tuples become lists, anything else JSON lacks its text."""
+    return json.loads(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
