@@ -70,7 +70,7 @@ def test_inside_view_equals_a_brute_force_recomputation(micro_vit):
     assert view.uniform == pytest.approx(float(pairs.mean()) * n / (n + prefix))
     pos = F.normalize(micro_vit.pos_embed[0, -n:].double(), dim=-1)  # (n, D)
     sim = pos @ pos.T
-    assert view.position_distance == pytest.approx(metrics.position_structure(sim, grid).distance)
+    assert view.position_distance == pytest.approx(metrics.position_structure(sim, grid).closeness)
     assert view.mirror == pytest.approx(metrics.mirror_score(sim, grid).mirror)
     flat = micro_vit.patch_embed.proj.weight.detach().double().flatten(1)
     s = torch.linalg.svdvals(flat - flat.mean(0))

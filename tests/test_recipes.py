@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vitlab import settings
-from vitlab.analysis.capture import head_statistics
+from vitlab.analysis.distance import head_statistics
 from vitlab.training import inside
 from vitlab.views import readouts
 from vitlab.training import recipes

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from . import inside
-from ..views import readouts
 from .. import settings
 from .run_folder import RunFolderError, read_jsonl
 from .config import ConfigError, command_line, from_args
-from ..analysis.capture import head_statistics
+from ..analysis.distance import head_statistics, lowest_head
 from ..io import write_json
 from ..models import load_model
 from ..records import InsideView, RecipeRun, Recipes, ResultsFileError
@@ -119,10 +118,9 @@ def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathL
                 for n in RUN_FILES:
                     shutil.copy2(f / n, tmp / f.name / n)
                 stats = head_statistics(load_model(f / "model.safetensors", device="cpu"), images, progress=progress)
-                view = inside.read(f)[-1]
-                spread = readouts.attention_distance(stats["distance_per_image"][:, :1], view.uniform)
-                stored[arm].append(dict(name=f.name, seed=_config(f)[0]["seed"], lowest_std=spread.head_std,
-                                        lowest_low=spread.head_low, lowest_high=spread.head_high))
+                lowest = lowest_head(stats["distance_per_image"])
+                stored[arm].append(dict(name=f.name, seed=_config(f)[0]["seed"], lowest_std=lowest.std,
+                                        lowest_low=lowest.low, lowest_high=lowest.high))
         trained = [f"{command_line('python -m vitlab train', from_args(TrainConfig, _config(f)[0]))} "
                    f"--out {shlex.quote(str(f))}" for runs in folders.values() for f in runs]
         arms_in_order = [dict(label=arm, runs=rows) for arm, rows in stored.items()]  # the file's keys are sorted

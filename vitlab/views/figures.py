@@ -1,7 +1,9 @@
-"""Figures as plotly ``go.Figure`` objects; nothing here calls ``.show()``.
+"""Figures as plotly ``go.Figure`` objects; nothing here calls ``.show()``, runs a model or computes a metric.
 
-Every figure is laid out by :func:`vitlab.views.style.layout` and every tiled image by
-:func:`vitlab.views.style.tile`; colours come from the records' ``family``.
+The Fig. 6/7 figures draw an analysis result (:mod:`vitlab.analysis.distance`, ``filters``,
+``positions``, ``rollout``), the others the records of runs. Every figure is laid out by
+:func:`vitlab.views.style.layout` and every tiled image by :func:`vitlab.views.style.tile`;
+colours come from the records' ``family``.
 """
 from __future__ import annotations
 
@@ -10,15 +12,17 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from torch import nn
 from plotly.subplots import make_subplots
 
 from ..analysis import metrics
+from ..analysis.distance import DistanceResult
+from ..analysis.filters import FiltersResult
+from ..analysis.positions import PositionResult
 from ..training import mpp
-from ..models import preprocess
-from .style import duration, family_color, family_shades, integer_ticks, json_safe, layout, mosaic_axes, square_axes, table, tile
-from .readouts import check_one_grid, number as _number, spread_text
-from ..records import FAMILY_ORDER, InsideView, ProbeRecord, Recipes, RunInside, RunRecord, group_spread, spread
+from .style import (duration, family_color, family_shades, integer_ticks, json_safe, layout, mosaic_axes, number,
+                    spread_text, square_axes, table, tile)
+from ..records import (FAMILY_ORDER, InsideView, ProbeRecord, Recipes, RunInside, RunRecord, check_one_grid,
+                       group_spread, spread)
 
 
 def tile_mosaic(tiles: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -46,38 +50,45 @@ def mosaic_tile(shape: tuple[int, ...], x: float, y: float) -> tuple[int, int] |
     return i, j
 
 
-def position_scores_text(sim: torch.Tensor,
-                         reference: Sequence[tuple[metrics.PositionStructure, metrics.MirrorScore]] = ()) -> str:
-    """The structure and mirror scores of ``sim`` (rows, cols, rows, cols), one line each (``<br>``).
+def _uniform_line(uniform: float, xs: Sequence[float], width: float | None = None, hover: bool = True,
+                 **extra) -> go.Scatter:
+    """The uniform-attention reference of every distance figure: a dashed black line at ``uniform`` pixels over ``xs``.
 
-    ``reference``: the scores of random-initialised models of the same architecture (one
-    pair per seed), shown after each score as their mean [min, max] over seeds.
+    ``width``: of the line (plotly's default without); ``hover``: say the value on hover (else
+    no hover); ``extra`` goes on the trace as is (e.g. ``showlegend``).
     """
-    grid = tuple(sim.shape[:2])
-    s, m = metrics.position_structure(sim, grid), metrics.mirror_score(sim, grid)
-    lines = [f"nearby patches more similar, Spearman ρ(similarity, -distance): {_number(s.distance, 2)}",
-             f"same row or column more similar, partial ρ given distance: {_number(s.row_column, 2)}",
-             f"similarity to the mirror position {_number(m.mirror, 2)}, to neighbours {_number(m.neighbour, 2)}"]
+    line = dict(dash="dash", color="black") if width is None else dict(dash="dash", color="black", width=width)
+    return go.Scatter(x=list(xs), y=[uniform, uniform], mode="lines", line=line,
+                      name=f"uniform attention ({uniform:.1f} px)",
+                      hovertemplate=f"uniform attention: {uniform:.1f} px<extra></extra>" if hover else None,
+                      hoverinfo=None if hover else "skip", **extra)
+
+
+def _scores_text(result: PositionResult) -> str:
+    """The structure and mirror scores of a position result, one line each (``<br>``), each beside the
+    mean [min, max] over seeds of random-initialised models' when the result has them."""
+    s, m, reference = result.structure, result.mirror, result.reference
+    lines = [f"nearby patches more similar, Spearman ρ(similarity, -distance): {number(s.closeness, 2)}",
+             f"same row or column more similar, partial ρ given distance: {number(s.row_column, 2)}",
+             f"similarity to the mirror position {number(m.mirror, 2)}, to neighbours {number(m.neighbour, 2)}"]
     if reference:
         init = f"random init ({len(reference)} seeds)"
-        lines[0] += f" · {init} {spread_text([r.distance for r, _ in reference])}"
+        lines[0] += f" · {init} {spread_text([r.closeness for r, _ in reference])}"
         lines[1] += f" · {init} {spread_text([r.row_column for r, _ in reference])}"
         lines[2] += (f" · {init} {spread_text([r.mirror for _, r in reference])}, "
                      f"{spread_text([r.neighbour for _, r in reference])}")
     return "<br>".join(lines)
 
 
-def position_similarity_figure(sim: torch.Tensor, title: str = "Position embedding similarity",
-                               reference: Sequence[tuple[metrics.PositionStructure, metrics.MirrorScore]] = ()
-                               ) -> go.Figure:
+def position_similarity_figure(result: PositionResult, title: str = "Position embedding similarity") -> go.Figure:
     """Paper Fig. 7 (center): one small heatmap per patch, tiled by the patch's position.
 
-    Tile (i, j) shows the cosine similarity of patch (i, j)'s position embedding with
-    every other patch's. ``sim`` is (rows, cols, rows, cols) from
-    :func:`vitlab.analysis.metrics.position_similarity`. Under the mosaic: its structure and mirror
-    scores (:func:`position_scores_text`), next to ``reference`` (the same scores of
-    random-initialised models of the architecture) when given.
+    Tile (i, j) shows the cosine similarity of patch (i, j)'s position embedding with every
+    other patch's (``result.sim``, :func:`vitlab.analysis.positions.position_analysis`). Under the
+    mosaic: its structure and mirror scores, beside those of random-initialised models of the
+    architecture when the result has them.
     """
+    sim = result.sim
     rows, cols = sim.shape[:2]
     z, custom = tile_mosaic(sim)
     fig = go.Figure(go.Heatmap(
@@ -87,17 +98,18 @@ def position_similarity_figure(sim: torch.Tensor, title: str = "Position embeddi
                       "key patch (row %{customdata[2]}, col %{customdata[3]})<br>similarity %{z:.3f}<extra></extra>",
     ))
     layout(fig, title, 680, 660, margin=(70, 20, 50, 110), plot_bgcolor="white")
-    fig.add_annotation(text=position_scores_text(sim, reference), xref="paper", yref="paper", x=0, y=0, yshift=-48,
+    fig.add_annotation(text=_scores_text(result), xref="paper", yref="paper", x=0, y=0, yshift=-48,
                        xanchor="left", yanchor="top", align="left", showarrow=False, font=dict(size=11))
     mosaic_axes(fig, (rows, cols), (rows, cols), ("Input patch column", "Input patch row"))
     return fig
 
 
-def patch_similarity_figure(sim: torch.Tensor, row: int, col: int, title: str | None = None) -> go.Figure:
+def patch_similarity_figure(result: PositionResult, row: int, col: int, title: str | None = None) -> go.Figure:
     """One patch's position-embedding similarity map, large, with the patch marked.
 
-    ``row`` and ``col`` are 0-based patch indices into ``sim`` (rows, cols, rows, cols).
+    ``row`` and ``col`` are 0-based patch indices into ``result.sim`` (rows, cols, rows, cols).
     """
+    sim = result.sim
     rows, cols = sim.shape[:2]
     if not (0 <= row < rows and 0 <= col < cols):
         raise ValueError(f"patch ({row}, {col}) is outside the {rows}x{cols} grid")
@@ -114,15 +126,14 @@ def patch_similarity_figure(sim: torch.Tensor, row: int, col: int, title: str | 
     return fig
 
 
-def embedding_filters_figure(filters: torch.Tensor, ratio: torch.Tensor, cols: int = 7,
+def embedding_filters_figure(result: FiltersResult, cols: int = 7,
                              title: str = "Principal components of the patch-embedding filters") -> go.Figure:
-    """Paper Fig. 7 (left): each principal component shown as an RGB patch.
+    """Paper Fig. 7 (left): each of the first ``result.k`` principal components shown as an RGB patch.
 
-    Args:
-        filters: (k, 3, P, P) components from :func:`vitlab.analysis.metrics.embedding_filters`;
-            each is min-max scaled to the full colour range on its own.
-        ratio: (k,) explained-variance ratios, shown in the hover text.
+    Each component of ``result.filters`` (k, 3, P, P) is min-max scaled to the full colour range
+    on its own; the hover gives its explained-variance ratio.
     """
+    filters, ratio = result.filters, result.ratio[: result.k]
     k, channels, p, _ = filters.shape
     if channels != 3:
         raise ValueError(f"RGB display needs 3 input channels, the filters have {channels}")
@@ -142,31 +153,25 @@ def embedding_filters_figure(filters: torch.Tensor, ratio: torch.Tensor, cols: i
                    xaxis=dict(visible=False), yaxis=dict(visible=False))
 
 
-def explained_variance_figure(ratio: torch.Tensor, reference: torch.Tensor | None = None,
-                              title: str = "Explained variance") -> go.Figure:
-    """Explained-variance ratio of each principal component, with the cumulative sum.
+def explained_variance_figure(result: FiltersResult, title: str = "Explained variance") -> go.Figure:
+    """Explained-variance ratio of each of the first ``result.k`` principal components, with the cumulative sum.
 
-    Args:
-        ratio: (k,) from :func:`vitlab.analysis.metrics.embedding_filters`.
-        reference: (seeds, k) ratios of random-initialised models of the same architecture:
-            their cumulative curve is drawn as a dashed mean within a grey min-max band, and
-            the title gives both models' share of the first k components.
+    With a random-init reference, its cumulative curve is drawn as a dashed mean within a grey
+    min-max band over seeds, and the title gives both models' share of the first k components.
     """
-    r = ratio.detach().double().numpy()
+    r = result.ratio[: result.k].detach().double().numpy()
     idx = list(range(1, len(r) + 1))
     fig = go.Figure([go.Bar(x=idx, y=r.tolist(), name="component"),
                      go.Scatter(x=idx, y=np.cumsum(r).tolist(), name="cumulative", mode="lines+markers")])
-    if reference is not None:
-        ref = reference.detach().double().numpy().cumsum(1)  # (seeds, k)
-        if ref.shape[1] != len(r):
-            raise ValueError(f"reference has {ref.shape[1]} components, ratio {len(r)}")
+    if result.reference is not None:
+        ref = result.reference[:, : result.k].detach().double().numpy().cumsum(1)  # (seeds, k)
         name = f"random init, cumulative ({len(ref)} seeds)"
         fig.add_trace(go.Scatter(x=idx + idx[::-1], y=ref.max(0).tolist() + ref.min(0)[::-1].tolist(),
                                  fill="toself", mode="lines", line=dict(width=0), fillcolor="rgba(128, 128, 128, 0.3)",
                                  hoverinfo="skip", showlegend=False, legendgroup="init"))
         fig.add_trace(go.Scatter(x=idx, y=ref.mean(0).tolist(), name=name, mode="lines", legendgroup="init",
                                  line=dict(dash="dash", color="gray")))
-        title += (f": first {len(r)} hold {_number(100 * r.sum(), 1)}%<br>"
+        title += (f": first {len(r)} hold {number(100 * r.sum(), 1)}%<br>"
                   f"(random init {spread_text(100 * ref[:, -1], 1, '%')} over seeds)")
     return layout(fig, title, 580, 340, margin=(60, 20, 50, 50),
                   legend=dict(x=0.98, xanchor="right", y=0.04, yanchor="bottom"),
@@ -181,27 +186,19 @@ def note_figure(title: str, text: str, width: int = 580, height: int = 340) -> g
     return layout(fig, title, width, height, xaxis=dict(visible=False), yaxis=dict(visible=False))
 
 
-def receptive_field_reference(fields: Sequence[tuple[str, float]], depth: int,
-                              name: str = "ResNet receptive field") -> dict[str, tuple[list, list, list]]:
-    """A CNN's receptive fields (:func:`vitlab.analysis.metrics.receptive_fields`) spread evenly over depths 1..``depth``.
-
-    Returns ``{name: (depths, pixels, block names)}`` for :func:`attention_distance_figure`,
-    so a ResNet's blocks share the x axis of a ``depth``-block ViT.
-    """
-    n = len(fields)
-    xs = [1 + i * (depth - 1) / max(n - 1, 1) for i in range(n)]
-    return {name: (xs, [r for _, r in fields], [block for block, _ in fields])}
-
-
-def token_field_reference(pixels: float, depth: int, name: str = "CNN stem receptive field"
-                          ) -> dict[str, tuple[list, list, list]]:
-    """A hybrid's input tokens' receptive field (:func:`vitlab.analysis.metrics.token_receptive_field`) at every depth.
-
-    Returns ``{name: (depths 1..depth, pixels, labels)}`` for :func:`attention_distance_figure`:
-    before any attention, each token already sees this window of the image.
-    """
-    style = dict(dash="dashdot", color=family_color("hybrid", 2))  # apart from a CNN's grey receptive fields
-    return {name: ([1, depth], [pixels, pixels], ["the tokens' CNN window (every layer's input)"] * 2, style)}
+def _reference_lines(result: DistanceResult, name: str, cnn: str) -> dict[str, tuple]:
+    """The receptive-field lines of Fig. 7 (right): the CNN's blocks spread evenly over depths 1..depth (grey
+    dots), then a hybrid's CNN stem window at every depth (dash-dot green: each token sees it before any attention)."""
+    lines, depth, fields = {}, result.depth, result.cnn_fields
+    if fields:
+        xs = [1 + i * (depth - 1) / max(len(fields) - 1, 1) for i in range(len(fields))]
+        lines[f"{cnn} receptive field"] = (xs, [r for _, r in fields], [block for block, _ in fields])
+    if result.token_field is not None:
+        pixels = result.token_field
+        style = dict(dash="dashdot", color=family_color("hybrid", 2))  # apart from a CNN's grey receptive fields
+        lines[f"{name}'s CNN stem receptive field ({pixels:.0f} px)"] = (
+            [1, depth], [pixels, pixels], ["the tokens' CNN window (every layer's input)"] * 2, style)
+    return lines
 
 
 def _reference_traces(fig: go.Figure, reference: dict[str, tuple], top: float) -> None:
@@ -222,67 +219,67 @@ def _reference_traces(fig: go.Figure, reference: dict[str, tuple], top: float) -
                                text=f"beyond {top:.0f} px from {names[over[0]]} on (up to {max(ys):.0f} px)")
 
 
-def _random_init_band(fig: go.Figure, rows: torch.Tensor, random_init: torch.Tensor) -> tuple[float, float]:
-    """Shade min..max of ``random_init`` (seeds, layers, heads) or (layers, k) per layer; returns the extremes."""
-    r = torch.as_tensor(random_init).detach().float()  # a list of per-layer (low, high) pairs works too
-    if r.ndim == 3:  # (seeds, layers, heads) -> (layers, seeds*heads)
-        name = f"random init ({len(r)} seed{'s' if len(r) != 1 else ''})"
-        r = r.transpose(0, 1).flatten(1)
-    else:
-        name = "random init"
-    if r.ndim != 2 or len(r) != len(rows):
-        raise ValueError(f"random_init must be (seeds, layers, heads) or (layers, k) with {len(rows)} layers, "
-                         f"got {tuple(torch.as_tensor(random_init).shape)}")
+def _random_init_band(fig: go.Figure, rows: torch.Tensor, random_init: torch.Tensor) -> float:
+    """Shade min..max over seeds and heads of ``random_init`` (seeds, layers, heads) per layer; returns the top."""
+    r = random_init.detach().float()
+    name = f"random init ({len(r)} seed{'s' if len(r) != 1 else ''})"
+    r = r.transpose(0, 1).flatten(1)  # (layers, seeds*heads)
     low, high = r.amin(1), r.amax(1)  # (layers,)
     xs = rows.tolist() if len(rows) > 1 else [rows.item() - 0.4, rows.item() + 0.4]  # one layer: a short band
     lo, hi = (low.tolist(), high.tolist()) if len(rows) > 1 else (2 * low.tolist(), 2 * high.tolist())
     fig.add_trace(go.Scatter(
         x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", mode="lines", name=name, line=dict(width=0),
         fillcolor="rgba(128, 128, 128, 0.25)", hoverinfo="skip"))
-    return float(low.min()), float(high.max())
+    return float(high.max())
 
 
-def attention_distance_figure(distance: torch.Tensor, layers: torch.Tensor | None = None,
-                              reference: dict[str, tuple] | None = None, max_distance: float | None = None,
-                              title: str = "Mean attention distance by head and depth",
-                              depth: int | None = None, uniform: float | None = None,
-                              random_init: torch.Tensor | None = None) -> go.Figure:
-    """Paper Fig. 7 (right): each head's mean attention distance against network depth.
-
-    Args:
-        distance: (layers, heads) pixels, from :func:`vitlab.analysis.capture.head_statistics`.
-        layers: block indices (0-based) of the rows; default 0..L-1. Shown 1-based.
-        reference: name -> (depths, pixels[, labels]) curves drawn as dotted lines, e.g.
-            from :func:`receptive_field_reference`; points above the top are clipped to it.
-        max_distance: top of the y axis in pixels (e.g. the image's diagonal).
-        depth: the model's number of blocks (the x axis runs 1..depth); default the last layer shown.
-        uniform: the distance under uniform attention in pixels
-            (:func:`vitlab.analysis.capture.uniform_distance`), drawn as a horizontal dashed line.
-        random_init: distances of random-initialised models of the same architecture for
-            the same rows, (seeds, layers, heads) from :func:`vitlab.analysis.capture.random_init_statistics`
-            or (layers, k) (e.g. per-layer (low, high)), shaded from min to max per layer.
-    """
+def _distance_heads(distance: torch.Tensor, rows: torch.Tensor, depth: int, uniform: float,
+                    random_init: torch.Tensor | None = None) -> tuple[go.Figure, float]:
+    """The random-init band, the uniform line and one trace of dots per head (layers, heads); returns the
+    figure and the highest value drawn."""
     d = distance.detach().float()
-    rows = (layers if layers is not None else torch.arange(len(d))).float() + 1
-    depth = depth or int(rows.max())
     fig = go.Figure()
     highest = float(d.max())
     if random_init is not None:  # drawn first: under the heads
-        highest = max(highest, _random_init_band(fig, rows, random_init)[1])
-    if uniform is not None:
-        fig.add_trace(go.Scatter(
-            x=[0.5, depth + 0.5], y=[uniform, uniform], mode="lines", name=f"uniform attention ({uniform:.1f} px)",
-            line=dict(dash="dash", color="black", width=1.5), hovertemplate=f"uniform attention: {uniform:.1f} px"
-                                                                            "<extra></extra>"))
-        highest = max(highest, uniform)
+        highest = max(highest, _random_init_band(fig, rows, random_init))
+    fig.add_trace(_uniform_line(uniform, [0.5, depth + 0.5], width=1.5))
+    highest = max(highest, uniform)
     for h in range(d.shape[1]):
         fig.add_trace(go.Scatter(
             x=rows.numpy(), y=d[:, h].numpy(), mode="markers", name=f"head {h + 1}", marker=dict(size=9, opacity=0.85),
             hovertemplate=f"layer %{{x}}, head {h + 1}<br>%{{y:.1f}} px<extra></extra>"))
-    top = max_distance if max_distance is not None else highest * 1.1
-    _reference_traces(fig, reference or {}, top)
+    return fig, highest
+
+
+def _distance_layout(fig: go.Figure, title: str, depth: int, top: float) -> go.Figure:
     return layout(fig, title, 640, 440, xaxis=dict(title="Network depth (layer)", range=[0.5, depth + 0.5], dtick=1),
-                   yaxis=dict(title="Mean attention distance (pixels)", range=[0, top]))
+                  yaxis=dict(title="Mean attention distance (pixels)", range=[0, top]))
+
+
+def attention_distance_figure(result: DistanceResult, title: str = "Mean attention distance by head and depth",
+                              name: str = "the model", cnn: str = "ResNet") -> go.Figure:
+    """Paper Fig. 7 (right): each head's mean attention distance against network depth, with its references.
+
+    Draws :func:`vitlab.analysis.distance.distance_analysis`'s result: each head's mean over the
+    images (layers shown 1-based), the uniform-attention line, the min-max band of the
+    random-initialised models per layer, a CNN's receptive fields (dotted; points above the top,
+    the image's diagonal, are clipped to it) and a hybrid's CNN stem window.
+
+    Args:
+        name, cnn: the model's and the CNN's names, for the legend.
+    """
+    rows = torch.tensor(result.layers).float() + 1
+    fig, highest = _distance_heads(result.mean, rows, result.depth, result.uniform, result.random_init)
+    top = result.diagonal if result.diagonal is not None else highest * 1.1
+    _reference_traces(fig, _reference_lines(result, name, cnn), top)
+    return _distance_layout(fig, title, result.depth, top)
+
+
+def inside_distance_figure(view: InsideView, title: str = "Mean attention distance by head and depth") -> go.Figure:
+    """Fig. 7 (right) of one recorded inside view (:class:`~vitlab.records.InsideView`): its heads and uniform attention."""
+    d = torch.tensor(view.distance)  # (layers, heads)
+    fig, highest = _distance_heads(d, torch.arange(len(d)).float() + 1, len(d), view.uniform)
+    return _distance_layout(fig, title, len(d), highest * 1.1)
 
 
 def attention_overlay_figure(image: torch.Tensor, mask: torch.Tensor, title: str = "",
@@ -539,9 +536,7 @@ def inside_views_figure(views: Sequence[InsideView], epoch: int | None = None,
         raise ValueError("no inside views to draw: train a ViT with inside views on (the default)")
     epochs = [v.epoch for v in views]
     uniform = views[-1].uniform
-    fig = go.Figure(go.Scatter(
-        x=[min(epochs), max(epochs)], y=[uniform, uniform], mode="lines", name=f"uniform attention ({uniform:.1f} px)",
-        line=dict(dash="dash", color="black", width=1.5), hoverinfo="skip"))
+    fig = go.Figure(_uniform_line(uniform, [min(epochs), max(epochs)], width=1.5, hover=False))
     for layer in range(len(views[0].distance)):
         fig.add_trace(go.Scatter(
             x=epochs, y=[v.layer_means[layer] for v in views], mode="lines", name=f"layer {layer + 1}, mean of heads",
@@ -596,9 +591,7 @@ def inside_by_size_figure(runs: Sequence[RunInside], title: str | None = None) -
         hovertemplate="%{x:,} images, seed %{customdata[0]}: %{y:.1f} px (accuracy %{customdata[1]:.1%})"
                       "<extra></extra>"), 1, 2)
     for col, xs in ((1, [0.5, depth + 0.5]), (2, [sizes[0] / 1.3, sizes[-1] * 1.3])):
-        fig.add_trace(go.Scatter(x=xs, y=[uniform, uniform], mode="lines", line=dict(dash="dash", color="black"),
-                                 name=f"uniform attention ({uniform:.1f} px)", showlegend=col == 1,
-                                 hovertemplate=f"uniform attention: {uniform:.1f} px<extra></extra>"), 1, col)
+        fig.add_trace(_uniform_line(uniform, xs, showlegend=col == 1), 1, col)
     top = max(uniform, *(max(r.view.layer_means) for r in runs)) * 1.1
     fig.update_xaxes(title_text="Network depth (layer)", dtick=1, range=[0.5, depth + 0.5], row=1, col=1)
     fig.update_xaxes(title_text="training images", type="log", row=1, col=2)
@@ -647,10 +640,7 @@ def recipes_figure(comparison: Recipes, epoch: int, title: str | None = None) ->
                                                                                      dash=_SEED_DASH[k % 4]),
                 name=f"{arm}, seed {run.seed}: mean of heads", legendgroup=f"{arm}{run.seed}", showlegend=False,
                 hovertemplate=f"{arm}, seed {run.seed}: layer %{{x:.0f}} mean %{{y:.1f}} px<extra></extra>"), 1, col)
-        fig.add_trace(go.Scatter(x=[0.5, depth + 0.5], y=[uniform, uniform], mode="lines",
-                                 line=dict(dash="dash", color="black", width=1.5), showlegend=col == 1,
-                                 name=f"uniform attention ({uniform:.1f} px)",
-                                 hovertemplate=f"uniform attention: {uniform:.1f} px<extra></extra>"), 1, col)
+        fig.add_trace(_uniform_line(uniform, [0.5, depth + 0.5], width=1.5, showlegend=col == 1), 1, col)
         fig.update_xaxes(title_text="Network depth (layer)", dtick=1, range=[0.5, depth + 0.5], row=1, col=col)
     fig.update_yaxes(title_text="Mean attention distance (pixels)", range=[0, top * 1.1], row=1, col=1)
     fig.update_yaxes(range=[0, top * 1.1])
@@ -689,9 +679,7 @@ def recipes_timeline_figure(comparison: Recipes, epoch: int | None = None,
                 x=[m["epoch"] for m in run.metrics], y=[m["test_accuracy"] for m in run.metrics], mode="lines+markers",
                 line=dict(color=colour, dash=dash), name=name, legendgroup=name, showlegend=False,
                 hovertemplate=f"{name}<br>epoch %{{x}}: %{{y:.1%}}<extra></extra>"), 1, 2)
-    fig.add_trace(go.Scatter(x=[1, last], y=[uniform, uniform], mode="lines", line=dict(dash="dash", color="black"),
-                             name=f"uniform attention ({uniform:.1f} px)",
-                             hovertemplate=f"uniform attention: {uniform:.1f} px<extra></extra>"), 1, 1)
+    fig.add_trace(_uniform_line(uniform, [1, last]), 1, 1)
     if epoch is not None:
         for col in (1, 2):
             fig.add_vline(x=epoch, line=dict(color="gray", dash="dot"), row=1, col=col)
@@ -736,51 +724,31 @@ def _colour_tiles(classes: torch.Tensor, grid: tuple[int, int], patch: int) -> n
     return tiles.numpy()
 
 
-@torch.no_grad()
-def mpp_example_figure(model: nn.Module, images: torch.Tensor, seed: int = 0,
-                       title: str = "Masked patch prediction on test images") -> go.Figure:
+def mpp_example_figure(example: mpp.MaskedExample, title: str = "Masked patch prediction on test images") -> go.Figure:
     """What the objective asks, image by image: the input, its corruption, the 3-bit targets and the predictions.
 
-    One row per image: the image; what the encoder sees (masked patches grey, swapped patches
-    showing the patch they took, unchanged ones as they are); each patch's 3-bit mean colour
-    (the targets, drawn at the centre of their colour bins); and the model's prediction on the
-    corrupted patches, titled with the share it got right (patches that are not scored are flat
-    light grey). Corrupted patches are outlined in red on the input and the prediction.
-
-    Args:
-        model: a :class:`vitlab.training.mpp.MaskedPatchPrediction` (e.g. :func:`vitlab.training.mpp.load_pretrainer`).
-        images: uint8 (N, 3, H, W), a few.
-        seed: seeds the corruption drawn.
+    One row per image of ``example`` (:func:`vitlab.training.mpp.masked_example`): the image; what
+    the encoder sees (masked patches grey, swapped patches showing the patch they took, unchanged
+    ones as they are); each patch's 3-bit mean colour (the targets, drawn at the centre of their
+    colour bins); and the model's prediction on the corrupted patches, titled with the share it
+    got right (patches that are not scored are flat light grey). Corrupted patches are outlined
+    in red on the input and the prediction.
     """
-    model.eval()
-    device = model.mask_token.device
-    patch = model.patch_size
-    targets, corruption = mpp.draw_batch(images, patch, torch.Generator(device=device).manual_seed(seed), device)
-    logits = model(preprocess(model.encoder, images, resize=False), corruption)  # (N, patches, 512)
-    predicted = logits.argmax(-1).cpu()
-    targets, kind, source = targets.cpu(), corruption.kind.cpu(), corruption.source.cpu()
-    picked = corruption.corrupted.cpu()  # (N, patches)
-    right = [float((predicted[n][picked[n]] == targets[n][picked[n]]).float().mean()) for n in range(len(images))]
-    rows, (h, w) = len(images), images.shape[-2:]
-    grid = (h // patch, w // patch)
+    e, patch = example, example.patch
+    rows = len(e.pixels)
     columns = ("image", "encoder input", "target colours")
     titles = [name for n in range(rows) for name in ((*columns,) if n == 0 else ("", "", "")) + (
-        f"prediction: {right[n]:.0%} right",)]
+        f"prediction: {e.right[n]:.0%} right",)]
     fig = make_subplots(rows=rows, cols=4, horizontal_spacing=0.03, vertical_spacing=0.06, subplot_titles=titles)
     for n in range(rows):
-        pixels = images[n].permute(1, 2, 0).cpu()  # (H, W, 3)
-        flat = pixels.unfold(0, patch, patch).unfold(1, patch, patch).reshape(-1, 3, patch, patch)  # (patches, 3, p, p)
-        seen = flat[source[n]].clone()  # a swapped patch shows the patch it took
-        seen[kind[n] == mpp.MASKED] = 128
-        seen_img = seen.view(*grid, 3, patch, patch).permute(0, 3, 1, 4, 2).reshape(h, w, 3)
-        shown = _colour_tiles(predicted[n], grid, patch)
-        kept = (~picked[n]).view(*grid).repeat_interleave(patch, 0).repeat_interleave(patch, 1).numpy()
+        shown = _colour_tiles(e.predicted[n], e.grid, patch)
+        kept = (~e.corrupted[n]).view(*e.grid).repeat_interleave(patch, 0).repeat_interleave(patch, 1).numpy()
         shown[kept] = 225  # not scored
-        for col, img in enumerate((pixels.numpy(), seen_img.numpy(), _colour_tiles(targets[n], grid, patch), shown),
-                                  start=1):
+        for col, img in enumerate((e.pixels[n].numpy(), e.seen[n].numpy(), _colour_tiles(e.targets[n], e.grid, patch),
+                                   shown), start=1):
             fig.add_trace(go.Image(z=img, hoverinfo="skip"), n + 1, col)
-        for p in torch.nonzero(picked[n]).flatten().tolist():
-            r, c = divmod(p, grid[1])
+        for p in torch.nonzero(e.corrupted[n]).flatten().tolist():
+            r, c = divmod(p, e.grid[1])
             for col in (2, 4):
                 fig.add_shape(type="rect", x0=c * patch - 0.5, x1=(c + 1) * patch - 0.5, y0=r * patch - 0.5,
                               y1=(r + 1) * patch - 0.5, line=dict(color="red", width=1), row=n + 1, col=col)
@@ -816,9 +784,7 @@ def inside_comparison_figure(views: dict[str, InsideView], title: str = "Attenti
                                  name=f"{name}: most local head", legendgroup=name,
                                  hovertemplate=f"{name}, layer %{{x}}: most local head %{{y:.1f}} px<extra></extra>"))
     uniform = next(iter(views.values())).uniform
-    fig.add_trace(go.Scatter(x=[0.5, depth + 0.5], y=[uniform, uniform], mode="lines",
-                             line=dict(dash="dash", color="black"), name=f"uniform attention ({uniform:.1f} px)",
-                             hovertemplate=f"uniform attention: {uniform:.1f} px<extra></extra>"))
+    fig.add_trace(_uniform_line(uniform, [0.5, depth + 0.5]))
     top = max(uniform, *(max(max(row) for row in v.distance) for v in views.values())) * 1.1
     fig.update_xaxes(title_text="Network depth (layer)", dtick=1, range=[0.5, depth + 0.5])
     fig.update_yaxes(title_text="Mean attention distance (pixels)", range=[0, top])

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -8,6 +9,9 @@ import torch
 from plotly.serializers import _py_to_js
 
 from vitlab.analysis import metrics
+from vitlab.analysis.distance import DistanceResult
+from vitlab.analysis.filters import FiltersResult
+from vitlab.analysis.positions import PositionResult
 from vitlab.views import figures
 from vitlab.views import style
 from vitlab.records import ProbeRecord, RunRecord
@@ -25,6 +29,12 @@ def _text(values):
 
 def _random_sim(rows, cols):
     return torch.rand(rows, cols, rows, cols, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def _distances(mean: torch.Tensor, random_init: torch.Tensor | None = None, layers=None, **context) -> DistanceResult:
+    """A distance result whose every image has the per-head distances ``mean`` (layers, heads)."""
+    return DistanceResult.from_per_image(mean[None].expand(3, -1, -1).clone(), context.pop("uniform", 16.0),
+                                         random_init, layers, **context)
 
 
 def test_mosaic_places_each_tile_and_hover_labels():
@@ -48,7 +58,7 @@ def test_mosaic_places_each_tile_and_hover_labels():
 
 
 def test_position_similarity_figure_is_readable():
-    fig = figures.position_similarity_figure(_random_sim(4, 4), title="demo")
+    fig = figures.position_similarity_figure(PositionResult.from_similarity(_random_sim(4, 4)), title="demo")
     heat = fig.data[0]
     assert (heat.zmin, heat.zmax) == (-1, 1)
     assert fig.layout.xaxis.title.text == "Input patch column" and fig.layout.yaxis.title.text == "Input patch row"
@@ -63,38 +73,39 @@ def test_position_similarity_figure_is_readable():
 def test_position_similarity_figure_prints_the_scores_and_their_random_init_reference():
     sim = _random_sim(4, 5)
     structure, mirror = metrics.position_structure(sim, (4, 5)), metrics.mirror_score(sim, (4, 5))
-    alone = figures.position_similarity_figure(sim).layout.annotations[0].text.split("<br>")
-    assert alone[0].endswith(f"ρ(similarity, -distance): {structure.distance:.2f}")
-    assert alone[1].endswith(f"partial ρ given distance: {structure.row_column:.2f}")
-    assert alone[2] == f"similarity to the mirror position {mirror.mirror:.2f}, to neighbours {mirror.neighbour:.2f}"
+    numbers = lambda fig: re.findall(r"-?\d+\.\d+", fig.layout.annotations[0].text)  # noqa: E731
+    alone = figures.position_similarity_figure(PositionResult.from_similarity(sim))
+    assert numbers(alone) == [f"{x:.2f}" for x in (structure.closeness, structure.row_column, mirror.mirror,
+                                                    mirror.neighbour)]
+    assert alone.layout.annotations[0].text.count("<br>") == 2  # one line per score
     reference = [(metrics.PositionStructure(d, rc), metrics.MirrorScore(m, n))
                  for d, rc, m, n in ((0.1, -0.2, 0.3, 0.5), (0.3, 0.0, 0.1, 0.4), (-0.1, 0.05, 0.2, 0.6))]
-    lines = figures.position_similarity_figure(sim, reference=reference).layout.annotations[0].text.split("<br>")
-    assert lines[0].endswith("random init (3 seeds) 0.10 [-0.10, 0.30]")
-    assert lines[1].endswith("random init (3 seeds) -0.05 [-0.20, 0.05]")
-    assert lines[2].endswith("random init (3 seeds) 0.20 [0.10, 0.30], 0.50 [0.40, 0.60]")
-    assert figures.spread_text([-0.001, 0.001]) == "0.00 [0.00, 0.00]"  # never "-0.00"
+    shown = numbers(figures.position_similarity_figure(PositionResult.from_similarity(sim, reference)))
+    # each score, then its random-init mean [min, max] over the three seeds
+    assert shown == [f"{structure.closeness:.2f}", "0.10", "-0.10", "0.30", f"{structure.row_column:.2f}", "-0.05",
+                     "-0.20", "0.05", f"{mirror.mirror:.2f}", f"{mirror.neighbour:.2f}", "0.20", "0.10", "0.30",
+                     "0.50", "0.40", "0.60"]
 
 
 def test_explained_variance_figure_draws_the_random_init_reference():
     ratio = torch.tensor([0.5, 0.2, 0.1])
     reference = torch.tensor([[0.2, 0.2, 0.2], [0.3, 0.2, 0.1], [0.1, 0.1, 0.1]])  # (seeds, k)
-    fig = figures.explained_variance_figure(ratio, reference)
+    fig = figures.explained_variance_figure(FiltersResult.from_ratios(ratio, reference, k=3))
     np.testing.assert_allclose(fig.data[1].y, [0.5, 0.7, 0.8])  # the model's cumulative curve
     band, mean = fig.data[2], fig.data[3]
     np.testing.assert_allclose(mean.y, [0.2, 1.1 / 3, 0.5])  # mean of the cumulative sums
     np.testing.assert_allclose(band.y, [0.3, 0.5, 0.6, 0.3, 0.2, 0.1])  # max forward, min back
     assert "first 3 hold 80.0%<br>" in fig.layout.title.text
     assert "<br>(random init 50.0% [30.0, 60.0] over seeds)" in fig.layout.title.text
-    assert len(figures.explained_variance_figure(ratio).data) == 2
-    with pytest.raises(ValueError, match="components"):
-        figures.explained_variance_figure(ratio, reference[:, :2])
+    assert len(figures.explained_variance_figure(FiltersResult.from_ratios(ratio)).data) == 2
+    two = figures.explained_variance_figure(FiltersResult.from_ratios(ratio, reference, k=2))  # the first k only
+    np.testing.assert_allclose(two.data[3].y, [0.2, 1.1 / 3])
     _strict_json(fig)
 
 
 def test_patch_similarity_figure_shows_that_patch():
     sim = _random_sim(3, 4)
-    fig = figures.patch_similarity_figure(sim, 2, 1)
+    fig = figures.patch_similarity_figure(PositionResult.from_similarity(sim), 2, 1)
     np.testing.assert_array_equal(np.asarray(fig.data[0].z), sim[2, 1].numpy())
     assert (fig.data[1].x[0], fig.data[1].y[0]) == (2, 3)  # 1-based marker on the patch
     assert fig.layout.xaxis.dtick == 1 and fig.layout.yaxis.dtick == 1  # no half-step ticks on a small grid
@@ -113,7 +124,8 @@ def test_tile_mosaic_with_rectangular_tiles():
 
 def test_embedding_filters_figure_scales_each_component():
     filters = torch.randn(5, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    fig = figures.embedding_filters_figure(filters, torch.full((5,), 0.1), cols=3)
+    fig = figures.embedding_filters_figure(FiltersResult.from_ratios(torch.full((5,), 0.1), k=5, filters=filters),
+                                           cols=3)
     img = np.asarray(fig.data[0].z)
     assert img.shape == (2 * 5 - 1, 3 * 5 - 1, 3)
     for i in range(5):
@@ -126,11 +138,13 @@ def test_embedding_filters_figure_scales_each_component():
 
 def test_attention_distance_figure_has_a_trace_per_head_and_the_reference():
     d = torch.rand(4, 3) * 20
-    fig = figures.attention_distance_figure(d, reference={"resnet": ([0, 1], [3.0, 7.0])}, max_distance=40)
-    assert len(fig.data) == 4
+    fig = figures.attention_distance_figure(_distances(d, cnn_fields=[("a", 3.0), ("b", 7.0)], diagonal=40.0),
+                                            cnn="resnet")
+    assert len(fig.data) == 5 and fig.data[0].name == "uniform attention (16.0 px)"  # no random init: no band
+    assert fig.data[-1].name == "resnet receptive field"
     for h in range(3):
-        np.testing.assert_allclose(fig.data[h].y, d[:, h].numpy(), rtol=1e-6)
-        assert list(fig.data[h].x) == [1, 2, 3, 4]  # layers shown 1-based
+        np.testing.assert_allclose(fig.data[1 + h].y, d[:, h].numpy(), rtol=1e-6)
+        assert list(fig.data[1 + h].x) == [1, 2, 3, 4]  # layers shown 1-based
     assert fig.layout.yaxis.range == (0, 40) and "pixels" in fig.layout.yaxis.title.text
     assert fig.layout.xaxis.range == (0.5, 4.5)
 
@@ -138,7 +152,7 @@ def test_attention_distance_figure_has_a_trace_per_head_and_the_reference():
 def test_attention_distance_figure_draws_uniform_and_random_init_references():
     d = torch.rand(4, 3) * 20
     random = torch.rand(3, 4, 3) * 10 + 25  # (seeds, layers, heads)
-    fig = figures.attention_distance_figure(d, uniform=16.5, random_init=random, depth=4)
+    fig = figures.attention_distance_figure(_distances(d, random, uniform=16.5))
     band, line, *heads = fig.data
     assert [h.name for h in heads] == ["head 1", "head 2", "head 3"]
     for h, trace in enumerate(heads):
@@ -151,25 +165,23 @@ def test_attention_distance_figure_draws_uniform_and_random_init_references():
     assert list(band.x) == [1, 2, 3, 4, 4, 3, 2, 1]
     np.testing.assert_allclose(band.y, high + low[::-1], rtol=1e-6)
     assert fig.layout.yaxis.range[1] == pytest.approx(max(high) * 1.1, rel=1e-6)  # the band fits in
-    pairs = [(1.0, 3.0), (2.0, 5.0)]  # per-layer (low, high) for layers 3 and 5
-    fig = figures.attention_distance_figure(torch.rand(2, 3), torch.tensor([2, 4]), random_init=pairs)
-    assert fig.data[0].name == "random init" and list(fig.data[0].x) == [3, 5, 5, 3]
-    assert list(fig.data[0].y) == [3.0, 5.0, 2.0, 1.0]
-    one = figures.attention_distance_figure(torch.rand(1, 2), random_init=torch.tensor([[[4.0, 6.0]]]))
+    fig = figures.attention_distance_figure(_distances(torch.rand(2, 3), torch.rand(2, 2, 3), layers=[2, 4]))
+    assert fig.data[0].name == "random init (2 seeds)" and list(fig.data[0].x) == [3, 5, 5, 3]
+    assert fig.layout.xaxis.range == (0.5, 5.5)  # up to the deepest layer shown
+    one = figures.attention_distance_figure(_distances(torch.rand(1, 2), torch.tensor([[[4.0, 6.0]]])))
+    assert one.data[0].name == "random init (1 seed)"
     assert list(one.data[0].x) == pytest.approx([0.6, 1.4, 1.4, 0.6]) and list(one.data[0].y) == [6, 6, 4, 4]
-    with pytest.raises(ValueError, match="random_init"):
-        figures.attention_distance_figure(d, random_init=torch.rand(3, 5, 3))
 
 
 def test_attention_distance_figure_clips_the_reference_and_follows_depth():
     fields = [("conv1", 3.0), ("layer1.0", 7.0), ("layer2.0", 19.0), ("layer3.0", 51.0), ("layer4.0", 109.0)]
-    reference = figures.receptive_field_reference(fields, depth=6, name="cnn")
-    xs, ys, names = reference["cnn"]
-    assert xs[0] == 1 and xs[-1] == 6 and np.allclose(np.diff(xs), 1.25) and ys == [r for _, r in fields]
-    fig = figures.attention_distance_figure(torch.rand(6, 2) * 20, reference=reference, max_distance=45.25, depth=6)
+    result = _distances(torch.rand(6, 2) * 20, cnn_fields=fields, diagonal=45.25, depth=6)
+    fig = figures.attention_distance_figure(result, cnn="cnn")
     line = fig.data[-1]
+    assert line.name == "cnn receptive field"
+    assert line.x[0] == 1 and line.x[-1] == 6 and np.allclose(np.diff(line.x), 1.25)  # spread over the depth
     assert list(line.y) == [3.0, 7.0, 19.0, 45.25, 45.25]  # inside the plot ...
-    assert [c[1] for c in line.customdata] == ys  # ... the hover keeps the true value
+    assert [c[1] for c in line.customdata] == [r for _, r in fields]  # ... the hover keeps the true value
     assert fig.layout.xaxis.range == (0.5, 6.5)
     note = fig.layout.annotations[0].text
     assert "layer3.0" in note and "109" in note
@@ -177,12 +189,12 @@ def test_attention_distance_figure_clips_the_reference_and_follows_depth():
 
 def test_long_titles_break_before_the_mode_bar():
     title = "vit_tiny_c10: mean attention distance, 128 CIFAR-10 test images, 12-13 per class"
-    fig = figures.attention_distance_figure(torch.rand(6, 2), title=title)
+    fig = figures.attention_distance_figure(_distances(torch.rand(6, 2)), title=title)
     assert fig.layout.title.text == title.replace("distance, ", "distance,<br>")
     assert fig.layout.margin.t == 74 and fig.layout.title.x < 0.1 and fig.layout.title.xanchor == "left"
-    assert figures.attention_distance_figure(torch.rand(6, 2), title="short").layout.title.text == "short"
+    assert figures.attention_distance_figure(_distances(torch.rand(6, 2)), title="short").layout.title.text == "short"
     longer = "vit_tiny_c10: mean attention distance (keep class-token share), 16 CIFAR-10 test images, 1-2 per class"
-    fig = figures.attention_distance_figure(torch.rand(6, 2), title=longer)
+    fig = figures.attention_distance_figure(_distances(torch.rand(6, 2)), title=longer)
     lines = fig.layout.title.text.split("<br>")
     limit = (fig.layout.width - 190) // 9  # characters left of the mode bar
     assert len(lines) == 3 and all(len(line) <= limit for line in lines) and " ".join(lines) == longer
@@ -392,13 +404,16 @@ def test_mpp_example_figure_shows_the_targets_and_scores_each_image_by_hand():
     torch.manual_seed(0)
     model = mpp.MaskedPatchPrediction(build_model({"zoo": "vit_micro_c10"}))
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    fig = figures.mpp_example_figure(model, images, seed=3)
+    example = mpp.masked_example(model, images, seed=3)
+    fig = figures.mpp_example_figure(example)
     targets, c = mpp.draw_batch(images, 8, torch.Generator().manual_seed(3), "cpu")
     with torch.no_grad():
         predicted = model(preprocess(model.encoder, images, resize=False), c).argmax(-1)
+    assert torch.equal(example.predicted, predicted) and torch.equal(example.targets, targets)
     for n in range(2):
         picked = c.corrupted[n]
         right = float((predicted[n][picked] == targets[n][picked]).float().mean())
+        assert example.right[n] == right
         titles = [a.text for a in fig.layout.annotations]
         assert titles[3 + n] == f"prediction: {right:.0%} right"  # after the first row's three column titles
         # The target panel: each 8x8 patch drawn in the centre colour of its 3-bit bin.
@@ -444,10 +459,11 @@ def test_inside_comparison_figure_draws_each_models_layer_means_and_most_local_h
 
 
 def test_a_hybrids_stem_line_is_styled_apart_from_a_cnns_receptive_fields():
-    lines = {**figures.receptive_field_reference([("conv1", 3.0), ("layer4", 40.0)], 5),
-             **figures.token_field_reference(25.0, 5, "stem")}
-    fig = figures.attention_distance_figure(torch.full((5, 2), 10.0), reference=lines, max_distance=45.0)
-    stem, cnn = next(t for t in fig.data if t.name == "stem"), next(t for t in fig.data if t.name.startswith("ResNet"))
+    result = _distances(torch.full((5, 2), 10.0), cnn_fields=[("conv1", 3.0), ("layer4", 40.0)], token_field=25.0,
+                        diagonal=45.0)
+    fig = figures.attention_distance_figure(result, name="stem")
+    stem = next(t for t in fig.data if t.name == "stem's CNN stem receptive field (25 px)")
+    cnn = next(t for t in fig.data if t.name.startswith("ResNet"))
     assert list(stem.x) == [1, 5] and list(stem.y) == [25.0, 25.0]
     assert (stem.line.dash, stem.line.color) == ("dashdot", style.family_color("hybrid", 2))
     assert (cnn.line.dash, cnn.line.color) == ("dot", "gray")
