@@ -8,7 +8,7 @@ import torch
 from vitlab import settings
 from vitlab.analysis.distance import head_statistics
 from vitlab.training import inside
-from vitlab.views import readouts
+from vitlab.views import study_readouts
 from vitlab.training import recipes
 from vitlab.training import loop
 from vitlab.training.config import ConfigError
@@ -163,7 +163,7 @@ def _comparison() -> Recipes:
 
 
 def test_the_readout_says_what_each_arm_measured():
-    r = readouts.recipes(_comparison())
+    r = study_readouts.recipes(_comparison())
     assert r.epoch == 2 and r.arms == ["plain", "CutMix"]
     assert r.lowest == {"plain": [14.0, 14.5], "CutMix": [3.0, 9.0]}
     assert r.accuracy == {"plain": [0.6, 0.62], "CutMix": [0.58, 0.6]}
@@ -172,7 +172,7 @@ def test_the_readout_says_what_each_arm_measured():
     assert r.local == {"plain": [False, False], "CutMix": [True, False]}
     assert "CutMix minus plain: most local head -8.2 px, accuracy -2.0 points" in r.text
     assert "CutMix: 1 of 2 runs with a local head" in r.text and "cutmix (plain: 0.0, CutMix: 1.0)" in r.text
-    early = readouts.recipes(_comparison(), epoch=1)
+    early = study_readouts.recipes(_comparison(), epoch=1)
     assert early.lowest == {"plain": [15.0, 15.5], "CutMix": [12.0, 13.0]} and early.high["plain"] == []
     assert "no run has a local head" in early.text and "its value below 50%" in early.text
 
@@ -232,7 +232,7 @@ def test_notebook_03_states_what_the_committed_records_measure():
     notebook = json.loads((settings.PROJECT_ROOT / "notebooks" / "03_attention_distance.ipynb").read_text())
     stated = next("".join(c["source"]) for c in notebook["cells"]
                   if c["cell_type"] == "markdown" and "".join(c["source"]).startswith("**What was measured**"))
-    r = readouts.recipes(recipes.read())
+    r = study_readouts.recipes(recipes.read())
     plain, cutmix = r.arms
     for arm in r.arms:
         for seed, px in zip(r.seeds[arm], r.lowest[arm]):

@@ -29,7 +29,7 @@ from ..analysis.positions import PositionResult, position_analysis
 from ..analysis.references import INIT_SEEDS
 from ..analysis.rollout import RolloutResult, rollout_analysis
 from . import figures
-from . import readouts
+from . import readouts, study_readouts
 from .study_explorers import CKAExplorer, ProbeExplorer, SweepExplorer
 from .controls import STYLE, Explorer, Recent, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
 from ..settings import quick_or
@@ -447,7 +447,7 @@ class RecipesExplorer(W.VBox):
 
     Attributes: ``epoch`` (slider), ``distance``, ``timeline`` (FigureWidgets), ``readout``
     (HTML), ``comparison`` (the :class:`~vitlab.records.Recipes`), ``measured`` (the
-    :class:`~vitlab.views.readouts.RecipesReadout` shown).
+    :class:`~vitlab.views.study_readouts.RecipesReadout` shown).
     """
 
     def __init__(self, folder: str | Path | None = None):
@@ -468,7 +468,7 @@ class RecipesExplorer(W.VBox):
         if self.epoch.value != epoch:
             self.epoch.value = epoch  # observed: comes back here once with the same epoch
             return
-        self.measured = readouts.recipes(self.comparison, epoch)
+        self.measured = study_readouts.recipes(self.comparison, epoch)
         show_figure(self.distance, figures.recipes_figure(self.comparison, epoch))
         show_figure(self.timeline, figures.recipes_timeline_figure(self.comparison, epoch))
         self.readout.value = self.measured.html()
