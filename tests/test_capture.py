@@ -1,7 +1,6 @@
 import contextlib
 import math
 
-import numpy as np
 import pytest
 import timm
 import torch

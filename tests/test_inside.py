@@ -165,7 +165,7 @@ def test_a_torn_last_line_is_dropped_and_a_later_record_replaces_it(tmp_path, mi
 
 
 def test_the_explorer_redraws_every_panel_for_the_chosen_epoch(tmp_path, micro_vit):
-    from vitlab.views import explorers
+    from vitlab.views import study_explorers
 
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     stored = {}
@@ -175,7 +175,7 @@ def test_the_explorer_redraws_every_panel_for_the_chosen_epoch(tmp_path, micro_v
         view = inside.inside_view(micro_vit, images, epoch, 10 * epoch)
         stored[epoch] = (view, micro_vit.pos_embed.detach().clone())
         inside.record(tmp_path, view, inside.inside_tensors(micro_vit, epoch))
-    explorer = explorers.InsideViewsExplorer(tmp_path)
+    explorer = study_explorers.InsideViewsExplorer(tmp_path)
     assert explorer.epoch.value == 3 and explorer.epoch.options == (1, 2, 3)
     explorer.epoch.value = 2
     view, pos = stored[2]
@@ -195,10 +195,10 @@ def test_the_explorer_redraws_every_panel_for_the_chosen_epoch(tmp_path, micro_v
 
 
 def test_the_explorer_explains_a_folder_without_views(tmp_path):
-    from vitlab.views import explorers
+    from vitlab.views import study_explorers
 
     with pytest.raises(ValueError, match="holds no inside views"):
-        explorers.InsideViewsExplorer(tmp_path)
+        study_explorers.InsideViewsExplorer(tmp_path)
 
 
 def test_record_round_trip_rejects_unknown_fields(micro_vit):
@@ -209,7 +209,7 @@ def test_record_round_trip_rejects_unknown_fields(micro_vit):
 
 
 def test_a_hybrids_view_has_its_grid_of_4_pixel_tokens_and_no_filters(tmp_path):
-    from vitlab.views import explorers
+    from vitlab.views import study_explorers
 
     torch.manual_seed(0)
     hybrid = models.build_model({"zoo": "hybrid_micro_c10"}).eval()  # an 8-pixel stride: a 4x4 grid
@@ -225,7 +225,7 @@ def test_a_hybrids_view_has_its_grid_of_4_pixel_tokens_and_no_filters(tmp_path):
     assert sorted(tensors) == ["pos_embed.1"]
     inside.record(tmp_path, view, tensors)
     assert "no pixel filters" in inside.summary(inside.read(tmp_path))
-    explorer = explorers.InsideViewsExplorer(tmp_path)
+    explorer = study_explorers.InsideViewsExplorer(tmp_path)
     assert explorer.ratio is None and "no patch-embedding filters" in explorer.filters.layout.title.text
     n = 16
     emb = F.normalize(hybrid.pos_embed[0, -n:].detach(), dim=-1)

@@ -20,9 +20,8 @@ RANKS = {
     "analysis.representations": 3, "analysis.__init__": 4,
     "training.config": 0, "training.run_folder": 1, "training.mpp": 1, "training.inside": 2, "training.loop": 3,
     "training.zoo": 4, "training.sweep": 5, "training.recipes": 5, "training.__init__": 6,
-    "views.style": 0, "views.readouts": 1, "views.figures": 1, "views.study_readouts": 2, "views.controls": 2,
-    "views.study_explorers": 3,
-    "views.explorers": 4, "views.__init__": 5,
+    "views.style": 0, "views.readouts": 1, "views.figures": 1, "views.study_readouts": 2, "views.study_figures": 2,
+    "views.controls": 2, "views.study_explorers": 3, "views.explorers": 4, "views.__init__": 5,
     "__init__": 9, "__main__": 9,
 }
 SAME_RANK = {("training.loop", "training.inside")}

@@ -178,9 +178,9 @@ def test_the_readout_says_what_each_arm_measured():
 
 
 def test_the_side_by_side_figure_draws_every_head_of_every_seed():
-    from vitlab.views import figures
+    from vitlab.views import study_figures
 
-    fig = figures.recipes_figure(_comparison(), 1)
+    fig = study_figures.recipes_figure(_comparison(), 1)
     heads = [t for t in fig.data if t.name and t.name.endswith(": heads")]
     assert len(heads) == 4 and {t.xaxis for t in heads} == {"x", "x2"}  # one panel per arm
     cutmix_s0 = next(t for t in heads if t.name == "CutMix, seed 0: heads")
@@ -190,9 +190,9 @@ def test_the_side_by_side_figure_draws_every_head_of_every_seed():
 
 
 def test_the_timeline_has_a_line_per_run_and_the_final_intervals():
-    from vitlab.views import figures
+    from vitlab.views import study_figures
 
-    fig = figures.recipes_timeline_figure(_comparison(), epoch=1)
+    fig = study_figures.recipes_timeline_figure(_comparison(), epoch=1)
     lines = [t for t in fig.data if t.xaxis == "x" and t.name and "seed" in t.name]
     assert [list(t.y) for t in lines] == [[15.0, 14.0], [15.5, 14.5], [12.0, 3.0], [13.0, 9.0]]
     assert [list(t.error_y.array) for t in lines][2] == [0.0, 0.5]
@@ -201,7 +201,7 @@ def test_the_timeline_has_a_line_per_run_and_the_final_intervals():
 
 
 def test_the_explorer_redraws_the_arms_at_the_chosen_epoch(collected):
-    from vitlab.views.explorers import RecipesExplorer
+    from vitlab.views.study_explorers import RecipesExplorer
 
     _, out = collected
     explorer = RecipesExplorer(out)

@@ -8,7 +8,7 @@ one folder with ``experiment.json``, which names the arms, the settings they dif
 and, from each final model, the spread over the probe images of its lowest layer's most
 local head. The model weights are not copied, so a comparison stays small enough to
 commit. :func:`read` gives it back as :class:`~vitlab.records.Recipes`, which the readout
-(:func:`vitlab.views.study_readouts.recipes`), the figures and ``vitlab.views.explorers.RecipesExplorer`` take.
+(:func:`vitlab.views.study_readouts.recipes`), the figures and ``vitlab.views.study_explorers.RecipesExplorer`` take.
 
     python -m vitlab recipes --arm "no CutMix" runs/a-s0 runs/a-s1 --arm "CutMix" runs/b-s0 runs/b-s1 \
         --out data/results/locality

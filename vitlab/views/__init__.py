@@ -5,7 +5,7 @@ importing ``vitlab.views.readouts`` or ``study_readouts`` alone never loads the 
 """
 import importlib
 
-_MODULES = ("controls", "explorers", "figures", "readouts", "study_explorers", "study_readouts", "style")
+_MODULES = ("controls", "explorers", "figures", "readouts", "study_explorers", "study_figures", "study_readouts", "style")
 
 
 def __getattr__(name: str):

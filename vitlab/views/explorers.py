@@ -6,9 +6,10 @@ re-runs a cell. A Fig. 6/7 explorer runs its analysis (:mod:`vitlab.analysis.dis
 ``filters``, ``positions``, ``rollout``) for the settings shown, keeps the result per model and
 settings, and draws it with the same figure and readout functions a notebook cell calls. Every
 view is its own root widget; its parts are attributes, for tests and for users who want to
-rearrange them. The views of the ViT vs ResNet study (:class:`SweepExplorer`,
-:class:`ProbeExplorer`, :class:`CKAExplorer`) live in :mod:`vitlab.views.study_explorers` and are
-given here under the same names.
+rearrange them. Besides them: live training curves (:class:`TrainingMonitor`). The views of studies
+(inside views across training, recipe comparisons, the ViT vs ResNet study) live in
+:mod:`vitlab.views.study_explorers`; the last three (:class:`SweepExplorer`, :class:`ProbeExplorer`,
+:class:`CKAExplorer`) are given here under the same names.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from ..analysis.positions import PositionResult, position_analysis
 from ..analysis.references import INIT_SEEDS
 from ..analysis.rollout import RolloutResult, rollout_analysis
 from . import figures
-from . import readouts, study_readouts
+from . import readouts
 from .study_explorers import CKAExplorer, ProbeExplorer, SweepExplorer
 from .controls import STYLE, Explorer, Recent, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
 from ..settings import quick_or
@@ -365,110 +366,3 @@ def train_with_curves(config, out: str | Path, title: str | None = None):
                               objective=config.objective)
     display(monitor)
     return train(config, out, progress=True, on_epoch=monitor.update)
-
-
-# --- inside views across training ---------------------------------------------------------------
-
-
-class InsideViewsExplorer(W.VBox):
-    """The three Fig. 7 panels of a ViT run at any recorded epoch, and its attention distance against epoch.
-
-    Reads ``<run>/inside.jsonl`` and ``inside.safetensors`` (written by the trainer,
-    :mod:`vitlab.training.inside`). The epoch slider redraws the filters' principal components and
-    their explained variance (from the stored filters), the position-embedding similarity
-    (from the stored position embeddings) and the attention distance per head (from the
-    record, with the uniform line); the line chart marks the epoch shown.
-
-    Attributes: ``epoch`` (slider over recorded epochs), ``filters``, ``variance``,
-    ``positions``, ``distance``, ``timeline`` (FigureWidgets), ``views`` (the records),
-    ``view`` (the one shown), ``sim`` and ``ratio`` (the similarity and explained variance shown;
-    None for a hybrid, whose embedding has no pixel filters: its filter panels say so).
-    """
-
-    def __init__(self, run_folder: str | Path, k: int = 28):
-        from ..training import inside
-
-        self.folder = Path(run_folder)
-        self.views, self.tensors, recorded = inside.load(self.folder)
-        if not self.views:
-            raise ValueError(f"{self.folder} holds no inside views (inside.jsonl) and no finished ViT: train a ViT "
-                             "into it with inside views on (the default)")
-        self.note = W.HTML("" if recorded else "<i>This run recorded no inside views (it predates them, or ran "
-                           "with them off): only its final model is shown. Train it again into a new folder to "
-                           "see every epoch.</i>")
-        self.k = k
-        epochs = [v.epoch for v in self.views]
-        self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
-                                       continuous_update=False, style=STYLE)
-        self.filters, self.variance, self.positions, self.distance, self.timeline = (
-            go.FigureWidget() for _ in range(5))
-        self.epoch.observe(lambda change: self.show_epoch(change["new"]), names="value")
-        super().__init__([self.epoch, self.note, side_by_side([self.filters, self.variance]),
-                          side_by_side([self.positions, self.distance]), self.timeline])
-        self.show_epoch(epochs[-1])
-
-    def show_epoch(self, epoch: int) -> None:
-        """Redraw every panel for ``epoch`` (one of the recorded epochs)."""
-        from ..training import inside
-
-        self.view = next(v for v in self.views if v.epoch == epoch)
-        if self.epoch.value != epoch:
-            self.epoch.value = epoch  # observed: comes back here once with the same epoch
-            return
-        stand_in = inside.stored_model(self.view, self.tensors)
-        position = position_analysis(stand_in, seeds=())
-        self.sim = position.sim  # (rows, cols, rows, cols)
-        name = f"{self.folder.name.removesuffix('.inside')}, epoch {epoch}"  # a zoo entry's folder: its name
-        if self.view.filter_k:
-            result = filters_analysis(stand_in, k=self.k, seeds=())
-            self.ratio = result.ratio[: result.k]
-            show_figure(self.filters, figures.embedding_filters_figure(result, title=f"{name}: filters"))
-            show_figure(self.variance, figures.explained_variance_figure(result))
-        else:  # a hybrid: its first layer is a CNN, its embedding projects CNN features
-            self.ratio = None
-            for widget in (self.filters, self.variance):
-                show_figure(widget, figures.note_figure(
-                    f"{name}: a hybrid ViT has no patch-embedding filters",
-                    "its embedding projects 1x1 patches of a CNN's feature map, not pixels"))
-        show_figure(self.positions, figures.position_similarity_figure(position, title=f"{name}: position embeddings"))
-        show_figure(self.distance, figures.inside_distance_figure(
-            self.view, title=f"{name}: mean attention distance ({self.view.images} probe images)"))
-        show_figure(self.timeline, figures.inside_views_figure(self.views, epoch=epoch))
-
-
-class RecipesExplorer(W.VBox):
-    """The arms of a recipe comparison side by side at any recorded epoch (e.g. with and without CutMix).
-
-    Reads a comparison folder (:func:`vitlab.training.recipes.read`, default the committed locality
-    experiment). The epoch slider redraws each arm's attention distance per head against
-    depth (every seed) and the readout for that epoch; the timeline below shows the lowest
-    layer's most local head and the test accuracy of every run against epoch, marking the
-    epoch shown.
-
-    Attributes: ``epoch`` (slider), ``distance``, ``timeline`` (FigureWidgets), ``readout``
-    (HTML), ``comparison`` (the :class:`~vitlab.records.Recipes`), ``measured`` (the
-    :class:`~vitlab.views.study_readouts.RecipesReadout` shown).
-    """
-
-    def __init__(self, folder: str | Path | None = None):
-        from ..training import recipes
-
-        self.comparison = recipes.read(folder or recipes.LOCALITY)
-        epochs = self.comparison.epochs
-        self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
-                                       continuous_update=False, style=STYLE)
-        self.distance, self.timeline = go.FigureWidget(), go.FigureWidget()
-        self.readout = W.HTML()
-        self.epoch.observe(lambda change: self.show_epoch(change["new"]), names="value")
-        super().__init__([self.epoch, self.distance, self.readout, self.timeline])
-        self.show_epoch(epochs[-1])
-
-    def show_epoch(self, epoch: int) -> None:
-        """Redraw the arms and the readout at ``epoch`` (one every run recorded)."""
-        if self.epoch.value != epoch:
-            self.epoch.value = epoch  # observed: comes back here once with the same epoch
-            return
-        self.measured = study_readouts.recipes(self.comparison, epoch)
-        show_figure(self.distance, figures.recipes_figure(self.comparison, epoch))
-        show_figure(self.timeline, figures.recipes_timeline_figure(self.comparison, epoch))
-        self.readout.value = self.measured.html()
