@@ -15,13 +15,25 @@ from ..records import FAMILY_ORDER, InsideView, Recipes, RunInside, RunRecord, c
 from .readouts import LOCAL_FRACTION, Readout
 from .style import number, px
 
-
-# --- Fig. 7 (right) against training-set size (Raghu et al. 2021) -------------------------------
-
+#: The paper's (or a later paper's) claim beside each readout.
 PAPER_DATA_SIZE = ("with enough pre-training data (JFT-300M) some lower-layer heads attend locally; Raghu et al. "
                    "(2021) found that ViTs trained on less data (ImageNet) do not learn this local attention in "
                    "their lower layers.")
+PAPER_RECIPES = ("the ViT paper explains local lower-layer heads by pre-training data (JFT-300M); Santiago "
+                 "Toledo and Martinez (2026, arXiv 2605.16390) report that for ViTs trained from scratch on "
+                 "CIFAR-10, CIFAR-100 and Tiny-ImageNet CutMix is what makes early heads local (CIFAR-100: minimum "
+                 "normalised mean attention distance 0.316 without, 0.008 with), while AutoAugment and label "
+                 "smoothing have no effect.")
+PAPER_MPP = ("masked patch prediction (50% of patch embeddings corrupted, 3-bit mean colour predicted) pre-trains "
+             "ViT-B/16 on JFT-300M to 79.9% ImageNet top-1 after fine-tuning: 2% above training from scratch, 4% "
+             "below supervised pre-training (section 4.6, appendix B.1.2).")
+PAPER_FAMILIES = ("Fig. 5 (pre-trained on JFT-300M, transfer accuracy against pre-training compute): ViTs dominate "
+                  "ResNets on the performance/compute trade-off, needing 2-4x less compute for the same accuracy; "
+                  "hybrids slightly outperform ViTs at small computational budgets, and the difference vanishes "
+                  "for larger models.")
 
+
+# --- Fig. 7 (right) against training-set size (Raghu et al. 2021) -------------------------------
 
 @dataclass(frozen=True, kw_only=True)
 class DataSizeReadout(Readout):
@@ -69,13 +81,6 @@ def data_size(runs: Sequence[RunInside]) -> DataSizeReadout:
 
 
 # --- recipe comparisons: what a change of training recipe does to attention distance ---------------
-
-PAPER_RECIPES = ("the ViT paper explains local lower-layer heads by pre-training data (JFT-300M); Santiago "
-                 "Toledo and Martinez (2026, arXiv 2605.16390) report that for ViTs trained from scratch on "
-                 "CIFAR-10, CIFAR-100 and Tiny-ImageNet CutMix is what makes early heads local (CIFAR-100: minimum "
-                 "normalised mean attention distance 0.316 without, 0.008 with), while AutoAugment and label "
-                 "smoothing have no effect.")
-
 
 @dataclass(frozen=True, kw_only=True)
 class RecipesReadout(Readout):
@@ -156,11 +161,6 @@ def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
 
 
 # --- self-supervised pre-training: masked patch prediction, and fine-tuning from it ------------------
-
-PAPER_MPP = ("masked patch prediction (50% of patch embeddings corrupted, 3-bit mean colour predicted) pre-trains "
-             "ViT-B/16 on JFT-300M to 79.9% ImageNet top-1 after fine-tuning: 2% above training from scratch, 4% "
-             "below supervised pre-training (section 4.6, appendix B.1.2).")
-
 
 @dataclass(frozen=True, kw_only=True)
 class PretrainingReadout(Readout):
@@ -266,11 +266,6 @@ def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on:
 
 
 # --- three families: ViT, hybrid and ResNet against training-set size ----------------------------
-
-PAPER_FAMILIES = ("Fig. 5 (pre-trained on JFT-300M, transfer accuracy against pre-training compute): ViTs dominate "
-                  "ResNets on the performance/compute trade-off, needing 2-4x less compute for the same accuracy; "
-                  "hybrids slightly outperform ViTs at small computational budgets, and the difference vanishes "
-                  "for larger models.")
 
 @dataclass(frozen=True, kw_only=True)
 class FamiliesReadout(Readout):
