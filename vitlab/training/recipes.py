@@ -117,6 +117,8 @@ def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathL
                 (tmp / f.name).mkdir()
                 for n in RUN_FILES:
                     shutil.copy2(f / n, tmp / f.name / n)
+                if not inside.read(f):  # before anything is written
+                    raise ValueError(f"{f} recorded no inside views: collect ViT runs trained with inside views on")
                 stats = head_statistics(load_model(f / "model.safetensors", device="cpu"), images, progress=progress)
                 lowest = lowest_head(stats["distance_per_image"])
                 stored[arm].append(dict(name=f.name, seed=_config(f)[0]["seed"], lowest_std=lowest.std,
