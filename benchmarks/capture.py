@@ -26,7 +26,8 @@ import torch
 from timm.utils import AttentionExtract
 
 from vitlab import data, settings
-from vitlab.analysis.capture import capture, head_statistics
+from vitlab.analysis.capture import capture
+from vitlab.analysis.distance import head_statistics
 from vitlab.models import load_model
 
 

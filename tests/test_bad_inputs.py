@@ -26,7 +26,8 @@ from vitlab import data, models, records
 from vitlab.training import run_folder
 from vitlab.analysis import metrics
 from vitlab.analysis.features import layer_features, layer_hooks, pre_logits
-from vitlab.analysis.capture import capture, head_statistics, hooks
+from vitlab.analysis.capture import capture, hooks
+from vitlab.analysis.distance import head_statistics
 from vitlab.training.sweep import SweepConfig, sweep
 from vitlab.training.config import TrainConfig
 from vitlab.models.weights import WeightsFileError

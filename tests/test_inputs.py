@@ -4,7 +4,8 @@ import timm
 import torch
 
 import vitlab
-from vitlab.analysis.capture import capture, head_statistics
+from vitlab.analysis.capture import capture
+from vitlab.analysis.distance import head_statistics
 from vitlab.models.inputs import PIXEL_SLACK, check_input
 from vitlab.models import build_model
 from vitlab.models.weights import GOOGLE_VIT_CFG

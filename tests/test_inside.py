@@ -71,7 +71,7 @@ def test_inside_view_equals_a_brute_force_recomputation(micro_vit):
     assert view.uniform == pytest.approx(float(pairs.mean()) * n / (n + prefix))
     pos = F.normalize(micro_vit.pos_embed[0, -n:].double(), dim=-1)  # (n, D)
     sim = pos @ pos.T
-    assert view.position_distance == pytest.approx(metrics.position_structure(sim, grid).distance)
+    assert view.position_distance == pytest.approx(metrics.position_structure(sim, grid).closeness)
     assert view.mirror == pytest.approx(metrics.mirror_score(sim, grid).mirror)
     flat = micro_vit.patch_embed.proj.weight.detach().double().flatten(1)
     s = torch.linalg.svdvals(flat - flat.mean(0))
@@ -148,7 +148,7 @@ def test_a_resnet_run_records_no_inside_views(tmp_path, fake_cifar):
 
 
 def test_the_explorer_redraws_every_panel_for_the_chosen_epoch(tmp_path, micro_vit):
-    from vitlab.views import explorers
+    from vitlab.views import study_explorers
 
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     stored = {}
@@ -158,7 +158,7 @@ def test_the_explorer_redraws_every_panel_for_the_chosen_epoch(tmp_path, micro_v
         view = inside.inside_view(micro_vit, images, epoch, 10 * epoch)
         stored[epoch] = (view, micro_vit.pos_embed.detach().clone())
         run_folder.record_inside(tmp_path, view, inside.inside_tensors(micro_vit, epoch))
-    explorer = explorers.InsideViewsExplorer(tmp_path)
+    explorer = study_explorers.InsideViewsExplorer(tmp_path)
     assert explorer.epoch.value == 3 and explorer.epoch.options == (1, 2, 3)
     explorer.epoch.value = 2
     view, pos = stored[2]
@@ -178,10 +178,10 @@ def test_the_explorer_redraws_every_panel_for_the_chosen_epoch(tmp_path, micro_v
 
 
 def test_the_explorer_explains_a_folder_without_views(tmp_path):
-    from vitlab.views import explorers
+    from vitlab.views import study_explorers
 
     with pytest.raises(ValueError, match="holds no inside views"):
-        explorers.InsideViewsExplorer(tmp_path)
+        study_explorers.InsideViewsExplorer(tmp_path)
 
 
 def test_record_round_trip_rejects_unknown_fields(micro_vit):
@@ -192,7 +192,7 @@ def test_record_round_trip_rejects_unknown_fields(micro_vit):
 
 
 def test_a_hybrids_view_has_its_grid_of_4_pixel_tokens_and_no_filters(tmp_path):
-    from vitlab.views import explorers
+    from vitlab.views import study_explorers
 
     torch.manual_seed(0)
     hybrid = models.build_model({"zoo": "hybrid_micro_c10"}).eval()  # an 8-pixel stride: a 4x4 grid
@@ -208,7 +208,7 @@ def test_a_hybrids_view_has_its_grid_of_4_pixel_tokens_and_no_filters(tmp_path):
     assert sorted(tensors) == ["pos_embed.1"]
     run_folder.record_inside(tmp_path, view, tensors)
     assert "no pixel filters" in inside.summary(run_folder.read_inside(tmp_path))
-    explorer = explorers.InsideViewsExplorer(tmp_path)
+    explorer = study_explorers.InsideViewsExplorer(tmp_path)
     assert explorer.ratio is None and "no patch-embedding filters" in explorer.filters.layout.title.text
     n = 16
     emb = F.normalize(hybrid.pos_embed[0, -n:].detach(), dim=-1)

@@ -130,13 +130,13 @@ def test_position_structure_matches_brute_force(grid):
     sim = _cosine(torch.randn(rows * cols, 6, generator=torch.Generator().manual_seed(1)))
     score = metrics.position_structure(sim.reshape(rows, cols, rows, cols), grid)
     distance, row_column = _brute_structure(sim, rows, cols)
-    assert score.distance == pytest.approx(distance, abs=1e-12)
+    assert score.closeness == pytest.approx(distance, abs=1e-12)
     assert score.row_column == pytest.approx(row_column, abs=1e-12)
     with pytest.raises(ValueError, match="does not cover"):
         metrics.position_structure(sim, (rows, cols + 1))
 
 
-def test_position_structure_distance_matches_scipy_on_sincos():
+def test_position_structure_closeness_matches_scipy_on_sincos():
     from scipy import stats
 
     rows, cols = 8, 8
@@ -144,33 +144,33 @@ def test_position_structure_distance_matches_scipy_on_sincos():
     i, j = np.triu_indices(rows * cols, 1)
     distance = np.hypot(i // cols - j // cols, i % cols - j % cols)
     expected = -stats.spearmanr(sim.numpy()[i, j], distance).statistic
-    assert metrics.position_structure(sim, (rows, cols)).distance == pytest.approx(expected, abs=1e-12)
+    assert metrics.position_structure(sim, (rows, cols)).closeness == pytest.approx(expected, abs=1e-12)
 
 
 def test_position_structure_analytic_cases():
     rows, cols = 8, 8
     # Positive control: the MAE sincos embedding is nearly monotone in distance, with a row/column excess.
     sincos = metrics.position_structure(_cosine(_sincos_embedding(rows, cols, 128)), (rows, cols))
-    assert sincos.distance > 0.8 and sincos.row_column > 0.3
-    # Similarity a strictly decreasing function of distance: distance +1 exactly, no row/column excess.
+    assert sincos.closeness > 0.8 and sincos.row_column > 0.3
+    # Similarity a strictly decreasing function of distance: closeness +1 exactly, no row/column excess.
     r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     pos = torch.stack([r.flatten(), c.flatten()], 1).double()  # (n, 2)
     isotropic = metrics.position_structure(torch.exp(-torch.cdist(pos, pos) ** 2 / 8), (rows, cols))
-    assert isotropic.distance == pytest.approx(1.0, abs=1e-12) and isotropic.row_column == pytest.approx(0, abs=1e-6)
+    assert isotropic.closeness == pytest.approx(1.0, abs=1e-12) and isotropic.row_column == pytest.approx(0, abs=1e-6)
     # One-hot row plus one-hot column: similar exactly when in the same row or column.
     onehot = torch.cat([torch.nn.functional.one_hot(r.flatten(), rows), torch.nn.functional.one_hot(c.flatten(), cols)],
                        1)
     cross = metrics.position_structure(_cosine(onehot), (rows, cols))
-    assert cross.row_column == pytest.approx(1.0, abs=1e-12) and 0 < cross.distance < 0.5
+    assert cross.row_column == pytest.approx(1.0, abs=1e-12) and 0 < cross.closeness < 0.5
     # Far patches the more similar: -1.
     far = metrics.position_structure(torch.cdist(pos, pos), (rows, cols))
-    assert far.distance == pytest.approx(-1.0, abs=1e-12)
+    assert far.closeness == pytest.approx(-1.0, abs=1e-12)
 
 
 def test_position_structure_of_random_embeddings_is_near_zero():
     gen = torch.Generator().manual_seed(0)
     scores = [metrics.position_structure(_cosine(torch.randn(64, 128, generator=gen)), (8, 8)) for _ in range(20)]
-    distance = torch.tensor([s.distance for s in scores])
+    distance = torch.tensor([s.closeness for s in scores])
     row_column = torch.tensor([s.row_column for s in scores])
     assert distance.abs().max() < 0.1 and row_column.abs().max() < 0.1
     assert abs(float(distance.mean())) < 0.03 and abs(float(row_column.mean())) < 0.03

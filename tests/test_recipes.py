@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from vitlab import settings
-from vitlab.analysis.capture import head_statistics
+from vitlab.analysis.distance import head_statistics
 from vitlab.training import inside
 from vitlab.training import run_folder
-from vitlab.views import readouts
+from vitlab.views import study_readouts
 from vitlab.training import recipes
 from vitlab.training import loop
 from vitlab.training.config import ConfigError, TrainConfig
@@ -164,7 +164,7 @@ def _comparison() -> Recipes:
 
 
 def test_the_readout_says_what_each_arm_measured():
-    r = readouts.recipes(_comparison())
+    r = study_readouts.recipes(_comparison())
     assert r.epoch == 2 and r.arms == ["plain", "CutMix"]
     assert r.lowest == {"plain": [14.0, 14.5], "CutMix": [3.0, 9.0]}
     assert r.accuracy == {"plain": [0.6, 0.62], "CutMix": [0.58, 0.6]}
@@ -173,15 +173,15 @@ def test_the_readout_says_what_each_arm_measured():
     assert r.local == {"plain": [False, False], "CutMix": [True, False]}
     assert "CutMix minus plain: most local head -8.2 px, accuracy -2.0 points" in r.text
     assert "CutMix: 1 of 2 runs with a local head" in r.text and "cutmix (plain: 0.0, CutMix: 1.0)" in r.text
-    early = readouts.recipes(_comparison(), epoch=1)
+    early = study_readouts.recipes(_comparison(), epoch=1)
     assert early.lowest == {"plain": [15.0, 15.5], "CutMix": [12.0, 13.0]} and early.high["plain"] == []
     assert "no run has a local head" in early.text and "its value below 50%" in early.text
 
 
 def test_the_side_by_side_figure_draws_every_head_of_every_seed():
-    from vitlab.views import figures
+    from vitlab.views import study_figures
 
-    fig = figures.recipes_figure(_comparison(), 1)
+    fig = study_figures.recipes_figure(_comparison(), 1)
     heads = [t for t in fig.data if t.name and t.name.endswith(": heads")]
     assert len(heads) == 4 and {t.xaxis for t in heads} == {"x", "x2"}  # one panel per arm
     cutmix_s0 = next(t for t in heads if t.name == "CutMix, seed 0: heads")
@@ -191,9 +191,9 @@ def test_the_side_by_side_figure_draws_every_head_of_every_seed():
 
 
 def test_the_timeline_has_a_line_per_run_and_the_final_intervals():
-    from vitlab.views import figures
+    from vitlab.views import study_figures
 
-    fig = figures.recipes_timeline_figure(_comparison(), epoch=1)
+    fig = study_figures.recipes_timeline_figure(_comparison(), epoch=1)
     lines = [t for t in fig.data if t.xaxis == "x" and t.name and "seed" in t.name]
     assert [list(t.y) for t in lines] == [[15.0, 14.0], [15.5, 14.5], [12.0, 3.0], [13.0, 9.0]]
     assert [list(t.error_y.array) for t in lines][2] == [0.0, 0.5]
@@ -202,7 +202,7 @@ def test_the_timeline_has_a_line_per_run_and_the_final_intervals():
 
 
 def test_the_explorer_redraws_the_arms_at_the_chosen_epoch(collected):
-    from vitlab.views.explorers import RecipesExplorer
+    from vitlab.views.study_explorers import RecipesExplorer
 
     _, out = collected
     explorer = RecipesExplorer(out)
@@ -232,7 +232,7 @@ def test_docs_state_what_the_committed_records_measure():
     """The figures docs/results.md states for the CutMix comparison are those the readout computes from data/results/locality."""
     results = (settings.PROJECT_ROOT / "docs" / "results.md").read_text()
     stated = results.split("## What makes a small ViT's heads local?")[1].split("\n## ")[0]
-    r = readouts.recipes(recipes.read())
+    r = study_readouts.recipes(recipes.read())
     plain, cutmix = r.arms
     for arm in r.arms:
         for seed, px in zip(r.seeds[arm], r.lowest[arm]):

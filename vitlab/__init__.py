@@ -8,7 +8,8 @@ is imported on first use only, so the command line and torchrun workers never lo
 import importlib
 
 from . import analysis, data, models, records, settings, training
-from .analysis.capture import Capture, capture, head_statistics
+from .analysis.capture import Capture, capture
+from .analysis.distance import head_statistics
 from .models import load_model, preprocess, save_model
 from .settings import quick_mode
 from .training.zoo import available

@@ -117,7 +117,7 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _recipes(args: argparse.Namespace) -> None:
-    from .views import readouts
+    from .views import study_readouts
     from .training import recipes
 
     arms = {}
@@ -128,7 +128,7 @@ def _recipes(args: argparse.Namespace) -> None:
     command = "python -m vitlab recipes " + " ".join(
         shlex.join(["--arm", *arm]) for arm in args.arm) + f" --out {shlex.quote(args.out)}"
     comparison = recipes.collect(arms, args.out, commands=[command], force=args.force, progress=args.progress)
-    print(readouts.recipes(comparison))
+    print(study_readouts.recipes(comparison))
 
 
 COMMANDS = dict(zoo=_zoo, data=_data, train=_train, pretrain=_train, publish=_publish, sweep=_sweep, recipes=_recipes)

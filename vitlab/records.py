@@ -365,7 +365,8 @@ class InsideView:
         entropy: per layer, per head attention entropy over patch keys in nats (layers x heads).
         uniform: the distance under uniform attention over all tokens, same convention (pixels).
         position_distance, position_row_column: :class:`vitlab.analysis.metrics.PositionStructure`
-            of the position embeddings' similarity (Spearman correlations).
+            of the position embeddings' similarity (Spearman correlations; ``position_distance`` is
+            its ``closeness``, the name kept as the files' key).
         mirror, mirror_neighbour: :class:`vitlab.analysis.metrics.MirrorScore` (mean similarity to
             the mirror position, to the neighbours).
         filter_variance_first: explained-variance ratio of the first principal component of
@@ -414,6 +415,15 @@ class InsideView:
             raise TypeError(f"inside view fields differ: missing {sorted(names - row.keys())}, "
                             f"unknown {sorted(row.keys() - names)}")
         return cls(**dict(row, grid=tuple(row["grid"]), patch_size=tuple(row["patch_size"])))
+
+
+def check_one_grid(views: dict[str, InsideView]) -> None:
+    """Refuse views of models with different patch grids: their distances and uniform lines differ."""
+    if not views:
+        raise ValueError("no inside views to compare")
+    grids = {k: (tuple(v.grid), tuple(v.patch_size)) for k, v in views.items()}
+    if len(set(grids.values())) > 1:
+        raise ValueError(f"compare models of one patch grid; got {grids} (grid, patch size in pixels)")
 
 
 # --- inside views of sweep runs: Fig. 7 numbers against training-set size ------------------------

@@ -29,7 +29,7 @@ from torch import nn
 
 from . import metrics
 from ..models.inputs import check_images, check_input
-from ..models import build_model, preprocess
+from ..models import preprocess
 
 _MISSING = object()
 
@@ -225,9 +225,6 @@ class Capture:
                                  f"{self.grid} grid of {self.patch_size} patches")
 
 
-# --- what may go into a model ---------------------------------------------------------
-
-
 # --- capture ---------------------------------------------------------------------------
 
 
@@ -340,123 +337,3 @@ def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None
         logits = model(x)
     cache.record_output(logits, tuple(x.shape[-2:]), cache.grid)  # the grid the pre-forward hook read from the model
     return cache
-
-
-def attention_distance(cap: Capture, layer: int | None = None, renormalize: bool = False) -> torch.Tensor:
-    """Mean attention distance in pixels per head, with the capture's own grid, patches and prefix.
-
-    :func:`vitlab.analysis.metrics.mean_attention_distance` cannot tell a (4, 8) grid from an
-    (8, 4) one (the token count is the same); a :class:`Capture` knows which grid its
-    forward pass used, so this cannot mix them up.
-
-    Args:
-        cap: what :func:`capture` (or a forward inside :func:`hooks`) recorded.
-        layer: a captured block index (negative from the end), or None for every captured block.
-        renormalize: False (default) keeps the raw weights over patch keys, the paper's convention
-            (google-research/vision_transformer issue #162, probing-vits); True rescales each
-            query's attention over patch keys to sum to 1 (see :func:`vitlab.analysis.metrics.mean_attention_distance`).
-
-    Returns:
-        (heads,) for one ``layer``; (layers, heads) in ``cap.layers`` order for None.
-    """
-    if not isinstance(cap, Capture):
-        raise TypeError(f"cap must be a Capture (from vitlab.capture or vitlab.analysis.capture), got {type(cap).__name__}")
-    if 0 in cap.grid or 0 in cap.patch_size:
-        raise ValueError("cap holds no forward pass yet (its grid is unknown): fill it with vitlab.capture(model, "
-                         "images), or run the model inside vitlab.analysis.capture(model)")
-    if layer is not None:
-        return metrics.mean_attention_distance(cap.attn[layer], cap.grid, cap.patch_size, cap.num_prefix_tokens,
-                                               renormalize)
-    return torch.stack([attention_distance(cap, i, renormalize) for i in cap.attn])  # (layers, heads)
-
-
-def head_statistics(model: nn.Module, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 64,
-                    layers: Sequence[int] | None = None, renormalize: bool = False,
-                    progress: bool = False) -> dict[str, torch.Tensor]:
-    """Per-layer, per-head mean attention distance and entropy, streamed over ``images``.
-
-    Args:
-        images: uint8 images (N, 3, H, W), cut into batches of ``batch_size``, or any
-            iterable of uint8 batches (e.g. read from disk), so N can be the whole test set.
-        layers: block indices (negative from the end; default all).
-        renormalize: False (default) keeps the raw weights over patch keys, the paper's convention
-            (google-research/vision_transformer issue #162, probing-vits); True rescales each
-            query's attention over patch keys to sum to 1 (see :func:`vitlab.analysis.metrics.mean_attention_distance`).
-        progress: show a progress bar over batches.
-
-    Returns:
-        ``{"distance": (layers, heads) pixels, "entropy": (layers, heads) nats,
-        "distance_per_image": (N, layers, heads) pixels, "entropy_per_image": (N, layers, heads)
-        nats (each image's own values, for the spread over images), "layers": (layers,) block
-        indices}``; memory grows only by those per-image floats, never by attention maps.
-    """
-    from tqdm.auto import tqdm
-
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(images, torch.Tensor):
-        check_images(model, images)  # all of them, before the first batch's work
-        batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
-        total = -(-len(images) // batch_size)
-    else:
-        batches, total = iter(images), None
-    stats = metrics.HeadStats(renormalize=renormalize)
-    for batch in tqdm(batches, total=total, desc="attention statistics", disable=not progress, leave=False):
-        cap = capture(model, batch, layers)
-        stats.update(cap.attn, cap.grid, cap.patch_size, cap.num_prefix_tokens)
-        del cap  # drop this batch's maps before the next forward
-    if not stats.images:
-        raise ValueError("images gave no batches: pass a uint8 tensor (N, 3, H, W) or an iterable of such batches")
-    return dict(stats.result(), layers=torch.tensor(sorted(stats.distance)))
-
-
-# --- references for the attention distance -----------------------------------------------------
-
-#: Initialisation seeds of the random-initialised reference models.
-INIT_SEEDS = (0, 1, 2)
-
-
-def uniform_distance(model: nn.Module, renormalize: bool = False) -> float:
-    """:func:`vitlab.analysis.metrics.uniform_attention_distance` for the grid, patch size and prefix tokens of ``model``.
-
-    Read from the model (``patch_embed.grid_size``, :func:`vitlab.analysis.metrics.pixel_patch_size`,
-    ``num_prefix_tokens``), for inputs of the size it was built for. Pixels.
-    """
-    patch = metrics.pixel_patch_size(model)
-    prefix = int(getattr(model, "num_prefix_tokens", 0))
-    return metrics.uniform_attention_distance(metrics.patch_grid(model), patch, prefix, renormalize)
-
-
-def random_init(model: nn.Module, seed: int) -> nn.Module:
-    """An untrained model of ``model``'s architecture (its ``vitlab_arch``), initialised under ``seed``.
-
-    Built as ``torch.manual_seed(seed); build_model(model.vitlab_arch)``, on ``model``'s
-    device, without changing the caller's random state.
-    """
-    arch = getattr(model, "vitlab_arch", None)
-    if arch is None:
-        raise ValueError(f"{type(model).__name__} has no vitlab_arch record: load it with vitlab.load_model "
-                         "to compare it with random-initialised models of its architecture")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        fresh = build_model(arch)
-    return fresh.to(next(model.parameters()).device).eval()
-
-
-def random_init_statistics(model: nn.Module, images: torch.Tensor, seeds: Sequence[int] = INIT_SEEDS,
-                           batch_size: int = 64, layers: Sequence[int] | None = None, renormalize: bool = False,
-                           progress: bool = False) -> dict[str, torch.Tensor]:
-    """:func:`head_statistics` of random-initialised models of ``model``'s architecture (:func:`random_init`).
-
-    The reference that tells a trained model's attention distances from what its
-    architecture gives before any training. Same arguments as :func:`head_statistics`.
-
-    Returns:
-        ``{"distance": (seeds, layers, heads) pixels, "entropy": (seeds, layers, heads) nats,
-        "layers": (layers,) block indices}``.
-    """
-    if not seeds:
-        raise ValueError("give at least one seed")
-    runs = [head_statistics(random_init(model, s), images, batch_size, layers, renormalize, progress) for s in seeds]
-    return {"distance": torch.stack([r["distance"] for r in runs]),  # (seeds, layers, heads)
-            "entropy": torch.stack([r["entropy"] for r in runs]), "layers": runs[0]["layers"]}

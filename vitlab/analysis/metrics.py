@@ -140,7 +140,7 @@ class PositionStructure:
     """How much of the 2-D image grid a position-embedding similarity holds (:func:`position_structure`).
 
     Attributes:
-        distance: Spearman correlation between similarity and *closeness* (minus grid
+        closeness: Spearman correlation between similarity and *closeness* (minus grid
             distance) over all pairs of distinct patches: +1 when similarity falls
             monotonically with distance ("nearby patches are more similar"), about 0 for
             random embeddings, negative when far patches are the more similar.
@@ -151,7 +151,7 @@ class PositionStructure:
             distance alone. NaN on a grid of one row or column.
     """
 
-    distance: float
+    closeness: float
     row_column: float
 
 
@@ -170,7 +170,7 @@ def position_structure(sim: torch.Tensor, grid: tuple[int, int]) -> PositionStru
     # Partial correlation of similarity and line given closeness, on ranks.
     scale = math.sqrt(max((1 - sd**2) * (1 - ld**2), 0.0))
     row_column = (sl - sd * ld) / scale if scale > 0 else math.nan
-    return PositionStructure(distance=sd, row_column=row_column)
+    return PositionStructure(closeness=sd, row_column=row_column)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ class InsideViewEvaluator:
     def run(self, model: nn.Module, *, epoch: int = 0, step: int = 0,
             stats: dict[str, torch.Tensor] | None = None) -> InsideView | None:
         """The :class:`~vitlab.records.InsideView` of ``model`` after ``epoch`` epochs and ``step`` steps; None
-        for a model without attention. ``stats``: :func:`~vitlab.analysis.capture.head_statistics` of these
+        for a model without attention. ``stats``: :func:`~vitlab.analysis.distance.head_statistics` of these
         images, when the caller has them already."""
         return inside.inside_view(model, self.images, epoch, step, self.batch_size, stats)
 

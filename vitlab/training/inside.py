@@ -26,7 +26,9 @@ from torch import nn
 from .. import data
 from ..analysis import metrics
 from . import run_folder
-from ..analysis.capture import head_statistics, uniform_distance
+from ..analysis.distance import head_statistics, uniform_distance
+from ..analysis.filters import filters_analysis
+from ..analysis.positions import position_analysis
 from ..models import load_model
 from ..records import InsideView
 
@@ -71,8 +73,10 @@ def inside_view(model: nn.Module, images: torch.Tensor, epoch: int, step: int, b
 
     Images are resized to the model's input size (a fine-tuned model sees its own grid).
     Attention distance is the paper's convention (``renormalize=False``); ``stats`` are
-    :func:`vitlab.analysis.capture.head_statistics` of these images (at the model's input size) when the
-    caller already has them. Leaves the model in eval mode; draws no random numbers.
+    :func:`vitlab.analysis.distance.head_statistics` of these images (at the model's input size) when the
+    caller already has them. The position and filter numbers are those of
+    :func:`vitlab.analysis.positions.position_analysis` and :func:`vitlab.analysis.filters.filters_analysis`
+    (without their random-init references). Leaves the model in eval mode; draws no random numbers.
     """
     if not is_vit(model):
         return None
@@ -81,22 +85,19 @@ def inside_view(model: nn.Module, images: torch.Tensor, epoch: int, step: int, b
         images = data.resize(images, size)
     if stats is None:  # callers that need the per-image values too pass the statistics they computed
         stats = head_statistics(model, images, batch_size=batch_size)  # (layers, heads) each
-    grid = metrics.patch_grid(model)
-    sim = metrics.position_similarity(model)  # (rows, cols, rows, cols)
-    structure, mirror = metrics.position_structure(sim, grid), metrics.mirror_score(sim, grid)
+    position = position_analysis(model, seeds=())
     if metrics.is_hybrid(model):  # no pixel filters: the CNN sees the pixels
-        k, ratio = 0, torch.tensor([math.nan])
+        k, first, first_k = 0, math.nan, math.nan
     else:
-        w = model.patch_embed.proj.weight
-        k = min(FILTER_K, w.shape[0], w[0].numel())
-        ratio = metrics.embedding_filters(model, k=k)[1]  # (k,)
+        filters = filters_analysis(model, k=FILTER_K, seeds=())
+        k, first, first_k = filters.k, filters.first, filters.first_k
     return InsideView(
-        epoch=epoch, step=step, images=len(images), grid=grid, patch_size=metrics.pixel_patch_size(model),
-        num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
+        epoch=epoch, step=step, images=len(images), grid=metrics.patch_grid(model),
+        patch_size=metrics.pixel_patch_size(model), num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
         distance=stats["distance"].double().tolist(), entropy=stats["entropy"].double().tolist(),
-        uniform=uniform_distance(model), position_distance=structure.distance,
-        position_row_column=structure.row_column, mirror=mirror.mirror, mirror_neighbour=mirror.neighbour,
-        filter_variance_first=float(ratio[0]), filter_variance_k=float(ratio.double().sum()), filter_k=k)
+        uniform=uniform_distance(model), position_distance=position.structure.closeness,
+        position_row_column=position.structure.row_column, mirror=position.mirror.mirror,
+        mirror_neighbour=position.mirror.neighbour, filter_variance_first=first, filter_variance_k=first_k, filter_k=k)
 
 
 def inside_tensors(model: nn.Module, epoch: int) -> dict[str, torch.Tensor]:

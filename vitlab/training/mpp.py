@@ -212,6 +212,47 @@ def masked_accuracy(model: MaskedPatchPrediction, images: torch.Tensor, seed: in
     return correct.item() / max(1, count.item())  # one read-back for the whole set
 
 
+@dataclass(frozen=True)
+class MaskedExample:
+    """What the objective asks of a few images and what a model answers (:func:`masked_example`).
+
+    Attributes:
+        pixels: (N, H, W, 3) uint8 the images; seen: (N, H, W, 3) uint8 what the encoder sees
+            (masked patches grey, swapped ones showing the patch they took, the others as they are).
+        targets, predicted: (N, patches) 3-bit colour classes, row-major; corrupted: (N, patches)
+            bool, the scored patches; right: per image, the share of them predicted right.
+        grid: (rows, cols) of patches; patch: their side in pixels.
+    """
+
+    pixels: torch.Tensor
+    seen: torch.Tensor
+    targets: torch.Tensor
+    predicted: torch.Tensor
+    corrupted: torch.Tensor
+    right: list[float]
+    grid: tuple[int, int]
+    patch: int
+
+
+@torch.no_grad()
+def masked_example(model: MaskedPatchPrediction, images: torch.Tensor, seed: int = 0) -> MaskedExample:
+    """``model``'s predictions on uint8 ``images`` (N, 3, H, W, a few) under a corruption drawn with ``seed``."""
+    model.eval()
+    device, patch = model.mask_token.device, model.patch_size
+    targets, corruption = draw_batch(images, patch, torch.Generator(device=device).manual_seed(seed), device)
+    predicted = model(preprocess(model.encoder, images, resize=False), corruption).argmax(-1).cpu()  # (N, patches)
+    targets, kind, source = targets.cpu(), corruption.kind.cpu(), corruption.source.cpu()
+    picked = corruption.corrupted.cpu()  # (N, patches)
+    (h, w), grid = images.shape[-2:], (images.shape[-2] // patch, images.shape[-1] // patch)
+    pixels = images.permute(0, 2, 3, 1).cpu()  # (N, H, W, 3)
+    flat = pixels.unfold(1, patch, patch).unfold(2, patch, patch).reshape(len(images), -1, 3, patch, patch)
+    seen = torch.stack([flat[n][source[n]] for n in range(len(images))])  # a swapped patch shows the patch it took
+    seen[kind == MASKED] = 128
+    seen = seen.view(len(images), *grid, 3, patch, patch).permute(0, 1, 4, 2, 5, 3).reshape(len(images), h, w, 3)
+    right = [float((predicted[n][picked[n]] == targets[n][picked[n]]).float().mean()) for n in range(len(images))]
+    return MaskedExample(pixels, seen, targets, predicted, picked, right, grid, patch)
+
+
 def baselines(images: torch.Tensor, patch_size: int, seed: int = 0, batch_size: int = 500) -> dict[str, float]:
     """What guessing without a model scores on the corrupted patches :func:`masked_accuracy` scores.
 

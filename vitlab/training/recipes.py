@@ -8,7 +8,7 @@ one folder with ``experiment.json``, which names the arms, the settings they dif
 and, from each final model, the spread over the probe images of its lowest layer's most
 local head. The model weights are not copied, so a comparison stays small enough to
 commit. :func:`read` gives it back as :class:`~vitlab.records.Recipes`, which the readout
-(:func:`vitlab.views.readouts.recipes`), the figures and ``vitlab.views.explorers.RecipesExplorer`` take.
+(:func:`vitlab.views.study_readouts.recipes`), the figures and ``vitlab.views.study_explorers.RecipesExplorer`` take.
 
     python -m vitlab recipes --arm "no CutMix" runs/a-s0 runs/a-s1 --arm "CutMix" runs/b-s0 runs/b-s1 \
         --out data/results/locality
@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from . import inside
-from ..views import readouts
 from .. import settings
 from . import run_folder
 from .run_folder import RunFolderError
 from .config import ConfigError, TrainConfig, command_line, from_args
-from ..analysis.capture import head_statistics
+from ..analysis.distance import head_statistics, lowest_head
 from ..io import write_json
 from ..models import load_model
 from ..records import RecipeRun, Recipes, ResultsFileError
@@ -106,11 +105,12 @@ def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathL
                 (tmp / f.name).mkdir()
                 for n in RUN_FILES:
                     shutil.copy2(f / n, tmp / f.name / n)
-                stats = head_statistics(load_model(f / "model.safetensors", device="cpu"), images, progress=progress)
-                view = run_folder.read_inside(f)[-1]
-                spread = readouts.attention_distance(stats["distance_per_image"][:, :1], view.uniform)
-                stored[arm].append(dict(name=f.name, seed=_config(f)[0]["seed"], lowest_std=spread.head_std,
-                                        lowest_low=spread.head_low, lowest_high=spread.head_high))
+                if not run_folder.read_inside(f):  # before anything is written
+                    raise ValueError(f"{f} recorded no inside views: collect ViT runs trained with inside views on")
+                stats = head_statistics(load_model(f / run_folder.MODEL, device="cpu"), images, progress=progress)
+                lowest = lowest_head(stats["distance_per_image"])
+                stored[arm].append(dict(name=f.name, seed=_config(f)[0]["seed"], lowest_std=lowest.std,
+                                        lowest_low=lowest.low, lowest_high=lowest.high))
         trained = [f"{command_line('python -m vitlab train', from_args(TrainConfig, _config(f)[0]))} "
                    f"--out {shlex.quote(str(f))}" for runs in folders.values() for f in runs]
         arms_in_order = [dict(label=arm, runs=rows) for arm, rows in stored.items()]  # the file's keys are sorted

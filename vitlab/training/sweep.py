@@ -38,7 +38,7 @@ from .. import records
 from . import zoo
 from .config import ConfigError, check_choices, command_line
 from ..models import ARCHITECTURES, build_model, check_spec, load_model
-from ..analysis.capture import head_statistics
+from ..analysis.distance import head_statistics, lowest_head
 from ..records import RunInside, RunProbe, RunRecord
 from .loop import train
 from .objectives import evaluate, init_objective
@@ -325,7 +325,6 @@ def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
     ``<results>-inside.{json,csv}``; runs with a view are skipped. ResNets have none.
     """
     from . import inside
-    from ..views import readouts
 
     views, commands = records.read_run_insides(config.results)  # a torn file stops here, before the data
     commands = _with(commands, config.command())
@@ -340,12 +339,10 @@ def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
         model = load_model(_run_dir(config, record) / MODEL, device="cpu")
         stats = head_statistics(model, images)  # once: the view's means and the per-image spread
         view = evaluator.run(model, epoch=record.epochs, step=record.images_seen // record.batch_size, stats=stats)
-        lowest = stats["distance_per_image"][:, :1]  # (images, 1, heads)
-        spread = readouts.attention_distance(lowest, view.uniform)  # its lowest layer's most local head
+        lowest = lowest_head(stats["distance_per_image"])  # its spread over the images
         views = [*views, RunInside(model=record.model, family=record.family, subset_size=record.subset_size,
                                    seed=record.seed, epochs=record.epochs, batch_size=record.batch_size,
                                    init=record.init, test_accuracy=record.test_accuracy, code_version=record.code_version, view=view,
-                                   lowest_std=spread.head_std, lowest_low=spread.head_low,
-                                   lowest_high=spread.head_high)]
+                                   lowest_std=lowest.std, lowest_low=lowest.low, lowest_high=lowest.high)]
         records.write_run_insides(config.results, views, commands)
     return views

@@ -190,7 +190,7 @@ def inside_folder(name: str) -> Path:
     """Where zoo entry ``name``'s inside views over training are (``inside.jsonl``, ``inside.safetensors``).
 
     A run folder as far as :func:`vitlab.training.inside.load` and
-    :class:`vitlab.views.explorers.InsideViewsExplorer` go; it may not exist (entries trained
+    :class:`vitlab.views.study_explorers.InsideViewsExplorer` go; it may not exist (entries trained
     before the trainer recorded inside views have none).
     """
     return loading.ZOO_DIR / f"{name}.inside"

@@ -1,12 +1,14 @@
-"""Views of the ViT vs ResNet study (notebook 05): the sweep, few-shot probes, CKA.
+"""Views of studies: the ViT vs ResNet study (notebook 05: the sweep, few-shot probes, CKA), a run's inside
+views across training and recipe comparisons (notebooks 03, 06, 07).
 
-Each is an :class:`~vitlab.views.controls.Explorer`; :mod:`vitlab.views.explorers` gives them under its
-name too. The measurements are :mod:`vitlab.training.evaluators`' (over
-:mod:`vitlab.analysis.representations`); the figures :mod:`vitlab.views.figures`'.
+The study's views are :class:`~vitlab.views.controls.Explorer`s. The measurements are
+:mod:`vitlab.training.evaluators`' (over :mod:`vitlab.analysis.representations`) and the Fig. 7 analyses'; the
+figures :mod:`vitlab.views.study_figures`' and :mod:`vitlab.views.figures`'.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
@@ -14,11 +16,13 @@ import plotly.graph_objects as go
 import torch
 
 from .. import data
-from . import figures
+from . import figures, study_figures, study_readouts
 from ..training import zoo
+from ..analysis.filters import filters_analysis
+from ..analysis.positions import position_analysis
 from ..analysis.representations import SHOTS
 from ..training.evaluators import CKAEvaluator, CKAResult, FewshotEvaluator
-from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, side_by_side
+from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, show_figure, side_by_side
 from ..records import ProbeRecord, RunRecord
 
 
@@ -68,8 +72,8 @@ class SweepExplorer(Explorer):
         what = "training-set size" if x == "subset_size" else "training compute"
         metric = "accuracy" if shots is None else self.metric.label
         title = f"{self.title}: {metric} vs {what}" if self.title else f"{metric} vs {what}"
-        return [figures.sweep_figure(self.records, x, list(self.models.value), title=title, shots=shots),
-                figures.sweep_table(shown)]
+        return [study_figures.sweep_figure(self.records, x, list(self.models.value), title=title, shots=shots),
+                study_figures.sweep_table(shown)]
 
     def add(self, record: RunRecord) -> None:
         """Add one run and redraw (once, though the model list may change too)."""
@@ -133,8 +137,8 @@ class ProbeExplorer(Explorer):
         mine = [r for r in records if r.model in self.models.value]
         if not mine:
             raise ValueError("select at least one model")
-        return [figures.probe_depth_figure(mine, self.shots.value),
-                figures.probe_shots_figure(records, list(self.layers.value))]
+        return [study_figures.probe_depth_figure(mine, self.shots.value),
+                study_figures.probe_shots_figure(records, list(self.layers.value))]
 
     def notes(self) -> list[str]:
         return [load_note(s) for s in self.specs]
@@ -181,7 +185,114 @@ class CKAExplorer(Explorer):
         return data.describe_images(used, self.source, labels)
 
     def figures(self, result: list[tuple[str, str, tuple]]) -> list[go.Figure]:
-        return [figures.cka_figure(c, ny, nx, x, y, title=f"CKA: {x} x {y}") for x, y, (c, ny, nx) in result]
+        return [study_figures.cka_figure(c, ny, nx, x, y, title=f"CKA: {x} x {y}") for x, y, (c, ny, nx) in result]
 
     def notes(self) -> list[str]:
         return [load_note(self.model_a.value), load_note(self.model_b.value)]
+
+
+# --- inside views across training ---------------------------------------------------------------
+
+
+class InsideViewsExplorer(W.VBox):
+    """The three Fig. 7 panels of a ViT run at any recorded epoch, and its attention distance against epoch.
+
+    Reads ``<run>/inside.jsonl`` and ``inside.safetensors`` (written by the trainer,
+    :mod:`vitlab.training.inside`). The epoch slider redraws the filters' principal components and
+    their explained variance (from the stored filters), the position-embedding similarity
+    (from the stored position embeddings) and the attention distance per head (from the
+    record, with the uniform line); the line chart marks the epoch shown.
+
+    Attributes: ``epoch`` (slider over recorded epochs), ``filters``, ``variance``,
+    ``positions``, ``distance``, ``timeline`` (FigureWidgets), ``views`` (the records),
+    ``view`` (the one shown), ``sim`` and ``ratio`` (the similarity and explained variance shown;
+    None for a hybrid, whose embedding has no pixel filters: its filter panels say so).
+    """
+
+    def __init__(self, run_folder: str | Path, k: int = 28):
+        from ..training import inside
+
+        self.folder = Path(run_folder)
+        self.views, self.tensors, recorded = inside.load(self.folder)
+        if not self.views:
+            raise ValueError(f"{self.folder} holds no inside views (inside.jsonl) and no finished ViT: train a ViT "
+                             "into it with inside views on (the default)")
+        self.note = W.HTML("" if recorded else "<i>This run recorded no inside views (it predates them, or ran "
+                           "with them off): only its final model is shown. Train it again into a new folder to "
+                           "see every epoch.</i>")
+        self.k = k
+        epochs = [v.epoch for v in self.views]
+        self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
+                                       continuous_update=False, style=STYLE)
+        self.filters, self.variance, self.positions, self.distance, self.timeline = (
+            go.FigureWidget() for _ in range(5))
+        self.epoch.observe(lambda change: self.show_epoch(change["new"]), names="value")
+        super().__init__([self.epoch, self.note, side_by_side([self.filters, self.variance]),
+                          side_by_side([self.positions, self.distance]), self.timeline])
+        self.show_epoch(epochs[-1])
+
+    def show_epoch(self, epoch: int) -> None:
+        """Redraw every panel for ``epoch`` (one of the recorded epochs)."""
+        from ..training import inside
+
+        self.view = next(v for v in self.views if v.epoch == epoch)
+        if self.epoch.value != epoch:
+            self.epoch.value = epoch  # observed: comes back here once with the same epoch
+            return
+        stand_in = inside.stored_model(self.view, self.tensors)
+        position = position_analysis(stand_in, seeds=())
+        self.sim = position.sim  # (rows, cols, rows, cols)
+        name = f"{self.folder.name.removesuffix('.inside')}, epoch {epoch}"  # a zoo entry's folder: its name
+        if self.view.filter_k:
+            result = filters_analysis(stand_in, k=self.k, seeds=())
+            self.ratio = result.ratio[: result.k]
+            show_figure(self.filters, figures.embedding_filters_figure(result, title=f"{name}: filters"))
+            show_figure(self.variance, figures.explained_variance_figure(result))
+        else:  # a hybrid: its first layer is a CNN, its embedding projects CNN features
+            self.ratio = None
+            for widget in (self.filters, self.variance):
+                show_figure(widget, figures.note_figure(
+                    f"{name}: a hybrid ViT has no patch-embedding filters",
+                    "its embedding projects 1x1 patches of a CNN's feature map, not pixels"))
+        show_figure(self.positions, figures.position_similarity_figure(position, title=f"{name}: position embeddings"))
+        show_figure(self.distance, figures.inside_distance_figure(
+            self.view, title=f"{name}: mean attention distance ({self.view.images} probe images)"))
+        show_figure(self.timeline, study_figures.inside_views_figure(self.views, epoch=epoch))
+
+
+class RecipesExplorer(W.VBox):
+    """The arms of a recipe comparison side by side at any recorded epoch (e.g. with and without CutMix).
+
+    Reads a comparison folder (:func:`vitlab.training.recipes.read`, default the committed locality
+    experiment). The epoch slider redraws each arm's attention distance per head against
+    depth (every seed) and the readout for that epoch; the timeline below shows the lowest
+    layer's most local head and the test accuracy of every run against epoch, marking the
+    epoch shown.
+
+    Attributes: ``epoch`` (slider), ``distance``, ``timeline`` (FigureWidgets), ``readout``
+    (HTML), ``comparison`` (the :class:`~vitlab.records.Recipes`), ``measured`` (the
+    :class:`~vitlab.views.study_readouts.RecipesReadout` shown).
+    """
+
+    def __init__(self, folder: str | Path | None = None):
+        from ..training import recipes
+
+        self.comparison = recipes.read(folder or recipes.LOCALITY)
+        epochs = self.comparison.epochs
+        self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
+                                       continuous_update=False, style=STYLE)
+        self.distance, self.timeline = go.FigureWidget(), go.FigureWidget()
+        self.readout = W.HTML()
+        self.epoch.observe(lambda change: self.show_epoch(change["new"]), names="value")
+        super().__init__([self.epoch, self.distance, self.readout, self.timeline])
+        self.show_epoch(epochs[-1])
+
+    def show_epoch(self, epoch: int) -> None:
+        """Redraw the arms and the readout at ``epoch`` (one every run recorded)."""
+        if self.epoch.value != epoch:
+            self.epoch.value = epoch  # observed: comes back here once with the same epoch
+            return
+        self.measured = study_readouts.recipes(self.comparison, epoch)
+        show_figure(self.distance, study_figures.recipes_figure(self.comparison, epoch))
+        show_figure(self.timeline, study_figures.recipes_timeline_figure(self.comparison, epoch))
+        self.readout.value = self.measured.html()

@@ -1,17 +1,22 @@
-"""Plotly helpers under :mod:`vitlab.views.figures`: the one layout, the one tiling, tables, family colours.
+"""How the views look: the one layout, the one tiling, tables, family colours and number formats.
 
 Every figure goes through :func:`layout` (size, margins, a left-aligned title that the mode
 bar at the top right cannot cover) and every tiled image through :func:`tile`. Values a
 figure leaves empty (gaps between tiles) are ``None``, not NaN (:func:`json_safe`), so
-figures serialise as strict JSON inside a ``FigureWidget``.
+figures serialise as strict JSON inside a ``FigureWidget``. Numbers are written the same way
+in figures and readouts (:func:`number`, :func:`spread_text`, :func:`px`); plotly loads only
+when a table is drawn, so the readouts can use them without the notebook stack.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import plotly.graph_objects as go
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 #: Mode-bar buttons a reader of these figures never needs (the rest: save, zoom, pan, reset).
 MODEBAR_REMOVE = ["lasso2d", "select2d", "autoScale2d", "zoomIn2d", "zoomOut2d"]
@@ -96,6 +101,8 @@ def table(header: list[str], columns: list[list], widths: list[float], width: in
     Texts never wrap (spaces become non-breaking): plotly wraps by measuring text in the
     page, and a table drawn while off screen then shows empty cells (notebook 05 after Run All).
     """
+    import plotly.graph_objects as go
+
     nowrap = lambda values: [str(v).replace(" ", "\u00a0") for v in values]  # noqa: E731
     fig = go.Figure(go.Table(columnwidth=widths, header=dict(values=nowrap(header), align="left", height=30),
                              cells=dict(values=[nowrap(c) for c in columns], align="left", height=28)))
@@ -131,3 +138,20 @@ def duration(seconds: float) -> str:
     if seconds < 9.95:
         return f"{seconds:.1f} s"
     return f"{seconds:.0f} s" if seconds < 59.5 else f"{seconds / 60:.1f} min"
+
+
+def number(x: float, digits: int) -> str:
+    """``x`` rounded to ``digits`` decimals, never "-0.00"."""
+    return f"{round(float(x), digits) + 0.0:.{digits}f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def spread_text(values: Sequence[float], digits: int = 2, unit: str = "", scale: float = 1.0) -> str:
+    """Mean and range of reference values (e.g. over init seeds), times ``scale``: "0.01 [-0.03, 0.04]"."""
+    v = [scale * float(x) for x in values]
+    mean = sum(v) / len(v)
+    return f"{number(mean, digits)}{unit} [{number(min(v), digits)}, {number(max(v), digits)}]"
+
+
+def px(x: float) -> str:
+    """A distance in pixels, one decimal: "14.3 px"."""
+    return f"{x:.1f} px"

@@ -1,5 +1,7 @@
+import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -7,12 +9,13 @@ import torch
 from plotly.serializers import _py_to_js
 
 from vitlab import data, models
-from vitlab.analysis import metrics
-from vitlab.views import figures
-from vitlab.views import readouts
-from vitlab.views import explorers
+from vitlab.analysis import distance, metrics, references
+from vitlab.analysis.capture import capture
+from vitlab.analysis.distance import head_statistics, random_init_statistics
+from vitlab.analysis.filters import filters_analysis
+from vitlab.views import explorers, readouts
+from vitlab.views.style import number, spread_text
 from vitlab.training import zoo
-from vitlab.analysis.capture import capture, head_statistics, random_init_statistics
 
 
 @pytest.fixture
@@ -90,32 +93,35 @@ def test_position_explorer_prints_scores_against_random_init(two_models, monkeyp
     for model in _random_inits(two_models[0], view.SEEDS):
         sim = metrics.position_similarity(model)
         expected.append((metrics.position_structure(sim, (8, 8)), metrics.mirror_score(sim, (8, 8))))
-    assert view.reference == expected  # the same numbers, exactly
-    assert all(abs(s.distance) < 0.1 and abs(s.row_column) < 0.1 for s, _ in expected)  # random init: no structure
-    text = view.mosaic.layout.annotations[0].text
-    assert text == figures.position_scores_text(view.sim, expected)
-    own = metrics.position_structure(view.sim, (8, 8))
-    assert f"-distance): {own.distance:.2f} · random init (3 seeds) " \
-           f"{figures.spread_text([s.distance for s, _ in expected])}" in text
-    assert figures.spread_text([m.neighbour for _, m in expected]) in text
-    # Cached per model: switching away and back builds no model again.
+    assert view.result.reference == expected  # the same numbers, exactly
+    assert all(abs(s.closeness) < 0.1 and abs(s.row_column) < 0.1 for s, _ in expected)  # random init: no structure
+    own, mirror = metrics.position_structure(view.sim, (8, 8)), metrics.mirror_score(view.sim, (8, 8))
+    shown = re.findall(r"-?\d+\.\d+", view.mosaic.layout.annotations[0].text)  # the numbers under the mosaic
+    def spread(values):
+        return [number(sum(values) / 3, 2), number(min(values), 2), number(max(values), 2)]
+    assert shown == [number(own.closeness, 2), *spread([s.closeness for s, _ in expected]),
+                     number(own.row_column, 2), *spread([s.row_column for s, _ in expected]),
+                     number(mirror.mirror, 2), number(mirror.neighbour, 2), *spread([m.mirror for _, m in expected]),
+                     *spread([m.neighbour for _, m in expected])]
+    # Kept per model: switching away and back builds no model again.
     built = []
-    monkeypatch.setattr(readouts, "random_init", lambda *a: built.append(a) or models.build_model(a[0].vitlab_arch))
+    monkeypatch.setattr(references, "random_init",
+                        lambda *a: built.append(a) or models.build_model(a[0].vitlab_arch))
     view.model.value = two_models[1]
     assert len(built) == 3
     view.model.value = two_models[0]
-    assert len(built) == 3 and view.reference == expected
+    assert len(built) == 3 and view.result.reference == expected
 
 
 def test_embedding_filters_explorer_draws_random_init_reference(two_models):
     view = explorers.EmbeddingFiltersExplorer(two_models, k=6)
     ratios = torch.stack([metrics.embedding_filters(m, k=48)[1] for m in _random_inits(two_models[0], view.SEEDS)])
-    torch.testing.assert_close(view.reference, ratios[:, :6], rtol=0, atol=0)
+    torch.testing.assert_close(view.result.reference, ratios, rtol=0, atol=0)
     cumulative = ratios[:, :6].double().cumsum(1)  # (seeds, k)
     np.testing.assert_allclose(view.variance.data[3].y, cumulative.mean(0).numpy(), rtol=1e-12)
-    assert figures.spread_text(100 * cumulative[:, -1].numpy(), 1, "%") in view.variance.layout.title.text
+    assert spread_text(100 * cumulative[:, -1].numpy(), 1, "%") in view.variance.layout.title.text
     view.components.value = 10
-    torch.testing.assert_close(view.reference, ratios[:, :10], rtol=0, atol=0)
+    assert view.result.k == 10
     assert len(view.variance.data[3].y) == 10
 
 
@@ -169,7 +175,7 @@ def test_attention_distance_explorer_draws_uniform_and_random_init_references(tw
     images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
     calls = []
     counted = lambda *a, **k: calls.append(k["renormalize"]) or random_init_statistics(*a, **k)  # noqa: E731
-    monkeypatch.setattr(explorers, "random_init_statistics", counted)
+    monkeypatch.setattr(distance, "random_init_statistics", counted)
     view = explorers.AttentionDistanceExplorer(two_models, images, default=16)
     # independent recomputation: the same architecture record, built under seeds 0, 1, 2
     record = models.load_model(two_models[0], device="cpu").vitlab_arch
@@ -195,7 +201,7 @@ def test_attention_distance_explorer_draws_uniform_and_random_init_references(tw
     assert list(_trace(view.figure, "uniform attention").y) == pytest.approx([mean] * 2)
     assert f"uniform {mean:.1f} px" in view.figure.layout.title.text.replace("<br>", " ")
     view.convention.value = "paper's: raw weights over patches"
-    view.run.click()  # back to a convention already computed: the reference comes from the cache
+    view.run.click()  # back to a convention already computed: the analysis comes from the cache
     assert calls == [False, True]
     torch.testing.assert_close(view.result.random_init, expected)
 
@@ -266,21 +272,19 @@ def hybrid_file(tmp_path):
 def test_the_explorers_of_notebooks_02_to_04_take_a_hybrid(hybrid_file):
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     net = models.load_model(hybrid_file, device="cpu")
-    distance = explorers.AttentionDistanceExplorer([hybrid_file], images, default=4, reference="resnet_tiny_c10")
+    view = explorers.AttentionDistanceExplorer([hybrid_file], images, default=4, reference="resnet_tiny_c10")
     expected = head_statistics(net, images)["distance"]
-    np.testing.assert_allclose(_head(distance.figure, 0).y, expected[:, 0].numpy(), rtol=1e-5)
-    stem = _trace(distance.figure, f"{hybrid_file}'s CNN stem receptive field")
+    np.testing.assert_allclose(_head(view.figure, 0).y, expected[:, 0].numpy(), rtol=1e-5)
+    stem = _trace(view.figure, f"{hybrid_file}'s CNN stem receptive field")
     # by hand: conv k3 (3), max-pool k3 s2 (5), layer1 two k3 (13), layer2 k3 s2 (17), k3 at jump 4 (25)
     assert stem.name.endswith("(25 px)") and list(stem.y) == [25.0, 25.0] and list(stem.x) == [1, 5]
-    assert _trace(distance.figure, "resnet_tiny_c10 receptive field")  # the CNN contrast stays
+    assert _trace(view.figure, "resnet_tiny_c10 receptive field")  # the CNN contrast stays
     figure, readout = explorers.attention_distance_view(hybrid_file, images)
     assert list(_trace(figure, f"{hybrid_file}'s CNN stem").y) == [25.0, 25.0]
-    assert "25-pixel window" in readout.text and readout.paper == readouts.PAPER_HYBRID_DISTANCE
-    assert "less pronounced in hybrid models" in distance.readout.value
-    band = random_init_statistics(net, images)["distance"]
-    plain = readouts.attention_distance(head_statistics(net, images)["distance_per_image"], readout.uniform, band)
-    assert plain.paper == readouts.PAPER_DISTANCE and "window" not in plain.text  # the same numbers, said as a ViT's
-    assert plain.text in readout.text
+    assert view.result.token_field == 25.0 and readout.paper == readouts.PAPER_HYBRID_DISTANCE
+    assert view.readout.value == readouts.readout(view.result).html()
+    as_vit = readouts.readout(dataclasses.replace(view.result, token_field=None))  # the same numbers, as a ViT's
+    assert as_vit.paper == readouts.PAPER_DISTANCE and torch.equal(as_vit.local, readout.local)
     maps = explorers.AttentionMapsExplorer([hybrid_file], images, ["a", "b", "c", "d"])
     maps.select(2, 5)
     maps.layer.value, maps.head.value = 3, 1
@@ -293,4 +297,4 @@ def test_the_explorers_of_notebooks_02_to_04_take_a_hybrid(hybrid_file):
     positions = explorers.position_embedding_explorer([hybrid_file])
     torch.testing.assert_close(positions.result.sim, metrics.position_similarity(net))
     with pytest.raises(ValueError, match="hybrid ViT"):
-        readouts.embedding_filters_of(net)
+        filters_analysis(net)

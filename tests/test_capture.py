@@ -1,7 +1,6 @@
 import contextlib
 import math
 
-import numpy as np
 import pytest
 import timm
 import torch
@@ -10,7 +9,8 @@ from timm.utils import AttentionExtract
 
 import vitlab
 from vitlab.analysis import metrics
-from vitlab.analysis.capture import Capture, attention_distance, capture, head_statistics, hooks, random_init, random_init_statistics, restoring, uniform_distance
+from vitlab.analysis.capture import Capture, capture, hooks, restoring
+from vitlab.analysis.distance import attention_distance, uniform_distance
 
 
 def _manual_attention(model, x):
@@ -183,18 +183,6 @@ def test_unreadable_model_gets_a_clear_error():
         capture(vitlab.load_model("resnet_tiny_c10", device="cpu"), torch.zeros(1, 3, 32, 32))
 
 
-def test_head_statistics_stream_equals_one_big_batch(tiny_vit):
-    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
-    streamed = head_statistics(tiny_vit, images, batch_size=3)
-    cap = capture(tiny_vit, images)
-    for layer in (0, 1):
-        expected = vitlab.analysis.metrics.mean_attention_distance(cap.attn[layer], cap.grid, cap.patch_size)
-        torch.testing.assert_close(streamed["distance"][layer], expected, rtol=1e-5, atol=1e-5)
-    assert streamed["distance"].shape == streamed["entropy"].shape == (2, 3)
-    batches = (images[i : i + 4] for i in range(0, 10, 4))  # any iterable of batches works too
-    torch.testing.assert_close(head_statistics(tiny_vit, batches)["distance"], streamed["distance"])
-
-
 class _WrappedAttention(Attention):
     """An attention class with its own forward: capture must take the explicit-path route."""
 
@@ -239,7 +227,7 @@ def test_float_images_are_moved_to_the_models_device(tiny_vit):
     torch.testing.assert_close(cap.logits.cpu(), capture(tiny_vit.cpu(), x).logits, rtol=1e-3, atol=1e-3)
 
 
-# --- mean attention distance from a Capture ------------------------------------------------
+# --- mean attention distance, checked by brute force (also in test_distance) ---------------------
 
 
 def _brute_distance(attn, rows, cols, patch, prefix, renormalize=True):
@@ -257,90 +245,6 @@ def _brute_distance(attn, rows, cols, patch, prefix, renormalize=True):
                     ky, kx = (k // cols + 0.5) * patch, (k % cols + 0.5) * patch
                     out[head] += float(weights[k]) / total * math.hypot(qy - ky, qx - kx)
     return out / (b * n)
-
-
-@pytest.mark.parametrize("renormalize", [True, False])
-def test_attention_distance_uses_the_captures_grid_on_a_non_square_input(renormalize):
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(32, 64), patch_size=8,
-                              embed_dim=24, depth=2, num_heads=3, reg_tokens=2).eval()  # 3 prefix tokens
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.qkv.weight.mul_(40)  # peaked attention: near-uniform maps hide a transposed grid
-    cap = capture(model, torch.randn(2, 3, 32, 64).clamp(-3, 3))
-    assert (cap.grid, cap.patch_size, cap.num_prefix_tokens) == ((4, 8), (8, 8), 3)
-    for layer in (0, 1, -1):
-        ours = attention_distance(cap, layer, renormalize)
-        attn = cap.attn[layer]
-        right = metrics.mean_attention_distance(attn, (4, 8), (8, 8), 3, renormalize)
-        torch.testing.assert_close(ours, right)
-        torch.testing.assert_close(ours.double(), _brute_distance(attn, 4, 8, 8, 3, renormalize), rtol=1e-5, atol=1e-4)
-        transposed = metrics.mean_attention_distance(attn, (8, 4), (8, 8), 3, renormalize)  # accepted, but wrong
-        assert (ours - transposed).abs().max() > 0.5  # pixels
-    every = attention_distance(cap, renormalize=renormalize)
-    assert every.shape == (2, 3)
-    torch.testing.assert_close(every[1], attention_distance(cap, 1, renormalize))
-    with hooks(model) as live:  # the grid of a forward run by hand inside hooks
-        model(torch.randn(2, 3, 32, 64).clamp(-3, 3))
-        assert live.grid == (4, 8)
-        torch.testing.assert_close(attention_distance(live, 0, renormalize),
-                                   metrics.mean_attention_distance(live.attn[0], (4, 8), (8, 8), 3, renormalize))
-
-
-def test_attention_distance_needs_a_forward_pass():
-    with pytest.raises(ValueError, match="no forward pass"):
-        attention_distance(Capture(2, [0, 1], patch_size=(8, 8), num_prefix_tokens=1), 0)
-    with pytest.raises(TypeError, match="must be a Capture"):
-        attention_distance({0: torch.zeros(1, 1, 17, 17)}, 0)
-
-
-def test_the_papers_convention_is_the_default(tiny_vit):
-    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    cap = capture(tiny_vit, images)
-    for layer in (0, 1):
-        paper = _brute_distance(cap.attn[layer], 4, 4, 8, 1, renormalize=False)
-        torch.testing.assert_close(attention_distance(cap, layer).double(), paper, rtol=1e-5, atol=1e-5)
-    stats = head_statistics(tiny_vit, images)
-    torch.testing.assert_close(stats["distance"], attention_distance(cap), rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(stats["distance"], head_statistics(tiny_vit, images, renormalize=True)["distance"])
-
-
-# --- references: uniform attention and random-initialised models ------------------------------
-
-
-def test_uniform_distance_reads_the_models_grid():
-    model = vitlab.models.build_model({"timm": "vit_tiny_patch16_224", "kwargs": dict(
-        img_size=(32, 48), patch_size=8, embed_dim=24, depth=1, num_heads=2, reg_tokens=2)})  # 3 prefix tokens
-    centres = [((r + 0.5) * 8, (c + 0.5) * 8) for r in range(4) for c in range(6)]
-    mean = sum(math.dist(a, b) for a in centres for b in centres) / 24**2
-    assert uniform_distance(model, renormalize=True) == pytest.approx(mean, rel=1e-9)
-    assert uniform_distance(model) == pytest.approx(mean * 24 / 27, rel=1e-9)
-
-
-def test_random_init_statistics_are_seeded_untrained_models_of_the_same_architecture():
-    trained = vitlab.models.build_model({"zoo": "vit_tiny_c10"})
-    with torch.no_grad():
-        for p in trained.parameters():
-            p.mul_(3)  # not what any seed gives
-    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    torch.manual_seed(123)
-    state = torch.random.get_rng_state()
-    got = random_init_statistics(trained, images, seeds=(0, 2), batch_size=2, layers=[0, -1])
-    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is untouched
-    for i, seed in enumerate((0, 2)):
-        torch.manual_seed(seed)
-        fresh = vitlab.models.build_model(trained.vitlab_arch)
-        expected = head_statistics(fresh, images, layers=[0, -1])
-        torch.testing.assert_close(got["distance"][i], expected["distance"])
-        torch.testing.assert_close(got["entropy"][i], expected["entropy"])
-    assert got["distance"].shape == (2, 2, 4) and got["layers"].tolist() == [0, 5]
-    assert not torch.equal(got["distance"][0], got["distance"][1])
-    assert not torch.equal(random_init(trained, 0).blocks[0].attn.qkv.weight, trained.blocks[0].attn.qkv.weight)
-    del trained.vitlab_arch
-    with pytest.raises(ValueError, match="vitlab_arch"):
-        random_init(trained, 0)
-    with pytest.raises(ValueError, match="seed"):
-        random_init_statistics(trained, images, seeds=())
 
 
 # --- rollout over a Capture's maps ----------------------------------------------------------
@@ -404,25 +308,3 @@ def test_the_zoo_hybrid_takes_non_square_inputs_on_its_8x8_grid_of_4_pixel_token
     tiny = vitlab.models.build_model({"zoo": "hybrid_tiny_c10"}).eval()
     cap = capture(tiny, torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert (cap.grid, cap.patch_size, len(cap.attn)) == ((8, 8), (4, 4), 5)
-
-
-def test_rollout_overlays_and_position_similarity_on_a_timm_hybrid():
-    from vitlab.views import figures
-    from vitlab.views import readouts
-
-    torch.manual_seed(0)
-    model = vitlab.models.build_model({"timm": "vit_tiny_r_s16_p8_224", "kwargs": dict(img_size=128, depth=2)}).eval()
-    images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
-    maps = readouts.rollout_maps(model, images)
-    x = vitlab.preprocess(model, images)
-    manual = _manual_attention(model, x)
-    expected = metrics.attention_rollout([manual[0], manual[1]], 1)  # (2, 16)
-    assert maps.shape == (2, 4, 4)
-    torch.testing.assert_close(maps, expected.reshape(2, 4, 4), rtol=1e-5, atol=1e-6)
-    overlay = figures.attention_overlay_figure(images[0], maps[0], scale="rollout")
-    heat = overlay.data[-1]  # one cell per token, each spanning its 32-pixel stride of the image
-    assert np.asarray(heat.z).shape == (4, 4) and (heat.dx, heat.dy, heat.x0) == (32, 32, 15.5)
-    sim = metrics.position_similarity(model)
-    pos = torch.nn.functional.normalize(model.pos_embed[0, 1:].detach(), dim=-1)  # (16, D)
-    assert sim.shape == (4, 4, 4, 4)
-    torch.testing.assert_close(sim.reshape(16, 16), pos @ pos.T)

@@ -1,0 +1,98 @@
+import dataclasses
+
+import pytest
+
+from vitlab.views import study_readouts
+
+
+def test_data_size_readout_states_each_run_and_applies_the_local_rule():
+    from test_records import _run_inside
+
+    runs = [_run_inside(1000, 3.9, 4.0), _run_inside(100, 1.5, 1.9), _run_inside(500, 2.0, 2.2)]
+    out = study_readouts.data_size(runs)
+    assert out.sizes == [100, 500, 1000] and out.lowest == [1.5, 2.0, 3.9] and out.uniform == 4.2
+    # Local: the whole interval below half the uniform distance (2.1 px).
+    assert out.local == [True, False, False]
+    assert "100 images: 1.5 px (95% interval 1.4 to 1.9" in out.text and "1,000 images: 3.9 px" in out.text
+    assert "1 of 3 runs have a local head" in out.text and "uniform attention: 4.2 px" in out.text
+    none = study_readouts.data_size([_run_inside(100, 3.0, 3.5)])
+    assert none.local == [False] and "no run has a local head" in none.text
+    with pytest.raises(ValueError, match="run `python -m vitlab sweep`"):
+        study_readouts.data_size([])
+
+
+# --- pre-training by masked patch prediction ----------------------------------------------------
+
+
+def _fine_tune_runs():
+    from vitlab.records import RunRecord
+
+    def run(size, seed, acc, init=""):
+        return RunRecord(model="vit_t", family="vit", subset_size=size, seed=seed, epochs=5, test_accuracy=acc, init=init)
+
+    return [run(1000, 0, 0.40), run(1000, 1, 0.44), run(1000, 0, 0.47, "mpp:enc"), run(1000, 1, 0.49, "mpp:enc"),
+            run(5000, 0, 0.60), run(5000, 0, 0.59, "mpp:enc"), run(25000, 0, 0.70),  # 25,000: no fine-tuned run
+            run(1000, 0, 0.9, "mpp:other")]
+
+
+def test_fine_tuning_gain_is_the_difference_of_seed_means_at_sizes_with_both():
+    r = study_readouts.fine_tuning(_fine_tune_runs(), "vit_t", "mpp:enc", pretrained_on=50_000)
+    assert r.sizes == [1000, 5000]
+    assert r.gain[1000] == pytest.approx((0.47 + 0.49) / 2 - (0.40 + 0.44) / 2)
+    assert r.gain[5000] == pytest.approx(-0.01)
+    assert "pre-training helps at 1 of 2 sizes" in r.text.lower() and "50,000" in r.text
+    assert "largest at 1,000 labels (+6.0 points) and smallest at 5,000 (-1.0)" in r.text
+    assert "+6.0 points" in r.text and "-1.0 points" in r.text
+    with pytest.raises(ValueError, match="no size has runs"):
+        study_readouts.fine_tuning(_fine_tune_runs(), "vit_t", "mpp:missing")
+
+
+def test_pretraining_readout_compares_the_last_epoch_with_the_best_guess():
+    log = [dict(epoch=1, step=10, test_accuracy=0.2, wall_seconds=60.0), dict(epoch=2, step=20, test_accuracy=0.5,
+                                                                             wall_seconds=120.0)]
+    r = study_readouts.pretraining(log, {"neighbours' mean": 0.25, "most frequent": 0.05}, batch_size=8)
+    assert (r.accuracy, r.first, r.images_seen, r.minutes) == (0.5, 0.2, 160, 2.0)
+    assert "2.0x the best guess (neighbours' mean)" in r.text
+    weak = study_readouts.pretraining(log, {"neighbours' mean": 0.6}, batch_size=8)
+    assert "no better than the best guess" in weak.text
+
+
+def test_inside_comparison_finds_each_models_most_local_head_and_refuses_mixed_grids():
+    from test_recipes import _view
+
+    views = {"a": _view(1, 3.0), "b": _view(1, 15.0)}  # a: a local head (3 px) in its lowest layer
+    r = study_readouts.inside_comparison(views)
+    assert r.lowest == {"a": 3.0, "b": 15.0}  # b: min(15, 19, 18) in its lowest layer; its layer 2 has 14
+    assert r.most_local == {"a": (3.0, 1), "b": (14.0, 2)}
+    assert "local heads (below 50% of uniform) in: a." in r.text
+    other = dataclasses.replace(_view(1, 3.0), grid=(4, 4), patch_size=(8, 8))
+    with pytest.raises(ValueError, match="one patch grid"):
+        study_readouts.inside_comparison({"a": views["a"], "c": other})
+
+
+def test_families_compares_seed_means_size_by_size_at_sizes_every_model_ran():
+    from vitlab.records import RunRecord
+
+    def run(model, family, size, seed, acc, init="", flops=1e8):
+        return RunRecord(model=model, family=family, subset_size=size, seed=seed, epochs=5, test_accuracy=acc,
+                         init=init, flops_per_image=flops)
+
+    runs = [run("r", "resnet", 1000, 0, 0.45), run("r", "resnet", 5000, 0, 0.60),
+            run("v", "vit", 1000, 0, 0.40), run("v", "vit", 1000, 1, 0.44), run("v", "vit", 5000, 0, 0.55),
+            run("h", "hybrid", 1000, 0, 0.50, flops=3e8), run("h", "hybrid", 5000, 0, 0.58, flops=3e8),
+            run("h", "hybrid", 25000, 0, 0.70, flops=3e8),  # 25,000: only the hybrid ran it
+            run("v", "vit", 1000, 0, 0.99, init="mpp:enc")]  # fine-tuned: left out
+    r = study_readouts.families(runs)
+    assert list(r.models) == ["v", "h", "r"] and r.sizes == [1000, 5000]
+    assert r.accuracy["v"][1000] == [0.40, 0.44]
+    assert r.best == {1000: "h", 5000: "r"}
+    assert r.gaps["v", "h"][1000] == pytest.approx(0.42 - 0.50)
+    assert r.gaps["h", "r"][5000] == pytest.approx(-0.02)
+    assert list(r.gaps) == [("v", "h"), ("v", "r"), ("h", "r")]
+    assert "1,000 images: h 50.0% > r 45.0% > v 42.0% (2 seeds)" in r.text
+    assert "h ahead of r at 1 of 2 sizes (+5.0 points at 1,000 images, -2.0 at 5,000)" in r.text
+    assert "v 100 M, h 300 M, r 100 M" in r.text and r.flops_per_image["h"] == 3e8
+    with pytest.raises(ValueError, match="at least two models"):
+        study_readouts.families([x for x in runs if x.model == "v"])
+    with pytest.raises(ValueError, match="no training-set size"):
+        study_readouts.families([run("a", "vit", 1000, 0, 0.4), run("b", "resnet", 5000, 0, 0.5)])
