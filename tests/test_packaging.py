@@ -57,7 +57,8 @@ def test_readme_api_example_runs(monkeypatch):
     monkeypatch.setattr(vitlab.data, "analysis_images", lambda: (images[:4], names[:4], "samples"))
     scope = {}
     exec(compile(example, "README.md api-example", "exec"), scope)
-    assert isinstance(scope["model"], torch.nn.Module) and scope["sim"].ndim == 4
+    assert isinstance(scope["model"], torch.nn.Module) and scope["positions"].sim.ndim == 4
+    assert scope["distance"].mean.shape == (len(scope["model"].blocks), scope["model"].blocks[0].attn.num_heads)
 
 
 def _slug(heading: str) -> str:
