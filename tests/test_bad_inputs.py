@@ -24,7 +24,7 @@ from PIL import Image
 import vitlab
 from vitlab import data, models, records
 from vitlab.training import run_folder
-from vitlab.analysis import metrics
+from vitlab.analysis import attention_maps, metrics, representations
 from vitlab.analysis.features import layer_features, layer_hooks, pre_logits
 from vitlab.analysis.capture import capture, hooks
 from vitlab.analysis.distance import head_statistics
@@ -601,10 +601,10 @@ INPUTS_ROWS: dict[str, Bad] = {
         before="TypeError: images must be a uint8 tensor (N, 3, H, W) with values 0..255 (already clear)"),
     # --- attention metrics ----------------------------------------------------------------
     "input-rollout-one-tensor": Bad(
-        call=lambda tmp: metrics.attention_rollout(_attn()), error=TypeError, phrase="pass [attn] or cap.attn",
+        call=lambda tmp: attention_maps.attention_rollout(_attn()), error=TypeError, phrase="pass [attn] or cap.attn",
         before="RuntimeError: Boolean value of Tensor with more than one value is ambiguous"),
     "input-rollout-one-image-maps": Bad(
-        call=lambda tmp: metrics.attention_rollout([_attn()[0], _attn()[0]]), error=ValueError,
+        call=lambda tmp: attention_maps.attention_rollout([_attn()[0], _attn()[0]]), error=ValueError,
         phrase="pass [a[None] for a in maps]",
         before="ValueError: not enough values to unpack (expected 4, got 3)"),
     "input-mean-attention-distance-wrong-token-count": Bad(
@@ -613,45 +613,45 @@ INPUTS_ROWS: dict[str, Bad] = {
         before="ValueError: attn has 17 tokens; a (4, 4) grid with 0 prefix tokens needs 16 (already clear; a "
                "grid of the right product but wrong shape is undetectable: use vitlab.analysis.capture.attention_distance)"),
     "input-query-head-out-of-range": Bad(
-        call=lambda tmp: metrics.query_attention(_attn()[0], (4, 4), 1, (0, 0), head=7), error=ValueError,
+        call=lambda tmp: attention_maps.query_attention(_attn()[0], (4, 4), 1, (0, 0), head=7), error=ValueError,
         phrase="head 7 is out of range: the attention has 3 heads",
         before="IndexError: index 7 is out of bounds for dimension 0 with size 3"),
     "input-query-patch-outside-grid": Bad(
-        call=lambda tmp: metrics.query_attention(_attn()[0], (4, 4), 1, (4, 0)), error=ValueError,
+        call=lambda tmp: attention_maps.query_attention(_attn()[0], (4, 4), 1, (4, 0)), error=ValueError,
         phrase="query patch (4, 0) is outside the 4x4 grid",
         before="ValueError: query patch (4, 0) is outside the 4x4 grid (already clear)"),
     "input-query-batch-attention": Bad(
-        call=lambda tmp: metrics.query_attention(_attn(), (4, 4), 1, (0, 0)), error=ValueError,
+        call=lambda tmp: attention_maps.query_attention(_attn(), (4, 4), 1, (0, 0)), error=ValueError,
         phrase="pass attn[i]",
         before="ValueError: attention must be one image's (heads, 17, 17) ..., got (2, 3, 17, 17) (no hint what "
                "to pass)"),
     "input-class-token-attention-mapping": Bad(
-        call=lambda tmp: metrics.class_token_attention({0: _attn()[0], 1: _attn()[0]}, (4, 4), 1), error=TypeError,
+        call=lambda tmp: attention_maps.class_token_attention({0: _attn()[0], 1: _attn()[0]}, (4, 4), 1), error=TypeError,
         phrase="cap.attn.values()",
         before="AttributeError: 'int' object has no attribute 'ndim'"),
     # --- CKA ----------------------------------------------------------------------------
     "input-cka-nan-x": Bad(
-        call=lambda tmp: metrics.cka(_features(float("nan")), _features()), error=ValueError,
+        call=lambda tmp: representations.cka(_features(float("nan")), _features()), error=ValueError,
         phrase="x contains NaN",
         before="ValueError: CKA is undefined here: a representation has zero (estimated) self-similarity"),
     "input-cka-nan-y": Bad(
-        call=lambda tmp: metrics.cka(_features(), _features(float("nan"))), error=ValueError,
+        call=lambda tmp: representations.cka(_features(), _features(float("nan"))), error=ValueError,
         phrase="y contains NaN",
         before="ValueError: CKA is undefined here: a representation has zero (estimated) self-similarity"),
     "input-cka-inf": Bad(
-        call=lambda tmp: metrics.cka(_features(float("inf")), _features(), unbiased=True), error=ValueError,
+        call=lambda tmp: representations.cka(_features(float("inf")), _features(), unbiased=True), error=ValueError,
         phrase="x contains inf",
         before="ValueError: CKA is undefined here: a representation has zero (estimated) self-similarity"),
     "input-cka-rows": Bad(
-        call=lambda tmp: metrics.cka(_features(), _features(rows=8)), error=ValueError,
+        call=lambda tmp: representations.cka(_features(), _features(rows=8)), error=ValueError,
         phrase="x and y must hold the same examples: 10 vs 8 rows",
         before="ValueError: x and y must hold the same examples: 10 vs 8 rows (already clear)"),
     "input-minibatch-cka-rows": Bad(
-        call=lambda tmp: metrics.MinibatchCKA(1, 1).update([_features()], [_features(rows=8)]), error=ValueError,
+        call=lambda tmp: representations.MinibatchCKA(1, 1).update([_features()], [_features(rows=8)]), error=ValueError,
         phrase="xs[0] and ys[0] must hold the same examples: 10 vs 8 rows",
         before="RuntimeError: mat1 and mat2 shapes cannot be multiplied (10x10 and 8x8)"),
     "input-minibatch-cka-nan": Bad(
-        call=lambda tmp: metrics.MinibatchCKA(1, 2).update([_features()], [_features(), _features(float("nan"))]),
+        call=lambda tmp: representations.MinibatchCKA(1, 2).update([_features()], [_features(), _features(float("nan"))]),
         error=ValueError, phrase="ys[1] contains NaN",
         before="no error: NaN added to the running sums, so compute() gave NaN"),
 }

@@ -8,7 +8,7 @@ from timm.layers import Attention
 from timm.utils import AttentionExtract
 
 import vitlab
-from vitlab.analysis import metrics
+from vitlab.analysis import attention_maps
 from vitlab.analysis.capture import Capture, capture, hooks, restoring
 from vitlab.analysis.distance import attention_distance, uniform_distance
 
@@ -254,10 +254,10 @@ def test_attention_rollout_takes_a_captures_attention_mapping(tiny_vit):
     x = torch.randn(2, 3, 32, 32).clamp(-3, 3)
     cap = capture(tiny_vit, x)
     for fusion, discard in (("mean", 0.0), ("max", 0.5)):
-        as_list = metrics.attention_rollout([cap.attn[0], cap.attn[1]], 1, fusion, discard)
-        torch.testing.assert_close(metrics.attention_rollout(cap.attn, 1, fusion, discard), as_list, rtol=0, atol=0)
+        as_list = attention_maps.attention_rollout([cap.attn[0], cap.attn[1]], 1, fusion, discard)
+        torch.testing.assert_close(attention_maps.attention_rollout(cap.attn, 1, fusion, discard), as_list, rtol=0, atol=0)
     last = capture(tiny_vit, x, layers=[-1])
-    torch.testing.assert_close(metrics.attention_rollout(last.attn), metrics.attention_rollout([cap.attn[1]]))
+    torch.testing.assert_close(attention_maps.attention_rollout(last.attn), attention_maps.attention_rollout([cap.attn[1]]))
 
 
 # --- hybrid ViTs: the grid is the backbone's feature map ---------------------------------------

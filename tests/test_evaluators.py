@@ -6,7 +6,7 @@ import torch
 from conftest import sklearn_probe
 
 from vitlab import data
-from vitlab.analysis import metrics
+from vitlab.analysis import representations
 from vitlab.analysis.capture import capture
 from vitlab.models import build_model, preprocess
 from vitlab.training import inside
@@ -64,6 +64,6 @@ def test_the_cka_evaluator_compares_every_layer_with_the_reference(micro_vit):
     with torch.no_grad():
         stages = resnet.forward_intermediates(preprocess(resnet, images), intermediates_only=True)
     first, last = cap.tokens[0].flatten(1).double(), stages[-1].flatten(1).double()  # (B, features) each
-    expected = metrics.cka(first, last, unbiased=True)
+    expected = representations.cka(first, last, unbiased=True)
     assert cross.cka.shape == (len(result.layers), len(stages)) and cross.layers == result.layers
     assert cross.cka[0, -1].item() == pytest.approx(expected, abs=1e-5) and not math.isnan(expected)

@@ -9,7 +9,7 @@ import torch
 from plotly.serializers import _py_to_js
 
 from vitlab import data, models
-from vitlab.analysis import distance, metrics, references
+from vitlab.analysis import attention_maps, distance, metrics, references
 from vitlab.analysis.capture import capture
 from vitlab.analysis.distance import head_statistics, random_init_statistics
 from vitlab.analysis.filters import filters_analysis
@@ -216,7 +216,7 @@ def test_attention_maps_explorer_click_layer_and_discard(two_models):
     np.testing.assert_allclose(np.asarray(view.patch.data[-1].z), expected.numpy(), rtol=1e-5)
     before = np.asarray(view.rollout.data[-1].z).copy()
     view.discard.value = 0.5
-    expected = metrics.attention_rollout(list(cap.attn.values()), 1, "mean", 0.5)[0].reshape(8, 8)
+    expected = attention_maps.attention_rollout(list(cap.attn.values()), 1, "mean", 0.5)[0].reshape(8, 8)
     np.testing.assert_allclose(np.asarray(view.rollout.data[-1].z), expected.numpy(), rtol=1e-5)
     assert not np.allclose(before, expected.numpy())
     assert view.rollout.data[-1].showscale is not False  # a colour bar
@@ -292,7 +292,7 @@ def test_the_explorers_of_notebooks_02_to_04_take_a_hybrid(hybrid_file):
     assert cap.grid == (8, 8)
     np.testing.assert_allclose(np.asarray(maps.patch.data[-1].z),
                                cap.attn[2][0, 1, 1 + 2 * 8 + 5, 1:].reshape(8, 8).numpy(), rtol=1e-5)
-    rollout = metrics.attention_rollout(list(cap.attn.values()), 1, "mean", 0.0)[0].reshape(8, 8)
+    rollout = attention_maps.attention_rollout(list(cap.attn.values()), 1, "mean", 0.0)[0].reshape(8, 8)
     np.testing.assert_allclose(np.asarray(maps.rollout.data[-1].z), rollout.numpy(), rtol=1e-5)
     positions = explorers.position_embedding_explorer([hybrid_file])
     torch.testing.assert_close(positions.result.sim, metrics.position_similarity(net))

@@ -16,7 +16,7 @@ RANKS = {
     "settings": 0, "io": 0, "records": 1, "data.files": 0, "data.__init__": 1,
     "models.inputs": 0, "models.architectures": 0, "models.weights": 0, "models.hub": 0, "models.sidecar": 1,
     "models.loading": 2, "models.__init__": 3,
-    "analysis.metrics": 0, "analysis.capture": 1, "analysis.references": 1, "analysis.distance": 2,
+    "analysis.metrics": 0, "analysis.attention_maps": 0, "analysis.capture": 1, "analysis.references": 1, "analysis.distance": 2,
     "analysis.filters": 2, "analysis.positions": 2, "analysis.rollout": 2, "analysis.features": 2,
     "analysis.representations": 3, "analysis.__init__": 4,
     "training.config": 0, "training.run_folder": 1, "training.mpp": 1, "training.steps": 1, "training.inside": 2,

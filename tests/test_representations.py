@@ -1,9 +1,12 @@
+import math
+
+import numpy as np
 import pytest
 import torch
 from conftest import sklearn_probe, timm_intermediates
 
 from vitlab import data
-from vitlab.analysis import metrics
+from vitlab.analysis import representations
 from vitlab.analysis.representations import cka_matrix, fewshot_probes
 from vitlab.analysis.features import representation_layers
 from vitlab.models import build_model, preprocess
@@ -90,9 +93,9 @@ def test_cka_matrix_of_one_batch_equals_unbiased_cka():
     outs_v, outs_r = timm_intermediates(vit, images), timm_intermediates(resnet, images)
     for i, a in enumerate(outs_v):
         for j, b in enumerate(outs_r):
-            assert cka[i, j].item() == pytest.approx(metrics.cka(a.flatten(1), b.flatten(1), unbiased=True), abs=1e-5)
+            assert cka[i, j].item() == pytest.approx(representations.cka(a.flatten(1), b.flatten(1), unbiased=True), abs=1e-5)
     pooled, _, _ = cka_matrix(vit, resnet, images, batch_size=12, representation="pooled")
-    expected = metrics.cka(outs_v[0][:, 1:].mean(1), outs_r[-1].mean((2, 3)), unbiased=True)
+    expected = representations.cka(outs_v[0][:, 1:].mean(1), outs_r[-1].mean((2, 3)), unbiased=True)
     assert pooled[0, -1].item() == pytest.approx(expected, abs=1e-5)
 
 
@@ -112,3 +115,108 @@ def test_self_cka_is_symmetric_with_unit_diagonal_and_drops_the_remainder():
         cka_matrix(vit, vit, images, batch_size=3)
     with pytest.raises(ValueError, match="representation"):
         cka_matrix(vit, vit, images, representation="cls")
+
+
+# --- CKA ------------------------------------------------------------------------------------
+
+
+def _brute_linear_cka(x, y):
+    """Feature-space formula: ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)."""
+    x = x.double() - x.double().mean(0)
+    y = y.double() - y.double().mean(0)
+    return float((y.T @ x).pow(2).sum() / ((x.T @ x).pow(2).sum().sqrt() * (y.T @ y).pow(2).sum().sqrt()))
+
+
+def _brute_unbiased_hsic(k, l):
+    """Song et al. (2012) U-statistic over all ordered quadruples of distinct indices."""
+    import itertools
+
+    n = k.shape[0]
+    total = 0.0
+    for i, j, q, r in itertools.permutations(range(n), 4):
+        total += k[i, j] * l[i, j] + k[i, j] * l[q, r] - 2 * k[i, j] * l[i, q]
+    return float(total) / (n * (n - 1) * (n - 2) * (n - 3))
+
+
+def test_cka_matches_brute_force_and_analytic_properties():
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(40, 7, generator=gen, dtype=torch.float64), torch.randn(40, 5, generator=gen, dtype=torch.float64)
+    y = y + x[:, :5]
+    assert representations.cka(x, y) == pytest.approx(_brute_linear_cka(x, y), rel=1e-9)
+    assert representations.cka(x, x) == pytest.approx(1.0, abs=1e-12)
+    q, _ = torch.linalg.qr(torch.randn(7, 7, generator=gen, dtype=torch.float64))
+    for unbiased in (False, True):
+        base = representations.cka(x, y, unbiased=unbiased)
+        assert representations.cka(x @ q, y, unbiased=unbiased) == pytest.approx(base, rel=1e-9)
+        assert representations.cka(x * 3.7, y, unbiased=unbiased) == pytest.approx(base, rel=1e-9)
+
+
+def test_unbiased_cka_matches_u_statistic():
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randn(7, 3, generator=gen).double(), torch.randn(7, 2, generator=gen).double()
+    k, l = x @ x.T, y @ y.T
+    expected = _brute_unbiased_hsic(k, l) / math.sqrt(_brute_unbiased_hsic(k, k) * _brute_unbiased_hsic(l, l))
+    assert representations.cka(x, y, unbiased=True) == pytest.approx(expected, rel=1e-9)
+
+
+def test_cka_rejects_degenerate_input():
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        representations.cka(torch.randn(3, 2), torch.randn(3, 2))
+    with pytest.raises(ValueError, match="constant"):
+        representations.cka(torch.ones(10, 3), torch.randn(10, 2))
+    with pytest.raises(ValueError, match="same examples"):
+        representations.cka(torch.randn(10, 3), torch.randn(11, 2))
+
+
+def test_minibatch_cka_row_mismatch_says_what_cka_says():
+    x, y = torch.randn(10, 3), torch.randn(8, 2)
+    with pytest.raises(ValueError) as single:
+        representations.cka(x, y)
+    with pytest.raises(ValueError) as batched:
+        representations.MinibatchCKA(1, 1).update([x], [y])
+    assert str(batched.value) == str(single.value).replace("x and y", "xs[0] and ys[0]")
+    with pytest.raises(ValueError, match=r"xs\[0\] and xs\[1\] must hold the same examples: 10 vs 8 rows"):
+        representations.MinibatchCKA(2, 1).update([x, torch.randn(8, 3)], [torch.randn(10, 2)])
+
+
+def test_minibatch_cka_sums_unbiased_hsic_over_batches():
+    gen = torch.Generator().manual_seed(5)
+    xs = [torch.randn(18, 4, generator=gen) for _ in range(2)]
+    ys = [xs[0][:, :2] + 0.5 * torch.randn(18, 2, generator=gen)]
+    acc = representations.MinibatchCKA(2, 1)
+    for start in range(0, 18, 6):
+        acc.update([x[start:start + 6] for x in xs], [y[start:start + 6] for y in ys])
+    got = acc.compute()
+    assert got.shape == (2, 1)
+    for i, x in enumerate(xs):
+        parts = [(x[s:s + 6].double(), ys[0][s:s + 6].double()) for s in range(0, 18, 6)]
+        xy = sum(_brute_unbiased_hsic(a @ a.T, b @ b.T) for a, b in parts)
+        xx = sum(_brute_unbiased_hsic(a @ a.T, a @ a.T) for a, _ in parts)
+        yy = sum(_brute_unbiased_hsic(b @ b.T, b @ b.T) for _, b in parts)
+        assert float(got[i, 0]) == pytest.approx(xy / math.sqrt(xx * yy), rel=1e-5)
+    one = representations.MinibatchCKA(1, 1)
+    one.update([xs[0]], [ys[0]])
+    assert float(one.compute()) == pytest.approx(representations.cka(xs[0], ys[0], unbiased=True), rel=1e-6)
+
+
+@pytest.mark.parametrize("n, d", [(40, 8), (12, 30)])  # primal (n >= d) and dual (n < d) forms
+def test_ridge_probe_matches_scikit_learn(n, d):
+    gen = torch.Generator().manual_seed(n)
+    x, y = torch.randn(n, d, generator=gen), torch.arange(n) % 4
+    x_test = torch.randn(25, d, generator=gen)
+    expected_w, expected_pred = sklearn_probe(x, y, x_test, 3.0, 4)
+    probe = representations.ridge_classifier(x, y, 4, l2=3.0)
+    np.testing.assert_allclose(probe[0].numpy(), expected_w, rtol=1e-7, atol=1e-9)
+    assert representations.ridge_predict(probe, x_test).tolist() == expected_pred.tolist()
+
+
+def test_ridge_probe_separates_separable_classes():
+    # Class k sits at 10 * e_k plus small noise: any sensible probe is perfect.
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = 10 * torch.eye(5)[y] + 0.1 * torch.randn(60, 5, generator=gen)
+    y_test = torch.arange(30) % 3
+    x_test = 10 * torch.eye(5)[y_test] + 0.1 * torch.randn(30, 5, generator=gen)
+    assert representations.fewshot_accuracy(x, y, x_test, y_test, 3, l2=1.0) == 1.0
+    with pytest.raises(ValueError, match="l2 must be positive"):
+        representations.ridge_classifier(x, y, 3, l2=0)

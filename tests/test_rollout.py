@@ -4,7 +4,7 @@ import torch
 
 import vitlab
 from vitlab import models
-from vitlab.analysis import metrics
+from vitlab.analysis import attention_maps, metrics
 from vitlab.analysis.capture import capture
 from vitlab.analysis.references import INIT_SEEDS
 from vitlab.analysis.rollout import RolloutResult, central_region, rollout_analysis, rollout_maps
@@ -29,7 +29,7 @@ def test_rollout_analysis_equals_the_metric_image_by_image(tiny_vit):
     ratios = []
     for i in range(5):  # brute force: each image alone, masses summed patch by patch
         cap = capture(tiny_vit, images[i : i + 1])
-        roll = metrics.attention_rollout(list(cap.attn.values()), 1)[0].reshape(4, 4)
+        roll = attention_maps.attention_rollout(list(cap.attn.values()), 1)[0].reshape(4, 4)
         torch.testing.assert_close(r.maps[i], roll, rtol=1e-5, atol=1e-6)
         inside = sum(float(roll[a, b]) for a in (1, 2) for b in (1, 2))
         ratios.append(inside / float(roll.sum()) / (4 / 16))
@@ -63,7 +63,7 @@ def test_rollout_overlays_and_position_similarity_on_a_timm_hybrid():
     maps = rollout_maps(model, images)
     x = vitlab.preprocess(model, images)
     manual = _manual_attention(model, x)
-    expected = metrics.attention_rollout([manual[0], manual[1]], 1)  # (2, 16)
+    expected = attention_maps.attention_rollout([manual[0], manual[1]], 1)  # (2, 16)
     assert maps.shape == (2, 4, 4)
     torch.testing.assert_close(maps, expected.reshape(2, 4, 4), rtol=1e-5, atol=1e-6)
     overlay = figures.attention_overlay_figure(images[0], maps[0], scale="rollout")

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import data
@@ -22,6 +23,157 @@ from .features import layer_features, layer_hooks, pool, pre_logits, representat
 from .capture import LayerMap, resolve_layers
 from ..models import preprocess
 from ..records import ProbeRecord
+
+# --- representation similarity ---------------------------------------------------------
+
+
+def _check_features(x: torch.Tensor, name: str) -> torch.Tensor:
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be (n, features), got shape {tuple(x.shape)}")
+    if x.shape[0] < 4:
+        raise ValueError(f"CKA needs at least 4 samples, {name} has {x.shape[0]}")
+    x = x.detach().double()
+    if not bool(x.isfinite().all()):
+        counts = {"NaN": int(x.isnan().sum()), "inf": int(x.isinf().sum())}
+        kinds = " and ".join(f"{k} ({n} of {x.numel()} values)" for k, n in counts.items() if n)
+        raise ValueError(f"{name} contains {kinds}, so its CKA is undefined: check the images and model "
+                         "that gave these features")
+    if torch.all(x.std(0) == 0):
+        raise ValueError(f"{name} is constant across samples, so its CKA is undefined (0/0)")
+    return x
+
+
+def _check_same_rows(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_name: str = "y") -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{x_name} and {y_name} must hold the same examples: {x.shape[0]} vs {y.shape[0]} rows")
+
+
+def _gram(features: torch.Tensor) -> torch.Tensor:
+    return (features @ features.T).cpu()
+
+
+def _hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    """HSIC of two (n, n) Gram matrices; biased (Gretton 2005) or unbiased (Song 2012)."""
+    n = k.shape[0]
+    if not unbiased:
+        h = torch.eye(n, dtype=k.dtype, device=k.device) - 1.0 / n
+        return torch.sum((h @ k @ h) * l) / (n - 1) ** 2
+    k = k - torch.diag(torch.diag(k))
+    l = l - torch.diag(torch.diag(l))
+    kl = k @ l
+    value = torch.trace(kl) + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2.0 * kl.sum() / (n - 2)
+    return value / (n * (n - 3))
+
+
+def cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> float:
+    """Linear CKA (Kornblith et al. 2019) between representations x (n, p) and y (n, q), in float64.
+
+    ``unbiased=True`` uses the unbiased HSIC estimator (Nguyen et al. 2021), which is
+    not biased upwards for few samples. Rows must be the same n examples.
+    """
+    x, y = _check_features(x, "x"), _check_features(y, "y")
+    _check_same_rows(x, y)
+    k, l = x @ x.T, y @ y.T
+    denom = torch.sqrt(_hsic(k, k, unbiased) * _hsic(l, l, unbiased))
+    if not denom > 0:
+        raise ValueError("CKA is undefined here: a representation has zero (estimated) self-similarity")
+    return float(_hsic(k, l, unbiased) / denom)
+
+
+class MinibatchCKA:
+    """Minibatch linear CKA (Nguyen et al. 2021) between every pair of two layer lists.
+
+    For each minibatch the unbiased HSIC of every (x-layer, y-layer) pair and of each
+    layer with itself is added up; CKA is their ratio over all minibatches. Memory is
+    one Gram matrix per layer for one minibatch, whatever the dataset's size.
+    """
+
+    def __init__(self, num_x: int, num_y: int):
+        self.xy = torch.zeros(num_x, num_y, dtype=torch.float64)
+        self.xx = torch.zeros(num_x, dtype=torch.float64)
+        self.yy = torch.zeros(num_y, dtype=torch.float64)
+        self.batches = 0
+
+    def update(self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
+        """Add one minibatch: per layer a (b, features) tensor, the same b examples throughout."""
+        if len(xs) != len(self.xx) or len(ys) != len(self.yy):
+            raise ValueError(f"expected {len(self.xx)} x-layers and {len(self.yy)} y-layers, got {len(xs)}, {len(ys)}")
+        xs = [_check_features(x.flatten(1), f"xs[{i}]") for i, x in enumerate(xs)]
+        ys = [_check_features(y.flatten(1), f"ys[{j}]") for j, y in enumerate(ys)]
+        for name, z in [*((f"xs[{i}]", x) for i, x in enumerate(xs)), *((f"ys[{j}]", y) for j, y in enumerate(ys))]:
+            _check_same_rows(xs[0], z, "xs[0]", name)
+        gx = [_gram(x) for x in xs]  # (b, b) each
+        gy = [_gram(y) for y in ys]
+        for i, k in enumerate(gx):
+            self.xx[i] += _hsic(k, k, True)
+            for j, l in enumerate(gy):
+                self.xy[i, j] += _hsic(k, l, True)
+        for j, l in enumerate(gy):
+            self.yy[j] += _hsic(l, l, True)
+        self.batches += 1
+
+    def compute(self) -> torch.Tensor:
+        """(num_x, num_y) CKA over all minibatches seen so far."""
+        if not self.batches:
+            raise ValueError("no minibatch was added")
+        return (self.xy / torch.sqrt(self.xx[:, None] * self.yy[None, :])).float()
+
+
+# --- few-shot linear probes --------------------------------------------------------------
+
+#: Weight of the constant feature that stands for the bias: large, so the ridge penalty
+#: barely touches the bias (the choice of big_vision's few-shot evaluator).
+FEWSHOT_BIAS = 100.0
+#: big_vision's default ridge strength for few-shot evaluation.
+FEWSHOT_L2 = 2.0**10
+
+
+def ridge_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                     l2: float = FEWSHOT_L2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Closed-form ridge regression of features onto +-1 one-hot targets (big_vision few-shot).
+
+    Features are standardised with the training set's mean and std (+1e-5), a constant
+    column of ``FEWSHOT_BIAS`` is appended, and ``W = (X^T X + l2 I)^-1 X^T Y`` is solved
+    in float64, in its dual form ``X^T (X X^T + l2 I)^-1 Y`` when there are fewer examples
+    than features (the usual few-shot case).
+
+    Args:
+        x: (n, d) training features; y: (n,) integer labels in ``0..num_classes-1``.
+
+    Returns:
+        ``(weights (d + 1, C), mean (d,), std (d,))`` for :func:`ridge_predict`.
+    """
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"x must be (n, d) and y (n,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if l2 <= 0:
+        raise ValueError(f"l2 must be positive, got {l2}")
+    x = x.detach().double().cpu()
+    mean, std = x.mean(0), x.std(0, unbiased=False) + 1e-5
+    a = torch.cat([(x - mean) / std, torch.full((len(x), 1), FEWSHOT_BIAS, dtype=x.dtype)], 1)  # (n, d+1)
+    targets = 2.0 * F.one_hot(y.long().cpu(), num_classes).double() - 1.0  # (n, C)
+    n, d = a.shape
+    if n >= d:
+        w = torch.linalg.solve(a.T @ a + l2 * torch.eye(d, dtype=a.dtype), a.T @ targets)
+    else:
+        w = a.T @ torch.linalg.solve(a @ a.T + l2 * torch.eye(n, dtype=a.dtype), targets)
+    return w, mean, std
+
+
+def ridge_predict(model: tuple[torch.Tensor, torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Class predictions (n,) of a :func:`ridge_classifier` for features ``x`` (n, d)."""
+    w, mean, std = model
+    a = torch.cat([(x.detach().double().cpu() - mean) / std, torch.full((len(x), 1), FEWSHOT_BIAS, dtype=w.dtype)], 1)
+    return (a @ w).argmax(1)
+
+
+def fewshot_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                     num_classes: int, l2: float = FEWSHOT_L2) -> float:
+    """Test accuracy (a fraction) of the ridge probe fitted on ``train_x``/``train_y``."""
+    probe = ridge_classifier(train_x, train_y, num_classes, l2)
+    return float((ridge_predict(probe, test_x) == test_y.cpu()).double().mean())
+
+
+# --- probes and CKA of models, layer by layer ----------------------------------------------
 
 #: Shots per class of the paper's few-shot evaluations that fit CIFAR-10.
 SHOTS = (1, 5, 10, 25)
@@ -74,7 +226,7 @@ def _check_probe_args(train_labels: torch.Tensor, classes: int, shots: Sequence[
 
 def fewshot_probes(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
                    test_images: torch.Tensor, test_labels: torch.Tensor, shots: Sequence[int] = SHOTS,
-                   seeds: Sequence[int] = (0, 1, 2), l2: float = metrics.FEWSHOT_L2, name: str = "",
+                   seeds: Sequence[int] = (0, 1, 2), l2: float = FEWSHOT_L2, name: str = "",
                    family: str | None = None, batch_size: int = 250,
                    layers: Sequence[int | str] | None = None) -> list[ProbeRecord]:
     """Few-shot accuracy of a ridge probe on layers of ``model``.
@@ -105,7 +257,7 @@ def fewshot_probes(model: nn.Module, train_images: torch.Tensor, train_labels: t
     records = []
     for (layer, depth, how), feats in train_reps.items():
         for (seed, k), idx in picks.items():
-            acc = metrics.fewshot_accuracy(feats[where[idx]], train_labels[idx], test_reps[layer, depth, how],
+            acc = fewshot_accuracy(feats[where[idx]], train_labels[idx], test_reps[layer, depth, how],
                                            test_labels, classes, l2)
             records.append(ProbeRecord(model=name, family=family, layer=layer, depth=depth, pooling=how,
                                        shots=k, seed=seed, accuracy=acc))
@@ -143,7 +295,7 @@ def cka_matrix(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, bat
     names_a, names_b = representation_layers(model_a), representation_layers(model_b)
     prefix_a = int(getattr(model_a, "num_prefix_tokens", 0))
     prefix_b = int(getattr(model_b, "num_prefix_tokens", 0))
-    acc = metrics.MinibatchCKA(len(names_a), len(names_b))
+    acc = MinibatchCKA(len(names_a), len(names_b))
     same = model_b is model_a
     with layer_hooks(model_a) as out_a, contextlib.nullcontext(out_a) if same else layer_hooks(model_b) as out_b:
         for i in range(0, len(images) - batch_size + 1, batch_size):

@@ -1,7 +1,7 @@
 """Fig. 6, attention rollout: where the class token's rolled-out attention lies, against random init.
 
 :func:`rollout_analysis` is the one analysis behind the rollout figure, its readout and its
-explorer: the class token's rollout over the patches (:func:`vitlab.analysis.metrics.attention_rollout`)
+explorer: the class token's rollout over the patches (:func:`vitlab.analysis.attention_maps.attention_rollout`)
 for every image, and how much of it lies on the central region of the image (:func:`centre_ratio`):
 per image, its mean with a 95% bootstrap interval over images, and the mean of random-initialised
 models of the architecture (:mod:`vitlab.analysis.references`). CIFAR-10 objects mostly sit in the
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import metrics
+from . import attention_maps
 from .capture import capture
 from .references import INIT_SEEDS, bootstrap_interval, random_inits
 from ..models.inputs import check_images
@@ -49,12 +49,12 @@ def centre_ratio(rollout: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def rollout_maps(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0,
                  batch_size: int = 64) -> torch.Tensor:
-    """The class token's rollout (:func:`vitlab.analysis.metrics.attention_rollout`) per image: (images, rows, cols)."""
+    """The class token's rollout (:func:`vitlab.analysis.attention_maps.attention_rollout`) per image: (images, rows, cols)."""
     check_images(model, images)
     maps = []
     for i in range(0, len(images), batch_size):
         cap = capture(model, images[i : i + batch_size])
-        roll = metrics.attention_rollout(cap.attn, cap.num_prefix_tokens, head_fusion, discard_ratio)  # (B, n)
+        roll = attention_maps.attention_rollout(cap.attn, cap.num_prefix_tokens, head_fusion, discard_ratio)  # (B, n)
         maps.append(roll.reshape(len(roll), *cap.grid))
     return torch.cat(maps)
 
@@ -105,7 +105,7 @@ def rollout_analysis(model: nn.Module, images: torch.Tensor, head_fusion: str = 
     """Fig. 6 of ``model`` on uint8 ``images`` (N, 3, H, W), against random-initialised models of its architecture.
 
     Args:
-        head_fusion, discard_ratio: of the rollout (:func:`vitlab.analysis.metrics.attention_rollout`).
+        head_fusion, discard_ratio: of the rollout (:func:`vitlab.analysis.attention_maps.attention_rollout`).
         seeds: of the random-initialised models (none for a model without ``vitlab_arch``, or with ``seeds=()``).
     """
     maps = rollout_maps(model, images, head_fusion, discard_ratio, batch_size)

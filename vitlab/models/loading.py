@@ -29,7 +29,7 @@ from torch import nn
 
 from .. import data
 from .. import settings
-from .architectures import ARCHITECTURES, Architecture, CifarHybrid, CifarResNet, CifarViT, architecture
+from .architectures import ARCHITECTURES, Architecture, architecture
 from ..io import atomic_path
 from .hub import WeightsUnavailableError, load_timm, match_input_size, pretrained_tags
 from .sidecar import Sidecar, jsonable, read_sidecar, short_repr, sidecar_path, write_sidecar

@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from . import inside
-from ..analysis import metrics
-from ..analysis.representations import SHOTS, cka_matrix, fewshot_probes
+from ..analysis.representations import FEWSHOT_L2, SHOTS, cka_matrix, fewshot_probes
 from ..records import InsideView, ProbeRecord
 
 
@@ -63,7 +62,7 @@ class FewshotEvaluator:
 
     def __init__(self, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
                  test_labels: torch.Tensor, *, shots: Sequence[int] = SHOTS, seeds: Sequence[int] = (0, 1, 2),
-                 l2: float = metrics.FEWSHOT_L2, batch_size: int = 250, layers: Sequence[int | str] | None = None):
+                 l2: float = FEWSHOT_L2, batch_size: int = 250, layers: Sequence[int | str] | None = None):
         self.data = (train_images, train_labels, test_images, test_labels)
         self.settings = dict(shots=shots, seeds=seeds, l2=l2, batch_size=batch_size, layers=layers)
 

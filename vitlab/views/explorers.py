@@ -8,8 +8,7 @@ settings, and draws it with the same figure and readout functions a notebook cel
 view is its own root widget; its parts are attributes, for tests and for users who want to
 rearrange them. Besides them: live training curves (:class:`TrainingMonitor`). The views of studies
 (inside views across training, recipe comparisons, the ViT vs ResNet study) live in
-:mod:`vitlab.views.study_explorers`; the last three (:class:`SweepExplorer`, :class:`ProbeExplorer`,
-:class:`CKAExplorer`) are given here under the same names.
+:mod:`vitlab.views.study_explorers`.
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ import plotly.graph_objects as go
 import torch
 
 from .. import data
-from ..analysis import metrics
+from ..analysis import attention_maps
 from ..analysis.capture import capture
 from ..analysis.distance import DistanceResult, distance_analysis
 from ..analysis.filters import FiltersResult, components, filters_analysis
@@ -31,7 +30,6 @@ from ..analysis.references import INIT_SEEDS
 from ..analysis.rollout import RolloutResult, rollout_analysis
 from . import figures
 from . import readouts
-from .study_explorers import CKAExplorer, ProbeExplorer, SweepExplorer
 from .controls import STYLE, Explorer, Recent, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
 from ..settings import quick_or
 from ..training.loop import train
@@ -299,7 +297,7 @@ class AttentionMapsExplorer(Explorer):
         name, (r, c) = self.names[self.image.value], self.selected
         result = self.rollout_result()
         head = None if self.head.value < 0 else self.head.value
-        query = metrics.query_attention(seen.attn[self.layer.value - 1], seen.grid, seen.prefix, self.selected, head)
+        query = attention_maps.query_attention(seen.attn[self.layer.value - 1], seen.grid, seen.prefix, self.selected, head)
         where = f"layer {self.layer.value}, " + ("mean of heads" if head is None else f"head {head + 1}")
         self.readout.value = readouts.readout(result).html()
         return [
@@ -307,7 +305,7 @@ class AttentionMapsExplorer(Explorer):
                                              title=f"attention rollout: {name}", marker=self.selected, scale="rollout"),
             figures.attention_overlay_figure(seen.image, query, title=f"patch ({r + 1}, {c + 1}) attends: {where}",
                                            marker=self.selected),
-            figures.head_attention_figure(metrics.class_token_attention(seen.attn, seen.grid, seen.prefix),
+            figures.head_attention_figure(attention_maps.class_token_attention(seen.attn, seen.grid, seen.prefix),
                                         title=f"class-token attention per layer and head, {name}"),
         ]
 

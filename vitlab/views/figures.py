@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from ..analysis import metrics
+from ..analysis import attention_maps
 from ..analysis.distance import DistanceResult
 from ..analysis.filters import FiltersResult
 from ..analysis.positions import PositionResult
@@ -323,7 +323,7 @@ def head_attention_figure(maps: torch.Tensor, layers: list[int] | None = None,
         layers: block indices of the rows (0-based), for labels.
     """
     n_layers, heads, rows, cols = maps.shape
-    z, custom = tile_mosaic(metrics.scale_to_max(maps))
+    z, custom = tile_mosaic(attention_maps.scale_to_max(maps))
     fig = go.Figure(go.Heatmap(
         z=json_safe(z), customdata=custom, zmin=0, zmax=1, colorscale="Inferno", hoverongaps=False,
         colorbar=dict(title=dict(text="share of<br>map's max", side="right")),
