@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 import vitlab
-from vitlab import data, models, records
+from vitlab import data, models, records, result_files
 from vitlab.training import run_folder
 from vitlab.analysis import attention_maps, metrics, representations
 from vitlab.analysis.features import layer_features, layer_hooks, pre_logits
@@ -718,10 +718,10 @@ def _results(tmp: Path, tag: str = "") -> Path:
     results = tmp / "results" / "sweep"
     run = records.RunRecord(model="vit_micro_c10", family="vit", subset_size=100, seed=0, epochs=2,
                             test_accuracy=0.3, batch_size=50)
-    records.write_runs(results, [run], ["python -m vitlab sweep"])
+    result_files.write_runs(results, [run], ["python -m vitlab sweep"])
     probe = records.RunProbe(model=run.model, family="vit", subset_size=100, seed=0, epochs=2, batch_size=50,
                              layer="pre_logits", pooling="head", fewshot={1: 0.2}, probe_setting={})
-    records.write_run_probes(results, [probe], ["python -m vitlab sweep"])
+    result_files.write_run_probes(results, [probe], ["python -m vitlab sweep"])
     return Path(f"{results}{tag}.json")
 
 
@@ -733,7 +733,7 @@ def _torn_results(tmp: Path, tag: str = "", text: str | None = None) -> Path:
 
 def _csv_without_json(tmp: Path) -> None:
     _results(tmp).unlink()
-    records.read_runs(tmp / "results" / "sweep")
+    result_files.read_runs(tmp / "results" / "sweep")
 
 
 def _sweep_torn_results(tmp: Path) -> None:
@@ -788,30 +788,30 @@ DATA_ROWS: dict[str, Bad] = {
         call=lambda tmp: _subset(501), error=ValueError, phrase="1..500 (the number of labels), got 501",
         before="ValueError: 'subset size must be in 1..500, got 501' (already clear)"),
     "data-results-torn-json": Bad(
-        call=lambda tmp: records.read_runs(_torn_results(tmp)), error=records.ResultsFileError,
+        call=lambda tmp: result_files.read_runs(_torn_results(tmp)), error=result_files.ResultsFileError,
         phrase="sweep.json is not a complete results file",
         before="json.JSONDecodeError: 'Unterminated string starting at: line 10 column 3 (char 113)' (no path)"),
     "data-results-torn-fewshot-json": Bad(
-        call=lambda tmp: records.read_run_probes(_torn_results(tmp, records.FEWSHOT_TAG)),
-        error=records.ResultsFileError, phrase="sweep-fewshot.json is not a complete results file",
+        call=lambda tmp: result_files.read_run_probes(_torn_results(tmp, result_files.FEWSHOT_TAG)),
+        error=result_files.ResultsFileError, phrase="sweep-fewshot.json is not a complete results file",
         before="json.JSONDecodeError: 'Unterminated string starting at: line 10 column 3 (char 113)' (no path)"),
     "data-results-empty-json": Bad(
-        call=lambda tmp: records.read_commands(_torn_results(tmp, text="")), error=records.ResultsFileError,
+        call=lambda tmp: result_files.read_commands(_torn_results(tmp, text="")), error=result_files.ResultsFileError,
         phrase="restore it (from git or a backup)",
         before="json.JSONDecodeError: 'Expecting value: line 1 column 1 (char 0)' (no path)"),
     "data-results-not-records": Bad(
-        call=lambda tmp: records.read_runs(_torn_results(tmp, text=json.dumps([{"model": "m"}]))),
-        error=records.ResultsFileError, phrase='not an object with a "runs" list',
+        call=lambda tmp: result_files.read_runs(_torn_results(tmp, text=json.dumps([{"model": "m"}]))),
+        error=result_files.ResultsFileError, phrase='not an object with a "runs" list',
         before="TypeError: 'list indices must be integers or slices, not str'"),
     "data-results-run-lacks-fields": Bad(
-        call=lambda tmp: records.read_runs(_torn_results(tmp, text=json.dumps({"runs": [{"model": "m"}]}))),
-        error=records.ResultsFileError, phrase="run 0: RunRecord.__init__() missing",
+        call=lambda tmp: result_files.read_runs(_torn_results(tmp, text=json.dumps({"runs": [{"model": "m"}]}))),
+        error=result_files.ResultsFileError, phrase="run 0: RunRecord.__init__() missing",
         before="TypeError: 'RunRecord.__init__() missing 5 required keyword-only arguments: ...' (no path)"),
     "data-results-csv-without-json": Bad(
-        call=_csv_without_json, error=records.ResultsFileError, phrase="sweep.csv holds results but sweep.json",
+        call=_csv_without_json, error=result_files.ResultsFileError, phrase="sweep.csv holds results but sweep.json",
         before="no error: read as no runs, so a sweep retrains everything and overwrites the .csv"),
     "data-sweep-torn-results": Bad(
-        call=_sweep_torn_results, error=records.ResultsFileError, phrase="sweep.json is not a complete results file",
+        call=_sweep_torn_results, error=result_files.ResultsFileError, phrase="sweep.json is not a complete results file",
         before="DataNotFoundError here (the data were loaded first); with data: json.JSONDecodeError, no path"),
 }
 

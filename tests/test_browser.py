@@ -346,7 +346,7 @@ def test_vit_vs_resnet_notebook(lab, page):
         headers = [t.replace("\xa0", " ") for t in table.locator("#header .cell-text").all_text_contents()]
         assert len(headers) == 7 and all(headers), headers
     drawn = {t.replace("\xa0", " ") for t in plots.nth(1).locator(".cell-text").all_text_contents()}
-    expected = vitlab.views.study_figures.sweep_table(vitlab.records.read_runs(vitlab.records.RESULTS)).data[0].cells.values
+    expected = vitlab.views.study_figures.sweep_table(vitlab.result_files.read_runs(vitlab.result_files.RESULTS)).data[0].cells.values
     missing = {str(v).replace("\xa0", " ") for column in expected for v in column} - drawn
     assert not missing, f"table cells not drawn: {sorted(missing)[:5]}"
     assert plots.nth(0).locator(".scatterlayer .trace").count() >= 3  # a ViT, a hybrid and a ResNet curve

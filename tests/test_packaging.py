@@ -179,10 +179,10 @@ def test_a_wheel_holds_every_subpackage(tmp_path):
 
 
 def test_project_data_and_zoo_paths_resolve_from_the_subpackages():
-    from vitlab import data, records, settings
+    from vitlab import data, result_files, settings
     from vitlab.models import ZOO_DIR, zoo_weights
 
     assert settings.PROJECT_ROOT == ROOT
     assert ZOO_DIR == ROOT / "data" / "zoo" and zoo_weights("vit_tiny_c10_e40").is_file()
     assert (data.SAMPLES_DIR / "samples.json").is_file()
-    assert records.RESULTS.with_suffix(".csv").is_file() and records.INSIDE_RESULTS.parent.is_dir()
+    assert result_files.RESULTS.with_suffix(".csv").is_file() and result_files.INSIDE_RESULTS.parent.is_dir()

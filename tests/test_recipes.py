@@ -14,7 +14,8 @@ from vitlab.training import recipes
 from vitlab.training import loop
 from vitlab.training.config import ConfigError, TrainConfig
 from vitlab.models import load_model
-from vitlab.records import InsideView, RecipeRun, Recipes, ResultsFileError
+from vitlab.records import InsideView, RecipeRun, Recipes
+from vitlab.result_files import ResultsFileError
 
 
 @pytest.fixture(scope="module")

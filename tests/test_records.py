@@ -6,39 +6,39 @@ import statistics
 
 import pytest
 
-from vitlab import records
+from vitlab import result_files
 from vitlab.records import ProbeRecord, RunProbe, RunRecord, Spread, group_spread, spread
 
 SUFFIXES = (".json", ".csv", "-fewshot.json", "-fewshot.csv")
 
 
 def test_committed_results_are_rewritten_byte_for_byte(tmp_path):
-    runs = records.read_runs(records.RESULTS)
-    probes, probe_commands = records.read_run_probes(records.RESULTS)
+    runs = result_files.read_runs(result_files.RESULTS)
+    probes, probe_commands = result_files.read_run_probes(result_files.RESULTS)
     count = {f: sum(r.family == f for r in runs) for f in ("vit", "hybrid", "resnet")}
     assert count == {"vit": 16, "hybrid": 6, "resnet": 16} and len(probes) == len(runs) == 38
-    insides, inside_commands = records.read_run_insides(records.RESULTS)
+    insides, inside_commands = result_files.read_run_insides(result_files.RESULTS)
     assert [v.model for v in insides] == ["hybrid_tiny_c10"] * 6  # the hybrid's runs: ViTs' are in INSIDE_RESULTS
     out = tmp_path / "copy"
-    records.write_runs(out, runs, records.read_commands(records.RESULTS))
-    records.write_run_probes(out, probes, probe_commands)
-    records.write_run_insides(out, insides, inside_commands)
+    result_files.write_runs(out, runs, result_files.read_commands(result_files.RESULTS))
+    result_files.write_run_probes(out, probes, probe_commands)
+    result_files.write_run_insides(out, insides, inside_commands)
     for suffix in (*SUFFIXES, "-inside.json", "-inside.csv"):
-        assert (tmp_path / f"copy{suffix}").read_bytes() == records.RESULTS.with_name(
-            records.RESULTS.name + suffix).read_bytes(), suffix
+        assert (tmp_path / f"copy{suffix}").read_bytes() == result_files.RESULTS.with_name(
+            result_files.RESULTS.name + suffix).read_bytes(), suffix
 
 
 def test_committed_runs_carry_their_probes_and_family():
-    runs = records.read_runs(records.RESULTS)
-    raw = json.loads(records.RESULTS.with_name(records.RESULTS.name + "-fewshot.json").read_text())["runs"]
+    runs = result_files.read_runs(result_files.RESULTS)
+    raw = json.loads(result_files.RESULTS.with_name(result_files.RESULTS.name + "-fewshot.json").read_text())["runs"]
     for r in runs:
         assert isinstance(r, RunRecord) and r.family in ("vit", "hybrid", "resnet") and r.model.startswith(r.family)
         (row,) = [p for p in raw if (p["model"], p["subset_size"], p["seed"], p["epochs"]) ==
                   (r.model, r.subset_size, r.seed, r.epochs)]
         assert r.fewshot == {k: row[f"fewshot_{k}"] for k in (1, 5, 10, 25)}
         assert r.key == (r.model, r.subset_size, r.seed, r.epochs, 128, "")
-    assert records.read_commands(records.RESULTS)[0].startswith("python -m vitlab sweep")
-    assert records.read_commands(records.RESULTS, "-fewshot") == records.read_run_probes(records.RESULTS)[1]
+    assert result_files.read_commands(result_files.RESULTS)[0].startswith("python -m vitlab sweep")
+    assert result_files.read_commands(result_files.RESULTS, "-fewshot") == result_files.read_run_probes(result_files.RESULTS)[1]
 
 
 def _run(model, family, size, seed, acc):
@@ -52,18 +52,18 @@ def test_round_trip_orders_runs_and_merges_probes(tmp_path):
     runs = [_run("vit_b", "vit", 500, 1, 0.3), _run("resnet_a", "resnet", 1000, 0, 0.5),
             _run("vit_b", "vit", 500, 0, 0.25)]
     results = tmp_path / "results" / "sweep"
-    assert records.read_runs(results) == [] and records.read_commands(results) == []
-    assert records.read_run_probes(results) == ([], [])
-    records.write_runs(results, runs, ["cmd one"])
-    back = records.read_runs(str(results) + ".json")  # a .json/.csv ending on the name is dropped
+    assert result_files.read_runs(results) == [] and result_files.read_commands(results) == []
+    assert result_files.read_run_probes(results) == ([], [])
+    result_files.write_runs(results, runs, ["cmd one"])
+    back = result_files.read_runs(str(results) + ".json")  # a .json/.csv ending on the name is dropped
     assert back == sorted(runs, key=lambda r: (r.family, r.model, r.subset_size, r.seed, r.epochs))
     assert all(r.fewshot == {} for r in back)
     probe = RunProbe(model="vit_b", family="vit", subset_size=500, seed=1, epochs=2, batch_size=128,
                      layer="pre_logits", pooling="head", fewshot={10: 0.4, 1: 0.2},
                      probe_setting=dict(shots=[1, 10], seeds=2, test=50))
-    records.write_run_probes(results, [probe], ["cmd two"])
-    assert records.read_run_probes(results) == ([probe], ["cmd two"])
-    merged = {r.key: r.fewshot for r in records.read_runs(results)}
+    result_files.write_run_probes(results, [probe], ["cmd two"])
+    assert result_files.read_run_probes(results) == ([probe], ["cmd two"])
+    merged = {r.key: r.fewshot for r in result_files.read_runs(results)}
     assert merged[probe.key] == {1: 0.2, 10: 0.4} and sum(bool(f) for f in merged.values()) == 1
     with open(f"{results}-fewshot.csv") as f:
         rows = list(csv.DictReader(f))
@@ -72,7 +72,7 @@ def test_round_trip_orders_runs_and_merges_probes(tmp_path):
     assert rows[0]["fewshot_10"] == "0.4"
     with open(f"{results}.csv") as f:
         header = next(csv.reader(f))
-    assert tuple(header) == tuple(f for f in records.RUN_FIELDS if f != "init") and "fewshot" not in header
+    assert tuple(header) == tuple(f for f in result_files.RUN_FIELDS if f != "init") and "fewshot" not in header
     assert json.loads((tmp_path / "results" / "sweep.json").read_text())["commands"] == ["cmd one"]
 
 
@@ -81,27 +81,27 @@ def test_runs_fine_tuned_from_pretrained_weights_are_told_apart_by_their_init(tm
     tuned = dataclasses.replace(scratch, init="mpp:vit_b_mpp", test_accuracy=0.3)
     assert tuned.key != scratch.key and tuned.label == "vit_b ← mpp:vit_b_mpp" and scratch.label == "vit_b"
     results = tmp_path / "sweep"
-    records.write_runs(results, [tuned, scratch], ["cmd"])
-    assert records.read_runs(results) == [scratch, tuned]  # from scratch first, then by init
+    result_files.write_runs(results, [tuned, scratch], ["cmd"])
+    assert result_files.read_runs(results) == [scratch, tuned]  # from scratch first, then by init
     stored = json.loads((tmp_path / "sweep.json").read_text())
     assert "init" not in stored["runs"][0] and stored["runs"][1]["init"] == "mpp:vit_b_mpp"
     with open(f"{results}.csv") as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0]) == records.RUN_FIELDS and [r["init"] for r in rows] == ["", "mpp:vit_b_mpp"]
+    assert tuple(rows[0]) == result_files.RUN_FIELDS and [r["init"] for r in rows] == ["", "mpp:vit_b_mpp"]
     probe = RunProbe(model="vit_b", family="vit", subset_size=500, seed=0, epochs=2, batch_size=128,
                      init="mpp:vit_b_mpp", layer="pre_logits", pooling="head", fewshot={1: 0.5},
                      probe_setting=dict(shots=[1], seeds=1, test=50))
-    records.write_run_probes(results, [probe], ["cmd"])
-    merged = {r.key: r.fewshot for r in records.read_runs(results)}
+    result_files.write_run_probes(results, [probe], ["cmd"])
+    merged = {r.key: r.fewshot for r in result_files.read_runs(results)}
     assert merged == {scratch.key: {}, tuned.key: {1: 0.5}}
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path):
     results = tmp_path / "sweep"
-    records.write_runs(results, [_run("vit_b", "vit", 500, 0, 0.3)], [])
+    result_files.write_runs(results, [_run("vit_b", "vit", 500, 0, 0.3)], [])
     before = (tmp_path / "sweep.json").read_bytes()
     with pytest.raises(TypeError):
-        records.write_runs(results, [_run("vit_b", "vit", 500, 0, object())], [])  # not JSON serialisable
+        result_files.write_runs(results, [_run("vit_b", "vit", 500, 0, object())], [])  # not JSON serialisable
     assert (tmp_path / "sweep.json").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.json"]  # no temporary left
 
@@ -132,23 +132,23 @@ def test_group_spread_groups_in_first_seen_order():
 def test_a_crash_between_the_json_and_the_csv_is_repaired_by_the_next_write(tmp_path, monkeypatch):
     results = tmp_path / "sweep"
     one, two = _run("vit_b", "vit", 500, 0, 0.3), _run("vit_b", "vit", 1000, 0, 0.4)
-    records.write_runs(results, [one], ["cmd"])
+    result_files.write_runs(results, [one], ["cmd"])
     old_csv = (tmp_path / "sweep.csv").read_bytes()
-    real = records.atomic_write
+    real = result_files.atomic_write
 
     def dies_on_the_csv(path, write):
         if str(path).endswith(".csv"):
             raise KeyboardInterrupt  # killed after the .json was replaced
         return real(path, write)
 
-    monkeypatch.setattr(records, "atomic_write", dies_on_the_csv)
+    monkeypatch.setattr(result_files, "atomic_write", dies_on_the_csv)
     with pytest.raises(KeyboardInterrupt):
-        records.write_runs(results, [one, two], ["cmd"])
-    assert records.read_runs(results) == [one, two]  # the record is whole
+        result_files.write_runs(results, [one, two], ["cmd"])
+    assert result_files.read_runs(results) == [one, two]  # the record is whole
     assert (tmp_path / "sweep.csv").read_bytes() == old_csv  # the copy is one run behind, not torn
-    monkeypatch.setattr(records, "atomic_write", real)
-    records.write_runs(results, records.read_runs(results), ["cmd"])
-    records.write_runs(tmp_path / "fresh", [one, two], ["cmd"])
+    monkeypatch.setattr(result_files, "atomic_write", real)
+    result_files.write_runs(results, result_files.read_runs(results), ["cmd"])
+    result_files.write_runs(tmp_path / "fresh", [one, two], ["cmd"])
     assert (tmp_path / "sweep.csv").read_bytes() == (tmp_path / "fresh.csv").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.csv", "fresh.json", "sweep.csv", "sweep.json"]
 
@@ -157,12 +157,12 @@ def test_a_crash_between_the_json_and_the_csv_is_repaired_by_the_next_write(tmp_
                          ids=["half", "empty", "not an object"])
 def test_a_torn_results_file_is_named_and_never_read_as_empty(tmp_path, tear):
     results = tmp_path / "sweep"
-    records.write_runs(results, [_run("vit_b", "vit", 500, 0, 0.3)], ["cmd"])
+    result_files.write_runs(results, [_run("vit_b", "vit", 500, 0, 0.3)], ["cmd"])
     path = tmp_path / "sweep.json"
     path.write_text(tear(path.read_text()))
     torn = path.read_bytes()
-    for read in (records.read_runs, records.read_commands):
-        with pytest.raises(records.ResultsFileError, match=f"^{path} is not a complete results file .*restore it"):
+    for read in (result_files.read_runs, result_files.read_commands):
+        with pytest.raises(result_files.ResultsFileError, match=f"^{path} is not a complete results file .*restore it"):
             read(results)
     assert path.read_bytes() == torn
 
@@ -198,8 +198,8 @@ def _run_inside(size, lowest, high, seed=0):
 def test_run_insides_round_trip_with_a_summary_csv(tmp_path):
     results = tmp_path / "sweep"
     runs = [_run_inside(200, 3.0, 3.1), _run_inside(100, 1.0, 1.2)]
-    records.write_run_insides(results, runs, ["python -m vitlab sweep --sizes 100 200"])
-    back, commands = records.read_run_insides(results)
+    result_files.write_run_insides(results, runs, ["python -m vitlab sweep --sizes 100 200"])
+    back, commands = result_files.read_run_insides(results)
     assert back == sorted(runs, key=lambda r: r.subset_size) and commands == ["python -m vitlab sweep --sizes 100 200"]
     with open(tmp_path / "sweep-inside.csv") as f:
         rows = list(csv.DictReader(f))
@@ -207,5 +207,5 @@ def test_run_insides_round_trip_with_a_summary_csv(tmp_path):
         [(100, 1.0, 1.2), (200, 3.0, 3.1)]
     path = tmp_path / "sweep-inside.json"
     path.write_text(path.read_text()[:-40])  # torn
-    with pytest.raises(records.ResultsFileError, match="sweep-inside.json is not a complete results file"):
-        records.read_run_insides(results)
+    with pytest.raises(result_files.ResultsFileError, match="sweep-inside.json is not a complete results file"):
+        result_files.read_run_insides(results)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vitlab
-from vitlab import data, records
+from vitlab import data, records, result_files
 from vitlab.training import zoo
 from vitlab.training import sweep as sweep_mod
 from vitlab.models import ARCHITECTURES, build_model, load_model
@@ -118,7 +118,7 @@ def test_every_vit_run_gets_the_inside_view_of_its_final_model(fake_cifar, tmp_p
 
     config = _tiny(tmp_path)
     runs = sweep(config)
-    views, commands = records.read_run_insides(config.results)
+    views, commands = result_files.read_run_insides(config.results)
     assert commands == [config.command()]
     assert sorted(v.key for v in views) == sorted(r.key for r in runs if r.family == "vit")  # ResNets: none
     images = inside.probe_images()
@@ -179,14 +179,14 @@ def _done_records(config):
 
 def test_a_torn_results_file_stops_the_sweep_before_data_and_keeps_it(tmp_path, monkeypatch):
     config = _tiny(tmp_path)
-    records.write_runs(config.results, _done_records(config)[:2], ["cmd"])
+    result_files.write_runs(config.results, _done_records(config)[:2], ["cmd"])
     path = Path(config.results + ".json")
     path.write_text(path.read_text()[:-30])  # torn: the finished runs are still in the bytes
     torn = path.read_bytes()
     monkeypatch.setattr(data, "cifar10", lambda *a, **kw: pytest.fail("loaded data before reading the results"))
     monkeypatch.setattr(sweep_mod, "train", lambda *a, **kw: pytest.fail("trained despite a torn results file"))
     for run in (sweep, sweep_mod.fewshot_runs):
-        with pytest.raises(records.ResultsFileError, match=f"{path} is not a complete results file"):
+        with pytest.raises(result_files.ResultsFileError, match=f"{path} is not a complete results file"):
             run(config)
     assert path.read_bytes() == torn and not (tmp_path / "runs").exists()
 
@@ -194,7 +194,7 @@ def test_a_torn_results_file_stops_the_sweep_before_data_and_keeps_it(tmp_path, 
 def test_a_torn_csv_is_rewritten_from_the_json(fake_cifar, tmp_path, monkeypatch):
     config = _tiny(tmp_path)
     done = _done_records(config)
-    records.write_runs(config.results, done, [config.command()])
+    result_files.write_runs(config.results, done, [config.command()])
     table = Path(config.results + ".csv")
     whole = table.read_bytes()
     table.write_bytes(whole[: len(whole) // 2])
@@ -246,7 +246,7 @@ def test_fewshot_probes_of_each_run_match_a_brute_force_probe(fake_cifar, tmp_pa
     with open(tmp_path / "results" / "sweep-fewshot.csv") as f:
         assert next(csv.reader(f)) == ["model", "family", "subset_size", "seed", "epochs", "layer", "pooling",
                                        "fewshot_1", "fewshot_5"]
-    probes, _ = records.read_run_probes(config.results)
+    probes, _ = result_files.read_run_probes(config.results)
     assert {(p.layer, p.pooling) for p in probes} == {("pre_logits", "head")}
     import vitlab.analysis.representations
 
@@ -257,7 +257,7 @@ def test_fewshot_probes_of_each_run_match_a_brute_force_probe(fake_cifar, tmp_pa
 
 
 def test_the_committed_sweep_still_reads():
-    runs = records.read_runs(records.RESULTS)
+    runs = result_files.read_runs(result_files.RESULTS)
     stored = json.loads((ROOT / "data/results/vit_vs_resnet.json").read_text())["runs"]
     assert [(r.model, r.subset_size, r.seed, r.test_accuracy) for r in runs] == \
         [(r["model"], r["subset_size"], r["seed"], r["test_accuracy"]) for r in stored]
@@ -270,8 +270,8 @@ def test_the_committed_sweep_still_reads():
 def test_the_committed_inside_views_read_and_match_their_runs():
     from vitlab.analysis.metrics import uniform_attention_distance
 
-    views, commands = records.read_run_insides(records.INSIDE_RESULTS)
-    runs = {r.key: r for r in records.read_runs(records.INSIDE_RESULTS)}
+    views, commands = result_files.read_run_insides(result_files.INSIDE_RESULTS)
+    runs = {r.key: r for r in result_files.read_runs(result_files.INSIDE_RESULTS)}
     assert sorted(v.key for v in views) == sorted(runs) and len(views) == 6
     assert commands[-1].endswith("--results data/results/vit_inside")
     cfg = ARCHITECTURES["vit_tiny_c10"]
@@ -308,7 +308,7 @@ def test_a_sweep_from_pretrained_weights_keeps_its_runs_apart_from_runs_from_scr
     after = load_model(tmp_path / "runs" / folders[1] / "model.safetensors", device="cpu").patch_embed.proj.weight
     fresh = load_model(tmp_path / "runs" / folders[0] / "model.safetensors", device="cpu").patch_embed.proj.weight
     assert (after - pre).norm() < (fresh - pre).norm()
-    views, _ = records.read_run_insides(tuned_config.results)
+    views, _ = result_files.read_run_insides(tuned_config.results)
     assert sorted(v.init for v in views) == ["", "mpp:model"]
     assert sweep(tuned_config) == runs  # done: nothing retrained
 

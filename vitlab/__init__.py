@@ -7,7 +7,7 @@ is imported on first use only, so the command line and torchrun workers never lo
 """
 import importlib
 
-from . import analysis, data, models, records, settings, training
+from . import analysis, data, models, records, result_files, settings, training
 from .analysis.capture import Capture, capture
 from .analysis.distance import head_statistics
 from .models import load_model, preprocess, save_model
@@ -15,7 +15,7 @@ from .settings import quick_mode
 from .training.zoo import available
 
 __all__ = ["Capture", "analysis", "available", "capture", "data", "head_statistics", "load_model", "models",
-           "preprocess", "quick_mode", "records", "save_model", "settings", "training", "views"]
+           "preprocess", "quick_mode", "records", "result_files", "save_model", "settings", "training", "views"]
 
 
 def __getattr__(name: str):

@@ -20,7 +20,7 @@ from . import data
 from .training import zoo
 from .training.config import ConfigError, TrainConfig, add_flags, from_args, read_file
 from .models import WeightsUnavailableError
-from .records import ResultsFileError
+from .result_files import ResultsFileError
 from .training.sweep import SweepConfig, sweep
 from .training.loop import train
 from .models.weights import WeightsFileError

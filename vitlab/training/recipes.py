@@ -33,7 +33,8 @@ from .config import ConfigError, TrainConfig, command_line, from_args
 from ..analysis.distance import head_statistics, lowest_head
 from ..io import write_json
 from ..models import load_model
-from ..records import RecipeRun, Recipes, ResultsFileError
+from ..records import RecipeRun, Recipes
+from ..result_files import ResultsFileError
 
 #: The locality experiment of issue 14 (zoo recipe with and without CutMix, 10 epochs, seeds 0 and 1).
 LOCALITY = settings.PROJECT_ROOT / "data" / "results" / "locality"

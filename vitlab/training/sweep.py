@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from .. import data
-from .. import records
+from .. import result_files
 from . import zoo
 from .config import ConfigError, check_choices, command_line
 from ..models import ARCHITECTURES, build_model, check_spec, load_model
@@ -229,8 +229,8 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
     check(config)
     # Read the results first: a torn file stops here, before any data is loaded, and is never rewritten.
     # Probe results live in their own file (fewshot_runs), not among the training records.
-    done = [dataclasses.replace(r, fewshot={}) for r in records.read_runs(config.results)]
-    commands = _with(records.read_commands(config.results), config.command())
+    done = [dataclasses.replace(r, fewshot={}) for r in result_files.read_runs(config.results)]
+    commands = _with(result_files.read_commands(config.results), config.command())
     train_set, test_set = data.cifar10("train"), data.cifar10("test")  # fails here without a dataset
     check(config, len(train_set[1]))
     finished = {_key(r) for r in done}
@@ -240,16 +240,16 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
     for run in bar:
         record = _train_run(config, run, test_set, device, progress, flops)
         done.append(record)
-        records.write_runs(config.results, _ordered(done), commands)
+        result_files.write_runs(config.results, _ordered(done), commands)
         bar.set_postfix_str(f"last: {run.model}, {run.subset_size:,} images, seed {run.seed}: "
                             f"{record.test_accuracy:.1%} in {record.wall_seconds:.0f} s")
         if on_run is not None:
             on_run(record)
-    records.write_runs(config.results, _ordered(done), commands)
+    result_files.write_runs(config.results, _ordered(done), commands)
     inside_runs(config, progress=bool(todo))
     if config.fewshot:
         fewshot_runs(config, train_set, test_set)
-    return _ordered(records.read_runs(config.results))
+    return _ordered(result_files.read_runs(config.results))
 
 
 def _train_run(config: SweepConfig, run: Run, test_set: Split, device: str | torch.device | None,
@@ -292,11 +292,11 @@ def fewshot_runs(config: SweepConfig, train_set: Split | None = None, test_set: 
             ``config.fewshot_test`` class-stratified test images.
     """
     setting = dict(shots=list(config.fewshot), seeds=config.fewshot_seeds, test=config.fewshot_test)
-    probes, commands = records.read_run_probes(config.results)  # a torn file stops here, before the data
+    probes, commands = result_files.read_run_probes(config.results)  # a torn file stops here, before the data
     commands = _with(commands, config.command())
     skip = {_key(p) for p in probes if p.probe_setting == setting}
     wanted = {_key(run) for run in config.runs()}
-    todo = [r for r in records.read_runs(config.results) if _key(r) in wanted and _key(r) not in skip
+    todo = [r for r in result_files.read_runs(config.results) if _key(r) in wanted and _key(r) not in skip
             and (_run_dir(config, r) / MODEL).is_file()]
     if not todo:
         return probes
@@ -312,7 +312,7 @@ def fewshot_runs(config: SweepConfig, train_set: Split | None = None, test_set: 
                          epochs=record.epochs, batch_size=record.batch_size, init=record.init, layer=PRE_LOGITS,
                          pooling=rows[0].pooling, fewshot=accuracy, probe_setting=setting)
         probes = [p for p in probes if _key(p) != _key(record)] + [probe]
-        records.write_run_probes(config.results, probes, commands)
+        result_files.write_run_probes(config.results, probes, commands)
     return probes
 
 
@@ -326,10 +326,10 @@ def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
     """
     from . import inside
 
-    views, commands = records.read_run_insides(config.results)  # a torn file stops here, before the data
+    views, commands = result_files.read_run_insides(config.results)  # a torn file stops here, before the data
     commands = _with(commands, config.command())
     have, wanted = {v.key for v in views}, {_key(run) for run in config.runs()}
-    todo = [r for r in records.read_runs(config.results) if r.family != "resnet" and _key(r) in wanted
+    todo = [r for r in result_files.read_runs(config.results) if r.family != "resnet" and _key(r) in wanted
             and _key(r) not in have and (_run_dir(config, r) / MODEL).is_file()]
     if not todo:
         return views
@@ -344,5 +344,5 @@ def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
                                    seed=record.seed, epochs=record.epochs, batch_size=record.batch_size,
                                    init=record.init, test_accuracy=record.test_accuracy, code_version=record.code_version, view=view,
                                    lowest_std=lowest.std, lowest_low=lowest.low, lowest_high=lowest.high)]
-        records.write_run_insides(config.results, views, commands)
+        result_files.write_run_insides(config.results, views, commands)
     return views

@@ -43,7 +43,7 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
     shows the number of seeds, epochs and the time per run.
 
     Args:
-        records: sweep runs (:func:`vitlab.records.read_runs`).
+        records: sweep runs (:func:`vitlab.result_files.read_runs`).
         x: ``"subset_size"`` (training images) or ``"train_flops"``.
         models: the series to draw, by :attr:`~vitlab.records.RunRecord.label` (default all); ViTs first,
             then hybrids, then ResNets.
