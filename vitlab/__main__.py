@@ -25,20 +25,20 @@ from .training.sweep import SweepConfig, sweep
 from .training.loop import train
 from .models.weights import WeightsFileError
 
-PROG = "python -m vitlab"
+_PROG = "python -m vitlab"
 #: Errors that report bad input in one line: printed as they are, without a traceback.
-INPUT_ERRORS = (ConfigError, PermissionError, FileNotFoundError, FileExistsError, data.CorruptDataError,
+_INPUT_ERRORS = (ConfigError, PermissionError, FileNotFoundError, FileExistsError, data.CorruptDataError,
                 WeightsFileError, WeightsUnavailableError, ResultsFileError)
 #: Flags of ``train`` that say where and how a run reports, not what it is.
 RUN_FLAGS = ("out", "progress", "checkpoint_every", "inside")
 #: Settings of ``train`` that act on labels; ``pretrain`` has no flags for them and fixes them off.
 LABEL_FLAGS = ("label_smoothing", "mixup", "cutmix", "mix_prob", "mix_switch_prob")
-PRETRAIN_DEFAULTS = TrainConfig(objective="mpp", label_smoothing=0.0)
+_PRETRAIN_DEFAULTS = TrainConfig(objective="mpp", label_smoothing=0.0)
 
 
 def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     """The parser of every command; ``train_defaults`` (e.g. from ``--config``) replace flag defaults."""
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+    parser = argparse.ArgumentParser(prog=_PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("zoo", help="list the zoo's models as JSON")
@@ -51,7 +51,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     pre = sub.add_parser("pretrain", help="pre-train a zoo ViT on CIFAR-10's images without their labels")
     add_flags(pre, TrainConfig, exclude=LABEL_FLAGS)
     _run_flags(pre)
-    pre.set_defaults(objective="mpp", **{name: getattr(PRETRAIN_DEFAULTS, name) for name in LABEL_FLAGS})
+    pre.set_defaults(objective="mpp", **{name: getattr(_PRETRAIN_DEFAULTS, name) for name in LABEL_FLAGS})
     objective = next(a for a in pre._actions if a.dest == "objective")  # its help names train's default
     objective.help = "the self-supervised objective: mpp, the paper's masked patch prediction (default: mpp)"
     pub = sub.add_parser("publish", help="copy a finished run into data/zoo under a zoo name")
@@ -131,7 +131,7 @@ def _recipes(args: argparse.Namespace) -> None:
     print(study_readouts.recipes(comparison))
 
 
-COMMANDS = dict(zoo=_zoo, data=_data, train=_train, pretrain=_train, publish=_publish, sweep=_sweep, recipes=_recipes)
+_COMMANDS = dict(zoo=_zoo, data=_data, train=_train, pretrain=_train, publish=_publish, sweep=_sweep, recipes=_recipes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "config", None):
             args = build_parser(read_file(args.config, TrainConfig, extra=RUN_FLAGS)).parse_args(argv)
-        COMMANDS[args.command](args)
-    except INPUT_ERRORS as err:
-        sys.exit(f"{PROG} {args.command}: error: {err}")
+        _COMMANDS[args.command](args)
+    except _INPUT_ERRORS as err:
+        sys.exit(f"{_PROG} {args.command}: error: {err}")
     return 0
 
 

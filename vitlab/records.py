@@ -46,10 +46,10 @@ class RunOf:
     @property
     def label(self) -> str:
         """How figures name the run's series: the model, and what it was fine-tuned from if anything."""
-        return run_label(self.model, self.init)
+        return _run_label(self.model, self.init)
 
 
-def run_label(model: str, init: str) -> str:
+def _run_label(model: str, init: str) -> str:
     """``model``, or ``"model ← init"`` for a run fine-tuned from pre-trained weights."""
     return f"{model} ← {init}" if init else model
 

@@ -200,12 +200,12 @@ def write_runs(results: str | os.PathLike, runs: Sequence[RunRecord], commands: 
 
 
 #: ``<results>-inside.{json,csv}``: the inside view of each ViT run's final model.
-INSIDE_TAG = "-inside"
+_INSIDE_TAG = "-inside"
 
 
 
 #: Columns of ``<results>-inside.csv`` (the ``.json`` keeps the whole view).
-INSIDE_FIELDS = [*_RUN_KEYS, "test_accuracy", "code_version", "lowest_local", "lowest_low", "lowest_high",
+_INSIDE_FIELDS = [*_RUN_KEYS, "test_accuracy", "code_version", "lowest_local", "lowest_low", "lowest_high",
                  "lowest_std", "uniform",
                  "position_distance", "position_row_column", "mirror", "mirror_neighbour", "filter_variance_first"]
 
@@ -216,13 +216,13 @@ _INSIDE_SCALARS = ("test_accuracy", "code_version", "lowest_std", "lowest_low", 
 def _inside_row(run: RunInside) -> dict[str, Any]:
     row = {k: getattr(run, k) for k in (*_RUN_KEYS, *_INSIDE_SCALARS)}
     view = dataclasses.asdict(run.view)
-    flat = {k: view[k] for k in INSIDE_FIELDS if k in view}
+    flat = {k: view[k] for k in _INSIDE_FIELDS if k in view}
     return dict(row, lowest_local=run.view.lowest_local, **flat, view=view)
 
 
 def read_run_insides(results: str | os.PathLike) -> tuple[list[RunInside], list[str]]:
     """The :class:`RunInside` records of ``<results>-inside.json`` and the commands that made them."""
-    stored = _load(results, INSIDE_TAG)
+    stored = _load(results, _INSIDE_TAG)
 
     def build(row: dict[str, Any]) -> RunInside:
         if not isinstance(row.get("view"), dict):
@@ -230,9 +230,9 @@ def read_run_insides(results: str | os.PathLike) -> tuple[list[RunInside], list[
         return RunInside(**{k: row[k] for k in (*_RUN_KEYS, *_INSIDE_SCALARS) if k in row},
                          view=InsideView.from_json(row["view"]))
 
-    return _records(_file(results, f"{INSIDE_TAG}.json"), stored["runs"], build), list(stored["commands"])
+    return _records(_file(results, f"{_INSIDE_TAG}.json"), stored["runs"], build), list(stored["commands"])
 
 
 def write_run_insides(results: str | os.PathLike, insides: Sequence[RunInside], commands: Sequence[str]) -> None:
     """Write ``<results>-inside.json`` (whole views) and ``.csv`` (one summary row per run), atomically."""
-    _write(results, INSIDE_TAG, [_inside_row(i) for i in insides], commands, INSIDE_FIELDS)
+    _write(results, _INSIDE_TAG, [_inside_row(i) for i in insides], commands, _INSIDE_FIELDS)

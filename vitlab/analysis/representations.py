@@ -123,7 +123,7 @@ class MinibatchCKA:
 
 #: Weight of the constant feature that stands for the bias: large, so the ridge penalty
 #: barely touches the bias (the choice of big_vision's few-shot evaluator).
-FEWSHOT_BIAS = 100.0
+_FEWSHOT_BIAS = 100.0
 #: big_vision's default ridge strength for few-shot evaluation.
 FEWSHOT_L2 = 2.0**10
 
@@ -133,7 +133,7 @@ def ridge_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int,
     """Closed-form ridge regression of features onto +-1 one-hot targets (big_vision few-shot).
 
     Features are standardised with the training set's mean and std (+1e-5), a constant
-    column of ``FEWSHOT_BIAS`` is appended, and ``W = (X^T X + l2 I)^-1 X^T Y`` is solved
+    column of ``_FEWSHOT_BIAS`` is appended, and ``W = (X^T X + l2 I)^-1 X^T Y`` is solved
     in float64, in its dual form ``X^T (X X^T + l2 I)^-1 Y`` when there are fewer examples
     than features (the usual few-shot case).
 
@@ -149,7 +149,7 @@ def ridge_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int,
         raise ValueError(f"l2 must be positive, got {l2}")
     x = x.detach().double().cpu()
     mean, std = x.mean(0), x.std(0, unbiased=False) + 1e-5
-    a = torch.cat([(x - mean) / std, torch.full((len(x), 1), FEWSHOT_BIAS, dtype=x.dtype)], 1)  # (n, d+1)
+    a = torch.cat([(x - mean) / std, torch.full((len(x), 1), _FEWSHOT_BIAS, dtype=x.dtype)], 1)  # (n, d+1)
     targets = 2.0 * F.one_hot(y.long().cpu(), num_classes).double() - 1.0  # (n, C)
     n, d = a.shape
     if n >= d:
@@ -162,7 +162,7 @@ def ridge_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int,
 def ridge_predict(model: tuple[torch.Tensor, torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Class predictions (n,) of a :func:`ridge_classifier` for features ``x`` (n, d)."""
     w, mean, std = model
-    a = torch.cat([(x.detach().double().cpu() - mean) / std, torch.full((len(x), 1), FEWSHOT_BIAS, dtype=w.dtype)], 1)
+    a = torch.cat([(x.detach().double().cpu() - mean) / std, torch.full((len(x), 1), _FEWSHOT_BIAS, dtype=w.dtype)], 1)
     return (a @ w).argmax(1)
 
 

@@ -2,7 +2,7 @@
 
 :func:`rollout_analysis` is the one analysis behind the rollout figure, its readout and its
 explorer: the class token's rollout over the patches (:func:`vitlab.analysis.attention_maps.attention_rollout`)
-for every image, and how much of it lies on the central region of the image (:func:`centre_ratio`):
+for every image, and how much of it lies on the central region of the image (:func:`_centre_ratio`):
 per image, its mean with a 95% bootstrap interval over images, and the mean of random-initialised
 models of the architecture (:mod:`vitlab.analysis.references`). CIFAR-10 objects mostly sit in the
 centre; without segmentation masks this measures a preference for the centre, not for the object.
@@ -32,7 +32,7 @@ def central_region(grid: tuple[int, int]) -> torch.Tensor:
     return mask
 
 
-def centre_ratio(rollout: torch.Tensor) -> torch.Tensor:
+def _centre_ratio(rollout: torch.Tensor) -> torch.Tensor:
     """Per image, rollout mass in :func:`central_region` over its share of area: (images,) float64.
 
     Args:
@@ -92,12 +92,12 @@ class RolloutResult:
     @classmethod
     def from_maps(cls, maps: torch.Tensor, reference: Sequence[torch.Tensor] = (), **settings) -> RolloutResult:
         """The result for given rollout maps (images, rows, cols) and those of random-init models (one per seed)."""
-        ratios = centre_ratio(maps)  # (images,)
+        ratios = _centre_ratio(maps)  # (images,)
         low, high = bootstrap_interval(ratios)
         return cls(maps=maps, ratios=ratios, area=float(central_region(tuple(maps.shape[1:])).double().mean()),
                    ratio=float(ratios.mean()), low=float(low), high=float(high),
                    std=float(ratios.std()) if len(ratios) > 1 else 0.0,
-                   reference=[float(centre_ratio(r).mean()) for r in reference], **settings)
+                   reference=[float(_centre_ratio(r).mean()) for r in reference], **settings)
 
 
 def rollout_analysis(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0,

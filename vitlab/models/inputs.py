@@ -25,7 +25,7 @@ from .. import data
 PIXEL_SLACK = 2.0
 
 
-def normalised_range(model: nn.Module, slack: float = 0.0) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _normalised_range(model: nn.Module, slack: float = 0.0) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per channel, the lowest and highest values of a normalised input of ``model``: (C,), (C,).
 
     Pixels in ``[-slack, 1 + slack]`` normalised as :func:`vitlab.preprocess` does, with
@@ -105,11 +105,11 @@ def _check_values(model: nn.Module, x: torch.Tensor, what: str) -> None:
         counts = {"NaN": int(x.isnan().sum()), "inf": int(x.isinf().sum())}
         kinds = " and ".join(f"{k} ({n} of {x.numel()} values)" for k, n in counts.items() if n)
         raise ValueError(f"{what} contain {kinds}: drop or repair those images before the forward pass")
-    bounds = normalised_range(model, PIXEL_SLACK)
+    bounds = _normalised_range(model, PIXEL_SLACK)
     if bounds is None or len(bounds[0]) != len(lo):
         return
     if bool((lo < bounds[0]).any() or (hi > bounds[1]).any()):
-        low, high = normalised_range(model)
+        low, high = _normalised_range(model)
         raise ValueError(f"{what} hold values from {lo.min():.4g} to {hi.max():.4g}, far outside the model's "
                          f"normalised range (about {low.min():.2f}..{high.max():.2f} for its pretrained_cfg mean "
                          "and std): pass uint8 images (0..255) or call vitlab.preprocess(model, images) first")

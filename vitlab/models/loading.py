@@ -65,7 +65,7 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     ``{"google_vit": {...}}`` builds a VisionTransformer with these arguments.
     A record that names no known architecture raises ValueError saying which part.
     """
-    check_record(arch)
+    _check_record(arch)
     if "zoo" in arch:
         config = architecture(arch["zoo"], arch.get("config"))
         model = config.build()
@@ -318,14 +318,14 @@ def _checked_sidecar(path: Path) -> Sidecar:
     """
     meta = read_sidecar(path)
     try:
-        check_record(meta.architecture)
+        _check_record(meta.architecture)
     except ValueError as err:
         raise WeightsFileError(f"{path}: key 'architecture': {str(err).rstrip('.')}; fix the sidecar, or pass "
                                "arch=<timm or zoo name> to load_model") from None
     return meta
 
 
-def check_record(record: Any) -> None:
+def _check_record(record: Any) -> None:
     """Raise ValueError unless ``record`` is an architecture record :func:`build_model` can build."""
     kinds = ("zoo", "timm", "google_vit")
     if not isinstance(record, dict) or sum(k in record for k in kinds) != 1:

@@ -23,7 +23,7 @@ from .weights import WeightsFileError
 #: The sidecar format this vitlab writes, and the newest it reads.
 FORMAT = 1
 #: Resampling modes timm's transforms accept (``timm.data.transforms.str_to_interp_mode``).
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 #: Keys that hold a JSON object when present.
 _OBJECTS = ("config", "metrics", "data")
 _FIX = "fix the sidecar, or delete it and pass arch=<timm or zoo name> to load_model"
@@ -139,8 +139,8 @@ def pretrained_cfg_problem(cfg: Any) -> str | None:
     if not (isinstance(size, (list, tuple)) and len(size) == 3
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
         return f"'input_size' must be three positive integers (channels, height, width), got {short_repr(size)}"
-    if cfg.get("interpolation", "bicubic") not in INTERPOLATIONS:
-        return f"'interpolation' must be one of {', '.join(INTERPOLATIONS)}, got {short_repr(cfg['interpolation'])}"
+    if cfg.get("interpolation", "bicubic") not in _INTERPOLATIONS:
+        return f"'interpolation' must be one of {', '.join(_INTERPOLATIONS)}, got {short_repr(cfg['interpolation'])}"
     return None
 
 

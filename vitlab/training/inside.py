@@ -10,7 +10,7 @@ Fig. 7 panels can be redrawn for any recorded epoch (:func:`stored_model`).
 
 The trainer keeps them in the run folder (``inside.jsonl`` and ``inside.safetensors``, read and
 written by :mod:`vitlab.training.run_folder`); :func:`load` gives them back for figures. At
-most :data:`MOST` epochs are recorded per run (:func:`recorded_epochs`). ResNets have no
+most :data:`_MOST` epochs are recorded per run (:func:`recorded_epochs`). ResNets have no
 attention: they get no inside view. A hybrid ViT's embedding projects CNN features, not pixels:
 its views record no filters (NaN shares, ``filter_k`` 0, no ``filters.<epoch>`` tensors).
 """
@@ -34,10 +34,10 @@ from ..records import InsideView
 
 #: Probe images per inside view, and the seed of their class-balanced order (fixed: runs compare).
 PROBE_IMAGES, PROBE_SEED = 256, 0
-#: At most this many inside views per run: every epoch up to MOST epochs, evenly spaced beyond.
-MOST = 30
+#: At most this many inside views per run: every epoch up to _MOST epochs, evenly spaced beyond.
+_MOST = 30
 #: Principal components of the filters whose explained variance is recorded together.
-FILTER_K = 28
+_FILTER_K = 28
 
 
 def probe_images(count: int = PROBE_IMAGES, seed: int = PROBE_SEED) -> torch.Tensor:
@@ -56,7 +56,7 @@ def is_vit(model: nn.Module) -> bool:
             and isinstance(getattr(getattr(model, "patch_embed", None), "proj", None), nn.Conv2d))
 
 
-def recorded_epochs(epochs: int, most: int = MOST) -> list[int]:
+def recorded_epochs(epochs: int, most: int = _MOST) -> list[int]:
     """The epochs (1-based) a run of ``epochs`` records: all up to ``most``, else ``most`` evenly spaced.
 
     The last epoch is always among them: epoch ceil(i * epochs / most) for i = 1..most.
@@ -89,7 +89,7 @@ def inside_view(model: nn.Module, images: torch.Tensor, epoch: int, step: int, b
     if metrics.is_hybrid(model):  # no pixel filters: the CNN sees the pixels
         k, first, first_k = 0, math.nan, math.nan
     else:
-        filters = filters_analysis(model, k=FILTER_K, seeds=())
+        filters = filters_analysis(model, k=_FILTER_K, seeds=())
         k, first, first_k = filters.k, filters.first, filters.first_k
     return InsideView(
         epoch=epoch, step=step, images=len(images), grid=metrics.patch_grid(model),

@@ -342,7 +342,7 @@ def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progr
         loss_sum += loss
         correct += hits
         seen += scored
-        if not bar.disable and (b - first) % PROGRESS_EVERY == 0:  # the only read-back inside the epoch
+        if not bar.disable and (b - first) % _PROGRESS_EVERY == 0:  # the only read-back inside the epoch
             bar.set_postfix(loss=f"{loss_sum.item() / (b - first + 1):.3f}")
         if checkpoint_every and run.step % checkpoint_every == 0 and run.step % run.steps_per_epoch:
             _save_checkpoint(run, run.step / run.steps_per_epoch, wall=run.wall + time.perf_counter() - started)
@@ -355,7 +355,7 @@ def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progr
 
 
 #: Steps between progress-bar updates, each of which reads the running loss back from the device.
-PROGRESS_EVERY = 20
+_PROGRESS_EVERY = 20
 
 
 def batch(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

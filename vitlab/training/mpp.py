@@ -48,10 +48,10 @@ def colour_targets(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     if images.shape[-1] % patch_size or images.shape[-2] % patch_size:
         raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {patch_size}")
     means = F.avg_pool2d(images.float(), patch_size)  # (N, 3, rows, cols), 0..255
-    return colour_class(means).flatten(1)
+    return _colour_class(means).flatten(1)
 
 
-def colour_class(rgb: torch.Tensor) -> torch.Tensor:
+def _colour_class(rgb: torch.Tensor) -> torch.Tensor:
     """The 3-bit colour class (0..511) of mean colours ``rgb`` (N, 3, ...) on a 0..255 scale; shape (N, ...)."""
     r, g, b = (rgb * LEVELS / 256).floor().clamp_(0, LEVELS - 1).long().unbind(1)
     return r * LEVELS**2 + g * LEVELS + b
@@ -284,7 +284,7 @@ def baselines(images: torch.Tensor, patch_size: int, seed: int = 0, batch_size: 
         local = torch.where(seen > 0, around / seen.clamp(min=1), visible[:, :, None, None])  # (N, 3, rows, cols)
         picked = corruption.corrupted
         for name, colour in (("neighbours' mean", local.flatten(2)), ("image mean", visible[:, :, None])):
-            guess = colour_class(colour).expand_as(targets)  # (N, patches)
+            guess = _colour_class(colour).expand_as(targets)  # (N, patches)
             hits[name] += int((guess[picked] == targets[picked]).sum())
         counts += torch.bincount(targets[picked], minlength=COLOURS)
         scored += int(picked.sum())

@@ -216,12 +216,12 @@ class MaskedPatches(Objective):
 
 
 #: Every objective, by its ``TrainConfig.objective`` name.
-OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Classification, MaskedPatches)}
+_OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Classification, MaskedPatches)}
 
 
 def objective_for(config: TrainConfig) -> Objective:
     """The objective ``config`` trains with."""
-    return OBJECTIVES[config.objective](config)
+    return _OBJECTIVES[config.objective](config)
 
 
 @torch.no_grad()
@@ -296,6 +296,6 @@ def init_model(config: TrainConfig) -> nn.Module:
     if type(model) is not type(wanted):
         raise ConfigError(f"--init {config.init} holds a {type(model).__name__}, but --model "
                           f"{config.model} is a {type(wanted).__name__}")
-    if not OBJECTIVES[init_objective(config.init)].uses_labels:
+    if not _OBJECTIVES[init_objective(config.init)].uses_labels:
         model.reset_classifier(len(data.CLASSES))
     return model

@@ -46,7 +46,7 @@ from ..records import InsideView
 #: The per-epoch log in a run's folder.
 METRICS_LOG = "metrics.jsonl"
 #: The copy of the latest checkpoint's record.
-POINTER = "checkpoint.json"
+_POINTER = "checkpoint.json"
 #: The lock a training process holds on its folder (its PID inside).
 LOCK = "vitlab.lock"
 #: The final model and its sidecar, written when a run finishes.
@@ -54,7 +54,7 @@ MODEL, SIDECAR = "model.safetensors", "model.json"
 #: A ViT's inside views, one JSON line per recorded epoch, and their tensors (:mod:`vitlab.training.inside`).
 INSIDE_LOG, INSIDE_TENSORS = "inside.jsonl", "inside.safetensors"
 #: The names of checkpoint files vitlab writes; nothing else in a run folder is ever deleted.
-CHECKPOINT_FILE = re.compile(r"checkpoint-(\d{8,})\.(safetensors|state\.pt|json)")
+_CHECKPOINT_FILE = re.compile(r"checkpoint-(\d{8,})\.(safetensors|state\.pt|json)")
 #: Temporary files of vitlab's atomic writes (``io.atomic_path``) left behind by a killed run.
 _LEFTOVER = re.compile(r"\.(checkpoint-\d{8,}\.(safetensors|state\.pt|json)|checkpoint\.json|metrics\.jsonl"
                        r"|model\.safetensors|model\.json|inside\.jsonl|inside\.safetensors)\.\w+\.tmp")
@@ -218,7 +218,7 @@ def save_checkpoint(out: Path, *, step: int, epoch: float, wall_seconds: float, 
                   config=dataclasses.asdict(config), architecture=model.vitlab_arch, data=data,
                   code_version=code_version())
     write_json(out / f"{stem}.json", record)
-    write_json(out / POINTER, record)
+    write_json(out / _POINTER, record)
     _prune(out, step)
 
 
@@ -229,7 +229,7 @@ def _prune(out: Path, step: int) -> None:
     """
     steps = {}
     for path in out.iterdir():
-        if match := CHECKPOINT_FILE.fullmatch(path.name):
+        if match := _CHECKPOINT_FILE.fullmatch(path.name):
             steps.setdefault(int(match[1]), []).append(path)
         elif _LEFTOVER.fullmatch(path.name):
             path.unlink(missing_ok=True)
@@ -274,7 +274,7 @@ def finished_run(out: Path, config: Any) -> Sidecar | None:
     except (OSError, WeightsFileError) as err:
         problem = f"{SIDECAR} cannot be read: {str(err).splitlines()[0]}"
     if problem is not None:
-        if (out / POINTER).is_file() or any(CHECKPOINT_FILE.fullmatch(p.name) for p in out.glob("checkpoint-*.json")):
+        if (out / _POINTER).is_file() or any(_CHECKPOINT_FILE.fullmatch(p.name) for p in out.glob("checkpoint-*.json")):
             return None
         raise RunFolderError(f"{model} was not written by a vitlab training run ({problem}); vitlab does not "
                              "overwrite it: choose another --out")
@@ -302,7 +302,7 @@ def save_final(out: Path, model: nn.Module, *, config: Any, metrics: dict[str, A
 
 def _records(out: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
     """The checkpoint records in ``out``, latest step first and one per step, and why others are unusable."""
-    paths = [out / POINTER] + sorted((p for p in out.glob("checkpoint-*.json") if CHECKPOINT_FILE.fullmatch(p.name)),
+    paths = [out / _POINTER] + sorted((p for p in out.glob("checkpoint-*.json") if _CHECKPOINT_FILE.fullmatch(p.name)),
                                      reverse=True)
     found: dict[int, tuple[Path, dict[str, Any]]] = {}
     problems = []
@@ -327,7 +327,7 @@ def _check_record(record: Any) -> None:
         if not isinstance(record[key], kind):
             raise TypeError(f"{key} is {record[key]!r}")
     for key in ("weights", "state"):
-        if not CHECKPOINT_FILE.fullmatch(record[key]):
+        if not _CHECKPOINT_FILE.fullmatch(record[key]):
             raise ValueError(f"{key} names {record[key]!r}, not a checkpoint file")
 
 
@@ -386,7 +386,7 @@ def load_checkpoint(out: Path, config: Any, model: nn.Module) -> dict[str, Any] 
             warnings.warn(f"{problem}; resumed from {path} (step {record['step']}) instead", stacklevel=2)
         return dict(state, step=record["step"], wall_seconds=record["wall_seconds"])
     if problems:
-        files = sorted(p.name for p in out.iterdir() if CHECKPOINT_FILE.fullmatch(p.name) or p.name == POINTER)
+        files = sorted(p.name for p in out.iterdir() if _CHECKPOINT_FILE.fullmatch(p.name) or p.name == _POINTER)
         raise RunFolderError(f"no checkpoint in {out} can be resumed: {'; '.join(problems)}; delete "
                              f"{', '.join(files)} to start the run over, or choose another --out")
     return None

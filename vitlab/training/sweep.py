@@ -106,7 +106,7 @@ class SweepConfig:
 
     def runs(self) -> list[Run]:
         """Every run of the grid, smallest subsets first so early results span the axis."""
-        init = init_label(self.init)
+        init = _init_label(self.init)
         return [Run(model=m, subset_size=n, seed=s, epochs=self.epochs_for(n), batch_size=self.batch_size, init=init)
                 for s in self.seeds for n in sorted(self.sizes) for m in self.models]
 
@@ -124,14 +124,14 @@ class Run:
     seed: int
     epochs: int
     batch_size: int
-    init: str = ""  # "" from scratch, else init_label(SweepConfig.init)
+    init: str = ""  # "" from scratch, else _init_label(SweepConfig.init)
 
 
 def _key(run: Run | RunRecord | RunProbe) -> tuple:
     return (run.model, run.subset_size, run.seed, run.epochs, run.batch_size, run.init)
 
 
-def init_label(spec: str | None) -> str:
+def _init_label(spec: str | None) -> str:
     """What a run fine-tuned from the weights ``spec`` records as its ``init``: ``"<objective>:<name>"``.
 
     The objective is read from the weights' sidecar (``"mpp"`` for masked patch prediction,

@@ -31,13 +31,13 @@ from .objectives import Objective, objective_for
 from ..io import atomic_write
 
 #: The recipe of the ViT entries: AdamW, as for the paper's ViTs (read-only: entries share it).
-VIT_RECIPE: Mapping[str, Any] = MappingProxyType(dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=30,
+_VIT_RECIPE: Mapping[str, Any] = MappingProxyType(dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=30,
                                                       batch_size=128, warmup_epochs=2.0, label_smoothing=0.1))
 #: The recipe of the ResNet entries: SGD with Nesterov momentum, the usual CIFAR ResNet recipe.
-RESNET_RECIPE: Mapping[str, Any] = MappingProxyType(dict(VIT_RECIPE, optimizer="sgd", lr=0.1, weight_decay=5e-4))
+_RESNET_RECIPE: Mapping[str, Any] = MappingProxyType(dict(_VIT_RECIPE, optimizer="sgd", lr=0.1, weight_decay=5e-4))
 
 #: The recipe of the pre-trained encoders: the ViT recipe without labels, masked patch prediction.
-MPP_RECIPE: Mapping[str, Any] = MappingProxyType(dict(VIT_RECIPE, objective="mpp", label_smoothing=0.0, epochs=20))
+_MPP_RECIPE: Mapping[str, Any] = MappingProxyType(dict(_VIT_RECIPE, objective="mpp", label_smoothing=0.0, epochs=20))
 
 #: The test images every zoo checkpoint is re-checked on (class-stratified, seed 0).
 CHECK_SIZE = 1000
@@ -85,21 +85,21 @@ def _entry(name: str, recipe: Mapping[str, Any], shipped: bool = False) -> ZooEn
 
 #: Every zoo entry, by name; the micro entries are minute-scale models for quick runs.
 ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
-    ZooEntry(name="vit_tiny_c10_e40", architecture="vit_tiny_c10", recipe=MappingProxyType(dict(VIT_RECIPE, epochs=40)),
+    ZooEntry(name="vit_tiny_c10_e40", architecture="vit_tiny_c10", recipe=MappingProxyType(dict(_VIT_RECIPE, epochs=40)),
              description=loading.ARCHITECTURES["vit_tiny_c10"].description + "; the zoo recipe for 40 epochs "
              "(crop, flip, label smoothing 0.1, no CutMix), inside views recorded", shipped=True),
-    _entry("vit_tiny_c10", VIT_RECIPE, shipped=True),
-    ZooEntry(name="vit_tiny_c10_mpp", architecture="vit_tiny_c10", recipe=MPP_RECIPE,
+    _entry("vit_tiny_c10", _VIT_RECIPE, shipped=True),
+    ZooEntry(name="vit_tiny_c10_mpp", architecture="vit_tiny_c10", recipe=_MPP_RECIPE,
              description=loading.ARCHITECTURES["vit_tiny_c10"].description + "; pre-trained without labels by masked "
              "patch prediction for 20 epochs (its classifier head is untrained: fine-tune it with --init)", shipped=True),
-    _entry("vit_small_c10", VIT_RECIPE),
-    _entry("hybrid_tiny_c10", VIT_RECIPE, shipped=True),
-    _entry("resnet_tiny_c10", RESNET_RECIPE, shipped=True),
-    _entry("resnet_small_c10", RESNET_RECIPE),
-    _entry("vit_micro_c10", VIT_RECIPE),
-    _entry("resnet_micro_c10", RESNET_RECIPE),
-    _entry("hybrid_micro_c10", VIT_RECIPE),
-    ZooEntry(name="vit_micro_c10_mpp", architecture="vit_micro_c10", recipe=MPP_RECIPE,
+    _entry("vit_small_c10", _VIT_RECIPE),
+    _entry("hybrid_tiny_c10", _VIT_RECIPE, shipped=True),
+    _entry("resnet_tiny_c10", _RESNET_RECIPE, shipped=True),
+    _entry("resnet_small_c10", _RESNET_RECIPE),
+    _entry("vit_micro_c10", _VIT_RECIPE),
+    _entry("resnet_micro_c10", _RESNET_RECIPE),
+    _entry("hybrid_micro_c10", _VIT_RECIPE),
+    ZooEntry(name="vit_micro_c10_mpp", architecture="vit_micro_c10", recipe=_MPP_RECIPE,
              description=loading.ARCHITECTURES["vit_micro_c10"].description + "; pre-trained without labels by masked "
              "patch prediction (quick runs)"),
 ]}

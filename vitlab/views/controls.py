@@ -120,7 +120,7 @@ def model_dropdown(specs: Sequence[str], initial: str | None = None, description
                       style=STYLE, layout=fit_width([label for label, _ in options], description))
 
 
-def error_html(err: Exception) -> str:
+def _error_html(err: Exception) -> str:
     """An exception as one red line for a status label."""
     return f"<span style='color:#b00'>{html.escape(type(err).__name__)}: {html.escape(str(err))}</span>"
 
@@ -277,7 +277,7 @@ class Explorer(W.VBox):
         self.output.clear_output()
         self.bar.layout.display = "none"
         if error is not None:
-            self.status.value = error_html(error)
+            self.status.value = _error_html(error)
             return
         self.result = result
         for widget, fig in zip(self.plots, fresh):

@@ -30,7 +30,7 @@ from .style import px, spread_text
 #: A head is "local" when its whole 95% interval lies below this fraction of the uniform-attention distance.
 LOCAL_FRACTION = 0.5
 #: Position embeddings "hold the grid" when the Spearman structure score reaches this (and beats random init).
-STRUCTURE_THRESHOLD = 0.3
+_STRUCTURE_THRESHOLD = 0.3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +127,7 @@ class PositionReadout(Readout):
 
     Attributes:
         grid_structure: "nearby patches are similar": the structure score (Spearman correlation
-            of similarity with closeness) reaches ``STRUCTURE_THRESHOLD`` and exceeds every
+            of similarity with closeness) reaches ``_STRUCTURE_THRESHOLD`` and exceeds every
             random-init seed's.
         mirror_symmetric: left to right, a patch is at least about as similar to its mirror
             position as to its neighbours (``excess`` >= -0.05), clearly above chance (mirror
@@ -142,7 +142,7 @@ class PositionReadout(Readout):
 def _position(result: PositionResult) -> PositionReadout:
     structure, mirror, reference = result.structure, result.mirror, result.reference
     init_max = max((r.closeness for r, _ in reference), default=-math.inf)
-    grid = structure.closeness >= STRUCTURE_THRESHOLD and structure.closeness > init_max
+    grid = structure.closeness >= _STRUCTURE_THRESHOLD and structure.closeness > init_max
     symmetric = mirror.excess >= -0.05 and mirror.mirror >= 0.3
     init = (f" (random init, {len(reference)} seeds: {spread_text([r.closeness for r, _ in reference])})"
             if reference else "")

@@ -236,7 +236,7 @@ def inside_by_size_figure(runs: Sequence[RunInside], title: str | None = None) -
 
 
 #: One colour per arm of a recipe comparison, in its order; seeds are told apart by dash and symbol.
-ARM_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+_ARM_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 _SEED_DASH, _SEED_SYMBOL = ("solid", "dash", "dot", "dashdot"), ("circle", "diamond", "square", "cross")
 
 
@@ -254,7 +254,7 @@ def recipes_figure(comparison: Recipes, epoch: int, title: str | None = None) ->
     depth = len(comparison.runs[0].views[-1].distance)
     top = uniform
     for col, arm in enumerate(arms, 1):
-        colour = ARM_COLOURS[(col - 1) % len(ARM_COLOURS)]
+        colour = _ARM_COLOURS[(col - 1) % len(_ARM_COLOURS)]
         for k, run in enumerate(comparison.arms[arm]):
             view = run.view_at(epoch)
             d = torch.tensor(view.distance)  # (layers, heads)
@@ -298,7 +298,7 @@ def recipes_timeline_figure(comparison: Recipes, epoch: int | None = None,
     uniform = comparison.runs[0].views[-1].uniform
     last = max(r.epochs[-1] for r in comparison.runs)
     for i, (arm, runs) in enumerate(comparison.arms.items()):
-        colour = ARM_COLOURS[i % len(ARM_COLOURS)]
+        colour = _ARM_COLOURS[i % len(_ARM_COLOURS)]
         for k, run in enumerate(runs):
             name, dash = f"{arm}, seed {run.seed}", _SEED_DASH[k % 4]
             lowest = [v.lowest_local for v in run.views]

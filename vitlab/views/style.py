@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 #: Mode-bar buttons a reader of these figures never needs (the rest: save, zoom, pan, reset).
-MODEBAR_REMOVE = ["lasso2d", "select2d", "autoScale2d", "zoomIn2d", "zoomOut2d"]
+_MODEBAR_REMOVE = ["lasso2d", "select2d", "autoScale2d", "zoomIn2d", "zoomOut2d"]
 
 
 def layout(fig: go.Figure, title: str, width: int, height: int, margin: tuple[int, int, int, int] = (70, 20, 50, 60),
@@ -47,7 +47,7 @@ def layout(fig: go.Figure, title: str, width: int, height: int, margin: tuple[in
                  yanchor="top", pad=dict(t=12))
     fig.update_layout(title=title, width=width, height=height,
                       margin=dict(l=left, r=right, t=top + 24 * (len(lines) - 1), b=bottom),
-                      modebar=dict(remove=MODEBAR_REMOVE), **extra)
+                      modebar=dict(remove=_MODEBAR_REMOVE), **extra)
     return fig
 
 
