@@ -10,6 +10,7 @@ import timm
 import torch
 from sklearn.linear_model import Ridge
 
+from notebook_runs import serve_from_browser_runs, summary_lines
 from vitlab import data
 from vitlab.models import preprocess
 
@@ -59,7 +60,8 @@ NOTEBOOKS_NEEDING_CIFAR = {"05_vit_vs_resnet.ipynb", "06_train.ipynb", "07_pretr
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip ``cifar`` tests without a CIFAR-10 copy and ``gpu`` tests without CUDA, saying why."""
+    """Skip ``cifar`` tests without a CIFAR-10 copy and ``gpu`` tests without CUDA, saying why; run the
+    notebooks last, each checked from its browser test's run when there is one (tests/notebook_runs.py)."""
     no_cifar = pytest.mark.skip(reason="no CIFAR-10 copy found (set VITLAB_DATA)")
     no_gpu = pytest.mark.skip(reason="needs a CUDA device")
     have_cifar, have_gpu = cifar_available(), torch.cuda.is_available()
@@ -70,6 +72,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_cifar)
         if "gpu" in item.keywords and not have_gpu:
             item.add_marker(no_gpu)
+    serve_from_browser_runs(items)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Say which notebooks nbmake checked from a browser test's Run All instead of running them again."""
+    lines = summary_lines(terminalreporter.stats)
+    if lines:
+        terminalreporter.write_sep("-", "notebooks executed once, by their browser tests")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def make_batches(root, per_batch=4, test_size=None, seed=0):
