@@ -231,7 +231,7 @@ def test_train_still_offers_the_run_file_helpers():
 
 def _cli_train(out, env_root, extra=()):
     env = dict(os.environ, VITLAB_DATA=str(env_root), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "vitlab", "train", "--model", "vit_tiny_c10", "--epochs", "3", "--batch-size", "32",
+    cmd = [sys.executable, "-m", "vitlab", "train", "--model", "vit_micro_c10", "--epochs", "3", "--batch-size", "32",
            "--warmup-epochs", "0.5", "--checkpoint-every", "3", "--no-progress", "--out", str(out), *extra]
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
