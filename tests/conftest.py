@@ -1,5 +1,6 @@
 import contextlib
 import importlib.util
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -10,9 +11,15 @@ import timm
 import torch
 from sklearn.linear_model import Ridge
 
-from notebook_runs import serve_from_browser_runs, summary_lines
+from notebook_runs import make_scheduler, serve_from_browser_runs, summary_lines
 from vitlab import data
 from vitlab.models import preprocess
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, one torch thread per worker: the workers already share the cores."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +80,12 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords and not have_gpu:
             item.add_marker(no_gpu)
     serve_from_browser_runs(items)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist (pytest -n 2)
+def pytest_xdist_make_scheduler(config, log):
+    """Each notebook's browser test and nbmake check on one worker, in order (tests/notebook_runs.py)."""
+    return make_scheduler(config, log)
 
 
 def pytest_terminal_summary(terminalreporter, config):

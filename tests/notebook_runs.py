@@ -50,12 +50,38 @@ def _check_or_execute(item: pytest.Item, execute) -> None:
         raise NotebookFailedException(NotebookResult(nb=executed["notebook"], error=error))
 
 
+def pair(nodeid: str) -> str | None:
+    """The notebook a browser test or an nbmake item checks (``tests/test_browser.py::test_tour_notebook``
+    and ``notebooks/00_tour.ipynb::00_tour.ipynb`` both give ``tour``), None for other tests."""
+    path, _, name = nodeid.partition("::")
+    if path.endswith(".ipynb"):
+        return path.rsplit("/", 1)[-1].removesuffix(".ipynb").split("_", 1)[-1]
+    if path.endswith("test_browser.py") and name.startswith("test_") and name.endswith("_notebook"):
+        return name.removeprefix("test_").removesuffix("_notebook")
+    return None
+
+
 def serve_from_browser_runs(items: list[pytest.Item]) -> None:
     """Run nbmake's notebook items last, each reading its browser test's record when there is one."""
     notebooks = [item for item in items if getattr(item, "nbmake", False)]
     for item in notebooks:
         item.runtest = lambda item=item, execute=item.runtest: _check_or_execute(item, execute)
     items[:] = [item for item in items if not getattr(item, "nbmake", False)] + notebooks
+
+
+def make_scheduler(config: pytest.Config, log):
+    """pytest-xdist's scheduler, but a notebook's browser test and its nbmake item are one unit of work:
+    one worker runs both, in collection order (browser test first); every other test is a unit alone.
+    Units go out largest first, so the notebooks start first. (A browser test named otherwise than
+    ``test_<notebook without its number>_notebook`` only loses the pairing: nbmake then runs the notebook.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebookPairs(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            notebook = pair(nodeid)
+            return f"notebook {notebook}" if notebook else nodeid
+
+    return NotebookPairs(config, log)
 
 
 def summary_lines(stats: dict[str, list]) -> list[str]:

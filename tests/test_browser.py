@@ -9,6 +9,7 @@ notebook's nbmake check (tests/notebook_runs.py): its cells must all have run, i
 error, and nbmake then does not execute the notebook a second time.
 """
 import functools
+import json
 import os
 import re
 import secrets
@@ -53,7 +54,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one server for the session (or per pytest-xdist worker)
 def lab(tmp_path_factory, request):
     """A JupyterLab server on 127.0.0.1 with a token, serving the project folder, and what keeps a notebook's
     run for its nbmake item (None when the kernels here run in another quick mode than nbmake's)."""
@@ -111,6 +112,16 @@ def page(lab, request):
         page.on("pageerror", lambda e: page.console_errors.append(str(e)))
         yield page
         browser.close()
+    _end_kernels(*lab[:2])
+
+
+def _end_kernels(base: str, token: str) -> None:
+    """End the kernels of the notebooks a test opened: each holds its models in memory."""
+    with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=10) as response:
+        sessions = json.load(response)
+    for session in sessions:
+        urllib.request.urlopen(urllib.request.Request(f"{base}/api/sessions/{session['id']}?token={token}",
+                                                      method="DELETE"), timeout=30)
 
 
 # Page-side checks, each returning a list of problems (empty when all is well).

@@ -1,6 +1,6 @@
 import pytest
 
-from notebook_runs import nbmake_error
+from notebook_runs import nbmake_error, pair
 
 
 def _code(source, count, outputs=()):
@@ -24,3 +24,10 @@ def test_the_browser_record_fails_where_nbmake_would(cells, failing):
     assert (error and error.failing_cell_index) == failing
     if failing == 2:
         assert "ZeroDivisionError" in error.summary and "1/0" in error.trace
+
+
+def test_a_notebook_pairs_with_its_browser_test_only():
+    assert pair("tests/test_browser.py::test_tour_notebook") == pair("notebooks/00_tour.ipynb::00_tour.ipynb") == "tour"
+    assert pair("notebooks/05_vit_vs_resnet.ipynb::05_vit_vs_resnet.ipynb") == "vit_vs_resnet"
+    assert pair("tests/test_train.py::test_tour_notebook") is None
+    assert pair("tests/test_browser.py::test_cut_labels") is None
