@@ -30,8 +30,9 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi; }
 
+# Two pytest-xdist workers: each notebook's browser test and its nbmake check stay on one (tests/notebook_runs.py).
 test: $(STAMP) browser
-	VITLAB_QUICK=1 $(BIN)/python -m pytest
+	VITLAB_QUICK=1 $(BIN)/python -m pytest -n 2
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache test-artifacts

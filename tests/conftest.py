@@ -1,5 +1,6 @@
 import contextlib
 import importlib.util
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -10,8 +11,15 @@ import timm
 import torch
 from sklearn.linear_model import Ridge
 
+from notebook_runs import make_scheduler, serve_from_browser_runs, summary_lines
 from vitlab import data
 from vitlab.models import preprocess
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, one torch thread per worker: the workers already share the cores."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +67,8 @@ NOTEBOOKS_NEEDING_CIFAR = {"05_vit_vs_resnet.ipynb", "06_train.ipynb", "07_pretr
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip ``cifar`` tests without a CIFAR-10 copy and ``gpu`` tests without CUDA, saying why."""
+    """Skip ``cifar`` tests without a CIFAR-10 copy and ``gpu`` tests without CUDA, saying why; run the
+    notebooks last, each checked from its browser test's run when there is one (tests/notebook_runs.py)."""
     no_cifar = pytest.mark.skip(reason="no CIFAR-10 copy found (set VITLAB_DATA)")
     no_gpu = pytest.mark.skip(reason="needs a CUDA device")
     have_cifar, have_gpu = cifar_available(), torch.cuda.is_available()
@@ -70,6 +79,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_cifar)
         if "gpu" in item.keywords and not have_gpu:
             item.add_marker(no_gpu)
+    serve_from_browser_runs(items)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist (pytest -n 2)
+def pytest_xdist_make_scheduler(config, log):
+    """Each notebook's browser test and nbmake check on one worker, in order (tests/notebook_runs.py)."""
+    return make_scheduler(config, log)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Say which notebooks nbmake checked from a browser test's Run All instead of running them again."""
+    lines = summary_lines(terminalreporter.stats)
+    if lines:
+        terminalreporter.write_sep("-", "notebooks executed once, by their browser tests")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def make_batches(root, per_batch=4, test_size=None, seed=0):

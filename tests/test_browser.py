@@ -4,8 +4,12 @@ Every notebook runs with Run All (quick mode) and is then checked the same way
 (:meth:`Lab.check`): no error and no unexpected stderr output in any cell, every figure
 inside its output area with the file browser open, widget labels and dropdown texts not
 cut off, plot titles clear of the mode bar. :meth:`Lab.change` is the one
-screenshot/change/wait/screenshot sequence the notebook-specific tests use.
+screenshot/change/wait/screenshot sequence the notebook-specific tests use. A Run All is also the
+notebook's nbmake check (tests/notebook_runs.py): its cells must all have run, in order, without an
+error, and nbmake then does not execute the notebook a second time.
 """
+import functools
+import json
 import os
 import re
 import secrets
@@ -19,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from notebook_runs import nbmake_error, record
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -27,6 +33,18 @@ IGNORED_CONSOLE = ("net::ERR_", "Failed to load resource", "favicon")
 #: A line of a tqdm bar written as text (the fallback without widget bars): allowed where a test says so.
 TEXT_PROGRESS_BAR = re.compile(r"\d+%\|.*\|")
 PLOTS = ".jp-Notebook .js-plotly-plot"
+# The model of the notebook at a path as JupyterLab holds it (the server runs with expose_app_in_browser).
+_MODEL = "[...window.jupyterapp.shell.widgets('main')].find(w => w.context && w.context.path === path).context.model"
+# Run All has ended: every code cell has an execution count, or one shows an error (Run All stops there).
+# (JupyterLab renders an error output as stderr text, so the model says it, not the page.)
+_RUN_ALL_ENDED = f"""path => {{
+    const code = [...{_MODEL}.cells].filter(c => c.type === 'code');
+    const failed = c => [...Array(c.outputs.length).keys()].some(i => c.outputs.get(i).type === 'error');
+    return code.some(failed) || code.every(c => c.executionCount !== null);
+}}"""
+# Its cells in nbformat's terms, outputs but errors left out.
+_EXECUTED_CELLS = f"""path => {_MODEL}.toJSON().cells.map(c => ({{cell_type: c.cell_type, source: c.source,
+    execution_count: c.execution_count ?? null, outputs: (c.outputs || []).filter(o => o.output_type === 'error')}}))"""
 STDERR = "application/vnd.jupyter.stderr"
 
 pytestmark = [
@@ -36,9 +54,10 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """A JupyterLab server on 127.0.0.1 with a token, serving the project folder."""
+@pytest.fixture(scope="session")  # one server for the session (or per pytest-xdist worker)
+def lab(tmp_path_factory, request):
+    """A JupyterLab server on 127.0.0.1 with a token, serving the project folder, and what keeps a notebook's
+    run for its nbmake item (None when the kernels here run in another quick mode than nbmake's)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -54,6 +73,7 @@ def lab(tmp_path_factory):
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly",
+         "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: the notebook's cells as JupyterLab holds them
          *(["--allow-root"] if os.geteuid() == 0 else [])],
         env=env, stdout=subprocess.DEVNULL, stderr=open(home / "server.log", "w"),
     )
@@ -69,14 +89,15 @@ def lab(tmp_path_factory):
                 pytest.fail(f"JupyterLab did not start: {(home / 'server.log').read_text()[-2000:]}")
             time.sleep(0.5)
     committed = {p: p.read_bytes() for p in (ROOT / "notebooks").glob("*.ipynb")}
-    yield base, token
+    same_kernels = env["VITLAB_QUICK"] == os.environ.get("VITLAB_QUICK")
+    yield base, token, functools.partial(record, request.config) if same_kernels else None
     server.terminate()
     server.wait(timeout=20)
     assert {p: p.read_bytes() for p in (ROOT / "notebooks").glob("*.ipynb")} == committed, "a notebook was rewritten"
 
 
 @pytest.fixture
-def page(lab):
+def page(lab, request):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -86,11 +107,21 @@ def page(lab):
                   "--disable-component-update", "--no-first-run", "--disable-sync"],
         )
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.console_errors = []
+        page.console_errors, page.nodeid = [], request.node.nodeid
         page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
         page.on("pageerror", lambda e: page.console_errors.append(str(e)))
         yield page
         browser.close()
+    _end_kernels(*lab[:2])
+
+
+def _end_kernels(base: str, token: str) -> None:
+    """End the kernels of the notebooks a test opened: each holds its models in memory."""
+    with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=10) as response:
+        sessions = json.load(response)
+    for session in sessions:
+        urllib.request.urlopen(urllib.request.Request(f"{base}/api/sessions/{session['id']}?token={token}",
+                                                      method="DELETE"), timeout=30)
 
 
 # Page-side checks, each returning a list of problems (empty when all is well).
@@ -128,10 +159,10 @@ class Lab:
 
     def __init__(self, page, lab, notebook: str, allow_stderr=()):
         self.page, self.notebook, self.allow_stderr = page, notebook, allow_stderr
-        self.name = notebook.removesuffix(".ipynb")
+        self.name, self.path = notebook.removesuffix(".ipynb"), f"notebooks/{notebook}"
         ARTIFACTS.mkdir(exist_ok=True)
-        base, token = lab
-        page.goto(f"{base}/lab/tree/notebooks/{notebook}?token={token}&reset")
+        base, token, self.keep = lab
+        page.goto(f"{base}/lab/tree/{self.path}?token={token}&reset")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
         # The status bar names the kernel once it is connected; running before that is lost.
         page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
@@ -140,21 +171,22 @@ class Lab:
             news.click()
 
     def run_all(self, timeout_s: int = 300) -> None:
-        """Run All Cells and wait until every cell has run and the kernel is idle (longer in full mode)."""
+        """Run All Cells and wait until every cell has run and the kernel is idle (longer in full mode);
+        then check the cells as nbmake would, and keep them for the notebook's nbmake item."""
         from vitlab.settings import quick_mode
 
         timeout_s *= 1 if quick_mode() else 8
         page = self.page
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        # Done when every cell has run, or as soon as one fails (Run All stops there).
-        page.wait_for_function(
-            "() => document.querySelector(\".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']\")"
-            " || [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]"
-            ".every(p => /\\[\\d+\\]/.test(p.textContent))", timeout=timeout_s * 1000)
-        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
-        assert errors.count() == 0, errors.all_inner_texts()
+        page.wait_for_function(_RUN_ALL_ENDED, arg=self.path, polling=250, timeout=timeout_s * 1000)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout_s * 1000)
+        cells = page.evaluate(_EXECUTED_CELLS, self.path)
+        if self.keep is not None:
+            self.keep(self.path, cells, by=page.nodeid)
+        error = nbmake_error({"cells": cells})
+        if error is not None:
+            pytest.fail(error.trace, pytrace=False)
 
     def plots(self, count: int):
         """The notebook's plotly figures, once ``count`` of them are drawn."""

@@ -57,19 +57,21 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, fake_ci
     ranks = [safetensors.torch.load_file(tmp_path / "ddp" / f"rank{r}.safetensors") for r in (0, 1)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     # Same global batch, same augmentation stream: one process reaches the same weights.
-    single = loop.train(TrainConfig(model="vit_tiny_c10", epochs=1, batch_size=32, eval_size=50),
+    single = loop.train(TrainConfig(model="vit_micro_c10", epochs=1, batch_size=32, eval_size=50),
                          tmp_path / "single", progress=False).model.state_dict()
     for k, v in single.items():
         torch.testing.assert_close(ranks[0][k], v, rtol=1e-3, atol=1e-4)
 
 
 def test_fine_tune_at_higher_resolution_resamples_position_embeddings(tmp_path, fake_cifar):
-    base = loop.train(TrainConfig(epochs=1, batch_size=64, eval_size=50), tmp_path / "base", progress=False)
+    # The micro ViT (patch 8): resampling depends on the grids, not on the width or depth around them.
+    small = dict(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    base = loop.train(TrainConfig(**small), tmp_path / "base", progress=False)
     source = tmp_path / "base" / "model.safetensors"
-    tuned = loop.train(TrainConfig(init=str(source), img_size=48, epochs=1, batch_size=64, lr=0.0,
-                                          eval_size=50), tmp_path / "tuned", progress=False).model
-    assert tuple(tuned.patch_embed.grid_size) == (12, 12)
-    expected = timm.layers.resample_abs_pos_embed(base.model.pos_embed, new_size=(12, 12), old_size=(8, 8),
+    tuned = loop.train(TrainConfig(**small, init=str(source), img_size=48, lr=0.0), tmp_path / "tuned",
+                       progress=False).model
+    assert tuple(tuned.patch_embed.grid_size) == (6, 6)
+    expected = timm.layers.resample_abs_pos_embed(base.model.pos_embed, new_size=(6, 6), old_size=(4, 4),
                                                   num_prefix_tokens=1)
     torch.testing.assert_close(tuned.pos_embed, expected)  # lr 0: still the resampled start
     reloaded = vitlab.load_model(tmp_path / "tuned" / "model.safetensors", device="cpu")
@@ -84,7 +86,8 @@ def test_init_from_another_architecture_is_refused(tmp_path, fake_cifar):
 @pytest.mark.cifar
 def test_tiny_training_run_saves_a_loadable_checkpoint(tmp_path, monkeypatch):
     monkeypatch.delenv("VITLAB_CACHE")
-    config = TrainConfig(model="vit_tiny_c10", subset_size=640, epochs=2, batch_size=64, eval_size=500)
+    # The micro ViT: saving, reloading and scoring a run do not depend on the model's size.
+    config = TrainConfig(model="vit_micro_c10", subset_size=640, epochs=2, batch_size=64, eval_size=500)
     final = loop.train(config, tmp_path / "run", device="cpu").record
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2] and log[-1]["step"] == 20

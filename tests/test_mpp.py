@@ -106,7 +106,7 @@ def test_encoder_keys_stay_those_of_a_plain_vit():
         mpp.MaskedPatchPrediction(build_model({"zoo": "resnet_micro_c10"}))
 
 
-STEPS = 300
+STEPS = 150  # one colour per image: accuracy 1.0 at 150 steps (seed 0), where the test asks 0.9
 
 
 def test_masked_colours_are_learned_from_the_other_patches():

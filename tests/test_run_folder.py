@@ -227,7 +227,7 @@ def test_a_folder_in_use_by_another_process_is_refused_naming_it(tmp_path):
 
 def _cli_train(out, env_root, extra=()):
     env = dict(os.environ, VITLAB_DATA=str(env_root), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "vitlab", "train", "--model", "vit_tiny_c10", "--epochs", "3", "--batch-size", "32",
+    cmd = [sys.executable, "-m", "vitlab", "train", "--model", "vit_micro_c10", "--epochs", "3", "--batch-size", "32",
            "--warmup-epochs", "0.5", "--checkpoint-every", "3", "--no-progress", "--out", str(out), *extra]
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
