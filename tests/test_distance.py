@@ -125,7 +125,7 @@ def test_one_hot_diagonal_is_zero_pixels():
 
 
 def test_gaussian_local_attention_gives_its_distance_and_the_band_per_layer():
-    d = metrics.patch_distances(GRID, PATCH).float()  # (n, n) pixels
+    d = metrics._patch_distances(GRID, PATCH).float()  # (n, n) pixels
     kernel = torch.exp(-(d**2) / (2 * 3.0**2))  # width 3 px: mostly the patch itself and its neighbours
     expected = float((kernel / kernel.sum(-1, keepdim=True) * d).sum(-1).mean())  # no weight on prefix keys
     band = torch.full((3, 2, 3), 16.0)  # random-init heads near uniform

@@ -3,7 +3,7 @@ import torch
 
 from vitlab import models
 from vitlab.analysis import metrics
-from vitlab.analysis.positions import PositionResult, position_analysis, position_scores
+from vitlab.analysis.positions import PositionResult, _position_scores, position_analysis
 from vitlab.analysis.references import INIT_SEEDS
 
 
@@ -31,5 +31,5 @@ def test_a_similarity_falling_with_distance_scores_one_and_a_timm_model_has_no_r
     sim = torch.exp(-d2.float() / 4).reshape(rows, cols, rows, cols)  # a decreasing function of distance alone
     result = PositionResult.from_similarity(sim)
     assert result.structure.closeness == pytest.approx(1.0, abs=1e-12) and result.reference == []
-    assert (result.structure, result.mirror) == position_scores(sim)
+    assert (result.structure, result.mirror) == _position_scores(sim)
     assert position_analysis(tiny_vit).reference == []

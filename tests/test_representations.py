@@ -205,9 +205,9 @@ def test_ridge_probe_matches_scikit_learn(n, d):
     x, y = torch.randn(n, d, generator=gen), torch.arange(n) % 4
     x_test = torch.randn(25, d, generator=gen)
     expected_w, expected_pred = sklearn_probe(x, y, x_test, 3.0, 4)
-    probe = representations.ridge_classifier(x, y, 4, l2=3.0)
+    probe = representations._ridge_classifier(x, y, 4, l2=3.0)
     np.testing.assert_allclose(probe[0].numpy(), expected_w, rtol=1e-7, atol=1e-9)
-    assert representations.ridge_predict(probe, x_test).tolist() == expected_pred.tolist()
+    assert representations._ridge_predict(probe, x_test).tolist() == expected_pred.tolist()
 
 
 def test_ridge_probe_separates_separable_classes():
@@ -217,6 +217,6 @@ def test_ridge_probe_separates_separable_classes():
     x = 10 * torch.eye(5)[y] + 0.1 * torch.randn(60, 5, generator=gen)
     y_test = torch.arange(30) % 3
     x_test = 10 * torch.eye(5)[y_test] + 0.1 * torch.randn(30, 5, generator=gen)
-    assert representations.fewshot_accuracy(x, y, x_test, y_test, 3, l2=1.0) == 1.0
+    assert representations._fewshot_accuracy(x, y, x_test, y_test, 3, l2=1.0) == 1.0
     with pytest.raises(ValueError, match="l2 must be positive"):
-        representations.ridge_classifier(x, y, 3, l2=0)
+        representations._ridge_classifier(x, y, 3, l2=0)

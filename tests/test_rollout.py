@@ -7,7 +7,7 @@ from vitlab import models
 from vitlab.analysis import attention_maps, metrics
 from vitlab.analysis.capture import capture
 from vitlab.analysis.references import INIT_SEEDS
-from vitlab.analysis.rollout import RolloutResult, central_region, rollout_analysis, rollout_maps
+from vitlab.analysis.rollout import RolloutResult, _central_region, _rollout_maps, rollout_analysis
 from test_capture import _manual_attention
 
 
@@ -19,7 +19,7 @@ def test_uniform_rollout_is_one_and_central_mass_is_four():
     centre[:, 2:6, 2:6] = 1.0
     r = RolloutResult.from_maps(centre, reference=[uniform])
     assert r.ratio == pytest.approx(4.0) and r.reference == [pytest.approx(1.0)] and r.std == 0
-    mask = central_region((8, 8))
+    mask = _central_region((8, 8))
     assert int(mask.sum()) == 16 and bool(mask[2:6, 2:6].all())
 
 
@@ -48,7 +48,7 @@ def test_rollout_analysis_against_random_init_models_with_its_settings():
     expected = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        maps = rollout_maps(models.build_model(model.vitlab_arch), images, "max", 0.5)
+        maps = _rollout_maps(models.build_model(model.vitlab_arch), images, "max", 0.5)
         expected.append(float(RolloutResult.from_maps(maps).ratio))
     assert r.reference == pytest.approx(expected) and (r.head_fusion, r.discard_ratio) == ("max", 0.5)
     assert len(rollout_analysis(model, images).reference) == len(INIT_SEEDS)
@@ -60,7 +60,7 @@ def test_rollout_overlays_and_position_similarity_on_a_timm_hybrid():
     torch.manual_seed(0)
     model = vitlab.models.build_model({"timm": "vit_tiny_r_s16_p8_224", "kwargs": dict(img_size=128, depth=2)}).eval()
     images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
-    maps = rollout_maps(model, images)
+    maps = _rollout_maps(model, images)
     x = vitlab.preprocess(model, images)
     manual = _manual_attention(model, x)
     expected = attention_maps.attention_rollout([manual[0], manual[1]], 1)  # (2, 16)

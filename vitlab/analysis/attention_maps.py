@@ -1,8 +1,5 @@
-"""Attention maps of images, for Fig. 6: the class token's attention rolled out through the layers
-(Abnar & Zuidema 2020), one query patch's attention and the class token's attention per head.
-
-Pure tensor functions over captured attention (:func:`vitlab.capture`), no I/O and no plotting.
-"""
+"""Attention maps of images, for Fig. 6: rollout, one query patch's attention, the class token's per head.
+Pure tensor functions over captured attention (:func:`vitlab.capture`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -26,24 +23,11 @@ def _layer_list(attns: object, what: str = "attns") -> list[torch.Tensor]:
 
 def attention_rollout(attns: Sequence[torch.Tensor] | Mapping[int, torch.Tensor], num_prefix_tokens: int = 1,
                       head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
-    """Attention rollout (Abnar & Zuidema, 2020) as used for the paper's Fig. 6.
+    """Attention rollout (Abnar & Zuidema, 2020) of the paper's Fig. 6: (B, patches), the class token's over patches.
 
-    Per layer the heads are fused (``"mean"``, ``"max"`` or ``"min"``); optionally the
-    weakest ``discard_ratio`` of each sample's weights are zeroed, never an entry whose
-    query or key is the class token (token 0); the identity is added as 0.5*A + 0.5*I,
-    rows are renormalised, and the layers are multiplied from first to last.
-
-    ``discard_ratio`` differs from vit-explain (jacobgildenblat/vit-explain) by design:
-    vit-explain protects only the class-to-class entry from discarding and divides entry
-    (i, j) by row j's sum (the wrong axis, by broadcasting), so its rows do not sum to 1;
-    here the class token's whole row and column are protected and each row is renormalised.
-
-    Args:
-        attns: per-layer attention (B, heads, N, N), in network order, or a mapping of
-            layer index -> such a tensor (a Capture's ``attn``), taken in index order.
-
-    Returns:
-        (B, patches): the class token's rolled-out attention over the patch tokens (not rescaled).
+    ``attns``: per-layer attention (B, heads, N, N) in network order, or a Capture's ``attn``. Per layer the heads
+    are fused, the weakest ``discard_ratio`` of the weights zeroed (never the class token's row or column, unlike
+    vit-explain), 0.5*A + 0.5*I renormalised per row, and the layers multiplied from first to last.
     """
     if head_fusion not in ("mean", "max", "min"):
         raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
@@ -79,9 +63,6 @@ def attention_rollout(attns: Sequence[torch.Tensor] | Mapping[int, torch.Tensor]
     return result[:, 0, num_prefix_tokens:].float()
 
 
-# --- one image's attention, for display -------------------------------------------------
-
-
 def _check_image_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> None:
     n = grid[0] * grid[1] + num_prefix_tokens
     if attn.ndim != 3 or tuple(attn.shape[-2:]) != (n, n):
@@ -92,16 +73,8 @@ def _check_image_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix
 
 def query_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int, query: tuple[int, int],
                     head: int | None = None) -> torch.Tensor:
-    """Where one query patch attends: its attention over the patch keys, as a map.
-
-    Args:
-        attn: one image's post-softmax attention (heads, N, N), N = prefix + patches.
-        grid: (rows, cols) of patches. query: (row, col) of the query patch, 0-based.
-        head: a head index, or None for the mean over heads.
-
-    Returns:
-        (rows, cols) float32: the attention the query gives each patch (prefix keys left out).
-    """
+    """Where one query patch (row, col) attends in one image's attention (heads, N, N): (rows, cols) float32
+    over the patch keys, of ``head`` or (None) the mean over heads."""
     _check_image_attention(attn, grid, num_prefix_tokens)
     rows, cols = grid
     row, col = query
@@ -117,15 +90,8 @@ def query_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens
 
 def class_token_attention(attns: Sequence[torch.Tensor], grid: tuple[int, int],
                           num_prefix_tokens: int) -> torch.Tensor:
-    """The class token's attention over the patches, for every layer and head.
-
-    Args:
-        attns: per layer, one image's post-softmax attention (heads, N, N); token 0 is
-            the class token.
-
-    Returns:
-        (layers, heads, rows, cols) float32.
-    """
+    """The class token's attention over the patches, (layers, heads, rows, cols) float32, from one image's
+    attention (heads, N, N) per layer."""
     if num_prefix_tokens < 1:
         raise ValueError("the model has no prefix tokens, so no class token to read attention from")
     if isinstance(attns, Mapping):

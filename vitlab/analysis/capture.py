@@ -1,22 +1,7 @@
-"""Capture a ViT's attention maps and hidden tokens in one forward pass.
+"""Capture a ViT's attention maps and hidden tokens in one forward pass, keyed by block (negative from the end).
 
-timm computes attention with fused ``scaled_dot_product_attention`` by default, which
-never materialises the attention probabilities, so plain hooks on the softmax see
-nothing. vitlab reads them in one of two ways, per block:
-
-* timm's standard ``Attention`` (ViT, DeiT, registers): hooks record the queries and
-  keys (after ``q_norm``/``k_norm``) while the forward stays fused and untouched, and
-  ``softmax(q k^T * scale)`` is computed when a map is first read. The forward costs
-  what a plain one does, and maps nobody reads cost nothing.
-* any other attention module with timm's ``fused_attn`` switch and an ``attn_drop``
-  module: that module alone runs its explicit path and a hook on ``attn_drop`` records
-  the probabilities (never timm's global switch).
-
-Everything captured is keyed by block index, negative indices counting from the model's
-last block, as in TransformerLens: ``cap.attn[-1]``, ``cap["tokens", 2]``. On exit every
-flag, hook and train/eval mode is put back as it was (:func:`restoring`).
-
-What goes into the model is checked before the forward (:mod:`vitlab.models.inputs`).
+timm's standard ``Attention`` stays fused: hooks record q and k, and ``softmax(q k^T * scale)`` is computed when a
+map is first read. Other attention modules with ``fused_attn`` run their explicit path, hooked at ``attn_drop``.
 """
 from __future__ import annotations
 
@@ -40,13 +25,8 @@ _HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_
 
 @contextlib.contextmanager
 def restoring(model: nn.Module, flags: Sequence[str] = ("fused_attn",)) -> Iterator[nn.Module]:
-    """Put ``model`` back as it was on exit, also when the body raises.
-
-    Restores every submodule's train/eval mode, its forward and backward hooks (hooks
-    added inside are dropped, hooks removed inside come back) and the instance
-    attributes named in ``flags`` (an attribute set inside that the module did not have
-    is deleted again, so a class-level default shows through).
-    """
+    """Put ``model`` back as it was on exit, also when the body raises: every submodule's train/eval mode,
+    forward and backward hooks, and the instance attributes named in ``flags`` (deleted again if new)."""
     saved = [_snapshot(m, flags) for m in model.modules()]
     try:
         yield model
@@ -78,10 +58,7 @@ def _restore(module: nn.Module, tables: dict[str, dict], values: dict[str, objec
 
 
 def resolve_layers(count: int, layers: Iterable[int] | None, what: str = "blocks") -> list[int]:
-    """Sorted, non-negative indices of ``layers`` among ``count`` (default all of them).
-
-    Negative indices count from the end; anything outside ``-count..count-1`` raises ValueError.
-    """
+    """Sorted, non-negative indices of ``layers`` (negative from the end) among ``count``; default all."""
     if layers is None:
         return list(range(count))
     if isinstance(layers, (int, str)):
@@ -94,11 +71,7 @@ def resolve_layers(count: int, layers: Iterable[int] | None, what: str = "blocks
 
 
 class LayerMap(Mapping):
-    """Layer (block) index -> tensor, for the layers captured; negative indices count from the model's end.
-
-    ``depth`` is the model's number of layers. Iterating yields the captured indices in
-    order (non-negative), ``values()`` the tensors.
-    """
+    """Layer index -> tensor for the captured layers of a ``depth``-layer model; negative indices count from the end."""
 
     def __init__(self, depth: int):
         self.depth = depth
@@ -162,20 +135,9 @@ class AttentionMaps(LayerMap):
 
 
 class Capture:
-    """What one forward pass recorded, keyed by block index (negative from the model's end).
-
-    Attributes:
-        attn: block -> post-softmax attention (B, heads, N, N), N = prefix + patches.
-        tokens: block -> the block's output tokens (B, N, D).
-        layers: the captured block indices, ascending.
-        logits: the model's output (B, classes).
-        grid: (rows, cols) of patches for this input size.
-        patch_size: (height, width) in pixels between neighbouring patches (a hybrid's: the
-            backbone's stride times its patch size, :func:`vitlab.analysis.metrics.pixel_patch_size`).
-        num_prefix_tokens: class, register and distillation tokens before the patches.
-
-    ``cap["attn", -1]`` is ``cap.attn[-1]``; ``cap["tokens", 0]`` is ``cap.tokens[0]``.
-    """
+    """What one forward pass recorded, keyed by block index (negative from the end; ``cap["attn", -1]``).
+    ``attn``: post-softmax attention (B, heads, N, N), N = prefix + patches; ``tokens``: output tokens (B, N, D);
+    ``grid``: (rows, cols) of patches; ``patch_size``: (height, width) in pixels between patches."""
 
     KINDS = ("attn", "tokens")
 
@@ -210,11 +172,7 @@ class Capture:
 
     def record_output(self, logits: torch.Tensor, input_size: tuple[int, int],
                       grid: tuple[int, int] | None = None) -> None:
-        """The model's output for an input of ``input_size`` (H, W) pixels; sets ``grid``.
-
-        ``grid`` (rows, cols) is the model's own count where it pads (timm's ``dynamic_feat_size``);
-        by default ``input_size`` over ``patch_size``.
-        """
+        """The model's output for an input of ``input_size`` (H, W) pixels; sets ``grid`` (default size / patch)."""
         self.logits = logits
         self.grid = tuple(grid) if grid is not None else (input_size[0] // self.patch_size[0],
                                                            input_size[1] // self.patch_size[1])
@@ -225,12 +183,8 @@ class Capture:
                                  f"{self.grid} grid of {self.patch_size} patches")
 
 
-# --- capture ---------------------------------------------------------------------------
-
-
 def _standard(attn: nn.Module) -> bool:
-    # Only timm's own forward is known to apply nothing (e.g. rotary embeddings) between
-    # q_norm/k_norm and the attention product.
+    # Only timm's own forward is known to apply nothing (e.g. rotary embeddings) between q_norm/k_norm and q @ k.
     return getattr(type(attn), "forward", None) is Attention.forward
 
 
@@ -242,11 +196,9 @@ def _blocks(model: nn.Module) -> Sequence[nn.Module]:
     blocks = getattr(model, "blocks", None)
     ok = blocks is not None and all(_readable(getattr(b, "attn", None)) for b in blocks)
     if not ok or getattr(model, "patch_embed", None) is None:
-        raise ValueError(
-            f"cannot read attention from {type(model).__name__}: vitlab.capture needs a timm "
-            "VisionTransformer-style model (model.blocks[i].attn with fused_attn and attn_drop, and "
-            "model.patch_embed), e.g. a zoo ViT or vit_small_patch16_224"
-        )
+        raise ValueError(f"cannot read attention from {type(model).__name__}: vitlab.capture needs a timm "
+                         "VisionTransformer-style model (model.blocks[i].attn with fused_attn and attn_drop, and "
+                         "model.patch_embed), e.g. a zoo ViT or vit_small_patch16_224")
     return blocks
 
 
@@ -300,32 +252,18 @@ def _open(model: nn.Module, layers: Sequence[int] | None, check: bool) -> Iterat
         yield cache
 
 
-@contextlib.contextmanager
-def hooks(model: nn.Module, layers: Sequence[int] | None = None) -> Iterator[Capture]:
-    """Record attention and tokens of ``layers`` (block indices, default all) while open.
-
-    Every forward inside the ``with`` block overwrites the returned :class:`Capture`,
-    ``grid`` included. Its input is checked first (:func:`vitlab.models.inputs.check_input`: a normalised
-    float batch, as :func:`vitlab.preprocess` returns). The model runs in eval mode
-    inside; flags, hooks and modes are restored on exit.
-    """
-    with _open(model, layers, check=True) as cache:
-        yield cache
+def hooks(model: nn.Module, layers: Sequence[int] | None = None) -> contextlib.AbstractContextManager[Capture]:
+    """Record attention and tokens of ``layers`` (block indices, default all) of every forward (in eval mode,
+    of a normalised float batch) inside the ``with`` block into the returned :class:`Capture`."""
+    return _open(model, layers, check=True)
 
 
 @torch.no_grad()
 def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None = None) -> Capture:
-    """One forward pass recording attention maps and tokens of ``layers`` (default all).
+    """One forward pass of a timm ViT-style model recording attention maps and tokens of ``layers`` (default all).
 
-    Args:
-        model: a timm VisionTransformer-style model (zoo ViTs, timm ViTs, DeiT, registers).
-        images: uint8 images (B, 3, H, W), preprocessed with :func:`vitlab.preprocess`, or
-            an already normalised float batch (checked: :func:`vitlab.models.inputs.check_images`). Sizes other
-            than the model's work for models built with ``dynamic_img_size=True`` (zoo ViTs are).
-        layers: block indices; negative indices count from the end.
-
-    Returns:
-        A :class:`Capture`; ``logits`` equal a plain forward's.
+    ``images``: uint8 (B, 3, H, W), preprocessed with :func:`vitlab.preprocess`, or a normalised float batch; models
+    built with ``dynamic_img_size=True`` (zoo ViTs) take other sizes. ``logits`` equal a plain forward's.
     """
     check_images(model, images)
     dynamic = bool(getattr(model, "dynamic_img_size", False))  # such models take any size as is

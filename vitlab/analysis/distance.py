@@ -1,12 +1,5 @@
 """Fig. 7 (right), mean attention distance: each head's distance per image, its spread and its references.
-
-:func:`head_statistics` streams each head's mean attention distance (pixels) and entropy (nats) over
-images. :func:`distance_analysis` is the one analysis behind the figure, its readout and its explorer:
-a :class:`DistanceResult` with every image's per-head distance, the mean over images with its spread
-(standard deviation and 95% bootstrap interval), the uniform-attention distance, the distances of
-random-initialised models of the same architecture (:mod:`vitlab.analysis.references`), a CNN's
-receptive fields and, for a hybrid, the window its CNN stem gives each token before any attention.
-"""
+:func:`distance_analysis` is the one analysis behind the figure, its readout and its explorer."""
 from __future__ import annotations
 
 import math
@@ -23,24 +16,11 @@ from ..models.inputs import check_images
 
 
 def attention_distance(cap: Capture, layer: int | None = None, renormalize: bool = False) -> torch.Tensor:
-    """Mean attention distance in pixels per head, with the capture's own grid, patches and prefix.
-
-    :func:`vitlab.analysis.metrics.mean_attention_distance` cannot tell a (4, 8) grid from an
-    (8, 4) one (the token count is the same); a :class:`~vitlab.analysis.capture.Capture` knows
-    which grid its forward pass used, so this cannot mix them up.
-
-    Args:
-        cap: what :func:`vitlab.analysis.capture.capture` (or a forward inside ``hooks``) recorded.
-        layer: a captured block index (negative from the end), or None for every captured block.
-        renormalize: False (default) keeps the raw weights over patch keys, the paper's convention
-            (google-research/vision_transformer issue #162, probing-vits); True rescales each
-            query's attention over patch keys to sum to 1 (see :func:`vitlab.analysis.metrics.mean_attention_distance`).
-
-    Returns:
-        (heads,) for one ``layer``; (layers, heads) in ``cap.layers`` order for None.
-    """
+    """Mean attention distance in pixels per head of a captured ``layer``, (heads,), or of every one (None),
+    (layers, heads); ``renormalize`` as in :func:`vitlab.analysis.metrics.mean_attention_distance`."""
     if not isinstance(cap, Capture):
-        raise TypeError(f"cap must be a Capture (from vitlab.capture or vitlab.analysis.capture), got {type(cap).__name__}")
+        raise TypeError("cap must be a Capture (from vitlab.capture or vitlab.analysis.capture), got "
+                        f"{type(cap).__name__}")
     if 0 in cap.grid or 0 in cap.patch_size:
         raise ValueError("cap holds no forward pass yet (its grid is unknown): fill it with vitlab.capture(model, "
                          "images), or run the model inside vitlab.analysis.capture.hooks(model)")
@@ -53,20 +33,10 @@ def attention_distance(cap: Capture, layer: int | None = None, renormalize: bool
 def head_statistics(model: nn.Module, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 64,
                     layers: Sequence[int] | None = None, renormalize: bool = False,
                     progress: bool = False) -> dict[str, torch.Tensor]:
-    """Per-layer, per-head mean attention distance and entropy, streamed over ``images``.
-
-    Args:
-        images: uint8 images (N, 3, H, W), cut into batches of ``batch_size``, or any
-            iterable of uint8 batches (e.g. read from disk), so N can be the whole test set.
-        layers: block indices (negative from the end; default all).
-        renormalize: the distance convention (:func:`attention_distance`); False is the paper's.
-        progress: show a progress bar over batches.
-
-    Returns:
-        ``{"distance": (layers, heads) pixels, "entropy": (layers, heads) nats,
-        "distance_per_image": (N, layers, heads) pixels, "entropy_per_image": (N, layers, heads)
-        nats (each image's own values, for the spread over images), "layers": (layers,) block
-        indices}``; memory grows only by those per-image floats, never by attention maps.
+    """Per-layer, per-head mean attention distance and entropy of uint8 ``images`` (N, 3, H, W) or an iterable of
+    uint8 batches, in constant memory: ``"distance"``, ``"entropy"`` (layers, heads) pixels and nats,
+    ``"distance_per_image"``, ``"entropy_per_image"`` (N, layers, heads) and ``"layers"`` (block indices).
+    ``renormalize``: the distance convention (:func:`attention_distance`); False is the paper's.
     """
     from tqdm.auto import tqdm
 
@@ -89,28 +59,16 @@ def head_statistics(model: nn.Module, images: torch.Tensor | Iterable[torch.Tens
 
 
 def uniform_distance(model: nn.Module, renormalize: bool = False) -> float:
-    """:func:`vitlab.analysis.metrics.uniform_attention_distance` for the grid, patch size and prefix tokens of ``model``.
-
-    Read from the model (``patch_embed.grid_size``, :func:`vitlab.analysis.metrics.pixel_patch_size`,
-    ``num_prefix_tokens``), for inputs of the size it was built for. Pixels.
-    """
-    patch = metrics.pixel_patch_size(model)
-    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    """:func:`vitlab.analysis.metrics.uniform_attention_distance` in pixels for ``model`` at its built input size."""
+    patch, prefix = metrics.pixel_patch_size(model), int(getattr(model, "num_prefix_tokens", 0))
     return metrics.uniform_attention_distance(metrics.patch_grid(model), patch, prefix, renormalize)
 
 
 def random_init_statistics(model: nn.Module, images: torch.Tensor, seeds: Sequence[int] = INIT_SEEDS,
                            batch_size: int = 64, layers: Sequence[int] | None = None, renormalize: bool = False,
                            progress: bool = False) -> dict[str, torch.Tensor] | None:
-    """:func:`head_statistics` of random-initialised models of ``model``'s architecture (:func:`~vitlab.analysis.references.random_inits`).
-
-    The reference that tells a trained model's attention distances from what its
-    architecture gives before any training. Same arguments as :func:`head_statistics`.
-
-    Returns:
-        ``{"distance": (seeds, layers, heads) pixels, "entropy": (seeds, layers, heads) nats,
-        "layers": (layers,) block indices}``; None without seeds or for a model without ``vitlab_arch``.
-    """
+    """:func:`head_statistics` of random-initialised models of ``model``'s architecture: ``"distance"``, ``"entropy"``
+    (seeds, layers, heads) and ``"layers"``; None without seeds or for a model without ``vitlab_arch``."""
     runs = [head_statistics(m, images, batch_size, layers, renormalize, progress) for m in random_inits(model, seeds)]
     if not runs:
         return None
@@ -120,8 +78,7 @@ def random_init_statistics(model: nn.Module, images: torch.Tensor, seeds: Sequen
 
 @dataclass(frozen=True)
 class MostLocalHead:
-    """The lowest layer's most local head: its index (0-based) and, in pixels, its mean over images,
-    its standard deviation across images and its 95% bootstrap interval (``low``, ``high``)."""
+    """The lowest layer's most local head: its index and, in pixels, its mean, std and 95% interval over images."""
 
     head: int
     mean: float
@@ -147,51 +104,31 @@ def _most_local(mean: torch.Tensor, std: torch.Tensor, low: torch.Tensor, high: 
 
 
 def lowest_head(per_image: torch.Tensor) -> MostLocalHead:
-    """The lowest layer's most local head of per-image distances (images, layers, heads), pixels.
-
-    What sweeps and recipe comparisons record for each final model; :func:`distance_analysis`
-    gives the same numbers as ``result.lowest``.
-    """
+    """The lowest layer's most local head of per-image distances (images, layers, heads), pixels (``result.lowest``)."""
     return _most_local(*_spread(per_image[:, :1]))
 
 
 @dataclass(frozen=True, kw_only=True)
 class DistanceResult:
-    """Fig. 7 (right) of one model on a set of images (:func:`distance_analysis`). Distances in pixels.
+    """Fig. 7 (right) of one model on a set of images (:func:`distance_analysis`). Distances in pixels."""
 
-    Attributes:
-        layers: block indices (0-based) of the rows.
-        per_image: (images, layers, heads) each image's mean attention distance per head.
-        mean, std: (layers, heads) mean over images and standard deviation across them (float32).
-        low, high: (layers, heads) the 95% bootstrap interval of the mean over images (float32).
-        layer_min, layer_max, layer_means: per layer the lowest head's, the highest head's and the heads' mean.
-        lowest: the lowest layer's most local head (:class:`MostLocalHead`).
-        uniform: the distance under uniform attention, for the convention used.
-        random_init: (seeds, layers, heads) of random-initialised models of the architecture, or None.
-        random_images: how many of the images (the first ones) the random-initialised models saw.
-        token_field: a hybrid's window in pixels that each token sees through its CNN stem; None for a ViT.
-        cnn_fields: a CNN's receptive field after each of its blocks, ``[(block, pixels), ...]`` (may be empty).
-        depth: the model's number of blocks; diagonal: its input image's diagonal (None if unknown).
-        renormalize: the distance convention (False: the paper's).
-    """
-
-    layers: list[int]
-    per_image: torch.Tensor
-    mean: torch.Tensor
+    layers: list[int]  # block indices of the rows
+    per_image: torch.Tensor  # (images, layers, heads) each image's distance per head
+    mean: torch.Tensor  # (layers, heads) float32, like std (across images), low and high (95% bootstrap interval)
     std: torch.Tensor
     low: torch.Tensor
     high: torch.Tensor
-    layer_min: list[float]
+    layer_min: list[float]  # per layer the lowest head's, the highest head's and the heads' mean
     layer_max: list[float]
     layer_means: list[float]
     lowest: MostLocalHead
-    uniform: float
-    random_init: torch.Tensor | None = None
-    random_images: int = 0
-    token_field: float | None = None
-    cnn_fields: list[tuple[str, float]] = field(default_factory=list)
-    depth: int = 0
-    diagonal: float | None = None
+    uniform: float  # the distance under uniform attention
+    random_init: torch.Tensor | None = None  # (seeds, layers, heads) of random-initialised models
+    random_images: int = 0  # how many of the images (the first ones) the random-initialised models saw
+    token_field: float | None = None  # a hybrid's metrics.token_receptive_field; None for a ViT
+    cnn_fields: list[tuple[str, float]] = field(default_factory=list)  # a CNN's [(block, pixels), ...]
+    depth: int = 0  # the model's number of blocks
+    diagonal: float | None = None  # its input image's diagonal, if known
     renormalize: bool = False
 
     @property
@@ -210,15 +147,12 @@ class DistanceResult:
     @classmethod
     def from_per_image(cls, per_image: torch.Tensor, uniform: float, random_init: torch.Tensor | None = None,
                        layers: Sequence[int] | None = None, **context) -> DistanceResult:
-        """The result for given per-image distances (images, layers, heads), e.g. of synthetic attention.
-
-        ``random_init``: (seeds, layers, heads) or None; ``context``: the other fields
-        (``token_field``, ``cnn_fields``, ``depth``, ``diagonal``, ``renormalize``, ``random_images``).
-        """
+        """The result for per-image distances (images, layers, heads); ``context``: the remaining fields."""
         mean, std, low, high = _spread(per_image)
         layers = list(range(mean.shape[0])) if layers is None else [int(i) for i in layers]
         if random_init is not None and tuple(random_init.shape[1:]) != tuple(mean.shape):
-            raise ValueError(f"random_init {tuple(random_init.shape)} must be (seeds, {mean.shape[0]}, {mean.shape[1]})")
+            raise ValueError(f"random_init {tuple(random_init.shape)} must be "
+                             f"(seeds, {mean.shape[0]}, {mean.shape[1]})")
         context.setdefault("depth", layers[-1] + 1)
         return cls(layers=layers, per_image=per_image.detach().cpu(), mean=mean.float(), std=std.float(),
                    low=low.float(), high=high.float(), layer_min=[float(x) for x in mean.min(1).values],
@@ -230,17 +164,9 @@ class DistanceResult:
 def distance_analysis(model: nn.Module, images: torch.Tensor, renormalize: bool = False,
                       seeds: Sequence[int] = INIT_SEEDS, reference_images: int | None = None,
                       cnn: nn.Module | None = None, batch_size: int = 64, progress: bool = False) -> DistanceResult:
-    """Fig. 7 (right) of ``model`` on uint8 ``images`` (N, 3, H, W), with every reference it is read against.
-
-    Args:
-        renormalize: the distance convention (:func:`attention_distance`); False is the paper's.
-        seeds: of the random-initialised models of the architecture (none for a model without
-            ``vitlab_arch``, or with ``seeds=()``).
-        reference_images: how many of the images (the first ones) the random-initialised models
-            see (default all): they are alike across images, so a few hundred do.
-        cnn: a CNN whose receptive fields (:func:`vitlab.analysis.metrics.receptive_fields`) the figure shows beside.
-        batch_size, progress: of the forward passes.
-    """
+    """Fig. 7 (right) of ``model`` on uint8 ``images`` (N, 3, H, W), with every reference it is read against:
+    uniform attention, random-initialised models (``seeds``, on the first ``reference_images`` images) and the
+    receptive fields of a ``cnn``. ``renormalize``: as in :func:`attention_distance`."""
     stats = head_statistics(model, images, batch_size, renormalize=renormalize, progress=progress)
     shown = images if reference_images is None else images[:reference_images]
     reference = random_init_statistics(model, shown, seeds, batch_size, renormalize=renormalize, progress=progress)

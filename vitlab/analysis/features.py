@@ -1,11 +1,5 @@
-"""Layer-wise representations of ViTs and CNNs alike, for probes and CKA.
-
-A model's layers are read from timm's ``feature_info`` (ViT blocks, ResNet stem and
-stages) and addressed by index into :func:`representation_layers`, negative indices
-counting from the last layer, as captured attention is (:mod:`vitlab.analysis.capture`):
-``feats["cls", -1]`` is the class token after the last block. :func:`pre_logits` gives
-what the classifier head reads, through the model's own ``forward_head``.
-"""
+"""Layer-wise representations of ViTs and CNNs alike, for probes and CKA, addressed by index into
+:func:`representation_layers` (negative from the last: ``feats["cls", -1]``)."""
 from __future__ import annotations
 
 import contextlib
@@ -20,11 +14,7 @@ from ..models import preprocess
 
 
 def representation_layers(model: nn.Module) -> list[str]:
-    """Names of the modules whose outputs are ``model``'s layer-wise representations.
-
-    Read from timm's ``feature_info`` (``blocks.0``, ``blocks.1``, ... for a ViT;
-    ``act1`` (the stem), ``layer1`` ... ``layer4`` for a ResNet), not guessed from names.
-    """
+    """Names of the modules whose outputs are ``model``'s layer-wise representations, from timm's ``feature_info``."""
     info = getattr(model, "feature_info", None)
     if not info:
         raise ValueError(f"{type(model).__name__} has no feature_info listing its layers; vitlab reads "
@@ -33,16 +23,10 @@ def representation_layers(model: nn.Module) -> list[str]:
 
 
 def pool(output: torch.Tensor, num_prefix_tokens: int) -> dict[str, torch.Tensor]:
-    """One layer's output reduced to vectors per image, as in the paper's linear probes.
-
-    Token outputs (B, N, D) give ``"cls"`` (the first prefix token, if any) and ``"mean"``
-    (mean of the patch tokens); feature maps (B, C, H, W) give ``"gap"`` (global average).
-    """
-    if output.ndim == 3:
-        pooled = {"mean": output[:, num_prefix_tokens:].mean(1)}  # (B, D)
-        if num_prefix_tokens:
-            pooled = {"cls": output[:, 0], **pooled}  # (B, D)
-        return pooled
+    """One layer's output reduced to vectors per image, as in the paper's linear probes: ``"cls"`` (if there is a
+    prefix token) and ``"mean"`` (of the patch tokens) of tokens (B, N, D), ``"gap"`` of maps (B, C, H, W)."""
+    if output.ndim == 3:  # (B, D) each
+        return ({"cls": output[:, 0]} if num_prefix_tokens else {}) | {"mean": output[:, num_prefix_tokens:].mean(1)}
     if output.ndim == 4:
         return {"gap": output.mean((2, 3))}  # (B, C)
     raise ValueError(f"cannot pool a layer output of shape {tuple(output.shape)}: expected (B, N, D) or (B, C, H, W)")
@@ -50,13 +34,8 @@ def pool(output: torch.Tensor, num_prefix_tokens: int) -> dict[str, torch.Tensor
 
 @contextlib.contextmanager
 def layer_hooks(model: nn.Module, layers: Sequence[int] | None = None) -> Iterator[LayerMap]:
-    """Record the outputs of ``layers`` (indices into :func:`representation_layers`, default all).
-
-    Each forward inside the ``with`` block overwrites the returned map (layer index ->
-    output tensor, negative indices from the last layer); its input is checked first
-    (:func:`vitlab.models.inputs.check_input`). The model runs in eval mode inside; hooks and
-    train/eval modes are restored on exit.
-    """
+    """Record the outputs of ``layers`` (indices into :func:`representation_layers`, default all) of every forward
+    (in eval mode, input checked) inside the ``with`` block into the returned layer map."""
     names = representation_layers(model)
     chosen = resolve_layers(len(names), layers, what="layers")
     modules = dict(model.named_modules())
@@ -74,15 +53,8 @@ def layer_hooks(model: nn.Module, layers: Sequence[int] | None = None) -> Iterat
 
 
 class Features(Mapping):
-    """Pooled layer representations keyed ``(pooling, layer)``, each (N, features) fp32 on the CPU.
-
-    ``layer`` indexes :attr:`names` (negative from the last layer): ``feats["cls", -1]``,
-    ``feats["gap", 4]``. Iterating yields the keys in layer order with non-negative indices.
-
-    Attributes:
-        names: module names of all the model's representation layers.
-        layers: indices of the layers held here, ascending.
-    """
+    """Pooled layer representations keyed ``(pooling, layer)``, each (N, features) fp32 on the CPU; ``layer``
+    indexes ``names`` (negative from the last), ``layers`` lists those held, ascending."""
 
     def __init__(self, names: Sequence[str], vectors: Mapping[tuple[str, int], torch.Tensor]):
         self.names = list(names)
@@ -127,11 +99,7 @@ def _batches(model: nn.Module, images: torch.Tensor, batch_size: int) -> Iterato
 @torch.no_grad()
 def layer_features(model: nn.Module, images: torch.Tensor, batch_size: int = 250,
                    layers: Sequence[int] | None = None) -> Features:
-    """Pooled representations of ``layers`` (default all) for uint8 ``images`` (N, 3, H, W).
-
-    Returns :class:`Features` with the poolings of :func:`pool` (``cls`` and ``mean`` for
-    ViT blocks, ``gap`` for ResNet stages), one forward per batch of ``batch_size``.
-    """
+    """Pooled representations (:func:`pool`) of ``layers`` (default all) for uint8 ``images`` (N, 3, H, W)."""
     prefix = int(getattr(model, "num_prefix_tokens", 0))
     batches = _batches(model, images, batch_size)
     parts: dict[tuple[str, int], list[torch.Tensor]] = {}
@@ -146,12 +114,8 @@ def layer_features(model: nn.Module, images: torch.Tensor, batch_size: int = 250
 
 @torch.no_grad()
 def pre_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
-    """What the classifier head reads, for uint8 ``images`` (N, 3, H, W): (N, features) fp32 on the CPU.
-
-    Computed by the model itself, ``model.forward_head(model.forward_features(x),
-    pre_logits=True)``: for a token-pooled ViT the class token after the final norm, for a
-    mean-pooled one the mean patch token, for a ResNet the globally pooled last stage.
-    """
+    """What the classifier head reads (``forward_head(..., pre_logits=True)``) for uint8 ``images`` (N, 3, H, W):
+    (N, features) fp32 on the CPU."""
     if not hasattr(model, "forward_head") or not hasattr(model, "forward_features"):
         raise ValueError(f"{type(model).__name__} has no forward_features/forward_head: vitlab reads the "
                          "pre-logits representation from timm models")

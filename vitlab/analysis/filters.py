@@ -1,11 +1,5 @@
 """Fig. 7 (left), the patch-embedding filters: their principal components against random init.
-
-:func:`filters_analysis` is the one analysis behind the figure, its readout and its explorer: the
-leading principal components of a ViT's patch-embedding filters, the explained-variance ratio of
-every component, and the same ratios for random-initialised models of the architecture
-(:mod:`vitlab.analysis.references`). A hybrid has no pixel filters (its embedding projects CNN
-features), so it has no such analysis.
-"""
+:func:`filters_analysis` is the one analysis behind the figure, its readout and its explorer."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,19 +14,12 @@ from .references import INIT_SEEDS, random_inits
 
 @dataclass(frozen=True, kw_only=True)
 class FiltersResult:
-    """Principal components of one model's patch-embedding filters (:func:`filters_analysis`).
+    """Principal components of one model's patch-embedding filters (:func:`filters_analysis`)."""
 
-    Attributes:
-        filters: (k, C, P, P) the first ``k`` principal components (unit norm, non-negative sum).
-        ratio: (components,) explained-variance ratio of every component.
-        reference: (seeds, components) the same of random-initialised models, or None.
-        k: how many leading components are shown and summed (``first_k``).
-    """
-
-    filters: torch.Tensor
-    ratio: torch.Tensor
-    reference: torch.Tensor | None
-    k: int
+    filters: torch.Tensor  # (k, C, P, P) the first k principal components
+    ratio: torch.Tensor  # (components,) explained-variance ratios
+    reference: torch.Tensor | None  # (seeds, components) the ratios of random-initialised models
+    k: int  # how many leading components are shown and summed (first_k)
 
     @property
     def first(self) -> float:
@@ -73,13 +60,8 @@ def components(model: nn.Module) -> int:
 
 
 def filters_analysis(model: nn.Module, k: int = 28, seeds: Sequence[int] = INIT_SEEDS) -> FiltersResult:
-    """Fig. 7 (left) of ``model``: its first ``k`` principal components against random-initialised models.
-
-    Args:
-        k: components shown and summed (the paper shows 28); at most :func:`components`.
-        seeds: of the random-initialised models of the architecture (none for a model without
-            ``vitlab_arch``, or with ``seeds=()``).
-    """
+    """Fig. 7 (left) of ``model``: its first ``k`` (at most :func:`components`) principal components, against
+    random-initialised models (``seeds``; none for a model without ``vitlab_arch``)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     full = components(model)

@@ -13,10 +13,8 @@ def patch_grid(model: nn.Module) -> tuple[int, int]:
     """(rows, cols) of the patch grid the model was built for, read from ``patch_embed``."""
     embed = getattr(model, "patch_embed", None)
     if embed is None or getattr(embed, "grid_size", None) is None:
-        raise ValueError(
-            f"{type(model).__name__} has no patch embedding with a grid_size; this needs a "
-            "timm VisionTransformer (e.g. a zoo ViT or vit_small_patch16_224)"
-        )
+        raise ValueError(f"{type(model).__name__} has no patch embedding with a grid_size; this needs a "
+                         "timm VisionTransformer (e.g. a zoo ViT or vit_small_patch16_224)")
     rows, cols = embed.grid_size
     return int(rows), int(cols)
 
@@ -27,13 +25,7 @@ def is_hybrid(model: nn.Module) -> bool:
 
 
 def pixel_patch_size(model: nn.Module) -> tuple[int, int]:
-    """(height, width) in input pixels between neighbouring tokens of the patch grid.
-
-    For a plain ViT this is ``patch_embed.patch_size``. A hybrid's embedding cuts the
-    backbone's feature map into patches, so a token spans the backbone's total stride times
-    the embedding's patch size (16 px for ``vit_base_r50_s16_224``: stride 16, 1x1 patches),
-    which timm's ``feat_ratio`` reports for both kinds of embedding.
-    """
+    """(height, width) in input pixels between neighbouring tokens (a hybrid's: backbone stride x patch size)."""
     patch_grid(model)  # the same refusal for a model without a patch embedding
     embed = model.patch_embed
     if hasattr(embed, "feat_ratio"):
@@ -42,44 +34,25 @@ def pixel_patch_size(model: nn.Module) -> tuple[int, int]:
 
 
 def position_similarity(model: nn.Module) -> torch.Tensor:
-    """Cosine similarity between the position embeddings of every pair of patches.
-
-    Prefix tokens (class token, registers, distillation token) are excluded whether or
-    not the model stores position embeddings for them, as in the paper's Fig. 7 center.
-
-    Returns:
-        float32 tensor (rows, cols, rows, cols): entry [i, j, k, l] is the similarity
-        between the patch at row i, column j and the patch at row k, column l.
-    """
+    """Cosine similarity (rows, cols, rows, cols) float32 of every two patches' position embeddings (Fig. 7 center)."""
     pos = getattr(model, "pos_embed", None)
     if not isinstance(pos, torch.Tensor):
-        raise ValueError(
-            f"{type(model).__name__} has no learned position embeddings (pos_embed); "
-            "position similarity needs a ViT with absolute position embeddings"
-        )
+        raise ValueError(f"{type(model).__name__} has no learned position embeddings (pos_embed); "
+                         "position similarity needs a ViT with absolute position embeddings")
     rows, cols = patch_grid(model)
     patches = rows * cols
     stored_prefix = pos.shape[1] - patches  # 0 when the model adds no position to prefix tokens
     prefix = int(getattr(model, "num_prefix_tokens", 0))
     if stored_prefix not in (0, prefix):
-        raise ValueError(
-            f"pos_embed holds {pos.shape[1]} positions, which matches neither {patches} patches "
-            f"nor {patches} patches + {prefix} prefix tokens"
-        )
+        raise ValueError(f"pos_embed holds {pos.shape[1]} positions, which matches neither {patches} patches "
+                         f"nor {patches} patches + {prefix} prefix tokens")
     emb = F.normalize(pos.detach()[0, stored_prefix:].float(), dim=-1)  # (patches, D)
     return (emb @ emb.T).reshape(rows, cols, rows, cols)
 
 
 def embedding_filters(model: nn.Module, k: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
-    """Principal components of the patch-embedding filters (paper Fig. 7, left).
-
-    Each of the D filters (C, P, P) is flattened to C*P*P values and the D vectors are
-    centred; the components are the top right-singular vectors.
-
-    Returns:
-        ``(filters, explained_variance_ratio)``: (k, C, P, P) unit-norm components (sign
-        fixed so each has a non-negative sum) and (k,) fractions of the total variance.
-    """
+    """Principal components of the centred patch-embedding filters (Fig. 7, left): ``(filters, variance_ratio)``,
+    (k, C, P, P) unit-norm components with non-negative sums and (k,) fractions of the total variance."""
     proj = getattr(getattr(model, "patch_embed", None), "proj", None)
     if is_hybrid(model):
         rows, cols = proj.kernel_size if isinstance(proj, nn.Conv2d) else ("?", "?")
@@ -100,19 +73,16 @@ def embedding_filters(model: nn.Module, k: int = 28) -> tuple[torch.Tensor, torc
     return comps.float().reshape(k, *w.shape[1:]), (var[:k] / var.sum()).float()
 
 
-def rank(x: torch.Tensor) -> torch.Tensor:
-    """1-based ranks of the values of a 1-D tensor, ties sharing their average rank (float64).
-
-    The same as ``scipy.stats.rankdata(x)`` (method "average").
-    """
+def _rank(x: torch.Tensor) -> torch.Tensor:
+    """1-based float64 ranks of a 1-D tensor, ties sharing their average rank (``scipy.stats.rankdata``)."""
     _, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
     last = counts.cumsum(0).double()  # rank of the last copy of each distinct value
     return (last - (counts.double() - 1) / 2)[inverse]
 
 
-def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+def _spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     """Spearman rank correlation of two 1-D tensors (as ``scipy.stats.spearmanr``); NaN if one is constant."""
-    rx, ry = rank(x) - (x.numel() + 1) / 2, rank(y) - (y.numel() + 1) / 2  # centred: ranks average (n+1)/2
+    rx, ry = _rank(x) - (x.numel() + 1) / 2, _rank(y) - (y.numel() + 1) / 2  # centred: ranks average (n+1)/2
     scale = float(rx.norm() * ry.norm())
     return float(rx @ ry) / scale if scale > 0 else math.nan
 
@@ -126,46 +96,26 @@ def _patch_matrix(sim: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return sim.detach().reshape(n, n).double()
 
 
-def _grid_pairs(sim: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Similarity, row offset and column offset of every pair of distinct patches i < j (row-major)."""
-    s = _patch_matrix(sim, grid)  # (n, n)
-    i, j = torch.triu_indices(len(s), len(s), offset=1)  # (2, n(n-1)/2)
-    cols = grid[1]
-    return s[i, j], i // cols - j // cols, i % cols - j % cols
-
-
 @dataclass(frozen=True)
 class PositionStructure:
-    """How much of the 2-D image grid a position-embedding similarity holds (:func:`position_structure`).
+    """How much of the 2-D image grid a position-embedding similarity holds (:func:`position_structure`)."""
 
-    Attributes:
-        closeness: Spearman correlation between similarity and *closeness* (minus grid
-            distance) over all pairs of distinct patches: +1 when similarity falls
-            monotonically with distance ("nearby patches are more similar"), about 0 for
-            random embeddings, negative when far patches are the more similar.
-        row_column: partial Spearman correlation between similarity and sharing a row or
-            column, given grid distance: above 0 when patches in the same row or column are
-            more similar than distance alone predicts (the paper's row-column structure),
-            about 0 for random embeddings, 0 when similarity is a decreasing function of
-            distance alone. NaN on a grid of one row or column.
-    """
-
+    # Spearman correlation of similarity and minus grid distance over pairs of patches: +1 when similarity falls
+    # with distance, about 0 for random embeddings.
     closeness: float
+    # Partial Spearman correlation of similarity and sharing a row or column, given distance: above 0 for the
+    # paper's row-column structure; NaN on a grid of one row or column.
     row_column: float
 
 
 def position_structure(sim: torch.Tensor, grid: tuple[int, int]) -> PositionStructure:
-    """Structure scores of a position-embedding similarity (paper Fig. 7, center).
-
-    Args:
-        sim: (rows, cols, rows, cols) or (n, n) similarity of patches in row-major order,
-            e.g. from :func:`position_similarity`.
-        grid: (rows, cols) of patches.
-    """
-    pairs, dr, dc = _grid_pairs(sim, grid)  # (pairs,) each
+    """Structure scores of a (rows, cols, rows, cols) or row-major (n, n) patch similarity (Fig. 7, center)."""
+    s = _patch_matrix(sim, grid)  # (n, n)
+    i, j = torch.triu_indices(len(s), len(s), offset=1)  # every pair of distinct patches i < j
+    pairs, dr, dc = s[i, j], i // grid[1] - j // grid[1], i % grid[1] - j % grid[1]  # (pairs,) each
     closeness = -(dr**2 + dc**2)  # squared: ranks as distance, with exact ties
     line = ((dr == 0) | (dc == 0)).double()
-    sd, sl, ld = spearman(pairs, closeness), spearman(pairs, line), spearman(line, closeness)
+    sd, sl, ld = _spearman(pairs, closeness), _spearman(pairs, line), _spearman(line, closeness)
     # Partial correlation of similarity and line given closeness, on ranks.
     scale = math.sqrt(max((1 - sd**2) * (1 - ld**2), 0.0))
     row_column = (sl - sd * ld) / scale if scale > 0 else math.nan
@@ -174,33 +124,19 @@ def position_structure(sim: torch.Tensor, grid: tuple[int, int]) -> PositionStru
 
 @dataclass(frozen=True)
 class MirrorScore:
-    """Left-right mirror symmetry of a position-embedding similarity (:func:`mirror_score`).
+    """Left-right mirror symmetry of a position-embedding similarity (:func:`mirror_score`)."""
 
-    Attributes:
-        mirror: mean similarity of a patch to its mirror position (row r, column C-1-c),
-            over patches off the middle column.
-        neighbour: mean, over patches, of a patch's mean similarity to its immediate
-            neighbours (up, down, left, right).
-    """
-
-    mirror: float
-    neighbour: float
+    mirror: float  # mean similarity of a patch to its mirror position (row r, column C-1-c), off the middle column
+    neighbour: float  # mean over patches of a patch's mean similarity to its 4 immediate neighbours
 
     @property
     def excess(self) -> float:
-        """``mirror - neighbour``: about 0 when a patch is as similar to its mirror position as to
-        its neighbours (what horizontal-flip augmentation teaches), clearly below 0 when the
-        embedding tells left from right, 1 - ``neighbour`` for an exactly mirror-symmetric one."""
+        """``mirror - neighbour``: about 0 after horizontal-flip augmentation, below 0 when left and right differ."""
         return self.mirror - self.neighbour
 
 
 def mirror_score(sim: torch.Tensor, grid: tuple[int, int]) -> MirrorScore:
-    """Similarity of each patch to its left-right mirror position, against its neighbours'.
-
-    Args:
-        sim: (rows, cols, rows, cols) or (n, n) similarity of patches in row-major order.
-        grid: (rows, cols) of patches. NaN where no patch has a mirror (one column) or a neighbour.
-    """
+    """Similarity of each patch to its left-right mirror position, against its neighbours' (NaN where none)."""
     rows, cols = grid
     s = _patch_matrix(sim, grid).reshape(rows, cols, rows, cols)
     r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")  # (rows, cols) each
@@ -217,7 +153,7 @@ def mirror_score(sim: torch.Tensor, grid: tuple[int, int]) -> MirrorScore:
                        neighbour=float(neighbour.mean()) if neighbour.numel() else math.nan)
 
 
-def patch_distances(grid: tuple[int, int], patch_size: tuple[int, int]) -> torch.Tensor:
+def _patch_distances(grid: tuple[int, int], patch_size: tuple[int, int]) -> torch.Tensor:
     """Pixel distance between the centres of every pair of patches: (rows*cols, rows*cols)."""
     rows, cols = grid
     ph, pw = patch_size
@@ -227,16 +163,15 @@ def patch_distances(grid: tuple[int, int], patch_size: tuple[int, int]) -> torch
     return torch.cdist(centres, centres)
 
 
-def _patch_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int,
-                     renormalize: bool) -> torch.Tensor:
+def _patch_attention(attn: torch.Tensor, grid: tuple[int, int], prefix: int, renormalize: bool) -> torch.Tensor:
     """Attention of patch queries over patch keys, (B, heads, n, n), float32."""
     if attn.ndim != 4 or attn.shape[-1] != attn.shape[-2]:
         raise ValueError(f"attn must be (B, heads, N, N), got {tuple(attn.shape)}")
     n = grid[0] * grid[1]
-    if attn.shape[-1] != n + num_prefix_tokens:
-        raise ValueError(f"attn has {attn.shape[-1]} tokens; a {grid} grid with {num_prefix_tokens} prefix "
-                         f"tokens needs {n + num_prefix_tokens}")
-    a = attn[..., num_prefix_tokens:, num_prefix_tokens:].float()
+    if attn.shape[-1] != n + prefix:
+        raise ValueError(f"attn has {attn.shape[-1]} tokens; a {grid} grid with {prefix} prefix tokens needs "
+                         f"{n + prefix}")
+    a = attn[..., prefix:, prefix:].float()
     if renormalize:
         a = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
     return a
@@ -244,46 +179,22 @@ def _patch_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_token
 
 def mean_attention_distance(attn: torch.Tensor, grid: tuple[int, int], patch_size: tuple[int, int],
                             num_prefix_tokens: int = 1, renormalize: bool = False) -> torch.Tensor:
-    """Attention-weighted distance in pixels between query and key patches, per head (Fig. 7 right).
-
-    Only patch queries and patch keys count. Two conventions:
-
-    * ``renormalize=False`` (default, the paper's): the raw weights of patch queries over
-      patch keys, so attention given to prefix tokens contributes no distance. This is
-      the code that produced Fig. 7 (right), posted by the paper's author in
-      google-research/vision_transformer issue #162 (``w = attn[block][example, head, 1:, 1:]``,
-      a weighted sum of pixel distances averaged over queries and images); probing-vits
-      computes the same.
-    * ``renormalize=True``: each query's attention over patch keys is rescaled to sum to 1,
-      a true weighted mean over patches (larger where prefix tokens take much attention).
-
-    Args:
-        attn: post-softmax attention (B, heads, N, N).
-        grid: (rows, cols) of patches. patch_size: (height, width) in pixels.
-        num_prefix_tokens: leading non-patch tokens (class token, registers).
-        renormalize: which convention (above).
-
-    Returns:
-        (heads,) mean distance in pixels, averaged over query patches and the batch.
+    """Attention-weighted distance in pixels between patch queries and patch keys of ``attn`` (B, heads, N, N):
+    (heads,), Fig. 7 (right). ``renormalize=False`` (the paper's convention, google-research/vision_transformer
+    #162) keeps the raw weights, so attention to prefix tokens adds no distance; True rescales each query's
+    attention over patch keys to sum to 1. ``patch_size``: (height, width) in pixels.
     """
     a = _patch_attention(attn, grid, num_prefix_tokens, renormalize)  # (B, H, n, n)
-    dist = patch_distances(grid, patch_size).to(a.device, a.dtype)  # (n, n)
+    dist = _patch_distances(grid, patch_size).to(a.device, a.dtype)  # (n, n)
     return torch.einsum("bhqk,qk->h", a, dist).double().div(a.shape[0] * a.shape[2]).float()  # (H,)
 
 
 def uniform_attention_distance(grid: tuple[int, int], patch_size: tuple[int, int], num_prefix_tokens: int = 1,
                                renormalize: bool = False) -> float:
-    """Mean attention distance in pixels under uniform attention: the reference for Fig. 7 (right).
-
-    With ``renormalize=True`` (or no prefix tokens) it is the mean distance between patch
-    centres over all (query, key) pairs, e.g. 16.5 px for an 8x8 grid of 4-pixel patches.
-    Under the paper's convention (``renormalize=False``) uniform attention over all
-    n + prefix tokens gives prefix tokens their share and them no distance, so the value
-    is that mean times n / (n + ``num_prefix_tokens``). Equals
-    :func:`mean_attention_distance` of a uniform attention tensor under the same convention.
-    """
+    """:func:`mean_attention_distance` of uniform attention in pixels, the reference line of Fig. 7 (right): the mean
+    distance between patch centres, times n / (n + ``num_prefix_tokens``) under the paper's convention."""
     n = grid[0] * grid[1]
-    mean = float(patch_distances(grid, patch_size).mean())  # over all n*n pairs, self included
+    mean = float(_patch_distances(grid, patch_size).mean())  # over all n*n pairs, self included
     return mean if renormalize else mean * n / (n + num_prefix_tokens)
 
 
@@ -293,18 +204,8 @@ def attention_entropy(attn: torch.Tensor, grid: tuple[int, int], num_prefix_toke
     return -torch.special.xlogy(a, a).sum(-1).double().mean(dim=(0, 2)).float()
 
 
-# --- streaming per-head statistics ------------------------------------------------------
-
-
 class HeadStats:
-    """Per-layer, per-head attention statistics accumulated batch by batch.
-
-    Keeps running sums of mean attention distance (pixels) and attention entropy (nats)
-    over images, and each image's own per-head values (the spread over images, for
-    bootstrap intervals: images x layers x heads floats, 2 MB for 10,000 images of a
-    12-layer, 4-head model). ``renormalize`` picks the distance convention of
-    :func:`mean_attention_distance` (default the paper's, False).
-    """
+    """Per-layer, per-head mean attention distance (pixels) and entropy (nats), over images and per image."""
 
     def __init__(self, renormalize: bool = False):
         self.renormalize = renormalize
@@ -322,7 +223,7 @@ class HeadStats:
             batch = a.shape[0]
             # Per image: mean_attention_distance and attention_entropy of attn[i:i+1].
             p = _patch_attention(a, grid, num_prefix_tokens, self.renormalize)  # (B, H, n, n)
-            dist = patch_distances(grid, patch_size).to(p.device, p.dtype)  # (n, n)
+            dist = _patch_distances(grid, patch_size).to(p.device, p.dtype)  # (n, n)
             d = torch.einsum("bhqk,qk->bh", p, dist).double().div(p.shape[2]).cpu()  # (B, H)
             q = _patch_attention(a, grid, num_prefix_tokens, renormalize=True)
             e = (-torch.special.xlogy(q, q).sum(-1)).double().mean(2).cpu()  # (B, H)
@@ -333,38 +234,23 @@ class HeadStats:
         self.images += batch or 0
 
     def result(self) -> dict[str, torch.Tensor]:
-        """Averages over images and each image's values.
-
-        ``{"distance": (layers, heads), "entropy": (layers, heads), "distance_per_image":
-        (images, layers, heads), "entropy_per_image": (images, layers, heads)}``, layers in
-        ascending block order; pixels and nats.
-        """
+        """Means ``"distance"``, ``"entropy"`` (layers, heads) and ``"distance_per_image"``, ``"entropy_per_image"``."""
         if not self.images:
             raise ValueError("no batch was added")
         layers = sorted(self.distance)
-        return {
-            "distance": torch.stack([self.distance[i] for i in layers]).float() / self.images,
-            "entropy": torch.stack([self.entropy[i] for i in layers]).float() / self.images,
-            "distance_per_image": torch.stack([torch.cat(self.per_image_distance[i]) for i in layers], 1),
-            "entropy_per_image": torch.stack([torch.cat(self.per_image_entropy[i]) for i in layers], 1),
-        }
+        return {"distance": torch.stack([self.distance[i] for i in layers]).float() / self.images,
+                "entropy": torch.stack([self.entropy[i] for i in layers]).float() / self.images,
+                "distance_per_image": torch.stack([torch.cat(self.per_image_distance[i]) for i in layers], 1),
+                "entropy_per_image": torch.stack([torch.cat(self.per_image_entropy[i]) for i in layers], 1)}
 
 
 def receptive_fields(model: nn.Module) -> list[tuple[str, float]]:
-    """Theoretical receptive field in pixels after each block of a CNN, in forward order.
-
-    Walks the convolutions and poolings on the main path (shortcut ``downsample``
-    branches do not widen it) with r += (k - 1) * dilation * jump, jump *= stride.
-    Returns ``[(block name, pixels), ...]``, e.g. ``("layer2.1", 27.0)``.
-    """
+    """Theoretical receptive field in pixels after each block of a CNN's main path: ``[(block name, pixels), ...]``."""
     r, jump, out = 1.0, 1.0, {}
     for name, m in model.named_modules():
         if "downsample" in name or not isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
             continue
-        k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
-        s = m.stride if isinstance(m.stride, int) else m.stride[0]
-        d = getattr(m, "dilation", 1)
-        d = d if isinstance(d, int) else d[0]
+        k, s, d = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, getattr(m, "dilation", 1)))
         r += (k - 1) * d * jump
         jump *= s
         out[name.rsplit(".", 1)[0] if "." in name else name] = r
@@ -374,12 +260,7 @@ def receptive_fields(model: nn.Module) -> list[tuple[str, float]]:
 
 
 def token_receptive_field(model: nn.Module) -> float:
-    """Pixels across the input window one patch token of a ViT is computed from, before any attention.
-
-    A plain ViT's token sees its own patch (``patch_size``); a hybrid's sees the receptive
-    field of its CNN and projection (:func:`receptive_fields` of ``patch_embed``: 25 px for
-    ``hybrid_tiny_c10``, whose tokens are 4 px apart). Square windows: the larger side.
-    """
+    """Pixels across the input window one patch token sees before any attention: its patch, or a hybrid's CNN field."""
     if is_hybrid(model):
         return receptive_fields(model.patch_embed)[-1][1]
     patch_grid(model)

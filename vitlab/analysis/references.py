@@ -1,11 +1,5 @@
 """What a measured number is read against: untrained models of the same architecture, and intervals over images.
-
-A trained model's filters, position embeddings or attention distances mean something only beside what
-its architecture gives before any training. :func:`random_init` rebuilds a model from its ``vitlab_arch``
-record under a seed; :func:`random_inits` yields those models for the seeds :data:`INIT_SEEDS`, and none
-for a model without a record (a timm model), the one place that decides whether a model has a
-random-init reference. :func:`bootstrap_interval` is the spread of a mean over images.
-"""
+:func:`random_inits` is the one place that decides whether a model has a random-init reference."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -22,11 +16,8 @@ RESAMPLES, BOOTSTRAP_SEED, LEVEL = 1000, 0, 0.95
 
 
 def random_init(model: nn.Module, seed: int) -> nn.Module:
-    """An untrained model of ``model``'s architecture (its ``vitlab_arch``), initialised under ``seed``.
-
-    Built as ``torch.manual_seed(seed); build_model(model.vitlab_arch)``, on ``model``'s
-    device, in eval mode, without changing the caller's random state.
-    """
+    """``torch.manual_seed(seed); build_model(model.vitlab_arch)`` on ``model``'s device, in eval mode, leaving the
+    caller's random state."""
     arch = getattr(model, "vitlab_arch", None)
     if arch is None:
         raise ValueError(f"{type(model).__name__} has no vitlab_arch record: load it with vitlab.load_model "
@@ -38,11 +29,7 @@ def random_init(model: nn.Module, seed: int) -> nn.Module:
 
 
 def random_inits(model: nn.Module, seeds: Sequence[int] = INIT_SEEDS) -> Iterator[nn.Module]:
-    """:func:`random_init` of ``model`` under each seed, built one at a time.
-
-    Yields nothing for a model without ``vitlab_arch`` (its architecture cannot be rebuilt), so
-    an analysis of such a model has no random-init reference.
-    """
+    """:func:`random_init` of ``model`` under each seed, built one at a time; nothing without ``vitlab_arch``."""
     if getattr(model, "vitlab_arch", None) is None:
         return
     for seed in seeds:
@@ -51,17 +38,8 @@ def random_inits(model: nn.Module, seeds: Sequence[int] = INIT_SEEDS) -> Iterato
 
 def bootstrap_interval(values: torch.Tensor, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED,
                        level: float = LEVEL) -> tuple[torch.Tensor, torch.Tensor]:
-    """Percentile bootstrap interval of the mean over the first dimension (images).
-
-    Args:
-        values: (images, ...) one value per image (and per layer, head, ...).
-        resamples: bootstrap resamples of the images, drawn with replacement under ``seed``
-            (a generator of its own: the caller's random state is untouched).
-        level: coverage of the interval, e.g. 0.95.
-
-    Returns:
-        ``(low, high)``, each shaped ``values.shape[1:]``, float64.
-    """
+    """Percentile bootstrap interval of the mean over the first dimension (images) of ``values`` (images, ...):
+    ``(low, high)``, each shaped ``values.shape[1:]``, float64, resampled under ``seed`` by its own generator."""
     if values.ndim < 1 or len(values) < 1:
         raise ValueError(f"values must hold at least one image along dim 0, got shape {tuple(values.shape)}")
     if not 0 < level < 1:
@@ -72,8 +50,8 @@ def bootstrap_interval(values: torch.Tensor, resamples: int = RESAMPLES, seed: i
     means = []
     for start in range(0, resamples, 100):  # 100 resamples at a time: memory 100 x n, whatever n
         picks = torch.randint(0, n, (min(100, resamples - start), n), generator=gen)  # (r, n) image indices
-        counts = torch.zeros(len(picks), n, dtype=torch.float64).scatter_add_(1, picks, torch.ones(picks.shape,
-                                                                                                  dtype=torch.float64))
+        ones = torch.ones(picks.shape, dtype=torch.float64)
+        counts = torch.zeros(len(picks), n, dtype=torch.float64).scatter_add_(1, picks, ones)
         means.append(counts @ flat / n)  # (r, k): each resample's mean
     means = torch.cat(means)  # (R, k)
     tail = (1 - level) / 2

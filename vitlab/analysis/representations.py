@@ -1,12 +1,5 @@
-"""Compare what models learn, layer by layer: few-shot linear probes and CKA.
-
-* :func:`fewshot_probes` fits big_vision's closed-form ridge probe (paper Fig. 4 and
-  Appendix D.2) on frozen features of chosen layers: class token and mean of patch tokens
-  for ViT blocks, global-average-pooled maps for ResNet stages, and what the classifier
-  head reads (``"pre_logits"``). Images and labels are arguments: compare loads no data.
-* :func:`cka_matrix` measures linear CKA between every pair of layers of two models
-  (Raghu et al. 2021, "Do Vision Transformers See Like Convolutional Neural Networks?"),
-  accumulated over minibatches so thousands of images fit in memory.
+"""Compare what models learn, layer by layer: few-shot linear probes (big_vision's closed-form ridge probe,
+paper Fig. 4) and minibatch linear CKA between every pair of layers of two models (Raghu et al. 2021).
 """
 from __future__ import annotations
 
@@ -23,8 +16,6 @@ from .features import layer_features, layer_hooks, pool, pre_logits, representat
 from .capture import LayerMap, resolve_layers
 from ..models import preprocess
 from ..records import ProbeRecord
-
-# --- representation similarity ---------------------------------------------------------
 
 
 def _check_features(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -66,11 +57,8 @@ def _hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool) -> torch.Tensor:
 
 
 def cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> float:
-    """Linear CKA (Kornblith et al. 2019) between representations x (n, p) and y (n, q), in float64.
-
-    ``unbiased=True`` uses the unbiased HSIC estimator (Nguyen et al. 2021), which is
-    not biased upwards for few samples. Rows must be the same n examples.
-    """
+    """Linear CKA (Kornblith et al. 2019) between representations x (n, p) and y (n, q) of the same n examples;
+    ``unbiased=True`` uses the unbiased HSIC estimator (Nguyen et al. 2021)."""
     x, y = _check_features(x, "x"), _check_features(y, "y")
     _check_same_rows(x, y)
     k, l = x @ x.T, y @ y.T
@@ -81,12 +69,8 @@ def cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> float:
 
 
 class MinibatchCKA:
-    """Minibatch linear CKA (Nguyen et al. 2021) between every pair of two layer lists.
-
-    For each minibatch the unbiased HSIC of every (x-layer, y-layer) pair and of each
-    layer with itself is added up; CKA is their ratio over all minibatches. Memory is
-    one Gram matrix per layer for one minibatch, whatever the dataset's size.
-    """
+    """Minibatch linear CKA (Nguyen et al. 2021) between every pair of two layer lists: unbiased HSICs are summed
+    over minibatches, so memory is one Gram matrix per layer of one minibatch."""
 
     def __init__(self, num_x: int, num_y: int):
         self.xy = torch.zeros(num_x, num_y, dtype=torch.float64)
@@ -119,30 +103,16 @@ class MinibatchCKA:
         return (self.xy / torch.sqrt(self.xx[:, None] * self.yy[None, :])).float()
 
 
-# --- few-shot linear probes --------------------------------------------------------------
-
-#: Weight of the constant feature that stands for the bias: large, so the ridge penalty
-#: barely touches the bias (the choice of big_vision's few-shot evaluator).
+# Weight of the constant feature that stands for the bias: large, so the ridge penalty barely touches it (big_vision).
 _FEWSHOT_BIAS = 100.0
 #: big_vision's default ridge strength for few-shot evaluation.
 FEWSHOT_L2 = 2.0**10
 
 
-def ridge_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int,
-                     l2: float = FEWSHOT_L2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Closed-form ridge regression of features onto +-1 one-hot targets (big_vision few-shot).
-
-    Features are standardised with the training set's mean and std (+1e-5), a constant
-    column of ``_FEWSHOT_BIAS`` is appended, and ``W = (X^T X + l2 I)^-1 X^T Y`` is solved
-    in float64, in its dual form ``X^T (X X^T + l2 I)^-1 Y`` when there are fewer examples
-    than features (the usual few-shot case).
-
-    Args:
-        x: (n, d) training features; y: (n,) integer labels in ``0..num_classes-1``.
-
-    Returns:
-        ``(weights (d + 1, C), mean (d,), std (d,))`` for :func:`ridge_predict`.
-    """
+def _ridge_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                      l2: float = FEWSHOT_L2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Closed-form float64 ridge regression of standardised features (n, d) onto +-1 one-hot targets (big_vision):
+    ``(weights (d + 1, C), mean (d,), std (d,))``."""
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise ValueError(f"x must be (n, d) and y (n,), got {tuple(x.shape)} and {tuple(y.shape)}")
     if l2 <= 0:
@@ -159,21 +129,19 @@ def ridge_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int,
     return w, mean, std
 
 
-def ridge_predict(model: tuple[torch.Tensor, torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Class predictions (n,) of a :func:`ridge_classifier` for features ``x`` (n, d)."""
+def _ridge_predict(model: tuple[torch.Tensor, torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Class predictions (n,) of a :func:`_ridge_classifier` for features ``x`` (n, d)."""
     w, mean, std = model
     a = torch.cat([(x.detach().double().cpu() - mean) / std, torch.full((len(x), 1), _FEWSHOT_BIAS, dtype=w.dtype)], 1)
     return (a @ w).argmax(1)
 
 
-def fewshot_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                     num_classes: int, l2: float = FEWSHOT_L2) -> float:
+def _fewshot_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                      num_classes: int, l2: float = FEWSHOT_L2) -> float:
     """Test accuracy (a fraction) of the ridge probe fitted on ``train_x``/``train_y``."""
-    probe = ridge_classifier(train_x, train_y, num_classes, l2)
-    return float((ridge_predict(probe, test_x) == test_y.cpu()).double().mean())
+    probe = _ridge_classifier(train_x, train_y, num_classes, l2)
+    return float((_ridge_predict(probe, test_x) == test_y.cpu()).double().mean())
 
-
-# --- probes and CKA of models, layer by layer ----------------------------------------------
 
 #: Shots per class of the paper's few-shot evaluations that fit CIFAR-10.
 SHOTS = (1, 5, 10, 25)
@@ -186,8 +154,7 @@ _Reps = dict[tuple[str, int, str], torch.Tensor]
 
 
 def model_family(model: nn.Module) -> str:
-    """``"hybrid"`` for a ViT embedding a CNN's feature map, ``"vit"`` for other models with transformer
-    ``blocks``, else ``"resnet"``."""
+    """``"hybrid"`` for a ViT embedding a CNN's feature map, ``"vit"`` for other ViTs, else ``"resnet"``."""
     if not hasattr(model, "blocks"):
         return "resnet"
     return "hybrid" if metrics.is_hybrid(model) else "vit"
@@ -217,35 +184,20 @@ def _representations(model: nn.Module, images: torch.Tensor, batch_size: int, in
     return reps
 
 
-def _check_probe_args(train_labels: torch.Tensor, classes: int, shots: Sequence[int], seeds: Sequence[int]) -> None:
-    if not shots or min(shots) < 1 or max(shots) * classes > len(train_labels):
-        raise ValueError(f"shots must be between 1 and {len(train_labels) // classes} per class, got {list(shots)}")
-    if not seeds:
-        raise ValueError("give at least one seed")
-
-
 def fewshot_probes(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
                    test_images: torch.Tensor, test_labels: torch.Tensor, shots: Sequence[int] = SHOTS,
                    seeds: Sequence[int] = (0, 1, 2), l2: float = FEWSHOT_L2, name: str = "",
                    family: str | None = None, batch_size: int = 250,
                    layers: Sequence[int | str] | None = None) -> list[ProbeRecord]:
-    """Few-shot accuracy of a ridge probe on layers of ``model``.
-
-    For each seed, ``k`` training images per class are drawn from ``train_images`` for
-    every ``k`` in ``shots`` (:func:`vitlab.data.stratified_subset`, nested: the 5-shot set
-    holds the 1-shot set, as in big_vision); every probe is scored on all ``test_images``.
-
-    Args:
-        train_images, test_images: uint8 images (N, 3, H, W); labels (N,) in 0..classes-1.
-        name: the ``model`` of the records; family: their ``family`` (default :func:`model_family`).
-        layers: indices into :func:`~vitlab.analysis.features.representation_layers` (negative from
-            the last) and/or ``"pre_logits"`` (what the classifier head reads); default every layer.
-
-    Returns:
-        One :class:`~vitlab.records.ProbeRecord` per (layer, pooling, shots, seed).
+    """Few-shot accuracy of a ridge probe on ``layers`` of ``model`` (indices into :func:`representation_layers`
+    and/or ``"pre_logits"``): a :class:`~vitlab.records.ProbeRecord` per (layer, pooling, shots, seed). Per seed,
+    ``k`` uint8 ``train_images`` of each class (:func:`vitlab.data.stratified_subset`); all ``test_images`` score.
     """
     classes = int(train_labels.max()) + 1
-    _check_probe_args(train_labels, classes, shots, seeds)
+    if not shots or min(shots) < 1 or max(shots) * classes > len(train_labels):
+        raise ValueError(f"shots must be between 1 and {len(train_labels) // classes} per class, got {list(shots)}")
+    if not seeds:
+        raise ValueError("give at least one seed")
     indices, head = _split_layers(model, layers)
     picks = {(s, k): data.stratified_subset(train_labels, k * classes, s) for s in seeds for k in shots}
     needed = torch.unique(torch.cat(list(picks.values())))  # sorted; every image needed, once
@@ -257,8 +209,8 @@ def fewshot_probes(model: nn.Module, train_images: torch.Tensor, train_labels: t
     records = []
     for (layer, depth, how), feats in train_reps.items():
         for (seed, k), idx in picks.items():
-            acc = fewshot_accuracy(feats[where[idx]], train_labels[idx], test_reps[layer, depth, how],
-                                           test_labels, classes, l2)
+            acc = _fewshot_accuracy(feats[where[idx]], train_labels[idx], test_reps[layer, depth, how], test_labels,
+                                    classes, l2)
             records.append(ProbeRecord(model=name, family=family, layer=layer, depth=depth, pooling=how,
                                        shots=k, seed=seed, accuracy=acc))
     return records
@@ -275,26 +227,18 @@ def _flatten(outputs: LayerMap, prefix: int, representation: str) -> list[torch.
 @torch.no_grad()
 def cka_matrix(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, batch_size: int = 250,
                representation: str = "full") -> tuple[torch.Tensor, list[str], list[str]]:
-    """Minibatch linear CKA between every layer of ``model_a`` and every layer of ``model_b``.
+    """Minibatch linear CKA between every layer of ``model_a`` and of ``model_b``: ``(cka (layers_a, layers_b),
+    names_a, names_b)``, over batches of uint8 ``images`` (N, 3, H, W) (a remainder is dropped).
 
-    Args:
-        images: uint8 images (N, 3, H, W); N is cut into ``N // batch_size`` batches of
-            ``batch_size`` (a remainder is dropped, so every batch weighs the same).
-        representation: ``"full"`` compares whole layer outputs (all tokens, or whole
-            feature maps), as Raghu et al. do; ``"pooled"`` compares mean patch tokens of
-            ViT blocks and globally averaged maps of ResNet stages.
-
-    Returns:
-        ``(cka (layers_a, layers_b), layer names of a, layer names of b)``. Pass the same
-        model twice for its self-similarity (computed with one forward per batch).
+    ``representation``: ``"full"`` compares whole layer outputs, as Raghu et al. do; ``"pooled"`` mean patch tokens
+    of ViT blocks and globally averaged maps of ResNet stages.
     """
     if representation not in ("full", "pooled"):
         raise ValueError(f"representation must be 'full' or 'pooled', got {representation!r}")
     if not 4 <= batch_size <= len(images):
         raise ValueError(f"batch_size must be in 4..{len(images)} (the number of images), got {batch_size}")
     names_a, names_b = representation_layers(model_a), representation_layers(model_b)
-    prefix_a = int(getattr(model_a, "num_prefix_tokens", 0))
-    prefix_b = int(getattr(model_b, "num_prefix_tokens", 0))
+    prefix_a, prefix_b = (int(getattr(m, "num_prefix_tokens", 0)) for m in (model_a, model_b))
     acc = MinibatchCKA(len(names_a), len(names_b))
     same = model_b is model_a
     with layer_hooks(model_a) as out_a, contextlib.nullcontext(out_a) if same else layer_hooks(model_b) as out_b:

@@ -1,12 +1,5 @@
-"""CIFAR-10 and the shipped sample images, as uint8 tensors.
-
-``cifar10(split)`` (:mod:`vitlab.data.files`) finds CIFAR-10 under ``settings.data_root()`` in either of the two
-common layouts (torchvision's ``cifar-10-batches-py`` or an ImageFolder of JPEGs),
-downloads it through torchvision when neither is there and the machine is online,
-and decodes it once into an ``.npz`` cache so later loads take a fraction of a second.
-This module adds what is made from it: stratified subsets, resizing, the analysis images,
-the shipped samples and a portable subset file.
-"""
+"""CIFAR-10 (loaded by :mod:`vitlab.data.files`) and the shipped sample images as uint8 tensors: stratified
+subsets, the one resize path, the analysis images and a portable subset file."""
 from __future__ import annotations
 
 import json
@@ -19,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-
 from .. import settings
 from ..io import atomic_write
 from .files import (CLASSES, SPLITS, CorruptDataError, DataNotFoundError, Source, cache_problem, cifar10,  # noqa: F401
-                    find_cifar10, load_npz)
+                    _save_npz, find_cifar10, load_npz)
 
 #: Per-channel mean and std of the CIFAR-10 training set, in [0, 1] units.
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -32,12 +24,8 @@ SAMPLES_DIR = settings.PROJECT_ROOT / "data" / "samples"
 
 
 def stratified_subset(labels: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
-    """Indices of a class-stratified random subset of ``size`` items, sorted.
-
-    Each class gets ``size // C`` items, and ``size % C`` classes (chosen by ``seed``)
-    one more. For a fixed seed, subsets are nested: the subset of size n is contained
-    in the subset of every larger size, so a data-size sweep only ever adds images.
-    """
+    """Sorted indices of a class-stratified random subset of ``size`` items (``size // C`` per class, seeded
+    classes one more); for a fixed seed a larger subset holds every smaller one."""
     labels = torch.as_tensor(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
@@ -51,10 +39,8 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int = 0) -> torch.T
         members = torch.nonzero(labels == cls).flatten()
         want = base + (rank < extra)
         if want > len(members):
-            raise ValueError(
-                f"class {cls} has {len(members)} items, a stratified subset of {size} needs {want}: "
-                "ask for a smaller subset"
-            )
+            raise ValueError(f"class {cls} has {len(members)} items, a stratified subset of {size} needs {want}: "
+                             "ask for a smaller subset")
         order = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed * 1009 + cls))
         picked.append(members[order[:want]])
     return torch.sort(torch.cat(picked)).values
@@ -81,13 +67,8 @@ def _image_count(size, available: int) -> int:
 
 
 def resize(images: torch.Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
-    """Resize a batch (N, C, H, W) to ``size`` (height, width): vitlab's one resize path.
-
-    Antialiased ``interpolation`` (``"bicubic"`` or ``"bilinear"``, as a model's
-    ``pretrained_cfg`` names it). uint8 images come back as uint8 (rounded and clamped to
-    0..255); float images are taken to be in [0, 1] and come back clamped to [0, 1]. A batch
-    already of that size is returned as it is.
-    """
+    """Resize a batch (N, C, H, W) to ``size`` (height, width), antialiased: vitlab's one resize path.
+    uint8 stays uint8 (rounded, clamped); float images in [0, 1] come back clamped to [0, 1]."""
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     size = (int(size[0]), int(size[1]))
@@ -101,13 +82,8 @@ def resize(images: torch.Tensor, size: tuple[int, int], interpolation: str = "bi
 
 
 def stratified_order(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """A permutation of ``labels`` whose every prefix is class-balanced.
-
-    Items are dealt class by class in seeded random order (round r holds the r-th item of
-    each class, classes shuffled per round), so the first k items hold k // C or k // C + 1
-    of each class while a class has items left. "The first 128 test images" then means 12-13
-    per class, not 128 airplanes from a folder sorted by class.
-    """
+    """A seeded permutation of ``labels`` whose every prefix is class-balanced (the first k items hold k // C
+    or k // C + 1 of each class)."""
     labels = torch.as_tensor(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
@@ -123,14 +99,8 @@ def stratified_order(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 def describe_images(n: int, source: str, labels: torch.Tensor | None = None) -> str:
-    """What a figure was computed on, in words, e.g. "128 CIFAR-10 test images, 12-13 per class".
-
-    Args:
-        n: number of images used (the first ``n`` of :func:`analysis_images`).
-        source: where they came from, as :func:`analysis_images` names it.
-        labels: labels of the images, to count classes; without them the counts of a prefix
-            of :func:`stratified_order` over the ten classes are stated (n // 10 to ceil(n / 10)).
-    """
+    """What a figure was computed on, e.g. "128 CIFAR-10 test images, 12-13 per class", for the first ``n`` of
+    :func:`analysis_images` and its ``source``; without ``labels`` a :func:`stratified_order` prefix is assumed."""
     if not source.startswith("CIFAR-10"):
         return f"{n:,} sample images"
     if labels is not None:
@@ -142,11 +112,7 @@ def describe_images(n: int, source: str, labels: torch.Tensor | None = None) -> 
 
 
 def samples(size: int = 32) -> tuple[torch.Tensor, list[str]]:
-    """The real sample images shipped in ``data/samples``, resized to ``size`` x ``size``.
-
-    Returns ``(images, names)``: uint8 (N, 3, size, size) and one descriptive name per
-    image (see ``data/samples/README.md`` for where each image comes from).
-    """
+    """The sample images shipped in ``data/samples``: uint8 (N, 3, size, size) and one name per image."""
     index = json.loads((SAMPLES_DIR / "samples.json").read_text())
     images = []
     for entry in index:
@@ -161,12 +127,8 @@ def _test_names(labels: torch.Tensor, indices: torch.Tensor) -> list[str]:
 
 
 def analysis_images() -> tuple[torch.Tensor, list[str], str]:
-    """Images for the analysis notebooks: the CIFAR-10 test set when present, else the samples.
-
-    The test set comes in :func:`stratified_order` (seed 0), so any prefix ``images[:n]`` is
-    class-balanced (the shared copy is stored class by class). Returns ``(images uint8
-    (N, 3, 32, 32), names, source)``; never downloads. Names keep the test-set index.
-    """
+    """Images for the analysis notebooks: ``(images uint8 (N, 3, 32, 32), names, source)``, the CIFAR-10 test set
+    in :func:`stratified_order` when present (never downloaded), else the samples."""
     if find_cifar10() is not None:
         images, labels = cifar10("test", download=False)
         order = stratified_order(labels, seed=0)
@@ -176,11 +138,7 @@ def analysis_images() -> tuple[torch.Tensor, list[str], str]:
 
 
 def gallery(size: int = 32, cifar: int = 20) -> tuple[torch.Tensor, list[str]]:
-    """The sample images plus ``cifar`` class-balanced CIFAR-10 test images (when present), at ``size``.
-
-    The CIFAR-10 images are the first ``cifar`` of :func:`stratified_order` (two per class
-    for 20). Returns ``(images uint8 (N, 3, size, size), names)``, for picking images in notebooks.
-    """
+    """:func:`samples` plus the first ``cifar`` CIFAR-10 test images of :func:`stratified_order` (when present)."""
     images, names = samples(size)
     if cifar and find_cifar10() is not None:
         test, labels = cifar10("test", download=False)
@@ -196,22 +154,8 @@ SUBSET_FILE = "cifar10-subset.npz"
 
 def write_subset(path: str | os.PathLike | None = None, train_size: int = 10_000, test_size: int = 2_000,
                  seed: int = 0) -> Path:
-    """Write a class-stratified uint8 subset of CIFAR-10 to one ``.npz``, to carry where the dataset is not.
-
-    The file holds ``train_x`` (N, 3, 32, 32) uint8 and ``train_y`` (N,) int64, and ``test_x`` and
-    ``test_y`` alike: 10,000 + 2,000 images take 37 MB. They are the data of ``TrainConfig(
-    subset_size=train_size, seed=seed, eval_size=test_size)``: ``stratified_subset`` of the training
-    labels with ``seed`` and of the test labels with seed 0. Written atomically; never replaces a file.
-
-    Args:
-        path: where to write; default ``settings.cache_dir() / SUBSET_FILE``.
-        train_size: training images, a multiple of 10 for equal classes.
-        test_size: test images, likewise.
-        seed: seeds the training subset.
-
-    Returns:
-        The path written.
-    """
+    """Write ``train_x``, ``train_y``, ``test_x``, ``test_y``, the data of ``TrainConfig(subset_size=train_size,
+    seed=seed, eval_size=test_size)``, to one ``.npz`` (default in ``settings.cache_dir()``); returns its path."""
     path = Path(path) if path is not None else settings.cache_dir() / SUBSET_FILE
     if path.exists():
         raise FileExistsError(f"{path} already exists: delete it to write it again, or pass another path")
@@ -220,26 +164,11 @@ def write_subset(path: str | os.PathLike | None = None, train_size: int = 10_000
         images, labels = cifar10(split)
         pick = stratified_subset(labels, size, subset_seed)
         arrays[f"{split}_x"], arrays[f"{split}_y"] = images[pick].numpy(), labels[pick].numpy()
-
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object keeps numpy from appending ".npz"
-            np.savez(f, **arrays)
-
-    return atomic_write(path, save)
+    return atomic_write(path, lambda tmp: _save_npz(tmp, **arrays))
 
 
-def read_subset(
-    path: str | os.PathLike | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read a file of :func:`write_subset` (default path likewise), checking every array.
-
-    Returns:
-        ``(train_x, train_y, test_x, test_y)``: uint8 (N, 3, 32, 32) and int64 (N,) tensors.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        CorruptDataError: a file that is not such a subset, with one line saying why.
-    """
+def read_subset(path: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read and check a file of :func:`write_subset`: ``(train_x, train_y, test_x, test_y)`` tensors."""
     path = Path(path) if path is not None else settings.cache_dir() / SUBSET_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no CIFAR-10 subset file at {path}: write one with vitlab.data.write_subset() "

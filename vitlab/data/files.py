@@ -1,12 +1,5 @@
-"""CIFAR-10 on disk: find a copy (torchvision batches or an ImageFolder), download it, decode it once
-into a checked ``.npz`` cache.
-
-The cache is checked on every load, cheaply: it holds a key made from the list of source
-files with their sizes and modification times (what ``make`` and ``rsync`` compare), and it
-must read back whole (the zip's CRC-32 of each array) with the shapes and count the source
-implies. A stale or unreadable cache is rebuilt with a warning; a broken source file (a
-truncated JPEG, a torn batch file) stops the decode with an error that names it.
-"""
+"""CIFAR-10 on disk: find a copy (torchvision batches or an ImageFolder), download it, decode it once into an
+``.npz`` cache checked on every load (a stale or unreadable one is rebuilt with a warning)."""
 from __future__ import annotations
 
 import contextlib
@@ -57,11 +50,7 @@ class Source:
 
 
 def find_cifar10(root: str | os.PathLike | None = None) -> Source | None:
-    """Look for CIFAR-10 in ``root`` (default ``settings.data_root()``); None if absent.
-
-    Checked in order: ``root/cifar-10-batches-py``, ``root/cifar10/cifar-10-batches-py``,
-    ``root/cifar10/{train,test}/<class>/`` and ``root/{train,test}/<class>/``.
-    """
+    """Look for CIFAR-10 (batches or class folders) in ``root`` (default ``settings.data_root()``); None if absent."""
     root = Path(root) if root is not None else settings.data_root()
     for batches in (root / "cifar-10-batches-py", root / "cifar10" / "cifar-10-batches-py"):
         if (batches / "test_batch").is_file():
@@ -72,24 +61,10 @@ def find_cifar10(root: str | os.PathLike | None = None) -> Source | None:
     return None
 
 
-def cifar10(
-    split: str = "train", root: str | os.PathLike | None = None, download: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load a CIFAR-10 split.
-
-    Args:
-        split: ``"train"`` (50,000 images) or ``"test"`` (10,000 images).
-        root: folder to search; default ``VITLAB_DATA`` or ``<project>/data``.
-        download: when no copy is found, download through torchvision into ``root``.
-
-    Returns:
-        ``(images, labels)``: uint8 (N, 3, 32, 32) and int64 (N,), labels indexing
-        :data:`CLASSES` (the standard CIFAR-10 order).
-
-    Raises:
-        DataNotFoundError: no copy (and no download), or a class folder missing or empty.
-        CorruptDataError: a source file that cannot be decoded or is not 32x32, named.
-    """
+def cifar10(split: str = "train", root: str | os.PathLike | None = None,
+            download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a CIFAR-10 split (``"train"`` or ``"test"``): uint8 images (N, 3, 32, 32), int64 labels (N,).
+    ``root``: default ``VITLAB_DATA`` or ``<project>/data``; with ``download``, torchvision fetches a missing copy."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = Path(root) if root is not None else settings.data_root()
@@ -97,11 +72,9 @@ def cifar10(
         raise DataNotFoundError(f"the CIFAR-10 folder {root} is a file, not a folder: pass root= (or set "
                                 "VITLAB_DATA to) the folder that holds cifar10/ or cifar-10-batches-py/")
     source = find_cifar10(root)
-    if source is None:
-        if download:
-            source = _download_or_explain(root)
-        else:
-            raise DataNotFoundError(_not_found_message(root, reason="download=False"))
+    if source is None and not download:
+        raise DataNotFoundError(_not_found_message(root, reason="download=False"))
+    source = source or _download_or_explain(root)
     folder = source.path / split
     files = _list_imagefolder(folder) if source.kind == "imagefolder" else None
     key = _source_key(source, split, files)
@@ -109,15 +82,9 @@ def cifar10(
     cached = _read_cache(cache, key, None if files is None else len(files))
     if cached is not None:
         return torch.from_numpy(cached[0]), torch.from_numpy(cached[1])
-    if source.kind == "batches":
-        images, labels = _read_batches(source.path, split)
-    else:
-        images, labels = _read_imagefolder(folder, files)
+    images, labels = _read_batches(source.path, split) if source.kind == "batches" else _read_imagefolder(folder, files)
     _write_cache(cache, images, labels, key)
     return torch.from_numpy(images), torch.from_numpy(labels)
-
-
-# --- locating, downloading, caching ---------------------------------------------------
 
 
 def _not_found_message(root: Path, reason: str) -> str:
@@ -126,8 +93,7 @@ def _not_found_message(root: Path, reason: str) -> str:
         f"three ways: 1. torchvision layout: put the extracted 'cifar-10-batches-py' folder in {root}; "
         f"2. ImageFolder layout: {root}/cifar10/train/<class>/*.jpg and .../test/<class>/*.jpg; "
         "3. download: run once on a machine that is online (vitlab downloads through torchvision); "
-        "set VITLAB_DATA to the folder that holds it (e.g. VITLAB_DATA=../shared/data)"
-    )
+        "set VITLAB_DATA to the folder that holds it (e.g. VITLAB_DATA=../shared/data)")
 
 
 def _download_or_explain(root: Path) -> Source:
@@ -145,26 +111,18 @@ def _download_cifar10(root: Path) -> None:
     """Download and extract CIFAR-10 with torchvision (checks the archive's MD5)."""
     from torchvision.datasets.utils import download_and_extract_archive
 
-    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-    download_and_extract_archive(url, str(root), md5="c58f30108f718f92721af3b95e74349a")
+    download_and_extract_archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", str(root),
+                                 md5="c58f30108f718f92721af3b95e74349a")
 
 
 def _cache_file(source: Source, split: str) -> Path:
-    """One cache file per copy and split; what it was decoded from is checked by :func:`_source_key`.
-
-    The name does not change with the source files, so a stale cache is found (and replaced)
-    rather than left beside a new one.
-    """
+    """One cache file per copy and split, named independently of the source files so a stale one is replaced."""
     where = json.dumps([str(source.path.resolve()), source.kind, split, _CACHE_VERSION])
     return settings.cache_dir() / f"cifar10-{split}-{hashlib.sha1(where.encode()).hexdigest()[:16]}.npz"
 
 
 def _source_key(source: Source, split: str, files: list[_Entry] | None) -> str:
-    """A digest of the source files' names, sizes and modification times (no content is read).
-
-    Catches a file added, removed or replaced in place (a new size or a new mtime), as ``make``
-    and ``rsync`` do. Names are relative, so the same copy reached by another path keeps its key.
-    """
+    """A digest of the source files' relative names, sizes and modification times (no content is read)."""
     if files is None:  # the batch files of the torchvision layout
         stats = [(name, (source.path / name).stat()) for name in _BATCHES[split] if (source.path / name).is_file()]
         files = [(name, -1, st.st_size, st.st_mtime_ns) for name, st in stats]
@@ -187,8 +145,7 @@ def cache_problem(images: np.ndarray, labels: np.ndarray, count: int | None) -> 
 
 
 def load_npz(path: Path) -> tuple[dict[str, np.ndarray], str | None]:
-    """``(arrays, None)``: every array of the ``.npz`` archive at ``path``, each read whole, so its
-    CRC-32 (the zip format's own) is checked; or ``({}, why)`` when it cannot be read."""
+    """``(arrays, None)``: every array of the ``.npz`` at ``path``, each read whole (CRC-checked); or ``({}, why)``."""
     try:
         arrays = np.load(path, allow_pickle=False)
         if not isinstance(arrays, np.lib.npyio.NpzFile):
@@ -200,11 +157,7 @@ def load_npz(path: Path) -> tuple[dict[str, np.ndarray], str | None]:
 
 
 def _read_cache(cache: Path, key: str, count: int | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cached ``(images, labels)`` if ``cache`` is a complete decode of the current source.
-
-    Otherwise None, with a warning naming the file and why when one was there. Reading checks
-    each array's CRC-32 (the zip format's own), so zeroed or torn bytes are caught as well.
-    """
+    """The cached ``(images, labels)`` if ``cache`` is a complete decode of the source; else None (warning why)."""
     if not cache.exists():
         return None
     arrays, why = load_npz(cache)
@@ -225,15 +178,15 @@ def _read_cache(cache: Path, key: str, count: int | None) -> tuple[np.ndarray, n
 def _write_cache(cache: Path, images: np.ndarray, labels: np.ndarray, key: str) -> None:
     """Write the cache atomically; a cache folder that cannot be written costs speed, not the load."""
     try:
-        atomic_write(cache, lambda tmp: _save_npz(tmp, images, labels, key))
+        atomic_write(cache, lambda tmp: _save_npz(tmp, images=images, labels=labels, key=np.array(key)))
     except OSError as err:
         warnings.warn(f"could not write the CIFAR-10 cache {cache} ({type(err).__name__}: {err}); the next load "
                       "decodes again: set VITLAB_CACHE to a writable folder", stacklevel=3)
 
 
-def _save_npz(path: Path, images: np.ndarray, labels: np.ndarray, key: str) -> None:
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
-        np.savez(f, images=images, labels=labels, key=np.array(key))
+        np.savez(f, **arrays)
 
 
 class _RefusedPickle(pickle.UnpicklingError):
@@ -243,15 +196,9 @@ class _RefusedPickle(pickle.UnpicklingError):
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Unpickler for CIFAR batch files that can only build numpy arrays, never run code."""
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
-    }
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "ndarray"),
+                ("numpy", "dtype"), ("_codecs", "encode")}  # how protocol-2 pickles written by Python 3 store bytes
 
     def __init__(self, file, path: Path, **kwargs):
         super().__init__(file, **kwargs)
@@ -260,10 +207,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise _RefusedPickle(
-            f"refusing to load {module}.{name} from {self.path}: a CIFAR-10 batch file holds only arrays, "
-            "so this file is not a genuine CIFAR-10 batch; replace it with the official one"
-        )
+        raise _RefusedPickle(f"refusing to load {module}.{name} from {self.path}: a CIFAR-10 batch file holds only "
+                             "arrays, so this file is not a genuine CIFAR-10 batch; replace it with the official one")
 
 
 def _read_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -275,32 +220,23 @@ def _read_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         try:
             with open(path, "rb") as f:
                 batch = _ArrayOnlyUnpickler(f, path, encoding="latin1").load()
-            data = np.asarray(batch["data"], dtype=np.uint8)
-            images.append(data.reshape(-1, 3, 32, 32))
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.append(np.asarray(batch["labels"], dtype=np.int64))
         except _RefusedPickle:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, IndexError) as err:
-            raise CorruptDataError(f"{path} is not a readable CIFAR-10 batch ({type(err).__name__}: {err}); "
-                                   "replace it with the official file (or delete the folder to download again)"
-                                   ) from None
+            raise CorruptDataError(f"{path} is not a readable CIFAR-10 batch ({type(err).__name__}: {err}); replace "
+                                   "it with the official file (or delete the folder to download again)") from None
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
 
 def _list_imagefolder(folder: Path) -> list[_Entry]:
-    """Every image of one split (``"<class>/<file>"``, label, size, mtime), by class then name.
-
-    Strings rather than Paths: listing the 50,000 training images takes about 0.2 s. Raises
-    :class:`DataNotFoundError` naming the folder when a class folder is missing or empty, before
-    anything is decoded.
-    """
+    """Every image of one split (``"<class>/<file>"``, label, size, mtime), by class then name; strings for speed."""
     found = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if sorted(CLASSES) != found:
         missing, extra = sorted(set(CLASSES) - set(found)), sorted(set(found) - set(CLASSES))
-        raise DataNotFoundError(
-            f"{folder} must hold exactly the 10 CIFAR-10 class folders {list(CLASSES)}; "
-            f"missing {missing}, unexpected {extra}: restore or rename them"
-        )
+        raise DataNotFoundError(f"{folder} must hold exactly the 10 CIFAR-10 class folders {list(CLASSES)}; "
+                                f"missing {missing}, unexpected {extra}: restore or rename them")
     files = []
     for label, cls in enumerate(CLASSES):
         with os.scandir(folder / cls) as entries:
@@ -341,8 +277,8 @@ def _read_imagefolder(folder: Path, files: list[_Entry]) -> tuple[np.ndarray, np
                                        f"{str(err).replace(str(path), '...')}); replace it with a good copy "
                                        "or delete it") from None
             if rgb is None:
-                raise CorruptDataError(f"{path} is {size[0]}x{size[1]}; CIFAR-10 images are 32x32: "
-                                       "resize it or delete it")
+                raise CorruptDataError(f"{path} is {size[0]}x{size[1]}; CIFAR-10 images are 32x32: resize it or "
+                                       "delete it")
             images[i] = rgb
     labels = np.asarray([label for _, label, *_ in files], dtype=np.int64)
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels
