@@ -119,7 +119,6 @@ def _sweep(args: argparse.Namespace) -> None:
 def _recipes(args: argparse.Namespace) -> None:
     from .views import study_readouts
     from .training import recipes
-
     arms = {}
     for label, *runs in args.arm:
         if not runs or label in arms:
@@ -146,15 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _log_to_stdout() -> None:
-    """Print what runs report without a progress bar (:data:`vitlab.training.loop.log`), as lines."""
+if __name__ == "__main__":
+    # Print what runs report without a progress bar (vitlab.training.loop.log), as lines.
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("vitlab")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-
-
-if __name__ == "__main__":
-    _log_to_stdout()
+    logging.getLogger("vitlab").addHandler(handler)
+    logging.getLogger("vitlab").setLevel(logging.INFO)
     sys.exit(main())
