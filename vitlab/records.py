@@ -1,6 +1,4 @@
-"""Typed records of studies (sweep runs, probes, inside views, recipe comparisons) and spread over seeds.
-
-:mod:`vitlab.result_files` reads and writes the files they live in."""
+"""Typed records of studies (sweep runs, probes, inside views, recipe comparisons) and spread over seeds."""
 from __future__ import annotations
 
 import dataclasses
@@ -204,13 +202,11 @@ class RecipeRun:
 
     def view_at(self, epoch: int) -> InsideView:
         """The inside view at ``epoch``, or the last recorded one before it."""
-        earlier = [v for v in self.views if v.epoch <= epoch] or self.views[:1]
-        return earlier[-1]
+        return ([v for v in self.views if v.epoch <= epoch] or self.views[:1])[-1]
 
     def accuracy_at(self, epoch: int) -> float:
         """Test accuracy at the end of ``epoch`` (or the last epoch logged before it)."""
-        earlier = [m for m in self.metrics if m["epoch"] <= epoch] or self.metrics[:1]
-        return float(earlier[-1]["test_accuracy"])
+        return float(([m for m in self.metrics if m["epoch"] <= epoch] or self.metrics[:1])[-1]["test_accuracy"])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,7 +224,4 @@ class Recipes:
     @property
     def epochs(self) -> list[int]:
         """Epochs recorded by every run: the ones a side-by-side view can show."""
-        common = set(self.runs[0].epochs)
-        for r in self.runs[1:]:
-            common &= set(r.epochs)
-        return sorted(common)
+        return sorted(set(self.runs[0].epochs).intersection(*(r.epochs for r in self.runs[1:])))

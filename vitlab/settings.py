@@ -9,12 +9,10 @@ import torch
 #: The project checkout (parent of the package folder).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-_TRUE = {"1", "true", "yes", "on"}
-
 
 def quick_mode() -> bool:
     """True when ``VITLAB_QUICK`` is 1/true/yes/on: notebooks shrink data and steps to run in a minute or two."""
-    return os.environ.get("VITLAB_QUICK", "").strip().lower() in _TRUE
+    return os.environ.get("VITLAB_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def quick_or(full, quick):

@@ -104,7 +104,6 @@ Architecture = CifarViT | CifarResNet | CifarHybrid
 
 
 def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int = 4, note: str = "") -> CifarViT:
-    """A :class:`CifarViT` described by its shape."""
     grid = CifarViT.img_size // patch_size
     return CifarViT(description=f"ViT, patch {patch_size} ({grid}x{grid} grid), width {embed_dim}, {depth} blocks, "
                     f"{num_heads} heads{note}", embed_dim=embed_dim, depth=depth, num_heads=num_heads,
@@ -132,10 +131,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 def architecture(name: str, config: dict[str, Any] | None = None) -> Architecture:
-    """The architecture ``name`` of :data:`ARCHITECTURES`, or the one a stored ``config`` (its fields) describes.
-
-    Raises ValueError for an unknown ``name`` (with the closest names) or naming the wrong fields of ``config``.
-    """
+    """The architecture ``name`` of :data:`ARCHITECTURES`, or the one a stored ``config`` (its fields) describes."""
     if config is None:
         if name not in ARCHITECTURES:
             close = difflib.get_close_matches(str(name), ARCHITECTURES, n=1)
@@ -153,7 +149,5 @@ def architecture(name: str, config: dict[str, Any] | None = None) -> Architectur
         wrong = [f"{label} fields {', '.join(keys)}" for label, keys in (("unknown", unknown), ("missing", missing))
                  if keys]
         raise ValueError(f"the config of architecture {name!r} is not a {cls.__name__}: {'; '.join(wrong)}")
-    for key in ("channels", "layers"):
-        if key in config:
-            config[key] = tuple(config[key])
+    config.update({key: tuple(config[key]) for key in ("channels", "layers") if key in config})
     return cls(**config)

@@ -29,10 +29,7 @@ def match_input_size(model: nn.Module) -> None:
 
 
 def load_timm(spec: str, num_classes: int | None, pretrained: bool = True, **kw: Any) -> nn.Module:
-    """``timm.create_model(spec)`` with weights from the Hugging Face cache, downloaded when online.
-
-    Raises :class:`WeightsUnavailableError`, saying how to get them, when they are neither.
-    """
+    """``timm.create_model(spec)`` with weights from the Hugging Face cache or online, else WeightsUnavailableError."""
     kwargs = dict(kw) if num_classes is None else dict(kw, num_classes=num_classes)
     try:
         model = _create_cache_first(spec, pretrained, kwargs)

@@ -109,10 +109,7 @@ def check_images(model: nn.Module, images: object, what: str = "images") -> None
 
 
 def preprocess(model: nn.Module, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
-    """Turn uint8 images (N, 3, H, W) into the normalised float batch ``model`` expects, on its device.
-
-    Resized (when ``resize``) and normalised as its ``pretrained_cfg`` says.
-    """
+    """Turn uint8 images (N, 3, H, W) into the batch ``model`` expects: resized, normalised, on its device."""
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
         raise TypeError("images must be a uint8 tensor (N, 3, H, W) with values 0..255")
     if images.ndim != 4 or images.shape[1] != 3:

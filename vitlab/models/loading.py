@@ -1,8 +1,5 @@
-"""Building, loading and saving models: timm names, local files and zoo checkpoints.
-
-Every model vitlab returns carries ``pretrained_cfg`` (its preprocessing, timm's convention) and ``vitlab_arch``
-(a JSON-able record that rebuilds the architecture, which :func:`save_model` writes into the sidecar).
-"""
+"""Building, loading and saving models (timm names, local files, zoo checkpoints); each carries ``pretrained_cfg``
+and ``vitlab_arch``, a JSON-able record that rebuilds it (:func:`save_model` writes it into the sidecar)."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +18,7 @@ from torch import nn
 
 from .. import data, settings
 from ..io import atomic_path
-from .architectures import ARCHITECTURES, Architecture, architecture
+from .architectures import ARCHITECTURES, architecture
 from .hub import WeightsUnavailableError, load_timm, match_input_size, pretrained_tags
 from .sidecar import Sidecar, jsonable, read_sidecar, short_repr, sidecar_path, write_sidecar
 from .weights import (GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_weights_file, fit_head, google_vit_args,
@@ -30,28 +27,21 @@ from .weights import (GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_weights_
 ZOO_DIR = settings.PROJECT_ROOT / "data" / "zoo"
 
 
-def _cifar_cfg(name: str, config: Architecture) -> dict[str, Any]:
-    return dict(architecture=name, tag="cifar10", input_size=(3, config.img_size, config.img_size), mean=data.MEAN,
-                std=data.STD, interpolation="bicubic", crop_pct=1.0, crop_mode="center",
-                num_classes=config.num_classes, classifier="fc" if config.family == "resnet" else "head")
-
-
 def _set_cfg(model: nn.Module, pretrained_cfg: dict[str, Any]) -> None:
     model.pretrained_cfg = dict(pretrained_cfg)
     model.default_cfg = model.pretrained_cfg  # older timm helpers read default_cfg
 
 
 def build_model(arch: dict[str, Any]) -> nn.Module:
-    """Rebuild an untrained model from a ``vitlab_arch`` record (as saved in sidecars); ValueError if it is not one.
-
-    Records: ``{"zoo": name, "config": {...}}``, ``{"timm": name, "kwargs": {...}}`` or ``{"google_vit": {...}}``
-    (VisionTransformer arguments).
-    """
+    """Rebuild an untrained model from a ``vitlab_arch`` record: ``{"zoo": name, "config": {...}}``,
+    ``{"timm": name, "kwargs": {...}}`` or ``{"google_vit": {...}}`` (ValueError if it is none of them)."""
     _check_record(arch)
     if "zoo" in arch:
         config = architecture(arch["zoo"], arch.get("config"))
         model = config.build()
-        _set_cfg(model, _cifar_cfg(arch["zoo"], config))
+        _set_cfg(model, dict(architecture=arch["zoo"], tag="cifar10", input_size=(3, config.img_size, config.img_size),
+                             mean=data.MEAN, std=data.STD, interpolation="bicubic", crop_pct=1.0, crop_mode="center",
+                             num_classes=config.num_classes, classifier="fc" if config.family == "resnet" else "head"))
         model.vitlab_arch = {"zoo": arch["zoo"], "config": dataclasses.asdict(config)}
         return model
     if "timm" in arch:
@@ -82,12 +72,10 @@ def load_model(spec: str | os.PathLike, num_classes: int | None = None, *, devic
     """Load a model by zoo name, timm name or local file, in eval mode; a bad spec fails in one line, early.
 
     Args:
-        spec: a zoo name (:func:`vitlab.training.zoo.zoo`: its checkpoint ``data/zoo/<name>.safetensors``, else
-            random weights with a warning); a timm name with optional pretrained tag, e.g.
-            ``"vit_small_patch16_224.augreg_in21k"`` (Hugging Face cache, downloaded when online); or a path to
-            ``.safetensors``, ``.pt``/``.pth`` (a state dict, ``weights_only=True``) or a Google ``.npz`` ViT.
+        spec: a zoo name (its ``data/zoo/<name>.safetensors``, else random weights with a warning), a timm name
+            with optional pretrained tag (``"vit_small_patch16_224.augreg_in21k"``), or a ``.safetensors``,
+            ``.pt``/``.pth`` (a state dict) or Google ``.npz`` ViT file.
         num_classes: replace the classifier head with one for this many classes (0 removes it, as in timm).
-        device: default CUDA when available, else CPU.
         arch: architecture (timm or zoo name) of a weights file that has no sidecar.
         **kw: passed to ``timm.create_model`` for timm names and ``arch=`` timm architectures.
     """
@@ -103,7 +91,9 @@ def load_model(spec: str | os.PathLike, num_classes: int | None = None, *, devic
     else:
         model = load_timm(target, num_classes=num_classes, **kw)
     if num_classes is not None and model.num_classes != num_classes:
-        _replace_head(model, num_classes)
+        model.reset_classifier(num_classes)
+        _set_cfg(model, dict(model.pretrained_cfg, num_classes=num_classes))
+        _update_arch(model, num_classes=num_classes)
     return model.to(device).eval()
 
 
@@ -233,7 +223,12 @@ def _plan_file(path: Path, arch: str | None, kw: dict[str, Any]) -> _WeightsPlan
         raise TypeError(f"extra arguments {sorted(kw)} for {path} are used only with arch=; its sidecar or "
                         "shapes fix the architecture (set_input_size changes the input size)")
     if sidecar.is_file():
-        meta = _checked_sidecar(sidecar)
+        meta = read_sidecar(sidecar)
+        try:
+            _check_record(meta.architecture)
+        except ValueError as err:
+            raise WeightsFileError(f"{sidecar}: key 'architecture': {str(err).rstrip('.')}; fix the sidecar, or pass "
+                                   "arch=<timm or zoo name> to load_model") from None
         return _WeightsPlan(path, meta.architecture, meta.pretrained_cfg, fit_head=False)
     if path.suffix.lower() == ".npz":
         return _WeightsPlan(path, None, None, fit_head=False)
@@ -241,19 +236,7 @@ def _plan_file(path: Path, arch: str | None, kw: dict[str, Any]) -> _WeightsPlan
                      f"or zoo name>, e.g. load_model({str(path)!r}, arch='vit_small_patch16_224')")
 
 
-def _checked_sidecar(path: Path) -> Sidecar:
-    """The sidecar at ``path``, its architecture record checked to build (else a one-line WeightsFileError)."""
-    meta = read_sidecar(path)
-    try:
-        _check_record(meta.architecture)
-    except ValueError as err:
-        raise WeightsFileError(f"{path}: key 'architecture': {str(err).rstrip('.')}; fix the sidecar, or pass "
-                               "arch=<timm or zoo name> to load_model") from None
-    return meta
-
-
 def _check_record(record: Any) -> None:
-    """Raise ValueError unless ``record`` is an architecture record :func:`build_model` can build."""
     kinds = ("zoo", "timm", "google_vit")
     if not isinstance(record, dict) or sum(k in record for k in kinds) != 1:
         raise ValueError("expected a record with one of the keys 'zoo', 'timm' or 'google_vit', "
@@ -270,7 +253,6 @@ def _check_record(record: Any) -> None:
 
 
 def _load_file(plan: _WeightsPlan) -> nn.Module:
-    """Read the weights of a checked plan, then build its model and load them into it."""
     path = plan.path
     if path.suffix.lower() == ".npz":
         model = build_model(plan.record or {"google_vit": google_vit_args(path)})
@@ -285,12 +267,6 @@ def _load_file(plan: _WeightsPlan) -> nn.Module:
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in plan.pretrained_cfg.items()}
         _set_cfg(model, dict(model.pretrained_cfg, **cfg))
     return model
-
-
-def _replace_head(model: nn.Module, num_classes: int) -> None:
-    model.reset_classifier(num_classes)
-    _set_cfg(model, dict(model.pretrained_cfg, num_classes=num_classes))
-    _update_arch(model, num_classes=num_classes)
 
 
 def set_input_size(model: nn.Module, img_size: int) -> nn.Module:
@@ -315,10 +291,7 @@ def _update_arch(model: nn.Module, **changes: Any) -> None:
 
 def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None,
                extra: dict[str, torch.Tensor] | None = None) -> Path:
-    """Save weights as ``.safetensors`` and a sidecar (with ``metadata``) that rebuilds the architecture, atomically.
-
-    ``extra`` tensors (a pre-training objective's, keys ``mpp.*``) are saved beside the weights.
-    """
+    """Save weights (and ``extra`` tensors, keys ``mpp.*``) as ``.safetensors`` and a sidecar with ``metadata``."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save to a .safetensors path, got {path}")

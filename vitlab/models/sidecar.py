@@ -1,6 +1,4 @@
-"""The sidecar ``<weights>.json``: the record beside a weights file that rebuilds its model and says how it was made.
-
-:func:`read_sidecar` and :func:`write_sidecar` are its only reader and writer."""
+"""The sidecar ``<weights>.json``: the record beside a weights file that rebuilds its model and says how it was made."""
 from __future__ import annotations
 
 import dataclasses

@@ -26,10 +26,7 @@ class WeightsFileError(ValueError):
 
 
 def check_weights_file(path: Path) -> None:
-    """Refuse a path that is not a complete weights file, reading only its header.
-
-    Raises FileNotFoundError (no file), ValueError (unknown suffix) or :class:`WeightsFileError` (empty, truncated).
-    """
+    """Refuse a path that is not a complete weights file from its header alone (WeightsFileError if truncated)."""
     if path.is_dir():
         inside = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())[:3]
         hint = f"pass a weights file in it: {', '.join(inside)}" if inside else (
@@ -77,7 +74,6 @@ def _safetensors_problem(path: Path, size: int) -> str | None:
 
 
 def _zip_problem(path: Path) -> str | None:
-    """Why the zip archive ``path`` (an .npz or torch.save file) is incomplete, or None."""
     try:
         with zipfile.ZipFile(path) as archive:
             size = path.stat().st_size
@@ -127,12 +123,10 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
              for k in expected.keys() & state.keys() if state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
-        lines = [f"{source} does not match the architecture:"]
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
-            if items:
-                lines.append(f"  {label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
-        lines.append("Pass the arch= this file was trained with, or fix its sidecar JSON.")
-        raise ValueError("\n".join(lines))
+        lines = [f"  {label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+                 for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)) if items]
+        raise ValueError("\n".join([f"{source} does not match the architecture:", *lines,
+                                    "Pass the arch= this file was trained with, or fix its sidecar JSON."]))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
