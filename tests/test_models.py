@@ -383,7 +383,7 @@ def test_every_timm_pretrained_cfg_passes_the_sidecar_check():
 
     names = timm.list_pretrained()
     assert len(names) > 1000
-    refused = [n for n in names if sidecar.pretrained_cfg_problem(sidecar.jsonable(get_pretrained_cfg(n).to_dict()))]
+    refused = [n for n in names if sidecar._pretrained_cfg_problem(sidecar.jsonable(get_pretrained_cfg(n).to_dict()))]
     assert refused == []
 
 

@@ -1,10 +1,7 @@
 """vitlab: look inside Vision Transformers (Dosovitskiy et al., 2021) from a notebook.
 
-The package follows the data: ``models`` (load or build) -> ``analysis`` (capture, the paper's
-analyses) -> ``training`` (loop, run folders, studies) -> ``views`` (readouts, figures, explorers),
-over the base modules ``settings``, ``io``, ``data`` and ``records``. ``views`` (plotly, ipywidgets)
-is imported on first use only, so the command line and torchrun workers never load the notebook stack.
-"""
+Folders follow the data: ``models`` -> ``analysis`` -> ``training`` -> ``views`` (plotly, ipywidgets: imported on
+first use only), over the base modules ``settings``, ``io``, ``data`` and ``records``."""
 import importlib
 
 from . import analysis, data, models, records, result_files, settings, training

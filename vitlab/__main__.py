@@ -74,9 +74,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
 
 def _run_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of ``train`` and ``pretrain`` that say where and how a run reports (:data:`RUN_FLAGS`)."""
-    parser.add_argument("--out", help="folder of the run: checkpoints, log, final model "
-                        "(default: runs/<model>, runs/<model>-<objective> when pre-training); a run started "
-                        "again in it resumes")
+    parser.add_argument("--out", help="folder of the run: checkpoints, log, final model (default: runs/<model>, "
+                        "runs/<model>-<objective> when pre-training); a run started again in it resumes")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="a progress bar per epoch; without it, one JSON line per epoch")
     parser.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
@@ -85,14 +84,23 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
                         help="record a ViT's inside views (inside.jsonl, inside.safetensors) each epoch")
 
 
-def _zoo(args: argparse.Namespace) -> None:
-    print(json.dumps(zoo.zoo(), indent=2))
-
-
-def _data(args: argparse.Namespace) -> None:
-    for split in data.SPLITS:
-        images, labels = data.cifar10(split)
-        print(f"{split}: {tuple(images.shape)} images, {len(labels.unique())} classes")
+def _run(args: argparse.Namespace) -> None:
+    """Do what ``args.command`` says and print its result."""
+    if args.command == "zoo":
+        print(json.dumps(zoo.zoo(), indent=2))
+    elif args.command == "data":
+        for split in data.SPLITS:
+            images, labels = data.cifar10(split)
+            print(f"{split}: {tuple(images.shape)} images, {len(labels.unique())} classes")
+    elif args.command in ("train", "pretrain"):
+        _train(args)
+    elif args.command == "publish":
+        print(zoo.publish(args.run, args.name, args.code_version, force=args.force))
+    elif args.command == "sweep":
+        config = from_args(SweepConfig, args)
+        print(f"{len(sweep(config, progress=args.progress))} runs in {config.results}.csv")
+    else:
+        _recipes(args)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -106,20 +114,9 @@ def _train(args: argparse.Namespace) -> None:
     print(json.dumps(result.record, indent=2))
 
 
-def _publish(args: argparse.Namespace) -> None:
-    print(zoo.publish(args.run, args.name, args.code_version, force=args.force))
-
-
-def _sweep(args: argparse.Namespace) -> None:
-    config = from_args(SweepConfig, args)
-    runs = sweep(config, progress=args.progress)
-    print(f"{len(runs)} runs in {config.results}.csv")
-
-
 def _recipes(args: argparse.Namespace) -> None:
     from .views import study_readouts
     from .training import recipes
-
     arms = {}
     for label, *runs in args.arm:
         if not runs or label in arms:
@@ -131,30 +128,22 @@ def _recipes(args: argparse.Namespace) -> None:
     print(study_readouts.recipes(comparison))
 
 
-_COMMANDS = dict(zoo=_zoo, data=_data, train=_train, pretrain=_train, publish=_publish, sweep=_sweep, recipes=_recipes)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; settings that cannot work exit with a one-line error, no traceback."""
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "config", None):
             args = build_parser(read_file(args.config, TrainConfig, extra=RUN_FLAGS)).parse_args(argv)
-        _COMMANDS[args.command](args)
+        _run(args)
     except _INPUT_ERRORS as err:
         sys.exit(f"{_PROG} {args.command}: error: {err}")
     return 0
 
 
-def _log_to_stdout() -> None:
-    """Print what runs report without a progress bar (:data:`vitlab.training.loop.log`), as lines."""
+if __name__ == "__main__":
+    # Print what runs report without a progress bar (vitlab.training.loop.log), as lines.
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("vitlab")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-
-
-if __name__ == "__main__":
-    _log_to_stdout()
+    logging.getLogger("vitlab").addHandler(handler)
+    logging.getLogger("vitlab").setLevel(logging.INFO)
     sys.exit(main())

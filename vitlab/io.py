@@ -12,11 +12,7 @@ from typing import Any
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
-
-    The temporary file lives in the same folder so the final ``os.replace`` is atomic
-    on POSIX; on error it is removed and ``path`` keeps its old content (or stays absent).
-    """
+    """Yield a temporary path beside ``path`` and rename it onto ``path`` on success; on error remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -30,7 +26,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.umask(umask)
         # mkstemp (and some writers, e.g. safetensors) create 0600: saved files would be private.
         os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
+        os.replace(tmp_path, path)  # atomic on POSIX: the same folder
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

@@ -1,8 +1,4 @@
-"""Where vitlab reads its settings: quick mode, data and cache folders, the device.
-
-Every switch that depends on the environment is read here and nowhere else, so a
-notebook or test asks one function instead of parsing variables itself.
-"""
+"""Where vitlab reads its environment's settings, and nowhere else: quick mode, data and cache folders, the device."""
 from __future__ import annotations
 
 import os
@@ -13,16 +9,10 @@ import torch
 #: The project checkout (parent of the package folder).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-_TRUE = {"1", "true", "yes", "on"}
-
 
 def quick_mode() -> bool:
-    """True when ``VITLAB_QUICK`` is set to 1/true/yes/on.
-
-    Quick mode shrinks data and steps so every notebook runs in a minute or two on a
-    2-core CPU (the tests set it); without it the user gets the full analysis.
-    """
-    return os.environ.get("VITLAB_QUICK", "").strip().lower() in _TRUE
+    """True when ``VITLAB_QUICK`` is 1/true/yes/on: notebooks shrink data and steps to run in a minute or two."""
+    return os.environ.get("VITLAB_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def quick_or(full, quick):
@@ -37,14 +27,11 @@ def data_root() -> Path:
 
 
 def cache_dir() -> Path:
-    """Folder for derived files (decoded datasets): ``VITLAB_CACHE`` or ``<project>/.cache``.
-
-    Kept apart from the data folder because shared dataset copies may be read-only.
-    """
+    """Folder for derived files (decoded datasets): ``VITLAB_CACHE`` or ``<project>/.cache`` (data may be read-only)."""
     env = os.environ.get("VITLAB_CACHE")
     return Path(env).expanduser() if env else PROJECT_ROOT / ".cache"
 
 
 def default_device() -> torch.device:
-    """CUDA when available, else CPU (vitlab always runs on the CPU as a fallback)."""
+    """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

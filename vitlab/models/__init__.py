@@ -1,8 +1,5 @@
 """Models: the CIFAR architectures, weight files and sidecars, timm's hub, loading any spec (zoo name, timm name,
-file) and the inputs a model takes.
-
-The loading API is exported here: ``vitlab.models.load_model``, ``build_model``, ``save_model``, ``preprocess``.
-"""
+file) and the inputs a model takes; the loading API is exported here."""
 from .architectures import ARCHITECTURES
 from .hub import WeightsUnavailableError, pretrained_tags
 from .inputs import preprocess

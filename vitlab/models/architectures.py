@@ -1,10 +1,5 @@
-"""The CIFAR-scale architectures vitlab trains, as frozen records that build timm models.
-
-An architecture is a plain dataclass of its shape only (nanoGPT's ``GPTConfig``); its
-``build()`` returns an untrained timm model. :data:`ARCHITECTURES` names the ones the zoo
-and ``python -m vitlab train --model`` use; :func:`architecture` rebuilds one from the
-record a saved file stores, so old files stay loadable when the registry changes.
-"""
+"""The CIFAR-scale architectures vitlab trains (:data:`ARCHITECTURES`), as frozen records of their shape that build
+timm models; :func:`architecture` rebuilds one from a saved file's record even when the registry has changed."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,36 +16,42 @@ from torch import nn
 
 
 @dataclass(frozen=True, kw_only=True)
-class CifarViT:
-    """A ViT for 32x32 inputs; patch 4 gives an 8x8 grid of patches."""
+class _Transformer:
+    """The transformer fields a ViT and a hybrid share (each adds ``img_size`` and ``num_classes``)."""
 
     description: str
     embed_dim: int
     depth: int
     num_heads: int
     mlp_ratio: float = 2.0
+
+    def _transformer(self, **embedding: Any) -> VisionTransformer:
+        """The class-token VisionTransformer of this shape; ``embedding`` says how tokens are made."""
+        # dynamic_img_size lets analysis run on other sizes and non-square inputs.
+        return VisionTransformer(img_size=self.img_size, num_classes=self.num_classes, embed_dim=self.embed_dim,
+                                 depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                                 global_pool="token", dynamic_img_size=True, **embedding)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CifarViT(_Transformer):
+    """A ViT for 32x32 inputs; patch 4 gives an 8x8 grid of patches."""
+
     patch_size: int = 4
     img_size: int = 32
     num_classes: int = 10
     family: str = "vit"
 
     def build(self) -> nn.Module:
-        return _transformer(self, patch_size=self.patch_size)
+        return self._transformer(patch_size=self.patch_size)
 
 
-def _transformer(arch: CifarViT | CifarHybrid, **embedding: Any) -> VisionTransformer:
-    """The class-token VisionTransformer of ``arch``'s shape; ``embedding`` says how tokens are made."""
-    return VisionTransformer(
-        img_size=arch.img_size,
-        num_classes=arch.num_classes,
-        embed_dim=arch.embed_dim,
-        depth=arch.depth,
-        num_heads=arch.num_heads,
-        mlp_ratio=arch.mlp_ratio,
-        global_pool="token",
-        dynamic_img_size=True,  # lets analysis run on other sizes and non-square inputs
-        **embedding,
-    )
+def _resnet(channels: tuple[int, ...], layers: tuple[int, ...], **kw: Any) -> ResNet:
+    """timm's ResNet of basic blocks with a CIFAR first convolution (3x3, stride 1)."""
+    net = ResNet(block=BasicBlock, layers=layers, channels=channels, stem_type="deep",
+                 stem_width=channels[0] // 2, **kw)  # a deep stem of width w feeds 2w channels onwards
+    net.conv1 = nn.Conv2d(3, channels[0], kernel_size=3, stride=1, padding=1, bias=False)
+    return net
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,16 +66,8 @@ class CifarResNet:
     family: str = "resnet"
 
     def build(self) -> nn.Module:
-        model = ResNet(
-            block=BasicBlock,
-            layers=self.layers,
-            channels=self.channels,
-            stem_type="deep",  # a deep stem of width w feeds 2w channels to the first stage
-            stem_width=self.channels[0] // 2,
-            num_classes=self.num_classes,
-        )
+        model = _resnet(self.channels, self.layers, num_classes=self.num_classes)
         # ImageNet's stride-4 stem would shrink a 32x32 image to 8x8 before the first stage.
-        model.conv1 = nn.Conv2d(3, self.channels[0], kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
         for info in model.feature_info:
             info["reduction"] = max(1, info["reduction"] // 4)
@@ -82,20 +75,9 @@ class CifarResNet:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CifarHybrid:
-    """A hybrid ViT (paper section 3.1): a small ResNet's feature map cut into 1x1 patches.
+class CifarHybrid(_Transformer):
+    """A hybrid ViT (paper section 3.1): 1x1 patches of a small ResNet's map (the R50 stem's max-pool kept)."""
 
-    The CNN is a ResNet stem (3x3 convolution, stride 1, then a stride-2 max-pool, as in the
-    paper's R50 stem) and stages of basic blocks (the first at stride 1, each later one at
-    stride 2): with two stages a 32x32 image becomes an 8x8 map, the grid of a patch-4 ViT.
-    timm's ``HybridEmbed`` projects each map position into the transformer.
-    """
-
-    description: str
-    embed_dim: int
-    depth: int
-    num_heads: int
-    mlp_ratio: float = 2.0
     channels: tuple[int, ...] = (32, 64)
     layers: tuple[int, ...] = (1, 1)
     img_size: int = 32
@@ -108,76 +90,48 @@ class CifarHybrid:
         return 2 ** len(self.layers)
 
     def backbone(self) -> nn.Module:
-        """The CNN alone: (B, 3, H, W) images to (B, channels[-1], H / stride, W / stride) maps.
-
-        timm's ResNet builds the stages; its forward assumes four of them, so its modules
-        run in order as a Sequential that keeps their names (``conv1``, ``layer2.0.conv1``).
-        """
-        net = ResNet(block=BasicBlock, layers=self.layers, channels=self.channels, stem_type="deep",
-                     stem_width=self.channels[0] // 2)  # a deep stem of width w feeds 2w channels onwards
-        stem = dict(conv1=nn.Conv2d(3, self.channels[0], kernel_size=3, stride=1, padding=1, bias=False),
-                    bn1=net.bn1, act1=net.act1, maxpool=net.maxpool)
+        """The CNN alone: (B, 3, H, W) images to (B, channels[-1], H / stride, W / stride) maps."""
+        net = _resnet(self.channels, self.layers)  # its forward assumes four stages: run its modules in order
+        stem = dict(conv1=net.conv1, bn1=net.bn1, act1=net.act1, maxpool=net.maxpool)
         stages = {f"layer{i + 1}": getattr(net, f"layer{i + 1}") for i in range(len(self.layers))}
         return nn.Sequential(OrderedDict({**stem, **stages}))
 
     def build(self) -> nn.Module:
-        return _transformer(self, patch_size=1, embed_layer=partial(HybridEmbed, backbone=self.backbone()))
+        return self._transformer(patch_size=1, embed_layer=partial(HybridEmbed, backbone=self.backbone()))
 
 
 Architecture = CifarViT | CifarResNet | CifarHybrid
 
+
+def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int = 4, note: str = "") -> CifarViT:
+    grid = CifarViT.img_size // patch_size
+    return CifarViT(description=f"ViT, patch {patch_size} ({grid}x{grid} grid), width {embed_dim}, {depth} blocks, "
+                    f"{num_heads} heads{note}", embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                    patch_size=patch_size)
+
+
 #: The CIFAR-10 architectures vitlab builds, by name (zoo entries name one of them).
 ARCHITECTURES: dict[str, Architecture] = {
-    "vit_tiny_c10": CifarViT(
-        description="ViT, patch 4 (8x8 grid), width 128, 6 blocks, 4 heads",
-        embed_dim=128, depth=6, num_heads=4,
-    ),
-    "vit_small_c10": CifarViT(
-        description="ViT, patch 4 (8x8 grid), width 192, 9 blocks, 6 heads",
-        embed_dim=192, depth=9, num_heads=6,
-    ),
-    "resnet_tiny_c10": CifarResNet(
-        description="ResNet-18 of basic blocks, widths 16-128, CIFAR stem",
-        channels=(16, 32, 64, 128), layers=(2, 2, 2, 2),
-    ),
-    "resnet_small_c10": CifarResNet(
-        description="ResNet-18 of basic blocks, widths 32-256, CIFAR stem",
-        channels=(32, 64, 128, 256), layers=(2, 2, 2, 2),
-    ),
-    "hybrid_tiny_c10": CifarHybrid(
-        description="Hybrid: ResNet stem and 2 stages (widths 32, 64; 8x8 map), 1x1 patches, width 128, "
-                    "5 blocks, 4 heads",
-        embed_dim=128, depth=5, num_heads=4,
-    ),
+    "vit_tiny_c10": _vit(128, 6, 4),
+    "vit_small_c10": _vit(192, 9, 6),
+    "resnet_tiny_c10": CifarResNet(description="ResNet-18 of basic blocks, widths 16-128, CIFAR stem",
+                                   channels=(16, 32, 64, 128)),
+    "resnet_small_c10": CifarResNet(description="ResNet-18 of basic blocks, widths 32-256, CIFAR stem",
+                                    channels=(32, 64, 128, 256)),
+    "hybrid_tiny_c10": CifarHybrid(description="Hybrid: ResNet stem and 2 stages (widths 32, 64; 8x8 map), 1x1 "
+                                   "patches, width 128, 5 blocks, 4 heads", embed_dim=128, depth=5, num_heads=4),
     # Minute-scale models for quick-mode sweeps and tests of the whole pipeline.
-    "vit_micro_c10": CifarViT(
-        description="ViT, patch 8 (4x4 grid), width 32, 2 blocks, 2 heads (quick runs)",
-        embed_dim=32, depth=2, num_heads=2, patch_size=8,
-    ),
-    "resnet_micro_c10": CifarResNet(
-        description="ResNet of basic blocks, one per stage, widths 8-64, CIFAR stem (quick runs)",
-        channels=(8, 16, 32, 64), layers=(1, 1, 1, 1),
-    ),
-    "hybrid_micro_c10": CifarHybrid(
-        description="Hybrid: ResNet stem and 3 stages (widths 8-32; 4x4 map), 1x1 patches, width 32, 2 blocks, "
-                    "2 heads (quick runs)",
-        embed_dim=32, depth=2, num_heads=2, channels=(8, 16, 32), layers=(1, 1, 1),
-    ),
+    "vit_micro_c10": _vit(32, 2, 2, patch_size=8, note=" (quick runs)"),
+    "resnet_micro_c10": CifarResNet(description="ResNet of basic blocks, one per stage, widths 8-64, CIFAR stem "
+                                    "(quick runs)", channels=(8, 16, 32, 64), layers=(1, 1, 1, 1)),
+    "hybrid_micro_c10": CifarHybrid(description="Hybrid: ResNet stem and 3 stages (widths 8-32; 4x4 map), 1x1 "
+                                    "patches, width 32, 2 blocks, 2 heads (quick runs)", embed_dim=32, depth=2,
+                                    num_heads=2, channels=(8, 16, 32), layers=(1, 1, 1)),
 }
 
 
 def architecture(name: str, config: dict[str, Any] | None = None) -> Architecture:
-    """The architecture ``name`` of the registry, or the one a stored ``config`` describes.
-
-    Args:
-        name: a key of :data:`ARCHITECTURES` (used when ``config`` is None).
-        config: the fields of a saved architecture (``dataclasses.asdict`` of one, read back
-            from JSON, so tuples arrive as lists).
-
-    Raises:
-        ValueError: ``name`` is not registered (with the closest names), or ``config`` does
-            not describe a CifarViT or CifarResNet (naming the fields that are wrong).
-    """
+    """The architecture ``name`` of :data:`ARCHITECTURES`, or the one a stored ``config`` (its fields) describes."""
     if config is None:
         if name not in ARCHITECTURES:
             close = difflib.get_close_matches(str(name), ARCHITECTURES, n=1)
@@ -195,7 +149,5 @@ def architecture(name: str, config: dict[str, Any] | None = None) -> Architectur
         wrong = [f"{label} fields {', '.join(keys)}" for label, keys in (("unknown", unknown), ("missing", missing))
                  if keys]
         raise ValueError(f"the config of architecture {name!r} is not a {cls.__name__}: {'; '.join(wrong)}")
-    for key in ("channels", "layers"):
-        if key in config:
-            config[key] = tuple(config[key])
+    config.update({key: tuple(config[key]) for key in ("channels", "layers") if key in config})
     return cls(**config)

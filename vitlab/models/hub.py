@@ -1,9 +1,4 @@
-"""timm's models and their pretrained weights: the Hugging Face cache first, the network only when online.
-
-:func:`load_timm` builds a timm model by name (with an optional pretrained tag), takes cached
-weights with no network round trip and fails at once, saying how to get the weights, on a
-machine that has neither them nor a connection. :mod:`vitlab.models.loading` calls it for timm specs.
-"""
+"""timm's models and their pretrained weights: the Hugging Face cache first, the network only when online."""
 from __future__ import annotations
 
 import socket
@@ -25,39 +20,26 @@ def pretrained_tags(name: str) -> list[str]:
 
 
 def match_input_size(model: nn.Module) -> None:
-    """Make ``pretrained_cfg['input_size']`` agree with the size the ViT was built for.
-
-    timm keeps the default cfg's size (e.g. 224) when ``img_size=`` builds a model for
-    another one, and preprocessing would then resize to the wrong size.
-    """
+    """Make ``pretrained_cfg['input_size']`` agree with the size the ViT was built for (timm keeps the default's)."""
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    if img_size is None or "input_size" not in cfg:
-        return
-    if tuple(cfg["input_size"][1:]) != tuple(img_size):
+    if img_size is not None and "input_size" in cfg and tuple(cfg["input_size"][1:]) != tuple(img_size):
         model.pretrained_cfg = dict(cfg, input_size=(cfg["input_size"][0], *img_size))
         model.default_cfg = model.pretrained_cfg
 
 
 def load_timm(spec: str, num_classes: int | None, pretrained: bool = True, **kw: Any) -> nn.Module:
-    """``timm.create_model(spec)`` with weights from the Hugging Face cache, downloaded when online.
-
-    Raises :class:`WeightsUnavailableError`, saying how to get them, when they are neither.
-    """
-    kwargs = dict(kw)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
+    """``timm.create_model(spec)`` with weights from the Hugging Face cache or online, else WeightsUnavailableError."""
+    kwargs = dict(kw) if num_classes is None else dict(kw, num_classes=num_classes)
     try:
         model = _create_cache_first(spec, pretrained, kwargs)
     except OSError as err:  # hub: not cached and no connection (or offline mode)
         raise WeightsUnavailableError(
-            f"pretrained weights for {spec!r} are not in the Hugging Face cache and could not be "
-            f"downloaded ({type(err).__name__}). To get them: run once on a machine that is online "
-            f"(they are cached in ~/.cache/huggingface, or HF_HOME); or download the model's "
-            f"model.safetensors from https://huggingface.co/timm/{spec} and call "
-            f"load_model('path/to/model.safetensors', arch={spec.split('.', 1)[0]!r}); or pass "
-            f"pretrained=False for random weights."
-        ) from None
+            f"pretrained weights for {spec!r} are not in the Hugging Face cache and could not be downloaded "
+            f"({type(err).__name__}). To get them: run once on a machine that is online (they are cached in "
+            f"~/.cache/huggingface, or HF_HOME); or download the model's model.safetensors from "
+            f"https://huggingface.co/timm/{spec} and call load_model('path/to/model.safetensors', "
+            f"arch={spec.split('.', 1)[0]!r}); or pass pretrained=False for random weights.") from None
     match_input_size(model)
     # Rebuilding needs the bare architecture name: the pretrained tag only names weights.
     kwargs.setdefault("num_classes", model.num_classes)
@@ -66,15 +48,10 @@ def load_timm(spec: str, num_classes: int | None, pretrained: bool = True, **kw:
 
 
 def _create_cache_first(spec: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
-    """``timm.create_model``, trying the Hugging Face cache before the network.
-
-    Cached weights then load with no network round trip, and an offline machine fails
-    at once instead of after the hub's retries.
-    """
+    """``timm.create_model``, trying the Hugging Face cache before the network (whose retries take a minute)."""
     if not pretrained:
         return timm.create_model(spec, pretrained=False, **kwargs)
     from huggingface_hub import constants
-
     offline = constants.HF_HUB_OFFLINE
     constants.HF_HUB_OFFLINE = True
     try:

@@ -1,15 +1,5 @@
-"""What a model can take as input: the batch it expects, and one-line errors before a forward pass, not after it.
-
-:func:`preprocess` turns uint8 images into the normalised batch a model expects, read from its
-``pretrained_cfg`` (input size, interpolation, mean and std).
-
-:func:`check_images` (uint8 images or a normalised float batch, as :func:`vitlab.analysis.capture.capture`
-takes them) and :func:`check_input` (what the model's ``forward`` receives) turn a wrong batch
-into one line saying what to pass instead of a timm assertion or, worse, silence: float images
-left in 0..255, NaN or inf, an empty batch, wrong channels, or a size the patches cannot tile.
-The model states the facts checked (``pretrained_cfg`` mean, std and input size, its patch
-embedding, its first convolution's channels); this module imports only :mod:`vitlab.data` from vitlab.
-"""
+"""What a model can take as input: :func:`preprocess` makes the batch it expects from its ``pretrained_cfg``;
+:func:`check_images` and :func:`check_input` turn a wrong batch into one line saying what to pass instead."""
 from __future__ import annotations
 
 import timm
@@ -18,20 +8,13 @@ from torch import nn
 
 from .. import data
 
-
-#: How far outside [0, 1] a pixel may stray before its normalised value counts as far
-#: outside the model's range: resizing and augmentation overshoot by a little, a float
-#: image left in 0..255 by about 250, and Gaussian-noise test inputs stay inside.
+#: How far outside [0, 1] a pixel may stray before its normalised value counts as far outside the model's range:
+#: resizing and augmentation overshoot by a little, a float image left in 0..255 by about 250.
 PIXEL_SLACK = 2.0
 
 
 def _normalised_range(model: nn.Module, slack: float = 0.0) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per channel, the lowest and highest values of a normalised input of ``model``: (C,), (C,).
-
-    Pixels in ``[-slack, 1 + slack]`` normalised as :func:`vitlab.preprocess` does, with
-    the mean and std of the model's ``pretrained_cfg``; None when those are not usable
-    numbers (then nothing can be said about the range).
-    """
+    """(C,), (C,): the lowest and highest normalised values of pixels in [-slack, 1 + slack]; None if unknown."""
     try:
         cfg = timm.data.resolve_model_data_config(model)
         mean = torch.tensor(cfg["mean"], dtype=torch.float64).flatten()
@@ -41,11 +24,6 @@ def _normalised_range(model: nn.Module, slack: float = 0.0) -> tuple[torch.Tenso
     if mean.shape != std.shape or not len(mean) or not bool((std > 0).all() and mean.isfinite().all()):
         return None
     return (-slack - mean) / std, (1 + slack - mean) / std
-
-
-def _in_channels(model: nn.Module) -> int | None:
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)  # patch embedding or stem
-    return None if first is None else first.in_channels
 
 
 def _check_batch(model: nn.Module, images: object, what: str) -> None:
@@ -61,30 +39,26 @@ def _check_batch(model: nn.Module, images: object, what: str) -> None:
         raise ValueError(f"{what} must be a batch (B, C, H, W), got shape {tuple(images.shape)}{hint}")
     if images.shape[0] == 0:
         raise ValueError(f"{what} is an empty batch (shape {tuple(images.shape)}): pass at least one image")
-    channels = _in_channels(model)
-    if channels is not None and images.shape[1] != channels:
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)  # patch embedding or stem
+    if first is not None and images.shape[1] != first.in_channels:
         hint = ": repeat a grayscale channel with images.expand(-1, 3, -1, -1)" if images.shape[1] == 1 else ""
         got = f"{images.shape[1]} channel" + "s" * (images.shape[1] != 1)
-        raise ValueError(f"{what} have {got}, but the model takes {channels} "
+        raise ValueError(f"{what} have {got}, but the model takes {first.in_channels} "
                          f"(shape {tuple(images.shape)}){hint}")
 
 
-def _input_size(model: nn.Module) -> tuple[int, int]:
-    """(H, W) that :func:`vitlab.preprocess` resizes to."""
-    try:
-        return tuple(timm.data.resolve_model_data_config(model)["input_size"][1:])
-    except (KeyError, TypeError, ValueError, RuntimeError):  # a broken pretrained_cfg: the built size
-        return tuple(model.patch_embed.img_size)
-
-
 def _check_size(model: nn.Module, size: tuple[int, int], what: str) -> None:
-    """``size`` (H, W) is one the model's patch embedding accepts (timm would assert)."""
+    """``size`` (H, W) pixels is one the model's patch embedding accepts (timm would assert)."""
     embed = getattr(model, "patch_embed", None)
     if getattr(embed, "img_size", None) is None or getattr(embed, "dynamic_img_pad", False):
         return
     pixels = embed.feat_ratio(as_scalar=False) if hasattr(embed, "feat_ratio") else embed.patch_size  # hybrids: stride
     (h, w), (ph, pw) = size, pixels
-    target = "x".join(str(int(v)) for v in _input_size(model))
+    try:  # (H, W) that vitlab.preprocess resizes to
+        target = timm.data.resolve_model_data_config(model)["input_size"][1:]
+    except (KeyError, TypeError, ValueError, RuntimeError):  # a broken pretrained_cfg: the built size
+        target = model.patch_embed.img_size
+    target = "x".join(str(int(v)) for v in target)
     if getattr(embed, "strict_img_size", True):
         if (h, w) != tuple(embed.img_size):
             raise ValueError(f"{what} are {h}x{w} pixels, but the model takes {embed.img_size[0]}x{embed.img_size[1]}: "
@@ -116,13 +90,7 @@ def _check_values(model: nn.Module, x: torch.Tensor, what: str) -> None:
 
 
 def check_input(model: nn.Module, x: object, what: str = "images given to model(...)") -> None:
-    """Raise a one-line error when ``x`` cannot be ``model``'s input as it is.
-
-    ``x`` must be a float batch (B, C, H, W) as :func:`vitlab.preprocess` returns: the
-    model's channels, dtype and a size its patch embedding takes, finite, and not far
-    outside the range its ``pretrained_cfg`` mean and std give pixels in [0, 1] (float
-    images left in 0..255 are). Costs one pass over ``x``, nothing next to a forward.
-    """
+    """Raise a one-line error unless ``x`` is a float batch (B, C, H, W) as :func:`vitlab.preprocess` returns."""
     _check_batch(model, x, what)
     if x.dtype == torch.uint8:
         raise TypeError(f"{what} are uint8: call vitlab.preprocess(model, images) first, which scales and "
@@ -132,11 +100,7 @@ def check_input(model: nn.Module, x: object, what: str = "images given to model(
 
 
 def check_images(model: nn.Module, images: object, what: str = "images") -> None:
-    """Raise a one-line error when :func:`capture` cannot take ``images`` for ``model``.
-
-    uint8 images (B, C, H, W) need the model's channels (and, for a model of dynamic size,
-    which keeps their size, one its patches tile); float images must pass :func:`check_input`.
-    """
+    """Raise a one-line error unless ``images`` are uint8 (B, C, H, W) or pass :func:`check_input`."""
     _check_batch(model, images, what)
     if images.dtype != torch.uint8:
         check_input(model, images, what)
@@ -145,12 +109,7 @@ def check_images(model: nn.Module, images: object, what: str = "images") -> None
 
 
 def preprocess(model: nn.Module, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
-    """Turn uint8 images (N, 3, H, W) into the normalised float batch ``model`` expects.
-
-    Images are resized to the model's ``input_size`` when their size differs and
-    ``resize`` is true (with the interpolation its ``pretrained_cfg`` names), scaled to
-    [0, 1], normalised with its mean and std, and moved to the model's device.
-    """
+    """Turn uint8 images (N, 3, H, W) into the batch ``model`` expects: resized, normalised, on its device."""
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
         raise TypeError("images must be a uint8 tensor (N, 3, H, W) with values 0..255")
     if images.ndim != 4 or images.shape[1] != 3:

@@ -1,16 +1,5 @@
-"""Building, loading and saving models: timm names, local files and zoo checkpoints.
-
-Every model vitlab returns carries
-
-* ``model.pretrained_cfg``: its preprocessing in timm's convention (``input_size``,
-  ``mean``, ``std``, ...), so ``timm.data.resolve_model_data_config(model)`` works;
-* ``model.vitlab_arch``: a JSON-able record that rebuilds the architecture, written
-  into the sidecar by :func:`save_model` so saved files load without extra arguments.
-
-The CIFAR architectures are defined in :mod:`vitlab.models.architectures`, the weight-file readers in
-:mod:`vitlab.models.weights`, the sidecar in :mod:`vitlab.models.sidecar` and timm's pretrained weights in
-:mod:`vitlab.models.hub`; this module decides what a spec names and puts it together.
-"""
+"""Building, loading and saving models (timm names, local files, zoo checkpoints); each carries ``pretrained_cfg``
+and ``vitlab_arch``, a JSON-able record that rebuilds it (:func:`save_model` writes it into the sidecar)."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,49 +16,33 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .. import data
-from .. import settings
-from .architectures import ARCHITECTURES, Architecture, architecture
+from .. import data, settings
 from ..io import atomic_path
+from .architectures import ARCHITECTURES, architecture
 from .hub import WeightsUnavailableError, load_timm, match_input_size, pretrained_tags
 from .sidecar import Sidecar, jsonable, read_sidecar, short_repr, sidecar_path, write_sidecar
-from .weights import GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_weights_file, fit_head, google_vit_args, load_google_npz, load_state, read_state_dict
+from .weights import (GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_weights_file, fit_head, google_vit_args,
+                      load_google_npz, load_state, read_state_dict)
 
 ZOO_DIR = settings.PROJECT_ROOT / "data" / "zoo"
 
 
-def _cifar_cfg(name: str, config: Architecture) -> dict[str, Any]:
-    return dict(
-        architecture=name,
-        tag="cifar10",
-        input_size=(3, config.img_size, config.img_size),
-        mean=data.MEAN,
-        std=data.STD,
-        interpolation="bicubic",
-        crop_pct=1.0,
-        crop_mode="center",
-        num_classes=config.num_classes,
-        classifier="fc" if config.family == "resnet" else "head",
-    )
-
-
-# --- building from an architecture record --------------------------------------------
+def _set_cfg(model: nn.Module, pretrained_cfg: dict[str, Any]) -> None:
+    model.pretrained_cfg = dict(pretrained_cfg)
+    model.default_cfg = model.pretrained_cfg  # older timm helpers read default_cfg
 
 
 def build_model(arch: dict[str, Any]) -> nn.Module:
-    """Rebuild an untrained model from a ``vitlab_arch`` record (as saved in sidecars).
-
-    ``{"zoo": name, "config": {...}}`` rebuilds a zoo architecture from the stored
-    config (so old files stay loadable when the registry changes);
-    ``{"timm": name, "kwargs": {...}}`` calls ``timm.create_model(name, **kwargs)``;
-    ``{"google_vit": {...}}`` builds a VisionTransformer with these arguments.
-    A record that names no known architecture raises ValueError saying which part.
-    """
+    """Rebuild an untrained model from a ``vitlab_arch`` record: ``{"zoo": name, "config": {...}}``,
+    ``{"timm": name, "kwargs": {...}}`` or ``{"google_vit": {...}}`` (ValueError if it is none of them)."""
     _check_record(arch)
     if "zoo" in arch:
         config = architecture(arch["zoo"], arch.get("config"))
         model = config.build()
-        _attach(model, _cifar_cfg(arch["zoo"], config), {"zoo": arch["zoo"], "config": dataclasses.asdict(config)})
+        _set_cfg(model, dict(architecture=arch["zoo"], tag="cifar10", input_size=(3, config.img_size, config.img_size),
+                             mean=data.MEAN, std=data.STD, interpolation="bicubic", crop_pct=1.0, crop_mode="center",
+                             num_classes=config.num_classes, classifier="fc" if config.family == "resnet" else "head"))
+        model.vitlab_arch = {"zoo": arch["zoo"], "config": dataclasses.asdict(config)}
         return model
     if "timm" in arch:
         kwargs = dict(arch.get("kwargs", {}))
@@ -80,18 +53,9 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     kwargs = dict(arch["google_vit"])
     model = VisionTransformer(**kwargs)
     size = kwargs["img_size"]
-    cfg = dict(GOOGLE_VIT_CFG, input_size=(3, size, size), num_classes=kwargs["num_classes"])
-    _attach(model, cfg, {"google_vit": kwargs})
+    _set_cfg(model, dict(GOOGLE_VIT_CFG, input_size=(3, size, size), num_classes=kwargs["num_classes"]))
+    model.vitlab_arch = {"google_vit": kwargs}
     return model
-
-
-def _attach(model: nn.Module, pretrained_cfg: dict[str, Any], arch: dict[str, Any]) -> None:
-    model.pretrained_cfg = dict(pretrained_cfg)
-    model.default_cfg = model.pretrained_cfg  # older timm helpers read default_cfg
-    model.vitlab_arch = arch
-
-
-# --- loading -----------------------------------------------------------------------
 
 
 class _WeightsPlan(NamedTuple):
@@ -103,37 +67,17 @@ class _WeightsPlan(NamedTuple):
     fit_head: bool  # arch= was given: size the head like the file's
 
 
-def load_model(
-    spec: str | os.PathLike,
-    num_classes: int | None = None,
-    *,
-    device: str | torch.device | None = None,
-    arch: str | None = None,
-    **kw: Any,
-) -> nn.Module:
-    """Load a model by zoo name, timm name or local file, in eval mode.
-
-    The spec, file header and sidecar are checked first (:func:`check_spec`), so a bad one
-    fails in one line naming it before any model is built or anything is downloaded.
+def load_model(spec: str | os.PathLike, num_classes: int | None = None, *, device: str | torch.device | None = None,
+               arch: str | None = None, **kw: Any) -> nn.Module:
+    """Load a model by zoo name, timm name or local file, in eval mode; a bad spec fails in one line, early.
 
     Args:
-        spec: one of
-            * a zoo name (see :func:`vitlab.training.zoo.zoo`): its checkpoint ``data/zoo/<name>.safetensors``
-              (architecture from its sidecar), or random weights of the architecture of
-              that name with a warning when there is no checkpoint;
-            * a timm name with optional pretrained tag, e.g.
-              ``"vit_small_patch16_224.augreg_in21k"``: weights from the Hugging Face
-              cache, downloaded when online (``pretrained=False`` for random weights);
-            * a path to ``.safetensors``, ``.pt``/``.pth`` (a state dict, read with
-              ``weights_only=True``) or a Google ``.npz`` ViT checkpoint.
-        num_classes: replace the classifier head with one for this many classes (0 removes
-            it, as in timm: the model then returns its pooled features).
-        device: where to put the model; default CUDA when available, else CPU.
+        spec: a zoo name (its ``data/zoo/<name>.safetensors``, else random weights with a warning), a timm name
+            with optional pretrained tag (``"vit_small_patch16_224.augreg_in21k"``), or a ``.safetensors``,
+            ``.pt``/``.pth`` (a state dict) or Google ``.npz`` ViT file.
+        num_classes: replace the classifier head with one for this many classes (0 removes it, as in timm).
         arch: architecture (timm or zoo name) of a weights file that has no sidecar.
         **kw: passed to ``timm.create_model`` for timm names and ``arch=`` timm architectures.
-
-    Returns:
-        The model, with ``pretrained_cfg`` describing its preprocessing.
     """
     device = _device(device)
     _check_num_classes(num_classes)
@@ -141,21 +85,20 @@ def load_model(
     if kind == "file":
         model = _load_file(target)
     elif kind == "zoo":
-        model = _untrained_zoo(target)
+        warnings.warn(f"zoo model {target!r} has no trained checkpoint in {ZOO_DIR}; returning random weights "
+                      f"(train one with: python -m vitlab train --model {target})", stacklevel=2)
+        model = build_model({"zoo": target})
     else:
         model = load_timm(target, num_classes=num_classes, **kw)
     if num_classes is not None and model.num_classes != num_classes:
-        _replace_head(model, num_classes)
+        model.reset_classifier(num_classes)
+        _set_cfg(model, dict(model.pretrained_cfg, num_classes=num_classes))
+        _update_arch(model, num_classes=num_classes)
     return model.to(device).eval()
 
 
 def check_spec(spec: str | os.PathLike, *, arch: str | None = None, **kw: Any) -> str:
-    """Raise the error ``load_model(spec, arch=arch, **kw)`` would raise for a bad spec, cheaply.
-
-    Reads only file headers and sidecars and never the network, so a caller can refuse a bad
-    spec (e.g. a command-line flag) before loading data. Returns what ``spec`` names:
-    ``"file"``, ``"zoo"`` or ``"timm"``.
-    """
+    """Raise ``load_model``'s error for a bad spec without loading; else return ``"file"``, ``"zoo"`` or ``"timm"``."""
     return _resolve(spec, arch, kw)[0]
 
 
@@ -201,7 +144,8 @@ def _resolve(spec: str | os.PathLike, arch: str | None, kw: dict[str, Any]) -> t
         return "timm", text
     if path.is_dir():
         check_weights_file(path)  # says it is a folder and which weights files it holds
-    raise ValueError(_unknown_spec_message(text))
+    raise ValueError(f"{text!r} is neither a file, a zoo name ({', '.join(_zoo_names())}) nor a timm model name."
+                     f"{_did_you_mean(text)} List timm names with timm.list_models('vit_*').")
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -233,10 +177,8 @@ def _check_timm_name(name: str, what: str = "") -> None:
     if not timm.is_model(base):
         raise ValueError(f"{what}{name!r} is not a zoo or timm model name (timm {timm.__version__})."
                          f"{_did_you_mean(base)} List timm names with timm.list_models('vit_*').")
-    if not tag:
-        return
-    tags = pretrained_tags(base)
-    if tag not in tags:
+    tags = pretrained_tags(base) if tag else []
+    if tag and tag not in tags:
         known = f"its tags are {', '.join(tags)}" if tags else f"timm {timm.__version__} has no weights for it"
         raise ValueError(f"{what}{name!r}: {base} has no pretrained tag {tag!r}; {known} "
                          f"(timm.list_pretrained('{base}.*')). Use {base!r} alone for its default weights.")
@@ -251,13 +193,6 @@ def _did_you_mean(text: str) -> str:
     return f" Did you mean {', '.join(close)}?" if close else ""
 
 
-def _unknown_spec_message(text: str) -> str:
-    return (
-        f"{text!r} is neither a file, a zoo name ({', '.join(_zoo_names())}) nor a timm model name."
-        f"{_did_you_mean(text)} List timm names with timm.list_models('vit_*')."
-    )
-
-
 def zoo_weights(name: str) -> Path:
     """Where the zoo checkpoint called ``name`` lives (it may not exist)."""
     return ZOO_DIR / f"{name}.safetensors"
@@ -270,18 +205,6 @@ def weights_file(spec: str | os.PathLike) -> Path | None:
         return path
     checkpoint = zoo_weights(os.fspath(spec))
     return checkpoint if checkpoint.is_file() else None
-
-
-def _untrained_zoo(name: str) -> nn.Module:
-    warnings.warn(
-        f"zoo model {name!r} has no trained checkpoint in {ZOO_DIR}; returning random weights "
-        f"(train one with: python -m vitlab train --model {name})",
-        stacklevel=3,
-    )
-    return build_model({"zoo": name})
-
-
-# --- weights files and sidecars ------------------------------------------------------
 
 
 def _plan_file(path: Path, arch: str | None, kw: dict[str, Any]) -> _WeightsPlan:
@@ -300,36 +223,24 @@ def _plan_file(path: Path, arch: str | None, kw: dict[str, Any]) -> _WeightsPlan
         raise TypeError(f"extra arguments {sorted(kw)} for {path} are used only with arch=; its sidecar or "
                         "shapes fix the architecture (set_input_size changes the input size)")
     if sidecar.is_file():
-        meta = _checked_sidecar(sidecar)
+        meta = read_sidecar(sidecar)
+        try:
+            _check_record(meta.architecture)
+        except ValueError as err:
+            raise WeightsFileError(f"{sidecar}: key 'architecture': {str(err).rstrip('.')}; fix the sidecar, or pass "
+                                   "arch=<timm or zoo name> to load_model") from None
         return _WeightsPlan(path, meta.architecture, meta.pretrained_cfg, fit_head=False)
     if path.suffix.lower() == ".npz":
         return _WeightsPlan(path, None, None, fit_head=False)
-    raise ValueError(
-        f"{path} has no sidecar {sidecar.name} describing its architecture; pass arch=<timm "
-        f"or zoo name>, e.g. load_model({str(path)!r}, arch='vit_small_patch16_224')"
-    )
-
-
-def _checked_sidecar(path: Path) -> Sidecar:
-    """The sidecar at ``path`` (:func:`~vitlab.models.sidecar.read_sidecar`), its architecture record checked to build.
-
-    Raises:
-        WeightsFileError: one line naming the sidecar, the key and what to do.
-    """
-    meta = read_sidecar(path)
-    try:
-        _check_record(meta.architecture)
-    except ValueError as err:
-        raise WeightsFileError(f"{path}: key 'architecture': {str(err).rstrip('.')}; fix the sidecar, or pass "
-                               "arch=<timm or zoo name> to load_model") from None
-    return meta
+    raise ValueError(f"{path} has no sidecar {sidecar.name} describing its architecture; pass arch=<timm "
+                     f"or zoo name>, e.g. load_model({str(path)!r}, arch='vit_small_patch16_224')")
 
 
 def _check_record(record: Any) -> None:
-    """Raise ValueError unless ``record`` is an architecture record :func:`build_model` can build."""
     kinds = ("zoo", "timm", "google_vit")
     if not isinstance(record, dict) or sum(k in record for k in kinds) != 1:
-        raise ValueError(f"expected a record with one of the keys 'zoo', 'timm' or 'google_vit', got {short_repr(record)}")
+        raise ValueError("expected a record with one of the keys 'zoo', 'timm' or 'google_vit', "
+                         f"got {short_repr(record)}")
     if "zoo" in record:
         architecture(record["zoo"], record.get("config"))  # raises ValueError naming the problem
     elif "timm" in record:
@@ -342,11 +253,9 @@ def _check_record(record: Any) -> None:
 
 
 def _load_file(plan: _WeightsPlan) -> nn.Module:
-    """Read the weights of a checked plan, then build its model and load them into it."""
     path = plan.path
     if path.suffix.lower() == ".npz":
-        record = plan.record or {"google_vit": google_vit_args(path)}
-        model = build_model(record)
+        model = build_model(plan.record or {"google_vit": google_vit_args(path)})
         load_google_npz(model, path)
     else:
         state = read_state_dict(path)  # before building: a corrupt file fails before any other work
@@ -356,29 +265,15 @@ def _load_file(plan: _WeightsPlan) -> nn.Module:
         load_state(model, state, path)
     if plan.pretrained_cfg:  # JSON turned timm's tuples into lists
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in plan.pretrained_cfg.items()}
-        model.pretrained_cfg = dict(model.pretrained_cfg, **cfg)
-        model.default_cfg = model.pretrained_cfg
+        _set_cfg(model, dict(model.pretrained_cfg, **cfg))
     return model
 
 
-def _replace_head(model: nn.Module, num_classes: int) -> None:
-    model.reset_classifier(num_classes)
-    model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=num_classes)
-    model.default_cfg = model.pretrained_cfg
-    _update_arch(model, num_classes=num_classes)
-
-
 def set_input_size(model: nn.Module, img_size: int) -> nn.Module:
-    """Adapt ``model`` to ``img_size`` x ``img_size`` inputs, in place (for fine-tuning).
-
-    A ViT's position embeddings are resampled in 2-D (bicubic, as timm does) to the new
-    patch grid; a ResNet needs no change. ``pretrained_cfg`` and the architecture record
-    follow, so preprocessing and saved sidecars use the new size.
-    """
+    """Adapt ``model`` to ``img_size`` x ``img_size`` pixel inputs in place: position embeddings, cfg and record."""
     if hasattr(model, "set_input_size"):
         model.set_input_size(img_size=(img_size, img_size))
-    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, img_size, img_size))
-    model.default_cfg = model.pretrained_cfg
+    _set_cfg(model, dict(model.pretrained_cfg, input_size=(3, img_size, img_size)))
     _update_arch(model, img_size=img_size)
     return model
 
@@ -394,26 +289,16 @@ def _update_arch(model: nn.Module, **changes: Any) -> None:
         record["google_vit"] = dict(record["google_vit"], **changes)
 
 
-# --- saving ------------------------------------------------------------------------
-
-
 def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None,
                extra: dict[str, torch.Tensor] | None = None) -> Path:
-    """Save weights as ``.safetensors`` with a JSON sidecar that rebuilds the architecture.
-
-    Both files are written atomically. ``metadata`` (e.g. training config and metrics)
-    is stored in the sidecar beside the architecture record and ``pretrained_cfg``;
-    ``extra`` tensors (a pre-training objective's, keys ``mpp.*``) beside the weights.
-    """
+    """Save weights (and ``extra`` tensors, keys ``mpp.*``) as ``.safetensors`` and a sidecar with ``metadata``."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save to a .safetensors path, got {path}")
     arch = getattr(model, "vitlab_arch", None)
     if arch is None:
-        raise ValueError(
-            "this model was not built by vitlab, so its architecture is unknown; create it with "
-            "vitlab.load_model(...) (e.g. load_model('vit_small_patch16_224', pretrained=False))"
-        )
+        raise ValueError("this model was not built by vitlab, so its architecture is unknown; create it with "
+                         "vitlab.load_model(...) (e.g. load_model('vit_small_patch16_224', pretrained=False))")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     clash = sorted(state.keys() & (extra or {}).keys())
     if clash:

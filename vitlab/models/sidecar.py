@@ -1,12 +1,4 @@
-"""The sidecar: the JSON record beside a weights file that rebuilds its model and says how it was made.
-
-``<weights>.json`` holds ``architecture`` (the ``vitlab_arch`` record :func:`vitlab.models.build_model`
-rebuilds), ``pretrained_cfg`` (preprocessing in timm's convention) and ``format``; a model a vitlab
-run trained adds that run's ``config`` (its settings), ``metrics`` (its final record), ``data`` (what
-it was trained on) and ``code_version``, and a published zoo checkpoint its ``command`` and, when
-pre-trained without labels, ``pretraining``. :func:`read_sidecar` and :func:`write_sidecar` are the
-only reader and writer of these files; keys are written sorted, indented by two spaces.
-"""
+"""The sidecar ``<weights>.json``: the record beside a weights file that rebuilds its model and says how it was made."""
 from __future__ import annotations
 
 import dataclasses
@@ -36,26 +28,16 @@ def sidecar_path(weights: str | os.PathLike) -> Path:
 
 @dataclass(frozen=True, kw_only=True)
 class Sidecar:
-    """The record beside a weights file. Keys a file leaves out read as empty (``{}`` or None).
+    """The record beside a weights file. Keys a file leaves out read as empty (``{}`` or None)."""
 
-    Attributes:
-        architecture: the ``vitlab_arch`` record that rebuilds the model.
-        pretrained_cfg: its preprocessing (timm's convention); None: the architecture's defaults.
-        config: settings of the run that trained it (``TrainConfig`` fields); ``{}`` when none.
-        metrics: that run's final record (test accuracy, epochs, wall seconds, ...); ``{}`` when none.
-        data: what it was trained on (``dataset``, ``train_images``, ``subset_seed``, ``test_images``).
-        code_version: git commit of vitlab that trained it; command: the command that did.
-        others: every other key as stored (e.g. a pre-trained zoo checkpoint's ``pretraining``).
-    """
-
-    architecture: dict[str, Any]
-    pretrained_cfg: dict[str, Any] | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
-    code_version: str | None = None
-    command: str | None = None
-    others: dict[str, Any] = field(default_factory=dict)
+    architecture: dict[str, Any]  # the vitlab_arch record that rebuilds the model
+    pretrained_cfg: dict[str, Any] | None = None  # preprocessing (timm's convention); None: the architecture's
+    config: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields of the run that trained it
+    metrics: dict[str, Any] = field(default_factory=dict)  # that run's final record
+    data: dict[str, Any] = field(default_factory=dict)  # dataset, train_images, subset_seed, test_images
+    code_version: str | None = None  # git commit of vitlab that trained it
+    command: str | None = None  # the command that did
+    others: dict[str, Any] = field(default_factory=dict)  # every other key as stored (e.g. pretraining)
 
     @property
     def objective(self) -> str:
@@ -75,8 +57,7 @@ class Sidecar:
 
     @classmethod
     def from_json(cls, stored: Any, where: str = "the sidecar") -> Sidecar:
-        """The sidecar of a parsed JSON object; :class:`~vitlab.models.weights.WeightsFileError` naming
-        ``where`` and the key when it is not one (another type, a newer format, no architecture, bad preprocessing)."""
+        """The sidecar of a parsed JSON object; :class:`~vitlab.models.weights.WeightsFileError` naming ``where``."""
         if not isinstance(stored, dict):
             raise WeightsFileError(f"{where} holds a JSON {type(stored).__name__}, not an object; {_FIX}")
         version = stored.get("format", FORMAT)
@@ -87,7 +68,7 @@ class Sidecar:
             raise WeightsFileError(f"{where} has no 'architecture' key (the record save_model writes, e.g. "
                                    '{"zoo": "vit_tiny_c10"}); add it, or pass arch=<timm or zoo name> to load_model')
         cfg = stored.get("pretrained_cfg")
-        problem = pretrained_cfg_problem(cfg) if cfg is not None else None
+        problem = _pretrained_cfg_problem(cfg) if cfg is not None else None
         if problem:
             raise WeightsFileError(f"{where}: key 'pretrained_cfg' {problem}; fix it, or delete 'pretrained_cfg' "
                                    "to use the architecture's defaults")
@@ -101,12 +82,7 @@ class Sidecar:
 
 
 def read_sidecar(path: str | os.PathLike) -> Sidecar:
-    """The checked :class:`Sidecar` at ``path`` (a ``.json`` file; :func:`sidecar_path` of a weights file).
-
-    Raises:
-        FileNotFoundError: there is no file at ``path``.
-        WeightsFileError: one line naming the sidecar, the key and what to do.
-    """
+    """The checked :class:`Sidecar` at ``path``; FileNotFoundError, or a one-line :class:`WeightsFileError`."""
     path = Path(path)
     try:
         stored = json.loads(path.read_text())
@@ -120,18 +96,14 @@ def write_sidecar(path: str | os.PathLike, sidecar: Sidecar) -> Path:
     return write_json(path, sidecar.to_json())
 
 
-def pretrained_cfg_problem(cfg: Any) -> str | None:
-    """What makes ``cfg`` unusable for preprocessing (a phrase starting with the key), or None.
-
-    Checked: ``mean`` and ``std`` are three finite numbers (``std`` all > 0), ``input_size``
-    three positive integers (channels, height, width), ``interpolation`` a mode timm knows.
-    Keys left out take the architecture's defaults.
-    """
+def _pretrained_cfg_problem(cfg: Any) -> str | None:
+    """What makes ``cfg`` unusable for preprocessing (a phrase starting with the key), or None."""
     if not isinstance(cfg, dict):
         return f"must be a JSON object, got {short_repr(cfg)}"
     for key in ("mean", "std"):
         value = cfg.get(key, (1, 1, 1))
-        if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(_finite(v) for v in value)):
+        if not (isinstance(value, (list, tuple)) and len(value) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
             return f"{key!r} must be three numbers (one per RGB channel), got {short_repr(value)}"
     if min(cfg.get("std", (1,))) <= 0:
         return f"'std' must be > 0 (inputs are divided by it), got {cfg['std']}"
@@ -147,10 +119,6 @@ def pretrained_cfg_problem(cfg: Any) -> str | None:
 def jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
     """``cfg`` as JSON stores it: tuples become lists, anything else JSON lacks its text."""
     return json.loads(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def short_repr(value: Any, limit: int = 80) -> str:

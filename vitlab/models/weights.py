@@ -1,11 +1,5 @@
-"""Reading weight files: state dicts (``.safetensors``, ``.pt``/``.pth``) and Google ViT ``.npz``.
-
-The readers never unpickle arbitrary objects (``torch.load(weights_only=True)``) and explain
-a file that does not fit its architecture key by key. :func:`check_weights_file` reads only a
-file's header and table of contents, so an empty, truncated or misnamed file is refused in one
-line before any model is built. :mod:`vitlab.models` decides which architecture a file holds
-and calls these.
-"""
+"""Reading weight files: state dicts (``.safetensors``, ``.pt``/``.pth``) and Google ViT ``.npz``, never unpickling
+arbitrary objects, and explaining a file that does not fit its architecture key by key."""
 from __future__ import annotations
 
 import json
@@ -20,8 +14,7 @@ from torch import nn
 
 #: The weight files vitlab reads.
 SUFFIXES = (".safetensors", ".pt", ".pth", ".npz")
-#: Keys of a pre-training objective's own parameters (``vitlab.training.mpp``: mask embedding, colour head),
-#: stored beside a model's weights and skipped when the model is loaded.
+#: Keys of a pre-training objective's own parameters (``vitlab.training.mpp``), skipped when a model is loaded.
 OBJECTIVE_PREFIX = "mpp."
 #: Preprocessing of the original Google ViT checkpoints (inputs scaled to [-1, 1]).
 GOOGLE_VIT_CFG = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=1.0)
@@ -33,12 +26,7 @@ class WeightsFileError(ValueError):
 
 
 def check_weights_file(path: Path) -> None:
-    """Refuse a path that is not a complete weights file, reading only its header.
-
-    Raises FileNotFoundError for a missing path or a folder, ValueError for an unknown suffix
-    and :class:`WeightsFileError` for an empty or truncated file: an interrupted download or
-    copy, which the readers would report without the path, or only after building the model.
-    """
+    """Refuse a path that is not a complete weights file from its header alone (WeightsFileError if truncated)."""
     if path.is_dir():
         inside = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())[:3]
         hint = f"pass a weights file in it: {', '.join(inside)}" if inside else (
@@ -86,10 +74,6 @@ def _safetensors_problem(path: Path, size: int) -> str | None:
 
 
 def _zip_problem(path: Path) -> str | None:
-    """Why the zip archive ``path`` (an .npz or torch.save file) is incomplete, or None.
-
-    The table of contents sits at the end of the archive, so a truncated file has none.
-    """
     try:
         with zipfile.ZipFile(path) as archive:
             size = path.stat().st_size
@@ -102,23 +86,17 @@ def _zip_problem(path: Path) -> str | None:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` file, or the state dict in a ``.pt``/``.pth`` file."""
-    if path.suffix.lower() != ".safetensors":
-        return _read_torch_state(path)
-    try:
-        return safetensors.torch.load_file(path)
-    except Exception as err:  # SafetensorError names neither the file nor what to do
-        raise WeightsFileError(f"{path} could not be read as safetensors ({err}); {_REDO}") from None
-
-
-def _read_torch_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix.lower() == ".safetensors":
+        try:
+            return safetensors.torch.load_file(path)
+        except Exception as err:  # SafetensorError names neither the file nor what to do
+            raise WeightsFileError(f"{path} could not be read as safetensors ({err}); {_REDO}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(
-            f"{path} could not be read as a plain state dict with weights_only=True "
-            f"({type(err).__name__}); vitlab never unpickles arbitrary objects. Save the "
-            "weights with torch.save(model.state_dict(), path) or as .safetensors."
-        ) from None
+        raise ValueError(f"{path} could not be read as a plain state dict with weights_only=True "
+                         f"({type(err).__name__}); vitlab never unpickles arbitrary objects. Save the "
+                         "weights with torch.save(model.state_dict(), path) or as .safetensors.") from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -138,26 +116,17 @@ def fit_head(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Load ``state`` strictly, explaining any mismatch with the architecture.
-
-    A pre-training objective's parameters (keys starting ``mpp.``) are not the model's and are skipped.
-    """
+    """Load ``state`` strictly, explaining any mismatch; a pre-training objective's ``mpp.*`` keys are skipped."""
     state = {k: v for k, v in state.items() if not k.startswith(OBJECTIVE_PREFIX)}
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected.keys() & state.keys()
-        if state[k].shape != expected[k].shape
-    ]
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+             for k in expected.keys() & state.keys() if state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
-        lines = [f"{source} does not match the architecture:"]
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
-            if items:
-                lines.append(f"  {label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
-        lines.append("Pass the arch= this file was trained with, or fix its sidecar JSON.")
-        raise ValueError("\n".join(lines))
+        lines = [f"  {label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+                 for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)) if items]
+        raise ValueError("\n".join([f"{source} does not match the architecture:", *lines,
+                                    "Pass the arch= this file was trained with, or fix its sidecar JSON."]))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
@@ -182,8 +151,9 @@ def google_vit_args(path: Path) -> dict[str, Any]:
         if prefix is None:
             raise ValueError(f"{path} is not a Google ViT checkpoint: it has no 'embedding/kernel' array")
         patch, _, in_chans, dim = w[f"{prefix}embedding/kernel"].shape  # (P, P, C, D)
-        depth = sum(1 for k in keys if k.startswith(f"{prefix}Transformer/encoderblock_") and k.endswith("LayerNorm_0/scale"))
-        block = f"{prefix}Transformer/encoderblock_0/"
+        blocks = f"{prefix}Transformer/encoderblock_"
+        depth = sum(1 for k in keys if k.startswith(blocks) and k.endswith("LayerNorm_0/scale"))
+        block = f"{blocks}0/"
         heads = w[f"{block}MultiHeadDotProductAttention_1/query/kernel"].shape[1]  # (D, heads, head_dim)
         mlp_dim = w[f"{block}MlpBlock_3/Dense_0/kernel"].shape[1]  # (D, mlp)
         has_cls = f"{prefix}cls" in keys
@@ -192,15 +162,6 @@ def google_vit_args(path: Path) -> dict[str, Any]:
     grid = int(round(tokens**0.5))
     if grid * grid != tokens:
         raise ValueError(f"{path}: {tokens} position embeddings do not form a square grid")
-    return dict(
-        img_size=grid * patch,
-        patch_size=patch,
-        in_chans=in_chans,
-        embed_dim=dim,
-        depth=depth,
-        num_heads=heads,
-        mlp_ratio=mlp_dim / dim,
-        num_classes=num_classes,
-        class_token=has_cls,
-        global_pool="token" if has_cls else "avg",
-    )
+    return dict(img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=dim, depth=depth,
+                num_heads=heads, mlp_ratio=mlp_dim / dim, num_classes=num_classes, class_token=has_cls,
+                global_pool="token" if has_cls else "avg")
