@@ -1,10 +1,4 @@
-"""The explorer pattern under every view of :mod:`vitlab.views.explorers`.
-
-An :class:`Explorer` owns a model dropdown (zoo architectures without a checkpoint read
-"(untrained)"), a status line for what a figure was computed on, progress and errors, and
-one redraw path (:meth:`Explorer.refresh`); a view declares its controls, ``compute()``
-and ``figures()``. Models are cached per weights file and reloaded when the file changes.
-"""
+"""The explorer pattern under every view: the :class:`Explorer` base, a model cache and small widget helpers."""
 from __future__ import annotations
 
 import contextlib
@@ -21,19 +15,13 @@ from torch import nn
 from .. import models
 from ..training import zoo
 
-# --- models, cached until their weights file changes ---------------------------------------
-
 _CACHE_SIZE = 8
 _MODELS: OrderedDict[tuple, nn.Module] = OrderedDict()
 _NOTES: dict[tuple, str] = {}
 
 
 class Recent(OrderedDict):
-    """A cache of at most ``size`` entries, the least recently used dropped first.
-
-    Explorers keep what a figure took long to compute (random-init references, captures)
-    per model and settings, so switching back to them redraws without recomputing.
-    """
+    """A cache of at most ``size`` entries, the least recently used dropped first."""
 
     def __init__(self, size: int = 16):
         super().__init__()
@@ -60,11 +48,7 @@ def model_key(spec: str) -> tuple:
 
 
 def cached_model(spec: str) -> nn.Module:
-    """``load_model(spec)`` on the CPU, kept for the views and loaded again once its weights file changes.
-
-    Warnings from loading (e.g. random weights for an untrained zoo architecture) are kept
-    for the view's status line (:func:`load_note`) instead of going to stderr.
-    """
+    """``load_model(spec)`` on the CPU, kept until its weights file changes; load warnings go to :func:`load_note`."""
     key = model_key(spec)
     if key not in _MODELS:
         with warnings.catch_warnings(record=True) as caught:
@@ -86,8 +70,6 @@ def load_note(spec: str) -> str:
     return _NOTES.get(model_key(spec), "")
 
 
-# --- small widget helpers ----------------------------------------------------------------
-
 #: Descriptions as wide as their text (ipywidgets cuts them at 90 px otherwise).
 STYLE = {"description_width": "initial"}
 
@@ -107,7 +89,6 @@ def side_by_side(children: Sequence[W.Widget]) -> W.Box:
 def model_dropdown(specs: Sequence[str], initial: str | None = None, description: str = "model") -> W.Dropdown:
     """A dropdown of model specs labelled by :func:`vitlab.training.zoo.label`, in the order given.
 
-    ``vitlab.available()`` lists untrained zoo architectures last; they read "(untrained)".
     ``initial`` (default the first spec) is added in front when it is not among ``specs``.
     """
     specs = list(dict.fromkeys(specs))
@@ -130,11 +111,7 @@ def _note_html(text: str) -> str:
 
 
 def show_figure(widget: go.FigureWidget, fresh: go.Figure) -> None:
-    """Put ``fresh``'s traces and layout into ``widget`` in one update.
-
-    Traces are updated in place when their types match (so click handlers stay on them),
-    else replaced. Shapes and annotations that ``fresh`` lacks are cleared.
-    """
+    """Put ``fresh``'s traces and layout into ``widget`` in one update (in place where trace types match)."""
     layout = fresh.layout.to_plotly_json()
     layout.pop("template", None)  # the widget has it already
     for key in ("shapes", "annotations"):
@@ -162,22 +139,13 @@ def _display_now(widget: W.Widget):
     return display(widget, display_id=True)
 
 
-# --- the explorer pattern ----------------------------------------------------------------
-
-
 class Explorer(W.VBox):
     """Base of every view: a model dropdown, controls, a status line and figures, one redraw path.
 
-    A subclass makes its controls, then calls :meth:`_build` with its rows of widgets. It
-    defines :meth:`compute` (the tensor work for the current settings; cached where slow)
-    and :meth:`figures` (one plotly figure per entry of ``plots``, from what ``compute``
-    returned). A control change runs :meth:`refresh`; with ``live = False`` it only says
-    that the settings changed until ``run`` (Compute) is pressed. Errors and load warnings
-    go to the status line; on an error the figures stay as they were.
-
-    Attributes: ``model`` (dropdown, or None), ``status``, ``bar`` (progress while
-    computing), ``output`` (progress bars of the computation), ``plots`` (FigureWidgets),
-    ``run`` (Compute button when not live), ``result`` (what ``compute`` last returned).
+    A subclass makes its controls, calls :meth:`_build` with its rows and defines :meth:`compute` and
+    :meth:`figures`. A control change runs :meth:`refresh` (with ``live = False``, only once ``run`` is pressed);
+    errors and load warnings go to the status line. Attributes: ``model`` (or None), ``status``, ``bar``,
+    ``output``, ``plots`` (FigureWidgets), ``run`` (Compute button when not live), ``result``.
     """
 
     live = True  # redraw on every control change

@@ -1,10 +1,7 @@
 """Figures as plotly ``go.Figure`` objects; nothing here calls ``.show()``, runs a model or computes a metric.
 
-The Fig. 6/7 figures draw an analysis result (:mod:`vitlab.analysis.distance`, ``filters``,
-``positions``, ``rollout``); besides them, a run's training curves and the zoo. Figures of studies
-(sweeps, probes, CKA, inside views across training, recipe comparisons, pre-training) are in
-:mod:`vitlab.views.study_figures`. Every figure is laid out by :func:`vitlab.views.style.layout`
-and every tiled image by :func:`vitlab.views.style.tile`.
+The Fig. 6/7 figures draw an analysis result (:mod:`vitlab.analysis`); besides them, a run's training curves and
+the zoo. Figures of studies are in :mod:`vitlab.views.study_figures`.
 """
 from __future__ import annotations
 
@@ -19,27 +16,19 @@ from ..analysis import attention_maps
 from ..analysis.distance import DistanceResult
 from ..analysis.filters import FiltersResult
 from ..analysis.positions import PositionResult
-from .style import family_color, integer_ticks, json_safe, layout, mosaic_axes, number, spread_text, square_axes, table, tile
 from ..records import InsideView
+from .style import (family_color, integer_ticks, json_safe, layout, mosaic_axes, number, spread_text, square_axes,
+                    table, tile)
 
 
-def tile_mosaic(tiles: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Lay (A, B, r, c) tiles out as one image of A x B tiles with 1-pixel NaN gaps.
-
-    Returns ``(z, custom)``: ``z`` (A*(r+1) - 1, B*(c+1) - 1) and, per pixel, the tile
-    index (a, b) and the position (y, x) inside the tile it shows, 1-based for display
-    (-1 in gaps). A position similarity (R, C, R, C) gives Fig. 7 (center)'s layout.
-    Figures pass ``z`` through :func:`json_safe`, as NaN is not valid JSON.
-    """
+def _tile_mosaic(tiles: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~vitlab.views.style.tile` of (A, B, r, c) tiles with NaN gaps, the index 1-based (-1 in gaps)."""
     z, index = tile(tiles.detach().cpu().float().numpy(), np.nan)
     return z, np.where(index >= 0, index + 1, -1).astype(np.int32)
 
 
 def mosaic_tile(shape: tuple[int, ...], x: float, y: float) -> tuple[int, int] | None:
-    """The (a, b) tile of :func:`tile_mosaic` for ``shape`` (A, B, r, c) under pixel (x, y).
-
-    None in a gap or outside the mosaic.
-    """
+    """The (a, b) tile of a mosaic of ``shape`` (A, B, r, c) tiles under pixel (x, y); None in a gap or outside."""
     a_n, b_n, rows, cols = shape
     i, ry = divmod(int(round(y)), rows + 1)
     j, rx = divmod(int(round(x)), cols + 1)
@@ -52,8 +41,7 @@ def uniform_line(uniform: float, xs: Sequence[float], width: float | None = None
                  **extra) -> go.Scatter:
     """The uniform-attention reference of every distance figure: a dashed black line at ``uniform`` pixels over ``xs``.
 
-    ``width``: of the line (plotly's default without); ``hover``: say the value on hover (else
-    no hover); ``extra`` goes on the trace as is (e.g. ``showlegend``).
+    ``hover``: say the value on hover (else no hover); ``extra`` goes on the trace as is (e.g. ``showlegend``).
     """
     line = dict(dash="dash", color="black") if width is None else dict(dash="dash", color="black", width=width)
     return go.Scatter(x=list(xs), y=[uniform, uniform], mode="lines", line=line,
@@ -63,8 +51,7 @@ def uniform_line(uniform: float, xs: Sequence[float], width: float | None = None
 
 
 def _scores_text(result: PositionResult) -> str:
-    """The structure and mirror scores of a position result, one line each (``<br>``), each beside the
-    mean [min, max] over seeds of random-initialised models' when the result has them."""
+    """The structure and mirror scores, one line each, beside random init's mean [min, max] where there is one."""
     s, m, reference = result.structure, result.mirror, result.reference
     lines = [f"nearby patches more similar, Spearman ρ(similarity, -distance): {number(s.closeness, 2)}",
              f"same row or column more similar, partial ρ given distance: {number(s.row_column, 2)}",
@@ -79,22 +66,17 @@ def _scores_text(result: PositionResult) -> str:
 
 
 def position_similarity_figure(result: PositionResult, title: str = "Position embedding similarity") -> go.Figure:
-    """Paper Fig. 7 (center): one small heatmap per patch, tiled by the patch's position.
+    """Paper Fig. 7 (center): tile (i, j) is patch (i, j)'s position-embedding cosine similarity with every patch.
 
-    Tile (i, j) shows the cosine similarity of patch (i, j)'s position embedding with every
-    other patch's (``result.sim``, :func:`vitlab.analysis.positions.position_analysis`). Under the
-    mosaic: its structure and mirror scores, beside those of random-initialised models of the
-    architecture when the result has them.
+    Under the mosaic: the structure and mirror scores, beside random init's where the result has them.
     """
-    sim = result.sim
-    rows, cols = sim.shape[:2]
-    z, custom = tile_mosaic(sim)
+    rows, cols = result.sim.shape[:2]
+    z, custom = _tile_mosaic(result.sim)
     fig = go.Figure(go.Heatmap(
         z=json_safe(z), customdata=custom, zmin=-1, zmax=1, colorscale="Viridis", hoverongaps=False,
         colorbar=dict(title=dict(text="Cosine<br>similarity", side="right")),
         hovertemplate="query patch (row %{customdata[0]}, col %{customdata[1]})<br>"
-                      "key patch (row %{customdata[2]}, col %{customdata[3]})<br>similarity %{z:.3f}<extra></extra>",
-    ))
+                      "key patch (row %{customdata[2]}, col %{customdata[3]})<br>similarity %{z:.3f}<extra></extra>"))
     layout(fig, title, 680, 660, margin=(70, 20, 50, 110), plot_bgcolor="white")
     fig.add_annotation(text=_scores_text(result), xref="paper", yref="paper", x=0, y=0, yshift=-48,
                        xanchor="left", yanchor="top", align="left", showarrow=False, font=dict(size=11))
@@ -103,10 +85,7 @@ def position_similarity_figure(result: PositionResult, title: str = "Position em
 
 
 def patch_similarity_figure(result: PositionResult, row: int, col: int, title: str | None = None) -> go.Figure:
-    """One patch's position-embedding similarity map, large, with the patch marked.
-
-    ``row`` and ``col`` are 0-based patch indices into ``result.sim`` (rows, cols, rows, cols).
-    """
+    """One patch's position-embedding similarity map, large, with the patch (0-based ``row``, ``col``) marked."""
     sim = result.sim
     rows, cols = sim.shape[:2]
     if not (0 <= row < rows and 0 <= col < cols):
@@ -119,17 +98,16 @@ def patch_similarity_figure(result: PositionResult, row: int, col: int, title: s
                    marker=dict(symbol="square-open", size=14, color="red", line=dict(width=3))),
     ])
     layout(fig, title or f"Patch (row {row + 1}, col {col + 1})", 380, 400, margin=(50, 20, 50, 50),
-            xaxis=dict(title="column", **integer_ticks(cols)), yaxis=dict(title="row", **integer_ticks(rows)))
+           xaxis=dict(title="column", **integer_ticks(cols)), yaxis=dict(title="row", **integer_ticks(rows)))
     square_axes(fig)
     return fig
 
 
 def embedding_filters_figure(result: FiltersResult, cols: int = 7,
                              title: str = "Principal components of the patch-embedding filters") -> go.Figure:
-    """Paper Fig. 7 (left): each of the first ``result.k`` principal components shown as an RGB patch.
+    """Paper Fig. 7 (left): each of the first ``result.k`` principal components as an RGB patch, min-max scaled.
 
-    Each component of ``result.filters`` (k, 3, P, P) is min-max scaled to the full colour range
-    on its own; the hover gives its explained-variance ratio.
+    The hover gives each component's explained-variance ratio.
     """
     filters, ratio = result.filters, result.ratio[: result.k]
     k, channels, p, _ = filters.shape
@@ -148,14 +126,13 @@ def embedding_filters_figure(result: FiltersResult, cols: int = 7,
                                             np.char.add(": ", np.char.mod("%.1f%%", 100 * share[label.clip(0)]))), "")
     fig = go.Figure(go.Image(z=img, hovertext=text, hoverinfo="text"))
     return layout(fig, title, max(420, 64 * cols + 80), max(260, 64 * rows + 90), margin=(20, 20, 50, 20),
-                   xaxis=dict(visible=False), yaxis=dict(visible=False))
+                  xaxis=dict(visible=False), yaxis=dict(visible=False))
 
 
 def explained_variance_figure(result: FiltersResult, title: str = "Explained variance") -> go.Figure:
     """Explained-variance ratio of each of the first ``result.k`` principal components, with the cumulative sum.
 
-    With a random-init reference, its cumulative curve is drawn as a dashed mean within a grey
-    min-max band over seeds, and the title gives both models' share of the first k components.
+    A random-init reference is drawn as a dashed mean in a grey min-max band over seeds, its share in the title.
     """
     r = result.ratio[: result.k].detach().double().numpy()
     idx = list(range(1, len(r) + 1))
@@ -185,8 +162,7 @@ def note_figure(title: str, text: str, width: int = 580, height: int = 340) -> g
 
 
 def _reference_lines(result: DistanceResult, name: str, cnn: str) -> dict[str, tuple]:
-    """The receptive-field lines of Fig. 7 (right): the CNN's blocks spread evenly over depths 1..depth (grey
-    dots), then a hybrid's CNN stem window at every depth (dash-dot green: each token sees it before any attention)."""
+    """Fig. 7 (right)'s receptive-field lines: a CNN's blocks spread over depths 1..depth, a hybrid's stem window."""
     lines, depth, fields = {}, result.depth, result.cnn_fields
     if fields:
         xs = [1 + i * (depth - 1) / max(len(fields) - 1, 1) for i in range(len(fields))]
@@ -200,8 +176,7 @@ def _reference_lines(result: DistanceResult, name: str, cnn: str) -> dict[str, t
 
 
 def _reference_traces(fig: go.Figure, reference: dict[str, tuple], top: float) -> None:
-    """Reference curves (grey dots unless a fourth element gives the line's style), clipped at ``top``
-    with a note of where they leave the plot."""
+    """Reference curves (grey dots unless given a style) clipped at ``top``, noting where they leave the plot."""
     for name, (xs, ys, *rest) in reference.items():
         names = rest[0] if rest else [f"depth {x:g}" for x in xs]
         style = rest[1] if len(rest) > 1 else dict(dash="dot", color="gray")
@@ -233,8 +208,7 @@ def _random_init_band(fig: go.Figure, rows: torch.Tensor, random_init: torch.Ten
 
 def _distance_heads(distance: torch.Tensor, rows: torch.Tensor, depth: int, uniform: float,
                     random_init: torch.Tensor | None = None) -> tuple[go.Figure, float]:
-    """The random-init band, the uniform line and one trace of dots per head (layers, heads); returns the
-    figure and the highest value drawn."""
+    """The random-init band, the uniform line and one trace per head of ``distance`` (layers, heads), and the top."""
     d = distance.detach().float()
     fig = go.Figure()
     highest = float(d.max())
@@ -256,15 +230,10 @@ def _distance_layout(fig: go.Figure, title: str, depth: int, top: float) -> go.F
 
 def attention_distance_figure(result: DistanceResult, title: str = "Mean attention distance by head and depth",
                               name: str = "the model", cnn: str = "ResNet") -> go.Figure:
-    """Paper Fig. 7 (right): each head's mean attention distance against network depth, with its references.
+    """Paper Fig. 7 (right): each head's mean attention distance against depth, with uniform attention, the
+    random-init band, a CNN's receptive fields (clipped at the image's diagonal) and a hybrid's stem window.
 
-    Draws :func:`vitlab.analysis.distance.distance_analysis`'s result: each head's mean over the
-    images (layers shown 1-based), the uniform-attention line, the min-max band of the
-    random-initialised models per layer, a CNN's receptive fields (dotted; points above the top,
-    the image's diagonal, are clipped to it) and a hybrid's CNN stem window.
-
-    Args:
-        name, cnn: the model's and the CNN's names, for the legend.
+    ``name`` and ``cnn`` name the model and the CNN in the legend.
     """
     rows = torch.tensor(result.layers).float() + 1
     fig, highest = _distance_heads(result.mean, rows, result.depth, result.uniform, result.random_init)
@@ -274,7 +243,7 @@ def attention_distance_figure(result: DistanceResult, title: str = "Mean attenti
 
 
 def inside_distance_figure(view: InsideView, title: str = "Mean attention distance by head and depth") -> go.Figure:
-    """Fig. 7 (right) of one recorded inside view (:class:`~vitlab.records.InsideView`): its heads and uniform attention."""
+    """Fig. 7 (right) of one recorded inside view: its heads and uniform attention."""
     d = torch.tensor(view.distance)  # (layers, heads)
     fig, highest = _distance_heads(d, torch.arange(len(d)).float() + 1, len(d), view.uniform)
     return _distance_layout(fig, title, len(d), highest * 1.1)
@@ -286,9 +255,9 @@ def attention_overlay_figure(image: torch.Tensor, mask: torch.Tensor, title: str
     """An image (left) and the same image under a per-patch map (right), e.g. attention rollout (Fig. 6).
 
     Args:
-        image: uint8 (3, H, W). mask: (rows, cols), one value per patch, shown with its own
-            colour range and a colour bar titled ``scale``. marker: optional (row, col) patch
-            to outline (0-based). The heatmap is the figure's last trace.
+        image: uint8 (3, H, W).
+        mask: (rows, cols), one value per patch; the figure's last trace, its colour bar titled ``scale``.
+        marker: (row, col) patch to outline, 0-based.
     """
     _, h, w = image.shape
     rows, cols = mask.shape
@@ -316,24 +285,21 @@ def attention_overlay_figure(image: torch.Tensor, mask: torch.Tensor, title: str
 
 def head_attention_figure(maps: torch.Tensor, layers: list[int] | None = None,
                           title: str = "Class-token attention per layer and head") -> go.Figure:
-    """A (layers, heads) grid of per-patch attention maps, each scaled to its own maximum.
+    """A (layers, heads) grid of per-patch attention ``maps`` (L, H, rows, cols), each scaled to its own maximum.
 
-    Args:
-        maps: (L, H, rows, cols) attention of the class token (or any query) over patches.
-        layers: block indices of the rows (0-based), for labels.
+    ``layers``: the rows' block indices (0-based), for labels.
     """
     n_layers, heads, rows, cols = maps.shape
-    z, custom = tile_mosaic(attention_maps.scale_to_max(maps))
+    z, custom = _tile_mosaic(attention_maps.scale_to_max(maps))
     fig = go.Figure(go.Heatmap(
         z=json_safe(z), customdata=custom, zmin=0, zmax=1, colorscale="Inferno", hoverongaps=False,
         colorbar=dict(title=dict(text="share of<br>map's max", side="right")),
         hovertemplate="layer row %{customdata[0]}, head %{customdata[1]}<br>"
-                      "patch (row %{customdata[2]}, col %{customdata[3]})<br>%{z:.2f} of max<extra></extra>",
-    ))
+                      "patch (row %{customdata[2]}, col %{customdata[3]})<br>%{z:.2f} of max<extra></extra>"))
     layout(fig, title, min(900, 90 * heads + 160), min(1400, 90 * n_layers + 120), margin=(70, 20, 50, 50),
-            plot_bgcolor="white")
+           plot_bgcolor="white")
     mosaic_axes(fig, (n_layers, heads), (rows, cols), ("head", "layer"),
-                 [str((layers[i] if layers else i) + 1) for i in range(n_layers)])
+                [str((layers[i] if layers else i) + 1) for i in range(n_layers)])
     return fig
 
 
@@ -342,10 +308,8 @@ def training_curves_figure(records: list[dict] | None = None, title: str = "Trai
     """Loss and train/test accuracy per epoch from a run's metrics records (may be empty).
 
     Args:
-        mixed: the run mixes images (mixup/CutMix): its train accuracy counts each image's
-            dominant label, and the legend says so.
-        objective: ``"mpp"``: a masked-patch-prediction run, whose accuracies count corrupted
-            patches with the right 3-bit colour (the legend and titles say so).
+        mixed: the run mixes images (mixup/CutMix), so its train accuracy counts dominant labels (the legend says so).
+        objective: ``"mpp"`` for masked patch prediction, whose accuracies count corrupted patches' colours.
     """
     records = records or []
     epochs = [r["epoch"] for r in records]
@@ -367,10 +331,7 @@ def training_curves_figure(records: list[dict] | None = None, title: str = "Trai
 
 
 def zoo_table(zoo: dict[str, dict]) -> go.Figure:
-    """The zoo as a table: name, family, description, parameters, recorded test accuracy ("untrained" without).
-
-    A pre-trained encoder (objective ``"mpp"``) has no classifier: its masked-patch colour accuracy is shown, named.
-    """
+    """The zoo as a table: name, family, description, parameters, recorded test accuracy ("untrained" without)."""
     names = list(zoo)
 
     def accuracy(entry: dict) -> str:
@@ -380,7 +341,7 @@ def zoo_table(zoo: dict[str, dict]) -> go.Figure:
             return f"no head; masked colours {entry['test_accuracy']:.1%}"
         return f"{entry['test_accuracy']:.1%}"
 
-    acc = [accuracy(zoo[n]) for n in names]
     return table(["name", "family", "architecture", "parameters", "CIFAR-10 test accuracy"],
-                  [names, [zoo[n]["family"] for n in names], [zoo[n]["description"] for n in names],
-                   [f"{zoo[n]['params']:,}" for n in names], acc], [1.3, 0.6, 4.4, 0.9, 1.5], 900)
+                 [names, [zoo[n]["family"] for n in names], [zoo[n]["description"] for n in names],
+                  [f"{zoo[n]['params']:,}" for n in names], [accuracy(zoo[n]) for n in names]],
+                 [1.3, 0.6, 4.4, 0.9, 1.5], 900)

@@ -1,10 +1,4 @@
-"""Views of studies: the ViT vs ResNet study (notebook 05: the sweep, few-shot probes, CKA), a run's inside
-views across training and recipe comparisons (notebooks 03, 06, 07).
-
-The study's views are :class:`~vitlab.views.controls.Explorer`s. The measurements are
-:mod:`vitlab.training.evaluators`' (over :mod:`vitlab.analysis.representations`) and the Fig. 7 analyses'; the
-figures :mod:`vitlab.views.study_figures`' and :mod:`vitlab.views.figures`'.
-"""
+"""Views of studies: the sweep, few-shot probes and CKA, a run's inside views across training, recipe comparisons."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,23 +10,21 @@ import plotly.graph_objects as go
 import torch
 
 from .. import data
-from . import figures, study_figures, study_readouts
-from ..training import zoo
 from ..analysis.filters import filters_analysis
 from ..analysis.positions import position_analysis
 from ..analysis.representations import SHOTS
-from ..training.evaluators import CKAEvaluator, CKAResult, FewshotEvaluator
-from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, show_figure, side_by_side
 from ..records import ProbeRecord, RunRecord
+from ..training import zoo
+from ..training.evaluators import CKAEvaluator, CKAResult, FewshotEvaluator
+from . import figures, study_figures, study_readouts
+from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, show_figure, side_by_side
 
 
 class SweepExplorer(Explorer):
     """Accuracy against training-set size or training FLOPs, from sweep runs, with a table.
 
-    Pass :meth:`add` as ``sweep(..., on_run=...)`` to watch a sweep fill the figure in.
-    Attributes: ``axis`` (toggle), ``metric`` (``"test"`` accuracy or k for the k-shot probe
-    of the final representation, where the runs have them), ``models`` (multi-select),
-    ``figure``, ``table``.
+    Pass :meth:`add` as ``sweep(..., on_run=...)`` to watch a sweep fill the figure in. Attributes: ``axis``,
+    ``metric`` (``"test"`` accuracy or k for the k-shot probe), ``models``, ``figure``, ``table``.
     """
 
     AXES = {"training images": "subset_size", "training FLOPs": "train_flops"}
@@ -83,12 +75,10 @@ class SweepExplorer(Explorer):
 
 
 class ProbeExplorer(Explorer):
-    """Few-shot linear probes on every layer of several models (paper Fig. 4 style).
+    """Few-shot linear probes on every layer of several models (paper Fig. 4 style), fitted once per model.
 
-    The probes of each model are fitted once (progress in the status line) on the images
-    given. Attributes: ``shots`` (toggle), ``models`` (multi-select), ``layers``
-    (multi-select of model · layer · pooling for the shots curve), ``depth`` and ``curve``
-    (FigureWidgets), ``records`` (every :class:`vitlab.records.ProbeRecord`).
+    Attributes: ``shots``, ``models``, ``layers`` (model · layer · pooling for the shots curve), ``depth`` and
+    ``curve`` (FigureWidgets), ``records`` (every :class:`~vitlab.records.ProbeRecord`).
     """
 
     slow = True
@@ -145,12 +135,9 @@ class ProbeExplorer(Explorer):
 
 
 class CKAExplorer(Explorer):
-    """CKA heatmaps between every layer of two models (A x B) and of A with itself (A x A).
+    """CKA heatmaps between every layer of two models (A x B) and of A with itself (A x A), kept per settings.
 
-    Results are kept per (models, representation), so switching back is instant; new ones
-    show their progress in the status line. Attributes: ``model_a``, ``model_b``
-    (dropdowns), ``representation`` (toggle), ``cross`` and ``self_similarity``
-    (FigureWidgets), ``status``.
+    Attributes: ``model_a``, ``model_b``, ``representation``, ``cross`` and ``self_similarity`` (FigureWidgets).
     """
 
     slow = True
@@ -191,22 +178,12 @@ class CKAExplorer(Explorer):
         return [load_note(self.model_a.value), load_note(self.model_b.value)]
 
 
-# --- inside views across training ---------------------------------------------------------------
-
-
 class InsideViewsExplorer(W.VBox):
     """The three Fig. 7 panels of a ViT run at any recorded epoch, and its attention distance against epoch.
 
-    Reads ``<run>/inside.jsonl`` and ``inside.safetensors`` (written by the trainer,
-    :mod:`vitlab.training.inside`). The epoch slider redraws the filters' principal components and
-    their explained variance (from the stored filters), the position-embedding similarity
-    (from the stored position embeddings) and the attention distance per head (from the
-    record, with the uniform line); the line chart marks the epoch shown.
-
-    Attributes: ``epoch`` (slider over recorded epochs), ``filters``, ``variance``,
-    ``positions``, ``distance``, ``timeline`` (FigureWidgets), ``views`` (the records),
-    ``view`` (the one shown), ``sim`` and ``ratio`` (the similarity and explained variance shown;
-    None for a hybrid, whose embedding has no pixel filters: its filter panels say so).
+    Reads the run's inside views (:mod:`vitlab.training.inside`). Attributes: ``epoch`` (slider), ``filters``,
+    ``variance``, ``positions``, ``distance``, ``timeline`` (FigureWidgets), ``views``, ``view`` (the one shown),
+    ``sim`` and ``ratio`` (shown; ``ratio`` None for a hybrid).
     """
 
     def __init__(self, run_folder: str | Path, k: int = 28):
@@ -261,17 +238,11 @@ class InsideViewsExplorer(W.VBox):
 
 
 class RecipesExplorer(W.VBox):
-    """The arms of a recipe comparison side by side at any recorded epoch (e.g. with and without CutMix).
+    """The arms of a recipe comparison side by side at any recorded epoch, with a timeline of every run.
 
-    Reads a comparison folder (:func:`vitlab.training.recipes.read`, default the committed locality
-    experiment). The epoch slider redraws each arm's attention distance per head against
-    depth (every seed) and the readout for that epoch; the timeline below shows the lowest
-    layer's most local head and the test accuracy of every run against epoch, marking the
-    epoch shown.
-
-    Attributes: ``epoch`` (slider), ``distance``, ``timeline`` (FigureWidgets), ``readout``
-    (HTML), ``comparison`` (the :class:`~vitlab.records.Recipes`), ``measured`` (the
-    :class:`~vitlab.views.study_readouts.RecipesReadout` shown).
+    Reads ``folder`` (:func:`vitlab.training.recipes.read`; default the committed locality experiment).
+    Attributes: ``epoch`` (slider), ``distance``, ``timeline`` (FigureWidgets), ``readout``, ``comparison``,
+    ``measured`` (the :class:`~vitlab.views.study_readouts.RecipesReadout` shown).
     """
 
     def __init__(self, folder: str | Path | None = None):

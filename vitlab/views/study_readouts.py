@@ -1,9 +1,7 @@
 """Readouts of studies: what records of runs hold, next to what the paper (or a later paper) claims.
 
-The same :class:`~vitlab.views.readouts.Readout` records as the Fig. 6/7 readouts, over the records
-that sweeps, recipe comparisons and pre-training runs write (:mod:`vitlab.records`): the lowest
-layer's most local head against training-set size, recipe arms side by side, masked patch
-prediction and fine-tuning from it, the three model families, and several models' inside views.
+:class:`~vitlab.views.readouts.Readout` records over what sweeps, recipe comparisons and pre-training runs write
+(:mod:`vitlab.records`).
 """
 from __future__ import annotations
 
@@ -33,27 +31,16 @@ PAPER_FAMILIES = ("Fig. 5 (pre-trained on JFT-300M, transfer accuracy against pr
                   "for larger models.")
 
 
-# --- Fig. 7 (right) against training-set size (Raghu et al. 2021) -------------------------------
-
 @dataclass(frozen=True, kw_only=True)
 class DataSizeReadout(Readout):
-    """The lowest layer's most local head across training-set sizes (:func:`data_size`).
+    """The lowest layer's most local head across training-set sizes (:func:`data_size`); one entry per run."""
 
-    Attributes:
-        sizes: training images of each run, ascending (one entry per run).
-        lowest: the lowest layer's most local head of each run, pixels; ``low``/``high`` its 95%
-            interval over the probe images, pixels.
-        uniform: distance under uniform attention (the same for every run), pixels.
-        local: per run, whether that head is local by :class:`~vitlab.views.readouts.DistanceReadout`'s rule
-            (its interval below ``LOCAL_FRACTION`` of the uniform distance).
-    """
-
-    sizes: list[int]
-    lowest: list[float]
-    low: list[float]
+    sizes: list[int]  # training images of each run, ascending
+    lowest: list[float]  # the lowest layer's most local head of each run, pixels
+    low: list[float]  # its 95% interval over the probe images, pixels
     high: list[float]
-    uniform: float
-    local: list[bool]
+    uniform: float  # distance under uniform attention (the same for every run), pixels
+    local: list[bool]  # that head's interval lies below LOCAL_FRACTION of the uniform distance
 
 
 def data_size(runs: Sequence[RunInside]) -> DataSizeReadout:
@@ -80,35 +67,20 @@ def data_size(runs: Sequence[RunInside]) -> DataSizeReadout:
         low=[r.lowest_low for r in runs], high=[r.lowest_high for r in runs], uniform=uniform, local=local)
 
 
-# --- recipe comparisons: what a change of training recipe does to attention distance ---------------
-
 @dataclass(frozen=True, kw_only=True)
 class RecipesReadout(Readout):
-    """Arms of a recipe comparison at one epoch (:func:`recipes`).
+    """Arms of a recipe comparison at one epoch (:func:`recipes`); dicts map an arm to one value per run."""
 
-    Attributes:
-        epoch: the epoch read (the last one all runs recorded, unless asked).
-        arms: arm labels, in the comparison's order; seeds: per arm, the runs' seeds.
-        accuracy: per arm, each run's test accuracy at ``epoch`` (fractions).
-        lowest: per arm, each run's lowest-layer most local head at ``epoch`` (pixels).
-        low, high: per arm, each run's 95% interval of that head over the probe images (pixels);
-            only at the final epoch (the final models were measured per image), else empty.
-        structure: per arm, each run's position-embedding structure score (Spearman).
-        uniform: the uniform-attention distance (pixels).
-        local: per arm, whether each run's lowest layer has a local head: its interval (at the
-            final epoch) or its value (before) below ``LOCAL_FRACTION`` of uniform attention.
-    """
-
-    epoch: int
-    arms: list[str]
+    epoch: int  # the epoch read (the last one all runs recorded, unless asked)
+    arms: list[str]  # arm labels, in the comparison's order
     seeds: dict[str, list[int]]
-    accuracy: dict[str, list[float]]
-    lowest: dict[str, list[float]]
-    low: dict[str, list[float]]
+    accuracy: dict[str, list[float]]  # test accuracy at ``epoch`` (fractions)
+    lowest: dict[str, list[float]]  # the lowest layer's most local head at ``epoch`` (pixels)
+    low: dict[str, list[float]]  # its 95% interval over the probe images (pixels); empty before the final epoch
     high: dict[str, list[float]]
-    structure: dict[str, list[float]]
-    uniform: float
-    local: dict[str, list[bool]]
+    structure: dict[str, list[float]]  # position-embedding structure score (Spearman)
+    uniform: float  # the uniform-attention distance (pixels)
+    local: dict[str, list[bool]]  # the interval (final epoch) or value (before) below LOCAL_FRACTION of uniform
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -160,32 +132,22 @@ def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
         accuracy=accuracy, lowest=lowest, low=low, high=high, structure=structure, uniform=uniform, local=local)
 
 
-# --- self-supervised pre-training: masked patch prediction, and fine-tuning from it ------------------
-
 @dataclass(frozen=True, kw_only=True)
 class PretrainingReadout(Readout):
-    """What pre-training by masked patch prediction reached (:func:`pretraining`).
-
-    Attributes:
-        epochs: epochs run; images_seen: training images processed; minutes: training time.
-        accuracy: share of corrupted test patches whose 3-bit colour the model predicts (final epoch).
-        first: the same after the first epoch.
-        baselines: name -> accuracy of a guess that needs no model (:func:`vitlab.training.mpp.baselines`).
-    """
+    """What pre-training by masked patch prediction reached (:func:`pretraining`)."""
 
     epochs: int
     images_seen: int
-    minutes: float
-    accuracy: float
-    first: float
-    baselines: dict[str, float]
+    minutes: float  # training time
+    accuracy: float  # share of corrupted test patches whose 3-bit colour the model predicts (final epoch)
+    first: float  # the same after the first epoch
+    baselines: dict[str, float]  # name -> accuracy of a guess that needs no model
 
 
 def pretraining(log: Sequence[dict], baselines: dict[str, float], batch_size: int) -> PretrainingReadout:
-    """Readout of a pre-training run's metrics log (masked-patch colour accuracy per epoch) against guesses.
+    """Readout of a pre-training run's metrics log (:func:`vitlab.training.run_folder.read_metrics`) against guesses.
 
     Args:
-        log: the run's metrics records (:func:`vitlab.training.run_folder.read_metrics`).
         baselines: guesses scored on the same test patches (:func:`vitlab.training.mpp.baselines`).
         batch_size: of the run, to count the images it saw.
     """
@@ -212,29 +174,21 @@ def pretraining(log: Sequence[dict], baselines: dict[str, float], batch_size: in
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneReadout(Readout):
-    """Fine-tuned from pre-trained weights against from scratch, per number of labelled images (:func:`fine_tuning`).
+    """Fine-tuned from pre-trained weights against from scratch, per number of labelled images (:func:`fine_tuning`)."""
 
-    Attributes:
-        model: the architecture's zoo name; init: what the fine-tuned runs started from.
-        sizes: labelled training images, ascending.
-        scratch, tuned: per size, each seed's test accuracy (fractions).
-        gain: per size, mean fine-tuned minus mean from scratch (fractions).
-    """
-
-    model: str
-    init: str
-    sizes: list[int]
-    scratch: dict[int, list[float]]
+    model: str  # the architecture's zoo name
+    init: str  # what the fine-tuned runs started from
+    sizes: list[int]  # labelled training images, ascending
+    scratch: dict[int, list[float]]  # per size, each seed's test accuracy (fractions)
     tuned: dict[int, list[float]]
-    gain: dict[int, float]
+    gain: dict[int, float]  # per size, mean fine-tuned minus mean from scratch (fractions)
 
 
 def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on: int | None = None) -> FinetuneReadout:
     """Readout of sweep runs of ``model`` fine-tuned from ``init`` against its runs from scratch of the same sizes.
 
-    Only sizes with runs of both kinds count; seeds are averaged (the spread is the
-    standard deviation over seeds, where there are several). ``pretrained_on``: the
-    training images the encoder was pre-trained on (its sidecar's ``data``), said in the text.
+    Only sizes with runs of both kinds count; seeds are averaged. ``pretrained_on``: the training images the
+    encoder was pre-trained on (its sidecar's ``data``), said in the text.
     """
     mine = [r for r in runs if r.model == model]
     sizes_run = {r.subset_size for r in mine}
@@ -252,7 +206,8 @@ def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on:
 
     helped = [n for n in sizes if gain[n] > 0]
     verdict = ("pre-training helps at every size" if len(helped) == len(sizes) else
-               f"pre-training helps at {len(helped)} of {len(sizes)} sizes" if helped else "pre-training helps at no size")
+               f"pre-training helps at {len(helped)} of {len(sizes)} sizes" if helped else
+               "pre-training helps at no size")
     most, least = max(sizes, key=gain.get), min(sizes, key=gain.get)
     text = (f"Fine-tuned from {init} vs {model} from scratch, same recipe and budget (mean over seeds ± std): "
             + "; ".join(said(n) for n in sizes) + f". {verdict.capitalize()}"
@@ -265,41 +220,29 @@ def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on:
                            tuned={n: tuned[n] for n in sizes}, gain=gain)
 
 
-# --- three families: ViT, hybrid and ResNet against training-set size ----------------------------
-
 @dataclass(frozen=True, kw_only=True)
 class FamiliesReadout(Readout):
-    """Each model trained from scratch in one sweep, per training-set size (:func:`families`).
+    """Each model trained from scratch in one sweep, per training-set size (:func:`families`)."""
 
-    Attributes:
-        models: model name -> family, ViTs first, then hybrids, then ResNets.
-        sizes: the training-set sizes every model ran, ascending.
-        accuracy: model -> size -> each seed's test accuracy (fractions).
-        flops_per_image: model -> training FLOPs of one image (forward and backward).
-        best: size -> the model with the highest mean test accuracy.
-        gaps: (model a, model b) -> size -> mean accuracy of a minus that of b (fractions), for
-            every pair in ``models`` order.
-    """
-
-    models: dict[str, str]
-    sizes: list[int]
-    accuracy: dict[str, dict[int, list[float]]]
-    flops_per_image: dict[str, float]
-    best: dict[int, str]
-    gaps: dict[tuple[str, str], dict[int, float]]
+    models: dict[str, str]  # model name -> family, ViTs first, then hybrids, then ResNets
+    sizes: list[int]  # the training-set sizes every model ran, ascending
+    accuracy: dict[str, dict[int, list[float]]]  # model -> size -> each seed's test accuracy (fractions)
+    flops_per_image: dict[str, float]  # model -> training FLOPs of one image (forward and backward)
+    best: dict[int, str]  # size -> the model with the highest mean test accuracy
+    gaps: dict[tuple[str, str], dict[int, float]]  # (a, b) -> size -> mean accuracy of a minus b, each pair in order
 
 
 def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
-    """Readout of a sweep's models trained from scratch against each other, size by size (paper Fig. 5).
+    """Readout of a sweep's models trained from scratch (no ``init``) against each other, size by size (Fig. 5).
 
-    Runs fine-tuned from pre-trained weights (``init``) are left out; seeds are averaged.
-    Only sizes that every model ran count.
+    Seeds are averaged; only sizes that every model ran count.
     """
     scratch = [r for r in runs if not r.init]
     found = {r.model: r.family for r in scratch}
     models = dict(sorted(found.items(), key=lambda kv: (FAMILY_ORDER.get(kv[1], len(FAMILY_ORDER)), kv[0])))
     if len(models) < 2:
-        raise ValueError(f"comparing families needs runs of at least two models trained from scratch, got {list(models)}")
+        raise ValueError("comparing families needs runs of at least two models trained from scratch, "
+                         f"got {list(models)}")
     sizes = sorted(set.intersection(*({r.subset_size for r in scratch if r.model == m} for m in models)))
     if not sizes:
         raise ValueError(f"no training-set size was run for every model of {list(models)}")
@@ -331,19 +274,13 @@ def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
 
 @dataclass(frozen=True, kw_only=True)
 class InsideComparisonReadout(Readout):
-    """Fig. 7 numbers of several models of one architecture side by side (:func:`inside_comparison`).
+    """Fig. 7 numbers of several models of one architecture side by side (:func:`inside_comparison`)."""
 
-    Attributes:
-        names: the models' labels; lowest: each one's lowest-layer most local head (pixels);
-        most_local: each one's most local head anywhere (pixels) and its layer (1-based);
-        structure: each one's position-embedding structure score; uniform: uniform attention (pixels).
-    """
-
-    names: list[str]
-    lowest: dict[str, float]
-    most_local: dict[str, tuple[float, int]]
-    structure: dict[str, float]
-    uniform: float
+    names: list[str]  # the models' labels
+    lowest: dict[str, float]  # the lowest layer's most local head (pixels)
+    most_local: dict[str, tuple[float, int]]  # the most local head anywhere (pixels) and its layer (1-based)
+    structure: dict[str, float]  # position-embedding structure score
+    uniform: float  # uniform attention (pixels)
 
 
 def inside_comparison(views: dict[str, InsideView]) -> InsideComparisonReadout:

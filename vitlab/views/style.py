@@ -1,11 +1,7 @@
 """How the views look: the one layout, the one tiling, tables, family colours and number formats.
 
-Every figure goes through :func:`layout` (size, margins, a left-aligned title that the mode
-bar at the top right cannot cover) and every tiled image through :func:`tile`. Values a
-figure leaves empty (gaps between tiles) are ``None``, not NaN (:func:`json_safe`), so
-figures serialise as strict JSON inside a ``FigureWidget``. Numbers are written the same way
-in figures and readouts (:func:`number`, :func:`spread_text`, :func:`px`); plotly loads only
-when a table is drawn, so the readouts can use them without the notebook stack.
+Figures and readouts write numbers alike; gaps are ``None``, not NaN (:func:`json_safe`), for strict JSON. Plotly
+loads only when a table is drawn, so readouts can use this module without the notebook stack.
 """
 from __future__ import annotations
 
@@ -26,9 +22,8 @@ def layout(fig: go.Figure, title: str, width: int, height: int, margin: tuple[in
            **extra) -> go.Figure:
     """Size (pixels), margins (left, right, top, bottom) and a left-aligned title; ``extra`` goes on as is.
 
-    A title line too long to end before the mode bar (top right) breaks into lines, after a
-    comma or colon where it can (lines the caller broke with ``<br>`` are wrapped the same way),
-    and the top margin grows by a line for each.
+    A title line too long to end before the mode bar breaks after a comma or colon where it can, and the top
+    margin grows by a line for each.
     """
     left, right, top, bottom = margin
     limit = max(20, (width - 190) // 9)  # characters of a 17-pixel title left of the mode bar
@@ -62,10 +57,10 @@ def json_safe(values: np.ndarray) -> list:
 
 
 def tile(values: np.ndarray, fill: float) -> tuple[np.ndarray, np.ndarray]:
-    """Lay (A, B, r, c, ...) tiles out as one (A*(r+1) - 1, B*(c+1) - 1, ...) array with 1-pixel gaps.
+    """Lay (A, B, r, c, ...) tiles out as one (A*(r+1) - 1, B*(c+1) - 1, ...) array with 1-pixel gaps of ``fill``.
 
-    Returns ``(mosaic, index)``: gaps hold ``fill``; ``index`` (height, width, 4) gives per
-    pixel the 0-based tile (a, b) and position (y, x) inside it, -1 in gaps.
+    Returns ``(mosaic, index)``: ``index`` (height, width, 4) gives per pixel the 0-based tile (a, b) and position
+    (y, x) inside it, -1 in gaps.
     """
     a_n, b_n, rows, cols = values.shape[:4]
 
@@ -98,8 +93,7 @@ def square_axes(fig: go.Figure) -> None:
 def table(header: list[str], columns: list[list], widths: list[float], width: int) -> go.Figure:
     """A plotly table of ``columns`` under ``header``, ``width`` pixels wide, split by relative ``widths``.
 
-    Texts never wrap (spaces become non-breaking): plotly wraps by measuring text in the
-    page, and a table drawn while off screen then shows empty cells (notebook 05 after Run All).
+    Spaces become non-breaking: plotly's wrapping measures text in the page and empties cells drawn off screen.
     """
     import plotly.graph_objects as go
 
@@ -112,13 +106,13 @@ def table(header: list[str], columns: list[list], widths: list[float], width: in
 
 
 #: Shades per model family: blues for ViTs, reds for ResNets, greens for hybrids.
-FAMILY_COLORS = {"vit": ("#1f77b4", "#6baed6", "#08519c"), "resnet": ("#d62728", "#fc9272", "#a50f15"),
+_FAMILY_COLORS = {"vit": ("#1f77b4", "#6baed6", "#08519c"), "resnet": ("#d62728", "#fc9272", "#a50f15"),
                  "hybrid": ("#2ca02c", "#74c476", "#006d2c")}
 
 
 def family_color(family: str, k: int) -> str:
     """The ``k``-th shade of a family's colour (grey for an unknown family)."""
-    shades = FAMILY_COLORS.get(family, ("#555555", "#999999", "#222222"))
+    shades = _FAMILY_COLORS.get(family, ("#555555", "#999999", "#222222"))
     return shades[k % len(shades)]
 
 
