@@ -22,7 +22,6 @@ _NOTES: dict[tuple, str] = {}
 
 class Recent(OrderedDict):
     """A cache of at most ``size`` entries, the least recently used dropped first."""
-
     def __init__(self, size: int = 16):
         super().__init__()
         self.size = size
@@ -87,10 +86,7 @@ def side_by_side(children: Sequence[W.Widget]) -> W.Box:
 
 
 def model_dropdown(specs: Sequence[str], initial: str | None = None, description: str = "model") -> W.Dropdown:
-    """A dropdown of model specs labelled by :func:`vitlab.training.zoo.label`, in the order given.
-
-    ``initial`` (default the first spec) is added in front when it is not among ``specs``.
-    """
+    """A dropdown of ``specs`` labelled by :func:`vitlab.training.zoo.label`, ``initial`` added in front if missing."""
     specs = list(dict.fromkeys(specs))
     if initial is not None and initial not in specs:
         specs.insert(0, initial)
@@ -101,13 +97,9 @@ def model_dropdown(specs: Sequence[str], initial: str | None = None, description
                       style=STYLE, layout=fit_width([label for label, _ in options], description))
 
 
-def _error_html(err: Exception) -> str:
-    """An exception as one red line for a status label."""
-    return f"<span style='color:#b00'>{html.escape(type(err).__name__)}: {html.escape(str(err))}</span>"
-
-
-def _note_html(text: str) -> str:
-    return f"<span style='color:#a60'>{html.escape(text)}</span>"
+def _coloured(text: str, colour: str = "#a60") -> str:
+    """``text`` as HTML in ``colour`` (default: the amber of notes), for a status line."""
+    return f"<span style='color:{colour}'>{html.escape(text)}</span>"
 
 
 def show_figure(widget: go.FigureWidget, fresh: go.Figure) -> None:
@@ -133,21 +125,15 @@ def _display_now(widget: W.Widget):
         from IPython.display import display
     except ImportError:
         return None
-    shell = get_ipython()
-    if shell is None or not hasattr(shell, "kernel"):
-        return None
-    return display(widget, display_id=True)
+    return display(widget, display_id=True) if hasattr(get_ipython(), "kernel") else None
 
 
 class Explorer(W.VBox):
-    """Base of every view: a model dropdown, controls, a status line and figures, one redraw path.
+    """Base of every view: a model dropdown, controls, a status line and figures, one redraw path (:meth:`refresh`).
 
-    A subclass makes its controls, calls :meth:`_build` with its rows and defines :meth:`compute` and
-    :meth:`figures`. A control change runs :meth:`refresh` (with ``live = False``, only once ``run`` is pressed);
-    errors and load warnings go to the status line. Attributes: ``model`` (or None), ``status``, ``bar``,
-    ``output``, ``plots`` (FigureWidgets), ``run`` (Compute button when not live), ``result``.
+    A subclass makes its controls, calls :meth:`_build` with its rows and defines :meth:`compute` and :meth:`figures`;
+    with ``live = False`` a control change redraws only once ``run`` (Compute) is pressed.
     """
-
     live = True  # redraw on every control change
     slow = False  # the first computation takes seconds: show progress in the cell meanwhile
     n_figures = 1
@@ -195,7 +181,6 @@ class Explorer(W.VBox):
         finally:
             if handle is not None:
                 from IPython.display import HTML
-
                 handle.update(HTML(""))
 
     def click(self, plot: int, trace: int, handler: Callable[[Any, Any, Any], None]) -> None:
@@ -218,12 +203,10 @@ class Explorer(W.VBox):
             self._held -= 1
 
     def _changed(self, _change=None) -> None:
-        if self._held:
-            return
-        if self.live:
+        if self.live and not self._held:
             self.refresh()
-        else:
-            self.status.value = _note_html("settings changed: press Compute to redraw")
+        elif not self._held:
+            self.status.value = _coloured("settings changed: press Compute to redraw")
 
     def step(self, text: str, done: int, total: int) -> None:
         """Say what is being computed, with a progress bar at ``done`` of ``total``."""
@@ -245,11 +228,11 @@ class Explorer(W.VBox):
         self.output.clear_output()
         self.bar.layout.display = "none"
         if error is not None:
-            self.status.value = _error_html(error)
+            self.status.value = _coloured(f"{type(error).__name__}: {error}", "#b00")  # one red line
             return
         self.result = result
         for widget, fig in zip(self.plots, fresh):
             show_figure(widget, fig)
         self._attach_clicks()
         notes = [n for n in [*self.notes(), *(str(w.message) for w in caught)] if n]
-        self.status.value = " ".join([html.escape(self.describe(result)), *map(_note_html, dict.fromkeys(notes))])
+        self.status.value = " ".join([html.escape(self.describe(result)), *map(_coloured, dict.fromkeys(notes))])

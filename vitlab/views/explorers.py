@@ -1,8 +1,5 @@
-"""Interactive views of Fig. 6/7 and live training curves: ipywidgets around :mod:`vitlab.views.figures`.
-
-Each Fig. 6/7 :class:`~vitlab.views.controls.Explorer` runs its analysis for the settings shown, keeps the result
-per model and settings, and draws it with the figure and readout a notebook cell calls.
-"""
+"""Interactive views of Fig. 6/7 and live training curves: each explorer runs its analysis for the settings shown,
+keeps the result per model and settings, and draws it with the figure and readout a notebook cell calls."""
 from __future__ import annotations
 
 import warnings
@@ -31,12 +28,7 @@ from .controls import STYLE, Explorer, Recent, cached_model, fit_width, load_not
 
 
 class PositionEmbeddingExplorer(Explorer):
-    """Fig. 7 (center) of the model picked, against random init (seeds ``SEEDS``); click a tile to enlarge it.
-
-    Attributes: ``mosaic``, ``detail`` (the clicked patch's map), ``result`` (a
-    :class:`~vitlab.analysis.positions.PositionResult`), ``sim``, ``selected`` (patch), ``readout``.
-    """
-
+    """Fig. 7 (center) of the model picked, against random init (seeds ``SEEDS``); click a tile to enlarge it."""
     n_figures = 2
     SEEDS = INIT_SEEDS
 
@@ -83,12 +75,7 @@ def position_embedding_explorer(models: Sequence[str], initial: str | None = Non
 
 
 class EmbeddingFiltersExplorer(Explorer):
-    """Fig. 7 (left): principal components of a model's patch-embedding filters, against random init (``SEEDS``).
-
-    Attributes: ``components`` (slider), ``filters`` and ``variance`` (FigureWidgets), ``result`` (a
-    :class:`~vitlab.analysis.filters.FiltersResult`), ``readout``.
-    """
-
+    """Fig. 7 (left): principal components of a model's patch-embedding filters, against random init (``SEEDS``)."""
     n_figures = 2
     SEEDS = INIT_SEEDS
 
@@ -129,12 +116,8 @@ def _distance_title(name: str, result: DistanceResult, images: str, convention: 
 class AttentionDistanceExplorer(Explorer):
     """Fig. 7 (right): mean attention distance per head against depth, streamed over images, with its references.
 
-    Random init (seeds ``SEEDS``) runs on the first ``reference_images``; ``reference`` names a CNN whose receptive
-    fields are drawn. Attributes: ``images`` (how many), ``convention`` (how attention to the class token is
-    treated), ``run`` (Compute), ``figure``, ``result`` (a :class:`~vitlab.analysis.distance.DistanceResult`),
-    ``readout``.
+    Random init (seeds ``SEEDS``) runs on the first ``reference_images``; ``reference`` names a CNN to draw.
     """
-
     #: Label -> ``renormalize``; the paper's convention first (the default).
     CONVENTIONS = {"paper's: raw weights over patches": False, "renormalised over patches": True}
     SEEDS = INIT_SEEDS
@@ -175,24 +158,19 @@ class AttentionDistanceExplorer(Explorer):
 
 def attention_distance_view(model: str, images: torch.Tensor, reference: str | None = None, source: str = "",
                             renormalize: bool = False) -> tuple[go.Figure, readouts.DistanceReadout]:
-    """Fig. 7 (right) for ``model`` on uint8 ``images`` (N, 3, H, W): ``(figure, readout)`` of one distance analysis.
-
-    ``reference`` names a CNN whose receptive fields are drawn.
-    """
+    """Fig. 7 (right) for ``model`` on uint8 ``images`` (N, 3, H, W) and a CNN ``reference``: ``(figure, readout)``."""
     net = cached_model(model)
     if load_note(model):  # e.g. random weights: cached_model keeps it for status lines, a notebook shows it
         warnings.warn(load_note(model), stacklevel=2)
     cnn = None if reference is None else cached_model(reference)
     result = distance_analysis(net, images, renormalize, cnn=cnn, progress=True)
     title = _distance_title(model, result, data.describe_images(result.images, source))
-    return (figures.attention_distance_figure(result, title, name=model, cnn=reference or ""),
-            readouts.readout(result))
+    return figures.attention_distance_figure(result, title, name=model, cnn=reference or ""), readouts.readout(result)
 
 
 @dataclass(frozen=True)
 class _Seen:
     """One image as a model saw it: the resized image and each block's attention (heads, N, N)."""
-
     image: torch.Tensor
     attn: list[torch.Tensor]
     grid: tuple[int, int]
@@ -200,16 +178,10 @@ class _Seen:
 
 
 class AttentionMapsExplorer(Explorer):
-    """Fig. 6: attention rollout over an image, and each layer's and head's attention.
-
-    Click a patch of the rollout map to see where it attends. Attributes: ``image``, ``layer``, ``head``,
-    ``fusion``, ``discard`` (controls); ``rollout``, ``patch``, ``heads`` (FigureWidgets); ``selected``; ``readout``.
-    """
-
+    """Fig. 6: attention rollout over an image (click a patch to see where it attends), and each head's attention."""
     n_figures = 3
 
-    def __init__(self, models: Sequence[str], images: torch.Tensor, names: Sequence[str],
-                 initial: str | None = None):
+    def __init__(self, models: Sequence[str], images: torch.Tensor, names: Sequence[str], initial: str | None = None):
         super().__init__(models, initial)
         self.images, self.names = images, list(names)
         self.image = W.Dropdown(options=[(n, i) for i, n in enumerate(self.names)], value=0, description="image",
@@ -236,7 +208,6 @@ class AttentionMapsExplorer(Explorer):
             img = data.resize(self.images[self.image.value : self.image.value + 1], size)  # (1, 3, H, W)
             cap = capture(model, img)
             return _Seen(img[0], [cap.attn[i][0] for i in cap.attn], cap.grid, cap.num_prefix_tokens)
-
         return self._seen.keep((model_key(self.model.value), self.image.value), make)
 
     def compute(self) -> _Seen:
@@ -284,17 +255,11 @@ class AttentionMapsExplorer(Explorer):
             model = cached_model(self.model.value)
             images = data.resize(self.images, model.pretrained_cfg["input_size"][1:])
             return rollout_analysis(model, images, self.fusion.value, self.discard.value)
-
         return self._rollouts.keep((model_key(self.model.value), self.fusion.value, self.discard.value), make)
 
 
 class TrainingMonitor(W.VBox):
-    """Live loss and accuracy curves; pass :meth:`update` as ``train(..., on_epoch=...)``.
-
-    ``records``: epochs already run, drawn at once; ``mixed`` and ``objective`` as in
-    :func:`~vitlab.views.figures.training_curves_figure`.
-    """
-
+    """Live curves of :func:`~vitlab.views.figures.training_curves_figure`; pass :meth:`update` as ``on_epoch``."""
     def __init__(self, title: str = "Training", records: list[dict] | None = None, mixed: bool = False,
                  objective: str = "classify"):
         self.records: list[dict] = list(records or [])
@@ -314,7 +279,6 @@ class TrainingMonitor(W.VBox):
 def train_with_curves(config, out: str | Path, title: str | None = None):
     """Show live curves while training ``config`` (a :class:`~vitlab.training.config.TrainConfig`) into ``out``."""
     from IPython.display import display
-
     # A run resumed (or already finished) in ``out`` shows the epochs it has recorded so far.
     what = "Pre-training (masked patch prediction)" if config.objective == "mpp" else "Training"
     monitor = TrainingMonitor(title or f"{what} {config.model} ({out})", read_metrics(out), mixed=mixing(config),

@@ -1,8 +1,5 @@
-"""Figures as plotly ``go.Figure`` objects; nothing here calls ``.show()``, runs a model or computes a metric.
-
-The Fig. 6/7 figures draw an analysis result (:mod:`vitlab.analysis`); besides them, a run's training curves and
-the zoo. Figures of studies are in :mod:`vitlab.views.study_figures`.
-"""
+"""Figures (plotly ``go.Figure``) of the Fig. 6/7 analysis results, a run's training curves and the zoo; nothing
+here calls ``.show()``, runs a model or computes a metric."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,10 +36,7 @@ def mosaic_tile(shape: tuple[int, ...], x: float, y: float) -> tuple[int, int] |
 
 def uniform_line(uniform: float, xs: Sequence[float], width: float | None = None, hover: bool = True,
                  **extra) -> go.Scatter:
-    """The uniform-attention reference of every distance figure: a dashed black line at ``uniform`` pixels over ``xs``.
-
-    ``hover``: say the value on hover (else no hover); ``extra`` goes on the trace as is (e.g. ``showlegend``).
-    """
+    """The uniform-attention reference of every distance figure: a dashed black line at ``uniform`` pixels."""
     line = dict(dash="dash", color="black") if width is None else dict(dash="dash", color="black", width=width)
     return go.Scatter(x=list(xs), y=[uniform, uniform], mode="lines", line=line,
                       name=f"uniform attention ({uniform:.1f} px)",
@@ -50,26 +44,18 @@ def uniform_line(uniform: float, xs: Sequence[float], width: float | None = None
                       hoverinfo=None if hover else "skip", **extra)
 
 
-def _scores_text(result: PositionResult) -> str:
-    """The structure and mirror scores, one line each, beside random init's mean [min, max] where there is one."""
+def position_similarity_figure(result: PositionResult, title: str = "Position embedding similarity") -> go.Figure:
+    """Paper Fig. 7 (center): tile (i, j) is patch (i, j)'s position-embedding similarity, with the scores under it."""
     s, m, reference = result.structure, result.mirror, result.reference
     lines = [f"nearby patches more similar, Spearman ρ(similarity, -distance): {number(s.closeness, 2)}",
              f"same row or column more similar, partial ρ given distance: {number(s.row_column, 2)}",
              f"similarity to the mirror position {number(m.mirror, 2)}, to neighbours {number(m.neighbour, 2)}"]
-    if reference:
+    if reference:  # random init's mean [min, max] beside each score
         init = f"random init ({len(reference)} seeds)"
         lines[0] += f" · {init} {spread_text([r.closeness for r, _ in reference])}"
         lines[1] += f" · {init} {spread_text([r.row_column for r, _ in reference])}"
         lines[2] += (f" · {init} {spread_text([r.mirror for _, r in reference])}, "
                      f"{spread_text([r.neighbour for _, r in reference])}")
-    return "<br>".join(lines)
-
-
-def position_similarity_figure(result: PositionResult, title: str = "Position embedding similarity") -> go.Figure:
-    """Paper Fig. 7 (center): tile (i, j) is patch (i, j)'s position-embedding cosine similarity with every patch.
-
-    Under the mosaic: the structure and mirror scores, beside random init's where the result has them.
-    """
     rows, cols = result.sim.shape[:2]
     z, custom = _tile_mosaic(result.sim)
     fig = go.Figure(go.Heatmap(
@@ -78,7 +64,7 @@ def position_similarity_figure(result: PositionResult, title: str = "Position em
         hovertemplate="query patch (row %{customdata[0]}, col %{customdata[1]})<br>"
                       "key patch (row %{customdata[2]}, col %{customdata[3]})<br>similarity %{z:.3f}<extra></extra>"))
     layout(fig, title, 680, 660, margin=(70, 20, 50, 110), plot_bgcolor="white")
-    fig.add_annotation(text=_scores_text(result), xref="paper", yref="paper", x=0, y=0, yshift=-48,
+    fig.add_annotation(text="<br>".join(lines), xref="paper", yref="paper", x=0, y=0, yshift=-48,
                        xanchor="left", yanchor="top", align="left", showarrow=False, font=dict(size=11))
     mosaic_axes(fig, (rows, cols), (rows, cols), ("Input patch column", "Input patch row"))
     return fig
@@ -86,8 +72,7 @@ def position_similarity_figure(result: PositionResult, title: str = "Position em
 
 def patch_similarity_figure(result: PositionResult, row: int, col: int, title: str | None = None) -> go.Figure:
     """One patch's position-embedding similarity map, large, with the patch (0-based ``row``, ``col``) marked."""
-    sim = result.sim
-    rows, cols = sim.shape[:2]
+    sim, (rows, cols) = result.sim, result.sim.shape[:2]
     if not (0 <= row < rows and 0 <= col < cols):
         raise ValueError(f"patch ({row}, {col}) is outside the {rows}x{cols} grid")
     fig = go.Figure([
@@ -105,10 +90,7 @@ def patch_similarity_figure(result: PositionResult, row: int, col: int, title: s
 
 def embedding_filters_figure(result: FiltersResult, cols: int = 7,
                              title: str = "Principal components of the patch-embedding filters") -> go.Figure:
-    """Paper Fig. 7 (left): each of the first ``result.k`` principal components as an RGB patch, min-max scaled.
-
-    The hover gives each component's explained-variance ratio.
-    """
+    """Paper Fig. 7 (left): each of the first ``result.k`` principal components as an RGB patch, min-max scaled."""
     filters, ratio = result.filters, result.ratio[: result.k]
     k, channels, p, _ = filters.shape
     if channels != 3:
@@ -130,10 +112,7 @@ def embedding_filters_figure(result: FiltersResult, cols: int = 7,
 
 
 def explained_variance_figure(result: FiltersResult, title: str = "Explained variance") -> go.Figure:
-    """Explained-variance ratio of each of the first ``result.k`` principal components, with the cumulative sum.
-
-    A random-init reference is drawn as a dashed mean in a grey min-max band over seeds, its share in the title.
-    """
+    """Explained-variance ratio of the first ``result.k`` principal components, cumulative, against random init."""
     r = result.ratio[: result.k].detach().double().numpy()
     idx = list(range(1, len(r) + 1))
     fig = go.Figure([go.Bar(x=idx, y=r.tolist(), name="component"),
@@ -161,30 +140,24 @@ def note_figure(title: str, text: str, width: int = 580, height: int = 340) -> g
     return layout(fig, title, width, height, xaxis=dict(visible=False), yaxis=dict(visible=False))
 
 
-def _reference_lines(result: DistanceResult, name: str, cnn: str) -> dict[str, tuple]:
-    """Fig. 7 (right)'s receptive-field lines: a CNN's blocks spread over depths 1..depth, a hybrid's stem window."""
-    lines, depth, fields = {}, result.depth, result.cnn_fields
+def _receptive_fields(fig: go.Figure, result: DistanceResult, name: str, cnn: str, top: float) -> None:
+    """Receptive fields clipped at ``top``, noted where they leave the plot: a CNN's blocks spread over depths
+    1..depth (grey dots), a hybrid's CNN stem window at every depth (each token sees it before any attention)."""
+    depth, fields, curves = result.depth, result.cnn_fields, []
     if fields:
         xs = [1 + i * (depth - 1) / max(len(fields) - 1, 1) for i in range(len(fields))]
-        lines[f"{cnn} receptive field"] = (xs, [r for _, r in fields], [block for block, _ in fields])
+        curves.append((f"{cnn} receptive field", xs, [r for _, r in fields], [block for block, _ in fields],
+                       dict(dash="dot", color="gray")))
     if result.token_field is not None:
-        pixels = result.token_field
-        style = dict(dash="dashdot", color=family_color("hybrid", 2))  # apart from a CNN's grey receptive fields
-        lines[f"{name}'s CNN stem receptive field ({pixels:.0f} px)"] = (
-            [1, depth], [pixels, pixels], ["the tokens' CNN window (every layer's input)"] * 2, style)
-    return lines
-
-
-def _reference_traces(fig: go.Figure, reference: dict[str, tuple], top: float) -> None:
-    """Reference curves (grey dots unless given a style) clipped at ``top``, noting where they leave the plot."""
-    for name, (xs, ys, *rest) in reference.items():
-        names = rest[0] if rest else [f"depth {x:g}" for x in xs]
-        style = rest[1] if len(rest) > 1 else dict(dash="dot", color="gray")
+        pixels, style = result.token_field, dict(dash="dashdot", color=family_color("hybrid", 2))  # apart from grey
+        curves.append((f"{name}'s CNN stem receptive field ({pixels:.0f} px)", [1, depth], [pixels, pixels],
+                       ["the tokens' CNN window (every layer's input)"] * 2, style))
+    for label, xs, ys, names, style in curves:
         fig.add_trace(go.Scatter(
-            x=xs, y=[min(y, top) for y in ys], mode="lines+markers", name=name, customdata=list(zip(names, ys)),
+            x=xs, y=[min(y, top) for y in ys], mode="lines+markers", name=label, customdata=list(zip(names, ys)),
             line=style, cliponaxis=False,
             marker=dict(symbol=["triangle-up" if y > top else "circle" for y in ys]),  # up: clipped
-            hovertemplate="%{customdata[0]}<br>%{customdata[1]:.0f} px<extra>" + name + "</extra>"))
+            hovertemplate="%{customdata[0]}<br>%{customdata[1]:.0f} px<extra>" + label + "</extra>"))
         over = [i for i, y in enumerate(ys) if y > top]
         if over:
             fig.add_annotation(xref="paper", x=0.01, y=top, xanchor="left", yanchor="top", showarrow=False,
@@ -192,30 +165,24 @@ def _reference_traces(fig: go.Figure, reference: dict[str, tuple], top: float) -
                                text=f"beyond {top:.0f} px from {names[over[0]]} on (up to {max(ys):.0f} px)")
 
 
-def _random_init_band(fig: go.Figure, rows: torch.Tensor, random_init: torch.Tensor) -> float:
-    """Shade min..max over seeds and heads of ``random_init`` (seeds, layers, heads) per layer; returns the top."""
-    r = random_init.detach().float()
-    name = f"random init ({len(r)} seed{'s' if len(r) != 1 else ''})"
-    r = r.transpose(0, 1).flatten(1)  # (layers, seeds*heads)
-    low, high = r.amin(1), r.amax(1)  # (layers,)
-    xs = rows.tolist() if len(rows) > 1 else [rows.item() - 0.4, rows.item() + 0.4]  # one layer: a short band
-    lo, hi = (low.tolist(), high.tolist()) if len(rows) > 1 else (2 * low.tolist(), 2 * high.tolist())
-    fig.add_trace(go.Scatter(
-        x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", mode="lines", name=name, line=dict(width=0),
-        fillcolor="rgba(128, 128, 128, 0.25)", hoverinfo="skip"))
-    return float(high.max())
-
-
 def _distance_heads(distance: torch.Tensor, rows: torch.Tensor, depth: int, uniform: float,
                     random_init: torch.Tensor | None = None) -> tuple[go.Figure, float]:
-    """The random-init band, the uniform line and one trace per head of ``distance`` (layers, heads), and the top."""
+    """The random-init band (seeds, layers, heads), the uniform line and one trace per head of ``distance``
+    (layers, heads); returns the figure and the highest value drawn."""
     d = distance.detach().float()
     fig = go.Figure()
-    highest = float(d.max())
-    if random_init is not None:  # drawn first: under the heads
-        highest = max(highest, _random_init_band(fig, rows, random_init))
+    highest = max(float(d.max()), uniform)
+    if random_init is not None:  # drawn first, under the heads: min..max over seeds and heads per layer
+        r = random_init.detach().float()
+        name = f"random init ({len(r)} seed{'s' if len(r) != 1 else ''})"
+        r = r.transpose(0, 1).flatten(1)  # (layers, seeds*heads)
+        low, high = r.amin(1), r.amax(1)  # (layers,)
+        xs = rows.tolist() if len(rows) > 1 else [rows.item() - 0.4, rows.item() + 0.4]  # one layer: a short band
+        lo, hi = (low.tolist(), high.tolist()) if len(rows) > 1 else (2 * low.tolist(), 2 * high.tolist())
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", mode="lines", name=name,
+                                 line=dict(width=0), fillcolor="rgba(128, 128, 128, 0.25)", hoverinfo="skip"))
+        highest = max(highest, float(high.max()))
     fig.add_trace(uniform_line(uniform, [0.5, depth + 0.5], width=1.5))
-    highest = max(highest, uniform)
     for h in range(d.shape[1]):
         fig.add_trace(go.Scatter(
             x=rows.numpy(), y=d[:, h].numpy(), mode="markers", name=f"head {h + 1}", marker=dict(size=9, opacity=0.85),
@@ -230,15 +197,11 @@ def _distance_layout(fig: go.Figure, title: str, depth: int, top: float) -> go.F
 
 def attention_distance_figure(result: DistanceResult, title: str = "Mean attention distance by head and depth",
                               name: str = "the model", cnn: str = "ResNet") -> go.Figure:
-    """Paper Fig. 7 (right): each head's mean attention distance against depth, with uniform attention, the
-    random-init band, a CNN's receptive fields (clipped at the image's diagonal) and a hybrid's stem window.
-
-    ``name`` and ``cnn`` name the model and the CNN in the legend.
-    """
+    """Paper Fig. 7 (right): each head's mean attention distance (pixels) against depth, with its references."""
     rows = torch.tensor(result.layers).float() + 1
     fig, highest = _distance_heads(result.mean, rows, result.depth, result.uniform, result.random_init)
     top = result.diagonal if result.diagonal is not None else highest * 1.1
-    _reference_traces(fig, _reference_lines(result, name, cnn), top)
+    _receptive_fields(fig, result, name, cnn, top)
     return _distance_layout(fig, title, result.depth, top)
 
 
@@ -252,15 +215,11 @@ def inside_distance_figure(view: InsideView, title: str = "Mean attention distan
 def attention_overlay_figure(image: torch.Tensor, mask: torch.Tensor, title: str = "",
                              marker: tuple[int, int] | None = None, opacity: float = 0.55,
                              scale: str = "attention") -> go.Figure:
-    """An image (left) and the same image under a per-patch map (right), e.g. attention rollout (Fig. 6).
+    """A uint8 ``image`` (3, H, W) and the same under a per-patch ``mask`` (rows, cols), e.g. rollout (Fig. 6).
 
-    Args:
-        image: uint8 (3, H, W).
-        mask: (rows, cols), one value per patch; the figure's last trace, its colour bar titled ``scale``.
-        marker: (row, col) patch to outline, 0-based.
+    ``marker``: a (row, col) patch to outline, 0-based; the heatmap is the last trace.
     """
-    _, h, w = image.shape
-    rows, cols = mask.shape
+    (_, h, w), (rows, cols) = image.shape, mask.shape
     ph, pw = h / rows, w / cols
     pixels = image.permute(1, 2, 0).cpu().numpy()
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.03)
@@ -285,10 +244,7 @@ def attention_overlay_figure(image: torch.Tensor, mask: torch.Tensor, title: str
 
 def head_attention_figure(maps: torch.Tensor, layers: list[int] | None = None,
                           title: str = "Class-token attention per layer and head") -> go.Figure:
-    """A (layers, heads) grid of per-patch attention ``maps`` (L, H, rows, cols), each scaled to its own maximum.
-
-    ``layers``: the rows' block indices (0-based), for labels.
-    """
+    """A grid of attention ``maps`` (L, H, rows, cols) of blocks ``layers`` (0-based), each scaled to its maximum."""
     n_layers, heads, rows, cols = maps.shape
     z, custom = _tile_mosaic(attention_maps.scale_to_max(maps))
     fig = go.Figure(go.Heatmap(
@@ -307,9 +263,7 @@ def training_curves_figure(records: list[dict] | None = None, title: str = "Trai
                            mixed: bool = False, objective: str = "classify") -> go.Figure:
     """Loss and train/test accuracy per epoch from a run's metrics records (may be empty).
 
-    Args:
-        mixed: the run mixes images (mixup/CutMix), so its train accuracy counts dominant labels (the legend says so).
-        objective: ``"mpp"`` for masked patch prediction, whose accuracies count corrupted patches' colours.
+    ``mixed``: a mixup/CutMix run (train accuracy of dominant labels); ``objective="mpp"``: masked patch prediction.
     """
     records = records or []
     epochs = [r["epoch"] for r in records]
@@ -318,9 +272,8 @@ def training_curves_figure(records: list[dict] | None = None, title: str = "Trai
         "loss (cross-entropy over 512 colours)" if colours else "loss",
         "masked-patch colour accuracy" if colours else "accuracy"))
     fig.add_trace(go.Scatter(x=epochs, y=[r["loss"] for r in records], name="train loss", mode="lines+markers"), 1, 1)
-    train_name = "train accuracy (dominant label of mixed images)" if mixed else "train accuracy"
-    if colours:
-        train_name = "train images' corrupted patches"
+    train_name = ("train images' corrupted patches" if colours else
+                  "train accuracy (dominant label of mixed images)" if mixed else "train accuracy")
     test_name = "test images' corrupted patches" if colours else "test accuracy"
     for key, name in (("train_accuracy", train_name), ("test_accuracy", test_name)):
         fig.add_trace(go.Scatter(x=epochs, y=[r.get(key) for r in records], name=name, mode="lines+markers"), 1, 2)
@@ -333,14 +286,12 @@ def training_curves_figure(records: list[dict] | None = None, title: str = "Trai
 def zoo_table(zoo: dict[str, dict]) -> go.Figure:
     """The zoo as a table: name, family, description, parameters, recorded test accuracy ("untrained" without)."""
     names = list(zoo)
-
     def accuracy(entry: dict) -> str:
         if entry.get("test_accuracy") is None:
             return "untrained"
         if entry.get("objective") == "mpp":
             return f"no head; masked colours {entry['test_accuracy']:.1%}"
         return f"{entry['test_accuracy']:.1%}"
-
     return table(["name", "family", "architecture", "parameters", "CIFAR-10 test accuracy"],
                  [names, [zoo[n]["family"] for n in names], [zoo[n]["description"] for n in names],
                   [f"{zoo[n]['params']:,}" for n in names], [accuracy(zoo[n]) for n in names]],

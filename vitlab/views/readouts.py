@@ -1,8 +1,5 @@
-"""Measured readouts: what the model on screen shows, next to what the paper claims.
-
-:func:`readout` of a Fig. 6/7 analysis result (:mod:`vitlab.analysis`) is a typed :class:`Readout` with plain
-sentences (``text``) and the paper's reading (``paper``); readouts of studies are in :mod:`.study_readouts`.
-"""
+"""Measured readouts: :func:`readout` of a Fig. 6/7 analysis result says what the model shows (``text``), next to
+what the paper claims (``paper``)."""
 from __future__ import annotations
 
 import functools
@@ -39,7 +36,6 @@ PAPER_ROLLOUT = "the model attends to image regions that are semantically releva
 @dataclass(frozen=True, kw_only=True)
 class Readout:
     """What one figure shows for this model, measured."""
-
     figure: str  # the paper's figure, e.g. "Fig. 7 (right)"
     text: str  # one or two plain sentences with the measured numbers
     paper: str  # the paper's claim for that figure, in one sentence
@@ -59,16 +55,12 @@ class Readout:
 @dataclass(frozen=True, kw_only=True)
 class DistanceReadout(Readout):
     """Fig. 7 (right): which heads attend locally."""
-
-    # (layers, heads) bool: the head's whole 95% interval lies below LOCAL_FRACTION of the uniform distance and,
-    # with a random-init reference, below that layer's lowest random-init head.
-    local: torch.Tensor
+    local: torch.Tensor  # (layers, heads): 95% interval below LOCAL_FRACTION of uniform and the layer's random init
 
 
 @dataclass(frozen=True, kw_only=True)
 class PositionReadout(Readout):
     """Fig. 7 (center): whether the position embeddings hold the grid."""
-
     grid_structure: bool  # the structure score reaches _STRUCTURE_THRESHOLD and beats every random-init seed's
     mirror_symmetric: bool  # about as similar to the mirror position as to neighbours (excess >= -0.05), mirror >= 0.3
 
@@ -76,16 +68,12 @@ class PositionReadout(Readout):
 @dataclass(frozen=True, kw_only=True)
 class FiltersReadout(Readout):
     """Fig. 7 (left): how much more structure the filters have than random init."""
-
-    # The first component's share: >= 2x random init's mean "clearly more", > 1.1x its max "a little more",
-    # else "no more"; "" without a random-init reference.
-    verdict: str
+    verdict: str  # vs random init: >= 2x its mean "clearly more", > 1.1x its max "a little more", else "no more" or ""
 
 
 @functools.singledispatch
 def readout(result: object) -> Readout:
-    """The readout of an analysis result: a :class:`DistanceReadout`, :class:`FiltersReadout`,
-    :class:`PositionReadout` or, for a rollout, a plain :class:`Readout`."""
+    """The readout of an analysis result (a :class:`Readout` subclass; a plain one for a rollout)."""
     raise TypeError(f"no readout for {type(result).__name__}: pass the result of distance_analysis, "
                     "filters_analysis, position_analysis or rollout_analysis (vitlab.analysis)")
 

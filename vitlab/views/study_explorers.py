@@ -21,12 +21,7 @@ from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, 
 
 
 class SweepExplorer(Explorer):
-    """Accuracy against training-set size or training FLOPs, from sweep runs, with a table.
-
-    Pass :meth:`add` as ``sweep(..., on_run=...)`` to watch a sweep fill the figure in. Attributes: ``axis``,
-    ``metric`` (``"test"`` accuracy or k for the k-shot probe), ``models``, ``figure``, ``table``.
-    """
-
+    """Accuracy against training-set size or FLOPs, from sweep runs, with a table; pass :meth:`add` as ``on_run``."""
     AXES = {"training images": "subset_size", "training FLOPs": "train_flops"}
     n_figures = 2
 
@@ -75,12 +70,7 @@ class SweepExplorer(Explorer):
 
 
 class ProbeExplorer(Explorer):
-    """Few-shot linear probes on every layer of several models (paper Fig. 4 style), fitted once per model.
-
-    Attributes: ``shots``, ``models``, ``layers`` (model · layer · pooling for the shots curve), ``depth`` and
-    ``curve`` (FigureWidgets), ``records`` (every :class:`~vitlab.records.ProbeRecord`).
-    """
-
+    """Few-shot linear probes on every layer of several models (paper Fig. 4 style), fitted once per model."""
     slow = True
     n_figures = 2
 
@@ -135,11 +125,7 @@ class ProbeExplorer(Explorer):
 
 
 class CKAExplorer(Explorer):
-    """CKA heatmaps between every layer of two models (A x B) and of A with itself (A x A), kept per settings.
-
-    Attributes: ``model_a``, ``model_b``, ``representation``, ``cross`` and ``self_similarity`` (FigureWidgets).
-    """
-
+    """CKA heatmaps between every layer of two models (A x B) and of A with itself (A x A), kept per settings."""
     slow = True
     n_figures = 2
 
@@ -179,16 +165,9 @@ class CKAExplorer(Explorer):
 
 
 class InsideViewsExplorer(W.VBox):
-    """The three Fig. 7 panels of a ViT run at any recorded epoch, and its attention distance against epoch.
-
-    Reads the run's inside views (:mod:`vitlab.training.inside`). Attributes: ``epoch`` (slider), ``filters``,
-    ``variance``, ``positions``, ``distance``, ``timeline`` (FigureWidgets), ``views``, ``view`` (the one shown),
-    ``sim`` and ``ratio`` (shown; ``ratio`` None for a hybrid).
-    """
-
+    """The three Fig. 7 panels of a ViT run at any recorded epoch, and its attention distance against epoch."""
     def __init__(self, run_folder: str | Path, k: int = 28):
         from ..training import inside
-
         self.folder = Path(run_folder)
         self.views, self.tensors, recorded = inside.load(self.folder)
         if not self.views:
@@ -211,7 +190,6 @@ class InsideViewsExplorer(W.VBox):
     def show_epoch(self, epoch: int) -> None:
         """Redraw every panel for ``epoch`` (one of the recorded epochs)."""
         from ..training import inside
-
         self.view = next(v for v in self.views if v.epoch == epoch)
         if self.epoch.value != epoch:
             self.epoch.value = epoch  # observed: comes back here once with the same epoch
@@ -238,16 +216,9 @@ class InsideViewsExplorer(W.VBox):
 
 
 class RecipesExplorer(W.VBox):
-    """The arms of a recipe comparison side by side at any recorded epoch, with a timeline of every run.
-
-    Reads ``folder`` (:func:`vitlab.training.recipes.read`; default the committed locality experiment).
-    Attributes: ``epoch`` (slider), ``distance``, ``timeline`` (FigureWidgets), ``readout``, ``comparison``,
-    ``measured`` (the :class:`~vitlab.views.study_readouts.RecipesReadout` shown).
-    """
-
+    """The arms of a recipe comparison (default: the committed locality experiment) side by side at any epoch."""
     def __init__(self, folder: str | Path | None = None):
         from ..training import recipes
-
         self.comparison = recipes.read(folder or recipes.LOCALITY)
         epochs = self.comparison.epochs
         self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",

@@ -1,8 +1,4 @@
-"""Figures of studies: sweeps, few-shot probes, CKA, inside views across training, recipe comparisons, pre-training.
-
-Like :mod:`vitlab.views.figures`, over the records those studies write (:mod:`vitlab.records`); colours come from
-the records' ``family``.
-"""
+"""Figures of studies: sweeps, few-shot probes, CKA, inside views across training, recipe comparisons, pre-training."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -32,14 +28,9 @@ _FAMILY_SYMBOLS = {"vit": "circle", "hybrid": "triangle-up", "resnet": "square"}
 
 def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[str] | None = None,
                  title: str | None = None, shots: int | None = None) -> go.Figure:
-    """Accuracy against training images or training FLOPs (log axis), per model (paper Fig. 3 and 5).
+    """Accuracy (mean ± std over seeds) against ``x``, training images or FLOPs, per model (paper Fig. 3 and 5).
 
-    Points are means over seeds with error bars of one standard deviation.
-
-    Args:
-        x: ``"subset_size"`` (training images) or ``"train_flops"``.
-        models: the series to draw, by :attr:`~vitlab.records.RunRecord.label` (default all).
-        shots: None for test accuracy, or k for the runs' k-shot probe accuracy (Fig. 4); runs without it are left out.
+    ``models``: labels to draw (default all); ``shots``: k for the k-shot probe accuracy (Fig. 4), None for test.
     """
     if x not in ("subset_size", "train_flops"):
         raise ValueError(f"x must be 'subset_size' or 'train_flops', got {x!r}")
@@ -142,10 +133,7 @@ def cka_figure(cka: torch.Tensor, names_y: list[str], names_x: list[str], label_
 
 def inside_views_figure(views: Sequence[InsideView], epoch: int | None = None,
                         title: str = "Attention distance across training") -> go.Figure:
-    """The lowest layer's most local head and each layer's mean distance against epoch, with uniform attention.
-
-    ``views``: a run's inside views in epoch order; ``epoch``: marked with a vertical line.
-    """
+    """A run's lowest-layer most local head and each layer's mean distance against epoch; ``epoch`` marked."""
     if not views:
         raise ValueError("no inside views to draw: train a ViT with inside views on (the default)")
     epochs = [v.epoch for v in views]
@@ -167,11 +155,7 @@ def inside_views_figure(views: Sequence[InsideView], epoch: int | None = None,
 
 
 def inside_by_size_figure(runs: Sequence[RunInside], title: str | None = None) -> go.Figure:
-    """Fig. 7 (right) against training-set size, for runs of one ViT or hybrid architecture.
-
-    Left: each layer's mean distance against depth, one line per run (darker: more images). Right: the lowest
-    layer's most local head against training images (log axis), with its 95% interval over the probe images.
-    """
+    """Fig. 7 (right) against training-set size: layer means against depth, and the lowest layer's most local head."""
     if not runs:
         raise ValueError("no inside views to draw: run `python -m vitlab sweep` on ViTs first")
     runs = sorted(runs, key=lambda r: (r.subset_size, r.seed))
@@ -213,10 +197,7 @@ _SEED_DASH, _SEED_SYMBOL = ("solid", "dash", "dot", "dashdot"), ("circle", "diam
 
 
 def recipes_figure(comparison: Recipes, epoch: int, title: str | None = None) -> go.Figure:
-    """Fig. 7 (right) for each arm of a recipe comparison at ``epoch``, one panel per arm on a shared y axis.
-
-    Each seed's heads are symbols, its mean over heads a line.
-    """
+    """Fig. 7 (right) for each arm of a recipe comparison at ``epoch``, one panel per arm on a shared y axis."""
     arms = list(comparison.arms)
     fig = make_subplots(rows=1, cols=len(arms), shared_yaxes=True, horizontal_spacing=0.06,
                         subplot_titles=[f"{a}" for a in arms])
@@ -251,13 +232,8 @@ def recipes_figure(comparison: Recipes, epoch: int, title: str | None = None) ->
                   max(640, 420 * len(arms)), 460, margin=(70, 20, 90, 60))
 
 
-def recipes_timeline_figure(comparison: Recipes, epoch: int | None = None,
-                            title: str | None = None) -> go.Figure:
-    """The runs of a recipe comparison across training: lowest layer's most local head and test accuracy.
-
-    One line per run (colour: arm, dash: seed); the final models' 95% intervals over the probe images are error
-    bars at the last epoch. ``epoch`` is marked with a vertical line.
-    """
+def recipes_timeline_figure(comparison: Recipes, epoch: int | None = None, title: str | None = None) -> go.Figure:
+    """Each run of a recipe comparison across training: lowest layer's most local head and test accuracy."""
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
         "lowest layer's most local head", "test accuracy"))
     uniform = comparison.runs[0].views[-1].uniform
@@ -293,8 +269,7 @@ def recipes_timeline_figure(comparison: Recipes, epoch: int | None = None,
 
 def pretraining_figure(records: list[dict], baselines: dict[str, float] | None = None,
                        title: str = "Masked patch prediction") -> go.Figure:
-    """Pre-training loss and masked-patch colour accuracy per epoch, with the ``baselines`` guesses that need no
-    model (:func:`vitlab.training.mpp.baselines`) as lines on the accuracy panel."""
+    """Pre-training loss and masked-patch colour accuracy per epoch, beside guesses that need no model."""
     fig = training_curves_figure(records, title=title, objective="mpp")
     epochs = [r["epoch"] for r in records] or [1]
     xs = [min(epochs) - 0.5, max(epochs) + 0.5]
@@ -314,11 +289,7 @@ def _colour_tiles(classes: torch.Tensor, grid: tuple[int, int], patch: int) -> n
 
 
 def mpp_example_figure(example: mpp.MaskedExample, title: str = "Masked patch prediction on test images") -> go.Figure:
-    """What the objective asks, image by image: the input, its corruption, the 3-bit targets and the predictions.
-
-    One row per image of ``example`` (:func:`vitlab.training.mpp.masked_example`); patches not scored are light
-    grey, corrupted ones outlined in red.
-    """
+    """Masked patch prediction image by image: the input, its corruption, the 3-bit targets and the predictions."""
     e, patch, rows = example, example.patch, len(example.pixels)
     columns = ("image", "encoder input", "target colours")
     titles = [name for n in range(rows) for name in ((*columns,) if n == 0 else ("", "", "")) + (
@@ -344,12 +315,7 @@ def mpp_example_figure(example: mpp.MaskedExample, title: str = "Masked patch pr
 
 def inside_comparison_figure(views: dict[str, InsideView], title: str = "Attention distance against depth",
                              families: dict[str, str] | None = None) -> go.Figure:
-    """Fig. 7 (right) for several models side by side: each layer's mean and most local head, and uniform attention.
-
-    Args:
-        views: label -> the model's inside view, all on one grid of tokens.
-        families: label -> family: those labels take their family's colour, the others a fixed palette in order.
-    """
+    """Fig. 7 (right) of several models' inside views on one grid; ``families`` (label -> family) picks colours."""
     check_one_grid(views)
     fig = go.Figure()
     palette = iter(("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"))

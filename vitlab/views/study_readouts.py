@@ -1,8 +1,4 @@
-"""Readouts of studies: what records of runs hold, next to what the paper (or a later paper) claims.
-
-:class:`~vitlab.views.readouts.Readout` records over what sweeps, recipe comparisons and pre-training runs write
-(:mod:`vitlab.records`).
-"""
+"""Readouts of studies: what records of runs hold, next to what the paper (or a later paper) claims."""
 from __future__ import annotations
 
 import statistics
@@ -34,7 +30,6 @@ PAPER_FAMILIES = ("Fig. 5 (pre-trained on JFT-300M, transfer accuracy against pr
 @dataclass(frozen=True, kw_only=True)
 class DataSizeReadout(Readout):
     """The lowest layer's most local head across training-set sizes (:func:`data_size`); one entry per run."""
-
     sizes: list[int]  # training images of each run, ascending
     lowest: list[float]  # the lowest layer's most local head of each run, pixels
     low: list[float]  # its 95% interval over the probe images, pixels
@@ -51,12 +46,10 @@ def data_size(runs: Sequence[RunInside]) -> DataSizeReadout:
     uniform = runs[0].view.uniform
     local = [r.lowest_high < LOCAL_FRACTION * uniform for r in runs]
     first, last = runs[0], runs[-1]
-
     def said(r: RunInside) -> str:
         return (f"{r.subset_size:,} images: {px(r.view.lowest_local)} (95% interval {r.lowest_low:.1f} to "
                 f"{r.lowest_high:.1f}, std {r.lowest_std:.1f} across {r.view.images} images; test accuracy "
                 f"{r.test_accuracy:.1%})")
-
     verdict = ("no run has a local head in its lowest layer" if not any(local)
                else f"{sum(local)} of {len(runs)} runs have a local head in their lowest layer")
     text = (f"Lowest layer's most local head, {said(first)}; {said(last)}; uniform attention: {px(uniform)}. "
@@ -70,7 +63,6 @@ def data_size(runs: Sequence[RunInside]) -> DataSizeReadout:
 @dataclass(frozen=True, kw_only=True)
 class RecipesReadout(Readout):
     """Arms of a recipe comparison at one epoch (:func:`recipes`); dicts map an arm to one value per run."""
-
     epoch: int  # the epoch read (the last one all runs recorded, unless asked)
     arms: list[str]  # arm labels, in the comparison's order
     seeds: dict[str, list[int]]
@@ -104,7 +96,6 @@ def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
     local = {a: [h < LOCAL_FRACTION * uniform for h in (high[a] or lowest[a])] for a in arms}
     structure = {a: [v.position_distance for v in vs] for a, vs in views.items()}
     seeds = {a: [r.seed for r in runs] for a, runs in comparison.arms.items()}
-
     def arm_text(a: str) -> str:
         runs = ", ".join(
             f"seed {s}: {px(x)}" + (f" (95% interval {lo:.1f} to {hi:.1f} over images)" if final else "")
@@ -113,7 +104,6 @@ def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
         return (f"{a}: test accuracy {', '.join(f'{x:.1%}' for x in accuracy[a])} (mean {_mean(accuracy[a]):.1%}); "
                 f"lowest layer's most local head {runs}; layer-1 mean over heads {px(layer1)}; position structure "
                 f"ρ {', '.join(number(x, 2) for x in structure[a])}")
-
     first, *rest = arms
     gaps = "; ".join(f"{a} minus {first}: most local head {number(_mean(lowest[a]) - _mean(lowest[first]), 1)} px, "
                      f"accuracy {100 * (_mean(accuracy[a]) - _mean(accuracy[first])):+.1f} points" for a in rest)
@@ -135,7 +125,6 @@ def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
 @dataclass(frozen=True, kw_only=True)
 class PretrainingReadout(Readout):
     """What pre-training by masked patch prediction reached (:func:`pretraining`)."""
-
     epochs: int
     images_seen: int
     minutes: float  # training time
@@ -145,12 +134,7 @@ class PretrainingReadout(Readout):
 
 
 def pretraining(log: Sequence[dict], baselines: dict[str, float], batch_size: int) -> PretrainingReadout:
-    """Readout of a pre-training run's metrics log (:func:`vitlab.training.run_folder.read_metrics`) against guesses.
-
-    Args:
-        baselines: guesses scored on the same test patches (:func:`vitlab.training.mpp.baselines`).
-        batch_size: of the run, to count the images it saw.
-    """
+    """Readout of a pre-training run's metrics log against ``baselines`` (:func:`vitlab.training.mpp.baselines`)."""
     if not log:
         raise ValueError("no epochs in this pre-training log: pre-train first (python -m vitlab pretrain)")
     last = log[-1]
@@ -161,11 +145,9 @@ def pretraining(log: Sequence[dict], baselines: dict[str, float], batch_size: in
             f"{last['wall_seconds'] / 60:.0f} min) the encoder predicts the 3-bit colour of "
             f"{last['test_accuracy']:.1%} of the corrupted test patches ({log[0]['test_accuracy']:.1%} after the first "
             f"epoch). Guesses without a model, on the same patches: {guesses}. ")
-    if ratio > 1.05:
-        text += (f"The encoder gets {ratio:.1f}x the best guess ({best_guess[0]}): it reads the visible patches "
-                 "around each corrupted one, not only the image's overall colour.")
-    else:
-        text += f"That is no better than the best guess ({best_guess[0]})."
+    text += (f"The encoder gets {ratio:.1f}x the best guess ({best_guess[0]}): it reads the visible patches around "
+             "each corrupted one, not only the image's overall colour." if ratio > 1.05 else
+             f"That is no better than the best guess ({best_guess[0]}).")
     return PretrainingReadout(figure="masked patch prediction (paper 4.6)", text=text, paper=PAPER_MPP,
                               epochs=last["epoch"], images_seen=last["step"] * batch_size,
                               minutes=last["wall_seconds"] / 60, accuracy=last["test_accuracy"],
@@ -175,7 +157,6 @@ def pretraining(log: Sequence[dict], baselines: dict[str, float], batch_size: in
 @dataclass(frozen=True, kw_only=True)
 class FinetuneReadout(Readout):
     """Fine-tuned from pre-trained weights against from scratch, per number of labelled images (:func:`fine_tuning`)."""
-
     model: str  # the architecture's zoo name
     init: str  # what the fine-tuned runs started from
     sizes: list[int]  # labelled training images, ascending
@@ -185,10 +166,9 @@ class FinetuneReadout(Readout):
 
 
 def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on: int | None = None) -> FinetuneReadout:
-    """Readout of sweep runs of ``model`` fine-tuned from ``init`` against its runs from scratch of the same sizes.
+    """Readout of sweep runs of ``model`` fine-tuned from ``init`` against from scratch, at sizes run both ways.
 
-    Only sizes with runs of both kinds count; seeds are averaged. ``pretrained_on``: the training images the
-    encoder was pre-trained on (its sidecar's ``data``), said in the text.
+    ``pretrained_on``: the training images the encoder was pre-trained on (its sidecar's ``data``).
     """
     mine = [r for r in runs if r.model == model]
     sizes_run = {r.subset_size for r in mine}
@@ -198,12 +178,10 @@ def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on:
     if not sizes:
         raise ValueError(f"no size has runs of {model} both from scratch and fine-tuned from {init}")
     gain = {n: _mean(tuned[n]) - _mean(scratch[n]) for n in sizes}
-
     def said(n: int) -> str:
         def acc(xs: list[float]) -> str:
             return f"{_mean(xs):.1%}" + (f" ± {100 * statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
         return f"{n:,} labels: {acc(tuned[n])} vs {acc(scratch[n])} ({100 * gain[n]:+.1f} points)"
-
     helped = [n for n in sizes if gain[n] > 0]
     verdict = ("pre-training helps at every size" if len(helped) == len(sizes) else
                f"pre-training helps at {len(helped)} of {len(sizes)} sizes" if helped else
@@ -223,7 +201,6 @@ def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on:
 @dataclass(frozen=True, kw_only=True)
 class FamiliesReadout(Readout):
     """Each model trained from scratch in one sweep, per training-set size (:func:`families`)."""
-
     models: dict[str, str]  # model name -> family, ViTs first, then hybrids, then ResNets
     sizes: list[int]  # the training-set sizes every model ran, ascending
     accuracy: dict[str, dict[int, list[float]]]  # model -> size -> each seed's test accuracy (fractions)
@@ -233,10 +210,7 @@ class FamiliesReadout(Readout):
 
 
 def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
-    """Readout of a sweep's models trained from scratch (no ``init``) against each other, size by size (Fig. 5).
-
-    Seeds are averaged; only sizes that every model ran count.
-    """
+    """Readout of a sweep's models trained from scratch against each other, at the sizes all ran (Fig. 5)."""
     scratch = [r for r in runs if not r.init]
     found = {r.model: r.family for r in scratch}
     models = dict(sorted(found.items(), key=lambda kv: (FAMILY_ORDER.get(kv[1], len(FAMILY_ORDER)), kv[0])))
@@ -253,18 +227,15 @@ def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
     names = list(models)
     gaps = {(a, b): {n: mean[a][n] - mean[b][n] for n in sizes} for i, a in enumerate(names) for b in names[i + 1:]}
     flops = {m: next(r.flops_per_image for r in scratch if r.model == m) for m in models}
-
     def at(n: int) -> str:
         ranked = sorted(models, key=lambda m: -mean[m][n])
         seeds = {m: f" ({len(acc[m][n])} seeds)" if len(acc[m][n]) > 1 else "" for m in models}
         return f"{n:,} images: " + " > ".join(f"{m} {mean[m][n]:.1%}{seeds[m]}" for m in ranked)
-
     def pair(a: str, b: str) -> str:
         g = gaps[a, b]
         ahead = sum(v > 0 for v in g.values())
         return (f"{a} ahead of {b} at {ahead} of {len(sizes)} sizes ({100 * g[sizes[0]]:+.1f} points at "
                 f"{sizes[0]:,} images, {100 * g[sizes[-1]]:+.1f} at {sizes[-1]:,})")
-
     text = ("Test accuracy on the 10,000 test images (mean over the seeds run, one where not said): "
             + "; ".join(at(n) for n in sizes) + ". Pairwise: " + "; ".join(pair(a, b) for a, b in gaps)
             + ". Training FLOPs per image: " + ", ".join(f"{m} {flops[m] / 1e6:.0f} M" for m in models) + ".")
@@ -275,7 +246,6 @@ def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
 @dataclass(frozen=True, kw_only=True)
 class InsideComparisonReadout(Readout):
     """Fig. 7 numbers of several models of one architecture side by side (:func:`inside_comparison`)."""
-
     names: list[str]  # the models' labels
     lowest: dict[str, float]  # the lowest layer's most local head (pixels)
     most_local: dict[str, tuple[float, int]]  # the most local head anywhere (pixels) and its layer (1-based)
