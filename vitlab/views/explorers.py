@@ -29,8 +29,7 @@ from .controls import STYLE, Explorer, Recent, cached_model, fit_width, load_not
 
 class PositionEmbeddingExplorer(Explorer):
     """Fig. 7 (center) of the model picked, against random init (seeds ``SEEDS``); click a tile to enlarge it."""
-    n_figures = 2
-    SEEDS = INIT_SEEDS
+    n_figures, SEEDS = 2, INIT_SEEDS
 
     def __init__(self, models: Sequence[str], initial: str | None = None):
         super().__init__(models, initial)
@@ -76,8 +75,7 @@ def position_embedding_explorer(models: Sequence[str], initial: str | None = Non
 
 class EmbeddingFiltersExplorer(Explorer):
     """Fig. 7 (left): principal components of a model's patch-embedding filters, against random init (``SEEDS``)."""
-    n_figures = 2
-    SEEDS = INIT_SEEDS
+    n_figures, SEEDS = 2, INIT_SEEDS
 
     def __init__(self, models: Sequence[str], initial: str | None = None, k: int = 28):
         super().__init__(models, initial)

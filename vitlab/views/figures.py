@@ -29,9 +29,7 @@ def mosaic_tile(shape: tuple[int, ...], x: float, y: float) -> tuple[int, int] |
     a_n, b_n, rows, cols = shape
     i, ry = divmod(int(round(y)), rows + 1)
     j, rx = divmod(int(round(x)), cols + 1)
-    if ry == rows or rx == cols or not (0 <= i < a_n and 0 <= j < b_n):
-        return None
-    return i, j
+    return None if ry == rows or rx == cols or not (0 <= i < a_n and 0 <= j < b_n) else (i, j)
 
 
 def uniform_line(uniform: float, xs: Sequence[float], width: float | None = None, hover: bool = True,
@@ -165,10 +163,10 @@ def _receptive_fields(fig: go.Figure, result: DistanceResult, name: str, cnn: st
                                text=f"beyond {top:.0f} px from {names[over[0]]} on (up to {max(ys):.0f} px)")
 
 
-def _distance_heads(distance: torch.Tensor, rows: torch.Tensor, depth: int, uniform: float,
-                    random_init: torch.Tensor | None = None) -> tuple[go.Figure, float]:
-    """The random-init band (seeds, layers, heads), the uniform line and one trace per head of ``distance``
-    (layers, heads); returns the figure and the highest value drawn."""
+def _distance_figure(distance: torch.Tensor, rows: torch.Tensor, depth: int, uniform: float, title: str,
+                     random_init: torch.Tensor | None = None, top: float | None = None) -> tuple[go.Figure, float]:
+    """One trace per head of ``distance`` (layers, heads) over the random-init band (seeds, layers, heads) and the
+    uniform line, up to ``top`` (default 10% above the highest value drawn); returns the figure and ``top``."""
     d = distance.detach().float()
     fig = go.Figure()
     highest = max(float(d.max()), uniform)
@@ -187,29 +185,25 @@ def _distance_heads(distance: torch.Tensor, rows: torch.Tensor, depth: int, unif
         fig.add_trace(go.Scatter(
             x=rows.numpy(), y=d[:, h].numpy(), mode="markers", name=f"head {h + 1}", marker=dict(size=9, opacity=0.85),
             hovertemplate=f"layer %{{x}}, head {h + 1}<br>%{{y:.1f}} px<extra></extra>"))
-    return fig, highest
-
-
-def _distance_layout(fig: go.Figure, title: str, depth: int, top: float) -> go.Figure:
+    top = highest * 1.1 if top is None else top
     return layout(fig, title, 640, 440, xaxis=dict(title="Network depth (layer)", range=[0.5, depth + 0.5], dtick=1),
-                  yaxis=dict(title="Mean attention distance (pixels)", range=[0, top]))
+                  yaxis=dict(title="Mean attention distance (pixels)", range=[0, top])), top
 
 
 def attention_distance_figure(result: DistanceResult, title: str = "Mean attention distance by head and depth",
                               name: str = "the model", cnn: str = "ResNet") -> go.Figure:
     """Paper Fig. 7 (right): each head's mean attention distance (pixels) against depth, with its references."""
     rows = torch.tensor(result.layers).float() + 1
-    fig, highest = _distance_heads(result.mean, rows, result.depth, result.uniform, result.random_init)
-    top = result.diagonal if result.diagonal is not None else highest * 1.1
+    fig, top = _distance_figure(result.mean, rows, result.depth, result.uniform, title, result.random_init,
+                                result.diagonal)
     _receptive_fields(fig, result, name, cnn, top)
-    return _distance_layout(fig, title, result.depth, top)
+    return fig
 
 
 def inside_distance_figure(view: InsideView, title: str = "Mean attention distance by head and depth") -> go.Figure:
     """Fig. 7 (right) of one recorded inside view: its heads and uniform attention."""
     d = torch.tensor(view.distance)  # (layers, heads)
-    fig, highest = _distance_heads(d, torch.arange(len(d)).float() + 1, len(d), view.uniform)
-    return _distance_layout(fig, title, len(d), highest * 1.1)
+    return _distance_figure(d, torch.arange(len(d)).float() + 1, len(d), view.uniform, title)[0]
 
 
 def attention_overlay_figure(image: torch.Tensor, mask: torch.Tensor, title: str = "",

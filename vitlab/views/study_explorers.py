@@ -71,8 +71,7 @@ class SweepExplorer(Explorer):
 
 class ProbeExplorer(Explorer):
     """Few-shot linear probes on every layer of several models (paper Fig. 4 style), fitted once per model."""
-    slow = True
-    n_figures = 2
+    slow, n_figures = True, 2
 
     def __init__(self, models: Sequence[str], train_images: torch.Tensor, train_labels: torch.Tensor,
                  test_images: torch.Tensor, test_labels: torch.Tensor, shots: Sequence[int] = SHOTS,
@@ -126,8 +125,7 @@ class ProbeExplorer(Explorer):
 
 class CKAExplorer(Explorer):
     """CKA heatmaps between every layer of two models (A x B) and of A with itself (A x A), kept per settings."""
-    slow = True
-    n_figures = 2
+    slow, n_figures = True, 2
 
     def __init__(self, models: Sequence[str], images: torch.Tensor, initial: tuple[str, str] | None = None,
                  batch_size: int = 250, source: str = "CIFAR-10 test set", labels: torch.Tensor | None = None):
@@ -154,8 +152,7 @@ class CKAExplorer(Explorer):
 
     def describe(self, _result: Any) -> str:
         used = len(self.data) // self.batch_size * self.batch_size  # CKA drops a remainder
-        labels = self.labels[:used] if self.labels is not None else None
-        return data.describe_images(used, self.source, labels)
+        return data.describe_images(used, self.source, self.labels[:used] if self.labels is not None else None)
 
     def figures(self, result: list[tuple[str, str, tuple]]) -> list[go.Figure]:
         return [study_figures.cka_figure(c, ny, nx, x, y, title=f"CKA: {x} x {y}") for x, y, (c, ny, nx) in result]

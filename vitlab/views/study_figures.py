@@ -1,6 +1,8 @@
 """Figures of studies: sweeps, few-shot probes, CKA, inside views across training, recipe comparisons, pre-training."""
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,10 +18,8 @@ from .style import duration, family_color, family_shades, integer_ticks, layout,
 
 
 def _by_size(runs: list[RunRecord]) -> dict[int, list[RunRecord]]:
-    groups: dict[int, list[RunRecord]] = {}
-    for r in sorted(runs, key=lambda r: r.subset_size):
-        groups.setdefault(r.subset_size, []).append(r)
-    return groups
+    size = operator.attrgetter("subset_size")
+    return {n: list(group) for n, group in itertools.groupby(sorted(runs, key=size), size)}
 
 
 #: Marker per family in the sweep's figures (runs fine-tuned from pre-trained weights: diamonds).
@@ -199,8 +199,7 @@ _SEED_DASH, _SEED_SYMBOL = ("solid", "dash", "dot", "dashdot"), ("circle", "diam
 def recipes_figure(comparison: Recipes, epoch: int, title: str | None = None) -> go.Figure:
     """Fig. 7 (right) for each arm of a recipe comparison at ``epoch``, one panel per arm on a shared y axis."""
     arms = list(comparison.arms)
-    fig = make_subplots(rows=1, cols=len(arms), shared_yaxes=True, horizontal_spacing=0.06,
-                        subplot_titles=[f"{a}" for a in arms])
+    fig = make_subplots(rows=1, cols=len(arms), shared_yaxes=True, horizontal_spacing=0.06, subplot_titles=arms)
     uniform, depth = comparison.runs[0].views[-1].uniform, len(comparison.runs[0].views[-1].distance)
     top = uniform
     for col, arm in enumerate(arms, 1):

@@ -1,6 +1,7 @@
 """Readouts of studies: what records of runs hold, next to what the paper (or a later paper) claims."""
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,11 +14,10 @@ from .style import number, px
 PAPER_DATA_SIZE = ("with enough pre-training data (JFT-300M) some lower-layer heads attend locally; Raghu et al. "
                    "(2021) found that ViTs trained on less data (ImageNet) do not learn this local attention in "
                    "their lower layers.")
-PAPER_RECIPES = ("the ViT paper explains local lower-layer heads by pre-training data (JFT-300M); Santiago "
-                 "Toledo and Martinez (2026, arXiv 2605.16390) report that for ViTs trained from scratch on "
-                 "CIFAR-10, CIFAR-100 and Tiny-ImageNet CutMix is what makes early heads local (CIFAR-100: minimum "
-                 "normalised mean attention distance 0.316 without, 0.008 with), while AutoAugment and label "
-                 "smoothing have no effect.")
+PAPER_RECIPES = ("the ViT paper explains local lower-layer heads by pre-training data (JFT-300M); Santiago Toledo and "
+                 "Martinez (2026, arXiv 2605.16390) report that for ViTs trained from scratch on CIFAR-10, CIFAR-100 "
+                 "and Tiny-ImageNet CutMix is what makes early heads local (CIFAR-100: minimum normalised mean "
+                 "attention distance 0.316 without, 0.008 with), while AutoAugment and label smoothing have no effect.")
 PAPER_MPP = ("masked patch prediction (50% of patch embeddings corrupted, 3-bit mean colour predicted) pre-trains "
              "ViT-B/16 on JFT-300M to 79.9% ImageNet top-1 after fine-tuning: 2% above training from scratch, 4% "
              "below supervised pre-training (section 4.6, appendix B.1.2).")
@@ -141,16 +141,16 @@ def pretraining(log: Sequence[dict], baselines: dict[str, float], batch_size: in
     best_guess = max(baselines.items(), key=lambda kv: kv[1]) if baselines else ("none", 0.0)
     ratio = last["test_accuracy"] / best_guess[1] if best_guess[1] else float("inf")
     guesses = ", ".join(f"{k} {v:.1%}" for k, v in baselines.items())
-    text = (f"After {last['epoch']} epochs ({last['step'] * batch_size:,} images seen, no labels, "
-            f"{last['wall_seconds'] / 60:.0f} min) the encoder predicts the 3-bit colour of "
-            f"{last['test_accuracy']:.1%} of the corrupted test patches ({log[0]['test_accuracy']:.1%} after the first "
-            f"epoch). Guesses without a model, on the same patches: {guesses}. ")
+    seen, minutes = last["step"] * batch_size, last["wall_seconds"] / 60
+    text = (f"After {last['epoch']} epochs ({seen:,} images seen, no labels, {minutes:.0f} min) the encoder predicts "
+            f"the 3-bit colour of {last['test_accuracy']:.1%} of the corrupted test patches "
+            f"({log[0]['test_accuracy']:.1%} after the first epoch). Guesses without a model, on the same patches: "
+            f"{guesses}. ")
     text += (f"The encoder gets {ratio:.1f}x the best guess ({best_guess[0]}): it reads the visible patches around "
              "each corrupted one, not only the image's overall colour." if ratio > 1.05 else
              f"That is no better than the best guess ({best_guess[0]}).")
     return PretrainingReadout(figure="masked patch prediction (paper 4.6)", text=text, paper=PAPER_MPP,
-                              epochs=last["epoch"], images_seen=last["step"] * batch_size,
-                              minutes=last["wall_seconds"] / 60, accuracy=last["test_accuracy"],
+                              epochs=last["epoch"], images_seen=seen, minutes=minutes, accuracy=last["test_accuracy"],
                               first=log[0]["test_accuracy"], baselines=dict(baselines))
 
 
@@ -224,8 +224,7 @@ def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
            for m in models}
     mean = {m: {n: _mean(acc[m][n]) for n in sizes} for m in models}
     best = {n: max(models, key=lambda m: mean[m][n]) for n in sizes}
-    names = list(models)
-    gaps = {(a, b): {n: mean[a][n] - mean[b][n] for n in sizes} for i, a in enumerate(names) for b in names[i + 1:]}
+    gaps = {(a, b): {n: mean[a][n] - mean[b][n] for n in sizes} for a, b in itertools.combinations(models, 2)}
     flops = {m: next(r.flops_per_image for r in scratch if r.model == m) for m in models}
     def at(n: int) -> str:
         ranked = sorted(models, key=lambda m: -mean[m][n])

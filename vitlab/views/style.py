@@ -113,9 +113,7 @@ def family_shades() -> Callable[[str], str]:
 
 def duration(seconds: float) -> str:
     """A run time for people: seconds under a minute ("0.4 s", "42 s"), else minutes ("3.2 min")."""
-    if seconds < 9.95:
-        return f"{seconds:.1f} s"
-    return f"{seconds:.0f} s" if seconds < 59.5 else f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s" if seconds < 9.95 else f"{seconds:.0f} s" if seconds < 59.5 else f"{seconds / 60:.1f} min"
 
 
 def number(x: float, digits: int) -> str:
