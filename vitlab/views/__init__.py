@@ -1,5 +1,4 @@
-"""Views: readouts (measured text), figures (plotly) and explorers (ipywidgets); modules load on first use, so
-importing ``vitlab.views.readouts`` alone never loads the notebook stack."""
+"""Views: readouts (measured text), figures (plotly) and explorers (ipywidgets), each module loaded on first use."""
 import importlib
 
 _MODULES = ("controls", "explorers", "figures", "readouts", "study_explorers", "study_figures", "study_readouts",

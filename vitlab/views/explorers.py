@@ -1,10 +1,9 @@
-"""Interactive views of Fig. 6/7 and live training curves: each explorer runs its analysis for the settings shown,
-keeps the result per model and settings, and draws it with the figure and readout a notebook cell calls."""
+"""Interactive views of Fig. 6/7 (drawn with the figures and readouts notebook cells call) and live training curves."""
 from __future__ import annotations
 
 import warnings
+from collections import namedtuple
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import ipywidgets as W
@@ -34,9 +33,8 @@ class PositionEmbeddingExplorer(Explorer):
     def __init__(self, models: Sequence[str], initial: str | None = None):
         super().__init__(models, initial)
         self.selected = (0, 0)
-        self._results = Recent()
+        self._results, self.readout = Recent(), W.HTML()
         self.mosaic, self.detail = self.plots
-        self.readout = W.HTML()
         self._build([[self.model], W.HTML("<i>Click a tile to see that patch's similarity map large.</i>"),
                      side_by_side(self.plots), self.readout])
         self.click(0, 0, self._clicked)
@@ -81,9 +79,8 @@ class EmbeddingFiltersExplorer(Explorer):
         super().__init__(models, initial)
         self.components = W.IntSlider(value=k, min=1, max=64, description="components", continuous_update=False,
                                       style=STYLE)
-        self._results = Recent()
+        self._results, self.readout = Recent(), W.HTML()
         self.filters, self.variance = self.plots
-        self.readout = W.HTML()
         self._build([[self.model, self.components], side_by_side(self.plots), self.readout], [self.components])
 
     def compute(self) -> FiltersResult:
@@ -112,10 +109,7 @@ def _distance_title(name: str, result: DistanceResult, images: str, convention: 
 
 
 class AttentionDistanceExplorer(Explorer):
-    """Fig. 7 (right): mean attention distance per head against depth, streamed over images, with its references.
-
-    Random init (seeds ``SEEDS``) runs on the first ``reference_images``; ``reference`` names a CNN to draw.
-    """
+    """Fig. 7 (right): attention distance per head against depth, streamed over images, beside a CNN ``reference``."""
     #: Label -> ``renormalize``; the paper's convention first (the default).
     CONVENTIONS = {"paper's: raw weights over patches": False, "renormalised over patches": True}
     SEEDS = INIT_SEEDS
@@ -133,8 +127,7 @@ class AttentionDistanceExplorer(Explorer):
                                  layout=W.Layout(width="22ch"))
         self.convention = W.ToggleButtons(options=list(self.CONVENTIONS), description="convention",
                                           style=dict(STYLE, button_width="auto"))
-        self.figure = self.plots[0]
-        self.readout = W.HTML()
+        self.figure, self.readout = self.plots[0], W.HTML()
         self._build([[self.model, self.images, self.convention, self.run], self.figure, self.readout],
                     [self.images, self.convention])
 
@@ -166,13 +159,8 @@ def attention_distance_view(model: str, images: torch.Tensor, reference: str | N
     return figures.attention_distance_figure(result, title, name=model, cnn=reference or ""), readouts.readout(result)
 
 
-@dataclass(frozen=True)
-class _Seen:
-    """One image as a model saw it: the resized image and each block's attention (heads, N, N)."""
-    image: torch.Tensor
-    attn: list[torch.Tensor]
-    grid: tuple[int, int]
-    prefix: int
+#: One image as a model saw it: the resized image, each block's attention (heads, N, N), grid and prefix tokens.
+_Seen = namedtuple("_Seen", ["image", "attn", "grid", "prefix"])
 
 
 class AttentionMapsExplorer(Explorer):
@@ -190,9 +178,8 @@ class AttentionMapsExplorer(Explorer):
         self.discard = W.FloatSlider(value=0.0, min=0.0, max=0.95, step=0.05, description="discard ratio",
                                      continuous_update=False, style=STYLE)
         self.selected = (0, 0)
-        self._seen, self._rollouts = Recent(), Recent()
+        self._seen, self._rollouts, self.readout = Recent(), Recent(), W.HTML()
         self.rollout, self.patch, self.heads = self.plots
-        self.readout = W.HTML()
         self._build([[self.model, self.image], [self.fusion, self.discard, self.layer, self.head],
                      W.HTML("<i>Click a patch of the rollout map to see where it attends (next figure).</i>"),
                      side_by_side(self.plots[:2]), self.readout, self.heads],

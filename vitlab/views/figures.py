@@ -1,5 +1,4 @@
-"""Figures (plotly ``go.Figure``) of the Fig. 6/7 analysis results, a run's training curves and the zoo; nothing
-here calls ``.show()``, runs a model or computes a metric."""
+"""Figures (plotly) of Fig. 6/7 results, training curves and the zoo; none calls ``.show()`` or computes a metric."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -117,12 +116,11 @@ def explained_variance_figure(result: FiltersResult, title: str = "Explained var
                      go.Scatter(x=idx, y=np.cumsum(r).tolist(), name="cumulative", mode="lines+markers")])
     if result.reference is not None:
         ref = result.reference[:, : result.k].detach().double().numpy().cumsum(1)  # (seeds, k)
-        name = f"random init, cumulative ({len(ref)} seeds)"
         fig.add_trace(go.Scatter(x=idx + idx[::-1], y=ref.max(0).tolist() + ref.min(0)[::-1].tolist(),
                                  fill="toself", mode="lines", line=dict(width=0), fillcolor="rgba(128, 128, 128, 0.3)",
                                  hoverinfo="skip", showlegend=False, legendgroup="init"))
-        fig.add_trace(go.Scatter(x=idx, y=ref.mean(0).tolist(), name=name, mode="lines", legendgroup="init",
-                                 line=dict(dash="dash", color="gray")))
+        fig.add_trace(go.Scatter(x=idx, y=ref.mean(0).tolist(), name=f"random init, cumulative ({len(ref)} seeds)",
+                                 mode="lines", legendgroup="init", line=dict(dash="dash", color="gray")))
         title += (f": first {len(r)} hold {number(100 * r.sum(), 1)}%<br>"
                   f"(random init {spread_text(100 * ref[:, -1], 1, '%')} over seeds)")
     return layout(fig, title, 580, 340, margin=(60, 20, 50, 50),
@@ -139,8 +137,7 @@ def note_figure(title: str, text: str, width: int = 580, height: int = 340) -> g
 
 
 def _receptive_fields(fig: go.Figure, result: DistanceResult, name: str, cnn: str, top: float) -> None:
-    """Receptive fields clipped at ``top``, noted where they leave the plot: a CNN's blocks spread over depths
-    1..depth (grey dots), a hybrid's CNN stem window at every depth (each token sees it before any attention)."""
+    """A CNN's receptive fields spread over depth and a hybrid's stem window, clipped at ``top`` with a note."""
     depth, fields, curves = result.depth, result.cnn_fields, []
     if fields:
         xs = [1 + i * (depth - 1) / max(len(fields) - 1, 1) for i in range(len(fields))]
@@ -165,8 +162,7 @@ def _receptive_fields(fig: go.Figure, result: DistanceResult, name: str, cnn: st
 
 def _distance_figure(distance: torch.Tensor, rows: torch.Tensor, depth: int, uniform: float, title: str,
                      random_init: torch.Tensor | None = None, top: float | None = None) -> tuple[go.Figure, float]:
-    """One trace per head of ``distance`` (layers, heads) over the random-init band (seeds, layers, heads) and the
-    uniform line, up to ``top`` (default 10% above the highest value drawn); returns the figure and ``top``."""
+    """Heads of ``distance`` (layers, heads) over the random-init band and uniform line; returns (figure, y top)."""
     d = distance.detach().float()
     fig = go.Figure()
     highest = max(float(d.max()), uniform)
@@ -209,17 +205,13 @@ def inside_distance_figure(view: InsideView, title: str = "Mean attention distan
 def attention_overlay_figure(image: torch.Tensor, mask: torch.Tensor, title: str = "",
                              marker: tuple[int, int] | None = None, opacity: float = 0.55,
                              scale: str = "attention") -> go.Figure:
-    """A uint8 ``image`` (3, H, W) and the same under a per-patch ``mask`` (rows, cols), e.g. rollout (Fig. 6).
-
-    ``marker``: a (row, col) patch to outline, 0-based; the heatmap is the last trace.
-    """
+    """A uint8 ``image`` (3, H, W) and it under a per-patch ``mask`` (rows, cols); ``marker``: (row, col), 0-based."""
     (_, h, w), (rows, cols) = image.shape, mask.shape
     ph, pw = h / rows, w / cols
     pixels = image.permute(1, 2, 0).cpu().numpy()
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.03)
-    fig.add_trace(go.Image(z=pixels, hoverinfo="skip"), 1, 1)
-    fig.add_trace(go.Image(z=pixels, hoverinfo="skip"), 1, 2)
-    fig.add_trace(go.Heatmap(
+    fig.add_traces([go.Image(z=pixels, hoverinfo="skip"), go.Image(z=pixels, hoverinfo="skip")], rows=1, cols=[1, 2])
+    fig.add_trace(go.Heatmap(  # the last trace: explorers listen to clicks on it
         z=mask.detach().float().numpy(), x0=pw / 2 - 0.5, dx=pw, y0=ph / 2 - 0.5, dy=ph, colorscale="Inferno",
         opacity=opacity, colorbar=dict(title=dict(text=scale, side="right"), thickness=14),
         customdata=np.stack(np.meshgrid(np.arange(1, rows + 1), np.arange(1, cols + 1), indexing="ij"), -1),

@@ -1,5 +1,4 @@
-"""Measured readouts: :func:`readout` of a Fig. 6/7 analysis result says what the model shows (``text``), next to
-what the paper claims (``paper``)."""
+"""Measured readouts: :func:`readout` of a Fig. 6/7 result says what the model shows, beside the paper's claim."""
 from __future__ import annotations
 
 import functools
@@ -54,21 +53,24 @@ class Readout:
 
 @dataclass(frozen=True, kw_only=True)
 class DistanceReadout(Readout):
-    """Fig. 7 (right): which heads attend locally."""
-    local: torch.Tensor  # (layers, heads): 95% interval below LOCAL_FRACTION of uniform and the layer's random init
+    """Fig. 7 (right): ``local`` (layers, heads) marks heads whose 95% interval lies below LOCAL_FRACTION of uniform
+    attention and, with a random-init reference, below that layer's lowest random-init head."""
+    local: torch.Tensor
 
 
 @dataclass(frozen=True, kw_only=True)
 class PositionReadout(Readout):
-    """Fig. 7 (center): whether the position embeddings hold the grid."""
-    grid_structure: bool  # the structure score reaches _STRUCTURE_THRESHOLD and beats every random-init seed's
-    mirror_symmetric: bool  # about as similar to the mirror position as to neighbours (excess >= -0.05), mirror >= 0.3
+    """Fig. 7 (center): ``grid_structure``: the structure score reaches 0.3 and beats every random-init seed's;
+    ``mirror_symmetric``: mirror similarity >= 0.3 and about that to neighbours (excess >= -0.05)."""
+    grid_structure: bool
+    mirror_symmetric: bool
 
 
 @dataclass(frozen=True, kw_only=True)
 class FiltersReadout(Readout):
-    """Fig. 7 (left): how much more structure the filters have than random init."""
-    verdict: str  # vs random init: >= 2x its mean "clearly more", > 1.1x its max "a little more", else "no more" or ""
+    """Fig. 7 (left): ``verdict``, the first component's share against random init's: >= 2x its mean "clearly more",
+    > 1.1x its max "a little more", else "no more" ("" without a random-init reference)."""
+    verdict: str
 
 
 @functools.singledispatch
@@ -143,8 +145,7 @@ def _filters(result: FiltersResult) -> FiltersReadout:
 
 @readout.register(RolloutResult)
 def _rollout(result: RolloutResult) -> Readout:
-    ref = result.reference
-    init = f"; random init ({len(ref)} seeds): {spread_text(ref)}" if ref else ""
+    init = f"; random init ({len(result.reference)} seeds): {spread_text(result.reference)}" if result.reference else ""
     text = (f"Over {result.images} images the central {100 * result.area:.0f}% of the image gets {result.ratio:.2f} "
             f"times its share of the rollout (95% interval {result.low:.2f} to {result.high:.2f}, std "
             f"{result.std:.2f} across images; 1 = no preference{init}). This measures a preference for the centre, "

@@ -38,10 +38,9 @@ class SweepExplorer(Explorer):
         self._build([controls, self.figure, self.table], controls)
 
     def _set_options(self) -> None:
-        # Newly seen models are shown; those the user deselected stay hidden.
         with self.hold():
             names = sorted({r.label for r in self.records})  # runs fine-tuned from pre-trained weights apart
-            hidden = set(self.models.options) - set(self.models.value)
+            hidden = set(self.models.options) - set(self.models.value)  # deselected stay hidden; new models show
             self.models.options = names
             self.models.value = tuple(n for n in names if n not in hidden)
             shots = sorted({k for r in self.records for k in r.fewshot})
@@ -165,7 +164,7 @@ class InsideViewsExplorer(W.VBox):
     """The three Fig. 7 panels of a ViT run at any recorded epoch, and its attention distance against epoch."""
     def __init__(self, run_folder: str | Path, k: int = 28):
         from ..training import inside
-        self.folder = Path(run_folder)
+        self.folder, self.k = Path(run_folder), k
         self.views, self.tensors, recorded = inside.load(self.folder)
         if not self.views:
             raise ValueError(f"{self.folder} holds no inside views (inside.jsonl) and no finished ViT: train a ViT "
@@ -173,7 +172,6 @@ class InsideViewsExplorer(W.VBox):
         self.note = W.HTML("" if recorded else "<i>This run recorded no inside views (it predates them, or ran "
                            "with them off): only its final model is shown. Train it again into a new folder to "
                            "see every epoch.</i>")
-        self.k = k
         epochs = [v.epoch for v in self.views]
         self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
                                        continuous_update=False, style=STYLE)
@@ -220,8 +218,7 @@ class RecipesExplorer(W.VBox):
         epochs = self.comparison.epochs
         self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
                                        continuous_update=False, style=STYLE)
-        self.distance, self.timeline = go.FigureWidget(), go.FigureWidget()
-        self.readout = W.HTML()
+        self.distance, self.timeline, self.readout = go.FigureWidget(), go.FigureWidget(), W.HTML()
         self.epoch.observe(lambda change: self.show_epoch(change["new"]), names="value")
         super().__init__([self.epoch, self.distance, self.readout, self.timeline])
         self.show_epoch(epochs[-1])

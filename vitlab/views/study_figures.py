@@ -136,8 +136,7 @@ def inside_views_figure(views: Sequence[InsideView], epoch: int | None = None,
     """A run's lowest-layer most local head and each layer's mean distance against epoch; ``epoch`` marked."""
     if not views:
         raise ValueError("no inside views to draw: train a ViT with inside views on (the default)")
-    epochs = [v.epoch for v in views]
-    uniform = views[-1].uniform
+    epochs, uniform = [v.epoch for v in views], views[-1].uniform
     fig = go.Figure(uniform_line(uniform, [min(epochs), max(epochs)], width=1.5, hover=False))
     for layer in range(len(views[0].distance)):
         fig.add_trace(go.Scatter(
@@ -235,8 +234,7 @@ def recipes_timeline_figure(comparison: Recipes, epoch: int | None = None, title
     """Each run of a recipe comparison across training: lowest layer's most local head and test accuracy."""
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
         "lowest layer's most local head", "test accuracy"))
-    uniform = comparison.runs[0].views[-1].uniform
-    last = max(r.epochs[-1] for r in comparison.runs)
+    uniform, last = comparison.runs[0].views[-1].uniform, max(r.epochs[-1] for r in comparison.runs)
     for i, (arm, runs) in enumerate(comparison.arms.items()):
         colour = _ARM_COLOURS[i % len(_ARM_COLOURS)]
         for k, run in enumerate(runs):

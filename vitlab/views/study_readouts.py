@@ -43,9 +43,8 @@ def data_size(runs: Sequence[RunInside]) -> DataSizeReadout:
     if not runs:
         raise ValueError("no inside views of sweep runs: run `python -m vitlab sweep` on ViTs first")
     runs = sorted(runs, key=lambda r: (r.subset_size, r.seed))
-    uniform = runs[0].view.uniform
+    first, last, uniform = runs[0], runs[-1], runs[0].view.uniform
     local = [r.lowest_high < LOCAL_FRACTION * uniform for r in runs]
-    first, last = runs[0], runs[-1]
     def said(r: RunInside) -> str:
         return (f"{r.subset_size:,} images: {px(r.view.lowest_local)} (95% interval {r.lowest_low:.1f} to "
                 f"{r.lowest_high:.1f}, std {r.lowest_std:.1f} across {r.view.images} images; test accuracy "
@@ -108,15 +107,13 @@ def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
     gaps = "; ".join(f"{a} minus {first}: most local head {number(_mean(lowest[a]) - _mean(lowest[first]), 1)} px, "
                      f"accuracy {100 * (_mean(accuracy[a]) - _mean(accuracy[first])):+.1f} points" for a in rest)
     seed_span = max(max(v) - min(v) for v in lowest.values())
-    n_local = sum(sum(v) for v in local.values())
-    verdict = ("no run has a local head in its lowest layer" if n_local == 0 else
+    verdict = ("no run has a local head in its lowest layer" if not any(map(any, local.values())) else
                "; ".join(f"{a}: {sum(local[a])} of {len(local[a])} runs with a local head" for a in arms))
-    rule = "its 95% interval" if final else "its value"
     changed = ", ".join(f"{k} ({', '.join(f'{a}: {v}' for a, v in by_arm.items())})"
                         for k, by_arm in comparison.differs_in.items()) or "nothing"
     text = (f"Epoch {epoch}, arms differing in {changed}. " + ". ".join(arm_text(a) for a in arms)
             + f". {gaps} (seeds of one arm span up to {seed_span:.1f} px). Uniform attention: {px(uniform)}; "
-            f"{verdict} ({rule} below {LOCAL_FRACTION:.0%} of uniform).")
+            f"{verdict} ({'its 95% interval' if final else 'its value'} below {LOCAL_FRACTION:.0%} of uniform).")
     return RecipesReadout(
         figure="Fig. 7 (right) by training recipe", text=text, paper=PAPER_RECIPES, epoch=epoch, arms=arms, seeds=seeds,
         accuracy=accuracy, lowest=lowest, low=low, high=high, structure=structure, uniform=uniform, local=local)
@@ -257,10 +254,8 @@ def inside_comparison(views: dict[str, InsideView]) -> InsideComparisonReadout:
     check_one_grid(views)
     uniform = next(iter(views.values())).uniform
     lowest = {k: v.lowest_local for k, v in views.items()}
-    most_local = {}
-    for k, v in views.items():
-        layer = min(range(len(v.distance)), key=lambda i: min(v.distance[i]))
-        most_local[k] = (min(v.distance[layer]), layer + 1)
+    # the most local head anywhere and its layer (1-based; the lowest such layer)
+    most_local = {k: min((min(row), i + 1) for i, row in enumerate(v.distance)) for k, v in views.items()}
     structure = {k: v.position_distance for k, v in views.items()}
     local = [k for k, (d, _) in most_local.items() if d < LOCAL_FRACTION * uniform]
     text = ("; ".join(f"{k}: lowest layer's most local head {px(lowest[k])}, most local head anywhere "

@@ -1,5 +1,4 @@
-"""How the views look: the one layout, the one tiling, tables, family colours and number formats (plotly loads
-only when a table is drawn, so readouts can use this module)."""
+"""How the views look: the one layout, the one tiling, tables, family colours and number formats."""
 from __future__ import annotations
 
 import itertools
@@ -84,7 +83,7 @@ def square_axes(fig: go.Figure) -> None:
 
 def table(header: list[str], columns: list[list], widths: list[float], width: int) -> go.Figure:
     """A plotly table of ``columns`` under ``header``, ``width`` pixels wide, split by relative ``widths``."""
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # here, so that readouts can use this module without plotly
     # Spaces become non-breaking: plotly wraps by measuring text in the page, emptying cells drawn off screen.
     nowrap = lambda values: [str(v).replace(" ", "\u00a0") for v in values]  # noqa: E731
     fig = go.Figure(go.Table(columnwidth=widths, header=dict(values=nowrap(header), align="left", height=30),
