@@ -38,7 +38,7 @@ def _distances(mean: torch.Tensor, random_init: torch.Tensor | None = None, laye
 def test_mosaic_places_each_tile_and_hover_labels():
     rows, cols = 3, 5
     sim = _random_sim(rows, cols)
-    z, custom = figures.tile_mosaic(sim)
+    z, custom = figures._tile_mosaic(sim)
     assert z.shape == (rows * rows + rows - 1, cols * cols + cols - 1)
     covered = np.zeros(z.shape, dtype=bool)
     for i in range(rows):
@@ -111,7 +111,7 @@ def test_patch_similarity_figure_shows_that_patch():
 
 def test_tile_mosaic_with_rectangular_tiles():
     tiles = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
-    z, custom = figures.tile_mosaic(tiles)
+    z, custom = figures._tile_mosaic(tiles)
     assert z.shape == (2 * 5 - 1, 3 * 6 - 1)
     for a in range(2):
         for b in range(3):

@@ -63,8 +63,8 @@ def test_sweep_figure_draws_the_three_families_in_order_each_in_its_colour_and_m
     assert [t.name for t in fig.data] == ["vit_a (vit)", "hybrid_c (hybrid)", "resnet_b (resnet)"]
     assert [t.marker.symbol for t in fig.data] == ["circle", "triangle-up", "square"]
     assert [t.line.color for t in fig.data] == [style.family_color(f, 0) for f in ("vit", "hybrid", "resnet")]
-    assert len(set(style.FAMILY_COLORS["hybrid"]) & set(style.FAMILY_COLORS["vit"] +
-                                                          style.FAMILY_COLORS["resnet"])) == 0
+    assert len(set(style._FAMILY_COLORS["hybrid"]) & set(style._FAMILY_COLORS["vit"] +
+                                                           style._FAMILY_COLORS["resnet"])) == 0
 
 
 def test_sweep_table_lists_every_model_and_size():

@@ -1,10 +1,4 @@
-"""The explorer pattern under every view of :mod:`vitlab.views.explorers`.
-
-An :class:`Explorer` owns a model dropdown (zoo architectures without a checkpoint read
-"(untrained)"), a status line for what a figure was computed on, progress and errors, and
-one redraw path (:meth:`Explorer.refresh`); a view declares its controls, ``compute()``
-and ``figures()``. Models are cached per weights file and reloaded when the file changes.
-"""
+"""The explorer pattern under every view: the :class:`Explorer` base, a model cache and small widget helpers."""
 from __future__ import annotations
 
 import contextlib
@@ -21,20 +15,13 @@ from torch import nn
 from .. import models
 from ..training import zoo
 
-# --- models, cached until their weights file changes ---------------------------------------
-
 _CACHE_SIZE = 8
 _MODELS: OrderedDict[tuple, nn.Module] = OrderedDict()
 _NOTES: dict[tuple, str] = {}
 
 
 class Recent(OrderedDict):
-    """A cache of at most ``size`` entries, the least recently used dropped first.
-
-    Explorers keep what a figure took long to compute (random-init references, captures)
-    per model and settings, so switching back to them redraws without recomputing.
-    """
-
+    """A cache of at most ``size`` entries, the least recently used dropped first."""
     def __init__(self, size: int = 16):
         super().__init__()
         self.size = size
@@ -60,11 +47,7 @@ def model_key(spec: str) -> tuple:
 
 
 def cached_model(spec: str) -> nn.Module:
-    """``load_model(spec)`` on the CPU, kept for the views and loaded again once its weights file changes.
-
-    Warnings from loading (e.g. random weights for an untrained zoo architecture) are kept
-    for the view's status line (:func:`load_note`) instead of going to stderr.
-    """
+    """``load_model(spec)`` on the CPU, kept until its weights file changes; load warnings go to :func:`load_note`."""
     key = model_key(spec)
     if key not in _MODELS:
         with warnings.catch_warnings(record=True) as caught:
@@ -86,8 +69,6 @@ def load_note(spec: str) -> str:
     return _NOTES.get(model_key(spec), "")
 
 
-# --- small widget helpers ----------------------------------------------------------------
-
 #: Descriptions as wide as their text (ipywidgets cuts them at 90 px otherwise).
 STYLE = {"description_width": "initial"}
 
@@ -105,11 +86,7 @@ def side_by_side(children: Sequence[W.Widget]) -> W.Box:
 
 
 def model_dropdown(specs: Sequence[str], initial: str | None = None, description: str = "model") -> W.Dropdown:
-    """A dropdown of model specs labelled by :func:`vitlab.training.zoo.label`, in the order given.
-
-    ``vitlab.available()`` lists untrained zoo architectures last; they read "(untrained)".
-    ``initial`` (default the first spec) is added in front when it is not among ``specs``.
-    """
+    """A dropdown of ``specs`` labelled by :func:`vitlab.training.zoo.label`, ``initial`` added in front if missing."""
     specs = list(dict.fromkeys(specs))
     if initial is not None and initial not in specs:
         specs.insert(0, initial)
@@ -120,21 +97,13 @@ def model_dropdown(specs: Sequence[str], initial: str | None = None, description
                       style=STYLE, layout=fit_width([label for label, _ in options], description))
 
 
-def _error_html(err: Exception) -> str:
-    """An exception as one red line for a status label."""
-    return f"<span style='color:#b00'>{html.escape(type(err).__name__)}: {html.escape(str(err))}</span>"
-
-
-def _note_html(text: str) -> str:
-    return f"<span style='color:#a60'>{html.escape(text)}</span>"
+def _coloured(text: str, colour: str = "#a60") -> str:
+    """``text`` as HTML in ``colour`` (default: the amber of notes), for a status line."""
+    return f"<span style='color:{colour}'>{html.escape(text)}</span>"
 
 
 def show_figure(widget: go.FigureWidget, fresh: go.Figure) -> None:
-    """Put ``fresh``'s traces and layout into ``widget`` in one update.
-
-    Traces are updated in place when their types match (so click handlers stay on them),
-    else replaced. Shapes and annotations that ``fresh`` lacks are cleared.
-    """
+    """Put ``fresh``'s traces and layout into ``widget`` in one update (in place where trace types match)."""
     layout = fresh.layout.to_plotly_json()
     layout.pop("template", None)  # the widget has it already
     for key in ("shapes", "annotations"):
@@ -156,30 +125,15 @@ def _display_now(widget: W.Widget):
         from IPython.display import display
     except ImportError:
         return None
-    shell = get_ipython()
-    if shell is None or not hasattr(shell, "kernel"):
-        return None
-    return display(widget, display_id=True)
-
-
-# --- the explorer pattern ----------------------------------------------------------------
+    return display(widget, display_id=True) if hasattr(get_ipython(), "kernel") else None
 
 
 class Explorer(W.VBox):
-    """Base of every view: a model dropdown, controls, a status line and figures, one redraw path.
+    """Base of every view: a model dropdown, controls, a status line and figures, one redraw path (:meth:`refresh`).
 
-    A subclass makes its controls, then calls :meth:`_build` with its rows of widgets. It
-    defines :meth:`compute` (the tensor work for the current settings; cached where slow)
-    and :meth:`figures` (one plotly figure per entry of ``plots``, from what ``compute``
-    returned). A control change runs :meth:`refresh`; with ``live = False`` it only says
-    that the settings changed until ``run`` (Compute) is pressed. Errors and load warnings
-    go to the status line; on an error the figures stay as they were.
-
-    Attributes: ``model`` (dropdown, or None), ``status``, ``bar`` (progress while
-    computing), ``output`` (progress bars of the computation), ``plots`` (FigureWidgets),
-    ``run`` (Compute button when not live), ``result`` (what ``compute`` last returned).
+    A subclass makes its controls, calls :meth:`_build` with its rows and defines :meth:`compute` and :meth:`figures`;
+    with ``live = False`` a control change redraws only once ``run`` (Compute) is pressed.
     """
-
     live = True  # redraw on every control change
     slow = False  # the first computation takes seconds: show progress in the cell meanwhile
     n_figures = 1
@@ -227,7 +181,6 @@ class Explorer(W.VBox):
         finally:
             if handle is not None:
                 from IPython.display import HTML
-
                 handle.update(HTML(""))
 
     def click(self, plot: int, trace: int, handler: Callable[[Any, Any, Any], None]) -> None:
@@ -250,12 +203,10 @@ class Explorer(W.VBox):
             self._held -= 1
 
     def _changed(self, _change=None) -> None:
-        if self._held:
-            return
-        if self.live:
+        if self.live and not self._held:
             self.refresh()
-        else:
-            self.status.value = _note_html("settings changed: press Compute to redraw")
+        elif not self._held:
+            self.status.value = _coloured("settings changed: press Compute to redraw")
 
     def step(self, text: str, done: int, total: int) -> None:
         """Say what is being computed, with a progress bar at ``done`` of ``total``."""
@@ -277,11 +228,11 @@ class Explorer(W.VBox):
         self.output.clear_output()
         self.bar.layout.display = "none"
         if error is not None:
-            self.status.value = _error_html(error)
+            self.status.value = _coloured(f"{type(error).__name__}: {error}", "#b00")  # one red line
             return
         self.result = result
         for widget, fig in zip(self.plots, fresh):
             show_figure(widget, fig)
         self._attach_clicks()
         notes = [n for n in [*self.notes(), *(str(w.message) for w in caught)] if n]
-        self.status.value = " ".join([html.escape(self.describe(result)), *map(_note_html, dict.fromkeys(notes))])
+        self.status.value = " ".join([html.escape(self.describe(result)), *map(_coloured, dict.fromkeys(notes))])

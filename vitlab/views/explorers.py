@@ -1,19 +1,9 @@
-"""Interactive views: ipywidgets wiring around :mod:`vitlab.views.figures` figures.
-
-Every view is an :class:`~vitlab.views.controls.Explorer`: a model dropdown, its own controls,
-a status line and plotly ``FigureWidget``s updated in place, so changing a widget never
-re-runs a cell. A Fig. 6/7 explorer runs its analysis (:mod:`vitlab.analysis.distance`,
-``filters``, ``positions``, ``rollout``) for the settings shown, keeps the result per model and
-settings, and draws it with the same figure and readout functions a notebook cell calls. Every
-view is its own root widget; its parts are attributes, for tests and for users who want to
-rearrange them. Besides them: live training curves (:class:`TrainingMonitor`). The views of studies
-(inside views across training, recipe comparisons, the ViT vs ResNet study) live in
-:mod:`vitlab.views.study_explorers`.
-"""
+"""Interactive views of Fig. 6/7 (drawn with the figures and readouts notebook cells call) and live training curves."""
 from __future__ import annotations
 
+import warnings
+from collections import namedtuple
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import ipywidgets as W
@@ -28,39 +18,23 @@ from ..analysis.filters import FiltersResult, components, filters_analysis
 from ..analysis.positions import PositionResult, position_analysis
 from ..analysis.references import INIT_SEEDS
 from ..analysis.rollout import RolloutResult, rollout_analysis
-from . import figures
-from . import readouts
-from .controls import STYLE, Explorer, Recent, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
 from ..settings import quick_or
 from ..training.loop import train
 from ..training.objectives import mixing
 from ..training.run_folder import read_metrics
-
-
-# --- Fig. 7: filters, position embeddings, attention distance ----------------------------------
+from . import figures, readouts
+from .controls import STYLE, Explorer, Recent, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
 
 
 class PositionEmbeddingExplorer(Explorer):
-    """Fig. 7 (center) for a model picked from a dropdown; click a tile to enlarge it.
-
-    Shows :func:`vitlab.analysis.positions.position_analysis` of the model (seeds ``SEEDS``,
-    kept per model): under the mosaic, the structure and mirror scores of the model and of
-    random-initialised models of its architecture.
-
-    Attributes: ``model``, ``mosaic`` (one similarity tile per patch), ``detail`` (the
-    clicked patch's map), ``status``, ``result`` (the :class:`~vitlab.analysis.positions.PositionResult`
-    shown), ``sim`` (its similarity), ``selected`` (patch), ``readout`` (HTML under the figures).
-    """
-
-    n_figures = 2
-    SEEDS = INIT_SEEDS
+    """Fig. 7 (center) of the model picked, against random init (seeds ``SEEDS``); click a tile to enlarge it."""
+    n_figures, SEEDS = 2, INIT_SEEDS
 
     def __init__(self, models: Sequence[str], initial: str | None = None):
         super().__init__(models, initial)
         self.selected = (0, 0)
-        self._results = Recent()
+        self._results, self.readout = Recent(), W.HTML()
         self.mosaic, self.detail = self.plots
-        self.readout = W.HTML()
         self._build([[self.model], W.HTML("<i>Click a tile to see that patch's similarity map large.</i>"),
                      side_by_side(self.plots), self.readout])
         self.click(0, 0, self._clicked)
@@ -98,29 +72,15 @@ def position_embedding_explorer(models: Sequence[str], initial: str | None = Non
 
 
 class EmbeddingFiltersExplorer(Explorer):
-    """Fig. 7 (left): principal components of a model's patch-embedding filters.
-
-    Shows :func:`vitlab.analysis.filters.filters_analysis` of the model for the number of
-    components chosen (seeds ``SEEDS``, kept per model and count): the explained-variance figure
-    draws, beside the model's cumulative curve, that of random-initialised models of its
-    architecture: filters with more structure than random init put more variance in their
-    first components.
-
-    Attributes: ``model`` (dropdown), ``components`` (slider), ``filters`` and ``variance``
-    (FigureWidgets), ``status``, ``result`` (the :class:`~vitlab.analysis.filters.FiltersResult`
-    shown), ``readout`` (HTML under the figures).
-    """
-
-    n_figures = 2
-    SEEDS = INIT_SEEDS
+    """Fig. 7 (left): principal components of a model's patch-embedding filters, against random init (``SEEDS``)."""
+    n_figures, SEEDS = 2, INIT_SEEDS
 
     def __init__(self, models: Sequence[str], initial: str | None = None, k: int = 28):
         super().__init__(models, initial)
         self.components = W.IntSlider(value=k, min=1, max=64, description="components", continuous_update=False,
                                       style=STYLE)
-        self._results = Recent()
+        self._results, self.readout = Recent(), W.HTML()
         self.filters, self.variance = self.plots
-        self.readout = W.HTML()
         self._build([[self.model, self.components], side_by_side(self.plots), self.readout], [self.components])
 
     def compute(self) -> FiltersResult:
@@ -138,7 +98,7 @@ class EmbeddingFiltersExplorer(Explorer):
 
 
 def _distance_title(name: str, result: DistanceResult, images: str, convention: str | None = None) -> str:
-    """The title of Fig. 7 (right): the model, the convention, the images and the reference numbers drawn."""
+    """Fig. 7 (right)'s title: the model, the convention, the images and the reference numbers drawn."""
     text = f"{name}: mean attention distance" + (f" ({convention})" if convention else "") + f", {images}; "
     text += f"uniform {result.uniform:.1f} px"
     if convention and result.random_init is not None:
@@ -149,20 +109,7 @@ def _distance_title(name: str, result: DistanceResult, images: str, convention: 
 
 
 class AttentionDistanceExplorer(Explorer):
-    """Fig. 7 (right): mean attention distance per head against depth, streamed over images.
-
-    Shows :func:`vitlab.analysis.distance.distance_analysis` of the model for the image count and
-    convention chosen (kept per model and settings), with its references: uniform attention over
-    its grid, random-initialised models of its architecture (seeds ``SEEDS``, on the first
-    ``reference_images`` of the images), the receptive fields of the CNN ``reference`` and, for a
-    hybrid, its CNN stem's window.
-
-    Attributes: ``model``, ``images`` (how many of the images), ``convention`` (how
-    attention given to the class token is treated), ``run`` (Compute), ``figure``,
-    ``status`` (what the figure was computed on, or that the settings changed), ``result``
-    (the :class:`~vitlab.analysis.distance.DistanceResult` shown), ``readout`` (HTML under the figure).
-    """
-
+    """Fig. 7 (right): attention distance per head against depth, streamed over images, beside a CNN ``reference``."""
     #: Label -> ``renormalize``; the paper's convention first (the default).
     CONVENTIONS = {"paper's: raw weights over patches": False, "renormalised over patches": True}
     SEEDS = INIT_SEEDS
@@ -180,8 +127,7 @@ class AttentionDistanceExplorer(Explorer):
                                  layout=W.Layout(width="22ch"))
         self.convention = W.ToggleButtons(options=list(self.CONVENTIONS), description="convention",
                                           style=dict(STYLE, button_width="auto"))
-        self.figure = self.plots[0]
-        self.readout = W.HTML()
+        self.figure, self.readout = self.plots[0], W.HTML()
         self._build([[self.model, self.images, self.convention, self.run], self.figure, self.readout],
                     [self.images, self.convention])
 
@@ -203,53 +149,25 @@ class AttentionDistanceExplorer(Explorer):
 
 def attention_distance_view(model: str, images: torch.Tensor, reference: str | None = None, source: str = "",
                             renormalize: bool = False) -> tuple[go.Figure, readouts.DistanceReadout]:
-    """Fig. 7 (right) for ``model`` on uint8 ``images`` (N, 3, H, W) with its references, and its readout.
-
-    One :func:`vitlab.analysis.distance.distance_analysis` (random-init seeds ``INIT_SEEDS`` on the
-    same images; when ``reference`` names a CNN, its receptive fields), drawn by
-    :func:`vitlab.views.figures.attention_distance_figure` and said by :func:`vitlab.views.readouts.readout`:
-    returns ``(figure, readout)``, what notebook 03 shows.
-    """
+    """Fig. 7 (right) for ``model`` on uint8 ``images`` (N, 3, H, W) and a CNN ``reference``: ``(figure, readout)``."""
     net = cached_model(model)
     if load_note(model):  # e.g. random weights: cached_model keeps it for status lines, a notebook shows it
-        import warnings
-
         warnings.warn(load_note(model), stacklevel=2)
     cnn = None if reference is None else cached_model(reference)
     result = distance_analysis(net, images, renormalize, cnn=cnn, progress=True)
     title = _distance_title(model, result, data.describe_images(result.images, source))
-    return (figures.attention_distance_figure(result, title, name=model, cnn=reference or ""),
-            readouts.readout(result))
+    return figures.attention_distance_figure(result, title, name=model, cnn=reference or ""), readouts.readout(result)
 
 
-# --- Fig. 6: attention maps -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Seen:
-    """One image as a model saw it: the resized image and each block's attention (heads, N, N)."""
-
-    image: torch.Tensor
-    attn: list[torch.Tensor]
-    grid: tuple[int, int]
-    prefix: int
+#: One image as a model saw it: the resized image, each block's attention (heads, N, N), grid and prefix tokens.
+_Seen = namedtuple("_Seen", ["image", "attn", "grid", "prefix"])
 
 
 class AttentionMapsExplorer(Explorer):
-    """Fig. 6: attention rollout over an image, and each layer's and head's attention.
-
-    Click a patch of the rollout map to see where that patch attends at the chosen layer
-    and head. The rollout map and the readout under it come from one
-    :func:`vitlab.analysis.rollout.rollout_analysis` of all the images of the list, for the
-    model, head fusion and discard ratio shown (kept per settings). Attributes: ``model``,
-    ``image``, ``layer``, ``head``, ``fusion``, ``discard`` (controls); ``rollout``, ``patch``,
-    ``heads`` (FigureWidgets); ``selected`` (patch); ``readout`` (HTML under the rollout).
-    """
-
+    """Fig. 6: attention rollout over an image (click a patch to see where it attends), and each head's attention."""
     n_figures = 3
 
-    def __init__(self, models: Sequence[str], images: torch.Tensor, names: Sequence[str],
-                 initial: str | None = None):
+    def __init__(self, models: Sequence[str], images: torch.Tensor, names: Sequence[str], initial: str | None = None):
         super().__init__(models, initial)
         self.images, self.names = images, list(names)
         self.image = W.Dropdown(options=[(n, i) for i, n in enumerate(self.names)], value=0, description="image",
@@ -260,10 +178,8 @@ class AttentionMapsExplorer(Explorer):
         self.discard = W.FloatSlider(value=0.0, min=0.0, max=0.95, step=0.05, description="discard ratio",
                                      continuous_update=False, style=STYLE)
         self.selected = (0, 0)
-        self._seen = Recent()
-        self._rollouts = Recent()
+        self._seen, self._rollouts, self.readout = Recent(), Recent(), W.HTML()
         self.rollout, self.patch, self.heads = self.plots
-        self.readout = W.HTML()
         self._build([[self.model, self.image], [self.fusion, self.discard, self.layer, self.head],
                      W.HTML("<i>Click a patch of the rollout map to see where it attends (next figure).</i>"),
                      side_by_side(self.plots[:2]), self.readout, self.heads],
@@ -277,7 +193,6 @@ class AttentionMapsExplorer(Explorer):
             img = data.resize(self.images[self.image.value : self.image.value + 1], size)  # (1, 3, H, W)
             cap = capture(model, img)
             return _Seen(img[0], [cap.attn[i][0] for i in cap.attn], cap.grid, cap.num_prefix_tokens)
-
         return self._seen.keep((model_key(self.model.value), self.image.value), make)
 
     def compute(self) -> _Seen:
@@ -295,18 +210,19 @@ class AttentionMapsExplorer(Explorer):
 
     def figures(self, seen: _Seen) -> list[go.Figure]:
         name, (r, c) = self.names[self.image.value], self.selected
-        result = self.rollout_result()
+        result = self._rollout_result()
         head = None if self.head.value < 0 else self.head.value
-        query = attention_maps.query_attention(seen.attn[self.layer.value - 1], seen.grid, seen.prefix, self.selected, head)
+        query = attention_maps.query_attention(seen.attn[self.layer.value - 1], seen.grid, seen.prefix, self.selected,
+                                               head)
         where = f"layer {self.layer.value}, " + ("mean of heads" if head is None else f"head {head + 1}")
         self.readout.value = readouts.readout(result).html()
         return [
             figures.attention_overlay_figure(seen.image, result.maps[self.image.value],
                                              title=f"attention rollout: {name}", marker=self.selected, scale="rollout"),
             figures.attention_overlay_figure(seen.image, query, title=f"patch ({r + 1}, {c + 1}) attends: {where}",
-                                           marker=self.selected),
+                                             marker=self.selected),
             figures.head_attention_figure(attention_maps.class_token_attention(seen.attn, seen.grid, seen.prefix),
-                                        title=f"class-token attention per layer and head, {name}"),
+                                          title=f"class-token attention per layer and head, {name}"),
         ]
 
     def _clicked(self, trace, points, state) -> None:
@@ -318,28 +234,17 @@ class AttentionMapsExplorer(Explorer):
         self.selected = (row, col)
         self.refresh()
 
-    def rollout_result(self) -> RolloutResult:
-        """:func:`vitlab.analysis.rollout.rollout_analysis` of all the images, for the settings shown (kept)."""
+    def _rollout_result(self) -> RolloutResult:
+        """:func:`~vitlab.analysis.rollout.rollout_analysis` of all the images, for the settings shown (kept)."""
         def make() -> RolloutResult:
             model = cached_model(self.model.value)
             images = data.resize(self.images, model.pretrained_cfg["input_size"][1:])
             return rollout_analysis(model, images, self.fusion.value, self.discard.value)
-
         return self._rollouts.keep((model_key(self.model.value), self.fusion.value, self.discard.value), make)
 
 
-# --- training ---------------------------------------------------------------------------------
-
-
 class TrainingMonitor(W.VBox):
-    """Live loss and accuracy curves; pass :meth:`update` as ``train(..., on_epoch=...)``.
-
-    ``records`` are epochs already run (e.g. ``train.read_metrics(out)`` of a run being
-    resumed), drawn at once; an epoch reported again replaces its earlier record. ``mixed``:
-    the run mixes images, so its train accuracy counts dominant labels (the legend says so).
-    ``objective``: ``"mpp"`` for a pre-training run, whose accuracies count masked patches' colours.
-    """
-
+    """Live curves of :func:`~vitlab.views.figures.training_curves_figure`; pass :meth:`update` as ``on_epoch``."""
     def __init__(self, title: str = "Training", records: list[dict] | None = None, mixed: bool = False,
                  objective: str = "classify"):
         self.records: list[dict] = list(records or [])
@@ -353,13 +258,12 @@ class TrainingMonitor(W.VBox):
         show_figure(self.figure, self._figure())
 
     def _figure(self) -> go.Figure:
-        return figures.training_curves_figure(self.records, title=self.title, mixed=self.mixed, objective=self.objective)
+        return figures.training_curves_figure(self.records, self.title, self.mixed, self.objective)
 
 
 def train_with_curves(config, out: str | Path, title: str | None = None):
-    """Show live curves, train ``config`` (a :class:`vitlab.training.config.TrainConfig`) into ``out``, return the result."""
+    """Show live curves while training ``config`` (a :class:`~vitlab.training.config.TrainConfig`) into ``out``."""
     from IPython.display import display
-
     # A run resumed (or already finished) in ``out`` shows the epochs it has recorded so far.
     what = "Pre-training (masked patch prediction)" if config.objective == "mpp" else "Training"
     monitor = TrainingMonitor(title or f"{what} {config.model} ({out})", read_metrics(out), mixed=mixing(config),

@@ -1,11 +1,4 @@
-"""Figures as plotly ``go.Figure`` objects; nothing here calls ``.show()``, runs a model or computes a metric.
-
-The Fig. 6/7 figures draw an analysis result (:mod:`vitlab.analysis.distance`, ``filters``,
-``positions``, ``rollout``); besides them, a run's training curves and the zoo. Figures of studies
-(sweeps, probes, CKA, inside views across training, recipe comparisons, pre-training) are in
-:mod:`vitlab.views.study_figures`. Every figure is laid out by :func:`vitlab.views.style.layout`
-and every tiled image by :func:`vitlab.views.style.tile`.
-"""
+"""Figures (plotly) of Fig. 6/7 results, training curves and the zoo; none calls ``.show()`` or computes a metric."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,42 +12,28 @@ from ..analysis import attention_maps
 from ..analysis.distance import DistanceResult
 from ..analysis.filters import FiltersResult
 from ..analysis.positions import PositionResult
-from .style import family_color, integer_ticks, json_safe, layout, mosaic_axes, number, spread_text, square_axes, table, tile
 from ..records import InsideView
+from .style import (family_color, integer_ticks, json_safe, layout, mosaic_axes, number, spread_text, square_axes,
+                    table, tile)
 
 
-def tile_mosaic(tiles: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Lay (A, B, r, c) tiles out as one image of A x B tiles with 1-pixel NaN gaps.
-
-    Returns ``(z, custom)``: ``z`` (A*(r+1) - 1, B*(c+1) - 1) and, per pixel, the tile
-    index (a, b) and the position (y, x) inside the tile it shows, 1-based for display
-    (-1 in gaps). A position similarity (R, C, R, C) gives Fig. 7 (center)'s layout.
-    Figures pass ``z`` through :func:`json_safe`, as NaN is not valid JSON.
-    """
+def _tile_mosaic(tiles: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~vitlab.views.style.tile` of (A, B, r, c) tiles with NaN gaps, the index 1-based (-1 in gaps)."""
     z, index = tile(tiles.detach().cpu().float().numpy(), np.nan)
     return z, np.where(index >= 0, index + 1, -1).astype(np.int32)
 
 
 def mosaic_tile(shape: tuple[int, ...], x: float, y: float) -> tuple[int, int] | None:
-    """The (a, b) tile of :func:`tile_mosaic` for ``shape`` (A, B, r, c) under pixel (x, y).
-
-    None in a gap or outside the mosaic.
-    """
+    """The (a, b) tile of a mosaic of ``shape`` (A, B, r, c) tiles under pixel (x, y); None in a gap or outside."""
     a_n, b_n, rows, cols = shape
     i, ry = divmod(int(round(y)), rows + 1)
     j, rx = divmod(int(round(x)), cols + 1)
-    if ry == rows or rx == cols or not (0 <= i < a_n and 0 <= j < b_n):
-        return None
-    return i, j
+    return None if ry == rows or rx == cols or not (0 <= i < a_n and 0 <= j < b_n) else (i, j)
 
 
 def uniform_line(uniform: float, xs: Sequence[float], width: float | None = None, hover: bool = True,
                  **extra) -> go.Scatter:
-    """The uniform-attention reference of every distance figure: a dashed black line at ``uniform`` pixels over ``xs``.
-
-    ``width``: of the line (plotly's default without); ``hover``: say the value on hover (else
-    no hover); ``extra`` goes on the trace as is (e.g. ``showlegend``).
-    """
+    """The uniform-attention reference of every distance figure: a dashed black line at ``uniform`` pixels."""
     line = dict(dash="dash", color="black") if width is None else dict(dash="dash", color="black", width=width)
     return go.Scatter(x=list(xs), y=[uniform, uniform], mode="lines", line=line,
                       name=f"uniform attention ({uniform:.1f} px)",
@@ -62,53 +41,35 @@ def uniform_line(uniform: float, xs: Sequence[float], width: float | None = None
                       hoverinfo=None if hover else "skip", **extra)
 
 
-def _scores_text(result: PositionResult) -> str:
-    """The structure and mirror scores of a position result, one line each (``<br>``), each beside the
-    mean [min, max] over seeds of random-initialised models' when the result has them."""
+def position_similarity_figure(result: PositionResult, title: str = "Position embedding similarity") -> go.Figure:
+    """Paper Fig. 7 (center): tile (i, j) is patch (i, j)'s position-embedding similarity, with the scores under it."""
     s, m, reference = result.structure, result.mirror, result.reference
     lines = [f"nearby patches more similar, Spearman ρ(similarity, -distance): {number(s.closeness, 2)}",
              f"same row or column more similar, partial ρ given distance: {number(s.row_column, 2)}",
              f"similarity to the mirror position {number(m.mirror, 2)}, to neighbours {number(m.neighbour, 2)}"]
-    if reference:
+    if reference:  # random init's mean [min, max] beside each score
         init = f"random init ({len(reference)} seeds)"
         lines[0] += f" · {init} {spread_text([r.closeness for r, _ in reference])}"
         lines[1] += f" · {init} {spread_text([r.row_column for r, _ in reference])}"
         lines[2] += (f" · {init} {spread_text([r.mirror for _, r in reference])}, "
                      f"{spread_text([r.neighbour for _, r in reference])}")
-    return "<br>".join(lines)
-
-
-def position_similarity_figure(result: PositionResult, title: str = "Position embedding similarity") -> go.Figure:
-    """Paper Fig. 7 (center): one small heatmap per patch, tiled by the patch's position.
-
-    Tile (i, j) shows the cosine similarity of patch (i, j)'s position embedding with every
-    other patch's (``result.sim``, :func:`vitlab.analysis.positions.position_analysis`). Under the
-    mosaic: its structure and mirror scores, beside those of random-initialised models of the
-    architecture when the result has them.
-    """
-    sim = result.sim
-    rows, cols = sim.shape[:2]
-    z, custom = tile_mosaic(sim)
+    rows, cols = result.sim.shape[:2]
+    z, custom = _tile_mosaic(result.sim)
     fig = go.Figure(go.Heatmap(
         z=json_safe(z), customdata=custom, zmin=-1, zmax=1, colorscale="Viridis", hoverongaps=False,
         colorbar=dict(title=dict(text="Cosine<br>similarity", side="right")),
         hovertemplate="query patch (row %{customdata[0]}, col %{customdata[1]})<br>"
-                      "key patch (row %{customdata[2]}, col %{customdata[3]})<br>similarity %{z:.3f}<extra></extra>",
-    ))
+                      "key patch (row %{customdata[2]}, col %{customdata[3]})<br>similarity %{z:.3f}<extra></extra>"))
     layout(fig, title, 680, 660, margin=(70, 20, 50, 110), plot_bgcolor="white")
-    fig.add_annotation(text=_scores_text(result), xref="paper", yref="paper", x=0, y=0, yshift=-48,
+    fig.add_annotation(text="<br>".join(lines), xref="paper", yref="paper", x=0, y=0, yshift=-48,
                        xanchor="left", yanchor="top", align="left", showarrow=False, font=dict(size=11))
     mosaic_axes(fig, (rows, cols), (rows, cols), ("Input patch column", "Input patch row"))
     return fig
 
 
 def patch_similarity_figure(result: PositionResult, row: int, col: int, title: str | None = None) -> go.Figure:
-    """One patch's position-embedding similarity map, large, with the patch marked.
-
-    ``row`` and ``col`` are 0-based patch indices into ``result.sim`` (rows, cols, rows, cols).
-    """
-    sim = result.sim
-    rows, cols = sim.shape[:2]
+    """One patch's position-embedding similarity map, large, with the patch (0-based ``row``, ``col``) marked."""
+    sim, (rows, cols) = result.sim, result.sim.shape[:2]
     if not (0 <= row < rows and 0 <= col < cols):
         raise ValueError(f"patch ({row}, {col}) is outside the {rows}x{cols} grid")
     fig = go.Figure([
@@ -119,18 +80,14 @@ def patch_similarity_figure(result: PositionResult, row: int, col: int, title: s
                    marker=dict(symbol="square-open", size=14, color="red", line=dict(width=3))),
     ])
     layout(fig, title or f"Patch (row {row + 1}, col {col + 1})", 380, 400, margin=(50, 20, 50, 50),
-            xaxis=dict(title="column", **integer_ticks(cols)), yaxis=dict(title="row", **integer_ticks(rows)))
+           xaxis=dict(title="column", **integer_ticks(cols)), yaxis=dict(title="row", **integer_ticks(rows)))
     square_axes(fig)
     return fig
 
 
 def embedding_filters_figure(result: FiltersResult, cols: int = 7,
                              title: str = "Principal components of the patch-embedding filters") -> go.Figure:
-    """Paper Fig. 7 (left): each of the first ``result.k`` principal components shown as an RGB patch.
-
-    Each component of ``result.filters`` (k, 3, P, P) is min-max scaled to the full colour range
-    on its own; the hover gives its explained-variance ratio.
-    """
+    """Paper Fig. 7 (left): each of the first ``result.k`` principal components as an RGB patch, min-max scaled."""
     filters, ratio = result.filters, result.ratio[: result.k]
     k, channels, p, _ = filters.shape
     if channels != 3:
@@ -148,27 +105,22 @@ def embedding_filters_figure(result: FiltersResult, cols: int = 7,
                                             np.char.add(": ", np.char.mod("%.1f%%", 100 * share[label.clip(0)]))), "")
     fig = go.Figure(go.Image(z=img, hovertext=text, hoverinfo="text"))
     return layout(fig, title, max(420, 64 * cols + 80), max(260, 64 * rows + 90), margin=(20, 20, 50, 20),
-                   xaxis=dict(visible=False), yaxis=dict(visible=False))
+                  xaxis=dict(visible=False), yaxis=dict(visible=False))
 
 
 def explained_variance_figure(result: FiltersResult, title: str = "Explained variance") -> go.Figure:
-    """Explained-variance ratio of each of the first ``result.k`` principal components, with the cumulative sum.
-
-    With a random-init reference, its cumulative curve is drawn as a dashed mean within a grey
-    min-max band over seeds, and the title gives both models' share of the first k components.
-    """
+    """Explained-variance ratio of the first ``result.k`` principal components, cumulative, against random init."""
     r = result.ratio[: result.k].detach().double().numpy()
     idx = list(range(1, len(r) + 1))
     fig = go.Figure([go.Bar(x=idx, y=r.tolist(), name="component"),
                      go.Scatter(x=idx, y=np.cumsum(r).tolist(), name="cumulative", mode="lines+markers")])
     if result.reference is not None:
         ref = result.reference[:, : result.k].detach().double().numpy().cumsum(1)  # (seeds, k)
-        name = f"random init, cumulative ({len(ref)} seeds)"
         fig.add_trace(go.Scatter(x=idx + idx[::-1], y=ref.max(0).tolist() + ref.min(0)[::-1].tolist(),
                                  fill="toself", mode="lines", line=dict(width=0), fillcolor="rgba(128, 128, 128, 0.3)",
                                  hoverinfo="skip", showlegend=False, legendgroup="init"))
-        fig.add_trace(go.Scatter(x=idx, y=ref.mean(0).tolist(), name=name, mode="lines", legendgroup="init",
-                                 line=dict(dash="dash", color="gray")))
+        fig.add_trace(go.Scatter(x=idx, y=ref.mean(0).tolist(), name=f"random init, cumulative ({len(ref)} seeds)",
+                                 mode="lines", legendgroup="init", line=dict(dash="dash", color="gray")))
         title += (f": first {len(r)} hold {number(100 * r.sum(), 1)}%<br>"
                   f"(random init {spread_text(100 * ref[:, -1], 1, '%')} over seeds)")
     return layout(fig, title, 580, 340, margin=(60, 20, 50, 50),
@@ -184,32 +136,23 @@ def note_figure(title: str, text: str, width: int = 580, height: int = 340) -> g
     return layout(fig, title, width, height, xaxis=dict(visible=False), yaxis=dict(visible=False))
 
 
-def _reference_lines(result: DistanceResult, name: str, cnn: str) -> dict[str, tuple]:
-    """The receptive-field lines of Fig. 7 (right): the CNN's blocks spread evenly over depths 1..depth (grey
-    dots), then a hybrid's CNN stem window at every depth (dash-dot green: each token sees it before any attention)."""
-    lines, depth, fields = {}, result.depth, result.cnn_fields
+def _receptive_fields(fig: go.Figure, result: DistanceResult, name: str, cnn: str, top: float) -> None:
+    """A CNN's receptive fields spread over depth and a hybrid's stem window, clipped at ``top`` with a note."""
+    depth, fields, curves = result.depth, result.cnn_fields, []
     if fields:
         xs = [1 + i * (depth - 1) / max(len(fields) - 1, 1) for i in range(len(fields))]
-        lines[f"{cnn} receptive field"] = (xs, [r for _, r in fields], [block for block, _ in fields])
+        curves.append((f"{cnn} receptive field", xs, [r for _, r in fields], [block for block, _ in fields],
+                       dict(dash="dot", color="gray")))
     if result.token_field is not None:
-        pixels = result.token_field
-        style = dict(dash="dashdot", color=family_color("hybrid", 2))  # apart from a CNN's grey receptive fields
-        lines[f"{name}'s CNN stem receptive field ({pixels:.0f} px)"] = (
-            [1, depth], [pixels, pixels], ["the tokens' CNN window (every layer's input)"] * 2, style)
-    return lines
-
-
-def _reference_traces(fig: go.Figure, reference: dict[str, tuple], top: float) -> None:
-    """Reference curves (grey dots unless a fourth element gives the line's style), clipped at ``top``
-    with a note of where they leave the plot."""
-    for name, (xs, ys, *rest) in reference.items():
-        names = rest[0] if rest else [f"depth {x:g}" for x in xs]
-        style = rest[1] if len(rest) > 1 else dict(dash="dot", color="gray")
+        pixels, style = result.token_field, dict(dash="dashdot", color=family_color("hybrid", 2))  # apart from grey
+        curves.append((f"{name}'s CNN stem receptive field ({pixels:.0f} px)", [1, depth], [pixels, pixels],
+                       ["the tokens' CNN window (every layer's input)"] * 2, style))
+    for label, xs, ys, names, style in curves:
         fig.add_trace(go.Scatter(
-            x=xs, y=[min(y, top) for y in ys], mode="lines+markers", name=name, customdata=list(zip(names, ys)),
+            x=xs, y=[min(y, top) for y in ys], mode="lines+markers", name=label, customdata=list(zip(names, ys)),
             line=style, cliponaxis=False,
             marker=dict(symbol=["triangle-up" if y > top else "circle" for y in ys]),  # up: clipped
-            hovertemplate="%{customdata[0]}<br>%{customdata[1]:.0f} px<extra>" + name + "</extra>"))
+            hovertemplate="%{customdata[0]}<br>%{customdata[1]:.0f} px<extra>" + label + "</extra>"))
         over = [i for i, y in enumerate(ys) if y > top]
         if over:
             fig.add_annotation(xref="paper", x=0.01, y=top, xanchor="left", yanchor="top", showarrow=False,
@@ -217,87 +160,58 @@ def _reference_traces(fig: go.Figure, reference: dict[str, tuple], top: float) -
                                text=f"beyond {top:.0f} px from {names[over[0]]} on (up to {max(ys):.0f} px)")
 
 
-def _random_init_band(fig: go.Figure, rows: torch.Tensor, random_init: torch.Tensor) -> float:
-    """Shade min..max over seeds and heads of ``random_init`` (seeds, layers, heads) per layer; returns the top."""
-    r = random_init.detach().float()
-    name = f"random init ({len(r)} seed{'s' if len(r) != 1 else ''})"
-    r = r.transpose(0, 1).flatten(1)  # (layers, seeds*heads)
-    low, high = r.amin(1), r.amax(1)  # (layers,)
-    xs = rows.tolist() if len(rows) > 1 else [rows.item() - 0.4, rows.item() + 0.4]  # one layer: a short band
-    lo, hi = (low.tolist(), high.tolist()) if len(rows) > 1 else (2 * low.tolist(), 2 * high.tolist())
-    fig.add_trace(go.Scatter(
-        x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", mode="lines", name=name, line=dict(width=0),
-        fillcolor="rgba(128, 128, 128, 0.25)", hoverinfo="skip"))
-    return float(high.max())
-
-
-def _distance_heads(distance: torch.Tensor, rows: torch.Tensor, depth: int, uniform: float,
-                    random_init: torch.Tensor | None = None) -> tuple[go.Figure, float]:
-    """The random-init band, the uniform line and one trace of dots per head (layers, heads); returns the
-    figure and the highest value drawn."""
+def _distance_figure(distance: torch.Tensor, rows: torch.Tensor, depth: int, uniform: float, title: str,
+                     random_init: torch.Tensor | None = None, top: float | None = None) -> tuple[go.Figure, float]:
+    """Heads of ``distance`` (layers, heads) over the random-init band and uniform line; returns (figure, y top)."""
     d = distance.detach().float()
     fig = go.Figure()
-    highest = float(d.max())
-    if random_init is not None:  # drawn first: under the heads
-        highest = max(highest, _random_init_band(fig, rows, random_init))
+    highest = max(float(d.max()), uniform)
+    if random_init is not None:  # drawn first, under the heads: min..max over seeds and heads per layer
+        r = random_init.detach().float()
+        name = f"random init ({len(r)} seed{'s' if len(r) != 1 else ''})"
+        r = r.transpose(0, 1).flatten(1)  # (layers, seeds*heads)
+        low, high = r.amin(1), r.amax(1)  # (layers,)
+        xs = rows.tolist() if len(rows) > 1 else [rows.item() - 0.4, rows.item() + 0.4]  # one layer: a short band
+        lo, hi = (low.tolist(), high.tolist()) if len(rows) > 1 else (2 * low.tolist(), 2 * high.tolist())
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", mode="lines", name=name,
+                                 line=dict(width=0), fillcolor="rgba(128, 128, 128, 0.25)", hoverinfo="skip"))
+        highest = max(highest, float(high.max()))
     fig.add_trace(uniform_line(uniform, [0.5, depth + 0.5], width=1.5))
-    highest = max(highest, uniform)
     for h in range(d.shape[1]):
         fig.add_trace(go.Scatter(
             x=rows.numpy(), y=d[:, h].numpy(), mode="markers", name=f"head {h + 1}", marker=dict(size=9, opacity=0.85),
             hovertemplate=f"layer %{{x}}, head {h + 1}<br>%{{y:.1f}} px<extra></extra>"))
-    return fig, highest
-
-
-def _distance_layout(fig: go.Figure, title: str, depth: int, top: float) -> go.Figure:
+    top = highest * 1.1 if top is None else top
     return layout(fig, title, 640, 440, xaxis=dict(title="Network depth (layer)", range=[0.5, depth + 0.5], dtick=1),
-                  yaxis=dict(title="Mean attention distance (pixels)", range=[0, top]))
+                  yaxis=dict(title="Mean attention distance (pixels)", range=[0, top])), top
 
 
 def attention_distance_figure(result: DistanceResult, title: str = "Mean attention distance by head and depth",
                               name: str = "the model", cnn: str = "ResNet") -> go.Figure:
-    """Paper Fig. 7 (right): each head's mean attention distance against network depth, with its references.
-
-    Draws :func:`vitlab.analysis.distance.distance_analysis`'s result: each head's mean over the
-    images (layers shown 1-based), the uniform-attention line, the min-max band of the
-    random-initialised models per layer, a CNN's receptive fields (dotted; points above the top,
-    the image's diagonal, are clipped to it) and a hybrid's CNN stem window.
-
-    Args:
-        name, cnn: the model's and the CNN's names, for the legend.
-    """
+    """Paper Fig. 7 (right): each head's mean attention distance (pixels) against depth, with its references."""
     rows = torch.tensor(result.layers).float() + 1
-    fig, highest = _distance_heads(result.mean, rows, result.depth, result.uniform, result.random_init)
-    top = result.diagonal if result.diagonal is not None else highest * 1.1
-    _reference_traces(fig, _reference_lines(result, name, cnn), top)
-    return _distance_layout(fig, title, result.depth, top)
+    fig, top = _distance_figure(result.mean, rows, result.depth, result.uniform, title, result.random_init,
+                                result.diagonal)
+    _receptive_fields(fig, result, name, cnn, top)
+    return fig
 
 
 def inside_distance_figure(view: InsideView, title: str = "Mean attention distance by head and depth") -> go.Figure:
-    """Fig. 7 (right) of one recorded inside view (:class:`~vitlab.records.InsideView`): its heads and uniform attention."""
+    """Fig. 7 (right) of one recorded inside view: its heads and uniform attention."""
     d = torch.tensor(view.distance)  # (layers, heads)
-    fig, highest = _distance_heads(d, torch.arange(len(d)).float() + 1, len(d), view.uniform)
-    return _distance_layout(fig, title, len(d), highest * 1.1)
+    return _distance_figure(d, torch.arange(len(d)).float() + 1, len(d), view.uniform, title)[0]
 
 
 def attention_overlay_figure(image: torch.Tensor, mask: torch.Tensor, title: str = "",
                              marker: tuple[int, int] | None = None, opacity: float = 0.55,
                              scale: str = "attention") -> go.Figure:
-    """An image (left) and the same image under a per-patch map (right), e.g. attention rollout (Fig. 6).
-
-    Args:
-        image: uint8 (3, H, W). mask: (rows, cols), one value per patch, shown with its own
-            colour range and a colour bar titled ``scale``. marker: optional (row, col) patch
-            to outline (0-based). The heatmap is the figure's last trace.
-    """
-    _, h, w = image.shape
-    rows, cols = mask.shape
+    """A uint8 ``image`` (3, H, W) and it under a per-patch ``mask`` (rows, cols); ``marker``: (row, col), 0-based."""
+    (_, h, w), (rows, cols) = image.shape, mask.shape
     ph, pw = h / rows, w / cols
     pixels = image.permute(1, 2, 0).cpu().numpy()
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.03)
-    fig.add_trace(go.Image(z=pixels, hoverinfo="skip"), 1, 1)
-    fig.add_trace(go.Image(z=pixels, hoverinfo="skip"), 1, 2)
-    fig.add_trace(go.Heatmap(
+    fig.add_traces([go.Image(z=pixels, hoverinfo="skip"), go.Image(z=pixels, hoverinfo="skip")], rows=1, cols=[1, 2])
+    fig.add_trace(go.Heatmap(  # the last trace: explorers listen to clicks on it
         z=mask.detach().float().numpy(), x0=pw / 2 - 0.5, dx=pw, y0=ph / 2 - 0.5, dy=ph, colorscale="Inferno",
         opacity=opacity, colorbar=dict(title=dict(text=scale, side="right"), thickness=14),
         customdata=np.stack(np.meshgrid(np.arange(1, rows + 1), np.arange(1, cols + 1), indexing="ij"), -1),
@@ -316,24 +230,18 @@ def attention_overlay_figure(image: torch.Tensor, mask: torch.Tensor, title: str
 
 def head_attention_figure(maps: torch.Tensor, layers: list[int] | None = None,
                           title: str = "Class-token attention per layer and head") -> go.Figure:
-    """A (layers, heads) grid of per-patch attention maps, each scaled to its own maximum.
-
-    Args:
-        maps: (L, H, rows, cols) attention of the class token (or any query) over patches.
-        layers: block indices of the rows (0-based), for labels.
-    """
+    """A grid of attention ``maps`` (L, H, rows, cols) of blocks ``layers`` (0-based), each scaled to its maximum."""
     n_layers, heads, rows, cols = maps.shape
-    z, custom = tile_mosaic(attention_maps.scale_to_max(maps))
+    z, custom = _tile_mosaic(attention_maps.scale_to_max(maps))
     fig = go.Figure(go.Heatmap(
         z=json_safe(z), customdata=custom, zmin=0, zmax=1, colorscale="Inferno", hoverongaps=False,
         colorbar=dict(title=dict(text="share of<br>map's max", side="right")),
         hovertemplate="layer row %{customdata[0]}, head %{customdata[1]}<br>"
-                      "patch (row %{customdata[2]}, col %{customdata[3]})<br>%{z:.2f} of max<extra></extra>",
-    ))
+                      "patch (row %{customdata[2]}, col %{customdata[3]})<br>%{z:.2f} of max<extra></extra>"))
     layout(fig, title, min(900, 90 * heads + 160), min(1400, 90 * n_layers + 120), margin=(70, 20, 50, 50),
-            plot_bgcolor="white")
+           plot_bgcolor="white")
     mosaic_axes(fig, (n_layers, heads), (rows, cols), ("head", "layer"),
-                 [str((layers[i] if layers else i) + 1) for i in range(n_layers)])
+                [str((layers[i] if layers else i) + 1) for i in range(n_layers)])
     return fig
 
 
@@ -341,11 +249,7 @@ def training_curves_figure(records: list[dict] | None = None, title: str = "Trai
                            mixed: bool = False, objective: str = "classify") -> go.Figure:
     """Loss and train/test accuracy per epoch from a run's metrics records (may be empty).
 
-    Args:
-        mixed: the run mixes images (mixup/CutMix): its train accuracy counts each image's
-            dominant label, and the legend says so.
-        objective: ``"mpp"``: a masked-patch-prediction run, whose accuracies count corrupted
-            patches with the right 3-bit colour (the legend and titles say so).
+    ``mixed``: a mixup/CutMix run (train accuracy of dominant labels); ``objective="mpp"``: masked patch prediction.
     """
     records = records or []
     epochs = [r["epoch"] for r in records]
@@ -354,9 +258,8 @@ def training_curves_figure(records: list[dict] | None = None, title: str = "Trai
         "loss (cross-entropy over 512 colours)" if colours else "loss",
         "masked-patch colour accuracy" if colours else "accuracy"))
     fig.add_trace(go.Scatter(x=epochs, y=[r["loss"] for r in records], name="train loss", mode="lines+markers"), 1, 1)
-    train_name = "train accuracy (dominant label of mixed images)" if mixed else "train accuracy"
-    if colours:
-        train_name = "train images' corrupted patches"
+    train_name = ("train images' corrupted patches" if colours else
+                  "train accuracy (dominant label of mixed images)" if mixed else "train accuracy")
     test_name = "test images' corrupted patches" if colours else "test accuracy"
     for key, name in (("train_accuracy", train_name), ("test_accuracy", test_name)):
         fig.add_trace(go.Scatter(x=epochs, y=[r.get(key) for r in records], name=name, mode="lines+markers"), 1, 2)
@@ -367,20 +270,15 @@ def training_curves_figure(records: list[dict] | None = None, title: str = "Trai
 
 
 def zoo_table(zoo: dict[str, dict]) -> go.Figure:
-    """The zoo as a table: name, family, description, parameters, recorded test accuracy ("untrained" without).
-
-    A pre-trained encoder (objective ``"mpp"``) has no classifier: its masked-patch colour accuracy is shown, named.
-    """
+    """The zoo as a table: name, family, description, parameters, recorded test accuracy ("untrained" without)."""
     names = list(zoo)
-
     def accuracy(entry: dict) -> str:
         if entry.get("test_accuracy") is None:
             return "untrained"
         if entry.get("objective") == "mpp":
             return f"no head; masked colours {entry['test_accuracy']:.1%}"
         return f"{entry['test_accuracy']:.1%}"
-
-    acc = [accuracy(zoo[n]) for n in names]
     return table(["name", "family", "architecture", "parameters", "CIFAR-10 test accuracy"],
-                  [names, [zoo[n]["family"] for n in names], [zoo[n]["description"] for n in names],
-                   [f"{zoo[n]['params']:,}" for n in names], acc], [1.3, 0.6, 4.4, 0.9, 1.5], 900)
+                 [names, [zoo[n]["family"] for n in names], [zoo[n]["description"] for n in names],
+                  [f"{zoo[n]['params']:,}" for n in names], [accuracy(zoo[n]) for n in names]],
+                 [1.3, 0.6, 4.4, 0.9, 1.5], 900)

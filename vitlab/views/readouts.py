@@ -1,17 +1,4 @@
-"""Measured readouts: what the model on screen shows, next to what the paper claims.
-
-A readout turns the numbers behind one of the paper's figures into a typed record
-(:class:`Readout` subclasses) with one or two plain sentences (``text``), the paper's own
-reading of that figure (``paper``) and typed verdicts (e.g. which heads are local). A notebook
-cell ending in a readout displays it (``_repr_markdown_``); the explorers show ``html()`` under
-their figures.
-
-The four Fig. 6/7 readouts are :func:`readout` of an analysis result
-(:mod:`vitlab.analysis.distance`, :mod:`~vitlab.analysis.filters`, :mod:`~vitlab.analysis.positions`,
-:mod:`~vitlab.analysis.rollout`): every number, reference and interval comes from the result, and
-the readout only says it. What records of runs hold (sweeps, recipe comparisons, pre-training) is
-said by :mod:`vitlab.views.study_readouts`.
-"""
+"""Measured readouts: :func:`readout` of a Fig. 6/7 result says what the model shows, beside the paper's claim."""
 from __future__ import annotations
 
 import functools
@@ -32,20 +19,25 @@ LOCAL_FRACTION = 0.5
 #: Position embeddings "hold the grid" when the Spearman structure score reaches this (and beats random init).
 _STRUCTURE_THRESHOLD = 0.3
 
+#: The paper's reading of each figure, beside its readout.
+PAPER_DISTANCE = ("in the lowest layers some heads attend locally while others attend across most of the "
+                  "image, and attention distance grows with depth.")
+PAPER_HYBRID_DISTANCE = ("(section 4.5) the highly localised attention of a ViT's lowest layers is less pronounced in "
+                         "hybrid models that apply a ResNet before the Transformer, suggesting that it may serve a "
+                         "similar function as early convolutional layers in CNNs.")
+PAPER_POSITION = ("nearby patches have similar position embeddings, and a row-column structure appears "
+                  "(patches in the same row or column have similar embeddings).")
+PAPER_FILTERS = ("the top principal components of the patch-embedding filters resemble plausible basis functions "
+                 "for a low-dimensional representation of the fine structure within each patch.")
+PAPER_ROLLOUT = "the model attends to image regions that are semantically relevant for classification."
+
 
 @dataclass(frozen=True, kw_only=True)
 class Readout:
-    """What one figure shows for this model, measured.
-
-    Attributes:
-        figure: the paper's figure, e.g. "Fig. 7 (right)".
-        text: one or two plain sentences with the measured numbers.
-        paper: the paper's claim for that figure, in one sentence.
-    """
-
-    figure: str
-    text: str
-    paper: str
+    """What one figure shows for this model, measured."""
+    figure: str  # the paper's figure, e.g. "Fig. 7 (right)"
+    text: str  # one or two plain sentences with the measured numbers
+    paper: str  # the paper's claim for that figure, in one sentence
 
     def _repr_markdown_(self) -> str:
         return f"**Measured ({self.figure}):** {self.text}\n\n*Paper:* {self.paper}"
@@ -59,35 +51,33 @@ class Readout:
         return f"{self.text}\nPaper: {self.paper}"
 
 
-@functools.singledispatch
-def readout(result: object) -> Readout:
-    """The readout of an analysis result: a :class:`DistanceReadout`, :class:`FiltersReadout`,
-    :class:`PositionReadout` or, for a rollout, a plain :class:`Readout`."""
-    raise TypeError(f"no readout for {type(result).__name__}: pass the result of distance_analysis, "
-                    "filters_analysis, position_analysis or rollout_analysis (vitlab.analysis)")
-
-
-# --- Fig. 7 (right): mean attention distance -----------------------------------------------------
-
-PAPER_DISTANCE = ("in the lowest layers some heads attend locally while others attend across most of the "
-                  "image, and attention distance grows with depth.")
-PAPER_HYBRID_DISTANCE = ("(section 4.5) the highly localised attention of a ViT's lowest layers is less pronounced in "
-                         "hybrid models that apply a ResNet before the Transformer, suggesting that it may serve a "
-                         "similar function as early convolutional layers in CNNs.")
+@dataclass(frozen=True, kw_only=True)
+class DistanceReadout(Readout):
+    """Fig. 7 (right): ``local`` (layers, heads) marks heads whose 95% interval lies below LOCAL_FRACTION of uniform
+    attention and, with a random-init reference, below that layer's lowest random-init head."""
+    local: torch.Tensor
 
 
 @dataclass(frozen=True, kw_only=True)
-class DistanceReadout(Readout):
-    """Fig. 7 (right) said: which heads attend locally (:func:`readout` of a :class:`~vitlab.analysis.distance.DistanceResult`).
+class PositionReadout(Readout):
+    """Fig. 7 (center): ``grid_structure``: the structure score reaches 0.3 and beats every random-init seed's;
+    ``mirror_symmetric``: mirror similarity >= 0.3 and about that to neighbours (excess >= -0.05)."""
+    grid_structure: bool
+    mirror_symmetric: bool
 
-    Attributes:
-        local: (layers, heads) bool: the whole 95% interval of the head's mean lies below
-            ``LOCAL_FRACTION`` (half) of the uniform-attention distance and, with a random-init
-            reference, below that layer's lowest random-init head: it attends clearly closer
-            than both uniform attention and an untrained model of the same architecture.
-    """
 
-    local: torch.Tensor
+@dataclass(frozen=True, kw_only=True)
+class FiltersReadout(Readout):
+    """Fig. 7 (left): ``verdict``, the first component's share against random init's: >= 2x its mean "clearly more",
+    > 1.1x its max "a little more", else "no more" ("" without a random-init reference)."""
+    verdict: str
+
+
+@functools.singledispatch
+def readout(result: object) -> Readout:
+    """The readout of an analysis result (a :class:`Readout` subclass; a plain one for a rollout)."""
+    raise TypeError(f"no readout for {type(result).__name__}: pass the result of distance_analysis, "
+                    "filters_analysis, position_analysis or rollout_analysis (vitlab.analysis)")
 
 
 @readout.register(DistanceResult)
@@ -111,31 +101,8 @@ def _distance(result: DistanceResult) -> DistanceReadout:
     if hybrid:
         text += (f" A hybrid: before any attention, each token already sees a {result.token_field:.0f}-pixel window "
                  "of the image through its CNN.")
-    return DistanceReadout(figure="Fig. 7 (right)", text=text, paper=PAPER_HYBRID_DISTANCE if hybrid else PAPER_DISTANCE,
-                           local=local)
-
-
-# --- Fig. 7 (center): position embeddings --------------------------------------------------------
-
-PAPER_POSITION = ("nearby patches have similar position embeddings, and a row-column structure appears "
-                  "(patches in the same row or column have similar embeddings).")
-
-
-@dataclass(frozen=True, kw_only=True)
-class PositionReadout(Readout):
-    """Fig. 7 (center) said (:func:`readout` of a :class:`~vitlab.analysis.positions.PositionResult`).
-
-    Attributes:
-        grid_structure: "nearby patches are similar": the structure score (Spearman correlation
-            of similarity with closeness) reaches ``_STRUCTURE_THRESHOLD`` and exceeds every
-            random-init seed's.
-        mirror_symmetric: left to right, a patch is at least about as similar to its mirror
-            position as to its neighbours (``excess`` >= -0.05), clearly above chance (mirror
-            similarity >= 0.3).
-    """
-
-    grid_structure: bool
-    mirror_symmetric: bool
+    paper = PAPER_HYBRID_DISTANCE if hybrid else PAPER_DISTANCE
+    return DistanceReadout(figure="Fig. 7 (right)", text=text, paper=paper, local=local)
 
 
 @readout.register(PositionResult)
@@ -159,25 +126,6 @@ def _position(result: PositionResult) -> PositionReadout:
                            mirror_symmetric=symmetric)
 
 
-# --- Fig. 7 (left): embedding filters ------------------------------------------------------------
-
-PAPER_FILTERS = ("the top principal components of the patch-embedding filters resemble plausible basis functions "
-                 "for a low-dimensional representation of the fine structure within each patch.")
-
-
-@dataclass(frozen=True, kw_only=True)
-class FiltersReadout(Readout):
-    """Fig. 7 (left) said (:func:`readout` of a :class:`~vitlab.analysis.filters.FiltersResult`).
-
-    Attributes:
-        verdict: the first component's share against random init's: at least twice its mean over
-            seeds is "clearly more" structure, above 1.1 times its maximum "a little more", else
-            "no more"; "" without a random-init reference.
-    """
-
-    verdict: str
-
-
 @readout.register(FiltersResult)
 def _filters(result: FiltersResult) -> FiltersReadout:
     first, first_k, k, ref_first, ref_k = (result.first, result.first_k, result.k, result.reference_first,
@@ -195,15 +143,9 @@ def _filters(result: FiltersResult) -> FiltersReadout:
     return FiltersReadout(figure="Fig. 7 (left)", text=text, paper=PAPER_FILTERS, verdict=verdict)
 
 
-# --- Fig. 6: attention rollout -------------------------------------------------------------------
-
-PAPER_ROLLOUT = "the model attends to image regions that are semantically relevant for classification."
-
-
 @readout.register(RolloutResult)
 def _rollout(result: RolloutResult) -> Readout:
-    ref = result.reference
-    init = f"; random init ({len(ref)} seeds): {spread_text(ref)}" if ref else ""
+    init = f"; random init ({len(result.reference)} seeds): {spread_text(result.reference)}" if result.reference else ""
     text = (f"Over {result.images} images the central {100 * result.area:.0f}% of the image gets {result.ratio:.2f} "
             f"times its share of the rollout (95% interval {result.low:.2f} to {result.high:.2f}, std "
             f"{result.std:.2f} across images; 1 = no preference{init}). This measures a preference for the centre, "

@@ -1,10 +1,4 @@
-"""Views of studies: the ViT vs ResNet study (notebook 05: the sweep, few-shot probes, CKA), a run's inside
-views across training and recipe comparisons (notebooks 03, 06, 07).
-
-The study's views are :class:`~vitlab.views.controls.Explorer`s. The measurements are
-:mod:`vitlab.training.evaluators`' (over :mod:`vitlab.analysis.representations`) and the Fig. 7 analyses'; the
-figures :mod:`vitlab.views.study_figures`' and :mod:`vitlab.views.figures`'.
-"""
+"""Views of studies: the sweep, few-shot probes and CKA, a run's inside views across training, recipe comparisons."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,25 +10,18 @@ import plotly.graph_objects as go
 import torch
 
 from .. import data
-from . import figures, study_figures, study_readouts
-from ..training import zoo
 from ..analysis.filters import filters_analysis
 from ..analysis.positions import position_analysis
 from ..analysis.representations import SHOTS
-from ..training.evaluators import CKAEvaluator, CKAResult, FewshotEvaluator
-from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, show_figure, side_by_side
 from ..records import ProbeRecord, RunRecord
+from ..training import zoo
+from ..training.evaluators import CKAEvaluator, CKAResult, FewshotEvaluator
+from . import figures, study_figures, study_readouts
+from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, show_figure, side_by_side
 
 
 class SweepExplorer(Explorer):
-    """Accuracy against training-set size or training FLOPs, from sweep runs, with a table.
-
-    Pass :meth:`add` as ``sweep(..., on_run=...)`` to watch a sweep fill the figure in.
-    Attributes: ``axis`` (toggle), ``metric`` (``"test"`` accuracy or k for the k-shot probe
-    of the final representation, where the runs have them), ``models`` (multi-select),
-    ``figure``, ``table``.
-    """
-
+    """Accuracy against training-set size or FLOPs, from sweep runs, with a table; pass :meth:`add` as ``on_run``."""
     AXES = {"training images": "subset_size", "training FLOPs": "train_flops"}
     n_figures = 2
 
@@ -51,10 +38,9 @@ class SweepExplorer(Explorer):
         self._build([controls, self.figure, self.table], controls)
 
     def _set_options(self) -> None:
-        # Newly seen models are shown; those the user deselected stay hidden.
         with self.hold():
             names = sorted({r.label for r in self.records})  # runs fine-tuned from pre-trained weights apart
-            hidden = set(self.models.options) - set(self.models.value)
+            hidden = set(self.models.options) - set(self.models.value)  # deselected stay hidden; new models show
             self.models.options = names
             self.models.value = tuple(n for n in names if n not in hidden)
             shots = sorted({k for r in self.records for k in r.fewshot})
@@ -83,16 +69,8 @@ class SweepExplorer(Explorer):
 
 
 class ProbeExplorer(Explorer):
-    """Few-shot linear probes on every layer of several models (paper Fig. 4 style).
-
-    The probes of each model are fitted once (progress in the status line) on the images
-    given. Attributes: ``shots`` (toggle), ``models`` (multi-select), ``layers``
-    (multi-select of model · layer · pooling for the shots curve), ``depth`` and ``curve``
-    (FigureWidgets), ``records`` (every :class:`vitlab.records.ProbeRecord`).
-    """
-
-    slow = True
-    n_figures = 2
+    """Few-shot linear probes on every layer of several models (paper Fig. 4 style), fitted once per model."""
+    slow, n_figures = True, 2
 
     def __init__(self, models: Sequence[str], train_images: torch.Tensor, train_labels: torch.Tensor,
                  test_images: torch.Tensor, test_labels: torch.Tensor, shots: Sequence[int] = SHOTS,
@@ -145,16 +123,8 @@ class ProbeExplorer(Explorer):
 
 
 class CKAExplorer(Explorer):
-    """CKA heatmaps between every layer of two models (A x B) and of A with itself (A x A).
-
-    Results are kept per (models, representation), so switching back is instant; new ones
-    show their progress in the status line. Attributes: ``model_a``, ``model_b``
-    (dropdowns), ``representation`` (toggle), ``cross`` and ``self_similarity``
-    (FigureWidgets), ``status``.
-    """
-
-    slow = True
-    n_figures = 2
+    """CKA heatmaps between every layer of two models (A x B) and of A with itself (A x A), kept per settings."""
+    slow, n_figures = True, 2
 
     def __init__(self, models: Sequence[str], images: torch.Tensor, initial: tuple[str, str] | None = None,
                  batch_size: int = 250, source: str = "CIFAR-10 test set", labels: torch.Tensor | None = None):
@@ -181,8 +151,7 @@ class CKAExplorer(Explorer):
 
     def describe(self, _result: Any) -> str:
         used = len(self.data) // self.batch_size * self.batch_size  # CKA drops a remainder
-        labels = self.labels[:used] if self.labels is not None else None
-        return data.describe_images(used, self.source, labels)
+        return data.describe_images(used, self.source, self.labels[:used] if self.labels is not None else None)
 
     def figures(self, result: list[tuple[str, str, tuple]]) -> list[go.Figure]:
         return [study_figures.cka_figure(c, ny, nx, x, y, title=f"CKA: {x} x {y}") for x, y, (c, ny, nx) in result]
@@ -191,28 +160,11 @@ class CKAExplorer(Explorer):
         return [load_note(self.model_a.value), load_note(self.model_b.value)]
 
 
-# --- inside views across training ---------------------------------------------------------------
-
-
 class InsideViewsExplorer(W.VBox):
-    """The three Fig. 7 panels of a ViT run at any recorded epoch, and its attention distance against epoch.
-
-    Reads ``<run>/inside.jsonl`` and ``inside.safetensors`` (written by the trainer,
-    :mod:`vitlab.training.inside`). The epoch slider redraws the filters' principal components and
-    their explained variance (from the stored filters), the position-embedding similarity
-    (from the stored position embeddings) and the attention distance per head (from the
-    record, with the uniform line); the line chart marks the epoch shown.
-
-    Attributes: ``epoch`` (slider over recorded epochs), ``filters``, ``variance``,
-    ``positions``, ``distance``, ``timeline`` (FigureWidgets), ``views`` (the records),
-    ``view`` (the one shown), ``sim`` and ``ratio`` (the similarity and explained variance shown;
-    None for a hybrid, whose embedding has no pixel filters: its filter panels say so).
-    """
-
+    """The three Fig. 7 panels of a ViT run at any recorded epoch, and its attention distance against epoch."""
     def __init__(self, run_folder: str | Path, k: int = 28):
         from ..training import inside
-
-        self.folder = Path(run_folder)
+        self.folder, self.k = Path(run_folder), k
         self.views, self.tensors, recorded = inside.load(self.folder)
         if not self.views:
             raise ValueError(f"{self.folder} holds no inside views (inside.jsonl) and no finished ViT: train a ViT "
@@ -220,7 +172,6 @@ class InsideViewsExplorer(W.VBox):
         self.note = W.HTML("" if recorded else "<i>This run recorded no inside views (it predates them, or ran "
                            "with them off): only its final model is shown. Train it again into a new folder to "
                            "see every epoch.</i>")
-        self.k = k
         epochs = [v.epoch for v in self.views]
         self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
                                        continuous_update=False, style=STYLE)
@@ -234,7 +185,6 @@ class InsideViewsExplorer(W.VBox):
     def show_epoch(self, epoch: int) -> None:
         """Redraw every panel for ``epoch`` (one of the recorded epochs)."""
         from ..training import inside
-
         self.view = next(v for v in self.views if v.epoch == epoch)
         if self.epoch.value != epoch:
             self.epoch.value = epoch  # observed: comes back here once with the same epoch
@@ -261,28 +211,14 @@ class InsideViewsExplorer(W.VBox):
 
 
 class RecipesExplorer(W.VBox):
-    """The arms of a recipe comparison side by side at any recorded epoch (e.g. with and without CutMix).
-
-    Reads a comparison folder (:func:`vitlab.training.recipes.read`, default the committed locality
-    experiment). The epoch slider redraws each arm's attention distance per head against
-    depth (every seed) and the readout for that epoch; the timeline below shows the lowest
-    layer's most local head and the test accuracy of every run against epoch, marking the
-    epoch shown.
-
-    Attributes: ``epoch`` (slider), ``distance``, ``timeline`` (FigureWidgets), ``readout``
-    (HTML), ``comparison`` (the :class:`~vitlab.records.Recipes`), ``measured`` (the
-    :class:`~vitlab.views.study_readouts.RecipesReadout` shown).
-    """
-
+    """The arms of a recipe comparison (default: the committed locality experiment) side by side at any epoch."""
     def __init__(self, folder: str | Path | None = None):
         from ..training import recipes
-
         self.comparison = recipes.read(folder or recipes.LOCALITY)
         epochs = self.comparison.epochs
         self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
                                        continuous_update=False, style=STYLE)
-        self.distance, self.timeline = go.FigureWidget(), go.FigureWidget()
-        self.readout = W.HTML()
+        self.distance, self.timeline, self.readout = go.FigureWidget(), go.FigureWidget(), W.HTML()
         self.epoch.observe(lambda change: self.show_epoch(change["new"]), names="value")
         super().__init__([self.epoch, self.distance, self.readout, self.timeline])
         self.show_epoch(epochs[-1])

@@ -1,12 +1,8 @@
-"""Figures of studies: sweeps, few-shot probes, CKA, inside views across training, recipe comparisons, pre-training.
-
-Like :mod:`vitlab.views.figures` (plotly ``go.Figure`` objects, laid out by :func:`vitlab.views.style.layout`,
-never running a model), over the records those studies write (:mod:`vitlab.records`); colours come
-from the records' ``family``, and every distance figure carries the one uniform-attention line
-(:func:`vitlab.views.figures.uniform_line`).
-"""
+"""Figures of studies: sweeps, few-shot probes, CKA, inside views across training, recipe comparisons, pre-training."""
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,21 +10,16 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from ..records import (FAMILY_ORDER, InsideView, ProbeRecord, Recipes, RunInside, RunRecord, check_one_grid,
+                       group_spread, spread)
 from ..training import mpp
 from .figures import training_curves_figure, uniform_line
 from .style import duration, family_color, family_shades, integer_ticks, layout, table
-from ..records import (FAMILY_ORDER, InsideView, ProbeRecord, Recipes, RunInside, RunRecord, check_one_grid,
-                       group_spread, spread)
-
-
-# --- ViT vs ResNet: data size, compute, probes, CKA ------------------------------------
 
 
 def _by_size(runs: list[RunRecord]) -> dict[int, list[RunRecord]]:
-    groups: dict[int, list[RunRecord]] = {}
-    for r in sorted(runs, key=lambda r: r.subset_size):
-        groups.setdefault(r.subset_size, []).append(r)
-    return groups
+    size = operator.attrgetter("subset_size")
+    return {n: list(group) for n, group in itertools.groupby(sorted(runs, key=size), size)}
 
 
 #: Marker per family in the sweep's figures (runs fine-tuned from pre-trained weights: diamonds).
@@ -37,18 +28,9 @@ _FAMILY_SYMBOLS = {"vit": "circle", "hybrid": "triangle-up", "resnet": "square"}
 
 def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[str] | None = None,
                  title: str | None = None, shots: int | None = None) -> go.Figure:
-    """Accuracy against training images or training FLOPs (log axis), per model (paper Fig. 3 and 5).
+    """Accuracy (mean ± std over seeds) against ``x``, training images or FLOPs, per model (paper Fig. 3 and 5).
 
-    Points are means over seeds with error bars of one standard deviation; the hover
-    shows the number of seeds, epochs and the time per run.
-
-    Args:
-        records: sweep runs (:func:`vitlab.result_files.read_runs`).
-        x: ``"subset_size"`` (training images) or ``"train_flops"``.
-        models: the series to draw, by :attr:`~vitlab.records.RunRecord.label` (default all); ViTs first,
-            then hybrids, then ResNets.
-        shots: None for test accuracy, or k for the k-shot probe accuracy of the runs'
-            final representation (paper Fig. 4); runs without it are left out.
+    ``models``: labels to draw (default all); ``shots``: k for the k-shot probe accuracy (Fig. 4), None for test.
     """
     if x not in ("subset_size", "train_flops"):
         raise ValueError(f"x must be 'subset_size' or 'train_flops', got {x!r}")
@@ -57,20 +39,20 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
     family = {r.label: r.family for r in records}  # runs fine-tuned from pre-trained weights are series of their own
     names = [n for n in sorted(family, key=lambda m: (FAMILY_ORDER.get(family[m], len(FAMILY_ORDER)), m))
              if models is None or n in models]
-    fig, shade = go.Figure(), {f: 0 for f in family.values()}
+    fig, shades = go.Figure(), family_shades()
     for name in names:
         groups = _by_size([r for r in records if r.label == name])
         stats = [spread(value(r) for r in runs) for runs in groups.values()]
         seconds = [spread(r.wall_seconds for r in runs).mean for runs in groups.values()]
         custom = [[len(runs), runs[0].epochs, size, s / 60, duration(s)]
                   for (size, runs), s in zip(groups.items(), seconds)]
-        color, shade[family[name]] = family_color(family[name], shade[family[name]]), shade[family[name]] + 1
+        color = shades(family[name])
+        symbol = "diamond" if "←" in name else _FAMILY_SYMBOLS.get(family[name], "square")
         fig.add_trace(go.Scatter(
             x=[spread(getattr(r, x) for r in runs).mean for runs in groups.values()], y=[s.mean for s in stats],
             mode="lines+markers", name=f"{name} ({family[name]})", customdata=custom, line=dict(color=color),
             error_y=dict(type="data", array=[s.std for s in stats], visible=True),
-            marker=dict(size=9, color=color, symbol="diamond" if "←" in name else _FAMILY_SYMBOLS.get(family[name],
-                                                                                                   "square")),
+            marker=dict(size=9, color=color, symbol=symbol),
             hovertemplate=("%{customdata[2]:,} images, %{customdata[1]} epochs<br>accuracy %{y:.1%} "
                            "(%{customdata[0]} seed(s))<br>%{customdata[4]} per run<extra>" + name + "</extra>")))
     by_size = x == "subset_size"
@@ -94,16 +76,11 @@ def sweep_table(records: list[RunRecord]) -> go.Figure:
             for column, value in zip(columns, row):
                 column.append(value)
     return table(["model", "training images", "epochs", "seeds", "test accuracy", "training FLOPs", "time per run"],
-                  columns, [1.4, 1.1, 0.7, 0.6, 1.3, 1.1, 1.0], 860)
+                 columns, [1.4, 1.1, 0.7, 0.6, 1.3, 1.1, 1.0], 860)
 
 
 def probe_depth_figure(records: list[ProbeRecord], shots: int, title: str | None = None) -> go.Figure:
-    """Few-shot probe accuracy against relative depth, one curve per model and pooling.
-
-    Depth is the layer's index over the model's last index (0 = first listed layer,
-    1 = the last), so a 6-block ViT and a 5-stage ResNet share an axis. Error bars are
-    one standard deviation over seeds.
-    """
+    """Few-shot probe accuracy against relative depth (0 = first listed layer, 1 = last), per model and pooling."""
     chosen = [r for r in records if r.shots == shots]
     if not chosen:
         raise ValueError(f"no probe records with {shots} shots; have {sorted({r.shots for r in records})}")
@@ -121,8 +98,8 @@ def probe_depth_figure(records: list[ProbeRecord], shots: int, title: str | None
                 customdata=[[layer, s.n] for (_, layer), s in stats],
                 hovertemplate="%{customdata[0]}: %{y:.1%} (%{customdata[1]} seeds)<extra>" + model + "</extra>"))
     return layout(fig, title or f"{shots}-shot linear probe accuracy by depth", 900, 420,
-                   xaxis=dict(title="Relative depth (first layer 0, last 1)", range=[-0.05, 1.05]),
-                   yaxis=dict(title="Few-shot test accuracy", tickformat=".0%", rangemode="tozero"))
+                  xaxis=dict(title="Relative depth (first layer 0, last 1)", range=[-0.05, 1.05]),
+                  yaxis=dict(title="Few-shot test accuracy", tickformat=".0%", rangemode="tozero"))
 
 
 def probe_shots_figure(records: list[ProbeRecord], layers: list[tuple[str, str, str]],
@@ -138,7 +115,7 @@ def probe_shots_figure(records: list[ProbeRecord], layers: list[tuple[str, str, 
                                  name=f"{model} · {layer} · {pooling}", line=dict(color=color(rows[0].family)),
                                  error_y=dict(type="data", array=[s.std for _, s in stats], visible=True)))
     return layout(fig, title, 900, 400, xaxis=dict(title="Training images per class (shots)", type="log"),
-                   yaxis=dict(title="Few-shot test accuracy", tickformat=".0%", rangemode="tozero"))
+                  yaxis=dict(title="Few-shot test accuracy", tickformat=".0%", rangemode="tozero"))
 
 
 def cka_figure(cka: torch.Tensor, names_y: list[str], names_x: list[str], label_y: str = "", label_x: str = "",
@@ -151,24 +128,15 @@ def cka_figure(cka: torch.Tensor, names_y: list[str], names_x: list[str], label_
                                colorbar=dict(title="CKA"), texttemplate="%{z:.2f}",
                                hovertemplate=f"{label_y} %{{y}} vs {label_x} %{{x}}<br>CKA %{{z:.3f}}<extra></extra>"))
     return layout(fig, title, 560, 500, margin=(90, 20, 50, 80), xaxis=dict(title=label_x, type="category"),
-                   yaxis=dict(title=label_y, type="category", autorange="reversed"))
-
-
-# --- inside views across training -------------------------------------------------------------
+                  yaxis=dict(title=label_y, type="category", autorange="reversed"))
 
 
 def inside_views_figure(views: Sequence[InsideView], epoch: int | None = None,
                         title: str = "Attention distance across training") -> go.Figure:
-    """The lowest layer's most local head and each layer's mean distance against epoch, with uniform attention.
-
-    Args:
-        views: a run's inside views (:func:`vitlab.training.run_folder.read_inside`), in epoch order.
-        epoch: marked with a vertical line (e.g. the epoch an explorer shows).
-    """
+    """A run's lowest-layer most local head and each layer's mean distance against epoch; ``epoch`` marked."""
     if not views:
         raise ValueError("no inside views to draw: train a ViT with inside views on (the default)")
-    epochs = [v.epoch for v in views]
-    uniform = views[-1].uniform
+    epochs, uniform = [v.epoch for v in views], views[-1].uniform
     fig = go.Figure(uniform_line(uniform, [min(epochs), max(epochs)], width=1.5, hover=False))
     for layer in range(len(views[0].distance)):
         fig.add_trace(go.Scatter(
@@ -186,26 +154,14 @@ def inside_views_figure(views: Sequence[InsideView], epoch: int | None = None,
 
 
 def inside_by_size_figure(runs: Sequence[RunInside], title: str | None = None) -> go.Figure:
-    """Fig. 7 (right) against training-set size: what more data does to attention distance.
-
-    Left: each layer's mean attention distance (mean over heads) against depth, one line per
-    training-set size (darker: more images), with the uniform-attention line. Right: the
-    lowest layer's most local head against the number of training images (log axis), with
-    its 95% bootstrap interval over the probe images. One point per run; several seeds of a
-    size are drawn as separate points.
-
-    Args:
-        runs: :class:`~vitlab.records.RunInside` records of ViT or hybrid runs (one architecture),
-            drawn in their family's colour.
-    """
+    """Fig. 7 (right) against training-set size: layer means against depth, and the lowest layer's most local head."""
     if not runs:
         raise ValueError("no inside views to draw: run `python -m vitlab sweep` on ViTs first")
     runs = sorted(runs, key=lambda r: (r.subset_size, r.seed))
     sizes = sorted({r.subset_size for r in runs})
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=(
         "mean distance per layer", "lowest layer's most local head"))
-    uniform = runs[0].view.uniform
-    depth = len(runs[0].view.distance)
+    uniform, depth = runs[0].view.uniform, len(runs[0].view.distance)
     red, green, blue = (int(family_color(runs[0].family, 0)[i:i + 2], 16) for i in (1, 3, 5))
     dark = family_color(runs[0].family, 2)
     for r in runs:
@@ -230,8 +186,7 @@ def inside_by_size_figure(runs: Sequence[RunInside], title: str | None = None) -
     fig.update_xaxes(title_text="training images", type="log", row=1, col=2)
     fig.update_yaxes(title_text="Mean attention distance (pixels)", range=[0, top], row=1, col=1)
     fig.update_yaxes(title_text="pixels", range=[0, top], row=1, col=2)
-    model = runs[0].model
-    return layout(fig, title or f"{model}: attention distance against training-set size (paper's convention)",
+    return layout(fig, title or f"{runs[0].model}: attention distance against training-set size (paper's convention)",
                   980, 460, margin=(90, 20, 60, 60))
 
 
@@ -241,17 +196,10 @@ _SEED_DASH, _SEED_SYMBOL = ("solid", "dash", "dot", "dashdot"), ("circle", "diam
 
 
 def recipes_figure(comparison: Recipes, epoch: int, title: str | None = None) -> go.Figure:
-    """Fig. 7 (right) for each arm of a recipe comparison side by side, at ``epoch``.
-
-    One panel per arm: every head's mean attention distance against depth for each seed
-    (symbols), each seed's mean over heads as a line, and uniform attention (dashed). The
-    y axis is shared, so the arms compare at a glance.
-    """
+    """Fig. 7 (right) for each arm of a recipe comparison at ``epoch``, one panel per arm on a shared y axis."""
     arms = list(comparison.arms)
-    fig = make_subplots(rows=1, cols=len(arms), shared_yaxes=True, horizontal_spacing=0.06,
-                        subplot_titles=[f"{a}" for a in arms])
-    uniform = comparison.runs[0].views[-1].uniform
-    depth = len(comparison.runs[0].views[-1].distance)
+    fig = make_subplots(rows=1, cols=len(arms), shared_yaxes=True, horizontal_spacing=0.06, subplot_titles=arms)
+    uniform, depth = comparison.runs[0].views[-1].uniform, len(comparison.runs[0].views[-1].distance)
     top = uniform
     for col, arm in enumerate(arms, 1):
         colour = _ARM_COLOURS[(col - 1) % len(_ARM_COLOURS)]
@@ -282,21 +230,11 @@ def recipes_figure(comparison: Recipes, epoch: int, title: str | None = None) ->
                   max(640, 420 * len(arms)), 460, margin=(70, 20, 90, 60))
 
 
-def recipes_timeline_figure(comparison: Recipes, epoch: int | None = None,
-                            title: str | None = None) -> go.Figure:
-    """The runs of a recipe comparison across training: lowest layer's most local head and test accuracy.
-
-    Left: the lowest layer's most local head against epoch, one line per run (colour: arm,
-    dash: seed), with uniform attention; the final models' 95% intervals over the probe
-    images as error bars at the last epoch. Right: test accuracy against epoch.
-
-    Args:
-        epoch: marked with a vertical line (the epoch an explorer shows).
-    """
+def recipes_timeline_figure(comparison: Recipes, epoch: int | None = None, title: str | None = None) -> go.Figure:
+    """Each run of a recipe comparison across training: lowest layer's most local head and test accuracy."""
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
         "lowest layer's most local head", "test accuracy"))
-    uniform = comparison.runs[0].views[-1].uniform
-    last = max(r.epochs[-1] for r in comparison.runs)
+    uniform, last = comparison.runs[0].views[-1].uniform, max(r.epochs[-1] for r in comparison.runs)
     for i, (arm, runs) in enumerate(comparison.arms.items()):
         colour = _ARM_COLOURS[i % len(_ARM_COLOURS)]
         for k, run in enumerate(runs):
@@ -326,18 +264,9 @@ def recipes_timeline_figure(comparison: Recipes, epoch: int | None = None,
     return layout(fig, title or f"{model}: the recipes across training", 980, 440, margin=(70, 20, 90, 60))
 
 
-# --- self-supervised pre-training: masked patch prediction (paper 4.6, B.1.2) --------------------
-
-
 def pretraining_figure(records: list[dict], baselines: dict[str, float] | None = None,
                        title: str = "Masked patch prediction") -> go.Figure:
-    """Pre-training loss and masked-patch colour accuracy per epoch, with the guesses that need no model.
-
-    Args:
-        records: the run's metrics log (:func:`vitlab.training.run_folder.read_metrics`).
-        baselines: accuracy of guesses on the same test patches (:func:`vitlab.training.mpp.baselines`),
-            drawn as dotted lines on the accuracy panel.
-    """
+    """Pre-training loss and masked-patch colour accuracy per epoch, beside guesses that need no model."""
     fig = training_curves_figure(records, title=title, objective="mpp")
     epochs = [r["epoch"] for r in records] or [1]
     xs = [min(epochs) - 0.5, max(epochs) + 0.5]
@@ -353,22 +282,12 @@ def _colour_tiles(classes: torch.Tensor, grid: tuple[int, int], patch: int) -> n
     k = mpp.LEVELS
     levels = torch.stack([classes // k**2, classes // k % k, classes % k], -1)  # (patches, 3)
     rgb = ((levels.float() + 0.5) * 256 / mpp.LEVELS).round().clamp(0, 255).to(torch.uint8)
-    tiles = rgb.view(*grid, 3).repeat_interleave(patch, 0).repeat_interleave(patch, 1)  # (H, W, 3)
-    return tiles.numpy()
+    return rgb.view(*grid, 3).repeat_interleave(patch, 0).repeat_interleave(patch, 1).numpy()  # (H, W, 3)
 
 
 def mpp_example_figure(example: mpp.MaskedExample, title: str = "Masked patch prediction on test images") -> go.Figure:
-    """What the objective asks, image by image: the input, its corruption, the 3-bit targets and the predictions.
-
-    One row per image of ``example`` (:func:`vitlab.training.mpp.masked_example`): the image; what
-    the encoder sees (masked patches grey, swapped patches showing the patch they took, unchanged
-    ones as they are); each patch's 3-bit mean colour (the targets, drawn at the centre of their
-    colour bins); and the model's prediction on the corrupted patches, titled with the share it
-    got right (patches that are not scored are flat light grey). Corrupted patches are outlined
-    in red on the input and the prediction.
-    """
-    e, patch = example, example.patch
-    rows = len(e.pixels)
+    """Masked patch prediction image by image: the input, its corruption, the 3-bit targets and the predictions."""
+    e, patch, rows = example, example.patch, len(example.pixels)
     columns = ("image", "encoder input", "target colours")
     titles = [name for n in range(rows) for name in ((*columns,) if n == 0 else ("", "", "")) + (
         f"prediction: {e.right[n]:.0%} right",)]
@@ -393,14 +312,7 @@ def mpp_example_figure(example: mpp.MaskedExample, title: str = "Masked patch pr
 
 def inside_comparison_figure(views: dict[str, InsideView], title: str = "Attention distance against depth",
                              families: dict[str, str] | None = None) -> go.Figure:
-    """Fig. 7 (right) for several models side by side: each layer's mean and most local head, and uniform attention.
-
-    Args:
-        views: label -> the model's :class:`~vitlab.records.InsideView` (:func:`vitlab.training.inside.inside_view`),
-            all on one grid of tokens (the same uniform-attention distance).
-        families: label -> family (``"vit"``, ``"hybrid"``): those labels take their family's colour,
-            as in the sweep's figures; the others take a fixed palette in order.
-    """
+    """Fig. 7 (right) of several models' inside views on one grid; ``families`` (label -> family) picks colours."""
     check_one_grid(views)
     fig = go.Figure()
     palette = iter(("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"))

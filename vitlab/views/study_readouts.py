@@ -1,12 +1,7 @@
-"""Readouts of studies: what records of runs hold, next to what the paper (or a later paper) claims.
-
-The same :class:`~vitlab.views.readouts.Readout` records as the Fig. 6/7 readouts, over the records
-that sweeps, recipe comparisons and pre-training runs write (:mod:`vitlab.records`): the lowest
-layer's most local head against training-set size, recipe arms side by side, masked patch
-prediction and fine-tuning from it, the three model families, and several models' inside views.
-"""
+"""Readouts of studies: what records of runs hold, next to what the paper (or a later paper) claims."""
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,11 +14,10 @@ from .style import number, px
 PAPER_DATA_SIZE = ("with enough pre-training data (JFT-300M) some lower-layer heads attend locally; Raghu et al. "
                    "(2021) found that ViTs trained on less data (ImageNet) do not learn this local attention in "
                    "their lower layers.")
-PAPER_RECIPES = ("the ViT paper explains local lower-layer heads by pre-training data (JFT-300M); Santiago "
-                 "Toledo and Martinez (2026, arXiv 2605.16390) report that for ViTs trained from scratch on "
-                 "CIFAR-10, CIFAR-100 and Tiny-ImageNet CutMix is what makes early heads local (CIFAR-100: minimum "
-                 "normalised mean attention distance 0.316 without, 0.008 with), while AutoAugment and label "
-                 "smoothing have no effect.")
+PAPER_RECIPES = ("the ViT paper explains local lower-layer heads by pre-training data (JFT-300M); Santiago Toledo and "
+                 "Martinez (2026, arXiv 2605.16390) report that for ViTs trained from scratch on CIFAR-10, CIFAR-100 "
+                 "and Tiny-ImageNet CutMix is what makes early heads local (CIFAR-100: minimum normalised mean "
+                 "attention distance 0.316 without, 0.008 with), while AutoAugment and label smoothing have no effect.")
 PAPER_MPP = ("masked patch prediction (50% of patch embeddings corrupted, 3-bit mean colour predicted) pre-trains "
              "ViT-B/16 on JFT-300M to 79.9% ImageNet top-1 after fine-tuning: 2% above training from scratch, 4% "
              "below supervised pre-training (section 4.6, appendix B.1.2).")
@@ -33,27 +27,15 @@ PAPER_FAMILIES = ("Fig. 5 (pre-trained on JFT-300M, transfer accuracy against pr
                   "for larger models.")
 
 
-# --- Fig. 7 (right) against training-set size (Raghu et al. 2021) -------------------------------
-
 @dataclass(frozen=True, kw_only=True)
 class DataSizeReadout(Readout):
-    """The lowest layer's most local head across training-set sizes (:func:`data_size`).
-
-    Attributes:
-        sizes: training images of each run, ascending (one entry per run).
-        lowest: the lowest layer's most local head of each run, pixels; ``low``/``high`` its 95%
-            interval over the probe images, pixels.
-        uniform: distance under uniform attention (the same for every run), pixels.
-        local: per run, whether that head is local by :class:`~vitlab.views.readouts.DistanceReadout`'s rule
-            (its interval below ``LOCAL_FRACTION`` of the uniform distance).
-    """
-
-    sizes: list[int]
-    lowest: list[float]
-    low: list[float]
+    """The lowest layer's most local head across training-set sizes (:func:`data_size`); one entry per run."""
+    sizes: list[int]  # training images of each run, ascending
+    lowest: list[float]  # the lowest layer's most local head of each run, pixels
+    low: list[float]  # its 95% interval over the probe images, pixels
     high: list[float]
-    uniform: float
-    local: list[bool]
+    uniform: float  # distance under uniform attention (the same for every run), pixels
+    local: list[bool]  # that head's interval lies below LOCAL_FRACTION of the uniform distance
 
 
 def data_size(runs: Sequence[RunInside]) -> DataSizeReadout:
@@ -61,15 +43,12 @@ def data_size(runs: Sequence[RunInside]) -> DataSizeReadout:
     if not runs:
         raise ValueError("no inside views of sweep runs: run `python -m vitlab sweep` on ViTs first")
     runs = sorted(runs, key=lambda r: (r.subset_size, r.seed))
-    uniform = runs[0].view.uniform
+    first, last, uniform = runs[0], runs[-1], runs[0].view.uniform
     local = [r.lowest_high < LOCAL_FRACTION * uniform for r in runs]
-    first, last = runs[0], runs[-1]
-
     def said(r: RunInside) -> str:
         return (f"{r.subset_size:,} images: {px(r.view.lowest_local)} (95% interval {r.lowest_low:.1f} to "
                 f"{r.lowest_high:.1f}, std {r.lowest_std:.1f} across {r.view.images} images; test accuracy "
                 f"{r.test_accuracy:.1%})")
-
     verdict = ("no run has a local head in its lowest layer" if not any(local)
                else f"{sum(local)} of {len(runs)} runs have a local head in their lowest layer")
     text = (f"Lowest layer's most local head, {said(first)}; {said(last)}; uniform attention: {px(uniform)}. "
@@ -80,35 +59,19 @@ def data_size(runs: Sequence[RunInside]) -> DataSizeReadout:
         low=[r.lowest_low for r in runs], high=[r.lowest_high for r in runs], uniform=uniform, local=local)
 
 
-# --- recipe comparisons: what a change of training recipe does to attention distance ---------------
-
 @dataclass(frozen=True, kw_only=True)
 class RecipesReadout(Readout):
-    """Arms of a recipe comparison at one epoch (:func:`recipes`).
-
-    Attributes:
-        epoch: the epoch read (the last one all runs recorded, unless asked).
-        arms: arm labels, in the comparison's order; seeds: per arm, the runs' seeds.
-        accuracy: per arm, each run's test accuracy at ``epoch`` (fractions).
-        lowest: per arm, each run's lowest-layer most local head at ``epoch`` (pixels).
-        low, high: per arm, each run's 95% interval of that head over the probe images (pixels);
-            only at the final epoch (the final models were measured per image), else empty.
-        structure: per arm, each run's position-embedding structure score (Spearman).
-        uniform: the uniform-attention distance (pixels).
-        local: per arm, whether each run's lowest layer has a local head: its interval (at the
-            final epoch) or its value (before) below ``LOCAL_FRACTION`` of uniform attention.
-    """
-
-    epoch: int
-    arms: list[str]
+    """Arms of a recipe comparison at one epoch (:func:`recipes`); dicts map an arm to one value per run."""
+    epoch: int  # the epoch read (the last one all runs recorded, unless asked)
+    arms: list[str]  # arm labels, in the comparison's order
     seeds: dict[str, list[int]]
-    accuracy: dict[str, list[float]]
-    lowest: dict[str, list[float]]
-    low: dict[str, list[float]]
+    accuracy: dict[str, list[float]]  # test accuracy at ``epoch`` (fractions)
+    lowest: dict[str, list[float]]  # the lowest layer's most local head at ``epoch`` (pixels)
+    low: dict[str, list[float]]  # its 95% interval over the probe images (pixels); empty before the final epoch
     high: dict[str, list[float]]
-    structure: dict[str, list[float]]
-    uniform: float
-    local: dict[str, list[bool]]
+    structure: dict[str, list[float]]  # position-embedding structure score (Spearman)
+    uniform: float  # the uniform-attention distance (pixels)
+    local: dict[str, list[bool]]  # the interval (final epoch) or value (before) below LOCAL_FRACTION of uniform
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -132,7 +95,6 @@ def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
     local = {a: [h < LOCAL_FRACTION * uniform for h in (high[a] or lowest[a])] for a in arms}
     structure = {a: [v.position_distance for v in vs] for a, vs in views.items()}
     seeds = {a: [r.seed for r in runs] for a, runs in comparison.arms.items()}
-
     def arm_text(a: str) -> str:
         runs = ", ".join(
             f"seed {s}: {px(x)}" + (f" (95% interval {lo:.1f} to {hi:.1f} over images)" if final else "")
@@ -141,100 +103,69 @@ def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
         return (f"{a}: test accuracy {', '.join(f'{x:.1%}' for x in accuracy[a])} (mean {_mean(accuracy[a]):.1%}); "
                 f"lowest layer's most local head {runs}; layer-1 mean over heads {px(layer1)}; position structure "
                 f"ρ {', '.join(number(x, 2) for x in structure[a])}")
-
     first, *rest = arms
     gaps = "; ".join(f"{a} minus {first}: most local head {number(_mean(lowest[a]) - _mean(lowest[first]), 1)} px, "
                      f"accuracy {100 * (_mean(accuracy[a]) - _mean(accuracy[first])):+.1f} points" for a in rest)
     seed_span = max(max(v) - min(v) for v in lowest.values())
-    n_local = sum(sum(v) for v in local.values())
-    verdict = ("no run has a local head in its lowest layer" if n_local == 0 else
+    verdict = ("no run has a local head in its lowest layer" if not any(map(any, local.values())) else
                "; ".join(f"{a}: {sum(local[a])} of {len(local[a])} runs with a local head" for a in arms))
-    rule = "its 95% interval" if final else "its value"
     changed = ", ".join(f"{k} ({', '.join(f'{a}: {v}' for a, v in by_arm.items())})"
                         for k, by_arm in comparison.differs_in.items()) or "nothing"
     text = (f"Epoch {epoch}, arms differing in {changed}. " + ". ".join(arm_text(a) for a in arms)
             + f". {gaps} (seeds of one arm span up to {seed_span:.1f} px). Uniform attention: {px(uniform)}; "
-            f"{verdict} ({rule} below {LOCAL_FRACTION:.0%} of uniform).")
+            f"{verdict} ({'its 95% interval' if final else 'its value'} below {LOCAL_FRACTION:.0%} of uniform).")
     return RecipesReadout(
         figure="Fig. 7 (right) by training recipe", text=text, paper=PAPER_RECIPES, epoch=epoch, arms=arms, seeds=seeds,
         accuracy=accuracy, lowest=lowest, low=low, high=high, structure=structure, uniform=uniform, local=local)
 
 
-# --- self-supervised pre-training: masked patch prediction, and fine-tuning from it ------------------
-
 @dataclass(frozen=True, kw_only=True)
 class PretrainingReadout(Readout):
-    """What pre-training by masked patch prediction reached (:func:`pretraining`).
-
-    Attributes:
-        epochs: epochs run; images_seen: training images processed; minutes: training time.
-        accuracy: share of corrupted test patches whose 3-bit colour the model predicts (final epoch).
-        first: the same after the first epoch.
-        baselines: name -> accuracy of a guess that needs no model (:func:`vitlab.training.mpp.baselines`).
-    """
-
+    """What pre-training by masked patch prediction reached (:func:`pretraining`)."""
     epochs: int
     images_seen: int
-    minutes: float
-    accuracy: float
-    first: float
-    baselines: dict[str, float]
+    minutes: float  # training time
+    accuracy: float  # share of corrupted test patches whose 3-bit colour the model predicts (final epoch)
+    first: float  # the same after the first epoch
+    baselines: dict[str, float]  # name -> accuracy of a guess that needs no model
 
 
 def pretraining(log: Sequence[dict], baselines: dict[str, float], batch_size: int) -> PretrainingReadout:
-    """Readout of a pre-training run's metrics log (masked-patch colour accuracy per epoch) against guesses.
-
-    Args:
-        log: the run's metrics records (:func:`vitlab.training.run_folder.read_metrics`).
-        baselines: guesses scored on the same test patches (:func:`vitlab.training.mpp.baselines`).
-        batch_size: of the run, to count the images it saw.
-    """
+    """Readout of a pre-training run's metrics log against ``baselines`` (:func:`vitlab.training.mpp.baselines`)."""
     if not log:
         raise ValueError("no epochs in this pre-training log: pre-train first (python -m vitlab pretrain)")
     last = log[-1]
     best_guess = max(baselines.items(), key=lambda kv: kv[1]) if baselines else ("none", 0.0)
     ratio = last["test_accuracy"] / best_guess[1] if best_guess[1] else float("inf")
     guesses = ", ".join(f"{k} {v:.1%}" for k, v in baselines.items())
-    text = (f"After {last['epoch']} epochs ({last['step'] * batch_size:,} images seen, no labels, "
-            f"{last['wall_seconds'] / 60:.0f} min) the encoder predicts the 3-bit colour of "
-            f"{last['test_accuracy']:.1%} of the corrupted test patches ({log[0]['test_accuracy']:.1%} after the first "
-            f"epoch). Guesses without a model, on the same patches: {guesses}. ")
-    if ratio > 1.05:
-        text += (f"The encoder gets {ratio:.1f}x the best guess ({best_guess[0]}): it reads the visible patches "
-                 "around each corrupted one, not only the image's overall colour.")
-    else:
-        text += f"That is no better than the best guess ({best_guess[0]})."
+    seen, minutes = last["step"] * batch_size, last["wall_seconds"] / 60
+    text = (f"After {last['epoch']} epochs ({seen:,} images seen, no labels, {minutes:.0f} min) the encoder predicts "
+            f"the 3-bit colour of {last['test_accuracy']:.1%} of the corrupted test patches "
+            f"({log[0]['test_accuracy']:.1%} after the first epoch). Guesses without a model, on the same patches: "
+            f"{guesses}. ")
+    text += (f"The encoder gets {ratio:.1f}x the best guess ({best_guess[0]}): it reads the visible patches around "
+             "each corrupted one, not only the image's overall colour." if ratio > 1.05 else
+             f"That is no better than the best guess ({best_guess[0]}).")
     return PretrainingReadout(figure="masked patch prediction (paper 4.6)", text=text, paper=PAPER_MPP,
-                              epochs=last["epoch"], images_seen=last["step"] * batch_size,
-                              minutes=last["wall_seconds"] / 60, accuracy=last["test_accuracy"],
+                              epochs=last["epoch"], images_seen=seen, minutes=minutes, accuracy=last["test_accuracy"],
                               first=log[0]["test_accuracy"], baselines=dict(baselines))
 
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneReadout(Readout):
-    """Fine-tuned from pre-trained weights against from scratch, per number of labelled images (:func:`fine_tuning`).
-
-    Attributes:
-        model: the architecture's zoo name; init: what the fine-tuned runs started from.
-        sizes: labelled training images, ascending.
-        scratch, tuned: per size, each seed's test accuracy (fractions).
-        gain: per size, mean fine-tuned minus mean from scratch (fractions).
-    """
-
-    model: str
-    init: str
-    sizes: list[int]
-    scratch: dict[int, list[float]]
+    """Fine-tuned from pre-trained weights against from scratch, per number of labelled images (:func:`fine_tuning`)."""
+    model: str  # the architecture's zoo name
+    init: str  # what the fine-tuned runs started from
+    sizes: list[int]  # labelled training images, ascending
+    scratch: dict[int, list[float]]  # per size, each seed's test accuracy (fractions)
     tuned: dict[int, list[float]]
-    gain: dict[int, float]
+    gain: dict[int, float]  # per size, mean fine-tuned minus mean from scratch (fractions)
 
 
 def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on: int | None = None) -> FinetuneReadout:
-    """Readout of sweep runs of ``model`` fine-tuned from ``init`` against its runs from scratch of the same sizes.
+    """Readout of sweep runs of ``model`` fine-tuned from ``init`` against from scratch, at sizes run both ways.
 
-    Only sizes with runs of both kinds count; seeds are averaged (the spread is the
-    standard deviation over seeds, where there are several). ``pretrained_on``: the
-    training images the encoder was pre-trained on (its sidecar's ``data``), said in the text.
+    ``pretrained_on``: the training images the encoder was pre-trained on (its sidecar's ``data``).
     """
     mine = [r for r in runs if r.model == model]
     sizes_run = {r.subset_size for r in mine}
@@ -244,15 +175,14 @@ def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on:
     if not sizes:
         raise ValueError(f"no size has runs of {model} both from scratch and fine-tuned from {init}")
     gain = {n: _mean(tuned[n]) - _mean(scratch[n]) for n in sizes}
-
     def said(n: int) -> str:
         def acc(xs: list[float]) -> str:
             return f"{_mean(xs):.1%}" + (f" ± {100 * statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
         return f"{n:,} labels: {acc(tuned[n])} vs {acc(scratch[n])} ({100 * gain[n]:+.1f} points)"
-
     helped = [n for n in sizes if gain[n] > 0]
     verdict = ("pre-training helps at every size" if len(helped) == len(sizes) else
-               f"pre-training helps at {len(helped)} of {len(sizes)} sizes" if helped else "pre-training helps at no size")
+               f"pre-training helps at {len(helped)} of {len(sizes)} sizes" if helped else
+               "pre-training helps at no size")
     most, least = max(sizes, key=gain.get), min(sizes, key=gain.get)
     text = (f"Fine-tuned from {init} vs {model} from scratch, same recipe and budget (mean over seeds ± std): "
             + "; ".join(said(n) for n in sizes) + f". {verdict.capitalize()}"
@@ -265,41 +195,25 @@ def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on:
                            tuned={n: tuned[n] for n in sizes}, gain=gain)
 
 
-# --- three families: ViT, hybrid and ResNet against training-set size ----------------------------
-
 @dataclass(frozen=True, kw_only=True)
 class FamiliesReadout(Readout):
-    """Each model trained from scratch in one sweep, per training-set size (:func:`families`).
-
-    Attributes:
-        models: model name -> family, ViTs first, then hybrids, then ResNets.
-        sizes: the training-set sizes every model ran, ascending.
-        accuracy: model -> size -> each seed's test accuracy (fractions).
-        flops_per_image: model -> training FLOPs of one image (forward and backward).
-        best: size -> the model with the highest mean test accuracy.
-        gaps: (model a, model b) -> size -> mean accuracy of a minus that of b (fractions), for
-            every pair in ``models`` order.
-    """
-
-    models: dict[str, str]
-    sizes: list[int]
-    accuracy: dict[str, dict[int, list[float]]]
-    flops_per_image: dict[str, float]
-    best: dict[int, str]
-    gaps: dict[tuple[str, str], dict[int, float]]
+    """Each model trained from scratch in one sweep, per training-set size (:func:`families`)."""
+    models: dict[str, str]  # model name -> family, ViTs first, then hybrids, then ResNets
+    sizes: list[int]  # the training-set sizes every model ran, ascending
+    accuracy: dict[str, dict[int, list[float]]]  # model -> size -> each seed's test accuracy (fractions)
+    flops_per_image: dict[str, float]  # model -> training FLOPs of one image (forward and backward)
+    best: dict[int, str]  # size -> the model with the highest mean test accuracy
+    gaps: dict[tuple[str, str], dict[int, float]]  # (a, b) -> size -> mean accuracy of a minus b, each pair in order
 
 
 def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
-    """Readout of a sweep's models trained from scratch against each other, size by size (paper Fig. 5).
-
-    Runs fine-tuned from pre-trained weights (``init``) are left out; seeds are averaged.
-    Only sizes that every model ran count.
-    """
+    """Readout of a sweep's models trained from scratch against each other, at the sizes all ran (Fig. 5)."""
     scratch = [r for r in runs if not r.init]
     found = {r.model: r.family for r in scratch}
     models = dict(sorted(found.items(), key=lambda kv: (FAMILY_ORDER.get(kv[1], len(FAMILY_ORDER)), kv[0])))
     if len(models) < 2:
-        raise ValueError(f"comparing families needs runs of at least two models trained from scratch, got {list(models)}")
+        raise ValueError("comparing families needs runs of at least two models trained from scratch, "
+                         f"got {list(models)}")
     sizes = sorted(set.intersection(*({r.subset_size for r in scratch if r.model == m} for m in models)))
     if not sizes:
         raise ValueError(f"no training-set size was run for every model of {list(models)}")
@@ -307,21 +221,17 @@ def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
            for m in models}
     mean = {m: {n: _mean(acc[m][n]) for n in sizes} for m in models}
     best = {n: max(models, key=lambda m: mean[m][n]) for n in sizes}
-    names = list(models)
-    gaps = {(a, b): {n: mean[a][n] - mean[b][n] for n in sizes} for i, a in enumerate(names) for b in names[i + 1:]}
+    gaps = {(a, b): {n: mean[a][n] - mean[b][n] for n in sizes} for a, b in itertools.combinations(models, 2)}
     flops = {m: next(r.flops_per_image for r in scratch if r.model == m) for m in models}
-
     def at(n: int) -> str:
         ranked = sorted(models, key=lambda m: -mean[m][n])
         seeds = {m: f" ({len(acc[m][n])} seeds)" if len(acc[m][n]) > 1 else "" for m in models}
         return f"{n:,} images: " + " > ".join(f"{m} {mean[m][n]:.1%}{seeds[m]}" for m in ranked)
-
     def pair(a: str, b: str) -> str:
         g = gaps[a, b]
         ahead = sum(v > 0 for v in g.values())
         return (f"{a} ahead of {b} at {ahead} of {len(sizes)} sizes ({100 * g[sizes[0]]:+.1f} points at "
                 f"{sizes[0]:,} images, {100 * g[sizes[-1]]:+.1f} at {sizes[-1]:,})")
-
     text = ("Test accuracy on the 10,000 test images (mean over the seeds run, one where not said): "
             + "; ".join(at(n) for n in sizes) + ". Pairwise: " + "; ".join(pair(a, b) for a, b in gaps)
             + ". Training FLOPs per image: " + ", ".join(f"{m} {flops[m] / 1e6:.0f} M" for m in models) + ".")
@@ -331,19 +241,12 @@ def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
 
 @dataclass(frozen=True, kw_only=True)
 class InsideComparisonReadout(Readout):
-    """Fig. 7 numbers of several models of one architecture side by side (:func:`inside_comparison`).
-
-    Attributes:
-        names: the models' labels; lowest: each one's lowest-layer most local head (pixels);
-        most_local: each one's most local head anywhere (pixels) and its layer (1-based);
-        structure: each one's position-embedding structure score; uniform: uniform attention (pixels).
-    """
-
-    names: list[str]
-    lowest: dict[str, float]
-    most_local: dict[str, tuple[float, int]]
-    structure: dict[str, float]
-    uniform: float
+    """Fig. 7 numbers of several models of one architecture side by side (:func:`inside_comparison`)."""
+    names: list[str]  # the models' labels
+    lowest: dict[str, float]  # the lowest layer's most local head (pixels)
+    most_local: dict[str, tuple[float, int]]  # the most local head anywhere (pixels) and its layer (1-based)
+    structure: dict[str, float]  # position-embedding structure score
+    uniform: float  # uniform attention (pixels)
 
 
 def inside_comparison(views: dict[str, InsideView]) -> InsideComparisonReadout:
@@ -351,10 +254,8 @@ def inside_comparison(views: dict[str, InsideView]) -> InsideComparisonReadout:
     check_one_grid(views)
     uniform = next(iter(views.values())).uniform
     lowest = {k: v.lowest_local for k, v in views.items()}
-    most_local = {}
-    for k, v in views.items():
-        layer = min(range(len(v.distance)), key=lambda i: min(v.distance[i]))
-        most_local[k] = (min(v.distance[layer]), layer + 1)
+    # the most local head anywhere and its layer (1-based; the lowest such layer)
+    most_local = {k: min((min(row), i + 1) for i, row in enumerate(v.distance)) for k, v in views.items()}
     structure = {k: v.position_distance for k, v in views.items()}
     local = [k for k, (d, _) in most_local.items() if d < LOCAL_FRACTION * uniform]
     text = ("; ".join(f"{k}: lowest layer's most local head {px(lowest[k])}, most local head anywhere "

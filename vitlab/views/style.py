@@ -1,16 +1,10 @@
-"""How the views look: the one layout, the one tiling, tables, family colours and number formats.
-
-Every figure goes through :func:`layout` (size, margins, a left-aligned title that the mode
-bar at the top right cannot cover) and every tiled image through :func:`tile`. Values a
-figure leaves empty (gaps between tiles) are ``None``, not NaN (:func:`json_safe`), so
-figures serialise as strict JSON inside a ``FigureWidget``. Numbers are written the same way
-in figures and readouts (:func:`number`, :func:`spread_text`, :func:`px`); plotly loads only
-when a table is drawn, so the readouts can use them without the notebook stack.
-"""
+"""How the views look: the one layout, the one tiling, tables, family colours and number formats."""
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,12 +18,7 @@ _MODEBAR_REMOVE = ["lasso2d", "select2d", "autoScale2d", "zoomIn2d", "zoomOut2d"
 
 def layout(fig: go.Figure, title: str, width: int, height: int, margin: tuple[int, int, int, int] = (70, 20, 50, 60),
            **extra) -> go.Figure:
-    """Size (pixels), margins (left, right, top, bottom) and a left-aligned title; ``extra`` goes on as is.
-
-    A title line too long to end before the mode bar (top right) breaks into lines, after a
-    comma or colon where it can (lines the caller broke with ``<br>`` are wrapped the same way),
-    and the top margin grows by a line for each.
-    """
+    """Size (pixels), margins (left, right, top, bottom) and a left-aligned title, wrapped before the mode bar."""
     left, right, top, bottom = margin
     limit = max(20, (width - 190) // 9)  # characters of a 17-pixel title left of the mode bar
     lines = []
@@ -62,18 +51,15 @@ def json_safe(values: np.ndarray) -> list:
 
 
 def tile(values: np.ndarray, fill: float) -> tuple[np.ndarray, np.ndarray]:
-    """Lay (A, B, r, c, ...) tiles out as one (A*(r+1) - 1, B*(c+1) - 1, ...) array with 1-pixel gaps.
+    """Lay (A, B, r, c, ...) tiles out as one (A*(r+1) - 1, B*(c+1) - 1, ...) array with 1-pixel gaps of ``fill``.
 
-    Returns ``(mosaic, index)``: gaps hold ``fill``; ``index`` (height, width, 4) gives per
-    pixel the 0-based tile (a, b) and position (y, x) inside it, -1 in gaps.
+    Returns ``(mosaic, index)``: ``index`` (H, W, 4) holds each pixel's 0-based tile (a, b) and (y, x), -1 in gaps.
     """
     a_n, b_n, rows, cols = values.shape[:4]
-
     def lay(v: np.ndarray, gap: float) -> np.ndarray:
         out = np.full((a_n, rows + 1, b_n, cols + 1, *v.shape[4:]), gap, dtype=v.dtype)
         out[:, :rows, :, :cols] = v.swapaxes(1, 2)  # (A, r, B, c, ...)
         return out.reshape(a_n * (rows + 1), b_n * (cols + 1), *v.shape[4:])[:-1, :-1]
-
     index = np.moveaxis(np.indices((a_n, b_n, rows, cols)), 0, -1)  # (A, B, r, c, 4)
     return lay(values, fill), lay(index, -1)
 
@@ -96,13 +82,9 @@ def square_axes(fig: go.Figure) -> None:
 
 
 def table(header: list[str], columns: list[list], widths: list[float], width: int) -> go.Figure:
-    """A plotly table of ``columns`` under ``header``, ``width`` pixels wide, split by relative ``widths``.
-
-    Texts never wrap (spaces become non-breaking): plotly wraps by measuring text in the
-    page, and a table drawn while off screen then shows empty cells (notebook 05 after Run All).
-    """
-    import plotly.graph_objects as go
-
+    """A plotly table of ``columns`` under ``header``, ``width`` pixels wide, split by relative ``widths``."""
+    import plotly.graph_objects as go  # here, so that readouts can use this module without plotly
+    # Spaces become non-breaking: plotly wraps by measuring text in the page, emptying cells drawn off screen.
     nowrap = lambda values: [str(v).replace(" ", "\u00a0") for v in values]  # noqa: E731
     fig = go.Figure(go.Table(columnwidth=widths, header=dict(values=nowrap(header), align="left", height=30),
                              cells=dict(values=[nowrap(c) for c in columns], align="left", height=28)))
@@ -112,32 +94,25 @@ def table(header: list[str], columns: list[list], widths: list[float], width: in
 
 
 #: Shades per model family: blues for ViTs, reds for ResNets, greens for hybrids.
-FAMILY_COLORS = {"vit": ("#1f77b4", "#6baed6", "#08519c"), "resnet": ("#d62728", "#fc9272", "#a50f15"),
-                 "hybrid": ("#2ca02c", "#74c476", "#006d2c")}
+_FAMILY_COLORS = {"vit": ("#1f77b4", "#6baed6", "#08519c"), "resnet": ("#d62728", "#fc9272", "#a50f15"),
+                  "hybrid": ("#2ca02c", "#74c476", "#006d2c")}
 
 
 def family_color(family: str, k: int) -> str:
     """The ``k``-th shade of a family's colour (grey for an unknown family)."""
-    shades = FAMILY_COLORS.get(family, ("#555555", "#999999", "#222222"))
+    shades = _FAMILY_COLORS.get(family, ("#555555", "#999999", "#222222"))
     return shades[k % len(shades)]
 
 
 def family_shades() -> Callable[[str], str]:
     """A colour per curve from its records' family: the k-th curve of a family gets its k-th shade."""
-    seen: dict[str, int] = {}
-
-    def color(family: str) -> str:
-        seen[family] = seen.get(family, -1) + 1
-        return family_color(family, seen[family])
-
-    return color
+    counters: defaultdict[str, Iterator[int]] = defaultdict(itertools.count)
+    return lambda family: family_color(family, next(counters[family]))
 
 
 def duration(seconds: float) -> str:
     """A run time for people: seconds under a minute ("0.4 s", "42 s"), else minutes ("3.2 min")."""
-    if seconds < 9.95:
-        return f"{seconds:.1f} s"
-    return f"{seconds:.0f} s" if seconds < 59.5 else f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s" if seconds < 9.95 else f"{seconds:.0f} s" if seconds < 59.5 else f"{seconds / 60:.1f} min"
 
 
 def number(x: float, digits: int) -> str:
@@ -148,8 +123,7 @@ def number(x: float, digits: int) -> str:
 def spread_text(values: Sequence[float], digits: int = 2, unit: str = "", scale: float = 1.0) -> str:
     """Mean and range of reference values (e.g. over init seeds), times ``scale``: "0.01 [-0.03, 0.04]"."""
     v = [scale * float(x) for x in values]
-    mean = sum(v) / len(v)
-    return f"{number(mean, digits)}{unit} [{number(min(v), digits)}, {number(max(v), digits)}]"
+    return f"{number(sum(v) / len(v), digits)}{unit} [{number(min(v), digits)}, {number(max(v), digits)}]"
 
 
 def px(x: float) -> str:
