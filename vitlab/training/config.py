@@ -1,18 +1,4 @@
-"""A training run's settings (:class:`TrainConfig`), and one mapping between configs, flags and command lines.
-
-Every field of a frozen config dataclass (:class:`TrainConfig`,
-:class:`vitlab.training.sweep.SweepConfig`) becomes one flag, typed from its annotation:
-
-* ``bool``: ``--flip`` / ``--no-flip``;
-* ``tuple[int, ...]``: ``--sizes 1000 5000`` (``nargs='+'``);
-* ``int | None``: ``--subset-size 500``, or ``--subset-size none`` for None;
-* ``Literal["adamw", "sgd"]``: argparse ``choices``, checked for any config by
-  :func:`check_choices`.
-
-:func:`command_line` writes a config back as the command that rebuilds it, so a recorded
-command always parses to an equal config. Help texts come from the class docstring's
-``Attributes:`` section. This module imports no other vitlab module.
-"""
+"""A run's settings (:class:`TrainConfig`), and one mapping between config dataclasses, flags and command lines."""
 from __future__ import annotations
 
 import argparse
@@ -45,7 +31,6 @@ def _field_type(hint: Any) -> tuple[Any, bool]:
 
 
 def _choices(hint: Any) -> tuple[Any, ...] | None:
-    """The allowed values of a ``Literal`` annotation (optionally ``| None``), else None."""
     kind, _ = _field_type(hint)
     return typing.get_args(kind) if typing.get_origin(kind) is Literal else None
 
@@ -118,11 +103,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, exclude: Iterable[str]
 
 
 def from_args(cls: type, values: argparse.Namespace | Mapping[str, Any]) -> Any:
-    """Build ``cls`` from parsed flags or a mapping; keys that are not fields are ignored.
-
-    Lists become tuples for tuple fields (argparse and JSON give lists), and the result
-    is checked with :func:`check_choices`.
-    """
+    """Build ``cls`` from parsed flags or a mapping, ignoring keys that are not fields; lists become tuples."""
     values = vars(values) if isinstance(values, argparse.Namespace) else dict(values)
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -149,11 +130,7 @@ def check_choices(config: Any) -> None:
 
 
 def command_line(prog: str, config: Any) -> str:
-    """The command, starting with ``prog``, whose flags rebuild ``config`` exactly.
-
-    Every field is spelled out, defaults too, so the command stays exact if a default
-    changes later; None and empty tuples are left out where they are the default.
-    """
+    """The command, starting with ``prog``, whose flags rebuild ``config`` exactly (defaults spelled out too)."""
     parts = [prog]
     for field in dataclasses.fields(config):
         value, default, flag = getattr(config, field.name), _default(field), _flag(field.name)
@@ -173,12 +150,7 @@ def command_line(prog: str, config: Any) -> str:
 
 
 def read_file(path: str | Path, cls: type, extra: Iterable[str] = ()) -> dict[str, Any]:
-    """The settings in a JSON or TOML file (``.toml`` by its suffix), keyed by field name.
-
-    Raises:
-        ConfigError: a key is neither a field of ``cls`` nor in ``extra`` (one line,
-            listing the known keys), or the file cannot be read or parsed.
-    """
+    """The settings in a JSON or TOML file (by its suffix); ConfigError for an unknown key or an unreadable file."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -186,8 +158,7 @@ def read_file(path: str | Path, cls: type, extra: Iterable[str] = ()) -> dict[st
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read settings from {path}: {err}") from None
     known = {f.name for f in dataclasses.fields(cls)} | set(extra)
-    unknown = sorted(set(values) - known)
-    if unknown:
+    if unknown := sorted(set(values) - known):
         raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
     return values
 
