@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-#: CIFAR-10's training and test images, and their side in pixels: the bounds of the size settings.
-TRAIN_IMAGES, TEST_IMAGES, IMAGE_SIZE = 50_000, 10_000, 32
+TRAIN_IMAGES, TEST_IMAGES, IMAGE_SIZE = 50_000, 10_000, 32  #: CIFAR-10's, and its image side in pixels
 
 
 class ConfigError(ValueError):
@@ -47,7 +46,6 @@ def _parse(kind: type, optional: bool) -> Callable[[str], Any]:
         if optional and text.lower() == "none":
             return None
         return kind(text)
-
     convert.__name__ = kind.__name__  # argparse names the type in its error messages
     return convert
 
@@ -79,7 +77,8 @@ def field_help(cls: type) -> dict[str, str]:
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, exclude: Iterable[str] = ()) -> None:
-    """Add one flag per field of the dataclass ``cls`` to ``parser`` (see the module docstring)."""
+    """Add one flag per field of the dataclass ``cls`` to ``parser``, typed by its annotation, helped by its docstring:
+    ``bool``: ``--flip/--no-flip``; ``tuple``: ``nargs='+'``; ``| None``: ``none`` reads None; ``Literal``: choices."""
     hints = typing.get_type_hints(cls)
     helps = field_help(cls)
     for field in dataclasses.fields(cls):
@@ -122,8 +121,7 @@ def check_choices(config: Any) -> None:
     """Raise :class:`ConfigError` naming the field, value and choices of any ``Literal`` field out of range."""
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
-        choices = _choices(hints[field.name])
-        value = getattr(config, field.name)
+        choices, value = _choices(hints[field.name]), getattr(config, field.name)
         optional = _field_type(hints[field.name])[1]
         if choices is not None and value not in choices and not (optional and value is None):
             raise ConfigError(f"{field.name} must be one of {', '.join(map(repr, choices))}; got {value!r}")

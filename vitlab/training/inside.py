@@ -17,12 +17,9 @@ from ..analysis.positions import position_analysis
 from ..models import load_model
 from ..records import InsideView
 
-#: Probe images per inside view, and the seed of their class-balanced order (fixed: runs compare).
-PROBE_IMAGES, PROBE_SEED = 256, 0
-#: At most this many inside views per run: every epoch up to _MOST epochs, evenly spaced beyond.
-_MOST = 30
-#: Principal components of the filters whose explained variance is recorded together.
-_FILTER_K = 28
+PROBE_IMAGES, PROBE_SEED = 256, 0  #: probe images per inside view, and the seed of their class-balanced order
+_MOST = 30  #: inside views per run at most: every epoch up to _MOST epochs, evenly spaced beyond
+_FILTER_K = 28  #: principal components of the filters whose explained variance is recorded together
 
 
 def probe_images(count: int = PROBE_IMAGES, seed: int = PROBE_SEED) -> torch.Tensor:

@@ -27,8 +27,7 @@ from .run_folder import (MODEL, append_metrics, finished_run, hardware, load_che
 from .steps import augment, autocast_dtype, cpu_bf16_attention, epoch_order, lr_at, param_groups
 from ..models import ARCHITECTURES, build_model, set_input_size
 
-#: Without ``progress``, runs report here (``python -m vitlab`` prints it; notebooks stay quiet).
-log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)  #: without ``progress``, runs report here (``python -m vitlab`` prints it)
 
 
 @dataclass
@@ -85,8 +84,7 @@ def check(config: TrainConfig, out: str | os.PathLike, checkpoint_every: int = 0
     if config.subset_size is not None and config.batch_size > config.subset_size:
         raise ConfigError(f"batch size {config.batch_size} exceeds the subset of {config.subset_size} images; "
                           "lower --batch-size or raise --subset-size")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if config.batch_size % world:
+    if config.batch_size % (world := int(os.environ.get("WORLD_SIZE", "1"))):
         raise ConfigError(f"batch size {config.batch_size} must divide evenly over {world} processes")
     prepare_folder(Path(out))
 
@@ -122,14 +120,6 @@ def _rules(c: TrainConfig, checkpoint_every: int) -> list[tuple[str, Any, bool, 
     ]
 
 
-def _processes() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def _data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     train_x, train_y = data.cifar10("train")  # a missing dataset fails here, before any training
     test_x, test_y = data.cifar10("test")
@@ -157,7 +147,11 @@ def _start(config: TrainConfig, out: Path, device: str | torch.device | None,
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    rank, world = _processes()
+    rank, world = 0, 1
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(config.seed)
     model = _initial_model(config)
     state = load_checkpoint(out, config, model)
@@ -187,10 +181,9 @@ def _setup(config: TrainConfig, out: Path, model: nn.Module, device: torch.devic
         opt = torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
     else:
         opt = torch.optim.AdamW(groups, lr=config.lr, fused=device.type == "cuda" or None)
-    return _Run(config=config, out=out, objective=objective_for(config), model=model, net=net, opt=opt,
-                device=device, gen=torch.Generator(device=device).manual_seed(config.seed + 1),
-                amp=autocast_dtype(config.precision, device), rank=rank, world=world,
-                steps_per_epoch=steps_per_epoch)
+    return _Run(config=config, out=out, objective=objective_for(config), model=model, net=net, opt=opt, device=device,
+                gen=torch.Generator(device=device).manual_seed(config.seed + 1),
+                amp=autocast_dtype(config.precision, device), rank=rank, world=world, steps_per_epoch=steps_per_epoch)
 
 
 def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.device | None = None,
@@ -274,8 +267,7 @@ def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progr
                 images_per_second=steps * bs / elapsed)
 
 
-#: Steps between progress-bar updates, each of which reads the running loss back from the device.
-_PROGRESS_EVERY = 20
+_PROGRESS_EVERY = 20  #: steps between progress-bar updates, each reading the running loss back from the device
 
 
 def batch(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

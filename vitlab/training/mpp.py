@@ -1,8 +1,4 @@
-"""Masked patch prediction, the ViT paper's self-supervised objective (section 4.6, appendix B.1.2).
-
-Half of each image's patches are corrupted (80% ``[mask]``, 10% another patch, 10% kept); the model predicts
-each one's 3-bit mean colour (512 classes).
-"""
+"""Masked patch prediction, the ViT paper's self-supervised objective (4.6, B.1.2): corrupted patches' mean colour."""
 from __future__ import annotations
 
 import os
@@ -17,12 +13,9 @@ from ..models.weights import OBJECTIVE_PREFIX, read_state_dict
 
 #: Fraction of each image's patches that are corrupted; of those, the shares replaced by ``[mask]`` and by another.
 CORRUPT_FRACTION, MASK_SHARE, RANDOM_SHARE = 0.5, 0.8, 0.1
-#: Quantisation levels per colour channel (3 bits), and the classes of the mean colour (8 ** 3).
-LEVELS = 8
-COLOURS = LEVELS**3
-
-#: How a patch was corrupted, in :attr:`Corruption.kind`.
-KEPT, MASKED, SWAPPED, UNCHANGED = 0, 1, 2, 3
+LEVELS = 8  #: quantisation levels per colour channel (3 bits)
+COLOURS = LEVELS**3  #: classes of the mean colour
+KEPT, MASKED, SWAPPED, UNCHANGED = 0, 1, 2, 3  #: how a patch was corrupted, in :attr:`Corruption.kind`
 
 
 def colour_targets(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -205,8 +198,7 @@ def baselines(images: torch.Tensor, patch_size: int, seed: int = 0, batch_size: 
     generator = torch.Generator().manual_seed(seed)
     cross = torch.tensor([[0.0, 1, 0], [1, 0, 1], [0, 1, 0]]).view(1, 1, 3, 3)
     counts = torch.zeros(COLOURS, dtype=torch.long)
-    hits = {"neighbours' mean": 0, "image mean": 0}
-    scored = 0
+    hits, scored = {"neighbours' mean": 0, "image mean": 0}, 0
     for i in range(0, len(images), batch_size):
         chunk = images[i : i + batch_size]
         targets, corruption = draw_batch(chunk, patch_size, generator, "cpu")  # (N, patches)

@@ -18,8 +18,7 @@ from ..models import ARCHITECTURES, build_model, load_model, preprocess, weights
 from ..models.sidecar import read_sidecar, sidecar_path
 from ..models.weights import WeightsFileError
 
-#: A setting's range rule: (setting, its value, whether it is in range, what it must be).
-_Rule = tuple[str, Any, bool, str]
+_Rule = tuple[str, Any, bool, str]  #: (setting, its value, whether it is in range, what it must be)
 #: What the accuracies of a masked-patch-prediction run count.
 MPP_ACCURACY = "corrupted patches whose 3-bit mean colour (512 classes) is predicted right"
 
@@ -30,6 +29,7 @@ class Objective:
     name = ""  # the TrainConfig.objective it is chosen by
     uses_labels = True  # False: a head trained without labels starts anew when fine-tuned
     what = "training"  # how a run's start line names what it does
+    remark = ""  # what the start line adds (e.g. how the train accuracy is counted)
 
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -40,11 +40,6 @@ class Objective:
     def rules(self) -> list[_Rule]:
         """Range rules of the settings this objective restricts, after the general ones."""
         return []
-
-    @property
-    def remark(self) -> str:
-        """What the start line adds (e.g. how the train accuracy is counted)."""
-        return ""
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """The module that trains: ``model`` itself, or ``model`` wrapped with the objective's own parameters."""
@@ -129,8 +124,7 @@ class MaskedPatches(Objective):
     what = "pre-training (masked patch prediction, no labels)"
 
     def check(self) -> None:
-        family = ARCHITECTURES[self.config.model].family
-        if family != "vit":
+        if (family := ARCHITECTURES[self.config.model].family) != "vit":
             raise ConfigError(f"--objective mpp (masked patch prediction) pre-trains a ViT, and {self.config.model} "
                               f"is a {family}; choose a ViT architecture")
 
@@ -181,7 +175,6 @@ class MaskedPatches(Objective):
                                     masked_colour_accuracy=metrics["test_accuracy"], labels_used=False)}
 
 
-#: Every objective, by its ``TrainConfig.objective`` name.
 _OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Classification, MaskedPatches)}
 
 

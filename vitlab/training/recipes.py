@@ -1,7 +1,4 @@
-"""Recipe comparisons: what a change of training recipe does inside a ViT, over training (``python -m vitlab recipes``).
-
-:func:`collect` copies finished runs' records into one folder with ``experiment.json``; :func:`read` reads it.
-"""
+"""Recipe comparisons: what a change of training recipe does inside a ViT, over training (``vitlab recipes``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -24,14 +21,11 @@ from ..models import load_model
 from ..records import RecipeRun, Recipes
 from ..result_files import ResultsFileError
 
-#: The locality experiment of issue 14 (zoo recipe with and without CutMix, 10 epochs, seeds 0 and 1).
-LOCALITY = settings.PROJECT_ROOT / "data" / "results" / "locality"
+LOCALITY = settings.PROJECT_ROOT / "data" / "results" / "locality"  #: issue 14's experiment (with, without CutMix)
 #: What a run folder must hold to be collected, and what is copied of it.
 RUN_FILES = (run_folder.SIDECAR, run_folder.METRICS_LOG, run_folder.INSIDE_LOG, run_folder.INSIDE_TENSORS)
-EXPERIMENT = "experiment.json"
-FORMAT = 1
-#: Settings that may differ within an arm (its seeds), or that name no property of the recipe.
-_NOT_RECIPE = {"seed", "out", "progress"}
+EXPERIMENT, FORMAT = "experiment.json", 1
+_NOT_RECIPE = {"seed", "out", "progress"}  #: settings that may differ within an arm, or name no property of a recipe
 
 
 def _config(run: Path) -> tuple[dict[str, Any], str]:

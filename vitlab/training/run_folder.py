@@ -31,8 +31,7 @@ from ..records import InsideView
 #: The per-epoch log, the copy of the latest checkpoint's record, and the lock (its holder's PID inside).
 METRICS_LOG, _POINTER, LOCK = "metrics.jsonl", "checkpoint.json", "vitlab.lock"
 #: The final model and its sidecar, and a ViT's inside views (a JSON line per recorded epoch) and their tensors.
-MODEL, SIDECAR = "model.safetensors", "model.json"
-INSIDE_LOG, INSIDE_TENSORS = "inside.jsonl", "inside.safetensors"
+MODEL, SIDECAR, INSIDE_LOG, INSIDE_TENSORS = "model.safetensors", "model.json", "inside.jsonl", "inside.safetensors"
 #: The names of checkpoint files vitlab writes; nothing else in a run folder is ever deleted.
 _CHECKPOINT_FILE = re.compile(r"checkpoint-(\d{8,})\.(safetensors|state\.pt|json)")
 #: Temporary files of vitlab's atomic writes (``io.atomic_path``) left behind by a killed run.
@@ -131,8 +130,7 @@ def append_metrics(out: Path, record: dict[str, Any]) -> None:
 
 def trim_metrics(out: Path, step: int) -> None:
     """Drop log lines written after the checkpoint being resumed (they will be redone)."""
-    records = [r for r in read_metrics(out) if r["step"] <= step]
-    text = "".join(json.dumps(r) + "\n" for r in records)
+    text = "".join(json.dumps(r) + "\n" for r in read_metrics(out) if r["step"] <= step)
     atomic_write(out / METRICS_LOG, lambda tmp: tmp.write_text(text))
 
 
@@ -179,10 +177,8 @@ def _prune(out: Path, step: int) -> None:
             path.unlink(missing_ok=True)
     earlier = [s for s, files in steps.items() if s < step and any(p.suffix == ".json" for p in files)]
     keep = {step, max(earlier, default=step)}
-    for s, files in steps.items():
-        if s not in keep:
-            for path in files:
-                path.unlink(missing_ok=True)
+    for path in (p for s, files in steps.items() if s not in keep for p in files):
+        path.unlink(missing_ok=True)
 
 
 def changes(saved: dict[str, Any], config: Any, where: str = "the checkpoint") -> list[str]:
@@ -192,12 +188,8 @@ def changes(saved: dict[str, Any], config: Any, where: str = "the checkpoint") -
 
 
 def finished_run(out: Path, config: Any) -> Sidecar | None:
-    """The sidecar of the run that finished in ``out`` with settings ``config``; None if none did.
-
-    Raises:
-        ConfigError: the finished run had other settings.
-        RunFolderError: ``out`` holds a model no vitlab run wrote.
-    """
+    """The sidecar of the run that finished in ``out`` with settings ``config``, or None; ConfigError for other
+    settings, RunFolderError for a model no vitlab run wrote."""
     model = out / MODEL
     if not model.exists():
         return None
@@ -253,8 +245,7 @@ def _records(out: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
 def _check_record(record: Any) -> None:
     if not isinstance(record, dict):
         raise TypeError("not a JSON object")
-    kinds = dict(step=int, wall_seconds=(int, float), config=dict, weights=str, state=str)
-    for key, kind in kinds.items():
+    for key, kind in dict(step=int, wall_seconds=(int, float), config=dict, weights=str, state=str).items():
         if not isinstance(record[key], kind):
             raise TypeError(f"{key} is {record[key]!r}")
     for key in ("weights", "state"):
@@ -284,12 +275,8 @@ def _read(out: Path, record: dict[str, Any]) -> tuple[dict[str, torch.Tensor], d
 
 
 def load_checkpoint(out: Path, config: Any, model: nn.Module) -> dict[str, Any] | None:
-    """Load the latest readable checkpoint in ``out`` into ``model`` (warning of any skipped); its state, or None.
-
-    Raises:
-        ConfigError: the checkpoint had other settings.
-        RunFolderError: none of the checkpoints can be resumed.
-    """
+    """Load the latest readable checkpoint in ``out`` into ``model`` (warning of any skipped); its state or None,
+    ConfigError for other settings, RunFolderError when none can be resumed."""
     records, problems = _records(out)
     if records:
         if differences := changes(records[0][1]["config"], config):

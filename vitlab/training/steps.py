@@ -14,8 +14,7 @@ from ..analysis.capture import restoring
 
 def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Random crop after reflection padding, and random horizontal flip, of ``images`` (B, C, H, W), batched."""
-    b, c, h, w = images.shape
-    dev = images.device
+    (b, c, h, w), dev = images.shape, images.device
     if padding:
         padded = F.pad(images.float(), (padding,) * 4, mode="reflect").to(images.dtype)  # (B, C, H+2p, W+2p)
         dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
@@ -56,11 +55,7 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Te
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``, None for fp32; ``"auto"`` is bf16 only on GPUs."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if precision == "bf16" or (precision != "fp32" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return None
 

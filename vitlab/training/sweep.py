@@ -28,8 +28,7 @@ from .evaluators import FewshotEvaluator, InsideViewEvaluator
 from .run_folder import MODEL, code_version
 from ..analysis.representations import PRE_LOGITS
 
-#: Train and test images, uint8 (N, 3, 32, 32) and labels (N,).
-_Split = tuple[torch.Tensor, torch.Tensor]
+_Split = tuple[torch.Tensor, torch.Tensor]  #: images, uint8 (N, 3, 32, 32), and labels (N,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,8 +181,7 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
           on_run: Callable[[RunRecord], None] | None = None, progress: bool = False) -> list[RunRecord]:
     """Run every missing run of ``config``; all records in the results file. ``on_run`` gets each new record."""
     check(config)
-    # Read the results first: a torn file stops here, before any data is loaded, and is never rewritten.
-    # Probe results live in their own file (fewshot_runs), not among the training records.
+    # Read the results first: a torn file stops here, before any data is loaded. Probes live in their own file.
     done = [dataclasses.replace(r, fewshot={}) for r in result_files.read_runs(config.results)]
     commands = _with(result_files.read_commands(config.results), config.command())
     train_set, test_set = data.cifar10("train"), data.cifar10("test")  # fails here without a dataset
@@ -213,8 +211,7 @@ def _train_run(config: SweepConfig, run: Run, test_set: _Split, device: str | to
     settings = zoo.train_config(
         run.model, subset_size=run.subset_size, seed=run.seed, epochs=run.epochs, batch_size=run.batch_size,
         warmup_epochs=config.warmup_fraction * run.epochs, precision=config.precision,
-        eval_size=config.monitor_size if config.monitor_size < len(test_y) else None, init=config.init,
-    )
+        eval_size=config.monitor_size if config.monitor_size < len(test_y) else None, init=config.init)
     result = train(settings, _run_dir(config, run), device=device, progress=progress)
     if run.model not in flops:
         flops[run.model] = train_flops_per_image(build_model({"zoo": entry.architecture}),
@@ -226,8 +223,7 @@ def _train_run(config: SweepConfig, run: Run, test_set: _Split, device: str | to
         params=result.record["params"], wall_seconds=round(result.record["wall_seconds"], 1),
         hardware=result.record["hardware"], images_seen=seen, flops_per_image=flops[run.model],
         optimizer=settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
-        batch_size=run.batch_size, code_version=code_version(), init=run.init, fewshot={},
-    )
+        batch_size=run.batch_size, code_version=code_version(), init=run.init, fewshot={})
 
 
 def fewshot_runs(config: SweepConfig, train_set: _Split | None = None, test_set: _Split | None = None,
@@ -274,10 +270,10 @@ def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
         stats = head_statistics(model, images)  # once: the view's means and the per-image spread
         view = evaluator.run(model, epoch=record.epochs, step=record.images_seen // record.batch_size, stats=stats)
         lowest = lowest_head(stats["distance_per_image"])  # its spread over the images
-        views = [*views, RunInside(model=record.model, family=record.family, subset_size=record.subset_size,
-                                   seed=record.seed, epochs=record.epochs, batch_size=record.batch_size,
-                                   init=record.init, test_accuracy=record.test_accuracy,
-                                   code_version=record.code_version, view=view,
-                                   lowest_std=lowest.std, lowest_low=lowest.low, lowest_high=lowest.high)]
+        views = [*views, RunInside(
+            model=record.model, family=record.family, subset_size=record.subset_size, seed=record.seed,
+            epochs=record.epochs, batch_size=record.batch_size, init=record.init, test_accuracy=record.test_accuracy,
+            code_version=record.code_version, view=view, lowest_std=lowest.std, lowest_low=lowest.low,
+            lowest_high=lowest.high)]
         result_files.write_run_insides(config.results, views, commands)
     return views

@@ -27,12 +27,10 @@ _VIT_RECIPE: Mapping[str, Any] = MappingProxyType(dict(optimizer="adamw", lr=1e-
                                                       batch_size=128, warmup_epochs=2.0, label_smoothing=0.1))
 #: The recipe of the ResNet entries: SGD with Nesterov momentum, the usual CIFAR ResNet recipe.
 _RESNET_RECIPE: Mapping[str, Any] = MappingProxyType(dict(_VIT_RECIPE, optimizer="sgd", lr=0.1, weight_decay=5e-4))
-
 #: The recipe of the pre-trained encoders: the ViT recipe without labels, masked patch prediction.
 _MPP_RECIPE: Mapping[str, Any] = MappingProxyType(dict(_VIT_RECIPE, objective="mpp", label_smoothing=0.0, epochs=20))
 
-#: The test images every zoo checkpoint is re-checked on (class-stratified, seed 0).
-CHECK_SIZE = 1000
+CHECK_SIZE = 1000  #: test images every zoo checkpoint is re-checked on (class-stratified, seed 0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,22 +59,19 @@ class ZooEntry:
         return loading.zoo_weights(self.name)
 
 
-def _entry(name: str, recipe: Mapping[str, Any], shipped: bool = False) -> ZooEntry:
-    arch = loading.ARCHITECTURES[name]
-    return ZooEntry(name=name, architecture=name, recipe=recipe, description=arch.description, shipped=shipped)
+def _entry(name: str, recipe: Mapping[str, Any], shipped: bool = False, arch: str = "", note: str = "") -> ZooEntry:
+    """An entry of architecture ``arch`` (default: ``name``), described by it and ``note``."""
+    description = loading.ARCHITECTURES[arch or name].description + note
+    return ZooEntry(name=name, architecture=arch or name, recipe=recipe, description=description, shipped=shipped)
 
 
 #: Every zoo entry, by name; the micro entries are minute-scale models for quick runs.
 ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
-    ZooEntry(name="vit_tiny_c10_e40", architecture="vit_tiny_c10",
-             recipe=MappingProxyType(dict(_VIT_RECIPE, epochs=40)),
-             description=loading.ARCHITECTURES["vit_tiny_c10"].description + "; the zoo recipe for 40 epochs "
-             "(crop, flip, label smoothing 0.1, no CutMix), inside views recorded", shipped=True),
+    _entry("vit_tiny_c10_e40", MappingProxyType(dict(_VIT_RECIPE, epochs=40)), shipped=True, arch="vit_tiny_c10",
+           note="; the zoo recipe for 40 epochs (crop, flip, label smoothing 0.1, no CutMix), inside views recorded"),
     _entry("vit_tiny_c10", _VIT_RECIPE, shipped=True),
-    ZooEntry(name="vit_tiny_c10_mpp", architecture="vit_tiny_c10", recipe=_MPP_RECIPE,
-             description=loading.ARCHITECTURES["vit_tiny_c10"].description + "; pre-trained without labels by masked "
-             "patch prediction for 20 epochs (its classifier head is untrained: fine-tune it with --init)",
-             shipped=True),
+    _entry("vit_tiny_c10_mpp", _MPP_RECIPE, shipped=True, arch="vit_tiny_c10", note="; pre-trained without labels by "
+           "masked patch prediction for 20 epochs (its classifier head is untrained: fine-tune it with --init)"),
     _entry("vit_small_c10", _VIT_RECIPE),
     _entry("hybrid_tiny_c10", _VIT_RECIPE, shipped=True),
     _entry("resnet_tiny_c10", _RESNET_RECIPE, shipped=True),
@@ -84,9 +79,8 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
     _entry("vit_micro_c10", _VIT_RECIPE),
     _entry("resnet_micro_c10", _RESNET_RECIPE),
     _entry("hybrid_micro_c10", _VIT_RECIPE),
-    ZooEntry(name="vit_micro_c10_mpp", architecture="vit_micro_c10", recipe=_MPP_RECIPE,
-             description=loading.ARCHITECTURES["vit_micro_c10"].description + "; pre-trained without labels by masked "
-             "patch prediction (quick runs)"),
+    _entry("vit_micro_c10_mpp", _MPP_RECIPE, arch="vit_micro_c10",
+           note="; pre-trained without labels by masked patch prediction (quick runs)"),
 ]}
 
 
@@ -133,13 +127,10 @@ def available(family: str | Sequence[str] | None = None, trained_only: bool = Fa
 
 def _cached_timm_models() -> list[str]:
     from huggingface_hub import constants
-
-    cache, names = Path(constants.HF_HUB_CACHE), []
-    if cache.is_dir():
-        for repo in sorted(cache.glob("models--timm--*")):
-            if any(repo.glob("snapshots/*/model.safetensors")) or any(repo.glob("snapshots/*/pytorch_model.bin")):
-                names.append(repo.name.removeprefix("models--timm--"))
-    return names
+    cache = Path(constants.HF_HUB_CACHE)
+    repos = sorted(cache.glob("models--timm--*")) if cache.is_dir() else []
+    return [repo.name.removeprefix("models--timm--") for repo in repos
+            if any(repo.glob("snapshots/*/model.safetensors")) or any(repo.glob("snapshots/*/pytorch_model.bin"))]
 
 
 def label(spec: str) -> str:
@@ -173,12 +164,10 @@ def training_record(spec: str | os.PathLike) -> TrainingRecord:
         sidecar, log, inside = sidecar_path(path), path.parent / METRICS_LOG, path.parent
     elif str(spec) in ENTRIES and trained(str(spec)):
         weights = ENTRIES[str(spec)].weights
-        sidecar, log = sidecar_path(weights), weights.with_suffix(".metrics.jsonl")
-        inside = inside_folder(str(spec))
+        sidecar, log, inside = sidecar_path(weights), weights.with_suffix(".metrics.jsonl"), inside_folder(str(spec))
     else:
         names = ", ".join(n for n in ENTRIES if trained(n))
-        raise FileNotFoundError(f"{spec} is neither a trained zoo entry ({names}) "
-                                "nor a run's model.safetensors")
+        raise FileNotFoundError(f"{spec} is neither a trained zoo entry ({names}) nor a run's model.safetensors")
     if not sidecar.is_file() or not log.is_file():
         raise FileNotFoundError(f"{spec}: its training record is missing ({sidecar.name} and {log.name} beside it)")
     return TrainingRecord(sidecar=read_sidecar(sidecar), log=read_jsonl(log), inside=inside)
@@ -197,11 +186,8 @@ def _check_set_accuracy(objective: Objective, trained: nn.Module) -> float:
 
 
 def publish(run: str | os.PathLike, name: str, code_version: str | None = None, force: bool = False) -> Path:
-    """Copy a finished run into ``data/zoo/<name>`` with its record, logs, command and accuracies, checkpoint last.
-
-    Raises:
-        FileExistsError: the entry has a checkpoint already and ``force`` is False (before any work).
-    """
+    """Copy a finished run into ``data/zoo/<name>`` with its record, logs, command and accuracies, checkpoint last;
+    FileExistsError, before any work, when the entry has a checkpoint already and ``force`` is False."""
     found, run = entry(name), Path(run)
     weights = run / run_folder.MODEL
     if not weights.is_file():
