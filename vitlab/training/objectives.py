@@ -87,12 +87,8 @@ class Classification(Objective):
     def __init__(self, config: TrainConfig):
         super().__init__(config)
         self.mixup = mixer(config, len(data.CLASSES))
-
-    @property
-    def remark(self) -> str:
-        if self.mixup is None:
-            return ""
-        return "; images mixed (timm Mixup/CutMix): train accuracy counts each image's dominant label"
+        if self.mixup is not None:
+            self.remark = "; images mixed (timm Mixup/CutMix): train accuracy counts each image's dominant label"
 
     def inputs(self, trained: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
                step: int) -> tuple[torch.Tensor, torch.Tensor]:
