@@ -54,7 +54,7 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Te
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``, None for fp32; ``"auto"`` is bf16 only on GPUs."""
+    """The autocast dtype for ``precision`` on ``device``, None for fp32; ``"auto"`` is bf16 on GPUs only."""
     if precision == "bf16" or (precision != "fp32" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return None
@@ -62,7 +62,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 @contextlib.contextmanager
 def cpu_bf16_attention(model: nn.Module, amp: torch.dtype | None, device: torch.device):
-    """While training under bf16 autocast on a CPU, timm's unfused attention (the fused one is slow backwards)."""
+    """Under bf16 autocast on a CPU, timm's unfused attention until exit (docs/performance.md: fused is slow)."""
     if amp is not torch.bfloat16 or device.type != "cpu":
         yield
         return
