@@ -1,18 +1,4 @@
-"""A training run's settings (:class:`TrainConfig`), and one mapping between configs, flags and command lines.
-
-Every field of a frozen config dataclass (:class:`TrainConfig`,
-:class:`vitlab.training.sweep.SweepConfig`) becomes one flag, typed from its annotation:
-
-* ``bool``: ``--flip`` / ``--no-flip``;
-* ``tuple[int, ...]``: ``--sizes 1000 5000`` (``nargs='+'``);
-* ``int | None``: ``--subset-size 500``, or ``--subset-size none`` for None;
-* ``Literal["adamw", "sgd"]``: argparse ``choices``, checked for any config by
-  :func:`check_choices`.
-
-:func:`command_line` writes a config back as the command that rebuilds it, so a recorded
-command always parses to an equal config. Help texts come from the class docstring's
-``Attributes:`` section. This module imports no other vitlab module.
-"""
+"""A run's settings (:class:`TrainConfig`), and one mapping between config dataclasses, flags and command lines."""
 from __future__ import annotations
 
 import argparse
@@ -27,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-#: CIFAR-10's training and test images, and their side in pixels: the bounds of the size settings.
-TRAIN_IMAGES, TEST_IMAGES, IMAGE_SIZE = 50_000, 10_000, 32
+TRAIN_IMAGES, TEST_IMAGES, IMAGE_SIZE = 50_000, 10_000, 32  #: CIFAR-10's, and its image side in pixels
 
 
 class ConfigError(ValueError):
@@ -45,7 +30,6 @@ def _field_type(hint: Any) -> tuple[Any, bool]:
 
 
 def _choices(hint: Any) -> tuple[Any, ...] | None:
-    """The allowed values of a ``Literal`` annotation (optionally ``| None``), else None."""
     kind, _ = _field_type(hint)
     return typing.get_args(kind) if typing.get_origin(kind) is Literal else None
 
@@ -62,7 +46,6 @@ def _parse(kind: type, optional: bool) -> Callable[[str], Any]:
         if optional and text.lower() == "none":
             return None
         return kind(text)
-
     convert.__name__ = kind.__name__  # argparse names the type in its error messages
     return convert
 
@@ -94,7 +77,8 @@ def field_help(cls: type) -> dict[str, str]:
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, exclude: Iterable[str] = ()) -> None:
-    """Add one flag per field of the dataclass ``cls`` to ``parser`` (see the module docstring)."""
+    """Add one flag per field of the dataclass ``cls`` to ``parser``, typed by its annotation, helped by its docstring:
+    ``bool``: ``--flip/--no-flip``; ``tuple``: ``nargs='+'``; ``| None``: ``none`` reads None; ``Literal``: choices."""
     hints = typing.get_type_hints(cls)
     helps = field_help(cls)
     for field in dataclasses.fields(cls):
@@ -118,11 +102,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, exclude: Iterable[str]
 
 
 def from_args(cls: type, values: argparse.Namespace | Mapping[str, Any]) -> Any:
-    """Build ``cls`` from parsed flags or a mapping; keys that are not fields are ignored.
-
-    Lists become tuples for tuple fields (argparse and JSON give lists), and the result
-    is checked with :func:`check_choices`.
-    """
+    """Build ``cls`` from parsed flags or a mapping, ignoring keys that are not fields; lists become tuples."""
     values = vars(values) if isinstance(values, argparse.Namespace) else dict(values)
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -141,19 +121,14 @@ def check_choices(config: Any) -> None:
     """Raise :class:`ConfigError` naming the field, value and choices of any ``Literal`` field out of range."""
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
-        choices = _choices(hints[field.name])
-        value = getattr(config, field.name)
+        choices, value = _choices(hints[field.name]), getattr(config, field.name)
         optional = _field_type(hints[field.name])[1]
         if choices is not None and value not in choices and not (optional and value is None):
             raise ConfigError(f"{field.name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 def command_line(prog: str, config: Any) -> str:
-    """The command, starting with ``prog``, whose flags rebuild ``config`` exactly.
-
-    Every field is spelled out, defaults too, so the command stays exact if a default
-    changes later; None and empty tuples are left out where they are the default.
-    """
+    """The command, starting with ``prog``, whose flags rebuild ``config`` exactly (defaults spelled out too)."""
     parts = [prog]
     for field in dataclasses.fields(config):
         value, default, flag = getattr(config, field.name), _default(field), _flag(field.name)
@@ -173,12 +148,7 @@ def command_line(prog: str, config: Any) -> str:
 
 
 def read_file(path: str | Path, cls: type, extra: Iterable[str] = ()) -> dict[str, Any]:
-    """The settings in a JSON or TOML file (``.toml`` by its suffix), keyed by field name.
-
-    Raises:
-        ConfigError: a key is neither a field of ``cls`` nor in ``extra`` (one line,
-            listing the known keys), or the file cannot be read or parsed.
-    """
+    """The settings in a JSON or TOML file (by its suffix); ConfigError for an unknown key or an unreadable file."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -186,8 +156,7 @@ def read_file(path: str | Path, cls: type, extra: Iterable[str] = ()) -> dict[st
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read settings from {path}: {err}") from None
     known = {f.name for f in dataclasses.fields(cls)} | set(extra)
-    unknown = sorted(set(values) - known)
-    if unknown:
+    if unknown := sorted(set(values) - known):
         raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
     return values
 

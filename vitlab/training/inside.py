@@ -1,19 +1,4 @@
-"""Inside views across training: the paper's Fig. 7 numbers of a ViT at the end of each epoch.
-
-:func:`inside_view` measures a model on a fixed probe set (:func:`probe_images`, class-balanced
-CIFAR-10 test images): per-layer, per-head mean attention distance (the paper's convention)
-and entropy, the structure and mirror scores of its position embeddings and the explained
-variance of its patch-embedding filters, as one :class:`~vitlab.records.InsideView`.
-:func:`inside_tensors` are the small tensors those figures are drawn from (position
-embeddings and patch-embedding filters: about 60 KB for ``vit_tiny_c10``), so all three
-Fig. 7 panels can be redrawn for any recorded epoch (:func:`stored_model`).
-
-The trainer keeps them in the run folder (``inside.jsonl`` and ``inside.safetensors``, read and
-written by :mod:`vitlab.training.run_folder`); :func:`load` gives them back for figures. At
-most :data:`_MOST` epochs are recorded per run (:func:`recorded_epochs`). ResNets have no
-attention: they get no inside view. A hybrid ViT's embedding projects CNN features, not pixels:
-its views record no filters (NaN shares, ``filter_k`` 0, no ``filters.<epoch>`` tensors).
-"""
+"""Inside views across training: the paper's Fig. 7 numbers of a ViT on fixed probe images, once per epoch."""
 from __future__ import annotations
 
 import math
@@ -32,20 +17,13 @@ from ..analysis.positions import position_analysis
 from ..models import load_model
 from ..records import InsideView
 
-#: Probe images per inside view, and the seed of their class-balanced order (fixed: runs compare).
-PROBE_IMAGES, PROBE_SEED = 256, 0
-#: At most this many inside views per run: every epoch up to _MOST epochs, evenly spaced beyond.
-_MOST = 30
-#: Principal components of the filters whose explained variance is recorded together.
-_FILTER_K = 28
+PROBE_IMAGES, PROBE_SEED = 256, 0  #: probe images per inside view, and the seed of their class-balanced order
+_MOST = 30  #: inside views per run at most: every epoch up to _MOST epochs, evenly spaced beyond
+_FILTER_K = 28  #: principal components of the filters whose explained variance is recorded together
 
 
 def probe_images(count: int = PROBE_IMAGES, seed: int = PROBE_SEED) -> torch.Tensor:
-    """The first ``count`` CIFAR-10 test images in :func:`vitlab.data.stratified_order` (class-balanced).
-
-    uint8 (count, 3, 32, 32); fewer when the test set holds fewer. Drawn from its own
-    generator: the torch random state is left as it was.
-    """
+    """The first ``count`` CIFAR-10 test images, class-balanced, uint8 (count, 3, 32, 32); torch RNG untouched."""
     images, labels = data.cifar10("test")
     return images[data.stratified_order(labels, seed)[:count]]
 
@@ -57,10 +35,7 @@ def is_vit(model: nn.Module) -> bool:
 
 
 def recorded_epochs(epochs: int, most: int = _MOST) -> list[int]:
-    """The epochs (1-based) a run of ``epochs`` records: all up to ``most``, else ``most`` evenly spaced.
-
-    The last epoch is always among them: epoch ceil(i * epochs / most) for i = 1..most.
-    """
+    """The epochs (1-based) a run of ``epochs`` records: all up to ``most``, else ceil(i * epochs / most)."""
     if epochs <= most:
         return list(range(1, epochs + 1))
     return [-(-i * epochs // most) for i in range(1, most + 1)]
@@ -69,15 +44,7 @@ def recorded_epochs(epochs: int, most: int = _MOST) -> list[int]:
 @torch.no_grad()
 def inside_view(model: nn.Module, images: torch.Tensor, epoch: int, step: int, batch_size: int = 128,
                 stats: dict[str, torch.Tensor] | None = None) -> InsideView | None:
-    """The :class:`~vitlab.records.InsideView` of ``model`` on uint8 ``images`` (N, 3, H, W); None for a non-ViT.
-
-    Images are resized to the model's input size (a fine-tuned model sees its own grid).
-    Attention distance is the paper's convention (``renormalize=False``); ``stats`` are
-    :func:`vitlab.analysis.distance.head_statistics` of these images (at the model's input size) when the
-    caller already has them. The position and filter numbers are those of
-    :func:`vitlab.analysis.positions.position_analysis` and :func:`vitlab.analysis.filters.filters_analysis`
-    (without their random-init references). Leaves the model in eval mode; draws no random numbers.
-    """
+    """The :class:`~vitlab.records.InsideView` of ``model`` on uint8 ``images`` (N, 3, H, W); None for a non-ViT."""
     if not is_vit(model):
         return None
     size = tuple(model.pretrained_cfg["input_size"][1:])
@@ -101,10 +68,7 @@ def inside_view(model: nn.Module, images: torch.Tensor, epoch: int, step: int, b
 
 
 def inside_tensors(model: nn.Module, epoch: int) -> dict[str, torch.Tensor]:
-    """``{"pos_embed.<epoch>": (1, tokens, D), "filters.<epoch>": (D, C, P, P)}``, float32 copies on the CPU.
-
-    A hybrid has no pixel filters: its dict holds the position embeddings only.
-    """
+    """``{"pos_embed.<epoch>": (1, tokens, D), "filters.<epoch>": (D, C, P, P)}`` on the CPU (a hybrid: no filters)."""
     tensors = {f"pos_embed.{epoch}": model.pos_embed.detach().float().cpu().contiguous().clone()}
     if not metrics.is_hybrid(model):
         tensors[f"filters.{epoch}"] = model.patch_embed.proj.weight.detach().float().cpu().contiguous().clone()
@@ -112,12 +76,7 @@ def inside_tensors(model: nn.Module, epoch: int) -> dict[str, torch.Tensor]:
 
 
 def load(out: str | os.PathLike) -> tuple[list[InsideView], dict[str, torch.Tensor], bool]:
-    """``(views, tensors, recorded)`` of the run in ``out``, for figures.
-
-    A finished ViT run without inside views (trained before they existed, or with them off)
-    gives its final model's view, computed now on the probe set and not written (a finished
-    run is left untouched): ``recorded`` is then False. Empty lists for anything else.
-    """
+    """``(views, tensors, recorded)`` of the run in ``out``; without recorded views, its final model's (not written)."""
     out = Path(out)
     views = run_folder.read_inside(out)
     if views or not (out / run_folder.MODEL).is_file() or not (out / run_folder.SIDECAR).is_file():
@@ -130,14 +89,7 @@ def load(out: str | os.PathLike) -> tuple[list[InsideView], dict[str, torch.Tens
 
 
 def stored_model(view: InsideView, tensors: dict[str, torch.Tensor]) -> nn.Module:
-    """A stand-in module holding one epoch's stored position embeddings and filters.
-
-    It has what :func:`vitlab.analysis.metrics.position_similarity` and
-    :func:`vitlab.analysis.metrics.embedding_filters` read (``pos_embed``, ``patch_embed.proj``,
-    ``patch_embed.grid_size``, ``num_prefix_tokens``), so the Fig. 7 panels of that epoch
-    come from the same code as a live model's. A hybrid's view stored no filters: its
-    stand-in has no ``patch_embed.proj``.
-    """
+    """A stand-in module with what the Fig. 7 analyses read of a ViT, from one epoch's stored tensors."""
     pos = tensors[f"pos_embed.{view.epoch}"]  # (1, T, D)
     stand_in = nn.Module()
     stand_in.pos_embed = nn.Parameter(pos.clone(), requires_grad=False)

@@ -1,21 +1,4 @@
-"""Supervised training, fine-tuning and self-supervised pre-training of zoo architectures on CIFAR-10.
-
-:func:`train` is a short setup around :func:`train_one_epoch` and the objective's test accuracy,
-as in timm's ``train.py``. What the run learns is its objective (:mod:`vitlab.training.objectives`,
-chosen once by :func:`~vitlab.training.objectives.objective_for`): it makes each batch's inputs and
-targets, gives the loss and the hits, measures test accuracy and names what it saves, so the loop
-reads top to bottom without asking which objective it runs. :class:`~vitlab.training.config.TrainConfig`
-holds a run's settings only; where the run lives (``out``) and how it reports are arguments, so
-resuming compares settings alone. The data stays on the device as uint8 and is augmented in whole
-batches (:mod:`vitlab.training.steps`). Under ``torchrun`` the same function trains data-parallel
-(DDP; NCCL on GPUs, gloo on CPUs). A run started again in ``<out>`` with the same settings continues
-from its last checkpoint (:mod:`vitlab.training.run_folder`) and ends with the weights of a run that
-was never interrupted; a finished one is given back untouched. Settings out of range, a folder in use
-or holding another run are refused with one line before any data is read. A ViT's inside views (the
-paper's Fig. 7 numbers on a fixed probe set, :class:`~vitlab.training.evaluators.InsideViewEvaluator`)
-are recorded at the end of each epoch, at most 30 per run. The step loop never waits for the device:
-losses and hit counts stay device tensors, read once per epoch and at progress-bar refreshes.
-"""
+"""Training and pre-training on CIFAR-10: :func:`train` around :func:`train_one_epoch`, as timm's ``train.py``."""
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +27,7 @@ from .run_folder import (MODEL, append_metrics, finished_run, hardware, load_che
 from .steps import augment, autocast_dtype, cpu_bf16_attention, epoch_order, lr_at, param_groups
 from ..models import ARCHITECTURES, build_model, set_input_size
 
-#: Without ``progress``, runs report here (``python -m vitlab`` prints it; notebooks stay quiet).
-log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)  #: without ``progress``, runs report here (``python -m vitlab`` prints it)
 
 
 @dataclass
@@ -90,14 +72,8 @@ class _Run:
         return int(self.config.warmup_epochs * self.steps_per_epoch)
 
 
-# --- settings ------------------------------------------------------------------------
-
-
 def check(config: TrainConfig, out: str | os.PathLike, checkpoint_every: int = 0) -> None:
-    """Raise :class:`~vitlab.training.config.ConfigError` (or PermissionError for ``out``) before any work.
-
-    Each setting out of range gets one line naming its flag, the value and the range.
-    """
+    """Raise :class:`~vitlab.training.config.ConfigError` (or PermissionError for ``out``) before any work."""
     if config.model not in ARCHITECTURES:
         raise ConfigError(f"unknown zoo model {config.model!r}: choose an architecture of {list(ARCHITECTURES)}")
     objective = objective_for(config)
@@ -108,14 +84,12 @@ def check(config: TrainConfig, out: str | os.PathLike, checkpoint_every: int = 0
     if config.subset_size is not None and config.batch_size > config.subset_size:
         raise ConfigError(f"batch size {config.batch_size} exceeds the subset of {config.subset_size} images; "
                           "lower --batch-size or raise --subset-size")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if config.batch_size % world:
+    if config.batch_size % (world := int(os.environ.get("WORLD_SIZE", "1"))):
         raise ConfigError(f"batch size {config.batch_size} must divide evenly over {world} processes")
     prepare_folder(Path(out))
 
 
 def _rules(c: TrainConfig, checkpoint_every: int) -> list[tuple[str, Any, bool, str]]:
-    """The range rule of every setting: (setting, value, whether it is in range, what it must be)."""
     arch = ARCHITECTURES[c.model]
     patch = getattr(arch, "patch_size", getattr(arch, "stride", None))  # a hybrid's tokens are stride apart; ResNets
     size_rule = f"a positive multiple of {patch}, the patch size of {c.model}" if patch else "at least 1 pixel"
@@ -146,35 +120,7 @@ def _rules(c: TrainConfig, checkpoint_every: int) -> list[tuple[str, Any, bool, 
     ]
 
 
-# --- setup ---------------------------------------------------------------------------
-
-
-def _processes() -> tuple[int, int]:
-    """``(rank, world size)``, joining the process group when started by torchrun."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _lock(out: Path) -> contextlib.AbstractContextManager:
-    """The folder's lock, taken by the first process only (torchrun's other ranks share its run)."""
-    return lock_run(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
-
-
-def _finished(config: TrainConfig, out: Path, progress: bool) -> TrainResult | None:
-    """The result of the run that already finished in ``out`` with these settings, read back; else None."""
-    record = finished_run(out, config)
-    if record is None:
-        return None
-    _report(progress, f"{out} already finished with these settings (test accuracy "
-            f"{record.metrics.get('test_accuracy')}); returning its model without training")
-    return TrainResult(objective_for(config).load_trained(out / MODEL).eval(), record.metrics)
-
-
 def _data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(train images, train labels, test images, test labels)``: the subsets the config names."""
     train_x, train_y = data.cifar10("train")  # a missing dataset fails here, before any training
     test_x, test_y = data.cifar10("test")
     if config.subset_size is not None:
@@ -189,7 +135,6 @@ def _data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def _initial_model(config: TrainConfig) -> nn.Module:
-    """What trains: new weights (from the torch random state) or ``config.init``'s, as the objective prepares them."""
     model = build_model({"zoo": config.model}) if config.init is None else init_model(config)
     if config.img_size is not None:
         set_input_size(model, config.img_size)
@@ -198,16 +143,15 @@ def _initial_model(config: TrainConfig) -> nn.Module:
 
 def _start(config: TrainConfig, out: Path, device: str | torch.device | None,
            progress: bool, inside: bool = True) -> tuple[_Run, tuple[torch.Tensor, ...]]:
-    """The run, resumed from its checkpoint, and its data on the device.
-
-    The model and checkpoint come first, so an unreadable checkpoint is reported before the
-    data is loaded.
-    """
+    """The run, resumed from its checkpoint (read before the data: a bad one fails first), and its data."""
     if device is None:
-        cuda = torch.cuda.is_available()
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    rank, world = _processes()
+    rank, world = 0, 1
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(config.seed)
     model = _initial_model(config)
     state = load_checkpoint(out, config, model)
@@ -228,7 +172,6 @@ def _start(config: TrainConfig, out: Path, device: str | torch.device | None,
 
 def _setup(config: TrainConfig, out: Path, model: nn.Module, device: torch.device, rank: int, world: int,
            steps_per_epoch: int) -> _Run:
-    """Wrap the model for the step (DDP, compile) and build its optimiser, augmentation stream and objective."""
     model.to(device)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if config.compile:
@@ -238,42 +181,29 @@ def _setup(config: TrainConfig, out: Path, model: nn.Module, device: torch.devic
         opt = torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
     else:
         opt = torch.optim.AdamW(groups, lr=config.lr, fused=device.type == "cuda" or None)
-    return _Run(config=config, out=out, objective=objective_for(config), model=model, net=net, opt=opt,
-                device=device, gen=torch.Generator(device=device).manual_seed(config.seed + 1),
-                amp=autocast_dtype(config.precision, device), rank=rank, world=world,
-                steps_per_epoch=steps_per_epoch)
-
-
-# --- the loop ------------------------------------------------------------------------
+    return _Run(config=config, out=out, objective=objective_for(config), model=model, net=net, opt=opt, device=device,
+                gen=torch.Generator(device=device).manual_seed(config.seed + 1),
+                amp=autocast_dtype(config.precision, device), rank=rank, world=world, steps_per_epoch=steps_per_epoch)
 
 
 def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.device | None = None,
           progress: bool = True, checkpoint_every: int = 0,
           on_epoch: Callable[[dict[str, Any]], None] | None = None, inside: bool = True) -> TrainResult:
-    """Train (or fine-tune, or pre-train) ``config.model`` on CIFAR-10 in ``out``; resumes from its checkpoint.
-
-    Writes ``<out>/metrics.jsonl`` (epoch, step, loss, train/test accuracy, learning rate,
-    images/s, wall seconds), checkpoints, and finally ``<out>/model.safetensors`` with its
-    sidecar (config, metrics, data subset, code version, hardware). A run that finished in
-    ``out`` with the same settings is returned as it is; one with other settings, a model
-    vitlab did not write, or another process training into ``out`` is refused before any work.
+    """Train (or fine-tune, or pre-train) ``config.model`` on CIFAR-10 in ``out``; resumes, or returns a finished run.
 
     Args:
         device: default: the local rank's GPU when there is one, else the CPU.
-        progress: print a start line and show a bar per epoch; else report to :data:`log`.
+        progress: print a start line and a bar per epoch; else report to :data:`log`.
         checkpoint_every: also checkpoint every this many steps (0: at epoch ends only).
-        on_epoch: called with each epoch's record (e.g. to draw live curves in a notebook).
-        inside: record a ViT's inside views in ``<out>/inside.jsonl`` and ``inside.safetensors``
-            (:mod:`vitlab.training.inside`) at the end of each epoch, at most 30 per run; ignored for
-            ResNets. An argument, not a setting: the weights are the same either way, so a run
-            may be resumed with the other choice (the views then cover only part of it).
+        inside: record a ViT's inside views (:mod:`vitlab.training.inside`); the weights are the same either way.
     """
     out = Path(out)
     check(config, out, checkpoint_every)
-    with _lock(out):
-        done = _finished(config, out, progress)
-        if done is not None:
-            return done
+    with lock_run(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():  # torchrun's rank 0
+        if (done := finished_run(out, config)) is not None:
+            _report(progress, f"{out} already finished with these settings (test accuracy "
+                    f"{done.metrics.get('test_accuracy')}); returning its model without training")
+            return TrainResult(objective_for(config).load_trained(out / MODEL).eval(), done.metrics)
         run, (train_x, train_y, test_x, test_y) = _start(config, out, device, progress, inside)
         record: dict[str, Any] = (read_metrics(out) or [{}])[-1] if run.step else {}
         with cpu_bf16_attention(run.model, run.amp, run.device):
@@ -283,47 +213,30 @@ def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.de
 
 def _epochs(run: _Run, tensors: tuple[torch.Tensor, ...], record: dict[str, Any], progress: bool,
             checkpoint_every: int, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    """Train, evaluate, log and checkpoint epoch after epoch to the end of the run; the last record."""
     train_x, train_y, test_x, test_y = tensors
     while run.step < run.total:
-        epoch = run.step // run.steps_per_epoch
+        epoch = run.step // run.steps_per_epoch + 1  # 1-based: the epoch this pass ends
         stats = train_one_epoch(run, train_x, train_y, progress=progress, checkpoint_every=checkpoint_every)
         accuracy = run.objective.test_accuracy(run.model, test_x, test_y) if run.rank == 0 else float("nan")
-        record = dict(epoch=epoch + 1, step=run.step, loss=stats["loss"], train_accuracy=stats["train_accuracy"],
+        record = dict(epoch=epoch, step=run.step, loss=stats["loss"], train_accuracy=stats["train_accuracy"],
                       test_accuracy=accuracy, lr=run.opt.param_groups[0]["lr"],
                       images_per_second=stats["images_per_second"], wall_seconds=run.wall)
         if run.rank == 0:
-            _log_epoch(run.out, record, progress, on_epoch)
-            _record_inside(run, epoch + 1)
-        _save_checkpoint(run, epoch + 1)
+            append_metrics(run.out, record)
+            if not progress:
+                log.info(json.dumps(record))
+            if on_epoch is not None:
+                on_epoch(record)
+            if run.inside is not None and epoch in recorded_epochs(run.config.epochs):
+                view = run.inside.run(run.encoder, epoch=epoch, step=run.step)
+                record_inside(run.out, view, inside_tensors(run.encoder, epoch))
+        _save_checkpoint(run, epoch)
     return record
-
-
-def _log_epoch(out: Path, record: dict[str, Any], progress: bool,
-               on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
-    append_metrics(out, record)
-    if not progress:
-        log.info(json.dumps(record))
-    if on_epoch is not None:
-        on_epoch(record)
-
-
-def _record_inside(run: _Run, epoch: int) -> None:
-    """The inside view of the model at the end of ``epoch`` (1-based), when this epoch is one to record."""
-    if run.inside is None or epoch not in recorded_epochs(run.config.epochs):
-        return
-    view = run.inside.run(run.encoder, epoch=epoch, step=run.step)
-    record_inside(run.out, view, inside_tensors(run.encoder, epoch))
 
 
 def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progress: bool = True,
                     checkpoint_every: int = 0) -> dict[str, float]:
-    """Train from ``run.step`` to the end of its epoch; returns loss, train accuracy and images/s.
-
-    ``images`` (N, 3, H, W) uint8 and ``labels`` (N,) are the whole training set, on the
-    device (an objective without labels ignores them). A resumed run starts mid-epoch,
-    where its checkpoint was written.
-    """
+    """Train from ``run.step`` to the end of its epoch on the whole training set (on the device); returns its stats."""
     config, bs = run.config, run.config.batch_size
     epoch, first = divmod(run.step, run.steps_per_epoch)
     order = epoch_order(len(images), config.seed, epoch, run.device)
@@ -354,30 +267,17 @@ def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progr
                 images_per_second=steps * bs / elapsed)
 
 
-#: Steps between progress-bar updates, each of which reads the running loss back from the device.
-_PROGRESS_EVERY = 20
+_PROGRESS_EVERY = 20  #: steps between progress-bar updates, each reading the running loss back from the device
 
 
 def batch(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training inputs and targets of one whole batch: augmented, then as the objective makes them.
-
-    Every process draws the whole batch's augmentation (and the objective's mixing or corruption)
-    and keeps its shard, so the random streams (and the result) do not depend on the number of processes.
-
-    Returns:
-        ``(x, y)``: float inputs (B, 3, H, W), and targets with first dimension B: labels (B,),
-        soft targets (B, classes) or the objective's own (:meth:`~vitlab.training.objectives.Objective.inputs`).
-    """
+    """The inputs (B, 3, H, W) and targets (B, ...) of a whole batch (every process draws all, keeps its shard)."""
     augmented = augment(images, run.config.crop_padding, run.config.flip, run.gen)  # (B, 3, H, W) uint8
     return run.objective.inputs(run.model, augmented, labels, run.gen, run.step)
 
 
 def _step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One optimiser step on the inputs ``x`` (B, 3, H, W) against the targets ``y``.
-
-    Returns the loss and the count of correct predictions (as the objective counts them) as
-    device tensors, so the step never waits for the device, and how many predictions were scored.
-    """
+    """One optimiser step on ``x`` (B, 3, H, W) against ``y``: loss and hits (device tensors), and the scored count."""
     for group in run.opt.param_groups:
         group["lr"] = lr_at(run.step, run.total, run.warmup, run.config.lr)
     with torch.autocast(run.device.type, dtype=run.amp, enabled=run.amp is not None):
@@ -397,7 +297,6 @@ def _report(progress: bool, message: str) -> None:
 
 
 def _finish(run: _Run, record: dict[str, Any]) -> TrainResult:
-    """Save the final model with its record (rank 0) and return it."""
     final = dict(record, hardware=hardware(run.device), processes=run.world, **run.objective.accuracy_of(),
                  precision=str(run.amp or torch.float32), params=sum(p.numel() for p in run.encoder.parameters()))
     if run.rank == 0:
@@ -415,7 +314,7 @@ def _data_record(config: TrainConfig) -> dict[str, Any]:
 
 
 def _save_checkpoint(run: _Run, epoch: float, wall: float | None = None) -> None:
-    """Checkpoint the run (rank 0 only); ``wall`` gives the training seconds when mid-epoch."""
+    """Checkpoint the run (rank 0 only); ``wall``: the training seconds, mid-epoch."""
     if run.rank == 0:
         save_checkpoint(run.out, step=run.step, epoch=epoch, wall_seconds=run.wall if wall is None else wall,
                         model=run.model, optimizer=run.opt, generator=run.gen, config=run.config,

@@ -1,17 +1,4 @@
-"""Masked patch prediction, the ViT paper's self-supervised objective (section 4.6, appendix B.1.2).
-
-Half of each image's patch embeddings are corrupted: of those, 80% are replaced by a
-learnable ``[mask]`` embedding, 10% by the embedding of a random other patch of the same
-image, and 10% are left unchanged. For every corrupted patch the model predicts the patch's
-3-bit mean colour (its mean R, G and B, each quantised to 8 levels: 512 classes) from that
-patch's output token through a linear head; the loss is the cross-entropy over the
-corrupted patches only.
-
-:class:`MaskedPatchPrediction` wraps a timm ``VisionTransformer`` without changing it: the
-mask embedding and the colour head are parameters of the wrapper (state-dict keys
-``mask_token`` and ``colour_head.*``, beside the encoder's ``encoder.*``), so the encoder
-can be saved and loaded as a plain ViT for analysis and fine-tuning.
-"""
+"""Masked patch prediction, the ViT paper's self-supervised objective (4.6, B.1.2): corrupted patches' mean colour."""
 from __future__ import annotations
 
 import os
@@ -24,25 +11,15 @@ from torch import nn
 from ..models import load_model, preprocess, weights_file
 from ..models.weights import OBJECTIVE_PREFIX, read_state_dict
 
-#: Fraction of each image's patches that are corrupted.
-CORRUPT_FRACTION = 0.5
-#: Of the corrupted patches: the shares replaced by ``[mask]``, by a random other patch, left unchanged.
-MASK_SHARE, RANDOM_SHARE = 0.8, 0.1
-#: Quantisation levels per colour channel (3 bits), and the classes of the mean colour (8 ** 3).
-LEVELS = 8
-COLOURS = LEVELS**3
-
-#: How a patch was corrupted, in :attr:`Corruption.kind`.
-KEPT, MASKED, SWAPPED, UNCHANGED = 0, 1, 2, 3
+#: Fraction of each image's patches that are corrupted; of those, the shares replaced by ``[mask]`` and by another.
+CORRUPT_FRACTION, MASK_SHARE, RANDOM_SHARE = 0.5, 0.8, 0.1
+LEVELS = 8  #: quantisation levels per colour channel (3 bits)
+COLOURS = LEVELS**3  #: classes of the mean colour
+KEPT, MASKED, SWAPPED, UNCHANGED = 0, 1, 2, 3  #: how a patch was corrupted, in :attr:`Corruption.kind`
 
 
 def colour_targets(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """The 3-bit mean colour of every patch: (N, patches) class indices in 0..511, patches row-major.
-
-    ``images`` are uint8 (N, 3, H, W) with H and W multiples of ``patch_size``. Each
-    channel's mean over the patch (0..255) is quantised to ``floor(mean * 8 / 256)`` (0..7);
-    the class is ``r * 64 + g * 8 + b``.
-    """
+    """The 3-bit mean colour of every patch of uint8 ``images``, (N, patches) row-major: ``r * 64 + g * 8 + b``."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise TypeError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
     if images.shape[-1] % patch_size or images.shape[-2] % patch_size:
@@ -52,23 +29,17 @@ def colour_targets(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 def _colour_class(rgb: torch.Tensor) -> torch.Tensor:
-    """The 3-bit colour class (0..511) of mean colours ``rgb`` (N, 3, ...) on a 0..255 scale; shape (N, ...)."""
+    """The 3-bit colour class (0..511) of mean colours ``rgb`` (N, 3, ...) on a 0..255 scale: (N, ...)."""
     r, g, b = (rgb * LEVELS / 256).floor().clamp_(0, LEVELS - 1).long().unbind(1)
     return r * LEVELS**2 + g * LEVELS + b
 
 
 @dataclass(frozen=True)
 class Corruption:
-    """Which patches of a batch were corrupted, and how.
+    """Which patches of a batch were corrupted, and how."""
 
-    Attributes:
-        kind: (N, patches) int: ``KEPT``, ``MASKED``, ``SWAPPED`` (replaced by patch
-            ``source``) or ``UNCHANGED`` (corrupted, but its embedding left as it was).
-        source: (N, patches) long: the patch whose embedding a ``SWAPPED`` patch took (its own index otherwise).
-    """
-
-    kind: torch.Tensor
-    source: torch.Tensor
+    kind: torch.Tensor  # (N, patches): KEPT, MASKED, SWAPPED (took patch ``source``) or UNCHANGED (corrupted, kept)
+    source: torch.Tensor  # (N, patches) long: the patch a SWAPPED one took, its own index otherwise
 
     @property
     def corrupted(self) -> torch.Tensor:
@@ -83,12 +54,7 @@ def corrupted_per_image(patches: int) -> int:
 
 def draw_corruption(batch: int, patches: int, generator: torch.Generator | None = None,
                     device: torch.device | str = "cpu") -> Corruption:
-    """Draw which patches to corrupt: exactly ``round(CORRUPT_FRACTION * patches)`` per image.
-
-    Each corrupted patch independently becomes ``MASKED`` (probability 0.8), ``SWAPPED``
-    with a uniformly drawn other patch of the same image (0.1) or ``UNCHANGED`` (0.1). All
-    draws come from ``generator`` (on ``device``), so a run that saves it resumes exactly.
-    """
+    """Draw ``round(CORRUPT_FRACTION * patches)`` patches per image to corrupt, and how, from ``generator``."""
     if patches < 2:
         raise ValueError(f"masked patch prediction needs at least 2 patches per image, got {patches}")
     count = corrupted_per_image(patches)
@@ -113,12 +79,7 @@ def corrupt(tokens: torch.Tensor, corruption: Corruption, mask_token: torch.Tens
 
 
 class MaskedPatchPrediction(nn.Module):
-    """A ViT encoder with a ``[mask]`` embedding and a linear 512-colour head over its patch tokens.
-
-    ``forward(images, corruption)`` returns the colour logits of every patch (N, patches,
-    512); :meth:`loss` draws the corruption, computes the targets and the cross-entropy
-    over the corrupted patches.
-    """
+    """A ViT ``encoder`` with a ``[mask]`` embedding (``mask_token``) and a linear 512-colour head (``colour_head``)."""
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
@@ -132,7 +93,7 @@ class MaskedPatchPrediction(nn.Module):
 
     @property
     def vitlab_arch(self) -> dict:
-        """The encoder's architecture record: checkpoints of a pre-training run rebuild the encoder."""
+        """The encoder's architecture record (checkpoints of a pre-training run rebuild the encoder)."""
         return self.encoder.vitlab_arch
 
     @property
@@ -157,11 +118,7 @@ class MaskedPatchPrediction(nn.Module):
 
     def loss(self, images: torch.Tensor, generator: torch.Generator | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Cross-entropy of the colour head on the corrupted patches of uint8 ``images``.
-
-        Returns ``(loss, correct, count)``: the mean cross-entropy, and the number of corrupted
-        patches whose colour was predicted right and their number (device tensors; no sync).
-        """
+        """``(loss, correct, count)`` on the corrupted patches of uint8 ``images``, as device tensors (no sync)."""
         targets, corruption = draw_batch(images, self.patch_size, generator)
         return self.scored(preprocess(self.encoder, images, resize=False), targets, corruption)
 
@@ -173,8 +130,7 @@ class MaskedPatchPrediction(nn.Module):
 
 def score(logits: torch.Tensor, targets: torch.Tensor, corruption: Corruption
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cross-entropy of colour ``logits`` (N, patches, 512) against ``targets`` (N, patches) over
-    the corrupted patches only; returns ``(loss, correct, count)`` as device tensors."""
+    """``(loss, correct, count)`` of colour ``logits`` (N, patches, 512) against ``targets`` on corrupted patches."""
     picked = corruption.corrupted
     chosen, wanted = logits[picked], targets[picked]  # (corrupted, 512), (corrupted,)
     loss = F.cross_entropy(chosen.float(), wanted)
@@ -183,23 +139,15 @@ def score(logits: torch.Tensor, targets: torch.Tensor, corruption: Corruption
 
 def draw_batch(images: torch.Tensor, patch_size: int, generator: torch.Generator | None = None,
                device: torch.device | str | None = None) -> tuple[torch.Tensor, Corruption]:
-    """The colour targets (N, patches) of uint8 ``images`` and a corruption drawn from ``generator``.
-
-    Both land on ``device`` (default: the generator's, else the images'), where the model runs.
-    """
+    """The colour targets (N, patches) of uint8 ``images`` and a corruption drawn from ``generator``, on ``device``."""
     device = device or (generator.device if generator is not None else images.device)
     targets = colour_targets(images, patch_size).to(device)  # (N, patches)
     return targets, draw_corruption(*targets.shape, generator=generator, device=device)
 
 
 @torch.no_grad()
-def masked_accuracy(model: MaskedPatchPrediction, images: torch.Tensor, seed: int = 0,
-                    batch_size: int = 500) -> float:
-    """Share of the corrupted patches of uint8 ``images`` whose 3-bit colour ``model`` predicts right.
-
-    The corruption is drawn from a generator seeded by ``seed``, so every call (every epoch
-    of a run, every model compared) is scored on the same corrupted patches.
-    """
+def masked_accuracy(model: MaskedPatchPrediction, images: torch.Tensor, seed: int = 0, batch_size: int = 500) -> float:
+    """Share of the corrupted patches of uint8 ``images`` whose colour ``model`` predicts right (the same each call)."""
     model.eval()
     device = model.mask_token.device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -214,24 +162,16 @@ def masked_accuracy(model: MaskedPatchPrediction, images: torch.Tensor, seed: in
 
 @dataclass(frozen=True)
 class MaskedExample:
-    """What the objective asks of a few images and what a model answers (:func:`masked_example`).
+    """What the objective asks of a few images and what a model answers (:func:`masked_example`)."""
 
-    Attributes:
-        pixels: (N, H, W, 3) uint8 the images; seen: (N, H, W, 3) uint8 what the encoder sees
-            (masked patches grey, swapped ones showing the patch they took, the others as they are).
-        targets, predicted: (N, patches) 3-bit colour classes, row-major; corrupted: (N, patches)
-            bool, the scored patches; right: per image, the share of them predicted right.
-        grid: (rows, cols) of patches; patch: their side in pixels.
-    """
-
-    pixels: torch.Tensor
-    seen: torch.Tensor
-    targets: torch.Tensor
-    predicted: torch.Tensor
-    corrupted: torch.Tensor
-    right: list[float]
-    grid: tuple[int, int]
-    patch: int
+    pixels: torch.Tensor  # (N, H, W, 3) uint8
+    seen: torch.Tensor  # (N, H, W, 3) uint8 what the encoder sees: masked patches grey, swapped ones the patch taken
+    targets: torch.Tensor  # (N, patches) 3-bit colour classes, row-major
+    predicted: torch.Tensor  # (N, patches)
+    corrupted: torch.Tensor  # (N, patches) bool: the scored patches
+    right: list[float]  # per image, the share of its scored patches predicted right
+    grid: tuple[int, int]  # (rows, cols) of patches
+    patch: int  # their side in pixels
 
 
 @torch.no_grad()
@@ -254,24 +194,11 @@ def masked_example(model: MaskedPatchPrediction, images: torch.Tensor, seed: int
 
 
 def baselines(images: torch.Tensor, patch_size: int, seed: int = 0, batch_size: int = 500) -> dict[str, float]:
-    """What guessing without a model scores on the corrupted patches :func:`masked_accuracy` scores.
-
-    The same corruption (a CPU generator seeded by ``seed``, the same batches) as
-    :func:`masked_accuracy` of a model on the CPU. Colours are averaged over the patches
-    left as they were (``KEPT``) and quantised like the targets. Returns fractions:
-
-    * ``"neighbours' mean"``: each corrupted patch guessed as the mean colour of its visible
-      neighbours (up, down, left, right; the image's visible mean where it has none): local
-      interpolation, what a model that only looks next door would get;
-    * ``"image mean"``: as the image's mean colour over its visible patches;
-    * ``"most frequent"``: every patch guessed as the colour most frequent among the scored
-      patches themselves (an upper bound for any guess that ignores the image).
-    """
+    """Accuracy of guesses without a model (neighbours' or image mean, most frequent colour) on the scored patches."""
     generator = torch.Generator().manual_seed(seed)
     cross = torch.tensor([[0.0, 1, 0], [1, 0, 1], [0, 1, 0]]).view(1, 1, 3, 3)
     counts = torch.zeros(COLOURS, dtype=torch.long)
-    hits = {"neighbours' mean": 0, "image mean": 0}
-    scored = 0
+    hits, scored = {"neighbours' mean": 0, "image mean": 0}, 0
     for i in range(0, len(images), batch_size):
         chunk = images[i : i + batch_size]
         targets, corruption = draw_batch(chunk, patch_size, generator, "cpu")  # (N, patches)
@@ -291,25 +218,14 @@ def baselines(images: torch.Tensor, patch_size: int, seed: int = 0, batch_size: 
     return {**{k: v / scored for k, v in hits.items()}, "most frequent": int(counts.max()) / scored}
 
 
-# --- files: the encoder as a plain ViT, the objective's parameters under their own keys ------
-
-
 def objective_state(model: MaskedPatchPrediction) -> dict[str, torch.Tensor]:
-    """The mask embedding and colour head under ``mpp.*`` keys, stored beside the encoder's weights.
-
-    :func:`vitlab.models.load_model` ignores these keys, so the file loads as the plain ViT
-    it pre-trained; :func:`load_pretrainer` puts them back.
-    """
+    """The mask embedding and colour head under ``mpp.*`` keys (which :func:`vitlab.models.load_model` ignores)."""
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
     return {f"{OBJECTIVE_PREFIX}{k}": v.detach().cpu().contiguous() for k, v in own.items()}
 
 
 def load_pretrainer(spec: str | os.PathLike, device: str | torch.device | None = None) -> MaskedPatchPrediction:
-    """The encoder of a pre-trained weights file (a path or zoo name) with its mask embedding and colour head.
-
-    Raises ValueError when the file holds no masked-patch-prediction parameters (it was not
-    pre-trained with this objective).
-    """
+    """The encoder of pre-trained weights (a path or zoo name) with its mask embedding and colour head."""
     encoder = load_model(spec, device="cpu")
     path = weights_file(spec)  # load_model above found it
     state = {k.removeprefix(OBJECTIVE_PREFIX): v for k, v in read_state_dict(path).items()

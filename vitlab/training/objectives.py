@@ -1,20 +1,4 @@
-"""Training objectives: what a run learns from a batch, and everything about the run that depends on it.
-
-The loop (:mod:`vitlab.training.loop`) asks :func:`objective_for` once and never asks again which
-objective it runs, as nanoGPT's ``logits, loss = model(X, Y)`` keeps its loop free of branches. An
-objective turns a batch of augmented images into inputs and targets, gives the loss and the hits
-its train accuracy counts, measures test accuracy its own way, says what its accuracies count,
-checks the settings and architectures it can train, and names the state it saves beside the model:
-
-* :class:`Classification` (``objective="classify"``): cross-entropy against CIFAR-10's labels,
-  with label smoothing and timm's mixup/CutMix (:func:`mixer`); test accuracy is top-1 (:func:`evaluate`).
-* :class:`MaskedPatches` (``objective="mpp"``): the paper's masked patch prediction without labels
-  (:mod:`vitlab.training.mpp`), a ViT only. Its accuracies count corrupted patches whose 3-bit
-  colour is predicted right; its mask embedding and colour head are saved under ``mpp.*`` keys.
-
-:func:`init_objective` reads how the weights a run starts from were trained, and :func:`init_model`
-prepares them: a head trained without labels is started anew.
-"""
+"""Training objectives: what a run learns from a batch, so that the loop never asks which one it runs (nanoGPT)."""
 from __future__ import annotations
 
 import os
@@ -34,40 +18,28 @@ from ..models import ARCHITECTURES, build_model, load_model, preprocess, weights
 from ..models.sidecar import read_sidecar, sidecar_path
 from ..models.weights import WeightsFileError
 
-#: A setting's range rule: (setting, its value, whether it is in range, what it must be).
-Rule = tuple[str, Any, bool, str]
+_Rule = tuple[str, Any, bool, str]  #: (setting, its value, whether it is in range, what it must be)
 #: What the accuracies of a masked-patch-prediction run count.
 MPP_ACCURACY = "corrupted patches whose 3-bit mean colour (512 classes) is predicted right"
 
 
 class Objective:
-    """What a run learns: one interface for the loop, the zoo and the sweeps. Subclasses fill it in.
+    """What a run learns: one interface for the loop, the zoo and the sweeps. Subclasses fill it in."""
 
-    Attributes:
-        name: the ``TrainConfig.objective`` it is chosen by.
-        uses_labels: whether training reads the labels (a head trained without them starts anew when fine-tuned).
-        what: how a run's start line names what it does.
-    """
-
-    name = ""
-    uses_labels = True
-    what = "training"
+    name = ""  # the TrainConfig.objective it is chosen by
+    uses_labels = True  # False: a head trained without labels starts anew when fine-tuned
+    what = "training"  # how a run's start line names what it does
+    remark = ""  # what the start line adds (e.g. how the train accuracy is counted)
 
     def __init__(self, config: TrainConfig):
         self.config = config
 
     def check(self) -> None:
-        """Raise :class:`~vitlab.training.config.ConfigError` when ``config.model`` is an architecture it
-        cannot train."""
+        """Raise :class:`~vitlab.training.config.ConfigError` when it cannot train ``config.model``."""
 
-    def rules(self) -> list[Rule]:
+    def rules(self) -> list[_Rule]:
         """Range rules of the settings this objective restricts, after the general ones."""
         return []
-
-    @property
-    def remark(self) -> str:
-        """What the start line adds (e.g. how the train accuracy is counted); empty for nothing."""
-        return ""
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """The module that trains: ``model`` itself, or ``model`` wrapped with the objective's own parameters."""
@@ -79,13 +51,11 @@ class Objective:
 
     def inputs(self, trained: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
                step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, y)`` of a whole batch: normalised inputs (B, 3, H, W) of augmented uint8 ``images``, and targets
-        (first dimension B, so a process keeps its shard of both). Random draws come from ``generator``."""
+        """Normalised inputs (B, 3, H, W) of augmented uint8 ``images``, targets (B, ...); draws from ``generator``."""
         raise NotImplementedError
 
     def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """``(loss, hits, scored)`` of ``net`` on ``(x, y)`` from :meth:`inputs`: the loss and the correct
-        predictions as device tensors (no host sync), and how many predictions were scored."""
+        """``(loss, hits, scored)`` of ``net`` on ``(x, y)`` from :meth:`inputs`; loss and hits are device tensors."""
         raise NotImplementedError
 
     def test_accuracy(self, trained: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -93,7 +63,7 @@ class Objective:
         raise NotImplementedError
 
     def accuracy_of(self) -> dict[str, str]:
-        """What the run's accuracies count, as keys of its final record; empty for top-1 against the labels."""
+        """What the run's accuracies count, as keys of its final record; empty for top-1."""
         return {}
 
     def extra_state(self, trained: nn.Module) -> dict[str, torch.Tensor] | None:
@@ -110,22 +80,15 @@ class Objective:
 
 
 class Classification(Objective):
-    """Supervised: cross-entropy against the labels, label-smoothed, maybe mixed (timm's mixup and CutMix).
-
-    Under mixing the targets are soft (B, classes) and a hit is a prediction of each mixed image's dominant label.
-    """
+    """Supervised: label-smoothed cross-entropy, maybe mixed (soft targets; a hit is the dominant label)."""
 
     name = "classify"
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
         self.mixup = mixer(config, len(data.CLASSES))
-
-    @property
-    def remark(self) -> str:
-        if self.mixup is None:
-            return ""
-        return "; images mixed (timm Mixup/CutMix): train accuracy counts each image's dominant label"
+        if self.mixup is not None:
+            self.remark = "; images mixed (timm Mixup/CutMix): train accuracy counts each image's dominant label"
 
     def inputs(self, trained: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
                step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,22 +113,18 @@ class Classification(Objective):
 
 
 class MaskedPatches(Objective):
-    """Masked patch prediction (:mod:`vitlab.training.mpp`): a ViT pre-trained without labels.
-
-    The targets ``y`` (B, patches, 3) pack each patch's colour class, corruption kind and source patch.
-    """
+    """Masked patch prediction (:mod:`vitlab.training.mpp`); targets (B, patches, 3): colour, kind, source."""
 
     name = "mpp"
     uses_labels = False
     what = "pre-training (masked patch prediction, no labels)"
 
     def check(self) -> None:
-        family = ARCHITECTURES[self.config.model].family
-        if family != "vit":
+        if (family := ARCHITECTURES[self.config.model].family) != "vit":
             raise ConfigError(f"--objective mpp (masked patch prediction) pre-trains a ViT, and {self.config.model} "
                               f"is a {family}; choose a ViT architecture")
 
-    def rules(self) -> list[Rule]:
+    def rules(self) -> list[_Rule]:
         c = self.config  # masked patch prediction reads no labels: smoothing and mixing have nothing to act on
         return [
             ("label_smoothing", c.label_smoothing, c.label_smoothing == 0,
@@ -194,8 +153,6 @@ class MaskedPatches(Objective):
         return loss, hits, len(x) * mpp.corrupted_per_image(targets.shape[1])
 
     def test_accuracy(self, trained: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-        """The share of the corrupted patches of ``images`` whose colour is predicted right (the same
-        corruption every call: every epoch and every model is scored on the same patches)."""
         return mpp.masked_accuracy(trained, images)
 
     def accuracy_of(self) -> dict[str, str]:
@@ -208,14 +165,12 @@ class MaskedPatches(Objective):
         return mpp.load_pretrainer(weights, device="cpu")
 
     def published(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """The run's pre-training: objective, epochs, images seen, time and masked-colour accuracy, no labels."""
         c = self.config
         return {"pretraining": dict(objective=c.objective, epochs=c.epochs, images_seen=metrics["step"] * c.batch_size,
                                     wall_seconds=metrics["wall_seconds"],
                                     masked_colour_accuracy=metrics["test_accuracy"], labels_used=False)}
 
 
-#: Every objective, by its ``TrainConfig.objective`` name.
 _OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Classification, MaskedPatches)}
 
 
@@ -235,9 +190,6 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct.item() / len(images)  # one read-back for the whole set
 
 
-# --- mixing: timm's mixup and CutMix on whole batches -------------------------------
-
-
 def mixing(config: TrainConfig) -> bool:
     """Whether ``config`` mixes images (mixup or CutMix on)."""
     return config.mixup > 0 or config.cutmix > 0
@@ -253,12 +205,7 @@ def mixer(config: TrainConfig, num_classes: int) -> Mixup | None:
 
 
 def mix(mixup: Mixup, x: torch.Tensor, y: torch.Tensor, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mix the normalised batch ``x`` (B, C, H, W) in place; returns it and its soft targets (B, classes).
-
-    timm draws from NumPy's global random state, which checkpoints do not hold: the state is
-    seeded from ``(seed, step)`` for the call and put back after, so a resumed run draws what
-    the uninterrupted one drew and the caller's NumPy stream is untouched.
-    """
+    """Mix ``x`` (B, C, H, W) in place; it and its soft targets (B, classes). NumPy's state is seeded, then put back."""
     saved = np.random.get_state()
     np.random.seed((seed * 1_000_003 + step) % 2**32)
     try:
@@ -267,15 +214,8 @@ def mix(mixup: Mixup, x: torch.Tensor, y: torch.Tensor, seed: int, step: int) ->
         np.random.set_state(saved)
 
 
-# --- the weights a run starts from --------------------------------------------------
-
-
 def init_objective(spec: str | os.PathLike | None) -> str:
-    """How the weights ``spec`` names were trained: ``"mpp"``, ``"classify"``, or ``""`` for none (scratch).
-
-    Read from the sidecar of a vitlab file or zoo checkpoint; other weights (timm's, a bare
-    state dict) count as supervised.
-    """
+    """How the weights ``spec`` were trained: ``"mpp"``, ``"classify"`` (also with no sidecar), or ``""`` for None."""
     if spec is None:
         return ""
     path = weights_file(spec)
@@ -286,11 +226,7 @@ def init_objective(spec: str | os.PathLike | None) -> str:
 
 
 def init_model(config: TrainConfig) -> nn.Module:
-    """The weights ``config.init`` names as a ``config.model``, ready to fine-tune, on the CPU.
-
-    Weights whose objective read no labels come with a head that never saw one: it is started
-    anew (drawn from the torch random state, seeded by the caller).
-    """
+    """The weights ``config.init`` as a ``config.model`` on the CPU; a head never trained on labels starts anew."""
     model = load_model(config.init, num_classes=len(data.CLASSES), device="cpu")
     wanted = build_model({"zoo": config.model})
     if type(model) is not type(wanted):

@@ -1,18 +1,4 @@
-"""Recipe comparisons: what a change of training recipe does inside a ViT, over training.
-
-A comparison has arms (e.g. with and without CutMix), each trained with a few seeds with
-the trainer's inside views on (:mod:`vitlab.training.inside`). :func:`collect` copies what each run
-recorded (``inside.jsonl``, ``inside.safetensors``, ``metrics.jsonl``, ``model.json``) into
-one folder with ``experiment.json``, which names the arms, the settings they differ in
-(computed from the runs' configs: runs of one arm must agree on everything but the seed)
-and, from each final model, the spread over the probe images of its lowest layer's most
-local head. The model weights are not copied, so a comparison stays small enough to
-commit. :func:`read` gives it back as :class:`~vitlab.records.Recipes`, which the readout
-(:func:`vitlab.views.study_readouts.recipes`), the figures and ``vitlab.views.study_explorers.RecipesExplorer`` take.
-
-    python -m vitlab recipes --arm "no CutMix" runs/a-s0 runs/a-s1 --arm "CutMix" runs/b-s0 runs/b-s1 \
-        --out data/results/locality
-"""
+"""Recipe comparisons: what a change of training recipe does inside a ViT, over training (``vitlab recipes``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import inside
 from .. import settings
-from . import run_folder
+from . import inside, run_folder
 from .run_folder import RunFolderError
 from .config import ConfigError, TrainConfig, command_line, from_args
 from ..analysis.distance import head_statistics, lowest_head
@@ -36,38 +21,26 @@ from ..models import load_model
 from ..records import RecipeRun, Recipes
 from ..result_files import ResultsFileError
 
-#: The locality experiment of issue 14 (zoo recipe with and without CutMix, 10 epochs, seeds 0 and 1).
-LOCALITY = settings.PROJECT_ROOT / "data" / "results" / "locality"
+LOCALITY = settings.PROJECT_ROOT / "data" / "results" / "locality"  #: issue 14's experiment (with, without CutMix)
 #: What a run folder must hold to be collected, and what is copied of it.
 RUN_FILES = (run_folder.SIDECAR, run_folder.METRICS_LOG, run_folder.INSIDE_LOG, run_folder.INSIDE_TENSORS)
-EXPERIMENT = "experiment.json"
-FORMAT = 1
-#: Settings that may differ within an arm (its seeds), or that name no property of the recipe.
-_NOT_RECIPE = {"seed", "out", "progress"}
+EXPERIMENT, FORMAT = "experiment.json", 1
+_NOT_RECIPE = {"seed", "out", "progress"}  #: settings that may differ within an arm, or name no property of a recipe
 
 
 def _config(run: Path) -> tuple[dict[str, Any], str]:
-    """The run's settings, every field of today's TrainConfig (one it predates at its default), and its commit."""
+    """The run's settings (every field of today's TrainConfig) and its commit."""
     record = run_folder.run_sidecar(run)
     return dataclasses.asdict(from_args(TrainConfig, record.config)), record.code_version or ""
 
 
 def differences(configs: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Settings whose value differs between arms: ``{field: {arm: value}}``.
-
-    Args:
-        configs: arm label -> the configs of its runs (dicts of TrainConfig fields; :func:`collect`
-            gives a setting a run predates its default, as resuming does).
-
-    Raises:
-        ConfigError: two runs of one arm differ in something other than the seed.
-    """
+    """``{field: {arm: value}}`` of the settings that differ between arms; ConfigError if runs of one arm do."""
     differ: dict[str, dict[str, Any]] = {}
     fields = sorted({k for runs in configs.values() for c in runs for k in c} - _NOT_RECIPE)
     for arm, runs in configs.items():
         for c in runs[1:]:
-            odd = [f for f in fields if c.get(f) != runs[0].get(f)]
-            if odd:
+            if odd := [f for f in fields if c.get(f) != runs[0].get(f)]:
                 raise ConfigError(f"the runs of arm {arm!r} differ in {', '.join(odd)}, not only in their seed: "
                                   "put them in separate arms")
     for f in fields:
@@ -79,18 +52,7 @@ def differences(configs: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, di
 
 def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathLike,
             commands: Sequence[str] = (), force: bool = False, progress: bool = False) -> Recipes:
-    """Copy the records of finished runs into ``out`` as one comparison, and read it back.
-
-    Args:
-        arms: arm label -> the run folders of its seeds (finished ViT runs with inside views).
-        out: a new folder (or, with ``force``, one to replace as a whole).
-        commands: the command that collected them (each run's training command, from its
-            sidecar, is kept before it in ``experiment.json``).
-        force: replace ``out`` when it exists.
-
-    Every folder is checked before anything is computed or written; ``out`` appears complete
-    or not at all.
-    """
+    """Copy the records of finished runs (``arms``: label -> run folders) into ``out`` as a comparison; read it back."""
     out = Path(out)
     folders = _checked_folders(arms, out, force)
     configs = {arm: [_config(f)[0] for f in runs] for arm, runs in folders.items()}
@@ -130,8 +92,7 @@ def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathL
 
 
 def _checked_folders(arms: Mapping[str, Sequence[str | os.PathLike]], out: Path, force: bool) -> dict[str, list[Path]]:
-    """The run folders of each arm, once :func:`collect` may go on: ``out`` free (or ``force``), two arms or
-    more, unique folder names, and every folder a finished run with its records."""
+    """The run folders of each arm, once checked: ``out`` free (or ``force``), two arms, unique names, finished runs."""
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; choose another --out, or pass --force to replace it")
     if len(arms) < 2 or any(not runs for runs in arms.values()):
@@ -141,8 +102,7 @@ def _checked_folders(arms: Mapping[str, Sequence[str | os.PathLike]], out: Path,
     if len(set(names)) != len(names):
         raise ConfigError(f"run folder names must be unique (they name the copies): {names}")
     for f in (f for runs in folders.values() for f in runs):
-        missing = [n for n in (*RUN_FILES, run_folder.MODEL) if not (f / n).is_file()]
-        if missing:
+        if missing := [n for n in (*RUN_FILES, run_folder.MODEL) if not (f / n).is_file()]:
             raise FileNotFoundError(f"{f} lacks {', '.join(missing)}: collect finished ViT runs trained with "
                                     "inside views on (the default)")
     return folders

@@ -1,19 +1,4 @@
-"""The run folder: every file a training run keeps in ``out``, read and written here and nowhere else.
-
-A checkpoint is ``checkpoint-<step>.safetensors`` (weights), ``checkpoint-<step>.state.pt``
-(optimiser, augmentation stream, torch RNG) and ``checkpoint-<step>.json``, its record:
-step, settings and the sha256 of both files. ``checkpoint.json`` is a copy of the latest
-record. Every file is written atomically and a record only after its files, so a crash at
-any moment leaves each record naming complete files. The last two checkpoints are kept: a
-resumed run checks the checksums and falls back to the previous checkpoint when the latest
-cannot be read. ``metrics.jsonl`` holds one JSON record per finished epoch; a line cut
-short by a crash is dropped on reading. ``vitlab.lock`` keeps a second process out of a
-folder in use. A ViT's inside views (:mod:`vitlab.training.inside`) are ``inside.jsonl``, one
-view per recorded epoch, and ``inside.safetensors`` (``pos_embed.<epoch>``, ``filters.<epoch>``),
-both rewritten whole and trimmed on resume like the metrics log. A finished run leaves
-``model.safetensors`` and its sidecar ``model.json`` (:mod:`vitlab.models.sidecar`). Settings
-are compared field by field, so this module needs no training code.
-"""
+"""The run folder: every file a training run keeps in ``out``, written atomically here and nowhere else."""
 from __future__ import annotations
 
 import contextlib
@@ -43,16 +28,10 @@ from ..models.sidecar import Sidecar, read_sidecar
 from ..models.weights import WeightsFileError
 from ..records import InsideView
 
-#: The per-epoch log in a run's folder.
-METRICS_LOG = "metrics.jsonl"
-#: The copy of the latest checkpoint's record.
-_POINTER = "checkpoint.json"
-#: The lock a training process holds on its folder (its PID inside).
-LOCK = "vitlab.lock"
-#: The final model and its sidecar, written when a run finishes.
-MODEL, SIDECAR = "model.safetensors", "model.json"
-#: A ViT's inside views, one JSON line per recorded epoch, and their tensors (:mod:`vitlab.training.inside`).
-INSIDE_LOG, INSIDE_TENSORS = "inside.jsonl", "inside.safetensors"
+#: The per-epoch log, the copy of the latest checkpoint's record, and the lock (its holder's PID inside).
+METRICS_LOG, _POINTER, LOCK = "metrics.jsonl", "checkpoint.json", "vitlab.lock"
+#: The final model and its sidecar, and a ViT's inside views (a JSON line per recorded epoch) and their tensors.
+MODEL, SIDECAR, INSIDE_LOG, INSIDE_TENSORS = "model.safetensors", "model.json", "inside.jsonl", "inside.safetensors"
 #: The names of checkpoint files vitlab writes; nothing else in a run folder is ever deleted.
 _CHECKPOINT_FILE = re.compile(r"checkpoint-(\d{8,})\.(safetensors|state\.pt|json)")
 #: Temporary files of vitlab's atomic writes (``io.atomic_path``) left behind by a killed run.
@@ -95,15 +74,7 @@ def prepare_folder(out: Path) -> None:
 
 @contextlib.contextmanager
 def lock_run(out: Path) -> Iterator[None]:
-    """Hold ``<out>/vitlab.lock`` while the block runs: one training process per folder.
-
-    ``flock`` locks die with their process, so a killed run never leaves the folder locked;
-    the file stays (deleting it could split the lock between two processes) and holds the
-    holder's PID for the error a second process gets.
-
-    Raises:
-        RunFolderError: another process holds the lock (naming its PID).
-    """
+    """Hold ``<out>/vitlab.lock`` (an ``flock``, with the holder's PID) while the block runs, else RunFolderError."""
     path = out / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -124,24 +95,13 @@ def lock_run(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
-# --- the metrics log -----------------------------------------------------------------
-
-
 def read_metrics(out: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-epoch records of a run's ``metrics.jsonl`` (empty before the first epoch).
-
-    A last line cut short (a crash while it was appended) is dropped with a warning; the
-    epoch it logged is trained again on resume.
-    """
+    """The per-epoch records of a run's ``metrics.jsonl`` (see :func:`read_jsonl`)."""
     return read_jsonl(Path(out) / METRICS_LOG, "a resumed run logs that epoch again")
 
 
 def read_jsonl(path: Path, redo: str = "a resumed run records it again") -> list[dict[str, Any]]:
-    """The JSON records of a run's log ``path``, one per line (empty when there is no file).
-
-    A last line cut short by a crash is dropped with a warning ending in ``redo``; a broken
-    line before it raises :class:`RunFolderError` naming the file and line.
-    """
+    """The JSON records of a run's log ``path``; a last line cut short by a crash is dropped with a warning."""
     lines = path.read_text().splitlines() if path.is_file() else []
     records = []
     for number, line in enumerate(lines, 1):
@@ -170,12 +130,8 @@ def append_metrics(out: Path, record: dict[str, Any]) -> None:
 
 def trim_metrics(out: Path, step: int) -> None:
     """Drop log lines written after the checkpoint being resumed (they will be redone)."""
-    records = [r for r in read_metrics(out) if r["step"] <= step]
-    text = "".join(json.dumps(r) + "\n" for r in records)
+    text = "".join(json.dumps(r) + "\n" for r in read_metrics(out) if r["step"] <= step)
     atomic_write(out / METRICS_LOG, lambda tmp: tmp.write_text(text))
-
-
-# --- checkpoints ---------------------------------------------------------------------
 
 
 def _sha256(path: Path) -> str:
@@ -189,18 +145,7 @@ def _sha256(path: Path) -> str:
 def save_checkpoint(out: Path, *, step: int, epoch: float, wall_seconds: float, model: nn.Module,
                     optimizer: torch.optim.Optimizer, generator: torch.Generator, config: Any,
                     data: dict[str, Any]) -> None:
-    """Write ``checkpoint-<step>.{safetensors,state.pt}``, then its record, then ``checkpoint.json``.
-
-    Args:
-        out: the run's folder; checkpoints older than the previous one are deleted once
-            this one is complete, and nothing but vitlab's own checkpoint files.
-        step, epoch: optimiser steps taken, and epochs (fractional mid-epoch) they make.
-        wall_seconds: training seconds so far, over all sessions of the run.
-        model: a model built by vitlab (its ``vitlab_arch`` is recorded).
-        optimizer, generator: their states are saved with the torch RNG state.
-        config: the run's settings (a dataclass); a resumed run must match them.
-        data: the data record (dataset, subset sizes and seed) stored beside them.
-    """
+    """Write ``checkpoint-<step>.{safetensors,state.pt}``, its record and ``checkpoint.json``; keep the last two."""
     stem = f"checkpoint-{step:08d}"
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # The learning rate is a pure function of the step, so the step is the scheduler's state.
@@ -223,10 +168,7 @@ def save_checkpoint(out: Path, *, step: int, epoch: float, wall_seconds: float, 
 
 
 def _prune(out: Path, step: int) -> None:
-    """Keep checkpoint ``step`` and the complete one before it; delete other vitlab checkpoint files.
-
-    Later steps go too: they belong to a stretch of the run that this one redid.
-    """
+    """Keep checkpoint ``step`` and the complete one before it; delete other vitlab checkpoint files, later ones too."""
     steps = {}
     for path in out.iterdir():
         if match := _CHECKPOINT_FILE.fullmatch(path.name):
@@ -235,34 +177,19 @@ def _prune(out: Path, step: int) -> None:
             path.unlink(missing_ok=True)
     earlier = [s for s, files in steps.items() if s < step and any(p.suffix == ".json" for p in files)]
     keep = {step, max(earlier, default=step)}
-    for s, files in steps.items():
-        if s not in keep:
-            for path in files:
-                path.unlink(missing_ok=True)
+    for path in (p for s, files in steps.items() if s not in keep for p in files):
+        path.unlink(missing_ok=True)
 
 
 def changes(saved: dict[str, Any], config: Any, where: str = "the checkpoint") -> list[str]:
-    """How ``config`` differs from the settings ``saved`` in a run's files, one phrase per field.
-
-    Keys that are no setting (``out``, ``progress`` in checkpoints of earlier versions) are
-    not compared; a setting the checkpoint predates counts as its default. ``where`` names
-    the files in the phrases (``"lr 0.001 in the checkpoint, 0.5 now"``).
-    """
+    """How ``config`` differs from ``saved`` settings (at their defaults where missing), a phrase per field."""
     pairs = [(f.name, saved.get(f.name, f.default), getattr(config, f.name)) for f in dataclasses.fields(config)]
     return [f"{name} {old!r} in {where}, {new!r} now" for name, old, new in pairs if old != new]
 
 
 def finished_run(out: Path, config: Any) -> Sidecar | None:
-    """The sidecar of the run that finished in ``out`` with settings ``config``; None if none did.
-
-    A ``model.safetensors`` without a sidecar is the crash of a run between writing the two
-    when checkpoint records remain (None: the run finishes again); otherwise it is not
-    vitlab's and is never overwritten.
-
-    Raises:
-        ConfigError: the finished run had other settings (naming each, with both values).
-        RunFolderError: ``out`` holds a model that no vitlab training run wrote.
-    """
+    """The sidecar of the run that finished in ``out`` with settings ``config``, or None; ConfigError for other
+    settings, RunFolderError for a model no vitlab run wrote."""
     model = out / MODEL
     if not model.exists():
         return None
@@ -278,8 +205,7 @@ def finished_run(out: Path, config: Any) -> Sidecar | None:
             return None
         raise RunFolderError(f"{model} was not written by a vitlab training run ({problem}); vitlab does not "
                              "overwrite it: choose another --out")
-    differences = changes(record.config, config, where="the finished run")
-    if differences:
+    if differences := changes(record.config, config, where="the finished run"):
         raise ConfigError(f"{out} holds a finished run with other settings ({'; '.join(differences)}); "
                           "choose another --out, or pass the same settings to get its result")
     return record
@@ -292,16 +218,13 @@ def run_sidecar(out: str | os.PathLike) -> Sidecar:
 
 def save_final(out: Path, model: nn.Module, *, config: Any, metrics: dict[str, Any], data: dict[str, Any],
                extra: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write the finished run's ``model.safetensors`` and its sidecar: settings, final metrics, data, code version.
-
-    ``extra`` tensors (an objective's own parameters) are stored beside the model's weights.
-    """
+    """Write the finished run's ``model.safetensors`` and its sidecar; ``extra`` tensors go beside the weights."""
     metadata = dict(config=dataclasses.asdict(config), metrics=metrics, data=data, code_version=code_version())
     return save_model(model, out / MODEL, metadata=metadata, extra=extra)
 
 
 def _records(out: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
-    """The checkpoint records in ``out``, latest step first and one per step, and why others are unusable."""
+    """The checkpoint records in ``out``, one per step from the latest, and why others are unusable."""
     paths = [out / _POINTER] + sorted((p for p in out.glob("checkpoint-*.json") if _CHECKPOINT_FILE.fullmatch(p.name)),
                                      reverse=True)
     found: dict[int, tuple[Path, dict[str, Any]]] = {}
@@ -322,8 +245,7 @@ def _records(out: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
 def _check_record(record: Any) -> None:
     if not isinstance(record, dict):
         raise TypeError("not a JSON object")
-    kinds = dict(step=int, wall_seconds=(int, float), config=dict, weights=str, state=str)
-    for key, kind in kinds.items():
+    for key, kind in dict(step=int, wall_seconds=(int, float), config=dict, weights=str, state=str).items():
         if not isinstance(record[key], kind):
             raise TypeError(f"{key} is {record[key]!r}")
     for key in ("weights", "state"):
@@ -332,11 +254,7 @@ def _check_record(record: Any) -> None:
 
 
 def _read(out: Path, record: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The weights and state of the checkpoint ``record`` names, checked against its checksums.
-
-    Raises:
-        ValueError: naming the file that is missing, corrupt or unreadable.
-    """
+    """The weights and state of the checkpoint ``record`` names, checked against its checksums (else ValueError)."""
     for key in ("weights", "state"):
         path, expected = out / record[key], record.get("sha256", {}).get(key)  # earlier versions stored none
         if not path.is_file():
@@ -357,22 +275,11 @@ def _read(out: Path, record: dict[str, Any]) -> tuple[dict[str, torch.Tensor], d
 
 
 def load_checkpoint(out: Path, config: Any, model: nn.Module) -> dict[str, Any] | None:
-    """Load the weights of the latest readable checkpoint in ``out`` into ``model``; None when there is none.
-
-    A checkpoint whose files are missing, fail their checksum or cannot be read is skipped
-    for the one before it, with a warning naming the file. Files with no record (a crash
-    during the first checkpoint) count as no checkpoint. Returns the rest of its state for
-    :func:`restore`.
-
-    Raises:
-        ConfigError: the checkpoint had other settings than ``config`` (a dataclass),
-            naming every one that differs.
-        RunFolderError: there are checkpoint records, but none can be resumed.
-    """
+    """Load the latest readable checkpoint in ``out`` into ``model`` (warning of any skipped); its state or None,
+    ConfigError for other settings, RunFolderError when none can be resumed."""
     records, problems = _records(out)
     if records:
-        differences = changes(records[0][1]["config"], config)
-        if differences:
+        if differences := changes(records[0][1]["config"], config):
             raise ConfigError(f"{out} holds a checkpoint of a run with other settings ({'; '.join(differences)}); "
                               "resume with the same settings or choose another --out")
     for path, record in records:
@@ -393,24 +300,15 @@ def load_checkpoint(out: Path, config: Any, model: nn.Module) -> dict[str, Any] 
 
 
 def restore(state: dict[str, Any], optimizer: torch.optim.Optimizer, generator: torch.Generator) -> tuple[int, float]:
-    """Put back the optimiser, augmentation-stream and torch RNG states of a loaded checkpoint.
-
-    Returns ``(step, wall seconds)`` to continue from.
-    """
+    """Put back the optimiser, augmentation-stream and torch RNG states; ``(step, wall seconds)`` to continue from."""
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"]), float(state["wall_seconds"])
 
 
-# --- inside views ----------------------------------------------------------------------
-
-
 def read_inside(out: str | os.PathLike) -> list[InsideView]:
-    """The inside views recorded in ``out``, by epoch (empty when there are none).
-
-    A last line cut short by a crash is dropped with a warning, as for ``metrics.jsonl``.
-    """
+    """The inside views recorded in ``out``, by epoch (see :func:`read_jsonl`)."""
     return [InsideView.from_json(r) for r in read_jsonl(Path(out) / INSIDE_LOG)]
 
 
@@ -421,7 +319,7 @@ def read_inside_tensors(out: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _write_inside(out: Path, views: list[InsideView], tensors: dict[str, torch.Tensor]) -> None:
-    """Tensors first, then the log: a crash between leaves tensors of an epoch with no line, dropped next time."""
+    """Tensors first, then the log: tensors of an epoch with no line are dropped next time."""
     keep = {v.epoch for v in views}
     tensors = {k: v for k, v in tensors.items() if int(k.rsplit(".", 1)[1]) in keep}  # "<name>.<epoch>"
     with atomic_path(out / INSIDE_TENSORS) as tmp:
@@ -431,10 +329,7 @@ def _write_inside(out: Path, views: list[InsideView], tensors: dict[str, torch.T
 
 
 def record_inside(out: str | os.PathLike, view: InsideView, tensors: dict[str, torch.Tensor]) -> None:
-    """Add ``view`` and its ``tensors`` to the run in ``out``, both files rewritten atomically.
-
-    Views of the same or later steps (a stretch of the run that is being redone) are replaced.
-    """
+    """Add ``view`` and its ``tensors`` to the run in ``out``, replacing views of the same or later steps."""
     out = Path(out)
     views = [v for v in read_inside(out) if v.step < view.step] + [view]
     _write_inside(out, views, {**read_inside_tensors(out), **tensors})

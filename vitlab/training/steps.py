@@ -1,11 +1,4 @@
-"""What every training step is made of, apart from the run: augmentation, schedule, decay groups, precision.
-
-Pure functions of their arguments (random draws come from the generator passed in), so the loop
-(:mod:`vitlab.training.loop`), the benchmarks and the tests share them: :func:`augment` (batched
-random crop and flip on the device), :func:`lr_at` (linear warmup, cosine decay), :func:`param_groups`
-(weight decay as the model exempts it), :func:`epoch_order`, and the precision a step runs in
-(:func:`autocast_dtype`, :func:`cpu_bf16_attention`).
-"""
+"""What every training step is made of: augmentation, schedule, decay groups, precision (pure functions)."""
 from __future__ import annotations
 
 import contextlib
@@ -20,13 +13,8 @@ from ..analysis.capture import restoring
 
 
 def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after reflection padding, and random horizontal flip, batched.
-
-    ``images`` is (B, C, H, W) of any dtype; returns the same shape. Offsets and flips
-    are drawn from ``generator`` (on the images' device) so runs are reproducible.
-    """
-    b, c, h, w = images.shape
-    dev = images.device
+    """Random crop after reflection padding, and random horizontal flip, of ``images`` (B, C, H, W), batched."""
+    (b, c, h, w), dev = images.shape, images.device
     if padding:
         padded = F.pad(images.float(), (padding,) * 4, mode="reflect").to(images.dtype)  # (B, C, H+2p, W+2p)
         dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
@@ -51,12 +39,7 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Optimiser groups: weights decay; what the model exempts and 1-D parameters do not.
-
-    The exemptions are read from the model, as timm does: the names its
-    ``no_weight_decay()`` returns (a ViT's ``cls_token`` and ``pos_embed``) and every
-    parameter with at most one dimension (biases, norm scales and shifts).
-    """
+    """Optimiser groups: weights decay; the model's ``no_weight_decay()`` names and 1-D parameters do not (timm)."""
     exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, rest = [], []
     for name, param in model.named_parameters():
@@ -65,41 +48,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
-    """The order (n,) in which an epoch visits the ``n`` training images.
-
-    Seeded by ``(seed, epoch)`` alone, so a resumed run sees exactly the same batches.
-    """
+    """The order (n,) in which an epoch visits the ``n`` training images, seeded by ``(seed, epoch)`` alone."""
     gen = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=gen, device=device)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
-
-    ``"auto"`` uses bf16 only on GPUs that support it. On a CPU bf16 pays only where the
-    CPU has native bf16 matmuls; on this project's (4.25x the fp32 matmul peak) ``"bf16"``
-    trains ``vit_tiny_c10`` 2.39x faster than fp32, with the unfused attention of
-    :func:`cpu_bf16_attention` (``benchmarks/train_step.py``), so ask for it by name.
-    """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    """The autocast dtype for ``precision`` on ``device``, None for fp32; ``"auto"`` is bf16 on GPUs only."""
+    if precision == "bf16" or (precision != "fp32" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return None
 
 
 @contextlib.contextmanager
 def cpu_bf16_attention(model: nn.Module, amp: torch.dtype | None, device: torch.device):
-    """While training under bf16 autocast on a CPU, timm's unfused attention; put back on exit.
-
-    PyTorch's fused CPU attention is slow backwards in bf16: 194 ms against 44 ms in fp32
-    per ``vit_tiny_c10`` step of 128 images, while the unfused path (matmuls, softmax)
-    made the whole bf16 step 2.54x faster than fp32 (``benchmarks/train_step.py --profile``,
-    2 threads, ``data/results/locality/train_step_profile.log``). Other devices and
-    precisions are left alone.
-    """
+    """Under bf16 autocast on a CPU, timm's unfused attention until exit (docs/performance.md: fused is slow)."""
     if amp is not torch.bfloat16 or device.type != "cpu":
         yield
         return

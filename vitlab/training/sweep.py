@@ -1,21 +1,4 @@
-"""ViT against the ResNet baseline as the training set grows (paper Fig. 3 and 5, small scale).
-
-:func:`sweep` trains every zoo entry of a :class:`SweepConfig` on class-stratified
-CIFAR-10 subsets of each size and seed, with the entry's recipe (:func:`vitlab.training.zoo.train_config`)
-and one budget rule for all models, and keeps one :class:`~vitlab.records.RunRecord` per
-run in ``<results>.csv`` and ``<results>.json``: model, family, subset size, seed, epochs,
-test accuracy on all 10,000 test images, training FLOPs counted by
-``torch.utils.flop_counter``, parameters, wall seconds and hardware.
-
-Each run trains in its own folder under ``out`` through :func:`vitlab.training.loop.train`, so an
-interrupted sweep resumes inside the run it was in; runs already in the results file are
-skipped. Results are rewritten atomically after every run (the ``.json`` first, then the
-``.csv`` copy, which the next write brings up to date if a crash fell between the two). A
-results file that cannot be read stops the sweep before any data is loaded, unchanged.
-Every finished ViT run also gets the inside view of its final model (:func:`inside_runs`,
-``<results>-inside.{json,csv}``): attention distance per layer and head, position and filter
-scores, the paper's Fig. 7 numbers against training-set size (Raghu et al. 2021).
-"""
+"""ViT against the ResNet baseline as the training set grows (paper Fig. 3 and 5, small scale)."""
 from __future__ import annotations
 
 import copy
@@ -33,9 +16,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from .. import data
-from .. import result_files
-from . import zoo
+from .. import data, result_files
+from . import inside, zoo
 from .config import ConfigError, check_choices, command_line
 from ..models import ARCHITECTURES, build_model, check_spec, load_model
 from ..analysis.distance import head_statistics, lowest_head
@@ -46,19 +28,12 @@ from .evaluators import FewshotEvaluator, InsideViewEvaluator
 from .run_folder import MODEL, code_version
 from ..analysis.representations import PRE_LOGITS
 
-#: Train and test images, uint8 (N, 3, 32, 32) and labels (N,).
-Split = tuple[torch.Tensor, torch.Tensor]
+_Split = tuple[torch.Tensor, torch.Tensor]  #: images, uint8 (N, 3, 32, 32), and labels (N,)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SweepConfig:
-    """A grid of runs: every model x subset size x seed, under one budget rule.
-
-    The budget rule (:meth:`epochs_for`) gives every model the same number of epochs on
-    a subset: at least ``epochs``, and more on small subsets so that every run sees at
-    least ``min_samples`` training images (a 1,000-image subset is not trained for 5
-    steps). Both families therefore see exactly the same images, the same number of
-    times; their FLOPs differ only by their cost per image.
+    """A grid of runs: every model x subset size x seed, under one budget rule (:meth:`epochs_for`).
 
     Attributes:
         models: zoo entries to train, each with its own recipe.
@@ -101,7 +76,7 @@ class SweepConfig:
         check_choices(self)
 
     def epochs_for(self, size: int) -> int:
-        """Epochs for a subset of ``size`` images under the budget rule."""
+        """Epochs for a subset of ``size`` images: at least ``epochs``, and enough to see ``min_samples`` images."""
         return max(self.epochs, math.ceil(self.min_samples / size))
 
     def runs(self) -> list[Run]:
@@ -132,12 +107,7 @@ def _key(run: Run | RunRecord | RunProbe) -> tuple:
 
 
 def _init_label(spec: str | None) -> str:
-    """What a run fine-tuned from the weights ``spec`` records as its ``init``: ``"<objective>:<name>"``.
-
-    The objective is read from the weights' sidecar (``"mpp"`` for masked patch prediction,
-    ``"classify"`` for supervised weights); the name is the zoo name, or the file's stem.
-    ``""`` (from scratch) for None.
-    """
+    """What a run fine-tuned from ``spec`` records as ``init``: ``"<objective>:<zoo name or file stem>"``, or ``""``."""
     if spec is None:
         return ""
     path = Path(spec)
@@ -146,18 +116,15 @@ def _init_label(spec: str | None) -> str:
 
 def check(config: SweepConfig, train_images: int = 50_000) -> None:
     """Raise :class:`~vitlab.training.config.ConfigError` naming the bad setting (before any training starts)."""
-    unknown = [m for m in config.models if m not in zoo.ENTRIES]
-    if unknown:
+    if unknown := [m for m in config.models if m not in zoo.ENTRIES]:
         raise ConfigError(f"unknown zoo models {unknown}; choose from {list(zoo.ENTRIES)}")
     if not config.models or not config.sizes or not config.seeds:
         raise ConfigError("a sweep needs at least one model, one subset size and one seed")
     classes = len(data.CLASSES)
-    bad = [n for n in config.sizes if not classes <= n <= train_images]
-    if bad:
+    if bad := [n for n in config.sizes if not classes <= n <= train_images]:
         raise ConfigError(f"subset sizes {bad} are outside {classes}..{train_images} (one image per class "
                           "at least, the training set at most)")
-    small = [n for n in config.sizes if n < config.batch_size]
-    if small:
+    if small := [n for n in config.sizes if n < config.batch_size]:
         raise ConfigError(f"subset sizes {small} are smaller than the batch of {config.batch_size}; "
                           "lower --batch-size or drop them")
     if config.init is not None:
@@ -172,7 +139,6 @@ def check(config: SweepConfig, train_images: int = 50_000) -> None:
 
 
 def _check_init(config: SweepConfig) -> None:
-    """Refuse an init that cannot start every model of the sweep, before any data is loaded."""
     try:
         kind = check_spec(config.init)
     except (ValueError, TypeError, OSError) as err:
@@ -181,19 +147,13 @@ def _check_init(config: SweepConfig) -> None:
         raise ConfigError(f"--init {config.init} names no trained weights here (a zoo entry without a checkpoint, "
                           "or a timm name); pre-train one first (python -m vitlab pretrain) or give a weights file")
     wanted = load_model(config.init, device="cpu").vitlab_arch.get("zoo")
-    other = [m for m in config.models if zoo.entry(m).architecture != wanted]
-    if other:
+    if other := [m for m in config.models if zoo.entry(m).architecture != wanted]:
         raise ConfigError(f"--init {config.init} holds a {wanted}, which cannot start {other}; sweep only "
                           f"{wanted} models from it (run the other models from scratch in a sweep of their own)")
 
 
 def train_flops_per_image(model: nn.Module, img_size: int = 32) -> float:
-    """FLOPs of one training step (forward and backward) per image, counted by PyTorch.
-
-    Counted on a copy with explicit attention (``fused_attn=False``): the flop counter
-    does not see inside the CPU's fused attention kernel. Only matrix products and
-    convolutions count, as is usual; the optimiser's elementwise work is not included.
-    """
+    """FLOPs of one training step per image, counted by PyTorch (on a copy, with attention it can see into)."""
     model = copy.deepcopy(model).cpu().train()
     for module in model.modules():
         if hasattr(module, "fused_attn"):
@@ -219,16 +179,9 @@ def _run_dir(config: SweepConfig, run: Run | RunRecord) -> Path:
 
 def sweep(config: SweepConfig, device: str | torch.device | None = None,
           on_run: Callable[[RunRecord], None] | None = None, progress: bool = False) -> list[RunRecord]:
-    """Run every missing run of ``config``; returns all records in the results file, ordered
-    by family, model, subset size and seed.
-
-    Shows a progress bar over the runs (``progress`` adds a bar per epoch). ``on_run`` is
-    called with each new record (e.g. to redraw a notebook figure). With
-    ``config.fewshot`` set, every finished run is then probed (:func:`fewshot_runs`).
-    """
+    """Run every missing run of ``config``; all records in the results file. ``on_run`` gets each new record."""
     check(config)
-    # Read the results first: a torn file stops here, before any data is loaded, and is never rewritten.
-    # Probe results live in their own file (fewshot_runs), not among the training records.
+    # Read the results first: a torn file stops here, before any data is loaded. Probes live in their own file.
     done = [dataclasses.replace(r, fewshot={}) for r in result_files.read_runs(config.results)]
     commands = _with(result_files.read_commands(config.results), config.command())
     train_set, test_set = data.cifar10("train"), data.cifar10("test")  # fails here without a dataset
@@ -252,15 +205,13 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
     return _ordered(result_files.read_runs(config.results))
 
 
-def _train_run(config: SweepConfig, run: Run, test_set: Split, device: str | torch.device | None,
+def _train_run(config: SweepConfig, run: Run, test_set: _Split, device: str | torch.device | None,
                progress: bool, flops: dict[str, float]) -> RunRecord:
-    """Train one run (resuming it if it was interrupted) and score it on the whole test set."""
     entry, test_x, test_y = zoo.entry(run.model), *test_set
     settings = zoo.train_config(
         run.model, subset_size=run.subset_size, seed=run.seed, epochs=run.epochs, batch_size=run.batch_size,
         warmup_epochs=config.warmup_fraction * run.epochs, precision=config.precision,
-        eval_size=config.monitor_size if config.monitor_size < len(test_y) else None, init=config.init,
-    )
+        eval_size=config.monitor_size if config.monitor_size < len(test_y) else None, init=config.init)
     result = train(settings, _run_dir(config, run), device=device, progress=progress)
     if run.model not in flops:
         flops[run.model] = train_flops_per_image(build_model({"zoo": entry.architecture}),
@@ -272,25 +223,12 @@ def _train_run(config: SweepConfig, run: Run, test_set: Split, device: str | tor
         params=result.record["params"], wall_seconds=round(result.record["wall_seconds"], 1),
         hardware=result.record["hardware"], images_seen=seen, flops_per_image=flops[run.model],
         optimizer=settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
-        batch_size=run.batch_size, code_version=code_version(), init=run.init, fewshot={},
-    )
+        batch_size=run.batch_size, code_version=code_version(), init=run.init, fewshot={})
 
 
-def fewshot_runs(config: SweepConfig, train_set: Split | None = None, test_set: Split | None = None,
+def fewshot_runs(config: SweepConfig, train_set: _Split | None = None, test_set: _Split | None = None,
                  progress: bool = True) -> list[RunProbe]:
-    """Few-shot probes of the final representation of every finished run of ``config``.
-
-    The representation is what the classifier head reads (``forward_head(pre_logits=True)``:
-    the normalised class token of a token-pooled ViT, the pooled last stage of a ResNet).
-    For each run and each k in ``config.fewshot``, ``fewshot[k]`` is the mean accuracy over
-    ``config.fewshot_seeds`` draws of the training shots (paper Fig. 4, where the few-shot
-    accuracy is plotted against the pre-training set size). Results go to
-    ``<results>-fewshot.{json,csv}``; runs probed with the same settings are skipped.
-
-    Args:
-        train_set, test_set: CIFAR-10's splits (loaded when not given); the probes score
-            ``config.fewshot_test`` class-stratified test images.
-    """
+    """Few-shot probes (paper Fig. 4) of what the head reads in every finished run, into ``<results>-fewshot.*``."""
     setting = dict(shots=list(config.fewshot), seeds=config.fewshot_seeds, test=config.fewshot_test)
     probes, commands = result_files.read_run_probes(config.results)  # a torn file stops here, before the data
     commands = _with(commands, config.command())
@@ -317,15 +255,7 @@ def fewshot_runs(config: SweepConfig, train_set: Split | None = None, test_set: 
 
 
 def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
-    """Inside views of the final model of every finished ViT and hybrid run of ``config`` (Raghu et al. 2021).
-
-    For each run whose folder still holds its final weights and that has no view yet, the
-    :class:`~vitlab.records.InsideView` on the fixed probe images (:func:`vitlab.training.inside.probe_images`),
-    the same view the trainer records at a run's last epoch. Results go to
-    ``<results>-inside.{json,csv}``; runs with a view are skipped. ResNets have none.
-    """
-    from . import inside
-
+    """Inside views of the final model of every finished ViT and hybrid run, into ``<results>-inside.*``."""
     views, commands = result_files.read_run_insides(config.results)  # a torn file stops here, before the data
     commands = _with(commands, config.command())
     have, wanted = {v.key for v in views}, {_key(run) for run in config.runs()}
@@ -340,9 +270,10 @@ def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
         stats = head_statistics(model, images)  # once: the view's means and the per-image spread
         view = evaluator.run(model, epoch=record.epochs, step=record.images_seen // record.batch_size, stats=stats)
         lowest = lowest_head(stats["distance_per_image"])  # its spread over the images
-        views = [*views, RunInside(model=record.model, family=record.family, subset_size=record.subset_size,
-                                   seed=record.seed, epochs=record.epochs, batch_size=record.batch_size,
-                                   init=record.init, test_accuracy=record.test_accuracy, code_version=record.code_version, view=view,
-                                   lowest_std=lowest.std, lowest_low=lowest.low, lowest_high=lowest.high)]
+        views = [*views, RunInside(
+            model=record.model, family=record.family, subset_size=record.subset_size, seed=record.seed,
+            epochs=record.epochs, batch_size=record.batch_size, init=record.init, test_accuracy=record.test_accuracy,
+            code_version=record.code_version, view=view, lowest_std=lowest.std, lowest_low=lowest.low,
+            lowest_high=lowest.high)]
         result_files.write_run_insides(config.results, views, commands)
     return views

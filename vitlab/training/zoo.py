@@ -1,12 +1,4 @@
-"""vitlab's model zoo: named entries, each an architecture with its training recipe.
-
-An entry (:class:`ZooEntry`) maps a name to an architecture of
-:data:`vitlab.models.ARCHITECTURES`, the recipe it is trained with and, when
-``data/zoo/<name>.safetensors`` exists, a trained checkpoint with its record (sidecar
-JSON and metrics log). Several entries may share an architecture (e.g. one trained with
-another recipe). :func:`train_config` is the one place the recipes are written;
-:func:`publish` copies a finished run into the zoo.
-"""
+"""vitlab's model zoo: named entries, each an architecture with its training recipe, maybe trained in ``data/zoo``."""
 from __future__ import annotations
 
 import dataclasses
@@ -35,31 +27,21 @@ _VIT_RECIPE: Mapping[str, Any] = MappingProxyType(dict(optimizer="adamw", lr=1e-
                                                       batch_size=128, warmup_epochs=2.0, label_smoothing=0.1))
 #: The recipe of the ResNet entries: SGD with Nesterov momentum, the usual CIFAR ResNet recipe.
 _RESNET_RECIPE: Mapping[str, Any] = MappingProxyType(dict(_VIT_RECIPE, optimizer="sgd", lr=0.1, weight_decay=5e-4))
-
 #: The recipe of the pre-trained encoders: the ViT recipe without labels, masked patch prediction.
 _MPP_RECIPE: Mapping[str, Any] = MappingProxyType(dict(_VIT_RECIPE, objective="mpp", label_smoothing=0.0, epochs=20))
 
-#: The test images every zoo checkpoint is re-checked on (class-stratified, seed 0).
-CHECK_SIZE = 1000
+CHECK_SIZE = 1000  #: test images every zoo checkpoint is re-checked on (class-stratified, seed 0)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ZooEntry:
-    """A zoo name: an architecture and the recipe it is (or would be) trained with.
+    """A zoo name: an architecture and the recipe it is (or would be) trained with."""
 
-    Attributes:
-        name: the zoo name (``load_model(name)``; checkpoint ``data/zoo/<name>.safetensors``).
-        architecture: a key of ``vitlab.models.ARCHITECTURES``.
-        recipe: :class:`~vitlab.training.config.TrainConfig` fields of its training run.
-        description: one line for listings.
-        shipped: the repository ships a trained checkpoint of this entry in ``data/zoo``.
-    """
-
-    name: str
-    architecture: str
-    recipe: Mapping[str, Any]
-    description: str
-    shipped: bool = False
+    name: str  # load_model(name); checkpoint data/zoo/<name>.safetensors
+    architecture: str  # a key of vitlab.models.ARCHITECTURES
+    recipe: Mapping[str, Any]  # TrainConfig fields of its training run
+    description: str  # one line for listings
+    shipped: bool = False  # the repository ships a trained checkpoint of it
 
     @property
     def family(self) -> str:
@@ -77,21 +59,19 @@ class ZooEntry:
         return loading.zoo_weights(self.name)
 
 
-def _entry(name: str, recipe: Mapping[str, Any], shipped: bool = False) -> ZooEntry:
-    """An entry named after its architecture, described by it."""
-    arch = loading.ARCHITECTURES[name]
-    return ZooEntry(name=name, architecture=name, recipe=recipe, description=arch.description, shipped=shipped)
+def _entry(name: str, recipe: Mapping[str, Any], shipped: bool = False, arch: str = "", note: str = "") -> ZooEntry:
+    """An entry of architecture ``arch`` (default: ``name``), described by it and ``note``."""
+    description = loading.ARCHITECTURES[arch or name].description + note
+    return ZooEntry(name=name, architecture=arch or name, recipe=recipe, description=description, shipped=shipped)
 
 
 #: Every zoo entry, by name; the micro entries are minute-scale models for quick runs.
 ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
-    ZooEntry(name="vit_tiny_c10_e40", architecture="vit_tiny_c10", recipe=MappingProxyType(dict(_VIT_RECIPE, epochs=40)),
-             description=loading.ARCHITECTURES["vit_tiny_c10"].description + "; the zoo recipe for 40 epochs "
-             "(crop, flip, label smoothing 0.1, no CutMix), inside views recorded", shipped=True),
+    _entry("vit_tiny_c10_e40", MappingProxyType(dict(_VIT_RECIPE, epochs=40)), shipped=True, arch="vit_tiny_c10",
+           note="; the zoo recipe for 40 epochs (crop, flip, label smoothing 0.1, no CutMix), inside views recorded"),
     _entry("vit_tiny_c10", _VIT_RECIPE, shipped=True),
-    ZooEntry(name="vit_tiny_c10_mpp", architecture="vit_tiny_c10", recipe=_MPP_RECIPE,
-             description=loading.ARCHITECTURES["vit_tiny_c10"].description + "; pre-trained without labels by masked "
-             "patch prediction for 20 epochs (its classifier head is untrained: fine-tune it with --init)", shipped=True),
+    _entry("vit_tiny_c10_mpp", _MPP_RECIPE, shipped=True, arch="vit_tiny_c10", note="; pre-trained without labels by "
+           "masked patch prediction for 20 epochs (its classifier head is untrained: fine-tune it with --init)"),
     _entry("vit_small_c10", _VIT_RECIPE),
     _entry("hybrid_tiny_c10", _VIT_RECIPE, shipped=True),
     _entry("resnet_tiny_c10", _RESNET_RECIPE, shipped=True),
@@ -99,9 +79,8 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
     _entry("vit_micro_c10", _VIT_RECIPE),
     _entry("resnet_micro_c10", _RESNET_RECIPE),
     _entry("hybrid_micro_c10", _VIT_RECIPE),
-    ZooEntry(name="vit_micro_c10_mpp", architecture="vit_micro_c10", recipe=_MPP_RECIPE,
-             description=loading.ARCHITECTURES["vit_micro_c10"].description + "; pre-trained without labels by masked "
-             "patch prediction (quick runs)"),
+    _entry("vit_micro_c10_mpp", _MPP_RECIPE, arch="vit_micro_c10",
+           note="; pre-trained without labels by masked patch prediction (quick runs)"),
 ]}
 
 
@@ -113,10 +92,7 @@ def entry(name: str) -> ZooEntry:
 
 
 def train_config(name: str, **overrides: Any) -> TrainConfig:
-    """The :class:`~vitlab.training.config.TrainConfig` of zoo entry ``name``: its architecture and recipe.
-
-    ``overrides`` replace recipe settings, e.g. ``train_config("vit_tiny_c10", subset_size=5000)``.
-    """
+    """The :class:`~vitlab.training.config.TrainConfig` of zoo entry ``name``, with ``overrides`` of its recipe."""
     found = entry(name)
     return TrainConfig(**{"model": found.architecture, **found.recipe, **overrides})
 
@@ -127,38 +103,20 @@ def trained(name: str) -> bool:
 
 
 def zoo() -> dict[str, dict[str, Any]]:
-    """Every zoo name with its family, description, parameter count and training record.
-
-    ``test_accuracy`` (a fraction) and ``checkpoint`` are ``None`` and ``trained`` is
-    False for entries with no trained checkpoint in ``data/zoo`` yet. For an entry whose
-    ``objective`` is ``"mpp"``, ``test_accuracy`` is the masked-patch colour accuracy.
-    """
+    """Every zoo name with its family, description, parameters and record (None ``test_accuracy`` if untrained)."""
     out = {}
     for name, e in ENTRIES.items():
         sidecar = sidecar_path(e.weights)
         metrics = read_sidecar(sidecar).metrics if sidecar.is_file() else {}
         params = sum(p.numel() for p in loading.ARCHITECTURES[e.architecture].build().parameters())
-        out[name] = dict(
-            family=e.family,
-            description=e.description,
-            params=params,
-            checkpoint=str(e.weights) if e.weights.is_file() else None,
-            objective=e.objective,
-            test_accuracy=metrics.get("test_accuracy"),
-            trained=e.weights.is_file(),
-        )
+        out[name] = dict(family=e.family, description=e.description, params=params,
+                         checkpoint=str(e.weights) if e.weights.is_file() else None, objective=e.objective,
+                         test_accuracy=metrics.get("test_accuracy"), trained=e.weights.is_file())
     return out
 
 
 def available(family: str | Sequence[str] | None = None, trained_only: bool = False) -> list[str]:
-    """Model specs that load offline: trained zoo entries, cached timm models, then untrained entries.
-
-    Args:
-        family: keep only zoo entries of this family (``"vit"``, ``"hybrid"`` or ``"resnet"``)
-            or of these families (``("vit", "hybrid")``: every model with attention); cached
-            hub models are listed whatever their family (only their name is known).
-        trained_only: leave out zoo entries without a trained checkpoint.
-    """
+    """Model specs that load offline: trained zoo entries, cached timm models (any ``family``), untrained entries."""
     families = None if family is None else {family} if isinstance(family, str) else set(family)
     names = [n for n, e in ENTRIES.items() if families is None or e.family in families]
     done = [n for n in names if trained(n)]
@@ -169,13 +127,10 @@ def available(family: str | Sequence[str] | None = None, trained_only: bool = Fa
 
 def _cached_timm_models() -> list[str]:
     from huggingface_hub import constants
-
-    cache, names = Path(constants.HF_HUB_CACHE), []
-    if cache.is_dir():
-        for repo in sorted(cache.glob("models--timm--*")):
-            if any(repo.glob("snapshots/*/model.safetensors")) or any(repo.glob("snapshots/*/pytorch_model.bin")):
-                names.append(repo.name.removeprefix("models--timm--"))
-    return names
+    cache = Path(constants.HF_HUB_CACHE)
+    repos = sorted(cache.glob("models--timm--*")) if cache.is_dir() else []
+    return [repo.name.removeprefix("models--timm--") for repo in repos
+            if any(repo.glob("snapshots/*/model.safetensors")) or any(repo.glob("snapshots/*/pytorch_model.bin"))]
 
 
 def label(spec: str) -> str:
@@ -183,32 +138,18 @@ def label(spec: str) -> str:
     return f"{spec} (untrained)" if spec in ENTRIES and not trained(spec) else str(spec)
 
 
-# --- publishing --------------------------------------------------------------------
-
-
 def inside_folder(name: str) -> Path:
-    """Where zoo entry ``name``'s inside views over training are (``inside.jsonl``, ``inside.safetensors``).
-
-    A run folder as far as :func:`vitlab.training.inside.load` and
-    :class:`vitlab.views.study_explorers.InsideViewsExplorer` go; it may not exist (entries trained
-    before the trainer recorded inside views have none).
-    """
+    """Where zoo entry ``name``'s inside views over training are (a run folder to :func:`~.inside.load`)."""
     return loading.ZOO_DIR / f"{name}.inside"
 
 
 @dataclass(frozen=True)
 class TrainingRecord:
-    """How a trained checkpoint was made: its sidecar, its metrics log, and where its inside views are.
-
-    Attributes:
-        sidecar: the checkpoint's sidecar (``config``, ``metrics``, ``data``, ``command``, ...).
-        log: one record per epoch (loss, train and test accuracy, wall seconds, ...).
-        inside: the folder of its inside views over training (may hold none).
-    """
+    """How a trained checkpoint was made: its sidecar, its metrics log, and where its inside views are."""
 
     sidecar: Sidecar
-    log: list[dict[str, Any]]
-    inside: Path
+    log: list[dict[str, Any]]  # one record per epoch
+    inside: Path  # the folder of its inside views over training (may hold none)
 
     @property
     def config(self) -> TrainConfig:
@@ -223,24 +164,17 @@ def training_record(spec: str | os.PathLike) -> TrainingRecord:
         sidecar, log, inside = sidecar_path(path), path.parent / METRICS_LOG, path.parent
     elif str(spec) in ENTRIES and trained(str(spec)):
         weights = ENTRIES[str(spec)].weights
-        sidecar, log = sidecar_path(weights), weights.with_suffix(".metrics.jsonl")
-        inside = inside_folder(str(spec))
+        sidecar, log, inside = sidecar_path(weights), weights.with_suffix(".metrics.jsonl"), inside_folder(str(spec))
     else:
         names = ", ".join(n for n in ENTRIES if trained(n))
-        raise FileNotFoundError(f"{spec} is neither a trained zoo entry ({names}) "
-                                "nor a run's model.safetensors")
+        raise FileNotFoundError(f"{spec} is neither a trained zoo entry ({names}) nor a run's model.safetensors")
     if not sidecar.is_file() or not log.is_file():
         raise FileNotFoundError(f"{spec}: its training record is missing ({sidecar.name} and {log.name} beside it)")
     return TrainingRecord(sidecar=read_sidecar(sidecar), log=read_jsonl(log), inside=inside)
 
 
 def check_accuracy(name: str) -> float:
-    """Zoo entry ``name``'s accuracy on the fixed ``CHECK_SIZE`` test images its record is checked on.
-
-    Measured as its objective measures test accuracy: top-1 for a classifier; for an encoder
-    pre-trained by masked patch prediction, with its mask embedding and colour head, the share
-    of those images' corrupted patches whose colour it predicts right.
-    """
+    """Zoo entry ``name``'s accuracy on the fixed ``CHECK_SIZE`` test images, as its objective measures it."""
     objective = objective_for(train_config(name))
     return _check_set_accuracy(objective, objective.load_trained(entry(name).weights))
 
@@ -252,20 +186,8 @@ def _check_set_accuracy(objective: Objective, trained: nn.Module) -> float:
 
 
 def publish(run: str | os.PathLike, name: str, code_version: str | None = None, force: bool = False) -> Path:
-    """Copy a finished run into ``data/zoo/<name>`` with its record, logs and command.
-
-    The sidecar gains the exact command, the accuracy on the full test set and on the
-    fixed ``CHECK_SIZE`` check set (for a pre-trained encoder: its masked-patch colour
-    accuracy, with its objective, epochs, images seen and time under ``pretraining``), wall
-    time and hardware; the metrics log is copied to ``<name>.metrics.jsonl`` and the run's
-    inside views (if it recorded any) to :func:`inside_folder`. Every file is written atomically, the checkpoint last, so an
-    entry is never listed as trained with its records missing. ``code_version`` overrides
-    the commit recorded by the run.
-
-    Raises:
-        FileExistsError: the entry has a checkpoint already and ``force`` is False
-            (checked before anything is evaluated or written).
-    """
+    """Copy a finished run into ``data/zoo/<name>`` with its record, logs, command and accuracies, checkpoint last;
+    FileExistsError, before any work, when the entry has a checkpoint already and ``force`` is False."""
     found, run = entry(name), Path(run)
     weights = run / run_folder.MODEL
     if not weights.is_file():
@@ -297,7 +219,6 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
 
 
 def _copy_logs(run: Path, name: str) -> None:
-    """Copy the run's metrics log beside the entry's checkpoint and its inside views (if any) to :func:`inside_folder`."""
     log = (run / METRICS_LOG).read_text()
     atomic_write(entry(name).weights.with_suffix(".metrics.jsonl"), lambda tmp: tmp.write_text(log))
     inside = inside_folder(name)
