@@ -1,5 +1,6 @@
 """The package's import graph runs one way: each module imports only from layers below it."""
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,16 @@ def test_widgets_load_on_first_use():
     import vitlab
 
     assert vitlab.views.explorers.__name__ == "vitlab.views.explorers" and vitlab.views.figures.__name__ == "vitlab.views.figures"
+
+
+def test_module_map_in_docs_lists_every_module_in_rank_order():
+    # docs/api.md's module map is what a newcomer reads first: every module, in the order imports run.
+    text = (PACKAGE.parent / "docs" / "api.md").read_text()
+    listed = [m.removeprefix("vitlab.") for m in re.findall(r"^\| \w+ \| `(vitlab[\w.]*)` \|", text, re.M)]
+    modules = {_module(p) for p in PACKAGE.rglob("*.py")} - {"__init__", "__main__"}
+    expected = {m.removesuffix(".__init__") for m in modules if not m.startswith("__")} - {"views", "models",
+                                                                                           "analysis", "training"}
+    assert sorted(listed) == sorted(expected)
+    order = [(FOLDERS.index(_folder(m)) if m != "data" else FOLDERS.index("data"),
+              RANKS[m if m != "data" else "data.__init__"]) for m in listed]
+    assert order == sorted(order), f"docs/api.md's module map is out of rank order: {listed}"
