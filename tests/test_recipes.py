@@ -152,7 +152,7 @@ def _view(epoch: int, lowest: float, uniform: float = 16.0, structure: float = 0
 def _run(arm: str, seed: int, lowest: list[float], accuracy: list[float], interval=(-0.5, 0.5)) -> RecipeRun:
     views = [_view(e + 1, x) for e, x in enumerate(lowest)]
     metrics = [dict(epoch=e + 1, test_accuracy=a) for e, a in enumerate(accuracy)]
-    return RecipeRun(name=f"{arm}-{seed}", arm=arm, seed=seed, config=dict(model="vit_tiny_c10", seed=seed),
+    return RecipeRun(name=f"{arm}-{seed}", arm=arm, seed=seed, config=dict(model="vit_tiny_c10", seed=seed, batch_size=8),
                      code_version="abc", metrics=metrics, views=views, lowest_std=1.0,
                      lowest_low=lowest[-1] + interval[0], lowest_high=lowest[-1] + interval[1])
 
@@ -169,6 +169,8 @@ def test_the_readout_says_what_each_arm_measured():
     assert r.epoch == 2 and r.arms == ["plain", "CutMix"]
     assert r.lowest == {"plain": [14.0, 14.5], "CutMix": [3.0, 9.0]}
     assert r.accuracy == {"plain": [0.6, 0.62], "CutMix": [0.58, 0.6]}
+    assert r.images_seen == {"plain": [160, 160], "CutMix": [160, 160]}  # 20 steps (the view's) x 8 images
+    assert "plain: 160 images seen" in r.text
     assert r.high == {"plain": [14.5, 15.0], "CutMix": [3.5, 9.5]}  # the final models' intervals
     # Local: the interval's top below half of uniform attention (8 px): only CutMix seed 0.
     assert r.local == {"plain": [False, False], "CutMix": [True, False]}

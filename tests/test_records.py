@@ -48,6 +48,26 @@ def _run(model, family, size, seed, acc):
                      code_version="abc1234")
 
 
+def test_compute_totals_round_trip_and_old_files_without_them_still_read(tmp_path):
+    scratch = _run("vit_b", "vit", 500, 0, 0.3)
+    tuned = dataclasses.replace(scratch, init="mpp:enc", images_seen_total=256 + 1000, train_flops_total=1e12 + 5e14)
+    assert (scratch.images_seen_total, scratch.train_flops_total) == (256, 1e12)  # from scratch: its own training
+    results = tmp_path / "sweep"
+    result_files.write_runs(results, [tuned, scratch], ["cmd"])
+    assert result_files.read_runs(results) == [scratch, tuned]
+    with open(tmp_path / "sweep.csv") as f:
+        assert [row["images_seen_total"] for row in csv.DictReader(f)] == ["256", "1256"]
+    stored = json.loads((tmp_path / "sweep.json").read_text())
+    for row in stored["runs"]:  # as a file written before the totals existed
+        del row["images_seen_total"], row["train_flops_total"]
+    (tmp_path / "sweep.json").write_text(json.dumps(stored))
+    with pytest.raises(result_files.ResultsFileError, match="predates images_seen_total .* fine-tuned from mpp:enc"):
+        result_files.read_runs(results)
+    assert result_files.read_runs(results, history={"mpp:enc": (1000, 5e14)}.get) == [scratch, tuned]
+    with pytest.raises(TypeError, match="needs images_seen_total and train_flops_total"):
+        RunRecord(model="vit_b", family="vit", subset_size=500, seed=0, epochs=2, test_accuracy=0.3, init="mpp:enc")
+
+
 def test_round_trip_orders_runs_and_merges_probes(tmp_path):
     runs = [_run("vit_b", "vit", 500, 1, 0.3), _run("resnet_a", "resnet", 1000, 0, 0.5),
             _run("vit_b", "vit", 500, 0, 0.25)]

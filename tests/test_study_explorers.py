@@ -28,11 +28,12 @@ def test_sweep_explorer_adds_runs_and_switches_axis():
     assert list(view.table.data[0].cells.values[0]) == ["vit_micro_c10"]
     assert list(view.table.data[0].cells.values[6]) == ["30\xa0s"]  # seconds, not "0.5" minutes
     # A run fine-tuned from pre-trained weights is a series of its own, chosen on its own.
-    view.add(_run(init="mpp:enc", test_accuracy=0.5))
+    view.add(_run(init="mpp:enc", test_accuracy=0.5, images_seen_total=5000, train_flops_total=9e12))
     assert "vit_micro_c10 ← mpp:enc" in view.models.value
     assert {t.name: list(t.y) for t in view.figure.data} == {"vit_micro_c10 (vit)": [0.3],
                                                              "vit_micro_c10 ← mpp:enc (vit)": [0.5]}
     assert [t.marker.symbol for t in view.figure.data] == ["circle", "diamond"]
+    assert [list(t.x) for t in view.figure.data] == [[2e12], [9e12]]  # the FLOPs axis counts pre-training
     view.models.value = ("vit_micro_c10 ← mpp:enc",)
     assert [t.replace("\xa0", " ") for t in view.table.data[0].cells.values[0]] == ["vit_micro_c10 ← mpp:enc"]
     probed = study_explorers.SweepExplorer([_run(fewshot={10: 0.25}), _run(seed=1, fewshot={10: 0.35})])

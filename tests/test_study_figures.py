@@ -44,7 +44,7 @@ def test_sweep_figure_means_and_error_bars_over_seeds():
     assert [list(c[:3]) for c in vit.customdata] == [[3, 10, 100], [1, 1, 1000]]
     assert vit.customdata[0][3] == pytest.approx(2.0)  # mean of 1, 2 and 3 minutes
     assert fig.layout.xaxis.type == "log"
-    flops = study_figures.sweep_figure(_sweep_records(), x="train_flops", models=["resnet_b"])
+    flops = study_figures.sweep_figure(_sweep_records(), x="train_flops_total", models=["resnet_b"])
     assert len(flops.data) == 1 and list(flops.data[0].x) == [4000.0, 4000.0]
     np.testing.assert_allclose(flops.data[0].y, [0.4, 0.7])
     with pytest.raises(ValueError, match="x must be"):
@@ -55,6 +55,17 @@ def test_sweep_figure_means_and_error_bars_over_seeds():
     np.testing.assert_allclose(fig.data[0].y, [0.15, 0.3])
     assert fig.layout.yaxis.title.text == "5-shot linear probe accuracy"
     assert fig.data[0].line.color == style.family_color("vit", 0)
+
+
+def test_sweep_figures_flops_axis_is_total_compute_pre_training_included():
+    scratch = _sweep_records()[:3]  # vit_a at 100 images, three seeds: 10,000 FLOPs each
+    tuned = [dataclasses.replace(r, init="mpp:enc", images_seen_total=r.images_seen + 900,
+                                 train_flops_total=r.train_flops + 9e5) for r in scratch]
+    fig = study_figures.sweep_figure(scratch + tuned, x="train_flops_total")
+    assert {t.name: list(t.x) for t in fig.data} == {"vit_a (vit)": [1e4], "vit_a ← mpp:enc (vit)": [1e4 + 9e5]}
+    assert "pre-training included" in fig.layout.xaxis.title.text
+    table = study_figures.sweep_table(scratch + tuned).data[0].cells.values
+    assert list(table[5]) == [f"{1e4:.2e}", f"{1e4 + 9e5:.2e}"]
 
 
 def test_sweep_figure_draws_the_three_families_in_order_each_in_its_colour_and_marker():

@@ -28,7 +28,10 @@ def _fine_tune_runs():
     from vitlab.records import RunRecord
 
     def run(size, seed, acc, init=""):
-        return RunRecord(model="vit_t", family="vit", subset_size=size, seed=seed, epochs=5, test_accuracy=acc, init=init)
+        # 2 images seen per labelled image at 100 FLOPs each; a fine-tuned run's init saw 10,000 at 300 FLOPs
+        before = dict(images_seen_total=2 * size + 10_000, train_flops_total=200 * size + 3e6) if init else {}
+        return RunRecord(model="vit_t", family="vit", subset_size=size, seed=seed, epochs=5, test_accuracy=acc,
+                         init=init, images_seen=2 * size, train_flops=200 * size, **before)
 
     return [run(1000, 0, 0.40), run(1000, 1, 0.44), run(1000, 0, 0.47, "mpp:enc"), run(1000, 1, 0.49, "mpp:enc"),
             run(5000, 0, 0.60), run(5000, 0, 0.59, "mpp:enc"), run(25000, 0, 0.70),  # 25,000: no fine-tuned run
@@ -43,8 +46,17 @@ def test_fine_tuning_gain_is_the_difference_of_seed_means_at_sizes_with_both():
     assert "pre-training helps at 1 of 2 sizes" in r.text.lower() and "50,000" in r.text
     assert "largest at 1,000 labels (+6.0 points) and smallest at 5,000 (-1.0)" in r.text
     assert "+6.0 points" in r.text and "-1.0 points" in r.text
+    # 1,000 labels: 2,000 images and 2e5 FLOPs from scratch; 12,000 and 3.2e6 fine-tuned, the init's included
+    assert (r.scratch_images, r.tuned_images) == ({1000: 2000, 5000: 10_000}, {1000: 12_000, 5000: 20_000})
+    assert (r.scratch_flops, r.tuned_flops) == ({1000: 2e5, 5000: 1e6}, {1000: 3.2e6, 5000: 4e6})
+    assert r.images_ratio == {1000: 6.0, 5000: 2.0} and r.flops_ratio == {1000: 16.0, 5000: 4.0}
+    assert "6.0x the images seen (12,000 vs 2,000) and 16.0x the FLOPs (3.20e+06 vs 2.00e+05)" in r.text
+    assert "4.0-16.0x the training FLOPs" in r.text and "not at equal compute" in r.text
     with pytest.raises(ValueError, match="no size has runs"):
         study_readouts.fine_tuning(_fine_tune_runs(), "vit_t", "mpp:missing")
+    no_compute = [dataclasses.replace(r, images_seen_total=0) if not r.init else r for r in _fine_tune_runs()]
+    with pytest.raises(ValueError, match=r"runs of \['vit_t'\] record no training compute"):
+        study_readouts.fine_tuning(no_compute, "vit_t", "mpp:enc")
 
 
 def test_pretraining_readout_compares_the_last_epoch_with_the_best_guess():
@@ -74,8 +86,9 @@ def test_families_compares_seed_means_size_by_size_at_sizes_every_model_ran():
     from vitlab.records import RunRecord
 
     def run(model, family, size, seed, acc, init="", flops=1e8):
+        tuned = dict(images_seen_total=10 * size, train_flops_total=1e20) if init else {}
         return RunRecord(model=model, family=family, subset_size=size, seed=seed, epochs=5, test_accuracy=acc,
-                         init=init, flops_per_image=flops)
+                         init=init, flops_per_image=flops, images_seen=size, train_flops=flops * size, **tuned)
 
     runs = [run("r", "resnet", 1000, 0, 0.45), run("r", "resnet", 5000, 0, 0.60),
             run("v", "vit", 1000, 0, 0.40), run("v", "vit", 1000, 1, 0.44), run("v", "vit", 5000, 0, 0.55),
@@ -90,7 +103,12 @@ def test_families_compares_seed_means_size_by_size_at_sizes_every_model_ran():
     assert r.gaps["h", "r"][5000] == pytest.approx(-0.02)
     assert list(r.gaps) == [("v", "h"), ("v", "r"), ("h", "r")]
     assert "1,000 images: h 50.0% > r 45.0% > v 42.0% (2 seeds)" in r.text
-    assert "h ahead of r at 1 of 2 sizes (+5.0 points at 1,000 images, -2.0 at 5,000)" in r.text
+    # Which of a pair is ahead, by how much, in plain words (v trails h at both sizes: h is named first)
+    assert r.ahead == {("v", "h"): "h", ("v", "r"): "r", ("h", "r"): "h"}
+    assert ("h is ahead of v at 2 of 2 sizes (ahead by 8.0 points at 1,000 images, ahead by 3.0 points at 5,000 "
+            "images), with 3.0x its training FLOPs") in r.text
+    assert "h is ahead of r at 1 of 2 sizes (ahead by 5.0 points at 1,000 images, behind by 2.0 points" in r.text
+    assert r.train_flops["h"] == {1000: 3e11, 5000: 1.5e12} and r.train_flops["v"][1000] == 1e11  # seeds' mean
     assert "v 100 M, h 300 M, r 100 M" in r.text and r.flops_per_image["h"] == 3e8
     with pytest.raises(ValueError, match="at least two models"):
         study_readouts.families([x for x in runs if x.model == "v"])

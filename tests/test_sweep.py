@@ -11,7 +11,8 @@ from vitlab import data, records, result_files
 from vitlab.training import zoo
 from vitlab.training import sweep as sweep_mod
 from vitlab.models import ARCHITECTURES, build_model, load_model
-from vitlab.training.sweep import SweepConfig, sweep, train_flops_per_image
+from vitlab.training.mpp import MaskedPatchPrediction
+from vitlab.training.sweep import SweepConfig, init_history, sweep, train_flops_per_image
 from vitlab.training.objectives import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,44 @@ def test_vit_flops_match_a_hand_count_including_attention(name):
     assert train_flops_per_image(build_model({"zoo": name})) == _vit_flops(ARCHITECTURES[name])
 
 
+def _mpp_flops(cfg, classes=10):
+    """The masked-patch-prediction wrapper's: the ViT's hand count without its class head, plus the colour head
+    (a linear layer to 8**3 colours on every patch token; forward, input and weight gradients)."""
+    d, n_patches = cfg.embed_dim, (cfg.img_size // cfg.patch_size) ** 2
+    return _vit_flops(cfg, classes) - 3 * 2 * d * classes + 3 * 2 * n_patches * d * 8**3
+
+
+def test_mpp_wrapper_flops_exceed_the_encoders_by_its_colour_head():
+    encoder = build_model({"zoo": "vit_micro_c10"})
+    assert train_flops_per_image(MaskedPatchPrediction(encoder)) == _mpp_flops(ARCHITECTURES["vit_micro_c10"])
+
+
+def test_init_history_adds_each_inits_own_training_from_its_sidecar(tmp_path):
+    # first: classifier, 5 steps of 4 images; second: pre-trained from first by mpp, 10 steps of 8 images
+    first = vitlab.save_model(build_model({"zoo": "vit_micro_c10"}), tmp_path / "first.safetensors",
+                              dict(config=dict(model="vit_micro_c10", batch_size=4), metrics=dict(step=5)))
+    second = vitlab.save_model(build_model({"zoo": "vit_micro_c10"}), tmp_path / "second.safetensors", dict(
+        config=dict(model="vit_micro_c10", objective="mpp", label_smoothing=0.0, batch_size=8, init=str(first)),
+        metrics=dict(step=10)))
+    cfg = ARCHITECTURES["vit_micro_c10"]
+    assert init_history(f"mpp:{second}") == (80 + 20, 80 * _mpp_flops(cfg) + 20 * _vit_flops(cfg))
+    assert init_history(str(first)) == (20, 20 * _vit_flops(cfg))
+    with pytest.raises(FileNotFoundError, match="init no_such_encoder: no weights file .* put them back"):
+        init_history("mpp:no_such_encoder")
+    bare = vitlab.save_model(build_model({"zoo": "vit_micro_c10"}), tmp_path / "bare.safetensors")  # no training
+    with pytest.raises(vitlab.training.config.ConfigError, match="bare.json does not say how its weights were trained"):
+        init_history(f"classify:{bare}")
+
+
+def test_committed_fine_tuned_runs_count_the_encoders_pre_training():
+    runs = result_files.read_runs(result_files.MPP_RESULTS)
+    pre = 7800 * 128  # the mpp encoder's steps x batch size (data/zoo/vit_tiny_c10_mpp.json)
+    assert len(runs) == 14 and all(r.init == "mpp:vit_tiny_c10_mpp" for r in runs)
+    for r in runs:
+        assert r.images_seen_total == r.images_seen + pre
+        assert r.train_flops_total == pytest.approx(r.train_flops + pre * _mpp_flops(ARCHITECTURES["vit_tiny_c10"]))
+
+
 @pytest.mark.parametrize("name", ["resnet_micro_c10", "resnet_tiny_c10"])
 def test_resnet_flops_match_a_hand_count(name):
     model = build_model({"zoo": name})
@@ -85,6 +124,7 @@ def test_sweep_records_every_run_and_skips_done_ones(fake_cifar, tmp_path, monke
         steps = r.subset_size // config.batch_size * r.epochs
         assert r.images_seen == steps * config.batch_size
         assert r.train_flops == r.flops_per_image * r.images_seen
+        assert (r.images_seen_total, r.train_flops_total) == (r.images_seen, r.train_flops)  # from scratch
         assert r.params == sum(p.numel() for p in build_model({"zoo": r.model}).parameters())
         recipe = zoo.train_config(r.model)  # the zoo entry's recipe, written once
         assert (r.optimizer, r.lr, r.weight_decay) == (recipe.optimizer, recipe.lr, recipe.weight_decay)
@@ -297,6 +337,9 @@ def test_a_sweep_from_pretrained_weights_keeps_its_runs_apart_from_runs_from_scr
     runs = sweep(tuned_config)
     assert len(runs) == 2 and {r.init for r in runs} == {"", "mpp:model"}  # not skipped as the scratch run
     (tuned,) = [r for r in runs if r.init]
+    pre_steps = json.loads(encoder.with_suffix(".json").read_text())["metrics"]["step"]  # of 64 images each
+    assert tuned.images_seen_total == tuned.images_seen + 64 * pre_steps
+    assert tuned.train_flops_total == tuned.train_flops + 64 * pre_steps * _mpp_flops(ARCHITECTURES["vit_micro_c10"])
     assert next(r for r in runs if not r.init) == scratch[0]
     folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert folders == ["vit_micro_c10-n100-s0-e2", "vit_micro_c10-n100-s0-e2-from-mpp-model"]

@@ -51,11 +51,21 @@ class RunRecord(RunOf):
     hardware: str = ""
     images_seen: int = 0  # steps x batch size
     flops_per_image: float = 0.0
+    images_seen_total: int | None = None  # the weights' whole history: images_seen plus the init's (None: own)
+    train_flops_total: float | None = None  # ... and train_flops plus the init's training FLOPs
     optimizer: str = ""
     lr: float = 0.0
     weight_decay: float = 0.0
     code_version: str = ""  # git commit of vitlab
     fewshot: dict[int, float] = field(default_factory=dict)  # shots per class -> mean few-shot probe accuracy
+
+    def __post_init__(self) -> None:
+        if self.images_seen_total is None and self.train_flops_total is None and not self.init:
+            object.__setattr__(self, "images_seen_total", self.images_seen)  # from scratch: its own training
+            object.__setattr__(self, "train_flops_total", self.train_flops)
+        elif self.images_seen_total is None or self.train_flops_total is None:
+            raise TypeError(f"run {self.label} needs images_seen_total and train_flops_total (its init's training "
+                            "included, vitlab.training.sweep.init_history)")
 
 
 @dataclass(frozen=True, kw_only=True)

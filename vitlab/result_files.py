@@ -25,12 +25,12 @@ INSIDE_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_inside"
 
 #: Columns of ``<results>.csv`` (and the ``fields`` list of ``<results>.json``), in order.
 RUN_FIELDS = ("model", "family", "subset_size", "seed", "epochs", "test_accuracy", "train_flops", "params",
-              "wall_seconds", "hardware", "images_seen", "flops_per_image", "optimizer", "lr", "weight_decay",
-              "batch_size", "code_version", "init")
+              "wall_seconds", "hardware", "images_seen", "flops_per_image", "images_seen_total",
+              "train_flops_total", "optimizer", "lr", "weight_decay", "batch_size", "code_version", "init")
 # Key order of a run in <results>.json, as the sweep has always written it.
 _RUN_JSON_KEYS = ("model", "subset_size", "seed", "epochs", "family", "test_accuracy", "train_flops", "params",
-                  "wall_seconds", "hardware", "images_seen", "flops_per_image", "batch_size", "code_version",
-                  "optimizer", "lr", "weight_decay", "init")
+                  "wall_seconds", "hardware", "images_seen", "flops_per_image", "images_seen_total",
+                  "train_flops_total", "batch_size", "code_version", "optimizer", "lr", "weight_decay", "init")
 _FEWSHOT_PREFIX = "fewshot_"
 FEWSHOT_TAG = "-fewshot"
 _INSIDE_TAG = "-inside"
@@ -141,10 +141,25 @@ def write_run_probes(results: str | os.PathLike, probes: Sequence[RunProbe], com
     _write(results, FEWSHOT_TAG, [_probe_row(p) for p in probes], commands, fields)
 
 
-def read_runs(results: str | os.PathLike) -> list[RunRecord]:
-    """The runs of ``<results>.json`` (empty if none yet), in stored order, probe accuracies in ``.fewshot``."""
+def read_runs(results: str | os.PathLike, history: Callable[[str], tuple[int, float]] | None = None
+              ) -> list[RunRecord]:
+    """The runs of ``<results>.json`` (empty if none yet), in stored order, probe accuracies in ``.fewshot``.
+
+    ``history``: for a file older than the compute totals, maps a run's ``init`` to the images seen and training
+    FLOPs of those weights (:func:`vitlab.training.sweep.init_history`); runs from scratch need none.
+    """
+    def run(row: dict[str, Any]) -> RunRecord:
+        if row.get("init") and not {"images_seen_total", "train_flops_total"} <= row.keys():
+            if history is None:
+                raise ResultsFileError(
+                    f"{_file(results, '.json')} predates images_seen_total and train_flops_total, and a run in it "
+                    f"was fine-tuned from {row['init']}: read it with read_runs(..., history=vitlab.training.sweep."
+                    "init_history), which adds that init's training from its sidecar, and write_runs it back")
+            images, flops = history(row["init"])
+            row = dict(row, images_seen_total=row["images_seen"] + images, train_flops_total=row["train_flops"] + flops)
+        return RunRecord(**row)
     probes = {p.key: p.fewshot for p in read_run_probes(results)[0]}
-    runs = _records(results, "", lambda row: RunRecord(**row))[0]
+    runs = _records(results, "", run)[0]
     return [dataclasses.replace(r, fewshot=dict(probes.get(r.key, {}))) for r in runs]
 
 

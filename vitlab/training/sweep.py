@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import statistics
 from collections.abc import Callable
@@ -17,13 +18,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from .. import data, result_files
-from . import inside, zoo
-from .config import ConfigError, check_choices, command_line
-from ..models import ARCHITECTURES, build_model, check_spec, load_model
+from . import inside, mpp, zoo
+from .config import ConfigError, TrainConfig, check_choices, command_line, from_args
+from ..models import ARCHITECTURES, build_model, check_spec, load_model, weights_file
+from ..models.sidecar import read_sidecar, sidecar_path
 from ..analysis.distance import head_statistics, lowest_head
 from ..records import RunInside, RunProbe, RunRecord
 from .loop import train
-from .objectives import evaluate, init_objective
+from .objectives import evaluate, init_objective, objective_for
 from .evaluators import FewshotEvaluator, InsideViewEvaluator
 from .run_folder import MODEL, code_version
 from ..analysis.representations import PRE_LOGITS
@@ -153,15 +155,52 @@ def _check_init(config: SweepConfig) -> None:
 
 
 def train_flops_per_image(model: nn.Module, img_size: int = 32) -> float:
-    """FLOPs of one training step per image, counted by PyTorch (on a copy, with attention it can see into)."""
+    """FLOPs of one training step per image, counted by PyTorch (on a copy, with attention it can see into).
+
+    ``model``: a classifier, or a :class:`~vitlab.training.mpp.MaskedPatchPrediction` (encoder and colour head).
+    """
     model = copy.deepcopy(model).cpu().train()
     for module in model.modules():
         if hasattr(module, "fused_attn"):
             module.fused_attn = False
-    x = torch.randn(2, 3, img_size, img_size)
     with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
+        if isinstance(model, mpp.MaskedPatchPrediction):
+            images = torch.zeros(2, 3, img_size, img_size, dtype=torch.uint8)
+            loss = model.loss(images, torch.Generator().manual_seed(0))[0]
+        else:
+            loss = F.cross_entropy(model(torch.randn(2, 3, img_size, img_size)), torch.zeros(2, dtype=torch.long))
+        loss.backward()
     return counter.get_total_flops() / 2
+
+
+def init_history(init: str) -> tuple[int, float]:
+    """Images seen and training FLOPs (forward + backward) behind the weights a run started from, read from their
+    sidecar: steps x batch size images, each at :func:`train_flops_per_image` of what was trained (for masked patch
+    prediction the encoder with its colour head), plus the history of their own init.
+
+    ``init``: a run's ``init`` (``"mpp:vit_tiny_c10_mpp"``), or a zoo name or weights file.
+    """
+    return _history(init.partition(":")[2] or init, ())
+
+
+@functools.cache
+def _history(spec: str, after: tuple[str, ...]) -> tuple[int, float]:
+    path = weights_file(spec)
+    if path is None or not sidecar_path(path).is_file():
+        raise FileNotFoundError(f"init {spec}: no weights file or zoo checkpoint with its sidecar (<weights>.json) "
+                                "here, so its training cannot be counted; put them back (data/zoo/ for a zoo name), "
+                                "or add images_seen_total and train_flops_total to its runs by hand")
+    meta = read_sidecar(sidecar_path(path))
+    if "step" not in meta.metrics or "batch_size" not in meta.config or spec in after:
+        raise ConfigError(f"{sidecar_path(path)} does not say how its weights were trained ('step' in 'metrics', "
+                          f"'batch_size' in 'config') or they start from themselves ({' -> '.join((*after, spec))}); "
+                          "add what is missing to it")
+    config = from_args(TrainConfig, meta.config)
+    images = meta.metrics["step"] * config.batch_size
+    trained = objective_for(config).prepare(build_model(meta.architecture))
+    flops = images * train_flops_per_image(trained, config.img_size or ARCHITECTURES[config.model].img_size)
+    before = _history(config.init, (*after, spec)) if config.init else (0, 0.0)
+    return images + before[0], flops + before[1]
 
 
 def _ordered(runs: list[RunRecord]) -> list[RunRecord]:
@@ -181,8 +220,9 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
           on_run: Callable[[RunRecord], None] | None = None, progress: bool = False) -> list[RunRecord]:
     """Run every missing run of ``config``; all records in the results file. ``on_run`` gets each new record."""
     check(config)
+    before = init_history(config.init) if config.init else (0, 0.0)  # what the init had been trained with
     # Read the results first: a torn file stops here, before any data is loaded. Probes live in their own file.
-    done = [dataclasses.replace(r, fewshot={}) for r in result_files.read_runs(config.results)]
+    done = [dataclasses.replace(r, fewshot={}) for r in result_files.read_runs(config.results, init_history)]
     commands = _with(result_files.read_commands(config.results), config.command())
     train_set, test_set = data.cifar10("train"), data.cifar10("test")  # fails here without a dataset
     check(config, len(train_set[1]))
@@ -191,7 +231,7 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
     flops: dict[str, float] = {}  # training FLOPs per image, counted once per model
     bar = tqdm(todo, desc="sweep", unit="run", disable=not todo)  # a bar over runs, not a printed record each
     for run in bar:
-        record = _train_run(config, run, test_set, device, progress, flops)
+        record = _train_run(config, run, test_set, device, progress, flops, before)
         done.append(record)
         result_files.write_runs(config.results, _ordered(done), commands)
         bar.set_postfix_str(f"last: {run.model}, {run.subset_size:,} images, seed {run.seed}: "
@@ -202,11 +242,11 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
     inside_runs(config, progress=bool(todo))
     if config.fewshot:
         fewshot_runs(config, train_set, test_set)
-    return _ordered(result_files.read_runs(config.results))
+    return _ordered(result_files.read_runs(config.results, init_history))
 
 
 def _train_run(config: SweepConfig, run: Run, test_set: _Split, device: str | torch.device | None,
-               progress: bool, flops: dict[str, float]) -> RunRecord:
+               progress: bool, flops: dict[str, float], before: tuple[int, float]) -> RunRecord:
     entry, test_x, test_y = zoo.entry(run.model), *test_set
     settings = zoo.train_config(
         run.model, subset_size=run.subset_size, seed=run.seed, epochs=run.epochs, batch_size=run.batch_size,
@@ -222,6 +262,7 @@ def _train_run(config: SweepConfig, run: Run, test_set: _Split, device: str | to
         test_accuracy=evaluate(result.model, test_x, test_y), train_flops=flops[run.model] * seen,
         params=result.record["params"], wall_seconds=round(result.record["wall_seconds"], 1),
         hardware=result.record["hardware"], images_seen=seen, flops_per_image=flops[run.model],
+        images_seen_total=seen + before[0], train_flops_total=flops[run.model] * seen + before[1],
         optimizer=settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
         batch_size=run.batch_size, code_version=code_version(), init=run.init, fewshot={})
 
@@ -234,8 +275,8 @@ def fewshot_runs(config: SweepConfig, train_set: _Split | None = None, test_set:
     commands = _with(commands, config.command())
     skip = {_key(p) for p in probes if p.probe_setting == setting}
     wanted = {_key(run) for run in config.runs()}
-    todo = [r for r in result_files.read_runs(config.results) if _key(r) in wanted and _key(r) not in skip
-            and (_run_dir(config, r) / MODEL).is_file()]
+    todo = [r for r in result_files.read_runs(config.results, init_history)
+            if _key(r) in wanted and _key(r) not in skip and (_run_dir(config, r) / MODEL).is_file()]
     if not todo:
         return probes
     (train_x, train_y), (test_x, test_y) = train_set or data.cifar10("train"), test_set or data.cifar10("test")
@@ -259,8 +300,9 @@ def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
     views, commands = result_files.read_run_insides(config.results)  # a torn file stops here, before the data
     commands = _with(commands, config.command())
     have, wanted = {v.key for v in views}, {_key(run) for run in config.runs()}
-    todo = [r for r in result_files.read_runs(config.results) if r.family != "resnet" and _key(r) in wanted
-            and _key(r) not in have and (_run_dir(config, r) / MODEL).is_file()]
+    todo = [r for r in result_files.read_runs(config.results, init_history)
+            if r.family != "resnet" and _key(r) in wanted and _key(r) not in have
+            and (_run_dir(config, r) / MODEL).is_file()]
     if not todo:
         return views
     images = inside.probe_images()

@@ -22,7 +22,7 @@ from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, 
 
 class SweepExplorer(Explorer):
     """Accuracy against training-set size or FLOPs, from sweep runs, with a table; pass :meth:`add` as ``on_run``."""
-    AXES = {"training images": "subset_size", "training FLOPs": "train_flops"}
+    AXES = {"training images": "subset_size", "training FLOPs": "train_flops_total"}
     n_figures = 2
 
     def __init__(self, records: Sequence[RunRecord], title: str = ""):

@@ -30,10 +30,12 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
                  title: str | None = None, shots: int | None = None) -> go.Figure:
     """Accuracy (mean ± std over seeds) against ``x``, training images or FLOPs, per model (paper Fig. 3 and 5).
 
+    ``x``: ``"subset_size"`` or ``"train_flops_total"`` (all training of the weights, an init's pre-training included).
+
     ``models``: labels to draw (default all); ``shots``: k for the k-shot probe accuracy (Fig. 4), None for test.
     """
-    if x not in ("subset_size", "train_flops"):
-        raise ValueError(f"x must be 'subset_size' or 'train_flops', got {x!r}")
+    if x not in ("subset_size", "train_flops_total"):
+        raise ValueError(f"x must be 'subset_size' or 'train_flops_total', got {x!r}")
     value = (lambda r: r.test_accuracy) if shots is None else (lambda r: r.fewshot.get(shots))
     records = [r for r in records if value(r) is not None]
     family = {r.label: r.family for r in records}  # runs fine-tuned from pre-trained weights are series of their own
@@ -59,24 +61,25 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
     return layout(
         fig, title or ("Accuracy vs training-set size" if by_size else "Accuracy vs training compute"), 900, 440,
         xaxis=dict(type="log", title="Training images (class-stratified CIFAR-10 subset)" if by_size
-                   else "Training FLOPs (forward + backward, all epochs)"),
+                   else "Training FLOPs (forward + backward, all epochs, pre-training included)"),
         yaxis=dict(title="CIFAR-10 test accuracy (10,000 images)" if shots is None
                    else f"{shots}-shot linear probe accuracy", tickformat=".0%", rangemode="tozero"))
 
 
 def sweep_table(records: list[RunRecord]) -> go.Figure:
-    """The sweep as a table: per model and subset size, epochs, accuracy (mean ± std over seeds), FLOPs, time."""
+    """The sweep as a table: per model and subset size, epochs, accuracy (mean ± std over seeds), FLOPs (an init's
+    pre-training included), time."""
     columns: list[list] = [[] for _ in range(7)]
     for name in sorted({r.label for r in records}):
         for size, runs in _by_size([r for r in records if r.label == name]).items():
-            acc, flops = spread(r.test_accuracy for r in runs), spread(r.train_flops for r in runs)
+            acc, flops = spread(r.test_accuracy for r in runs), spread(r.train_flops_total for r in runs)
             accuracy = f"{acc.mean:.1%}" + (f" ± {acc.std:.1%}" if acc.n > 1 else "")
             row = [name, f"{size:,}", runs[0].epochs, len(runs), accuracy, f"{flops.mean:.2e}",
                    duration(spread(r.wall_seconds for r in runs).mean)]
             for column, value in zip(columns, row):
                 column.append(value)
-    return table(["model", "training images", "epochs", "seeds", "test accuracy", "training FLOPs", "time per run"],
-                 columns, [1.4, 1.1, 0.7, 0.6, 1.3, 1.1, 1.0], 860)
+    return table(["model", "training images", "epochs", "seeds", "test accuracy", "FLOPs with pre-training",
+                  "time per run"], columns, [1.4, 1.1, 0.7, 0.6, 1.3, 1.1, 1.0], 860)
 
 
 def probe_depth_figure(records: list[ProbeRecord], shots: int, title: str | None = None) -> go.Figure:

@@ -66,6 +66,7 @@ class RecipesReadout(Readout):
     arms: list[str]  # arm labels, in the comparison's order
     seeds: dict[str, list[int]]
     accuracy: dict[str, list[float]]  # test accuracy at ``epoch`` (fractions)
+    images_seen: dict[str, list[int]]  # training images seen by ``epoch`` (steps x batch size)
     lowest: dict[str, list[float]]  # the lowest layer's most local head at ``epoch`` (pixels)
     low: dict[str, list[float]]  # its 95% interval over the probe images (pixels); empty before the final epoch
     high: dict[str, list[float]]
@@ -76,6 +77,13 @@ class RecipesReadout(Readout):
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
+
+
+def _check_compute(runs: Sequence[RunRecord]) -> None:
+    """Refuse runs without recorded training compute: the arms' compute ratio would divide by zero."""
+    if missing := sorted({r.label for r in runs if not r.train_flops_total or not r.images_seen_total}):
+        raise ValueError(f"runs of {missing} record no training compute (images_seen, train_flops): compare runs "
+                         "as python -m vitlab sweep records them")
 
 
 def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
@@ -95,12 +103,14 @@ def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
     local = {a: [h < LOCAL_FRACTION * uniform for h in (high[a] or lowest[a])] for a in arms}
     structure = {a: [v.position_distance for v in vs] for a, vs in views.items()}
     seeds = {a: [r.seed for r in runs] for a, runs in comparison.arms.items()}
+    seen = {a: [r.view_at(epoch).step * r.config["batch_size"] for r in runs] for a, runs in comparison.arms.items()}
     def arm_text(a: str) -> str:
         runs = ", ".join(
             f"seed {s}: {px(x)}" + (f" (95% interval {lo:.1f} to {hi:.1f} over images)" if final else "")
             for s, x, lo, hi in zip(seeds[a], lowest[a], low[a] or lowest[a], high[a] or lowest[a]))
         layer1 = _mean([v.layer_means[0] for v in views[a]])
-        return (f"{a}: test accuracy {', '.join(f'{x:.1%}' for x in accuracy[a])} (mean {_mean(accuracy[a]):.1%}); "
+        return (f"{a}: {' / '.join(f'{n:,}' for n in dict.fromkeys(seen[a]))} images seen, test accuracy "
+                f"{', '.join(f'{x:.1%}' for x in accuracy[a])} (mean {_mean(accuracy[a]):.1%}); "
                 f"lowest layer's most local head {runs}; layer-1 mean over heads {px(layer1)}; position structure "
                 f"ρ {', '.join(number(x, 2) for x in structure[a])}")
     first, *rest = arms
@@ -116,7 +126,8 @@ def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
             f"{verdict} ({'its 95% interval' if final else 'its value'} below {LOCAL_FRACTION:.0%} of uniform).")
     return RecipesReadout(
         figure="Fig. 7 (right) by training recipe", text=text, paper=PAPER_RECIPES, epoch=epoch, arms=arms, seeds=seeds,
-        accuracy=accuracy, lowest=lowest, low=low, high=high, structure=structure, uniform=uniform, local=local)
+        accuracy=accuracy, images_seen=seen, lowest=lowest, low=low, high=high, structure=structure, uniform=uniform,
+        local=local)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,6 +171,12 @@ class FinetuneReadout(Readout):
     scratch: dict[int, list[float]]  # per size, each seed's test accuracy (fractions)
     tuned: dict[int, list[float]]
     gain: dict[int, float]  # per size, mean fine-tuned minus mean from scratch (fractions)
+    scratch_images: dict[int, int]  # per size, images seen by a run from scratch (mean over seeds)
+    tuned_images: dict[int, int]  # ... by a fine-tuned run, its init's training included (images_seen_total)
+    scratch_flops: dict[int, float]  # per size, training FLOPs (forward + backward) of a run from scratch
+    tuned_flops: dict[int, float]  # ... of a fine-tuned run, its init's training included (train_flops_total)
+    images_ratio: dict[int, float]  # tuned_images / scratch_images
+    flops_ratio: dict[int, float]  # tuned_flops / scratch_flops
 
 
 def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on: int | None = None) -> FinetuneReadout:
@@ -175,24 +192,38 @@ def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on:
     if not sizes:
         raise ValueError(f"no size has runs of {model} both from scratch and fine-tuned from {init}")
     gain = {n: _mean(tuned[n]) - _mean(scratch[n]) for n in sizes}
+    _check_compute([r for r in mine if r.subset_size in sizes and r.init in ("", init)])
+    def total(arm: str, name: str) -> dict[int, float]:
+        return {n: _mean([getattr(r, name) for r in mine if r.init == arm and r.subset_size == n]) for n in sizes}
+    images = {arm: {n: round(v) for n, v in total(arm, "images_seen_total").items()} for arm in ("", init)}
+    flops = {arm: total(arm, "train_flops_total") for arm in ("", init)}
+    images_ratio = {n: images[init][n] / images[""][n] for n in sizes}
+    flops_ratio = {n: flops[init][n] / flops[""][n] for n in sizes}
     def said(n: int) -> str:
         def acc(xs: list[float]) -> str:
             return f"{_mean(xs):.1%}" + (f" ± {100 * statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
-        return f"{n:,} labels: {acc(tuned[n])} vs {acc(scratch[n])} ({100 * gain[n]:+.1f} points)"
+        return (f"{n:,} labels: {acc(tuned[n])} vs {acc(scratch[n])} ({100 * gain[n]:+.1f} points) with "
+                f"{images_ratio[n]:.1f}x the images seen ({images[init][n]:,} vs {images[''][n]:,}) and "
+                f"{flops_ratio[n]:.1f}x the FLOPs ({flops[init][n]:.2e} vs {flops[''][n]:.2e})")
     helped = [n for n in sizes if gain[n] > 0]
     verdict = ("pre-training helps at every size" if len(helped) == len(sizes) else
                f"pre-training helps at {len(helped)} of {len(sizes)} sizes" if helped else
                "pre-training helps at no size")
     most, least = max(sizes, key=gain.get), min(sizes, key=gain.get)
-    text = (f"Fine-tuned from {init} vs {model} from scratch, same recipe and budget (mean over seeds ± std): "
-            + "; ".join(said(n) for n in sizes) + f". {verdict.capitalize()}"
+    low, high = min(flops_ratio.values()), max(flops_ratio.values())
+    text = (f"Fine-tuned from {init} vs {model} from scratch, same recipe and fine-tuning budget (mean over seeds ± "
+            "std; compute counts the pre-training): " + "; ".join(said(n) for n in sizes) + f". {verdict.capitalize()}"
             + (f"; the gain is largest at {most:,} labels ({100 * gain[most]:+.1f} points) and smallest at "
                f"{least:,} ({100 * gain[least]:+.1f})." if len(sizes) > 1 else ".")
+            + (f" The fine-tuned arm had {number(low, 1)}-{number(high, 1)}x the training FLOPs of the arm from "
+               "scratch: these gains are not at equal compute." if low > 1.05 else "")
             + (f" The encoder was pre-trained without labels on {pretrained_on:,} CIFAR-10 training images, those the "
                "labelled subsets are drawn from: this tests the objective, not more data." if pretrained_on else ""))
     return FinetuneReadout(figure="masked patch prediction, then fine-tuning (paper 4.6)", text=text, paper=PAPER_MPP,
                            model=model, init=init, sizes=sizes, scratch={n: scratch[n] for n in sizes},
-                           tuned={n: tuned[n] for n in sizes}, gain=gain)
+                           tuned={n: tuned[n] for n in sizes}, gain=gain, scratch_images=images[""],
+                           tuned_images=images[init], scratch_flops=flops[""], tuned_flops=flops[init],
+                           images_ratio=images_ratio, flops_ratio=flops_ratio)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,8 +233,10 @@ class FamiliesReadout(Readout):
     sizes: list[int]  # the training-set sizes every model ran, ascending
     accuracy: dict[str, dict[int, list[float]]]  # model -> size -> each seed's test accuracy (fractions)
     flops_per_image: dict[str, float]  # model -> training FLOPs of one image (forward and backward)
+    train_flops: dict[str, dict[int, float]]  # model -> size -> training FLOPs of a run (train_flops_total, mean)
     best: dict[int, str]  # size -> the model with the highest mean test accuracy
     gaps: dict[tuple[str, str], dict[int, float]]  # (a, b) -> size -> mean accuracy of a minus b, each pair in order
+    ahead: dict[tuple[str, str], str]  # (a, b) -> the one of the two ahead at more sizes (a on a tie)
 
 
 def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
@@ -223,20 +256,31 @@ def families(runs: Sequence[RunRecord]) -> FamiliesReadout:
     best = {n: max(models, key=lambda m: mean[m][n]) for n in sizes}
     gaps = {(a, b): {n: mean[a][n] - mean[b][n] for n in sizes} for a, b in itertools.combinations(models, 2)}
     flops = {m: next(r.flops_per_image for r in scratch if r.model == m) for m in models}
+    _check_compute([r for r in scratch if r.model in models and r.subset_size in sizes])
+    total = {m: {n: _mean([r.train_flops_total for r in scratch if r.model == m and r.subset_size == n]) for n in sizes}
+             for m in models}
+    ahead = {(a, b): b if sum(v < 0 for v in g.values()) > sum(v > 0 for v in g.values()) else a
+             for (a, b), g in gaps.items()}
     def at(n: int) -> str:
         ranked = sorted(models, key=lambda m: -mean[m][n])
         seeds = {m: f" ({len(acc[m][n])} seeds)" if len(acc[m][n]) > 1 else "" for m in models}
         return f"{n:,} images: " + " > ".join(f"{m} {mean[m][n]:.1%}{seeds[m]}" for m in ranked)
     def pair(a: str, b: str) -> str:
-        g = gaps[a, b]
-        ahead = sum(v > 0 for v in g.values())
-        return (f"{a} ahead of {b} at {ahead} of {len(sizes)} sizes ({100 * g[sizes[0]]:+.1f} points at "
-                f"{sizes[0]:,} images, {100 * g[sizes[-1]]:+.1f} at {sizes[-1]:,})")
+        lead, other = (a, b) if ahead[a, b] == a else (b, a)
+        g = {n: v if lead == a else -v for n, v in gaps[a, b].items()}  # lead minus other
+        def by(n: int) -> str:
+            return f"{'ahead' if g[n] >= 0 else 'behind'} by {abs(100 * g[n]):.1f} points at {n:,} images"
+        ratios = sorted({number(total[lead][n] / total[other][n], 1) for n in sizes}, key=float)
+        span = ratios[0] if len(ratios) == 1 else f"{ratios[0]}-{ratios[-1]}"
+        return (f"{lead} is ahead of {other} at {sum(v > 0 for v in g.values())} of {len(sizes)} sizes "
+                f"({by(sizes[0])}, {by(sizes[-1])}), with {span}x its training FLOPs")
     text = ("Test accuracy on the 10,000 test images (mean over the seeds run, one where not said): "
             + "; ".join(at(n) for n in sizes) + ". Pairwise: " + "; ".join(pair(a, b) for a, b in gaps)
-            + ". Training FLOPs per image: " + ", ".join(f"{m} {flops[m] / 1e6:.0f} M" for m in models) + ".")
+            + ". Training FLOPs per image: " + ", ".join(f"{m} {flops[m] / 1e6:.0f} M" for m in models)
+            + f"; per run at {sizes[0]:,} and {sizes[-1]:,} images (all epochs): "
+            + ", ".join(f"{m} {total[m][sizes[0]]:.2e} and {total[m][sizes[-1]]:.2e}" for m in models) + ".")
     return FamiliesReadout(figure="Fig. 5, small scale", text=text, paper=PAPER_FAMILIES, models=models, sizes=sizes,
-                           accuracy=acc, flops_per_image=flops, best=best, gaps=gaps)
+                           accuracy=acc, flops_per_image=flops, train_flops=total, best=best, gaps=gaps, ahead=ahead)
 
 
 @dataclass(frozen=True, kw_only=True)
