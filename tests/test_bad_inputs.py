@@ -106,6 +106,17 @@ def _publish_onto_shipped(tmp: Path) -> None:
     cli("publish", str(_finished(tmp, model="vit_tiny_c10")), "vit_tiny_c10")
 
 
+def _settings_file(tmp: Path, **settings) -> None:
+    """``python -m vitlab train --config <tmp>/run.json`` with ``settings`` in the file."""
+    (tmp / "run.json").write_text(json.dumps(settings))
+    cli("train", "--config", str(tmp / "run.json"), "--out", str(tmp / "run"))
+
+
+def _sweep(*flags: str):
+    """A CLI row: ``python -m vitlab sweep *flags`` with its folders in the row's tmp."""
+    return lambda tmp: cli("sweep", *flags, "--out", str(tmp / "runs"), "--results", str(tmp / "results"))
+
+
 _AFTER_DATA = "after loading the data, a traceback: "
 
 RUNS_ROWS: dict[str, Bad] = {
@@ -177,6 +188,24 @@ RUNS_ROWS: dict[str, Bad] = {
     "runs-checkpoint-every-negative": Bad(
         _train("--checkpoint-every", "-1"), SystemExit, "--checkpoint-every -1: must be 0",
         before="the same kind of line from the CLI; train(checkpoint_every=-1) checkpointed after every step"),
+    "runs-eval-every-0": Bad(
+        _train("--eval-every", "0"), SystemExit, "--eval-every 0: must be a whole number of epochs, 1 or more",
+        before="(new flag)"),
+    "runs-eval-every-negative": Bad(
+        _train("--eval-every", "-3"), SystemExit, "--eval-every -3: must be a whole number of epochs",
+        before="(new flag)"),
+    "runs-eval-every-fraction-in-a-file": Bad(
+        lambda tmp: _settings_file(tmp, eval_every=2.5), SystemExit, "--eval-every 2.5: must be a whole number",
+        before="(new setting)"),
+    "runs-sweep-eval-every-0": Bad(
+        _sweep("--eval-every", "0"), SystemExit, "--eval-every 0: must be a whole number of epochs, 1 or more",
+        before="(new flag)"),
+    "runs-sweep-two-warmups": Bad(
+        _sweep("--warmup-fraction", "0.1", "--warmup-epochs", "2"), SystemExit,
+        "--warmup-fraction 0.1 and --warmup-epochs 2.0: give one", before="(new flag)"),
+    "runs-sweep-warmup-over-the-shortest-run": Bad(
+        _sweep("--sizes", "1000", "50000", "--warmup-epochs", "6"), SystemExit,
+        "--warmup-epochs 6.0: must be 0..5 (the shortest run's epochs)", before="(new flag)"),
     "runs-finished-other-settings": Bad(
         _other_settings, SystemExit, "finished run with other settings (epochs 1 in the finished run, 2 now)",
         before="trained from the start and silently replaced model.safetensors, model.json and metrics.jsonl "

@@ -160,6 +160,36 @@ def test_committed_commands_still_parse_and_are_written_the_same(monkeypatch):
         assert written == command or set(command.split()) < set(written.split())  # later flags spelled out
 
 
+def test_the_cadence_flags_map_onto_train_and_sweep_and_are_written_only_when_set(monkeypatch, tmp_path, capsys):
+    seen = _capture_train(monkeypatch)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--eval-every", "2.5"])
+    assert capsys.readouterr().err.splitlines()[-1].endswith("argument --eval-every: invalid int value: '2.5'")
+    cli.main(["train", "--model", "vit_micro_c10", "--eval-every", "12"])
+    assert seen[0][0] == TrainConfig(model="vit_micro_c10", eval_every=12)
+    assert " --eval-every 12 " in config.command_line("python -m vitlab train", seen[0][0]) + " "
+    # At its default the flag is left out, so commands recorded before it existed are written as they were.
+    assert "--eval-every" not in config.command_line("python -m vitlab train", TrainConfig())
+    swept = []
+    monkeypatch.setattr(cli, "sweep", lambda c, progress: swept.append(c) or [])
+    cli.main(["sweep", "--sizes", "1000", "--warmup-epochs", "2", "--eval-every", "12", "--results", str(tmp_path)])
+    assert swept[0] == sweep.SweepConfig(sizes=(1000,), warmup_epochs=2.0, eval_every=12, results=str(tmp_path))
+    command = swept[0].command()
+    assert "--warmup-fraction" not in command and " --warmup-epochs 2.0 " in command
+    cli.main(command.split()[3:])
+    assert swept[1] == swept[0]
+
+
+def test_settings_saved_before_the_cadence_existed_read_as_every_epoch(tmp_path):
+    saved = dataclasses.asdict(TrainConfig(model="vit_micro_c10", epochs=4))
+    del saved["eval_every"]  # a sidecar or checkpoint of an earlier version
+    assert config.from_args(TrainConfig, saved).eval_every == 1
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(saved))
+    assert config.from_args(TrainConfig, config.read_file(path, TrainConfig)) == TrainConfig(model="vit_micro_c10",
+                                                                                          epochs=4)
+
+
 @pytest.mark.parametrize("suffix, text", [
     (".json", '{"model": "vit_small_c10", "lr": 0.5, "flip": false, "out": "runs/from-file"}'),
     (".toml", 'model = "vit_small_c10"\nlr = 0.5\nflip = false\nout = "runs/from-file"\n'),

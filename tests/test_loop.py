@@ -15,7 +15,7 @@ import torch
 import vitlab
 
 from vitlab import data, models
-from vitlab.training import loop, objectives
+from vitlab.training import inside, loop, objectives, run_folder
 from vitlab.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,3 +264,69 @@ def test_cpu_bf16_training_uses_unfused_attention_and_puts_it_back(tmp_path, fak
     fresh = models.build_model({"zoo": "vit_micro_c10"})
     assert [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")] == [
         m.fused_attn for m in fresh.modules() if hasattr(m, "fused_attn")]  # back as built
+
+
+# --- evaluation cadence ---------------------------------------------------------------------
+
+CADENCE = dict(model="vit_micro_c10", subset_size=320, epochs=7, batch_size=64, eval_size=50, warmup_epochs=1.0)
+_SAME = ("epoch", "step", "loss", "train_accuracy", "test_accuracy", "lr")  #: a row's fields but its timings
+
+
+def cadence_run(out, monkeypatch, stop_after=None, **change):
+    """Train the 7-epoch micro ViT of 5 steps an epoch into ``out``, or stop it after epoch ``stop_after`` (a
+    KeyboardInterrupt once that epoch's inside view is written); its weights, metrics rows, inside-view epochs and
+    distances, and the steps it checkpointed at."""
+    checkpointed = []
+    save, record = loop.save_checkpoint, loop.record_inside
+
+    def record_then_stop(out, view, tensors):
+        record(out, view, tensors)
+        if view.epoch == stop_after:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "save_checkpoint", lambda out, **kw: checkpointed.append(kw["step"]) or save(out, **kw))
+        patch.setattr(loop, "record_inside", record_then_stop)
+        try:
+            loop.train(TrainConfig(**CADENCE, **change), out, progress=False)
+        except KeyboardInterrupt:  # stopped: the steps it checkpointed at are all there is to say
+            return dict(checkpointed=checkpointed)
+    views = run_folder.read_inside(out)
+    return dict(weights=safetensors.torch.load_file(out / "model.safetensors"),
+                rows=[{k: r[k] for k in _SAME} for r in run_folder.read_metrics(out)],
+                inside=[(v.epoch, v.step, v.distance) for v in views], checkpointed=checkpointed)
+
+
+def test_the_cadence_changes_when_a_run_evaluates_and_checkpoints_never_its_weights(tmp_path, fake_cifar,
+                                                                                    monkeypatch):
+    every_epoch = cadence_run(tmp_path / "every-1", monkeypatch)
+    every_third = cadence_run(tmp_path / "every-3", monkeypatch, eval_every=3)
+    weights = every_epoch["weights"]
+    assert weights.keys() == every_third["weights"].keys()
+    assert all(torch.equal(weights[k], every_third["weights"][k]) for k in weights)
+    evaluated = [e for e in range(1, 8) if e % 3 == 0 or e == 7]  # every third epoch, and always the last
+    assert [r["epoch"] for r in every_epoch["rows"]] == list(range(1, 8))
+    assert every_third["rows"] == [r for r in every_epoch["rows"] if r["epoch"] in evaluated]
+    assert every_third["checkpointed"] == [5 * e for e in evaluated]
+    assert every_epoch["checkpointed"] == [5 * e for e in range(1, 8)]
+    # Inside views stay at the usual epochs (all 7 of a 7-epoch run), whatever the cadence.
+    assert [v[0] for v in every_third["inside"]] == inside.recorded_epochs(7) == list(range(1, 8))
+    assert every_third["inside"] == every_epoch["inside"]
+
+
+@pytest.mark.parametrize("resumed_every, evaluated", [(3, [3, 6, 7]), (2, [3, 4, 6, 7])])
+def test_a_run_stopped_between_checkpoints_resumes_to_the_uninterrupted_weights_and_metrics(
+        tmp_path, fake_cifar, monkeypatch, resumed_every, evaluated):
+    uninterrupted = cadence_run(tmp_path / "whole", monkeypatch)
+    out = tmp_path / "stopped"
+    assert cadence_run(out, monkeypatch, stop_after=5, eval_every=3)["checkpointed"] == [15]  # epoch 3's only
+    assert [r["epoch"] for r in run_folder.read_metrics(out)] == [3]
+    assert [v.epoch for v in run_folder.read_inside(out)] == [1, 2, 3, 4, 5]  # 4 and 5 are redone on resuming
+    # Resumed from epoch 3 under the same cadence, or another (when, not what: the run's settings are the same).
+    resumed = cadence_run(out, monkeypatch, eval_every=resumed_every)
+    assert resumed["checkpointed"] == [5 * e for e in evaluated if e > 3]
+    assert all(torch.equal(uninterrupted["weights"][k], resumed["weights"][k]) for k in uninterrupted["weights"])
+    assert resumed["rows"] == [r for r in uninterrupted["rows"] if r["epoch"] in evaluated]
+    assert resumed["inside"] == uninterrupted["inside"]
+    again = loop.train(TrainConfig(**CADENCE, eval_every=4), out, progress=False)  # finished: given back as it is
+    assert again.record["step"] == 35 and run_folder.read_metrics(out)[-1]["epoch"] == 7

@@ -52,6 +52,13 @@ def test_changes_name_each_differing_setting_and_skip_keys_that_are_no_setting()
     assert run_folder.changes(dataclasses.asdict(_Settings()), _Settings()) == []
 
 
+def test_the_cadence_is_no_change_of_settings():
+    saved = dataclasses.asdict(TrainConfig())
+    del saved["eval_every"]  # a checkpoint or sidecar of an earlier version
+    assert run_folder.changes(saved, TrainConfig()) == run_folder.changes(saved, TrainConfig(eval_every=5)) == []
+    assert run_folder.changes(saved, TrainConfig(epochs=5, eval_every=5)) == ["epochs 30 in the checkpoint, 5 now"]
+
+
 def _model_and_optimizer(seed):
     torch.manual_seed(seed)
     model = nn.Linear(4, 3)

@@ -8,7 +8,7 @@ import torch
 
 import vitlab
 from vitlab import data, records, result_files
-from vitlab.training import zoo
+from vitlab.training import run_folder, zoo
 from vitlab.training import sweep as sweep_mod
 from vitlab.models import ARCHITECTURES, build_model, load_model
 from vitlab.training.mpp import MaskedPatchPrediction
@@ -27,6 +27,12 @@ def test_budget_rule_gives_at_least_epochs_and_min_samples():
     runs = SweepConfig(models=("a", "b"), sizes=(500, 100), seeds=(1, 0)).runs()
     assert [(r.seed, r.subset_size, r.model) for r in runs][:3] == [(1, 100, "a"), (1, 100, "b"), (1, 500, "a")]
     assert len(runs) == 8
+
+
+def test_warmup_is_a_share_of_each_run_or_the_same_epochs_in_every_run():
+    assert SweepConfig().warmup_for(50) == 0.1 * 50  # neither set: a tenth, as sweeps always had
+    assert SweepConfig(warmup_fraction=0.25).warmup_for(8) == 2.0
+    assert SweepConfig(warmup_epochs=2.0).warmup_for(1164) == SweepConfig(warmup_epochs=2.0).warmup_for(25) == 2.0
 
 
 def _vit_flops(cfg, classes=10):
@@ -241,6 +247,21 @@ def test_a_torn_csv_is_rewritten_from_the_json(fake_cifar, tmp_path, monkeypatch
     monkeypatch.setattr(sweep_mod, "train", lambda *a, **kw: pytest.fail("retrained a finished run"))
     assert sweep(config) == sorted(done, key=lambda r: (r.family, r.model, r.subset_size, r.seed, r.epochs))
     assert table.read_bytes() == whole
+
+
+def test_each_run_gets_the_sweeps_warmup_epochs_and_cadence_which_is_not_part_of_its_identity(
+        fake_cifar, tmp_path, monkeypatch):
+    config = _tiny(tmp_path, models=("vit_micro_c10",), min_samples=600, warmup_epochs=2.0, eval_every=2)
+    trained, real_train = [], sweep_mod.train
+    monkeypatch.setattr(sweep_mod, "train", lambda cfg, out, **kw: trained.append(cfg) or real_train(cfg, out, **kw))
+    runs = sweep(config)
+    assert [(c.subset_size, c.epochs, c.warmup_epochs, c.eval_every) for c in trained] == [(100, 6, 2.0, 2),
+                                                                                          (200, 3, 2.0, 2)]
+    for run, evaluated in zip(runs, ([2, 4, 6], [2, 3])):  # every second epoch and the last
+        folder = tmp_path / "runs" / f"vit_micro_c10-n{run.subset_size}-s0-e{run.epochs}"
+        assert [r["epoch"] for r in run_folder.read_metrics(folder)] == evaluated
+    # The cadence changes when runs evaluate, not their weights: the same runs under another are done already.
+    assert sweep(dataclasses.replace(config, eval_every=1)) == runs and len(trained) == 2
 
 
 @pytest.mark.parametrize("change, message", [

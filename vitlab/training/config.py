@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 TRAIN_IMAGES, TEST_IMAGES, IMAGE_SIZE = 50_000, 10_000, 32  #: CIFAR-10's, and its image side in pixels
+#: Field metadata of a setting that says when a run evaluates, not what it trains: a run resumes, or is given back
+#: finished, under another value (:func:`vitlab.training.run_folder.changes`), and a command written at its default
+#: leaves it out, as commands were written before it existed.
+CADENCE = {"cadence": True}
 
 
 class ConfigError(ValueError):
@@ -128,10 +132,13 @@ def check_choices(config: Any) -> None:
 
 
 def command_line(prog: str, config: Any) -> str:
-    """The command, starting with ``prog``, whose flags rebuild ``config`` exactly (defaults spelled out too)."""
+    """The command, starting with ``prog``, whose flags rebuild ``config`` exactly (defaults spelled out too,
+    except :data:`CADENCE` settings at theirs)."""
     parts = [prog]
     for field in dataclasses.fields(config):
         value, default, flag = getattr(config, field.name), _default(field), _flag(field.name)
+        if value == default and field.metadata.get("cadence"):
+            continue
         if value is None or value == ():
             if value == default:
                 continue
@@ -191,7 +198,10 @@ class TrainConfig:
         flip: random horizontal flips.
         precision: auto (bf16 on GPUs, fp32 on CPUs), bf16 or fp32.
         compile: torch.compile the model (GPU).
-        eval_size: class-stratified test subset scored after every epoch; None: all 10,000.
+        eval_size: class-stratified test subset scored at each evaluation; None: all 10,000.
+        eval_every: evaluate on the eval_size images, log a metrics row and checkpoint every this many
+            epochs and after the last (inside views keep their epochs); when, not what: the weights
+            are the same for every value, and a run resumes under another.
     """
 
     model: str = "vit_tiny_c10"
@@ -216,6 +226,7 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
     eval_size: int | None = None
+    eval_every: int = dataclasses.field(default=1, metadata=CADENCE)
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -116,7 +116,9 @@ def _rules(c: TrainConfig, checkpoint_every: int) -> list[tuple[str, Any, bool, 
         ("crop_padding", c.crop_padding, 0 <= c.crop_padding < IMAGE_SIZE,
          f"0..{IMAGE_SIZE - 1} pixels (reflection padding stays below the {IMAGE_SIZE}-pixel CIFAR image size)"),
         ("img_size", c.img_size, c.img_size is None or (c.img_size >= 1 and c.img_size % (patch or 1) == 0), size_rule),
-        ("checkpoint_every", checkpoint_every, checkpoint_every >= 0, "0 (epoch ends only) or more steps"),
+        ("eval_every", c.eval_every, type(c.eval_every) is int and c.eval_every >= 1,
+         "a whole number of epochs, 1 or more"),
+        ("checkpoint_every", checkpoint_every, checkpoint_every >= 0, "0 (evaluated epochs only) or more steps"),
     ]
 
 
@@ -194,7 +196,8 @@ def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.de
     Args:
         device: default: the local rank's GPU when there is one, else the CPU.
         progress: print a start line and a bar per epoch; else report to :data:`log`.
-        checkpoint_every: also checkpoint every this many steps (0: at epoch ends only).
+        checkpoint_every: also checkpoint every this many steps (0: at evaluated epochs only, see
+            ``config.eval_every``).
         inside: record a ViT's inside views (:mod:`vitlab.training.inside`); the weights are the same either way.
     """
     out = Path(out)
@@ -217,20 +220,25 @@ def _epochs(run: _Run, tensors: tuple[torch.Tensor, ...], record: dict[str, Any]
     while run.step < run.total:
         epoch = run.step // run.steps_per_epoch + 1  # 1-based: the epoch this pass ends
         stats = train_one_epoch(run, train_x, train_y, progress=progress, checkpoint_every=checkpoint_every)
-        accuracy = run.objective.test_accuracy(run.model, test_x, test_y) if run.rank == 0 else float("nan")
-        record = dict(epoch=epoch, step=run.step, loss=stats["loss"], train_accuracy=stats["train_accuracy"],
-                      test_accuracy=accuracy, lr=run.opt.param_groups[0]["lr"],
-                      images_per_second=stats["images_per_second"], wall_seconds=run.wall)
+        # Evaluation and checkpoints draw no training random numbers: the cadence leaves the weights as they are.
+        evaluated = epoch % run.config.eval_every == 0 or epoch == run.config.epochs
+        if evaluated:
+            accuracy = run.objective.test_accuracy(run.model, test_x, test_y) if run.rank == 0 else float("nan")
+            record = dict(epoch=epoch, step=run.step, loss=stats["loss"], train_accuracy=stats["train_accuracy"],
+                          test_accuracy=accuracy, lr=run.opt.param_groups[0]["lr"],
+                          images_per_second=stats["images_per_second"], wall_seconds=run.wall)
         if run.rank == 0:
-            append_metrics(run.out, record)
-            if not progress:
-                log.info(json.dumps(record))
-            if on_epoch is not None:
-                on_epoch(record)
+            if evaluated:
+                append_metrics(run.out, record)
+                if not progress:
+                    log.info(json.dumps(record))
+                if on_epoch is not None:
+                    on_epoch(record)
             if run.inside is not None and epoch in recorded_epochs(run.config.epochs):
                 view = run.inside.run(run.encoder, epoch=epoch, step=run.step)
                 record_inside(run.out, view, inside_tensors(run.encoder, epoch))
-        _save_checkpoint(run, epoch)
+        if evaluated:
+            _save_checkpoint(run, epoch)
     return record
 
 

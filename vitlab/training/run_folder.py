@@ -182,8 +182,10 @@ def _prune(out: Path, step: int) -> None:
 
 
 def changes(saved: dict[str, Any], config: Any, where: str = "the checkpoint") -> list[str]:
-    """How ``config`` differs from ``saved`` settings (at their defaults where missing), a phrase per field."""
-    pairs = [(f.name, saved.get(f.name, f.default), getattr(config, f.name)) for f in dataclasses.fields(config)]
+    """How ``config`` differs from ``saved`` settings (at their defaults where missing), a phrase per field;
+    :data:`~vitlab.training.config.CADENCE` settings change when a run evaluates, not what it is, and are skipped."""
+    pairs = [(f.name, saved.get(f.name, f.default), getattr(config, f.name)) for f in dataclasses.fields(config)
+             if not f.metadata.get("cadence")]
     return [f"{name} {old!r} in {where}, {new!r} now" for name, old, new in pairs if old != new]
 
 

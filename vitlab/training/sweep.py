@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import data, result_files
 from . import inside, mpp, zoo
-from .config import ConfigError, TrainConfig, check_choices, command_line, from_args
+from .config import CADENCE, ConfigError, TrainConfig, check_choices, command_line, from_args
 from ..models import ARCHITECTURES, build_model, check_spec, load_model, weights_file
 from ..models.sidecar import read_sidecar, sidecar_path
 from ..analysis.distance import head_statistics, lowest_head
@@ -48,8 +48,13 @@ class SweepConfig:
         epochs: at least this many epochs per run.
         min_samples: and at least this many training images seen.
         batch_size: of every run.
-        warmup_fraction: of each run's epochs spent in learning-rate warmup.
-        monitor_size: class-stratified test images scored after every epoch.
+        warmup_fraction: of each run's epochs spent in learning-rate warmup (none, and no
+            warmup_epochs: 0.1).
+        warmup_epochs: epochs of learning-rate warmup in every run, whatever its length, instead
+            of warmup_fraction.
+        monitor_size: class-stratified test images scored at each evaluation of a run.
+        eval_every: each run scores its monitor_size images and checkpoints every this many epochs
+            and after its last (``TrainConfig.eval_every``); the weights are the same for any value.
         precision: auto, bf16 or fp32.
         fewshot: shots per class for probes of each run's final representation (paper Fig. 4).
         fewshot_seeds: draws of the few-shot training images per probe.
@@ -65,8 +70,10 @@ class SweepConfig:
     epochs: int = 5
     min_samples: int = 50_000
     batch_size: int = 128
-    warmup_fraction: float = 0.1
+    warmup_fraction: float | None = None
+    warmup_epochs: float | None = None
     monitor_size: int = 1000
+    eval_every: int = dataclasses.field(default=1, metadata=CADENCE)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     fewshot: tuple[int, ...] = ()
     fewshot_seeds: int = 3
@@ -80,6 +87,12 @@ class SweepConfig:
     def epochs_for(self, size: int) -> int:
         """Epochs for a subset of ``size`` images: at least ``epochs``, and enough to see ``min_samples`` images."""
         return max(self.epochs, math.ceil(self.min_samples / size))
+
+    def warmup_for(self, epochs: int) -> float:
+        """Warmup epochs of a run of ``epochs``: ``warmup_epochs``, else ``warmup_fraction`` (0.1 unset) of them."""
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return (0.1 if self.warmup_fraction is None else self.warmup_fraction) * epochs
 
     def runs(self) -> list[Run]:
         """Every run of the grid, smallest subsets first so early results span the axis."""
@@ -131,13 +144,25 @@ def check(config: SweepConfig, train_images: int = 50_000) -> None:
                           "lower --batch-size or drop them")
     if config.init is not None:
         _check_init(config)
-    if config.epochs < 1 or config.min_samples < 0 or not 0 <= config.warmup_fraction < 1:
+    if config.epochs < 1 or config.min_samples < 0 or not 0 <= (config.warmup_fraction or 0) < 1:
         raise ConfigError("epochs must be >= 1, min_samples >= 0 and warmup_fraction in [0, 1)")
+    _check_schedule(config)
     if config.fewshot and (min(config.fewshot) < 1 or max(config.fewshot) * classes > min(config.sizes)
                            or config.fewshot_seeds < 1):
         raise ConfigError(f"few-shot probes need 1..{min(config.sizes) // classes} shots per class (the smallest "
                           f"subset) and at least one seed, got shots {list(config.fewshot)}, "
                           f"{config.fewshot_seeds} seeds")
+
+
+def _check_schedule(config: SweepConfig) -> None:
+    if config.warmup_epochs is not None and config.warmup_fraction is not None:
+        raise ConfigError(f"--warmup-fraction {config.warmup_fraction} and --warmup-epochs {config.warmup_epochs}: "
+                          "give one (a share of each run's epochs, or epochs in every run)")
+    shortest = min(config.epochs_for(n) for n in config.sizes)
+    if config.warmup_epochs is not None and not 0 <= config.warmup_epochs <= shortest:
+        raise ConfigError(f"--warmup-epochs {config.warmup_epochs}: must be 0..{shortest} (the shortest run's epochs)")
+    if type(config.eval_every) is not int or config.eval_every < 1:
+        raise ConfigError(f"--eval-every {config.eval_every}: must be a whole number of epochs, 1 or more")
 
 
 def _check_init(config: SweepConfig) -> None:
@@ -250,8 +275,9 @@ def _train_run(config: SweepConfig, run: Run, test_set: _Split, device: str | to
     entry, test_x, test_y = zoo.entry(run.model), *test_set
     settings = zoo.train_config(
         run.model, subset_size=run.subset_size, seed=run.seed, epochs=run.epochs, batch_size=run.batch_size,
-        warmup_epochs=config.warmup_fraction * run.epochs, precision=config.precision,
-        eval_size=config.monitor_size if config.monitor_size < len(test_y) else None, init=config.init)
+        warmup_epochs=config.warmup_for(run.epochs), precision=config.precision,
+        eval_size=config.monitor_size if config.monitor_size < len(test_y) else None, init=config.init,
+        eval_every=config.eval_every)
     result = train(settings, _run_dir(config, run), device=device, progress=progress)
     if run.model not in flops:
         flops[run.model] = train_flops_per_image(build_model({"zoo": entry.architecture}),
