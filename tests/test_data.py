@@ -368,6 +368,10 @@ def test_gallery_adds_class_balanced_cifar_test_images(tmp_path, monkeypatch):
         np.testing.assert_array_equal(image.numpy(), expected["test"][0][int(name.split("#")[1].split(" ")[0])])
     big, _ = data.gallery(64, cifar=3)
     assert big.shape[1:] == (3, 64, 64)
+    described = f"the {len(samples)} shipped sample images and 10 CIFAR-10 test images, 1 per class"
+    assert data.describe_gallery(cifar=10) == described  # which images, as readouts say it
+    monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "none"))
+    assert data.describe_gallery(cifar=10) == f"the {len(samples)} shipped sample images"  # no CIFAR-10: samples only
 
 
 def test_notebooks_that_read_cifar10_are_marked():

@@ -84,7 +84,9 @@ def test_probe_explorer_shows_the_chosen_shots_and_layers(fake_cifar, zoo_pair, 
     assert zoo_pair[1] in progress["steps"][1][0]
     assert all(isinstance(r, ProbeRecord) for r in view.records)
     last = {m: max(r.depth for r in view.records if r.model == m) for m in zoo_pair}
-    deepest = list(dict.fromkeys(f"{r.model} · {r.layer} · {r.pooling}" for r in view.records
+    assert {r.layer for r in view.records if r.depth == last[r.model]} == {"blocks.1", "layer4"}
+    label = {"blocks.1": "layer 2", "layer4": "stage 4"}  # the micro ViT's last block, the micro ResNet's last stage
+    deepest = list(dict.fromkeys(f"{r.model} · {label[r.layer]} · {r.pooling}" for r in view.records
                                  if r.depth == last[r.model]))
     assert [t.name for t in view.curve.data] == deepest  # last layers by default
     view.shots.value = 1
@@ -95,7 +97,7 @@ def test_probe_explorer_shows_the_chosen_shots_and_layers(fake_cifar, zoo_pair, 
     view.models.value = (zoo_pair[1],)
     assert all(t.name.startswith(zoo_pair[1]) for t in view.depth.data)
     view.layers.value = ((zoo_pair[0], "blocks.0", "mean"),)
-    assert [t.name for t in view.curve.data] == [f"{zoo_pair[0]} · blocks.0 · mean"]
+    assert [t.name for t in view.curve.data] == [f"{zoo_pair[0]} · layer 1 · mean"]  # blocks.0, numbered from 1
     assert view.status.value.startswith("probes scored on 50 CIFAR-10 test images, 5 per class")
 
 
@@ -109,7 +111,9 @@ def test_cka_explorer_computes_both_heatmaps_and_caches(zoo_pair, monkeypatch):
     vit, resnet = (models.load_model(p, device="cpu") for p in zoo_pair)
     expected, names_v, names_r = cka_matrix(vit, resnet, images, batch_size=8)
     np.testing.assert_allclose(np.asarray(view.cross.data[0].z), expected.numpy(), rtol=1e-5)
-    assert list(view.cross.data[0].x) == names_r and list(view.self_similarity.data[0].x) == names_v
+    assert names_r == ["act1", "layer1", "layer2", "layer3", "layer4"] and names_v == ["blocks.0", "blocks.1"]
+    assert list(view.cross.data[0].x) == ["stem", "stage 1", "stage 2", "stage 3", "stage 4"]  # numbered from 1
+    assert list(view.self_similarity.data[0].x) == ["layer 1", "layer 2"]
     np.testing.assert_allclose(np.diag(np.asarray(view.self_similarity.data[0].z, dtype=float)), 1.0, rtol=1e-5)
     view.representation.value = "pooled"
     pooled = cka_matrix(vit, resnet, images, batch_size=8, representation="pooled")[0]

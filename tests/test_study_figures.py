@@ -112,6 +112,7 @@ def test_probe_depth_figure_puts_models_on_a_relative_depth_axis():
     assert [t.name for t in fig.data] == ["vit · cls", "vit · mean", "resnet · gap"]
     np.testing.assert_allclose(fig.data[0].x, [0, 0.5, 1])
     np.testing.assert_allclose(fig.data[2].x, [0, 1])
+    assert [c[0] for c in fig.data[0].customdata] == ["layer 1", "layer 2", "layer 3"]  # blocks.0-2 in the hover
     np.testing.assert_allclose(fig.data[0].y, [0.05 + 0.05 + 0.01, 0.15 + 0.05 + 0.01, 0.25 + 0.05 + 0.01])
     np.testing.assert_allclose(fig.data[0].error_y.array, [np.std([0, 0.02], ddof=1)] * 3, atol=1e-12)
     assert fig.data[2].line.color == style.family_color("resnet", 0)  # colour from the record's family
@@ -125,6 +126,7 @@ def test_probe_depth_figure_puts_models_on_a_relative_depth_axis():
 def test_probe_shots_figure_follows_the_chosen_layers():
     fig = study_figures.probe_shots_figure(_probe_records(), [("resnet", "layer1", "gap"), ("vit", "blocks.0", "mean")])
     assert list(fig.data[0].x) == [1, 5]
+    assert [t.name for t in fig.data] == ["resnet · stage 1 · gap", "vit · layer 1 · mean"]  # layers from 1
     np.testing.assert_allclose(fig.data[0].y, [0.31, 0.35])
     np.testing.assert_allclose(fig.data[1].y, [0.02, 0.06])
     with pytest.raises(ValueError, match="no probe records"):

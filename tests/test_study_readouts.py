@@ -69,6 +69,32 @@ def test_pretraining_readout_compares_the_last_epoch_with_the_best_guess():
     assert "no better than the best guess" in weak.text
 
 
+def test_head_to_head_names_the_leader_and_whether_the_paper_s_finding_holds():
+    from vitlab.models import build_model
+    from vitlab.training.loop import TrainResult
+    from vitlab.training.zoo import train_config
+
+    def run(name, accuracy, step):
+        config = train_config(name, subset_size=500, epochs=1, batch_size=50, eval_size=200)
+        return config, TrainResult(build_model({"zoo": name}), dict(test_accuracy=accuracy, step=step, epoch=1))
+
+    def readout(vit, resnet):  # (accuracy, steps) of each
+        return study_readouts.head_to_head({"ViT": run("vit_micro_c10", *vit),
+                                            "ResNet": run("resnet_micro_c10", *resnet)})
+
+    r = readout((0.224, 10), (0.082, 10))
+    assert (r.leader, r.as_paper, r.family) == ("ViT", False, {"ViT": "vit", "ResNet": "resnet"})
+    assert r.lead == pytest.approx(0.142) and r.images_seen == {"ViT": 500, "ResNet": 500}  # 10 steps of 50
+    assert r.test_images == {"ViT": 200, "ResNet": 200} and all(f > 0 for f in r.train_flops.values())
+    r = readout((0.30, 10), (0.41, 9))
+    assert (r.leader, r.as_paper, r.images_seen["ResNet"]) == ("ResNet", True, 450)
+    assert r.lead == pytest.approx(0.11)
+    tie = readout((0.3, 10), (0.3, 10))
+    assert tie.lead == 0 and not tie.as_paper  # a tie is not a ResNet ahead
+    with pytest.raises(ValueError, match="at least two runs"):
+        study_readouts.head_to_head({"ViT": run("vit_micro_c10", 0.3, 10)})
+
+
 def test_inside_comparison_finds_each_models_most_local_head_and_refuses_mixed_grids():
     from test_recipes import _view
 

@@ -39,7 +39,7 @@ class FiltersResult:
     @property
     def reference_first_k(self) -> list[float]:
         """:attr:`first_k` of each random-init seed (empty without a reference)."""
-        return [] if self.reference is None else [float(r[: self.k].sum()) for r in self.reference]
+        return [] if self.reference is None else [float(r.double()[: self.k].sum()) for r in self.reference]
 
     @classmethod
     def from_ratios(cls, ratio: torch.Tensor, reference: torch.Tensor | None = None, k: int = 28,

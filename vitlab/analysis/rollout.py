@@ -60,6 +60,7 @@ class RolloutResult:
     reference: list[float]  # the mean ratio of each random-initialised model (may be empty)
     head_fusion: str = "mean"
     discard_ratio: float = 0.0
+    described: str = ""  # which images, e.g. "128 CIFAR-10 test images, 12-13 per class" ("": only how many)
 
     @property
     def images(self) -> int:
@@ -78,9 +79,11 @@ class RolloutResult:
 
 
 def rollout_analysis(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0,
-                     seeds: Sequence[int] = INIT_SEEDS, batch_size: int = 64) -> RolloutResult:
+                     seeds: Sequence[int] = INIT_SEEDS, batch_size: int = 64, described: str = "") -> RolloutResult:
     """Fig. 6 of ``model`` on uint8 ``images`` (N, 3, H, W), against random-initialised models of its architecture;
-    ``head_fusion`` and ``discard_ratio`` as in :func:`vitlab.analysis.attention_maps.attention_rollout`."""
+    ``head_fusion`` and ``discard_ratio`` as in :func:`vitlab.analysis.attention_maps.attention_rollout`;
+    ``described``: which images they are, for the readout (e.g. :func:`vitlab.data.describe_images`)."""
     maps = _rollout_maps(model, images, head_fusion, discard_ratio, batch_size)
     reference = [_rollout_maps(m, images, head_fusion, discard_ratio, batch_size) for m in random_inits(model, seeds)]
-    return RolloutResult.from_maps(maps, reference, head_fusion=head_fusion, discard_ratio=discard_ratio)
+    return RolloutResult.from_maps(maps, reference, head_fusion=head_fusion, discard_ratio=discard_ratio,
+                                   described=described)

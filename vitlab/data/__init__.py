@@ -148,6 +148,15 @@ def gallery(size: int = 32, cifar: int = 20) -> tuple[torch.Tensor, list[str]]:
     return images, names
 
 
+def describe_gallery(cifar: int = 20) -> str:
+    """Which images :func:`gallery` holds, for readouts: its shipped samples and, when CIFAR-10 is present, the first
+    ``cifar`` test images of :func:`stratified_order`."""
+    shipped = f"the {len(json.loads((SAMPLES_DIR / 'samples.json').read_text()))} shipped sample images"
+    if not cifar or find_cifar10() is None:
+        return shipped
+    return f"{shipped} and {describe_images(cifar, 'CIFAR-10 test set')}"
+
+
 #: File name of the default subset file of :func:`write_subset`, in ``settings.cache_dir()`` (ignored by git).
 SUBSET_FILE = "cifar10-subset.npz"
 

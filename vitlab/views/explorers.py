@@ -167,9 +167,11 @@ class AttentionMapsExplorer(Explorer):
     """Fig. 6: attention rollout over an image (click a patch to see where it attends), and each head's attention."""
     n_figures = 3
 
-    def __init__(self, models: Sequence[str], images: torch.Tensor, names: Sequence[str], initial: str | None = None):
+    def __init__(self, models: Sequence[str], images: torch.Tensor, names: Sequence[str], initial: str | None = None,
+                 described: str | None = None):
         super().__init__(models, initial)
         self.images, self.names = images, list(names)
+        self.described = described or f"the {len(images)} images of the image list"  # which images, for the readout
         self.image = W.Dropdown(options=[(n, i) for i, n in enumerate(self.names)], value=0, description="image",
                                 style=STYLE, layout=fit_width(self.names, "image"))
         self.layer = W.IntSlider(value=1, min=1, max=1, description="layer", continuous_update=False, style=STYLE)
@@ -239,7 +241,7 @@ class AttentionMapsExplorer(Explorer):
         def make() -> RolloutResult:
             model = cached_model(self.model.value)
             images = data.resize(self.images, model.pretrained_cfg["input_size"][1:])
-            return rollout_analysis(model, images, self.fusion.value, self.discard.value)
+            return rollout_analysis(model, images, self.fusion.value, self.discard.value, described=self.described)
         return self._rollouts.keep((model_key(self.model.value), self.fusion.value, self.discard.value), make)
 
 

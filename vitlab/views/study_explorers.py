@@ -18,6 +18,7 @@ from ..training import zoo
 from ..training.evaluators import CKAEvaluator, CKAResult, FewshotEvaluator
 from . import figures, study_figures, study_readouts
 from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, show_figure, side_by_side
+from .style import layer_label
 
 
 class SweepExplorer(Explorer):
@@ -104,7 +105,8 @@ class ProbeExplorer(Explorer):
             last = {m: max(r.depth for r in records if r.model == m) for m in self.specs}
             deepest = {(r.model, r.layer, r.pooling) for r in records if r.depth == last[r.model]}
             with self.hold():
-                self.layers.options = [(" · ".join(t), t) for t in triples]
+                self.layers.options = [(f"{m} · {layer_label(layer)} · {how}", (m, layer, how))
+                                       for m, layer, how in triples]
                 self.layers.value = tuple(t for t in triples if t in deepest)
         return records
 

@@ -15,6 +15,7 @@ from ..records import (FAMILY_ORDER, InsideView, ProbeRecord, Recipes, RunInside
 from ..training import mpp
 from .figures import training_curves_figure, uniform_line
 from .style import duration, family_color, family_shades, integer_ticks, layout, table
+from .style import layer_label
 
 
 def _by_size(runs: list[RunRecord]) -> dict[int, list[RunRecord]]:
@@ -98,7 +99,7 @@ def probe_depth_figure(records: list[ProbeRecord], shots: int, title: str | None
                 x=[d / last for (d, _), _ in stats], y=[s.mean for _, s in stats], mode="lines+markers",
                 name=f"{model} · {pooling}", error_y=dict(type="data", array=[s.std for _, s in stats], visible=True),
                 line=dict(color=color(mine[0].family), dash="dash" if pooling == "mean" else "solid"),
-                customdata=[[layer, s.n] for (_, layer), s in stats],
+                customdata=[[layer_label(layer), s.n] for (_, layer), s in stats],
                 hovertemplate="%{customdata[0]}: %{y:.1%} (%{customdata[1]} seeds)<extra>" + model + "</extra>"))
     return layout(fig, title or f"{shots}-shot linear probe accuracy by depth", 900, 420,
                   xaxis=dict(title="Relative depth (first layer 0, last 1)", range=[-0.05, 1.05]),
@@ -115,7 +116,8 @@ def probe_shots_figure(records: list[ProbeRecord], layers: list[tuple[str, str, 
             raise ValueError(f"no probe records for {model} {layer} {pooling}")
         stats = sorted(group_spread(rows, lambda r: r.shots, lambda r: r.accuracy).items())
         fig.add_trace(go.Scatter(x=[k for k, _ in stats], y=[s.mean for _, s in stats], mode="lines+markers",
-                                 name=f"{model} · {layer} · {pooling}", line=dict(color=color(rows[0].family)),
+                                 name=f"{model} · {layer_label(layer)} · {pooling}",
+                                 line=dict(color=color(rows[0].family)),
                                  error_y=dict(type="data", array=[s.std for _, s in stats], visible=True)))
     return layout(fig, title, 900, 400, xaxis=dict(title="Training images per class (shots)", type="log"),
                   yaxis=dict(title="Few-shot test accuracy", tickformat=".0%", rangemode="tozero"))
@@ -127,6 +129,7 @@ def cka_figure(cka: torch.Tensor, names_y: list[str], names_x: list[str], label_
     c = cka.detach().float().numpy()
     if c.shape != (len(names_y), len(names_x)):
         raise ValueError(f"CKA matrix {c.shape} does not match {len(names_y)} x {len(names_x)} layer names")
+    names_x, names_y = [layer_label(n) for n in names_x], [layer_label(n) for n in names_y]
     fig = go.Figure(go.Heatmap(z=c, x=names_x, y=names_y, zmin=0, zmax=1, colorscale="Viridis",
                                colorbar=dict(title="CKA"), texttemplate="%{z:.2f}",
                                hovertemplate=f"{label_y} %{{y}} vs {label_x} %{{x}}<br>CKA %{{z:.3f}}<extra></extra>"))

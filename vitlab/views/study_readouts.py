@@ -5,10 +5,15 @@ import itertools
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..records import FAMILY_ORDER, InsideView, Recipes, RunInside, RunRecord, check_one_grid
 from .readouts import LOCAL_FRACTION, Readout
 from .style import number, px
+
+if TYPE_CHECKING:
+    from ..training.config import TrainConfig
+    from ..training.loop import TrainResult
 
 #: The paper's (or a later paper's) claim beside each readout.
 PAPER_DATA_SIZE = ("with enough pre-training data (JFT-300M) some lower-layer heads attend locally; Raghu et al. "
@@ -311,3 +316,51 @@ def inside_comparison(views: dict[str, InsideView]) -> InsideComparisonReadout:
     return InsideComparisonReadout(figure="Fig. 7 (right), by initialisation", text=text, paper=PAPER_DATA_SIZE,
                                    names=list(views), lowest=lowest, most_local=most_local, structure=structure,
                                    uniform=uniform)
+
+
+#: The paper's reading of a ViT against a ResNet trained on little data, beside :func:`head_to_head`.
+PAPER_FEW_IMAGES = ("(Fig. 3, 4) with less pre-training data, ViTs do worse than ResNets of comparable compute: "
+                    "the convolutions' locality and translation equivariance are inductive biases a ViT has to "
+                    "learn from data.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadToHeadReadout(Readout):
+    """Runs trained side by side (notebook 06): ``leader`` the most accurate, ``lead`` its margin over the next
+    (a fraction), ``as_paper`` whether a ResNet leads, as the paper finds on little data."""
+    accuracy: dict[str, float]  # test accuracy on ``test_images`` images, per run
+    family: dict[str, str]
+    images_seen: dict[str, int]  # steps x batch size
+    train_flops: dict[str, float]  # FLOPs of all training steps (forward + backward)
+    test_images: dict[str, int]
+    leader: str
+    lead: float
+    as_paper: bool
+
+
+def head_to_head(runs: dict[str, tuple[TrainConfig, TrainResult]]) -> HeadToHeadReadout:
+    """Readout of runs trained here, ``{name: (config, result of vitlab.training.train)}``, at least two."""
+    from ..analysis.representations import model_family
+    from ..training.config import TEST_IMAGES, TRAIN_IMAGES
+    from ..training.sweep import train_flops_per_image
+
+    if len(runs) < 2:
+        raise ValueError(f"head_to_head compares at least two runs, got {len(runs)}")
+    accuracy = {k: float(r.record["test_accuracy"]) for k, (_, r) in runs.items()}
+    family = {k: model_family(r.model) for k, (_, r) in runs.items()}
+    seen = {k: int(r.record["step"]) * c.batch_size for k, (c, r) in runs.items()}
+    flops = {k: train_flops_per_image(r.model) * seen[k] for k, (_, r) in runs.items()}
+    tested = {k: c.eval_size or TEST_IMAGES for k, (c, _) in runs.items()}
+    leader, second = sorted(accuracy, key=accuracy.__getitem__, reverse=True)[:2]
+    lead = accuracy[leader] - accuracy[second]
+    as_paper = family[leader] == "resnet" and lead > 0
+    said = ("a tie" if lead == 0 else f"{leader} ahead by {100 * lead:.1f} points, "
+            + ("as the paper finds on little data" if as_paper else "not the paper's finding on little data"))
+    epochs = {k: f"{r.record['epoch']} epoch{'s' * (r.record['epoch'] != 1)}" for k, (_, r) in runs.items()}
+    text = ("; ".join(f"{k} ({c.model}, {epochs[k]} on {c.subset_size or TRAIN_IMAGES:,} training images): "
+                      f"{accuracy[k]:.1%} of {tested[k]:,} test images, {seen[k]:,} images seen, "
+                      f"{flops[k]:.2e} training FLOPs" for k, (c, r) in runs.items())
+            + f". {said[0].upper()}{said[1:]}.")
+    return HeadToHeadReadout(figure="Fig. 3-4, small scale", text=text, paper=PAPER_FEW_IMAGES, accuracy=accuracy,
+                             family=family, images_seen=seen, train_flops=flops, test_images=tested, leader=leader,
+                             lead=lead, as_paper=as_paper)

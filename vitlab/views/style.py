@@ -126,6 +126,17 @@ def spread_text(values: Sequence[float], digits: int = 2, unit: str = "", scale:
     return f"{number(sum(v) / len(v), digits)}{unit} [{number(min(v), digits)}, {number(max(v), digits)}]"
 
 
+def layer_label(module: str) -> str:
+    """A representation layer's module name as text, numbered from 1: a ViT's "blocks.1" -> "layer 2", a ResNet's
+    "layer2" -> "stage 2", "act1" -> "stem", "pre_logits" -> "pre-logits"; other names unchanged."""
+    kind, _, index = module.rpartition(".")
+    if kind == "blocks" and index.isdigit():
+        return f"layer {int(index) + 1}"
+    if module.startswith("layer") and module[5:].isdigit():
+        return f"stage {module[5:]}"
+    return {"act1": "stem", "pre_logits": "pre-logits"}.get(module, module)
+
+
 def px(x: float) -> str:
     """A distance in pixels, one decimal: "14.3 px"."""
     return f"{x:.1f} px"
