@@ -1,7 +1,6 @@
-"""vitlab: look inside Vision Transformers (Dosovitskiy et al., 2021) from a notebook.
-
-Folders follow the data: ``models`` -> ``analysis`` -> ``training`` -> ``views`` (plotly, ipywidgets: imported on
-first use only), over the base modules ``settings``, ``io``, ``data`` and ``records``."""
+"""vitlab: look inside Vision Transformers (Dosovitskiy et al., 2021) from a notebook. Folders follow the data:
+``models`` -> ``analysis`` -> ``training`` -> ``views`` (plotly, ipywidgets: imported on first use only), over the base
+modules ``settings``, ``io``, ``data`` and ``records``."""
 import importlib
 
 from . import analysis, data, models, records, result_files, settings, training

@@ -19,7 +19,6 @@ _K = TypeVar("_K", bound=Hashable)
 @dataclass(frozen=True, kw_only=True)
 class RunOf:
     """What names one sweep run: its training record, its probes and its inside view all start with these fields."""
-
     model: str  # zoo name of the trained model
     family: str  # "vit", "hybrid" or "resnet"
     subset_size: int  # training images (a class-stratified CIFAR-10 subset)
@@ -42,7 +41,6 @@ class RunOf:
 @dataclass(frozen=True, kw_only=True)
 class RunRecord(RunOf):
     """One training run of a sweep: the run (:class:`RunOf`'s fields) and what its training measured."""
-
     batch_size: int = 0  # optional here, as it always was for a run record
     test_accuracy: float  # fraction of the 10,000 test images classified correctly
     train_flops: float = 0.0  # FLOPs of all training steps (forward + backward)
@@ -71,7 +69,6 @@ class RunRecord(RunOf):
 @dataclass(frozen=True, kw_only=True)
 class ProbeRecord:
     """One few-shot linear probe: one layer and pooling of a model, one draw of the shots."""
-
     model: str
     family: str  # "vit", "hybrid" or "resnet"
     layer: str  # module name (e.g. "blocks.3", "layer2") or "pre_logits" (what the head reads)
@@ -85,7 +82,6 @@ class ProbeRecord:
 @dataclass(frozen=True, kw_only=True)
 class RunProbe(RunOf):
     """Few-shot probes of one run's final representation, as kept in ``<results>-fewshot.json``."""
-
     layer: str  # the representation probed (see ProbeRecord)
     pooling: str
     fewshot: dict[int, float]  # shots per class -> accuracy averaged over the probe's seeds
@@ -94,7 +90,6 @@ class RunProbe(RunOf):
 
 class Spread(NamedTuple):
     """Mean, sample standard deviation (0 for one value) and count of a group of values."""
-
     mean: float
     std: float
     n: int
@@ -119,7 +114,6 @@ def group_spread(items: Iterable[T], key: Callable[[T], _K], value: Callable[[T]
 @dataclass(frozen=True, kw_only=True)
 class InsideView:
     """What a ViT looks like inside at the end of one epoch: one line of a run's ``inside.jsonl`` (its keys)."""
-
     epoch: int  # epochs finished (1-based)
     step: int  # optimiser steps taken
     images: int  # probe images the attention statistics average over
@@ -176,7 +170,6 @@ def check_one_grid(views: dict[str, InsideView]) -> None:
 @dataclass(frozen=True, kw_only=True)
 class RunInside(RunOf):
     """The inside view of one sweep run's final model (:func:`vitlab.training.sweep.inside_runs`)."""
-
     test_accuracy: float  # copied from the run's record, so a figure needs one file
     code_version: str
     view: InsideView  # on the probe images, from the final weights
@@ -188,7 +181,6 @@ class RunInside(RunOf):
 @dataclass(frozen=True, kw_only=True)
 class RecipeRun:
     """One training run of a recipe comparison (:func:`vitlab.training.recipes.read`), with its inside views."""
-
     name: str  # the run's folder name under the comparison's folder
     arm: str  # the comparison's label for its recipe, e.g. "CutMix 1.0"
     seed: int
@@ -222,7 +214,6 @@ class RecipeRun:
 @dataclass(frozen=True, kw_only=True)
 class Recipes:
     """A comparison of training recipes (:func:`vitlab.training.recipes.collect` writes it, ``read`` reads it)."""
-
     arms: dict[str, list[RecipeRun]]  # arm label -> its runs (one per seed), in the comparison's order
     differs_in: dict[str, dict[str, Any]]  # setting that differs between arms -> arm label -> value (from configs)
     commands: list[str]  # the commands that trained the runs and collected them

@@ -1,6 +1,5 @@
 """The results files of studies (``<results>.json``, ``-fewshot.json``, ``-inside.json``, each with a ``.csv`` copy):
-the committed ones, and the only reader and writer of their fields. A broken ``.json`` raises, never reads as empty.
-"""
+the committed ones, and the only reader and writer of their fields. A broken ``.json`` raises, never reads as empty."""
 from __future__ import annotations
 
 import csv
@@ -141,13 +140,8 @@ def write_run_probes(results: str | os.PathLike, probes: Sequence[RunProbe], com
     _write(results, FEWSHOT_TAG, [_probe_row(p) for p in probes], commands, fields)
 
 
-def read_runs(results: str | os.PathLike, history: Callable[[str], tuple[int, float]] | None = None
-              ) -> list[RunRecord]:
-    """The runs of ``<results>.json`` (empty if none yet), in stored order, probe accuracies in ``.fewshot``.
-
-    ``history``: for a file older than the compute totals, maps a run's ``init`` to the images seen and training
-    FLOPs of those weights (:func:`vitlab.training.sweep.init_history`); runs from scratch need none.
-    """
+def read_runs(results: str | os.PathLike, history: Callable[[str], tuple[int, float]] | None = None) -> list[RunRecord]:
+    """The runs of ``<results>.json`` (empty if none yet), probe accuracies in ``.fewshot``; see ``init_history``."""
     def run(row: dict[str, Any]) -> RunRecord:
         if row.get("init") and not {"images_seen_total", "train_flops_total"} <= row.keys():
             if history is None:

@@ -23,12 +23,9 @@ def _layer_list(attns: object, what: str = "attns") -> list[torch.Tensor]:
 
 def attention_rollout(attns: Sequence[torch.Tensor] | Mapping[int, torch.Tensor], num_prefix_tokens: int = 1,
                       head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
-    """Attention rollout (Abnar & Zuidema, 2020) of the paper's Fig. 6: (B, patches), the class token's over patches.
-
-    ``attns``: per-layer attention (B, heads, N, N) in network order, or a Capture's ``attn``. Per layer the heads
-    are fused, the weakest ``discard_ratio`` of the weights zeroed (never the class token's row or column, unlike
-    vit-explain), 0.5*A + 0.5*I renormalised per row, and the layers multiplied from first to last.
-    """
+    """Attention rollout (Abnar & Zuidema, 2020) of Fig. 6: (B, patches), the class token's, from per-layer ``attns``
+    (B, heads, N, N) or a Capture's ``attn``: heads fused, the weakest ``discard_ratio`` zeroed (never the class token's
+    row or column, unlike vit-explain), 0.5*A + 0.5*I renormalised per row, layers multiplied first to last."""
     if head_fusion not in ("mean", "max", "min"):
         raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
     if not 0.0 <= discard_ratio < 1.0:
@@ -73,8 +70,7 @@ def _check_image_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix
 
 def query_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int, query: tuple[int, int],
                     head: int | None = None) -> torch.Tensor:
-    """Where one query patch (row, col) attends in one image's attention (heads, N, N): (rows, cols) float32
-    over the patch keys, of ``head`` or (None) the mean over heads."""
+    """Where query patch (row, col) attends in one image's (heads, N, N): (rows, cols), ``head`` or (None) the mean."""
     _check_image_attention(attn, grid, num_prefix_tokens)
     rows, cols = grid
     row, col = query
@@ -90,8 +86,7 @@ def query_attention(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens
 
 def class_token_attention(attns: Sequence[torch.Tensor], grid: tuple[int, int],
                           num_prefix_tokens: int) -> torch.Tensor:
-    """The class token's attention over the patches, (layers, heads, rows, cols) float32, from one image's
-    attention (heads, N, N) per layer."""
+    """The class token's attention over patches (layers, heads, rows, cols) from one image's (heads, N, N) per layer."""
     if num_prefix_tokens < 1:
         raise ValueError("the model has no prefix tokens, so no class token to read attention from")
     if isinstance(attns, Mapping):

@@ -1,8 +1,6 @@
-"""Capture a ViT's attention maps and hidden tokens in one forward pass, keyed by block (negative from the end).
-
-timm's standard ``Attention`` stays fused: hooks record q and k, and ``softmax(q k^T * scale)`` is computed when a
-map is first read. Other attention modules with ``fused_attn`` run their explicit path, hooked at ``attn_drop``.
-"""
+"""Capture a ViT's attention maps and hidden tokens in one forward pass, keyed by block (negative from the end). timm's
+standard ``Attention`` stays fused: hooks record q and k, and ``softmax(q k^T * scale)`` is computed when a map is first
+read. Other attention modules with ``fused_attn`` run their explicit path, hooked at ``attn_drop``."""
 from __future__ import annotations
 
 import contextlib
@@ -135,10 +133,8 @@ class AttentionMaps(LayerMap):
 
 
 class Capture:
-    """What one forward pass recorded, keyed by block index (negative from the end; ``cap["attn", -1]``).
-    ``attn``: post-softmax attention (B, heads, N, N), N = prefix + patches; ``tokens``: output tokens (B, N, D);
-    ``grid``: (rows, cols) of patches; ``patch_size``: (height, width) in pixels between patches."""
-
+    """What one forward pass recorded by block index (``cap["attn", -1]``): ``attn`` (B, heads, N, N) post-softmax,
+    ``tokens`` (B, N, D); ``grid``: (rows, cols) of patches; ``patch_size``: (height, width) pixels between patches."""
     KINDS = ("attn", "tokens")
 
     def __init__(self, depth: int, layers: Sequence[int], patch_size: tuple[int, int] = (0, 0),
@@ -260,11 +256,8 @@ def hooks(model: nn.Module, layers: Sequence[int] | None = None) -> contextlib.A
 
 @torch.no_grad()
 def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None = None) -> Capture:
-    """One forward pass of a timm ViT-style model recording attention maps and tokens of ``layers`` (default all).
-
-    ``images``: uint8 (B, 3, H, W), preprocessed with :func:`vitlab.preprocess`, or a normalised float batch; models
-    built with ``dynamic_img_size=True`` (zoo ViTs) take other sizes. ``logits`` equal a plain forward's.
-    """
+    """One forward pass of a timm ViT-style model recording attention maps and tokens of ``layers`` (default all);
+    ``images``: uint8 (B, 3, H, W) (preprocessed here) or a normalised float batch; ``logits`` as a plain forward's."""
     check_images(model, images)
     dynamic = bool(getattr(model, "dynamic_img_size", False))  # such models take any size as is
     if images.dtype == torch.uint8:

@@ -33,13 +33,10 @@ def attention_distance(cap: Capture, layer: int | None = None, renormalize: bool
 def head_statistics(model: nn.Module, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 64,
                     layers: Sequence[int] | None = None, renormalize: bool = False,
                     progress: bool = False) -> dict[str, torch.Tensor]:
-    """Per-layer, per-head mean attention distance and entropy of uint8 ``images`` (N, 3, H, W) or an iterable of
-    uint8 batches, in constant memory: ``"distance"``, ``"entropy"`` (layers, heads) pixels and nats,
-    ``"distance_per_image"``, ``"entropy_per_image"`` (N, layers, heads) and ``"layers"`` (block indices).
-    ``renormalize``: the distance convention (:func:`attention_distance`); False is the paper's.
-    """
+    """Per-layer, per-head mean attention distance and entropy of uint8 ``images`` (N, 3, H, W) or uint8 batches, in
+    constant memory: ``"distance"``, ``"entropy"`` (layers, heads) pixels and nats, ``"distance_per_image"``,
+    ``"entropy_per_image"`` (N, layers, heads), ``"layers"``; ``renormalize``: see :func:`attention_distance`."""
     from tqdm.auto import tqdm
-
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(images, torch.Tensor):
@@ -79,7 +76,6 @@ def random_init_statistics(model: nn.Module, images: torch.Tensor, seeds: Sequen
 @dataclass(frozen=True)
 class MostLocalHead:
     """The lowest layer's most local head: its index and, in pixels, its mean, std and 95% interval over images."""
-
     head: int
     mean: float
     std: float
@@ -111,7 +107,6 @@ def lowest_head(per_image: torch.Tensor) -> MostLocalHead:
 @dataclass(frozen=True, kw_only=True)
 class DistanceResult:
     """Fig. 7 (right) of one model on a set of images (:func:`distance_analysis`). Distances in pixels."""
-
     layers: list[int]  # block indices of the rows
     per_image: torch.Tensor  # (images, layers, heads) each image's distance per head
     mean: torch.Tensor  # (layers, heads) float32, like std (across images), low and high (95% bootstrap interval)
@@ -164,9 +159,8 @@ class DistanceResult:
 def distance_analysis(model: nn.Module, images: torch.Tensor, renormalize: bool = False,
                       seeds: Sequence[int] = INIT_SEEDS, reference_images: int | None = None,
                       cnn: nn.Module | None = None, batch_size: int = 64, progress: bool = False) -> DistanceResult:
-    """Fig. 7 (right) of ``model`` on uint8 ``images`` (N, 3, H, W), with every reference it is read against:
-    uniform attention, random-initialised models (``seeds``, on the first ``reference_images`` images) and the
-    receptive fields of a ``cnn``. ``renormalize``: as in :func:`attention_distance`."""
+    """Fig. 7 (right) of ``model`` on uint8 ``images`` (N, 3, H, W) against uniform attention, random inits (``seeds``,
+    first ``reference_images`` images) and a ``cnn``'s receptive fields; ``renormalize``: :func:`attention_distance`."""
     stats = head_statistics(model, images, batch_size, renormalize=renormalize, progress=progress)
     shown = images if reference_images is None else images[:reference_images]
     reference = random_init_statistics(model, shown, seeds, batch_size, renormalize=renormalize, progress=progress)

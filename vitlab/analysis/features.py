@@ -114,8 +114,7 @@ def layer_features(model: nn.Module, images: torch.Tensor, batch_size: int = 250
 
 @torch.no_grad()
 def pre_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
-    """What the classifier head reads (``forward_head(..., pre_logits=True)``) for uint8 ``images`` (N, 3, H, W):
-    (N, features) fp32 on the CPU."""
+    """What the head reads (``forward_head(..., pre_logits=True)``) of uint8 ``images``: (N, features) fp32, CPU."""
     if not hasattr(model, "forward_head") or not hasattr(model, "forward_features"):
         raise ValueError(f"{type(model).__name__} has no forward_features/forward_head: vitlab reads the "
                          "pre-logits representation from timm models")

@@ -15,7 +15,6 @@ from .references import INIT_SEEDS, random_inits
 @dataclass(frozen=True, kw_only=True)
 class FiltersResult:
     """Principal components of one model's patch-embedding filters (:func:`filters_analysis`)."""
-
     filters: torch.Tensor  # (k, C, P, P) the first k principal components
     ratio: torch.Tensor  # (components,) explained-variance ratios
     reference: torch.Tensor | None  # (seeds, components) the ratios of random-initialised models
@@ -60,8 +59,7 @@ def components(model: nn.Module) -> int:
 
 
 def filters_analysis(model: nn.Module, k: int = 28, seeds: Sequence[int] = INIT_SEEDS) -> FiltersResult:
-    """Fig. 7 (left) of ``model``: its first ``k`` (at most :func:`components`) principal components, against
-    random-initialised models (``seeds``; none for a model without ``vitlab_arch``)."""
+    """Fig. 7 (left) of ``model``: its first ``k`` (<= :func:`components`) principal components against random inits."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     full = components(model)

@@ -99,7 +99,6 @@ def _patch_matrix(sim: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 @dataclass(frozen=True)
 class PositionStructure:
     """How much of the 2-D image grid a position-embedding similarity holds (:func:`position_structure`)."""
-
     # Spearman correlation of similarity and minus grid distance over pairs of patches: +1 when similarity falls
     # with distance, about 0 for random embeddings.
     closeness: float
@@ -125,7 +124,6 @@ def position_structure(sim: torch.Tensor, grid: tuple[int, int]) -> PositionStru
 @dataclass(frozen=True)
 class MirrorScore:
     """Left-right mirror symmetry of a position-embedding similarity (:func:`mirror_score`)."""
-
     mirror: float  # mean similarity of a patch to its mirror position (row r, column C-1-c), off the middle column
     neighbour: float  # mean over patches of a patch's mean similarity to its 4 immediate neighbours
 
@@ -179,11 +177,9 @@ def _patch_attention(attn: torch.Tensor, grid: tuple[int, int], prefix: int, ren
 
 def mean_attention_distance(attn: torch.Tensor, grid: tuple[int, int], patch_size: tuple[int, int],
                             num_prefix_tokens: int = 1, renormalize: bool = False) -> torch.Tensor:
-    """Attention-weighted distance in pixels between patch queries and patch keys of ``attn`` (B, heads, N, N):
-    (heads,), Fig. 7 (right). ``renormalize=False`` (the paper's convention, google-research/vision_transformer
-    #162) keeps the raw weights, so attention to prefix tokens adds no distance; True rescales each query's
-    attention over patch keys to sum to 1. ``patch_size``: (height, width) in pixels.
-    """
+    """Attention-weighted patch query-key distance of ``attn`` (B, heads, N, N) in pixels: (heads,), Fig. 7 (right).
+    ``renormalize=False`` (the paper's, google-research/vision_transformer #162) keeps the raw weights, so prefix tokens
+    add no distance; True rescales each query's patch attention to sum to 1. ``patch_size``: (height, width) pixels."""
     a = _patch_attention(attn, grid, num_prefix_tokens, renormalize)  # (B, H, n, n)
     dist = _patch_distances(grid, patch_size).to(a.device, a.dtype)  # (n, n)
     return torch.einsum("bhqk,qk->h", a, dist).double().div(a.shape[0] * a.shape[2]).float()  # (H,)

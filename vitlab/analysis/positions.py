@@ -23,7 +23,6 @@ def _position_scores(sim: torch.Tensor) -> _Scores:
 @dataclass(frozen=True, kw_only=True)
 class PositionResult:
     """Position-embedding similarity of one model and its scores (:func:`position_analysis`)."""
-
     sim: torch.Tensor  # (rows, cols, rows, cols) cosine similarity of the patches' position embeddings
     structure: metrics.PositionStructure
     mirror: metrics.MirrorScore

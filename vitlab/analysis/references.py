@@ -16,8 +16,7 @@ RESAMPLES, BOOTSTRAP_SEED, LEVEL = 1000, 0, 0.95
 
 
 def random_init(model: nn.Module, seed: int) -> nn.Module:
-    """``torch.manual_seed(seed); build_model(model.vitlab_arch)`` on ``model``'s device, in eval mode, leaving the
-    caller's random state."""
+    """``torch.manual_seed(seed); build_model(model.vitlab_arch)`` on ``model``'s device, in eval mode, RNG restored."""
     arch = getattr(model, "vitlab_arch", None)
     if arch is None:
         raise ValueError(f"{type(model).__name__} has no vitlab_arch record: load it with vitlab.load_model "

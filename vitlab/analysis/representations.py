@@ -1,6 +1,5 @@
-"""Compare what models learn, layer by layer: few-shot linear probes (big_vision's closed-form ridge probe,
-paper Fig. 4) and minibatch linear CKA between every pair of layers of two models (Raghu et al. 2021).
-"""
+"""Compare what models learn, layer by layer: few-shot linear probes (big_vision's closed-form ridge probe, paper Fig.
+4) and minibatch linear CKA between every pair of layers of two models (Raghu et al. 2021)."""
 from __future__ import annotations
 
 import contextlib
@@ -57,8 +56,7 @@ def _hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool) -> torch.Tensor:
 
 
 def cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> float:
-    """Linear CKA (Kornblith et al. 2019) between representations x (n, p) and y (n, q) of the same n examples;
-    ``unbiased=True`` uses the unbiased HSIC estimator (Nguyen et al. 2021)."""
+    """Linear CKA (Kornblith et al. 2019) of x (n, p) and y (n, q); ``unbiased``: Nguyen et al.'s HSIC estimator."""
     x, y = _check_features(x, "x"), _check_features(y, "y")
     _check_same_rows(x, y)
     k, l = x @ x.T, y @ y.T
@@ -69,8 +67,7 @@ def cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> float:
 
 
 class MinibatchCKA:
-    """Minibatch linear CKA (Nguyen et al. 2021) between every pair of two layer lists: unbiased HSICs are summed
-    over minibatches, so memory is one Gram matrix per layer of one minibatch."""
+    """Minibatch linear CKA (Nguyen et al. 2021) of every pair of two layer lists, HSICs summed over minibatches."""
 
     def __init__(self, num_x: int, num_y: int):
         self.xy = torch.zeros(num_x, num_y, dtype=torch.float64)
@@ -111,8 +108,7 @@ FEWSHOT_L2 = 2.0**10
 
 def _ridge_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int,
                       l2: float = FEWSHOT_L2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Closed-form float64 ridge regression of standardised features (n, d) onto +-1 one-hot targets (big_vision):
-    ``(weights (d + 1, C), mean (d,), std (d,))``."""
+    """big_vision's float64 ridge of standardised (n, d) onto +-1 targets: ``(weights (d + 1, C), mean, std)``."""
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise ValueError(f"x must be (n, d) and y (n,), got {tuple(x.shape)} and {tuple(y.shape)}")
     if l2 <= 0:
@@ -189,10 +185,8 @@ def fewshot_probes(model: nn.Module, train_images: torch.Tensor, train_labels: t
                    seeds: Sequence[int] = (0, 1, 2), l2: float = FEWSHOT_L2, name: str = "",
                    family: str | None = None, batch_size: int = 250,
                    layers: Sequence[int | str] | None = None) -> list[ProbeRecord]:
-    """Few-shot accuracy of a ridge probe on ``layers`` of ``model`` (indices into :func:`representation_layers`
-    and/or ``"pre_logits"``): a :class:`~vitlab.records.ProbeRecord` per (layer, pooling, shots, seed). Per seed,
-    ``k`` uint8 ``train_images`` of each class (:func:`vitlab.data.stratified_subset`); all ``test_images`` score.
-    """
+    """Few-shot accuracy of a ridge probe on ``layers`` (:func:`representation_layers` indices, ``"pre_logits"``): a
+    :class:`~vitlab.records.ProbeRecord` per (layer, pooling, shots, seed), ``k`` stratified train images per class."""
     classes = int(train_labels.max()) + 1
     if not shots or min(shots) < 1 or max(shots) * classes > len(train_labels):
         raise ValueError(f"shots must be between 1 and {len(train_labels) // classes} per class, got {list(shots)}")
@@ -227,12 +221,9 @@ def _flatten(outputs: LayerMap, prefix: int, representation: str) -> list[torch.
 @torch.no_grad()
 def cka_matrix(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, batch_size: int = 250,
                representation: str = "full") -> tuple[torch.Tensor, list[str], list[str]]:
-    """Minibatch linear CKA between every layer of ``model_a`` and of ``model_b``: ``(cka (layers_a, layers_b),
-    names_a, names_b)``, over batches of uint8 ``images`` (N, 3, H, W) (a remainder is dropped).
-
-    ``representation``: ``"full"`` compares whole layer outputs, as Raghu et al. do; ``"pooled"`` mean patch tokens
-    of ViT blocks and globally averaged maps of ResNet stages.
-    """
+    """Minibatch linear CKA between every layer of ``model_a`` and ``model_b`` over uint8 ``images`` (N, 3, H, W), a
+    remainder dropped: ``(cka (layers_a, layers_b), names_a, names_b)``. ``representation``: ``"full"`` layer outputs
+    (Raghu et al.) or ``"pooled"`` (mean patch tokens of ViT blocks, averaged maps of ResNet stages)."""
     if representation not in ("full", "pooled"):
         raise ValueError(f"representation must be 'full' or 'pooled', got {representation!r}")
     if not 4 <= batch_size <= len(images):

@@ -1,6 +1,5 @@
-"""Fig. 6, attention rollout: how much of the class token's rollout lies on the image centre, against random init.
-:func:`rollout_analysis` is the one analysis behind the figure, its readout and its explorer. Without segmentation
-masks this measures a preference for the centre (where CIFAR-10 objects mostly sit), not for the object."""
+"""Fig. 6, attention rollout: how much of the class token's rollout lies on the image centre, against random init
+(a preference for the centre, where CIFAR-10 objects mostly sit, not for the object: no segmentation masks)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -49,7 +48,6 @@ def _rollout_maps(model: nn.Module, images: torch.Tensor, head_fusion: str = "me
 @dataclass(frozen=True, kw_only=True)
 class RolloutResult:
     """Attention rollout of one model over images and its share on the image centre (:func:`rollout_analysis`)."""
-
     maps: torch.Tensor  # (images, rows, cols) the class token's rollout over the patches
     ratios: torch.Tensor  # (images,) rollout mass in the central region over that region's share of the area
     area: float  # fraction of the patches in the central region
@@ -80,9 +78,8 @@ class RolloutResult:
 
 def rollout_analysis(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0,
                      seeds: Sequence[int] = INIT_SEEDS, batch_size: int = 64, described: str = "") -> RolloutResult:
-    """Fig. 6 of ``model`` on uint8 ``images`` (N, 3, H, W), against random-initialised models of its architecture;
-    ``head_fusion`` and ``discard_ratio`` as in :func:`vitlab.analysis.attention_maps.attention_rollout`;
-    ``described``: which images they are, for the readout (e.g. :func:`vitlab.data.describe_images`)."""
+    """Fig. 6 of ``model`` on uint8 ``images`` (N, 3, H, W) against random inits; ``head_fusion``, ``discard_ratio``: as
+    :func:`vitlab.analysis.attention_maps.attention_rollout`; ``described``: which images, for the readout."""
     maps = _rollout_maps(model, images, head_fusion, discard_ratio, batch_size)
     reference = [_rollout_maps(m, images, head_fusion, discard_ratio, batch_size) for m in random_inits(model, seeds)]
     return RolloutResult.from_maps(maps, reference, head_fusion=head_fusion, discard_ratio=discard_ratio,

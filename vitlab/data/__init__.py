@@ -82,8 +82,7 @@ def resize(images: torch.Tensor, size: tuple[int, int], interpolation: str = "bi
 
 
 def stratified_order(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """A seeded permutation of ``labels`` whose every prefix is class-balanced (the first k items hold k // C
-    or k // C + 1 of each class)."""
+    """A seeded permutation of ``labels`` whose every prefix k holds k // C or k // C + 1 of each of C classes."""
     labels = torch.as_tensor(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
@@ -149,8 +148,7 @@ def gallery(size: int = 32, cifar: int = 20) -> tuple[torch.Tensor, list[str]]:
 
 
 def describe_gallery(cifar: int = 20) -> str:
-    """Which images :func:`gallery` holds, for readouts: its shipped samples and, when CIFAR-10 is present, the first
-    ``cifar`` test images of :func:`stratified_order`."""
+    """Which images :func:`gallery` holds (shipped samples, ``cifar`` CIFAR-10 test images if present), for readouts."""
     shipped = f"the {len(json.loads((SAMPLES_DIR / 'samples.json').read_text()))} shipped sample images"
     if not cifar or find_cifar10() is None:
         return shipped

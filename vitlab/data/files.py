@@ -44,7 +44,6 @@ class CorruptDataError(ValueError):
 @dataclass(frozen=True)
 class Source:
     """A located copy of CIFAR-10: ``kind`` is ``"batches"`` or ``"imagefolder"``."""
-
     kind: str
     path: Path
 
@@ -110,7 +109,6 @@ def _download_or_explain(root: Path) -> Source:
 def _download_cifar10(root: Path) -> None:
     """Download and extract CIFAR-10 with torchvision (checks the archive's MD5)."""
     from torchvision.datasets.utils import download_and_extract_archive
-
     download_and_extract_archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", str(root),
                                  md5="c58f30108f718f92721af3b95e74349a")
 
@@ -195,7 +193,6 @@ class _RefusedPickle(pickle.UnpicklingError):
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Unpickler for CIFAR batch files that can only build numpy arrays, never run code."""
-
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "ndarray"),
                 ("numpy", "dtype"), ("_codecs", "encode")}  # how protocol-2 pickles written by Python 3 store bytes

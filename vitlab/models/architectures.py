@@ -18,7 +18,6 @@ from torch import nn
 @dataclass(frozen=True, kw_only=True)
 class _Transformer:
     """The transformer fields a ViT and a hybrid share (each adds ``img_size`` and ``num_classes``)."""
-
     description: str
     embed_dim: int
     depth: int
@@ -36,7 +35,6 @@ class _Transformer:
 @dataclass(frozen=True, kw_only=True)
 class CifarViT(_Transformer):
     """A ViT for 32x32 inputs; patch 4 gives an 8x8 grid of patches."""
-
     patch_size: int = 4
     img_size: int = 32
     num_classes: int = 10
@@ -57,7 +55,6 @@ def _resnet(channels: tuple[int, ...], layers: tuple[int, ...], **kw: Any) -> Re
 @dataclass(frozen=True, kw_only=True)
 class CifarResNet:
     """A ResNet of basic blocks with a CIFAR stem (3x3 conv, stride 1, no max-pool)."""
-
     description: str
     channels: tuple[int, ...] = (64, 128, 256, 512)
     layers: tuple[int, ...] = (2, 2, 2, 2)
@@ -77,7 +74,6 @@ class CifarResNet:
 @dataclass(frozen=True, kw_only=True)
 class CifarHybrid(_Transformer):
     """A hybrid ViT (paper section 3.1): 1x1 patches of a small ResNet's map (the R50 stem's max-pool kept)."""
-
     channels: tuple[int, ...] = (32, 64)
     layers: tuple[int, ...] = (1, 1)
     img_size: int = 32

@@ -60,7 +60,6 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
 
 class _WeightsPlan(NamedTuple):
     """A checked weights file and how to build the model it fits."""
-
     path: Path
     record: dict[str, Any] | None  # the architecture record to build; None: infer it from the .npz
     pretrained_cfg: dict[str, Any] | None  # the sidecar's preprocessing

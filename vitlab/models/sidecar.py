@@ -29,7 +29,6 @@ def sidecar_path(weights: str | os.PathLike) -> Path:
 @dataclass(frozen=True, kw_only=True)
 class Sidecar:
     """The record beside a weights file. Keys a file leaves out read as empty (``{}`` or None)."""
-
     architecture: dict[str, Any]  # the vitlab_arch record that rebuilds the model
     pretrained_cfg: dict[str, Any] | None = None  # preprocessing (timm's convention); None: the architecture's
     config: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields of the run that trained it

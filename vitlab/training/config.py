@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 TRAIN_IMAGES, TEST_IMAGES, IMAGE_SIZE = 50_000, 10_000, 32  #: CIFAR-10's, and its image side in pixels
-#: Field metadata of a setting that says when a run evaluates, not what it trains: a run resumes, or is given back
-#: finished, under another value (:func:`vitlab.training.run_folder.changes`), and a command written at its default
-#: leaves it out, as commands were written before it existed.
+#: Field metadata of a setting for when a run evaluates, not what it trains: a run resumes under another value, and
+#: commands leave it out at its default.
 CADENCE = {"cadence": True}
 
 
@@ -132,8 +131,7 @@ def check_choices(config: Any) -> None:
 
 
 def command_line(prog: str, config: Any) -> str:
-    """The command, starting with ``prog``, whose flags rebuild ``config`` exactly (defaults spelled out too,
-    except :data:`CADENCE` settings at theirs)."""
+    """The command, starting with ``prog``, whose flags rebuild ``config`` exactly (defaults too, but CADENCE ones)."""
     parts = [prog]
     for field in dataclasses.fields(config):
         value, default, flag = getattr(config, field.name), _default(field), _flag(field.name)
@@ -174,10 +172,10 @@ class TrainConfig:
 
     Attributes:
         model: architecture to build (a key of ``vitlab.models.ARCHITECTURES``).
-        init: fine-tune: start from these weights (any load_model spec). Weights pre-trained
-            without labels (``objective="mpp"``) get a new classifier head.
-        objective: classify (supervised, with labels), or mpp (masked patch prediction
-            without labels, a ViT only: ``python -m vitlab pretrain``).
+        init: fine-tune: start from these weights (any load_model spec). Weights pre-trained without labels
+            (``objective="mpp"``) get a new classifier head.
+        objective: classify (supervised, with labels), or mpp (masked patch prediction without labels, a ViT only:
+            ``python -m vitlab pretrain``).
         img_size: fine-tune at this resolution; ViT position embeddings are resampled in 2-D.
         subset_size: class-stratified training subset; None: all 50,000 images.
         seed: seeds the subset, the initial weights, the batch order and the augmentation.
@@ -186,24 +184,22 @@ class TrainConfig:
         optimizer: adamw, or sgd (momentum 0.9, Nesterov).
         lr: peak learning rate, after a linear warmup, before a cosine decay to zero.
         weight_decay: decoupled weight decay of weights (not of biases, norms, embeddings).
-        warmup_epochs: epochs of linear learning-rate warmup, at most ``epochs`` (the default 2
-            is kept in shorter runs, whose learning rate then peaks below ``lr``).
+        warmup_epochs: epochs of linear learning-rate warmup, at most ``epochs`` (the default 2 is kept in shorter runs,
+            whose learning rate then peaks below ``lr``).
         label_smoothing: of the cross-entropy loss (folded into the soft targets under mixing).
         mixup: alpha of mixup's Beta(alpha, alpha) mixing weight; 0: off (timm's ``mixup_alpha``).
         cutmix: alpha of CutMix's Beta(alpha, alpha) box area; 0: off (timm's ``cutmix_alpha``).
         mix_prob: chance that a batch is mixed at all, when mixup or cutmix is on (timm's ``prob``).
-        mix_switch_prob: with both on, chance that a mixed batch uses CutMix rather than mixup
-            (timm's ``switch_prob``).
+        mix_switch_prob: with both on, chance that a mixed batch uses CutMix rather than mixup (timm's ``switch_prob``).
         crop_padding: pixels of reflection padding for random crops.
         flip: random horizontal flips.
         precision: auto (bf16 on GPUs, fp32 on CPUs), bf16 or fp32.
         compile: torch.compile the model (GPU).
         eval_size: class-stratified test subset scored at each evaluation; None: all 10,000.
-        eval_every: evaluate on the eval_size images, log a metrics row and checkpoint every this many
-            epochs and after the last (inside views keep their epochs); when, not what: the weights
-            are the same for every value, and a run resumes under another.
+        eval_every: evaluate on the eval_size images, log a metrics row and checkpoint every this many epochs and after
+            the last (inside views keep their epochs); when, not what: the weights are the same for every value, and a
+            run resumes under another.
     """
-
     model: str = "vit_tiny_c10"
     init: str | None = None
     objective: Literal["classify", "mpp"] = "classify"

@@ -41,7 +41,6 @@ class FewshotEvaluator:
 
 class CKAResult(NamedTuple):
     """Linear CKA between the layers of a model and of its reference, with both lists of layer names."""
-
     cka: torch.Tensor  # (layers, reference layers)
     layers: list[str]
     reference_layers: list[str]

@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)  #: without ``progress``, runs report here (``
 @dataclass
 class TrainResult:
     """The trained model (on the CPU) and the final metrics record."""
-
     model: nn.Module
     record: dict[str, Any]
 
@@ -41,7 +40,6 @@ class TrainResult:
 @dataclass
 class _Run:
     """The state of a run in progress: what the loop reads and advances."""
-
     config: TrainConfig
     out: Path
     objective: Objective
@@ -196,8 +194,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.de
     Args:
         device: default: the local rank's GPU when there is one, else the CPU.
         progress: print a start line and a bar per epoch; else report to :data:`log`.
-        checkpoint_every: also checkpoint every this many steps (0: at evaluated epochs only, see
-            ``config.eval_every``).
+        checkpoint_every: also checkpoint every this many steps (0: at evaluated epochs only, ``config.eval_every``).
         inside: record a ViT's inside views (:mod:`vitlab.training.inside`); the weights are the same either way.
     """
     out = Path(out)
@@ -220,23 +217,21 @@ def _epochs(run: _Run, tensors: tuple[torch.Tensor, ...], record: dict[str, Any]
     while run.step < run.total:
         epoch = run.step // run.steps_per_epoch + 1  # 1-based: the epoch this pass ends
         stats = train_one_epoch(run, train_x, train_y, progress=progress, checkpoint_every=checkpoint_every)
-        # Evaluation and checkpoints draw no training random numbers: the cadence leaves the weights as they are.
-        evaluated = epoch % run.config.eval_every == 0 or epoch == run.config.epochs
+        evaluated = epoch % run.config.eval_every == 0 or epoch == run.config.epochs  # draws no training randomness
         if evaluated:
             accuracy = run.objective.test_accuracy(run.model, test_x, test_y) if run.rank == 0 else float("nan")
             record = dict(epoch=epoch, step=run.step, loss=stats["loss"], train_accuracy=stats["train_accuracy"],
                           test_accuracy=accuracy, lr=run.opt.param_groups[0]["lr"],
                           images_per_second=stats["images_per_second"], wall_seconds=run.wall)
-        if run.rank == 0:
-            if evaluated:
-                append_metrics(run.out, record)
-                if not progress:
-                    log.info(json.dumps(record))
-                if on_epoch is not None:
-                    on_epoch(record)
-            if run.inside is not None and epoch in recorded_epochs(run.config.epochs):
-                view = run.inside.run(run.encoder, epoch=epoch, step=run.step)
-                record_inside(run.out, view, inside_tensors(run.encoder, epoch))
+        if run.rank == 0 and evaluated:
+            append_metrics(run.out, record)
+            if not progress:
+                log.info(json.dumps(record))
+            if on_epoch is not None:
+                on_epoch(record)
+        if run.rank == 0 and run.inside is not None and epoch in recorded_epochs(run.config.epochs):
+            view = run.inside.run(run.encoder, epoch=epoch, step=run.step)
+            record_inside(run.out, view, inside_tensors(run.encoder, epoch))
         if evaluated:
             _save_checkpoint(run, epoch)
     return record

@@ -37,7 +37,6 @@ def _colour_class(rgb: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class Corruption:
     """Which patches of a batch were corrupted, and how."""
-
     kind: torch.Tensor  # (N, patches): KEPT, MASKED, SWAPPED (took patch ``source``) or UNCHANGED (corrupted, kept)
     source: torch.Tensor  # (N, patches) long: the patch a SWAPPED one took, its own index otherwise
 
@@ -163,7 +162,6 @@ def masked_accuracy(model: MaskedPatchPrediction, images: torch.Tensor, seed: in
 @dataclass(frozen=True)
 class MaskedExample:
     """What the objective asks of a few images and what a model answers (:func:`masked_example`)."""
-
     pixels: torch.Tensor  # (N, H, W, 3) uint8
     seen: torch.Tensor  # (N, H, W, 3) uint8 what the encoder sees: masked patches grey, swapped ones the patch taken
     targets: torch.Tensor  # (N, patches) 3-bit colour classes, row-major

@@ -25,7 +25,6 @@ MPP_ACCURACY = "corrupted patches whose 3-bit mean colour (512 classes) is predi
 
 class Objective:
     """What a run learns: one interface for the loop, the zoo and the sweeps. Subclasses fill it in."""
-
     name = ""  # the TrainConfig.objective it is chosen by
     uses_labels = True  # False: a head trained without labels starts anew when fine-tuned
     what = "training"  # how a run's start line names what it does
@@ -81,7 +80,6 @@ class Objective:
 
 class Classification(Objective):
     """Supervised: label-smoothed cross-entropy, maybe mixed (soft targets; a hit is the dominant label)."""
-
     name = "classify"
 
     def __init__(self, config: TrainConfig):
@@ -114,7 +112,6 @@ class Classification(Objective):
 
 class MaskedPatches(Objective):
     """Masked patch prediction (:mod:`vitlab.training.mpp`); targets (B, patches, 3): colour, kind, source."""
-
     name = "mpp"
     uses_labels = False
     what = "pre-training (masked patch prediction, no labels)"

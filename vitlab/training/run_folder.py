@@ -182,16 +182,14 @@ def _prune(out: Path, step: int) -> None:
 
 
 def changes(saved: dict[str, Any], config: Any, where: str = "the checkpoint") -> list[str]:
-    """How ``config`` differs from ``saved`` settings (at their defaults where missing), a phrase per field;
-    :data:`~vitlab.training.config.CADENCE` settings change when a run evaluates, not what it is, and are skipped."""
+    """How ``config`` differs from ``saved`` (defaults where missing; CADENCE settings skipped), a phrase per field."""
     pairs = [(f.name, saved.get(f.name, f.default), getattr(config, f.name)) for f in dataclasses.fields(config)
              if not f.metadata.get("cadence")]
     return [f"{name} {old!r} in {where}, {new!r} now" for name, old, new in pairs if old != new]
 
 
 def finished_run(out: Path, config: Any) -> Sidecar | None:
-    """The sidecar of the run that finished in ``out`` with settings ``config``, or None; ConfigError for other
-    settings, RunFolderError for a model no vitlab run wrote."""
+    """The sidecar of the run finished in ``out`` with ``config``, or None; ConfigError/RunFolderError: other run."""
     model = out / MODEL
     if not model.exists():
         return None

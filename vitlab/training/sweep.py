@@ -39,22 +39,19 @@ class SweepConfig:
 
     Attributes:
         models: zoo entries to train, each with its own recipe.
-        init: fine-tune every model from these weights (a zoo name or file, e.g. the
-            masked-patch-prediction encoder ``vit_tiny_c10_mpp``) instead of training from
-            scratch; its runs are told apart by their ``init`` (``"mpp:vit_tiny_c10_mpp"``)
-            in the results and in their folders' names.
+        init: fine-tune every model from these weights (a zoo name or file, e.g. the masked-patch-prediction encoder
+            ``vit_tiny_c10_mpp``) instead of training from scratch; its runs are told apart by their ``init``
+            (``"mpp:vit_tiny_c10_mpp"``) in the results and in their folders' names.
         sizes: training images per run.
         seeds: one run per seed (the subset, initial weights and batch order).
         epochs: at least this many epochs per run.
         min_samples: and at least this many training images seen.
         batch_size: of every run.
-        warmup_fraction: of each run's epochs spent in learning-rate warmup (none, and no
-            warmup_epochs: 0.1).
-        warmup_epochs: epochs of learning-rate warmup in every run, whatever its length, instead
-            of warmup_fraction.
+        warmup_fraction: of each run's epochs spent in learning-rate warmup (none, and no warmup_epochs: 0.1).
+        warmup_epochs: epochs of learning-rate warmup in every run, whatever its length, instead of warmup_fraction.
         monitor_size: class-stratified test images scored at each evaluation of a run.
-        eval_every: each run scores its monitor_size images and checkpoints every this many epochs
-            and after its last (``TrainConfig.eval_every``); the weights are the same for any value.
+        eval_every: each run scores its monitor_size images and checkpoints every this many epochs and after its last
+            (``TrainConfig.eval_every``); the weights are the same for any value.
         precision: auto, bf16 or fp32.
         fewshot: shots per class for probes of each run's final representation (paper Fig. 4).
         fewshot_seeds: draws of the few-shot training images per probe.
@@ -62,7 +59,6 @@ class SweepConfig:
         out: one training folder per run below this.
         results: writes <results>.csv and <results>.json.
     """
-
     models: tuple[str, ...] = ("vit_tiny_c10", "resnet_tiny_c10")
     init: str | None = None
     sizes: tuple[int, ...] = (1000, 5000, 10000, 25000, 50000)
@@ -108,7 +104,6 @@ class SweepConfig:
 @dataclass(frozen=True, kw_only=True)
 class Run:
     """One run of a sweep: a zoo entry trained on a subset under one seed."""
-
     model: str
     subset_size: int
     seed: int
@@ -146,15 +141,6 @@ def check(config: SweepConfig, train_images: int = 50_000) -> None:
         _check_init(config)
     if config.epochs < 1 or config.min_samples < 0 or not 0 <= (config.warmup_fraction or 0) < 1:
         raise ConfigError("epochs must be >= 1, min_samples >= 0 and warmup_fraction in [0, 1)")
-    _check_schedule(config)
-    if config.fewshot and (min(config.fewshot) < 1 or max(config.fewshot) * classes > min(config.sizes)
-                           or config.fewshot_seeds < 1):
-        raise ConfigError(f"few-shot probes need 1..{min(config.sizes) // classes} shots per class (the smallest "
-                          f"subset) and at least one seed, got shots {list(config.fewshot)}, "
-                          f"{config.fewshot_seeds} seeds")
-
-
-def _check_schedule(config: SweepConfig) -> None:
     if config.warmup_epochs is not None and config.warmup_fraction is not None:
         raise ConfigError(f"--warmup-fraction {config.warmup_fraction} and --warmup-epochs {config.warmup_epochs}: "
                           "give one (a share of each run's epochs, or epochs in every run)")
@@ -163,6 +149,11 @@ def _check_schedule(config: SweepConfig) -> None:
         raise ConfigError(f"--warmup-epochs {config.warmup_epochs}: must be 0..{shortest} (the shortest run's epochs)")
     if type(config.eval_every) is not int or config.eval_every < 1:
         raise ConfigError(f"--eval-every {config.eval_every}: must be a whole number of epochs, 1 or more")
+    if config.fewshot and (min(config.fewshot) < 1 or max(config.fewshot) * classes > min(config.sizes)
+                           or config.fewshot_seeds < 1):
+        raise ConfigError(f"few-shot probes need 1..{min(config.sizes) // classes} shots per class (the smallest "
+                          f"subset) and at least one seed, got shots {list(config.fewshot)}, "
+                          f"{config.fewshot_seeds} seeds")
 
 
 def _check_init(config: SweepConfig) -> None:
@@ -180,10 +171,7 @@ def _check_init(config: SweepConfig) -> None:
 
 
 def train_flops_per_image(model: nn.Module, img_size: int = 32) -> float:
-    """FLOPs of one training step per image, counted by PyTorch (on a copy, with attention it can see into).
-
-    ``model``: a classifier, or a :class:`~vitlab.training.mpp.MaskedPatchPrediction` (encoder and colour head).
-    """
+    """FLOPs of one training step per image of a classifier or :class:`~vitlab.training.mpp.MaskedPatchPrediction`."""
     model = copy.deepcopy(model).cpu().train()
     for module in model.modules():
         if hasattr(module, "fused_attn"):
@@ -199,12 +187,7 @@ def train_flops_per_image(model: nn.Module, img_size: int = 32) -> float:
 
 
 def init_history(init: str) -> tuple[int, float]:
-    """Images seen and training FLOPs (forward + backward) behind the weights a run started from, read from their
-    sidecar: steps x batch size images, each at :func:`train_flops_per_image` of what was trained (for masked patch
-    prediction the encoder with its colour head), plus the history of their own init.
-
-    ``init``: a run's ``init`` (``"mpp:vit_tiny_c10_mpp"``), or a zoo name or weights file.
-    """
+    """Images seen and training FLOPs behind the weights of ``init`` (``"mpp:vit_tiny_c10_mpp"``), from sidecars."""
     return _history(init.partition(":")[2] or init, ())
 
 
@@ -275,9 +258,8 @@ def _train_run(config: SweepConfig, run: Run, test_set: _Split, device: str | to
     entry, test_x, test_y = zoo.entry(run.model), *test_set
     settings = zoo.train_config(
         run.model, subset_size=run.subset_size, seed=run.seed, epochs=run.epochs, batch_size=run.batch_size,
-        warmup_epochs=config.warmup_for(run.epochs), precision=config.precision,
-        eval_size=config.monitor_size if config.monitor_size < len(test_y) else None, init=config.init,
-        eval_every=config.eval_every)
+        warmup_epochs=config.warmup_for(run.epochs), precision=config.precision, eval_every=config.eval_every,
+        eval_size=config.monitor_size if config.monitor_size < len(test_y) else None, init=config.init)
     result = train(settings, _run_dir(config, run), device=device, progress=progress)
     if run.model not in flops:
         flops[run.model] = train_flops_per_image(build_model({"zoo": entry.architecture}),
@@ -326,9 +308,8 @@ def inside_runs(config: SweepConfig, progress: bool = True) -> list[RunInside]:
     views, commands = result_files.read_run_insides(config.results)  # a torn file stops here, before the data
     commands = _with(commands, config.command())
     have, wanted = {v.key for v in views}, {_key(run) for run in config.runs()}
-    todo = [r for r in result_files.read_runs(config.results, init_history)
-            if r.family != "resnet" and _key(r) in wanted and _key(r) not in have
-            and (_run_dir(config, r) / MODEL).is_file()]
+    todo = [r for r in result_files.read_runs(config.results, init_history) if r.family != "resnet"
+            and _key(r) in wanted and _key(r) not in have and (_run_dir(config, r) / MODEL).is_file()]
     if not todo:
         return views
     images = inside.probe_images()

@@ -36,7 +36,6 @@ CHECK_SIZE = 1000  #: test images every zoo checkpoint is re-checked on (class-s
 @dataclass(frozen=True, kw_only=True)
 class ZooEntry:
     """A zoo name: an architecture and the recipe it is (or would be) trained with."""
-
     name: str  # load_model(name); checkpoint data/zoo/<name>.safetensors
     architecture: str  # a key of vitlab.models.ARCHITECTURES
     recipe: Mapping[str, Any]  # TrainConfig fields of its training run
@@ -146,7 +145,6 @@ def inside_folder(name: str) -> Path:
 @dataclass(frozen=True)
 class TrainingRecord:
     """How a trained checkpoint was made: its sidecar, its metrics log, and where its inside views are."""
-
     sidecar: Sidecar
     log: list[dict[str, Any]]  # one record per epoch
     inside: Path  # the folder of its inside views over training (may hold none)

@@ -129,11 +129,8 @@ def _display_now(widget: W.Widget):
 
 
 class Explorer(W.VBox):
-    """Base of every view: a model dropdown, controls, a status line and figures, one redraw path (:meth:`refresh`).
-
-    A subclass makes its controls, calls :meth:`_build` with its rows and defines :meth:`compute` and :meth:`figures`;
-    with ``live = False`` a control change redraws only once ``run`` (Compute) is pressed.
-    """
+    """Base of every view: model dropdown, controls, status line, figures, one redraw path (:meth:`refresh`); subclasses
+    call :meth:`_build` and define :meth:`compute` and :meth:`figures` (``live = False``: redraw on Compute only)."""
     live = True  # redraw on every control change
     slow = False  # the first computation takes seconds: show progress in the cell meanwhile
     n_figures = 1

@@ -247,10 +247,8 @@ def head_attention_figure(maps: torch.Tensor, layers: list[int] | None = None,
 
 def training_curves_figure(records: list[dict] | None = None, title: str = "Training",
                            mixed: bool = False, objective: str = "classify") -> go.Figure:
-    """Loss and train/test accuracy per epoch from a run's metrics records (may be empty).
-
-    ``mixed``: a mixup/CutMix run (train accuracy of dominant labels); ``objective="mpp"``: masked patch prediction.
-    """
+    """Loss and train/test accuracy per epoch from a run's metrics records (may be empty). ``mixed``: a mixup/CutMix run
+    (train accuracy of dominant labels); ``objective="mpp"``: masked patch prediction."""
     records = records or []
     epochs = [r["epoch"] for r in records]
     colours = objective == "mpp"

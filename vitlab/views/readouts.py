@@ -71,13 +71,9 @@ def _against(where: Versus, reference: Sequence[float], digits: int = 2, unit: s
 
 @dataclass(frozen=True, kw_only=True)
 class DistanceReadout(Readout):
-    """Fig. 7 (right), judged in every layer. A head is local when its whole 95% interval over images lies below
-    LOCAL_FRACTION of the uniform-attention distance and, with a random-init reference, below its layer's lowest
-    random-init head. ``local`` (layers, heads) marks them; ``local_heads`` lists them as (layer, head), both
-    numbered from 1. ``stem``, a hybrid's heads against the window each token sees through its CNN (the figure's
-    stem line): "below" when every head's mean distance is shorter than the window (on average a head attends to
-    tokens whose windows overlap the query's own), "above" when every head's is longer, else "across"; None for a ViT.
-    """
+    """Fig. 7 (right): ``local`` (layers, heads) marks heads whose 95% interval is below LOCAL_FRACTION of uniform (and
+    the layer's lowest random-init head), ``local_heads`` as (layer, head) from 1; ``stem``: a hybrid's heads all
+    "below" or "above" the window each token sees through its CNN, else "across" (None for a ViT)."""
     local: torch.Tensor
     local_heads: tuple[tuple[int, int], ...]
     stem: Literal["below", "across", "above"] | None = None
@@ -85,9 +81,8 @@ class DistanceReadout(Readout):
 
 @dataclass(frozen=True, kw_only=True)
 class PositionReadout(Readout):
-    """Fig. 7 (center): ``structure_vs_init``, the structure score against the random-init seeds' range (None
-    without them); ``grid_structure``: the score reaches 0.3 and lies above that range; ``mirror_symmetric``: mirror
-    similarity >= 0.3 and about that to neighbours (excess >= -0.05)."""
+    """Fig. 7 (center): ``structure_vs_init``, the structure score against random init's range; ``grid_structure``:
+    it reaches 0.3 and lies above it; ``mirror_symmetric``: mirror similarity >= 0.3 and excess >= -0.05."""
     structure_vs_init: Versus | None
     grid_structure: bool
     mirror_symmetric: bool

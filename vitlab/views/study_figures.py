@@ -14,8 +14,7 @@ from ..records import (FAMILY_ORDER, InsideView, ProbeRecord, Recipes, RunInside
                        group_spread, spread)
 from ..training import mpp
 from .figures import training_curves_figure, uniform_line
-from .style import duration, family_color, family_shades, integer_ticks, layout, table
-from .style import layer_label
+from .style import duration, family_color, family_shades, integer_ticks, layer_label, layout, table
 
 
 def _by_size(runs: list[RunRecord]) -> dict[int, list[RunRecord]]:
@@ -29,12 +28,7 @@ _FAMILY_SYMBOLS = {"vit": "circle", "hybrid": "triangle-up", "resnet": "square"}
 
 def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[str] | None = None,
                  title: str | None = None, shots: int | None = None) -> go.Figure:
-    """Accuracy (mean ± std over seeds) against ``x``, training images or FLOPs, per model (paper Fig. 3 and 5).
-
-    ``x``: ``"subset_size"`` or ``"train_flops_total"`` (all training of the weights, an init's pre-training included).
-
-    ``models``: labels to draw (default all); ``shots``: k for the k-shot probe accuracy (Fig. 4), None for test.
-    """
+    """Accuracy (mean ± std) against ``x``, ``"subset_size"`` or ``"train_flops_total"``, per model (Fig. 3, 4, 5)."""
     if x not in ("subset_size", "train_flops_total"):
         raise ValueError(f"x must be 'subset_size' or 'train_flops_total', got {x!r}")
     value = (lambda r: r.test_accuracy) if shots is None else (lambda r: r.fewshot.get(shots))
@@ -68,8 +62,7 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
 
 
 def sweep_table(records: list[RunRecord]) -> go.Figure:
-    """The sweep as a table: per model and subset size, epochs, accuracy (mean ± std over seeds), FLOPs (an init's
-    pre-training included), time."""
+    """The sweep as a table: per model and size, epochs, accuracy (mean ± std), FLOPs with pre-training, time."""
     columns: list[list] = [[] for _ in range(7)]
     for name in sorted({r.label for r in records}):
         for size, runs in _by_size([r for r in records if r.label == name]).items():

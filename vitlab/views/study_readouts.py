@@ -185,10 +185,7 @@ class FinetuneReadout(Readout):
 
 
 def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on: int | None = None) -> FinetuneReadout:
-    """Readout of sweep runs of ``model`` fine-tuned from ``init`` against from scratch, at sizes run both ways.
-
-    ``pretrained_on``: the training images the encoder was pre-trained on (its sidecar's ``data``).
-    """
+    """Readout of runs of ``model`` fine-tuned from ``init`` (pre-trained on ``pretrained_on`` images) vs scratch."""
     mine = [r for r in runs if r.model == model]
     sizes_run = {r.subset_size for r in mine}
     scratch = {n: [r.test_accuracy for r in mine if not r.init and r.subset_size == n] for n in sizes_run}
@@ -326,8 +323,7 @@ PAPER_FEW_IMAGES = ("(Fig. 3, 4) with less pre-training data, ViTs do worse than
 
 @dataclass(frozen=True, kw_only=True)
 class HeadToHeadReadout(Readout):
-    """Runs trained side by side (notebook 06): ``leader`` the most accurate, ``lead`` its margin over the next
-    (a fraction), ``as_paper`` whether a ResNet leads, as the paper finds on little data."""
+    """Runs side by side: ``leader`` most accurate, ``lead`` its margin (fraction), ``as_paper``: a ResNet leads."""
     accuracy: dict[str, float]  # test accuracy on ``test_images`` images, per run
     family: dict[str, str]
     images_seen: dict[str, int]  # steps x batch size
@@ -343,7 +339,6 @@ def head_to_head(runs: dict[str, tuple[TrainConfig, TrainResult]]) -> HeadToHead
     from ..analysis.representations import model_family
     from ..training.config import TEST_IMAGES, TRAIN_IMAGES
     from ..training.sweep import train_flops_per_image
-
     if len(runs) < 2:
         raise ValueError(f"head_to_head compares at least two runs, got {len(runs)}")
     accuracy = {k: float(r.record["test_accuracy"]) for k, (_, r) in runs.items()}

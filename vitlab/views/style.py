@@ -52,9 +52,7 @@ def json_safe(values: np.ndarray) -> list:
 
 def tile(values: np.ndarray, fill: float) -> tuple[np.ndarray, np.ndarray]:
     """Lay (A, B, r, c, ...) tiles out as one (A*(r+1) - 1, B*(c+1) - 1, ...) array with 1-pixel gaps of ``fill``.
-
-    Returns ``(mosaic, index)``: ``index`` (H, W, 4) holds each pixel's 0-based tile (a, b) and (y, x), -1 in gaps.
-    """
+    Returns ``(mosaic, index)``: ``index`` (H, W, 4) holds each pixel's 0-based tile (a, b) and (y, x), -1 in gaps."""
     a_n, b_n, rows, cols = values.shape[:4]
     def lay(v: np.ndarray, gap: float) -> np.ndarray:
         out = np.full((a_n, rows + 1, b_n, cols + 1, *v.shape[4:]), gap, dtype=v.dtype)
@@ -127,8 +125,7 @@ def spread_text(values: Sequence[float], digits: int = 2, unit: str = "", scale:
 
 
 def layer_label(module: str) -> str:
-    """A representation layer's module name as text, numbered from 1: a ViT's "blocks.1" -> "layer 2", a ResNet's
-    "layer2" -> "stage 2", "act1" -> "stem", "pre_logits" -> "pre-logits"; other names unchanged."""
+    """A layer's module name as text: "blocks.1" -> "layer 2", "layer2" -> "stage 2", "act1" -> "stem", "pre_logits"."""
     kind, _, index = module.rpartition(".")
     if kind == "blocks" and index.isdigit():
         return f"layer {int(index) + 1}"
