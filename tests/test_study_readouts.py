@@ -59,6 +59,33 @@ def test_fine_tuning_gain_is_the_difference_of_seed_means_at_sizes_with_both():
         study_readouts.fine_tuning(no_compute, "vit_t", "mpp:enc")
 
 
+def test_fine_tuning_names_a_compute_matched_arm_only_where_one_ran():
+    from vitlab.records import RunRecord
+
+    def scratch(size, seed, acc, images):  # 100 FLOPs per image, as in _fine_tune_runs
+        return RunRecord(model="vit_t", family="vit", subset_size=size, seed=seed, epochs=50, test_accuracy=acc,
+                         images_seen=images, train_flops=100 * images)
+
+    # 1,000 labels: the fine-tuned arm saw 12,000 images in all; 12,300 is within 5% of that, 13,000 (8%) is not,
+    # and 6,000 is neither the fine-tuning budget (2,000) nor the fine-tuned arm's total. 5,000 labels: no matched run.
+    extra = [scratch(1000, 0, 0.50, 12_300), scratch(1000, 1, 0.01, 13_000), scratch(1000, 2, 0.99, 6000),
+             scratch(5000, 1, 0.02, 40_000)]
+    base = study_readouts.fine_tuning(_fine_tune_runs(), "vit_t", "mpp:enc", pretrained_on=50_000)
+    r = study_readouts.fine_tuning(_fine_tune_runs() + extra, "vit_t", "mpp:enc", pretrained_on=50_000)
+    assert r.matched == {1000: [0.50]} and r.matched_gain == pytest.approx({1000: (0.47 + 0.49) / 2 - 0.50})
+    assert (r.matched_images, r.matched_flops) == ({1000: 12_300}, {1000: 1.23e6})
+    # The budget arm keeps only the runs at the fine-tuning budget: neither the matched run nor the others join it.
+    assert r.scratch == base.scratch == {1000: [0.40, 0.44], 5000: [0.60]} and r.gain == base.gain
+    assert (r.scratch_images, r.images_ratio) == (base.scratch_images, base.images_ratio)
+    sentence = r.text[r.text.index(" At equal compute"):r.text.index(" The encoder was")]
+    assert "1,000 labels: 48.0% vs 50.0% (2 vs 1 seeds, provisional) with 12,000 vs 12,300 images seen" in sentence
+    assert "the objective loses by 2.0 points" in sentence and "5,000" not in sentence
+    assert r.text.replace(sentence, "") == base.text and "At equal compute" not in base.text
+    assert base.matched == base.matched_gain == base.matched_images == base.matched_flops == {}
+    two = study_readouts.fine_tuning(_fine_tune_runs() + extra + [scratch(1000, 3, 0.40, 11_500)], "vit_t", "mpp:enc")
+    assert two.matched_gain == pytest.approx({1000: 0.48 - 0.45}) and "(2 vs 2 seeds) with" in two.text
+    assert "the objective wins by 3.0 points" in two.text
+
 def test_pretraining_readout_compares_the_last_epoch_with_the_best_guess():
     log = [dict(epoch=1, step=10, test_accuracy=0.2, wall_seconds=60.0), dict(epoch=2, step=20, test_accuracy=0.5,
                                                                              wall_seconds=120.0)]

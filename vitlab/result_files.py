@@ -19,6 +19,8 @@ from .records import InsideView, RunInside, RunOf, RunProbe, RunRecord
 RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_vs_resnet"
 #: The ViT fine-tuned from the masked-patch-prediction encoder at the sweep's sizes (``init`` set).
 MPP_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "mpp_finetune"
+#: The ViT from scratch at the fine-tuned runs' images seen, pre-training included (compute-matched arm).
+MATCHED_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "compute_matched"
 #: ViT runs of the sweep's sizes retrained with inside views (``<INSIDE_RESULTS>-inside.json``, ...).
 INSIDE_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_inside"
 

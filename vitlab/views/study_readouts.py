@@ -167,13 +167,17 @@ def pretraining(log: Sequence[dict], baselines: dict[str, float], batch_size: in
                               first=log[0]["test_accuracy"], baselines=dict(baselines))
 
 
+#: A run from scratch matches the fine-tuned arm's compute when its images seen are within this fraction of the arm's.
+MATCHED = 0.05
+
+
 @dataclass(frozen=True, kw_only=True)
 class FinetuneReadout(Readout):
     """Fine-tuned from pre-trained weights against from scratch, per number of labelled images (:func:`fine_tuning`)."""
     model: str  # the architecture's zoo name
     init: str  # what the fine-tuned runs started from
     sizes: list[int]  # labelled training images, ascending
-    scratch: dict[int, list[float]]  # per size, each seed's test accuracy (fractions)
+    scratch: dict[int, list[float]]  # per size, each seed's test accuracy from scratch at the fine-tuning budget
     tuned: dict[int, list[float]]
     gain: dict[int, float]  # per size, mean fine-tuned minus mean from scratch (fractions)
     scratch_images: dict[int, int]  # per size, images seen by a run from scratch (mean over seeds)
@@ -182,23 +186,57 @@ class FinetuneReadout(Readout):
     tuned_flops: dict[int, float]  # ... of a fine-tuned run, its init's training included (train_flops_total)
     images_ratio: dict[int, float]  # tuned_images / scratch_images
     flops_ratio: dict[int, float]  # tuned_flops / scratch_flops
+    matched: dict[int, list[float]]  # sizes with runs from scratch at the tuned arm's images seen -> accuracies
+    matched_gain: dict[int, float]  # ... -> mean fine-tuned minus mean matched (fractions)
+    matched_images: dict[int, int]  # ... -> images seen by a matched run (mean over seeds)
+    matched_flops: dict[int, float]  # ... -> its training FLOPs
+
+
+def _arms(mine: Sequence[RunRecord], init: str, n: int) -> tuple[list[RunRecord], list[RunRecord], list[RunRecord]]:
+    """At ``n`` labels: runs from scratch at the fine-tuned runs' own budget, at their total images seen; fine-tuned."""
+    if not (tuned := [r for r in mine if r.init == init and r.subset_size == n]):
+        return [], [], []
+    def near(images: float) -> list[RunRecord]:
+        return [r for r in mine if not r.init and r.subset_size == n
+                and abs(r.images_seen_total / images - 1) <= MATCHED]
+    budget = near(_mean([r.images_seen for r in tuned]))
+    return budget, [r for r in near(_mean([r.images_seen_total for r in tuned])) if r not in budget], tuned
+
+
+def _at_equal_compute(tuned: dict[int, list[RunRecord]], matched: dict[int, list[RunRecord]]) -> str:
+    """The readout's sentence on the sizes with runs from scratch at the fine-tuned arm's compute."""
+    def said(n: int) -> str:
+        a, b = ({k: _mean([getattr(r, k) for r in arm[n]]) for k in ("test_accuracy", "images_seen_total",
+                                                                      "train_flops_total")} for arm in (tuned, matched))
+        gain, one = a["test_accuracy"] - b["test_accuracy"], min(len(tuned[n]), len(matched[n])) == 1
+        return (f"{n:,} labels: {a['test_accuracy']:.1%} vs {b['test_accuracy']:.1%} ({len(tuned[n])} vs "
+                f"{len(matched[n])} seeds{', provisional' if one else ''}) with {round(a['images_seen_total']):,} vs "
+                f"{round(b['images_seen_total']):,} images seen and "
+                f"{a['train_flops_total'] / b['train_flops_total']:.2f}x the FLOPs: the objective "
+                f"{'wins' if gain > 0 else 'loses'} by {100 * abs(gain):.1f} points")
+    return (f" At equal compute (fine-tuned vs a run from scratch with as many images seen, within {MATCHED:.0%}; run "
+            f"at {len(matched)} of the sizes): " + "; ".join(said(n) for n in sorted(matched)) + ".") if matched else ""
 
 
 def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on: int | None = None) -> FinetuneReadout:
-    """Readout of runs of ``model`` fine-tuned from ``init`` (pre-trained on ``pretrained_on`` images) vs scratch."""
+    """Readout of runs of ``model`` fine-tuned from ``init`` (pre-trained on ``pretrained_on`` images) vs scratch.
+
+    Runs from scratch are compared at the fine-tuning budget (as many images seen as the fine-tuning alone) and, where
+    one ran, at matched compute (as many as pre-training plus fine-tuning); other runs from scratch are left out."""
     mine = [r for r in runs if r.model == model]
-    sizes_run = {r.subset_size for r in mine}
-    scratch = {n: [r.test_accuracy for r in mine if not r.init and r.subset_size == n] for n in sizes_run}
-    tuned = {n: [r.test_accuracy for r in mine if r.init == init and r.subset_size == n] for n in scratch}
-    sizes = sorted(n for n in scratch if scratch[n] and tuned[n])
+    _check_compute([r for r in mine if r.init in ("", init) and any(t.init == init and t.subset_size == r.subset_size
+                                                                     for t in mine)])
+    arms = {n: _arms(mine, init, n) for n in sorted({r.subset_size for r in mine})}
+    sizes = [n for n, (budget, _, tuned) in arms.items() if budget and tuned]
     if not sizes:
         raise ValueError(f"no size has runs of {model} both from scratch and fine-tuned from {init}")
+    runs_of = {arm: {n: arms[n][i] for n in sizes if arms[n][i]} for i, arm in enumerate(("", "matched", init))}
+    scratch, matched, tuned = ({n: [r.test_accuracy for r in rs] for n, rs in runs_of[a].items()} for a in runs_of)
     gain = {n: _mean(tuned[n]) - _mean(scratch[n]) for n in sizes}
-    _check_compute([r for r in mine if r.subset_size in sizes and r.init in ("", init)])
     def total(arm: str, name: str) -> dict[int, float]:
-        return {n: _mean([getattr(r, name) for r in mine if r.init == arm and r.subset_size == n]) for n in sizes}
-    images = {arm: {n: round(v) for n, v in total(arm, "images_seen_total").items()} for arm in ("", init)}
-    flops = {arm: total(arm, "train_flops_total") for arm in ("", init)}
+        return {n: _mean([getattr(r, name) for r in rs]) for n, rs in runs_of[arm].items()}
+    images = {arm: {n: round(v) for n, v in total(arm, "images_seen_total").items()} for arm in runs_of}
+    flops = {arm: total(arm, "train_flops_total") for arm in runs_of}
     images_ratio = {n: images[init][n] / images[""][n] for n in sizes}
     flops_ratio = {n: flops[init][n] / flops[""][n] for n in sizes}
     def said(n: int) -> str:
@@ -219,13 +257,15 @@ def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on:
                f"{least:,} ({100 * gain[least]:+.1f})." if len(sizes) > 1 else ".")
             + (f" The fine-tuned arm had {number(low, 1)}-{number(high, 1)}x the training FLOPs of the arm from "
                "scratch: these gains are not at equal compute." if low > 1.05 else "")
+            + _at_equal_compute(runs_of[init], runs_of["matched"])
             + (f" The encoder was pre-trained without labels on {pretrained_on:,} CIFAR-10 training images, those the "
                "labelled subsets are drawn from: this tests the objective, not more data." if pretrained_on else ""))
     return FinetuneReadout(figure="masked patch prediction, then fine-tuning (paper 4.6)", text=text, paper=PAPER_MPP,
-                           model=model, init=init, sizes=sizes, scratch={n: scratch[n] for n in sizes},
-                           tuned={n: tuned[n] for n in sizes}, gain=gain, scratch_images=images[""],
-                           tuned_images=images[init], scratch_flops=flops[""], tuned_flops=flops[init],
-                           images_ratio=images_ratio, flops_ratio=flops_ratio)
+                           model=model, init=init, sizes=sizes, scratch=scratch, tuned=tuned, gain=gain,
+                           scratch_images=images[""], tuned_images=images[init], scratch_flops=flops[""],
+                           tuned_flops=flops[init], images_ratio=images_ratio, flops_ratio=flops_ratio, matched=matched,
+                           matched_gain={n: _mean(tuned[n]) - _mean(matched[n]) for n in matched},
+                           matched_images=images["matched"], matched_flops=flops["matched"])
 
 
 @dataclass(frozen=True, kw_only=True)
