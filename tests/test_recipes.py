@@ -181,6 +181,29 @@ def test_the_readout_says_what_each_arm_measured():
     assert "no run has a local head" in early.text and "its value below 50%" in early.text
 
 
+def test_the_readout_follows_each_run_across_epochs_and_judges_the_gap_against_the_seed_spread():
+    r = study_readouts.recipes(_comparison())
+    assert r.epochs == [1, 2] and r.by_epoch["CutMix"] == [[12.0, 3.0], [13.0, 9.0]]
+    # Seeds of CutMix span 6.0 px at epoch 2 (3 and 9), plain 0.5: the means (14.25, 6.0) are 8.25 px apart.
+    assert r.seed_span == 6.0 and r.separated == {"CutMix": True} and not r.provisional
+    assert "CutMix separates from plain" in r.text and r.falling == {"plain": [False] * 2, "CutMix": [False] * 2}
+    # One seed per arm and five epochs: A falls at each of its last three records, B rose once among them.
+    single = Recipes(arms={"A": [_run("A", 0, [16.0, 15.5, 15.2, 14.9, 14.7], [0.5] * 5)],
+                           "B": [_run("B", 0, [16.0, 15.0, 15.1, 15.0, 14.9], [0.5] * 5)]},
+                     differs_in={}, commands=[])
+    r = study_readouts.recipes(single)
+    assert r.falling == {"A": [True], "B": [False]} and r.provisional
+    assert r.seed_span is None and r.separated == {"B": False} and "no seed spread is measured" in r.text
+    assert "Still falling at epoch 5 (lower at each of the last 3 records): A (seed 0), so" in r.text
+    near = study_readouts.recipes(single, seed_span=(0.55, "the 10-epoch seeds"))  # 0.2 px apart
+    assert near.separated == {"B": False} and "0.6 px (the 10-epoch seeds)" in near.text
+    assert "B does not separate from A (provisional: an arm has one seed)" in near.text
+    far = study_readouts.recipes(single, seed_span=(0.1, "elsewhere"))
+    assert far.separated == {"B": True}
+    early = study_readouts.recipes(single, epoch=4)  # the record up to epoch 4: A 15.5 > 15.2 > 14.9, falling
+    assert early.epochs == [1, 2, 3, 4] and early.falling == {"A": [True], "B": [False]}
+
+
 def test_the_side_by_side_figure_draws_every_head_of_every_seed():
     from vitlab.views import study_figures
 

@@ -214,9 +214,9 @@ class InsideViewsExplorer(W.VBox):
 
 class RecipesExplorer(W.VBox):
     """The arms of a recipe comparison (default: the committed locality experiment) side by side at any epoch."""
-    def __init__(self, folder: str | Path | None = None):
+    def __init__(self, folder: str | Path | None = None, seed_span: tuple[float, str] | None = None):
         from ..training import recipes
-        self.comparison = recipes.read(folder or recipes.LOCALITY)
+        self.comparison, self.seed_span = recipes.read(folder or recipes.LOCALITY), seed_span
         epochs = self.comparison.epochs
         self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
                                        continuous_update=False, style=STYLE)
@@ -230,7 +230,7 @@ class RecipesExplorer(W.VBox):
         if self.epoch.value != epoch:
             self.epoch.value = epoch  # observed: comes back here once with the same epoch
             return
-        self.measured = study_readouts.recipes(self.comparison, epoch)
+        self.measured = study_readouts.recipes(self.comparison, epoch, self.seed_span)
         show_figure(self.distance, study_figures.recipes_figure(self.comparison, epoch))
         show_figure(self.timeline, study_figures.recipes_timeline_figure(self.comparison, epoch))
         self.readout.value = self.measured.html()

@@ -78,6 +78,13 @@ class RecipesReadout(Readout):
     structure: dict[str, list[float]]  # position-embedding structure score (Spearman)
     uniform: float  # the uniform-attention distance (pixels)
     local: dict[str, list[bool]]  # the interval (final epoch) or value (before) below LOCAL_FRACTION of uniform
+    epochs: list[int]  # the epochs every run recorded
+    by_epoch: dict[str, list[list[float]]]  # the lowest layer's most local head at each of ``epochs``, per run
+    falling: dict[str, list[bool]]  # still falling when the record ends: lower at each of its last FALLING records
+    seed_span: float | None  # the widest spread of one arm's seeds at ``epoch`` (or the reference given), pixels
+    spread_from: str  # where ``seed_span`` was measured
+    separated: dict[str, bool]  # each later arm's mean is further from the first arm's than ``seed_span``
+    provisional: bool  # an arm has a single seed: its own spread is unmeasured
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -91,8 +98,45 @@ def _check_compute(runs: Sequence[RunRecord]) -> None:
                          "as python -m vitlab sweep records them")
 
 
-def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
-    """Readout of a recipe comparison (:func:`vitlab.training.recipes.read`) at ``epoch`` (default: the last one)."""
+FALLING = 3  #: records in a row that must each be lower for a head to count as still falling
+
+
+def _separation(lowest: dict[str, list[float]], reference: tuple[float, str] | None
+                ) -> tuple[float | None, str, dict[str, bool], bool, str]:
+    """The seed spread (``reference`` when given, else the widest of one arm's), whether each later arm's mean
+    lies further than it from the first arm's, whether that is provisional, and the sentence saying so."""
+    first, *rest = lowest
+    spans = {a: max(v) - min(v) for a, v in lowest.items() if len(v) > 1}
+    span, where = ((float(reference[0]), reference[1]) if reference is not None else
+                   (max(spans.values()), "seeds of " + ", ".join(spans)) if spans else (None, "no arm has two seeds"))
+    provisional = any(len(v) < 2 for v in lowest.values())
+    separated = {a: span is not None and abs(_mean(lowest[a]) - _mean(lowest[first])) > span for a in rest}
+    if span is None:
+        return span, where, separated, provisional, "no seed spread is measured, so whether the arms separate is open"
+    return span, where, separated, provisional, (
+        f"seeds span up to {span:.1f} px ({where}): "
+        + "; ".join(f"{a} {'separates from' if separated[a] else 'does not separate from'} {first}" for a in rest)
+        + (" (provisional: an arm has one seed)" if provisional else ""))
+
+
+def _falling(comparison: Recipes, epoch: int) -> tuple[list[int], dict[str, list[list[float]]], dict[str, list[bool]]]:
+    """The epochs every run recorded up to ``epoch``, each run's lowest-layer most local head at them, and
+    whether it was lower at each of its last FALLING records."""
+    shared = [e for e in comparison.epochs if e <= epoch]
+    by_epoch = {a: [[r.view_at(e).lowest_local for e in shared] for r in runs] for a, runs in comparison.arms.items()}
+    falling = {a: [len(c) > FALLING and all(x < y for x, y in zip(c[-FALLING:], c[-FALLING - 1:-1])) for c in cs]
+               for a, cs in by_epoch.items()}
+    return shared, by_epoch, falling
+
+
+def recipes(comparison: Recipes, epoch: int | None = None,
+            seed_span: tuple[float, str] | None = None) -> RecipesReadout:
+    """Readout of a recipe comparison (:func:`vitlab.training.recipes.read`) at ``epoch`` (default: the last one).
+
+    Args:
+        seed_span: (pixels, where measured): the seed-to-seed spread to judge the arms' gap against, for
+            comparisons whose arms have one seed each (default: the widest spread of one arm's own seeds).
+    """
     epochs = comparison.epochs
     if not epochs:
         raise ValueError("the runs of this comparison share no recorded epoch")
@@ -121,18 +165,30 @@ def recipes(comparison: Recipes, epoch: int | None = None) -> RecipesReadout:
     first, *rest = arms
     gaps = "; ".join(f"{a} minus {first}: most local head {number(_mean(lowest[a]) - _mean(lowest[first]), 1)} px, "
                      f"accuracy {100 * (_mean(accuracy[a]) - _mean(accuracy[first])):+.1f} points" for a in rest)
-    seed_span = max(max(v) - min(v) for v in lowest.values())
+    span, spread_from, separated, provisional, spread = _separation(lowest, seed_span)
+    shared, by_epoch, falling = _falling(comparison, epoch)
+    still = [f"{a} (seed {', '.join(str(s) for s, f in zip(seeds[a], falling[a]) if f)})"
+             for a in arms if any(falling[a])]
+    spread = ("no seed spread is measured, so whether the arms separate is open" if span is None else
+              f"seeds span up to {span:.1f} px ({spread_from}): "
+              + "; ".join(f"{a} {'separates from' if separated[a] else 'does not separate from'} {first}"
+                          for a in rest)
+              + (" (provisional: an arm has one seed)" if provisional else ""))
     verdict = ("no run has a local head in its lowest layer" if not any(map(any, local.values())) else
                "; ".join(f"{a}: {sum(local[a])} of {len(local[a])} runs with a local head" for a in arms))
     changed = ", ".join(f"{k} ({', '.join(f'{a}: {v}' for a, v in by_arm.items())})"
                         for k, by_arm in comparison.differs_in.items()) or "nothing"
     text = (f"Epoch {epoch}, arms differing in {changed}. " + ". ".join(arm_text(a) for a in arms)
-            + f". {gaps} (seeds of one arm span up to {seed_span:.1f} px). Uniform attention: {px(uniform)}; "
-            f"{verdict} ({'its 95% interval' if final else 'its value'} below {LOCAL_FRACTION:.0%} of uniform).")
+            + f". {gaps}; {spread}. Uniform attention: {px(uniform)}; {verdict} "
+            f"({'its 95% interval' if final else 'its value'} below {LOCAL_FRACTION:.0%} of uniform). "
+            + (f"Still falling at epoch {shared[-1]} (lower at each of the last {FALLING} records): "
+               f"{'; '.join(still)}, so a longer run may move it further." if still else
+               f"No run's most local head was still falling at epoch {shared[-1]}."))
     return RecipesReadout(
         figure="Fig. 7 (right) by training recipe", text=text, paper=PAPER_RECIPES, epoch=epoch, arms=arms, seeds=seeds,
         accuracy=accuracy, images_seen=seen, lowest=lowest, low=low, high=high, structure=structure, uniform=uniform,
-        local=local)
+        local=local, epochs=shared, by_epoch=by_epoch, falling=falling, seed_span=span, spread_from=spread_from,
+        separated=separated, provisional=provisional)
 
 
 @dataclass(frozen=True, kw_only=True)
