@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 #: 2 epochs of 15 steps, checkpoints at steps 4, 8, 12, 15 (epoch end), 16, 20, 24, 28 and 30.
 FLAGS = ["--model", "vit_micro_c10", "--epochs", "2", "--batch-size", "20", "--warmup-epochs", "0.5",
          "--checkpoint-every", "4", "--no-progress"]
-#: The same run with timm's CutMix and mixup, whose draws come from NumPy's global state.
-MIXED = [*FLAGS, "--cutmix", "1.0", "--mixup", "0.8"]
+#: The same run with timm's CutMix and mixup (draws from NumPy's global state) and torchvision's RandAugment per image
+#: (draws from torch's): issue 27's modern protocol.
+MODERN = [*FLAGS, "--cutmix", "1.0", "--mixup", "0.8", "--randaugment", "2"]
 #: The same schedule pre-training by masked patch prediction (``python -m vitlab pretrain``): the
 #: corruption is drawn from the run's checkpointed stream.
 PRETRAIN = ["pretrain", *FLAGS]
@@ -240,16 +241,16 @@ def test_a_truncated_latest_checkpoint_resumes_from_the_previous_one(runs, tmp_p
 
 
 @pytest.mark.slow
-def test_a_cutmix_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(runs, tmp_path):
-    """Every child is forked with the zygote's NumPy state, so a resumed run that drew its mixing
-    from NumPy's global stream would replay the first steps' boxes and end elsewhere."""
+def test_a_cutmix_randaugment_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(runs, tmp_path):
+    """Every child is forked with the zygote's NumPy and torch states, so a resumed run that drew its mixing or
+    its RandAugment ops from a global stream would replay the first steps' draws and end elsewhere."""
     baseline = tmp_path / "uninterrupted"
-    ended, output = runs.run(baseline, flags=MIXED)
+    ended, output = runs.run(baseline, flags=MODERN)
     assert ended == dict(signal=None, code=0), output
     assert "dominant label" in output
     mixed, plain = (safetensors.torch.load_file(folder / "model.safetensors") for folder in (baseline, runs.baseline))
     assert not torch.equal(mixed["head.weight"], plain["head.weight"]), "CutMix changed nothing"
-    _kill_and_resume(runs, tmp_path, baseline, [(["step", 6], 4), (["step", 27], 24)], MIXED)
+    _kill_and_resume(runs, tmp_path, baseline, [(["step", 6], 4), (["step", 27], 24)], MODERN)
 
 
 def _kill_and_resume(runs: Runs, tmp_path: Path, baseline: Path, faults: list, flags: list[str]) -> None:

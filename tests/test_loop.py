@@ -15,7 +15,7 @@ import torch
 import vitlab
 
 from vitlab import data, models
-from vitlab.training import inside, loop, objectives, run_folder
+from vitlab.training import inside, loop, objectives, run_folder, steps
 from vitlab.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -330,3 +330,16 @@ def test_a_run_stopped_between_checkpoints_resumes_to_the_uninterrupted_weights_
     assert resumed["inside"] == uninterrupted["inside"]
     again = loop.train(TrainConfig(**CADENCE, eval_every=4), out, progress=False)  # finished: given back as it is
     assert again.record["step"] == 35 and run_folder.read_metrics(out)[-1]["epoch"] == 7
+
+
+def test_randaugment_joins_the_batch_after_crop_and_flip_and_depends_on_the_step_alone(tmp_path):
+    plain, augmented = _micro_run(tmp_path / "a"), _micro_run(tmp_path / "b", randaugment=2)
+    images, labels = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), torch.arange(16) % 10
+    x_plain, _ = loop.batch(plain, images, labels)
+    x_aug, _ = loop.batch(augmented, images, labels)
+    assert not torch.equal(x_plain, x_aug)
+    # The same crops and flips (the run's stream), then RandAugment seeded by (seed, step).
+    cropped = steps.augment(images, 4, True, torch.Generator().manual_seed(1))
+    expected = steps.randaugment(cropped, 2, 9, seed=0, step=0)
+    normalised, _ = augmented.objective.inputs(augmented.model, expected, labels, torch.Generator(), 0)
+    assert torch.equal(x_aug, normalised)

@@ -50,3 +50,33 @@ def test_weight_decay_applies_to_conv_and_linear_weights_only(name):
     if name.startswith("vit"):
         exempt = {names[id(p)] for p in rest["params"]}
         assert {"cls_token", "pos_embed", "blocks.0.attn.qkv.bias", "blocks.0.norm1.weight", "norm.weight"} <= exempt
+
+
+def test_randaugment_draws_each_images_own_ops_from_seed_and_step_alone():
+    torch.manual_seed(123)
+    images = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8).expand(64, -1, -1, -1).contiguous()
+    state = torch.get_rng_state()
+    out = steps.randaugment(images, ops=2, magnitude=9, seed=0, step=5)
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is left where it was
+    assert torch.equal(out, steps.randaugment(images, 2, 9, seed=0, step=5))  # a resumed run draws the same
+    assert not torch.equal(out, steps.randaugment(images, 2, 9, seed=0, step=6))
+    assert not torch.equal(out, steps.randaugment(images, 2, 9, seed=1, step=5))
+    assert len({o.numpy().tobytes() for o in out}) > 10  # one image repeated: each copy got its own ops
+    assert steps.randaugment(images, 0, 9, seed=0, step=5) is images  # off
+
+
+def test_randaugment_at_magnitude_zero_leaves_only_the_ops_without_a_strength():
+    """At magnitude 0 the 12 ops with a strength are identities (no shear, shift, turn; factor 1; 8 bits; threshold
+    255), so one op gives the image, its autocontrast or its equalisation, and each appears."""
+    from torchvision.transforms.v2 import functional as TF
+
+    torch.manual_seed(0)
+    images = torch.randint(30, 200, (64, 3, 16, 16), dtype=torch.uint8)
+    out = steps.randaugment(images, ops=1, magnitude=0, seed=3, step=0)
+    kinds = []
+    for x, y in zip(images, out):
+        matches = [k for k, f in (("same", lambda t: t), ("autocontrast", TF.autocontrast), ("equalize", TF.equalize))
+                   if torch.equal(y, f(x))]
+        assert matches, "an output that no magnitude-free op makes"
+        kinds.append(matches[0])
+    assert set(kinds) == {"same", "autocontrast", "equalize"} and kinds.count("same") > 32

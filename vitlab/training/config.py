@@ -193,6 +193,8 @@ class TrainConfig:
         mix_switch_prob: with both on, chance that a mixed batch uses CutMix rather than mixup (timm's ``switch_prob``).
         crop_padding: pixels of reflection padding for random crops.
         flip: random horizontal flips.
+        randaugment: RandAugment ops per image after crop and flip (torchvision, each image its own); 0: off.
+        randaugment_magnitude: their strength, 0..30 (torchvision's ``magnitude`` of 31 bins).
         precision: auto (bf16 on GPUs, fp32 on CPUs), bf16 or fp32.
         compile: torch.compile the model (GPU).
         eval_size: class-stratified test subset scored at each evaluation; None: all 10,000.
@@ -219,6 +221,8 @@ class TrainConfig:
     mix_switch_prob: float = 0.5
     crop_padding: int = 4
     flip: bool = True
+    randaugment: int = 0
+    randaugment_magnitude: int = 9
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
     eval_size: int | None = None

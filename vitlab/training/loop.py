@@ -24,7 +24,7 @@ from .inside import inside_tensors, is_vit, probe_images, recorded_epochs
 from .objectives import Objective, init_model, mixing, objective_for
 from .run_folder import (MODEL, append_metrics, finished_run, hardware, load_checkpoint, lock_run, prepare_folder,
                          read_metrics, record_inside, restore, save_checkpoint, save_final, trim_inside, trim_metrics)
-from .steps import augment, autocast_dtype, cpu_bf16_attention, epoch_order, lr_at, param_groups
+from .steps import augment, autocast_dtype, cpu_bf16_attention, epoch_order, lr_at, param_groups, randaugment
 from ..models import ARCHITECTURES, build_model, set_input_size
 
 log = logging.getLogger(__name__)  #: without ``progress``, runs report here (``python -m vitlab`` prints it)
@@ -113,6 +113,8 @@ def _rules(c: TrainConfig, checkpoint_every: int) -> list[tuple[str, Any, bool, 
          "even when --mixup or --cutmix is on (timm pairs each image with another of its batch)"),
         ("crop_padding", c.crop_padding, 0 <= c.crop_padding < IMAGE_SIZE,
          f"0..{IMAGE_SIZE - 1} pixels (reflection padding stays below the {IMAGE_SIZE}-pixel CIFAR image size)"),
+        ("randaugment", c.randaugment, 0 <= c.randaugment <= 14, "0 (off) to 14 ops per image, e.g. 2"),
+        ("randaugment_magnitude", c.randaugment_magnitude, 0 <= c.randaugment_magnitude <= 30, "0..30, e.g. 9"),
         ("img_size", c.img_size, c.img_size is None or (c.img_size >= 1 and c.img_size % (patch or 1) == 0), size_rule),
         ("eval_every", c.eval_every, type(c.eval_every) is int and c.eval_every >= 1,
          "a whole number of epochs, 1 or more"),
@@ -275,7 +277,9 @@ _PROGRESS_EVERY = 20  #: steps between progress-bar updates, each reading the ru
 
 def batch(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The inputs (B, 3, H, W) and targets (B, ...) of a whole batch (every process draws all, keeps its shard)."""
-    augmented = augment(images, run.config.crop_padding, run.config.flip, run.gen)  # (B, 3, H, W) uint8
+    c = run.config
+    augmented = augment(images, c.crop_padding, c.flip, run.gen)  # (B, 3, H, W) uint8
+    augmented = randaugment(augmented, c.randaugment, c.randaugment_magnitude, c.seed, run.step)
     return run.objective.inputs(run.model, augmented, labels, run.gen, run.step)
 
 

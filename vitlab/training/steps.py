@@ -30,6 +30,19 @@ def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Gen
     return images
 
 
+def randaugment(images: torch.Tensor, ops: int, magnitude: int, seed: int, step: int) -> torch.Tensor:
+    """torchvision's RandAugment on each uint8 image of ``images`` (B, C, H, W) with its own ops, drawn from a
+    stream seeded by ``(seed, step)`` alone (as the mixing is), so a resumed run draws the same; global RNG kept."""
+    if not ops:
+        return images
+    from torchvision.transforms import v2  # only runs that ask pay for the import
+
+    transform = v2.RandAugment(num_ops=ops, magnitude=magnitude)
+    with torch.random.fork_rng(devices=[]):  # v2 draws from torch's global CPU stream
+        torch.manual_seed(seed * 1_000_003 + step + 7)
+        return torch.stack([transform(image) for image in images])  # (B, C, H, W): each image its own ops
+
+
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     """Linear warmup to ``peak`` over ``warmup`` steps, then cosine decay to zero."""
     if step < warmup:
