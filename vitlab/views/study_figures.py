@@ -62,7 +62,7 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
 
 
 def sweep_table(records: list[RunRecord]) -> go.Figure:
-    """The sweep as a table: per model and size, epochs, accuracy (mean ± std), FLOPs with pre-training, time."""
+    """The sweep as a table: per model and size, epochs, accuracy (mean ± std), total FLOPs (pre-training too), time."""
     columns: list[list] = [[] for _ in range(7)]
     for name in sorted({r.label for r in records}):
         for size, runs in _by_size([r for r in records if r.label == name]).items():
@@ -72,7 +72,7 @@ def sweep_table(records: list[RunRecord]) -> go.Figure:
                    duration(spread(r.wall_seconds for r in runs).mean)]
             for column, value in zip(columns, row):
                 column.append(value)
-    return table(["model", "training images", "epochs", "seeds", "test accuracy", "FLOPs with pre-training",
+    return table(["model", "training images", "epochs", "seeds", "test accuracy", "total FLOPs",
                   "time per run"], columns, [1.4, 1.1, 0.7, 0.6, 1.3, 1.1, 1.0], 860)
 
 
