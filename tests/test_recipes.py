@@ -89,6 +89,27 @@ def test_collect_refuses_before_writing(trained, collected, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_a_zoo_entry_published_with_its_inside_views_is_an_arm(trained, tmp_path):
+    from vitlab.models import loading
+
+    _, folders, _ = trained
+    out = tmp_path / "with-zoo"
+    with pytest.raises(FileNotFoundError, match="^vit_tiny_c10 lacks inside.jsonl, inside.safetensors: .* zoo entries"):
+        recipes.collect({"zoo": ["vit_tiny_c10"], "plain": folders["plain"][:1]}, out)  # published without them
+    assert not out.exists()
+    comparison = recipes.collect({"zoo": ["vit_tiny_c10_e40"], "plain": folders["plain"][:1]}, out)
+    zoo_dir, inside_dir = loading.ZOO_DIR, loading.ZOO_DIR / "vit_tiny_c10_e40.inside"
+    copied = out / "vit_tiny_c10_e40"
+    assert (copied / "model.json").read_bytes() == (zoo_dir / "vit_tiny_c10_e40.json").read_bytes()
+    assert (copied / "metrics.jsonl").read_bytes() == (zoo_dir / "vit_tiny_c10_e40.metrics.jsonl").read_bytes()
+    assert (copied / "inside.safetensors").read_bytes() == (inside_dir / "inside.safetensors").read_bytes()
+    run = comparison.arms["zoo"][0]
+    assert run.views == run_folder.read_inside(inside_dir) and len(run.metrics) == 40
+    sidecar = json.loads((zoo_dir / "vit_tiny_c10_e40.json").read_text())
+    assert comparison.commands[0] == sidecar["command"]  # as trained, not rebuilt with a staging --out
+    assert comparison.differs_in["epochs"] == {"zoo": 40, "plain": 2}
+
+
 def test_runs_of_one_arm_may_differ_only_in_their_seed():
     base = dataclasses.asdict(TrainConfig())
     same = recipes.differences({"a": [base, dict(base, seed=1)], "b": [dict(base, cutmix=1.0, mix_prob=0.5)]})

@@ -65,7 +65,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
                               help="a progress bar per epoch")
     rec = sub.add_parser("recipes", help="collect finished runs into one comparison of training recipes")
     rec.add_argument("--arm", nargs="+", action="append", required=True, metavar=("LABEL", "RUN"),
-                     help="an arm's label and the run folders of its seeds (give --arm once per arm)")
+                     help="an arm's label and its seeds' run folders or zoo entries with inside views (--arm per arm)")
     rec.add_argument("--out", required=True, help="new folder of the comparison (e.g. data/results/locality)")
     rec.add_argument("--force", action="store_true", help="replace --out if it exists")
     rec.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)

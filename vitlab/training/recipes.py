@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import settings
-from . import inside, run_folder
+from . import inside, run_folder, zoo
 from .run_folder import RunFolderError
 from .config import ConfigError, TrainConfig, command_line, from_args
 from ..analysis.distance import head_statistics, lowest_head
 from ..io import write_json
+from ..models.sidecar import read_sidecar, sidecar_path
 from ..models import load_model
 from ..records import RecipeRun, Recipes
 from ..result_files import ResultsFileError
@@ -28,9 +29,9 @@ EXPERIMENT, FORMAT = "experiment.json", 1
 _NOT_RECIPE = {"seed", "out", "progress"}  #: settings that may differ within an arm, or name no property of a recipe
 
 
-def _config(run: Path) -> tuple[dict[str, Any], str]:
-    """The run's settings (every field of today's TrainConfig) and its commit."""
-    record = run_folder.run_sidecar(run)
+def _config(sidecar: Path) -> tuple[dict[str, Any], str]:
+    """A run's settings (every field of today's TrainConfig) and its commit, from its sidecar."""
+    record = read_sidecar(sidecar)
     return dataclasses.asdict(from_args(TrainConfig, record.config)), record.code_version or ""
 
 
@@ -52,30 +53,33 @@ def differences(configs: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, di
 
 def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathLike,
             commands: Sequence[str] = (), force: bool = False, progress: bool = False) -> Recipes:
-    """Copy the records of finished runs (``arms``: label -> run folders) into ``out`` as a comparison; read it back."""
+    """Copy the records of finished runs into ``out`` as a comparison; read it back.
+
+    Args:
+        arms: label -> its runs: run folders, or names of zoo entries published with their inside views.
+    """
     out = Path(out)
-    folders = _checked_folders(arms, out, force)
-    configs = {arm: [_config(f)[0] for f in runs] for arm, runs in folders.items()}
+    sources = _checked_runs(arms, out, force)
+    configs = {arm: [_config(r[run_folder.SIDECAR])[0] for r in runs.values()] for arm, runs in sources.items()}
     differ = differences(configs)
     images = inside.probe_images()
     stored: dict[str, list[dict[str, Any]]] = {}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        for arm, runs in folders.items():
+        for arm, runs in sources.items():
             stored[arm] = []
-            for f in runs:
-                (tmp / f.name).mkdir()
+            for name, files in runs.items():
+                (tmp / name).mkdir()
                 for n in RUN_FILES:
-                    shutil.copy2(f / n, tmp / f.name / n)
-                if not run_folder.read_inside(f):  # before anything is written
-                    raise ValueError(f"{f} recorded no inside views: collect ViT runs trained with inside views on")
-                stats = head_statistics(load_model(f / run_folder.MODEL, device="cpu"), images, progress=progress)
+                    shutil.copy2(files[n], tmp / name / n)
+                if not run_folder.read_inside(tmp / name):  # before anything is written
+                    raise ValueError(f"{name} recorded no inside views: collect ViT runs trained with inside views on")
+                stats = head_statistics(load_model(files[run_folder.MODEL], device="cpu"), images, progress=progress)
                 lowest = lowest_head(stats["distance_per_image"])
-                stored[arm].append(dict(name=f.name, seed=_config(f)[0]["seed"], lowest_std=lowest.std,
-                                        lowest_low=lowest.low, lowest_high=lowest.high))
-        trained = [f"{command_line('python -m vitlab train', from_args(TrainConfig, _config(f)[0]))} "
-                   f"--out {shlex.quote(str(f))}" for runs in folders.values() for f in runs]
+                stored[arm].append(dict(name=name, seed=_config(files[run_folder.SIDECAR])[0]["seed"],
+                                        lowest_std=lowest.std, lowest_low=lowest.low, lowest_high=lowest.high))
+        trained = [_command(files) for runs in sources.values() for files in runs.values()]
         arms_in_order = [dict(label=arm, runs=rows) for arm, rows in stored.items()]  # the file's keys are sorted
         write_json(tmp / EXPERIMENT, dict(format=FORMAT, arms=arms_in_order, differs_in=differ,
                                           commands=[*trained, *commands]))
@@ -91,21 +95,43 @@ def collect(arms: Mapping[str, Sequence[str | os.PathLike]], out: str | os.PathL
     return read(out)
 
 
-def _checked_folders(arms: Mapping[str, Sequence[str | os.PathLike]], out: Path, force: bool) -> dict[str, list[Path]]:
-    """The run folders of each arm, once checked: ``out`` free (or ``force``), two arms, unique names, finished runs."""
+def _command(files: dict[str, Path]) -> str:
+    """The command that trained a run: rebuilt from a run folder's settings; a zoo entry's as its sidecar says."""
+    if files[run_folder.MODEL].name != run_folder.MODEL:  # a zoo entry: its run folder is gone
+        return read_sidecar(files[run_folder.SIDECAR]).command or ""
+    config = from_args(TrainConfig, _config(files[run_folder.SIDECAR])[0])
+    return f"{command_line('python -m vitlab train', config)} --out {shlex.quote(str(files[run_folder.MODEL].parent))}"
+
+
+def _run_files(run: str | os.PathLike) -> tuple[str, dict[str, Path]]:
+    """A run's name and where each of its files is: in its folder, or a zoo entry's published copies."""
+    folder = Path(run)
+    if folder.is_dir() or str(run) not in zoo.ENTRIES:
+        return folder.name, {n: folder / n for n in (*RUN_FILES, run_folder.MODEL)}
+    weights = zoo.entry(str(run)).weights
+    inside_views = zoo.inside_folder(str(run))
+    return str(run), {run_folder.SIDECAR: sidecar_path(weights), run_folder.METRICS_LOG: weights.with_suffix(
+        ".metrics.jsonl"), **{n: inside_views / n for n in (run_folder.INSIDE_LOG, run_folder.INSIDE_TENSORS)},
+        run_folder.MODEL: weights}
+
+
+def _checked_runs(arms: Mapping[str, Sequence[str | os.PathLike]], out: Path, force: bool
+                  ) -> dict[str, dict[str, dict[str, Path]]]:
+    """Arm -> run name -> file -> path, once checked: ``out`` free (or ``force``), two arms, unique names, all
+    files of finished runs there."""
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; choose another --out, or pass --force to replace it")
     if len(arms) < 2 or any(not runs for runs in arms.values()):
         raise ConfigError("a comparison needs at least two arms, each with at least one run folder")
-    folders = {arm: [Path(r) for r in runs] for arm, runs in arms.items()}
-    names = [f.name for runs in folders.values() for f in runs]
+    found = {arm: {r: _run_files(r) for r in runs} for arm, runs in arms.items()}
+    names = [name for runs in found.values() for name, _ in runs.values()]
     if len(set(names)) != len(names):
         raise ConfigError(f"run folder names must be unique (they name the copies): {names}")
-    for f in (f for runs in folders.values() for f in runs):
-        if missing := [n for n in (*RUN_FILES, run_folder.MODEL) if not (f / n).is_file()]:
-            raise FileNotFoundError(f"{f} lacks {', '.join(missing)}: collect finished ViT runs trained with "
-                                    "inside views on (the default)")
-    return folders
+    for run, (_, files) in ((r, f) for runs in found.values() for r, f in runs.items()):
+        if missing := [f.name for f in files.values() if not f.is_file()]:
+            raise FileNotFoundError(f"{run} lacks {', '.join(missing)}: collect finished ViT runs trained with "
+                                    "inside views on (the default), or zoo entries published with them")
+    return {arm: dict(runs.values()) for arm, runs in found.items()}
 
 
 def read(folder: str | os.PathLike = LOCALITY) -> Recipes:
@@ -132,7 +158,7 @@ def read(folder: str | os.PathLike = LOCALITY) -> Recipes:
 
 def _run(folder: Path, arm: str, row: dict[str, Any]) -> RecipeRun:
     run = folder / row["name"]
-    config, code = _config(run)
+    config, code = _config(run / run_folder.SIDECAR)
     views, metrics = run_folder.read_inside(run), run_folder.read_metrics(run)
     if not views or not metrics:
         raise ValueError(f"{run} has no inside views or no metrics")
