@@ -14,6 +14,10 @@ from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+#: The largest image side (pixels) a model is built or resized for: position embeddings and activations grow with its
+#: square, so a mistyped size would otherwise try to allocate hundreds of GB.
+MAX_IMG_SIZE = 4096
+
 
 @dataclass(frozen=True, kw_only=True)
 class _Transformer:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import write_json
+from ..io import parse_json, read_json, write_json
 from .weights import WeightsFileError
 
 #: The sidecar format this vitlab writes, and the newest it reads.
@@ -84,8 +84,8 @@ def read_sidecar(path: str | os.PathLike) -> Sidecar:
     """The checked :class:`Sidecar` at ``path``; FileNotFoundError, or a one-line :class:`WeightsFileError`."""
     path = Path(path)
     try:
-        stored = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        stored = read_json(path)
+    except ValueError as err:  # bad JSON, nested too deeply, or not UTF-8
         raise WeightsFileError(f"{path} is not valid JSON ({err}); {_FIX}") from None
     return Sidecar.from_json(stored, where=str(path))
 
@@ -117,7 +117,7 @@ def _pretrained_cfg_problem(cfg: Any) -> str | None:
 
 def jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
     """``cfg`` as JSON stores it: tuples become lists, anything else JSON lacks its text."""
-    return json.loads(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    return parse_json(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
 
 def short_repr(value: Any, limit: int = 80) -> str:

@@ -2,7 +2,6 @@
 arbitrary objects, and explaining a file that does not fit its architecture key by key."""
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,8 @@ import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
+
+from ..io import parse_json
 
 #: The weight files vitlab reads.
 SUFFIXES = (".safetensors", ".pt", ".pth", ".npz")
@@ -64,7 +65,7 @@ def _safetensors_problem(path: Path, size: int) -> str | None:
         if len(head) < 8 or 8 + length > size:
             return f"the file has {size:,} bytes, fewer than its header says ({8 + length:,})"
         try:
-            header = json.loads(f.read(length))
+            header = parse_json(f.read(length))
             end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             return "its header is not valid safetensors JSON"
