@@ -897,6 +897,16 @@ def _deep_checkpoint_record(tmp: Path) -> None:
     cli("train", "--model", "vit_micro_c10", "--out", str(tmp / "run"))
 
 
+def _arch_fields(**changes) -> Callable[[Path], Any]:
+    """Load a saved ``vit_micro_c10`` whose sidecar's architecture config has ``changes``, within 5 s."""
+    return _quick(lambda tmp: _sidecar(tmp, lambda meta: meta["architecture"]["config"].update(changes)))
+
+
+def _timm_record(**kwargs) -> Callable[[dict], None]:
+    return lambda meta: _set(meta, architecture={"timm": "vit_tiny_patch16_224", "kwargs": kwargs})
+
+
+_FIELD = "model.json: key 'architecture': field"
 _SEED = str(2**70)
 
 HOSTILE_ROWS: dict[str, Bad] = {
@@ -969,6 +979,59 @@ HOSTILE_ROWS: dict[str, Bad] = {
     "hostile-checkpoint-deep-json": Bad(
         _quick(_deep_checkpoint_record), SystemExit, "checkpoint.json is no checkpoint record",
         before="RecursionError: maximum recursion depth exceeded while decoding a JSON array"),
+    # --- architecture records and preprocessing sizes: bounded, and shapes compared before building ----------
+    "hostile-arch-embed-dim-huge": Bad(
+        _arch_fields(embed_dim=10**9), WeightsFileError, f"{_FIELD} 'embed_dim' must be a whole number in 1..8192",
+        before="RuntimeError: DefaultCPUAllocator: can't allocate memory (tried hundreds of GB)"),
+    "hostile-arch-num-classes-huge": Bad(
+        _arch_fields(num_classes=10**9), WeightsFileError,
+        f"{_FIELD} 'num_classes' must be a whole number in 0..100000",
+        before="RuntimeError: DefaultCPUAllocator: can't allocate memory (tried hundreds of GB)"),
+    "hostile-arch-depth-too-deep": Bad(
+        _arch_fields(depth=257), WeightsFileError, f"{_FIELD} 'depth' must be a whole number in 1..256",
+        before="built every block (31 s at depth 10,000), then a multi-line shape mismatch"),
+    "hostile-arch-depth-negative": Bad(
+        _arch_fields(depth=-3), WeightsFileError, f"{_FIELD} 'depth' must be a whole number in 1..256",
+        before="RuntimeError: number of steps must be non-negative (torch.linspace inside timm)"),
+    "hostile-arch-heads-zero": Bad(
+        _arch_fields(num_heads=0), WeightsFileError, f"{_FIELD} 'num_heads' must be a whole number in 1..256",
+        before="ZeroDivisionError: integer modulo by zero (timm's Attention)"),
+    "hostile-arch-heads-not-dividing": Bad(
+        _arch_fields(num_heads=3), WeightsFileError, "field 'num_heads' (3) must divide field 'embed_dim' (32)",
+        before="AssertionError: dim should be divisible by num_heads (timm)"),
+    "hostile-arch-patch-zero": Bad(
+        _arch_fields(patch_size=0), WeightsFileError, f"{_FIELD} 'patch_size' must be a whole number in 1..4096",
+        before="ZeroDivisionError: integer division or modulo by zero (timm's PatchEmbed)"),
+    "hostile-arch-embed-dim-text": Bad(
+        _arch_fields(embed_dim="32"), WeightsFileError,
+        f"{_FIELD} 'embed_dim' must be a whole number in 1..8192, got '32'",
+        before="TypeError: not all arguments converted during string formatting (timm)"),
+    "hostile-arch-mlp-ratio-nan": Bad(
+        _arch_fields(mlp_ratio=float("nan")), WeightsFileError, f"{_FIELD} 'mlp_ratio' must be a number above 0",
+        before="ValueError: cannot convert float NaN to integer (timm's Mlp)"),
+    "hostile-arch-img-size-negative": Bad(
+        _arch_fields(img_size=-32), WeightsFileError, f"{_FIELD} 'img_size' must be a whole number in 1..4096",
+        before="loaded; failed later, at the first forward pass"),
+    "hostile-arch-other-shape-within-bounds": Bad(
+        _arch_fields(embed_dim=2048, depth=16, num_heads=16), ValueError,
+        "model.safetensors does not match the architecture: ",
+        before="built and initialised the 800 MB model first (7.7 s), then a multi-line shape mismatch"),
+    "hostile-timm-kwargs-embed-dim-huge": Bad(
+        _quick(lambda tmp: _sidecar(tmp, _timm_record(embed_dim=10**9))), WeightsFileError,
+        f"{_FIELD} 'embed_dim' must be a whole number in 1..8192",
+        before="RuntimeError: DefaultCPUAllocator: can't allocate memory (tried hundreds of GB)"),
+    "hostile-cfg-input-size-huge": Bad(
+        _quick(lambda tmp: _sidecar(tmp, lambda meta: _set(meta["pretrained_cfg"], input_size=[3, 50_000, 50_000]))),
+        WeightsFileError, "'input_size' must be three positive integers (channels, height, width) of at most 4096",
+        before="loaded; preprocess then tried to allocate 30 GB"),
+    "hostile-load-num-classes-huge": Bad(
+        _quick(lambda tmp: vitlab.load_model("vit_micro_c10", num_classes=10**9, device="cpu")), ValueError,
+        "num_classes must be 0 or more (0 removes the head, as in timm) and at most 100,000",
+        before="RuntimeError: DefaultCPUAllocator: can't allocate memory (a 128 GB head)"),
+    "hostile-set-input-size-huge": Bad(
+        _quick(lambda tmp: models.set_input_size(models.build_model({"zoo": "vit_micro_c10"}), 100_000)), ValueError,
+        "img_size must be a whole number of pixels in 1..4096, got 100000",
+        before="resampled the position embeddings to a 12,500x12,500 grid (20 GB)"),
 }
 
 

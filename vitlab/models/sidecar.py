@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import parse_json, read_json, write_json
+from .architectures import MAX_IMG_SIZE
 from .weights import WeightsFileError
 
 #: The sidecar format this vitlab writes, and the newest it reads.
@@ -108,8 +109,9 @@ def _pretrained_cfg_problem(cfg: Any) -> str | None:
         return f"'std' must be > 0 (inputs are divided by it), got {cfg['std']}"
     size = cfg.get("input_size", (3, 1, 1))
     if not (isinstance(size, (list, tuple)) and len(size) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        return f"'input_size' must be three positive integers (channels, height, width), got {short_repr(size)}"
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMG_SIZE for v in size)):
+        return (f"'input_size' must be three positive integers (channels, height, width) of at most {MAX_IMG_SIZE}, "
+                f"got {short_repr(size)}")
     if cfg.get("interpolation", "bicubic") not in _INTERPOLATIONS:
         return f"'interpolation' must be one of {', '.join(_INTERPOLATIONS)}, got {short_repr(cfg['interpolation'])}"
     return None
