@@ -174,12 +174,12 @@ def check_arguments(arguments: Mapping[str, Any]) -> None:
         items = list(value) if isinstance(value, (list, tuple)) and key in _LISTS else [value]
         if not (0 < len(items) <= 8 and all(_whole(v) and low <= v <= high for v in items)):
             what = "a list of whole numbers" if key in ("channels", "layers") else "a whole number"
-            raise ValueError(f"field {key!r} must be {what} in {low}..{high}, got {short_value(value)}")
+            raise ValueError(f"field {key!r} must be {what} in {low}..{high}, got {_short(value)}")
     ratio = arguments.get("mlp_ratio", 1.0)
     if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and math.isfinite(ratio)
             and 0 < ratio <= MAX_MLP_RATIO):
         raise ValueError(f"field 'mlp_ratio' must be a number above 0 and at most {MAX_MLP_RATIO}, "
-                         f"got {short_value(ratio)}")
+                         f"got {_short(ratio)}")
     dim, heads = arguments.get("embed_dim"), arguments.get("num_heads")
     if dim is not None and heads is not None and dim % heads:
         raise ValueError(f"field 'num_heads' ({heads}) must divide field 'embed_dim' ({dim})")
@@ -188,7 +188,7 @@ def check_arguments(arguments: Mapping[str, Any]) -> None:
         raise ValueError(f"field 'patch_size' ({patch}) must be at most field 'img_size' ({size})")
 
 
-def short_value(value: Any, limit: int = 40) -> str:
+def _short(value: Any, limit: int = 40) -> str:
     """``repr(value)``, cut to ``limit`` characters for an error message."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}..."
