@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import pytest
 import timm
@@ -54,3 +55,27 @@ def test_a_stored_architecture_record_rebuilds_the_same_architecture(name):
 
 def test_models_package_offers_the_architectures():
     assert models.ARCHITECTURES is architectures.ARCHITECTURES
+
+
+@pytest.mark.parametrize("name", list(models.ARCHITECTURES))
+def test_every_architecture_is_within_the_limits_and_builds_on_the_meta_device(name):
+    fields = dataclasses.asdict(models.ARCHITECTURES[name])
+    architectures.check_arguments(fields)  # the limits refuse no architecture vitlab ships
+    with torch.device("meta"):
+        skeleton = models.build_model({"zoo": name, "config": fields})
+    real = models.build_model({"zoo": name})
+    assert {k: v.shape for k, v in skeleton.state_dict().items()} == {k: v.shape for k, v in real.state_dict().items()}
+    assert all(p.is_meta for p in skeleton.parameters())
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(embed_dim=8193), "'embed_dim' must be a whole number in 1..8192"),
+    (dict(channels=[8, 0]), "'channels' must be a list of whole numbers in 1..8192"),
+    (dict(img_size=[32, 5000]), "'img_size' must be a whole number in 1..4096"),
+    (dict(mlp_ratio=0), "'mlp_ratio' must be a number above 0"),
+    (dict(patch_size=64, img_size=32), "'patch_size' (64) must be at most field 'img_size' (32)"),
+])
+def test_check_arguments_names_the_field_out_of_bounds(changes, field):
+    with pytest.raises(ValueError, match=re.escape(f"field {field}")):
+        architectures.check_arguments({"embed_dim": 32, "num_heads": 2, **changes})
+    assert architectures.check_arguments(dict(embed_dim=8192, depth=256, img_size=[32, 4096], mlp_ratio=64)) is None

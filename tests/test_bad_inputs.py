@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from vitlab.analysis.features import layer_features, layer_hooks, pre_logits
 from vitlab.analysis.capture import capture, hooks
 from vitlab.analysis.distance import head_statistics
 from vitlab.training.sweep import SweepConfig, sweep
-from vitlab.training.config import TrainConfig
+from vitlab.training.config import ConfigError, TrainConfig
 from vitlab.models.weights import WeightsFileError
 
 
@@ -142,7 +143,7 @@ RUNS_ROWS: dict[str, Bad] = {
         _train("--lr", "-1"), SystemExit, "--lr -1.0: must be 0 or more",
         before=_AFTER_DATA + "torch ValueError 'Invalid learning rate: -1.0'"),
     "runs-lr-nan": Bad(
-        _train("--lr", "nan"), SystemExit, "--lr nan: must be 0 or more",
+        _train("--lr", "nan"), SystemExit, "--lr nan: must be a finite number",
         before=_AFTER_DATA + "torch ValueError 'Invalid learning rate: nan'"),
     "runs-weight-decay-negative": Bad(
         _train("--weight-decay", "-1"), SystemExit, "--weight-decay -1.0: must be 0 or more",
@@ -845,7 +846,196 @@ DATA_ROWS: dict[str, Bad] = {
 }
 
 
-ROWS: dict[str, Bad] = {**RUNS_ROWS, **MODELS_ROWS, **INPUTS_ROWS, **DATA_ROWS}
+# ================================================================================================
+# Hostile input files: settings files, deeply nested JSON (issue 28; hostile-)
+#
+# A settings file's values go through the checks the flags do, and JSON (or TOML) nested
+# deeper than Python's recursion limit is refused as the file it is in. Each row must also
+# be refused quickly: ``_quick`` fails it when the call takes 5 s or more.
+
+
+def _quick(call: Callable[[Path], Any], limit: float = 5.0) -> Callable[[Path], Any]:
+    """``call``, failing with AssertionError (not the row's error) when it takes ``limit`` seconds or more."""
+    def timed(tmp: Path) -> Any:
+        start = time.perf_counter()
+        try:
+            return call(tmp)
+        finally:
+            if (spent := time.perf_counter() - start) >= limit:
+                raise AssertionError(f"refused after {spent:.1f} s, not within {limit} s")
+    return timed
+
+
+def _settings_text(name: str, text: str, *flags: str) -> Callable[[Path], Any]:
+    """``python -m vitlab train --config <tmp>/<name>`` holding ``text``."""
+    def call(tmp: Path) -> None:
+        (tmp / name).write_text(text)
+        cli("train", "--config", str(tmp / name), *flags, "--out", str(tmp / "run"))
+    return call
+
+
+def _deep(depth: int = 100_000) -> str:
+    """A JSON (and TOML) array nested ``depth`` deep: far past Python's recursion limit."""
+    return "[" * depth + "]" * depth
+
+
+def _deep_safetensors(tmp: Path) -> None:
+    header = _deep().encode()
+    (tmp / "deep.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    _load(tmp / "deep.safetensors", arch="vit_micro_c10")
+
+
+def _deep_metrics_line(tmp: Path) -> None:
+    (tmp / "run").mkdir()
+    (tmp / "run" / run_folder.METRICS_LOG).write_text(_deep() + "\n" + json.dumps({"step": 1}) + "\n")
+    run_folder.read_metrics(tmp / "run")
+
+
+def _deep_checkpoint_record(tmp: Path) -> None:
+    (tmp / "run").mkdir()
+    (tmp / "run" / "checkpoint.json").write_text(_deep())
+    cli("train", "--model", "vit_micro_c10", "--out", str(tmp / "run"))
+
+
+def _arch_fields(**changes) -> Callable[[Path], Any]:
+    """Load a saved ``vit_micro_c10`` whose sidecar's architecture config has ``changes``, within 5 s."""
+    return _quick(lambda tmp: _sidecar(tmp, lambda meta: meta["architecture"]["config"].update(changes)))
+
+
+def _timm_record(**kwargs) -> Callable[[dict], None]:
+    return lambda meta: _set(meta, architecture={"timm": "vit_tiny_patch16_224", "kwargs": kwargs})
+
+
+_FIELD = "model.json: key 'architecture': field"
+_SEED = str(2**70)
+
+HOSTILE_ROWS: dict[str, Bad] = {
+    # --- settings files: the flags' checks ----------------------------------------------------
+    "hostile-config-epochs-inf": Bad(
+        _settings_text("run.toml", "epochs = 1e400\n"), SystemExit, "--epochs inf: must be a whole number",
+        before="trained 'inf steps' forever (TOML reads 1e400 as float inf)"),
+    "hostile-config-epochs-fraction": Bad(
+        lambda tmp: _settings_file(tmp, epochs=1.5), SystemExit, "--epochs 1.5: must be a whole number",
+        before=_AFTER_DATA + "TypeError from range() after an epoch"),
+    "hostile-config-subset-size-float": Bad(
+        lambda tmp: _settings_file(tmp, subset_size=256.0), SystemExit, "--subset-size 256.0: must be a whole number",
+        before=_AFTER_DATA + "TypeError: subset size must be an integer count of images"),
+    "hostile-config-seed-out-of-range": Bad(
+        lambda tmp: _settings_file(tmp, seed=2**70), SystemExit, f"--seed {_SEED}: must be 0..4294967295",
+        before="ValueError: Overflow when unpacking long long (a traceback from torch.manual_seed)"),
+    "hostile-flag-seed-out-of-range": Bad(
+        _train("--seed", _SEED), SystemExit, f"--seed {_SEED}: must be 0..4294967295",
+        before="ValueError: Overflow when unpacking long long (a traceback from torch.manual_seed)"),
+    "hostile-flag-seed-negative": Bad(
+        _train("--seed", "-1"), SystemExit, "--seed -1: must be 0..4294967295",
+        before="not checked: the run went on to load the data"),
+    "hostile-config-lr-text": Bad(
+        lambda tmp: _settings_file(tmp, lr="0.001"), SystemExit, "--lr '0.001': must be a number, not a str",
+        before="read as 0.001 by argparse, silently"),
+    "hostile-config-epochs-text": Bad(
+        lambda tmp: _settings_file(tmp, epochs="5"), SystemExit, "--epochs '5': must be a whole number, not a str",
+        before="read as 5 by argparse, silently"),
+    "hostile-config-flip-number": Bad(
+        lambda tmp: _settings_file(tmp, flip=1), SystemExit, "--flip 1: must be true or false",
+        before="trained with flips (1 taken as true)"),
+    "hostile-config-checkpoint-every-float": Bad(
+        lambda tmp: _settings_file(tmp, checkpoint_every=2.5), SystemExit,
+        "--checkpoint-every 2.5: must be a whole number", before="never checkpointed mid-epoch (step % 2.5)"),
+    "hostile-flag-img-size-huge": Bad(
+        _train("--img-size", "100000"), SystemExit, "--img-size 100000: must be a positive multiple of 4",
+        before="resampled position embeddings for a 25000x25000 grid (hundreds of GB)"),
+    "hostile-api-epochs-bool": Bad(
+        lambda tmp: TrainConfig(epochs=True), ConfigError, "--epochs True: must be a whole number, not a bool",
+        before="a config of 1 epoch"),
+    "hostile-sweep-seed-out-of-range": Bad(
+        _sweep("--seeds", "0", _SEED), SystemExit, f"--seeds {_SEED}: must be 0..4294967295",
+        before="not checked: the sweep went on to load the data, its runs to fail on the seed"),
+    "hostile-sweep-api-epochs-fraction": Bad(
+        lambda tmp: SweepConfig(epochs=1.5), ConfigError, "--epochs 1.5: must be a whole number",
+        before="a sweep config whose runs crashed after loading data"),
+    "hostile-sweep-api-sizes-float": Bad(
+        lambda tmp: SweepConfig(sizes=(100.0,)), ConfigError, "--sizes 100.0: must be a whole number",
+        before="a sweep config whose runs crashed after loading data"),
+    # --- deeply nested JSON -------------------------------------------------------------------
+    "hostile-config-deep-json": Bad(
+        _quick(_settings_text("run.json", _deep())), SystemExit, "cannot read settings from",
+        before="RecursionError: maximum recursion depth exceeded (a traceback)"),
+    "hostile-config-deep-toml": Bad(
+        _quick(_settings_text("run.toml", "a = " + _deep() + "\n")), SystemExit, "cannot read settings from",
+        before="RecursionError: maximum recursion depth exceeded (a traceback)"),
+    "hostile-sidecar-deep-json": Bad(
+        _quick(lambda tmp: _sidecar(tmp, lambda meta: _deep())), WeightsFileError, "model.json is not valid JSON",
+        before="RecursionError: maximum recursion depth exceeded while decoding a JSON array"),
+    "hostile-results-deep-json": Bad(
+        _quick(lambda tmp: result_files.read_runs(_torn_results(tmp, text=_deep()))), result_files.ResultsFileError,
+        phrase="sweep.json is not a complete results file",
+        before="RecursionError: maximum recursion depth exceeded while decoding a JSON array"),
+    "hostile-safetensors-deep-header": Bad(
+        _quick(_deep_safetensors), WeightsFileError, "deep.safetensors is truncated or corrupt",
+        before="RecursionError: maximum recursion depth exceeded while decoding a JSON array"),
+    "hostile-metrics-deep-line": Bad(
+        _quick(_deep_metrics_line), run_folder.RunFolderError, "metrics.jsonl line 1 is not a JSON record",
+        before="RecursionError: maximum recursion depth exceeded while decoding a JSON array"),
+    "hostile-checkpoint-deep-json": Bad(
+        _quick(_deep_checkpoint_record), SystemExit, "checkpoint.json is no checkpoint record",
+        before="RecursionError: maximum recursion depth exceeded while decoding a JSON array"),
+    # --- architecture records and preprocessing sizes: bounded, and shapes compared before building ----------
+    "hostile-arch-embed-dim-huge": Bad(
+        _arch_fields(embed_dim=10**9), WeightsFileError, f"{_FIELD} 'embed_dim' must be a whole number in 1..8192",
+        before="RuntimeError: DefaultCPUAllocator: can't allocate memory (tried hundreds of GB)"),
+    "hostile-arch-num-classes-huge": Bad(
+        _arch_fields(num_classes=10**9), WeightsFileError,
+        f"{_FIELD} 'num_classes' must be a whole number in 0..100000",
+        before="RuntimeError: DefaultCPUAllocator: can't allocate memory (tried hundreds of GB)"),
+    "hostile-arch-depth-too-deep": Bad(
+        _arch_fields(depth=257), WeightsFileError, f"{_FIELD} 'depth' must be a whole number in 1..256",
+        before="built every block (31 s at depth 10,000), then a multi-line shape mismatch"),
+    "hostile-arch-depth-negative": Bad(
+        _arch_fields(depth=-3), WeightsFileError, f"{_FIELD} 'depth' must be a whole number in 1..256",
+        before="RuntimeError: number of steps must be non-negative (torch.linspace inside timm)"),
+    "hostile-arch-heads-zero": Bad(
+        _arch_fields(num_heads=0), WeightsFileError, f"{_FIELD} 'num_heads' must be a whole number in 1..256",
+        before="ZeroDivisionError: integer modulo by zero (timm's Attention)"),
+    "hostile-arch-heads-not-dividing": Bad(
+        _arch_fields(num_heads=3), WeightsFileError, "field 'num_heads' (3) must divide field 'embed_dim' (32)",
+        before="AssertionError: dim should be divisible by num_heads (timm)"),
+    "hostile-arch-patch-zero": Bad(
+        _arch_fields(patch_size=0), WeightsFileError, f"{_FIELD} 'patch_size' must be a whole number in 1..4096",
+        before="ZeroDivisionError: integer division or modulo by zero (timm's PatchEmbed)"),
+    "hostile-arch-embed-dim-text": Bad(
+        _arch_fields(embed_dim="32"), WeightsFileError,
+        f"{_FIELD} 'embed_dim' must be a whole number in 1..8192, got '32'",
+        before="TypeError: not all arguments converted during string formatting (timm)"),
+    "hostile-arch-mlp-ratio-nan": Bad(
+        _arch_fields(mlp_ratio=float("nan")), WeightsFileError, f"{_FIELD} 'mlp_ratio' must be a number above 0",
+        before="ValueError: cannot convert float NaN to integer (timm's Mlp)"),
+    "hostile-arch-img-size-negative": Bad(
+        _arch_fields(img_size=-32), WeightsFileError, f"{_FIELD} 'img_size' must be a whole number in 1..4096",
+        before="loaded; failed later, at the first forward pass"),
+    "hostile-arch-other-shape-within-bounds": Bad(
+        _arch_fields(embed_dim=2048, depth=16, num_heads=16), ValueError,
+        "model.safetensors does not match the architecture: ",
+        before="built and initialised the 800 MB model first (7.7 s), then a multi-line shape mismatch"),
+    "hostile-timm-kwargs-embed-dim-huge": Bad(
+        _quick(lambda tmp: _sidecar(tmp, _timm_record(embed_dim=10**9))), WeightsFileError,
+        f"{_FIELD} 'embed_dim' must be a whole number in 1..8192",
+        before="RuntimeError: DefaultCPUAllocator: can't allocate memory (tried hundreds of GB)"),
+    "hostile-cfg-input-size-huge": Bad(
+        _quick(lambda tmp: _sidecar(tmp, lambda meta: _set(meta["pretrained_cfg"], input_size=[3, 50_000, 50_000]))),
+        WeightsFileError, "'input_size' must be three positive integers (channels, height, width) of at most 4096",
+        before="loaded; preprocess then tried to allocate 30 GB"),
+    "hostile-load-num-classes-huge": Bad(
+        _quick(lambda tmp: vitlab.load_model("vit_micro_c10", num_classes=10**9, device="cpu")), ValueError,
+        "num_classes must be 0 or more (0 removes the head, as in timm) and at most 100,000",
+        before="RuntimeError: DefaultCPUAllocator: can't allocate memory (a 128 GB head)"),
+    "hostile-set-input-size-huge": Bad(
+        _quick(lambda tmp: models.set_input_size(models.build_model({"zoo": "vit_micro_c10"}), 100_000)), ValueError,
+        "img_size must be a whole number of pixels in 1..4096, got 100000",
+        before="resampled the position embeddings to a 12,500x12,500 grid (20 GB)"),
+}
+
+
+ROWS: dict[str, Bad] = {**RUNS_ROWS, **MODELS_ROWS, **INPUTS_ROWS, **DATA_ROWS, **HOSTILE_ROWS}
 
 
 @pytest.fixture

@@ -202,6 +202,43 @@ def test_config_file_sets_defaults_and_flags_win(monkeypatch, tmp_path, suffix, 
     assert seen[0][:2] == (TrainConfig(model="vit_small_c10", lr=0.25, flip=False), "runs/from-file")
 
 
+def test_a_settings_file_builds_the_config_its_flags_do(monkeypatch, tmp_path):
+    seen = _capture_train(monkeypatch)
+    path = tmp_path / "settings.toml"
+    path.write_text("lr = 1\nwarmup_epochs = 0\nepochs = 3\ncheckpoint_every = 4\n")
+    cli.main(["train", "--config", str(path)])
+    cli.main(["train", "--lr", "1", "--warmup-epochs", "0", "--epochs", "3", "--checkpoint-every", "4"])
+    (from_file, _, file_kw), (from_flags, _, flag_kw) = seen
+    assert (from_file, file_kw) == (from_flags, flag_kw)
+    assert [type(getattr(from_file, name)) for name in ("lr", "warmup_epochs", "epochs")] == [float, float, int]
+    assert config.command_line("p", from_file) == config.command_line("p", from_flags)
+
+
+@pytest.mark.parametrize("value, problem", [
+    (3, None), (3.0, "--n 3.0: must be a whole number, not a float"),
+    (True, "--n True: must be a whole number, not a bool"),
+    ("3", "--n '3': must be a whole number, not a str"), (None, "--n None: must be a whole number, not none"),
+])
+def test_value_problem_takes_only_real_ints_for_int_fields(value, problem):
+    assert config.value_problem("n", value, int) == problem
+    assert config.value_problem("n", value, int | None) == (None if value is None else problem)
+
+
+@pytest.mark.parametrize("value, problem", [
+    (0.5, None), (2, None), (float("inf"), "--rate inf: must be a finite number"),
+    (float("nan"), "--rate nan: must be a finite number"),
+    (False, "--rate False: must be a number, not a bool"),
+])
+def test_value_problem_takes_finite_numbers_for_float_fields(value, problem):
+    assert config.value_problem("rate", value, float) == problem
+
+
+def test_value_problem_names_the_bad_item_of_a_list():
+    assert (config.value_problem("sizes", (1, 2.5), tuple[int, ...])
+            == "--sizes 2.5: must be a whole number, not a float")
+    assert config.value_problem("sizes", 5, tuple[int, ...]) == "--sizes 5: must be a list, not an int"
+
+
 def test_config_file_with_unknown_keys_is_refused(monkeypatch, tmp_path):
     _capture_train(monkeypatch)
     path = tmp_path / "settings.json"

@@ -1,6 +1,6 @@
 import pytest
 
-from vitlab.io import atomic_write, write_json
+from vitlab.io import atomic_write, parse_json, parse_toml, read_json, write_json
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -34,3 +34,14 @@ def test_atomic_write_respects_umask(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("parse, text", [(parse_json, "[" * 100_000 + "]" * 100_000),
+                                         (parse_toml, "a = " + "[" * 100_000 + "]" * 100_000)])
+def test_text_nested_too_deeply_is_a_value_error(parse, text):
+    with pytest.raises(ValueError, match="nested too deeply to read"):
+        parse(text)
+
+
+def test_read_json_reads_what_write_json_wrote(tmp_path):
+    assert read_json(write_json(tmp_path / "a.json", {"a": [1, {"b": None}]})) == {"a": [1, {"b": None}]}

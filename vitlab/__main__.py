@@ -29,8 +29,8 @@ _PROG = "python -m vitlab"
 #: Errors that report bad input in one line: printed as they are, without a traceback.
 _INPUT_ERRORS = (ConfigError, PermissionError, FileNotFoundError, FileExistsError, data.CorruptDataError,
                 WeightsFileError, WeightsUnavailableError, ResultsFileError)
-#: Flags of ``train`` that say where and how a run reports, not what it is.
-RUN_FLAGS = ("out", "progress", "checkpoint_every", "inside")
+#: Flags of ``train`` that say where and how a run reports, not what it is, and the type a settings file gives each.
+RUN_FLAGS = {"out": str | None, "progress": bool, "checkpoint_every": int, "inside": bool}
 #: Settings of ``train`` that act on labels; ``pretrain`` has no flags for them and fixes them off.
 LABEL_FLAGS = ("label_smoothing", "mixup", "cutmix", "mix_prob", "mix_switch_prob")
 _PRETRAIN_DEFAULTS = TrainConfig(objective="mpp", label_smoothing=0.0)

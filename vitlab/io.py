@@ -1,10 +1,11 @@
-"""Atomic file writes: a crash never leaves a half-written file behind."""
+"""Atomic file writes (a crash never leaves a half-written file behind), and the one parser of JSON and TOML text."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,3 +44,27 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads(text)``; text nested too deeply to parse is a ValueError, as other bad JSON is."""
+    return _parse(json.loads, text, "JSON")
+
+
+def parse_toml(text: str) -> Any:
+    """``tomllib.loads(text)``; text nested too deeply to parse is a ValueError, as other bad TOML is."""
+    return _parse(tomllib.loads, text, "TOML")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in the file ``path`` (OSError, or ValueError for bad or too deeply nested JSON)."""
+    return parse_json(Path(path).read_text())
+
+
+def _parse(loads: Callable[[Any], Any], text: str | bytes, what: str) -> Any:
+    # Both parsers recurse once per level: a 100,000-deep [[[...]]] (a few hundred kB) would end in a
+    # RecursionError traceback, which callers that report bad files in one line do not expect.
+    try:
+        return loads(text)
+    except RecursionError:
+        raise ValueError(f"{what} nested too deeply to read (past Python's recursion limit)") from None

@@ -9,6 +9,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from .io import parse_json
+
 #: The order figures and readouts give the model families: ViTs, hybrids, ResNets (others after them).
 FAMILY_ORDER = {"vit": 0, "hybrid": 1, "resnet": 2}
 
@@ -148,7 +150,7 @@ class InsideView:
     @classmethod
     def from_json(cls, line: str | dict[str, Any]) -> InsideView:
         """The record of one ``inside.jsonl`` line (or its parsed dict); TypeError on missing or unknown fields."""
-        row = json.loads(line) if isinstance(line, str) else dict(line)
+        row = parse_json(line) if isinstance(line, str) else dict(line)
         if not isinstance(row, dict):
             raise TypeError(f"an inside view is a JSON object, got {type(row).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}

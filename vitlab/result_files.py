@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import settings
-from .io import atomic_write
+from .io import atomic_write, read_json
 from .records import InsideView, RunInside, RunOf, RunProbe, RunRecord
 
 #: The committed CPU sweep (``<RESULTS>.csv``, ``<RESULTS>.json`` and their ``-fewshot`` files).
@@ -67,8 +67,8 @@ def _load(results: str | os.PathLike, tag: str) -> dict[str, Any]:
                                    "rewrites runs from the .json): restore it, or move the .csv away to start afresh")
         return {"commands": [], "runs": []}
     try:
-        stored = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        stored = read_json(path)
+    except (OSError, ValueError) as err:  # ValueError: bad JSON, nested too deeply, or not UTF-8
         raise _unreadable(path, f"{type(err).__name__}: {err}") from None
     if not (isinstance(stored, dict) and isinstance(stored.get("runs"), list)
             and isinstance(stored.get("commands", []), list) and all(isinstance(r, dict) for r in stored["runs"])):

@@ -2,7 +2,6 @@
 subsets, the one resize path, the analysis images and a portable subset file."""
 from __future__ import annotations
 
-import json
 import operator
 import os
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import settings
-from ..io import atomic_write
+from ..io import atomic_write, read_json
 from .files import (CLASSES, SPLITS, CorruptDataError, DataNotFoundError, Source, cache_problem, cifar10,  # noqa: F401
                     _save_npz, find_cifar10, load_npz)
 
@@ -112,7 +111,7 @@ def describe_images(n: int, source: str, labels: torch.Tensor | None = None) -> 
 
 def samples(size: int = 32) -> tuple[torch.Tensor, list[str]]:
     """The sample images shipped in ``data/samples``: uint8 (N, 3, size, size) and one name per image."""
-    index = json.loads((SAMPLES_DIR / "samples.json").read_text())
+    index = read_json(SAMPLES_DIR / "samples.json")
     images = []
     for entry in index:
         with Image.open(SAMPLES_DIR / entry["file"]) as im:
@@ -149,7 +148,7 @@ def gallery(size: int = 32, cifar: int = 20) -> tuple[torch.Tensor, list[str]]:
 
 def describe_gallery(cifar: int = 20) -> str:
     """Which images :func:`gallery` holds (shipped samples, ``cifar`` CIFAR-10 test images if present), for readouts."""
-    shipped = f"the {len(json.loads((SAMPLES_DIR / 'samples.json').read_text()))} shipped sample images"
+    shipped = f"the {len(read_json(SAMPLES_DIR / 'samples.json'))} shipped sample images"
     if not cifar or find_cifar10() is None:
         return shipped
     return f"{shipped} and {describe_images(cifar, 'CIFAR-10 test set')}"

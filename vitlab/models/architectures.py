@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
+from collections.abc import Mapping
 from typing import Any
 
 from timm.layers import HybridEmbed
 from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+#: The largest image side (pixels) a model is built or resized for: position embeddings and activations grow with its
+#: square, so a mistyped size would otherwise try to allocate hundreds of GB.
+MAX_IMG_SIZE = 4096
+#: The whole-number architecture arguments a stored record may set, and their smallest and largest values: beyond them a
+#: record is refused before anything is built (a width or class count of 1e9 would try to allocate hundreds of GB).
+LIMITS = dict(img_size=(1, MAX_IMG_SIZE), patch_size=(1, MAX_IMG_SIZE), embed_dim=(1, 8192), depth=(1, 256),
+              num_heads=(1, 256), num_classes=(0, 100_000), in_chans=(1, 64), channels=(1, 8192), layers=(1, 64))
+MAX_MLP_RATIO = 64  #: the largest ``mlp_ratio`` (hidden width over embed_dim) a record may set
+_LISTS = ("img_size", "patch_size", "channels", "layers")  #: arguments that may be lists of whole numbers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,5 +157,42 @@ def architecture(name: str, config: dict[str, Any] | None = None) -> Architectur
         wrong = [f"{label} fields {', '.join(keys)}" for label, keys in (("unknown", unknown), ("missing", missing))
                  if keys]
         raise ValueError(f"the config of architecture {name!r} is not a {cls.__name__}: {'; '.join(wrong)}")
+    check_arguments(config)
     config.update({key: tuple(config[key]) for key in ("channels", "layers") if key in config})
     return cls(**config)
+
+
+def check_arguments(arguments: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first of ``arguments`` (a zoo config's fields, or timm ``VisionTransformer``
+    arguments) that is not a whole number within :data:`LIMITS` (``img_size``, ``patch_size``: or a pair of them;
+    ``channels``, ``layers``: a list of them), an ``mlp_ratio`` that is no number in (0, 64], or a shape that
+    cannot be built (heads that do not divide the width, a patch larger than the image)."""
+    for key, (low, high) in LIMITS.items():
+        if key not in arguments:
+            continue
+        value = arguments[key]
+        items = list(value) if isinstance(value, (list, tuple)) and key in _LISTS else [value]
+        if not (0 < len(items) <= 8 and all(_whole(v) and low <= v <= high for v in items)):
+            what = "a list of whole numbers" if key in ("channels", "layers") else "a whole number"
+            raise ValueError(f"field {key!r} must be {what} in {low}..{high}, got {_short(value)}")
+    ratio = arguments.get("mlp_ratio", 1.0)
+    if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and math.isfinite(ratio)
+            and 0 < ratio <= MAX_MLP_RATIO):
+        raise ValueError(f"field 'mlp_ratio' must be a number above 0 and at most {MAX_MLP_RATIO}, "
+                         f"got {_short(ratio)}")
+    dim, heads = arguments.get("embed_dim"), arguments.get("num_heads")
+    if dim is not None and heads is not None and dim % heads:
+        raise ValueError(f"field 'num_heads' ({heads}) must divide field 'embed_dim' ({dim})")
+    size, patch = arguments.get("img_size"), arguments.get("patch_size")
+    if _whole(size) and _whole(patch) and patch > size:
+        raise ValueError(f"field 'patch_size' ({patch}) must be at most field 'img_size' ({size})")
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

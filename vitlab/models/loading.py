@@ -18,11 +18,11 @@ from torch import nn
 
 from .. import data, settings
 from ..io import atomic_path
-from .architectures import ARCHITECTURES, architecture
+from .architectures import ARCHITECTURES, LIMITS, MAX_IMG_SIZE, architecture, check_arguments
 from .hub import WeightsUnavailableError, load_timm, match_input_size, pretrained_tags
 from .sidecar import Sidecar, jsonable, read_sidecar, short_repr, sidecar_path, write_sidecar
-from .weights import (GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_weights_file, fit_head, google_vit_args,
-                      load_google_npz, load_state, read_state_dict)
+from .weights import (GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_shapes, check_weights_file, fit_head,
+                      google_vit_args, load_google_npz, load_state, read_state_dict)
 
 ZOO_DIR = settings.PROJECT_ROOT / "data" / "zoo"
 
@@ -166,8 +166,10 @@ def _check_num_classes(num_classes: Any) -> None:
         return
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
         raise TypeError(f"num_classes must be a whole number of classes (0 for no head), got {num_classes!r}")
-    if num_classes < 0:
-        raise ValueError(f"num_classes must be 0 or more (0 removes the head, as in timm), got {num_classes}")
+    most = LIMITS["num_classes"][1]
+    if not 0 <= num_classes <= most:
+        raise ValueError(f"num_classes must be 0 or more (0 removes the head, as in timm) and at most {most:,}, "
+                         f"got {num_classes}")
 
 
 def _check_timm_name(name: str, what: str = "") -> None:
@@ -246,9 +248,12 @@ def _check_record(record: Any) -> None:
         if not isinstance(record["timm"], str) or not isinstance(record.get("kwargs", {}), dict):
             raise ValueError(f"a timm record needs a name and a 'kwargs' mapping, got {short_repr(record)}")
         _check_timm_name(record["timm"])
+        check_arguments(record.get("kwargs", {}))
     elif not isinstance(record["google_vit"], dict) or not {"img_size", "num_classes"} <= record["google_vit"].keys():
         raise ValueError(f"a google_vit record needs VisionTransformer arguments with img_size and "
                          f"num_classes, got {short_repr(record)}")
+    else:
+        check_arguments(record["google_vit"])
 
 
 def _load_file(plan: _WeightsPlan) -> nn.Module:
@@ -258,9 +263,11 @@ def _load_file(plan: _WeightsPlan) -> nn.Module:
         load_google_npz(model, path)
     else:
         state = read_state_dict(path)  # before building: a corrupt file fails before any other work
-        model = build_model(plan.record)
-        if plan.fit_head:
-            fit_head(model, state)
+        # Shapes first, on the meta device: a record that claims another (or a huge) architecture allocates nothing.
+        with torch.device("meta"):
+            skeleton = _fitted(plan, state)
+        check_shapes(skeleton, state, path)
+        model = _fitted(plan, state)
         load_state(model, state, path)
     if plan.pretrained_cfg:  # JSON turned timm's tuples into lists
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in plan.pretrained_cfg.items()}
@@ -268,8 +275,18 @@ def _load_file(plan: _WeightsPlan) -> nn.Module:
     return model
 
 
+def _fitted(plan: _WeightsPlan, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The model of ``plan.record``, its head sized like ``state``'s when ``arch=`` was given."""
+    model = build_model(plan.record)
+    if plan.fit_head:
+        fit_head(model, state)
+    return model
+
+
 def set_input_size(model: nn.Module, img_size: int) -> nn.Module:
     """Adapt ``model`` to ``img_size`` x ``img_size`` pixel inputs in place: position embeddings, cfg and record."""
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or not 1 <= img_size <= MAX_IMG_SIZE:
+        raise ValueError(f"img_size must be a whole number of pixels in 1..{MAX_IMG_SIZE}, got {img_size!r}")
     if hasattr(model, "set_input_size"):
         model.set_input_size(img_size=(img_size, img_size))
     _set_cfg(model, dict(model.pretrained_cfg, input_size=(3, img_size, img_size)))

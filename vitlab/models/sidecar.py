@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import write_json
+from ..io import parse_json, read_json, write_json
+from .architectures import MAX_IMG_SIZE
 from .weights import WeightsFileError
 
 #: The sidecar format this vitlab writes, and the newest it reads.
@@ -84,8 +85,8 @@ def read_sidecar(path: str | os.PathLike) -> Sidecar:
     """The checked :class:`Sidecar` at ``path``; FileNotFoundError, or a one-line :class:`WeightsFileError`."""
     path = Path(path)
     try:
-        stored = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        stored = read_json(path)
+    except ValueError as err:  # bad JSON, nested too deeply, or not UTF-8
         raise WeightsFileError(f"{path} is not valid JSON ({err}); {_FIX}") from None
     return Sidecar.from_json(stored, where=str(path))
 
@@ -108,8 +109,9 @@ def _pretrained_cfg_problem(cfg: Any) -> str | None:
         return f"'std' must be > 0 (inputs are divided by it), got {cfg['std']}"
     size = cfg.get("input_size", (3, 1, 1))
     if not (isinstance(size, (list, tuple)) and len(size) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        return f"'input_size' must be three positive integers (channels, height, width), got {short_repr(size)}"
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMG_SIZE for v in size)):
+        return (f"'input_size' must be three positive integers (channels, height, width) of at most {MAX_IMG_SIZE}, "
+                f"got {short_repr(size)}")
     if cfg.get("interpolation", "bicubic") not in _INTERPOLATIONS:
         return f"'interpolation' must be one of {', '.join(_INTERPOLATIONS)}, got {short_repr(cfg['interpolation'])}"
     return None
@@ -117,7 +119,7 @@ def _pretrained_cfg_problem(cfg: Any) -> str | None:
 
 def jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
     """``cfg`` as JSON stores it: tuples become lists, anything else JSON lacks its text."""
-    return json.loads(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    return parse_json(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
 
 def short_repr(value: Any, limit: int = 80) -> str:

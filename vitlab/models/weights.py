@@ -2,7 +2,6 @@
 arbitrary objects, and explaining a file that does not fit its architecture key by key."""
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,8 @@ import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
+
+from ..io import parse_json
 
 #: The weight files vitlab reads.
 SUFFIXES = (".safetensors", ".pt", ".pth", ".npz")
@@ -64,7 +65,7 @@ def _safetensors_problem(path: Path, size: int) -> str | None:
         if len(head) < 8 or 8 + length > size:
             return f"the file has {size:,} bytes, fewer than its header says ({8 + length:,})"
         try:
-            header = json.loads(f.read(length))
+            header = parse_json(f.read(length))
             end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             return "its header is not valid safetensors JSON"
@@ -115,19 +116,26 @@ def fit_head(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         model.reset_classifier(weight.shape[0])
 
 
-def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Load ``state`` strictly, explaining any mismatch; a pre-training objective's ``mpp.*`` keys are skipped."""
+def check_shapes(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Raise a one-line ValueError explaining every key and shape where ``state`` does not fit ``model``, which may
+    live on the meta device (so the check allocates nothing); ``mpp.*`` keys of a pre-training objective are skipped."""
     state = {k: v for k, v in state.items() if not k.startswith(OBJECTIVE_PREFIX)}
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-             for k in expected.keys() & state.keys() if state[k].shape != expected[k].shape]
+    wrong = [f"{k} file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+             for k in sorted(expected.keys() & state.keys()) if state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
-        lines = [f"  {label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+        parts = [f"{label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
                  for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)) if items]
-        raise ValueError("\n".join([f"{source} does not match the architecture:", *lines,
-                                    "Pass the arch= this file was trained with, or fix its sidecar JSON."]))
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+        raise ValueError(f"{source} does not match the architecture: {'; '.join(parts)}. Pass the arch= this file "
+                         "was trained with, or fix its sidecar JSON.")
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load ``state`` strictly, explaining any mismatch (:func:`check_shapes`); ``mpp.*`` keys are skipped."""
+    check_shapes(model, state, source)
+    expected = model.state_dict()
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items() if not k.startswith(OBJECTIVE_PREFIX)})
 
 
 def load_google_npz(model: nn.Module, path: Path) -> None:

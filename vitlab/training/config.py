@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import math
 import shlex
-import tomllib
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -13,10 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..io import parse_json, parse_toml
+
 TRAIN_IMAGES, TEST_IMAGES, IMAGE_SIZE = 50_000, 10_000, 32  #: CIFAR-10's, and its image side in pixels
 #: Field metadata of a setting for when a run evaluates, not what it trains: a run resumes under another value, and
 #: commands leave it out at its default.
 CADENCE = {"cadence": True}
+#: The largest seed: runs derive further seeds from it (``seed * 1_000_003 + step``), which must stay within torch's
+#: 64-bit seeds however long a run is.
+MAX_SEED = 2**32 - 1
+#: What a value of each plain field type must be, as error messages say it.
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
 
 
 class ConfigError(ValueError):
@@ -116,8 +122,52 @@ def from_args(cls: type, values: argparse.Namespace | Mapping[str, Any]) -> Any:
                 value = tuple(value)
             kwargs[field.name] = value
     config = cls(**kwargs)
-    check_choices(config)
+    check_fields(config)
     return config
+
+
+def value_problem(name: str, value: Any, hint: Any) -> str | None:
+    """Why ``value`` cannot be the setting ``name`` annotated ``hint``, as a line naming its flag, or None.
+
+    Whole numbers must be ints (not floats or bools), numbers finite ints or floats, switches bools, text strings,
+    ``tuple[...]`` fields tuples of such items; None only where the annotation allows it. ``Literal`` values are left
+    to :func:`check_choices`."""
+    kind, optional = _field_type(hint)
+    if value is None and optional:
+        return None
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, tuple):
+            return f"{_flag(name)} {value!r}: must be a list, not {_a(value)}"
+        return next(filter(None, (value_problem(name, item, typing.get_args(kind)[0]) for item in value)), None)
+    if kind not in _KINDS:
+        return None
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        return f"{_flag(name)} {value!r}: must be a finite number"
+    if kind in (int, float):
+        fits = isinstance(value, int) and not isinstance(value, bool) or kind is float and isinstance(value, float)
+    else:
+        fits = isinstance(value, kind)
+    if fits:
+        return None
+    return f"{_flag(name)} {value!r}: must be {_KINDS[kind]}, not {_a(value)}"
+
+
+def _a(value: Any) -> str:
+    name = type(value).__name__
+    return "none" if value is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def check_fields(config: Any) -> None:
+    """Raise :class:`ConfigError` for a field of the wrong type (:func:`value_problem`) or choice; ints given for
+    float fields become floats, so a settings file's ``lr = 1`` makes the config ``--lr 1`` does."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if problem := value_problem(field.name, value, hints[field.name]):
+            raise ConfigError(problem)
+        if _field_type(hints[field.name])[0] is float and isinstance(value, int):
+            object.__setattr__(config, field.name, float(value))  # frozen dataclasses too
+    check_choices(config)
 
 
 def check_choices(config: Any) -> None:
@@ -152,17 +202,26 @@ def command_line(prog: str, config: Any) -> str:
     return " ".join(parts)
 
 
-def read_file(path: str | Path, cls: type, extra: Iterable[str] = ()) -> dict[str, Any]:
-    """The settings in a JSON or TOML file (by its suffix); ConfigError for an unknown key or an unreadable file."""
+def read_file(path: str | Path, cls: type, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings in a JSON or TOML file (by its suffix), each of its field's type (:func:`value_problem`), or the
+    type ``extra`` gives a key that is no field; ConfigError for an unknown key or value, or an unreadable file."""
     path = Path(path)
     try:
         text = path.read_text()
-        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        values = parse_toml(text) if path.suffix == ".toml" else parse_json(text)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read settings from {path}: {err}") from None
-    known = {f.name for f in dataclasses.fields(cls)} | set(extra)
-    if unknown := sorted(set(values) - known):
-        raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} holds a {type(values).__name__}, not a table of settings such as "
+                          '{"epochs": 10}')
+    hints = {**typing.get_type_hints(cls), **(extra or {})}
+    if unknown := sorted(set(values) - set(hints)):
+        raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(hints)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    # Checked here, not after argparse: argparse would parse string values as if typed, e.g. "5" as 5.
+    for key, value in values.items():
+        if problem := value_problem(key, value, hints[key]):
+            raise ConfigError(f"{path}: {problem}")
     return values
 
 
@@ -229,4 +288,4 @@ class TrainConfig:
     eval_every: int = dataclasses.field(default=1, metadata=CADENCE)
 
     def __post_init__(self) -> None:
-        check_choices(self)
+        check_fields(self)

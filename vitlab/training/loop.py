@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import data
-from .config import IMAGE_SIZE, TEST_IMAGES, TRAIN_IMAGES, ConfigError, TrainConfig
+from .config import IMAGE_SIZE, MAX_SEED, TEST_IMAGES, TRAIN_IMAGES, ConfigError, TrainConfig
 from .evaluators import InsideViewEvaluator
 from .inside import inside_tensors, is_vit, probe_images, recorded_epochs
 from .objectives import Objective, init_model, mixing, objective_for
@@ -26,6 +26,7 @@ from .run_folder import (MODEL, append_metrics, finished_run, hardware, load_che
                          read_metrics, record_inside, restore, save_checkpoint, save_final, trim_inside, trim_metrics)
 from .steps import augment, autocast_dtype, cpu_bf16_attention, epoch_order, lr_at, param_groups, randaugment
 from ..models import ARCHITECTURES, build_model, set_input_size
+from ..models.architectures import MAX_IMG_SIZE
 
 log = logging.getLogger(__name__)  #: without ``progress``, runs report here (``python -m vitlab`` prints it)
 
@@ -90,10 +91,13 @@ def check(config: TrainConfig, out: str | os.PathLike, checkpoint_every: int = 0
 def _rules(c: TrainConfig, checkpoint_every: int) -> list[tuple[str, Any, bool, str]]:
     arch = ARCHITECTURES[c.model]
     patch = getattr(arch, "patch_size", getattr(arch, "stride", None))  # a hybrid's tokens are stride apart; ResNets
-    size_rule = f"a positive multiple of {patch}, the patch size of {c.model}" if patch else "at least 1 pixel"
+    size_rule = (f"a positive multiple of {patch}, the patch size of {c.model}" if patch else "at least 1 pixel"
+                 ) + f", and at most {MAX_IMG_SIZE} pixels"
+    size_ok = c.img_size is None or (1 <= c.img_size <= MAX_IMG_SIZE and c.img_size % (patch or 1) == 0)
     # The default warmup stays allowed in shorter runs (their learning rate peaks below lr), as before.
     warmup_ok = 0 <= c.warmup_epochs <= c.epochs or c.warmup_epochs == TrainConfig.warmup_epochs
     return [
+        ("seed", c.seed, 0 <= c.seed <= MAX_SEED, f"0..{MAX_SEED}"),
         ("epochs", c.epochs, c.epochs >= 1, "at least 1"),
         ("batch_size", c.batch_size, c.batch_size >= 1, "at least 1"),
         ("subset_size", c.subset_size, c.subset_size is None or 1 <= c.subset_size <= TRAIN_IMAGES,
@@ -115,7 +119,7 @@ def _rules(c: TrainConfig, checkpoint_every: int) -> list[tuple[str, Any, bool, 
          f"0..{IMAGE_SIZE - 1} pixels (reflection padding stays below the {IMAGE_SIZE}-pixel CIFAR image size)"),
         ("randaugment", c.randaugment, 0 <= c.randaugment <= 14, "0 (off) to 14 ops per image, e.g. 2"),
         ("randaugment_magnitude", c.randaugment_magnitude, 0 <= c.randaugment_magnitude <= 30, "0..30, e.g. 9"),
-        ("img_size", c.img_size, c.img_size is None or (c.img_size >= 1 and c.img_size % (patch or 1) == 0), size_rule),
+        ("img_size", c.img_size, size_ok, size_rule),
         ("eval_every", c.eval_every, type(c.eval_every) is int and c.eval_every >= 1,
          "a whole number of epochs, 1 or more"),
         ("checkpoint_every", checkpoint_every, checkpoint_every >= 0, "0 (evaluated epochs only) or more steps"),

@@ -16,7 +16,7 @@ from . import inside, run_folder, zoo
 from .run_folder import RunFolderError
 from .config import ConfigError, TrainConfig, command_line, from_args
 from ..analysis.distance import head_statistics, lowest_head
-from ..io import write_json
+from ..io import read_json, write_json
 from ..models.sidecar import read_sidecar, sidecar_path
 from ..models import load_model
 from ..records import RecipeRun, Recipes
@@ -141,7 +141,7 @@ def read(folder: str | os.PathLike = LOCALITY) -> Recipes:
     if not path.is_file():
         raise FileNotFoundError(f"no {EXPERIMENT} in {folder}: collect runs into it with `python -m vitlab recipes`")
     try:
-        stored = json.loads(path.read_text())
+        stored = read_json(path)
         if stored.get("format", 0) > FORMAT:
             raise ResultsFileError(f"{path} has format {stored['format']}, this vitlab reads {FORMAT}: upgrade vitlab")
         arms = {}

@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import settings
 from .config import ConfigError
-from ..io import atomic_path, atomic_write, write_json
+from ..io import atomic_path, atomic_write, parse_json, read_json, write_json
 from ..models import save_model
 from ..models.sidecar import Sidecar, read_sidecar
 from ..models.weights import WeightsFileError
@@ -106,7 +106,7 @@ def read_jsonl(path: Path, redo: str = "a resumed run records it again") -> list
     records = []
     for number, line in enumerate(lines, 1):
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except ValueError:
             record = None
         if isinstance(record, dict):
@@ -233,7 +233,7 @@ def _records(out: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
         if not path.is_file():
             continue
         try:
-            record = json.loads(path.read_text())
+            record = read_json(path)
             _check_record(record)
         except (OSError, ValueError, TypeError, KeyError) as err:
             problems.append(f"{path} is no checkpoint record ({str(err).splitlines()[0]})")

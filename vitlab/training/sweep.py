@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import data, result_files
 from . import inside, mpp, zoo
-from .config import CADENCE, ConfigError, TrainConfig, check_choices, command_line, from_args
+from .config import CADENCE, MAX_SEED, ConfigError, TrainConfig, check_fields, command_line, from_args
 from ..models import ARCHITECTURES, build_model, check_spec, load_model, weights_file
 from ..models.sidecar import read_sidecar, sidecar_path
 from ..analysis.distance import head_statistics, lowest_head
@@ -78,7 +78,7 @@ class SweepConfig:
     results: str = "data/results/vit_vs_resnet"
 
     def __post_init__(self) -> None:
-        check_choices(self)
+        check_fields(self)
 
     def epochs_for(self, size: int) -> int:
         """Epochs for a subset of ``size`` images: at least ``epochs``, and enough to see ``min_samples`` images."""
@@ -130,6 +130,8 @@ def check(config: SweepConfig, train_images: int = 50_000) -> None:
         raise ConfigError(f"unknown zoo models {unknown}; choose from {list(zoo.ENTRIES)}")
     if not config.models or not config.sizes or not config.seeds:
         raise ConfigError("a sweep needs at least one model, one subset size and one seed")
+    if bad := [s for s in config.seeds if not 0 <= s <= MAX_SEED]:
+        raise ConfigError(f"--seeds {' '.join(map(str, bad))}: must be 0..{MAX_SEED}")
     classes = len(data.CLASSES)
     if bad := [n for n in config.sizes if not classes <= n <= train_images]:
         raise ConfigError(f"subset sizes {bad} are outside {classes}..{train_images} (one image per class "
