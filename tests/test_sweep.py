@@ -250,7 +250,8 @@ def test_two_sweeps_writing_one_results_file_at_once_keep_both_runs(fake_cifar, 
 
     results = tmp_path / "results" / "sweep"
     sweeps = [["sweep", "--models", model, "--sizes", "200", "--epochs", "1", "--min-samples", "0", "--batch-size",
-               "50", "--monitor-size", "50", "--out", str(tmp_path / "runs"), "--results", str(results)]
+               "50", "--monitor-size", "50", "--fewshot", "1", "--fewshot-seeds", "1", "--fewshot-test", "50",
+               "--out", str(tmp_path / "runs"), "--results", str(results)]
               for model in ("vit_micro_c10", "resnet_micro_c10")]
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
@@ -264,8 +265,10 @@ def test_two_sweeps_writing_one_results_file_at_once_keep_both_runs(fake_cifar, 
     commands = result_files.read_commands(results)
     assert len(commands) == 2 and {c.split("--models ")[1].split()[0] for c in commands} == {m[2] for m in sweeps}
     assert [v.model for v in result_files.read_run_insides(results)[0]] == ["vit_micro_c10"]  # ResNets have none
+    probes, probe_commands = result_files.read_run_probes(results)
+    assert sorted(p.model for p in probes) == ["resnet_micro_c10", "vit_micro_c10"] and len(probe_commands) == 2
     assert sorted(p.name for p in results.parent.iterdir()) == sorted(
-        f"sweep{s}" for s in (".csv", ".json", "-inside.csv", "-inside.json"))  # no lock or temporary left
+        f"sweep{tag}{ext}" for tag in ("", "-fewshot", "-inside") for ext in (".csv", ".json"))  # no lock left
 
 
 def _done_records(config):
