@@ -152,8 +152,9 @@ def _merge(path: Path, stored: list[dict[str, Any]], rows: list[dict[str, Any]],
 
 def _clash(path: Path, row: dict[str, Any], field: str, old: Any) -> str:
     init = f" from {row['init']}" if row.get("init") else ""
+    there, here = (r if len(r := repr(v)) <= 60 else f"{r[:57]}..." for v in (old, row[field]))  # a view is long
     return (f"{path} already records {row['model']} on {row['subset_size']} images, seed {row['seed']}, "
-            f"{row['epochs']} epochs{init} with {field} {old!r} there, {row[field]!r} in this write: another "
+            f"{row['epochs']} epochs{init} with {field} {there} there, {here} in this write: another "
             "process recorded this run too; delete one of the two rows (in the .json) and run again")
 
 
