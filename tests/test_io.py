@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from vitlab.io import atomic_write, parse_json, parse_toml, read_json, write_json
@@ -45,3 +47,29 @@ def test_text_nested_too_deeply_is_a_value_error(parse, text):
 
 def test_read_json_reads_what_write_json_wrote(tmp_path):
     assert read_json(write_json(tmp_path / "a.json", {"a": [1, {"b": None}]})) == {"a": [1, {"b": None}]}
+
+
+def test_a_lock_waits_for_its_holder_gives_up_naming_it_and_leaves_no_file(tmp_path):
+    """Another process holding the lock (a child, so its flock is its own) makes a writer wait, then time out."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from vitlab.io import locked
+
+    path = tmp_path / "results.lock"
+    holds = ("import importlib.util, sys, time\n"  # vitlab/io.py alone: no torch to import
+             "spec = importlib.util.spec_from_file_location('io_alone', sys.argv[1])\n"
+             "io = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(io)\n"
+             "with io.locked(sys.argv[2]):\n    print('held', flush=True)\n    time.sleep(0.6)")
+    module = Path(__file__).resolve().parents[1] / "vitlab" / "io.py"
+    holder = subprocess.Popen([sys.executable, "-c", holds, str(module), str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    with pytest.raises(TimeoutError, match=f"{path} is held by PID {holder.pid}"):
+        with locked(path, timeout=0.1):
+            pass
+    started = time.monotonic()
+    with locked(path):  # waits for the holder to let go
+        assert time.monotonic() - started > 0.2 and path.read_text() == f"{os.getpid()}\n"
+    assert holder.wait(timeout=10) == 0 and not path.exists()

@@ -1,6 +1,7 @@
 """Recipe comparisons: collecting runs, reading them back, the readout, the figures and the explorer."""
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -138,10 +139,61 @@ def test_force_replaces_a_comparison_whole(trained, tmp_path):
     root, folders, _ = trained
     out = tmp_path / "c"
     recipes.collect(folders, out)
-    (out / "stray.txt").write_text("x")
     recipes.collect({"first": folders["plain"][:1], "second": folders["CutMix"][:1]}, out, force=True)
     assert sorted(p.name for p in out.iterdir()) == sorted([recipes.EXPERIMENT, "plain-s0", "cutmix-s0"])
     assert list(recipes.read(out).arms) == ["first", "second"]
+
+
+def _checksums(folder):
+    """sha256 of every file below ``folder``, by its path relative to it."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_force_never_replaces_a_run_being_compared(trained, tmp_path):
+    """``--arm a R1 --arm b R2 --out R1 --force``: R1's weights and checkpoints stay, refused before any work."""
+    import shutil
+
+    from vitlab.__main__ import main
+
+    _, folders, _ = trained
+    run = tmp_path / "r1"
+    shutil.copytree(folders["plain"][0], run)
+    before = _checksums(run)
+    assert {"model.safetensors", "checkpoint.json"} <= before.keys()
+    for out in (run, tmp_path):  # the run itself, or a folder holding it
+        message = f"--out {re.escape(str(out))} holds a run being compared .*{re.escape(str(run))}.*choose another"
+        with pytest.raises(SystemExit, match=message):
+            main(["recipes", "--arm", "a", str(run), "--arm", "b", str(folders["CutMix"][0]), "--out", str(out),
+                  "--force"])
+    assert _checksums(run) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["r1"]  # no temporary left
+
+
+@pytest.mark.parametrize("foreign, named", [("notes.txt", "notes.txt"), ("plain-s0/notes.txt", "plain-s0/notes.txt"),
+                                            ("unlisted/model.json", "unlisted"), ("vitlab.lock", "vitlab.lock")])
+def test_force_never_replaces_a_folder_holding_what_vitlab_did_not_write(trained, tmp_path, foreign, named):
+    """A user's file in a comparison (or a folder that is none) stays: refused in one line naming it."""
+    _, folders, _ = trained
+    out = tmp_path / "c"
+    recipes.collect(folders, out)
+    (out / foreign).parent.mkdir(exist_ok=True)
+    (out / foreign).write_text("mine")
+    before = _checksums(out)
+    message = f"^--out {re.escape(str(out))} is not a comparison vitlab wrote .*{re.escape(named)}"
+    with pytest.raises(FileExistsError, match=message) as err:
+        recipes.collect({"first": folders["plain"][:1], "second": folders["CutMix"][:1]}, out, force=True)
+    assert "\n" not in str(err.value) and "move it away or choose another --out" in str(err.value)
+    assert _checksums(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["c"]
+    bare = tmp_path / "bare"  # no comparison at all
+    bare.mkdir()
+    (bare / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=f"holds no {recipes.EXPERIMENT}"):
+        recipes.collect({"first": folders["plain"][:1], "second": folders["CutMix"][:1]}, bare, force=True)
+    assert (bare / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("damage", ["{", json.dumps({"format": 1}), json.dumps({"format": 9, "arms": {}})])

@@ -64,6 +64,9 @@ def test_compute_totals_round_trip_and_old_files_without_them_still_read(tmp_pat
     with pytest.raises(result_files.ResultsFileError, match="predates images_seen_total .* fine-tuned from mpp:enc"):
         result_files.read_runs(results)
     assert result_files.read_runs(results, history={"mpp:enc": (1000, 5e14)}.get) == [scratch, tuned]
+    # Written back, as the error says: the totals are added to the stored rows, no run recorded two ways.
+    result_files.write_runs(results, result_files.read_runs(results, history={"mpp:enc": (1000, 5e14)}.get), ["cmd"])
+    assert result_files.read_runs(results) == [scratch, tuned]
     with pytest.raises(TypeError, match="needs images_seen_total and train_flops_total"):
         RunRecord(model="vit_b", family="vit", subset_size=500, seed=0, epochs=2, test_accuracy=0.3, init="mpp:enc")
 
@@ -229,3 +232,57 @@ def test_run_insides_round_trip_with_a_summary_csv(tmp_path):
     path.write_text(path.read_text()[:-40])  # torn
     with pytest.raises(result_files.ResultsFileError, match="sweep-inside.json is not a complete results file"):
         result_files.read_run_insides(results)
+
+
+# --- two writers of one results file (two sweeps at once) ---------------------------------------
+
+
+def _probe_of(size, accuracy=0.2):
+    return RunProbe(model="vit_b", family="vit", subset_size=size, seed=0, epochs=2, batch_size=128,
+                    layer="pre_logits", pooling="head", fewshot={1: accuracy}, probe_setting=dict(shots=[1], seeds=1))
+
+
+#: kind -> (write, read the records, a run's record of ``size``, the same run recorded otherwise, tag, what differs)
+_KINDS = {
+    "runs": (result_files.write_runs, result_files.read_runs, lambda n: _run("vit_b", "vit", n, 0, 0.3),
+             lambda r: dataclasses.replace(r, test_accuracy=0.31), "", "test_accuracy 0.3 there, 0.31"),
+    "probes": (result_files.write_run_probes, lambda res: result_files.read_run_probes(res)[0], _probe_of,
+               lambda p: dataclasses.replace(p, fewshot={1: 0.25}), "-fewshot", "fewshot_1 0.2 there, 0.25"),
+    "insides": (result_files.write_run_insides, lambda res: result_files.read_run_insides(res)[0],
+                lambda n: _run_inside(n, 3.0, 3.1), lambda v: dataclasses.replace(v, lowest_std=0.4), "-inside",
+                "lowest_std 0.3 there, 0.4"),
+}
+
+
+@pytest.mark.parametrize("kind", _KINDS)
+def test_two_writers_keep_both_runs_and_a_run_recorded_two_ways_is_refused(tmp_path, kind):
+    """Each writer passes what it read when it started (nothing) and its own run: the file keeps both."""
+    write, read, record, otherwise, tag, differs = _KINDS[kind]
+    results = tmp_path / "sweep"
+    first, second = record(100), record(200)
+    write(results, [first], ["sweep one"])
+    write(results, [second], ["sweep two"])
+    assert read(results) == [first, second]
+    assert result_files.read_commands(results, tag) == ["sweep one", "sweep two"]
+    with open(tmp_path / f"sweep{tag}.csv") as f:
+        assert [int(row["subset_size"]) for row in csv.DictReader(f)] == [100, 200]
+    write(results, [second, first], ["sweep one"])  # the same records again: nothing changes
+    assert read(results) == [first, second]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    path = tmp_path / f"sweep{tag}.json"
+    with pytest.raises(result_files.ResultsFileError, match=f"^{path} already records {first.model} on 100 images, "
+                       f"seed 0, {first.epochs} epochs with {differs} in this write: .*delete one of the two") as err:
+        write(results, [otherwise(first), record(300)], ["sweep three"])
+    assert "\n" not in str(err.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, no lock file left
+
+
+def test_a_probe_under_another_setting_replaces_the_stored_one_only_when_asked(tmp_path):
+    results = tmp_path / "sweep"
+    old = _probe_of(100)
+    new = dataclasses.replace(old, fewshot={1: 0.3, 5: 0.4}, probe_setting=dict(shots=[1, 5], seeds=1))
+    result_files.write_run_probes(results, [old, _probe_of(200)], ["probe one"])
+    with pytest.raises(result_files.ResultsFileError, match="already records vit_b on 100 images"):
+        result_files.write_run_probes(results, [new], ["probe two"])
+    result_files.write_run_probes(results, [new], ["probe two"], replace={old.key})
+    assert result_files.read_run_probes(results) == ([new, _probe_of(200)], ["probe one", "probe two"])

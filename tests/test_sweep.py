@@ -216,6 +216,61 @@ def test_sweep_resumes_a_run_that_was_interrupted(fake_cifar, tmp_path, monkeypa
     assert record.images_seen == 3 * 2 * config.batch_size
 
 
+#: Imports vitlab once, then forks a ``python -m vitlab`` per argument list in argv[1] (JSON), all at once, and
+#: exits with how many failed: the children are real processes racing for one results file, without paying for
+#: a cold torch import each (tests/test_faults.py's zygote does the same).
+_AT_ONCE = """
+import json, os, sys, traceback
+from vitlab.__main__ import main
+
+children = []
+for argv in json.loads(sys.argv[1]):
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = main(argv)
+        except SystemExit as err:
+            print(err.code, flush=True)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    children.append(pid)
+sys.exit(sum(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0 for pid in children))
+"""
+
+
+def test_two_sweeps_writing_one_results_file_at_once_keep_both_runs(fake_cifar, tmp_path):
+    """Each sweep reads the file when it starts and writes after its run: both runs and both commands stay."""
+    import os
+    import subprocess
+    import sys
+
+    results = tmp_path / "results" / "sweep"
+    sweeps = [["sweep", "--models", model, "--sizes", "200", "--epochs", "1", "--min-samples", "0", "--batch-size",
+               "50", "--monitor-size", "50", "--fewshot", "1", "--fewshot-seeds", "1", "--fewshot-test", "50",
+               "--out", str(tmp_path / "runs"), "--results", str(results)]
+              for model in ("vit_micro_c10", "resnet_micro_c10")]
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+    ended = subprocess.run([sys.executable, "-c", _AT_ONCE, json.dumps(sweeps)], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert ended.returncode == 0, ended.stdout + ended.stderr
+    runs = result_files.read_runs(results)
+    assert sorted(r.model for r in runs) == ["resnet_micro_c10", "vit_micro_c10"]
+    with open(f"{results}.csv") as f:
+        assert sorted(row["model"] for row in csv.DictReader(f)) == ["resnet_micro_c10", "vit_micro_c10"]
+    commands = result_files.read_commands(results)
+    assert len(commands) == 2 and {c.split("--models ")[1].split()[0] for c in commands} == {m[2] for m in sweeps}
+    assert [v.model for v in result_files.read_run_insides(results)[0]] == ["vit_micro_c10"]  # ResNets have none
+    probes, probe_commands = result_files.read_run_probes(results)
+    assert sorted(p.model for p in probes) == ["resnet_micro_c10", "vit_micro_c10"] and len(probe_commands) == 2
+    assert sorted(p.name for p in results.parent.iterdir()) == sorted(
+        f"sweep{tag}{ext}" for tag in ("", "-fewshot", "-inside") for ext in (".csv", ".json"))  # no lock left
+
+
 def _done_records(config):
     """A finished record of every run of ``config``, as a sweep would have stored them."""
     return [records.RunRecord(model=r.model, family=zoo.ENTRIES[r.model].family, subset_size=r.subset_size,

@@ -67,7 +67,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     rec.add_argument("--arm", nargs="+", action="append", required=True, metavar=("LABEL", "RUN"),
                      help="an arm's label and its seeds' run folders or zoo entries with inside views (--arm per arm)")
     rec.add_argument("--out", required=True, help="new folder of the comparison (e.g. data/results/locality)")
-    rec.add_argument("--force", action="store_true", help="replace --out if it exists")
+    rec.add_argument("--force", action="store_true",
+                     help="replace --out if it is a comparison vitlab wrote (never a run or a folder with other files)")
     rec.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     return parser
 

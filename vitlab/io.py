@@ -1,11 +1,15 @@
-"""Atomic file writes (a crash never leaves a half-written file behind), and the one parser of JSON and TOML text."""
+"""Atomic file writes (a crash never leaves a half-written file behind), the one parser of JSON and TOML text, and a
+lock for read-merge-write updates."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import tomllib
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,3 +72,51 @@ def _parse(loads: Callable[[Any], Any], text: str | bytes, what: str) -> Any:
         return loads(text)
     except RecursionError:
         raise ValueError(f"{what} nested too deeply to read (past Python's recursion limit)") from None
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, timeout: float = 60.0) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the lock file ``path`` (its holder's PID inside) while the block runs.
+
+    Waits up to ``timeout`` seconds for another holder, then raises TimeoutError. The file is removed on release,
+    so none is left beside what it guards; a waiter that locked a file so removed locks the new one instead.
+    """
+    path = Path(path)
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            held = _flock(fd, path, deadline)
+            same = held and os.fstat(fd).st_ino == os.stat(path).st_ino  # not removed by the holder before
+        except FileNotFoundError:
+            same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same or not held:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held: no waiter reads a PID that has gone
+        os.close(fd)
+
+
+def _flock(fd: int, path: Path, deadline: float) -> bool:
+    """Lock ``fd``, polling until ``deadline``; False (with a warning) where the file system has no locks."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise TimeoutError(f"{path} is held by PID {holder}") from None
+            time.sleep(0.02)
+        except OSError as err:  # e.g. a network file system without locks
+            warnings.warn(f"cannot lock {path} ({err.strerror}); make sure no other process writes beside it",
+                          stacklevel=4)
+            return False

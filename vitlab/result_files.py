@@ -1,5 +1,8 @@
 """The results files of studies (``<results>.json``, ``-fewshot.json``, ``-inside.json``, each with a ``.csv`` copy):
-the committed ones, and the only reader and writer of their fields. A broken ``.json`` raises, never reads as empty."""
+the committed ones, and the only reader and writer of their fields. A broken ``.json`` raises, never reads as empty.
+
+Writers add records: under ``<results>.lock`` each write reads the file again and merges its rows with the stored
+ones by run (:attr:`~vitlab.records.RunOf.key`), so two sweeps writing one file at once keep both sweeps' runs."""
 from __future__ import annotations
 
 import csv
@@ -7,12 +10,12 @@ import dataclasses
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import settings
-from .io import atomic_write, read_json
+from .io import atomic_write, locked, read_json
 from .records import InsideView, RunInside, RunOf, RunProbe, RunRecord
 
 #: The committed CPU sweep (``<RESULTS>.csv``, ``<RESULTS>.json`` and their ``-fewshot`` files).
@@ -92,9 +95,71 @@ def _order(row: dict[str, Any]) -> tuple:
 
 
 def _write(results: str | os.PathLike, tag: str, rows: list[dict[str, Any]], commands: Sequence[str],
-           fields: Sequence[str]) -> None:
-    """``<results><tag>.json`` (commands, fields, rows) and ``.csv``; ``init`` only where a run has one."""
-    rows = sorted(({k: v for k, v in row.items() if k != "init" or v} for row in rows), key=_order)
+           fields: Sequence[str] | Callable[[list[dict[str, Any]]], Sequence[str]],
+           replace: Collection[tuple] = ()) -> None:
+    """Merge ``rows`` into ``<results><tag>.json`` and write its ``.csv`` of ``fields`` (or ``fields(rows)``),
+    under the results' lock; see :func:`_merge`."""
+    # Through JSON first: an unwritable value fails here, and rows compare with the stored ones as equals.
+    rows = json.loads(json.dumps([{k: v for k, v in row.items() if k != "init" or v} for row in rows]))
+    path = _file(results, f"{tag}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with locked(_file(results, ".lock")):
+            stored = _load(results, tag)  # what is there now, other writers' runs included
+            rows = _merge(path, stored["runs"], rows, set(replace))
+            try:
+                rows.sort(key=_order)
+            except (KeyError, TypeError) as err:
+                raise _unreadable(path, f"a stored run lacks its family, model or size: {err!r}") from None
+            commands = [*stored["commands"], *(c for c in commands if c not in stored["commands"])]
+            _replace(path, rows, commands, fields(rows) if callable(fields) else fields)
+    except TimeoutError as err:
+        raise ResultsFileError(f"{err} for over a minute: another vitlab process is writing {path.name}; "
+                               "wait for it, or stop it if it hangs") from None
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    """A stored row's run, as :attr:`~vitlab.records.RunOf.key` orders it."""
+    return (row.get("model"), row.get("subset_size"), row.get("seed"), row.get("epochs"), row.get("batch_size", 0),
+            row.get("init", ""))
+
+
+def _merge(path: Path, stored: list[dict[str, Any]], rows: list[dict[str, Any]], replace: set[tuple]
+           ) -> list[dict[str, Any]]:
+    """The stored rows with ``rows`` merged in by run: a new run is added, a run stored before gets the fields
+    the row adds; a field of a run stored with another value is refused, unless its key is in ``replace``."""
+    merged = list(stored)
+    try:
+        where = {}
+        for i, row in enumerate(merged):
+            where.setdefault(_key(row), i)
+        for row in rows:
+            i = where.setdefault(_key(row), len(merged))
+            if i == len(merged):
+                merged.append(row)
+            elif _key(row) in replace:
+                merged[i] = row
+            else:
+                old = merged[i]
+                if clash := [f for f in row if f in old and json.dumps(old[f], sort_keys=True)
+                             != json.dumps(row[f], sort_keys=True)]:
+                    raise ResultsFileError(_clash(path, row, clash[0], old[clash[0]]))
+                merged[i] = {**row, **{k: v for k, v in old.items() if k not in row}}
+    except TypeError as err:  # a key field that is a list or an object
+        raise _unreadable(path, f"a run's model, size, seed, epochs, batch size or init is no value: {err}") from None
+    return merged
+
+
+def _clash(path: Path, row: dict[str, Any], field: str, old: Any) -> str:
+    init = f" from {row['init']}" if row.get("init") else ""
+    there, here = (r if len(r := repr(v)) <= 60 else f"{r[:57]}..." for v in (old, row[field]))  # a view is long
+    return (f"{path} already records {row['model']} on {row['subset_size']} images, seed {row['seed']}, "
+            f"{row['epochs']} epochs{init} with {field} {there} there, {here} in this write: another "
+            "process recorded this run too; delete one of the two rows (in the .json) and run again")
+
+
+def _replace(path: Path, rows: list[dict[str, Any]], commands: Sequence[str], fields: Sequence[str]) -> None:
+    """Write ``path`` (commands, fields, rows) and its ``.csv``; ``init`` only where a run has one."""
     if not any("init" in row for row in rows):
         fields = [f for f in fields if f != "init"]
     text = json.dumps(dict(commands=list(commands), fields=list(fields), runs=rows), indent=1) + "\n"
@@ -103,8 +168,8 @@ def _write(results: str | os.PathLike, tag: str, rows: list[dict[str, Any]], com
     writer.writeheader()
     writer.writerows(rows)
     # Both texts are built before either file is touched, so a bad record changes neither.
-    atomic_write(_file(results, f"{tag}.json"), lambda tmp: tmp.write_text(text))
-    atomic_write(_file(results, f"{tag}.csv"), lambda tmp: tmp.write_text(table.getvalue()))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path.with_suffix(".csv"), lambda tmp: tmp.write_text(table.getvalue()))
 
 
 def read_commands(results: str | os.PathLike, tag: str = "") -> list[str]:
@@ -135,11 +200,23 @@ def _probe_row(probe: RunProbe) -> dict[str, Any]:
                 probe_setting=probe.probe_setting)
 
 
-def write_run_probes(results: str | os.PathLike, probes: Sequence[RunProbe], commands: Sequence[str]) -> None:
-    """Write ``<results>-fewshot.json`` and ``.csv``: one row per probed run, ordered like the runs."""
-    shots = [f"{_FEWSHOT_PREFIX}{k}" for k in sorted({k for p in probes for k in p.fewshot})]
-    fields = ["model", "family", "subset_size", "seed", "epochs", "init", "layer", "pooling", *shots]
-    _write(results, FEWSHOT_TAG, [_probe_row(p) for p in probes], commands, fields)
+def _probe_fields(rows: list[dict[str, Any]]) -> list[str]:
+    """The columns of ``-fewshot.csv``: a ``fewshot_<k>`` column for every k any row has, in order of k."""
+    shots = {int(k.removeprefix(_FEWSHOT_PREFIX)) for row in rows for k in row
+             if k.startswith(_FEWSHOT_PREFIX) and k.removeprefix(_FEWSHOT_PREFIX).isdigit()}
+    return ["model", "family", "subset_size", "seed", "epochs", "init", "layer", "pooling",
+            *(f"{_FEWSHOT_PREFIX}{k}" for k in sorted(shots))]
+
+
+def write_run_probes(results: str | os.PathLike, probes: Sequence[RunProbe], commands: Sequence[str],
+                     replace: Collection[tuple] = ()) -> None:
+    """Add ``probes`` to ``<results>-fewshot.json`` and ``.csv`` (one row per probed run, ordered like the runs).
+
+    Args:
+        replace: keys (:attr:`~vitlab.records.RunOf.key`) of runs whose stored probes these supersede, e.g. probes
+            under another setting; any other run stored with another probe is refused (ResultsFileError).
+    """
+    _write(results, FEWSHOT_TAG, [_probe_row(p) for p in probes], commands, _probe_fields, replace)
 
 
 def read_runs(results: str | os.PathLike, history: Callable[[str], tuple[int, float]] | None = None) -> list[RunRecord]:
@@ -160,7 +237,8 @@ def read_runs(results: str | os.PathLike, history: Callable[[str], tuple[int, fl
 
 
 def write_runs(results: str | os.PathLike, runs: Sequence[RunRecord], commands: Sequence[str]) -> None:
-    """Write ``<results>.json`` (runs and commands) and ``.csv``; ``fewshot`` goes to :func:`write_run_probes`."""
+    """Add ``runs`` and ``commands`` to ``<results>.json`` and ``.csv`` (runs stored there are kept, a run stored
+    with other values is refused: ResultsFileError); ``fewshot`` goes to :func:`write_run_probes`."""
     _write(results, "", [{name: getattr(r, name) for name in _RUN_JSON_KEYS} for r in runs], commands, RUN_FIELDS)
 
 
@@ -184,5 +262,6 @@ def _inside_row(run: RunInside) -> dict[str, Any]:
 
 
 def write_run_insides(results: str | os.PathLike, insides: Sequence[RunInside], commands: Sequence[str]) -> None:
-    """Write ``<results>-inside.json`` (whole views) and ``.csv`` (one summary row per run), atomically."""
+    """Add ``insides`` to ``<results>-inside.json`` (whole views) and ``.csv`` (one summary row per run), as
+    :func:`write_runs` adds runs."""
     _write(results, _INSIDE_TAG, [_inside_row(i) for i in insides], commands, _INSIDE_FIELDS)

@@ -26,6 +26,7 @@ LOCALITY = settings.PROJECT_ROOT / "data" / "results" / "locality"  #: issue 14'
 #: What a run folder must hold to be collected, and what is copied of it.
 RUN_FILES = (run_folder.SIDECAR, run_folder.METRICS_LOG, run_folder.INSIDE_LOG, run_folder.INSIDE_TENSORS)
 EXPERIMENT, FORMAT = "experiment.json", 1
+_RUN_MARKS = (run_folder.MODEL, run_folder.LOCK, run_folder.METRICS_LOG)  #: a training run's, never a comparison's
 _NOT_RECIPE = {"seed", "out", "progress"}  #: settings that may differ within an arm, or name no property of a recipe
 
 
@@ -119,7 +120,7 @@ def _checked_runs(arms: Mapping[str, Sequence[str | os.PathLike]], out: Path, fo
                   ) -> dict[str, dict[str, dict[str, Path]]]:
     """Arm -> run name -> file -> path, once checked: ``out`` free (or ``force``), two arms, unique names, all
     files of finished runs there."""
-    if out.exists() and not force:
+    if (out.exists() or out.is_symlink()) and not force:
         raise FileExistsError(f"{out} exists; choose another --out, or pass --force to replace it")
     if len(arms) < 2 or any(not runs for runs in arms.values()):
         raise ConfigError("a comparison needs at least two arms, each with at least one run folder")
@@ -127,11 +128,49 @@ def _checked_runs(arms: Mapping[str, Sequence[str | os.PathLike]], out: Path, fo
     names = [name for runs in found.values() for name, _ in runs.values()]
     if len(set(names)) != len(names):
         raise ConfigError(f"run folder names must be unique (they name the copies): {names}")
+    if out.exists() or out.is_symlink():
+        _check_replaceable(out, [f for runs in found.values() for _, files in runs.values() for f in files.values()])
     for run, (_, files) in ((r, f) for runs in found.values() for r, f in runs.items()):
         if missing := [f.name for f in files.values() if not f.is_file()]:
             raise FileNotFoundError(f"{run} lacks {', '.join(missing)}: collect finished ViT runs trained with "
                                     "inside views on (the default), or zoo entries published with them")
     return {arm: dict(runs.values()) for arm, runs in found.items()}
+
+
+def _check_replaceable(out: Path, inputs: Sequence[Path]) -> None:
+    """FileExistsError unless ``--force`` may replace ``out``: a comparison vitlab wrote, holding none of ``inputs``
+    and nothing else (an empty folder holds nothing to lose)."""
+    where = out.resolve()
+    if held := sorted({p.parent for p in inputs if p.resolve().parent == where or where in p.resolve().parents}):
+        raise FileExistsError(f"--out {out} holds a run being compared ({held[0]}): --force never replaces "
+                              "an input run; choose another --out")
+    if why := _not_a_comparison(out):
+        raise FileExistsError(f"--out {out} is not a comparison vitlab wrote ({why}), and --force replaces only "
+                              "those: move it away or choose another --out")
+
+
+def _not_a_comparison(out: Path) -> str | None:
+    """Why ``out`` is not what :func:`collect` leaves (its JSON and copies of the runs it lists), or None if it is."""
+    if out.is_symlink() or not out.is_dir():
+        return "it is a link" if out.is_symlink() else "it is a file"
+    entries = sorted(out.iterdir())
+    if not entries:
+        return None
+    if run := [p.name for p in entries if p.name in _RUN_MARKS or p.name.startswith("checkpoint")]:
+        return f"it holds {run[0]}, a training run's file"
+    try:
+        listed = {row["name"] for arm in json.loads((out / EXPERIMENT).read_text())["arms"] for row in arm["runs"]}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return f"it holds no {EXPERIMENT} that lists its runs"
+    for entry in entries:
+        if entry.name == EXPERIMENT and entry.is_file() and not entry.is_symlink():
+            continue
+        if entry.is_symlink() or not entry.is_dir() or entry.name not in listed:
+            return f"it holds {entry.name}, which vitlab did not write there"
+        if odd := [p.name for p in sorted(entry.iterdir()) if p.name not in RUN_FILES or p.is_symlink()
+                   or not p.is_file()]:
+            return f"it holds {entry.name}/{odd[0]}, which vitlab did not write there"
+    return None
 
 
 def read(folder: str | os.PathLike = LOCALITY) -> Recipes:

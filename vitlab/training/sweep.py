@@ -301,7 +301,8 @@ def fewshot_runs(config: SweepConfig, train_set: _Split | None = None, test_set:
                          epochs=record.epochs, batch_size=record.batch_size, init=record.init, layer=PRE_LOGITS,
                          pooling=rows[0].pooling, fewshot=accuracy, probe_setting=setting)
         probes = [p for p in probes if _key(p) != _key(record)] + [probe]
-        result_files.write_run_probes(config.results, probes, commands)
+        # A probe of this run under another setting is superseded, not a second record of it.
+        result_files.write_run_probes(config.results, probes, commands, replace={_key(record)})
     return probes
 
 
