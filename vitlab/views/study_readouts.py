@@ -259,13 +259,19 @@ def _arms(mine: Sequence[RunRecord], init: str, n: int) -> tuple[list[RunRecord]
     return budget, [r for r in near(_mean([r.images_seen_total for r in tuned])) if r not in budget], tuned
 
 
+def _pm(accuracies: Sequence[float]) -> str:
+    """Mean accuracy over seeds, ± their standard deviation in points where there are several: "48.7% ± 0.3"."""
+    return f"{_mean(accuracies):.1%}" + (f" ± {100 * statistics.stdev(accuracies):.1f}" if len(accuracies) > 1 else "")
+
+
 def _at_equal_compute(tuned: dict[int, list[RunRecord]], matched: dict[int, list[RunRecord]]) -> str:
     """The readout's sentence on the sizes with runs from scratch at the fine-tuned arm's compute."""
     def said(n: int) -> str:
         a, b = ({k: _mean([getattr(r, k) for r in arm[n]]) for k in ("test_accuracy", "images_seen_total",
                                                                       "train_flops_total")} for arm in (tuned, matched))
         gain, one = a["test_accuracy"] - b["test_accuracy"], min(len(tuned[n]), len(matched[n])) == 1
-        return (f"{n:,} labels: {a['test_accuracy']:.1%} vs {b['test_accuracy']:.1%} ({len(tuned[n])} vs "
+        accuracy = ([r.test_accuracy for r in arm[n]] for arm in (tuned, matched))
+        return (f"{n:,} labels: {' vs '.join(map(_pm, accuracy))} ({len(tuned[n])} vs "
                 f"{len(matched[n])} seeds{', provisional' if one else ''}) with {round(a['images_seen_total']):,} vs "
                 f"{round(b['images_seen_total']):,} images seen and "
                 f"{a['train_flops_total'] / b['train_flops_total']:.2f}x the FLOPs: the objective "
@@ -296,9 +302,7 @@ def fine_tuning(runs: Sequence[RunRecord], model: str, init: str, pretrained_on:
     images_ratio = {n: images[init][n] / images[""][n] for n in sizes}
     flops_ratio = {n: flops[init][n] / flops[""][n] for n in sizes}
     def said(n: int) -> str:
-        def acc(xs: list[float]) -> str:
-            return f"{_mean(xs):.1%}" + (f" ± {100 * statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
-        return (f"{n:,} labels: {acc(tuned[n])} vs {acc(scratch[n])} ({100 * gain[n]:+.1f} points) with "
+        return (f"{n:,} labels: {_pm(tuned[n])} vs {_pm(scratch[n])} ({100 * gain[n]:+.1f} points) with "
                 f"{images_ratio[n]:.1f}x the images seen ({images[init][n]:,} vs {images[''][n]:,}) and "
                 f"{flops_ratio[n]:.1f}x the FLOPs ({flops[init][n]:.2e} vs {flops[''][n]:.2e})")
     helped = [n for n in sizes if gain[n] > 0]
