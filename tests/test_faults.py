@@ -14,6 +14,7 @@ child ended.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -104,6 +105,12 @@ def _inject(fault: list) -> None:
             _die()
 
         loop.append_metrics = torn
+    elif kind == "slow-publish":  # hold publish between its checks and its writes for args[0] seconds
+
+        from vitlab.training import zoo
+
+        measure = zoo._check_set_accuracy
+        zoo._check_set_accuracy = lambda *a: time.sleep(args[0]) or measure(*a)
 
 
 def _child(job: dict) -> None:
@@ -119,9 +126,14 @@ def _child(job: dict) -> None:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
     code = 1
     try:
+        if "zoo" in job:  # publish into a temporary zoo, checking accuracy on the fake test split's few images
+            from vitlab.models import loading
+            from vitlab.training import zoo
+
+            loading.ZOO_DIR, zoo.CHECK_SIZE = Path(job["zoo"]), 20
         _inject(job["fault"])
         argv = job["argv"]
-        code = main(argv if argv[0] == "pretrain" else ["train", *argv])
+        code = main(argv if argv[0] in ("pretrain", "publish") else ["train", *argv])
     except SystemExit as err:
         print(err.code)
     except BaseException:
@@ -136,12 +148,18 @@ def _zygote() -> None:
     import vitlab.training.loop  # noqa: F401  (imported once here, inherited by every child)
 
     for line in sys.stdin:
-        pid = os.fork()
-        if pid == 0:
-            _child(json.loads(line))
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps(dict(signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-                              code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None)), flush=True)
+        jobs = json.loads(line)  # a job, or a list of jobs run at once
+        pids = []
+        for job in jobs if isinstance(jobs, list) else [jobs]:
+            pids.append(os.fork())
+            if pids[-1] == 0:
+                _child(job)
+        ended = []
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            ended.append(dict(signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                              code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None))
+        print(json.dumps(ended if isinstance(jobs, list) else ended[0]), flush=True)
 
 
 # --- the tests ---------------------------------------------------------------------
@@ -164,6 +182,18 @@ class Runs:
         self.zygote.stdin.write(json.dumps(job) + "\n")
         ended = json.loads(self.zygote.stdout.readline())
         return ended, log.read_text()
+
+    def publish(self, zoo: Path, *jobs: tuple[Path, list, list | None]) -> list[tuple[dict, str]]:
+        """Each (run folder, extra flags, fault): ``publish <run> vit_micro_c10`` into ``zoo``, all at once."""
+        sent = []
+        for run, flags, fault in jobs:
+            self.count += 1
+            log = zoo.parent / f"publish-{self.count}.log"
+            sent.append(dict(argv=["publish", str(run), "vit_micro_c10", *flags], fault=fault, log=str(log),
+                             zoo=str(zoo)))
+        self.zygote.stdin.write(json.dumps(sent) + "\n")
+        ended = json.loads(self.zygote.stdout.readline())
+        return [(e, Path(job["log"]).read_text()) for e, job in zip(ended, sent)]
 
     def close(self) -> None:
         self.zygote.stdin.close()
@@ -276,6 +306,118 @@ def test_a_pretraining_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights
     assert {"mpp.mask_token", "mpp.colour_head.weight"} <= weights.keys()  # the objective's state is kept, and resumed
     _kill_and_resume(runs, tmp_path, baseline, [(["step", 6], 4), (["after", "checkpoint-00000012.json", 1], 12),
                                                 (["step", 27], 24)], PRETRAIN)
+
+
+# --- publishing into the zoo ---------------------------------------------------------
+
+#: (fault, what the kill interrupts, what is left: "old" (the entry as it was) or "half" (reported half-written)).
+#: Each kill publishes the other run over the entry with --force; the first is over an entry whose sidecar lists no
+#: sha256 (as the shipped ones), so that sidecar is first rewritten listing them.
+PUBLISH_KILLS = [
+    (["after", "vit_micro_c10.json", 1], "old sidecar rewritten with its files' sha256, nothing replaced", "old"),
+    (["after", "vit_micro_c10.metrics.jsonl", 1], "metrics log replaced, nothing else", "half"),
+    (["after", "inside.safetensors", 1], "inside tensors replaced, their log not", "half"),
+    (["after", "vit_micro_c10.safetensors", 1], "weights replaced, sidecar not", "half"),
+    (["before", "vit_micro_c10.json", 1], "new sidecar in its temporary file", "half"),
+]
+
+
+@pytest.fixture(scope="module")
+def other_run(runs):
+    """A finished run of other settings (seed 1) beside the uninterrupted one."""
+    out = runs.baseline.parent / "seed1"
+    ended, output = runs.run(out, flags=[*FLAGS, "--seed", "1"])
+    assert ended == dict(signal=None, code=0), output
+    return out
+
+
+def _zoo_files(zoo_dir: Path) -> dict[str, str]:
+    """The sha256 of every file in the zoo but the lock file a killed publish leaves behind."""
+    return {p.relative_to(zoo_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(zoo_dir.rglob("*")) if p.is_file() and p.suffix != ".lock"}
+
+
+def _assert_published(zoo_dir: Path, run: Path) -> None:
+    """The entry is intact and is ``run``'s: its settings, log and inside views, and no temporary file left."""
+    from vitlab.training import zoo
+
+    assert zoo.half_written("vit_micro_c10") is None and zoo.trained("vit_micro_c10")
+    sidecar = json.loads((zoo_dir / "vit_micro_c10.json").read_text())
+    assert sidecar["config"]["seed"] == json.loads((run / "model.json").read_text())["config"]["seed"]
+    assert (zoo_dir / "vit_micro_c10.metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
+    for name in ("inside.jsonl", "inside.safetensors"):
+        assert (zoo_dir / "vit_micro_c10.inside" / name).read_bytes() == (run / name).read_bytes()
+    assert set(sidecar["files"]) == set(_zoo_files(zoo_dir)) - {"vit_micro_c10.json"}
+    assert not list(zoo_dir.rglob("*.tmp"))
+
+
+def _assert_half_written(zoo_dir: Path) -> str:
+    import vitlab
+    from vitlab.models.weights import WeightsFileError
+    from vitlab.training import zoo
+
+    with pytest.warns(UserWarning, match="half-written"):
+        assert not zoo.trained("vit_micro_c10")
+    message = zoo.half_written("vit_micro_c10")
+    assert message and "\n" not in message and "publish it again with" in message and "--force" in message
+    assert zoo.zoo()["vit_micro_c10"]["half_written"] == message and not zoo.zoo()["vit_micro_c10"]["trained"]
+    with pytest.raises(WeightsFileError, match="zoo entry vit_micro_c10 is half-written"):
+        vitlab.load_model("vit_micro_c10", device="cpu")
+    return message
+
+
+@pytest.mark.slow
+def test_publish_killed_midway_leaves_the_old_entry_or_a_half_written_one_that_force_repairs(runs, other_run,
+                                                                                             tmp_path, monkeypatch):
+    from vitlab.models import loading
+
+    zoo_dir = tmp_path / "zoo"
+    monkeypatch.setattr(loading, "ZOO_DIR", zoo_dir)
+    # A first publish killed between the weights and the sidecar: refused without --force, repaired with it.
+    [(ended, output)] = runs.publish(zoo_dir, (runs.baseline, [], ["after", "vit_micro_c10.safetensors", 1]))
+    assert ended["signal"] == signal.SIGKILL, output
+    message = _assert_half_written(zoo_dir)
+    [(ended, output)] = runs.publish(zoo_dir, (other_run, [], None))
+    assert ended["code"] == 1 and output.strip().splitlines() == [f"python -m vitlab publish: error: {message}"]
+    [(ended, output)] = runs.publish(zoo_dir, (runs.baseline, ["--force"], None))
+    assert ended == dict(signal=None, code=0), output
+    _assert_published(zoo_dir, runs.baseline)
+    sidecar = json.loads((zoo_dir / "vit_micro_c10.json").read_text())
+    del sidecar["files"]  # as a sidecar written before publish listed the sha256 (the shipped entries')
+    (zoo_dir / "vit_micro_c10.json").write_text(json.dumps(sidecar))
+    current, other = runs.baseline, other_run
+    for fault, moment, left in PUBLISH_KILLS:
+        before = _zoo_files(zoo_dir)
+        [(ended, output)] = runs.publish(zoo_dir, (other, ["--force"], fault))
+        assert ended["signal"] == signal.SIGKILL, f"{fault} never fired:\n{output}"
+        if left == "old":  # the same files, its sidecar now listing their sha256
+            after = _zoo_files(zoo_dir)
+            assert after.pop("vit_micro_c10.json") != before.pop("vit_micro_c10.json") and after == before, moment
+            _assert_published(zoo_dir, current)
+        else:
+            _assert_half_written(zoo_dir)
+        [(ended, output)] = runs.publish(zoo_dir, (other, ["--force"], None))
+        assert ended == dict(signal=None, code=0), f"after a kill at {moment}:\n{output}"
+        _assert_published(zoo_dir, other)
+        current, other = other, current
+
+
+@pytest.mark.slow
+def test_two_publishes_of_one_entry_at_once_one_succeeds_and_the_other_fails_in_one_line(runs, other_run, tmp_path,
+                                                                                         monkeypatch):
+    from vitlab.models import loading
+
+    zoo_dir = tmp_path / "zoo"
+    monkeypatch.setattr(loading, "ZOO_DIR", zoo_dir)
+    slow = ["slow-publish", 1.0]  # both are past their checks before either writes a file
+    (a, out_a), (b, out_b) = runs.publish(zoo_dir, (runs.baseline, [], slow), (other_run, [], slow))
+    assert sorted([a["code"], b["code"]]) == [0, 1], (out_a, out_b)
+    winner, loser = (runs.baseline, out_b) if a["code"] == 0 else (other_run, out_a)
+    [line] = loser.strip().splitlines()
+    assert re.fullmatch(r"python -m vitlab publish: error: zoo entry vit_micro_c10 is being published by another "
+                        r"process \(.*vit_micro_c10.lock is held by PID \d+\); wait for it to end, then publish again",
+                        line), line
+    _assert_published(zoo_dir, winner)
 
 
 if __name__ == "__main__":

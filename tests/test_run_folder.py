@@ -360,3 +360,41 @@ def test_the_final_model_and_its_sidecar_read_back_as_the_finished_run(tmp_path)
     assert record == run_folder.run_sidecar(tmp_path)
     with pytest.raises(ConfigError, match="other settings \\(lr 0.002 in the finished run, 0.001 now\\)"):
         run_folder.finished_run(tmp_path, dataclasses.replace(config, lr=0.001))
+
+
+def test_a_deleted_metrics_log_is_refused_in_one_line_not_resumed_without_its_epochs(tmp_path):
+    """A run killed after a checkpoint whose metrics log was then deleted would end with no record of its epochs
+    (a sweep then failed with KeyError: 'step' on every rerun): one line names the log and what to delete."""
+    run_folder.append_metrics(tmp_path, dict(epoch=1, step=5, test_accuracy=0.1))
+    _save(tmp_path, 5)
+    (tmp_path / run_folder.METRICS_LOG).unlink()
+    with pytest.raises(run_folder.RunFolderError) as err:
+        run_folder.load_checkpoint(tmp_path, _Settings(), _model_and_optimizer(0)[0])
+    assert "\n" not in str(err.value) and str(err.value) == (
+        f"{tmp_path / 'metrics.jsonl'} lacks the line of step 5 that checkpoint.json was taken after (was it "
+        "deleted?); put it back, or delete checkpoint-00000005.json, checkpoint-00000005.safetensors, "
+        "checkpoint-00000005.state.pt, checkpoint.json to start the run over")
+    (tmp_path / run_folder.METRICS_LOG).write_text(json.dumps(dict(epoch=1, loss=2.0)) + "\n")  # a line without step
+    with pytest.raises(run_folder.RunFolderError, match="metrics.jsonl line 1 has no step; delete that line"):
+        run_folder.trim_metrics(tmp_path, 5)
+
+
+def test_a_deleted_inside_log_is_refused_naming_both_files_and_its_tensors_kept(tmp_path):
+    torch.manual_seed(0)
+    micro_vit = models.build_model({"zoo": "vit_micro_c10"}).eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    for epoch in (1, 2):
+        run_folder.record_inside(tmp_path, inside.inside_view(micro_vit, images, epoch, 10 * epoch),
+                                 inside.inside_tensors(micro_vit, epoch))
+    (tmp_path / run_folder.INSIDE_LOG).unlink()
+    tensors = hashlib.sha256((tmp_path / run_folder.INSIDE_TENSORS).read_bytes()).hexdigest()
+    message = (f"{tmp_path / 'inside.jsonl'} and {tmp_path / 'inside.safetensors'} disagree: epochs [1, 2] are in "
+               "only one of them")
+    for write in (lambda: run_folder.trim_inside(tmp_path, 20),
+                  lambda: run_folder.record_inside(tmp_path, inside.inside_view(micro_vit, images, 3, 30),
+                                                   inside.inside_tensors(micro_vit, 3))):
+        with pytest.raises(run_folder.RunFolderError) as err:
+            write()
+        assert str(err.value).startswith(message) and "\n" not in str(err.value)
+        assert hashlib.sha256((tmp_path / run_folder.INSIDE_TENSORS).read_bytes()).hexdigest() == tensors
+        assert not (tmp_path / run_folder.INSIDE_LOG).exists()

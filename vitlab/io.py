@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -72,6 +73,23 @@ def _parse(loads: Callable[[Any], Any], text: str | bytes, what: str) -> Any:
         return loads(text)
     except RecursionError:
         raise ValueError(f"{what} nested too deeply to read (past Python's recursion limit)") from None
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The sha256 of the file ``path`` (hex), remembered while its size, mtime and inode stay the same."""
+    info = os.stat(path)
+    key = (os.fspath(path), info.st_size, info.st_mtime_ns, info.st_ino)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+#: Hashes already computed: zoo listings check every published entry's files, and menus list them often.
+_HASHES: dict[tuple, str] = {}
 
 
 @contextlib.contextmanager

@@ -17,10 +17,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .. import data, settings
-from ..io import atomic_path
+from ..io import atomic_path, sha256
 from .architectures import ARCHITECTURES, LIMITS, MAX_IMG_SIZE, architecture, check_arguments
 from .hub import WeightsUnavailableError, load_timm, match_input_size, pretrained_tags
-from .sidecar import Sidecar, jsonable, read_sidecar, short_repr, sidecar_path, write_sidecar
+from .sidecar import Sidecar, files_problem, jsonable, read_sidecar, short_repr, sidecar_path, write_sidecar
 from .weights import (GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_shapes, check_weights_file, fit_head,
                       google_vit_args, load_google_npz, load_state, read_state_dict)
 
@@ -135,9 +135,10 @@ def _resolve(spec: str | os.PathLike, arch: str | None, kw: dict[str, Any]) -> t
         weights = zoo_weights(text)
         if not weights.is_file():
             return "zoo", text
+        if problem := zoo_problem(text):
+            raise WeightsFileError(problem)
         # The sidecar names the architecture, so a checkpoint may be named apart from it.
-        fallback = text if text in ARCHITECTURES and not sidecar_path(weights).is_file() else None
-        return "file", _plan_file(weights, fallback, {})
+        return "file", _plan_file(weights, None, {})
     if timm.is_model(timm.models.split_model_name_tag(text)[0]):
         _check_timm_name(text)
         return "timm", text
@@ -197,6 +198,23 @@ def _did_you_mean(text: str) -> str:
 def zoo_weights(name: str) -> Path:
     """Where the zoo checkpoint called ``name`` lives (it may not exist)."""
     return ZOO_DIR / f"{name}.safetensors"
+
+
+def zoo_problem(name: str, present: tuple[Path, ...] = ()) -> str | None:
+    """Why zoo checkpoint ``name`` (with its files ``present`` beside it: logs, inside views) is half-written, in one
+    line saying how to repair it, or None (intact, or absent). Only publish writes there, sidecar last."""
+    weights = zoo_weights(name)
+    sidecar = sidecar_path(weights)
+    if not weights.is_file() and not sidecar.is_file() and not present:
+        return None
+    if not weights.is_file() or not sidecar.is_file():
+        problem = f"{(sidecar if weights.is_file() else weights).name} is missing"
+    else:
+        problem = files_problem(weights, read_sidecar(sidecar), present)
+    if problem is None:
+        return None
+    return (f"zoo entry {name} is half-written ({problem}): a publish was stopped midway; publish it again with "
+            f"python -m vitlab publish <run> {name} --force")
 
 
 def weights_file(spec: str | os.PathLike) -> Path | None:
@@ -306,8 +324,10 @@ def _update_arch(model: nn.Module, **changes: Any) -> None:
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None,
-               extra: dict[str, torch.Tensor] | None = None) -> Path:
-    """Save weights (and ``extra`` tensors, keys ``mpp.*``) as ``.safetensors`` and a sidecar with ``metadata``."""
+               extra: dict[str, torch.Tensor] | None = None, files: tuple[Path, ...] = ()) -> Path:
+    """Save weights (and ``extra`` tensors, keys ``mpp.*``) as ``.safetensors`` and a sidecar with ``metadata``;
+    with ``files`` (beside or below ``path``), the sidecar lists the sha256 of each and of the weights, written last,
+    so a reader tells a set of files that was half replaced (``zoo_problem``)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save to a .safetensors path, got {path}")
@@ -325,5 +345,9 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, An
                                 where=f"the metadata for {path}")  # refused before anything is written
     with atomic_path(path) as tmp:
         safetensors.torch.save_file(state, str(tmp))
+        digest = sha256(tmp)
+    if files:
+        listed = {p.relative_to(path.parent).as_posix(): sha256(p) for p in files}
+        sidecar = dataclasses.replace(sidecar, others=dict(sidecar.others, files={path.name: digest, **listed}))
     write_sidecar(sidecar_path(path), sidecar)
     return path

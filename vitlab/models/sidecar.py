@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import parse_json, read_json, write_json
+from ..io import parse_json, read_json, sha256, write_json
 from .architectures import MAX_IMG_SIZE
 from .weights import WeightsFileError
 
@@ -94,6 +94,28 @@ def read_sidecar(path: str | os.PathLike) -> Sidecar:
 def write_sidecar(path: str | os.PathLike, sidecar: Sidecar) -> Path:
     """Write ``sidecar`` to ``path`` atomically, as :func:`read_sidecar` reads it back."""
     return write_json(path, sidecar.to_json())
+
+
+def files_problem(weights: str | os.PathLike, sidecar: Sidecar, present: tuple[Path, ...] = ()) -> str | None:
+    """Why the files of ``weights`` (it and ``present``, beside or below it) are not those whose sha256 its
+    ``sidecar`` lists under ``files``, or None; a sidecar listing none (written before it did) is trusted."""
+    listed = sidecar.others.get("files")
+    if listed is None:
+        return None
+    folder = Path(weights).parent
+    if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
+        return f"its sidecar's 'files' is not an object of sha256 strings, got {short_repr(listed)}"
+    for name in sorted({Path(p).relative_to(folder).as_posix() for p in (weights, *present)} - listed.keys()):
+        return f"{name} is not in its sidecar"
+    for name, digest in sorted(listed.items()):
+        path = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:  # a hostile sidecar names files elsewhere
+            return f"its sidecar lists {name!r}, outside {folder}"
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256(path) != digest:
+            return f"{name} does not match the sha256 in its sidecar"
+    return None
 
 
 def _pretrained_cfg_problem(cfg: Any) -> str | None:

@@ -130,7 +130,10 @@ def append_metrics(out: Path, record: dict[str, Any]) -> None:
 
 def trim_metrics(out: Path, step: int) -> None:
     """Drop log lines written after the checkpoint being resumed (they will be redone)."""
-    text = "".join(json.dumps(r) + "\n" for r in read_metrics(out) if r["step"] <= step)
+    records = read_metrics(out)
+    if bad := [n for n, r in enumerate(records, 1) if type(r.get("step")) is not int]:  # noqa: E721 (not bool)
+        raise RunFolderError(f"{out / METRICS_LOG} line {bad[0]} has no step; delete that line or choose another --out")
+    text = "".join(json.dumps(r) + "\n" for r in records if r["step"] <= step)
     atomic_write(out / METRICS_LOG, lambda tmp: tmp.write_text(text))
 
 
@@ -289,6 +292,7 @@ def load_checkpoint(out: Path, config: Any, model: nn.Module) -> dict[str, Any] 
         except (ValueError, RuntimeError) as err:
             problems.append(str(err).splitlines()[0])
             continue
+        _check_logs(out, path, record)
         for problem in problems:
             warnings.warn(f"{problem}; resumed from {path} (step {record['step']}) instead", stacklevel=2)
         return dict(state, step=record["step"], wall_seconds=record["wall_seconds"])
@@ -297,6 +301,30 @@ def load_checkpoint(out: Path, config: Any, model: nn.Module) -> dict[str, Any] 
         raise RunFolderError(f"no checkpoint in {out} can be resumed: {'; '.join(problems)}; delete "
                              f"{', '.join(files)} to start the run over, or choose another --out")
     return None
+
+
+def _check_logs(out: Path, path: Path, record: dict[str, Any]) -> None:
+    """Refuse to resume from checkpoint ``record`` (at ``path``) when the metrics log lacks the line it was taken
+    after (deleted: the run would end without the record of its epochs), or the inside views disagree."""
+    last = record.get("metrics") or [{}]
+    step = last[-1].get("step") if isinstance(last[-1], dict) else None
+    if step is not None and all(r.get("step") != step for r in read_metrics(out)):
+        files = sorted(p.name for p in out.iterdir() if _CHECKPOINT_FILE.fullmatch(p.name) or p.name == _POINTER)
+        raise RunFolderError(f"{out / METRICS_LOG} lacks the line of step {step} that {path.name} was taken after "
+                             f"(was it deleted?); put it back, or delete {', '.join(files)} to start the run over")
+    _check_inside(out, read_inside(out), read_inside_tensors(out))
+
+
+def _check_inside(out: Path, views: list[InsideView], tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse inside views whose log and tensors disagree beyond what a killed write leaves: the tensors of one
+    epoch after the last logged one (tensors are written first)."""
+    logged = {v.epoch for v in views}
+    unlogged = sorted({int(k.rsplit(".", 1)[1]) for k in tensors} - logged)
+    missing = sorted(e for e in logged if f"pos_embed.{e}" not in tensors)
+    if missing or len(unlogged) > 1 or (unlogged and unlogged[0] < max(logged, default=0)):
+        raise RunFolderError(f"{out / INSIDE_LOG} and {out / INSIDE_TENSORS} disagree: epochs "
+                             f"{missing or unlogged} are in only one of them (one was deleted or replaced); put "
+                             "it back, or delete both to record inside views again from the next epoch")
 
 
 def restore(state: dict[str, Any], optimizer: torch.optim.Optimizer, generator: torch.Generator) -> tuple[int, float]:
@@ -331,12 +359,16 @@ def _write_inside(out: Path, views: list[InsideView], tensors: dict[str, torch.T
 def record_inside(out: str | os.PathLike, view: InsideView, tensors: dict[str, torch.Tensor]) -> None:
     """Add ``view`` and its ``tensors`` to the run in ``out``, replacing views of the same or later steps."""
     out = Path(out)
-    views = [v for v in read_inside(out) if v.step < view.step] + [view]
-    _write_inside(out, views, {**read_inside_tensors(out), **tensors})
+    stored, stored_tensors = read_inside(out), read_inside_tensors(out)
+    _check_inside(out, stored, stored_tensors)
+    views = [v for v in stored if v.step < view.step] + [view]
+    _write_inside(out, views, {**stored_tensors, **tensors})
 
 
 def trim_inside(out: str | os.PathLike, step: int) -> None:
     """Drop inside views (and their tensors) recorded after ``step``: the checkpoint a run resumes from."""
     out = Path(out)
     if (out / INSIDE_LOG).exists() or (out / INSIDE_TENSORS).exists():
-        _write_inside(out, [v for v in read_inside(out) if v.step <= step], read_inside_tensors(out))
+        views, tensors = read_inside(out), read_inside_tensors(out)
+        _check_inside(out, views, tensors)
+        _write_inside(out, [v for v in views if v.step <= step], tensors)

@@ -5,6 +5,7 @@ import dataclasses
 import os
 import shlex
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,13 @@ from torch import nn
 
 from .. import data
 from ..models import loading
-from ..models.sidecar import Sidecar, read_sidecar, sidecar_path
+from ..models.sidecar import Sidecar, read_sidecar, sidecar_path, write_sidecar
+from ..models.weights import WeightsFileError
 from . import run_folder
 from .run_folder import INSIDE_LOG, INSIDE_TENSORS, METRICS_LOG, read_jsonl
 from .config import ConfigError, TrainConfig, command_line, from_args
 from .objectives import Objective, objective_for
-from ..io import atomic_write
+from ..io import atomic_write, locked, sha256
 
 #: The recipe of the ViT entries: AdamW, as for the paper's ViTs (read-only: entries share it).
 _VIT_RECIPE: Mapping[str, Any] = MappingProxyType(dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=30,
@@ -97,20 +99,44 @@ def train_config(name: str, **overrides: Any) -> TrainConfig:
 
 
 def trained(name: str) -> bool:
-    """Whether zoo entry ``name`` has a trained checkpoint in ``data/zoo``."""
-    return name in ENTRIES and ENTRIES[name].weights.is_file()
+    """Whether zoo entry ``name`` has a trained checkpoint in ``data/zoo``; a half-written one (a publish stopped
+    midway) is not, with a warning saying how to repair it."""
+    if name not in ENTRIES or not ENTRIES[name].weights.is_file():
+        return False
+    if problem := half_written(name):
+        warnings.warn(problem, stacklevel=2)
+        return False
+    return True
+
+
+def entry_files(name: str) -> tuple[Path, ...]:
+    """The files of zoo entry ``name`` beside its weights and sidecar that exist: metrics log and inside views."""
+    weights = entry(name).weights
+    files = (weights.with_suffix(".metrics.jsonl"), *(inside_folder(name) / f for f in (INSIDE_LOG, INSIDE_TENSORS)))
+    return tuple(f for f in files if f.is_file())
+
+
+def half_written(name: str) -> str | None:
+    """One line saying zoo entry ``name`` is half-written and how to repair it, or None (intact, or absent)."""
+    try:
+        return loading.zoo_problem(name, entry_files(name))
+    except WeightsFileError as err:  # an unreadable sidecar: the entry cannot be trusted either
+        return f"zoo entry {name} is half-written ({err}); publish it again with --force"
 
 
 def zoo() -> dict[str, dict[str, Any]]:
     """Every zoo name with its family, description, parameters and record (None ``test_accuracy`` if untrained)."""
     out = {}
     for name, e in ENTRIES.items():
-        sidecar = sidecar_path(e.weights)
-        metrics = read_sidecar(sidecar).metrics if sidecar.is_file() else {}
+        sidecar, problem = sidecar_path(e.weights), half_written(name)
+        metrics = read_sidecar(sidecar).metrics if sidecar.is_file() and not problem else {}
         params = sum(p.numel() for p in loading.ARCHITECTURES[e.architecture].build().parameters())
+        done = e.weights.is_file() and not problem
         out[name] = dict(family=e.family, description=e.description, params=params,
-                         checkpoint=str(e.weights) if e.weights.is_file() else None, objective=e.objective,
-                         test_accuracy=metrics.get("test_accuracy"), trained=e.weights.is_file())
+                         checkpoint=str(e.weights) if done else None, objective=e.objective,
+                         test_accuracy=metrics.get("test_accuracy"), trained=done)
+        if problem:
+            out[name]["half_written"] = problem
     return out
 
 
@@ -160,6 +186,8 @@ def training_record(spec: str | os.PathLike) -> TrainingRecord:
     path = Path(spec)
     if path.is_file():
         sidecar, log, inside = sidecar_path(path), path.parent / METRICS_LOG, path.parent
+    elif str(spec) in ENTRIES and (problem := half_written(str(spec))):
+        raise FileNotFoundError(problem)
     elif str(spec) in ENTRIES and trained(str(spec)):
         weights = ENTRIES[str(spec)].weights
         sidecar, log, inside = sidecar_path(weights), weights.with_suffix(".metrics.jsonl"), inside_folder(str(spec))
@@ -184,16 +212,34 @@ def _check_set_accuracy(objective: Objective, trained: nn.Module) -> float:
 
 
 def publish(run: str | os.PathLike, name: str, code_version: str | None = None, force: bool = False) -> Path:
-    """Copy a finished run into ``data/zoo/<name>`` with its record, logs, command and accuracies, checkpoint last;
-    FileExistsError, before any work, when the entry has a checkpoint already and ``force`` is False."""
+    """Copy a finished run into ``data/zoo/<name>`` with its record, logs, command and accuracies, sidecar last.
+
+    Holds ``data/zoo/<name>.lock`` throughout: a second publish of ``name`` meanwhile is refused. The sidecar lists
+    the sha256 of every file of the entry, so one stopped midway reads as half-written until published again.
+    FileExistsError, before any work, when the entry has files already and ``force`` is False.
+    """
     found, run = entry(name), Path(run)
-    weights = run / run_folder.MODEL
+    found.weights.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with locked(found.weights.with_suffix(".lock"), timeout=0):
+            return _publish(found, run, code_version, force)
+    except TimeoutError as err:
+        raise ConfigError(f"zoo entry {name} is being published by another process ({err}); wait for it to end, "
+                          "then publish again") from None
+
+
+def _publish(found: ZooEntry, run: Path, code_version: str | None, force: bool) -> Path:
+    """:func:`publish`, under the entry's lock."""
+    name, weights = found.name, run / run_folder.MODEL
     if not weights.is_file():
         raise FileNotFoundError(f"{run} holds no finished run (no {run_folder.MODEL})")
     meta = run_folder.run_sidecar(run)
     config = from_args(TrainConfig, meta.config)  # drops keys of earlier versions (out, progress)
     if config.model != found.architecture:
         raise ConfigError(f"{run} trained a {config.model}, but zoo entry {name} is a {found.architecture}")
+    problem = half_written(name)
+    if not force and problem:
+        raise FileExistsError(problem)
     if found.weights.exists() and not force:
         raise FileExistsError(f"zoo entry {name} has a checkpoint already ({found.weights}); pass --force "
                               "(force=True) to replace it")
@@ -210,16 +256,32 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
         meta, config=dataclasses.asdict(config), metrics=metrics, command=command,
         code_version=code_version or ("unknown" if meta.code_version is None else meta.code_version),
         others=dict(meta.others, **objective.published(metrics)))
+    if problem is None and sidecar_path(found.weights).is_file():
+        _seal(found)  # from here on, a replaced file no longer matches it: the entry reads as half-written
     _copy_logs(run, name)
     keep = {k: v for k, v in published.to_json().items() if k not in ("architecture", "pretrained_cfg", "format")}
-    loading.save_model(objective.encoder(trained), found.weights, metadata=keep, extra=objective.extra_state(trained))
+    loading.save_model(objective.encoder(trained), found.weights, metadata=keep, extra=objective.extra_state(trained),
+                       files=entry_files(name))
     return found.weights
 
 
+def _seal(found: ZooEntry) -> None:
+    """Add the sha256 of the intact entry's files to its sidecar, where it lists none (written before it did)."""
+    sidecar = read_sidecar(sidecar_path(found.weights))
+    if "files" not in sidecar.others:
+        files = {p.relative_to(found.weights.parent).as_posix(): sha256(p)
+                 for p in (found.weights, *entry_files(found.name))}
+        write_sidecar(sidecar_path(found.weights), dataclasses.replace(sidecar, others=dict(sidecar.others,
+                                                                                            files=files)))
+
+
 def _copy_logs(run: Path, name: str) -> None:
+    inside = inside_folder(name)
+    for folder, stem in ((loading.ZOO_DIR, name), (inside, "inside")):  # temporary files of a killed publish
+        for leftover in folder.glob(f".{stem}.*.tmp"):
+            leftover.unlink()
     log = (run / METRICS_LOG).read_text()
     atomic_write(entry(name).weights.with_suffix(".metrics.jsonl"), lambda tmp: tmp.write_text(log))
-    inside = inside_folder(name)
     for file in (INSIDE_LOG, INSIDE_TENSORS):
         if (run / file).is_file():
             inside.mkdir(parents=True, exist_ok=True)
