@@ -197,7 +197,7 @@ class Runs:
 
     def close(self) -> None:
         self.zygote.stdin.close()
-        self.zygote.wait(timeout=30)
+        self.zygote.wait(timeout=180)  # its exit unloads torch: tens of seconds on a machine busy with other work
 
 
 @pytest.fixture(scope="module")
