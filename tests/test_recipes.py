@@ -10,7 +10,7 @@ from vitlab import settings
 from vitlab.analysis.distance import head_statistics
 from vitlab.training import inside
 from vitlab.training import run_folder
-from vitlab.views import study_readouts
+from vitlab.views import recipe_readouts
 from vitlab.training import recipes
 from vitlab.training import loop
 from vitlab.training.config import ConfigError, TrainConfig
@@ -238,7 +238,7 @@ def _comparison() -> Recipes:
 
 
 def test_the_readout_says_what_each_arm_measured():
-    r = study_readouts.recipes(_comparison())
+    r = recipe_readouts.recipes(_comparison())
     assert r.epoch == 2 and r.arms == ["plain", "CutMix"]
     assert r.lowest == {"plain": [14.0, 14.5], "CutMix": [3.0, 9.0]}
     assert r.accuracy == {"plain": [0.6, 0.62], "CutMix": [0.58, 0.6]}
@@ -249,13 +249,13 @@ def test_the_readout_says_what_each_arm_measured():
     assert r.local == {"plain": [False, False], "CutMix": [True, False]}
     assert "CutMix minus plain: most local head -8.2 px, accuracy -2.0 points" in r.text
     assert "CutMix: 1 of 2 runs with a local head" in r.text and "cutmix (plain: 0.0, CutMix: 1.0)" in r.text
-    early = study_readouts.recipes(_comparison(), epoch=1)
+    early = recipe_readouts.recipes(_comparison(), epoch=1)
     assert early.lowest == {"plain": [15.0, 15.5], "CutMix": [12.0, 13.0]} and early.high["plain"] == []
     assert "no run has a local head" in early.text and "its value below 50%" in early.text
 
 
 def test_the_readout_follows_each_run_across_epochs_and_judges_the_gap_against_the_seed_spread():
-    r = study_readouts.recipes(_comparison())
+    r = recipe_readouts.recipes(_comparison())
     assert r.epochs == [1, 2] and r.by_epoch["CutMix"] == [[12.0, 3.0], [13.0, 9.0]]
     # Seeds of CutMix span 6.0 px at epoch 2 (3 and 9), plain 0.5: the means (14.25, 6.0) are 8.25 px apart.
     assert r.seed_span == 6.0 and r.separated == {"CutMix": True} and not r.provisional
@@ -264,16 +264,16 @@ def test_the_readout_follows_each_run_across_epochs_and_judges_the_gap_against_t
     single = Recipes(arms={"A": [_run("A", 0, [16.0, 15.5, 15.2, 14.9, 14.7], [0.5] * 5)],
                            "B": [_run("B", 0, [16.0, 15.0, 15.1, 15.0, 14.9], [0.5] * 5)]},
                      differs_in={}, commands=[])
-    r = study_readouts.recipes(single)
+    r = recipe_readouts.recipes(single)
     assert r.falling == {"A": [True], "B": [False]} and r.provisional
     assert r.seed_span is None and r.separated == {"B": False} and "no seed spread is measured" in r.text
     assert "Still falling at epoch 5 (lower at each of the last 3 records): A (seed 0), so" in r.text
-    near = study_readouts.recipes(single, seed_span=(0.55, "the 10-epoch seeds"))  # 0.2 px apart
+    near = recipe_readouts.recipes(single, seed_span=(0.55, "the 10-epoch seeds"))  # 0.2 px apart
     assert near.separated == {"B": False} and "0.6 px (the 10-epoch seeds)" in near.text
     assert "B does not separate from A (provisional: an arm has one seed)" in near.text
-    far = study_readouts.recipes(single, seed_span=(0.1, "elsewhere"))
+    far = recipe_readouts.recipes(single, seed_span=(0.1, "elsewhere"))
     assert far.separated == {"B": True}
-    early = study_readouts.recipes(single, epoch=4)  # the record up to epoch 4: A 15.5 > 15.2 > 14.9, falling
+    early = recipe_readouts.recipes(single, epoch=4)  # the record up to epoch 4: A 15.5 > 15.2 > 14.9, falling
     assert early.epochs == [1, 2, 3, 4] and early.falling == {"A": [True], "B": [False]}
 
 
@@ -331,7 +331,7 @@ def test_docs_state_what_the_committed_records_measure():
     """The figures docs/results.md states for the CutMix comparison are those the readout computes from data/results/locality."""
     results = (settings.PROJECT_ROOT / "docs" / "results.md").read_text()
     stated = results.split("## What makes a small ViT's heads local?")[1].split("\n## ")[0]
-    r = study_readouts.recipes(recipes.read())
+    r = recipe_readouts.recipes(recipes.read())
     plain, cutmix = r.arms
     for arm in r.arms:
         for seed, px in zip(r.seeds[arm], r.lowest[arm]):

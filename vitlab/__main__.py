@@ -116,7 +116,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _recipes(args: argparse.Namespace) -> None:
-    from .views import study_readouts
+    from .views import recipe_readouts
     from .training import recipes
     arms = {}
     for label, *runs in args.arm:
@@ -126,7 +126,7 @@ def _recipes(args: argparse.Namespace) -> None:
     command = "python -m vitlab recipes " + " ".join(
         shlex.join(["--arm", *arm]) for arm in args.arm) + f" --out {shlex.quote(args.out)}"
     comparison = recipes.collect(arms, args.out, commands=[command], force=args.force, progress=args.progress)
-    print(study_readouts.recipes(comparison))
+    print(recipe_readouts.recipes(comparison))
 
 
 def main(argv: list[str] | None = None) -> int:

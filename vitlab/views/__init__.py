@@ -1,7 +1,7 @@
 """Views: readouts (measured text), figures (plotly) and explorers (ipywidgets), each module loaded on first use."""
 import importlib
 
-_MODULES = ("controls", "explorers", "figures", "readouts", "study_explorers", "study_figures", "study_readouts",
+_MODULES = ("controls", "explorers", "figures", "readouts", "recipe_readouts", "study_explorers", "study_figures", "study_readouts",
             "style")
 
 

@@ -16,7 +16,7 @@ from ..analysis.representations import SHOTS
 from ..records import ProbeRecord, RunRecord
 from ..training import zoo
 from ..training.evaluators import CKAEvaluator, CKAResult, FewshotEvaluator
-from . import figures, study_figures, study_readouts
+from . import figures, recipe_readouts, study_figures
 from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, show_figure, side_by_side
 from .style import layer_label
 
@@ -230,7 +230,7 @@ class RecipesExplorer(W.VBox):
         if self.epoch.value != epoch:
             self.epoch.value = epoch  # observed: comes back here once with the same epoch
             return
-        self.measured = study_readouts.recipes(self.comparison, epoch, self.seed_span)
+        self.measured = recipe_readouts.recipes(self.comparison, epoch, self.seed_span)
         show_figure(self.distance, study_figures.recipes_figure(self.comparison, epoch))
         show_figure(self.timeline, study_figures.recipes_timeline_figure(self.comparison, epoch))
         self.readout.value = self.measured.html()
