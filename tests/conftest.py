@@ -3,7 +3,9 @@ import importlib.util
 import os
 import pickle
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -38,6 +40,38 @@ def tiny_vit():
     ).eval()
     model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 32, 32))
     return model
+
+
+class HalfMicro(NamedTuple):
+    """``vit_micro_c10`` in fp32 and a copy in a 16-bit ``dtype``, uint8 ``images`` for both, and ``close`` (see
+    :func:`half_micro`)."""
+    fp32: torch.nn.Module
+    half: torch.nn.Module
+    dtype: torch.dtype
+    images: torch.Tensor
+    close: Callable[[torch.Tensor, torch.Tensor], None]
+
+
+@pytest.fixture(scope="module", params=[torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def half_micro(request) -> HalfMicro:
+    """A random-weight ``vit_micro_c10``, its copy cast to bf16 or fp16, and 6 uint8 images; ``close(got, expected)``
+    asserts a 16-bit result matches the fp32 one within 8 of that dtype's epsilons of the largest expected value."""
+    from vitlab.models import build_model
+
+    torch.manual_seed(4)
+    fp32 = build_model({"zoo": "vit_micro_c10"}).eval()
+    half = build_model({"zoo": "vit_micro_c10"}).eval()
+    half.load_state_dict(fp32.state_dict())
+    half.to(request.param)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    eps = torch.finfo(request.param).eps
+
+    def close(got: torch.Tensor, expected: torch.Tensor) -> None:
+        assert got.shape == expected.shape
+        scale = float(expected.abs().max())
+        torch.testing.assert_close(got.double(), expected.double(), rtol=8 * eps, atol=8 * eps * scale)
+
+    return HalfMicro(fp32, half, request.param, images, close)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,8 @@ import torch
 from vitlab.analysis import attention_maps
 
 
-def _brute_rollout(attns, prefix, fusion, discard):
+def _brute_rollout(attns, prefix, fusion, discard, pooled=False):
+    """Rollout by loops: the class token's row, or (``pooled``) the mean of the patch rows, nothing protected."""
     b, _, n, _ = attns[0].shape
     out = []
     for s in range(b):
@@ -13,13 +14,15 @@ def _brute_rollout(attns, prefix, fusion, discard):
             heads = attn[s].double()
             fused = [[{"mean": heads[:, i, j].mean(), "max": heads[:, i, j].max(), "min": heads[:, i, j].min()}[fusion]
                       .item() for j in range(n)] for i in range(n)]
-            candidates = sorted((fused[i][j], i, j) for i in range(n) for j in range(n) if i != 0 and j != 0)
+            candidates = sorted((fused[i][j], i, j) for i in range(n) for j in range(n)
+                                if pooled or (i != 0 and j != 0))
             for _, i, j in candidates[: min(int(n * n * discard), len(candidates))]:
                 fused[i][j] = 0.0
             a = [[0.5 * fused[i][j] + 0.5 * (i == j) for j in range(n)] for i in range(n)]
             a = [[v / sum(row) for v in row] for row in a]
             result = [[sum(a[i][k] * result[k][j] for k in range(n)) for j in range(n)] for i in range(n)]
-        out.append(result[0][prefix:])
+        rows = range(prefix, n) if pooled else [0]
+        out.append([sum(result[i][j] for i in rows) / len(rows) for j in range(prefix, n)])
     return torch.tensor(out, dtype=torch.float64)
 
 
@@ -30,6 +33,31 @@ def test_attention_rollout_matches_brute_force(fusion, discard):
     got = attention_maps.attention_rollout(attns, num_prefix_tokens=2, head_fusion=fusion, discard_ratio=discard)
     assert got.shape == (2, 4)
     torch.testing.assert_close(got.double(), _brute_rollout(attns, 2, fusion, discard), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("prefix, fusion, discard", [(0, "mean", 0.0), (0, "max", 0.5), (1, "mean", 0.0),
+                                                     (1, "min", 0.3)])
+def test_pooled_rollout_is_the_mean_of_the_patch_rows_by_brute_force(prefix, fusion, discard):
+    gen = torch.Generator().manual_seed(5)
+    attns = [torch.softmax(torch.randn(2, 3, 5, 5, generator=gen), -1) for _ in range(2)]
+    got = attention_maps.attention_rollout(attns, prefix, fusion, discard, pool="avg")
+    assert got.shape == (2, 5 - prefix)
+    torch.testing.assert_close(got.double(), _brute_rollout(attns, prefix, fusion, discard, pooled=True),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_pooled_rollout_of_attention_to_patch_0_is_not_patch_0s_row():
+    # every patch attends only to patch 0: one layer's rollout row i is 0.5 on patch 0 and 0.5 on patch i, so the
+    # mean of the n patch rows puts 0.5 + 0.5/n on patch 0 and 0.5/n on every other patch
+    n = 4
+    to_first = torch.zeros(1, 2, n, n)
+    to_first[..., 0] = 1.0
+    got = attention_maps.attention_rollout([to_first], 0, pool="avg")
+    torch.testing.assert_close(got, torch.tensor([[0.5 + 0.5 / n] + [0.5 / n] * (n - 1)]))
+    with pytest.raises(ValueError, match="no class token.*pool='avg'"):
+        attention_maps.attention_rollout([to_first], 0)  # patch 0's row is no class token's
+    with pytest.raises(ValueError, match="pool must be 'token' or 'avg'"):
+        attention_maps.attention_rollout([to_first], 0, pool="max")
 
 
 def test_attention_rollout_of_identity_attention_stays_on_the_class_token():
@@ -90,6 +118,22 @@ def test_class_token_attention_matches_brute_force():
                     assert float(got[layer, h, r, c]) == float(attns[layer][h, 0, prefix + r * cols + c])
     with pytest.raises(ValueError, match="no class token"):
         attention_maps.class_token_attention([torch.softmax(torch.randn(2, 6, 6), -1)], (rows, cols), 0)
+    with pytest.raises(ValueError, match="no class token"):  # register tokens only: token 0 is a register
+        attention_maps.class_token_attention(attns, (rows, cols), prefix, class_token=False)
+
+
+def test_pooled_attention_is_the_mean_of_the_patch_queries():
+    rows, cols, prefix = 2, 3, 1
+    attns = [_attention(2, rows, cols, prefix, seed) for seed in (7, 8)]
+    got = attention_maps.pooled_attention(attns, (rows, cols), prefix)
+    assert got.shape == (2, 2, rows, cols)
+    for layer in range(2):
+        for h in range(2):
+            for r in range(rows):
+                for c in range(cols):
+                    key = prefix + r * cols + c
+                    expected = sum(float(attns[layer][h, q, key]) for q in range(prefix, prefix + 6)) / 6
+                    assert float(got[layer, h, r, c]) == pytest.approx(expected, rel=1e-6)
 
 
 def test_scale_to_max_divides_each_map_by_its_maximum():

@@ -523,6 +523,14 @@ def _attn(batch: int = 2) -> torch.Tensor:
     return torch.softmax(torch.randn(batch, 3, 17, 17), -1)
 
 
+def _torchvision_vit() -> torch.nn.Module:
+    """torchvision's VisionTransformer (vit_b_16's class), one 8-wide block."""
+    import torchvision
+
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=1,
+                                                hidden_dim=8, mlp_dim=8)
+
+
 def _features(bad: float | None = None, rows: int = 10) -> torch.Tensor:
     x = torch.randn(rows, 5)
     if bad is not None:
@@ -659,6 +667,16 @@ INPUTS_ROWS: dict[str, Bad] = {
         call=lambda tmp: attention_maps.class_token_attention({0: _attn()[0], 1: _attn()[0]}, (4, 4), 1), error=TypeError,
         phrase="cap.attn.values()",
         before="AttributeError: 'int' object has no attribute 'ndim'"),
+    # --- model families ------------------------------------------------------------------
+    "input-model-family-torchvision-vit": Bad(
+        call=lambda tmp: representations.model_family(_torchvision_vit()), error=ValueError,
+        phrase="cannot tell the family of VisionTransformer (torchvision.models.vision_transformer): vitlab knows "
+               "'vit' and 'hybrid'",
+        before='no error: "resnet" (any model without .blocks was called a ResNet)'),
+    "input-model-family-plain-cnn": Bad(
+        call=lambda tmp: representations.model_family(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))), error=ValueError,
+        phrase="pass family= to name it",
+        before='no error: "resnet"'),
     # --- CKA ----------------------------------------------------------------------------
     "input-cka-nan-x": Bad(
         call=lambda tmp: representations.cka(_features(float("nan")), _features()), error=ValueError,

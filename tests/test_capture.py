@@ -308,3 +308,13 @@ def test_the_zoo_hybrid_takes_non_square_inputs_on_its_8x8_grid_of_4_pixel_token
     tiny = vitlab.models.build_model({"zoo": "hybrid_tiny_c10"}).eval()
     cap = capture(tiny, torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert (cap.grid, cap.patch_size, len(cap.attn)) == ((8, 8), (4, 4), 5)
+
+
+def test_a_16_bit_model_captures_uint8_images_as_the_fp32_model_does(half_micro):
+    m = half_micro
+    got, expected = capture(m.half, m.images), capture(m.fp32, m.images)
+    assert got.logits.dtype == m.dtype
+    m.close(got.logits, expected.logits)
+    for layer in expected.attn:
+        m.close(got.attn[layer], expected.attn[layer])
+        m.close(got.tokens[layer], expected.tokens[layer])

@@ -227,3 +227,10 @@ def test_random_init_statistics_are_seeded_untrained_models_of_the_same_architec
     assert random_init_statistics(trained, images, seeds=()) is None  # no seeds: no reference
     del trained.vitlab_arch
     assert random_init_statistics(trained, images) is None  # no architecture record: no reference
+
+
+def test_head_statistics_of_a_16_bit_model_on_uint8_images_match_the_fp32_models(half_micro):
+    m = half_micro
+    got, expected = head_statistics(m.half, m.images, batch_size=4), head_statistics(m.fp32, m.images, batch_size=4)
+    for key in ("distance", "entropy", "distance_per_image", "entropy_per_image"):
+        m.close(got[key], expected[key])

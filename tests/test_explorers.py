@@ -231,6 +231,21 @@ def test_attention_maps_explorer_click_layer_and_discard(two_models):
     _strict_json(view.heads)
 
 
+def test_attention_maps_explorer_of_a_pooling_vit_shows_the_mean_patch_rows(tmp_path):
+    torch.manual_seed(2)
+    model = models.build_model({"timm": "vit_tiny_patch16_224", "kwargs": dict(
+        img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=3, num_classes=5, class_token=False,
+        global_pool="avg")})
+    path = str(models.save_model(model, tmp_path / "pooling.safetensors"))
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    view = explorers.AttentionMapsExplorer([path], images, ["a", "b"])
+    cap = capture(models.load_model(path, device="cpu"), images[:1])
+    rollout = attention_maps.attention_rollout(list(cap.attn.values()), 0, pool="avg")[0].reshape(4, 4)
+    np.testing.assert_allclose(np.asarray(view.rollout.data[-1].z), rollout.numpy(), rtol=1e-5)
+    assert view.heads.layout.title.text.replace("<br>", " ").startswith("mean patch-token attention per layer and head")
+    assert "this model pools, it has no class token" in view.readout.value
+
+
 def test_training_monitor_appends_epochs():
     monitor = explorers.TrainingMonitor()
     monitor.update({"epoch": 1, "loss": 2.0, "train_accuracy": 0.2, "test_accuracy": 0.25})

@@ -105,3 +105,12 @@ def test_pool_shapes_and_errors():
         pool(torch.randn(2, 3), 0)
     with pytest.raises(ValueError, match="feature_info"):
         representation_layers(torch.nn.Linear(2, 2))
+
+
+def test_a_16_bit_model_gives_the_fp32_models_features_of_uint8_images(half_micro):
+    m = half_micro
+    got, expected = layer_features(m.half, m.images, batch_size=4), layer_features(m.fp32, m.images, batch_size=4)
+    assert list(got) == list(expected)
+    for key in expected:
+        m.close(got[key], expected[key])
+    m.close(pre_logits(m.half, m.images, batch_size=4), pre_logits(m.fp32, m.images, batch_size=4))

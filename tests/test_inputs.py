@@ -58,3 +58,11 @@ def test_preprocessed_images_pass_for_every_vit_config():
         capture(model, x, layers=[0])
         with pytest.raises(ValueError, match="far outside"):
             capture(model, vitlab.data.resize(images, x.shape[-2:]).float(), layers=[0])
+
+
+def test_preprocess_gives_a_16_bit_model_its_own_dtype(half_micro):
+    m = half_micro
+    x = vitlab.preprocess(m.half, m.images)
+    assert x.dtype == m.dtype
+    torch.testing.assert_close(x, vitlab.preprocess(m.fp32, m.images).to(m.dtype), rtol=0, atol=0)
+    check_input(m.half, x)  # what capture and the feature hooks check before a forward

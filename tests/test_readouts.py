@@ -128,6 +128,10 @@ def test_filters_verdicts_place_both_shares_against_the_random_init_range():
 def test_the_rollout_readout_and_what_has_none():
     r = readouts.readout(RolloutResult.from_maps(torch.ones(3, 8, 8)))
     assert type(r) is readouts.Readout and r.figure == "Fig. 6" and r.paper == readouts.PAPER_ROLLOUT
+    assert "from the class token's row" in r.text
+    pooled = readouts.readout(RolloutResult.from_maps(torch.ones(3, 8, 8), pool="avg", class_token=False)).text
+    assert "from the mean of the patch rows: this model pools, it has no class token" in pooled
+    assert "class token's row" not in pooled
     with pytest.raises(TypeError, match="no readout for"):
         readouts.readout(torch.zeros(3))
 

@@ -220,3 +220,46 @@ def test_ridge_probe_separates_separable_classes():
     assert representations._fewshot_accuracy(x, y, x_test, y_test, 3, l2=1.0) == 1.0
     with pytest.raises(ValueError, match="l2 must be positive"):
         representations._ridge_classifier(x, y, 3, l2=0)
+
+
+def _torchvision_vit():
+    """torchvision's VisionTransformer (not timm's), small: vit_b_16's class with one 8-wide block."""
+    import torchvision
+
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=1,
+                                                hidden_dim=8, mlp_dim=8)
+
+
+def test_model_family_reads_the_model_and_refuses_what_it_does_not_know():
+    import timm
+    from vitlab.training.mpp import MaskedPatchPrediction
+
+    vit = dict(img_size=32, patch_size=8, depth=1, embed_dim=24, num_heads=3)
+    known = {
+        "vit": [build_model({"zoo": "vit_micro_c10"}), build_model({"timm": "vit_tiny_patch16_224", "kwargs": vit}),
+                MaskedPatchPrediction(build_model({"zoo": "vit_micro_c10"}))],  # pre-training: its encoder's
+        "hybrid": [build_model({"zoo": "hybrid_micro_c10"}),
+                   build_model({"timm": "vit_tiny_r_s16_p8_224", "kwargs": dict(img_size=64, depth=1)})],
+        "resnet": [build_model({"zoo": "resnet_micro_c10"}), timm.create_model("resnet10t", pretrained=False)],
+    }
+    for family, models in known.items():
+        assert [representations.model_family(m) for m in models] == [family] * len(models)
+    for model, name in [(_torchvision_vit(), "VisionTransformer"), (torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)),
+                                                                     "Sequential")]:
+        with pytest.raises(ValueError, match=f"family of {name}") as info:
+            representations.model_family(model)
+        message = str(info.value)
+        assert "\n" not in message and all(f"'{f}'" in message for f in ("vit", "hybrid", "resnet"))
+
+
+def test_fewshot_probes_refuse_a_model_of_unknown_family_before_any_forward(monkeypatch):
+    import timm
+
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=10)  # feature_info, but no known family
+    monkeypatch.setattr(representations, "_representations", lambda *a, **k: pytest.fail("computed features"))
+    images, labels = torch.zeros(20, 3, 32, 32, dtype=torch.uint8), torch.arange(20) % 10
+    with pytest.raises(ValueError, match="family of ConvNeXt"):
+        fewshot_probes(model, images, labels, images, labels, shots=(1,), seeds=(0,))
+    monkeypatch.undo()  # named by the caller, the family is not asked of the model
+    assert {r.family for r in fewshot_probes(model, images, labels, images, labels, shots=(1,), seeds=(0,),
+                                             family="convnext", layers=[-1])} == {"convnext"}

@@ -73,3 +73,48 @@ def test_rollout_overlays_and_position_similarity_on_a_timm_hybrid():
     pos = torch.nn.functional.normalize(model.pos_embed[0, 1:].detach(), dim=-1)  # (16, D)
     assert sim.shape == (4, 4, 4, 4)
     torch.testing.assert_close(sim.reshape(16, 16), pos @ pos.T)
+
+
+def _pooling_vit(**kw):
+    """A 2-block timm ViT on 32x32 inputs, 8-pixel patches (4x4 grid), its prediction the mean of its patch tokens."""
+    torch.manual_seed(1)
+    return vitlab.models.build_model({"timm": "vit_tiny_patch16_224", "kwargs": dict(
+        img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=3, num_classes=5, global_pool="avg", **kw)}).eval()
+
+
+def _pooled_by_hand(cap, prefix):
+    """Rollout by a loop over the captured layers, its output row the mean of the patch rows (the prediction pools)."""
+    maps = []
+    for i in range(cap.attn[0].shape[0]):
+        n = cap.attn[0].shape[-1]
+        rollout = torch.eye(n, dtype=torch.float64)
+        for layer in sorted(cap.attn):
+            a = 0.5 * cap.attn[layer][i].double().mean(0) + 0.5 * torch.eye(n, dtype=torch.float64)
+            rollout = (a / a.sum(-1, keepdim=True)) @ rollout
+        rows = [rollout[r, prefix:] for r in range(prefix, n)]
+        maps.append((sum(rows) / len(rows)).reshape(cap.grid))
+    return torch.stack(maps).float()
+
+
+@pytest.mark.parametrize("class_token", [False, True])
+def test_rollout_of_a_pooling_vit_reads_the_mean_of_the_patch_rows(class_token):
+    from vitlab.views import readouts
+
+    model = _pooling_vit(class_token=class_token)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    r = rollout_analysis(model, images, seeds=())
+    expected = _pooled_by_hand(capture(model, images), prefix=int(class_token))
+    torch.testing.assert_close(r.maps, expected, rtol=1e-5, atol=1e-6)
+    assert (r.pool, r.class_token) == ("avg", class_token)
+    text = readouts.readout(r).text
+    said = "it has no class token" if not class_token else "its class token is not read"
+    assert "from the mean of the patch rows: this model pools" in text and said in text
+
+
+def test_rollout_of_a_max_pooling_vit_is_refused_before_any_forward(monkeypatch):
+    model = _pooling_vit(class_token=False)
+    model.global_pool = "max"
+    monkeypatch.setattr("vitlab.analysis.rollout.capture", lambda *a, **k: pytest.fail("ran a forward"))
+    with pytest.raises(ValueError, match="global_pool 'max'") as info:
+        rollout_analysis(model, torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8), seeds=())
+    assert "\n" not in str(info.value)

@@ -134,16 +134,20 @@ class AttentionMaps(LayerMap):
 
 class Capture:
     """What one forward pass recorded by block index (``cap["attn", -1]``): ``attn`` (B, heads, N, N) post-softmax,
-    ``tokens`` (B, N, D); ``grid``: (rows, cols) of patches; ``patch_size``: (height, width) pixels between patches."""
+    ``tokens`` (B, N, D); ``grid``: (rows, cols) of patches; ``patch_size``: (height, width) pixels between patches;
+    ``class_token``: whether token 0 is one; ``pool``: what the prediction reads (:func:`pooling`)."""
     KINDS = ("attn", "tokens")
 
     def __init__(self, depth: int, layers: Sequence[int], patch_size: tuple[int, int] = (0, 0),
-                 num_prefix_tokens: int = 0):
+                 num_prefix_tokens: int = 0, class_token: bool | None = None, pool: str | None = None):
         self.attn = AttentionMaps(depth)
         self.tokens = LayerMap(depth)
         self.layers = list(layers)
         self.patch_size = patch_size
         self.num_prefix_tokens = num_prefix_tokens
+        # token 0 is the class token (registers alone are prefix tokens too); pool: see :func:`pooling`
+        self.class_token = num_prefix_tokens > 0 if class_token is None else class_token
+        self.pool = pool
         self.logits: torch.Tensor | None = None
         self.grid: tuple[int, int] = (0, 0)
 
@@ -177,6 +181,35 @@ class Capture:
             if n != self.grid[0] * self.grid[1]:
                 raise ValueError(f"attention covers {n} patches, but a {tuple(input_size)} input gives a "
                                  f"{self.grid} grid of {self.patch_size} patches")
+
+
+def has_class_token(model: nn.Module) -> bool:
+    """Whether ``model``'s token 0 is a class token (timm's ``has_class_token``, else a ``cls_token`` parameter)."""
+    flag = getattr(model, "has_class_token", None)
+    return bool(flag) if flag is not None else getattr(model, "cls_token", None) is not None
+
+
+def pooling(model: nn.Module) -> str | None:
+    """What ``model``'s prediction reads of its last tokens, in timm's ``global_pool`` words: ``"token"`` (the class
+    token) or ``"avg"`` (the mean of the patch tokens); None for anything else (max, attention pooling, prefix
+    tokens in the mean, or a model that does not say)."""
+    pool = getattr(model, "global_pool", None)
+    if pool is None and has_class_token(model):  # not a timm VisionTransformer: ViTs of this kind read the class token
+        return "token"
+    if pool == "avg" and (getattr(model, "pool_include_prefix", False) or getattr(model, "attn_pool", None)):
+        return None
+    return pool if pool in ("token", "avg") else None
+
+
+def check_pooling(model: nn.Module) -> str:
+    """:func:`pooling` of ``model``, or a one-line ValueError saying what it reads instead."""
+    pool = pooling(model)
+    if pool is None:
+        said = getattr(model, "global_pool", None)
+        said = f"global_pool {said!r}" if isinstance(said, str) else "no global_pool"
+        raise ValueError(f"{type(model).__name__} has {said}: rollout reads what the prediction reads, the class token "
+                         "(global_pool='token') or the mean of the patch tokens ('avg'), so it is refused here")
+    return pool
 
 
 def _standard(attn: nn.Module) -> bool:
@@ -231,7 +264,8 @@ def _open(model: nn.Module, layers: Sequence[int] | None, check: bool) -> Iterat
     blocks = _blocks(model)
     chosen = resolve_layers(len(blocks), layers)
     cache = Capture(len(blocks), chosen, patch_size=metrics.pixel_patch_size(model),
-                    num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)))
+                    num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)), class_token=has_class_token(model),
+                    pool=pooling(model))
 
     def before_forward(_module, args, kwargs) -> None:
         x = args[0] if args else kwargs.get("x")

@@ -7,6 +7,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.models.resnet import ResNet
+from timm.models.resnetv2 import ResNetV2
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .. import data
@@ -14,7 +17,10 @@ from . import metrics
 from .features import layer_features, layer_hooks, pool, pre_logits, representation_layers
 from .capture import LayerMap, resolve_layers
 from ..models import preprocess
-from ..records import ProbeRecord
+from ..records import FAMILY_ORDER, ProbeRecord
+
+#: The model families vitlab tells apart (:func:`model_family`).
+FAMILIES = tuple(FAMILY_ORDER)
 
 
 def _check_features(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -150,10 +156,20 @@ _Reps = dict[tuple[str, int, str], torch.Tensor]
 
 
 def model_family(model: nn.Module) -> str:
-    """``"hybrid"`` for a ViT embedding a CNN's feature map, ``"vit"`` for other ViTs, else ``"resnet"``."""
-    if not hasattr(model, "blocks"):
+    """``model``'s family from what it states: a vitlab architecture's record (``vitlab_arch``), else its class: timm's
+    ``VisionTransformer`` is ``"hybrid"`` when its patch embedding runs a CNN, else ``"vit"``; timm's ``ResNet`` and
+    ``ResNetV2`` are ``"resnet"``. Any other model is refused in one line, not guessed."""
+    record = getattr(model, "vitlab_arch", None)
+    config = record.get("config") if isinstance(record, dict) and "zoo" in record else None
+    if isinstance(config, dict) and config.get("family") in FAMILIES:
+        return config["family"]
+    if isinstance(model, VisionTransformer):
+        return "hybrid" if metrics.is_hybrid(model) else "vit"
+    if isinstance(model, (ResNet, ResNetV2)):
         return "resnet"
-    return "hybrid" if metrics.is_hybrid(model) else "vit"
+    raise ValueError(f"cannot tell the family of {type(model).__name__} ({type(model).__module__}): vitlab knows "
+                     "'vit' and 'hybrid' (timm's VisionTransformer, a hybrid's patch embedding running a CNN) and "
+                     "'resnet' (timm's ResNet, ResNetV2); pass family= to name it")
 
 
 def _split_layers(model: nn.Module, layers: Sequence[int | str] | None) -> tuple[list[int], bool]:
@@ -193,13 +209,13 @@ def fewshot_probes(model: nn.Module, train_images: torch.Tensor, train_labels: t
     if not seeds:
         raise ValueError("give at least one seed")
     indices, head = _split_layers(model, layers)
+    family = family or model_family(model)  # a model of unknown family is refused before any forward
     picks = {(s, k): data.stratified_subset(train_labels, k * classes, s) for s in seeds for k in shots}
     needed = torch.unique(torch.cat(list(picks.values())))  # sorted; every image needed, once
     where = torch.full((len(train_labels),), -1, dtype=torch.long)
     where[needed] = torch.arange(len(needed))
     train_reps = _representations(model, train_images[needed], batch_size, indices, head)
     test_reps = _representations(model, test_images, batch_size, indices, head)
-    family = family or model_family(model)
     records = []
     for (layer, depth, how), feats in train_reps.items():
         for (seed, k), idx in picks.items():

@@ -109,16 +109,18 @@ def check_images(model: nn.Module, images: object, what: str = "images") -> None
 
 
 def preprocess(model: nn.Module, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
-    """Turn uint8 images (N, 3, H, W) into the batch ``model`` expects: resized, normalised, on its device."""
+    """Turn uint8 images (N, 3, H, W) into the batch ``model`` expects: resized, normalised, on its device and in its
+    parameters' dtype (a half or bf16 model gets half or bf16; the scaling itself runs in fp32)."""
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
         raise TypeError("images must be a uint8 tensor (N, 3, H, W) with values 0..255")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
     cfg = timm.data.resolve_model_data_config(model)
-    device = next(model.parameters()).device
+    weights = next(model.parameters())
+    device, dtype = weights.device, weights.dtype if weights.is_floating_point() else torch.float32
     x = images.to(device).float() / 255.0  # (N, 3, H, W) in [0, 1]
     if resize:
         x = data.resize(x, tuple(cfg["input_size"][1:]), cfg.get("interpolation", "bicubic"))  # (N, 3, h, w)
     mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return ((x - mean) / std).to(dtype)

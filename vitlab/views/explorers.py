@@ -160,7 +160,7 @@ def attention_distance_view(model: str, images: torch.Tensor, reference: str | N
 
 
 #: One image as a model saw it: the resized image, each block's attention (heads, N, N), grid and prefix tokens.
-_Seen = namedtuple("_Seen", ["image", "attn", "grid", "prefix"])
+_Seen = namedtuple("_Seen", ["image", "attn", "grid", "prefix", "pooled"])  # pooled: the prediction averages patches
 
 
 class AttentionMapsExplorer(Explorer):
@@ -194,7 +194,8 @@ class AttentionMapsExplorer(Explorer):
             size = model.pretrained_cfg["input_size"][1:]
             img = data.resize(self.images[self.image.value : self.image.value + 1], size)  # (1, 3, H, W)
             cap = capture(model, img)
-            return _Seen(img[0], [cap.attn[i][0] for i in cap.attn], cap.grid, cap.num_prefix_tokens)
+            return _Seen(img[0], [cap.attn[i][0] for i in cap.attn], cap.grid, cap.num_prefix_tokens,
+                         cap.pool == "avg" or not cap.class_token)
         return self._seen.keep((model_key(self.model.value), self.image.value), make)
 
     def compute(self) -> _Seen:
@@ -223,9 +224,17 @@ class AttentionMapsExplorer(Explorer):
                                              title=f"attention rollout: {name}", marker=self.selected, scale="rollout"),
             figures.attention_overlay_figure(seen.image, query, title=f"patch ({r + 1}, {c + 1}) attends: {where}",
                                              marker=self.selected),
-            figures.head_attention_figure(attention_maps.class_token_attention(seen.attn, seen.grid, seen.prefix),
-                                          title=f"class-token attention per layer and head, {name}"),
+            self._heads_figure(seen, name),
         ]
+
+    @staticmethod
+    def _heads_figure(seen: _Seen, name: str) -> go.Figure:
+        """Each layer's and head's attention from what the prediction reads: the class token, or the mean patch."""
+        if seen.pooled:
+            maps, said = attention_maps.pooled_attention(seen.attn, seen.grid, seen.prefix), "mean patch-token"
+        else:
+            maps, said = attention_maps.class_token_attention(seen.attn, seen.grid, seen.prefix), "class-token"
+        return figures.head_attention_figure(maps, title=f"{said} attention per layer and head, {name}")
 
     def _clicked(self, trace, points, state) -> None:
         if points.point_inds:

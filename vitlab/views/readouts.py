@@ -203,9 +203,14 @@ def _filters(result: FiltersResult) -> FiltersReadout:
 @readout.register(RolloutResult)
 def _rollout(result: RolloutResult) -> Readout:
     init = f"; random init ({len(result.reference)} seeds): {spread_text(result.reference)}" if result.reference else ""
+    if result.pool == "avg":
+        row = ("from the mean of the patch rows: this model pools, "
+               + ("its class token is not read" if result.class_token else "it has no class token"))
+    else:
+        row = "from the class token's row"
     text = (f"Over {result.described or f'{result.images} images'}: the central {100 * result.area:.0f}% of the image "
             f"gets {result.ratio:.2f} "
-            f"times its share of the rollout (95% interval {result.low:.2f} to {result.high:.2f}, std "
+            f"times its share of the rollout ({row}; 95% interval {result.low:.2f} to {result.high:.2f}, std "
             f"{result.std:.2f} across images; 1 = no preference{init}). This measures a preference for the centre, "
             "where CIFAR-10 objects mostly are, not whether the mass lies on the object (no segmentation masks).")
     return Readout(figure="Fig. 6", text=text, paper=PAPER_ROLLOUT)
