@@ -113,6 +113,17 @@ def _settings_file(tmp: Path, **settings) -> None:
     cli("train", "--config", str(tmp / "run.json"), "--out", str(tmp / "run"))
 
 
+def _out_is(kind: str):
+    """A CLI row: ``python -m vitlab train --out <tmp>/run``, where run is a file or a link to a missing folder."""
+    def call(tmp: Path) -> None:
+        if kind == "file":
+            (tmp / "run").write_text("a user's notes")
+        else:
+            (tmp / "run").symlink_to(tmp / "missing")
+        cli("train", "--out", str(tmp / "run"))
+    return call
+
+
 def _sweep(*flags: str):
     """A CLI row: ``python -m vitlab sweep *flags`` with its folders in the row's tmp."""
     return lambda tmp: cli("sweep", *flags, "--out", str(tmp / "runs"), "--results", str(tmp / "results"))
@@ -121,6 +132,12 @@ def _sweep(*flags: str):
 _AFTER_DATA = "after loading the data, a traceback: "
 
 RUNS_ROWS: dict[str, Bad] = {
+    "runs-out-is-a-file": Bad(
+        _out_is("file"), SystemExit, "run is a file: pass a folder",
+        before="PermissionError 'output folder <tmp>/run is not writable (File exists); choose another --out'"),
+    "runs-out-is-a-dangling-symlink": Bad(
+        _out_is("link"), SystemExit, "run is a dangling symlink to ",
+        before="PermissionError 'output folder <tmp>/run is not writable (File exists); choose another --out'"),
     "runs-subset-size-0": Bad(
         _train("--subset-size", "0"), SystemExit, "--subset-size 0: must be 1..50000 training images",
         before="ConfigError 'batch size 128 exceeds the subset of 0 images' (blamed the batch size)"),
@@ -784,6 +801,21 @@ def _csv_without_json(tmp: Path) -> None:
     result_files.read_runs(tmp / "results" / "sweep")
 
 
+def _results_with(tmp: Path, **fields) -> Path:
+    """A results file whose one run has ``fields`` (e.g. a size that is no number); returns the results path."""
+    path = _results(tmp)
+    stored = json.loads(path.read_text())
+    stored["runs"][0].update(fields)
+    path.write_text(json.dumps(stored))
+    return path.parent / "sweep"
+
+
+def _sweep_results_with(tmp: Path, **fields) -> None:
+    results = _results_with(tmp, **fields)
+    sweep(SweepConfig(models=("vit_micro_c10",), sizes=(100,), seeds=(0,), epochs=1, min_samples=100,
+                      batch_size=50, monitor_size=50, out=str(tmp / "runs"), results=str(results)))
+
+
 def _sweep_torn_results(tmp: Path) -> None:
     results = _torn_results(tmp)
     sweep(SweepConfig(models=("vit_micro_c10",), sizes=(100,), seeds=(0,), epochs=1, min_samples=100,
@@ -858,6 +890,19 @@ DATA_ROWS: dict[str, Bad] = {
     "data-results-csv-without-json": Bad(
         call=_csv_without_json, error=result_files.ResultsFileError, phrase="sweep.csv holds results but sweep.json",
         before="no error: read as no runs, so a sweep retrains everything and overwrites the .csv"),
+    "data-results-size-no-number": Bad(
+        call=lambda tmp: result_files.read_runs(_results_with(tmp, subset_size="many")),
+        error=result_files.ResultsFileError,
+        phrase="sweep.json run 0: field subset_size 'many': must be a whole number, not a str; correct it there",
+        before="read as a run of 'many' images; a sweep crashed only after training (issue 28)"),
+    "data-results-accuracy-no-number": Bad(
+        call=lambda tmp: result_files.read_runs(_results_with(tmp, test_accuracy=[0.5])),
+        error=result_files.ResultsFileError, phrase="field test_accuracy [0.5]: must be a number, not a list",
+        before="read as it was: a list for an accuracy"),
+    "data-sweep-results-size-no-number": Bad(
+        call=lambda tmp: _sweep_results_with(tmp, subset_size="many"), error=result_files.ResultsFileError,
+        phrase="sweep.json run 0: field subset_size 'many'",
+        before="accepted; the sweep crashed after training"),
     "data-sweep-torn-results": Bad(
         call=_sweep_torn_results, error=result_files.ResultsFileError, phrase="sweep.json is not a complete results file",
         before="DataNotFoundError here (the data were loaded first); with data: json.JSONDecodeError, no path"),

@@ -128,6 +128,56 @@ def test_a_finished_run_is_given_back_without_training_or_writing(tmp_path, fake
     assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), first.model.state_dict().values()))
 
 
+def _read_only(monkeypatch, folder):
+    """Make every write under ``folder`` fail with EROFS, as on read-only media (tests run as root: chmod cannot)."""
+    import builtins
+    import errno
+    import io
+
+    root = str(folder.resolve())
+    under = lambda path: os.path.abspath(os.fsdecode(path)).startswith(root)  # noqa: E731
+    erofs = lambda path: OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))  # noqa: E731
+    real_open, real_os_open, real_mkdir = builtins.open, os.open, os.mkdir
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if not isinstance(file, int) and under(file) and set(mode) & set("wax+"):
+            raise erofs(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        if under(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise erofs(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def guarded_mkdir(path, *args, **kwargs):
+        if under(path):
+            raise FileExistsError(errno.EEXIST, "File exists", os.fsdecode(path)) if os.path.exists(path) \
+                else erofs(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    for module, name, guard in ((builtins, "open", guarded_open), (io, "open", guarded_open),
+                                (os, "open", guarded_os_open), (os, "mkdir", guarded_mkdir)):
+        monkeypatch.setattr(module, name, guard)
+
+
+def test_a_finished_run_on_read_only_media_is_given_back(tmp_path, fake_cifar, monkeypatch, capsys):
+    """Issue 28, item 16: a finished run needs no write (no lock file, no probe) to be given back."""
+    from vitlab.__main__ import main
+
+    config = TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
+    first = loop.train(config, tmp_path / "run", progress=False)
+    (tmp_path / "run" / "vitlab.lock").unlink()  # as copied to other media without it
+    before = _files(tmp_path / "run")
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        _read_only(patch, tmp_path / "run")
+        main(["train", "--model", "vit_micro_c10", "--epochs", "1", "--batch-size", "64", "--eval-size", "50",
+              "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert "already finished" in out and json.loads(out[out.index("{"):]) == first.record
+    assert _files(tmp_path / "run") == before and not (tmp_path / "run" / "vitlab.lock").exists()
+
+
 def test_a_finished_run_with_other_settings_is_refused_even_without_checkpoints(tmp_path, fake_cifar):
     config = TrainConfig(model="vit_micro_c10", epochs=1, batch_size=64, eval_size=50)
     loop.train(config, tmp_path / "run", progress=False)
@@ -343,3 +393,28 @@ def test_randaugment_joins_the_batch_after_crop_and_flip_and_depends_on_the_step
     expected = steps.randaugment(cropped, 2, 9, seed=0, step=0)
     normalised, _ = augmented.objective.inputs(augmented.model, expected, labels, torch.Generator(), 0)
     assert torch.equal(x_aug, normalised)
+
+
+def test_a_run_resumed_mid_epoch_logs_that_epoch_over_all_its_steps(tmp_path, fake_cifar, monkeypatch):
+    """Issue 28, item 12: the epoch's loss and accuracy count the steps before the checkpoint it resumed from too,
+    so they equal an uninterrupted run's (the trainer resumes exactly; 5 steps an epoch, stopped after step 8)."""
+    config = TrainConfig(model="vit_micro_c10", subset_size=320, epochs=2, batch_size=64, eval_size=50)
+    whole = loop.train(config, tmp_path / "whole", progress=False, checkpoint_every=2, inside=False)
+    save = loop.save_checkpoint
+
+    def save_then_stop(out, **kw):
+        save(out, **kw)
+        if kw["step"] == 8:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "save_checkpoint", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            loop.train(config, tmp_path / "stopped", progress=False, checkpoint_every=2, inside=False)
+    assert [r["epoch"] for r in run_folder.read_metrics(tmp_path / "stopped")] == [1]
+    resumed = loop.train(config, tmp_path / "stopped", progress=False, checkpoint_every=2, inside=False)
+    rows = [run_folder.read_metrics(tmp_path / name)[-1] for name in ("whole", "stopped")]
+    assert rows[0]["epoch"] == rows[1]["epoch"] == 2 and rows[1]["step"] == 10
+    for key in ("loss", "train_accuracy", "test_accuracy"):
+        assert rows[1][key] == pytest.approx(rows[0][key], rel=1e-6, abs=1e-9), key
+    assert resumed.record["loss"] == pytest.approx(whole.record["loss"], rel=1e-6)

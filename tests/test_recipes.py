@@ -343,3 +343,19 @@ def test_docs_state_what_the_committed_records_measure():
     assert f"{shift:.1f} px *further* from local" in stated and shift > 0  # the docs' direction is the records'
     assert f"{cost:.1f} points" in stated
     assert not any(any(r.local[arm]) for arm in r.arms) and "did **not** make any head local" in stated
+
+
+def test_every_code_version_a_run_went_through_is_read_and_older_sidecars_give_their_last(trained, tmp_path):
+    """Sidecars list every code version of a run (issue 28, item 12); one written before they did reads as its
+    ``code_version`` alone."""
+    import shutil
+
+    root, folders, _ = trained
+    assert json.loads((folders["plain"][0] / "model.json").read_text())["code_versions"] == [run_folder.code_version()]
+    old = tmp_path / "old-s0"
+    shutil.copytree(folders["plain"][0], old)
+    record = json.loads((old / "model.json").read_text())
+    del record["code_versions"]
+    (old / "model.json").write_text(json.dumps(dict(record, code_version="abc1234")))
+    comparison = recipes.collect({"old": [old], "CutMix": folders["CutMix"][:1]}, tmp_path / "c")
+    assert [r.code_versions for r in comparison.runs] == [("abc1234",), (run_folder.code_version(),)]

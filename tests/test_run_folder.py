@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from vitlab import models
+from vitlab import data, models
 from vitlab.training import inside, run_folder
 from vitlab.training import config
 from vitlab.training import loop
@@ -398,3 +398,91 @@ def test_a_deleted_inside_log_is_refused_naming_both_files_and_its_tensors_kept(
         assert str(err.value).startswith(message) and "\n" not in str(err.value)
         assert hashlib.sha256((tmp_path / run_folder.INSIDE_TENSORS).read_bytes()).hexdigest() == tensors
         assert not (tmp_path / run_folder.INSIDE_LOG).exists()
+
+
+# --- what a resumed run says about changed code or data (issue 28, item 12) ------------------------------
+
+
+def _stopped_mid_epoch(out, monkeypatch, config):
+    """Train ``config`` into ``out`` and stop it right after its mid-epoch checkpoint at step 3."""
+    save = loop.save_checkpoint
+
+    def save_then_stop(folder, **kw):
+        save(folder, **kw)
+        if kw["step"] == 3:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "save_checkpoint", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            loop.train(config, out, progress=False, checkpoint_every=3, inside=False)
+
+
+def _edit_checkpoint(out, change):
+    for path in (out / "checkpoint.json", out / "checkpoint-00000003.json"):
+        record = json.loads(path.read_text())
+        change(record)
+        path.write_text(json.dumps(record))
+
+
+def test_a_resume_warns_of_other_code_and_the_sidecar_lists_every_version(tmp_path, fake_cifar, monkeypatch):
+    config = TrainConfig(model="vit_micro_c10", subset_size=320, epochs=1, batch_size=64, eval_size=50)
+    out = tmp_path / "run"
+    _stopped_mid_epoch(out, monkeypatch, config)
+    record = json.loads((out / "checkpoint.json").read_text())
+    assert record["code_versions"] == [run_folder.code_version()] and len(record["data"]["train_sha256"]) == 64
+    _edit_checkpoint(out, lambda r: r.update(code_version="0000000", code_versions=["1111111", "0000000"]))
+    with pytest.warns(UserWarning) as caught:
+        loop.train(config, out, progress=False, checkpoint_every=3, inside=False)
+    lines = [str(w.message) for w in caught if "resuming a run" in str(w.message)]
+    assert lines == [f"{out}: resuming a run checkpointed by code version 0000000 with version "
+                     f"{run_folder.code_version()}; its sidecar will list every version (code_versions)"]
+    sidecar = json.loads((out / "model.json").read_text())
+    assert sidecar["code_versions"] == ["1111111", "0000000", run_folder.code_version()]
+    assert sidecar["code_version"] == run_folder.code_version()  # as it was: the last
+    assert sidecar["data"]["train_sha256"] == record["data"]["train_sha256"]
+
+
+def test_a_resume_warns_when_the_training_data_changed(tmp_path, fake_cifar, monkeypatch):
+    config = TrainConfig(model="vit_micro_c10", subset_size=320, epochs=1, batch_size=64, eval_size=50)
+    out = tmp_path / "run"
+    _stopped_mid_epoch(out, monkeypatch, config)
+    _edit_checkpoint(out, lambda r: r["data"].update(train_sha256="ab" * 32))
+    with pytest.warns(UserWarning) as caught:
+        loop.train(config, out, progress=False, checkpoint_every=3, inside=False)
+    lines = [str(w.message) for w in caught if "resuming a run" in str(w.message)]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert lines[0].startswith(f"{out}: resuming a run on other training data (content sha256 abababababab... in the "
+                               "checkpoint, ")
+    assert not [w for w in caught if "code version" in str(w.message)]  # the same code: no word of it
+
+
+def test_the_content_hash_of_the_data_tells_any_changed_byte_or_order():
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(6)
+    digest = data.content_sha256(images, labels)
+    assert digest == data.content_sha256(images.clone(), labels.clone()) and len(digest) == 64
+    changed = images.clone()
+    changed[5, 2, 31, 31] ^= 1
+    assert len({digest, data.content_sha256(changed, labels), data.content_sha256(images, labels.flip(0)),
+                data.content_sha256(images[:5], labels[:5])}) == 4
+
+
+# --- where a run may be written (issue 28, item 16) ----------------------------------------------
+
+
+@pytest.mark.parametrize("inside_zoo", [False, True])
+def test_out_in_the_zoo_is_refused_before_any_write(tmp_path, monkeypatch, inside_zoo):
+    """Checkpoints written into data/zoo would become zoo names: only publish writes there."""
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "vit_micro_c10.safetensors").write_bytes(b"published weights")
+    monkeypatch.setattr(models.loading, "ZOO_DIR", zoo)
+    monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "no-data"))  # refused before the data: none is needed
+    monkeypatch.setattr(data.files, "_download_cifar10", lambda root: pytest.fail("the refusal came after the data"))
+    out = zoo / "runs" / "a" if inside_zoo else tmp_path / "." / "zoo"
+    with pytest.raises(SystemExit) as err:
+        main(["train", "--model", "vit_micro_c10", "--out", str(out)])
+    message = str(err.value.code)
+    assert "\n" not in message and f"--out {out} is in the zoo folder {zoo}, which only publish writes" in message
+    assert sorted(p.name for p in zoo.rglob("*")) == ["vit_micro_c10.safetensors"]

@@ -1,19 +1,63 @@
-"""Atomic file writes (a crash never leaves a half-written file behind), the one parser of JSON and TOML text, and a
-lock for read-merge-write updates."""
+"""Atomic file writes (a crash never leaves a half-written file behind), the one parser of JSON and TOML text, the one
+check of a value read from such a file against its field's annotation, and a lock for read-merge-write updates."""
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import tempfile
 import tomllib
 import time
+import types
+import typing
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+#: What a value of each plain field type must be, as error messages say it.
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def field_type(hint: Any) -> tuple[Any, bool]:
+    """``(type without None, whether None is allowed)`` of a field annotation."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return hint, False
+
+
+def type_problem(value: Any, hint: Any) -> str | None:
+    """Why ``value`` (read from a file) cannot be a field annotated ``hint``: ``"<repr>: must be ..."``, or None.
+
+    Whole numbers must be ints (not floats or bools), numbers finite ints or floats, switches bools, text strings,
+    ``tuple[...]`` fields tuples of such items (the bad item named); None only where the annotation allows it. Other
+    annotations (``Literal``, dicts, classes) are left to their owners' checks."""
+    kind, optional = field_type(hint)
+    if value is None and optional:
+        return None
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, tuple):
+            return f"{value!r}: must be a list, not {_a(value)}"
+        return next(filter(None, (type_problem(item, typing.get_args(kind)[0]) for item in value)), None)
+    if kind not in _KINDS:
+        return None
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r}: must be a finite number"
+    if kind in (int, float):
+        fits = isinstance(value, int) and not isinstance(value, bool) or kind is float and isinstance(value, float)
+    else:
+        fits = isinstance(value, kind)
+    return None if fits else f"{value!r}: must be {_KINDS[kind]}, not {_a(value)}"
+
+
+def _a(value: Any) -> str:
+    name = type(value).__name__
+    return "none" if value is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 @contextlib.contextmanager

@@ -3,19 +3,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from .io import parse_json
+from .io import parse_json, type_problem
 
 #: The order figures and readouts give the model families: ViTs, hybrids, ResNets (others after them).
 FAMILY_ORDER = {"vit": 0, "hybrid": 1, "resnet": 2}
 
 T = TypeVar("T")
 _K = TypeVar("_K", bound=Hashable)
+
+
+def field_problem(record: Any) -> str | None:
+    """The first field of the dataclass ``record`` (read from a file) whose value is not of its annotated type, as
+    ``"field subset_size 'many': must be a whole number, not a str"`` (:func:`vitlab.io.type_problem`), or None."""
+    hints = typing.get_type_hints(type(record))
+    for f in dataclasses.fields(record):
+        if problem := type_problem(getattr(record, f.name), hints[f.name]):
+            return f"field {f.name} {problem}"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,6 +204,7 @@ class RecipeRun:
     lowest_std: float  # as in RunInside, of the final model
     lowest_low: float
     lowest_high: float
+    code_versions: tuple[str, ...] = ()  # every commit the run went through, in order; () in files before they did
 
     @property
     def test_accuracy(self) -> float:

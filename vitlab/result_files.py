@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from . import settings
 from .io import atomic_write, locked, read_json
-from .records import InsideView, RunInside, RunOf, RunProbe, RunRecord
+from .records import InsideView, RunInside, RunOf, RunProbe, RunRecord, field_problem
 
 #: The committed CPU sweep (``<RESULTS>.csv``, ``<RESULTS>.json`` and their ``-fewshot`` files).
 RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_vs_resnet"
@@ -80,13 +80,17 @@ def _load(results: str | os.PathLike, tag: str) -> dict[str, Any]:
 
 
 def _records(results: str | os.PathLike, tag: str, build: Callable[[dict[str, Any]], T]) -> tuple[list[T], list[str]]:
-    """``build(row)`` for every stored row, and the stored commands; a bad row names the file and row."""
+    """``build(row)`` for every stored row, and the stored commands; a bad row, or a field of it of the wrong type
+    (:func:`~vitlab.records.field_problem`), names the file, the row and the field, before any work."""
     stored, built = _load(results, tag), []
     for i, row in enumerate(stored["runs"]):
         try:
             built.append(build(row))
         except TypeError as err:
             raise _unreadable(_file(results, f"{tag}.json"), f"run {i}: {err}") from None
+        if problem := field_problem(built[-1]):
+            raise ResultsFileError(f"{_file(results, f'{tag}.json')} run {i}: {problem}; correct it there (or restore "
+                                   "the file from git or a backup), then run again")
     return built, list(stored["commands"])
 
 

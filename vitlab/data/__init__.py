@@ -2,6 +2,7 @@
 subsets, the one resize path, the analysis images and a portable subset file."""
 from __future__ import annotations
 
+import hashlib
 import operator
 import os
 from pathlib import Path
@@ -43,6 +44,17 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int = 0) -> torch.T
         order = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed * 1009 + cls))
         picked.append(members[order[:want]])
     return torch.sort(torch.cat(picked)).values
+
+
+def content_sha256(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """The sha256 of a split's content: the shapes, dtypes and bytes of ``images`` and ``labels``, in order (a run
+    records it to tell, on resuming, whether it still trains on the same data; 0.2 s for CIFAR-10's 150 MB)."""
+    digest = hashlib.sha256()
+    for tensor in (images, labels):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{array.dtype} {array.shape}\n".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 def _image_count(size, available: int) -> int:

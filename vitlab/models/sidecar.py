@@ -35,7 +35,8 @@ class Sidecar:
     config: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields of the run that trained it
     metrics: dict[str, Any] = field(default_factory=dict)  # that run's final record
     data: dict[str, Any] = field(default_factory=dict)  # dataset, train_images, subset_seed, test_images
-    code_version: str | None = None  # git commit of vitlab that trained it
+    code_version: str | None = None  # git commit of vitlab that trained it (the last, when a resume changed it)
+    code_versions: list[str] | None = None  # every commit the run went through, in order (None: not recorded)
     command: str | None = None  # the command that did
     others: dict[str, Any] = field(default_factory=dict)  # every other key as stored (e.g. pretraining)
 
@@ -76,6 +77,10 @@ class Sidecar:
             if not isinstance(stored.get(key, {}), dict):
                 raise WeightsFileError(f"{where}: key {key!r} must be a JSON object, got {short_repr(stored[key])}; "
                                        f"{_FIX}")
+        versions = stored.get("code_versions")
+        if versions is not None and not (isinstance(versions, list) and all(isinstance(v, str) for v in versions)):
+            raise WeightsFileError(f"{where}: key 'code_versions' must be a list of commits, got "
+                                   f"{short_repr(versions)}; {_FIX}")
         names = {f.name for f in dataclasses.fields(cls)} - {"others"}
         others = {k: v for k, v in stored.items() if k not in names and k != "format"}
         return cls(**{k: v for k, v in stored.items() if k in names}, others=others)

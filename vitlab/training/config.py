@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import shlex
-import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..io import parse_json, parse_toml
+from ..io import field_type as _field_type, parse_json, parse_toml, type_problem
 
 TRAIN_IMAGES, TEST_IMAGES, IMAGE_SIZE = 50_000, 10_000, 32  #: CIFAR-10's, and its image side in pixels
 #: Field metadata of a setting for when a run evaluates, not what it trains: a run resumes under another value, and
@@ -21,21 +19,10 @@ CADENCE = {"cadence": True}
 #: The largest seed: runs derive further seeds from it (``seed * 1_000_003 + step``), which must stay within torch's
 #: 64-bit seeds however long a run is.
 MAX_SEED = 2**32 - 1
-#: What a value of each plain field type must be, as error messages say it.
-_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
 
 
 class ConfigError(ValueError):
     """A setting that cannot work, found before any work starts."""
-
-
-def _field_type(hint: Any) -> tuple[Any, bool]:
-    """``(type without None, whether None is allowed)`` of a field annotation."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return hint, False
 
 
 def _choices(hint: Any) -> tuple[Any, ...] | None:
@@ -127,34 +114,11 @@ def from_args(cls: type, values: argparse.Namespace | Mapping[str, Any]) -> Any:
 
 
 def value_problem(name: str, value: Any, hint: Any) -> str | None:
-    """Why ``value`` cannot be the setting ``name`` annotated ``hint``, as a line naming its flag, or None.
-
-    Whole numbers must be ints (not floats or bools), numbers finite ints or floats, switches bools, text strings,
-    ``tuple[...]`` fields tuples of such items; None only where the annotation allows it. ``Literal`` values are left
-    to :func:`check_choices`."""
-    kind, optional = _field_type(hint)
-    if value is None and optional:
-        return None
-    if typing.get_origin(kind) is tuple:
-        if not isinstance(value, tuple):
-            return f"{_flag(name)} {value!r}: must be a list, not {_a(value)}"
-        return next(filter(None, (value_problem(name, item, typing.get_args(kind)[0]) for item in value)), None)
-    if kind not in _KINDS:
-        return None
-    if kind is float and isinstance(value, float) and not math.isfinite(value):
-        return f"{_flag(name)} {value!r}: must be a finite number"
-    if kind in (int, float):
-        fits = isinstance(value, int) and not isinstance(value, bool) or kind is float and isinstance(value, float)
-    else:
-        fits = isinstance(value, kind)
-    if fits:
-        return None
-    return f"{_flag(name)} {value!r}: must be {_KINDS[kind]}, not {_a(value)}"
-
-
-def _a(value: Any) -> str:
-    name = type(value).__name__
-    return "none" if value is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+    """Why ``value`` cannot be the setting ``name`` annotated ``hint``, as a line naming its flag, or None
+    (:func:`vitlab.io.type_problem`: whole numbers must be ints, not floats or bools, ...). ``Literal`` values are
+    left to :func:`check_choices`."""
+    problem = type_problem(value, hint)
+    return None if problem is None else f"{_flag(name)} {problem}"
 
 
 def check_fields(config: Any) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -22,8 +23,9 @@ from .config import IMAGE_SIZE, MAX_SEED, TEST_IMAGES, TRAIN_IMAGES, ConfigError
 from .evaluators import InsideViewEvaluator
 from .inside import inside_tensors, is_vit, probe_images, recorded_epochs
 from .objectives import Objective, init_model, mixing, objective_for
-from .run_folder import (MODEL, append_metrics, finished_run, hardware, load_checkpoint, lock_run, prepare_folder,
-                         read_metrics, record_inside, restore, save_checkpoint, save_final, trim_inside, trim_metrics)
+from .run_folder import (MODEL, append_metrics, check_out, code_history, finished_run, hardware, load_checkpoint,
+                         lock_run, prepare_folder, read_metrics, record_inside, restore, save_checkpoint, save_final,
+                         trim_inside, trim_metrics, warn_changes)
 from .steps import augment, autocast_dtype, cpu_bf16_attention, epoch_order, lr_at, param_groups, randaugment
 from ..models import ARCHITECTURES, build_model, set_input_size
 from ..models.architectures import MAX_IMG_SIZE
@@ -56,6 +58,9 @@ class _Run:
     step: int = 0
     wall: float = 0.0  # training seconds so far, over all sessions of the run
     inside: InsideViewEvaluator | None = None  # on the probe images (rank 0, ViTs); None: no views recorded
+    code_versions: list[str] = dataclasses.field(default_factory=list)  # every one the run went through, in order
+    train_sha256: str = ""  # the content hash of the training data (data.content_sha256)
+    epoch_sums: dict[str, Any] | None = None  # a mid-epoch checkpoint's running sums, until its epoch resumes
 
     @property
     def encoder(self) -> nn.Module:
@@ -71,8 +76,9 @@ class _Run:
         return int(self.config.warmup_epochs * self.steps_per_epoch)
 
 
-def check(config: TrainConfig, out: str | os.PathLike, checkpoint_every: int = 0) -> None:
-    """Raise :class:`~vitlab.training.config.ConfigError` (or PermissionError for ``out``) before any work."""
+def check(config: TrainConfig, out: str | os.PathLike, checkpoint_every: int = 0, prepare: bool = True) -> None:
+    """Raise :class:`~vitlab.training.config.ConfigError` (or PermissionError for ``out``) before any work;
+    ``prepare``: also create ``out`` and check that it can be written."""
     if config.model not in ARCHITECTURES:
         raise ConfigError(f"unknown zoo model {config.model!r}: choose an architecture of {list(ARCHITECTURES)}")
     objective = objective_for(config)
@@ -85,7 +91,9 @@ def check(config: TrainConfig, out: str | os.PathLike, checkpoint_every: int = 0
                           "lower --batch-size or raise --subset-size")
     if config.batch_size % (world := int(os.environ.get("WORLD_SIZE", "1"))):
         raise ConfigError(f"batch size {config.batch_size} must divide evenly over {world} processes")
-    prepare_folder(Path(out))
+    check_out(Path(out))
+    if prepare:
+        prepare_folder(Path(out))
 
 
 def _rules(c: TrainConfig, checkpoint_every: int) -> list[tuple[str, Any, bool, str]]:
@@ -163,8 +171,12 @@ def _start(config: TrainConfig, out: Path, device: str | torch.device | None,
     state = load_checkpoint(out, config, model)
     train_x, train_y, test_x, test_y = _data(config)
     run = _setup(config, out, model, device, rank, world, len(train_x) // config.batch_size)
+    run.train_sha256, run.code_versions = data.content_sha256(train_x, train_y), code_history([])
     if state is not None:
         run.step, run.wall = restore(state, run.opt, run.gen)
+        run.code_versions, run.epoch_sums = code_history(state["code_versions"]), state.get("epoch_sums")
+        if rank == 0:
+            warn_changes(out, state, _data_record(run))
     if rank == 0:
         trim_metrics(out, run.step)
         trim_inside(out, run.step)
@@ -204,17 +216,28 @@ def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.de
         inside: record a ViT's inside views (:mod:`vitlab.training.inside`); the weights are the same either way.
     """
     out = Path(out)
-    check(config, out, checkpoint_every)
+    check(config, out, checkpoint_every, prepare=False)
+    # A finished run is given back without writing anything (no folder check, no lock): it may be on read-only media.
+    if (done := _finished(config, out, progress)) is not None:
+        return done
+    prepare_folder(out)
     with lock_run(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():  # torchrun's rank 0
-        if (done := finished_run(out, config)) is not None:
-            _report(progress, f"{out} already finished with these settings (test accuracy "
-                    f"{done.metrics.get('test_accuracy')}); returning its model without training")
-            return TrainResult(objective_for(config).load_trained(out / MODEL).eval(), done.metrics)
+        if (done := _finished(config, out, progress)) is not None:  # finished by another process meanwhile
+            return done
         run, (train_x, train_y, test_x, test_y) = _start(config, out, device, progress, inside)
         record: dict[str, Any] = (read_metrics(out) or [{}])[-1] if run.step else {}
         with cpu_bf16_attention(run.model, run.amp, run.device):
             record = _epochs(run, (train_x, train_y, test_x, test_y), record, progress, checkpoint_every, on_epoch)
         return _finish(run, record)
+
+
+def _finished(config: TrainConfig, out: Path, progress: bool) -> TrainResult | None:
+    """The finished run in ``out`` with ``config``, read without writing, or None (ConfigError: other settings)."""
+    if (done := finished_run(out, config)) is None:
+        return None
+    _report(progress, f"{out} already finished with these settings (test accuracy "
+            f"{done.metrics.get('test_accuracy')}); returning its model without training")
+    return TrainResult(objective_for(config).load_trained(out / MODEL).eval(), done.metrics)
 
 
 def _epochs(run: _Run, tensors: tuple[torch.Tensor, ...], record: dict[str, Any], progress: bool,
@@ -251,9 +274,13 @@ def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progr
     order = epoch_order(len(images), config.seed, epoch, run.device)
     shard = slice(run.rank * bs // run.world, (run.rank + 1) * bs // run.world)
     run.net.train()
-    started, seen = time.perf_counter(), 0
+    started, seen, before = time.perf_counter(), 0, 0.0
     loss_sum = torch.zeros((), device=run.device)  # summed on the device: no host sync per step
     correct = torch.zeros((), dtype=torch.long, device=run.device)
+    sums, run.epoch_sums, done = run.epoch_sums, None, 0  # done: steps of this epoch before a resume, in the sums
+    if sums is not None and first:  # resumed mid-epoch: the epoch's stats count its steps before the checkpoint too
+        loss_sum, correct = sums["loss"].to(run.device), sums["correct"].to(run.device)
+        seen, before, done = sums["seen"], sums["seconds"], first
     bar = tqdm(range(first, run.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                disable=not progress or run.rank != 0)
     for b in bar:
@@ -265,15 +292,17 @@ def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progr
         correct += hits
         seen += scored
         if not bar.disable and (b - first) % _PROGRESS_EVERY == 0:  # the only read-back inside the epoch
-            bar.set_postfix(loss=f"{loss_sum.item() / (b - first + 1):.3f}")
+            bar.set_postfix(loss=f"{loss_sum.item() / (b - first + done + 1):.3f}")
         if checkpoint_every and run.step % checkpoint_every == 0 and run.step % run.steps_per_epoch:
-            _save_checkpoint(run, run.step / run.steps_per_epoch, wall=run.wall + time.perf_counter() - started)
+            so_far = time.perf_counter() - started
+            _save_checkpoint(run, run.step / run.steps_per_epoch, wall=run.wall + so_far,
+                             sums=dict(loss=loss_sum, correct=correct, seen=seen, seconds=before + so_far))
     loss_total, hit_total = loss_sum.item(), correct.item()  # waits for the epoch's last step
     elapsed = time.perf_counter() - started
     run.wall += elapsed
-    steps = run.steps_per_epoch - first
+    steps = run.steps_per_epoch - first + done
     return dict(loss=loss_total / max(1, steps), train_accuracy=hit_total / max(1, seen),
-                images_per_second=steps * bs / elapsed)
+                images_per_second=steps * bs / (before + elapsed))
 
 
 _PROGRESS_EVERY = 20  #: steps between progress-bar updates, each reading the running loss back from the device
@@ -312,21 +341,22 @@ def _finish(run: _Run, record: dict[str, Any]) -> TrainResult:
                  precision=str(run.amp or torch.float32), params=sum(p.numel() for p in run.encoder.parameters()))
     if run.rank == 0:
         extra = run.objective.extra_state(run.model)
-        save_final(run.out, run.encoder.cpu(), config=run.config, metrics=final, data=_data_record(run.config),
-                   extra=extra)
+        save_final(run.out, run.encoder.cpu(), config=run.config, metrics=final, data=_data_record(run),
+                   extra=extra, code_versions=run.code_versions)
     if run.world > 1:
         dist.barrier()
     return TrainResult(run.model.cpu().eval(), final)
 
 
-def _data_record(config: TrainConfig) -> dict[str, Any]:
+def _data_record(run: _Run) -> dict[str, Any]:
+    config = run.config
     return dict(dataset="cifar10", train_images=config.subset_size or TRAIN_IMAGES, subset_seed=config.seed,
-                test_images=config.eval_size or TEST_IMAGES)
+                test_images=config.eval_size or TEST_IMAGES, train_sha256=run.train_sha256)
 
 
-def _save_checkpoint(run: _Run, epoch: float, wall: float | None = None) -> None:
-    """Checkpoint the run (rank 0 only); ``wall``: the training seconds, mid-epoch."""
+def _save_checkpoint(run: _Run, epoch: float, wall: float | None = None, sums: dict[str, Any] | None = None) -> None:
+    """Checkpoint the run (rank 0 only); ``wall``: the training seconds, mid-epoch, and ``sums`` the epoch's so far."""
     if run.rank == 0:
         save_checkpoint(run.out, step=run.step, epoch=epoch, wall_seconds=run.wall if wall is None else wall,
                         model=run.model, optimizer=run.opt, generator=run.gen, config=run.config,
-                        data=_data_record(run.config))
+                        data=_data_record(run), code_versions=run.code_versions, epoch_sums=sums)

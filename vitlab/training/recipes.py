@@ -30,10 +30,13 @@ _RUN_MARKS = (run_folder.MODEL, run_folder.LOCK, run_folder.METRICS_LOG)  #: a t
 _NOT_RECIPE = {"seed", "out", "progress"}  #: settings that may differ within an arm, or name no property of a recipe
 
 
-def _config(sidecar: Path) -> tuple[dict[str, Any], str]:
-    """A run's settings (every field of today's TrainConfig) and its commit, from its sidecar."""
+def _config(sidecar: Path) -> tuple[dict[str, Any], str, tuple[str, ...]]:
+    """A run's settings (every field of today's TrainConfig), its last commit and every commit it went through (its
+    last alone, from a sidecar written before they were recorded), from its sidecar."""
     record = read_sidecar(sidecar)
-    return dataclasses.asdict(from_args(TrainConfig, record.config)), record.code_version or ""
+    code = record.code_version or ""
+    versions = tuple(record.code_versions) if record.code_versions else (code,) if code else ()
+    return dataclasses.asdict(from_args(TrainConfig, record.config)), code, versions
 
 
 def differences(configs: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -197,10 +200,10 @@ def read(folder: str | os.PathLike = LOCALITY) -> Recipes:
 
 def _run(folder: Path, arm: str, row: dict[str, Any]) -> RecipeRun:
     run = folder / row["name"]
-    config, code = _config(run / run_folder.SIDECAR)
+    config, code, versions = _config(run / run_folder.SIDECAR)
     views, metrics = run_folder.read_inside(run), run_folder.read_metrics(run)
     if not views or not metrics:
         raise ValueError(f"{run} has no inside views or no metrics")
     return RecipeRun(name=row["name"], arm=arm, seed=int(row["seed"]), config=config, code_version=code,
-                     metrics=metrics, views=views, lowest_std=float(row["lowest_std"]),
+                     code_versions=versions, metrics=metrics, views=views, lowest_std=float(row["lowest_std"]),
                      lowest_low=float(row["lowest_low"]), lowest_high=float(row["lowest_high"]))

@@ -23,7 +23,7 @@ from torch import nn
 from .. import settings
 from .config import ConfigError
 from ..io import atomic_path, atomic_write, parse_json, read_json, write_json
-from ..models import save_model
+from ..models import loading, save_model
 from ..models.sidecar import Sidecar, read_sidecar
 from ..models.weights import WeightsFileError
 from ..records import InsideView
@@ -59,6 +59,26 @@ def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def code_history(previous: list[str]) -> list[str]:
+    """The code versions a run went through: ``previous`` (its checkpoint's, in order) and this process's, unless it
+    is the last one already."""
+    return previous if previous[-1:] == [code_version()] else [*previous, code_version()]
+
+
+def check_out(out: Path) -> None:
+    """Refuse, in one line and without writing, an ``out`` that cannot hold a run: a file, a dangling link, or the
+    zoo folder or a folder in it (the zoo is written only by ``publish``)."""
+    if out.is_symlink() and not out.exists():
+        raise RunFolderError(f"--out {out} is a dangling symlink to {os.readlink(out)}: create that folder, or pass "
+                             "another --out")
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file: pass a folder")
+    zoo, where = loading.ZOO_DIR.resolve(), out.resolve()
+    if where == zoo or zoo in where.parents:
+        raise RunFolderError(f"--out {out} is in the zoo folder {loading.ZOO_DIR}, which only publish writes: train "
+                             "into another folder (e.g. runs/<name>), then python -m vitlab publish it")
 
 
 def prepare_folder(out: Path) -> None:
@@ -147,13 +167,20 @@ def _sha256(path: Path) -> str:
 
 def save_checkpoint(out: Path, *, step: int, epoch: float, wall_seconds: float, model: nn.Module,
                     optimizer: torch.optim.Optimizer, generator: torch.Generator, config: Any,
-                    data: dict[str, Any]) -> None:
-    """Write ``checkpoint-<step>.{safetensors,state.pt}``, its record and ``checkpoint.json``; keep the last two."""
+                    data: dict[str, Any], code_versions: list[str] | None = None,
+                    epoch_sums: dict[str, Any] | None = None) -> None:
+    """Write ``checkpoint-<step>.{safetensors,state.pt}``, its record and ``checkpoint.json``; keep the last two.
+
+    ``code_versions``: every code version the run went through (default: this one); ``epoch_sums``: mid-epoch, the
+    epoch's running sums so far (``loss``, ``correct`` tensors, ``seen``, ``seconds``), so a resumed run logs the
+    whole epoch."""
     stem = f"checkpoint-{step:08d}"
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # The learning rate is a pure function of the step, so the step is the scheduler's state.
     state = dict(optimizer=optimizer.state_dict(), generator=generator.get_state().cpu(),
                  torch_rng=torch.get_rng_state())
+    if epoch_sums is not None:
+        state["epoch_sums"] = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in epoch_sums.items()}
     sha256 = {}
     with atomic_path(out / f"{stem}.safetensors") as tmp:
         safetensors.torch.save_file(weights, str(tmp))
@@ -164,7 +191,7 @@ def save_checkpoint(out: Path, *, step: int, epoch: float, wall_seconds: float, 
     record = dict(step=step, epoch=epoch, wall_seconds=wall_seconds, weights=f"{stem}.safetensors",
                   state=f"{stem}.state.pt", sha256=sha256, metrics=read_metrics(out)[-1:],
                   config=dataclasses.asdict(config), architecture=model.vitlab_arch, data=data,
-                  code_version=code_version())
+                  code_version=code_version(), code_versions=code_versions or [code_version()])
     write_json(out / f"{stem}.json", record)
     write_json(out / _POINTER, record)
     _prune(out, step)
@@ -220,9 +247,11 @@ def run_sidecar(out: str | os.PathLike) -> Sidecar:
 
 
 def save_final(out: Path, model: nn.Module, *, config: Any, metrics: dict[str, Any], data: dict[str, Any],
-               extra: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write the finished run's ``model.safetensors`` and its sidecar; ``extra`` tensors go beside the weights."""
-    metadata = dict(config=dataclasses.asdict(config), metrics=metrics, data=data, code_version=code_version())
+               extra: dict[str, torch.Tensor] | None = None, code_versions: list[str] | None = None) -> Path:
+    """Write the finished run's ``model.safetensors`` and its sidecar; ``extra`` tensors go beside the weights.
+    The sidecar's ``code_version`` is this process's; ``code_versions`` every one the run went through."""
+    metadata = dict(config=dataclasses.asdict(config), metrics=metrics, data=data, code_version=code_version(),
+                    code_versions=code_versions or [code_version()])
     return save_model(model, out / MODEL, metadata=metadata, extra=extra)
 
 
@@ -295,12 +324,35 @@ def load_checkpoint(out: Path, config: Any, model: nn.Module) -> dict[str, Any] 
         _check_logs(out, path, record)
         for problem in problems:
             warnings.warn(f"{problem}; resumed from {path} (step {record['step']}) instead", stacklevel=2)
-        return dict(state, step=record["step"], wall_seconds=record["wall_seconds"])
+        return dict(state, step=record["step"], wall_seconds=record["wall_seconds"], code_versions=_versions(record),
+                    data=record.get("data") if isinstance(record.get("data"), dict) else {})
     if problems:
         files = sorted(p.name for p in out.iterdir() if _CHECKPOINT_FILE.fullmatch(p.name) or p.name == _POINTER)
         raise RunFolderError(f"no checkpoint in {out} can be resumed: {'; '.join(problems)}; delete "
                              f"{', '.join(files)} to start the run over, or choose another --out")
     return None
+
+
+def _versions(record: dict[str, Any]) -> list[str]:
+    """The code versions a checkpoint ``record`` says its run went through; earlier versions stored the last only."""
+    versions = record.get("code_versions")
+    if isinstance(versions, list) and versions and all(isinstance(v, str) for v in versions):
+        return versions
+    return [record["code_version"]] if isinstance(record.get("code_version"), str) else []
+
+
+def warn_changes(out: Path, state: dict[str, Any], data: dict[str, Any]) -> None:
+    """Warn, a line each, when a run resumed from checkpoint ``state`` (:func:`load_checkpoint`) runs other code than
+    it was checkpointed with, or trains on data whose content hash (``data["train_sha256"]``) differs from its own."""
+    last = state["code_versions"][-1:]
+    if last and last != [code_version()]:
+        warnings.warn(f"{out}: resuming a run checkpointed by code version {last[0]} with version {code_version()}; "
+                      f"its sidecar will list every version (code_versions)", stacklevel=3)
+    saved, now = state["data"].get("train_sha256"), data.get("train_sha256")
+    if saved is not None and saved != now:
+        warnings.warn(f"{out}: resuming a run on other training data (content sha256 {str(saved)[:12]}... in the "
+                      f"checkpoint, {str(now)[:12]}... now): the data changed; pass the same data, or choose "
+                      "another --out to start over", stacklevel=3)
 
 
 def _check_logs(out: Path, path: Path, record: dict[str, Any]) -> None:
