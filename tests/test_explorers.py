@@ -313,3 +313,31 @@ def test_the_explorers_of_notebooks_02_to_04_take_a_hybrid(hybrid_file):
     torch.testing.assert_close(positions.result.sim, metrics.position_similarity(net))
     with pytest.raises(ValueError, match="hybrid ViT"):
         filters_analysis(net)
+
+
+def test_a_training_cell_interrupted_prints_where_it_stopped_in_one_line_and_returns_none(tmp_path, fake_cifar,
+                                                                                         monkeypatch, capsys):
+    """Notebook 06 trains in a cell: the kernel's interrupt (a KeyboardInterrupt) ends it as Ctrl-C ends
+    ``python -m vitlab train``, with one line instead of a traceback."""
+    from vitlab.training import loop
+    from vitlab.training.config import TrainConfig
+
+    step = loop._step
+
+    def interrupted(run, x, y):
+        result = step(run, x, y)
+        if run.step == 3:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(loop, "_step", interrupted)
+    config = TrainConfig(model="vit_micro_c10", subset_size=100, epochs=1, batch_size=20, eval_size=20)
+    try:
+        result = explorers.train_with_curves(config, tmp_path / "run")
+    except KeyboardInterrupt as err:  # not left to stop the test session
+        pytest.fail(f"the interrupt escaped the cell, which shows its traceback: {err!r}")
+    assert result is None
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("interrupted (SIGINT) at step 3 of 5; no checkpoint was saved yet: the "
+                                            f"same command starts the run over in {tmp_path / 'run'}")

@@ -14,6 +14,7 @@ child ended.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -105,6 +106,46 @@ def _inject(fault: list) -> None:
             _die()
 
         loop.append_metrics = torn
+    elif kind == "signal":  # a real signal args[1] to itself right after the args[2]-th (default first) step args[0]
+        step, seen = loop._step, []
+
+        def signalled(run, x, y):
+            result = step(run, x, y)
+            if run.step == args[0] and (seen.append(1) or len(seen) == (args[2:] or [1])[0]):
+                os.kill(os.getpid(), args[1])  # Python runs its handler at the next bytecode: here
+            return result
+
+        loop._step = signalled
+    elif kind == "signal-evaluating":  # a real signal args[0] to itself while publish measures accuracy
+
+        from vitlab.training import zoo
+
+        measure = zoo._check_set_accuracy
+        zoo._check_set_accuracy = lambda *a: os.kill(os.getpid(), args[0]) or measure(*a)
+    elif kind == "file-size":  # the kernel refuses to grow a file past args[0] bytes (EFBIG, SIGXFSZ ignored)
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (args[0], resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    elif kind == "full":  # writes of files named args[0] find the disk full (ENOSPC, as a rename may)
+        replace = os.replace
+
+        def full(src, dst, *rest, **kw):
+            if Path(dst).name == args[0]:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+            replace(src, dst, *rest, **kw)
+
+        os.replace = full
+    elif kind == "read-only":  # nothing can be created under the folder args[0] (EROFS, as read-only media)
+        open_, mkdir = os.open, os.mkdir
+
+        def refuse(path, *rest, **kw):
+            if str(path).startswith(args[0]):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+        os.open = lambda path, flags, *rest, **kw: (flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR) and refuse(path)
+                                                    or open_(path, flags, *rest, **kw))
+        os.mkdir = lambda path, *rest, **kw: refuse(path) or mkdir(path, *rest, **kw)
     elif kind == "slow-publish":  # hold publish between its checks and its writes for args[0] seconds
 
         from vitlab.training import zoo
@@ -133,9 +174,9 @@ def _child(job: dict) -> None:
             loading.ZOO_DIR, zoo.CHECK_SIZE = Path(job["zoo"]), 20
         _inject(job["fault"])
         argv = job["argv"]
-        code = main(argv if argv[0] in ("pretrain", "publish") else ["train", *argv])
-    except SystemExit as err:
-        print(err.code)
+        code = main(argv if argv[0] in ("pretrain", "publish", "sweep") else ["train", *argv])
+    except SystemExit as err:  # as Python ends: a number is the status, a message is printed and the status is 1
+        code = err.code if isinstance(err.code, int) else 0 if err.code is None else print(err.code) or 1
     except BaseException:
         traceback.print_exc()
     finally:
@@ -418,6 +459,123 @@ def test_two_publishes_of_one_entry_at_once_one_succeeds_and_the_other_fails_in_
                         r"process \(.*vit_micro_c10.lock is held by PID \d+\); wait for it to end, then publish again",
                         line), line
     _assert_published(zoo_dir, winner)
+
+
+# --- signals and a full disk: one line, the exit status, and the same command goes on --------------------------------
+
+
+def _last_line(output: str) -> str:
+    """The one line a stopped command ends with; no traceback anywhere before it."""
+    assert "Traceback" not in output, output
+    return output.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags, fault, status, line, resume_at", [
+    (FLAGS, ["signal", 6, signal.SIGINT], 130, "interrupted (SIGINT) at step 6 of 30; the same command resumes from "
+     "the last checkpoint, at step 4, in {out}", 4),
+    (FLAGS, ["signal", 13, signal.SIGTERM], 143, "interrupted (SIGTERM) at step 13 of 30; the same command resumes "
+     "from the last checkpoint, at step 12, in {out}", 12),
+    (PRETRAIN, ["signal", 2, signal.SIGTERM], 143, "interrupted (SIGTERM) at step 2 of 30; no checkpoint was saved "
+     "yet: the same command starts the run over in {out}", 0),
+])
+def test_a_signal_stops_a_run_in_one_line_and_the_same_command_resumes_it(runs, tmp_path, flags, fault, status,
+                                                                          line, resume_at):
+    out = tmp_path / "run"
+    ended, output = runs.run(out, fault, flags=flags)
+    command = "pretrain" if flags == PRETRAIN else "train"
+    assert ended == dict(signal=None, code=status), output
+    assert _last_line(output) == f"python -m vitlab {command}: " + line.format(out=out)
+    assert not list(out.glob(".*.tmp")), "an interrupted write left its temporary file"
+    ended, output = runs.run(out, flags=flags)
+    assert ended == dict(signal=None, code=0), output
+    assert _resumed_at(output) == resume_at
+    if flags == FLAGS:
+        _assert_same_weights(out, runs.baseline)
+        assert _scores(out) == _scores(runs.baseline)
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_by_sigint_says_which_run_and_the_same_command_finishes_it(runs, tmp_path):
+    out, results = tmp_path / "sweep", tmp_path / "results" / "micro"
+    argv = ["sweep", "--models", "vit_micro_c10", "--sizes", "100", "200", "--epochs", "1", "--min-samples", "0",
+            "--batch-size", "20", "--results", str(results)]
+    ended, output = runs.run(out, ["signal", 3, signal.SIGINT, 2], flags=argv)  # in the second run
+    assert ended == dict(signal=None, code=130), output
+    assert _last_line(output) == (
+        "python -m vitlab sweep: run 2 of 2 (vit_micro_c10, 200 images, seed 0) interrupted (SIGINT) at step 3 of 10; "
+        f"no checkpoint was saved yet: the same command starts the run over in {out}/vit_micro_c10-n200-s0-e1; the "
+        f"runs before it (1) are saved in {results}.csv")
+    ended, output = runs.run(out, flags=argv)
+    assert ended == dict(signal=None, code=0), output
+    assert "2 runs in" in output
+    assert [r["subset_size"] for r in json.loads(results.with_suffix(".json").read_text())["runs"]] == [100, 200]
+
+
+@pytest.mark.slow
+def test_publish_stopped_by_sigterm_while_evaluating_leaves_the_entry_unchanged(runs, other_run, tmp_path,
+                                                                                monkeypatch):
+    from vitlab.models import loading
+
+    zoo_dir = tmp_path / "zoo"
+    monkeypatch.setattr(loading, "ZOO_DIR", zoo_dir)
+    [(ended, output)] = runs.publish(zoo_dir, (runs.baseline, [], None))
+    assert ended == dict(signal=None, code=0), output
+    before = _zoo_files(zoo_dir)
+    [(ended, output)] = runs.publish(zoo_dir, (other_run, ["--force"], ["signal-evaluating", signal.SIGTERM]))
+    assert ended == dict(signal=None, code=143), output
+    assert _last_line(output) == (f"python -m vitlab publish: interrupted (SIGTERM) while evaluating {other_run}; "
+                                  "zoo entry vit_micro_c10 is unchanged")
+    assert _zoo_files(zoo_dir) == before and not list(zoo_dir.rglob("*.lock"))
+    _assert_published(zoo_dir, runs.baseline)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault, line, resume_at", [
+    # Past the weights (about 100 kB), short of the optimiser state (about 230 kB): torch.save's "unexpected pos".
+    (["file-size", 150_000], "a file outgrew the file-size limit (ulimit -f) while writing {out}: raise the limit and "
+     "rerun the same command to resume", 0),
+    (["full", "checkpoint-00000008.state.pt"], "the disk is full while writing {out}: free space and rerun the same "
+     "command to resume", 4),
+])
+def test_a_full_disk_while_checkpointing_stops_in_one_line_leaving_nothing_half_written(runs, tmp_path, fault, line,
+                                                                                        resume_at):
+    out = tmp_path / "run"
+    ended, output = runs.run(out, fault)
+    assert ended == dict(signal=None, code=1), output
+    assert _last_line(output) == "python -m vitlab train: error: " + line.format(out=out)
+    assert not list(out.glob(".*.tmp")), "a failed write left its temporary file"
+    ended, output = runs.run(out)
+    assert ended == dict(signal=None, code=0), output
+    assert _resumed_at(output) == resume_at
+    _assert_same_weights(out, runs.baseline)
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_publishing_a_new_entry_leaves_no_file_of_it(runs, tmp_path, monkeypatch):
+    from vitlab.models import loading
+
+    zoo_dir = tmp_path / "zoo"
+    monkeypatch.setattr(loading, "ZOO_DIR", zoo_dir)
+    [(ended, output)] = runs.publish(zoo_dir, (runs.baseline, [], ["full", "vit_micro_c10.safetensors"]))
+    assert ended == dict(signal=None, code=1), output
+    assert _last_line(output) == (f"python -m vitlab publish: error: the disk is full while writing {zoo_dir}: free "
+                                  "space and rerun the same command to resume")
+    assert sorted(p.relative_to(zoo_dir).as_posix() for p in zoo_dir.rglob("*")) == []
+    [(ended, output)] = runs.publish(zoo_dir, (runs.baseline, [], None))
+    assert ended == dict(signal=None, code=0), output
+    _assert_published(zoo_dir, runs.baseline)
+
+
+@pytest.mark.slow
+def test_a_read_only_zoo_is_refused_in_one_line_before_the_evaluation(runs, tmp_path):
+    zoo_dir = tmp_path / "zoo"
+    zoo_dir.mkdir()
+    [(ended, output)] = runs.publish(zoo_dir, (runs.baseline, [], ["read-only", str(zoo_dir)]))
+    assert ended == dict(signal=None, code=1), output
+    assert output.strip().splitlines() == [f"python -m vitlab publish: error: {zoo_dir} is not writable (Read-only "
+                                           "file system); make it writable, then publish again"]
+    assert list(zoo_dir.iterdir()) == []
 
 
 if __name__ == "__main__":

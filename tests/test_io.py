@@ -73,3 +73,60 @@ def test_a_lock_waits_for_its_holder_gives_up_naming_it_and_leaves_no_file(tmp_p
     with locked(path):  # waits for the holder to let go
         assert time.monotonic() - started > 0.2 and path.read_text() == f"{os.getpid()}\n"
     assert holder.wait(timeout=10) == 0 and not path.exists()
+
+
+@pytest.fixture
+def file_size_limit():
+    """Files may grow to 10 kB at most in this process (the kernel's EFBIG, as a full disk: SIGXFSZ ignored)."""
+    import resource
+    import signal
+
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, limits[1]))
+    yield
+    resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    signal.signal(signal.SIGXFSZ, handler)
+
+
+@pytest.mark.parametrize("writer", ["safetensors", "torch.save", "text"])
+def test_a_write_that_finds_no_room_is_one_line_naming_the_folder_and_leaves_no_temp(tmp_path, file_size_limit,
+                                                                                     writer):
+    import safetensors.torch
+    import torch
+
+    from vitlab.io import DiskFullError, atomic_path
+
+    tensors = {"x": torch.zeros(100_000)}  # 400 kB
+    write = dict(safetensors=lambda tmp: safetensors.torch.save_file(tensors, str(tmp)),
+                 text=lambda tmp: tmp.write_text("x" * 100_000),
+                 **{"torch.save": lambda tmp: torch.save(tensors, tmp)})[writer]
+    (tmp_path / "out.bin").write_bytes(b"old")
+    with pytest.raises(DiskFullError) as err:
+        with atomic_path(tmp_path / "out.bin") as tmp:
+            write(tmp)
+    assert str(err.value) == (f"a file outgrew the file-size limit (ulimit -f) while writing {tmp_path}: raise the "
+                              "limit and rerun the same command to resume")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"] and (tmp_path / "out.bin").read_bytes() == b"old"
+
+
+def test_a_full_disk_is_said_in_one_line_and_the_metrics_log_keeps_no_half_line(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from vitlab.io import DiskFullError
+    from vitlab.training import run_folder
+
+    run_folder.append_metrics(tmp_path, dict(step=1))
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    write = os.write
+
+    def full(fd, data):  # room for a few bytes, then none
+        write(fd, data[:5])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(DiskFullError, match=f"^the disk is full while writing {tmp_path}: free space and rerun the "
+                                            "same command to resume$"):
+        run_folder.append_metrics(tmp_path, dict(step=2))
+    monkeypatch.undo()
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before

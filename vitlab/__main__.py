@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import shlex
+import signal
 import sys
 
 from . import data
@@ -24,11 +25,13 @@ from .result_files import ResultsFileError
 from .training.sweep import SweepConfig, sweep
 from .training.loop import train
 from .models.weights import WeightsFileError
+from .io import DiskFullError
+from .training.run_folder import Interrupted
 
 _PROG = "python -m vitlab"
-#: Errors that report bad input in one line: printed as they are, without a traceback.
+#: Errors that report bad input (or a full disk) in one line: printed as they are, without a traceback.
 _INPUT_ERRORS = (ConfigError, PermissionError, FileNotFoundError, FileExistsError, data.CorruptDataError,
-                WeightsFileError, WeightsUnavailableError, ResultsFileError)
+                WeightsFileError, WeightsUnavailableError, ResultsFileError, DiskFullError)
 #: Flags of ``train`` that say where and how a run reports, not what it is, and the type a settings file gives each.
 RUN_FLAGS = {"out": str | None, "progress": bool, "checkpoint_every": int, "inside": bool}
 #: Settings of ``train`` that act on labels; ``pretrain`` has no flags for them and fixes them off.
@@ -130,15 +133,34 @@ def _recipes(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; settings that cannot work exit with a one-line error, no traceback."""
+    """Run one command; settings that cannot work exit with a one-line error, no traceback.
+
+    Ctrl-C (SIGINT) and SIGTERM stop a command with one line on stderr saying where it stopped and what the same
+    command does next; the exit status is 128 + the signal (130, 143).
+    """
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         if getattr(args, "config", None):
             args = build_parser(read_file(args.config, TrainConfig, extra=RUN_FLAGS)).parse_args(argv)
         _run(args)
     except _INPUT_ERRORS as err:
         sys.exit(f"{_PROG} {args.command}: error: {err}")
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        line = str(err) if isinstance(err, Interrupted) and str(err) else (
+            f"interrupted ({signal.Signals(signum).name}) before it finished; every file it wrote is whole: run the "
+            "same command again")
+        print(f"{_PROG} {args.command}: {line}", file=sys.stderr, flush=True)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM stops a command as Ctrl-C does: the interrupt unwinds it, and atomic writes leave no half file."""
+    raise Interrupted("", signum)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@ check of a value read from such a file against its field's annotation, and a loc
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import math
 import os
+import re
+import resource
 import tempfile
 import tomllib
 import time
@@ -60,15 +63,49 @@ def _a(value: Any) -> str:
     return "none" if value is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
+class DiskFullError(OSError):
+    """A write that found no room (a full disk, a used-up quota, a file-size limit), said in one line."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+#: What each errno of a write that found no room means, and what frees room for it.
+_NO_ROOM = {errno.ENOSPC: ("the disk is full", "free space"),
+            errno.EDQUOT: ("the disk quota is used up", "free space"),
+            errno.EFBIG: ("a file outgrew the file-size limit (ulimit -f)", "raise the limit")}
+
+
+def no_room(err: BaseException, folder: str | os.PathLike) -> DiskFullError | None:
+    """``err`` as a :class:`DiskFullError` naming ``folder`` when it says a write found no room, else None.
+
+    Reads an OSError's errno, safetensors' ``(os error 28)`` and torch.save's short write (``unexpected pos``,
+    which carries no errno: a file-size limit in force is taken as its cause, else a full disk).
+    """
+    code = err.errno if isinstance(err, OSError) else None
+    if not isinstance(err, OSError) and (found := re.search(r"os error (\d+)", str(err))):
+        code = int(found[1])
+    elif isinstance(err, RuntimeError) and re.search(r"unexpected pos|failed writing", str(err)):
+        code = errno.EFBIG if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY else errno.ENOSPC
+    if code not in _NO_ROOM or isinstance(err, DiskFullError):
+        return None
+    cause, remedy = _NO_ROOM[code]
+    return DiskFullError(code, f"{cause} while writing {folder}: {remedy} and rerun the same command to resume")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` and rename it onto ``path`` on success; on error remove it."""
+    """Yield a temporary path beside ``path`` and rename it onto ``path`` on success; on error remove it.
+
+    A write that finds no room (see :func:`no_room`) raises :class:`DiskFullError`, its temporary file removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
@@ -77,9 +114,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp (and some writers, e.g. safetensors) create 0600: saved files would be private.
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)  # atomic on POSIX: the same folder
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+        if (full := no_room(err, path.parent)) is not None:
+            raise full from err
         raise
+
+
+def probe_write(folder: str | os.PathLike) -> None:
+    """Create ``folder`` and write and remove a small file in it, as vitlab writes (OSError where it cannot)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
+    atomic_write(probe, lambda tmp: tmp.write_text("ok"))
+    probe.unlink()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:

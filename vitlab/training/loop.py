@@ -23,9 +23,9 @@ from .config import IMAGE_SIZE, MAX_SEED, TEST_IMAGES, TRAIN_IMAGES, ConfigError
 from .evaluators import InsideViewEvaluator
 from .inside import inside_tensors, is_vit, probe_images, recorded_epochs
 from .objectives import Objective, init_model, mixing, objective_for
-from .run_folder import (MODEL, append_metrics, check_out, code_history, finished_run, hardware, load_checkpoint,
-                         lock_run, prepare_folder, read_metrics, record_inside, restore, save_checkpoint, save_final,
-                         trim_inside, trim_metrics, warn_changes)
+from .run_folder import (MODEL, append_metrics, check_out, code_history, finished_run, hardware, interrupted,
+                         load_checkpoint, lock_run, prepare_folder, read_metrics, record_inside, restore,
+                         save_checkpoint, save_final, trim_inside, trim_metrics, warn_changes)
 from .steps import augment, autocast_dtype, cpu_bf16_attention, epoch_order, lr_at, param_groups, randaugment
 from ..models import ARCHITECTURES, build_model, set_input_size
 from ..models.architectures import MAX_IMG_SIZE
@@ -214,6 +214,11 @@ def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.de
         progress: print a start line and a bar per epoch; else report to :data:`log`.
         checkpoint_every: also checkpoint every this many steps (0: at evaluated epochs only, ``config.eval_every``).
         inside: record a ViT's inside views (:mod:`vitlab.training.inside`); the weights are the same either way.
+
+    Raises:
+        vitlab.training.run_folder.Interrupted: on Ctrl-C (KeyboardInterrupt, a notebook's kernel interrupt) or a
+            signal raised as one, its message one line: the step it stopped at and the checkpoint the same call
+            resumes from. Every file is whole: checkpoints are written atomically.
     """
     out = Path(out)
     check(config, out, checkpoint_every, prepare=False)
@@ -221,14 +226,18 @@ def train(config: TrainConfig, out: str | os.PathLike, *, device: str | torch.de
     if (done := _finished(config, out, progress)) is not None:
         return done
     prepare_folder(out)
-    with lock_run(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():  # torchrun's rank 0
-        if (done := _finished(config, out, progress)) is not None:  # finished by another process meanwhile
-            return done
-        run, (train_x, train_y, test_x, test_y) = _start(config, out, device, progress, inside)
-        record: dict[str, Any] = (read_metrics(out) or [{}])[-1] if run.step else {}
-        with cpu_bf16_attention(run.model, run.amp, run.device):
-            record = _epochs(run, (train_x, train_y, test_x, test_y), record, progress, checkpoint_every, on_epoch)
-        return _finish(run, record)
+    run = None
+    try:
+        with lock_run(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():  # torchrun rank 0
+            if (done := _finished(config, out, progress)) is not None:  # finished by another process meanwhile
+                return done
+            run, tensors = _start(config, out, device, progress, inside)
+            record: dict[str, Any] = (read_metrics(out) or [{}])[-1] if run.step else {}
+            with cpu_bf16_attention(run.model, run.amp, run.device):
+                record = _epochs(run, tensors, record, progress, checkpoint_every, on_epoch)
+            return _finish(run, record)
+    except KeyboardInterrupt as err:
+        raise (interrupted(err, out, run.step, run.total) if run else interrupted(err, out)) from None
 
 
 def _finished(config: TrainConfig, out: Path, progress: bool) -> TrainResult | None:
@@ -283,20 +292,21 @@ def train_one_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, progr
         seen, before, done = sums["seen"], sums["seconds"], first
     bar = tqdm(range(first, run.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                disable=not progress or run.rank != 0)
-    for b in bar:
-        idx = order[b * bs : (b + 1) * bs]
-        x, y = batch(run, images[idx], labels[idx])
-        x, y = x[shard], y[shard]  # (B / world, 3, H, W), targets (B / world, ...)
-        loss, hits, scored = _step(run, x, y)
-        loss_sum += loss
-        correct += hits
-        seen += scored
-        if not bar.disable and (b - first) % _PROGRESS_EVERY == 0:  # the only read-back inside the epoch
-            bar.set_postfix(loss=f"{loss_sum.item() / (b - first + done + 1):.3f}")
-        if checkpoint_every and run.step % checkpoint_every == 0 and run.step % run.steps_per_epoch:
-            so_far = time.perf_counter() - started
-            _save_checkpoint(run, run.step / run.steps_per_epoch, wall=run.wall + so_far,
-                             sums=dict(loss=loss_sum, correct=correct, seen=seen, seconds=before + so_far))
+    with bar:  # closed (its line cleared) when the epoch is stopped, too: no bar left before the line that says so
+        for b in bar:
+            idx = order[b * bs : (b + 1) * bs]
+            x, y = batch(run, images[idx], labels[idx])
+            x, y = x[shard], y[shard]  # (B / world, 3, H, W), targets (B / world, ...)
+            loss, hits, scored = _step(run, x, y)
+            loss_sum += loss
+            correct += hits
+            seen += scored
+            if not bar.disable and (b - first) % _PROGRESS_EVERY == 0:  # the only read-back inside the epoch
+                bar.set_postfix(loss=f"{loss_sum.item() / (b - first + done + 1):.3f}")
+            if checkpoint_every and run.step % checkpoint_every == 0 and run.step % run.steps_per_epoch:
+                so_far = time.perf_counter() - started
+                _save_checkpoint(run, run.step / run.steps_per_epoch, wall=run.wall + so_far,
+                                 sums=dict(loss=loss_sum, correct=correct, seen=seen, seconds=before + so_far))
     loss_total, hit_total = loss_sum.item(), correct.item()  # waits for the epoch's last step
     elapsed = time.perf_counter() - started
     run.wall += elapsed

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import warnings
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from torch import nn
 
 from .. import settings
 from .config import ConfigError
-from ..io import atomic_path, atomic_write, parse_json, read_json, write_json
+from ..io import atomic_path, atomic_write, no_room, parse_json, probe_write, read_json, write_json
 from ..models import loading, save_model
 from ..models.sidecar import Sidecar, read_sidecar
 from ..models.weights import WeightsFileError
@@ -41,6 +42,28 @@ _LEFTOVER = re.compile(r"\.(checkpoint-\d{8,}\.(safetensors|state\.pt|json)|chec
 
 class RunFolderError(ConfigError):
     """A run folder that cannot be trained into as asked: in use, finished, or unreadable."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A command stopped by SIGINT (Ctrl-C) or SIGTERM; its message is one line saying where it stopped and what the
+    same command does next, ``signum`` the signal (``python -m vitlab`` exits with 128 + signum: 130, 143)."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
+
+
+def interrupted(err: KeyboardInterrupt, out: Path, step: int | None = None, total: int | None = None) -> Interrupted:
+    """The :class:`Interrupted` of the run in ``out`` stopped by ``err`` at ``step`` of ``total`` (None: before its
+    first step), saying what its checkpoints on disk let the same command do."""
+    signum = getattr(err, "signum", signal.SIGINT)
+    where = "before training began" if step is None else f"at step {step} of {total}"
+    records, _ = _records(out)
+    if records:
+        then = f"the same command resumes from the last checkpoint, at step {records[0][1]['step']}, in {out}"
+    else:
+        then = f"no checkpoint was saved yet: the same command starts the run over in {out}"
+    return Interrupted(f"interrupted ({signal.Signals(signum).name}) {where}; {then}", signum)
 
 
 @functools.cache
@@ -84,10 +107,7 @@ def check_out(out: Path) -> None:
 def prepare_folder(out: Path) -> None:
     """Create the run folder ``out``; PermissionError, naming it, when it cannot be written."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
-        atomic_write(probe, lambda tmp: tmp.write_text("ok"))
-        probe.unlink()
+        probe_write(out)
     except OSError as err:
         raise PermissionError(f"output folder {out} is not writable ({err.strerror}); choose another --out") from None
 
@@ -141,11 +161,22 @@ def read_jsonl(path: Path, redo: str = "a resumed run records it again") -> list
 
 
 def append_metrics(out: Path, record: dict[str, Any]) -> None:
-    """Add one epoch's ``record`` to the run's log, on disk before this returns."""
-    with open(out / METRICS_LOG, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Add one epoch's ``record`` to the run's log, on disk before this returns (DiskFullError, the log as it was,
+    where there is no room)."""
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(out / METRICS_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            while line:  # unbuffered: a failed write leaves nothing to flush at close
+                line = line[os.write(fd, line):]
+            os.fsync(fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # no half line
+            raise no_room(err, out) or err
+    finally:
+        os.close(fd)
 
 
 def trim_metrics(out: Path, step: int) -> None:

@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import functools
 import math
+import signal
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from ..records import RunInside, RunProbe, RunRecord
 from .loop import train
 from .objectives import evaluate, init_objective, objective_for
 from .evaluators import FewshotEvaluator, InsideViewEvaluator
-from .run_folder import MODEL, code_version
+from .run_folder import MODEL, Interrupted, code_version
 from ..analysis.representations import PRE_LOGITS
 
 _Split = tuple[torch.Tensor, torch.Tensor]  #: images, uint8 (N, 3, 32, 32), and labels (N,)
@@ -240,19 +241,37 @@ def sweep(config: SweepConfig, device: str | torch.device | None = None,
     todo = [run for run in config.runs() if _key(run) not in finished]
     flops: dict[str, float] = {}  # training FLOPs per image, counted once per model
     bar = tqdm(todo, desc="sweep", unit="run", disable=not todo)  # a bar over runs, not a printed record each
-    for run in bar:
-        record = _train_run(config, run, test_set, device, progress, flops, before)
-        done.append(record)
+    trained = 0
+    try:
+        for run in bar:
+            record = _train_run(config, run, test_set, device, progress, flops, before)
+            done.append(record)
+            result_files.write_runs(config.results, _ordered(done), commands)
+            trained += 1
+            bar.set_postfix_str(f"last: {run.model}, {run.subset_size:,} images, seed {run.seed}: "
+                                f"{record.test_accuracy:.1%} in {record.wall_seconds:.0f} s")
+            if on_run is not None:
+                on_run(record)
         result_files.write_runs(config.results, _ordered(done), commands)
-        bar.set_postfix_str(f"last: {run.model}, {run.subset_size:,} images, seed {run.seed}: "
-                            f"{record.test_accuracy:.1%} in {record.wall_seconds:.0f} s")
-        if on_run is not None:
-            on_run(record)
-    result_files.write_runs(config.results, _ordered(done), commands)
-    inside_runs(config, progress=bool(todo))
-    if config.fewshot:
-        fewshot_runs(config, train_set, test_set)
+        inside_runs(config, progress=bool(todo))
+        if config.fewshot:
+            fewshot_runs(config, train_set, test_set)
+    except KeyboardInterrupt as err:
+        bar.close()
+        raise _interrupted(err, config, todo, trained) from None
     return _ordered(result_files.read_runs(config.results, init_history))
+
+
+def _interrupted(err: KeyboardInterrupt, config: SweepConfig, todo: list[Run], trained: int) -> Interrupted:
+    """What a sweep stopped by ``err`` after ``trained`` of its ``todo`` runs says (one line, as :func:`train`)."""
+    saved = f"the runs before it ({trained}) are saved in {config.results}.csv" if trained else "no run had finished"
+    if trained < len(todo) and isinstance(err, Interrupted) and str(err):  # train() said where the run stopped
+        run = todo[trained]
+        return Interrupted(f"run {trained + 1} of {len(todo)} ({run.model}, {run.subset_size} images, seed "
+                           f"{run.seed}) {err}; {saved}", err.signum)
+    return Interrupted(f"interrupted ({signal.Signals(getattr(err, 'signum', signal.SIGINT)).name}) after {trained} "
+                       f"of {len(todo)} runs, in {config.results}.csv; the same command goes on from there",
+                       getattr(err, "signum", signal.SIGINT))
 
 
 def _train_run(config: SweepConfig, run: Run, test_set: _Split, device: str | torch.device | None,

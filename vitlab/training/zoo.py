@@ -1,10 +1,12 @@
 """vitlab's model zoo: named entries, each an architecture with its training recipe, maybe trained in ``data/zoo``."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shlex
 import shutil
+import signal
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from . import run_folder
 from .run_folder import INSIDE_LOG, INSIDE_TENSORS, METRICS_LOG, read_jsonl
 from .config import ConfigError, TrainConfig, command_line, from_args
 from .objectives import Objective, objective_for
-from ..io import atomic_write, locked, sha256
+from ..io import atomic_write, locked, probe_write, sha256
 
 #: The recipe of the ViT entries: AdamW, as for the paper's ViTs (read-only: entries share it).
 _VIT_RECIPE: Mapping[str, Any] = MappingProxyType(dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=30,
@@ -216,10 +218,16 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
 
     Holds ``data/zoo/<name>.lock`` throughout: a second publish of ``name`` meanwhile is refused. The sidecar lists
     the sha256 of every file of the entry, so one stopped midway reads as half-written until published again.
-    FileExistsError, before any work, when the entry has files already and ``force`` is False.
+    FileExistsError, before any work, when the entry has files already and ``force`` is False; PermissionError,
+    before any work, when ``data/zoo`` cannot be written. A write that fails (a full disk) or is interrupted removes
+    what it wrote of an entry that had no files; :class:`~.run_folder.Interrupted` says whether the entry changed.
     """
     found, run = entry(name), Path(run)
-    found.weights.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        probe_write(found.weights.parent)  # before the evaluation, not after it
+    except OSError as err:
+        raise PermissionError(f"{found.weights.parent} is not writable ({err.strerror or err}); make it writable, "
+                              "then publish again") from None
     try:
         with locked(found.weights.with_suffix(".lock"), timeout=0):
             return _publish(found, run, code_version, force)
@@ -247,22 +255,51 @@ def _publish(found: ZooEntry, run: Path, code_version: str | None, force: bool) 
         raise ConfigError(f"{run} was trained with objective {config.objective}, but zoo entry {name} is "
                           f"{found.objective}")
     objective = objective_for(config)
-    trained = objective.load_trained(weights)
-    images, labels = data.cifar10("test")
-    metrics = dict(meta.metrics, test_accuracy=objective.test_accuracy(trained, images, labels))
-    metrics[f"test_accuracy_{CHECK_SIZE}"] = _check_set_accuracy(objective, trained)
+    try:
+        trained = objective.load_trained(weights)
+        images, labels = data.cifar10("test")
+        metrics = dict(meta.metrics, test_accuracy=objective.test_accuracy(trained, images, labels))
+        metrics[f"test_accuracy_{CHECK_SIZE}"] = _check_set_accuracy(objective, trained)
+    except KeyboardInterrupt as err:
+        raise run_folder.Interrupted(f"{_signal_name(err)} while evaluating {run}; zoo entry {name} is unchanged",
+                                     getattr(err, "signum", signal.SIGINT)) from None
     command = f"{command_line('python -m vitlab train', config)} --out {shlex.quote(str(run))}"
     published = dataclasses.replace(
         meta, config=dataclasses.asdict(config), metrics=metrics, command=command,
         code_version=code_version or ("unknown" if meta.code_version is None else meta.code_version),
         others=dict(meta.others, **objective.published(metrics)))
-    if problem is None and sidecar_path(found.weights).is_file():
-        _seal(found)  # from here on, a replaced file no longer matches it: the entry reads as half-written
-    _copy_logs(run, name)
-    keep = {k: v for k, v in published.to_json().items() if k not in ("architecture", "pretrained_cfg", "format")}
-    loading.save_model(objective.encoder(trained), found.weights, metadata=keep, extra=objective.extra_state(trained),
-                       files=entry_files(name))
+    _write(found, run, published, objective, trained, sealed=problem is None)
     return found.weights
+
+
+def _signal_name(err: KeyboardInterrupt) -> str:
+    return f"interrupted ({signal.Signals(getattr(err, 'signum', signal.SIGINT)).name})"
+
+
+def _write(found: ZooEntry, run: Path, published: Sidecar, objective: Objective, trained: nn.Module,
+           sealed: bool) -> None:
+    """Write the entry's files, sidecar last; on failure, remove what was written of an entry that had none."""
+    name, fresh = found.name, not found.weights.exists() and not entry_files(found.name)
+    fresh = fresh and not sidecar_path(found.weights).exists()
+    try:
+        if sealed and sidecar_path(found.weights).is_file():
+            _seal(found)  # from here on, a replaced file no longer matches it: the entry reads as half-written
+        _copy_logs(run, name)
+        keep = {k: v for k, v in published.to_json().items() if k not in ("architecture", "pretrained_cfg", "format")}
+        loading.save_model(objective.encoder(trained), found.weights, metadata=keep,
+                           extra=objective.extra_state(trained), files=entry_files(name))
+    except BaseException as err:
+        if fresh and not sidecar_path(found.weights).exists():  # nothing of it was published: leave nothing
+            for path in (*entry_files(name), found.weights):
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                inside_folder(name).rmdir()  # only when empty: never a file someone put there
+        if isinstance(err, KeyboardInterrupt):
+            state = ("nothing was published: it is unchanged" if fresh else
+                     half_written(name) or "its files match its sidecar: it is whole")
+            raise run_folder.Interrupted(f"{_signal_name(err)} while writing zoo entry {name}; {state}",
+                                         getattr(err, "signum", signal.SIGINT)) from None
+        raise
 
 
 def _seal(found: ZooEntry) -> None:

@@ -1,6 +1,7 @@
 """Interactive views of Fig. 6/7 (drawn with the figures and readouts notebook cells call) and live training curves."""
 from __future__ import annotations
 
+import sys
 import warnings
 from collections import namedtuple
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from ..analysis.rollout import RolloutResult, rollout_analysis
 from ..settings import quick_or
 from ..training.loop import train
 from ..training.objectives import mixing
-from ..training.run_folder import read_metrics
+from ..training.run_folder import Interrupted, read_metrics
 from . import figures, readouts
 from .controls import STYLE, Explorer, Recent, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
 
@@ -273,11 +274,20 @@ class TrainingMonitor(W.VBox):
 
 
 def train_with_curves(config, out: str | Path, title: str | None = None):
-    """Show live curves while training ``config`` (a :class:`~vitlab.training.config.TrainConfig`) into ``out``."""
+    """Show live curves while training ``config`` (a :class:`~vitlab.training.config.TrainConfig`) into ``out``.
+
+    Returns the :class:`~vitlab.training.loop.TrainResult`; an interrupted run (the kernel's interrupt) prints
+    one line saying where it stopped and that running the cell again resumes it, as ``python -m vitlab train``
+    does, and returns None instead of showing a traceback.
+    """
     from IPython.display import display
     # A run resumed (or already finished) in ``out`` shows the epochs it has recorded so far.
     what = "Pre-training (masked patch prediction)" if config.objective == "mpp" else "Training"
     monitor = TrainingMonitor(title or f"{what} {config.model} ({out})", read_metrics(out), mixed=mixing(config),
                               objective=config.objective)
     display(monitor)
-    return train(config, out, progress=True, on_epoch=monitor.update)
+    try:
+        return train(config, out, progress=True, on_epoch=monitor.update)
+    except Interrupted as err:
+        print(err, file=sys.stderr, flush=True)
+        return None
