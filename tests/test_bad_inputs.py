@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -725,6 +726,16 @@ def _class_folder(tmp: Path, empty: bool) -> None:
     data.cifar10("test", root=root, download=False)
 
 
+def _link_loop(tmp: Path, where: str) -> None:
+    """Decode the test split of a copy whose ``cifar10/<where>`` (an image, a class or a split) links to itself."""
+    root = _imagefolder(tmp)
+    path = root / "cifar10" / where
+    if path.is_dir():
+        shutil.rmtree(path)
+    path.symlink_to(path.name)
+    data.cifar10("test", root=root, download=False)
+
+
 def _root_is_a_file(tmp: Path) -> None:
     (tmp / "cifar10.zip").write_bytes(b"PK")
     data.cifar10("train", root=tmp / "cifar10.zip")
@@ -793,6 +804,18 @@ DATA_ROWS: dict[str, Bad] = {
     "data-class-folder-empty": Bad(
         call=lambda tmp: _class_folder(tmp, empty=True), error=data.DataNotFoundError, phrase="truck holds no images",
         before="no error: a test split of 9 classes, silently"),
+    "data-image-link-loop": Bad(
+        call=lambda tmp: _link_loop(tmp, "test/dog/0001.png"), error=data.CorruptDataError,
+        phrase="dog/0001.png is a symbolic link loop (it leads back to itself): remove the link",
+        before="OSError: '[Errno 40] Too many levels of symbolic links: <path>' (raw ELOOP, a traceback from the CLI)"),
+    "data-class-folder-link-loop": Bad(
+        call=lambda tmp: _link_loop(tmp, "test/dog"), error=data.CorruptDataError,
+        phrase="test/dog is a symbolic link loop",
+        before="DataNotFoundError: '... missing ['dog'] ...' (the loop read as an absent class folder)"),
+    "data-split-folder-link-loop": Bad(
+        call=lambda tmp: _link_loop(tmp, "test"), error=data.CorruptDataError,
+        phrase="cifar10/test is a symbolic link loop",
+        before="the loop read as no copy at all: CIFAR-10 'not found', and a download started into the folder"),
     "data-root-is-a-file": Bad(
         call=_root_is_a_file, error=data.DataNotFoundError, phrase="cifar10.zip is a file, not a folder",
         before="DataNotFoundError after a download attempt (FileExistsError: File exists), a 6-line message"),
