@@ -136,8 +136,10 @@ def npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                         raise ValueError(f"npy format version {version} in {member.filename}")
                     shape, _, dtype = read[version](f)
                     start = f.tell()
+                if dtype.hasobject:
+                    raise ValueError(f"{member.filename} holds pickled Python objects, not numbers")
                 size = math.prod(shape) * dtype.itemsize
-                if dtype.hasobject or start + size != member.file_size:
+                if start + size != member.file_size:
                     raise ValueError(f"{member.filename}'s header ({dtype}, shape {shape}) does not match its "
                                      f"{member.file_size:,} bytes")
                 shapes[member.filename.removesuffix(".npy")] = shape
