@@ -28,6 +28,8 @@ _BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_ba
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 #: Bumped when the cache's content or key changes, so older caches are rebuilt.
 _CACHE_VERSION = 2
+#: Bumped when ImageFolder images decode differently (2: 16-bit PNGs scaled, not clipped), so their caches are rebuilt.
+_IMAGEFOLDER_DECODE = 2
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -126,11 +128,12 @@ def _cache_file(source: Source, split: str) -> Path:
 
 def _source_key(source: Source, split: str, files: list[_Entry] | None) -> str:
     """A digest of the source files' relative names, sizes and modification times (no content is read)."""
+    version = f"{_CACHE_VERSION}.{_IMAGEFOLDER_DECODE}" if files is not None else _CACHE_VERSION
     if files is None:  # the batch files of the torchvision layout
         stats = [(name, (source.path / name).stat()) for name in _BATCHES[split] if (source.path / name).is_file()]
         files = [(name, -1, st.st_size, st.st_mtime_ns) for name, st in stats]
     text = "".join(f"{name}\0{label}\0{size}\0{mtime}\n" for name, label, size, mtime in files)
-    return hashlib.sha1(f"{source.kind} {split} {_CACHE_VERSION}\n{text}".encode()).hexdigest()
+    return hashlib.sha1(f"{source.kind} {split} {version}\n{text}".encode()).hexdigest()
 
 
 def cache_problem(images: np.ndarray, labels: np.ndarray, count: int | None) -> str | None:
