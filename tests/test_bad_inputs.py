@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -277,6 +278,33 @@ def _truncated_npz(tmp: Path) -> None:
     _load(path)
 
 
+def _npz_wrong_width(tmp: Path) -> None:
+    """A Google ViT .npz whose ``embedding/kernel`` is twice as wide as every other array."""
+    from test_models import _export_google_npz
+    from timm.models.vision_transformer import VisionTransformer
+
+    path = tmp / "ViT-micro.npz"
+    _export_google_npz(VisionTransformer(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=3), path)
+    with np.load(path) as stored:
+        arrays = dict(stored)
+    arrays["embedding/kernel"] = np.zeros((8, 8, 3, 48), np.float32)
+    np.savez(path, **arrays)
+    _load(path)
+
+
+def _deflated_pt(tmp: Path) -> None:
+    """A state dict saved by torch.save, then zipped again with every member deflated."""
+    import zipfile
+
+    path = _state_dict_file(tmp)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    _load(path, arch="vit_micro_c10")
+
+
 def _truncated_pt(tmp: Path) -> None:
     path = tmp / "weights.pt"
     torch.save(models.build_model({"zoo": "vit_micro_c10"}).state_dict(), path)
@@ -353,6 +381,15 @@ MODELS_ROWS: dict[str, Bad] = {
     "model-npz-truncated": Bad(
         call=_truncated_npz, error=WeightsFileError, phrase="ViT-micro.npz is truncated",
         before="zipfile.BadZipFile: File is not a zip file (no path)"),
+    "model-npz-arrays-disagree": Bad(
+        call=_npz_wrong_width, error=WeightsFileError,
+        phrase="ViT-micro.npz: its arrays do not fit one ViT of width 48, 3 heads, MLP 96 and depth 1: embedding/bias",
+        before="RuntimeError from timm's loader after building a model of width 48: 'The size of tensor a (48) must "
+               "match the size of tensor b (24)' (no path); a crafted width inflates the array and builds first"),
+    "model-pt-compressed-members": Bad(
+        call=_deflated_pt, error=WeightsFileError,
+        phrase="weights.pt has compressed members (weights/data.pkl, weights/.format_version",
+        before="no error: every member inflated, however large it claims to be (a 1 MB file, 1 GiB of RSS)"),
     "model-pt-truncated": Bad(
         call=_truncated_pt, error=WeightsFileError, phrase="weights.pt is truncated",
         before="ValueError: <path> could not be read as a plain state dict with weights_only=True "
@@ -760,6 +797,16 @@ def _class_folder(tmp: Path, empty: bool) -> None:
     data.cifar10("test", root=root, download=False)
 
 
+def _link_loop(tmp: Path, where: str) -> None:
+    """Decode the test split of a copy whose ``cifar10/<where>`` (an image, a class or a split) links to itself."""
+    root = _imagefolder(tmp)
+    path = root / "cifar10" / where
+    if path.is_dir():
+        shutil.rmtree(path)
+    path.symlink_to(path.name)
+    data.cifar10("test", root=root, download=False)
+
+
 def _root_is_a_file(tmp: Path) -> None:
     (tmp / "cifar10.zip").write_bytes(b"PK")
     data.cifar10("train", root=tmp / "cifar10.zip")
@@ -843,6 +890,18 @@ DATA_ROWS: dict[str, Bad] = {
     "data-class-folder-empty": Bad(
         call=lambda tmp: _class_folder(tmp, empty=True), error=data.DataNotFoundError, phrase="truck holds no images",
         before="no error: a test split of 9 classes, silently"),
+    "data-image-link-loop": Bad(
+        call=lambda tmp: _link_loop(tmp, "test/dog/0001.png"), error=data.CorruptDataError,
+        phrase="dog/0001.png is a symbolic link loop (it leads back to itself): remove the link",
+        before="OSError: '[Errno 40] Too many levels of symbolic links: <path>' (raw ELOOP, a traceback from the CLI)"),
+    "data-class-folder-link-loop": Bad(
+        call=lambda tmp: _link_loop(tmp, "test/dog"), error=data.CorruptDataError,
+        phrase="test/dog is a symbolic link loop",
+        before="DataNotFoundError: '... missing ['dog'] ...' (the loop read as an absent class folder)"),
+    "data-split-folder-link-loop": Bad(
+        call=lambda tmp: _link_loop(tmp, "test"), error=data.CorruptDataError,
+        phrase="cifar10/test is a symbolic link loop",
+        before="the loop read as no copy at all: CIFAR-10 'not found', and a download started into the folder"),
     "data-root-is-a-file": Bad(
         call=_root_is_a_file, error=data.DataNotFoundError, phrase="cifar10.zip is a file, not a folder",
         before="DataNotFoundError after a download attempt (FileExistsError: File exists), a 6-line message"),

@@ -2,6 +2,9 @@ import json
 import os
 import pickle
 import re
+import shutil
+import subprocess
+import sys
 import urllib.error
 import warnings
 
@@ -210,6 +213,79 @@ def test_batches_refuse_pickled_code(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match="not a genuine CIFAR-10 batch"):
         data.cifar10("test", root=tmp_path, download=False)
     assert not marker.exists()
+
+
+def test_refused_batch_is_one_line_from_the_command_line(tmp_path):
+    """A batch file the array-only unpickler refuses ends ``python -m vitlab train`` with one line naming it."""
+    make_batches(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    with open(batch, "wb") as f:
+        pickle.dump({"data": _Evil(tmp_path / "pwned"), "labels": []}, f)
+    env = {**os.environ, "VITLAB_DATA": str(tmp_path), "VITLAB_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(data.SAMPLES_DIR.parent.parent), os.environ.get("PYTHONPATH"))
+                                         if p)}
+    done = subprocess.run([sys.executable, "-m", "vitlab", "train", "--model", "vit_micro_c10", "--epochs", "1",
+                           "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"{batch}: a CIFAR-10 batch file holds only arrays" in done.stderr
+    assert "delete it" in done.stderr and "ImageFolder" in done.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+class _Evil:
+    """Unpickling this opens ``marker`` for writing."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path, monkeypatch):
+    make_imagefolder(tmp_path)
+    values = np.random.default_rng(0).integers(0, 65536, (32, 32), dtype=np.uint16)
+    values[0, :4] = (0, 257, 60000, 65535)
+    path = tmp_path / "cifar10" / "test" / "cat" / "0000.png"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as im:
+        assert im.mode in ("I;16", "I")  # the file really holds 16-bit pixels
+    with monkeypatch.context() as old:  # a cache an older vitlab wrote, with the 16-bit pixels clipped
+        old.setattr(data.files, "_IMAGEFOLDER_DECODE", 1)
+        old.setattr(data.files, "to_rgb", lambda im: np.asarray(im.convert("RGB")))
+        data.cifar10("test", root=tmp_path, download=False)
+    with pytest.warns(UserWarning, match="rebuilding the CIFAR-10 cache"):
+        images, labels = data.cifar10("test", root=tmp_path, download=False)
+    got = images[int(np.flatnonzero(labels.numpy() == data.CLASSES.index("cat"))[0])].numpy()  # (3, 32, 32)
+    expected = np.floor(values.astype(np.float64) * 255 / 65535 + 0.5)  # no ties: 65535 / 255 = 257 is odd
+    for channel in got:
+        np.testing.assert_array_equal(channel, expected)
+    assert tuple(channel[0, :4]) == (0, 1, 233, 255)
+
+
+def _split_linked_to_train(root):
+    shutil.rmtree(root / "cifar10" / "test")
+    (root / "cifar10" / "test").symlink_to("train")
+
+
+def _file_linked_to_train(root):
+    test = root / "cifar10" / "test" / "dog" / "0001.png"
+    test.unlink()
+    os.link(root / "cifar10" / "train" / "dog" / "0002.png", test)
+
+
+@pytest.mark.parametrize("link", [_split_linked_to_train, _file_linked_to_train])
+def test_splits_sharing_files_warn(tmp_path, link):
+    make_imagefolder(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # separate copies: no warning
+        data.cifar10("test", root=tmp_path, download=False)
+    link(tmp_path)
+    shared = "30 of its 30" if link is _split_linked_to_train else "1 of its 20"
+    with pytest.warns(UserWarning, match=f"test split .* shares {shared} image files with the train split") as got:
+        data.cifar10("test", root=tmp_path, download=False)
+    assert all("\n" not in str(w.message) for w in got)
 
 
 def test_download_used_when_nothing_is_found(tmp_path, monkeypatch):

@@ -411,3 +411,108 @@ def test_device_check_follows_the_gpus_present(monkeypatch):
     assert loading._device(torch.device("cpu")) == torch.device("cpu")
     with pytest.raises(ValueError, match="device='cuda:1' but this machine has 1 CUDA device"):
         loading._device("cuda:1")
+
+
+# Zip bombs: weights files whose members inflate far beyond their size on disk (issue 28, item 6).
+
+_BOMB_BYTES = 512 * 2**20  # what the bombs' one member inflates to; the files are about 2.3 MB each
+
+
+def _zip_with_zeros(path, members: dict[str, bytes], name: str, head: bytes, zeros: int) -> None:
+    """Write ``members`` stored, then ``name`` deflated: ``head`` followed by ``zeros`` zero bytes, streamed in
+    1 MiB chunks so this process never holds them."""
+    import zipfile
+
+    chunk = bytes(2**20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for member, content in members.items():
+            archive.writestr(member, content, compress_type=zipfile.ZIP_STORED)
+        with archive.open(name, "w", force_zip64=True) as f:
+            f.write(head)
+            for start in range(0, zeros, len(chunk)):
+                f.write(chunk[: min(len(chunk), zeros - start)])
+
+
+def _npz_bomb(path) -> None:
+    """A micro Google ViT .npz whose ``embedding/kernel`` claims a width of 699,050: 512 MiB of deflated zeros."""
+    import io
+    import zipfile
+
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=3, num_classes=10)
+    buffer = io.BytesIO()
+    _export_google_npz(model, buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        members = {n: archive.read(n) for n in archive.namelist() if n != "embedding/kernel.npy"}
+    width = _BOMB_BYTES // (8 * 8 * 3 * 4)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False, "shape": (8, 8, 3, width)})
+    _zip_with_zeros(path, members, "embedding/kernel.npy", head.getvalue(), 8 * 8 * 3 * 4 * width)
+
+
+def _pt_bomb(path) -> None:
+    """A torch.save state dict whose one float tensor is 512 MiB of deflated zeros (torch writes members stored)."""
+    import collections
+    import io
+    import pickle
+    import zipfile
+
+    numel = _BOMB_BYTES // 4
+
+    class Storage:  # the storage the pickle names by persistent id, as torch.save writes it
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (Storage(), 0, (numel,), (1,), False, collections.OrderedDict())
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(obj, Storage) else None
+
+    buffer = io.BytesIO()
+    torch.save({"blocks.0.mlp.fc1.weight": torch.zeros(4)}, buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        members = {n: archive.read(n) for n in archive.namelist() if not n.endswith(("data.pkl", "data/0"))}
+        prefix = archive.namelist()[0].split("/")[0]
+    pickled = io.BytesIO()
+    Pickler(pickled, protocol=2).dump({"blocks.0.mlp.fc1.weight": Tensor()})
+    _zip_with_zeros(path, {f"{prefix}/data.pkl": pickled.getvalue(), **members}, f"{prefix}/data/0", b"", _BOMB_BYTES)
+
+
+def test_zip_bombs_are_refused_before_anything_is_inflated(tmp_path):
+    """A 2.3 MB .npz or .pt that inflates to 512 MiB is refused in one line; the loading process's peak resident
+    memory (ru_maxrss, measured in a child after importing vitlab) grows by less than 300 MB."""
+    _npz_bomb(tmp_path / "bomb.npz")
+    _pt_bomb(tmp_path / "bomb.pt")
+    assert max(p.stat().st_size for p in tmp_path.iterdir()) < 4 * 2**20
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import json, resource, vitlab
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        out = {{}}
+        for name, kw in (("bomb.npz", {{}}), ("bomb.pt", {{"arch": "vit_micro_c10"}})):
+            try:
+                vitlab.load_model({str(tmp_path)!r} + "/" + name, device="cpu", **kw)
+                out[name] = "loaded"
+            except Exception as err:
+                out[name] = f"{{type(err).__name__}}: {{err}}"
+        out["grew_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        print(json.dumps(out))
+        """)], capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    width = _BOMB_BYTES // (8 * 8 * 3 * 4)
+    assert out["bomb.npz"].startswith("WeightsFileError: ") and f"do not fit one ViT of width {width}" in out["bomb.npz"]
+    assert out["bomb.pt"].startswith("WeightsFileError: ") and "has compressed members" in out["bomb.pt"]
+    assert all("\n" not in message for message in (out["bomb.npz"], out["bomb.pt"]))
+    assert out["grew_mb"] < 300, out
+
+
+def test_weights_over_the_size_limit_are_refused_naming_it(tmp_path, monkeypatch, tiny_vit):
+    from vitlab.models import weights
+
+    _export_google_npz(tiny_vit, tmp_path / "vit.npz")
+    torch.save(tiny_vit.state_dict(), tmp_path / "vit.pt")
+    monkeypatch.setattr(weights, "MAX_WEIGHTS_BYTES", 10_000)  # the micro model's files hold about 60 KB
+    for name, kw in (("vit.npz", {}), ("vit.pt", {"arch": "vit_tiny_patch16_224"})):
+        with pytest.raises(WeightsFileError, match=r"more than vitlab reads \(0 GiB, vitlab.models.weights.MAX_WEIG"):
+            vitlab.load_model(tmp_path / name, device="cpu", **kw)

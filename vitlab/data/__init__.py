@@ -15,7 +15,7 @@ from PIL import Image
 from .. import settings
 from ..io import atomic_write, read_json
 from .files import (CLASSES, SPLITS, CorruptDataError, DataNotFoundError, Source, cache_problem, cifar10,  # noqa: F401
-                    _save_npz, find_cifar10, load_npz)
+                    _save_npz, find_cifar10, load_npz, to_rgb)
 
 #: Per-channel mean and std of the CIFAR-10 training set, in [0, 1] units.
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -127,7 +127,7 @@ def samples(size: int = 32) -> tuple[torch.Tensor, list[str]]:
     images = []
     for entry in index:
         with Image.open(SAMPLES_DIR / entry["file"]) as im:
-            images.append(torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1))
+            images.append(torch.from_numpy(to_rgb(im).copy()).permute(2, 0, 1))
     # Sample files differ in size: resize each (one at a time) through the one resize path.
     return torch.cat([resize(im[None], (size, size)) for im in images]), [entry["name"] for entry in index]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -27,6 +28,8 @@ _BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_ba
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 #: Bumped when the cache's content or key changes, so older caches are rebuilt.
 _CACHE_VERSION = 2
+#: Bumped when ImageFolder images decode differently (2: 16-bit PNGs scaled, not clipped), so their caches are rebuilt.
+_IMAGEFOLDER_DECODE = 2
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -55,6 +58,8 @@ def find_cifar10(root: str | os.PathLike | None = None) -> Source | None:
         if (batches / "test_batch").is_file():
             return Source("batches", batches)
     for folder in (root / "cifar10", root):
+        for split in SPLITS:
+            _refuse_loop(folder / split)  # is_dir() reads a link loop as absent: a download would follow
         if all((folder / split).is_dir() for split in SPLITS):
             return Source("imagefolder", folder)
     return None
@@ -76,6 +81,8 @@ def cifar10(split: str = "train", root: str | os.PathLike | None = None,
     source = source or _download_or_explain(root)
     folder = source.path / split
     files = _list_imagefolder(folder) if source.kind == "imagefolder" else None
+    if files is not None:
+        _warn_shared_files(source.path)
     key = _source_key(source, split, files)
     cache = _cache_file(source, split)
     cached = _read_cache(cache, key, None if files is None else len(files))
@@ -121,11 +128,12 @@ def _cache_file(source: Source, split: str) -> Path:
 
 def _source_key(source: Source, split: str, files: list[_Entry] | None) -> str:
     """A digest of the source files' relative names, sizes and modification times (no content is read)."""
+    version = f"{_CACHE_VERSION}.{_IMAGEFOLDER_DECODE}" if files is not None else _CACHE_VERSION
     if files is None:  # the batch files of the torchvision layout
         stats = [(name, (source.path / name).stat()) for name in _BATCHES[split] if (source.path / name).is_file()]
         files = [(name, -1, st.st_size, st.st_mtime_ns) for name, st in stats]
     text = "".join(f"{name}\0{label}\0{size}\0{mtime}\n" for name, label, size, mtime in files)
-    return hashlib.sha1(f"{source.kind} {split} {_CACHE_VERSION}\n{text}".encode()).hexdigest()
+    return hashlib.sha1(f"{source.kind} {split} {version}\n{text}".encode()).hexdigest()
 
 
 def cache_problem(images: np.ndarray, labels: np.ndarray, count: int | None) -> str | None:
@@ -187,8 +195,8 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
         np.savez(f, **arrays)
 
 
-class _RefusedPickle(pickle.UnpicklingError):
-    """A batch file asked to build something other than an array."""
+class _RefusedPickle(CorruptDataError, pickle.UnpicklingError):
+    """A batch file asked to build something other than an array (a CorruptDataError: the CLI prints one line)."""
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
@@ -205,7 +213,9 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise _RefusedPickle(f"refusing to load {module}.{name} from {self.path}: a CIFAR-10 batch file holds only "
-                             "arrays, so this file is not a genuine CIFAR-10 batch; replace it with the official one")
+                             "arrays, so this file is not a genuine CIFAR-10 batch; delete it and replace it with the "
+                             "official one (delete the cifar-10-batches-py folder to download it again), or use the "
+                             "ImageFolder layout")
 
 
 def _read_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -229,6 +239,8 @@ def _read_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _list_imagefolder(folder: Path) -> list[_Entry]:
     """Every image of one split (``"<class>/<file>"``, label, size, mtime), by class then name; strings for speed."""
+    for cls in CLASSES:
+        _refuse_loop(folder / cls)  # is_dir() reads a link loop as a missing class
     found = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if sorted(CLASSES) != found:
         missing, extra = sorted(set(CLASSES) - set(found)), sorted(set(found) - set(CLASSES))
@@ -236,14 +248,72 @@ def _list_imagefolder(folder: Path) -> list[_Entry]:
                                 f"missing {missing}, unexpected {extra}: restore or rename them")
     files = []
     for label, cls in enumerate(CLASSES):
-        with os.scandir(folder / cls) as entries:
-            found = sorted((e.name, e.stat()) for e in entries
-                           if os.path.splitext(e.name)[1].lower() in _IMAGE_SUFFIXES and e.is_file())
+        found = sorted((e.name, e.stat()) for e in _images_in(folder / cls))
         if not found:
             raise DataNotFoundError(f"{folder / cls} holds no images ({', '.join(sorted(_IMAGE_SUFFIXES))}): "
                                     "restore them, or point VITLAB_DATA at a complete copy")
         files += [(f"{cls}/{name}", label, st.st_size, st.st_mtime_ns) for name, st in found]
     return files
+
+
+def _images_in(folder: Path) -> list[os.DirEntry]:
+    """The image files directly in ``folder`` (no recursion, so a link to a parent folder is never walked); a link
+    that loops (``x.png -> x.png``) is refused naming it instead of a raw ELOOP."""
+    try:
+        with os.scandir(folder) as entries:
+            images = [e for e in entries if os.path.splitext(e.name)[1].lower() in _IMAGE_SUFFIXES and e.is_file()]
+            for e in images:
+                e.stat()  # cached on the entry: a loop fails here, inside the try
+            return images
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise _loop_error(Path(err.filename or folder)) from None
+        raise
+
+
+def _loop_error(path: Path) -> CorruptDataError:
+    return CorruptDataError(f"{path} is a symbolic link loop (it leads back to itself): remove the link or point it "
+                            "at the real file or folder")
+
+
+def _refuse_loop(path: Path) -> None:
+    """Raise :class:`CorruptDataError` naming ``path`` if it is a symbolic link that loops."""
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise _loop_error(path) from None
+
+
+def _warn_shared_files(root: Path) -> None:
+    """Warn (one line) when the train and test splits of the ImageFolder in ``root`` share image files: the same
+    folder, a link from one to the other, or links (hard or symbolic) to one file, so test accuracy would be
+    measured on training images."""
+    train, test = (_file_ids(root / split) for split in SPLITS)
+    if shared := train & test:
+        warnings.warn(f"the test split {root / 'test'} shares {len(shared):,} of its {len(test):,} image files with "
+                      f"the train split {root / 'train'} (the same files, through links): test accuracy would be "
+                      "measured on training images; give the test split its own images", stacklevel=3)
+
+
+def _file_ids(folder: Path) -> set[tuple[int, int]]:
+    """(device, inode) of every image file in the class folders of one split; only links are stat'ed (the
+    directory listing holds the inode of a plain file), so this costs little more than listing the names."""
+    ids = set()
+    for cls in CLASSES:
+        with contextlib.suppress(OSError), os.scandir(folder / cls) as entries:  # a broken split is reported on load
+            device = os.stat(folder / cls).st_dev
+            for e in entries:
+                if os.path.splitext(e.name)[1].lower() not in _IMAGE_SUFFIXES:
+                    continue
+                if e.is_symlink():
+                    with contextlib.suppress(OSError):
+                        st = os.stat(e.path)
+                        ids.add((st.st_dev, st.st_ino))
+                elif e.is_file():
+                    ids.add((device, e.inode()))
+    return ids
 
 
 @contextlib.contextmanager
@@ -268,7 +338,7 @@ def _read_imagefolder(folder: Path, files: list[_Entry]) -> tuple[np.ndarray, np
                     size, rgb = im.size, None
                     if size == (32, 32):
                         im.load()  # decode now: a truncated file fails here, not as grey pixels
-                        rgb = np.asarray(im.convert("RGB"))
+                        rgb = to_rgb(im)
             except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for broken or unknown files
                 raise CorruptDataError(f"{path} is not a readable image ({type(err).__name__}: "
                                        f"{str(err).replace(str(path), '...')}); replace it with a good copy "
@@ -279,3 +349,12 @@ def _read_imagefolder(folder: Path, files: list[_Entry]) -> tuple[np.ndarray, np
             images[i] = rgb
     labels = np.asarray([label for _, label, *_ in files], dtype=np.int64)
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """The pixels of a PIL image as uint8 (H, W, 3); 16-bit grayscale (PNG's mode ``I;16``, or ``I``) is scaled
+    from 0..65535 to 0..255 and rounded, where ``convert("RGB")`` would clip every value above 255 to white."""
+    if im.mode.startswith("I"):
+        gray = np.rint(np.asarray(im, dtype=np.float64) * (255 / 65535)).clip(0, 255).astype(np.uint8)  # (H, W)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
