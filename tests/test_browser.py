@@ -295,9 +295,9 @@ def test_attention_distance_notebook(lab, page):
 
     nb = Lab(page, lab, "03_attention_distance.ipynb")
     nb.run_all()
-    # the static view, the explorer, the recipes' arms and their timeline, the zoo run's five inside views,
-    # then the hybrid's view, the hybrid beside the ViT, and the hybrid's five inside views
-    plots = nb.plots(16)
+    # the static view, the explorer, the recipes' arms and their timeline, the zoo run's five inside views, the
+    # 40-epoch arms and their timeline, then the hybrid's view, the hybrid beside the ViT, its five inside views
+    plots = nb.plots(18)
     depth = len(vitlab.load_model("vit_tiny_c10", device="cpu").blocks)
     comparison = vitlab.training.recipes.read()
     shipped = vitlab.training.run_folder.read_inside(vitlab.training.zoo.inside_folder("vit_tiny_c10_e40"))
@@ -306,11 +306,17 @@ def test_attention_distance_notebook(lab, page):
     for i, shot in ((7, "distance"), (8, "timeline")):
         plots.nth(i).scroll_into_view_if_needed()
         plots.nth(i).screenshot(path=str(ARTIFACTS / f"03_zoo_inside_{shot}.png"))
+    longer = vitlab.training.recipes.read(vitlab.training.recipes.LOCALITY_E40)
+    assert f"at epoch {longer.epochs[-1]}:" in nb.title(9)
+    assert all(arm in plots.nth(9).text_content() for arm in longer.arms)
+    for i, shot in ((9, "e40_arms"), (10, "e40_timeline")):
+        plots.nth(i).scroll_into_view_if_needed()
+        plots.nth(i).screenshot(path=str(ARTIFACTS / f"03_cutmix_{shot}.png"))
     hybrid_field = vitlab.analysis.metrics.token_receptive_field(vitlab.load_model("hybrid_tiny_c10", device="cpu"))
-    assert f"CNN stem receptive field ({hybrid_field:.0f} px)" in plots.nth(9).text_content()
-    assert all(name in plots.nth(10).text_content() for name in ("vit_tiny_c10_e40", "hybrid_tiny_c10"))
-    assert "no patch-embedding filters" in nb.title(11)  # a hybrid's filter panels say why they are empty
-    for i, shot in ((9, "hybrid"), (10, "hybrid_vs_vit"), (11, "hybrid_filters_note"), (14, "hybrid_distance")):
+    assert f"CNN stem receptive field ({hybrid_field:.0f} px)" in plots.nth(11).text_content()
+    assert all(name in plots.nth(12).text_content() for name in ("vit_tiny_c10_e40", "hybrid_tiny_c10"))
+    assert "no patch-embedding filters" in nb.title(13)  # a hybrid's filter panels say why they are empty
+    for i, shot in ((11, "hybrid"), (12, "hybrid_vs_vit"), (13, "hybrid_filters_note"), (16, "hybrid_distance")):
         plots.nth(i).scroll_into_view_if_needed()
         plots.nth(i).screenshot(path=str(ARTIFACTS / f"03_{shot}.png"))
     assert "epoch" in nb.title(2) and all(arm in plots.nth(2).text_content() for arm in comparison.arms)
