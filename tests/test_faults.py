@@ -108,6 +108,8 @@ def _inject(fault: list) -> None:
         loop.append_metrics = torn
     elif kind == "signal":  # a real signal args[1] to itself right after the args[2]-th (default first) step args[0]
         step, seen = loop._step, []
+        # as in a terminal: a job started in the background by a non-interactive shell inherits SIGINT ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         def signalled(run, x, y):
             result = step(run, x, y)

@@ -216,6 +216,15 @@ def locked(path: str | os.PathLike, timeout: float = 60.0) -> Iterator[None]:
         os.close(fd)
 
 
+def _holder(fd: int) -> str:
+    """The PID in a held lock file; its holder writes it just after locking, so wait a moment for it."""
+    for _ in range(50):
+        if pid := os.pread(fd, 32, 0).decode(errors="replace").strip():
+            return pid
+        time.sleep(0.01)
+    return "unknown"
+
+
 def _flock(fd: int, path: Path, deadline: float) -> bool:
     """Lock ``fd``, polling until ``deadline``; False (with a warning) where the file system has no locks."""
     while True:
@@ -224,8 +233,7 @@ def _flock(fd: int, path: Path, deadline: float) -> bool:
             return True
         except BlockingIOError:
             if time.monotonic() > deadline:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise TimeoutError(f"{path} is held by PID {holder}") from None
+                raise TimeoutError(f"{path} is held by PID {_holder(fd)}") from None
             time.sleep(0.02)
         except OSError as err:  # e.g. a network file system without locks
             warnings.warn(f"cannot lock {path} ({err.strerror}); make sure no other process writes beside it",
