@@ -969,6 +969,66 @@ DATA_ROWS: dict[str, Bad] = {
 
 
 # ================================================================================================
+# Your own images: vitlab.data.images (issue 29; images-)
+#
+# ``before``: vitlab.data.images did not exist; what reading the same file with PIL as a notebook
+# did is noted where it differs.
+
+
+def _photos(tmp: Path, *extra: tuple[str, bytes]) -> Path:
+    """A folder of two small photos (from the shipped samples) and the ``extra`` files; returns the folder."""
+    folder = tmp / "photos"
+    folder.mkdir()
+    for name in ("cat.jpg", "rocket.jpg"):
+        shutil.copy(data.SAMPLES_DIR / name, folder / name)
+    for name, content in extra:
+        (folder / name).write_bytes(content)
+    return folder
+
+
+def _empty_folder(tmp: Path) -> None:
+    (tmp / "photos").mkdir()
+    (tmp / "photos" / ".DS_Store").write_bytes(b"\0")  # hidden files are not images
+    data.images(tmp / "photos")
+
+
+def _one_pixel(tmp: Path) -> None:
+    Image.new("RGB", (1, 1), (200, 30, 10)).save(tmp / "dot.png")
+    data.images([data.SAMPLES_DIR / "cat.jpg", tmp / "dot.png"], size=32)
+
+
+IMAGES_ROWS: dict[str, Bad] = {
+    "images-folder-without-images": Bad(
+        call=_empty_folder, error=data.ImageInputError, phrase="photos holds no image files",
+        before="no function; an explorer shown no images failed later, inside a plot"),
+    "images-non-image-among-images": Bad(
+        call=lambda tmp: data.images(_photos(tmp, ("notes.txt", b"taken in May"))), error=data.ImageInputError,
+        phrase="notes.txt is not an image (PIL cannot identify it): leave it out",
+        before="PIL.UnidentifiedImageError: cannot identify image file '<path>' (no advice)"),
+    "images-truncated-jpeg": Bad(
+        call=lambda tmp: data.images(_photos(tmp, ("cut.jpg", (data.SAMPLES_DIR / "cat.jpg").read_bytes()[:5000]))),
+        error=data.ImageInputError, phrase="cut.jpg is not a readable image",
+        before="OSError: 'image file is truncated' (no path); grey pixels where LOAD_TRUNCATED_IMAGES was set"),
+    "images-one-pixel": Bad(
+        call=_one_pixel, error=data.ImageInputError, phrase="dot.png is 1x1 pixels, too small to show anything",
+        before="no function; resized, a 1x1 image became a flat square of one colour"),
+    "images-missing-file": Bad(
+        call=lambda tmp: data.images([data.SAMPLES_DIR / "cat.jpg", tmp / "dog.jpg"]), error=FileNotFoundError,
+        phrase="dog.jpg does not exist", before="no function"),
+    "images-sizes-differ-without-size": Bad(
+        call=lambda tmp: data.images([data.SAMPLES_DIR / "cat.jpg", data.SAMPLES_DIR / "cifar10_cat.jpg"]),
+        error=data.ImageInputError, phrase="the images differ in size (cat.jpg 224x224, cifar10_cat.jpg 32x32",
+        before="no function; torch.stack raised 'stack expects each tensor to be equal size'"),
+    "images-model-without-cfg": Bad(
+        call=lambda tmp: data.images(data.SAMPLES_DIR / "cat.jpg", model=torch.nn.Linear(2, 2)), error=TypeError,
+        phrase="model has no usable pretrained_cfg", before="no function"),
+    "images-size-zero": Bad(
+        call=lambda tmp: data.images(data.SAMPLES_DIR / "cat.jpg", size=0), error=ValueError,
+        phrase="size must be a whole number of pixels >= 1, got 0", before="no function"),
+}
+
+
+# ================================================================================================
 # Hostile input files: settings files, deeply nested JSON (issue 28; hostile-)
 #
 # A settings file's values go through the checks the flags do, and JSON (or TOML) nested
@@ -1160,7 +1220,7 @@ HOSTILE_ROWS: dict[str, Bad] = {
 }
 
 
-ROWS: dict[str, Bad] = {**RUNS_ROWS, **MODELS_ROWS, **INPUTS_ROWS, **DATA_ROWS, **HOSTILE_ROWS}
+ROWS: dict[str, Bad] = {**RUNS_ROWS, **MODELS_ROWS, **INPUTS_ROWS, **DATA_ROWS, **IMAGES_ROWS, **HOSTILE_ROWS}
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ FOLDERS = ("", "data", "models", "analysis", "training", "views")
 #: Within a folder, lowest first: a module imports modules of a lower rank, or of its own rank where listed in
 #: SAME_RANK. The package's ``__init__`` and ``__main__`` sit above every folder.
 RANKS = {
-    "settings": 0, "io": 0, "records": 1, "result_files": 2, "data.files": 0, "data.__init__": 1,
+    "settings": 0, "io": 0, "records": 1, "result_files": 2, "data.files": 0, "data.image_files": 1, "data.__init__": 2,
     "models.inputs": 0, "models.architectures": 0, "models.weights": 0, "models.hub": 0, "models.sidecar": 1,
     "models.loading": 2, "models.__init__": 3,
     "analysis.metrics": 0, "analysis.attention_maps": 0, "analysis.capture": 1, "analysis.references": 1, "analysis.distance": 2,

@@ -1,5 +1,6 @@
 """CIFAR-10 (loaded by :mod:`vitlab.data.files`) and the shipped sample images as uint8 tensors: stratified
-subsets, the one resize path, the analysis images and a portable subset file."""
+subsets, the analysis images and a portable subset file; your own images and the one resize path come from
+:mod:`vitlab.data.image_files`."""
 from __future__ import annotations
 
 import hashlib
@@ -9,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .. import settings
 from ..io import atomic_write, read_json
 from .files import (CLASSES, SPLITS, CorruptDataError, DataNotFoundError, Source, cache_problem, cifar10,  # noqa: F401
                     _save_npz, find_cifar10, load_npz, to_rgb)
+from .image_files import ImageInputError, images, resize  # noqa: F401
 
 #: Per-channel mean and std of the CIFAR-10 training set, in [0, 1] units.
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -75,21 +76,6 @@ def _image_count(size, available: int) -> int:
     if not 0 < count <= available:
         raise ValueError(f"subset size must be in 1..{available} (the number of labels), got {count}")
     return count
-
-
-def resize(images: torch.Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
-    """Resize a batch (N, C, H, W) to ``size`` (height, width), antialiased: vitlab's one resize path.
-    uint8 stays uint8 (rounded, clamped); float images in [0, 1] come back clamped to [0, 1]."""
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    size = (int(size[0]), int(size[1]))
-    if tuple(images.shape[-2:]) == size:
-        return images
-    mode = "bilinear" if interpolation == "bilinear" else "bicubic"
-    out = F.interpolate(images.float(), size=size, mode=mode, align_corners=False, antialias=True)
-    if images.dtype == torch.uint8:
-        return out.round_().clamp_(0, 255).to(torch.uint8)
-    return out.clamp_(0, 1).to(images.dtype)
 
 
 def stratified_order(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
