@@ -63,8 +63,9 @@ def test_explorer_shows_load_errors_without_losing_the_figure(two_models):
     view = explorers.position_embedding_explorer([*two_models, "resnet_tiny_c10"])
     z = np.array(view.mosaic.data[0].z, dtype=float)
     view.model.value = "resnet_tiny_c10"
-    assert "no learned position embeddings" in view.status.value
+    assert "resnet_tiny_c10: position similarity needs a ViT or hybrid" in view.status.value
     np.testing.assert_array_equal(np.array(view.mosaic.data[0].z, dtype=float), z)
+    assert view.model.value == two_models[0] == view.shown  # the menu names the model the figure shows
 
 
 def test_untrained_model_says_so_in_the_status_not_on_stderr(capfd):

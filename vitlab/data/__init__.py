@@ -16,7 +16,7 @@ from .. import settings
 from ..io import atomic_write, read_json
 from .files import (CLASSES, SPLITS, CorruptDataError, DataNotFoundError, Source, cache_problem, cifar10,  # noqa: F401
                     _save_npz, find_cifar10, load_npz, to_rgb)
-from .image_files import ImageInputError, images, resize  # noqa: F401
+from .image_files import ImageInputError, far_note, images, resize  # noqa: F401
 
 #: Per-channel mean and std of the CIFAR-10 training set, in [0, 1] units.
 MEAN = (0.4914, 0.4822, 0.4465)

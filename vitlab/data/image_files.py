@@ -171,6 +171,11 @@ def _unreadable(name: str, err: Exception) -> ImageInputError:
                            "copy or leave it out")
 
 
+def short_sides(source: Any) -> list[int]:
+    """The shorter side in pixels of each image ``source`` names (as :func:`images` takes it), from headers only."""
+    return [_header_short_side(name, file) for name, file in _image_files(source)]
+
+
 def _header_short_side(name: str, file: Path | bytes) -> int:
     """The shorter side in pixels, read from the header only; refuses a non-image or one under ``MIN_SIDE``."""
     name = str(file) if isinstance(file, Path) else name
@@ -221,14 +226,22 @@ def _rgb(im: Image.Image) -> np.ndarray:
 
 def _warn_if_far(shorts: list[int], names: list[str], target: tuple[int, int]) -> None:
     """One warning when images are ``FAR_FACTOR`` times larger or smaller than the model's input (short sides)."""
+    note = far_note(shorts, names, target)
+    if note:
+        warnings.warn(note, stacklevel=3)
+
+
+def far_note(shorts: list[int], names: list[str], target: tuple[int, int]) -> str | None:
+    """What to beware of when images' short sides ``shorts`` are ``FAR_FACTOR`` times the model's input side
+    (``target`` (H, W)) or more, or as many times less; None when none is."""
     side = min(target)
     far = [(n, s) for n, s in zip(names, shorts) if s >= FAR_FACTOR * side or s * FAR_FACTOR <= side]
     if not far:
-        return
+        return None
     low, high = min(s for _, s in far), max(s for _, s in far)
     sides = f"{low}" if low == high else f"{low}-{high}"
     way = "shrunk" if low >= side else "enlarged"
     factor = max(low / side, side / low)
-    warnings.warn(f"{len(far)} of {len(names)} images (e.g. {far[0][0]}) have a short side of {sides} px, far from "
-                  f"the {side} px images this model takes: it sees them {way} about {factor:.0f}x, unlike the images "
-                  "it was trained on, so expect its outputs to say less", stacklevel=3)
+    return (f"{len(far)} of {len(names)} images (e.g. {far[0][0]}) have a short side of {sides} px, far from the "
+            f"{side} px images this model takes: it sees them {way} about {factor:.0f}x, unlike the images it was "
+            "trained on, so expect its outputs to say less")

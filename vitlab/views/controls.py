@@ -3,16 +3,22 @@ from __future__ import annotations
 
 import contextlib
 import html
+import itertools
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from copy import deepcopy
+from dataclasses import dataclass
+from typing import Any, Union
 
 import ipywidgets as W
 import plotly.graph_objects as go
+import torch
 from torch import nn
 
-from .. import models
+from .. import data, models
+from ..analysis.representations import model_family
+from ..models.hub import WeightsUnavailableError, match_input_size
 from ..training import zoo
 
 _CACHE_SIZE = 8
@@ -37,8 +43,58 @@ class Recent(OrderedDict):
         return self[key]
 
 
-def model_key(spec: str) -> tuple:
-    """What the weights of ``spec`` are now: the spec and its weights file's path, mtime, size and inode."""
+@dataclass(frozen=True, eq=False)
+class Given:
+    """A model passed from code (``Explorer(model=my_model)``), shown in the model menu as ``name``."""
+    model: nn.Module
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class RandomWeights:
+    """A timm architecture with random weights (``load_model(name, pretrained=False)``), offered when its pretrained
+    weights are not at hand."""
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.name} (random weights)"
+
+
+#: What a model menu holds: a spec string (zoo name, timm name, weights file), a model from code, random weights.
+Spec = Union[str, Given, RandomWeights]
+_GIVEN_COUNT = itertools.count(1)
+
+
+def given(model: nn.Module) -> Given:
+    """``model`` (a ViT, hybrid or ResNet, from code) as a menu entry; ValueError in one line for any other module."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model= takes a torch model (nn.Module) or a spec string, got {type(model).__name__}")
+    try:
+        model_family(model)
+    except ValueError:
+        raise ValueError(f"model= got a {type(model).__name__}, which is not a ViT, hybrid or ResNet this workbench "
+                         "reads (timm's VisionTransformer, ResNet, ResNetV2); pass one, e.g. "
+                         "timm.create_model('vit_small_patch16_224')") from None
+    match_input_size(model)  # timm keeps its default's input size in pretrained_cfg when built for another
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+    return Given(model, f"{arch} (from code, #{next(_GIVEN_COUNT)})")
+
+
+def as_spec(model: Spec | nn.Module) -> Spec:
+    """A menu entry for ``model``: a spec as it is, a module through :func:`given`."""
+    return given(model) if isinstance(model, nn.Module) else model
+
+
+def model_key(spec: Spec) -> tuple:
+    """What the weights of ``spec`` are now: the spec and its weights file's path, mtime, size and inode (a model
+    from code: its identity)."""
+    if isinstance(spec, Given):
+        return ("given", id(spec.model))
+    if isinstance(spec, RandomWeights):
+        return ("random", spec.name)
     path = models.weights_file(spec)
     if path is None:
         return (spec,)
@@ -46,13 +102,25 @@ def model_key(spec: str) -> tuple:
     return (spec, str(path.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
-def cached_model(spec: str) -> nn.Module:
-    """``load_model(spec)`` on the CPU, kept until its weights file changes; load warnings go to :func:`load_note`."""
+def cached_model(spec: Spec | nn.Module) -> nn.Module:
+    """``load_model(spec)`` on the CPU, kept until its weights file changes; load warnings go to :func:`load_note`.
+    A model from code is used as it is (on its own device); random weights load with ``pretrained=False``."""
+    if isinstance(spec, nn.Module):
+        spec = given(spec)
     key = model_key(spec)
+    if isinstance(spec, Given):
+        _NOTES[key] = "" if getattr(spec.model, "vitlab_arch", None) else (
+            f"{spec}: no random-init reference (the model was not built by vitlab.load_model, so its architecture "
+            "cannot be rebuilt)")
+        return spec.model.eval()
     if key not in _MODELS:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            model = models.load_model(spec, device="cpu")
+            if isinstance(spec, RandomWeights):
+                model = models.load_model(spec.name, device="cpu", pretrained=False)
+                warnings.warn(f"{spec.name}: random weights (pretrained=False), not a trained model")
+            else:
+                model = models.load_model(spec, device="cpu")
         for stale in [k for k in _MODELS if k[0] == spec]:  # older weights of the same spec
             del _MODELS[stale]
             _NOTES.pop(stale, None)
@@ -64,9 +132,66 @@ def cached_model(spec: str) -> nn.Module:
     return _MODELS[key]
 
 
-def load_note(spec: str) -> str:
+def load_note(spec: Spec) -> str:
     """What loading ``spec`` warned about (empty when nothing, or when it was not loaded yet)."""
     return _NOTES.get(model_key(spec), "")
+
+
+class DoesNotApply(ValueError):
+    """An analysis that does not apply to the model chosen (e.g. filters of a hybrid): said in the status line."""
+
+
+class ImageSource:
+    """The images an explorer shows: a uint8 batch (N, 3, H, W) resized for each model, or image files (a folder, a
+    file, a list, an upload's ``{name: bytes}``) read for each model as timm evaluates it (short side, centre crop).
+    Files are checked (and named) when given, so a bad file fails before any explorer draws."""
+    def __init__(self, images: Any, names: Sequence[str] | None = None, described: str | None = None):
+        if isinstance(images, torch.Tensor):
+            self.batch, self.files = images, None
+            self.names = list(names) if names is not None else [f"image {i + 1}" for i in range(len(images))]
+            self.shorts = [min(images.shape[-2:])] * len(images)
+        else:
+            self.files = images
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                small, self.names = data.images(images, size=8)  # every file read once: bad ones fail here
+            self.batch, self.shorts = None, data.image_files.short_sides(images)
+            if names is not None:
+                self.names = list(names)
+        self.described = described or f"the {len(self.names)} images given"
+        self._read = Recent(4)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def for_model(self, model: nn.Module, count: int | None = None, resized: bool = True) -> torch.Tensor:
+        """The first ``count`` images (all: None) as ``model`` takes them; ``resized=False`` leaves a batch's images
+        at their size (the analysis resizes them batch by batch)."""
+        if self.files is None:
+            images = self.batch[:count]
+            return data.resize(images, model.pretrained_cfg["input_size"][1:]) if resized else images
+        cfg = model.pretrained_cfg
+        key = (tuple(cfg["input_size"]), cfg.get("crop_pct"), cfg.get("interpolation"), cfg.get("crop_mode"))
+
+        def read() -> torch.Tensor:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # :meth:`note` says it
+                return data.images(self.files, model)[0]
+        return self._read.keep(key, read)[:count]
+
+    def note(self, model: nn.Module) -> str:
+        """A warning when the images are far from ``model``'s input size (a CIFAR model shown a photograph)."""
+        return data.far_note(self.shorts, self.names, model.pretrained_cfg["input_size"][1:]) or ""
+
+
+def upload_box() -> W.FileUpload:
+    """An upload button for image files (several at once)."""
+    return W.FileUpload(accept="image/*", multiple=True, description="your images", layout=W.Layout(width="auto"))
+
+
+def uploaded(value: Sequence[dict]) -> dict[str, bytes]:
+    """An upload widget's files as ``{name: bytes}`` (ipywidgets 8: a tuple of dicts with name and content)."""
+    return {item["name"]: bytes(item["content"]) for item in value}
 
 
 #: Descriptions as wide as their text (ipywidgets cuts them at 90 px otherwise).
@@ -85,25 +210,31 @@ def side_by_side(children: Sequence[W.Widget]) -> W.Box:
                                                  width="100%"))
 
 
-def model_dropdown(specs: Sequence[str], initial: str | None = None, description: str = "model") -> W.Dropdown:
-    """A dropdown of ``specs`` labelled by :func:`vitlab.training.zoo.label`, ``initial`` added in front if missing."""
+def spec_label(spec: Spec) -> str:
+    """How ``spec`` reads in a menu: :func:`vitlab.training.zoo.label` for strings, else its name."""
+    return zoo.label(spec) if isinstance(spec, str) else str(spec)
+
+
+def model_dropdown(specs: Sequence[Spec], initial: Spec | None = None, description: str = "model") -> W.Dropdown:
+    """A dropdown of ``specs`` labelled by :func:`spec_label`, ``initial`` added in front if missing."""
     specs = list(dict.fromkeys(specs))
     if initial is not None and initial not in specs:
         specs.insert(0, initial)
     if not specs:
         raise ValueError("give at least one model spec (a zoo name, timm name or path)")
-    options = [(zoo.label(s), s) for s in specs]
+    options = [(spec_label(s), s) for s in specs]
     return W.Dropdown(options=options, value=initial if initial is not None else specs[0], description=description,
                       style=STYLE, layout=fit_width([label for label, _ in options], description))
 
 
-def _coloured(text: str, colour: str = "#a60") -> str:
+def coloured(text: str, colour: str = "#a60") -> str:
     """``text`` as HTML in ``colour`` (default: the amber of notes), for a status line."""
     return f"<span style='color:{colour}'>{html.escape(text)}</span>"
 
 
 def show_figure(widget: go.FigureWidget, fresh: go.Figure) -> None:
-    """Put ``fresh``'s traces and layout into ``widget`` in one update (in place where trace types match)."""
+    """Put ``fresh``'s traces and layout into ``widget`` in one update (in place where trace types match), and
+    into the state a reloaded page draws from."""
     layout = fresh.layout.to_plotly_json()
     layout.pop("template", None)  # the widget has it already
     for key in ("shapes", "annotations"):
@@ -116,6 +247,10 @@ def show_figure(widget: go.FigureWidget, fresh: go.Figure) -> None:
             widget.data = []
             widget.add_traces(list(fresh.data))
         widget.layout.update(layout, overwrite=True)
+    # plotly sends updates as messages and keeps its synced state as first displayed (empty): a browser reload
+    # would draw empty axes, and later updates would name traces the page lacks. Keep the state current.
+    widget._widget_layout = deepcopy(widget._layout_obj._props)
+    widget._widget_data = deepcopy(widget._data)
 
 
 def _display_now(widget: W.Widget):
@@ -135,9 +270,25 @@ class Explorer(W.VBox):
     slow = False  # the first computation takes seconds: show progress in the cell meanwhile
     n_figures = 1
 
-    def __init__(self, models: Sequence[str] | None = None, initial: str | None = None, description: str = "model"):
+    def __init__(self, models: Sequence[Spec] | None = None, initial: Spec | None = None, description: str = "model",
+                 model: Spec | nn.Module | None = None):
         super().__init__()
+        self.refused = None  # why model= was not taken, shown in the status line once drawn
+        if model is not None:
+            try:
+                initial = as_spec(model)
+            except (TypeError, ValueError) as err:
+                self.refused = err
         self.model = model_dropdown(models, initial, description) if models is not None else None
+        # The model box also takes a timm name or weights file typed in; a timm name whose weights are not at hand
+        # offers its random-weight model.
+        self.typed = W.Text(placeholder="timm name or weights file, then Enter", description="or load",
+                            continuous_update=False, style=STYLE, layout=W.Layout(width="40ch"))
+        self.offer = W.Button(layout=W.Layout(display="none", width="auto"))
+        self.typed.observe(self._typed, names="value")
+        self.offer.on_click(lambda _: self.show_model(self.offer.spec))
+        self.shown: Spec | None = None  # the model the figures show
+        self._typed_in: set[str] = set()
         self.status = W.HTML()
         self.bar = W.IntProgress(layout=W.Layout(display="none", width="240px"))
         self.output = W.Output()
@@ -165,6 +316,8 @@ class Explorer(W.VBox):
 
     def _build(self, rows: Sequence[Sequence[W.Widget] | W.Widget], controls: Sequence[W.ValueWidget] = ()) -> None:
         """Lay out ``rows`` (a list of widgets becomes a wrapping row), the status under the first, and draw."""
+        rows = [[w for c in r for w in ((c, self.typed, self.offer) if c is self.model else (c,))]
+                if isinstance(r, (list, tuple)) else r for r in rows]
         boxes = [side_by_side(r) if isinstance(r, (list, tuple)) else r for r in rows]
         self.children = [boxes[0], side_by_side([self.status, self.bar]), self.output, *boxes[1:]]
         for control in [*([self.model] if self.model is not None else []), *controls]:
@@ -179,6 +332,51 @@ class Explorer(W.VBox):
             if handle is not None:
                 from IPython.display import HTML
                 handle.update(HTML(""))
+        if self.refused is not None:
+            self.status.value = coloured(str(self.refused), "#b00")
+
+    def show_model(self, spec: Spec | nn.Module) -> None:
+        """Add ``spec`` (a spec string, random weights, or a model from code) to the model menu and show it."""
+        spec = as_spec(spec)
+        if spec not in [value for _, value in self.model.options]:
+            with self.hold():  # new options would otherwise select (and draw) the first one
+                value = self.model.value
+                self.model.options = [*self.model.options, (spec_label(spec), spec)]
+                self.model.value = value
+        self.model.value = spec
+
+    def _typed(self, change) -> None:
+        text = change["new"].strip()
+        if not text:
+            return
+        try:
+            models.check_spec(text)  # an unknown name or a missing file fails here, in one line
+        except Exception as err:
+            self.status.value = coloured(f"{text}: {err}", "#b00")
+            return
+        if text not in [value for _, value in self.model.options]:
+            self._typed_in.add(text)
+        self.show_model(text)
+
+    def _failed(self, error: Exception) -> None:
+        """Say why the settings could not be drawn, in one line, and put the model menu back on the model shown."""
+        spec, colour = self.model.value if self.model is not None else None, "#b00"
+        text = f"{type(error).__name__}: {error}"
+        if isinstance(error, DoesNotApply):
+            text, colour = f"{spec}: {error}", "#a60"
+        elif isinstance(error, WeightsUnavailableError) and isinstance(spec, str):
+            base = spec.split(".", 1)[0]
+            self.offer.spec, self.offer.description = RandomWeights(base), f"load {base} with random weights"
+            self.offer.layout.display = ""
+            text = (f"{spec}: its pretrained weights are not cached here and cannot be downloaded (offline); press "
+                    f"'{self.offer.description}' for the model with pretrained=False")
+        self.status.value = coloured(text, colour)
+        if spec is not None and self.shown is not None and spec != self.shown:
+            with self.hold():
+                self.model.value = self.shown
+                if spec in self._typed_in:  # a typed-in spec that failed leaves the menu
+                    self._typed_in.discard(spec)
+                    self.model.options = [o for o in self.model.options if o[1] != spec]
 
     def click(self, plot: int, trace: int, handler: Callable[[Any, Any, Any], None]) -> None:
         """Call ``handler(trace, points, state)`` on clicks on trace ``trace`` of ``plots[plot]``, across redraws."""
@@ -203,7 +401,7 @@ class Explorer(W.VBox):
         if self.live and not self._held:
             self.refresh()
         elif not self._held:
-            self.status.value = _coloured("settings changed: press Compute to redraw")
+            self.status.value = coloured("settings changed: press Compute to redraw")
 
     def step(self, text: str, done: int, total: int) -> None:
         """Say what is being computed, with a progress bar at ``done`` of ``total``."""
@@ -225,11 +423,13 @@ class Explorer(W.VBox):
         self.output.clear_output()
         self.bar.layout.display = "none"
         if error is not None:
-            self.status.value = _coloured(f"{type(error).__name__}: {error}", "#b00")  # one red line
+            self._failed(error)  # one line
             return
         self.result = result
+        if self.model is not None:
+            self.shown, self.offer.layout.display = self.model.value, "none"
         for widget, fig in zip(self.plots, fresh):
             show_figure(widget, fig)
         self._attach_clicks()
         notes = [n for n in [*self.notes(), *(str(w.message) for w in caught)] if n]
-        self.status.value = " ".join([html.escape(self.describe(result)), *map(_coloured, dict.fromkeys(notes))])
+        self.status.value = " ".join([html.escape(self.describe(result)), *map(coloured, dict.fromkeys(notes))])

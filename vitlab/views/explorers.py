@@ -6,33 +6,51 @@ import warnings
 from collections import namedtuple
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import ipywidgets as W
 import plotly.graph_objects as go
 import torch
+from torch import nn
 
 from .. import data
 from ..analysis import attention_maps
 from ..analysis.capture import capture
 from ..analysis.distance import DistanceResult, distance_analysis
 from ..analysis.filters import FiltersResult, components, filters_analysis
+from ..analysis.metrics import is_hybrid
 from ..analysis.positions import PositionResult, position_analysis
 from ..analysis.references import INIT_SEEDS
+from ..analysis.representations import model_family
 from ..analysis.rollout import RolloutResult, rollout_analysis
 from ..settings import quick_or
+from ..training import zoo
 from ..training.loop import train
 from ..training.objectives import mixing
 from ..training.run_folder import Interrupted, read_metrics
 from . import figures, readouts
-from .controls import STYLE, Explorer, Recent, cached_model, fit_width, load_note, model_key, show_figure, side_by_side
+from .controls import (STYLE, DoesNotApply, Explorer, ImageSource, Recent, Spec, coloured, as_spec, cached_model,
+                       fit_width, load_note, model_key, show_figure, side_by_side, upload_box, uploaded)
+
+
+def _menu(models: Sequence[Spec] | None, family: str | tuple[str, ...]) -> list[Spec]:
+    """The model menu: ``models`` as given, else every model of ``family`` that loads offline."""
+    return list(models) if models is not None else zoo.available(family=family)
+
+
+def _refuse_resnet(model: nn.Module, what: str) -> None:
+    if model_family(model) == "resnet":
+        raise DoesNotApply(f"{what} needs a ViT or hybrid; a ResNet has no tokens (pick a ViT)")
 
 
 class PositionEmbeddingExplorer(Explorer):
-    """Fig. 7 (center) of the model picked, against random init (seeds ``SEEDS``); click a tile to enlarge it."""
+    """Fig. 7 (center) of the model picked, against random init (seeds ``SEEDS``); click a tile to enlarge it.
+    ``model=`` shows a model of your own: a spec string or a ViT from code."""
     n_figures, SEEDS = 2, INIT_SEEDS
 
-    def __init__(self, models: Sequence[str], initial: str | None = None):
-        super().__init__(models, initial)
+    def __init__(self, models: Sequence[Spec] | None = None, initial: Spec | None = None,
+                 model: Spec | nn.Module | None = None):
+        super().__init__(_menu(models, ("vit", "hybrid")), initial, model=model)
         self.selected = (0, 0)
         self._results, self.readout = Recent(), W.HTML()
         self.mosaic, self.detail = self.plots
@@ -46,13 +64,14 @@ class PositionEmbeddingExplorer(Explorer):
 
     def compute(self) -> PositionResult:
         model = cached_model(self.model.value)
+        _refuse_resnet(model, "position similarity")
         result = self._results.keep(model_key(self.model.value), lambda: position_analysis(model, self.SEEDS))
         self.selected = tuple(min(s, n - 1) for s, n in zip(self.selected, result.sim.shape[:2]))
         return result
 
     def figures(self, result: PositionResult) -> list[go.Figure]:
         self.readout.value = readouts.readout(result).html()
-        return [figures.position_similarity_figure(result, title=self.model.value),
+        return [figures.position_similarity_figure(result, title=str(self.model.value)),
                 figures.patch_similarity_figure(result, *self.selected)]
 
     def _clicked(self, trace, points, state) -> None:
@@ -67,17 +86,19 @@ class PositionEmbeddingExplorer(Explorer):
         self.refresh()
 
 
-def position_embedding_explorer(models: Sequence[str], initial: str | None = None) -> PositionEmbeddingExplorer:
+def position_embedding_explorer(models: Sequence[Spec] | None = None, initial: Spec | None = None,
+                                model: Spec | nn.Module | None = None) -> PositionEmbeddingExplorer:
     """Dropdown of ``models`` with the Fig. 7 (center) mosaic and a clicked-patch view."""
-    return PositionEmbeddingExplorer(models, initial)
+    return PositionEmbeddingExplorer(models, initial, model=model)
 
 
 class EmbeddingFiltersExplorer(Explorer):
     """Fig. 7 (left): principal components of a model's patch-embedding filters, against random init (``SEEDS``)."""
     n_figures, SEEDS = 2, INIT_SEEDS
 
-    def __init__(self, models: Sequence[str], initial: str | None = None, k: int = 28):
-        super().__init__(models, initial)
+    def __init__(self, models: Sequence[Spec] | None = None, initial: Spec | None = None, k: int = 28,
+                 model: Spec | nn.Module | None = None):
+        super().__init__(_menu(models, "vit"), initial, model=model)
         self.components = W.IntSlider(value=k, min=1, max=64, description="components", continuous_update=False,
                                       style=STYLE)
         self._results, self.readout = Recent(), W.HTML()
@@ -86,6 +107,10 @@ class EmbeddingFiltersExplorer(Explorer):
 
     def compute(self) -> FiltersResult:
         model = cached_model(self.model.value)
+        _refuse_resnet(model, "Fig. 7 (left)")
+        if is_hybrid(model):
+            raise DoesNotApply("a hybrid has no patch-embedding filters to show: its tokens come from a CNN's "
+                               "feature map, not from pixels (pick a ViT)")
         with self.hold():  # a smaller maximum may lower the value: no second redraw
             self.components.max = components(model)
         k = self.components.value
@@ -109,72 +134,135 @@ def _distance_title(name: str, result: DistanceResult, images: str, convention: 
     return text
 
 
-class AttentionDistanceExplorer(Explorer):
-    """Fig. 7 (right): attention distance per head against depth, streamed over images, beside a CNN ``reference``."""
+class _OwnImages:
+    """An explorer part: the images shown, with an upload button that replaces them (``images``: a uint8 batch, a
+    folder, a file, a list of files)."""
+    def _take_images(self, images: Any, names: Sequence[str] | None, described: str | None) -> None:
+        self.shown_images = images if isinstance(images, ImageSource) else ImageSource(images, names, described)
+        self.upload = upload_box()
+        self.upload.observe(self._uploaded, names="value")
+
+    def _uploaded(self, change) -> None:
+        if not change["new"]:
+            return
+        files = uploaded(change["new"])
+        try:
+            source = ImageSource(files, described=f"your {len(files)} uploaded image{'s' * (len(files) > 1)}")
+        except Exception as err:  # a non-image or a broken file: one line, the images shown stay
+            self.status.value = coloured(f"{type(err).__name__}: {err}", "#b00")
+            return
+        self.show_images(source)
+
+    def show_images(self, images: Any) -> None:
+        """Show these images (a uint8 batch, a folder, file, list or :class:`ImageSource`) and redraw."""
+        self.shown_images = images if isinstance(images, ImageSource) else ImageSource(images)
+        self._fit_images()
+        self.refresh()
+
+    def notes(self) -> list[str]:
+        model = cached_model(self.model.value)
+        return [*super().notes(), self.shown_images.note(model)]
+
+
+class AttentionDistanceExplorer(_OwnImages, Explorer):
+    """Fig. 7 (right): attention distance per head against depth, streamed over images, beside a CNN ``reference``
+    (drawn for models of the same input size). ``images`` may also be a folder, file or list; or upload some."""
     #: Label -> ``renormalize``; the paper's convention first (the default).
     CONVENTIONS = {"paper's: raw weights over patches": False, "renormalised over patches": True}
     SEEDS = INIT_SEEDS
     live, slow = False, True
 
-    def __init__(self, models: Sequence[str], images: torch.Tensor, initial: str | None = None,
+    def __init__(self, models: Sequence[Spec] | None = None, images: Any = None, initial: Spec | None = None,
                  counts: Sequence[int] = (16, 128, 512, 1000, 10000), default: int = 128,
-                 reference: str | None = None, source: str = ""):
-        super().__init__(models, initial)
-        self.data, self.source, self.reference = images, source, reference
+                 reference: str | None = None, source: str = "", model: Spec | nn.Module | None = None):
+        super().__init__(_menu(models, ("vit", "hybrid")), initial, model=model)
+        if images is None:
+            images, _, source = data.analysis_images()
+        self.source, self.reference, self.counts, self.default = source, reference, counts, default
         self.reference_images = quick_or(256, 16)  # random-init models are alike across images
-        self._results = Recent()
-        counts = sorted({c for c in counts if c <= len(images)} | {min(default, len(images))})
-        self.images = W.Dropdown(options=counts, value=min(default, len(images)), description="images", style=STYLE,
-                                 layout=W.Layout(width="22ch"))
+        self._results, self.skipped = Recent(), ""
+        self._take_images(images, None, None)
+        self.images = W.Dropdown(description="images", style=STYLE, layout=W.Layout(width="22ch"))
+        self._set_counts()
         self.convention = W.ToggleButtons(options=list(self.CONVENTIONS), description="convention",
                                           style=dict(STYLE, button_width="auto"))
         self.figure, self.readout = self.plots[0], W.HTML()
-        self._build([[self.model, self.images, self.convention, self.run], self.figure, self.readout],
+        self._build([[self.model, self.images, self.convention, self.run, self.upload], self.figure, self.readout],
                     [self.images, self.convention])
+
+    def _set_counts(self) -> None:
+        n = len(self.shown_images)
+        counts = sorted({c for c in self.counts if c <= n} | {min(self.default, n)})
+        with self.hold():
+            self.images.options, self.images.value = counts, min(self.default, n)
+
+    def _fit_images(self) -> None:
+        self.source = ""
+        self._set_counts()
 
     def compute(self) -> DistanceResult:
         model, n = cached_model(self.model.value), self.images.value
+        _refuse_resnet(model, "attention distance")
         renormalize = self.CONVENTIONS[self.convention.value]
         cnn = None if self.reference is None else cached_model(self.reference)
-        return self._results.keep((model_key(self.model.value), n, renormalize), lambda: distance_analysis(
-            model, self.data[:n], renormalize, self.SEEDS, min(n, self.reference_images), cnn, progress=True))
+        self.skipped = ""
+        if cnn is not None and cnn.pretrained_cfg["input_size"] != model.pretrained_cfg["input_size"]:
+            self.skipped = (f"{self.reference}'s receptive fields are not drawn: it takes "
+                            f"{cnn.pretrained_cfg['input_size'][-1]} px images, this model "
+                            f"{model.pretrained_cfg['input_size'][-1]} px")
+            cnn = None
+        images = self.shown_images
+        return self._results.keep((model_key(self.model.value), id(images), n, renormalize), lambda: distance_analysis(
+            model, images.for_model(model, n, resized=False), renormalize, self.SEEDS,
+            min(n, self.reference_images), cnn, progress=True))
+
+    def notes(self) -> list[str]:
+        return [*super().notes(), self.skipped]
 
     def describe(self, result: DistanceResult) -> str:
+        if self.shown_images.files is not None:
+            return f"{result.images} of {self.shown_images.described}"
         return data.describe_images(result.images, self.source)
 
     def figures(self, result: DistanceResult) -> list[go.Figure]:
-        title = _distance_title(self.model.value, result, self.describe(result), self.convention.value)
+        name = str(self.model.value)
+        title = _distance_title(name, result, self.describe(result), self.convention.value)
         self.readout.value = readouts.readout(result).html()
-        return [figures.attention_distance_figure(result, title, name=self.model.value, cnn=self.reference or "")]
+        cnn = self.reference if self.reference and not self.skipped else ""
+        return [figures.attention_distance_figure(result, title, name=name, cnn=cnn)]
 
 
-def attention_distance_view(model: str, images: torch.Tensor, reference: str | None = None, source: str = "",
-                            renormalize: bool = False) -> tuple[go.Figure, readouts.DistanceReadout]:
+def attention_distance_view(model: Spec | nn.Module, images: torch.Tensor, reference: str | None = None,
+                            source: str = "", renormalize: bool = False) -> tuple[go.Figure, readouts.DistanceReadout]:
     """Fig. 7 (right) for ``model`` on uint8 ``images`` (N, 3, H, W) and a CNN ``reference``: ``(figure, readout)``."""
-    net = cached_model(model)
-    if load_note(model):  # e.g. random weights: cached_model keeps it for status lines, a notebook shows it
-        warnings.warn(load_note(model), stacklevel=2)
+    spec = as_spec(model)
+    net, name = cached_model(spec), str(spec)
+    if load_note(spec):  # e.g. random weights: cached_model keeps it for status lines, a notebook shows it
+        warnings.warn(load_note(spec), stacklevel=2)
     cnn = None if reference is None else cached_model(reference)
     result = distance_analysis(net, images, renormalize, cnn=cnn, progress=True)
-    title = _distance_title(model, result, data.describe_images(result.images, source))
-    return figures.attention_distance_figure(result, title, name=model, cnn=reference or ""), readouts.readout(result)
+    title = _distance_title(name, result, data.describe_images(result.images, source))
+    return figures.attention_distance_figure(result, title, name=name, cnn=reference or ""), readouts.readout(result)
 
 
 #: One image as a model saw it: the resized image, each block's attention (heads, N, N), grid and prefix tokens.
 _Seen = namedtuple("_Seen", ["image", "attn", "grid", "prefix", "pooled"])  # pooled: the prediction averages patches
 
 
-class AttentionMapsExplorer(Explorer):
-    """Fig. 6: attention rollout over an image (click a patch to see where it attends), and each head's attention."""
+class AttentionMapsExplorer(_OwnImages, Explorer):
+    """Fig. 6: attention rollout over an image (click a patch to see where it attends), and each head's attention.
+    ``images`` may be a uint8 batch (with ``names``), a folder, file or list; or upload some."""
     n_figures = 3
 
-    def __init__(self, models: Sequence[str], images: torch.Tensor, names: Sequence[str], initial: str | None = None,
-                 described: str | None = None):
-        super().__init__(models, initial)
-        self.images, self.names = images, list(names)
-        self.described = described or f"the {len(images)} images of the image list"  # which images, for the readout
-        self.image = W.Dropdown(options=[(n, i) for i, n in enumerate(self.names)], value=0, description="image",
-                                style=STYLE, layout=fit_width(self.names, "image"))
+    def __init__(self, models: Sequence[Spec] | None = None, images: Any = None, names: Sequence[str] | None = None,
+                 initial: Spec | None = None, described: str | None = None, model: Spec | nn.Module | None = None):
+        super().__init__(_menu(models, ("vit", "hybrid")), initial, model=model)
+        if images is None:
+            (images, names), described = data.gallery(), data.describe_gallery()
+        self._take_images(images, names, described or (f"the {len(images)} images of the image list"
+                                                       if isinstance(images, torch.Tensor) else None))
+        self.image = W.Dropdown(value=None, description="image", style=STYLE)
+        self._set_names()
         self.layer = W.IntSlider(value=1, min=1, max=1, description="layer", continuous_update=False, style=STYLE)
         self.head = W.Dropdown(options=[("mean of heads", -1)], value=-1, description="head", style=STYLE)
         self.fusion = W.Dropdown(options=["mean", "max", "min"], value="mean", description="head fusion", style=STYLE)
@@ -183,22 +271,34 @@ class AttentionMapsExplorer(Explorer):
         self.selected = (0, 0)
         self._seen, self._rollouts, self.readout = Recent(), Recent(), W.HTML()
         self.rollout, self.patch, self.heads = self.plots
-        self._build([[self.model, self.image], [self.fusion, self.discard, self.layer, self.head],
+        self._build([[self.model, self.image, self.upload], [self.fusion, self.discard, self.layer, self.head],
                      W.HTML("<i>Click a patch of the rollout map to see where it attends (next figure).</i>"),
                      side_by_side(self.plots[:2]), self.readout, self.heads],
                     [self.image, self.layer, self.head, self.fusion, self.discard])
         self.click(0, -1, self._clicked)
 
+    @property
+    def names(self) -> list[str]:
+        return self.shown_images.names
+
+    def _set_names(self) -> None:
+        with self.hold():
+            self.image.options = [(n, i) for i, n in enumerate(self.names)]
+            self.image.value = 0
+            self.image.layout = fit_width(self.names, "image")
+
+    def _fit_images(self) -> None:
+        self._set_names()
+
     def _see(self) -> _Seen:
         def make() -> _Seen:
             model = cached_model(self.model.value)
-            size = model.pretrained_cfg["input_size"][1:]
-            img = data.resize(self.images[self.image.value : self.image.value + 1], size)  # (1, 3, H, W)
+            _refuse_resnet(model, "attention maps")
+            img = self.shown_images.for_model(model)[self.image.value : self.image.value + 1]  # (1, 3, H, W)
             cap = capture(model, img)
             return _Seen(img[0], [cap.attn[i][0] for i in cap.attn], cap.grid, cap.num_prefix_tokens,
                          cap.pool == "avg" or not cap.class_token)
-        return self._seen.keep((model_key(self.model.value), self.image.value), make)
-
+        return self._seen.keep((model_key(self.model.value), id(self.shown_images), self.image.value), make)
     def compute(self) -> _Seen:
         seen = self._see()
         heads = seen.attn[0].shape[0]
@@ -250,9 +350,10 @@ class AttentionMapsExplorer(Explorer):
         """:func:`~vitlab.analysis.rollout.rollout_analysis` of all the images, for the settings shown (kept)."""
         def make() -> RolloutResult:
             model = cached_model(self.model.value)
-            images = data.resize(self.images, model.pretrained_cfg["input_size"][1:])
-            return rollout_analysis(model, images, self.fusion.value, self.discard.value, described=self.described)
-        return self._rollouts.keep((model_key(self.model.value), self.fusion.value, self.discard.value), make)
+            return rollout_analysis(model, self.shown_images.for_model(model), self.fusion.value, self.discard.value,
+                                    described=self.shown_images.described)
+        key = (model_key(self.model.value), id(self.shown_images), self.fusion.value, self.discard.value)
+        return self._rollouts.keep(key, make)
 
 
 class TrainingMonitor(W.VBox):
