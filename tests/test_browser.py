@@ -2,7 +2,7 @@
 
 Every notebook runs with Run All (quick mode) and is then checked the same way
 (:meth:`Lab.check`): no error and no unexpected stderr output in any cell, every figure
-inside its output area with the file browser open, widget labels and dropdown texts not
+inside its output area with the file browser open, widget labels, dropdown texts and table cells not
 cut off, plot titles clear of the mode bar. :meth:`Lab.change` is the one
 screenshot/change/wait/screenshot sequence the notebook-specific tests use. A Run All is also the
 notebook's nbmake check (tests/notebook_runs.py): its cells must all have run, in order, without an
@@ -153,6 +153,14 @@ _PLOT_PROBLEMS = """p => {
     return problems;
 }"""
 
+# One plot's table cells whose text is wider than its column (plotly clips it: "vit_tiny_c10 <- mpp:vit_tiny_c...").
+_CUT_CELLS = """p => [...p.querySelectorAll('.y-column')].flatMap(column => {
+    const rect = column.querySelector('.cell-rect');
+    const room = rect ? Number(rect.getAttribute('width')) - 8 : Infinity;  // the text starts 8 px in (cellPad)
+    return [...column.querySelectorAll('.cell-text')].filter(t => t.getBBox().width > room)
+        .map(t => `cut table cell (${Math.round(t.getBBox().width)} > ${room} px): ${t.textContent}`);
+})"""
+
 
 class Lab:
     """One notebook open in JupyterLab: run it, change its widgets, check what a reader sees."""
@@ -233,7 +241,7 @@ class Lab:
         plots, problems = page.locator(PLOTS), []
         for i in range(plots.count()):
             plots.nth(i).scroll_into_view_if_needed()
-            problems += plots.nth(i).evaluate(_PLOT_PROBLEMS)
+            problems += plots.nth(i).evaluate(_PLOT_PROBLEMS) + plots.nth(i).evaluate(_CUT_CELLS)
         assert problems == []
         assert page.evaluate(_CUT_LABELS) == []
         assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []
@@ -244,11 +252,26 @@ def _title_is(index: int) -> str:
 
 
 def test_tour_notebook(lab, page):
+    import vitlab
+
     nb = Lab(page, lab, "00_tour.ipynb")
     nb.run_all()
     table = nb.plots(1).nth(0)
     names = table.locator(".y-column").first.locator(".cell-text").all_text_contents()
     assert any("vit_tiny_c10" in n for n in names)  # underscores and all
+    # Every text in full (long ones wrapped onto lines; Lab.check sees that no line is wider than its column).
+    drawn = {"".join(t.split()) for t in table.locator(".cell-text").all_text_contents()}
+    zoo = vitlab.training.zoo.zoo()
+    expected = [e["description"] for e in zoo.values()] + [n for n in zoo] + ["CIFAR-10 test accuracy"]
+    mpp = next(e for e in zoo.values() if e.get("objective") == "mpp" and e.get("test_accuracy") is not None)
+    expected.append(f"no head; masked colours {mpp['test_accuracy']:.1%}")
+    assert [e for e in expected if "".join(e.split()) not in drawn] == []
+    # describe_load's line printed as text, not shown as a quoted Python string.
+    cells = json.loads((ROOT / "notebooks" / "00_tour.ipynb").read_text())["cells"]
+    online = re.search(r'ONLINE_MODEL = "([^"]+)"', "".join(cells[1]["source"])).group(1)
+    cell = page.locator(".jp-CodeCell", has_text="describe_load(ONLINE_MODEL)").first
+    described = cell.locator(".jp-OutputArea-output").first.inner_text()
+    assert described.startswith(f"{online}:"), described
     nb.check()
 
 

@@ -18,8 +18,8 @@ def _strict_json(fig):
 
 
 def _text(values):
-    """Table texts as read (plots keeps them on one line with non-breaking spaces)."""
-    return [str(v).replace("\xa0", " ") for v in values]
+    """Table texts as read (non-breaking spaces inside a line, ``<br>`` where a long text wraps)."""
+    return [str(v).replace("<br>", " ").replace("\xa0", " ") for v in values]
 
 
 def _sweep_records():

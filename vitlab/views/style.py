@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -79,14 +80,34 @@ def square_axes(fig: go.Figure) -> None:
     fig.update_yaxes(showgrid=False, zeroline=False, autorange="reversed", scaleanchor="x", constrain="domain")
 
 
+#: Pixels a character of a table cell's 12-pixel font takes, at most on average (a margin over Open Sans' ~6.3).
+TABLE_CHAR_PX = 7
+#: Pixels a cell keeps clear on its left and right, and per line of text.
+_CELL_PAD, _LINE_PX = 16, 16
+
+
+def wrap_cell(value, chars: int) -> str:
+    """``value`` as text broken into lines of at most ``chars`` characters with ``<br>``, at spaces where it can
+    (mid-word only for a longer word); the spaces left inside a line become non-breaking."""
+    lines = textwrap.wrap(str(value), max(chars, 1), break_on_hyphens=False) or [""]
+    return "<br>".join(line.replace(" ", "\u00a0") for line in lines)
+
+
 def table(header: list[str], columns: list[list], widths: list[float], width: int) -> go.Figure:
-    """A plotly table of ``columns`` under ``header``, ``width`` pixels wide, split by relative ``widths``."""
+    """A plotly table of ``columns`` under ``header``, ``width`` pixels wide, split by relative ``widths``;
+    text too long for its column is wrapped onto more lines, and the figure is as tall as its rows."""
     import plotly.graph_objects as go  # here, so that readouts can use this module without plotly
-    # Spaces become non-breaking: plotly wraps by measuring text in the page, emptying cells drawn off screen.
-    nowrap = lambda values: [str(v).replace(" ", "\u00a0") for v in values]  # noqa: E731
-    fig = go.Figure(go.Table(columnwidth=widths, header=dict(values=nowrap(header), align="left", height=30),
-                             cells=dict(values=[nowrap(c) for c in columns], align="left", height=28)))
-    fig.update_layout(width=width, height=84 + 28 * max(map(len, columns), default=0),  # the mode bar above the header
+    # Lines are broken here, not by plotly: it wraps by measuring text in the page, emptying cells drawn off screen.
+    chars = [int((width - 20) * w / sum(widths) - _CELL_PAD) // TABLE_CHAR_PX for w in widths]
+    header = [wrap_cell(h, n) for h, n in zip(header, chars)]
+    cells = [[wrap_cell(v, n) for v in column] for column, n in zip(columns, chars)]
+    def height(row: list[str], least: int) -> int:
+        lines = max(text.count("<br>") + 1 for text in row)
+        return least if lines == 1 else _LINE_PX * lines + _CELL_PAD + 2
+    fig = go.Figure(go.Table(columnwidth=widths, header=dict(values=header, align="left", height=30),
+                             cells=dict(values=cells, align="left", height=28)))
+    rows = [height(list(row), 28) for row in zip(*cells)]
+    fig.update_layout(width=width, height=54 + height(header, 30) + sum(rows),  # the mode bar above the header
                       margin=dict(l=10, r=10, t=34, b=10))
     return fig
 
