@@ -247,6 +247,15 @@ class Lab:
         assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []
 
 
+def _undrawn(plot, table) -> list[str]:
+    """The texts of plotly ``table`` (header and cells) that ``plot`` does not draw, whitespace and line breaks
+    aside."""
+    flat = lambda text: "".join(str(text).replace("<br>", "").split())  # noqa: E731
+    drawn = {flat(t) for t in plot.locator(".cell-text").all_text_contents()}
+    expected = [*table.data[0].header.values, *(v for column in table.data[0].cells.values for v in column)]
+    return sorted({str(v) for v in expected if flat(v) not in drawn})[:5]
+
+
 def _title_is(index: int) -> str:
     return f"t => document.querySelectorAll('{PLOTS}')[{index}].querySelector('.gtitle').textContent === t"
 
@@ -259,13 +268,9 @@ def test_tour_notebook(lab, page):
     table = nb.plots(1).nth(0)
     names = table.locator(".y-column").first.locator(".cell-text").all_text_contents()
     assert any("vit_tiny_c10" in n for n in names)  # underscores and all
-    # Every text in full (long ones wrapped onto lines; Lab.check sees that no line is wider than its column).
-    drawn = {"".join(t.split()) for t in table.locator(".cell-text").all_text_contents()}
-    zoo = vitlab.training.zoo.zoo()
-    expected = [e["description"] for e in zoo.values()] + [n for n in zoo] + ["CIFAR-10 test accuracy"]
-    mpp = next(e for e in zoo.values() if e.get("objective") == "mpp" and e.get("test_accuracy") is not None)
-    expected.append(f"no head; masked colours {mpp['test_accuracy']:.1%}")
-    assert [e for e in expected if "".join(e.split()) not in drawn] == []
+    # Every text in full: architectures, "no head; masked colours ..." (long ones wrapped onto lines; Lab.check
+    # sees that no line is wider than its column).
+    assert not _undrawn(table, vitlab.views.figures.zoo_table(vitlab.training.zoo.zoo()))
     # describe_load's line printed as text, not shown as a quoted Python string.
     cells = json.loads((ROOT / "notebooks" / "00_tour.ipynb").read_text())["cells"]
     online = re.search(r'ONLINE_MODEL = "([^"]+)"', "".join(cells[1]["source"])).group(1)
@@ -406,10 +411,8 @@ def test_vit_vs_resnet_notebook(lab, page):
     for table in (plots.nth(1), plots.nth(3)):
         headers = [t.replace("\xa0", " ") for t in table.locator("#header .cell-text").all_text_contents()]
         assert len(headers) == 7 and all(headers), headers
-    drawn = {t.replace("\xa0", " ") for t in plots.nth(1).locator(".cell-text").all_text_contents()}
-    expected = vitlab.views.study_figures.sweep_table(vitlab.result_files.read_runs(vitlab.result_files.RESULTS)).data[0].cells.values
-    missing = {str(v).replace("\xa0", " ") for column in expected for v in column} - drawn
-    assert not missing, f"table cells not drawn: {sorted(missing)[:5]}"
+    runs = vitlab.result_files.read_runs(vitlab.result_files.RESULTS)
+    assert not _undrawn(plots.nth(1), vitlab.views.study_figures.sweep_table(runs))
     assert plots.nth(0).locator(".scatterlayer .trace").count() >= 3  # a ViT, a hybrid and a ResNet curve
     assert plots.nth(2).locator(".scatterlayer .trace").count() == 3  # the live mini-sweep drew all three families
     for i in (6, 7, 8, 9):
@@ -421,6 +424,14 @@ def test_vit_vs_resnet_notebook(lab, page):
     flops = page.locator(".jp-Notebook .widget-toggle-button", has_text="training FLOPs").first
     nb.change("flops", flops.click, f"() => document.querySelectorAll('{PLOTS}')[0]"
               ".querySelector('.xtitle').textContent.includes('FLOPs')", timeout_s=30)
+    # The y axis switched to a probe: the table's accuracy column follows it.
+    metric = nb.widget().locator(".widget-dropdown select").first
+    probe = metric.locator("option").all_inner_texts()[-1].replace("\xa0", " ")  # e.g. "25-shot probe"
+    nb.change("probe", lambda: metric.select_option(label=probe),
+              f"() => document.querySelectorAll('{PLOTS}')[1].querySelector('#header').textContent.includes('probe')",
+              timeout_s=30)
+    shots = int(probe.split("-")[0])
+    assert not _undrawn(plots.nth(1), vitlab.views.study_figures.sweep_table(runs, shots))
     for name, index in (("sweep", 0), ("probes", 4), ("cka", 6), ("cka_hybrid", 8), ("inside_hybrid", 11)):
         plots.nth(index).scroll_into_view_if_needed()
         plots.nth(index).screenshot(path=str(ARTIFACTS / f"05_{name}.png"))
@@ -460,6 +471,9 @@ def test_pretraining_notebook(lab, page):
     assert "vit_tiny_c10_e40, epoch 40" in nb.title(9)  # then the from-scratch model's
     legend = plots.nth(14).locator(".legendtext").all_text_contents()
     assert any("←" in t for t in legend) and any("resnet" in t for t in legend), legend
+    runs = vitlab.result_files.read_runs(vitlab.result_files.RESULTS) + vitlab.result_files.read_runs(
+        vitlab.result_files.MPP_RESULTS)
+    assert not _undrawn(plots.nth(15), vitlab.views.study_figures.sweep_table(runs))  # "vit_tiny_c10 ← mpp:..." whole
     for i, shot in ((0, "objective"), (1, "curves"), (3, "inside"), (14, "fine_tuning"), (16, "probes")):
         plots.nth(i).scroll_into_view_if_needed()
         plots.nth(i).screenshot(path=str(ARTIFACTS / f"07_{shot}.png"))

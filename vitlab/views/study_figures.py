@@ -61,18 +61,22 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
                    else f"{shots}-shot linear probe accuracy", tickformat=".0%", rangemode="tozero"))
 
 
-def sweep_table(records: list[RunRecord]) -> go.Figure:
-    """The sweep as a table: per model and size, epochs, accuracy (mean ± std), total FLOPs (pre-training too), time."""
+def sweep_table(records: list[RunRecord], shots: int | None = None) -> go.Figure:
+    """The sweep as a table: per model and size, epochs, accuracy (mean ± std: test accuracy, or the ``shots``-shot
+    probe's as the sweep figure's y axis shows), total FLOPs (pre-training too), time."""
+    value = (lambda r: r.test_accuracy) if shots is None else (lambda r: r.fewshot.get(shots))
+    records = [r for r in records if value(r) is not None]
     columns: list[list] = [[] for _ in range(7)]
     for name in sorted({r.label for r in records}):
         for size, runs in _by_size([r for r in records if r.label == name]).items():
-            acc, flops = spread(r.test_accuracy for r in runs), spread(r.train_flops_total for r in runs)
+            acc, flops = spread(value(r) for r in runs), spread(r.train_flops_total for r in runs)
             accuracy = f"{acc.mean:.1%}" + (f" ± {acc.std:.1%}" if acc.n > 1 else "")
             row = [name, f"{size:,}", runs[0].epochs, len(runs), accuracy, f"{flops.mean:.2e}",
                    duration(spread(r.wall_seconds for r in runs).mean)]
-            for column, value in zip(columns, row):
-                column.append(value)
-    return table(["model", "training images", "epochs", "seeds", "test accuracy", "total FLOPs",
+            for column, cell in zip(columns, row):
+                column.append(cell)
+    metric = "test accuracy" if shots is None else f"{shots}-shot probe accuracy"
+    return table(["model", "training images", "epochs", "seeds", metric, "total FLOPs",
                   "time per run"], columns, [1.4, 1.1, 0.7, 0.6, 1.3, 1.1, 1.0], 860)
 
 
