@@ -134,6 +134,22 @@ def test_embedding_filters_figure_scales_each_component():
     assert "PC 2: 10.0%" in fig.data[0].hovertext[0][5]
 
 
+@pytest.mark.parametrize("k", [1, 7, 8, 9, 13, 15, 16, 22, 28])
+def test_embedding_filters_mosaic_fills_its_rows_evenly(k):
+    """No lone tile wrapped onto a last row (8 components: 7 + 1 was the bug): the last row is at least half full."""
+    p = 4
+    filters = torch.randn(k, 3, p, p, generator=torch.Generator().manual_seed(0))
+    fig = figures.embedding_filters_figure(FiltersResult.from_ratios(torch.full((k,), 1 / k), k=k, filters=filters))
+    height, width, _ = np.asarray(fig.data[0].z).shape
+    rows, cols = (height + 1) // (p + 1), (width + 1) // (p + 1)
+    labels = [t for row in fig.data[0].hovertext[::p + 1] for t in row[::p + 1]]  # one text per tile, row by row
+    assert rows * cols >= k and cols <= figures.FILTER_COLUMNS and rows == -(-k // figures.FILTER_COLUMNS)
+    assert 2 * sum(bool(t) for t in labels[(rows - 1) * cols:]) >= cols, (k, rows, cols)
+    assert fig.layout.plot_bgcolor == "white"  # no coloured band where the image does not fill the plot
+    if k == 8:
+        assert (rows, cols) == (2, 4)
+
+
 def test_attention_distance_figure_has_a_trace_per_head_and_the_reference():
     d = torch.rand(4, 3) * 20
     fig = figures.attention_distance_figure(_distances(d, cnn_fields=[("a", 3.0), ("b", 7.0)], diagonal=40.0),

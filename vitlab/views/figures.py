@@ -85,13 +85,20 @@ def patch_similarity_figure(result: PositionResult, row: int, col: int, title: s
     return fig
 
 
-def embedding_filters_figure(result: FiltersResult, cols: int = 7,
+#: Most principal components a row of the filter mosaic holds.
+FILTER_COLUMNS = 7
+
+
+def embedding_filters_figure(result: FiltersResult, cols: int | None = None,
                              title: str = "Principal components of the patch-embedding filters") -> go.Figure:
-    """Paper Fig. 7 (left): each of the first ``result.k`` principal components as an RGB patch, min-max scaled."""
+    """Paper Fig. 7 (left): each of the first ``result.k`` principal components as an RGB patch, min-max scaled,
+    ``cols`` a row (default: as few rows of at most :data:`FILTER_COLUMNS` as hold them, filled evenly: 8 as 4 + 4)."""
     filters, ratio = result.filters, result.ratio[: result.k]
     k, channels, p, _ = filters.shape
     if channels != 3:
         raise ValueError(f"RGB display needs 3 input channels, the filters have {channels}")
+    if cols is None:  # even rows: a last row of one tile leaves a wide empty band beside it
+        cols = -(-k // -(-k // FILTER_COLUMNS))
     rows = -(-k // cols)
     f = filters.detach().float().flatten(1)
     f = (f - f.amin(1, keepdim=True)) / (f.amax(1, keepdim=True) - f.amin(1, keepdim=True)).clamp_min(1e-12)
@@ -105,7 +112,7 @@ def embedding_filters_figure(result: FiltersResult, cols: int = 7,
                                             np.char.add(": ", np.char.mod("%.1f%%", 100 * share[label.clip(0)]))), "")
     fig = go.Figure(go.Image(z=img, hovertext=text, hoverinfo="text"))
     return layout(fig, title, max(420, 64 * cols + 80), max(260, 64 * rows + 90), margin=(20, 20, 50, 20),
-                  xaxis=dict(visible=False), yaxis=dict(visible=False))
+                  xaxis=dict(visible=False), yaxis=dict(visible=False), plot_bgcolor="white")  # no band round it
 
 
 def explained_variance_figure(result: FiltersResult, title: str = "Explained variance") -> go.Figure:
