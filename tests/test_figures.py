@@ -263,6 +263,22 @@ def test_training_curves_say_when_train_accuracy_counts_dominant_labels():
     assert "train accuracy" in plain and "train accuracy (dominant label of mixed images)" in mixed
 
 
+def test_the_clipped_receptive_field_note_sits_above_the_plot_clear_of_the_line():
+    """The ResNet line is clipped along the top edge: its note goes above the plot, in room added for it (notebook 03's
+    line ran through "beyond 45 px")."""
+    fields = [("conv1", 7.0), ("layer1", 20.0), ("layer2", 60.0), ("layer3", 200.0)]
+    clipped = figures.attention_distance_figure(_distances(torch.full((4, 2), 10.0), cnn_fields=fields, diagonal=45.0))
+    plain = figures.attention_distance_figure(_distances(torch.full((4, 2), 10.0), cnn_fields=fields[:2],
+                                                         diagonal=45.0))
+    note = next(a for a in clipped.layout.annotations if "beyond 45 px" in a.text)
+    top = clipped.layout.yaxis.range[1]
+    assert max(y for t in clipped.data for y in t.y) <= top  # every line and marker at or below the top edge
+    assert note.yref in (None, "y") and note.y == top and note.yanchor == "bottom" and note.yshift >= 5  # above it
+    assert "layer2" in note.text and "ResNet" in note.text
+    assert not any("beyond" in a.text for a in plain.layout.annotations)
+    assert clipped.layout.margin.t >= plain.layout.margin.t + 16  # room for the note under the title
+
+
 def test_a_hybrids_stem_line_is_styled_apart_from_a_cnns_receptive_fields():
     result = _distances(torch.full((5, 2), 10.0), cnn_fields=[("conv1", 3.0), ("layer4", 40.0)], token_field=25.0,
                         diagonal=45.0)

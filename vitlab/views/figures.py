@@ -143,6 +143,10 @@ def note_figure(title: str, text: str, width: int = 580, height: int = 340) -> g
     return layout(fig, title, width, height, xaxis=dict(visible=False), yaxis=dict(visible=False))
 
 
+#: A note over a distance figure: pixels per line, and its gap above the plot (clear of the clipped markers).
+_NOTE_LINE, _NOTE_GAP = 16, 6
+
+
 def _receptive_fields(fig: go.Figure, result: DistanceResult, name: str, cnn: str, top: float) -> None:
     """A CNN's receptive fields spread over depth and a hybrid's stem window, clipped at ``top`` with a note."""
     depth, fields, curves = result.depth, result.cnn_fields, []
@@ -154,6 +158,7 @@ def _receptive_fields(fig: go.Figure, result: DistanceResult, name: str, cnn: st
         pixels, style = result.token_field, dict(dash="dashdot", color=family_color("hybrid", 2))  # apart from grey
         curves.append((f"{name}'s CNN stem receptive field ({pixels:.0f} px)", [1, depth], [pixels, pixels],
                        ["the tokens' CNN window (every layer's input)"] * 2, style))
+    notes = []
     for label, xs, ys, names, style in curves:
         fig.add_trace(go.Scatter(
             x=xs, y=[min(y, top) for y in ys], mode="lines+markers", name=label, customdata=list(zip(names, ys)),
@@ -162,9 +167,11 @@ def _receptive_fields(fig: go.Figure, result: DistanceResult, name: str, cnn: st
             hovertemplate="%{customdata[0]}<br>%{customdata[1]:.0f} px<extra>" + label + "</extra>"))
         over = [i for i, y in enumerate(ys) if y > top]
         if over:
-            fig.add_annotation(xref="paper", x=0.01, y=top, xanchor="left", yanchor="top", showarrow=False,
-                               font=dict(color="gray", size=11),
-                               text=f"beyond {top:.0f} px from {names[over[0]]} on (up to {max(ys):.0f} px)")
+            notes.append(f"{label}: beyond {top:.0f} px from {names[over[0]]} on (up to {max(ys):.0f} px)")
+    if notes:  # above the plot, in room made for it: a clipped line runs along the top edge, anywhere along it
+        fig.add_annotation(xref="paper", x=0, y=top, xanchor="left", yanchor="bottom", yshift=_NOTE_GAP, align="left",
+                           showarrow=False, font=dict(color="gray", size=11), text="<br>".join(notes))
+        fig.update_layout(margin_t=fig.layout.margin.t + _NOTE_LINE * len(notes) + _NOTE_GAP)
 
 
 def _distance_figure(distance: torch.Tensor, rows: torch.Tensor, depth: int, uniform: float, title: str,
