@@ -357,6 +357,11 @@ def test_attention_distance_notebook(lab, page):
     for axis in ("xtick", "x2tick"):  # one depth axis per arm, every layer ticked
         assert plots.nth(2).locator(f".{axis} text").count() == depth
     assert max(float(t) for t in plots.nth(0).locator(".xtick text").all_text_contents()) == depth
+    for i in (0, 1):  # the static view's and the explorer's "beyond 45 px" note sits above the plot the line runs in
+        plots.nth(i).scroll_into_view_if_needed()
+        note = plots.nth(i).locator(".annotation", has_text="beyond").bounding_box()
+        assert note["y"] + note["height"] <= plots.nth(i).locator(".nsewdrag").first.bounding_box()["y"] + 1
+    plots.nth(0).screenshot(path=str(ARTIFACTS / "03_resnet_note.png"))
     if vitlab.data.find_cifar10() is not None:
         assert "per class" in nb.title(0)  # says what it was computed on
     status = nb.widget().locator(".widget-html").first
