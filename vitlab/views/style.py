@@ -123,6 +123,21 @@ def family_color(family: str, k: int) -> str:
     return shades[k % len(shades)]
 
 
+#: Colours told apart at a glance (plotly's D3 palette), for models that share a family.
+_DISTINCT = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+             "#17becf")
+#: Line dashes of a model's series (its poolings, layers), in order.
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+
+
+def model_colours(families: Sequence[str]) -> list[str]:
+    """A colour per model of a figure, from each model's family: the family's colour for the only model of its
+    family, otherwise a :data:`_DISTINCT` colour no other model has (two ViTs: blue and orange, not two blues)."""
+    alone = {f for f in families if list(families).count(f) == 1}
+    spare = itertools.cycle([c for c in _DISTINCT if c not in {family_color(f, 0) for f in alone}])
+    return [family_color(f, 0) if f in alone else next(spare) for f in families]
+
+
 def family_shades() -> Callable[[str], str]:
     """A colour per curve from its records' family: the k-th curve of a family gets its k-th shade."""
     counters: defaultdict[str, Iterator[int]] = defaultdict(itertools.count)
