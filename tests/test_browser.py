@@ -161,6 +161,12 @@ _CUT_CELLS = """p => [...p.querySelectorAll('.y-column')].flatMap(column => {
         .map(t => `cut table cell (${Math.round(t.getBBox().width)} > ${room} px): ${t.textContent}`);
 })"""
 
+# The (colour, dash) of each legend entry of one plot, as drawn.
+_LEGEND_STYLES = """p => [...p.querySelectorAll('.legend .traces')].map(t => {
+    const line = t.querySelector('.js-line');
+    return line ? [line.style.stroke, line.style.strokeDasharray || 'solid'] : ['none', t.textContent];
+})"""
+
 
 class Lab:
     """One notebook open in JupyterLab: run it, change its widgets, check what a reader sees."""
@@ -485,7 +491,11 @@ def test_pretraining_notebook(lab, page):
     runs = vitlab.result_files.read_runs(vitlab.result_files.RESULTS) + vitlab.result_files.read_runs(
         vitlab.result_files.MPP_RESULTS)
     assert not _undrawn(plots.nth(15), vitlab.views.study_figures.sweep_table(runs))  # "vit_tiny_c10 ← mpp:..." whole
-    for i, shot in ((0, "objective"), (1, "curves"), (3, "inside"), (14, "fine_tuning"), (16, "probes")):
+    for i in (16, 17):  # the probes by depth and by shots: every series told apart (not four near-identical blues)
+        styles = [tuple(s) for s in plots.nth(i).evaluate(_LEGEND_STYLES)]
+        assert len(styles) >= 4 and len(set(styles)) == len(styles), styles
+    for i, shot in ((0, "objective"), (1, "curves"), (3, "inside"), (14, "fine_tuning"), (16, "probes"),
+                    (17, "probe_shots")):
         plots.nth(i).scroll_into_view_if_needed()
         plots.nth(i).screenshot(path=str(ARTIFACTS / f"07_{shot}.png"))
     nb.check()
