@@ -294,9 +294,9 @@ def test_embedding_filters_notebook(lab, page):
     assert slider.text_content() == "components"
     # 8 components: two even rows (4 + 4), not 7 and a lone tile on a band of its own.
     readout = page.locator(".jp-Notebook .widget-slider .widget-readout").first
+    eight = f"() => document.querySelectorAll('{PLOTS}')[2].querySelector('.gtitle').textContent.includes('first 8 ')"
     nb.change("eight", lambda: (readout.click(), page.keyboard.press("Control+A"), page.keyboard.type("8"),
-                                page.keyboard.press("Enter")),
-              f"() => document.querySelectorAll('{PLOTS}')[2].querySelector('.gtitle').textContent.includes('first 8 ')")
+                                page.keyboard.press("Enter")), eight)
     nb.plots(4).nth(2).screenshot(path=str(ARTIFACTS / "01_filters_8.png"))
     nb.check()
 

@@ -36,10 +36,13 @@ def test_lab_serves_working_copies_and_keeps_edited_ones(tmp_path):
     recipe = re.search(r"^lab:.*?\n((?:\t.*\n)+)", (checkout / "Makefile").read_text(), re.M).group(1)
     assert "copy_notebooks()" in recipe and f"--notebook-dir={settings.LAB_DIR.name} " in recipe
     assert f"/{settings.LAB_DIR.name}/" in (checkout / ".gitignore").read_text().split()
-    committed = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in settings.NOTEBOOKS_DIR.glob("*.ipynb")}
+    def checksums(folder: Path) -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.ipynb")}
+
+    committed = checksums(settings.NOTEBOOKS_DIR)
     lab = tmp_path / "lab"
     assert settings.copy_notebooks(dest=lab) == []
-    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in lab.glob("*.ipynb")} == committed
+    assert checksums(lab) == committed
     first, second = sorted(committed)[:2]
     edited = json.loads((lab / first).read_text())
     edited["cells"][0]["source"] = ["my notes"]
@@ -54,7 +57,7 @@ def test_lab_serves_working_copies_and_keeps_edited_ones(tmp_path):
     assert json.loads((lab / first).read_text())["cells"][0]["source"] == ["my notes"]
     assert json.loads((lab / second).read_text())["cells"][0]["outputs"]
     assert hashlib.sha256((lab / third).read_bytes()).hexdigest() == committed[third]
-    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in settings.NOTEBOOKS_DIR.glob("*.ipynb")} == committed
+    assert checksums(settings.NOTEBOOKS_DIR) == committed  # the committed notebooks untouched
     settings.copy_notebooks(dest=lab, replace=True)  # make lab-reset: the committed versions back, the user's own kept
     assert hashlib.sha256((lab / first).read_bytes()).hexdigest() == committed[first]
     assert (lab / first.replace(".ipynb", "_mine.ipynb")).exists()
