@@ -277,6 +277,8 @@ def test_tour_notebook(lab, page):
     # Every text in full: architectures, "no head; masked colours ..." (long ones wrapped onto lines; Lab.check
     # sees that no line is wider than its column).
     assert not _undrawn(table, vitlab.views.figures.zoo_table(vitlab.training.zoo.zoo()))
+    assert table.locator(".y-column .cell-rect").count() >= 5  # what Lab.check measures the texts against
+    table.screenshot(path=str(ARTIFACTS / "00_zoo_table.png"))
     # describe_load's line printed as text, not shown as a quoted Python string.
     cells = json.loads((ROOT / "notebooks" / "00_tour.ipynb").read_text())["cells"]
     online = re.search(r'ONLINE_MODEL = "([^"]+)"', "".join(cells[1]["source"])).group(1)

@@ -103,7 +103,7 @@ def table(header: list[str], columns: list[list], widths: list[float], width: in
     cells = [[wrap_cell(v, n) for v in column] for column, n in zip(columns, chars)]
     def height(row: list[str], least: int) -> int:
         lines = max(text.count("<br>") + 1 for text in row)
-        return least if lines == 1 else _LINE_PX * lines + _CELL_PAD + 2
+        return least if lines == 1 else _LINE_PX * lines + 14
     fig = go.Figure(go.Table(columnwidth=widths, header=dict(values=header, align="left", height=30),
                              cells=dict(values=cells, align="left", height=28)))
     rows = [height(list(row), 28) for row in zip(*cells)]
