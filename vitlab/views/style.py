@@ -80,8 +80,8 @@ def square_axes(fig: go.Figure) -> None:
     fig.update_yaxes(showgrid=False, zeroline=False, autorange="reversed", scaleanchor="x", constrain="domain")
 
 
-#: Pixels a character of a table cell's 12-pixel font takes, at most on average (a margin over Open Sans' ~6.3).
-TABLE_CHAR_PX = 7
+#: Pixels a character of a table cell's 12-pixel font takes on average, with a margin (drawn: about 5.2).
+TABLE_CHAR_PX = 6
 #: Pixels a cell keeps clear on its left and right, and per line of text.
 _CELL_PAD, _LINE_PX = 16, 16
 
