@@ -222,8 +222,10 @@ class Lab:
         box.scroll_into_view_if_needed()
         box.screenshot(path=str(ARTIFACTS / f"{self.name}_{shot}_before.png"))
         action()
-        self.page.wait_for_function(until, arg=arg, timeout=timeout_s * 1000)
-        box.screenshot(path=str(ARTIFACTS / f"{self.name}_{shot}_after.png"))
+        try:
+            self.page.wait_for_function(until, arg=arg, timeout=timeout_s * 1000)
+        finally:  # what the page shows, also when it never got there
+            box.screenshot(path=str(ARTIFACTS / f"{self.name}_{shot}_after.png"))
 
     def open_file_browser(self) -> None:
         if not self.page.locator("#filebrowser").is_visible():
@@ -447,7 +449,8 @@ def test_vit_vs_resnet_notebook(lab, page):
     metric = nb.widget().locator(".widget-dropdown select").first
     probe = metric.locator("option").all_inner_texts()[-1].replace("\xa0", " ")  # e.g. "25-shot probe"
     nb.change("probe", lambda: metric.select_option(label=probe),
-              f"() => document.querySelectorAll('{PLOTS}')[1].querySelector('#header').textContent.includes('probe')",
+              f"() => [...document.querySelectorAll('{PLOTS}')[1].querySelectorAll('#header')]"  # one per column
+              ".some(h => h.textContent.includes('probe'))",
               timeout_s=30)
     shots = int(probe.split("-")[0])
     assert not _undrawn(plots.nth(1), vitlab.views.study_figures.sweep_table(runs, shots))
