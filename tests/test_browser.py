@@ -499,7 +499,7 @@ def test_pretraining_notebook(lab, page):
     for i in (16, 17):  # the probes by depth and by shots: every series told apart (not four near-identical blues)
         styles = [tuple(s) for s in plots.nth(i).evaluate(_LEGEND_STYLES)]
         assert len(styles) >= 4 and len(set(styles)) == len(styles), styles
-    for i, shot in ((0, "objective"), (1, "curves"), (3, "inside"), (14, "fine_tuning"), (16, "probes"),
+    for i, shot in ((0, "objective"), (1, "curves"), (3, "inside"), (14, "fine_tuning"), (15, "table"), (16, "probes"),
                     (17, "probe_shots")):
         plots.nth(i).scroll_into_view_if_needed()
         plots.nth(i).screenshot(path=str(ARTIFACTS / f"07_{shot}.png"))

@@ -40,4 +40,6 @@ def test_table_text_longer_than_its_column_wraps_onto_lines_that_fit_and_the_fig
     assert cells[1][0].count("<br>") >= 2 and cells[1][1] == "short"
     one_line = style.table(["a"], [["x", "y"]], [1.0], 300)
     assert one_line.layout.height == 84 + 2 * 28  # a table of short texts keeps its size
-    assert fig.layout.height >= 84 + 2 * 28 + 15 * cells[1][0].count("<br>")  # each added line adds room
+    lines = cells[1][0].count("<br>") + 1
+    assert fig.data[0].cells.height >= 28 + 15 * (lines - 1)  # each added line adds room, in every row
+    assert fig.layout.height >= 84 + 2 * fig.data[0].cells.height

@@ -78,7 +78,7 @@ def sweep_table(records: list[RunRecord], shots: int | None = None) -> go.Figure
                 column.append(cell)
     metric = "test accuracy" if shots is None else f"{shots}-shot probe accuracy"
     return table(["model", "training images", "epochs", "seeds", metric, "total FLOPs",
-                  "time per run"], columns, [1.4, 1.1, 0.7, 0.6, 1.3, 1.1, 1.0], 860)
+                  "time per run"], columns, [2.1, 1.1, 0.7, 0.6, 1.3, 1.1, 1.0], 900)  # a fine-tuned name on one line
 
 
 def _model_colours(records: list[ProbeRecord]) -> dict[str, str]:

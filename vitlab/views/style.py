@@ -95,7 +95,7 @@ def wrap_cell(value, chars: int) -> str:
 
 def table(header: list[str], columns: list[list], widths: list[float], width: int) -> go.Figure:
     """A plotly table of ``columns`` under ``header``, ``width`` pixels wide, split by relative ``widths``;
-    text too long for its column is wrapped onto more lines, and the figure is as tall as its rows."""
+    text too long for its column is wrapped onto more lines, the rows as tall as the most lines need."""
     import plotly.graph_objects as go  # here, so that readouts can use this module without plotly
     # Lines are broken here, not by plotly: it wraps by measuring text in the page, emptying cells drawn off screen.
     chars = [int((width - 20) * w / sum(widths) - _CELL_PAD) // TABLE_CHAR_PX for w in widths]
@@ -104,11 +104,12 @@ def table(header: list[str], columns: list[list], widths: list[float], width: in
     def height(row: list[str], least: int) -> int:
         lines = max(text.count("<br>") + 1 for text in row)
         return least if lines == 1 else _LINE_PX * lines + 14
-    fig = go.Figure(go.Table(columnwidth=widths, header=dict(values=header, align="left", height=30),
-                             cells=dict(values=cells, align="left", height=28)))
-    rows = [height(list(row), 28) for row in zip(*cells)]
-    fig.update_layout(width=width, height=54 + height(header, 30) + sum(rows),  # the mode bar above the header
-                      margin=dict(l=10, r=10, t=34, b=10))
+    # Every row as tall as the tallest: plotly grows a row to its lines only in the block of rows it draws first.
+    tallest = max((height(list(row), 28) for row in zip(*cells)), default=28)
+    fig = go.Figure(go.Table(columnwidth=widths, header=dict(values=header, align="left", height=height(header, 30)),
+                             cells=dict(values=cells, align="left", height=tallest)))
+    fig.update_layout(width=width, height=54 + height(header, 30) + tallest * max(map(len, cells), default=0),
+                      margin=dict(l=10, r=10, t=34, b=10))  # 54: the mode bar above the header
     return fig
 
 
