@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine (Python 3.11+):
-#   make lab    set up .venv (first run only) and open the notebooks in JupyterLab
+#   make lab    set up .venv (first run only) and open working copies of the notebooks (lab/) in JupyterLab
 #   make test   set up .venv (first run only) and run every test, notebooks included
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 SHARED_DATA := $(abspath ../shared/data)
 export VITLAB_DATA ?= $(if $(wildcard $(SHARED_DATA)/cifar10),$(SHARED_DATA),)
 
-.PHONY: lab test setup browser clean
+.PHONY: lab lab-reset test setup browser clean
 
 setup: $(STAMP)
 
@@ -21,8 +21,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# JupyterLab autosaves outputs into the notebooks it serves: it serves working copies in lab/ (git-ignored),
+# copied from notebooks/ where missing; a copy there is never overwritten, except by make lab-reset.
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+	@$(BIN)/python -c "from vitlab.settings import copy_notebooks; d = copy_notebooks(); d and print('lab/:', \
+	  ', '.join(d), 'differ from the committed notebooks; make lab-reset replaces the copies (edits lost)')"
+	$(BIN)/jupyter lab --notebook-dir=lab $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+lab-reset: $(STAMP)
+	$(BIN)/python -c "from vitlab.settings import copy_notebooks; copy_notebooks(replace=True)"
 
 # Debian's Chromium for the browser tests (Playwright's own browser download cannot work offline).
 browser:

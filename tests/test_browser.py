@@ -2,7 +2,7 @@
 
 Every notebook runs with Run All (quick mode) and is then checked the same way
 (:meth:`Lab.check`): no error and no unexpected stderr output in any cell, every figure
-inside its output area with the file browser open, widget labels and dropdown texts not
+inside its output area with the file browser open, widget labels, dropdown texts and table cells not
 cut off, plot titles clear of the mode bar. :meth:`Lab.change` is the one
 screenshot/change/wait/screenshot sequence the notebook-specific tests use. A Run All is also the
 notebook's nbmake check (tests/notebook_runs.py): its cells must all have run, in order, without an
@@ -153,6 +153,20 @@ _PLOT_PROBLEMS = """p => {
     return problems;
 }"""
 
+# One plot's table cells whose text is wider than its column (plotly clips it: "vit_tiny_c10 <- mpp:vit_tiny_c...").
+_CUT_CELLS = """p => [...p.querySelectorAll('.y-column')].flatMap(column => {
+    const rect = column.querySelector('.cell-rect');
+    const room = rect ? Number(rect.getAttribute('width')) - 8 : Infinity;  // the text starts 8 px in (cellPad)
+    return [...column.querySelectorAll('.cell-text')].filter(t => t.getBBox().width > room)
+        .map(t => `cut table cell (${Math.round(t.getBBox().width)} > ${room} px): ${t.textContent}`);
+})"""
+
+# The (colour, dash) of each legend entry of one plot, as drawn.
+_LEGEND_STYLES = """p => [...p.querySelectorAll('.legend .traces')].map(t => {
+    const line = t.querySelector('.js-line');
+    return line ? [line.style.stroke, line.style.strokeDasharray || 'solid'] : ['none', t.textContent];
+})"""
+
 
 class Lab:
     """One notebook open in JupyterLab: run it, change its widgets, check what a reader sees."""
@@ -208,8 +222,10 @@ class Lab:
         box.scroll_into_view_if_needed()
         box.screenshot(path=str(ARTIFACTS / f"{self.name}_{shot}_before.png"))
         action()
-        self.page.wait_for_function(until, arg=arg, timeout=timeout_s * 1000)
-        box.screenshot(path=str(ARTIFACTS / f"{self.name}_{shot}_after.png"))
+        try:
+            self.page.wait_for_function(until, arg=arg, timeout=timeout_s * 1000)
+        finally:  # what the page shows, also when it never got there
+            box.screenshot(path=str(ARTIFACTS / f"{self.name}_{shot}_after.png"))
 
     def open_file_browser(self) -> None:
         if not self.page.locator("#filebrowser").is_visible():
@@ -233,10 +249,19 @@ class Lab:
         plots, problems = page.locator(PLOTS), []
         for i in range(plots.count()):
             plots.nth(i).scroll_into_view_if_needed()
-            problems += plots.nth(i).evaluate(_PLOT_PROBLEMS)
+            problems += plots.nth(i).evaluate(_PLOT_PROBLEMS) + plots.nth(i).evaluate(_CUT_CELLS)
         assert problems == []
         assert page.evaluate(_CUT_LABELS) == []
         assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []
+
+
+def _undrawn(plot, table) -> list[str]:
+    """The texts of plotly ``table`` (header and cells) that ``plot`` does not draw, whitespace and line breaks
+    aside."""
+    flat = lambda text: "".join(str(text).replace("<br>", "").split())  # noqa: E731
+    drawn = {flat(t) for t in plot.locator(".cell-text").all_text_contents()}
+    expected = [*table.data[0].header.values, *(v for column in table.data[0].cells.values for v in column)]
+    return sorted({str(v) for v in expected if flat(v) not in drawn})[:5]
 
 
 def _title_is(index: int) -> str:
@@ -244,11 +269,24 @@ def _title_is(index: int) -> str:
 
 
 def test_tour_notebook(lab, page):
+    import vitlab
+
     nb = Lab(page, lab, "00_tour.ipynb")
     nb.run_all()
     table = nb.plots(1).nth(0)
     names = table.locator(".y-column").first.locator(".cell-text").all_text_contents()
     assert any("vit_tiny_c10" in n for n in names)  # underscores and all
+    # Every text in full: architectures, "no head; masked colours ..." (long ones wrapped onto lines; Lab.check
+    # sees that no line is wider than its column).
+    assert not _undrawn(table, vitlab.views.figures.zoo_table(vitlab.training.zoo.zoo()))
+    assert table.locator(".y-column .cell-rect").count() >= 5  # what Lab.check measures the texts against
+    table.screenshot(path=str(ARTIFACTS / "00_zoo_table.png"))
+    # describe_load's line printed as text, not shown as a quoted Python string.
+    cells = json.loads((ROOT / "notebooks" / "00_tour.ipynb").read_text())["cells"]
+    online = re.search(r'ONLINE_MODEL = "([^"]+)"', "".join(cells[1]["source"])).group(1)
+    cell = page.locator(".jp-CodeCell", has_text="describe_load(ONLINE_MODEL)").first
+    described = cell.locator(".jp-OutputArea-output").first.inner_text()
+    assert described.startswith(f"{online}:"), described
     nb.check()
 
 
@@ -258,6 +296,12 @@ def test_embedding_filters_notebook(lab, page):
     nb.plots(4)  # two static figures, the explorer's filters and variance
     slider = page.locator(".jp-Notebook .widget-slider .widget-label").first
     assert slider.text_content() == "components"
+    # 8 components: two even rows (4 + 4), not 7 and a lone tile on a band of its own.
+    readout = page.locator(".jp-Notebook .widget-slider .widget-readout").first
+    eight = f"() => document.querySelectorAll('{PLOTS}')[2].querySelector('.gtitle').textContent.includes('first 8 ')"
+    nb.change("eight", lambda: (readout.click(), page.keyboard.press("Control+A"), page.keyboard.type("8"),
+                                page.keyboard.press("Enter")), eight)
+    nb.plots(4).nth(2).screenshot(path=str(ARTIFACTS / "01_filters_8.png"))
     nb.check()
 
 
@@ -323,6 +367,11 @@ def test_attention_distance_notebook(lab, page):
     for axis in ("xtick", "x2tick"):  # one depth axis per arm, every layer ticked
         assert plots.nth(2).locator(f".{axis} text").count() == depth
     assert max(float(t) for t in plots.nth(0).locator(".xtick text").all_text_contents()) == depth
+    for i in (0, 1):  # the static view's and the explorer's "beyond 45 px" note sits above the plot the line runs in
+        plots.nth(i).scroll_into_view_if_needed()
+        note = plots.nth(i).locator(".annotation", has_text="beyond").bounding_box()
+        assert note["y"] + note["height"] <= plots.nth(i).locator(".nsewdrag").first.bounding_box()["y"] + 1
+    plots.nth(0).screenshot(path=str(ARTIFACTS / "03_resnet_note.png"))
     if vitlab.data.find_cifar10() is not None:
         assert "per class" in nb.title(0)  # says what it was computed on
     status = nb.widget().locator(".widget-html").first
@@ -383,10 +432,8 @@ def test_vit_vs_resnet_notebook(lab, page):
     for table in (plots.nth(1), plots.nth(3)):
         headers = [t.replace("\xa0", " ") for t in table.locator("#header .cell-text").all_text_contents()]
         assert len(headers) == 7 and all(headers), headers
-    drawn = {t.replace("\xa0", " ") for t in plots.nth(1).locator(".cell-text").all_text_contents()}
-    expected = vitlab.views.study_figures.sweep_table(vitlab.result_files.read_runs(vitlab.result_files.RESULTS)).data[0].cells.values
-    missing = {str(v).replace("\xa0", " ") for column in expected for v in column} - drawn
-    assert not missing, f"table cells not drawn: {sorted(missing)[:5]}"
+    runs = vitlab.result_files.read_runs(vitlab.result_files.RESULTS)
+    assert not _undrawn(plots.nth(1), vitlab.views.study_figures.sweep_table(runs))
     assert plots.nth(0).locator(".scatterlayer .trace").count() >= 3  # a ViT, a hybrid and a ResNet curve
     assert plots.nth(2).locator(".scatterlayer .trace").count() == 3  # the live mini-sweep drew all three families
     for i in (6, 7, 8, 9):
@@ -398,6 +445,15 @@ def test_vit_vs_resnet_notebook(lab, page):
     flops = page.locator(".jp-Notebook .widget-toggle-button", has_text="training FLOPs").first
     nb.change("flops", flops.click, f"() => document.querySelectorAll('{PLOTS}')[0]"
               ".querySelector('.xtitle').textContent.includes('FLOPs')", timeout_s=30)
+    # The y axis switched to a probe: the table's accuracy column follows it.
+    metric = nb.widget().locator(".widget-dropdown select").first
+    probe = metric.locator("option").all_inner_texts()[-1].replace("\xa0", " ")  # e.g. "25-shot probe"
+    nb.change("probe", lambda: metric.select_option(label=probe),
+              f"() => [...document.querySelectorAll('{PLOTS}')[1].querySelectorAll('#header')]"  # one per column
+              ".some(h => h.textContent.includes('probe'))",
+              timeout_s=30)
+    shots = int(probe.split("-")[0])
+    assert not _undrawn(plots.nth(1), vitlab.views.study_figures.sweep_table(runs, shots))
     for name, index in (("sweep", 0), ("probes", 4), ("cka", 6), ("cka_hybrid", 8), ("inside_hybrid", 11)):
         plots.nth(index).scroll_into_view_if_needed()
         plots.nth(index).screenshot(path=str(ARTIFACTS / f"05_{name}.png"))
@@ -437,7 +493,14 @@ def test_pretraining_notebook(lab, page):
     assert "vit_tiny_c10_e40, epoch 40" in nb.title(9)  # then the from-scratch model's
     legend = plots.nth(14).locator(".legendtext").all_text_contents()
     assert any("←" in t for t in legend) and any("resnet" in t for t in legend), legend
-    for i, shot in ((0, "objective"), (1, "curves"), (3, "inside"), (14, "fine_tuning"), (16, "probes")):
+    runs = vitlab.result_files.read_runs(vitlab.result_files.RESULTS) + vitlab.result_files.read_runs(
+        vitlab.result_files.MPP_RESULTS)
+    assert not _undrawn(plots.nth(15), vitlab.views.study_figures.sweep_table(runs))  # "vit_tiny_c10 ← mpp:..." whole
+    for i in (16, 17):  # the probes by depth and by shots: every series told apart (not four near-identical blues)
+        styles = [tuple(s) for s in plots.nth(i).evaluate(_LEGEND_STYLES)]
+        assert len(styles) >= 4 and len(set(styles)) == len(styles), styles
+    for i, shot in ((0, "objective"), (1, "curves"), (3, "inside"), (14, "fine_tuning"), (15, "table"), (16, "probes"),
+                    (17, "probe_shots")):
         plots.nth(i).scroll_into_view_if_needed()
         plots.nth(i).screenshot(path=str(ARTIFACTS / f"07_{shot}.png"))
     nb.check()

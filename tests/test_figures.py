@@ -21,8 +21,8 @@ def _strict_json(fig):
 
 
 def _text(values):
-    """Table texts as read (plots keeps them on one line with non-breaking spaces)."""
-    return [str(v).replace("\xa0", " ") for v in values]
+    """Table texts as read (non-breaking spaces inside a line, ``<br>`` where a long text wraps)."""
+    return [str(v).replace("<br>", " ").replace("\xa0", " ") for v in values]
 
 
 def _random_sim(rows, cols):
@@ -132,6 +132,22 @@ def test_embedding_filters_figure_scales_each_component():
         expected = ((f - f.min()) / (f.max() - f.min())).permute(1, 2, 0).numpy() * 255
         np.testing.assert_allclose(img[y : y + 4, x : x + 4], expected, atol=0.51)
     assert "PC 2: 10.0%" in fig.data[0].hovertext[0][5]
+
+
+@pytest.mark.parametrize("k", [1, 7, 8, 9, 13, 15, 16, 22, 28])
+def test_embedding_filters_mosaic_fills_its_rows_evenly(k):
+    """No lone tile wrapped onto a last row (8 components: 7 + 1 was the bug): the last row is at least half full."""
+    p = 4
+    filters = torch.randn(k, 3, p, p, generator=torch.Generator().manual_seed(0))
+    fig = figures.embedding_filters_figure(FiltersResult.from_ratios(torch.full((k,), 1 / k), k=k, filters=filters))
+    height, width, _ = np.asarray(fig.data[0].z).shape
+    rows, cols = (height + 1) // (p + 1), (width + 1) // (p + 1)
+    labels = [t for row in fig.data[0].hovertext[::p + 1] for t in row[::p + 1]]  # one text per tile, row by row
+    assert rows * cols >= k and cols <= figures.FILTER_COLUMNS and rows == -(-k // figures.FILTER_COLUMNS)
+    assert 2 * sum(bool(t) for t in labels[(rows - 1) * cols:]) >= cols, (k, rows, cols)
+    assert fig.layout.plot_bgcolor == "white"  # no coloured band where the image does not fill the plot
+    if k == 8:
+        assert (rows, cols) == (2, 4)
 
 
 def test_attention_distance_figure_has_a_trace_per_head_and_the_reference():
@@ -245,6 +261,22 @@ def test_training_curves_say_when_train_accuracy_counts_dominant_labels():
     plain = {t.name for t in figures.training_curves_figure(records).data}
     mixed = {t.name for t in figures.training_curves_figure(records, mixed=True).data}
     assert "train accuracy" in plain and "train accuracy (dominant label of mixed images)" in mixed
+
+
+def test_the_clipped_receptive_field_note_sits_above_the_plot_clear_of_the_line():
+    """The ResNet line is clipped along the top edge: its note goes above the plot, in room added for it (notebook 03's
+    line ran through "beyond 45 px")."""
+    fields = [("conv1", 7.0), ("layer1", 20.0), ("layer2", 60.0), ("layer3", 200.0)]
+    clipped = figures.attention_distance_figure(_distances(torch.full((4, 2), 10.0), cnn_fields=fields, diagonal=45.0))
+    plain = figures.attention_distance_figure(_distances(torch.full((4, 2), 10.0), cnn_fields=fields[:2],
+                                                         diagonal=45.0))
+    note = next(a for a in clipped.layout.annotations if "beyond 45 px" in a.text)
+    top = clipped.layout.yaxis.range[1]
+    assert max(y for t in clipped.data for y in t.y) <= top  # every line and marker at or below the top edge
+    assert note.yref in (None, "y") and note.y == top and note.yanchor == "bottom" and note.yshift >= 5  # above it
+    assert "layer2" in note.text and "ResNet" in note.text
+    assert not any("beyond" in a.text for a in plain.layout.annotations)
+    assert clipped.layout.margin.t >= plain.layout.margin.t + 16  # room for the note under the title
 
 
 def test_a_hybrids_stem_line_is_styled_apart_from_a_cnns_receptive_fields():

@@ -58,3 +58,49 @@ def test_the_check_catches_planted_figures():
     assert typed_figures(markdown_of(planted)) == ["77.7%", "12.6 px", "14px", "8 percent"]
     assert typed_figures("it reaches 77.7% and 12.6 px", allowed=()) == ["77.7%", "12.6 px"]
     assert typed_figures("a 95% bootstrap interval", allowed=()) == ["95%"]  # allowed only by the list
+
+
+def test_the_tour_lists_every_notebook():
+    """00's table of notebooks links each notebook of the folder, and nothing else."""
+    tour = next(p for p in NOTEBOOKS if p.name.startswith("00_"))
+    linked = set(re.findall(r"\]\(([\w-]+\.ipynb)\)", markdown_of(json.loads(tour.read_text()))))
+    assert linked == {p.name for p in NOTEBOOKS} - {tour.name}
+
+
+#: A run-in heading: a paragraph opening with a bold sentence ("**The hybrid against both.** Model A is ...").
+#: A bold label ending in a colon ("**What to look for:**") recurs by design and is no heading.
+_RUN_IN = re.compile(r"(?:^|\n\n)\*\*([^*]+?[.?!])\*\*")
+
+
+def headings(notebook: dict) -> tuple[list[str], list[str]]:
+    """The ``#`` headings and the run-in headings of a notebook's markdown cells."""
+    cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "markdown"]
+    return ([h for text in cells for h in re.findall(r"^#+ (.+)$", text, re.M)],
+            [h for text in cells for h in _RUN_IN.findall(text)])
+
+
+def _words(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9 ]", " ", re.sub(r"^\d+\.\s*", "", text.lower())).split())
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_heading_repeated_within_a_notebook(path):
+    """A reader sees each heading once: no two alike, and no run-in heading repeating the opening overview (05
+    printed "The hybrid against both" in its overview and again as a heading)."""
+    notebook = json.loads(path.read_text())
+    marked, run_in = headings(notebook)
+    said = [_words(h) for h in marked + run_in]
+    assert sorted({h for h in said if said.count(h) > 1}) == []
+    overview = _words("".join(notebook["cells"][0]["source"]))
+    assert [h for h in run_in if _words(h) in overview] == []
+
+
+def test_the_heading_check_catches_repeats():
+    planted = {"cells": [
+        {"cell_type": "markdown", "source": ["# Title\n", "\n", "4. **CKA**: the hybrid against both.\n"]},
+        {"cell_type": "markdown", "source": ["**What to look for:** a\n", "\n", "**The hybrid against both.** B"]},
+        {"cell_type": "markdown", "source": ["## 1. Title\n", "\n", "**What to look for:** again"]},
+    ]}
+    marked, run_in = headings(planted)
+    assert marked == ["Title", "1. Title"] and run_in == ["The hybrid against both."]
+    assert _words(marked[0]) == _words(marked[1])  # numbering and case aside, the same heading

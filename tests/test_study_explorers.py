@@ -35,12 +35,32 @@ def test_sweep_explorer_adds_runs_and_switches_axis():
     assert [t.marker.symbol for t in view.figure.data] == ["circle", "diamond"]
     assert [list(t.x) for t in view.figure.data] == [[2e12], [9e12]]  # the FLOPs axis counts pre-training
     view.models.value = ("vit_micro_c10 ← mpp:enc",)
-    assert [t.replace("\xa0", " ") for t in view.table.data[0].cells.values[0]] == ["vit_micro_c10 ← mpp:enc"]
+    assert [t.replace("<br>", " ").replace("\xa0", " ") for t in view.table.data[0].cells.values[0]] == [
+        "vit_micro_c10 ← mpp:enc"]
     probed = study_explorers.SweepExplorer([_run(fewshot={10: 0.25}), _run(seed=1, fewshot={10: 0.35})])
     assert probed.metric.options == (("test accuracy", "test"), ("10-shot probe", 10))
     probed.metric.value = 10
     np.testing.assert_allclose(probed.figure.data[0].y, [0.3])
     assert probed.figure.layout.title.text.startswith("10-shot probe vs")
+
+
+
+def test_sweep_explorer_table_shows_the_y_axis_metric():
+    """Switched to a probe, the table's accuracy column is the probe's, as the figure's y axis (notebook 05)."""
+    runs = [_run(fewshot={10: 0.25}), _run(seed=1, fewshot={10: 0.45}), _run(model="resnet_micro_c10",
+                                                                            family="resnet", test_accuracy=0.6)]
+    view = study_explorers.SweepExplorer(runs)
+    header, cells = view.table.data[0].header.values, view.table.data[0].cells.values
+    assert header[4] == "test\xa0accuracy" and list(cells[4]) == ["60.0%", "30.0%\xa0±\xa00.0%"]
+    view.metric.value = 10
+    header, cells = view.table.data[0].header.values, view.table.data[0].cells.values
+    assert header[4].replace("<br>", " ").replace("\xa0", " ") == "10-shot probe accuracy"
+    mean, std = np.mean([0.25, 0.45]), np.std([0.25, 0.45], ddof=1)
+    assert list(cells[0]) == ["vit_micro_c10"]  # the ResNet run has no probe, as in the figure
+    assert cells[4][0].replace("\xa0", " ") == f"{mean:.1%} ± {std:.1%}"
+    np.testing.assert_allclose(view.figure.data[0].y, [mean])
+    view.metric.value = "test"
+    assert view.table.data[0].cells.values[4][1].startswith("30.0%")
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ def _strict_json(fig):
 
 
 def _text(values):
-    """Table texts as read (plots keeps them on one line with non-breaking spaces)."""
-    return [str(v).replace("\xa0", " ") for v in values]
+    """Table texts as read (non-breaking spaces inside a line, ``<br>`` where a long text wraps)."""
+    return [str(v).replace("<br>", " ").replace("\xa0", " ") for v in values]
 
 
 def _sweep_records():
@@ -131,6 +131,27 @@ def test_probe_shots_figure_follows_the_chosen_layers():
     np.testing.assert_allclose(fig.data[1].y, [0.02, 0.06])
     with pytest.raises(ValueError, match="no probe records"):
         study_figures.probe_shots_figure(_probe_records(), [("vit", "blocks.9", "cls")])
+
+
+def test_probe_legends_tell_every_series_apart_two_vits_included():
+    """Two ViTs with two poolings each (notebook 07: the mpp encoder, vit_tiny_c10_e40) were four near-identical
+    blues: now each model has a colour of its own hue, each of its series a dash of its own."""
+    import colorsys
+
+    records = _probe_records() + [dataclasses.replace(r, model="vit_b") for r in _probe_records() if r.model == "vit"]
+    chosen = [(m, "blocks.2", p) for m in ("vit", "vit_b") for p in ("cls", "mean")] + [("resnet", "layer1", "gap")]
+    for fig in (study_figures.probe_depth_figure(records, shots=5), study_figures.probe_shots_figure(records, chosen)):
+        styles = [(t.line.color, t.line.dash) for t in fig.data]
+        assert len(set(styles)) == len(styles) == 5, styles
+        colours = {}
+        for trace in fig.data:
+            colours.setdefault(trace.name.split(" · ")[0], set()).add(trace.line.color)
+        assert all(len(c) == 1 for c in colours.values()), colours  # one colour per model
+        hues = [colorsys.rgb_to_hsv(*(int(c[i:i + 2], 16) / 255 for i in (1, 3, 5)))[0] * 360
+                for (c,) in colours.values()]
+        apart = [min(abs(a - b), 360 - abs(a - b)) for i, a in enumerate(hues) for b in hues[i + 1:]]
+        assert min(apart) >= 20, (colours, hues)  # not shades of one hue
+        assert colours["resnet"] == {style.family_color("resnet", 0)}  # the only ResNet keeps its family's colour
 
 
 def test_cka_figure_rows_and_columns():

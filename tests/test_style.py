@@ -22,3 +22,24 @@ def test_numbers_that_round_to_zero_lose_their_minus_sign():
     assert style.spread_text([-0.001, -0.02, 0.0]) == "-0.01 [-0.02, 0.00]"
     assert style.spread_text([0.05, 0.052], 1, "%", 100) == "5.1% [5.0, 5.2]"
     assert style.spread_text([-0.001, 0.001]) == "0.00 [0.00, 0.00]" and style.px(14.26) == "14.3 px"
+
+
+def test_table_text_longer_than_its_column_wraps_onto_lines_that_fit_and_the_figure_grows():
+    long = ("ViT, patch 4 (8x8 grid), width 128, 6 blocks, 4 heads; pre-trained without labels by masked patch "
+            "prediction for 20 epochs (its classifier head is untrained: fine-tune it with --init)")
+    columns = [["vit_tiny_c10 ← mpp:vit_tiny_c10_mpp", "b"], [long, "short"], ["no head; masked colours 53.5%", "1"]]
+    widths, width = [1.4, 4.0, 1.2], 700
+    fig = style.table(["model", "architecture", "CIFAR-10 test accuracy"], columns, widths, width)
+    cells = fig.data[0].cells.values
+    for column, drawn, w in zip(columns, cells, widths):
+        room = (width - 20) * w / sum(widths) - 16  # the column's pixels inside its padding
+        for text, shown in zip(column, drawn):
+            lines = shown.split("<br>")
+            assert all(len(line) * style.TABLE_CHAR_PX <= room for line in lines), (room, lines)
+            assert " " not in shown and shown.replace("<br>", "").replace("\xa0", "") == text.replace(" ", "")
+    assert cells[1][0].count("<br>") >= 2 and cells[1][1] == "short"
+    one_line = style.table(["a"], [["x", "y"]], [1.0], 300)
+    assert one_line.layout.height == 84 + 2 * 28  # a table of short texts keeps its size
+    lines = cells[1][0].count("<br>") + 1
+    assert fig.data[0].cells.height >= 28 + 15 * (lines - 1)  # each added line adds room, in every row
+    assert fig.layout.height >= 84 + 2 * fig.data[0].cells.height

@@ -1,13 +1,17 @@
 """Where vitlab reads its environment's settings, and nowhere else: quick mode, data and cache folders, the device."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
 #: The project checkout (parent of the package folder).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: The committed notebooks, and the git-ignored folder of working copies that ``make lab`` serves.
+NOTEBOOKS_DIR, LAB_DIR = PROJECT_ROOT / "notebooks", PROJECT_ROOT / "lab"
 
 
 def quick_mode() -> bool:
@@ -35,3 +39,27 @@ def cache_dir() -> Path:
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _cell_sources(path: Path) -> list[tuple[str, str]]:
+    """A notebook's cells as (type, source): what a person wrote, without outputs or counts."""
+    cells = json.loads(path.read_text())["cells"]
+    return [(c["cell_type"], "".join(c["source"])) for c in cells]
+
+
+def copy_notebooks(source: Path = NOTEBOOKS_DIR, dest: Path = LAB_DIR, replace: bool = False) -> list[str]:
+    """Copy the committed notebooks into the working folder JupyterLab serves (autosave then writes outputs there,
+    never into the committed files). A copy already there is kept, edited or not, unless ``replace``.
+
+    Returns the names of kept copies whose cells differ from the committed notebook's (outputs not counted).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    differ = []
+    for notebook in sorted(source.glob("*.ipynb")):
+        copy = dest / notebook.name
+        if copy.exists() and not replace:
+            if _cell_sources(copy) != _cell_sources(notebook):
+                differ.append(notebook.name)
+            continue
+        shutil.copyfile(notebook, copy)
+    return differ

@@ -85,13 +85,20 @@ def patch_similarity_figure(result: PositionResult, row: int, col: int, title: s
     return fig
 
 
-def embedding_filters_figure(result: FiltersResult, cols: int = 7,
+#: Most principal components a row of the filter mosaic holds.
+FILTER_COLUMNS = 7
+
+
+def embedding_filters_figure(result: FiltersResult, cols: int | None = None,
                              title: str = "Principal components of the patch-embedding filters") -> go.Figure:
-    """Paper Fig. 7 (left): each of the first ``result.k`` principal components as an RGB patch, min-max scaled."""
+    """Paper Fig. 7 (left): each of the first ``result.k`` principal components as an RGB patch, min-max scaled,
+    ``cols`` a row (default: as few rows of at most :data:`FILTER_COLUMNS` as hold them, filled evenly: 8 as 4 + 4)."""
     filters, ratio = result.filters, result.ratio[: result.k]
     k, channels, p, _ = filters.shape
     if channels != 3:
         raise ValueError(f"RGB display needs 3 input channels, the filters have {channels}")
+    if cols is None:  # even rows: a last row of one tile leaves a wide empty band beside it
+        cols = -(-k // -(-k // FILTER_COLUMNS))
     rows = -(-k // cols)
     f = filters.detach().float().flatten(1)
     f = (f - f.amin(1, keepdim=True)) / (f.amax(1, keepdim=True) - f.amin(1, keepdim=True)).clamp_min(1e-12)
@@ -105,7 +112,7 @@ def embedding_filters_figure(result: FiltersResult, cols: int = 7,
                                             np.char.add(": ", np.char.mod("%.1f%%", 100 * share[label.clip(0)]))), "")
     fig = go.Figure(go.Image(z=img, hovertext=text, hoverinfo="text"))
     return layout(fig, title, max(420, 64 * cols + 80), max(260, 64 * rows + 90), margin=(20, 20, 50, 20),
-                  xaxis=dict(visible=False), yaxis=dict(visible=False))
+                  xaxis=dict(visible=False), yaxis=dict(visible=False), plot_bgcolor="white")  # no band round it
 
 
 def explained_variance_figure(result: FiltersResult, title: str = "Explained variance") -> go.Figure:
@@ -136,6 +143,10 @@ def note_figure(title: str, text: str, width: int = 580, height: int = 340) -> g
     return layout(fig, title, width, height, xaxis=dict(visible=False), yaxis=dict(visible=False))
 
 
+#: A note over a distance figure: pixels per line, and its gap above the plot (clear of the clipped markers).
+_NOTE_LINE, _NOTE_GAP = 16, 6
+
+
 def _receptive_fields(fig: go.Figure, result: DistanceResult, name: str, cnn: str, top: float) -> None:
     """A CNN's receptive fields spread over depth and a hybrid's stem window, clipped at ``top`` with a note."""
     depth, fields, curves = result.depth, result.cnn_fields, []
@@ -147,6 +158,7 @@ def _receptive_fields(fig: go.Figure, result: DistanceResult, name: str, cnn: st
         pixels, style = result.token_field, dict(dash="dashdot", color=family_color("hybrid", 2))  # apart from grey
         curves.append((f"{name}'s CNN stem receptive field ({pixels:.0f} px)", [1, depth], [pixels, pixels],
                        ["the tokens' CNN window (every layer's input)"] * 2, style))
+    notes = []
     for label, xs, ys, names, style in curves:
         fig.add_trace(go.Scatter(
             x=xs, y=[min(y, top) for y in ys], mode="lines+markers", name=label, customdata=list(zip(names, ys)),
@@ -155,9 +167,11 @@ def _receptive_fields(fig: go.Figure, result: DistanceResult, name: str, cnn: st
             hovertemplate="%{customdata[0]}<br>%{customdata[1]:.0f} px<extra>" + label + "</extra>"))
         over = [i for i, y in enumerate(ys) if y > top]
         if over:
-            fig.add_annotation(xref="paper", x=0.01, y=top, xanchor="left", yanchor="top", showarrow=False,
-                               font=dict(color="gray", size=11),
-                               text=f"beyond {top:.0f} px from {names[over[0]]} on (up to {max(ys):.0f} px)")
+            notes.append(f"{label}: beyond {top:.0f} px from {names[over[0]]} on (up to {max(ys):.0f} px)")
+    if notes:  # above the plot, in room made for it: a clipped line runs along the top edge, anywhere along it
+        fig.add_annotation(xref="paper", x=0, y=top, xanchor="left", yanchor="bottom", yshift=_NOTE_GAP, align="left",
+                           showarrow=False, font=dict(color="gray", size=11), text="<br>".join(notes))
+        fig.update_layout(margin_t=fig.layout.margin.t + _NOTE_LINE * len(notes) + _NOTE_GAP)
 
 
 def _distance_figure(distance: torch.Tensor, rows: torch.Tensor, depth: int, uniform: float, title: str,
@@ -279,4 +293,4 @@ def zoo_table(zoo: dict[str, dict]) -> go.Figure:
     return table(["name", "family", "architecture", "parameters", "CIFAR-10 test accuracy"],
                  [names, [zoo[n]["family"] for n in names], [zoo[n]["description"] for n in names],
                   [f"{zoo[n]['params']:,}" for n in names], [accuracy(zoo[n]) for n in names]],
-                 [1.3, 0.6, 4.4, 0.9, 1.5], 900)
+                 [1.5, 0.6, 4.2, 0.9, 1.5], 900)

@@ -60,7 +60,7 @@ class SweepExplorer(Explorer):
         metric = "accuracy" if shots is None else self.metric.label
         title = f"{self.title}: {metric} vs {what}" if self.title else f"{metric} vs {what}"
         return [study_figures.sweep_figure(self.records, x, list(self.models.value), title=title, shots=shots),
-                study_figures.sweep_table(shown)]
+                study_figures.sweep_table(shown, shots)]  # the table shows what the y axis does
 
     def add(self, record: RunRecord) -> None:
         """Add one run and redraw (once, though the model list may change too)."""

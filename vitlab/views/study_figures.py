@@ -14,7 +14,8 @@ from ..records import (FAMILY_ORDER, InsideView, ProbeRecord, Recipes, RunInside
                        group_spread, spread)
 from ..training import mpp
 from .figures import training_curves_figure, uniform_line
-from .style import duration, family_color, family_shades, integer_ticks, layer_label, layout, table
+from .style import (DASHES, duration, family_color, family_shades, integer_ticks, layer_label, layout, model_colours,
+                    table)
 
 
 def _by_size(runs: list[RunRecord]) -> dict[int, list[RunRecord]]:
@@ -61,19 +62,29 @@ def sweep_figure(records: list[RunRecord], x: str = "subset_size", models: list[
                    else f"{shots}-shot linear probe accuracy", tickformat=".0%", rangemode="tozero"))
 
 
-def sweep_table(records: list[RunRecord]) -> go.Figure:
-    """The sweep as a table: per model and size, epochs, accuracy (mean ± std), total FLOPs (pre-training too), time."""
+def sweep_table(records: list[RunRecord], shots: int | None = None) -> go.Figure:
+    """The sweep as a table: per model and size, epochs, accuracy (mean ± std: test accuracy, or the ``shots``-shot
+    probe's as the sweep figure's y axis shows), total FLOPs (pre-training too), time."""
+    value = (lambda r: r.test_accuracy) if shots is None else (lambda r: r.fewshot.get(shots))
+    records = [r for r in records if value(r) is not None]
     columns: list[list] = [[] for _ in range(7)]
     for name in sorted({r.label for r in records}):
         for size, runs in _by_size([r for r in records if r.label == name]).items():
-            acc, flops = spread(r.test_accuracy for r in runs), spread(r.train_flops_total for r in runs)
+            acc, flops = spread(value(r) for r in runs), spread(r.train_flops_total for r in runs)
             accuracy = f"{acc.mean:.1%}" + (f" ± {acc.std:.1%}" if acc.n > 1 else "")
             row = [name, f"{size:,}", runs[0].epochs, len(runs), accuracy, f"{flops.mean:.2e}",
                    duration(spread(r.wall_seconds for r in runs).mean)]
-            for column, value in zip(columns, row):
-                column.append(value)
-    return table(["model", "training images", "epochs", "seeds", "test accuracy", "total FLOPs",
-                  "time per run"], columns, [1.4, 1.1, 0.7, 0.6, 1.3, 1.1, 1.0], 860)
+            for column, cell in zip(columns, row):
+                column.append(cell)
+    metric = "test accuracy" if shots is None else f"{shots}-shot probe accuracy"
+    return table(["model", "training images", "epochs", "seeds", metric, "total FLOPs",
+                  "time per run"], columns, [2.1, 1.1, 0.7, 0.6, 1.3, 1.1, 1.0], 900)  # a fine-tuned name on one line
+
+
+def _model_colours(records: list[ProbeRecord]) -> dict[str, str]:
+    """The colour of each model of ``records``, in their order (:func:`~vitlab.views.style.model_colours`)."""
+    family = {r.model: r.family for r in records}
+    return dict(zip(family, model_colours(list(family.values()))))
 
 
 def probe_depth_figure(records: list[ProbeRecord], shots: int, title: str | None = None) -> go.Figure:
@@ -81,8 +92,9 @@ def probe_depth_figure(records: list[ProbeRecord], shots: int, title: str | None
     chosen = [r for r in records if r.shots == shots]
     if not chosen:
         raise ValueError(f"no probe records with {shots} shots; have {sorted({r.shots for r in records})}")
-    fig, color = go.Figure(), family_shades()
-    for model in dict.fromkeys(r.model for r in chosen):
+    fig, colour = go.Figure(), _model_colours(chosen)  # a colour per model, a dash per pooling
+    poolings = list(dict.fromkeys(r.pooling for r in chosen))
+    for model in colour:
         mine = [r for r in chosen if r.model == model]
         last = max(r.depth for r in mine) or 1
         for pooling in dict.fromkeys(r.pooling for r in mine):
@@ -91,7 +103,7 @@ def probe_depth_figure(records: list[ProbeRecord], shots: int, title: str | None
             fig.add_trace(go.Scatter(
                 x=[d / last for (d, _), _ in stats], y=[s.mean for _, s in stats], mode="lines+markers",
                 name=f"{model} · {pooling}", error_y=dict(type="data", array=[s.std for _, s in stats], visible=True),
-                line=dict(color=color(mine[0].family), dash="dash" if pooling == "mean" else "solid"),
+                line=dict(color=colour[model], dash=DASHES[poolings.index(pooling) % len(DASHES)]),
                 customdata=[[layer_label(layer), s.n] for (_, layer), s in stats],
                 hovertemplate="%{customdata[0]}: %{y:.1%} (%{customdata[1]} seeds)<extra>" + model + "</extra>"))
     return layout(fig, title or f"{shots}-shot linear probe accuracy by depth", 900, 420,
@@ -102,15 +114,18 @@ def probe_depth_figure(records: list[ProbeRecord], shots: int, title: str | None
 def probe_shots_figure(records: list[ProbeRecord], layers: list[tuple[str, str, str]],
                        title: str = "Accuracy vs shots") -> go.Figure:
     """Few-shot accuracy against shots per class (log axis) for chosen ``(model, layer, pooling)`` triples."""
-    fig, color = go.Figure(), family_shades()
+    wanted = {tuple(t) for t in layers}
+    shown = [r for r in records if (r.model, r.layer, r.pooling) in wanted]
+    fig, colour, drawn = go.Figure(), _model_colours(shown), []  # a colour per model, a dash per layer of it
     for model, layer, pooling in layers:
-        rows = [r for r in records if (r.model, r.layer, r.pooling) == (model, layer, pooling)]
+        rows = [r for r in shown if (r.model, r.layer, r.pooling) == (model, layer, pooling)]
         if not rows:
             raise ValueError(f"no probe records for {model} {layer} {pooling}")
         stats = sorted(group_spread(rows, lambda r: r.shots, lambda r: r.accuracy).items())
+        drawn.append(model)
         fig.add_trace(go.Scatter(x=[k for k, _ in stats], y=[s.mean for _, s in stats], mode="lines+markers",
                                  name=f"{model} · {layer_label(layer)} · {pooling}",
-                                 line=dict(color=color(rows[0].family)),
+                                 line=dict(color=colour[model], dash=DASHES[(drawn.count(model) - 1) % len(DASHES)]),
                                  error_y=dict(type="data", array=[s.std for _, s in stats], visible=True)))
     return layout(fig, title, 900, 400, xaxis=dict(title="Training images per class (shots)", type="log"),
                   yaxis=dict(title="Few-shot test accuracy", tickformat=".0%", rangemode="tozero"))

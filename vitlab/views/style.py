@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -79,15 +80,36 @@ def square_axes(fig: go.Figure) -> None:
     fig.update_yaxes(showgrid=False, zeroline=False, autorange="reversed", scaleanchor="x", constrain="domain")
 
 
+#: Pixels a character of a table cell's 12-pixel font takes on average, with a margin (drawn: about 5.2).
+TABLE_CHAR_PX = 6
+#: Pixels a cell keeps clear on its left and right, and per line of text.
+_CELL_PAD, _LINE_PX = 16, 16
+
+
+def wrap_cell(value, chars: int) -> str:
+    """``value`` as text broken into lines of at most ``chars`` characters with ``<br>``, at spaces where it can
+    (mid-word only for a longer word); the spaces left inside a line become non-breaking."""
+    lines = textwrap.wrap(str(value), max(chars, 1), break_on_hyphens=False) or [""]
+    return "<br>".join(line.replace(" ", "\u00a0") for line in lines)
+
+
 def table(header: list[str], columns: list[list], widths: list[float], width: int) -> go.Figure:
-    """A plotly table of ``columns`` under ``header``, ``width`` pixels wide, split by relative ``widths``."""
+    """A plotly table of ``columns`` under ``header``, ``width`` pixels wide, split by relative ``widths``;
+    text too long for its column is wrapped onto more lines, the rows as tall as the most lines need."""
     import plotly.graph_objects as go  # here, so that readouts can use this module without plotly
-    # Spaces become non-breaking: plotly wraps by measuring text in the page, emptying cells drawn off screen.
-    nowrap = lambda values: [str(v).replace(" ", "\u00a0") for v in values]  # noqa: E731
-    fig = go.Figure(go.Table(columnwidth=widths, header=dict(values=nowrap(header), align="left", height=30),
-                             cells=dict(values=[nowrap(c) for c in columns], align="left", height=28)))
-    fig.update_layout(width=width, height=84 + 28 * max(map(len, columns), default=0),  # the mode bar above the header
-                      margin=dict(l=10, r=10, t=34, b=10))
+    # Lines are broken here, not by plotly: it wraps by measuring text in the page, emptying cells drawn off screen.
+    chars = [int((width - 20) * w / sum(widths) - _CELL_PAD) // TABLE_CHAR_PX for w in widths]
+    header = [wrap_cell(h, n) for h, n in zip(header, chars)]
+    cells = [[wrap_cell(v, n) for v in column] for column, n in zip(columns, chars)]
+    def height(row: list[str], least: int) -> int:
+        lines = max(text.count("<br>") + 1 for text in row)
+        return least if lines == 1 else _LINE_PX * lines + 14
+    # Every row as tall as the tallest: plotly grows a row to its lines only in the block of rows it draws first.
+    tallest = max((height(list(row), 28) for row in zip(*cells)), default=28)
+    fig = go.Figure(go.Table(columnwidth=widths, header=dict(values=header, align="left", height=height(header, 30)),
+                             cells=dict(values=cells, align="left", height=tallest)))
+    fig.update_layout(width=width, height=54 + height(header, 30) + tallest * max(map(len, cells), default=0),
+                      margin=dict(l=10, r=10, t=34, b=10))  # 54: the mode bar above the header
     return fig
 
 
@@ -100,6 +122,21 @@ def family_color(family: str, k: int) -> str:
     """The ``k``-th shade of a family's colour (grey for an unknown family)."""
     shades = _FAMILY_COLORS.get(family, ("#555555", "#999999", "#222222"))
     return shades[k % len(shades)]
+
+
+#: Colours told apart at a glance (plotly's D3 palette), for models that share a family.
+_DISTINCT = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+             "#17becf")
+#: Line dashes of a model's series (its poolings, layers), in order.
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+
+
+def model_colours(families: Sequence[str]) -> list[str]:
+    """A colour per model of a figure, from each model's family: the family's colour for the only model of its
+    family, otherwise a :data:`_DISTINCT` colour no other model has (two ViTs: blue and orange, not two blues)."""
+    alone = {f for f in families if list(families).count(f) == 1}
+    spare = itertools.cycle([c for c in _DISTINCT if c not in {family_color(f, 0) for f in alone}])
+    return [family_color(f, 0) if f in alone else next(spare) for f in families]
 
 
 def family_shades() -> Callable[[str], str]:
