@@ -212,6 +212,9 @@ class Lab:
     def title(self, index: int) -> str:
         return self.page.locator(PLOTS).nth(index).locator(".gtitle").text_content()
 
+    def title_has(self, index: int, text: str) -> bool:
+        return self.page.evaluate(_title_has(index), text)
+
     def widget(self, index: int = 0):
         return self.page.locator(".jp-Notebook .jp-OutputArea-output .widget-vbox").nth(index)
 
@@ -226,6 +229,46 @@ class Lab:
             self.page.wait_for_function(until, arg=arg, timeout=timeout_s * 1000)
         finally:  # what the page shows, also when it never got there
             box.screenshot(path=str(ARTIFACTS / f"{self.name}_{shot}_after.png"))
+
+    def own_models(self, widget: int, plot: int, compute: bool = False) -> None:
+        """Explorer ``widget``'s model box takes a timm name (offline: refused in one line, its random-weight model
+        offered and drawn) and a weights file (drawn); ``plot``: the index of the figure whose title names the
+        model; ``compute``: the explorer redraws on its Compute button."""
+        box = self.widget(widget)
+        field, offer = box.locator("input[placeholder^='timm name']"), box.locator("button", has_text="random weights")
+
+        def draw(action):
+            action()
+            if compute:
+                box.locator("button", has_text="Compute").click()
+
+        def typed(text: str):
+            field.fill(text)
+            field.press("Enter")
+
+        self.change("timm_name", lambda: draw(lambda: typed("test_vit")), "() => true", widget=widget)
+        offer.wait_for(timeout=60_000)
+        status = box.locator(".widget-html").first.text_content()
+        assert status.startswith("test_vit: its pretrained weights are not cached here"), status
+        self.change("random_weights", lambda: draw(offer.click), _title_has(plot), arg="test_vit (random weights)",
+                    widget=widget)
+        weights = ROOT / "data" / "zoo" / "vit_tiny_c10.safetensors"  # by its path: the menu and titles name the file
+        self.change("weights_file", lambda: draw(lambda: typed(str(weights))), _title_has(plot), arg=weights.name,
+                    widget=widget)
+        menu = box.locator(".widget-dropdown select").first
+        assert menu.evaluate("s => s.options[s.selectedIndex].text") == weights.name  # the menu names what is drawn
+
+    def upload(self, widget: int, files) -> None:
+        """Upload ``files`` with explorer ``widget``'s upload button."""
+        self.widget(widget).locator(".widget-upload input[type=file]").set_input_files([str(f) for f in files])
+
+    def reload(self) -> None:
+        """Save the notebook (as autosave would), reload the page with the kernel running, wait for the kernel."""
+        self.page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+        self.page.wait_for_timeout(1000)
+        self.page.reload()
+        self.page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        self.page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
 
     def open_file_browser(self) -> None:
         if not self.page.locator("#filebrowser").is_visible():
@@ -264,6 +307,22 @@ def _undrawn(plot, table) -> list[str]:
     return sorted({str(v) for v in expected if flat(v) not in drawn})[:5]
 
 
+def _title_has(index: int) -> str:
+    """A JS predicate: figure ``index``'s title holds ``t`` (white space and line breaks aside)."""
+    return f"t => (document.querySelectorAll('{PLOTS}')[{index}]?.querySelector('.gtitle')?.textContent || '')" \
+        ".replace(/\\s/g, '').includes(t.replace(/\\s/g, ''))"
+
+
+#: Explorer ``i`` (its index among the widget boxes) shows ``n`` figures, each drawing something: traces, heatmap
+#: images or table texts.
+_DRAWN = f"""([i, n]) => {{
+    const box = document.querySelectorAll('.jp-Notebook .jp-OutputArea-output .widget-vbox')[i];
+    const plots = box ? [...box.querySelectorAll('.js-plotly-plot')] : [];
+    return plots.length === n && plots.every(p => p.querySelector('.scatterlayer .trace, .heatmaplayer image, .hm image, '
+        + '.imagelayer image, .layer-above image, .cell-text'));
+}}"""
+
+
 def _title_is(index: int) -> str:
     return f"t => document.querySelectorAll('{PLOTS}')[{index}].querySelector('.gtitle').textContent === t"
 
@@ -273,7 +332,7 @@ def test_tour_notebook(lab, page):
 
     nb = Lab(page, lab, "00_tour.ipynb")
     nb.run_all()
-    table = nb.plots(1).nth(0)
+    table = nb.plots(9).nth(0)  # the zoo table, then the explorers of the last section
     names = table.locator(".y-column").first.locator(".cell-text").all_text_contents()
     assert any("vit_tiny_c10" in n for n in names)  # underscores and all
     # Every text in full: architectures, "no head; masked colours ..." (long ones wrapped onto lines; Lab.check
@@ -287,6 +346,19 @@ def test_tour_notebook(lab, page):
     cell = page.locator(".jp-CodeCell", has_text="describe_load(ONLINE_MODEL)").first
     described = cell.locator(".jp-OutputArea-output").first.inner_text()
     assert described.startswith(f"{online}:"), described
+    # Models from code (random-weight timm ViTs) in the explorers of 01-04, the last two reading a folder.
+    # nine figures: the zoo table, then filters (2), positions (2), distance (1) and maps (3)
+    kinds = sorted(p.name for p in vitlab.data.SAMPLES_DIR.joinpath("kinds").iterdir())
+    for index, text in ((1, "vit_small_patch16_224 (from code): first 8"),
+                        (3, "vit_small_patch14_reg4_dinov2 (from code)"),
+                        (5, "vit_small_patch14_reg4_dinov2 (from code): mean attention distance"),
+                        (5, "5 of the 5 images given"), (8, f"vit_small_patch16_224 (from code), {kinds[0]}")):
+        assert nb.title_has(index, text), (index, text, nb.title(index))
+    images = nb.widget(3).locator(".widget-dropdown select").nth(1).locator("option").all_inner_texts()
+    assert images == kinds
+    for i in range(4):  # timm's own models cannot be rebuilt at random init: each status line says so
+        assert "no random-init reference" in nb.widget(i).locator(".widget-html").first.text_content()
+        nb.widget(i).screenshot(path=str(ARTIFACTS / f"00_own_model_{i}.png"))
     nb.check()
 
 
@@ -302,6 +374,18 @@ def test_embedding_filters_notebook(lab, page):
     nb.change("eight", lambda: (readout.click(), page.keyboard.press("Control+A"), page.keyboard.type("8"),
                                 page.keyboard.press("Enter")), eight)
     nb.plots(4).nth(2).screenshot(path=str(ARTIFACTS / "01_filters_8.png"))
+    nb.own_models(0, 2)
+    # A browser reload with the kernel running: every figure draws again within 10 s, and the slider redraws.
+    nb.reload()
+    nb.widget().scroll_into_view_if_needed(timeout=30_000)  # JupyterLab renders cells as they come into view
+    try:
+        page.wait_for_function(_DRAWN, arg=[0, 2], timeout=10_000)
+    finally:
+        nb.widget().screenshot(path=str(ARTIFACTS / "01_reloaded.png"))
+    readout = page.locator(".jp-Notebook .widget-slider .widget-readout").first
+    five = "() => document.querySelector('.jp-OutputArea-output .widget-vbox .gtitle').textContent.includes('first 5 ')"
+    nb.change("reloaded_slider", lambda: (readout.click(), page.keyboard.press("Control+A"), page.keyboard.type("5"),
+                                          page.keyboard.press("Enter")), five)
     nb.check()
 
 
@@ -331,6 +415,7 @@ def test_position_embeddings_notebook(lab, page):
     nb.change("click", lambda: plots.nth(1).click(position={"x": box["width"] * 0.45, "y": box["height"] * 0.5}),
               f"() => !document.querySelectorAll('{PLOTS}')[2].querySelector('.gtitle')"
               ".textContent.includes('(row 1, col 1)')", timeout_s=30)
+    nb.own_models(0, 1)
     nb.check()
 
 
@@ -392,10 +477,15 @@ def test_attention_distance_notebook(lab, page):
               f"t => document.querySelectorAll('{PLOTS}')[2].querySelector('.gtitle').textContent.includes(t)",
               arg=f"at epoch {earlier}:", widget=explorer)
     assert f"Epoch {earlier}," in boxes.nth(explorer).locator(".widget-html").first.text_content()  # the readout too
+    nb.own_models(0, 1, compute=True)
+    nb.change("upload", lambda: nb.upload(0, sorted(vitlab.data.SAMPLES_DIR.joinpath("kinds").iterdir())),
+              _title_has(1), arg="5 of your 5 uploaded images")
     nb.check()
 
 
 def test_attention_maps_notebook(lab, page):
+    import vitlab
+
     nb = Lab(page, lab, "04_attention_maps.ipynb")
     nb.run_all()
     plots = nb.plots(4)  # static rollout, then the widget's rollout, patch and head maps
@@ -416,6 +506,10 @@ def test_attention_maps_notebook(lab, page):
     nb.change("click", lambda: plots.nth(1).click(position=click),
               f"t => document.querySelectorAll('{PLOTS}')[2].querySelector('.gtitle').textContent !== t", arg=start,
               timeout_s=30)
+    nb.own_models(0, 3)
+    kinds = sorted(vitlab.data.SAMPLES_DIR.joinpath("kinds").iterdir())
+    nb.change("upload", lambda: nb.upload(0, kinds), _title_has(1), arg=f"attention rollout: {kinds[0].name}")
+    assert select.locator("option").all_inner_texts() == [k.name for k in kinds]
     nb.check()
 
 

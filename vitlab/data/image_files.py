@@ -123,7 +123,8 @@ def _preprocessing(model: Any, size: Any) -> tuple[tuple[int, int] | None, float
         return (None if size is None else (int(size), int(size))), 1.0, "bicubic", False
     cfg = model if isinstance(model, Mapping) else getattr(model, "pretrained_cfg", None)
     try:
-        target = tuple(int(v) for v in cfg["input_size"][1:]) if size is None else (int(size), int(size))
+        built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # timm's cfg keeps its default's
+        target = (int(size), int(size)) if size is not None else tuple(int(v) for v in built or cfg["input_size"][1:])
         crop_pct = float(cfg.get("crop_pct") or 1.0)
         assert len(target) == 2 and min(target) >= 1 and crop_pct > 0
     except (AssertionError, KeyError, TypeError, ValueError, AttributeError):

@@ -5,10 +5,12 @@ import contextlib
 import html
 import itertools
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
 import ipywidgets as W
@@ -65,13 +67,16 @@ class RandomWeights:
 
 #: What a model menu holds: a spec string (zoo name, timm name, weights file), a model from code, random weights.
 Spec = Union[str, Given, RandomWeights]
-_GIVEN_COUNT = itertools.count(1)
+_GIVEN: weakref.WeakKeyDictionary[nn.Module, Given] = weakref.WeakKeyDictionary()  # one menu entry per model
 
 
 def given(model: nn.Module) -> Given:
-    """``model`` (a ViT, hybrid or ResNet, from code) as a menu entry; ValueError in one line for any other module."""
+    """``model`` (a ViT, hybrid or ResNet, from code) as a menu entry, the same one each time it is passed;
+    ValueError in one line for any other module."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model= takes a torch model (nn.Module) or a spec string, got {type(model).__name__}")
+    if model in _GIVEN:
+        return _GIVEN[model]
     try:
         model_family(model)
     except ValueError:
@@ -80,7 +85,11 @@ def given(model: nn.Module) -> Given:
                          "timm.create_model('vit_small_patch16_224')") from None
     match_input_size(model)  # timm keeps its default's input size in pretrained_cfg when built for another
     arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
-    return Given(model, f"{arch} (from code, #{next(_GIVEN_COUNT)})")
+    name = f"{arch} (from code)"
+    taken = {g.name for g in _GIVEN.values()}
+    name = next(f"{name} #{i}" for i in itertools.count(2) if f"{name} #{i}" not in taken) if name in taken else name
+    _GIVEN[model] = Given(model, name)
+    return _GIVEN[model]
 
 
 def as_spec(model: Spec | nn.Module) -> Spec:
@@ -211,7 +220,10 @@ def side_by_side(children: Sequence[W.Widget]) -> W.Box:
 
 
 def spec_label(spec: Spec) -> str:
-    """How ``spec`` reads in a menu: :func:`vitlab.training.zoo.label` for strings, else its name."""
+    """How ``spec`` reads in a menu and in titles: :func:`vitlab.training.zoo.label` for names, a weights file's
+    name (not its folders), else its own name."""
+    if isinstance(spec, str) and models.weights_file(spec) is not None and not models.zoo_weights(spec).is_file():
+        return Path(spec).name
     return zoo.label(spec) if isinstance(spec, str) else str(spec)
 
 
@@ -343,6 +355,7 @@ class Explorer(W.VBox):
                 value = self.model.value
                 self.model.options = [*self.model.options, (spec_label(spec), spec)]
                 self.model.value = value
+                self.model.layout = fit_width([label for label, _ in self.model.options], self.model.description)
         self.model.value = spec
 
     def _typed(self, change) -> None:

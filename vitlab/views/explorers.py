@@ -71,7 +71,7 @@ class PositionEmbeddingExplorer(Explorer):
 
     def figures(self, result: PositionResult) -> list[go.Figure]:
         self.readout.value = readouts.readout(result).html()
-        return [figures.position_similarity_figure(result, title=str(self.model.value)),
+        return [figures.position_similarity_figure(result, title=self.model.label),
                 figures.patch_similarity_figure(result, *self.selected)]
 
     def _clicked(self, trace, points, state) -> None:
@@ -118,7 +118,7 @@ class EmbeddingFiltersExplorer(Explorer):
 
     def figures(self, result: FiltersResult) -> list[go.Figure]:
         self.readout.value = readouts.readout(result).html()
-        return [figures.embedding_filters_figure(result, title=f"{self.model.value}: first {result.k} principal "
+        return [figures.embedding_filters_figure(result, title=f"{self.model.label}: first {result.k} principal "
                                                                 "components"),
                 figures.explained_variance_figure(result)]
 
@@ -225,7 +225,7 @@ class AttentionDistanceExplorer(_OwnImages, Explorer):
         return data.describe_images(result.images, self.source)
 
     def figures(self, result: DistanceResult) -> list[go.Figure]:
-        name = str(self.model.value)
+        name = self.model.label
         title = _distance_title(name, result, self.describe(result), self.convention.value)
         self.readout.value = readouts.readout(result).html()
         cnn = self.reference if self.reference and not self.skipped else ""
@@ -325,7 +325,7 @@ class AttentionMapsExplorer(_OwnImages, Explorer):
                                              title=f"attention rollout: {name}", marker=self.selected, scale="rollout"),
             figures.attention_overlay_figure(seen.image, query, title=f"patch ({r + 1}, {c + 1}) attends: {where}",
                                              marker=self.selected),
-            self._heads_figure(seen, name),
+            self._heads_figure(seen, f"{self.model.label}, {name}"),
         ]
 
     @staticmethod
