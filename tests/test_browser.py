@@ -260,7 +260,9 @@ class Lab:
 
     def upload(self, widget: int, files) -> None:
         """Upload ``files`` with explorer ``widget``'s upload button."""
-        self.widget(widget).locator(".widget-upload input[type=file]").set_input_files([str(f) for f in files])
+        with self.page.expect_file_chooser() as chooser:  # the widget's file input is not in the page
+            self.widget(widget).locator("button.widget-upload").click()
+        chooser.value.set_files([str(f) for f in files])
 
     def reload(self) -> None:
         """Save the notebook (as autosave would), reload the page with the kernel running, wait for the kernel."""

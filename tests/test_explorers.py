@@ -292,12 +292,12 @@ def test_the_explorers_of_notebooks_02_to_04_take_a_hybrid(hybrid_file):
     view = explorers.AttentionDistanceExplorer([hybrid_file], images, default=4, reference="resnet_tiny_c10")
     expected = head_statistics(net, images)["distance"]
     np.testing.assert_allclose(_head(view.figure, 0).y, expected[:, 0].numpy(), rtol=1e-5)
-    stem = _trace(view.figure, f"{hybrid_file}'s CNN stem receptive field")
+    stem = _trace(view.figure, f"{Path(hybrid_file).name}'s CNN stem receptive field")  # figures name a file by name
     # by hand: conv k3 (3), max-pool k3 s2 (5), layer1 two k3 (13), layer2 k3 s2 (17), k3 at jump 4 (25)
     assert stem.name.endswith("(25 px)") and list(stem.y) == [25.0, 25.0] and list(stem.x) == [1, 5]
     assert _trace(view.figure, "resnet_tiny_c10 receptive field")  # the CNN contrast stays
     figure, readout = explorers.attention_distance_view(hybrid_file, images)
-    assert list(_trace(figure, f"{hybrid_file}'s CNN stem").y) == [25.0, 25.0]
+    assert list(_trace(figure, f"{Path(hybrid_file).name}'s CNN stem").y) == [25.0, 25.0]
     assert view.result.token_field == 25.0 and readout.paper == readouts.PAPER_HYBRID_DISTANCE
     assert view.readout.value == readouts.readout(view.result).html()
     as_vit = readouts.readout(dataclasses.replace(view.result, token_field=None))  # the same numbers, as a ViT's

@@ -163,3 +163,24 @@ def test_figures_keep_the_state_a_reloaded_page_draws_from(images):
     for plot in view.plots:  # what the page fetches on a reload, not the first (empty) display's
         assert plot._widget_data and _json(plot._widget_data) == _json(plot._data)
         assert _json(plot._widget_layout) == _json(plot._layout_obj._props)
+
+
+def test_bad_images_are_one_line_in_the_status_line_and_the_default_images_shown(tmp_path):
+    from PIL import Image
+
+    empty, mixed = tmp_path / "empty", tmp_path / "mixed"
+    empty.mkdir()
+    mixed.mkdir()
+    (mixed / "cat.jpg").write_bytes((data.SAMPLES_DIR / "cat.jpg").read_bytes())
+    (mixed / "notes.txt").write_text("not an image")
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    Image.new("RGB", (10_000, 200), (200, 30, 30)).save(tmp_path / "wide.jpg")
+    default = explorers.AttentionMapsExplorer(["vit_micro_c10"])
+    for images, phrase in ((empty, "holds no image files"), (mixed, "notes.txt"), (tmp_path / "dot.png", "1x1")):
+        view = explorers.AttentionMapsExplorer(["vit_micro_c10"], images=images)
+        status = html.unescape(view.status.value)
+        assert phrase in status and "showing the default images instead" in status and "\n" not in status
+        assert view.names == default.names and view.result is not None
+    wide = explorers.AttentionMapsExplorer(["vit_micro_c10"], images=[tmp_path / "wide.jpg"])
+    assert wide.names == ["wide.jpg"] and tuple(wide.result.image.shape) == (3, 32, 32)  # shrunk, centre-cropped
+    assert "far from the 32 px images" in wide.status.value

@@ -188,9 +188,10 @@ class ImageSource:
                 return data.images(self.files, model)[0]
         return self._read.keep(key, read)[:count]
 
-    def note(self, model: nn.Module) -> str:
-        """A warning when the images are far from ``model``'s input size (a CIFAR model shown a photograph)."""
-        return data.far_note(self.shorts, self.names, model.pretrained_cfg["input_size"][1:]) or ""
+    def note(self, model: nn.Module, count: int | None = None) -> str:
+        """A warning when the first ``count`` images (all: None) are far from ``model``'s input size (a CIFAR model
+        shown a photograph)."""
+        return data.far_note(self.shorts[:count], self.names[:count], model.pretrained_cfg["input_size"][1:]) or ""
 
 
 def upload_box() -> W.FileUpload:
@@ -285,12 +286,12 @@ class Explorer(W.VBox):
     def __init__(self, models: Sequence[Spec] | None = None, initial: Spec | None = None, description: str = "model",
                  model: Spec | nn.Module | None = None):
         super().__init__()
-        self.refused = None  # why model= was not taken, shown in the status line once drawn
+        self.refused: list[str] = []  # why model= (or images=) was not taken, said in the status line once drawn
         if model is not None:
             try:
                 initial = as_spec(model)
             except (TypeError, ValueError) as err:
-                self.refused = err
+                self.refused.append(str(err))
         self.model = model_dropdown(models, initial, description) if models is not None else None
         # The model box also takes a timm name or weights file typed in; a timm name whose weights are not at hand
         # offers its random-weight model.
@@ -344,8 +345,8 @@ class Explorer(W.VBox):
             if handle is not None:
                 from IPython.display import HTML
                 handle.update(HTML(""))
-        if self.refused is not None:
-            self.status.value = coloured(str(self.refused), "#b00")
+        if self.refused:
+            self.status.value = " · ".join(coloured(text, "#b00") for text in self.refused)
 
     def show_model(self, spec: Spec | nn.Module) -> None:
         """Add ``spec`` (a spec string, random weights, or a model from code) to the model menu and show it."""
@@ -445,4 +446,5 @@ class Explorer(W.VBox):
             show_figure(widget, fig)
         self._attach_clicks()
         notes = [n for n in [*self.notes(), *(str(w.message) for w in caught)] if n]
-        self.status.value = " ".join([html.escape(self.describe(result)), *map(coloured, dict.fromkeys(notes))])
+        self.status.value = " ".join([html.escape(self.describe(result)),
+                                      " · ".join(map(coloured, dict.fromkeys(notes)))]).strip()

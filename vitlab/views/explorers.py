@@ -30,7 +30,7 @@ from ..training.objectives import mixing
 from ..training.run_folder import Interrupted, read_metrics
 from . import figures, readouts
 from .controls import (STYLE, DoesNotApply, Explorer, ImageSource, Recent, Spec, coloured, as_spec, cached_model,
-                       fit_width, load_note, model_key, show_figure, side_by_side, upload_box, uploaded)
+                       fit_width, load_note, model_key, show_figure, side_by_side, spec_label, upload_box, uploaded)
 
 
 def _menu(models: Sequence[Spec] | None, family: str | tuple[str, ...]) -> list[Spec]:
@@ -138,7 +138,18 @@ class _OwnImages:
     """An explorer part: the images shown, with an upload button that replaces them (``images``: a uint8 batch, a
     folder, a file, a list of files)."""
     def _take_images(self, images: Any, names: Sequence[str] | None, described: str | None) -> None:
-        self.shown_images = images if isinstance(images, ImageSource) else ImageSource(images, names, described)
+        """Show ``images`` (None: the explorer's default ones); ones that cannot be read are refused in the status
+        line, in one line, and the default images shown instead."""
+        self.shown_images = None
+        if isinstance(images, ImageSource):
+            self.shown_images = images
+        elif images is not None:
+            try:
+                self.shown_images = ImageSource(images, names, described)
+            except (OSError, TypeError, ValueError) as err:  # no images, a non-image, a broken or tiny file
+                self.refused.append(f"{err} (showing the default images instead)")
+        if self.shown_images is None:
+            self.shown_images = self._default_images()
         self.upload = upload_box()
         self.upload.observe(self._uploaded, names="value")
 
@@ -161,7 +172,11 @@ class _OwnImages:
 
     def notes(self) -> list[str]:
         model = cached_model(self.model.value)
-        return [*super().notes(), self.shown_images.note(model)]
+        return [*super().notes(), self.shown_images.note(model, self._shown_count())]
+
+    def _shown_count(self) -> int | None:
+        """How many of the images the figures show (None: all)."""
+        return None
 
 
 class AttentionDistanceExplorer(_OwnImages, Explorer):
@@ -176,8 +191,6 @@ class AttentionDistanceExplorer(_OwnImages, Explorer):
                  counts: Sequence[int] = (16, 128, 512, 1000, 10000), default: int = 128,
                  reference: str | None = None, source: str = "", model: Spec | nn.Module | None = None):
         super().__init__(_menu(models, ("vit", "hybrid")), initial, model=model)
-        if images is None:
-            images, _, source = data.analysis_images()
         self.source, self.reference, self.counts, self.default = source, reference, counts, default
         self.reference_images = quick_or(256, 16)  # random-init models are alike across images
         self._results, self.skipped = Recent(), ""
@@ -189,6 +202,10 @@ class AttentionDistanceExplorer(_OwnImages, Explorer):
         self.figure, self.readout = self.plots[0], W.HTML()
         self._build([[self.model, self.images, self.convention, self.run, self.upload], self.figure, self.readout],
                     [self.images, self.convention])
+
+    def _default_images(self) -> ImageSource:
+        images, _, self.source = data.analysis_images()
+        return ImageSource(images)
 
     def _set_counts(self) -> None:
         n = len(self.shown_images)
@@ -219,6 +236,9 @@ class AttentionDistanceExplorer(_OwnImages, Explorer):
     def notes(self) -> list[str]:
         return [*super().notes(), self.skipped]
 
+    def _shown_count(self) -> int:
+        return self.images.value
+
     def describe(self, result: DistanceResult) -> str:
         if self.shown_images.files is not None:
             return f"{result.images} of {self.shown_images.described}"
@@ -236,7 +256,7 @@ def attention_distance_view(model: Spec | nn.Module, images: torch.Tensor, refer
                             source: str = "", renormalize: bool = False) -> tuple[go.Figure, readouts.DistanceReadout]:
     """Fig. 7 (right) for ``model`` on uint8 ``images`` (N, 3, H, W) and a CNN ``reference``: ``(figure, readout)``."""
     spec = as_spec(model)
-    net, name = cached_model(spec), str(spec)
+    net, name = cached_model(spec), spec_label(spec)
     if load_note(spec):  # e.g. random weights: cached_model keeps it for status lines, a notebook shows it
         warnings.warn(load_note(spec), stacklevel=2)
     cnn = None if reference is None else cached_model(reference)
@@ -257,8 +277,6 @@ class AttentionMapsExplorer(_OwnImages, Explorer):
     def __init__(self, models: Sequence[Spec] | None = None, images: Any = None, names: Sequence[str] | None = None,
                  initial: Spec | None = None, described: str | None = None, model: Spec | nn.Module | None = None):
         super().__init__(_menu(models, ("vit", "hybrid")), initial, model=model)
-        if images is None:
-            (images, names), described = data.gallery(), data.describe_gallery()
         self._take_images(images, names, described or (f"the {len(images)} images of the image list"
                                                        if isinstance(images, torch.Tensor) else None))
         self.image = W.Dropdown(value=None, description="image", style=STYLE)
@@ -276,6 +294,10 @@ class AttentionMapsExplorer(_OwnImages, Explorer):
                      side_by_side(self.plots[:2]), self.readout, self.heads],
                     [self.image, self.layer, self.head, self.fusion, self.discard])
         self.click(0, -1, self._clicked)
+
+    @staticmethod
+    def _default_images() -> ImageSource:
+        return ImageSource(*data.gallery(), described=data.describe_gallery())
 
     @property
     def names(self) -> list[str]:

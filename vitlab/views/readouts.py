@@ -211,6 +211,7 @@ def _rollout(result: RolloutResult) -> Readout:
     text = (f"Over {result.described or f'{result.images} images'}: the central {100 * result.area:.0f}% of the image "
             f"gets {result.ratio:.2f} "
             f"times its share of the rollout ({row}; 95% interval {result.low:.2f} to {result.high:.2f}, std "
-            f"{result.std:.2f} across images; 1 = no preference{init}). This measures a preference for the centre, "
-            "where CIFAR-10 objects mostly are, not whether the mass lies on the object (no segmentation masks).")
+            f"{result.std:.2f} across images; 1 = no preference{init}). This measures a preference for the centre"
+            + (", where CIFAR-10 objects mostly are" if "CIFAR-10" in result.described else "")
+            + ", not whether the mass lies on the object (no segmentation masks).")
     return Readout(figure="Fig. 6", text=text, paper=PAPER_ROLLOUT)
