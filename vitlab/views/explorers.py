@@ -29,8 +29,9 @@ from ..training.loop import train
 from ..training.objectives import mixing
 from ..training.run_folder import Interrupted, read_metrics
 from . import figures, readouts
-from .controls import (STYLE, DoesNotApply, Explorer, ImageSource, Recent, Spec, coloured, as_spec, cached_model,
-                       fit_width, load_note, model_key, show_figure, side_by_side, spec_label, upload_box, uploaded)
+from .controls import (STYLE, DoesNotApply, Explorer, Recent, Spec, as_spec, cached_model, coloured, fit_width,
+                       load_note, model_key, show_figure, side_by_side, spec_label)
+from .image_sources import ImageSource, upload_box, uploaded
 
 
 def _menu(models: Sequence[Spec] | None, family: str | tuple[str, ...]) -> list[Spec]:
