@@ -75,6 +75,9 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
     _entry("vit_tiny_c10", _VIT_RECIPE, shipped=True),
     _entry("vit_tiny_c10_mpp", _MPP_RECIPE, shipped=True, arch="vit_tiny_c10", note="; pre-trained without labels by "
            "masked patch prediction for 20 epochs (its classifier head is untrained: fine-tune it with --init)"),
+    _entry("vit_tiny_c10_mpp_ft", MappingProxyType(dict(_VIT_RECIPE, init="vit_tiny_c10_mpp")), shipped=True,
+           arch="vit_tiny_c10", note="; vit_tiny_c10_mpp fine-tuned on all 50,000 labels with the zoo recipe for 30 "
+           "epochs, inside views recorded"),
     _entry("vit_small_c10", _VIT_RECIPE),
     _entry("hybrid_tiny_c10", _VIT_RECIPE, shipped=True),
     _entry("resnet_tiny_c10", _RESNET_RECIPE, shipped=True),
