@@ -23,9 +23,10 @@ from .config import IMAGE_SIZE, MAX_SEED, TEST_IMAGES, TRAIN_IMAGES, ConfigError
 from .evaluators import InsideViewEvaluator
 from .inside import inside_tensors, is_vit, probe_images, recorded_epochs
 from .objectives import Objective, init_model, mixing, objective_for
-from .run_folder import (MODEL, append_metrics, check_out, code_history, finished_run, hardware, interrupted,
+from .run_folder import (MODEL, append_metrics, check_out, finished_run, interrupted,
                          load_checkpoint, lock_run, prepare_folder, read_metrics, record_inside, restore,
-                         save_checkpoint, save_final, trim_inside, trim_metrics, warn_changes)
+                         save_checkpoint, save_final, trim_inside, trim_metrics)
+from .provenance import code_history, hardware, warn_changes
 from .steps import augment, autocast_dtype, cpu_bf16_attention, epoch_order, lr_at, param_groups, randaugment
 from ..models import ARCHITECTURES, build_model, set_input_size
 from ..models.architectures import MAX_IMG_SIZE

@@ -4,14 +4,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import functools
 import hashlib
 import json
 import os
-import platform
 import re
 import signal
-import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +18,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .. import settings
 from .config import ConfigError
+from .provenance import code_version
 from ..io import atomic_path, atomic_write, no_room, parse_json, probe_write, read_json, write_json
 from ..models import loading, save_model
 from ..models.sidecar import Sidecar, read_sidecar
@@ -64,30 +61,6 @@ def interrupted(err: KeyboardInterrupt, out: Path, step: int | None = None, tota
     else:
         then = f"no checkpoint was saved yet: the same command starts the run over in {out}"
     return Interrupted(f"interrupted ({signal.Signals(signum).name}) {where}; {then}", signum)
-
-
-@functools.cache
-def code_version() -> str:
-    """The short git commit of the vitlab checkout, or ``"unknown"`` (asked once per process)."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=settings.PROJECT_ROOT,
-                             capture_output=True, text=True, timeout=5)
-        return rev.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def hardware(device: torch.device) -> str:
-    """A short description of ``device`` for run records."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def code_history(previous: list[str]) -> list[str]:
-    """The code versions a run went through: ``previous`` (its checkpoint's, in order) and this process's, unless it
-    is the last one already."""
-    return previous if previous[-1:] == [code_version()] else [*previous, code_version()]
 
 
 def check_out(out: Path) -> None:
@@ -370,20 +343,6 @@ def _versions(record: dict[str, Any]) -> list[str]:
     if isinstance(versions, list) and versions and all(isinstance(v, str) for v in versions):
         return versions
     return [record["code_version"]] if isinstance(record.get("code_version"), str) else []
-
-
-def warn_changes(out: Path, state: dict[str, Any], data: dict[str, Any]) -> None:
-    """Warn, a line each, when a run resumed from checkpoint ``state`` (:func:`load_checkpoint`) runs other code than
-    it was checkpointed with, or trains on data whose content hash (``data["train_sha256"]``) differs from its own."""
-    last = state["code_versions"][-1:]
-    if last and last != [code_version()]:
-        warnings.warn(f"{out}: resuming a run checkpointed by code version {last[0]} with version {code_version()}; "
-                      f"its sidecar will list every version (code_versions)", stacklevel=3)
-    saved, now = state["data"].get("train_sha256"), data.get("train_sha256")
-    if saved is not None and saved != now:
-        warnings.warn(f"{out}: resuming a run on other training data (content sha256 {str(saved)[:12]}... in the "
-                      f"checkpoint, {str(now)[:12]}... now): the data changed; pass the same data, or choose "
-                      "another --out to start over", stacklevel=3)
 
 
 def _check_logs(out: Path, path: Path, record: dict[str, Any]) -> None:

@@ -28,7 +28,8 @@ from ..records import RunInside, RunProbe, RunRecord
 from .loop import train
 from .objectives import evaluate, init_objective, objective_for
 from .evaluators import FewshotEvaluator, InsideViewEvaluator
-from .run_folder import MODEL, Interrupted, code_version
+from .provenance import code_version
+from .run_folder import MODEL, Interrupted
 from ..analysis.representations import PRE_LOGITS
 
 _Split = tuple[torch.Tensor, torch.Tensor]  #: images, uint8 (N, 3, 32, 32), and labels (N,)
