@@ -22,7 +22,7 @@ from vitlab.training import inside
 from vitlab.training.evaluators import InsideViewEvaluator
 from vitlab.training.config import TRAIN_IMAGES, TrainConfig
 from vitlab.training.loop import _setup, _step
-from vitlab.training.run_folder import hardware
+from vitlab.training.provenance import hardware
 from vitlab.training.steps import augment
 
 

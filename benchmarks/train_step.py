@@ -55,7 +55,7 @@ from vitlab import data, settings
 from vitlab.models import ARCHITECTURES, build_model, preprocess
 from vitlab.training.config import TrainConfig
 from vitlab.training.loop import train
-from vitlab.training.run_folder import hardware
+from vitlab.training.provenance import hardware
 from vitlab.training.steps import autocast_dtype, param_groups
 
 #: Dense bf16 peak of known GPUs, FLOP/s, for utilisation.

@@ -8,6 +8,7 @@ from vitlab.analysis.references import INIT_SEEDS
 
 
 def test_position_analysis_scores_the_model_and_random_init_models():
+    torch.manual_seed(5)  # seeded: an unseeded draw made the closeness bound flaky (0.20 was seen once)
     model = models.build_model({"zoo": "vit_micro_c10"})
     r = position_analysis(model)
     sim = metrics.position_similarity(model)
