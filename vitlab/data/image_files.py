@@ -172,9 +172,10 @@ def _unreadable(name: str, err: Exception) -> ImageInputError:
                            "copy or leave it out")
 
 
-def short_sides(source: Any) -> list[int]:
-    """The shorter side in pixels of each image ``source`` names (as :func:`images` takes it), from headers only."""
-    return [_header_short_side(name, file) for name, file in _image_files(source)]
+def short_sides(source: Any) -> list[tuple[str, int]]:
+    """(name, shorter side in pixels) of each image ``source`` names (as :func:`images` takes it), from headers only:
+    the same one-line errors as :func:`images` for no images, a non-image or one too small, without decoding any."""
+    return [(name, _header_short_side(name, file)) for name, file in _image_files(source)]
 
 
 def _header_short_side(name: str, file: Path | bytes) -> int:

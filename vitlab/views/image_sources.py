@@ -17,20 +17,17 @@ from .controls import Recent
 class ImageSource:
     """The images an explorer shows: a uint8 batch (N, 3, H, W) resized for each model, or image files (a folder, a
     file, a list, an upload's ``{name: bytes}``) read for each model as timm evaluates it (short side, centre crop).
-    Files are checked (and named) when given, so a bad file fails before any explorer draws."""
+    Files' headers are checked (and named) when given, so a bad file fails before any explorer draws."""
     def __init__(self, images: Any, names: Sequence[str] | None = None, described: str | None = None):
         if isinstance(images, torch.Tensor):
             self.batch, self.files = images, None
             self.names = list(names) if names is not None else [f"image {i + 1}" for i in range(len(images))]
             self.shorts = [min(images.shape[-2:])] * len(images)
         else:
-            self.files = images
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                small, self.names = data.images(images, size=8)  # every file read once: bad ones fail here
-            self.batch, self.shorts = None, data.image_files.short_sides(images)
-            if names is not None:
-                self.names = list(names)
+            self.files, self.batch = images, None
+            headers = data.image_files.short_sides(images)  # every header read: bad files fail here, in one line
+            self.names = list(names) if names is not None else [name for name, _ in headers]
+            self.shorts = [short for _, short in headers]
         self.described = described or f"the {len(self.names)} images given"
         self._read = Recent(4)
 
