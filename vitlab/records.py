@@ -143,6 +143,10 @@ class InsideView:
     filter_variance_first: float  # explained-variance ratio of the patch filters' first principal component
     filter_variance_k: float  # ... of the first filter_k together
     filter_k: int
+    # Interventions (optional: views recorded before them load as they were), on the same probe images:
+    head_ablation: list[list[float]] | None = None  # (layers, heads) accuracy drop, each head mean-ablated alone
+    head_ablation_logit: list[list[float]] | None = None  # (layers, heads) ... drop in the true-class logit
+    lens_accuracy: list[float] | None = None  # (layers + 1,) logit-lens top-1 accuracy: embedding, then each block
 
     @property
     def lowest_local(self) -> float:
@@ -165,7 +169,8 @@ class InsideView:
         if not isinstance(row, dict):
             raise TypeError(f"an inside view is a JSON object, got {type(row).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        if row.keys() != names:
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is None}
+        if not names - optional <= row.keys() <= names:
             raise TypeError(f"inside view fields differ: missing {sorted(names - row.keys())}, "
                             f"unknown {sorted(row.keys() - names)}")
         return cls(**dict(row, grid=tuple(row["grid"]), patch_size=tuple(row["patch_size"])))
