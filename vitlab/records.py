@@ -158,9 +158,13 @@ class InsideView:
         """Mean attention distance of each layer, averaged over its heads (pixels)."""
         return [sum(row) / len(row) for row in self.distance]
 
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name; optional fields left unset (None) are left out, so older files stay as they were."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
     def to_json(self) -> str:
-        """One JSON line (no newline): the fields by name."""
-        return json.dumps(dataclasses.asdict(self))
+        """One JSON line (no newline): :meth:`as_dict`."""
+        return json.dumps(self.as_dict())
 
     @classmethod
     def from_json(cls, line: str | dict[str, Any]) -> InsideView:
@@ -171,7 +175,7 @@ class InsideView:
         names = {f.name for f in dataclasses.fields(cls)}
         optional = {f.name for f in dataclasses.fields(cls) if f.default is None}
         if not names - optional <= row.keys() <= names:
-            raise TypeError(f"inside view fields differ: missing {sorted(names - row.keys())}, "
+            raise TypeError(f"inside view fields differ: missing {sorted(names - optional - row.keys())}, "
                             f"unknown {sorted(row.keys() - names)}")
         return cls(**dict(row, grid=tuple(row["grid"]), patch_size=tuple(row["patch_size"])))
 

@@ -259,7 +259,7 @@ def read_run_insides(results: str | os.PathLike) -> tuple[list[RunInside], list[
 
 
 def _inside_row(run: RunInside) -> dict[str, Any]:
-    view = dataclasses.asdict(run.view)
+    view = run.view.as_dict()
     flat = {k: view[k] for k in _INSIDE_FIELDS if k in view}
     return dict({k: getattr(run, k) for k in (*_RUN_KEYS, *_INSIDE_SCALARS)}, lowest_local=run.view.lowest_local,
                 **flat, view=view)
