@@ -1,4 +1,5 @@
 """Inside views across training: the records, the run folder's files, resume and the explorer."""
+import dataclasses
 import math
 import shutil
 
@@ -110,6 +111,53 @@ def test_training_records_views_that_match_the_final_model(tmp_path, fake_cifar)
     assert torch.equal(stored["pos_embed.2"], final.pos_embed.detach())
     assert torch.equal(stored["filters.2"], final.patch_embed.proj.weight.detach())
     assert not torch.equal(stored["pos_embed.1"], stored["pos_embed.2"])
+
+
+def _brute_head_drop(model, images, labels, reference, layer, head):
+    """Accuracy drop of mean-ablating one head, by whole forwards with a hook written here (not vitlab's)."""
+    proj, hd = model.blocks[layer].attn.proj, model.blocks[layer].attn.head_dim
+    cut = slice(head * hd, (head + 1) * hd)
+    seen = []
+    handle = proj.register_forward_pre_hook(lambda _m, args: seen.append(args[0][..., cut].sum(0)))
+    with torch.no_grad():
+        model(models.preprocess(model, reference))
+    handle.remove()
+    mean = seen[0] / len(reference)  # (tokens, head_dim)
+
+    def put_mean(_m, args):
+        z = args[0].clone()
+        z[..., cut] = mean
+        return (z,)
+    with torch.no_grad():
+        clean = model(models.preprocess(model, images)).argmax(-1)
+        handle = proj.register_forward_pre_hook(put_mean)
+        ablated = model(models.preprocess(model, images)).argmax(-1)
+        handle.remove()
+    return ((clean == labels).double().mean() - (ablated == labels).double().mean()).item()
+
+
+def test_a_classifier_records_head_ablation_and_logit_lens_each_epoch(tmp_path, fake_cifar):
+    loop.train(TrainConfig(**MICRO), tmp_path / "run", progress=False)
+    views = run_folder.read_inside(tmp_path / "run")
+    final = models.load_model(tmp_path / "run" / "model.safetensors", device="cpu").eval()
+    images, labels = inside.probe_set()
+    reference = inside.probe_set(split="train")[0]
+    assert len(reference) == 256 and all(v.head_ablation is not None for v in views)
+    assert len(views[-1].head_ablation) == 2 and len(views[-1].head_ablation[0]) == 2  # (layers, heads)
+    for layer, head in ((0, 1), (1, 0)):
+        assert views[-1].head_ablation[layer][head] == pytest.approx(
+            _brute_head_drop(final, images, labels, reference, layer, head), abs=1e-9)
+    with torch.no_grad():  # the lens's last row is the model's own accuracy on the probe images
+        accuracy = (final(models.preprocess(final, images)).argmax(-1) == labels).double().mean().item()
+    assert views[-1].lens_accuracy[-1] == pytest.approx(accuracy, abs=1e-9) and len(views[-1].lens_accuracy) == 3
+    # Filled afterwards from kept weights, a view gets the numbers the loop recorded.
+    bare = [dataclasses.replace(v, head_ablation=None, head_ablation_logit=None, lens_accuracy=None) for v in views]
+    run_folder.write_inside(tmp_path / "run", bare, run_folder.read_inside_tensors(tmp_path / "run"))
+    assert run_folder.read_inside(tmp_path / "run")[-1].head_ablation is None
+    filled = inside.record_interventions(tmp_path / "run", {2: tmp_path / "run" / "model.safetensors"}, images,
+                                         labels, reference)
+    assert filled[0].head_ablation is None and filled[1] == views[1]
+    assert run_folder.read_inside(tmp_path / "run") == filled
 
 
 def test_inside_views_leave_the_weights_unchanged_and_resume_redoes_later_lines(tmp_path, fake_cifar):

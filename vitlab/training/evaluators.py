@@ -1,6 +1,7 @@
 """Evaluators (big_vision): built once with what they measure on, ``run(model)`` gives one model's typed record."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -13,16 +14,29 @@ from ..records import InsideView, ProbeRecord
 
 
 class InsideViewEvaluator:
-    """The inside view (:func:`~vitlab.training.inside.inside_view`) on uint8 ``images``, default the probe images."""
+    """The inside view (:func:`~vitlab.training.inside.inside_view`) on uint8 ``images``, default the probe images.
+    Given their ``labels`` and ``reference`` images (e.g. :func:`~vitlab.training.inside.probe_set` of the training
+    split), it records interventions too: each head's mean-ablation drop and the logit lens's accuracy per layer."""
 
-    def __init__(self, images: torch.Tensor | None = None, batch_size: int = 128):
+    def __init__(self, images: torch.Tensor | None = None, batch_size: int = 128, *,
+                 labels: torch.Tensor | None = None, reference: torch.Tensor | None = None):
         self.images = inside.probe_images() if images is None else images
         self.batch_size = batch_size
+        if (labels is None) != (reference is None):
+            raise ValueError("interventions need both the images' labels and reference images (for the means of "
+                             "mean ablation): pass both, or neither")
+        if labels is not None and len(labels) != len(self.images):
+            raise ValueError(f"labels must be one per image: {len(self.images)} images, {len(labels)} labels")
+        self.labels, self.reference = labels, reference
 
     def run(self, model: nn.Module, *, epoch: int = 0, step: int = 0,
             stats: dict[str, torch.Tensor] | None = None) -> InsideView | None:
         """The :class:`~vitlab.records.InsideView` of ``model``; None for a model without attention."""
-        return inside.inside_view(model, self.images, epoch, step, self.batch_size, stats)
+        view = inside.inside_view(model, self.images, epoch, step, self.batch_size, stats)
+        if view is None or self.labels is None:
+            return view
+        extra = inside.interventions(model, self.images, self.labels, self.reference)  # resized as the model reads
+        return view if extra is None else dataclasses.replace(view, **extra)
 
 
 class FewshotEvaluator:

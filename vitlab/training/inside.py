@@ -1,15 +1,19 @@
 """Inside views across training: the paper's Fig. 7 numbers of a ViT on fixed probe images, once per epoch."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from torch import nn
 
 from .. import data
-from ..analysis import metrics
+from ..analysis import metrics, residual
+from ..analysis.ablation import head_effects
+from ..analysis.lens import logit_lens_analysis
 from . import run_folder
 from ..analysis.distance import head_statistics, uniform_distance
 from ..analysis.filters import filters_analysis
@@ -24,8 +28,52 @@ _FILTER_K = 28  #: principal components of the filters whose explained variance 
 
 def probe_images(count: int = PROBE_IMAGES, seed: int = PROBE_SEED) -> torch.Tensor:
     """The first ``count`` CIFAR-10 test images, class-balanced, uint8 (count, 3, 32, 32); torch RNG untouched."""
-    images, labels = data.cifar10("test")
-    return images[data.stratified_order(labels, seed)[:count]]
+    return probe_set(count, seed)[0]
+
+
+def probe_set(count: int = PROBE_IMAGES, seed: int = PROBE_SEED, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of :func:`probe_images` (``split="train"``: the same order of training images, the mean
+    ablation's reference)."""
+    images, labels = data.cifar10(split)
+    order = data.stratified_order(labels, seed)[:count]
+    return images[order], labels[order]
+
+
+def interventions(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                  reference: torch.Tensor) -> dict[str, list] | None:
+    """The inside view's intervention fields of ``model`` on ``images`` with ``labels``: each head's mean-ablation drop
+    (means over ``reference``) and the logit lens's top-1 accuracy per layer (the model's own reading); None for a
+    model interventions cannot take apart (:func:`vitlab.analysis.residual.stream`)."""
+    try:
+        residual.stream(model)
+    except ValueError:
+        return None
+    effects = head_effects(model, images, labels, reference)
+    lens = logit_lens_analysis(model, images, labels)
+    return dict(head_ablation=effects["accuracy"].tolist(), head_ablation_logit=effects["logit"].tolist(),
+                lens_accuracy=lens.mean("correct")[0].tolist())
+
+
+def record_interventions(out: str | os.PathLike, weights: dict[int, str | os.PathLike], images: torch.Tensor,
+                         labels: torch.Tensor, reference: torch.Tensor) -> list[InsideView]:
+    """Fill the intervention fields of the views recorded in run folder ``out`` from weight files kept per epoch
+    (``weights[epoch]``: a checkpoint's safetensors, for a run recorded before the fields existed); rewritten
+    atomically, views without weights left as they are. Returns the views."""
+    out = Path(out)
+    views, tensors = run_folder.read_inside(out), run_folder.read_inside_tensors(out)
+    if not views:
+        raise ValueError(f"{out} holds no inside views (inside.jsonl): nothing to add interventions to")
+    model = load_model(out / run_folder.MODEL, device="cpu") if (out / run_folder.MODEL).is_file() else None
+    filled = []
+    for view in views:
+        if view.epoch in weights:
+            if model is None:
+                raise ValueError(f"{out} has no final model.safetensors to take the architecture from")
+            model.load_state_dict(safetensors.torch.load_file(str(weights[view.epoch])))
+            view = dataclasses.replace(view, **(interventions(model.eval(), images, labels, reference) or {}))
+        filled.append(view)
+    run_folder.write_inside(out, filled, tensors)
+    return filled
 
 
 def is_vit(model: nn.Module) -> bool:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .. import data
 from .config import IMAGE_SIZE, MAX_SEED, TEST_IMAGES, TRAIN_IMAGES, ConfigError, TrainConfig
 from .evaluators import InsideViewEvaluator
-from .inside import inside_tensors, is_vit, probe_images, recorded_epochs
+from .inside import PROBE_IMAGES, PROBE_SEED, inside_tensors, is_vit, probe_set, recorded_epochs
 from .objectives import Objective, init_model, mixing, objective_for
 from .run_folder import (MODEL, append_metrics, check_out, finished_run, interrupted,
                          load_checkpoint, lock_run, prepare_folder, read_metrics, record_inside, restore,
@@ -182,11 +182,22 @@ def _start(config: TrainConfig, out: Path, device: str | torch.device | None,
         trim_metrics(out, run.step)
         trim_inside(out, run.step)
         if inside and is_vit(run.encoder):  # its own generator: the training streams are untouched
-            run.inside = InsideViewEvaluator(probe_images().to(device))
+            run.inside = _inside_evaluator(config, device, train_x, train_y)
         _report(progress, f"{run.objective.what} {config.model}: {len(train_x)} images, {run.total} steps, {world} "
                 f"process(es) on {hardware(device)}, "
                 f"{'resuming at step ' + str(run.step) if run.step else 'from the start'}{run.objective.remark}")
     return run, (train_x.to(device), train_y.to(device), test_x, test_y)
+
+
+def _inside_evaluator(config: TrainConfig, device: torch.device, train_x: torch.Tensor,
+                      train_y: torch.Tensor) -> InsideViewEvaluator:
+    """Inside views on the probe images; a classifier's also record interventions (head ablation, logit lens), with
+    the mean ablation's means over the first class-balanced training images."""
+    images, labels = probe_set()
+    if config.objective != "classify":
+        return InsideViewEvaluator(images.to(device))
+    reference = train_x[data.stratified_order(train_y, PROBE_SEED)[:PROBE_IMAGES]]
+    return InsideViewEvaluator(images.to(device), labels=labels, reference=reference.to(device))
 
 
 def _setup(config: TrainConfig, out: Path, model: nn.Module, device: torch.device, rank: int, world: int,

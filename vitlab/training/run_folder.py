@@ -388,7 +388,7 @@ def read_inside_tensors(out: str | os.PathLike) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(path) if path.is_file() else {}
 
 
-def _write_inside(out: Path, views: list[InsideView], tensors: dict[str, torch.Tensor]) -> None:
+def write_inside(out: Path, views: list[InsideView], tensors: dict[str, torch.Tensor]) -> None:
     """Tensors first, then the log: tensors of an epoch with no line are dropped next time."""
     keep = {v.epoch for v in views}
     tensors = {k: v for k, v in tensors.items() if int(k.rsplit(".", 1)[1]) in keep}  # "<name>.<epoch>"
@@ -404,7 +404,7 @@ def record_inside(out: str | os.PathLike, view: InsideView, tensors: dict[str, t
     stored, stored_tensors = read_inside(out), read_inside_tensors(out)
     _check_inside(out, stored, stored_tensors)
     views = [v for v in stored if v.step < view.step] + [view]
-    _write_inside(out, views, {**stored_tensors, **tensors})
+    write_inside(out, views, {**stored_tensors, **tensors})
 
 
 def trim_inside(out: str | os.PathLike, step: int) -> None:
@@ -413,4 +413,4 @@ def trim_inside(out: str | os.PathLike, step: int) -> None:
     if (out / INSIDE_LOG).exists() or (out / INSIDE_TENSORS).exists():
         views, tensors = read_inside(out), read_inside_tensors(out)
         _check_inside(out, views, tensors)
-        _write_inside(out, [v for v in views if v.step <= step], tensors)
+        write_inside(out, [v for v in views if v.step <= step], tensors)
