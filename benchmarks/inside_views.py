@@ -1,7 +1,9 @@
 """Cost of the inside views: one inside view on the probe set against one full-data training epoch.
 
 The trainer records an inside view (:mod:`vitlab.training.inside`) at the end of each epoch; it
-should cost at most 5% of a full-data epoch. This times ``--repeats`` inside views of
+should cost at most 5% of a full-data epoch, with a classifier's interventions (each head
+mean-ablated, the logit lens) included. This times ``--repeats`` inside views, without and with
+interventions, of
 ``--model`` on the probe set (256 class-balanced test images), and ``--steps`` training
 steps (vitlab's own step, batch ``--batch``), and estimates the epoch of 50,000 images from
 those steps' images/s. Prints both and the ratio.
@@ -49,20 +51,23 @@ def main() -> None:
         _step(run, augment(x, config.crop_padding, config.flip, run.gen), y)
     per_second = args.steps * args.batch / (time.perf_counter() - started)
     epoch = TRAIN_IMAGES / per_second
-    evaluator = InsideViewEvaluator(inside.probe_images().to(device))  # what the loop runs each recorded epoch
-    probe = evaluator.images
-    times = []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        evaluator.run(model, epoch=1, step=0)
-        inside.inside_tensors(model, 1)
-        times.append(time.perf_counter() - started)
-    view = statistics.median(times)
+    images, labels = inside.probe_set()
+    reference = inside.probe_set(split="train")[0].to(device)
+    plain = InsideViewEvaluator(images.to(device))  # a run that records no interventions (pre-training)
+    full = InsideViewEvaluator(images.to(device), labels=labels, reference=reference)  # what a classifier's run does
     print(f"{args.model} on {hardware(device)}: training {per_second:.0f} images/s, full-data epoch "
-          f"({TRAIN_IMAGES} images) about {epoch:.0f} s; inside view on {len(probe)} probe images "
-          f"{view:.2f} s (median of {args.repeats}: {', '.join(f'{t:.2f}' for t in times)})")
-    print(f"ratio inside view / epoch: {view / epoch:.4f} ({100 * view / epoch:.2f}%, target at most 5%)")
-
+          f"({TRAIN_IMAGES} images) about {epoch:.0f} s")
+    for name, evaluator in (("inside view", plain), ("inside view with interventions", full)):
+        times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            evaluator.run(model, epoch=1, step=0)
+            inside.inside_tensors(model, 1)
+            times.append(time.perf_counter() - started)
+        view = statistics.median(times)
+        print(f"{name} on {len(images)} probe images: {view:.2f} s (median of {args.repeats}: "
+              f"{', '.join(f'{t:.2f}' for t in times)}); ratio to the epoch {view / epoch:.4f} "
+              f"({100 * view / epoch:.2f}%, target at most 5%)")
 
 if __name__ == "__main__":
     main()
