@@ -31,7 +31,8 @@ def central_region(grid: tuple[int, int]) -> list[tuple[int, int]]:
 class PatchingResult:
     """Recovered logit difference per kept pair (:func:`patching_analysis`)."""
     corruption: str  # "region" or "pairs"
-    what: str  # "resid": recovered (pairs, depth, tokens); "head": (pairs, depth, heads)
+    what: str  # "resid": recovered (pairs, depth + 1, tokens), row i entering block i, the last row after the last
+    # block (the lens's rows); "head": (pairs, depth, heads)
     recovered: torch.Tensor
     clean_diff: torch.Tensor  # (pairs,) logit[clean class] - logit[other class] on the clean input
     corrupt_diff: torch.Tensor  # ... on the corrupted input
@@ -48,7 +49,7 @@ class PatchingResult:
         return len(self.recovered)
 
     def mean(self) -> torch.Tensor:
-        """(depth, tokens or heads) mean recovered fraction over the kept pairs."""
+        """(depth + 1, tokens) or (depth, heads) mean recovered fraction over the kept pairs."""
         return self.recovered.double().mean(0)
 
     def interval(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +57,7 @@ class PatchingResult:
         return bootstrap_interval(self.recovered)
 
     def patch_maps(self) -> torch.Tensor:
-        """(depth, rows, cols) mean recovered fraction of each patch token ("resid" only)."""
+        """(depth + 1, rows, cols) mean recovered fraction of each patch token ("resid" only)."""
         if self.what != "resid":
             raise ValueError("patch maps are of residual-stream patching (what='resid')")
         return self.mean()[:, self.prefix:].reshape(-1, *self.grid)
@@ -111,8 +112,8 @@ def patching_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tens
         corruption: "region": each image with ``region`` (patch (row, col) pairs; default the central quarter)
             filled with the dataset mean, the other class being the corrupted run's top class besides the label;
             "pairs": each image against the next image of another class, whose class is the other class.
-        what: "resid" patches the residual stream entering each block at one token; "head" one head's output
-            (its slice of the projection's input) at every token.
+        what: "resid" patches the residual stream entering each block, and after the last, at one token; "head"
+            one head's output (its slice of the projection's input) at every token.
         min_gap: pairs whose clean logit difference is not at least this much above the corrupted one are dropped.
     """
     s = residual.stream(model)
@@ -169,10 +170,11 @@ def patching_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tens
 
 
 def _patch_resid(model, clean, bad, classes, dc, dx) -> torch.Tensor:
-    """(B, depth, tokens): the corrupted run with one token of one block's input taken from the clean run."""
+    """(B, depth + 1, tokens): the corrupted run with one token of one block's input (or of the last block's
+    output: what the readout reads) taken from the clean run."""
     b, t = clean[0].shape[:2]
-    out = torch.empty(b, len(model.blocks), t, dtype=torch.float64)
-    for layer in range(len(model.blocks)):
+    out = torch.empty(b, len(clean), t, dtype=torch.float64)
+    for layer in range(len(clean)):
         for i in range(b):
             x = bad[layer][i].expand(t, -1, -1).clone()  # (T variants, T tokens, D)
             pos = torch.arange(t)
