@@ -107,6 +107,16 @@ def _heads_by_layer(heads: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
     return layers
 
 
+def _together(ablator: _Ablator, states: list[torch.Tensor], top: Sequence[tuple[int, int]],
+              clean: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(accuracy drops, logit drops), each (B, len(top)): column k - 1 with the first k of ``top`` ablated together."""
+    runs = []
+    for k in range(1, len(top) + 1):
+        edits = {(i, "head"): ablator.edit(i, "head", hs) for i, hs in _heads_by_layer(top[:k]).items()}
+        runs.append(_scores(ablator.run(states, edits), y))
+    return torch.stack([clean[0] - a for a, _ in runs], 1), torch.stack([clean[1] - b for _, b in runs], 1)
+
+
 @torch.no_grad()
 def ablation_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, kind: str = "mean",
                       reference: torch.Tensor | None = None, top_k: int = TOP_K, branches: bool = True,
@@ -154,12 +164,8 @@ def ablation_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tens
         for start, clean in batches if top else []:
             y = labels[start:start + batch_size]
             states = residual.block_inputs(model, residual.model_input(model, images[start:start + batch_size]))
-            runs = []
-            for k in range(1, len(top) + 1):
-                edits = {(i, "head"): ablator.edit(i, "head", hs) for i, hs in _heads_by_layer(top[:k]).items()}
-                runs.append(_scores(ablator.run(states, edits), y))
-            top_rows["accuracy"].append(torch.stack([clean[0] - a for a, _ in runs], 1))
-            top_rows["logit"].append(torch.stack([clean[1] - b for _, b in runs], 1))
+            for name, drops in zip(("accuracy", "logit"), _together(ablator, states, top, clean, y)):
+                top_rows[name].append(drops)
     n = len(images)
     empty = torch.zeros(n, s.depth, dtype=torch.float64)
     cat = lambda name: torch.cat(rows[name]) if name in rows else empty  # noqa: E731

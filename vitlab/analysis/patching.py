@@ -102,6 +102,25 @@ def _capture_z(model: nn.Module, states: list[torch.Tensor]) -> list[torch.Tenso
     return zs
 
 
+def _check_corruption(model: nn.Module, labels: torch.Tensor, corruption: str, what: str,
+                      region: list[tuple[int, int]] | None):
+    """(grid, region (patches, or [] for pairs), each image's partner (None for a region)), or a one-line
+    ValueError."""
+    if corruption not in CORRUPTIONS or what not in WHAT:
+        raise ValueError(f"corruption must be one of {CORRUPTIONS} and what one of {WHAT}; got {corruption!r}, "
+                         f"{what!r}")
+    grid = metrics.patch_grid(model)
+    if corruption == "pairs":
+        partner = _partners(labels)
+        if bool((partner < 0).any()):
+            raise ValueError("pairs need images of at least two classes")
+        return grid, [], partner
+    region = central_region(grid) if region is None else [tuple(int(v) for v in p) for p in region]
+    if not region or any(not (0 <= r < grid[0] and 0 <= c < grid[1]) for r, c in region):
+        raise ValueError(f"region must be (row, col) patches inside the {grid[0]}x{grid[1]} grid, got {region}")
+    return grid, region, None
+
+
 @torch.no_grad()
 def patching_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, corruption: str = "region",
                       what: str = "resid", region: list[tuple[int, int]] | None = None, min_gap: float = MIN_GAP,
@@ -118,20 +137,7 @@ def patching_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     """
     s = residual.stream(model)
     labels = check_labels(images, labels)
-    if corruption not in CORRUPTIONS or what not in WHAT:
-        raise ValueError(f"corruption must be one of {CORRUPTIONS} and what one of {WHAT}; got {corruption!r}, "
-                         f"{what!r}")
-    grid = metrics.patch_grid(model)
-    if corruption == "region":
-        region = central_region(grid) if region is None else [tuple(int(v) for v in p) for p in region]
-        if not region or any(not (0 <= r < grid[0] and 0 <= c < grid[1]) for r, c in region):
-            raise ValueError(f"region must be (row, col) patches inside the {grid[0]}x{grid[1]} grid, got {region}")
-        partner = None
-    else:
-        partner = _partners(labels)
-        if bool((partner < 0).any()):
-            raise ValueError("pairs need images of at least two classes")
-        region = []
+    grid, region, partner = _check_corruption(model, labels, corruption, what, region)
     started = time.perf_counter()
     rec, clean_d, corrupt_d, kept_classes, dropped = [], [], [], [], 0
     with restoring(model):
@@ -148,7 +154,8 @@ def patching_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tens
             else:
                 bad = residual.block_inputs(model, residual.model_input(model, images[partner[idx]]))
                 classes = torch.stack([labels[idx], labels[partner[idx]]], 1)
-            dc, dx = _diff(residual.readout(model, clean[-1]), classes), _diff(residual.readout(model, bad[-1]), classes)
+            dc = _diff(residual.readout(model, clean[-1]), classes)
+            dx = _diff(residual.readout(model, bad[-1]), classes)
             keep = dc - dx >= min_gap
             dropped += int((~keep).sum())
             if not keep.any():
