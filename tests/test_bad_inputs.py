@@ -1300,6 +1300,21 @@ INTERVENTIONS_ROWS: dict[str, Bad] = {
     "interventions-labels-wrong-length": Bad(
         lambda tmp: lens.attribution_analysis(_micro(), _pics(4), _few(3)), ValueError,
         "labels must be one class per image: 4 images, labels shaped (3,)", before=_NEW),
+    "interventions-label-above-the-classes": Bad(
+        lambda tmp: lens.logit_lens_analysis(_micro(), _pics(3), torch.tensor([0, 1, 10])), ValueError,
+        "labels must be classes 0 to 9 of the model's head, got 10", before="RuntimeError: index 10 is out of "
+        "bounds for dimension 3 with size 10 (after running the model)"),
+    "interventions-negative-label": Bad(
+        lambda tmp: lens.attribution_analysis(_micro(), _pics(3), torch.tensor([0, -1, 2])), ValueError,
+        "labels must be classes 0 to 9 of the model's head, got -1", before="RuntimeError: index -1 is out of "
+        "bounds for dimension 1 with size 10 (after running the model)"),
+    "interventions-ablation-label-out-of-range": Bad(
+        lambda tmp: ablation.ablation_analysis(_micro(), _pics(3), torch.tensor([0, 1, 10]), kind="zero"),
+        ValueError,
+        "labels must be classes 0 to 9", before="RuntimeError: index 10 is out of bounds (after running the model)"),
+    "interventions-patching-label-out-of-range": Bad(
+        lambda tmp: patching.patching_analysis(_micro(), _pics(3), torch.tensor([0, 1, 10])), ValueError,
+        "labels must be classes 0 to 9", before="IndexError: index 10 is out of bounds (after running the model)"),
     "interventions-mean-ablation-without-reference": Bad(
         _ablate(kind="mean"), ValueError, "mean ablation needs reference images", before=_NEW),
     "interventions-unknown-ablation-kind": Bad(

@@ -70,7 +70,7 @@ def _check(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, kind: s
     if kind == "mean" and (reference is None or len(reference) < 2):
         raise ValueError("mean ablation needs reference images (e.g. 256 training images) to average each head's "
                          "output over: pass reference=, or kind='zero'")
-    return s, check_labels(images, labels)
+    return s, check_labels(images, labels, classes=model.head.out_features)
 
 
 def _scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -136,7 +136,7 @@ def patching_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tens
         min_gap: pairs whose clean logit difference is not at least this much above the corrupted one are dropped.
     """
     s = residual.stream(model)
-    labels = check_labels(images, labels)
+    labels = check_labels(images, labels, classes=model.head.out_features)
     grid, region, partner = _check_corruption(model, labels, corruption, what, region)
     started = time.perf_counter()
     rec, clean_d, corrupt_d, kept_classes, dropped = [], [], [], [], 0
