@@ -197,6 +197,7 @@ def hand_attention(attn, h: torch.Tensor) -> torch.Tensor:
     heads, d = attn.num_heads, attn.head_dim
     qkv = h @ attn.qkv.weight.T + (0 if attn.qkv.bias is None else attn.qkv.bias)  # (B, T, 3 x heads x d)
     q, k, v = (u.transpose(1, 2) for u in qkv.reshape(b, t, 3, heads, d).unbind(2))  # (B, heads, T, d) each
+    q, k = attn.q_norm(q), attn.k_norm(k)  # identities unless the model normalises queries and keys
     a = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, -1)  # (B, heads, T, T)
     return (a @ v).transpose(1, 2).reshape(b, t, heads * d)
 

@@ -21,6 +21,7 @@ TIMM = {  # random timm ViTs the decomposition must also pass exactly
     "avg-fc_norm-layerscale": dict(global_pool="avg", class_token=False, init_values=0.1),
     "token-registers": dict(reg_tokens=2),
     "avg-norm-no-fc_norm": dict(global_pool="avg", fc_norm=False, init_values=0.1),
+    "token-qk_norm-no-biases": dict(qk_norm=True, qkv_bias=False, proj_bias=False),
 }
 
 
