@@ -231,3 +231,25 @@ def test_link_matches_scipy_spearman_and_a_median_split_by_hand(measure):
     assert [k for k, *_ in result.top_k] == [1, 2, 3]
     assert [a for _, a, _, _ in result.top_k] == pytest.approx(fake.top_accuracy.mean(0).tolist(), abs=1e-12)
     assert result.accuracy == pytest.approx(float(fake.clean_correct.mean()))
+
+
+@pytest.mark.gpu
+def test_every_analysis_on_the_gpu_matches_the_cpu(micro):
+    """Means are kept on the CPU (site_means): the edits must bring them to the model's device."""
+    model, images, labels, reference, _ = micro
+    gpu = build_model({"zoo": "vit_micro_c10"}).double()
+    gpu.load_state_dict(model.state_dict())
+    gpu.cuda()
+    for kind in ablation.KINDS:
+        want = ablation.ablation_analysis(model, images, labels, kind=kind, reference=reference)
+        got = ablation.ablation_analysis(gpu, images, labels, kind=kind, reference=reference)
+        for name in ("head_logit", "attn_logit", "mlp_logit", "top_logit"):
+            assert torch.allclose(getattr(got, name), getattr(want, name), atol=1e-9, rtol=0), (kind, name)
+    for what in patching.WHAT:
+        want = patching.patching_analysis(model, images, labels, what=what, min_gap=-1e9)
+        got = patching.patching_analysis(gpu, images, labels, what=what, min_gap=-1e9)
+        assert torch.allclose(got.recovered, want.recovered, atol=1e-6, rtol=0), what
+    want, got = lens.attribution_analysis(model, images, labels), lens.attribution_analysis(gpu, images, labels)
+    assert torch.allclose(got.true, want.true, atol=1e-9, rtol=0)
+    want, got = lens.logit_lens_analysis(model, images, labels), lens.logit_lens_analysis(gpu, images, labels)
+    assert torch.allclose(got.kl, want.kl, atol=1e-6, rtol=0)  # stored in float32

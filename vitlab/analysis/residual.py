@@ -168,7 +168,9 @@ def replace_heads(heads: Sequence[int], head_dim: int, value: torch.Tensor | flo
     def edit(z: torch.Tensor) -> torch.Tensor:
         z = z.clone()
         c = channels.to(z.device)
-        z[..., c] = value[..., c].to(z.dtype) if isinstance(value, torch.Tensor) else value
+        # means live on the CPU in float64 (site_means): bring them to the run's device, as CUDA indices can't
+        # index a CPU tensor
+        z[..., c] = value.to(z.device, z.dtype)[..., c] if isinstance(value, torch.Tensor) else value
         return z
     return edit
 
@@ -176,7 +178,7 @@ def replace_heads(heads: Sequence[int], head_dim: int, value: torch.Tensor | flo
 def replace_all(value: torch.Tensor | float = 0.0) -> Edit:
     """An edit that replaces a whole branch output by ``value`` (0, or per-position means (T, D))."""
     def edit(out: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(out) + (value.to(out.dtype) if isinstance(value, torch.Tensor) else value)
+        return torch.zeros_like(out) + (value.to(out.device, out.dtype) if isinstance(value, torch.Tensor) else value)
     return edit
 
 
