@@ -174,3 +174,12 @@ def test_lens_reads_the_mean_patch_token_too_on_class_token_models(lens_case):
     assert result.readings == (["token", "avg"] if model.global_pool == "token" else ["avg"])
     low, high = result.interval("correct")
     assert (low <= result.mean("correct") + 1e-12).all() and (result.mean("correct") <= high + 1e-12).all()
+
+
+def test_first_layer_is_the_first_row_reaching_the_fraction_of_the_final_accuracy(lens_case):
+    *_, result = lens_case
+    for reading in result.readings:
+        acc = result.correct[:, result.readings.index(reading)].double().mean(0).tolist()  # (depth + 1,)
+        for fraction in (0.0, 0.5, 1.0):
+            want = next((i for i, a in enumerate(acc) if a >= fraction * acc[-1]), None)
+            assert result.first_layer(fraction, reading) == want
