@@ -1228,10 +1228,12 @@ HOSTILE_ROWS: dict[str, Bad] = {
 
 
 def _unrun(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` that fails any forward pass: the refusal must come first."""
+    """``model`` that fails any forward pass of any of its modules (analyses call blocks one by one): the refusal
+    must come first."""
     def refuse(_module, _args):
         raise AssertionError("the model ran before the bad input was refused")
-    model.register_forward_pre_hook(refuse)
+    for module in model.modules():
+        module.register_forward_pre_hook(refuse)
     return model
 
 
@@ -1294,6 +1296,12 @@ INTERVENTIONS_ROWS: dict[str, Bad] = {
     "interventions-scale-norm": Bad(
         lambda tmp: patching.patching_analysis(_timm_vit(scale_attn_norm=True), _pics(), _few()), ValueError,
         "normalises the heads' output (scale-norm, block 0)", before=_NEW),
+    "interventions-distilled-head": Bad(
+        lambda tmp: lens.attribution_analysis(_unrun(timm.create_model(
+            "deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=10)),
+            _pics(), _few()),
+        ValueError, "VisionTransformerDistilled reads or makes its tokens its own way (its own forward_",
+        before="no error: the parts added up to the class-token head's logit, not the model's (head + head_dist) / 2"),
     "interventions-batch-of-one": Bad(
         lambda tmp: lens.logit_lens_analysis(_micro(), _pics(1), _few(1)),
         ValueError, "give at least 2 images (got 1)", before=_NEW),
