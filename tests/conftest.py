@@ -184,3 +184,77 @@ def timm_intermediates(model, images):
                                                output_fmt="NLC", norm=False)
             return [torch.cat([prefix, tokens], 1) for tokens, prefix in outs]  # (B, 1 + patches, D)
         return model.forward_intermediates(x, intermediates_only=True)  # (B, C, H, W) per stage
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A ViT run by hand, for the intervention tests (analysis.residual, lens, ablation, patching): attention is computed
+# from the qkv weights, never through timm's Attention.forward or vitlab's hooks, so it checks both.
+
+def hand_attention(attn, h: torch.Tensor) -> torch.Tensor:
+    """The heads' outputs (B, T, heads x head_dim) of timm ``attn`` on normed tokens ``h``: softmax(q k^T / sqrt(d)) v
+    per head, heads side by side as the output projection reads them."""
+    b, t, _ = h.shape
+    heads, d = attn.num_heads, attn.head_dim
+    qkv = h @ attn.qkv.weight.T + (0 if attn.qkv.bias is None else attn.qkv.bias)  # (B, T, 3 x heads x d)
+    q, k, v = (u.transpose(1, 2) for u in qkv.reshape(b, t, 3, heads, d).unbind(2))  # (B, heads, T, d) each
+    q, k = attn.q_norm(q), attn.k_norm(k)  # identities unless the model normalises queries and keys
+    a = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, -1)  # (B, heads, T, T)
+    return (a @ v).transpose(1, 2).reshape(b, t, heads * d)
+
+
+def _scale(ls) -> torch.Tensor | float:
+    return ls.gamma if isinstance(ls, timm.layers.LayerScale) else 1.0
+
+
+def hand_block(block, x: torch.Tensor, z=None, attn=None, mlp=None) -> torch.Tensor:
+    """One timm Block by hand; ``z``, ``attn``, ``mlp`` (functions of a tensor) edit the heads' outputs (B, T,
+    heads x head_dim), the attention branch's output or the MLP's output (B, T, D) before its layer scale."""
+    zs = hand_attention(block.attn, block.norm1(x))
+    zs = zs if z is None else z(zs)
+    out = zs @ block.attn.proj.weight.T + (0 if block.attn.proj.bias is None else block.attn.proj.bias)
+    x = x + _scale(block.ls1) * (out if attn is None else attn(out))
+    h = block.norm2(x)
+    m = block.mlp.fc2(block.mlp.act(block.mlp.fc1(h)))
+    return x + _scale(block.ls2) * (m if mlp is None else mlp(m))
+
+
+def hand_states(model, x: torch.Tensor, edits=None, start: int = 0, first: torch.Tensor | None = None):
+    """The residual stream entering each block and after the last (depth + 1 tensors) of normalised input ``x`` (or
+    from ``first``, block ``start``'s input), with ``edits[(layer, "z" | "attn" | "mlp")]`` applied."""
+    edits = edits or {}
+    states = [model.norm_pre(model._pos_embed(model.patch_embed(x)))] if first is None else [first]
+    for i, block in enumerate(model.blocks):
+        if i >= start:
+            states.append(hand_block(block, states[-1], **{s: edits.get((i, s)) for s in ("z", "attn", "mlp")}))
+    return states
+
+
+def hand_logits(model, final: torch.Tensor, how: str | None = None) -> torch.Tensor:
+    """Logits of a last residual stream (B, T, D) through timm's own norm and head; ``how`` reads the class token
+    ("token") or the mean patch token ("avg") instead of the model's own pooling."""
+    x = model.norm(final)
+    if how is None:
+        return model.forward_head(x)
+    x = x[:, 0] if how == "token" else x[:, model.num_prefix_tokens:].mean(1)
+    return model.head(model.fc_norm(x))
+
+
+def small_timm_vit(seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A random 2-block timm ViT on 32x32 images, 8-pixel patches, 3 heads of 16 channels, 10 classes, with random
+    norm scales and biases (so a wrong beta or gamma shows); ``kwargs`` go to timm (pooling, layer scale...)."""
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
+                              depth=2, num_heads=3, num_classes=10, **kwargs).eval()
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 32, 32))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("gamma") or name in ("cls_token", "reg_token", "pos_embed"):
+                p.copy_(p + 0.3 * torch.randn_like(p))
+            if name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn_like(p))
+    return model
+
+
+def uint8_images(n: int, seed: int = 0, size: int = 32) -> torch.Tensor:
+    """``n`` random uint8 images (n, 3, size, size)."""
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))

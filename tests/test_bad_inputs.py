@@ -26,7 +26,7 @@ from PIL import Image
 import vitlab
 from vitlab import data, models, records, result_files
 from vitlab.training import run_folder
-from vitlab.analysis import attention_maps, metrics, representations
+from vitlab.analysis import ablation, attention_maps, lens, metrics, patching, representations, residual
 from vitlab.analysis.features import layer_features, layer_hooks, pre_logits
 from vitlab.analysis.capture import capture, hooks
 from vitlab.analysis.distance import head_statistics
@@ -1220,7 +1220,132 @@ HOSTILE_ROWS: dict[str, Bad] = {
 }
 
 
-ROWS: dict[str, Bad] = {**RUNS_ROWS, **MODELS_ROWS, **INPUTS_ROWS, **DATA_ROWS, **IMAGES_ROWS, **HOSTILE_ROWS}
+# ================================================================================================
+# Interventions (issue 31): logit lens, attribution, ablation, patching (interventions-)
+#
+# Each model is guarded: a forward pass before the refusal fails the row with AssertionError, so every error is
+# raised before any work. All are new in issue 31.
+
+
+def _unrun(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` that fails any forward pass of any of its modules (analyses call blocks one by one): the refusal
+    must come first."""
+    def refuse(_module, _args):
+        raise AssertionError("the model ran before the bad input was refused")
+    for module in model.modules():
+        module.register_forward_pre_hook(refuse)
+    return model
+
+
+def _micro() -> torch.nn.Module:
+    return _unrun(models.build_model({"zoo": "vit_micro_c10"}))
+
+
+def _timm_vit(**kwargs) -> torch.nn.Module:
+    return _unrun(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=24,
+                                    depth=2, num_heads=3, num_classes=10, **kwargs))
+
+
+def _tanh_pre_logits() -> torch.nn.Module:
+    model = _micro()
+    model.pre_logits = torch.nn.Tanh()  # the representation layer of the original ViT
+    return model
+
+
+def _pics(n: int = 4) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def _few(n: int = 4) -> torch.Tensor:
+    return torch.arange(n) % 10
+
+
+def _ablate(**kwargs):
+    return lambda tmp: ablation.ablation_analysis(_micro(), _pics(), _few(), **kwargs)
+
+
+def _link(distances: torch.Tensor, measure: str = "accuracy"):
+    def call(tmp):
+        n, z = 4, torch.zeros(4, 2, dtype=torch.float64)
+        heads = torch.zeros(n, 2, 2, dtype=torch.float64)
+        result = ablation.AblationResult(
+            kind="zero", reference_images=0, labels=_few(), clean_correct=z[:, 0], clean_logit=z[:, 0],
+            head_accuracy=heads, head_logit=heads, attn_accuracy=z, attn_logit=z, mlp_accuracy=z, mlp_logit=z,
+            top_heads=[], top_accuracy=z[:, :0], top_logit=z[:, :0], seconds=0.0)
+        return ablation.link_analysis(distances, result, measure=measure)
+    return call
+
+
+_NEW = "(new in issue 31)"
+INTERVENTIONS_ROWS: dict[str, Bad] = {
+    "interventions-layer-out-of-range": Bad(
+        lambda tmp: residual.check_head(residual.stream(_micro()), 2), IndexError,
+        "layer 2 is out of range: the model has 2 blocks (0 to 1)", before=_NEW),
+    "interventions-head-out-of-range": Bad(
+        lambda tmp: residual.check_head(residual.stream(_micro()), -1, 2), IndexError,
+        "head 2 is out of range: each block has 2 heads (0 to 1)", before=_NEW),
+    "interventions-model-without-heads": Bad(
+        lambda tmp: lens.logit_lens_analysis(_unrun(models.build_model({"zoo": "resnet_micro_c10"})), _pics(), _few()),
+        ValueError, "has no transformer blocks with attention heads (a ResNet?)", before=_NEW),
+    "interventions-attention-pool": Bad(
+        lambda tmp: lens.attribution_analysis(_timm_vit(global_pool="map"), _pics(), _few()), ValueError,
+        "reads an attention-pool head", before=_NEW),
+    "interventions-tanh-pre-logits": Bad(
+        lambda tmp: ablation.ablation_analysis(_tanh_pre_logits(), _pics(), _few(), kind="zero"), ValueError,
+        "has a pre-logits layer (a tanh)", before=_NEW),
+    "interventions-scale-norm": Bad(
+        lambda tmp: patching.patching_analysis(_timm_vit(scale_attn_norm=True), _pics(), _few()), ValueError,
+        "normalises the heads' output (scale-norm, block 0)", before=_NEW),
+    "interventions-distilled-head": Bad(
+        lambda tmp: lens.attribution_analysis(_unrun(timm.create_model(
+            "deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=10)),
+            _pics(), _few()),
+        ValueError, "VisionTransformerDistilled reads or makes its tokens its own way (its own forward_",
+        before="no error: the parts added up to the class-token head's logit, not the model's (head + head_dist) / 2"),
+    "interventions-batch-of-one": Bad(
+        lambda tmp: lens.logit_lens_analysis(_micro(), _pics(1), _few(1)),
+        ValueError, "give at least 2 images (got 1)", before=_NEW),
+    "interventions-labels-wrong-length": Bad(
+        lambda tmp: lens.attribution_analysis(_micro(), _pics(4), _few(3)), ValueError,
+        "labels must be one class per image: 4 images, labels shaped (3,)", before=_NEW),
+    "interventions-label-above-the-classes": Bad(
+        lambda tmp: lens.logit_lens_analysis(_micro(), _pics(3), torch.tensor([0, 1, 10])), ValueError,
+        "labels must be classes 0 to 9 of the model's head, got 10", before="RuntimeError: index 10 is out of "
+        "bounds for dimension 3 with size 10 (after running the model)"),
+    "interventions-negative-label": Bad(
+        lambda tmp: lens.attribution_analysis(_micro(), _pics(3), torch.tensor([0, -1, 2])), ValueError,
+        "labels must be classes 0 to 9 of the model's head, got -1", before="RuntimeError: index -1 is out of "
+        "bounds for dimension 1 with size 10 (after running the model)"),
+    "interventions-ablation-label-out-of-range": Bad(
+        lambda tmp: ablation.ablation_analysis(_micro(), _pics(3), torch.tensor([0, 1, 10]), kind="zero"),
+        ValueError,
+        "labels must be classes 0 to 9", before="RuntimeError: index 10 is out of bounds (after running the model)"),
+    "interventions-patching-label-out-of-range": Bad(
+        lambda tmp: patching.patching_analysis(_micro(), _pics(3), torch.tensor([0, 1, 10])), ValueError,
+        "labels must be classes 0 to 9", before="IndexError: index 10 is out of bounds (after running the model)"),
+    "interventions-mean-ablation-without-reference": Bad(
+        _ablate(kind="mean"), ValueError, "mean ablation needs reference images", before=_NEW),
+    "interventions-unknown-ablation-kind": Bad(
+        _ablate(kind="noise"), ValueError, "kind must be one of ('mean', 'zero'), got 'noise'", before=_NEW),
+    "interventions-unknown-corruption": Bad(
+        lambda tmp: patching.patching_analysis(_micro(), _pics(), _few(), corruption="blur"), ValueError,
+        "corruption must be one of ('region', 'pairs')", before=_NEW),
+    "interventions-region-outside-grid": Bad(
+        lambda tmp: patching.patching_analysis(_micro(), _pics(), _few(), region=[(4, 0)]), ValueError,
+        "region must be (row, col) patches inside the 4x4 grid", before=_NEW),
+    "interventions-pairs-of-one-class": Bad(
+        lambda tmp: patching.patching_analysis(_micro(), _pics(), torch.zeros(4), corruption="pairs"), ValueError,
+        "pairs need images of at least two classes", before=_NEW),
+    "interventions-link-other-images": Bad(
+        _link(torch.zeros(5, 2, 2)), ValueError, "must be of the same images and heads", before=_NEW),
+    "interventions-link-unknown-measure": Bad(
+        _link(torch.zeros(4, 2, 2), "loss"), ValueError, "measure must be 'accuracy' or 'logit', got 'loss'",
+        before=_NEW),
+}
+
+
+ROWS: dict[str, Bad] = {**RUNS_ROWS, **MODELS_ROWS, **INPUTS_ROWS, **DATA_ROWS, **IMAGES_ROWS, **HOSTILE_ROWS,
+                        **INTERVENTIONS_ROWS}
 
 
 @pytest.fixture

@@ -70,7 +70,7 @@ def _check(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, kind: s
     if kind == "mean" and (reference is None or len(reference) < 2):
         raise ValueError("mean ablation needs reference images (e.g. 256 training images) to average each head's "
                          "output over: pass reference=, or kind='zero'")
-    return s, check_labels(images, labels)
+    return s, check_labels(images, labels, classes=model.head.out_features)
 
 
 def _scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,6 +105,16 @@ def _heads_by_layer(heads: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
     for layer, head in heads:
         layers.setdefault(layer, []).append(head)
     return layers
+
+
+def _together(ablator: _Ablator, states: list[torch.Tensor], top: Sequence[tuple[int, int]],
+              clean: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(accuracy drops, logit drops), each (B, len(top)): column k - 1 with the first k of ``top`` ablated together."""
+    runs = []
+    for k in range(1, len(top) + 1):
+        edits = {(i, "head"): ablator.edit(i, "head", hs) for i, hs in _heads_by_layer(top[:k]).items()}
+        runs.append(_scores(ablator.run(states, edits), y))
+    return torch.stack([clean[0] - a for a, _ in runs], 1), torch.stack([clean[1] - b for _, b in runs], 1)
 
 
 @torch.no_grad()
@@ -154,12 +164,8 @@ def ablation_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tens
         for start, clean in batches if top else []:
             y = labels[start:start + batch_size]
             states = residual.block_inputs(model, residual.model_input(model, images[start:start + batch_size]))
-            runs = []
-            for k in range(1, len(top) + 1):
-                edits = {(i, "head"): ablator.edit(i, "head", hs) for i, hs in _heads_by_layer(top[:k]).items()}
-                runs.append(_scores(ablator.run(states, edits), y))
-            top_rows["accuracy"].append(torch.stack([clean[0] - a for a, _ in runs], 1))
-            top_rows["logit"].append(torch.stack([clean[1] - b for _, b in runs], 1))
+            for name, drops in zip(("accuracy", "logit"), _together(ablator, states, top, clean, y)):
+                top_rows[name].append(drops)
     n = len(images)
     empty = torch.zeros(n, s.depth, dtype=torch.float64)
     cat = lambda name: torch.cat(rows[name]) if name in rows else empty  # noqa: E731
@@ -231,7 +237,8 @@ def link_analysis(distances: torch.Tensor, ablation: AblationResult, measure: st
     d, e = distances.double().cpu(), per_image.double().cpu()
     n, heads = len(d), d.shape[1] * d.shape[2]
     dist, eff = d.mean(0), e.mean(0)
-    split = float(dist.flatten().median())
+    # the median halfway between the middle two (torch's median() takes the lower one: 11 local heads of 24)
+    split = float(dist.flatten().quantile(0.5))
     local = dist < split if bool((dist < split).any()) else dist <= split
     per_image_diff = e[:, local].mean(1) - e[:, ~local].mean(1) if bool((~local).any()) else e[:, local].mean(1)
     low, high = bootstrap_interval(per_image_diff)

@@ -18,8 +18,10 @@ from .references import bootstrap_interval
 READINGS = {"token": "class token", "avg": "mean patch token"}
 
 
-def check_labels(images: torch.Tensor, labels: torch.Tensor | None, least: int = 2) -> torch.Tensor | None:
-    """``labels`` as a long tensor on the CPU, or a one-line ValueError (too few images, lengths differ)."""
+def check_labels(images: torch.Tensor, labels: torch.Tensor | None, least: int = 2,
+                 classes: int | None = None) -> torch.Tensor | None:
+    """``labels`` as a long tensor on the CPU, or a one-line ValueError (too few images, lengths differ, a label
+    outside ``0 .. classes - 1``)."""
     if len(images) < least:
         raise ValueError(f"give at least {least} images (got {len(images)}): the intervals are over images")
     if labels is None:
@@ -28,6 +30,9 @@ def check_labels(images: torch.Tensor, labels: torch.Tensor | None, least: int =
     if labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(f"labels must be one class per image: {len(images)} images, labels shaped "
                          f"{tuple(labels.shape)}")
+    if classes is not None and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < classes:
+        bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+        raise ValueError(f"labels must be classes 0 to {classes - 1} of the model's head, got {bad}")
     return labels
 
 
@@ -71,7 +76,7 @@ def logit_lens_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Te
                         batch_size: int = 250) -> LensResult:
     """Each block's tokens through the model's final norm, pooling and head, on uint8 ``images`` with ``labels``."""
     s = residual.stream(model)
-    labels = check_labels(images, labels)
+    labels = check_labels(images, labels, classes=model.head.out_features)
     readings = [s.pool] + (["avg"] if s.pool == "token" else [])
     started = time.perf_counter()
     rows: dict[str, list] = {k: [] for k in ("correct", "agree", "rank", "kl")}
@@ -187,7 +192,7 @@ def attribution_analysis(model: nn.Module, images: torch.Tensor, labels: torch.T
     """Direct logit attribution of the true class (the predicted one without ``labels``) on uint8 ``images``, in the
     model's own dtype (float64 models sum to the logit within 1e-9)."""
     s = residual.stream(model)
-    labels = check_labels(images, labels)
+    labels = check_labels(images, labels, classes=model.head.out_features)
     started = time.perf_counter()
     names: list[str] = []
     out: dict[str, list] = {k: [] for k in ("classes", "logit", "constant", "true", "margin")}

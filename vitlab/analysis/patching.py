@@ -31,7 +31,8 @@ def central_region(grid: tuple[int, int]) -> list[tuple[int, int]]:
 class PatchingResult:
     """Recovered logit difference per kept pair (:func:`patching_analysis`)."""
     corruption: str  # "region" or "pairs"
-    what: str  # "resid": recovered (pairs, depth, tokens); "head": (pairs, depth, heads)
+    what: str  # "resid": recovered (pairs, depth + 1, tokens), row i entering block i, the last row after the last
+    # block (the lens's rows); "head": (pairs, depth, heads)
     recovered: torch.Tensor
     clean_diff: torch.Tensor  # (pairs,) logit[clean class] - logit[other class] on the clean input
     corrupt_diff: torch.Tensor  # ... on the corrupted input
@@ -48,7 +49,7 @@ class PatchingResult:
         return len(self.recovered)
 
     def mean(self) -> torch.Tensor:
-        """(depth, tokens or heads) mean recovered fraction over the kept pairs."""
+        """(depth + 1, tokens) or (depth, heads) mean recovered fraction over the kept pairs."""
         return self.recovered.double().mean(0)
 
     def interval(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +57,7 @@ class PatchingResult:
         return bootstrap_interval(self.recovered)
 
     def patch_maps(self) -> torch.Tensor:
-        """(depth, rows, cols) mean recovered fraction of each patch token ("resid" only)."""
+        """(depth + 1, rows, cols) mean recovered fraction of each patch token ("resid" only)."""
         if self.what != "resid":
             raise ValueError("patch maps are of residual-stream patching (what='resid')")
         return self.mean()[:, self.prefix:].reshape(-1, *self.grid)
@@ -101,6 +102,25 @@ def _capture_z(model: nn.Module, states: list[torch.Tensor]) -> list[torch.Tenso
     return zs
 
 
+def _check_corruption(model: nn.Module, labels: torch.Tensor, corruption: str, what: str,
+                      region: list[tuple[int, int]] | None):
+    """(grid, region (patches, or [] for pairs), each image's partner (None for a region)), or a one-line
+    ValueError."""
+    if corruption not in CORRUPTIONS or what not in WHAT:
+        raise ValueError(f"corruption must be one of {CORRUPTIONS} and what one of {WHAT}; got {corruption!r}, "
+                         f"{what!r}")
+    grid = metrics.patch_grid(model)
+    if corruption == "pairs":
+        partner = _partners(labels)
+        if bool((partner < 0).any()):
+            raise ValueError("pairs need images of at least two classes")
+        return grid, [], partner
+    region = central_region(grid) if region is None else [tuple(int(v) for v in p) for p in region]
+    if not region or any(not (0 <= r < grid[0] and 0 <= c < grid[1]) for r, c in region):
+        raise ValueError(f"region must be (row, col) patches inside the {grid[0]}x{grid[1]} grid, got {region}")
+    return grid, region, None
+
+
 @torch.no_grad()
 def patching_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, corruption: str = "region",
                       what: str = "resid", region: list[tuple[int, int]] | None = None, min_gap: float = MIN_GAP,
@@ -111,26 +131,13 @@ def patching_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tens
         corruption: "region": each image with ``region`` (patch (row, col) pairs; default the central quarter)
             filled with the dataset mean, the other class being the corrupted run's top class besides the label;
             "pairs": each image against the next image of another class, whose class is the other class.
-        what: "resid" patches the residual stream entering each block at one token; "head" one head's output
-            (its slice of the projection's input) at every token.
+        what: "resid" patches the residual stream entering each block, and after the last, at one token; "head"
+            one head's output (its slice of the projection's input) at every token.
         min_gap: pairs whose clean logit difference is not at least this much above the corrupted one are dropped.
     """
     s = residual.stream(model)
-    labels = check_labels(images, labels)
-    if corruption not in CORRUPTIONS or what not in WHAT:
-        raise ValueError(f"corruption must be one of {CORRUPTIONS} and what one of {WHAT}; got {corruption!r}, "
-                         f"{what!r}")
-    grid = metrics.patch_grid(model)
-    if corruption == "region":
-        region = central_region(grid) if region is None else [tuple(int(v) for v in p) for p in region]
-        if not region or any(not (0 <= r < grid[0] and 0 <= c < grid[1]) for r, c in region):
-            raise ValueError(f"region must be (row, col) patches inside the {grid[0]}x{grid[1]} grid, got {region}")
-        partner = None
-    else:
-        partner = _partners(labels)
-        if bool((partner < 0).any()):
-            raise ValueError("pairs need images of at least two classes")
-        region = []
+    labels = check_labels(images, labels, classes=model.head.out_features)
+    grid, region, partner = _check_corruption(model, labels, corruption, what, region)
     started = time.perf_counter()
     rec, clean_d, corrupt_d, kept_classes, dropped = [], [], [], [], 0
     with restoring(model):
@@ -147,7 +154,8 @@ def patching_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tens
             else:
                 bad = residual.block_inputs(model, residual.model_input(model, images[partner[idx]]))
                 classes = torch.stack([labels[idx], labels[partner[idx]]], 1)
-            dc, dx = _diff(residual.readout(model, clean[-1]), classes), _diff(residual.readout(model, bad[-1]), classes)
+            dc = _diff(residual.readout(model, clean[-1]), classes)
+            dx = _diff(residual.readout(model, bad[-1]), classes)
             keep = dc - dx >= min_gap
             dropped += int((~keep).sum())
             if not keep.any():
@@ -169,10 +177,11 @@ def patching_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tens
 
 
 def _patch_resid(model, clean, bad, classes, dc, dx) -> torch.Tensor:
-    """(B, depth, tokens): the corrupted run with one token of one block's input taken from the clean run."""
+    """(B, depth + 1, tokens): the corrupted run with one token of one block's input (or of the last block's
+    output: what the readout reads) taken from the clean run."""
     b, t = clean[0].shape[:2]
-    out = torch.empty(b, len(model.blocks), t, dtype=torch.float64)
-    for layer in range(len(model.blocks)):
+    out = torch.empty(b, len(clean), t, dtype=torch.float64)
+    for layer in range(len(clean)):
         for i in range(b):
             x = bad[layer][i].expand(t, -1, -1).clone()  # (T variants, T tokens, D)
             pos = torch.arange(t)

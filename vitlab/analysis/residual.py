@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from timm.layers import Attention, LayerScale
 from timm.layers import LayerNorm as TimmLayerNorm
-from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from .capture import has_class_token, pooling, restoring
@@ -45,6 +45,11 @@ def _problem(model: nn.Module) -> str | None:
     blocks = getattr(model, "blocks", None)
     if blocks is None or not len(blocks) or not hasattr(model, "patch_embed"):
         return "has no transformer blocks with attention heads (a ResNet?): interventions need a ViT or a hybrid"
+    if isinstance(model, VisionTransformer):  # a subclass (distilled: two heads averaged) that reads its own way
+        own = [f for f in ("forward_features", "forward_head") if getattr(type(model), f) is not
+               getattr(VisionTransformer, f)]
+        if own:
+            return f"reads or makes its tokens its own way (its own {own[0]}): its prediction is not the readout here"
     if getattr(model, "attn_pool", None) is not None:
         return "reads an attention-pool head: its prediction is not a sum over the residual stream"
     if pooling(model) is None:
@@ -168,7 +173,9 @@ def replace_heads(heads: Sequence[int], head_dim: int, value: torch.Tensor | flo
     def edit(z: torch.Tensor) -> torch.Tensor:
         z = z.clone()
         c = channels.to(z.device)
-        z[..., c] = value[..., c].to(z.dtype) if isinstance(value, torch.Tensor) else value
+        # means live on the CPU in float64 (site_means): bring them to the run's device, as CUDA indices can't
+        # index a CPU tensor
+        z[..., c] = value.to(z.device, z.dtype)[..., c] if isinstance(value, torch.Tensor) else value
         return z
     return edit
 
@@ -176,7 +183,7 @@ def replace_heads(heads: Sequence[int], head_dim: int, value: torch.Tensor | flo
 def replace_all(value: torch.Tensor | float = 0.0) -> Edit:
     """An edit that replaces a whole branch output by ``value`` (0, or per-position means (T, D))."""
     def edit(out: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(out) + (value.to(out.dtype) if isinstance(value, torch.Tensor) else value)
+        return torch.zeros_like(out) + (value.to(out.device, out.dtype) if isinstance(value, torch.Tensor) else value)
     return edit
 
 
