@@ -191,3 +191,46 @@ def _link(link: LinkResult) -> LinkReadout:
                  f"accuracy {link.accuracy:.3f}.")
     text += f" ({link.kind} ablation, {link.images} images)"
     return LinkReadout(figure="distance against ablation", text=text, paper=PAPER_LINK, reliance=said)
+
+
+def zoo_compute(name: str) -> tuple[float, int]:
+    """A zoo entry's recorded test accuracy and the images its training saw, its initialisation's training (e.g.
+    masked patch prediction) included."""
+    from ..training import zoo
+    record = zoo.training_record(name)
+    last = record.log[-1]
+    seen = last["step"] * record.config.batch_size
+    init = record.config.init
+    if init and init in zoo.ENTRIES:
+        seen += zoo_compute(init)[1]
+    return last["test_accuracy"], seen
+
+
+@dataclass(frozen=True)
+class Readouts:
+    """Several models' readouts shown together, each under its model's name and compute."""
+    named: dict[str, Readout]
+    compute: dict[str, tuple[float, int]]  # name -> (recorded test accuracy, images seen in training); may be empty
+
+    def _head(self, name: str) -> str:
+        if name not in self.compute:
+            return name
+        accuracy, seen = self.compute[name]
+        return f"{name} (test accuracy {accuracy:.1%} on the full test set, {seen / 1e6:.2f}M training images seen)"
+
+    def _repr_markdown_(self) -> str:
+        if not self.named:
+            return ""
+        said = "\n\n".join(f"**{self._head(n)}:** {r.text}" for n, r in self.named.items())
+        return f"{said}\n\n*Literature:* {next(iter(self.named.values())).paper}"
+
+    def __str__(self) -> str:
+        return "\n".join(f"{self._head(n)}: {r.text}" for n, r in self.named.items())
+
+
+def link_readouts(links: dict[str, LinkResult], compute: bool = True) -> Readouts:
+    """The link readout of each model of ``links`` (name -> result), with each zoo model's accuracy and images seen
+    (``compute``)."""
+    from ..training import zoo
+    return Readouts({n: readout(link) for n, link in links.items()},
+                    {n: zoo_compute(n) for n in links if compute and zoo.trained(n)})
