@@ -612,8 +612,8 @@ def test_interventions_notebook(lab, page):
     plots = nb.plots(26)
     names = plots.nth(6).locator(".annotation-text").all_text_contents()
     assert {"vit_tiny_c10_e40", "hybrid_tiny_c10", "vit_tiny_c10_mpp_ft"} <= set(names), names
-    assert "head ablation, epoch" in nb.title(12) and "logit-lens accuracy" in nb.title(13)
-    assert "head ablation, epoch" in nb.title(20) and "logit-lens accuracy" in nb.title(21)
+    for ablated, lens in ((12, 13), (20, 21)):  # the committed run's and the short run's intervention panels
+        assert nb.title_has(ablated, "head ablation, epoch") and nb.title_has(lens, "logit-lens accuracy")
     start = nb.title(23)
     heat = plots.nth(22).locator(".nsewdrag").first.bounding_box()
     figure = plots.nth(22).bounding_box()
@@ -621,7 +621,7 @@ def test_interventions_notebook(lab, page):
     nb.change("click", lambda: plots.nth(22).click(position=click),
               f"t => document.querySelectorAll('{PLOTS}')[23].querySelector('.gtitle').textContent !== t", arg=start,
               widget=3, timeout_s=30)
-    assert nb.title(23).startswith("Layer 6, head 4"), nb.title(23)  # the bottom-right head of vit_tiny_c10_e40
+    assert nb.title_has(23, "Layer 6, head 4:"), nb.title(23)  # the bottom-right head of vit_tiny_c10_e40
     for i, shot in ((0, "lens"), (1, "attribution"), (2, "ablation"), (3, "branches"), (4, "patching"),
                     (6, "link"), (12, "inside_ablation"), (13, "inside_lens"), (23, "clicked_head")):
         plots.nth(i).scroll_into_view_if_needed()
