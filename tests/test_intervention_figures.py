@@ -77,8 +77,9 @@ def test_attribution_figure_draws_head_means_and_the_other_parts(results):
     np.testing.assert_allclose(np.asarray(fig.data[0].z), result.head_true.double().mean(0).numpy())
     np.testing.assert_allclose(np.asarray(fig.data[1].z), result.head_margin.double().mean(0).numpy())
     bar = fig.data[2]
-    assert list(bar.x) == ["embed", "L0 attn bias", "L0 mlp", "L1 attn bias", "L1 mlp"]
-    np.testing.assert_allclose(bar.y, result.true[:, [result.parts.index(p) for p in bar.x]].double().mean(0))
+    parts = ["embed", "L0 attn bias", "L0 mlp", "L1 attn bias", "L1 mlp"]
+    assert list(bar.x) == ["embedding", "attn bias 1", "MLP 1", "attn bias 2", "MLP 2"]
+    np.testing.assert_allclose(bar.y, result.true[:, [result.parts.index(p) for p in parts]].double().mean(0))
 
 
 def test_patching_figure_maps_each_layer_and_titles_the_class_token(results):
@@ -89,7 +90,7 @@ def test_patching_figure_maps_each_layer_and_titles_the_class_token(results):
     for i, trace in enumerate(fig.data):
         np.testing.assert_allclose(np.asarray(trace.z), maps[i].numpy())
     titles = [a.text for a in fig.layout.annotations]
-    assert titles == [f"layer {i + 1}; class token {float(result.mean()[i, 0]):.2f}" for i in range(len(maps))]
+    assert titles == [f"layer {i + 1}<br>class token {float(result.mean()[i, 0]):.2f}" for i in range(len(maps))]
     assert len(fig.layout.shapes) == len(result.region)  # the corrupted patches outlined
     head = F.patching_figure(results["head"])
     np.testing.assert_allclose(np.asarray(head.data[0].z), results["head"].mean().numpy())

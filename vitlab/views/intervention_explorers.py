@@ -46,9 +46,9 @@ def labelled_test_images() -> tuple[ImageSource, torch.Tensor | None]:
     if data.find_cifar10() is None:
         images, names = data.samples(32)
         return ImageSource(images, names, "the shipped sample images"), None
-    images, labels = data.cifar10("test", download=False)
-    order = data.stratified_order(labels, seed=0)
-    return ImageSource(images[order], described="the CIFAR-10 test set"), labels[order]
+    images, names, source = data.analysis_images()  # in stratified order, named by class
+    labels = data.cifar10("test", download=False)[1]
+    return ImageSource(images, names, f"the {source}"), labels[data.stratified_order(labels, seed=0)]
 
 
 class InterventionsExplorer(_OwnImages, Explorer):

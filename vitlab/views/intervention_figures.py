@@ -40,8 +40,8 @@ def _rows(depth: int) -> list[str]:
 
 def _band(fig: go.Figure, x: list, low: np.ndarray, high: np.ndarray, colour: str, row: int, col: int) -> None:
     """A shaded 95% interval between ``low`` and ``high``, drawn under its line."""
-    fig.add_trace(go.Scatter(x=x + x[::-1], y=list(high) + list(low[::-1]), fill="toself", fillcolor=colour,
-                             opacity=0.2, line=dict(width=0), hoverinfo="skip", showlegend=False), row=row, col=col)
+    fig.add_trace(go.Scatter(x=x + x[::-1], y=list(high) + list(low[::-1]), mode="lines", fill="toself",
+                             fillcolor=colour, opacity=0.2, line=dict(width=0), hoverinfo="skip", showlegend=False), row=row, col=col)
 
 
 def lens_figure(result: LensResult, title: str = "Logit lens: each block read through the final norm and head"
@@ -68,7 +68,8 @@ def lens_figure(result: LensResult, title: str = "Logit lens: each block read th
     fig.update_xaxes(**axis)
     fig.update_yaxes(range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
-    return layout(fig, f"{title} ({result.images} images)", 1020, 380, legend=dict(orientation="h", y=-0.25))
+    return layout(fig, f"{title} ({result.images} images)", 1020, 400, margin=(60, 20, 80, 60),
+                  legend=dict(orientation="h", y=-0.25))
 
 
 def _head_heatmap(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor, what: str, **extra) -> go.Heatmap:
@@ -90,9 +91,9 @@ def attribution_figure(result: AttributionResult, title: str = "Direct logit att
     """Each head's mean contribution to the true-class logit and to the margin (true logit minus the mean of the
     others), layers x heads, and the other parts (embedding, each projection bias, each MLP) as bars with 95%
     intervals."""
-    fig = make_subplots(1, 3, subplot_titles=("head → true-class logit", "head → margin over other classes",
-                                              "embedding, attention biases, MLPs → true-class logit"),
-                        column_widths=[0.3, 0.3, 0.4], horizontal_spacing=0.1)
+    fig = make_subplots(1, 3, subplot_titles=("head → true-class logit", "head → margin over the others",
+                                              "other parts → true-class logit"),
+                        column_widths=[0.28, 0.28, 0.44], horizontal_spacing=0.1)
     for col, values in ((1, result.head_true), (2, result.head_margin)):
         low, high = _interval(values)
         mean = values.double().mean(0)
@@ -104,11 +105,20 @@ def attribution_figure(result: AttributionResult, title: str = "Direct logit att
     others = [i for i, part in enumerate(result.parts) if not _HEAD.match(part)]
     mean = result.true[:, others].double().mean(0)
     low, high = _interval(result.true[:, others])
-    fig.add_trace(go.Bar(x=[result.parts[i] for i in others], y=_np(mean), marker_color="#7f7f7f", showlegend=False,
+    fig.add_trace(go.Bar(x=[part_label(result.parts[i]) for i in others], y=_np(mean), marker_color="#7f7f7f",
+                         showlegend=False,
                          error_y=dict(type="data", symmetric=False, array=_np(high - mean), arrayminus=_np(mean - low)),
                          hovertemplate="%{x}: %{y:.3f}<extra></extra>"), row=1, col=3)
     fig.update_yaxes(title="mean contribution (logit)", row=1, col=3)
-    return layout(fig, f"{title} ({len(result.logit)} images)", 1100, 420, margin=(60, 20, 60, 90))
+    return layout(fig, f"{title} ({len(result.logit)} images)", 1100, 440, margin=(60, 30, 80, 100))
+
+
+def part_label(part: str) -> str:
+    """An attribution part's name for readers, layers from 1: "L0 mlp" -> "MLP 1", "L2 attn bias" -> "attn bias 3"."""
+    if part == "embed":
+        return "embedding"
+    layer, _, what = part.partition(" ")
+    return f"{'MLP' if what == 'mlp' else what} {int(layer[1:]) + 1}"
 
 
 def _interval(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,10 +140,10 @@ def ablation_matrix_figure(result: AblationResult, measure: str = "accuracy", ti
         fig.add_trace(go.Scatter(x=[head + 1], y=[layer + 1], mode="markers", hoverinfo="skip", showlegend=False,
                                  marker=dict(symbol="square-open", size=26, color="black", line=dict(width=3))))
     _head_axes(fig, *result.shape)
-    kind = f"{result.kind} ablation" + (f" (means over {result.reference_images} images)" if result.reference_images
+    kind = f"{result.kind} ablation" + (f" (means of {result.reference_images} images)" if result.reference_images
                                         else "")
-    return layout(fig, f"{title}: {kind}, {result.images} images, model accuracy {result.accuracy:.3f}", 520, 440,
-                  margin=(60, 20, 70, 50), plot_bgcolor="white")
+    return layout(fig, f"{title}: {kind}, {result.images} images", 640, 460, margin=(60, 20, 90, 50),
+                  plot_bgcolor="white")
 
 
 def ablation_branches_figure(result: AblationResult, measure: str = "accuracy",
@@ -179,7 +189,7 @@ def patching_figure(result: PatchingResult, title: str = "Activation patching") 
     maps, mean = result.patch_maps(), result.mean()
     depth, cols = len(maps), min(len(maps), 6)
     rows = -(-depth // cols)
-    names = [f"layer {i + 1}" + (f"; class token {float(mean[i, 0]):.2f}" if result.prefix else "")
+    names = [f"layer {i + 1}" + (f"<br>class token {float(mean[i, 0]):.2f}" if result.prefix else "")
              for i in range(depth)]
     fig = make_subplots(rows, cols, subplot_titles=names, horizontal_spacing=0.02, vertical_spacing=0.12)
     for i in range(depth):
@@ -197,7 +207,7 @@ def patching_figure(result: PatchingResult, title: str = "Activation patching") 
     for k in range(2, depth + 1):
         fig.update_yaxes(scaleanchor=f"x{k}", row=(k - 1) // cols + 1, col=(k - 1) % cols + 1)
     return layout(fig, f"{title}, the residual stream at each patch token entering each block: {said}",
-                  min(1100, 180 * cols + 120), 220 * rows + 120, margin=(20, 20, 80, 20), font=dict(size=11))
+                  min(1100, 180 * cols + 120), 220 * rows + 140, margin=(20, 20, 100, 20), font=dict(size=11))
 
 
 def link_figure(links: Mapping[str, LinkResult], ablations: Mapping[str, AblationResult],
@@ -275,7 +285,7 @@ def head_effect_figure(maps: torch.Tensor, images: torch.Tensor, names: Sequence
     n = len(maps)
     fig = make_subplots(2, n + 1, specs=[[{} for _ in range(n)] + [{"rowspan": 2}], [{} for _ in range(n)] + [None]],
                         column_widths=[1.0] * n + [0.9], subplot_titles=[*names[:n], "ablation effect"],
-                        horizontal_spacing=0.02, vertical_spacing=0.04)
+                        horizontal_spacing=0.03, vertical_spacing=0.04)
     for i in range(n):
         fig.add_trace(go.Image(z=images[i].permute(1, 2, 0).cpu().numpy(), hoverinfo="skip"), row=1, col=i + 1)
         scaled = maps[i] / maps[i].max().clamp_min(1e-12)
@@ -289,9 +299,9 @@ def head_effect_figure(maps: torch.Tensor, images: torch.Tensor, names: Sequence
                   row=1, col=n + 1)
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=True, zeroline=True, row=1, col=n + 1)
-    for i in range(n):
-        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{n + 2 + i}" if i else "x", row=2, col=i + 1)
+    fig.update_yaxes(showticklabels=True, zeroline=True, side="right", row=1, col=n + 1)
+    for i in range(n):  # row 2's axes come after row 1's n + 1: x{n + 2 + i}
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{n + 2 + i}", row=2, col=i + 1)
     return layout(fig, f"Layer {layer + 1}, head {head + 1}: its attention, and the {MEASURES[measure]} when it is "
                        f"ablated: {mean:.3f} (95% interval {low:.3f} to {high:.3f})",
                   min(1100, 150 * n + 260), 420, margin=(20, 20, 70, 30))

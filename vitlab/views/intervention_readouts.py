@@ -55,7 +55,8 @@ def _lens(result: LensResult) -> LensReadout:
     for r, reading in enumerate(result.readings):
         last, first = result.depth, result.first_layer(reading=reading)
         where = "never" if first is None else "at the embedding" if first == 0 else f"at layer {first}"
-        parts.append(f"{READINGS[reading]}: top-1 accuracy {_iv(float(mean[r, 0]), float(low[r, 0]), float(high[r, 0]))}"
+        first_row = _iv(float(mean[r, 0]), float(low[r, 0]), float(high[r, 0]))
+        parts.append(f"{READINGS[reading]}: top-1 accuracy {first_row}"
                      f" at the embedding, {_iv(float(mean[r, last]), float(low[r, last]), float(high[r, last]))} after "
                      f"the last block; half of that first reached {where}")
     kl = result.mean("kl")[result.readings.index(result.pool)]
