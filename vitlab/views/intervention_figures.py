@@ -278,13 +278,20 @@ def inside_lens_figure(views: Sequence[InsideView], epoch: int | None = None,
                   yaxis=dict(title="top-1 accuracy of the lens", range=[0, 1.02]))
 
 
+def _short(name: str) -> str:
+    """An image's name short enough for a small subplot's title: "CIFAR-10 test #44 (airplane)" -> "airplane"."""
+    if name.endswith(")") and "(" in name:
+        return name[name.rfind("(") + 1:-1]
+    return name if len(name) <= 16 else name[:15] + "…"
+
+
 def head_effect_figure(maps: torch.Tensor, images: torch.Tensor, names: Sequence[str], layer: int, head: int,
                        effect: tuple[float, float, float], measure: str = "accuracy") -> go.Figure:
     """One head's attention (``maps`` (images, rows, cols), what the prediction reads) over a few ``images`` (uint8
     (images, 3, H, W)), beside its ablation ``effect`` (mean, low, high)."""
     n = len(maps)
     fig = make_subplots(2, n + 1, specs=[[{} for _ in range(n)] + [{"rowspan": 2}], [{} for _ in range(n)] + [None]],
-                        column_widths=[1.0] * n + [0.9], subplot_titles=[*names[:n], "ablation effect"],
+                        column_widths=[1.0] * n + [0.9], subplot_titles=[*map(_short, names[:n]), "ablation effect"],
                         horizontal_spacing=0.03, vertical_spacing=0.04)
     for i in range(n):
         fig.add_trace(go.Image(z=images[i].permute(1, 2, 0).cpu().numpy(), hoverinfo="skip"), row=1, col=i + 1)
