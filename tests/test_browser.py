@@ -561,10 +561,12 @@ def test_train_notebook(lab, page):
     nb = Lab(page, lab, "06_train.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
     nb.run_all(timeout_s=600)
     # Two training curves, the position embeddings, the attention explorer's three figures, and the
-    # inside-views explorer's five (filters, explained variance, position, distance, against epoch).
-    plots = nb.plots(11)
+    # inside-views explorer's five (filters, explained variance, position, distance, against epoch) and two more:
+    # the classifier's run recorded interventions (head ablation at the epoch, logit-lens accuracy by epoch).
+    plots = nb.plots(13)
     for i in (0, 1):  # a run trained here, or resumed from an earlier Run All, shows its epochs
         assert plots.nth(i).locator(".scatterlayer .point").count() >= 3
+    assert nb.title_has(11, "head ablation, epoch") and nb.title_has(12, "logit-lens accuracy")
     plots.nth(10).scroll_into_view_if_needed()
     plots.nth(10).screenshot(path=str(ARTIFACTS / "06_inside_views.png"))
     nb.check()
