@@ -93,14 +93,14 @@ def attribution_figure(result: AttributionResult, title: str = "Direct logit att
     intervals."""
     fig = make_subplots(1, 3, subplot_titles=("head → true-class logit", "head → margin over the others",
                                               "other parts → true-class logit"),
-                        column_widths=[0.28, 0.28, 0.44], horizontal_spacing=0.1)
-    for col, values in ((1, result.head_true), (2, result.head_margin)):
+                        column_widths=[0.28, 0.28, 0.44], horizontal_spacing=0.12)
+    heads = (result.head_true.double(), result.head_margin.double())
+    bound = max(float(v.mean(0).abs().max()) for v in heads) or 1.0  # one colour scale for both heatmaps
+    for col, values in enumerate(heads, 1):
         low, high = _interval(values)
-        mean = values.double().mean(0)
-        bound = float(mean.abs().max()) or 1.0
-        fig.add_trace(_head_heatmap(mean, low, high, "mean contribution", colorscale="RdBu", zmid=0,
+        fig.add_trace(_head_heatmap(values.mean(0), low, high, "mean contribution", colorscale="RdBu", zmid=0,
                                     zmin=-bound, zmax=bound, showscale=col == 2,
-                                    colorbar=dict(title="logit", x=0.56)), row=1, col=col)
+                                    colorbar=dict(title="logit", x=0.575, thickness=12)), row=1, col=col)
         _head_axes(fig, result.depth, result.heads, row=1, col=col)
     others = [i for i, part in enumerate(result.parts) if not _HEAD.match(part)]
     mean = result.true[:, others].double().mean(0)
@@ -109,8 +109,8 @@ def attribution_figure(result: AttributionResult, title: str = "Direct logit att
                          showlegend=False,
                          error_y=dict(type="data", symmetric=False, array=_np(high - mean), arrayminus=_np(mean - low)),
                          hovertemplate="%{x}: %{y:.3f}<extra></extra>"), row=1, col=3)
-    fig.update_yaxes(title="mean contribution (logit)", row=1, col=3)
-    return layout(fig, f"{title} ({len(result.logit)} images)", 1100, 440, margin=(60, 30, 80, 100))
+    return layout(fig, f"{title} ({len(result.logit)} images; bars: mean logit with 95% intervals)", 1150, 440,
+                  margin=(60, 60, 80, 100))
 
 
 def part_label(part: str) -> str:
