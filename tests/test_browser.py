@@ -561,10 +561,12 @@ def test_train_notebook(lab, page):
     nb = Lab(page, lab, "06_train.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
     nb.run_all(timeout_s=600)
     # Two training curves, the position embeddings, the attention explorer's three figures, and the
-    # inside-views explorer's five (filters, explained variance, position, distance, against epoch).
-    plots = nb.plots(11)
+    # inside-views explorer's five (filters, explained variance, position, distance, against epoch) and two more:
+    # the classifier's run recorded interventions (head ablation at the epoch, logit-lens accuracy by epoch).
+    plots = nb.plots(13)
     for i in (0, 1):  # a run trained here, or resumed from an earlier Run All, shows its epochs
         assert plots.nth(i).locator(".scatterlayer .point").count() >= 3
+    assert nb.title_has(11, "head ablation, epoch") and nb.title_has(12, "logit-lens accuracy")
     plots.nth(10).scroll_into_view_if_needed()
     plots.nth(10).screenshot(path=str(ARTIFACTS / "06_inside_views.png"))
     nb.check()
@@ -599,4 +601,31 @@ def test_pretraining_notebook(lab, page):
                     (17, "probe_shots")):
         plots.nth(i).scroll_into_view_if_needed()
         plots.nth(i).screenshot(path=str(ARTIFACTS / f"07_{shot}.png"))
+    nb.check()
+
+
+@pytest.mark.cifar
+def test_interventions_notebook(lab, page):
+    nb = Lab(page, lab, "08_interventions.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
+    nb.run_all(timeout_s=300)
+    # Lens, attribution, ablation matrix and branches, patching by token and by head, the distance link; the committed
+    # run's inside views (five Fig. 7 panels, head ablation at the epoch, lens by epoch); the short run's curves and
+    # inside views; the explorer's matrix, clicked head, lens and attribution.
+    plots = nb.plots(26)
+    names = plots.nth(6).locator(".annotation-text").all_text_contents()
+    assert {"vit_tiny_c10_e40", "hybrid_tiny_c10", "vit_tiny_c10_mpp_ft"} <= set(names), names
+    for ablated, lens in ((12, 13), (20, 21)):  # the committed run's and the short run's intervention panels
+        assert nb.title_has(ablated, "head ablation, epoch") and nb.title_has(lens, "logit-lens accuracy")
+    start = nb.title(23)
+    heat = plots.nth(22).locator(".nsewdrag").first.bounding_box()
+    figure = plots.nth(22).bounding_box()
+    click = {"x": heat["x"] - figure["x"] + heat["width"] * 0.9, "y": heat["y"] - figure["y"] + heat["height"] * 0.9}
+    nb.change("click", lambda: plots.nth(22).click(position=click),
+              f"t => document.querySelectorAll('{PLOTS}')[23].querySelector('.gtitle').textContent !== t", arg=start,
+              widget=3, timeout_s=30)
+    assert nb.title_has(23, "Layer 6, head 4:"), nb.title(23)  # the bottom-right head of vit_tiny_c10_e40
+    for i, shot in ((0, "lens"), (1, "attribution"), (2, "ablation"), (3, "branches"), (4, "patching"),
+                    (6, "link"), (12, "inside_ablation"), (13, "inside_lens"), (23, "clicked_head")):
+        plots.nth(i).scroll_into_view_if_needed()
+        plots.nth(i).screenshot(path=str(ARTIFACTS / f"08_{shot}.png"))
     nb.check()

@@ -26,6 +26,9 @@ MPP_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "mpp_finetune"
 MATCHED_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "compute_matched"
 #: ViT runs of the sweep's sizes retrained with inside views (``<INSIDE_RESULTS>-inside.json``, ...).
 INSIDE_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_inside"
+#: A 30-epoch ``vit_tiny_c10`` run's inside views recorded with interventions (head ablation, logit lens), in a zoo
+#: entry's layout (``inside.jsonl``, ``inside.safetensors``): notebook 08's section 6.
+INTERVENTIONS_RUN = settings.PROJECT_ROOT / "data" / "results" / "interventions" / "vit_tiny_c10_e30.inside"
 
 #: Columns of ``<results>.csv`` (and the ``fields`` list of ``<results>.json``), in order.
 RUN_FIELDS = ("model", "family", "subset_size", "seed", "epochs", "test_accuracy", "train_flops", "params",

@@ -16,7 +16,7 @@ from ..analysis.representations import SHOTS
 from ..records import ProbeRecord, RunRecord
 from ..training import zoo
 from ..training.evaluators import CKAEvaluator, CKAResult, FewshotEvaluator
-from . import figures, recipe_readouts, study_figures
+from . import figures, intervention_figures, recipe_readouts, study_figures
 from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, show_figure, side_by_side
 from .style import layer_label
 
@@ -163,7 +163,8 @@ class CKAExplorer(Explorer):
 
 
 class InsideViewsExplorer(W.VBox):
-    """The three Fig. 7 panels of a ViT run at any recorded epoch, and its attention distance against epoch."""
+    """The three Fig. 7 panels of a ViT run at any recorded epoch, and its attention distance against epoch; where
+    the run recorded them, its head-ablation matrix at that epoch and logit-lens accuracy per layer against epoch."""
     def __init__(self, run_folder: str | Path, k: int = 28):
         from ..training import inside
         self.folder, self.k = Path(run_folder), k
@@ -179,18 +180,39 @@ class InsideViewsExplorer(W.VBox):
                                        continuous_update=False, style=STYLE)
         self.filters, self.variance, self.positions, self.distance, self.timeline = (
             go.FigureWidget() for _ in range(5))
+        # Head ablation and logit-lens accuracy, shown only when the run recorded them (optional fields).
+        self.ablation, self.lens_timeline = go.FigureWidget(), go.FigureWidget()
+        self.intervened = any(v.head_ablation is not None or v.lens_accuracy is not None for v in self.views)
         self.epoch.observe(lambda change: self.show_epoch(change["new"]), names="value")
         super().__init__([self.epoch, self.note, side_by_side([self.filters, self.variance]),
-                          side_by_side([self.positions, self.distance]), self.timeline])
+                          side_by_side([self.positions, self.distance]), self.timeline,
+                          *([side_by_side([self.ablation, self.lens_timeline])] if self.intervened else [])])
         self.show_epoch(epochs[-1])
 
     def show_epoch(self, epoch: int) -> None:
         """Redraw every panel for ``epoch`` (one of the recorded epochs)."""
-        from ..training import inside
         self.view = next(v for v in self.views if v.epoch == epoch)
         if self.epoch.value != epoch:
             self.epoch.value = epoch  # observed: comes back here once with the same epoch
             return
+        self._fig7(epoch)
+        self._interventions(epoch)
+
+    def _interventions(self, epoch: int) -> None:
+        """The head-ablation matrix at ``epoch`` and logit-lens accuracy across epochs, where recorded."""
+        name = f"{self.folder.name.removesuffix('.inside')}"
+        if self.view.head_ablation is not None:
+            show_figure(self.ablation, intervention_figures.inside_ablation_figure(self.view, f"{name}: head ablation"))
+        elif any(v.head_ablation is not None for v in self.views):
+            show_figure(self.ablation, figures.note_figure(f"{name}, epoch {epoch}: no head ablation recorded",
+                                                           "this epoch's inside view holds none"))
+        if any(v.lens_accuracy is not None for v in self.views):
+            show_figure(self.lens_timeline, intervention_figures.inside_lens_figure(
+                self.views, epoch, f"{name}: logit-lens accuracy per layer across training"))
+
+    def _fig7(self, epoch: int) -> None:
+        """The Fig. 7 panels of ``epoch`` (the view shown) and attention distance against epoch."""
+        from ..training import inside
         stand_in = inside.stored_model(self.view, self.tensors)
         position = position_analysis(stand_in, seeds=())
         self.sim = position.sim  # (rows, cols, rows, cols)
