@@ -90,7 +90,9 @@ def test_patching_figure_maps_each_layer_and_titles_the_class_token(results):
     for i, trace in enumerate(fig.data):
         np.testing.assert_allclose(np.asarray(trace.z), maps[i].numpy())
     titles = [a.text for a in fig.layout.annotations]
-    assert titles == [f"layer {i + 1}<br>class token {float(result.mean()[i, 0]):.2f}" for i in range(len(maps))]
+    depth = len(maps) - 1  # rows: entering each block, then after the last
+    names = [f"entering layer {i + 1}" for i in range(depth)] + [f"after layer {depth}"]
+    assert titles == [f"{n}<br>class token {float(result.mean()[i, 0]):.2f}" for i, n in enumerate(names)]
     assert len(fig.layout.shapes) == len(result.region)  # the corrupted patches outlined
     head = F.patching_figure(results["head"])
     np.testing.assert_allclose(np.asarray(head.data[0].z), results["head"].mean().numpy())

@@ -89,10 +89,10 @@ def test_patching_readout_says_when_the_class_token_carries_the_decision(micro):
     model, images, labels = micro
     result = patching.patching_analysis(model, images[:3], labels[:3], min_gap=-1e9)
     recovered = result.recovered.clone()
-    recovered[:, :, 0] = torch.tensor([0.1, 0.9])  # the class token recovers the difference from layer 2 on
+    recovered[:, :, 0] = torch.tensor([0.1, 0.9, 1.0])  # the class token recovers from layer 2 on (then the readout)
     out = R.readout(dataclasses.replace(result, recovered=recovered))
     assert out.class_layer == 2 and "reaches the class token by layer 2" in out.text
-    recovered[:, :, 0] = 0.2
+    recovered[:, :, 0] = torch.tensor([0.2, 0.2, 1.0])  # only where the head reads it
     out = R.readout(dataclasses.replace(result, recovered=recovered))
     assert out.class_layer is None and "has not reached it" in out.text
     assert f"{result.pairs} pairs kept, {result.dropped} dropped" in out.text

@@ -56,6 +56,12 @@ class PatchingResult:
         """95% bootstrap interval over pairs of :meth:`mean`."""
         return bootstrap_interval(self.recovered)
 
+    def row_name(self, row: int) -> str:
+        """What row ``row`` of residual-stream patching is, layers counted from 1: "entering layer 3", or "after
+        layer 6" (the last row, what the head reads)."""
+        blocks = self.recovered.shape[1] - 1
+        return f"entering layer {row + 1}" if row < blocks else f"after layer {blocks}"
+
     def patch_maps(self) -> torch.Tensor:
         """(depth + 1, rows, cols) mean recovered fraction of each patch token ("resid" only)."""
         if self.what != "resid":

@@ -186,16 +186,17 @@ def patching_figure(result: PatchingResult, title: str = "Activation patching") 
         fig = go.Figure(_head_heatmap(result.mean(), low, high, "recovered", colorscale="Viridis", zmin=0, zmax=1))
         _head_axes(fig, *result.mean().shape)
         return layout(fig, f"{title}, each head's output: {said}", 520, 440, margin=(60, 20, 70, 50))
-    maps, mean = result.patch_maps(), result.mean()
-    depth, cols = len(maps), min(len(maps), 6)
+    maps, mean = result.patch_maps(), result.mean()  # rows: entering each block, then after the last
+    depth, cols = len(maps), min(len(maps), 7)
     rows = -(-depth // cols)
-    names = [f"layer {i + 1}" + (f"<br>class token {float(mean[i, 0]):.2f}" if result.prefix else "")
+    names = [result.row_name(i) + (f"<br>class token {float(mean[i, 0]):.2f}" if result.prefix else "")
              for i in range(depth)]
     fig = make_subplots(rows, cols, subplot_titles=names, horizontal_spacing=0.02, vertical_spacing=0.12)
     for i in range(depth):
         fig.add_trace(go.Heatmap(z=_np(maps[i]), zmin=0, zmax=1, colorscale="Viridis", showscale=i == 0,
                                  colorbar=dict(title="recovered"), hovertemplate=(
-                                     f"layer {i + 1}, patch (row %{{y}}, col %{{x}})<br>recovered %{{z:.2f}}"
+                                     f"{result.row_name(i)}, patch (row %{{y}}, col %{{x}})<br>"
+                                     "recovered %{z:.2f}"
                                      "<extra></extra>"),
                                  x=list(range(1, result.grid[1] + 1)), y=list(range(1, result.grid[0] + 1))),
                       row=i // cols + 1, col=i % cols + 1)

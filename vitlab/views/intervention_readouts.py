@@ -146,16 +146,17 @@ def _patching(result: PatchingResult) -> PatchingReadout:
         text = (f"Patching one head's output: layer {i + 1} head {h + 1} recovers most, "
                 f"{_iv(float(mean[i, h]), float(low[i, h]), float(high[i, h]), 2)} of the logit difference; {kept}.")
         return PatchingReadout(figure="activation patching", text=text, paper=PAPER_PATCHING, class_layer=None)
-    patches = mean[:, result.prefix:]  # (depth, patches)
-    best = patches.max(1)
-    text = (f"Patching one patch token recovers at most {float(best.values[0]):.2f} in layer 1 and "
-            f"{float(best.values[-1]):.2f} in layer {len(mean)}")
+    patches = mean[:, result.prefix:]  # (depth + 1, patches): entering each block, then after the last
+    best, blocks = patches.max(1), len(mean) - 1
+    text = (f"Patching one patch token recovers at most {float(best.values[0]):.2f} {result.row_name(0)} and "
+            f"{float(best.values[-2]):.2f} {result.row_name(blocks - 1)}")
     layer = None
     if result.prefix:
         cls = [float(v) for v in mean[:, 0]]
-        layer = next((k + 1 for k, v in enumerate(cls) if v >= 0.5), None)
-        text += (f"; the class token {_iv(cls[0], float(low[0, 0]), float(high[0, 0]), 2)} entering layer 1, "
-                 f"{_iv(cls[-1], float(low[-1, 0]), float(high[-1, 0]), 2)} entering layer {len(cls)}, so the "
+        layer = next((k + 1 for k, v in enumerate(cls[:-1]) if v >= 0.5), None)
+        text += (f"; the class token {_iv(cls[0], float(low[0, 0]), float(high[0, 0]), 2)} {result.row_name(0)}, "
+                 f"{_iv(cls[-2], float(low[-2, 0]), float(high[-2, 0]), 2)} {result.row_name(blocks - 1)} "
+                 f"(after the last, where the head reads it: {cls[-1]:.2f}), so the "
                  + ("decision has not reached it by then" if layer is None else
                     f"decision reaches the class token by layer {layer}"))
     return PatchingReadout(figure="activation patching", text=f"{text}; {kept}.", paper=PAPER_PATCHING,
