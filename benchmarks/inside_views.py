@@ -23,9 +23,8 @@ import torch
 from vitlab.training import inside
 from vitlab.training.evaluators import InsideViewEvaluator
 from vitlab.training.config import TRAIN_IMAGES, TrainConfig
-from vitlab.training.loop import _setup, _step
+from vitlab.training.loop import _setup, _step, batch
 from vitlab.training.provenance import hardware
-from vitlab.training.steps import augment
 
 
 def main() -> None:
@@ -48,7 +47,7 @@ def main() -> None:
     for i in range(2 + args.steps):
         if i == 2:
             started = time.perf_counter()
-        _step(run, augment(x, config.crop_padding, config.flip, run.gen), y)
+        _step(run, *batch(run, x, y))  # as the loop does: augmented, then the objective's inputs
     per_second = args.steps * args.batch / (time.perf_counter() - started)
     epoch = TRAIN_IMAGES / per_second
     images, labels = inside.probe_set()

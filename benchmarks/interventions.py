@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--model", default="vit_tiny_c10_e40", help="any load_model spec")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--pairs", type=int, default=32, help="images for activation patching")
+    parser.add_argument("--min-gap", type=float, default=patching.MIN_GAP, help="patching's min_gap (logits)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.model, device=device).eval()
@@ -46,11 +47,13 @@ def main() -> None:
           f"(target under 120 s); naive whole forwards would take about {naive:.1f} s: ratio {cached / naive:.2f}")
     full = ablation.ablation_analysis(model, images, labels, reference=reference)
     print(f"with whole attention and MLP branches and the top {ablation.TOP_K} heads together: {full.seconds:.1f} s")
-    few = images[:args.pairs], labels[:args.pairs]
+    few, gap = (images[:args.pairs], labels[:args.pairs]), args.min_gap
     for name, result in (("logit lens", lens.logit_lens_analysis(model, images, labels)),
                          ("direct logit attribution", lens.attribution_analysis(model, images, labels)),
-                         (f"patching the residual stream ({args.pairs} images)", patching.patching_analysis(model, *few)),
-                         (f"patching each head ({args.pairs} images)", patching.patching_analysis(model, *few, what="head"))):
+                         (f"patching the residual stream ({args.pairs} images)",
+                          patching.patching_analysis(model, *few, min_gap=gap)),
+                         (f"patching each head ({args.pairs} images)",
+                          patching.patching_analysis(model, *few, what="head", min_gap=gap))):
         print(f"{name}: {result.seconds:.1f} s")
     print(f"accuracy on these images {matrix.accuracy:.3f}; the matrix agrees with the full analysis: "
           f"{bool(torch.equal(matrix.head_accuracy, full.head_accuracy))}")
