@@ -109,7 +109,7 @@ def attribution_figure(result: AttributionResult, title: str = "Direct logit att
                          showlegend=False,
                          error_y=dict(type="data", symmetric=False, array=_np(high - mean), arrayminus=_np(mean - low)),
                          hovertemplate="%{x}: %{y:.3f}<extra></extra>"), row=1, col=3)
-    return layout(fig, f"{title} ({len(result.logit)} images; bars: mean logit with 95% intervals)", 1150, 440,
+    return layout(fig, f"{title} ({len(result.logit)} images; bars: mean logit with 95% intervals)", 1040, 440,
                   margin=(60, 60, 80, 100))
 
 
