@@ -137,22 +137,24 @@ class AttributionResult:
         return self.heads_of(self.margin)
 
 
+def _affine(norm: nn.LayerNorm, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gamma, beta) of ``norm``: ones and zeros where it has none."""
+    gamma = norm.weight if norm.weight is not None else torch.ones(like.shape[-1], dtype=like.dtype, device=like.device)
+    return gamma, norm.bias if norm.bias is not None else torch.zeros_like(gamma)
+
+
 def _normaliser(model: nn.Module, final: torch.Tensor):
     """A function from a part (B, T, D) to its pooled, centred and scaled vector (B, D), with the final state's
     sigma held; and beta (D,) of the norm that applies (zeros without one)."""
     norm, fc_norm = model.norm, model.fc_norm
-    d = final.shape[-1]
     if isinstance(norm, nn.LayerNorm):  # per token, before pooling
         sigma = (final.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()  # (B, T, 1)
-        gamma = norm.weight if norm.weight is not None else torch.ones(d, dtype=final.dtype, device=final.device)
-        beta = norm.bias if norm.bias is not None else torch.zeros_like(gamma)
+        gamma, beta = _affine(norm, final)
         return (lambda p: residual.pool(model, gamma * (p - p.mean(-1, keepdim=True)) / sigma)), beta
     if isinstance(fc_norm, nn.LayerNorm):  # after pooling
         pooled = residual.pool(model, final)
         sigma = (pooled.var(-1, unbiased=False, keepdim=True) + fc_norm.eps).sqrt()  # (B, 1)
-        gamma = fc_norm.weight if fc_norm.weight is not None else torch.ones(d, dtype=final.dtype,
-                                                                             device=final.device)
-        beta = fc_norm.bias if fc_norm.bias is not None else torch.zeros_like(gamma)
+        gamma, beta = _affine(fc_norm, final)
 
         def centred(p: torch.Tensor) -> torch.Tensor:
             q = residual.pool(model, p)

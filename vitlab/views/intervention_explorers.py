@@ -18,6 +18,7 @@ from ..analysis.ablation import KINDS, ablation_analysis
 from ..analysis.capture import capture
 from ..analysis.lens import attribution_analysis, logit_lens_analysis
 from ..settings import quick_or
+from ..training.inside import probe_set
 from . import intervention_figures as figures
 from . import intervention_readouts as readouts
 from .controls import STYLE, DoesNotApply, Explorer, Recent, Spec, cached_model, model_key, show_figure, side_by_side
@@ -33,12 +34,9 @@ SHOWN_MAPS = 4
 
 
 def reference_images(count: int = 256) -> torch.Tensor | None:
-    """``count`` class-balanced CIFAR-10 training images (uint8), what mean ablation averages over; None without
-    CIFAR-10 on this machine."""
-    if data.find_cifar10() is None:
-        return None
-    images, labels = data.cifar10("train", download=False)
-    return images[data.stratified_order(labels, seed=0)[:count]]
+    """``count`` class-balanced CIFAR-10 training images (uint8), what mean ablation averages over (the trainer's
+    probe order, :func:`~vitlab.training.inside.probe_set`); None without CIFAR-10 on this machine."""
+    return None if data.find_cifar10() is None else probe_set(count, split="train")[0]
 
 
 def labelled_test_images() -> tuple[ImageSource, torch.Tensor | None]:
