@@ -31,7 +31,8 @@ def probe_images(count: int = PROBE_IMAGES, seed: int = PROBE_SEED) -> torch.Ten
     return probe_set(count, seed)[0]
 
 
-def probe_set(count: int = PROBE_IMAGES, seed: int = PROBE_SEED, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+def probe_set(count: int = PROBE_IMAGES, seed: int = PROBE_SEED,
+              split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)`` of :func:`probe_images` (``split="train"``: the same order of training images, the mean
     ablation's reference)."""
     images, labels = data.cifar10(split)
@@ -63,12 +64,12 @@ def record_interventions(out: str | os.PathLike, weights: dict[int, str | os.Pat
     views, tensors = run_folder.read_inside(out), run_folder.read_inside_tensors(out)
     if not views:
         raise ValueError(f"{out} holds no inside views (inside.jsonl): nothing to add interventions to")
-    model = load_model(out / run_folder.MODEL, device="cpu") if (out / run_folder.MODEL).is_file() else None
+    if not (out / run_folder.MODEL).is_file():
+        raise ValueError(f"{out} has no final model.safetensors to take the architecture from")
+    model = load_model(out / run_folder.MODEL, device="cpu")
     filled = []
     for view in views:
         if view.epoch in weights:
-            if model is None:
-                raise ValueError(f"{out} has no final model.safetensors to take the architecture from")
             model.load_state_dict(safetensors.torch.load_file(str(weights[view.epoch])))
             view = dataclasses.replace(view, **(interventions(model.eval(), images, labels, reference) or {}))
         filled.append(view)

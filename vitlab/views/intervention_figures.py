@@ -41,7 +41,8 @@ def _rows(depth: int) -> list[str]:
 def _band(fig: go.Figure, x: list, low: np.ndarray, high: np.ndarray, colour: str, row: int, col: int) -> None:
     """A shaded 95% interval between ``low`` and ``high``, drawn under its line."""
     fig.add_trace(go.Scatter(x=x + x[::-1], y=list(high) + list(low[::-1]), mode="lines", fill="toself",
-                             fillcolor=colour, opacity=0.2, line=dict(width=0), hoverinfo="skip", showlegend=False), row=row, col=col)
+                             fillcolor=colour, opacity=0.2, line=dict(width=0),
+                             hoverinfo="skip", showlegend=False), row=row, col=col)
 
 
 def lens_figure(result: LensResult, title: str = "Logit lens: each block read through the final norm and head"
