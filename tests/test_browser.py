@@ -69,6 +69,8 @@ def lab(tmp_path_factory, request):
     # Quick mode unless the caller asks for the full notebooks (VITLAB_QUICK=0 pytest tests/test_browser.py).
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
                VITLAB_QUICK=os.environ.get("VITLAB_QUICK", "1"))
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:  # kernels of two workers share the cores
+        env["OMP_NUM_THREADS"] = "1"
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
