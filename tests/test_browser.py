@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import NOTEBOOKS_NEEDING_CIFAR
 from notebook_runs import nbmake_error, record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,19 @@ pytestmark = [
 def lab(tmp_path_factory, request):
     """A JupyterLab server on 127.0.0.1 with a token, serving the project folder, and what keeps a notebook's
     run for its nbmake item (None when the kernels here run in another quick mode than nbmake's)."""
+    yield from _serve_lab(tmp_path_factory, request, static=False)
+
+
+@pytest.fixture(scope="session")
+def static_lab(tmp_path_factory, request):
+    """The same with the static path forced in its kernels (``VITLAB_STATIC=1``); its runs are not kept for nbmake,
+    whose items read the FigureWidget path's runs."""
+    base, token, _ = next(server := _serve_lab(tmp_path_factory, request, static=True))
+    yield base, token, None
+    next(server, None)
+
+
+def _serve_lab(tmp_path_factory, request, static: bool):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -71,6 +85,7 @@ def lab(tmp_path_factory, request):
                VITLAB_QUICK=os.environ.get("VITLAB_QUICK", "1"))
     if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:  # kernels of two workers share the cores
         env["OMP_NUM_THREADS"] = "1"
+    env["VITLAB_STATIC"] = "1" if static else "0"
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
@@ -99,8 +114,11 @@ def lab(tmp_path_factory, request):
 
 
 @pytest.fixture
-def page(lab, request):
+def page(request):
+    """A Chromium page, and afterwards the kernels of the server the test uses (``lab`` or ``static_lab``) ended."""
     from playwright.sync_api import sync_playwright
+
+    lab = request.getfixturevalue("static_lab" if "static_lab" in request.fixturenames else "lab")
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -630,4 +648,42 @@ def test_interventions_notebook(lab, page):
                     (6, "link"), (12, "inside_ablation"), (13, "inside_lens"), (23, "clicked_head")):
         plots.nth(i).scroll_into_view_if_needed()
         plots.nth(i).screenshot(path=str(ARTIFACTS / f"08_{shot}.png"))
+    nb.check()
+
+
+#: How many plotly figures each notebook draws in quick mode, on either path.
+FIGURES = {"00_tour.ipynb": 9, "01_embedding_filters.ipynb": 4, "02_position_embeddings.ipynb": 3,
+           "03_attention_distance.ipynb": 18, "04_attention_maps.ipynb": 4, "05_vit_vs_resnet.ipynb": 12,
+           "06_train.ipynb": 13, "07_pretraining.ipynb": 18, "08_interventions.ipynb": 26}
+# What drew each figure: plotly's renderer of its mime type (a plain figure) or a FigureWidget's view.
+_DRAWN_BY = f"() => [...document.querySelectorAll('{PLOTS}')].map(p => p.closest('.jp-RenderedPlotly') ? 'plain' : 'widget')"
+_EMPTY = f"""() => [...document.querySelectorAll('{PLOTS}')].map((p, i) => p.querySelector('.scatterlayer .trace, '
+    + '.heatmaplayer image, .hm image, .imagelayer image, .layer-above image, .cell-text, .annotation') ? -1 : i)
+    .filter(i => i >= 0)"""
+_TITLES = f"() => [...document.querySelectorAll('{PLOTS}')].map(p => p.querySelector('.gtitle')?.textContent || '')"
+
+
+@pytest.mark.parametrize("notebook", [pytest.param(n, marks=[pytest.mark.cifar] if n in NOTEBOOKS_NEEDING_CIFAR else [])
+                                      for n in FIGURES])
+def test_static_path(static_lab, page, notebook):
+    """VITLAB_STATIC=1 (as in VS Code and Colab): every figure is a plain plotly figure, drawn; where a figure is
+    clicked on the widget path, row and column sliders pick the patch and the detail figure follows."""
+    nb = Lab(page, static_lab, notebook, allow_stderr=(TEXT_PROGRESS_BAR,))
+    nb.run_all(timeout_s=600)
+    nb.plots(FIGURES[notebook])
+    assert set(page.evaluate(_DRAWN_BY)) == {"plain"}
+    assert page.evaluate(_EMPTY) == []
+    column = page.locator(".jp-Notebook .widget-slider", has_text="patch column")
+    cells = "".join("".join(c["source"]) for c in json.loads((ROOT / "notebooks" / notebook).read_text())["cells"])
+    assert column.count() == len(re.findall(r"(PositionEmbedding|AttentionMaps)Explorer\(|position_embedding_explorer\(",
+                                            cells))  # one patch picker per explorer whose figure is clicked
+    if column.count():
+        titles = page.evaluate(_TITLES)
+        handle = column.locator(".noUi-handle").first
+        # Redrawn whole, a figure has no title for a moment: wait for every title, one naming column 2.
+        nb.change("static_pick", lambda: (handle.focus(), handle.press("ArrowRight")),
+                  f"() => ({_TITLES})().every(t => t) && ({_TITLES})().some(t => /col 2\\)|\\(1, 2\\)/.test(t))")
+        after = page.evaluate(_TITLES)
+        changed = [i for i, (a, b) in enumerate(zip(titles, after)) if a != b]
+        assert len(changed) == 1 and re.search(r"col 2\)|\(1, 2\)", after[changed[0]]), (titles, after)  # the detail
     nb.check()

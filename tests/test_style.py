@@ -43,3 +43,19 @@ def test_table_text_longer_than_its_column_wraps_onto_lines_that_fit_and_the_fig
     lines = cells[1][0].count("<br>") + 1
     assert fig.data[0].cells.height >= 28 + 15 * (lines - 1)  # each added line adds room, in every row
     assert fig.layout.height >= 84 + 2 * fig.data[0].cells.height
+
+
+def test_outline_draws_what_add_shape_draws_in_each_subplot():
+    from plotly.subplots import make_subplots
+
+    from vitlab.views.style import outline
+
+    rects = [(0.5, 1.5, 2.5, 3.5, 1, 1), (-0.5, 3.5, 0, 4, 2, 2), (1, 2, 3, 4, 1, 2)]
+    line = dict(color="red", width=1)
+    expected, fig = make_subplots(rows=2, cols=2), make_subplots(rows=2, cols=2)
+    expected.add_shape(type="line", x0=0, x1=1, y0=0, y1=1, row=2, col=1)  # one already there stays first
+    fig.add_shape(type="line", x0=0, x1=1, y0=0, y1=1, row=2, col=1)
+    for x0, x1, y0, y1, row, col in rects:
+        expected.add_shape(type="rect", x0=x0, x1=x1, y0=y0, y1=y1, line=line, row=row, col=col)
+    outline(fig, rects, line)
+    assert fig.to_plotly_json()["layout"]["shapes"] == expected.to_plotly_json()["layout"]["shapes"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -22,6 +23,18 @@ def quick_mode() -> bool:
 def quick_or(full, quick):
     """``quick`` in quick mode, else ``full``: how notebooks size their work."""
     return quick if quick_mode() else full
+
+
+def static_mode() -> bool:
+    """True where explorers should draw plain figures instead of plotly's ``FigureWidget``: ``VITLAB_STATIC`` is
+    1/true/yes/on, or (unless it is 0/false/no/off) the kernel runs in Colab (``google.colab`` imported) or VS Code
+    (``VSCODE_PID`` set), hosts where the widget is reported not to render and the kernel cannot see that it did not."""
+    env = os.environ.get("VITLAB_STATIC", "").strip().lower()
+    if env in {"1", "true", "yes", "on"}:
+        return True
+    if env in {"0", "false", "no", "off"}:
+        return False
+    return "google.colab" in sys.modules or "VSCODE_PID" in os.environ
 
 
 def data_root() -> Path:

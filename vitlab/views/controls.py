@@ -15,9 +15,10 @@ from typing import Any, Union
 
 import ipywidgets as W
 import plotly.graph_objects as go
+import plotly.io as pio
 from torch import nn
 
-from .. import models
+from .. import models, settings
 from ..analysis.representations import model_family
 from ..models.hub import WeightsUnavailableError, match_input_size
 from ..training import zoo
@@ -185,14 +186,75 @@ def model_dropdown(specs: Sequence[Spec], initial: Spec | None = None, descripti
                       style=STYLE, layout=fit_width([label for label, _ in options], description))
 
 
+class PatchPicker(W.HBox):
+    """Row and column sliders (counted from 1) that pick a patch where a figure cannot be clicked (the static path);
+    ``on_pick(row, col)`` gets them 0-based."""
+
+    def __init__(self, on_pick: Callable[[int, int], None]):
+        self.row, self.col = (W.IntSlider(value=1, min=1, max=1, description=f"patch {what}", continuous_update=False,
+                                          style=STYLE) for what in ("row", "column"))
+        super().__init__([self.row, self.col], layout=W.Layout(flex_flow="row wrap"))
+        self._on_pick, self._held = on_pick, False
+        for slider in (self.row, self.col):
+            slider.observe(self._moved, names="value")
+
+    def fit(self, grid: tuple[int, int], selected: tuple[int, int]) -> None:
+        """Fit the sliders to a ``grid`` of (rows, cols) patches and show ``selected`` (0-based), silently."""
+        self._held = True
+        try:
+            self.row.max, self.col.max = grid
+            self.row.value, self.col.value = selected[0] + 1, selected[1] + 1
+        finally:
+            self._held = False
+
+    def _moved(self, _change=None) -> None:
+        if not self._held:
+            self._on_pick(self.row.value - 1, self.col.value - 1)
+
+
 def coloured(text: str, colour: str = "#a60") -> str:
     """``text`` as HTML in ``colour`` (default: the amber of notes), for a status line."""
     return f"<span style='color:{colour}'>{html.escape(text)}</span>"
 
 
-def show_figure(widget: go.FigureWidget, fresh: go.Figure) -> None:
+class StaticFigure(W.Output):
+    """A figure for hosts where plotly's ``FigureWidget`` does not draw (VS Code, Colab): a plain ``go.Figure`` shown
+    in an Output and redrawn whole by :func:`show_figure`; ``data`` and ``layout`` read the figure shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.figure = go.Figure()
+
+    @property
+    def data(self) -> tuple:
+        return self.figure.data
+
+    @property
+    def layout(self) -> go.Layout:
+        return self.figure.layout
+
+    def show(self, fig: go.Figure) -> None:
+        """Replace the figure shown: plotly's own mime type (JupyterLab, VS Code), and HTML with plotly.js from its
+        CDN for hosts without a plotly renderer (Colab, the classic notebook)."""
+        self.figure = fig
+        bundle = pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict())
+        bundle["text/html"] = fig.to_html(full_html=False, include_plotlyjs="cdn")
+        # Set as state, not printed inside the Output: it needs no running cell and survives a page reload.
+        self.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+
+
+def figure_view(static: bool | None = None) -> go.FigureWidget | StaticFigure:
+    """An empty figure to draw into with :func:`show_figure`: plotly's ``FigureWidget``, or a :class:`StaticFigure`
+    when ``static`` (default: :func:`vitlab.settings.static_mode`)."""
+    return StaticFigure() if (settings.static_mode() if static is None else static) else go.FigureWidget()
+
+
+def show_figure(widget: go.FigureWidget | StaticFigure, fresh: go.Figure) -> None:
     """Put ``fresh``'s traces and layout into ``widget`` in one update (in place where trace types match), and
-    into the state a reloaded page draws from."""
+    into the state a reloaded page draws from; a :class:`StaticFigure` is redrawn whole."""
+    if isinstance(widget, StaticFigure):
+        widget.show(fresh)
+        return
     layout = fresh.layout.to_plotly_json()
     layout.pop("template", None)  # the widget has it already
     for key in ("shapes", "annotations"):
@@ -229,8 +291,10 @@ class Explorer(W.VBox):
     n_figures = 1
 
     def __init__(self, models: Sequence[Spec] | None = None, initial: Spec | None = None, description: str = "model",
-                 model: Spec | nn.Module | None = None):
+                 model: Spec | nn.Module | None = None, static: bool | None = None):
         super().__init__()
+        # Plain figures redrawn on change where FigureWidget does not draw (settings.static_mode); no clicks there.
+        self.static = settings.static_mode() if static is None else static
         self.refused: list[str] = []  # why model= (or images=) was not taken, said in the status line once drawn
         if model is not None:
             try:
@@ -251,7 +315,7 @@ class Explorer(W.VBox):
         self.bar = W.IntProgress(layout=W.Layout(display="none", width="240px"))
         self.output = W.Output()
         self.run = None if self.live else W.Button(description="Compute", button_style="primary")
-        self.plots = [go.FigureWidget() for _ in range(self.n_figures)]
+        self.plots = [figure_view(self.static) for _ in range(self.n_figures)]
         self.result: Any = None
         self._clicks: list[tuple[int, int, Callable]] = []
         self._held = 0
@@ -338,13 +402,19 @@ class Explorer(W.VBox):
                     self.model.options = [o for o in self.model.options if o[1] != spec]
 
     def click(self, plot: int, trace: int, handler: Callable[[Any, Any, Any], None]) -> None:
-        """Call ``handler(trace, points, state)`` on clicks on trace ``trace`` of ``plots[plot]``, across redraws."""
+        """Call ``handler(trace, points, state)`` on clicks on trace ``trace`` of ``plots[plot]``, across redraws
+        (not on the static path: there a control picks what a click would)."""
         self._clicks.append((plot, trace, handler))
         self._attach_clicks()
 
+    def hint(self, click: str, pick: str) -> W.HTML:
+        """The line under the controls that says how to choose what the detail figure shows: ``click`` on the
+        FigureWidget path, ``pick`` (with the controls that replace the click) on the static path."""
+        return W.HTML(f"<i>{html.escape(pick if self.static else click)}</i>")
+
     def _attach_clicks(self) -> None:
         for plot, trace, handler in self._clicks:
-            if self.plots[plot].data:
+            if isinstance(self.plots[plot], go.FigureWidget) and self.plots[plot].data:
                 self.plots[plot].data[trace].on_click(handler)
 
     @contextlib.contextmanager

@@ -29,8 +29,8 @@ from ..training.loop import train
 from ..training.objectives import mixing
 from ..training.run_folder import Interrupted, read_metrics
 from . import figures, readouts
-from .controls import (STYLE, DoesNotApply, Explorer, Recent, Spec, as_spec, cached_model, coloured, fit_width,
-                       load_note, model_key, show_figure, side_by_side, spec_label)
+from .controls import (STYLE, DoesNotApply, Explorer, PatchPicker, Recent, Spec, as_spec, cached_model, coloured,
+                       figure_view, fit_width, load_note, model_key, show_figure, side_by_side, spec_label)
 from .image_sources import ImageSource, upload_box, uploaded
 
 
@@ -50,13 +50,16 @@ class PositionEmbeddingExplorer(Explorer):
     n_figures, SEEDS = 2, INIT_SEEDS
 
     def __init__(self, models: Sequence[Spec] | None = None, initial: Spec | None = None,
-                 model: Spec | nn.Module | None = None):
-        super().__init__(_menu(models, ("vit", "hybrid")), initial, model=model)
+                 model: Spec | nn.Module | None = None, static: bool | None = None):
+        super().__init__(_menu(models, ("vit", "hybrid")), initial, model=model, static=static)
         self.selected = (0, 0)
         self._results, self.readout = Recent(), W.HTML()
         self.mosaic, self.detail = self.plots
-        self._build([[self.model], W.HTML("<i>Click a tile to see that patch's similarity map large.</i>"),
-                     side_by_side(self.plots), self.readout])
+        self.picker = PatchPicker(self.show_patch) if self.static else None  # the click, on the static path
+        hint = self.hint("Click a tile to see that patch's similarity map large.",
+                         "Pick a patch's row and column to see its similarity map large.")
+        self._build([[self.model], hint, *([self.picker] if self.picker else []), side_by_side(self.plots),
+                     self.readout])
         self.click(0, 0, self._clicked)
 
     @property
@@ -68,6 +71,8 @@ class PositionEmbeddingExplorer(Explorer):
         _refuse_resnet(model, "position similarity")
         result = self._results.keep(model_key(self.model.value), lambda: position_analysis(model, self.SEEDS))
         self.selected = tuple(min(s, n - 1) for s, n in zip(self.selected, result.sim.shape[:2]))
+        if self.picker is not None:
+            self.picker.fit(result.sim.shape[:2], self.selected)
         return result
 
     def figures(self, result: PositionResult) -> list[go.Figure]:
@@ -88,9 +93,10 @@ class PositionEmbeddingExplorer(Explorer):
 
 
 def position_embedding_explorer(models: Sequence[Spec] | None = None, initial: Spec | None = None,
-                                model: Spec | nn.Module | None = None) -> PositionEmbeddingExplorer:
+                                model: Spec | nn.Module | None = None,
+                                static: bool | None = None) -> PositionEmbeddingExplorer:
     """Dropdown of ``models`` with the Fig. 7 (center) mosaic and a clicked-patch view."""
-    return PositionEmbeddingExplorer(models, initial, model=model)
+    return PositionEmbeddingExplorer(models, initial, model=model, static=static)
 
 
 class EmbeddingFiltersExplorer(Explorer):
@@ -98,8 +104,8 @@ class EmbeddingFiltersExplorer(Explorer):
     n_figures, SEEDS = 2, INIT_SEEDS
 
     def __init__(self, models: Sequence[Spec] | None = None, initial: Spec | None = None, k: int = 28,
-                 model: Spec | nn.Module | None = None):
-        super().__init__(_menu(models, "vit"), initial, model=model)
+                 model: Spec | nn.Module | None = None, static: bool | None = None):
+        super().__init__(_menu(models, "vit"), initial, model=model, static=static)
         self.components = W.IntSlider(value=k, min=1, max=64, description="components", continuous_update=False,
                                       style=STYLE)
         self._results, self.readout = Recent(), W.HTML()
@@ -190,8 +196,9 @@ class AttentionDistanceExplorer(_OwnImages, Explorer):
 
     def __init__(self, models: Sequence[Spec] | None = None, images: Any = None, initial: Spec | None = None,
                  counts: Sequence[int] = (16, 128, 512, 1000, 10000), default: int = 128,
-                 reference: str | None = None, source: str = "", model: Spec | nn.Module | None = None):
-        super().__init__(_menu(models, ("vit", "hybrid")), initial, model=model)
+                 reference: str | None = None, source: str = "", model: Spec | nn.Module | None = None,
+                 static: bool | None = None):
+        super().__init__(_menu(models, ("vit", "hybrid")), initial, model=model, static=static)
         self.source, self.reference, self.counts, self.default = source, reference, counts, default
         self.reference_images = quick_or(256, 16)  # random-init models are alike across images
         self._results, self.skipped = Recent(), ""
@@ -276,8 +283,9 @@ class AttentionMapsExplorer(_OwnImages, Explorer):
     n_figures = 3
 
     def __init__(self, models: Sequence[Spec] | None = None, images: Any = None, names: Sequence[str] | None = None,
-                 initial: Spec | None = None, described: str | None = None, model: Spec | nn.Module | None = None):
-        super().__init__(_menu(models, ("vit", "hybrid")), initial, model=model)
+                 initial: Spec | None = None, described: str | None = None, model: Spec | nn.Module | None = None,
+                 static: bool | None = None):
+        super().__init__(_menu(models, ("vit", "hybrid")), initial, model=model, static=static)
         self._take_images(images, names, described or (f"the {len(images)} images of the image list"
                                                        if isinstance(images, torch.Tensor) else None))
         self.image = W.Dropdown(value=None, description="image", style=STYLE)
@@ -290,9 +298,12 @@ class AttentionMapsExplorer(_OwnImages, Explorer):
         self.selected = (0, 0)
         self._seen, self._rollouts, self.readout = Recent(), Recent(), W.HTML()
         self.rollout, self.patch, self.heads = self.plots
+        self.picker = PatchPicker(self.select) if self.static else None  # the click, on the static path
+        hint = self.hint("Click a patch of the rollout map to see where it attends (next figure).",
+                         "Pick a patch's row and column to see where it attends (next figure).")
         self._build([[self.model, self.image, self.upload], [self.fusion, self.discard, self.layer, self.head],
-                     W.HTML("<i>Click a patch of the rollout map to see where it attends (next figure).</i>"),
-                     side_by_side(self.plots[:2]), self.readout, self.heads],
+                     hint, *([self.picker] if self.picker else []), side_by_side(self.plots[:2]), self.readout,
+                     self.heads],
                     [self.image, self.layer, self.head, self.fusion, self.discard])
         self.click(0, -1, self._clicked)
 
@@ -333,6 +344,8 @@ class AttentionMapsExplorer(_OwnImages, Explorer):
                 self.head.options = options
                 self.head.value = value if value < heads else -1
         self.selected = tuple(min(s, n - 1) for s, n in zip(self.selected, seen.grid))
+        if self.picker is not None:
+            self.picker.fit(seen.grid, self.selected)
         return seen
 
     def figures(self, seen: _Seen) -> list[go.Figure]:
@@ -382,10 +395,11 @@ class AttentionMapsExplorer(_OwnImages, Explorer):
 class TrainingMonitor(W.VBox):
     """Live curves of :func:`~vitlab.views.figures.training_curves_figure`; pass :meth:`update` as ``on_epoch``."""
     def __init__(self, title: str = "Training", records: list[dict] | None = None, mixed: bool = False,
-                 objective: str = "classify"):
+                 objective: str = "classify", static: bool | None = None):
         self.records: list[dict] = list(records or [])
         self.title, self.mixed, self.objective = title, mixed, objective
-        self.figure = go.FigureWidget(self._figure())
+        self.figure = figure_view(static)
+        show_figure(self.figure, self._figure())
         super().__init__([self.figure])
 
     def update(self, record: dict) -> None:
@@ -397,7 +411,7 @@ class TrainingMonitor(W.VBox):
         return figures.training_curves_figure(self.records, self.title, self.mixed, self.objective)
 
 
-def train_with_curves(config, out: str | Path, title: str | None = None):
+def train_with_curves(config, out: str | Path, title: str | None = None, static: bool | None = None):
     """Show live curves while training ``config`` (a :class:`~vitlab.training.config.TrainConfig`) into ``out``.
 
     Returns the :class:`~vitlab.training.loop.TrainResult`; an interrupted run (the kernel's interrupt) prints
@@ -408,7 +422,7 @@ def train_with_curves(config, out: str | Path, title: str | None = None):
     # A run resumed (or already finished) in ``out`` shows the epochs it has recorded so far.
     what = "Pre-training (masked patch prediction)" if config.objective == "mpp" else "Training"
     monitor = TrainingMonitor(title or f"{what} {config.model} ({out})", read_metrics(out), mixed=mixing(config),
-                              objective=config.objective)
+                              objective=config.objective, static=static)
     display(monitor)
     try:
         return train(config, out, progress=True, on_epoch=monitor.update)

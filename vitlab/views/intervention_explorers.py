@@ -59,8 +59,8 @@ class InterventionsExplorer(_OwnImages, Explorer):
     def __init__(self, models: Sequence[Spec] | None = None, images: Any = None, labels: Any = None,
                  initial: Spec | None = None, reference: torch.Tensor | None = None,
                  counts: Sequence[int] = (32, 128, 256, 1000), default: int | None = None,
-                 model: Spec | nn.Module | None = None):
-        super().__init__(_menu(models, ("vit", "hybrid")), initial, model=model)
+                 model: Spec | nn.Module | None = None, static: bool | None = None):
+        super().__init__(_menu(models, ("vit", "hybrid")), initial, model=model, static=static)
         self.labels = None if labels is None else torch.as_tensor(labels).long()
         self._take_images(images, None, None)
         self.reference = reference if reference is not None else reference_images(quick_or(256, 64))
@@ -78,7 +78,8 @@ class InterventionsExplorer(_OwnImages, Explorer):
         for control in (self.layer, self.head, self.measure):
             control.observe(self._pick, names="value")
         self._build([[self.model, self.images, self.kind, self.run, self.upload], [self.measure, self.layer, self.head],
-                     W.HTML("<i>Click a head of the ablation matrix to see its attention beside its effect.</i>"),
+                     self.hint("Click a head of the ablation matrix to see its attention beside its effect.",
+                               "Pick a layer and head to see its attention beside its effect."),
                      side_by_side([self.matrix, self.detail]), self.readout, self.lens, self.attribution],
                     [self.images, self.kind])
         self.click(0, 0, self._clicked)

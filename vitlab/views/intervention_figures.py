@@ -16,7 +16,7 @@ from ..analysis.lens import READINGS, AttributionResult, LensResult
 from ..analysis.patching import PatchingResult
 from ..analysis.references import bootstrap_interval
 from ..records import InsideView
-from .style import DASHES, integer_ticks, json_safe, layout
+from .style import DASHES, integer_ticks, json_safe, layout, outline
 
 #: What an ablation measures, as axis text.
 MEASURES = {"accuracy": "accuracy drop", "logit": "true-class logit drop"}
@@ -201,9 +201,8 @@ def patching_figure(result: PatchingResult, title: str = "Activation patching") 
                                      "<extra></extra>"),
                                  x=list(range(1, result.grid[1] + 1)), y=list(range(1, result.grid[0] + 1))),
                       row=i // cols + 1, col=i % cols + 1)
-    for r, c in result.region:  # the corrupted patches, outlined in the first layer
-        fig.add_shape(type="rect", x0=c + 0.5, x1=c + 1.5, y0=r + 0.5, y1=r + 1.5, line=dict(color="red", width=1),
-                      row=1, col=1)
+    outline(fig, [(c + 0.5, c + 1.5, r + 0.5, r + 1.5, 1, 1) for r, c in result.region],  # the corrupted patches
+            line=dict(color="red", width=1))
     fig.update_xaxes(showticklabels=False, constrain="domain")
     fig.update_yaxes(showticklabels=False, autorange="reversed", constrain="domain", scaleanchor="x")
     for k in range(2, depth + 1):

@@ -17,7 +17,8 @@ from ..records import ProbeRecord, RunRecord
 from ..training import zoo
 from ..training.evaluators import CKAEvaluator, CKAResult, FewshotEvaluator
 from . import figures, intervention_figures, recipe_readouts, study_figures
-from .controls import STYLE, Explorer, cached_model, load_note, model_dropdown, model_key, show_figure, side_by_side
+from .controls import (STYLE, Explorer, cached_model, figure_view, load_note, model_dropdown, model_key, show_figure,
+                       side_by_side)
 from .style import layer_label
 
 
@@ -26,8 +27,8 @@ class SweepExplorer(Explorer):
     AXES = {"training images": "subset_size", "training FLOPs": "train_flops_total"}
     n_figures = 2
 
-    def __init__(self, records: Sequence[RunRecord], title: str = ""):
-        super().__init__()
+    def __init__(self, records: Sequence[RunRecord], title: str = "", static: bool | None = None):
+        super().__init__(static=static)
         self.records, self.title = list(records), title
         self.axis = W.ToggleButtons(options=list(self.AXES), description="x axis",
                                     style=dict(STYLE, button_width="auto"))
@@ -75,8 +76,9 @@ class ProbeExplorer(Explorer):
 
     def __init__(self, models: Sequence[str], train_images: torch.Tensor, train_labels: torch.Tensor,
                  test_images: torch.Tensor, test_labels: torch.Tensor, shots: Sequence[int] = SHOTS,
-                 seeds: Sequence[int] = (0, 1, 2), batch_size: int = 250, source: str = "CIFAR-10 test set"):
-        super().__init__()
+                 seeds: Sequence[int] = (0, 1, 2), batch_size: int = 250, source: str = "CIFAR-10 test set",
+                 static: bool | None = None):
+        super().__init__(static=static)
         self.specs, self.test_labels, self.source = list(dict.fromkeys(models)), test_labels, source
         self.data = (train_images, train_labels, test_images, test_labels)
         self.settings = dict(shots=tuple(shots), seeds=tuple(seeds), batch_size=batch_size)
@@ -129,9 +131,10 @@ class CKAExplorer(Explorer):
     slow, n_figures = True, 2
 
     def __init__(self, models: Sequence[str], images: torch.Tensor, initial: tuple[str, str] | None = None,
-                 batch_size: int = 250, source: str = "CIFAR-10 test set", labels: torch.Tensor | None = None):
+                 batch_size: int = 250, source: str = "CIFAR-10 test set", labels: torch.Tensor | None = None,
+                 static: bool | None = None):
         a, b = initial if initial is not None else (models[0], models[-1])
-        super().__init__(models, a, description="model A")
+        super().__init__(models, a, description="model A", static=static)
         self.data, self.batch_size, self.source, self.labels = images, min(batch_size, len(images)), source, labels
         self._cache: dict[tuple, CKAResult] = {}
         self.model_a, self.model_b = self.model, model_dropdown(models, b, "model B")
@@ -165,7 +168,7 @@ class CKAExplorer(Explorer):
 class InsideViewsExplorer(W.VBox):
     """The three Fig. 7 panels of a ViT run at any recorded epoch, and its attention distance against epoch; where
     the run recorded them, its head-ablation matrix at that epoch and logit-lens accuracy per layer against epoch."""
-    def __init__(self, run_folder: str | Path, k: int = 28):
+    def __init__(self, run_folder: str | Path, k: int = 28, static: bool | None = None):
         from ..training import inside
         self.folder, self.k = Path(run_folder), k
         self.views, self.tensors, recorded = inside.load(self.folder)
@@ -179,9 +182,9 @@ class InsideViewsExplorer(W.VBox):
         self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
                                        continuous_update=False, style=STYLE)
         self.filters, self.variance, self.positions, self.distance, self.timeline = (
-            go.FigureWidget() for _ in range(5))
+            figure_view(static) for _ in range(5))
         # Head ablation and logit-lens accuracy, shown only when the run recorded them (optional fields).
-        self.ablation, self.lens_timeline = go.FigureWidget(), go.FigureWidget()
+        self.ablation, self.lens_timeline = figure_view(static), figure_view(static)
         self.intervened = any(v.head_ablation is not None or v.lens_accuracy is not None for v in self.views)
         self.epoch.observe(lambda change: self.show_epoch(change["new"]), names="value")
         super().__init__([self.epoch, self.note, side_by_side([self.filters, self.variance]),
@@ -236,13 +239,14 @@ class InsideViewsExplorer(W.VBox):
 
 class RecipesExplorer(W.VBox):
     """The arms of a recipe comparison (default: the committed locality experiment) side by side at any epoch."""
-    def __init__(self, folder: str | Path | None = None, seed_span: tuple[float, str] | None = None):
+    def __init__(self, folder: str | Path | None = None, seed_span: tuple[float, str] | None = None,
+                 static: bool | None = None):
         from ..training import recipes
         self.comparison, self.seed_span = recipes.read(folder or recipes.LOCALITY), seed_span
         epochs = self.comparison.epochs
         self.epoch = W.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
                                        continuous_update=False, style=STYLE)
-        self.distance, self.timeline, self.readout = go.FigureWidget(), go.FigureWidget(), W.HTML()
+        self.distance, self.timeline, self.readout = figure_view(static), figure_view(static), W.HTML()
         self.epoch.observe(lambda change: self.show_epoch(change["new"]), names="value")
         super().__init__([self.epoch, self.distance, self.readout, self.timeline])
         self.show_epoch(epochs[-1])

@@ -15,7 +15,7 @@ from ..records import (FAMILY_ORDER, InsideView, ProbeRecord, Recipes, RunInside
 from ..training import mpp
 from .figures import training_curves_figure, uniform_line
 from .style import (DASHES, duration, family_color, family_shades, integer_ticks, layer_label, layout, model_colours,
-                    table)
+                    outline, table)
 
 
 def _by_size(runs: list[RunRecord]) -> dict[int, list[RunRecord]]:
@@ -313,11 +313,9 @@ def mpp_example_figure(example: mpp.MaskedExample, title: str = "Masked patch pr
         for col, img in enumerate((e.pixels[n].numpy(), e.seen[n].numpy(), _colour_tiles(e.targets[n], e.grid, patch),
                                    shown), start=1):
             fig.add_trace(go.Image(z=img, hoverinfo="skip"), n + 1, col)
-        for p in torch.nonzero(e.corrupted[n]).flatten().tolist():
-            r, c = divmod(p, e.grid[1])
-            for col in (2, 4):
-                fig.add_shape(type="rect", x0=c * patch - 0.5, x1=(c + 1) * patch - 0.5, y0=r * patch - 0.5,
-                              y1=(r + 1) * patch - 0.5, line=dict(color="red", width=1), row=n + 1, col=col)
+        corrupted = [divmod(p, e.grid[1]) for p in torch.nonzero(e.corrupted[n]).flatten().tolist()]  # (row, col)
+        outline(fig, [(c * patch - 0.5, (c + 1) * patch - 0.5, r * patch - 0.5, (r + 1) * patch - 0.5, n + 1, col)
+                      for r, c in corrupted for col in (2, 4)], line=dict(color="red", width=1))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_annotations(font_size=12)
