@@ -272,6 +272,18 @@ class Explorer(W.VBox):
         """Warnings about the models shown (e.g. random weights), for the status line."""
         return [load_note(self.model.value)] if self.model is not None else []
 
+    def save(self, path: str | Path, overwrite: bool = False) -> list[Path]:
+        """Save the figures shown and the status and readout lines: ``.html`` one self-contained page; ``.png``,
+        ``.svg``, ``.pdf`` one file per figure (``name-1.png``, ...) and the text in ``name.txt`` (see
+        :func:`vitlab.views.export.save_view`). Returns the paths written; an existing file is refused unless
+        ``overwrite``."""
+        from . import export
+        readout = getattr(self, "readout", None)
+        text = [export.plain_text(w.value) for w in (self.status, readout) if isinstance(w, W.HTML)]
+        shown = f": {spec_label(self.shown)}" if self.shown is not None else ""
+        figures = [p for p in self.plots if p.data]
+        return export.save_view(figures, path, f"{type(self).__name__}{shown}", text, overwrite)
+
     def _build(self, rows: Sequence[Sequence[W.Widget] | W.Widget], controls: Sequence[W.ValueWidget] = ()) -> None:
         """Lay out ``rows`` (a list of widgets becomes a wrapping row), the status under the first, and draw."""
         rows = [[w for c in r for w in ((c, self.typed, self.offer) if c is self.model else (c,))]
