@@ -171,3 +171,13 @@ def test_report_notes_what_a_model_lacks_and_random_weights(tmp_path):
                            images, tmp_path / "resnet.html")
     page = resnet.read_text()
     assert _blocks(page) == [] and _texts(page).count("A ResNet has no tokens or attention") == 4
+
+
+def test_a_view_of_plain_widgets_saves_its_figures_and_readout(tmp_path):
+    from vitlab.views.study_explorers import RecipesExplorer
+    view = RecipesExplorer()  # the committed locality comparison
+    path, = view.save(tmp_path / "recipes.html")
+    page = path.read_text()
+    shown = [json.loads(go.Figure(w).to_json())["data"] for w in (view.distance, view.timeline)]
+    assert [json.loads(b)["data"] for b in BLOCK.findall(page)] == shown
+    assert export.plain_text(view.readout.value).split("\n")[0] in export.plain_text(page)
