@@ -1344,8 +1344,68 @@ INTERVENTIONS_ROWS: dict[str, Bad] = {
 }
 
 
+# ================================================================================================
+# Figures out: save_figure, save_page, an explorer's save, vitlab.report (export-, report-)
+
+
+def _taken(tmp: Path, name: str) -> Path:
+    """A file of the user's at ``tmp/name``, which an export must not replace."""
+    (tmp / name).write_text("a user's file")
+    return tmp / name
+
+
+def _plot():
+    import plotly.graph_objects as go
+    return go.Figure(go.Scatter(x=[1, 2], y=[3, 4]))
+
+
+_ISSUE30 = "(new in issue 30)"
+
+
+def _save(*args, **kwargs):
+    from vitlab.views import export
+    return export.save_figure(*args, **kwargs)
+
+
+def _page(*args, **kwargs):
+    from vitlab.views import export
+    return export.save_page(*args, **kwargs)
+
+
+EXPORT_ROWS: dict[str, Bad] = {
+    "export-unknown-suffix": Bad(
+        lambda tmp: _save(_plot(), tmp / "figure.jpg"), ValueError, "end the name in .html, .png, .svg or .pdf",
+        before=_ISSUE30),
+    "export-existing-file": Bad(
+        lambda tmp: _save(_plot(), _taken(tmp, "figure.png")), FileExistsError, "pass overwrite=True",
+        before=_ISSUE30),
+    "export-not-a-figure": Bad(
+        lambda tmp: _save([1, 2, 3], tmp / "figure.html"), TypeError, "expected a plotly figure", before=_ISSUE30),
+    "export-zero-width": Bad(
+        lambda tmp: _save(_plot(), tmp / "figure.png", width=0), ValueError, "width must be a positive number",
+        before=_ISSUE30),
+    "export-page-not-html": Bad(
+        lambda tmp: _page([_plot()], tmp / "page.png", "t"),
+        ValueError, "a page is HTML", before=_ISSUE30),
+    "report-not-html": Bad(
+        lambda tmp: vitlab.report("vit_micro_c10", path=tmp / "report.pdf"), ValueError,
+        "a report is one HTML page", before=_ISSUE30),
+    "report-existing-file": Bad(
+        lambda tmp: vitlab.report("vit_micro_c10", path=_taken(tmp, "report.html")), FileExistsError,
+        "pass overwrite=True", before=_ISSUE30),
+    "report-not-a-vit": Bad(
+        lambda tmp: vitlab.report(torch.nn.Linear(2, 2), path=tmp / "report.html"), ValueError,
+        "not a ViT, hybrid or ResNet", before=_ISSUE30),
+    "report-not-a-model": Bad(
+        lambda tmp: vitlab.report(3, path=tmp / "report.html"), TypeError, "got int", before=_ISSUE30),
+    "report-not-an-image": Bad(
+        lambda tmp: vitlab.report("vit_micro_c10", _taken(tmp, "notes.txt"), tmp / "report.html"),
+        data.image_files.ImageInputError, "notes.txt", before=_ISSUE30),
+}
+
+
 ROWS: dict[str, Bad] = {**RUNS_ROWS, **MODELS_ROWS, **INPUTS_ROWS, **DATA_ROWS, **IMAGES_ROWS, **HOSTILE_ROWS,
-                        **INTERVENTIONS_ROWS}
+                        **INTERVENTIONS_ROWS, **EXPORT_ROWS}
 
 
 @pytest.fixture

@@ -687,3 +687,36 @@ def test_static_path(static_lab, page, notebook):
         changed = [i for i, (a, b) in enumerate(zip(titles, after)) if a != b]
         assert len(changed) == 1 and re.search(r"col 2\)|\(1, 2\)", after[changed[0]]), (titles, after)  # the detail
     nb.check()
+
+
+def test_report_offline(tmp_path):
+    """vitlab.report's page, opened from file:// with every network request refused, draws every figure it holds."""
+    from playwright.sync_api import sync_playwright
+
+    import vitlab
+    path = vitlab.report("vit_tiny_c10", path=tmp_path / "report.html")
+    blocks = re.findall(r'<script type="application/json" class="vitlab-figure">(.*?)</script>', path.read_text(), re.S)
+    traces = [len(json.loads(b)["data"]) for b in blocks]  # what each figure written holds
+    written = len(blocks)
+    refused = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
+                                                                    "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        errors = []
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                   else (refused.append(route.request.url), route.abort()))
+        page.goto(path.as_uri())
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length === {written}", timeout=30_000)
+        # Each figure drew every trace: a scatter trace is an SVG group, a heatmap or an RGB image an <image>.
+        drawn = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(el =>
+            el.querySelectorAll('g.trace, image').length)""")
+        title = page.locator("h1").text_content()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
+    assert written == 10 and drawn == traces, (drawn, traces)  # filters 2, positions 1, distance 1, 6 rollout maps
+    assert title == "vitlab report: vit_tiny_c10"
+    assert errors == [] and refused == []

@@ -11,7 +11,14 @@ from .settings import quick_mode
 from .training.zoo import available
 
 __all__ = ["Capture", "analysis", "available", "capture", "data", "head_statistics", "load_model", "models",
-           "preprocess", "quick_mode", "records", "result_files", "save_model", "settings", "training", "views"]
+           "preprocess", "quick_mode", "records", "report", "result_files", "save_model", "settings", "training",
+           "views"]
+
+
+def report(model, images=None, path="vitlab-report.html", overwrite=False):
+    """One self-contained HTML page of ``model``'s Fig. 6/7 panels and readouts: :func:`vitlab.views.report.report`
+    (plotly and the views load on this first call, not on ``import vitlab``)."""
+    return importlib.import_module(".views.report", __name__).report(model, images, path, overwrite)
 
 
 def __getattr__(name: str):

@@ -54,6 +54,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+#: Where a system Chromium lives when it is not on the PATH (Debian's package).
+SYSTEM_CHROMES = ("/usr/bin/chromium",)
+
+
+def browser_path() -> Path | None:
+    """The Chrome that image export (kaleido) drives: ``BROWSER_PATH`` when set (kaleido's own variable; None when
+    it names no executable file), else ``chromium`` on the PATH or /usr/bin/chromium; None without any."""
+    env = os.environ.get("BROWSER_PATH")
+    if env is not None:
+        path = Path(env).expanduser()
+        return path if path.is_file() and os.access(path, os.X_OK) else None
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    found = found or next((p for p in SYSTEM_CHROMES if os.access(p, os.X_OK)), None)
+    return Path(found) if found else None
+
+
 def _cell_sources(path: Path) -> list[tuple[str, str]]:
     """A notebook's cells as (type, source): what a person wrote, without outputs or counts."""
     cells = json.loads(path.read_text())["cells"]

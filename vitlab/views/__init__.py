@@ -1,8 +1,8 @@
 """Views: readouts (measured text), figures (plotly) and explorers (ipywidgets), each module loaded on first use."""
 import importlib
 
-_MODULES = ("controls", "explorers", "figures", "intervention_explorers", "intervention_figures",
-            "intervention_readouts", "readouts", "recipe_readouts", "study_explorers", "study_figures",
+_MODULES = ("controls", "explorers", "export", "figures", "intervention_explorers", "intervention_figures",
+            "intervention_readouts", "readouts", "recipe_readouts", "report", "study_explorers", "study_figures",
             "study_readouts", "style")
 
 

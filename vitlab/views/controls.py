@@ -218,8 +218,9 @@ def coloured(text: str, colour: str = "#a60") -> str:
 
 
 class StaticFigure(W.Output):
-    """A figure for hosts where plotly's ``FigureWidget`` does not draw (VS Code, Colab): a plain ``go.Figure`` shown
-    in an Output and redrawn whole by :func:`show_figure`; ``data`` and ``layout`` read the figure shown."""
+    """A figure for hosts where plotly's ``FigureWidget`` does not draw (VS Code, Colab): a plain ``go.Figure``
+    (``figure``) shown in an Output and redrawn whole by :func:`show_figure`; ``data`` reads its traces (its
+    ``layout`` stays the widget's)."""
 
     def __init__(self):
         super().__init__()
@@ -228,10 +229,6 @@ class StaticFigure(W.Output):
     @property
     def data(self) -> tuple:
         return self.figure.data
-
-    @property
-    def layout(self) -> go.Layout:
-        return self.figure.layout
 
     def show(self, fig: go.Figure) -> None:
         """Replace the figure shown: plotly's own mime type (JupyterLab, VS Code), and HTML with plotly.js from its
@@ -335,6 +332,18 @@ class Explorer(W.VBox):
     def notes(self) -> list[str]:
         """Warnings about the models shown (e.g. random weights), for the status line."""
         return [load_note(self.model.value)] if self.model is not None else []
+
+    def save(self, path: str | Path, overwrite: bool = False) -> list[Path]:
+        """Save the figures shown and the status and readout lines: ``.html`` one self-contained page; ``.png``,
+        ``.svg``, ``.pdf`` one file per figure (``name-1.png``, ...) and the text in ``name.txt`` (see
+        :func:`vitlab.views.export.save_view`). Returns the paths written; an existing file is refused unless
+        ``overwrite``."""
+        from . import export
+        readout = getattr(self, "readout", None)
+        text = [export.plain_text(w.value) for w in (self.status, readout) if isinstance(w, W.HTML)]
+        shown = f": {spec_label(self.shown)}" if self.shown is not None else ""
+        figures = [p.figure if isinstance(p, StaticFigure) else p for p in self.plots if p.data]
+        return export.save_view(figures, path, f"{type(self).__name__}{shown}", text, overwrite)
 
     def _build(self, rows: Sequence[Sequence[W.Widget] | W.Widget], controls: Sequence[W.ValueWidget] = ()) -> None:
         """Lay out ``rows`` (a list of widgets becomes a wrapping row), the status under the first, and draw."""

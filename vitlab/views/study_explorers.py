@@ -16,7 +16,7 @@ from ..analysis.representations import SHOTS
 from ..records import ProbeRecord, RunRecord
 from ..training import zoo
 from ..training.evaluators import CKAEvaluator, CKAResult, FewshotEvaluator
-from . import figures, intervention_figures, recipe_readouts, study_figures
+from . import export, figures, intervention_figures, recipe_readouts, study_figures
 from .controls import (STYLE, Explorer, cached_model, figure_view, load_note, model_dropdown, model_key, show_figure,
                        side_by_side)
 from .style import layer_label
@@ -192,6 +192,10 @@ class InsideViewsExplorer(W.VBox):
                           *([side_by_side([self.ablation, self.lens_timeline])] if self.intervened else [])])
         self.show_epoch(epochs[-1])
 
+    def save(self, path: str | Path, overwrite: bool = False) -> list[Path]:
+        """Save the panels shown and their notes (see :func:`vitlab.views.export.save_widget`)."""
+        return export.save_widget(self, path, f"{self.folder.name}, epoch {self.epoch.value}", overwrite)
+
     def show_epoch(self, epoch: int) -> None:
         """Redraw every panel for ``epoch`` (one of the recorded epochs)."""
         self.view = next(v for v in self.views if v.epoch == epoch)
@@ -250,6 +254,10 @@ class RecipesExplorer(W.VBox):
         self.epoch.observe(lambda change: self.show_epoch(change["new"]), names="value")
         super().__init__([self.epoch, self.distance, self.readout, self.timeline])
         self.show_epoch(epochs[-1])
+
+    def save(self, path: str | Path, overwrite: bool = False) -> list[Path]:
+        """Save the figures shown and the readout (see :func:`vitlab.views.export.save_widget`)."""
+        return export.save_widget(self, path, f"recipe comparison, epoch {self.epoch.value}", overwrite)
 
     def show_epoch(self, epoch: int) -> None:
         """Redraw the arms and the readout at ``epoch`` (one every run recorded)."""
