@@ -57,17 +57,21 @@ def _git_status() -> str:
     return changed + "".join(f"{p.name}\n" for p in (ROOT / "build", *ROOT.glob("*.egg-info")) if p.exists())
 
 
+def _source_files(*folders: str) -> list[str]:
+    """The files git tracks or would (untracked ones not ignored) under ``folders`` (all by default)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", *folders],
+                            cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    return [name for name in listed if name and (ROOT / name).is_file()]  # a deleted file is listed till committed
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Installed:
     """Build the wheel from a copy of the files git tracks (pip builds in the source folder: build/, egg-info), and
     install it into a venv whose ``.pth`` file adds this interpreter's site-packages."""
     tmp, before = tmp_path_factory.mktemp("wheel"), _git_status()
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        if (ROOT / name).is_file():  # a file deleted but not yet committed is listed too
-            (tmp / "source" / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(ROOT / name, tmp / "source" / name)
+    for name in _source_files():
+        (tmp / "source" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, tmp / "source" / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     built = subprocess.run([*pip, "wheel", "--no-build-isolation", "--no-deps", str(tmp / "source"), "-w",
                             str(tmp / "dist")], capture_output=True, text=True, timeout=120)
@@ -103,13 +107,13 @@ def test_the_wheel_holds_the_package_and_what_it_ships_and_leaves_the_checkout_a
     assert len({m.split("/")[1] for m in modules if m.count("/") > 1}) >= 4  # the subpackages themselves
     shipped_files = {n for n in names if n.startswith("vitlab/_data/")}
     assert {n for n in names - shipped_files if n.endswith(".py")} == modules
-    tracked = subprocess.run(["git", "ls-files", *settings.SHIPPED.values()], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.split()
+    tracked = _source_files(*settings.SHIPPED.values())
     assert any(t.endswith(".safetensors") for t in tracked) and any(t.endswith(".ipynb") for t in tracked)
     shipped = {f"vitlab/_data/{name}/{Path(t).relative_to(folder).as_posix()}"
                for name, folder in settings.SHIPPED.items() for t in tracked if t.startswith(f"{folder}/")}
     assert shipped_files == shipped
-    assert all(n.endswith(".py") or n.startswith("vitlab-0") for n in names - shipped_files)  # every shipped file, and nothing else (no .cache, lab/, runs/, tests)
+    # every shipped file, and besides the modules and the metadata nothing else (no .cache, lab/, runs/, tests)
+    assert all(n.endswith(".py") or n.startswith("vitlab-0") for n in names - shipped_files)
 
 
 def test_the_installed_package_runs_an_analysis_outside_the_checkout(installed, tmp_path):
