@@ -13,12 +13,12 @@ export VITLAB_DATA ?= $(if $(wildcard $(SHARED_DATA)/cifar10),$(SHARED_DATA),)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch/torchvision first, pinned to the builds this project is tested with.
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,notebooks]'
 	touch $(STAMP)
 
 # JupyterLab autosaves outputs into the notebooks it serves: it serves working copies in lab/ (git-ignored),

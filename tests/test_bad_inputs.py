@@ -108,6 +108,24 @@ def _publish_onto_shipped(tmp: Path) -> None:
     cli("publish", str(_finished(tmp, model="vit_tiny_c10")), "vit_tiny_c10")
 
 
+def _publish_installed(tmp: Path) -> None:
+    # vitlab installed from a wheel: its zoo is package data in site-packages, which is no user's to write.
+    from vitlab import settings
+    from vitlab.models import loading
+
+    package = tmp / "site-packages" / "vitlab"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(settings, "PROJECT_ROOT", package.parent)
+        patch.setattr(settings, "PACKAGE_DATA", package / "_data")
+        patch.setattr(loading, "ZOO_DIR", package / "_data" / "zoo")
+        cli("publish", str(tmp / "run"), "vit_tiny_c10")
+
+
+def _notebooks_into(tmp: Path) -> None:
+    (tmp / "02_position_embeddings.ipynb").write_text("{}")
+    cli("notebooks", str(tmp))
+
+
 def _settings_file(tmp: Path, **settings) -> None:
     """``python -m vitlab train --config <tmp>/run.json`` with ``settings`` in the file."""
     (tmp / "run.json").write_text(json.dumps(settings))
@@ -241,6 +259,12 @@ RUNS_ROWS: dict[str, Bad] = {
     "runs-publish-existing": Bad(
         _publish_onto_shipped, SystemExit, "zoo entry vit_tiny_c10 has a checkpoint already",
         before="evaluated the run and silently replaced data/zoo/<name>.safetensors, .json and .metrics.jsonl"),
+    "runs-publish-installed": Bad(
+        _publish_installed, SystemExit, "package data of an installed vitlab; load your run by its path",
+        before="(new in issue 30: no installed vitlab before)"),
+    "runs-notebooks-existing": Bad(
+        _notebooks_into, SystemExit, "holds 02_position_embeddings.ipynb already; copy into a new folder",
+        before="(new in issue 30)"),
 }
 
 

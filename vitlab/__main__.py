@@ -1,4 +1,4 @@
-"""Command line: ``python -m vitlab {zoo,data,train,pretrain,publish,sweep,recipes}``.
+"""Command line: ``python -m vitlab {zoo,data,train,pretrain,publish,sweep,recipes,notebooks}`` and ``--version``.
 
 ``train`` has one flag per field of :class:`vitlab.training.config.TrainConfig` (mapped by
 :mod:`vitlab.training.config`) besides ``--out``, ``--progress`` and ``--checkpoint-every``;
@@ -16,8 +16,9 @@ import logging
 import shlex
 import signal
 import sys
+from pathlib import Path
 
-from . import data
+from . import data, settings
 from .training import zoo
 from .training.config import ConfigError, TrainConfig, add_flags, from_args, read_file
 from .models import WeightsUnavailableError
@@ -43,6 +44,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     """The parser of every command; ``train_defaults`` (e.g. from ``--config``) replace flag defaults."""
     parser = argparse.ArgumentParser(prog=_PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vitlab {settings.version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("zoo", help="list the zoo's models as JSON")
     sub.add_parser("data", help="decode CIFAR-10 once into the cache and print its size")
@@ -73,6 +75,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     rec.add_argument("--force", action="store_true",
                      help="replace --out if it is a comparison vitlab wrote (never a run or a folder with other files)")
     rec.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
+    nbs = sub.add_parser("notebooks", help="copy the notebooks into a folder of your own (refuses to overwrite one)")
+    nbs.add_argument("dir", help="the folder to copy them into (created if missing)")
     return parser
 
 
@@ -100,6 +104,10 @@ def _run(args: argparse.Namespace) -> None:
         _train(args)
     elif args.command == "publish":
         print(zoo.publish(args.run, args.name, args.code_version, force=args.force))
+    elif args.command == "notebooks":
+        settings.copy_notebooks(dest=Path(args.dir), exist_ok=False)
+        print(f"copied {len(list(settings.NOTEBOOKS_DIR.glob('*.ipynb')))} notebooks into {args.dir}; open them with "
+              f"jupyter lab {shlex.quote(args.dir)} (pip install 'vitlab[notebooks]' installs JupyterLab)")
     elif args.command == "sweep":
         config = from_args(SweepConfig, args)
         print(f"{len(sweep(config, progress=args.progress))} runs in {config.results}.csv")

@@ -19,16 +19,16 @@ from .io import atomic_write, locked, read_json
 from .records import InsideView, RunInside, RunOf, RunProbe, RunRecord, field_problem
 
 #: The committed CPU sweep (``<RESULTS>.csv``, ``<RESULTS>.json`` and their ``-fewshot`` files).
-RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_vs_resnet"
+RESULTS = settings.shipped_dir("results") / "vit_vs_resnet"
 #: The ViT fine-tuned from the masked-patch-prediction encoder at the sweep's sizes (``init`` set).
-MPP_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "mpp_finetune"
+MPP_RESULTS = settings.shipped_dir("results") / "mpp_finetune"
 #: The ViT from scratch at the fine-tuned runs' images seen, pre-training included (compute-matched arm).
-MATCHED_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "compute_matched"
+MATCHED_RESULTS = settings.shipped_dir("results") / "compute_matched"
 #: ViT runs of the sweep's sizes retrained with inside views (``<INSIDE_RESULTS>-inside.json``, ...).
-INSIDE_RESULTS = settings.PROJECT_ROOT / "data" / "results" / "vit_inside"
+INSIDE_RESULTS = settings.shipped_dir("results") / "vit_inside"
 #: A 30-epoch ``vit_tiny_c10`` run's inside views recorded with interventions (head ablation, logit lens), in a zoo
 #: entry's layout (``inside.jsonl``, ``inside.safetensors``): notebook 08's section 6.
-INTERVENTIONS_RUN = settings.PROJECT_ROOT / "data" / "results" / "interventions" / "vit_tiny_c10_e30.inside"
+INTERVENTIONS_RUN = settings.shipped_dir("results") / "interventions" / "vit_tiny_c10_e30.inside"
 
 #: Columns of ``<results>.csv`` (and the ``fields`` list of ``<results>.json``), in order.
 RUN_FIELDS = ("model", "family", "subset_size", "seed", "epochs", "test_accuracy", "train_flops", "params",

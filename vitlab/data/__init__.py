@@ -21,7 +21,7 @@ from .image_files import ImageInputError, far_note, images, resize  # noqa: F401
 #: Per-channel mean and std of the CIFAR-10 training set, in [0, 1] units.
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
-SAMPLES_DIR = settings.PROJECT_ROOT / "data" / "samples"
+SAMPLES_DIR = settings.shipped_dir("samples")
 
 
 def stratified_subset(labels: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:

@@ -24,7 +24,7 @@ from .sidecar import Sidecar, files_problem, jsonable, read_sidecar, short_repr,
 from .weights import (GOOGLE_VIT_CFG, SUFFIXES, WeightsFileError, check_shapes, check_weights_file, fit_head,
                       google_vit_args, load_google_npz, load_state, read_state_dict)
 
-ZOO_DIR = settings.PROJECT_ROOT / "data" / "zoo"
+ZOO_DIR = settings.shipped_dir("zoo")
 
 
 def _set_cfg(model: nn.Module, pretrained_cfg: dict[str, Any]) -> None:

@@ -16,7 +16,10 @@ from .. import settings
 
 @functools.cache
 def code_version() -> str:
-    """The short git commit of the vitlab checkout, or ``"unknown"`` (asked once per process)."""
+    """The short git commit of the vitlab checkout, ``"vitlab <version>"`` when installed (git there would name the
+    commit of whatever repository holds the environment), or ``"unknown"`` (asked once per process)."""
+    if not settings.in_checkout():
+        return f"vitlab {settings.version()}"
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=settings.PROJECT_ROOT,
                              capture_output=True, text=True, timeout=5)

@@ -22,8 +22,8 @@ from ..models import load_model
 from ..records import RecipeRun, Recipes
 from ..result_files import ResultsFileError
 
-LOCALITY = settings.PROJECT_ROOT / "data" / "results" / "locality"  #: issue 14's experiment (with, without CutMix)
-LOCALITY_E40 = settings.PROJECT_ROOT / "data" / "results" / "locality_e40"  #: the same at the zoo's 40 epochs
+LOCALITY = settings.shipped_dir("results") / "locality"  #: issue 14's experiment (with, without CutMix)
+LOCALITY_E40 = settings.shipped_dir("results") / "locality_e40"  #: the same at the zoo's 40 epochs
 #: What a run folder must hold to be collected, and what is copied of it.
 RUN_FILES = (run_folder.SIDECAR, run_folder.METRICS_LOG, run_folder.INSIDE_LOG, run_folder.INSIDE_TENSORS)
 EXPERIMENT, FORMAT = "experiment.json", 1

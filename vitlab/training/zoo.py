@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import data
+from .. import data, settings
 from ..models import loading
 from ..models.sidecar import Sidecar, read_sidecar, sidecar_path, write_sidecar
 from ..models.weights import WeightsFileError
@@ -226,6 +226,8 @@ def publish(run: str | os.PathLike, name: str, code_version: str | None = None, 
     what it wrote of an entry that had no files; :class:`~.run_folder.Interrupted` says whether the entry changed.
     """
     found, run = entry(name), Path(run)
+    settings.refuse_package_data(found.weights.parent, f"publish {name}",
+                                 instead=f"load your run by its path (load_model('{run / run_folder.MODEL}'))")
     try:
         probe_write(found.weights.parent)  # before the evaluation, not after it
     except OSError as err:
