@@ -14,7 +14,11 @@ from vitlab.analysis import attention_maps, distance, metrics, references
 from vitlab.analysis.capture import capture
 from vitlab.analysis.distance import head_statistics, random_init_statistics
 from vitlab.analysis.filters import filters_analysis
-from vitlab.views import explorers, readouts
+import ipywidgets
+import plotly.graph_objects as go
+
+from vitlab.views import explorers, readouts, study_explorers
+from vitlab.views.controls import StaticFigure, show_figure
 from vitlab.views.style import number, spread_text
 from vitlab.training import zoo
 
@@ -343,3 +347,73 @@ def test_a_training_cell_interrupted_prints_where_it_stopped_in_one_line_and_ret
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == ("interrupted (SIGINT) at step 3 of 5; no checkpoint was saved yet: the "
                                             f"same command starts the run over in {tmp_path / 'run'}")
+
+
+def _drawn(plot) -> dict:
+    """A figure as drawn, on either path (a FigureWidget, or the static path's figure), without trace ids."""
+    fig = json.loads(plot.figure.to_json() if hasattr(plot, "figure") else go.Figure(plot).to_json())
+    for trace in fig["data"]:
+        trace.pop("uid", None)
+    fig["layout"].pop("template", None)
+    return fig
+
+
+def test_static_explorers_draw_what_the_widget_path_draws(two_models):
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    for make in (lambda static: explorers.EmbeddingFiltersExplorer(two_models, k=8, static=static),
+                 lambda static: explorers.PositionEmbeddingExplorer(two_models, static=static),
+                 lambda static: explorers.AttentionMapsExplorer(two_models, images, ["a", "b", "c"], static=static)):
+        plain, widget = make(True), make(False)
+        assert all(isinstance(p, StaticFigure) for p in plain.plots)
+        assert all(isinstance(p, go.FigureWidget) for p in widget.plots)
+        assert [_drawn(p) for p in plain.plots] == [_drawn(p) for p in widget.plots]
+        assert plain.status.value == widget.status.value and plain.readout.value == widget.readout.value
+        plain.model.value = widget.model.value = two_models[1]  # a control redraws the static figures whole
+        assert [_drawn(p) for p in plain.plots] == [_drawn(p) for p in widget.plots]
+        assert all(len(p.outputs) == 1 for p in plain.plots)
+
+
+def test_static_figure_shows_plotlys_mime_type_and_html_for_hosts_without_it():
+    fig = go.Figure(go.Heatmap(z=[[1.0, float("nan")], [3.0, 4.0]]), layout=dict(title="t"))
+    view = StaticFigure()
+    show_figure(view, fig)
+    (output,) = view.outputs
+    assert output["output_type"] == "display_data"
+    sent = output["data"]["application/vnd.plotly.v1+json"]
+    assert sent["data"] == json.loads(fig.to_json())["data"] and sent["layout"]["title"]["text"] == "t"
+    json.dumps(sent, allow_nan=False)  # strict JSON, as the front end parses it
+    page = output["data"]["text/html"]
+    assert re.search(r'<script [^>]*src="https://cdn\.plot\.ly/plotly-[\d.]+\.min\.js"', page) and '"type":"heatmap"' in page
+    assert view.get_state()["layout"].startswith("IPY_MODEL_")  # the Output keeps its own widget layout
+
+
+def test_static_patch_pickers_show_what_a_click_shows(two_models):
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    plain, widget = (explorers.PositionEmbeddingExplorer(two_models, static=s) for s in (True, False))
+    assert (plain.picker.row.max, plain.picker.col.max) == (8, 8) and widget.picker is None
+    plain.picker.row.value, plain.picker.col.value = 6, 3
+    widget.show_patch(5, 2)
+    assert plain.selected == (5, 2) and _drawn(plain.detail) == _drawn(widget.detail)
+    hints = [c.value for c in plain.children if isinstance(c, ipywidgets.HTML) and c.value.startswith("<i>")]
+    assert hints == ["<i>Pick a patch's row and column to see its similarity map large.</i>"]
+    maps, clicked = (explorers.AttentionMapsExplorer(two_models, images, ["a", "b", "c"], static=s)
+                     for s in (True, False))
+    maps.picker.col.value, maps.picker.row.value = 2, 5
+    clicked.select(4, 1)
+    assert maps.selected == (4, 1) and [_drawn(p) for p in maps.plots] == [_drawn(p) for p in clicked.plots]
+    assert not maps.plots[0].data[-1]._click_callbacks  # nothing listens on the static path
+
+
+def test_static_mode_reaches_every_view(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITLAB_STATIC", "1")
+    monitor = explorers.TrainingMonitor()
+    monitor.update({"epoch": 1, "loss": 2.0, "train_accuracy": 0.2, "test_accuracy": 0.25})
+    assert isinstance(monitor.figure, StaticFigure) and list(monitor.figure.data[0].y) == [2.0]
+    recipes = study_explorers.RecipesExplorer()
+    widget = study_explorers.RecipesExplorer(static=False)
+    assert isinstance(recipes.distance, StaticFigure) and _drawn(recipes.distance) == _drawn(widget.distance)
+    recipes.show_epoch(recipes.comparison.epochs[0])
+    widget.show_epoch(widget.comparison.epochs[0])
+    assert _drawn(recipes.timeline) == _drawn(widget.timeline)
+    saved = recipes.save(tmp_path / "recipes.html")  # export reads the static figures too
+    assert saved and recipes.distance.figure.layout.title.text in saved[0].read_text()

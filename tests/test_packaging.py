@@ -169,3 +169,19 @@ def test_project_data_and_zoo_paths_resolve_from_the_subpackages():
     assert ZOO_DIR == ROOT / "data" / "zoo" and zoo_weights("vit_tiny_c10_e40").is_file()
     assert (data.SAMPLES_DIR / "samples.json").is_file()
     assert result_files.RESULTS.with_suffix(".csv").is_file() and result_files.INSIDE_RESULTS.parent.is_dir()
+
+
+def test_the_anywidget_in_use_is_in_the_declared_range_and_draws_a_figure_widget():
+    """plotly's FigureWidget is an anywidget: the declared range must hold the anywidget tested with this plotly."""
+    import importlib.metadata
+
+    import plotly.graph_objects as go
+    from packaging.requirements import Requirement
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["notebooks"]
+    anywidget = next(Requirement(r) for r in declared if Requirement(r).name == "anywidget")
+    assert anywidget.specifier.contains(importlib.metadata.version("anywidget")), anywidget
+    assert any(s.operator == "<" for s in anywidget.specifier), "anywidget needs an upper bound: a release untested"
+    widget = go.FigureWidget(go.Figure(go.Bar(y=[1, 2])))
+    state = widget.get_state()
+    assert state["_esm"] and state["_widget_data"][0]["y"] == [1, 2]  # the front-end module and the figure sync

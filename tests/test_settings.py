@@ -148,3 +148,24 @@ def test_notebooks_command_refuses_a_folder_with_one_before_copying_any(tmp_path
     with pytest.raises(SystemExit, match=r"holds 03_attention_distance\.ipynb already; copy into a new folder"):
         main(["notebooks", str(tmp_path)])
     assert mine.read_text() == "my edits" and [p.name for p in tmp_path.iterdir()] == [mine.name]
+
+
+@pytest.mark.parametrize("env, colab, vscode, expected", [
+    (None, False, False, False), ("1", False, False, True), ("yes", False, False, True),
+    (None, True, False, True), (None, False, True, True),  # Colab, VS Code: FigureWidget reported not to draw
+    ("0", True, True, False), ("off", False, True, False),  # asked for widgets wins
+])
+def test_static_mode_follows_vitlab_static_colab_and_vs_code(monkeypatch, env, colab, vscode, expected):
+    import sys
+    import types
+
+    for name, value in (("VITLAB_STATIC", env), ("VSCODE_PID", "123" if vscode else None)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    if colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert settings.static_mode() is expected

@@ -419,7 +419,7 @@ class Explorer(W.VBox):
     def hint(self, click: str, pick: str) -> W.HTML:
         """The line under the controls that says how to choose what the detail figure shows: ``click`` on the
         FigureWidget path, ``pick`` (with the controls that replace the click) on the static path."""
-        return W.HTML(f"<i>{html.escape(pick if self.static else click)}</i>")
+        return W.HTML(f"<i>{html.escape(pick if self.static else click, quote=False)}</i>")
 
     def _attach_clicks(self) -> None:
         for plot, trace, handler in self._clicks:
