@@ -19,9 +19,10 @@ from vitlab.models import preprocess
 
 
 def pytest_configure(config):
-    """Under pytest-xdist, one torch thread per worker: the workers already share the cores."""
+    """Under pytest-xdist, one torch thread per worker and per process it starts: the workers already share the cores."""
     if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
         torch.set_num_threads(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # and the kernels nbmake starts (two threads each would spin)
 
 
 @pytest.fixture(autouse=True)
