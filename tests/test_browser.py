@@ -352,11 +352,14 @@ def _title_is(index: int) -> str:
     return f"t => document.querySelectorAll('{PLOTS}')[{index}].querySelector('.gtitle').textContent === t"
 
 
-def test_tour_notebook(lab, page):
+def test_tour_notebook(static_lab, page):
+    """On the static path (its nbmake item runs the widget path; nothing here is clicked, and the widget views of its
+    explorers are drawn in the browser by notebooks 01-04)."""
     import vitlab
 
-    nb = Lab(page, lab, "00_tour.ipynb", allow_stderr=SIZE_WARNING)
+    nb = Lab(page, static_lab, "00_tour.ipynb", allow_stderr=SIZE_WARNING)
     nb.run_all()
+    static_checks(page, nb)
     table = nb.plots(9).nth(0)  # the zoo table, then the explorers of the last section
     names = table.locator(".y-column").first.locator(".cell-text").all_text_contents()
     assert any("vit_tiny_c10" in n for n in names)  # underscores and all
@@ -379,7 +382,7 @@ def test_tour_notebook(lab, page):
                         (5, "vit_small_patch14_reg4_dinov2 (from code): mean attention distance"),
                         (5, "5 of the 5 images given"), (8, f"vit_small_patch16_224 (from code), {kinds[0]}")):
         assert nb.title_has(index, text), (index, text, nb.title(index))
-    images = nb.widget(3).locator(".widget-dropdown select").nth(1).locator("option").all_inner_texts()
+    images = nb.widget(3).locator(".widget-dropdown select").nth(1).locator("option").all_text_contents()
     assert images == kinds
     for i in range(4):  # timm's own models cannot be rebuilt at random init: each status line says so
         assert "no random-init reference" in nb.widget(i).locator(".widget-html").first.text_content()
@@ -672,7 +675,7 @@ _TITLES = f"() => [...document.querySelectorAll('{PLOTS}')].map(p => p.querySele
 
 
 #: Notebooks whose browser test above runs on the static path already.
-STATIC_TESTED = {"06_train.ipynb", "07_pretraining.ipynb"}
+STATIC_TESTED = {"00_tour.ipynb", "06_train.ipynb", "07_pretraining.ipynb"}
 # Every title that was there is back (a figure drawn again whole has none for a moment) and one changed to column 2.
 _PICKED = f"""was => {{
     const now = ({_TITLES})(), before = JSON.parse(was);

@@ -255,10 +255,23 @@ def test_config_file_with_unknown_keys_is_refused(monkeypatch, tmp_path):
     (["train", "--img-size", "30"], "--img-size 30: must be a positive multiple of 4"),
     (["train", "--subset-size", "0"], "--subset-size 0: must be 1..50000"),
 ])
-def test_bad_input_is_one_line_without_traceback(tmp_path, argv, message):
+def test_bad_input_is_one_line_without_traceback(tmp_path, monkeypatch, capsys, argv, message):
+    """In this process (``main`` exits as the command would); one row also runs as its own process, below."""
+    monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "nothing"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*argv, "--out", str(tmp_path / "out")])
+    code, stderr = exited.value.code, capsys.readouterr().err
+    said = code if isinstance(code, str) else stderr  # sys.exit(line) prints the line; argparse prints, then exits 2
+    assert code not in (0, None) and "Traceback" not in said + stderr
+    assert message in said.splitlines()[-1]
+    assert not (tmp_path / "out" / "checkpoint.json").exists()
+
+
+def test_bad_input_is_one_line_from_the_command_line_process(tmp_path):
     env = dict(os.environ, VITLAB_DATA=str(tmp_path / "nothing"))
-    done = subprocess.run([sys.executable, "-m", "vitlab", *argv, "--out", str(tmp_path / "out")], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "vitlab", "train", "--lr", "-1", "--out", str(tmp_path / "out")],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert message in done.stderr.splitlines()[-1]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("python -m vitlab train: error: --lr -1.0: must be 0 or more")
     assert not (tmp_path / "out" / "checkpoint.json").exists()
