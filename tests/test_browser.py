@@ -117,11 +117,25 @@ def _serve_lab(tmp_path_factory, request, static: bool):
 
 
 @pytest.fixture
-def page(request):
-    """A Chromium page, and afterwards the kernels of the server the test uses (``lab`` or ``static_lab``) ended."""
-    from playwright.sync_api import sync_playwright
-
+def page(request, chromium):
+    """A Chromium page in a context of its own, and afterwards the kernels of the server the test uses (``lab`` or
+    ``static_lab``) ended."""
     lab = request.getfixturevalue("static_lab" if "static_lab" in request.fixturenames else "lab")
+    context = chromium.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
+    page.console_errors, page.nodeid = [], request.node.nodeid
+    page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+    yield page
+    context.close()
+    _end_kernels(*lab[:2])
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium per session (or pytest-xdist worker), started once: each test opens a context of its own
+    (its own cookies and storage, as a fresh browser has)."""
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -129,13 +143,8 @@ def page(request):
             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync"],
         )
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.console_errors, page.nodeid = [], request.node.nodeid
-        page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
-        page.on("pageerror", lambda e: page.console_errors.append(str(e)))
-        yield page
+        yield browser
         browser.close()
-    _end_kernels(*lab[:2])
 
 
 def _end_kernels(base: str, token: str) -> None:
@@ -717,34 +726,30 @@ def test_static_path(static_lab, page, notebook):
     nb.check()
 
 
-def test_report_offline(tmp_path):
+def test_report_offline(tmp_path, chromium):
     """vitlab.report's page, opened from file:// with every network request refused, draws every figure it holds."""
-    from playwright.sync_api import sync_playwright
-
     import vitlab
     path = vitlab.report("vit_tiny_c10", path=tmp_path / "report.html")
     blocks = re.findall(r'<script type="application/json" class="vitlab-figure">(.*?)</script>', path.read_text(), re.S)
     traces = [len(json.loads(b)["data"]) for b in blocks]  # what each figure written holds
     written = len(blocks)
     refused = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
-                                                                    "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        errors = []
-        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
-                   else (refused.append(route.request.url), route.abort()))
-        page.goto(path.as_uri())
-        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length === {written}", timeout=30_000)
-        # Each figure drew every trace: a scatter trace is an SVG group, a heatmap or an RGB image an <image>.
-        drawn = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(el =>
-            el.querySelectorAll('g.trace, image').length)""")
-        title = page.locator("h1").text_content()
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
-        browser.close()
+    context = chromium.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
+    errors = []
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+               else (refused.append(route.request.url), route.abort()))
+    page.goto(path.as_uri())
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length === {written}", timeout=30_000)
+    # Each figure drew every trace: a scatter trace is an SVG group, a heatmap or an RGB image an <image>.
+    drawn = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(el =>
+        el.querySelectorAll('g.trace, image').length)""")
+    title = page.locator("h1").text_content()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    context.close()
     assert written == 10 and drawn == traces, (drawn, traces)  # filters 2, positions 1, distance 1, 6 rollout maps
     assert title == "vitlab report: vit_tiny_c10"
     assert errors == [] and refused == []
