@@ -414,11 +414,17 @@ def test_embedding_filters_notebook(lab, page):
     nb.own_models(0, 2)
     # A browser reload with the kernel running: every figure draws again within 10 s, and the slider redraws.
     nb.reload()
-    nb.widget().scroll_into_view_if_needed(timeout=30_000)  # JupyterLab renders cells as they come into view
+    # JupyterLab renders cells as they come into view: bring the explorer's cell there (on a loaded machine the
+    # page does not reach it by itself within a minute), then its figures must draw within 10 s.
+    page.evaluate("""() => { const nb = window.jupyterapp.shell.currentWidget.content;
+        const i = nb.widgets.findIndex(c => c.model.sharedModel.getSource().includes('EmbeddingFiltersExplorer('));
+        return nb.scrollToItem ? nb.scrollToItem(i, 'start') : null; }""")
+    nb.widget().scroll_into_view_if_needed(timeout=60_000)
     try:
         page.wait_for_function(_DRAWN, arg=[0, 2], timeout=10_000)
     finally:
         nb.widget().screenshot(path=str(ARTIFACTS / "01_reloaded.png"))
+    page.wait_for_timeout(1000)  # the views just drawn finish setting up before the kernel sends them an update
     readout = page.locator(".jp-Notebook .widget-slider .widget-readout").first
     five = "() => document.querySelector('.jp-OutputArea-output .widget-vbox .gtitle').textContent.includes('first 5 ')"
     nb.change("reloaded_slider", lambda: (readout.click(), page.keyboard.press("Control+A"), page.keyboard.type("5"),
