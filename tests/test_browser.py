@@ -661,7 +661,8 @@ def test_interventions_notebook(lab, page):
     names = plots.nth(6).locator(".annotation-text").all_text_contents()
     assert {"vit_tiny_c10_e40", "hybrid_tiny_c10", "vit_tiny_c10_mpp_ft"} <= set(names), names
     for ablated, lens in ((12, 13), (20, 21)):  # the committed run's and the short run's intervention panels
-        assert nb.title_has(ablated, "head ablation, epoch") and nb.title_has(lens, "logit-lens accuracy")
+        for index, text in ((ablated, "head ablation, epoch"), (lens, "logit-lens accuracy")):  # drawn, if late
+            page.wait_for_function(_title_has(index), arg=text, timeout=60_000)
     start = nb.title(23)
     heat = plots.nth(22).locator(".nsewdrag").first.bounding_box()
     figure = plots.nth(22).bounding_box()
