@@ -415,11 +415,11 @@ def test_embedding_filters_notebook(lab, page):
     # A browser reload with the kernel running: every figure draws again within 10 s, and the slider redraws.
     nb.reload()
     # JupyterLab renders cells as they come into view: bring the explorer's cell there (on a loaded machine the
-    # page does not reach it by itself within a minute), then its figures must draw within 10 s.
+    # page does not reach it by itself within a minute, nor restore its widgets), then its figures draw within 10 s.
     page.evaluate("""() => { const nb = window.jupyterapp.shell.currentWidget.content;
         const i = nb.widgets.findIndex(c => c.model.sharedModel.getSource().includes('EmbeddingFiltersExplorer('));
         return nb.scrollToItem ? nb.scrollToItem(i, 'start') : null; }""")
-    nb.widget().scroll_into_view_if_needed(timeout=60_000)
+    nb.widget().scroll_into_view_if_needed(timeout=180_000)  # a busy machine restores the widgets slowly
     try:
         page.wait_for_function(_DRAWN, arg=[0, 2], timeout=10_000)
     finally:
