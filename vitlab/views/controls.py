@@ -8,20 +8,19 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import ipywidgets as W
 import plotly.graph_objects as go
-import plotly.io as pio
 from torch import nn
 
 from .. import models, settings
 from ..analysis.representations import model_family
 from ..models.hub import WeightsUnavailableError, match_input_size
 from ..training import zoo
+from .figure_views import STYLE, PatchPicker, StaticFigure, figure_view, show_figure  # noqa: F401 (re-exported)
 
 _CACHE_SIZE = 8
 _MODELS: OrderedDict[tuple, nn.Module] = OrderedDict()
@@ -151,7 +150,6 @@ class DoesNotApply(ValueError):
 
 
 #: Descriptions as wide as their text (ipywidgets cuts them at 90 px otherwise).
-STYLE = {"description_width": "initial"}
 
 
 def fit_width(labels: Sequence[str], description: str = "") -> W.Layout:
@@ -186,88 +184,9 @@ def model_dropdown(specs: Sequence[Spec], initial: Spec | None = None, descripti
                       style=STYLE, layout=fit_width([label for label, _ in options], description))
 
 
-class PatchPicker(W.HBox):
-    """Row and column sliders (counted from 1) that pick a patch where a figure cannot be clicked (the static path);
-    ``on_pick(row, col)`` gets them 0-based."""
-
-    def __init__(self, on_pick: Callable[[int, int], None]):
-        self.row, self.col = (W.IntSlider(value=1, min=1, max=1, description=f"patch {what}", continuous_update=False,
-                                          style=STYLE) for what in ("row", "column"))
-        super().__init__([self.row, self.col], layout=W.Layout(flex_flow="row wrap"))
-        self._on_pick, self._held = on_pick, False
-        for slider in (self.row, self.col):
-            slider.observe(self._moved, names="value")
-
-    def fit(self, grid: tuple[int, int], selected: tuple[int, int]) -> None:
-        """Fit the sliders to a ``grid`` of (rows, cols) patches and show ``selected`` (0-based), silently."""
-        self._held = True
-        try:
-            self.row.max, self.col.max = grid
-            self.row.value, self.col.value = selected[0] + 1, selected[1] + 1
-        finally:
-            self._held = False
-
-    def _moved(self, _change=None) -> None:
-        if not self._held:
-            self._on_pick(self.row.value - 1, self.col.value - 1)
-
-
 def coloured(text: str, colour: str = "#a60") -> str:
     """``text`` as HTML in ``colour`` (default: the amber of notes), for a status line."""
     return f"<span style='color:{colour}'>{html.escape(text)}</span>"
-
-
-class StaticFigure(W.Output):
-    """A figure for hosts where plotly's ``FigureWidget`` does not draw (VS Code, Colab): a plain ``go.Figure``
-    (``figure``) shown in an Output and redrawn whole by :func:`show_figure`; ``data`` reads its traces (its
-    ``layout`` stays the widget's)."""
-
-    def __init__(self):
-        super().__init__()
-        self.figure = go.Figure()
-
-    @property
-    def data(self) -> tuple:
-        return self.figure.data
-
-    def show(self, fig: go.Figure) -> None:
-        """Replace the figure shown: plotly's own mime type (JupyterLab, VS Code), and HTML with plotly.js from its
-        CDN for hosts without a plotly renderer (Colab, the classic notebook)."""
-        self.figure = fig
-        bundle = pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict())
-        bundle["text/html"] = fig.to_html(full_html=False, include_plotlyjs="cdn")
-        # Set as state, not printed inside the Output: it needs no running cell and survives a page reload.
-        self.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
-
-
-def figure_view(static: bool | None = None) -> go.FigureWidget | StaticFigure:
-    """An empty figure to draw into with :func:`show_figure`: plotly's ``FigureWidget``, or a :class:`StaticFigure`
-    when ``static`` (default: :func:`vitlab.settings.static_mode`)."""
-    return StaticFigure() if (settings.static_mode() if static is None else static) else go.FigureWidget()
-
-
-def show_figure(widget: go.FigureWidget | StaticFigure, fresh: go.Figure) -> None:
-    """Put ``fresh``'s traces and layout into ``widget`` in one update (in place where trace types match), and
-    into the state a reloaded page draws from; a :class:`StaticFigure` is redrawn whole."""
-    if isinstance(widget, StaticFigure):
-        widget.show(fresh)
-        return
-    layout = fresh.layout.to_plotly_json()
-    layout.pop("template", None)  # the widget has it already
-    for key in ("shapes", "annotations"):
-        layout.setdefault(key, [])
-    with widget.batch_update():
-        if [t.type for t in widget.data] == [t.type for t in fresh.data]:
-            for old, new in zip(widget.data, fresh.data):
-                old.update(new.to_plotly_json(), overwrite=True)
-        else:
-            widget.data = []
-            widget.add_traces(list(fresh.data))
-        widget.layout.update(layout, overwrite=True)
-    # plotly sends updates as messages and keeps its synced state as first displayed (empty): a browser reload
-    # would draw empty axes, and later updates would name traces the page lacks. Keep the state current.
-    widget._widget_layout = deepcopy(widget._layout_obj._props)
-    widget._widget_data = deepcopy(widget._data)
 
 
 def _display_now(widget: W.Widget):
