@@ -565,9 +565,13 @@ def test_vit_vs_resnet_notebook(lab, page):
     # Sweep figure and table, the mini-sweep's, the probes' depth and shots figures, two CKA heatmaps of
     # the ViT and two of the hybrid, attention distance against training-set size of the ViT and the hybrid.
     plots = nb.plots(12)
-    # Straight after Run All, before any click: every header and every accuracy is drawn.
-    for table in (plots.nth(1), plots.nth(3)):
-        headers = [t.replace("\xa0", " ") for t in table.locator("#header .cell-text").all_text_contents()]
+    # Straight after Run All, before any click: every header and every accuracy is drawn (a loaded machine draws
+    # the table's header row a moment after the figure's frame).
+    for index in (1, 3):
+        page.wait_for_function(f"() => [...document.querySelectorAll('{PLOTS}')[{index}]"
+                               ".querySelectorAll('#header .cell-text')].filter(t => t.textContent.trim()).length === 7",
+                               timeout=30_000)
+        headers = [t.replace("\xa0", " ") for t in plots.nth(index).locator("#header .cell-text").all_text_contents()]
         assert len(headers) == 7 and all(headers), headers
     runs = vitlab.result_files.read_runs(vitlab.result_files.RESULTS)
     assert not _undrawn(plots.nth(1), vitlab.views.study_figures.sweep_table(runs))
