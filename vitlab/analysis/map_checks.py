@@ -205,7 +205,8 @@ def focus_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     hits = (predictions == targets).double()
     acc_low, acc_high = bootstrap_interval(hits)
     return FocusResult(methods=methods, focus=focus, mean={m: float(f.mean()) for m, f in focus.items()},
-                       low={m: float(b[0]) for m, b in bounds.items()}, high={m: float(b[1]) for m, b in bounds.items()},
+                       low={m: float(b[0]) for m, b in bounds.items()},
+                       high={m: float(b[1]) for m, b in bounds.items()},
                        accuracy=float(hits.mean()), accuracy_low=float(acc_low), accuracy_high=float(acc_high),
                        mosaics=mosaics, targets=targets, quadrants=quadrants, model_name=model_name,
                        described=described)

@@ -2,7 +2,8 @@
 block's class-token attention, attention rollout, gradient-weighted rollout (Chefer, Gur and Wolf, ICCV 2021),
 attention x gradient, patch occlusion, integrated gradients and input x gradient (captum), Grad-CAM for a ResNet's
 ``layer4``, and a seeded random map as the floor. Larger values are more evidence for the target class. The model is
-put back as it was: weights, hooks, ``fused_attn`` flags, train/eval mode (:func:`~vitlab.analysis.capture.restoring`)."""
+put back as it was: weights, hooks, ``fused_attn`` flags, train/eval mode
+(:func:`~vitlab.analysis.capture.restoring`)."""
 from __future__ import annotations
 
 import copy
@@ -162,7 +163,8 @@ def _attn_grad(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, grid: t
 
 
 def _occlusion(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """captum's Occlusion, one cell per window (stride = window): each cell's target-logit drop when it holds the mean."""
+    """captum's Occlusion, one cell per window (stride = window): each cell's target-logit drop when it holds the
+    dataset mean."""
     from captum.attr import Occlusion
 
     ph, pw = x.shape[-2] // grid[0], x.shape[-1] // grid[1]
