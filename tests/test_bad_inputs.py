@@ -26,7 +26,8 @@ from PIL import Image
 import vitlab
 from vitlab import data, models, records, result_files
 from vitlab.training import run_folder
-from vitlab.analysis import ablation, attention_maps, lens, metrics, patching, representations, residual
+from vitlab.analysis import (ablation, attention_maps, lens, map_checks, metrics, patching, representations, residual,
+                             saliency)
 from vitlab.analysis.features import layer_features, layer_hooks, pre_logits
 from vitlab.analysis.capture import capture, hooks
 from vitlab.analysis.distance import head_statistics
@@ -1428,8 +1429,48 @@ EXPORT_ROWS: dict[str, Bad] = {
 }
 
 
+
+_ISSUE32 = "(new in issue 32)"
+
+
+def _maps(call: str, *args, model: str = "vit_micro_c10", **kwargs):
+    """A row calling ``vitlab.analysis.saliency.<call>`` or ``map_checks.<call>`` on a random-weight zoo model and
+    four uint8 images."""
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    fn = getattr(saliency, call, None) or getattr(map_checks, call)
+    return lambda tmp: fn(models.build_model({"zoo": model}), images, *args, **kwargs)
+
+
+MAPS_ROWS: dict[str, Bad] = {
+    "maps-target-out-of-range": Bad(
+        _maps("saliency", "attention", torch.tensor([0, 1, 2, 10])), ValueError,
+        "target class 10 is out of range: the model has 10 classes", before=_ISSUE32),
+    "maps-targets-one-per-image": Bad(
+        _maps("saliency", "attention", torch.tensor([0, 1])), ValueError, "one class index per image",
+        before=_ISSUE32),
+    "maps-unknown-method": Bad(
+        _maps("saliency", "gradcam"), ValueError, "unknown attribution method 'gradcam': choose from",
+        before=_ISSUE32),
+    "maps-attention-method-on-a-resnet": Bad(
+        _maps("saliency", "grad_rollout", model="resnet_micro_c10"), ValueError,
+        "grad_rollout reads a ViT's attention, and ResNet has none", before=_ISSUE32),
+    "maps-grad-cam-on-a-vit": Bad(
+        _maps("maps_analysis", ["rollout", "grad_cam"]), ValueError, "grad_cam reads a ResNet's layer4",
+        before=_ISSUE32),
+    "maps-methods-one-string": Bad(
+        _maps("maps_analysis", "rollout"), TypeError, "pass ['rollout']", before=_ISSUE32),
+    "focus-too-few-classes": Bad(
+        _maps("focus_analysis", torch.tensor([0, 1, 2, 2])), ValueError, "at least 4 different classes",
+        before=_ISSUE32),
+    "sanity-no-architecture-record": Bad(
+        lambda tmp: map_checks.sanity_analysis(timm.create_model("resnet18", pretrained=False, num_classes=3),
+                                               torch.zeros(2, 3, 32, 32, dtype=torch.uint8)),
+        ValueError, "load it with vitlab.load_model", before=_ISSUE32),
+}
+
+
 ROWS: dict[str, Bad] = {**RUNS_ROWS, **MODELS_ROWS, **INPUTS_ROWS, **DATA_ROWS, **IMAGES_ROWS, **HOSTILE_ROWS,
-                        **INTERVENTIONS_ROWS, **EXPORT_ROWS}
+                        **INTERVENTIONS_ROWS, **EXPORT_ROWS, **MAPS_ROWS}
 
 
 @pytest.fixture
