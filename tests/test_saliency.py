@@ -110,10 +110,10 @@ def test_occlusion_is_the_logit_drop_of_hand_masked_forwards(tiny_vit, images):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["vit", "resnet"])
-def test_integrated_gradients_are_complete(arch, tiny_vit, resnet, images):
+@pytest.mark.parametrize("arch, dtype", [("vit", torch.float32), ("vit", torch.float64), ("resnet", torch.float32)])
+def test_integrated_gradients_are_complete(arch, dtype, tiny_vit, resnet, images):
     model = tiny_vit if arch == "vit" else resnet
-    result = sal.maps_analysis(model, images, ["integrated_gradients"])
+    result = sal.maps_analysis(model, images, ["integrated_gradients"], ig_dtype=dtype)
     x = preprocess(model, images).double()
     model64 = build_model(model.vitlab_arch) if hasattr(model, "vitlab_arch") else None
     if model64 is None:  # the conftest ViT has no record: copy its weights into a twin
