@@ -1,4 +1,5 @@
-"""Command line: ``python -m vitlab {zoo,data,train,pretrain,publish,sweep,recipes,notebooks}`` and ``--version``.
+"""Command line: ``python -m vitlab {zoo,data,train,pretrain,publish,sweep,recipes,scoreboard,notebooks}`` and
+``--version``.
 
 ``train`` has one flag per field of :class:`vitlab.training.config.TrainConfig` (mapped by
 :mod:`vitlab.training.config`) besides ``--out``, ``--progress`` and ``--checkpoint-every``;
@@ -75,6 +76,15 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     rec.add_argument("--force", action="store_true",
                      help="replace --out if it is a comparison vitlab wrote (never a run or a folder with other files)")
     rec.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
+    board = sub.add_parser("scoreboard", help="score every attribution method of zoo models on CIFAR-10 test images")
+    board.add_argument("models", nargs="+", help="zoo names (a model whose scoreboard is in --out already is kept)")
+    board.add_argument("--images", type=int, default=500, help="class-stratified CIFAR-10 test images (default 500)")
+    board.add_argument("--sanity-images", type=int, default=100, help="images of the sanity check (0 skips it)")
+    board.add_argument("--mosaics", type=int, default=100, help="mosaics of the Focus score (0 skips it)")
+    board.add_argument("--out", default=None, help="folder of the <model>.json scoreboards "
+                       "(default data/results/attributions)")
+    board.add_argument("--force", action="store_true", help="compute and replace a scoreboard that is there already")
+    board.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     nbs = sub.add_parser("notebooks", help="copy the notebooks into a folder of your own (refuses to overwrite one)")
     nbs.add_argument("dir", help="the folder to copy them into (created if missing)")
     return parser
@@ -108,6 +118,8 @@ def _run(args: argparse.Namespace) -> None:
         settings.copy_notebooks(dest=Path(args.dir), exist_ok=False)
         print(f"copied {len(list(settings.NOTEBOOKS_DIR.glob('*.ipynb')))} notebooks into {args.dir}; open them with "
               f"jupyter lab {shlex.quote(args.dir)} (pip install 'vitlab[notebooks]' installs JupyterLab)")
+    elif args.command == "scoreboard":
+        _scoreboard(args)
     elif args.command == "sweep":
         config = from_args(SweepConfig, args)
         print(f"{len(sweep(config, progress=args.progress))} runs in {config.results}.csv")
@@ -124,6 +136,46 @@ def _train(args: argparse.Namespace) -> None:
     out = args.out or default
     result = train(config, out, progress=args.progress, checkpoint_every=args.checkpoint_every, inside=args.inside)
     print(json.dumps(result.record, indent=2))
+
+
+def _scoreboard(args: argparse.Namespace) -> None:
+    """Each model's scoreboard on the same images, written as soon as it is done (a rerun keeps finished ones)."""
+    import platform
+    import time
+
+    import torch
+
+    from . import models, result_files
+    from .analysis.scoreboard import scoreboard_analysis
+    from .training.provenance import code_version, hardware
+    out = Path(args.out) if args.out else result_files.SCOREBOARDS
+    unknown = [m for m in args.models if m not in zoo.ENTRIES]
+    if unknown:
+        raise ConfigError(f"not in the zoo: {', '.join(unknown)}; python -m vitlab zoo lists its names")
+    if not 2 <= args.images or args.sanity_images > args.images or min(args.sanity_images, args.mosaics) < 0:
+        raise ConfigError("--images must be 2 or more, --sanity-images 0 to --images, --mosaics 0 or more")
+    images, labels = data.cifar10("test", download=False)
+    pick = data.stratified_subset(labels, args.images, seed=0)
+    images, labels = images[pick], labels[pick]
+    described = data.describe_images(len(pick), "CIFAR-10 test", labels)
+    command = shlex.join(["python", "-m", "vitlab", "scoreboard", *args.models, "--images", str(args.images),
+                          "--sanity-images", str(args.sanity_images), "--mosaics", str(args.mosaics)])
+    for name in args.models:
+        if result_files.scoreboard_file(out, name).exists() and not args.force:
+            print(f"{name}: kept {result_files.scoreboard_file(out, name)} (--force computes it again)")
+            continue
+        start = time.perf_counter()
+        model = models.load_model(name, device="cpu")
+        result = scoreboard_analysis(model, images, labels, sanity_images=args.sanity_images,
+                                     focus_mosaics=args.mosaics, progress=args.progress, model_name=name,
+                                     described=described)
+        about = {"model": name, "images": len(pick), "described": described, "seconds": result.seconds,
+                 "total_seconds": time.perf_counter() - start, "hardware": hardware(torch.device("cpu")),
+                 "threads": torch.get_num_threads(), "code_version": code_version(),
+                 "python": platform.python_version()}
+        path = result_files.write_scoreboard(out, result.rows(), command, about, force=args.force)
+        parts = ", ".join(f"{part} {seconds:.0f} s" for part, seconds in result.seconds.items())
+        print(f"{name}: {path} in {about['total_seconds']:.0f} s ({parts})", flush=True)
 
 
 def _recipes(args: argparse.Namespace) -> None:

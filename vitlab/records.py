@@ -249,3 +249,18 @@ class Recipes:
     def epochs(self) -> list[int]:
         """Epochs recorded by every run: the ones a side-by-side view can show."""
         return sorted(set(self.runs[0].epochs).intersection(*(r.epochs for r in self.runs[1:])))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttributionScore:
+    """One cell of an attribution scoreboard (:mod:`vitlab.analysis.scoreboard`): a method's score on a model, with
+    its 95% bootstrap interval over the images (or mosaics) it is a mean of."""
+    model: str
+    method: str  # one of vitlab.analysis.saliency.METHODS, or "model" for the model's own accuracy
+    score: str  # "deletion", "insertion", "chefer_positive", "chefer_negative", "sanity", "focus", "accuracy"
+    removal: str  # "drop", "mean" or "blur" for deletion and insertion (Chefer's: "mean"); "" otherwise
+    measure: str  # "probability" or "accuracy" (curves), "spearman" (sanity, every layer re-initialised), "share"
+    mean: float
+    low: float
+    high: float
+    images: int  # how many images (mosaics for focus) the mean is over

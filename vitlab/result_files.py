@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from . import settings
 from .io import atomic_write, locked, read_json
-from .records import InsideView, RunInside, RunOf, RunProbe, RunRecord, field_problem
+from .records import AttributionScore, InsideView, RunInside, RunOf, RunProbe, RunRecord, field_problem
 
 #: The committed CPU sweep (``<RESULTS>.csv``, ``<RESULTS>.json`` and their ``-fewshot`` files).
 RESULTS = settings.shipped_dir("results") / "vit_vs_resnet"
@@ -29,6 +29,10 @@ INSIDE_RESULTS = settings.shipped_dir("results") / "vit_inside"
 #: A 30-epoch ``vit_tiny_c10`` run's inside views recorded with interventions (head ablation, logit lens), in a zoo
 #: entry's layout (``inside.jsonl``, ``inside.safetensors``): notebook 08's section 6.
 INTERVENTIONS_RUN = settings.shipped_dir("results") / "interventions" / "vit_tiny_c10_e30.inside"
+
+#: The committed attribution scoreboards, one ``<model>.json`` (and ``.csv``) each (``python -m vitlab scoreboard``).
+SCOREBOARDS = settings.shipped_dir("results") / "attributions"
+_SCORE_FIELDS = tuple(f.name for f in dataclasses.fields(AttributionScore))
 
 #: Columns of ``<results>.csv`` (and the ``fields`` list of ``<results>.json``), in order.
 RUN_FIELDS = ("model", "family", "subset_size", "seed", "epochs", "test_accuracy", "train_flops", "params",
@@ -272,3 +276,49 @@ def write_run_insides(results: str | os.PathLike, insides: Sequence[RunInside], 
     """Add ``insides`` to ``<results>-inside.json`` (whole views) and ``.csv`` (one summary row per run), as
     :func:`write_runs` adds runs."""
     _write(results, _INSIDE_TAG, [_inside_row(i) for i in insides], commands, _INSIDE_FIELDS)
+
+
+def scoreboard_file(folder: str | os.PathLike, model: str) -> Path:
+    """Where the scoreboard of ``model`` is kept in ``folder``: ``<folder>/<model>.json``."""
+    return Path(folder) / f"{model}.json"
+
+
+def write_scoreboard(folder: str | os.PathLike, rows: Sequence[AttributionScore], command: str,
+                     about: dict[str, Any], force: bool = False) -> Path:
+    """Write one model's scoreboard ``rows`` to ``<folder>/<model>.json`` with the ``command`` that made it and
+    ``about`` (images, seconds, hardware, code version), and a ``.csv`` copy of the rows; an existing scoreboard is
+    refused unless ``force``. Both files are written whole or not at all."""
+    models = {row.model for row in rows}
+    if len(models) != 1:
+        raise ValueError(f"a scoreboard file holds one model's rows, got models {sorted(models)}")
+    path = scoreboard_file(folder, models.pop())
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists: pass --force to compute it again and replace it")
+    data = json.loads(json.dumps({"command": command, **about, "fields": list(_SCORE_FIELDS),
+                                  "rows": [dataclasses.asdict(r) for r in rows]}))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=_SCORE_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(data["rows"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path.with_suffix(".csv"), lambda tmp: tmp.write_text(table.getvalue()))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+    return path
+
+
+def read_scoreboards(folder: str | os.PathLike = SCOREBOARDS) -> tuple[list[AttributionScore], dict[str, dict]]:
+    """Every scoreboard in ``folder``: the rows of all its models, and per model what else its file says (the
+    command, images, seconds, hardware). A file that cannot be read whole raises :class:`ResultsFileError`."""
+    rows, about = [], {}
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            data = read_json(path)
+            read = [AttributionScore(**row) for row in data["rows"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise _unreadable(path, f"{type(err).__name__}: {err}") from None
+        for row in read:
+            if problem := field_problem(row):
+                raise _unreadable(path, problem)
+        rows += read
+        about[path.stem] = {k: v for k, v in data.items() if k not in ("rows", "fields")}
+    return rows, about
