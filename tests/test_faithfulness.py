@@ -209,3 +209,15 @@ def test_mean_fill_deletion_matches_quantus_region_perturbation(tiny_vit):
                               channel_first=True, softmax=True, device="cpu"))  # (N, 16): p(x) - p(x perturbed)
     expected = deletion["probability"][:, :1] - deletion["probability"][:, 1:]
     np.testing.assert_allclose(drops, expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("removals", [("drop", "mean", "blur"), ("blur",)])
+def test_forwards_per_image_counts_the_model_s_inputs(tiny_vit, removals):
+    seen = []
+    handle = tiny_vit.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    maps = {m: torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(i)) for i, m in enumerate("abc")}
+    result = F.faithfulness_analysis(tiny_vit, _images(3), maps, removals=removals, steps=8, batch_size=4,
+                                     progress=False)
+    handle.remove()
+    assert sum(seen) == 3 * F.forwards_per_image(3, removals, 8, 16)
+    assert max(seen) <= 4 and set(result.chefer) == {(s, m) for s in ("positive", "negative") for m in "abc"}

@@ -19,7 +19,7 @@ RANKS = {
     "models.loading": 2, "models.__init__": 3,
     "analysis.metrics": 0, "analysis.attention_maps": 0, "analysis.capture": 1, "analysis.references": 1, "analysis.distance": 2,
     "analysis.filters": 2, "analysis.positions": 2, "analysis.rollout": 2, "analysis.features": 2,
-    "analysis.residual": 2, "analysis.lens": 3, "analysis.ablation": 4, "analysis.patching": 4,
+    "analysis.residual": 2, "analysis.lens": 3, "analysis.ablation": 4, "analysis.patching": 4, "analysis.faithfulness": 4,
     "analysis.representations": 3, "analysis.__init__": 5,
     "training.config": 0, "training.provenance": 0, "training.run_folder": 1, "training.mpp": 1, "training.steps": 1, "training.inside": 2,
     "training.objectives": 2, "training.evaluators": 3, "training.loop": 4, "training.zoo": 5, "training.sweep": 6,

@@ -229,17 +229,34 @@ def _chunk_curves(score: _Scorer, ranks: torch.Tensor, removals, steps: int, gri
                 res[:, :, k] = torch.stack([prob, hit], -1).reshape(m, c, 2)
 
 
-def _chunk_chefer(score: _Scorer, ranks: torch.Tensor, grid, out) -> None:
+def _chunk_chefer(score: _Scorer, ranks: torch.Tensor, grid, steps: int, curves: dict, out) -> None:
     """Fill ``out[sign]`` (methods, C, 9): accuracy with 10%..90% of the cells mean-filled, most relevant first
-    (positive) or least relevant first (negative)."""
+    (positive) or least relevant first (negative). A point that lies on a mean-fill deletion (positive) or insertion
+    (negative) step of ``curves`` is read from it."""
     m, c, cells = ranks.shape
     which = torch.arange(c, device=score.x.device).repeat(m)
     flat_ranks = ranks.reshape(m * c, cells).to(score.x.device)
     canvas = _canvas(score.x, "mean")
     for j, tenth in enumerate(CHEFER_TENTHS):
         gone = cells * tenth // 10
-        for sign, keep in (("positive", flat_ranks >= gone), ("negative", flat_ranks < cells - gone)):
-            out[sign][:, :, j] = score(canvas, keep.reshape(m * c, *grid), which)[1].reshape(m, c)
+        for sign, keep, curve, moved in (("positive", flat_ranks >= gone, "deletion", gone),
+                                         ("negative", flat_ranks < cells - gone, "insertion", cells - gone)):
+            if (curve, "mean") in curves and (moved * steps) % cells == 0:  # a step of the mean-fill curve
+                out[sign][:, :, j] = curves[curve, "mean"][:, :, moved * steps // cells, 1]
+            else:
+                out[sign][:, :, j] = score(canvas, keep.reshape(m * c, *grid), which)[1].reshape(m, c)
+
+
+def forwards_per_image(methods: int, removals, steps: int, cells: int, chefer: bool = True) -> int:
+    """Forward passes :func:`faithfulness_analysis` runs per image: the whole image once, per removal the fully
+    removed canvas and each method's interior deletion and insertion steps, and Chefer's points not shared with the
+    mean-fill curves."""
+    count = 1 + len(removals) * (1 + 2 * (steps - 1) * methods)
+    if chefer:
+        on_steps = "mean" in removals
+        for gone in (cells * t // 10 for t in CHEFER_TENTHS):  # removed (positive) and kept (negative) cells
+            count += methods * sum(not (on_steps and (moved * steps) % cells == 0) for moved in (gone, cells - gone))
+    return count
 
 
 def _prepare(model, images, maps, targets, labels, removals, steps, batch_size):
@@ -278,7 +295,7 @@ def _run(model, images, maps, targets, labels, removals, steps, batch_size, prog
     ranks = torch.stack([_ranks(maps[k]) for k in methods])  # (methods, N, cells)
     curves = {(c, r): torch.empty(len(methods), n, steps + 1, 2) for c in ("deletion", "insertion") for r in removals}
     chefer = {s: torch.empty(len(methods), n, len(CHEFER_TENTHS)) for s in ("positive", "negative") if with_chefer}
-    per_image = 1 + len(removals) * (1 + 2 * (steps - 1) * len(methods)) + len(chefer) * len(CHEFER_TENTHS) * len(methods)
+    per_image = forwards_per_image(len(methods), removals, steps, ranks.shape[-1], chefer=with_chefer)
     all_targets = torch.empty(n, dtype=torch.long)
     bar = tqdm(total=n * per_image, desc="faithfulness", unit="forward", disable=not progress)
     with restoring(model), (dropping(model) if "drop" in removals else contextlib.nullcontext()) as state:
@@ -298,7 +315,7 @@ def _run(model, images, maps, targets, labels, removals, steps, batch_size, prog
             _chunk_curves(score, ranks[:, idx], removals, steps, grid, full, chunk)
             signs = {s: torch.empty(len(methods), len(x), len(CHEFER_TENTHS)) for s in chefer}
             if chefer:
-                _chunk_chefer(score, ranks[:, idx], grid, signs)
+                _chunk_chefer(score, ranks[:, idx], grid, steps, chunk, signs)
             for key in curves:
                 curves[key][:, idx] = chunk[key]
             for sign in chefer:
@@ -341,7 +358,7 @@ def _score(values: torch.Tensor) -> Score:
 
 def faithfulness_analysis(model: nn.Module, images: torch.Tensor, maps, targets: torch.Tensor | None = None,
                           labels: torch.Tensor | None = None, *, removals=REMOVALS, steps: int = 16,
-                          batch_size: int = 256, progress: bool = True, described: str = "",
+                          batch_size: int = 256, chefer: bool = True, progress: bool = True, described: str = "",
                           model_name: str = "") -> FaithfulnessResult:
     """Deletion and insertion curves under each removal and Chefer et al.'s positive and negative perturbation for
     every method's maps, with AUCs and 95% bootstrap intervals over images.
@@ -352,6 +369,7 @@ def faithfulness_analysis(model: nn.Module, images: torch.Tensor, maps, targets:
         targets: (N,) the class each map explains; default the model's prediction.
         labels: (N,) true classes for accuracy; default the targets (accuracy = the prediction is kept).
         removals: a subset of :data:`REMOVALS`; steps: as in :func:`curves`.
+        chefer: also run Chefer et al.'s positive and negative perturbation (mean fill); else ``chefer`` is empty.
         progress: a progress bar over forward passes.
     """
     if targets is None:
@@ -362,7 +380,8 @@ def faithfulness_analysis(model: nn.Module, images: torch.Tensor, maps, targets:
     methods = tuple(getattr(maps, "methods", None) or table) if isinstance(table, Mapping) else ()
     table = {k: table[k] for k in methods} if isinstance(table, Mapping) else table
     table, targets, labels, removals = _prepare(model, images, table, targets, labels, removals, steps, batch_size)
-    found, chefer, targets = _run(model, images, table, targets, labels, removals, steps, batch_size, progress)
+    found, perturbed, targets = _run(model, images, table, targets, labels, removals, steps, batch_size, progress,
+                                     with_chefer=chefer)
     fractions = torch.linspace(0, 1, steps + 1)
     deletion, insertion, auc, ranking = {}, {}, {}, {}
     for removal in removals:
@@ -378,8 +397,8 @@ def faithfulness_analysis(model: nn.Module, images: torch.Tensor, maps, targets:
                                                  fractions.double())).mean()))
         ranking[removal] = tuple(m for _, _, m in sorted(zip([-g for g in gaps], range(len(methods)), methods)))
     tenths = torch.tensor(CHEFER_TENTHS, dtype=torch.float64) / 10
-    chefer_auc = {(sign, method): _score(torch.trapezoid(chefer[sign][i].double(), tenths))
-                  for sign in chefer for i, method in enumerate(methods)}
+    chefer_auc = {(sign, method): _score(torch.trapezoid(perturbed[sign][i].double(), tenths))
+                  for sign in perturbed for i, method in enumerate(methods)}
     return FaithfulnessResult(methods=methods, removals=removals, steps=steps, fractions=fractions,
                               deletion=deletion, insertion=insertion, auc=auc, chefer=chefer_auc, ranking=ranking,
                               images=len(images), model_name=model_name or getattr(maps, "model_name", ""),
