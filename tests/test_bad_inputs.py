@@ -26,8 +26,8 @@ from PIL import Image
 import vitlab
 from vitlab import data, models, records, result_files
 from vitlab.training import run_folder
-from vitlab.analysis import (ablation, attention_maps, lens, map_checks, metrics, patching, representations, residual,
-                             saliency)
+from vitlab.analysis import (ablation, attention_maps, faithfulness, lens, map_checks, metrics, patching,
+                             representations, residual, saliency)
 from vitlab.analysis.features import layer_features, layer_hooks, pre_logits
 from vitlab.analysis.capture import capture, hooks
 from vitlab.analysis.distance import head_statistics
@@ -1370,6 +1370,56 @@ INTERVENTIONS_ROWS: dict[str, Bad] = {
 
 
 # ================================================================================================
+# Faithfulness of attribution maps (issue 32): deletion, insertion, Chefer perturbation (faithfulness-)
+#
+# Models are guarded by _unrun: every error comes before a forward pass. All are new in issue 32.
+
+
+def _faithful(model=None, maps=None, n: int = 4, **kwargs):
+    def call(tmp):
+        m = _micro() if model is None else model()
+        given = {"rollout": torch.rand(n, 4, 4)} if maps is None else maps
+        return faithfulness.faithfulness_analysis(m, _pics(n), given, progress=False, **kwargs)
+    return call
+
+
+_ISSUE32 = "(new in issue 32)"
+FAITHFULNESS_ROWS: dict[str, Bad] = {
+    "faithfulness-steps-do-not-divide-the-grid": Bad(
+        _faithful(steps=5), ValueError, "steps must divide the 16 cells of the 4x4 grid", before=_ISSUE32),
+    "faithfulness-unknown-removal": Bad(
+        _faithful(removals=("noise",)), ValueError, "removal must be one of ('drop', 'mean', 'blur')",
+        before=_ISSUE32),
+    "faithfulness-drop-on-a-resnet": Bad(
+        _faithful(lambda: _unrun(models.build_model({"zoo": "resnet_micro_c10"})), removals=("drop",)), ValueError,
+        "has no patch tokens to drop (no patch_embed and patch_drop): use removal 'mean' or 'blur'", before=_ISSUE32),
+    "faithfulness-drop-on-a-rope-model": Bad(
+        _faithful(lambda: _unrun(timm.create_model("eva02_tiny_patch14_224", pretrained=False, img_size=32,
+                                                   patch_size=8, embed_dim=24, depth=1, num_heads=2,
+                                                   num_classes=10))),
+        ValueError, "uses rotary position embeddings (RoPE)", before=_ISSUE32),
+    "faithfulness-maps-of-other-images": Bad(
+        _faithful(maps={"rollout": torch.rand(3, 4, 4)}), ValueError,
+        "maps['rollout'] must be one (rows, cols) map per image: 4 images, got (3, 4, 4)", before=_ISSUE32),
+    "faithfulness-maps-off-the-patch-grid": Bad(
+        _faithful(maps={"rollout": torch.rand(4, 8, 8)}), ValueError,
+        "the model's patch grid is (4, 4): drop removes tokens, so give maps on the patch grid", before=_ISSUE32),
+    "faithfulness-maps-that-do-not-tile-the-input": Bad(
+        _faithful(maps={"rollout": torch.rand(4, 5, 5)}, removals=("mean",)), ValueError,
+        "on a 5x5 grid, which does not tile the model's 32x32 input", before=_ISSUE32),
+    "faithfulness-maps-with-nan": Bad(
+        _faithful(maps={"rollout": torch.full((4, 4, 4), float("nan"))}), ValueError, "give finite maps",
+        before=_ISSUE32),
+    "faithfulness-target-out-of-range": Bad(
+        _faithful(targets=torch.tensor([0, 1, 2, 10])), ValueError, "classes 0 to 9 of the model's head, got 10",
+        before=_ISSUE32),
+    "faithfulness-float-images": Bad(
+        lambda tmp: faithfulness.curves(_micro(), torch.rand(2, 3, 32, 32), torch.rand(2, 4, 4)), TypeError,
+        "images must be uint8", before=_ISSUE32),
+}
+
+
+# ================================================================================================
 # Figures out: save_figure, save_page, an explorer's save, vitlab.report (export-, report-)
 
 
@@ -1470,7 +1520,7 @@ MAPS_ROWS: dict[str, Bad] = {
 
 
 ROWS: dict[str, Bad] = {**RUNS_ROWS, **MODELS_ROWS, **INPUTS_ROWS, **DATA_ROWS, **IMAGES_ROWS, **HOSTILE_ROWS,
-                        **INTERVENTIONS_ROWS, **EXPORT_ROWS, **MAPS_ROWS}
+                        **INTERVENTIONS_ROWS, **FAITHFULNESS_ROWS, **EXPORT_ROWS, **MAPS_ROWS}
 
 
 @pytest.fixture
