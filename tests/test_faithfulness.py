@@ -221,3 +221,15 @@ def test_forwards_per_image_counts_the_model_s_inputs(tiny_vit, removals):
     handle.remove()
     assert sum(seen) == 3 * F.forwards_per_image(3, removals, 8, 16)
     assert max(seen) <= 4 and set(result.chefer) == {(s, m) for s in ("positive", "negative") for m in "abc"}
+
+
+def test_methods_that_agree_share_their_forward_passes(tiny_vit):
+    seen = []
+    handle = tiny_vit.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    same = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(5))
+    result = F.faithfulness_analysis(tiny_vit, _images(3), {"a": same, "b": same.clone()}, steps=4, progress=False)
+    handle.remove()
+    assert sum(seen) == 3 * F.forwards_per_image(1, F.REMOVALS, 4, 16)  # as if there were one method
+    for table in (result.deletion, result.insertion):
+        for removal in F.REMOVALS:
+            torch.testing.assert_close(table["a", removal], table["b", removal])
