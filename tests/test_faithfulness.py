@@ -233,3 +233,21 @@ def test_methods_that_agree_share_their_forward_passes(tiny_vit):
     for table in (result.deletion, result.insertion):
         for removal in F.REMOVALS:
             torch.testing.assert_close(table["a", removal], table["b", removal])
+
+
+def test_the_benchmark_prints_its_projection(tmp_path, monkeypatch, capsys):
+    import re
+
+    from conftest import benchmark_script
+    from vitlab import models
+
+    torch.manual_seed(0)
+    path = models.save_model(models.build_model({"zoo": "vit_micro_c10"}), tmp_path / "micro.safetensors")
+    monkeypatch.setattr("sys.argv", ["faithfulness.py", "--model", str(path), "--images", "2"])
+    with benchmark_script("faithfulness.py") as bench:
+        bench.main()
+    out = capsys.readouterr().out
+    per_image = F.forwards_per_image(9, F.REMOVALS, 16, 16)
+    assert re.search(rf"scoreboard with Chefer's protocol: {per_image} forwards per image, [\d.]+ s, [\d.]+ images/s "
+                     r".*projected for 500 images: \d+ s \(target under 600 s\)", out), out
+    assert re.search(r"process CPU time [\d.]+ s .*CPU seconds for 500 images", out), out
