@@ -138,7 +138,8 @@ KNOWN = [(2, 5), (3, 1), (6, 6), (7, 0)]  # the cells of the 8x8 grid the constr
 class Known(nn.Module):
     """Class 1's logit is 5 x (mean normalised pixel of the KNOWN cells - 1), class 0's is 0: the answer depends on
     those cells only."""
-    pretrained_cfg = dict(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation="bilinear")
+    pretrained_cfg = dict(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                          interpolation="bilinear")
     num_classes = 2
 
     def __init__(self):
