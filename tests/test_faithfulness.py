@@ -252,3 +252,16 @@ def test_the_benchmark_prints_its_projection(tmp_path, monkeypatch, capsys):
     assert re.search(rf"scoreboard with Chefer's protocol: {per_image} forwards per image, [\d.]+ s, [\d.]+ images/s "
                      r".*projected for 500 images: \d+ s \(target under 600 s\)", out), out
     assert re.search(r"process CPU time [\d.]+ s .*CPU seconds for 500 images", out), out
+
+
+@pytest.mark.parametrize("removal", F.REMOVALS)
+def test_deleting_in_reverse_order_is_inserting_backwards(tiny_vit, removal):
+    # Deleting k/steps of the cells least relevant first keeps the (steps - k)/steps most relevant: insertion's
+    # step steps - k. Chefer's positive perturbation of the reversed map is likewise its negative one.
+    maps = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(6))  # no ties
+    result = F.faithfulness_analysis(tiny_vit, _images(3), {"map": maps, "reversed": -maps}, removals=(removal,),
+                                     progress=False)
+    for measure in F.MEASURES:
+        torch.testing.assert_close(result.deletion["reversed", removal][measure],
+                                   result.insertion["map", removal][measure].flip(1))
+    assert result.chefer["positive", "reversed"] == result.chefer["negative", "map"]
