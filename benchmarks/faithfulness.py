@@ -56,8 +56,8 @@ def main() -> None:
           f"({rate * per_image:.0f} forwards/s); projected for {TARGET_IMAGES} images: "
           f"{TARGET_IMAGES / rate:.0f} s (target under {TARGET_SECONDS} s)")
     # CPU seconds show what a busy machine hides: on an idle one, wall time is about CPU time / threads used.
-    print(f"process CPU time {cpu:.1f} s ({cpu / seconds:.2f} cores busy on average): {TARGET_IMAGES * cpu / args.images:.0f} "
-          f"CPU seconds for {TARGET_IMAGES} images")
+    print(f"process CPU time {cpu:.1f} s ({cpu / seconds:.2f} cores busy on average): "
+          f"{TARGET_IMAGES * cpu / args.images:.0f} CPU seconds for {TARGET_IMAGES} images")
 
 if __name__ == "__main__":
     main()

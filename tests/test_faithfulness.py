@@ -138,7 +138,8 @@ KNOWN = [(2, 5), (3, 1), (6, 6), (7, 0)]  # the cells of the 8x8 grid the constr
 class Known(nn.Module):
     """Class 1's logit is 5 x (mean normalised pixel of the KNOWN cells - 1), class 0's is 0: the answer depends on
     those cells only."""
-    pretrained_cfg = dict(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation="bilinear")
+    pretrained_cfg = dict(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                          interpolation="bilinear")
     num_classes = 2
 
     def __init__(self):
@@ -221,3 +222,46 @@ def test_forwards_per_image_counts_the_model_s_inputs(tiny_vit, removals):
     handle.remove()
     assert sum(seen) == 3 * F.forwards_per_image(3, removals, 8, 16)
     assert max(seen) <= 4 and set(result.chefer) == {(s, m) for s in ("positive", "negative") for m in "abc"}
+
+
+def test_methods_that_agree_share_their_forward_passes(tiny_vit):
+    seen = []
+    handle = tiny_vit.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    same = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(5))
+    result = F.faithfulness_analysis(tiny_vit, _images(3), {"a": same, "b": same.clone()}, steps=4, progress=False)
+    handle.remove()
+    assert sum(seen) == 3 * F.forwards_per_image(1, F.REMOVALS, 4, 16)  # as if there were one method
+    for table in (result.deletion, result.insertion):
+        for removal in F.REMOVALS:
+            torch.testing.assert_close(table["a", removal], table["b", removal])
+
+
+def test_the_benchmark_prints_its_projection(tmp_path, monkeypatch, capsys):
+    import re
+
+    from conftest import benchmark_script
+    from vitlab import models
+
+    torch.manual_seed(0)
+    path = models.save_model(models.build_model({"zoo": "vit_micro_c10"}), tmp_path / "micro.safetensors")
+    monkeypatch.setattr("sys.argv", ["faithfulness.py", "--model", str(path), "--images", "2"])
+    with benchmark_script("faithfulness.py") as bench:
+        bench.main()
+    out = capsys.readouterr().out
+    per_image = F.forwards_per_image(9, F.REMOVALS, 16, 16)
+    assert re.search(rf"scoreboard with Chefer's protocol: {per_image} forwards per image, [\d.]+ s, [\d.]+ images/s "
+                     r".*projected for 500 images: \d+ s \(target under 600 s\)", out), out
+    assert re.search(r"process CPU time [\d.]+ s .*CPU seconds for 500 images", out), out
+
+
+@pytest.mark.parametrize("removal", F.REMOVALS)
+def test_deleting_in_reverse_order_is_inserting_backwards(tiny_vit, removal):
+    # Deleting k/steps of the cells least relevant first keeps the (steps - k)/steps most relevant: insertion's
+    # step steps - k. Chefer's positive perturbation of the reversed map is likewise its negative one.
+    maps = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(6))  # no ties
+    result = F.faithfulness_analysis(tiny_vit, _images(3), {"map": maps, "reversed": -maps}, removals=(removal,),
+                                     progress=False)
+    for measure in F.MEASURES:
+        torch.testing.assert_close(result.deletion["reversed", removal][measure],
+                                   result.insertion["map", removal][measure].flip(1))
+    assert result.chefer["positive", "reversed"] == result.chefer["negative", "map"]

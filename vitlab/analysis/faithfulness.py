@@ -198,6 +198,10 @@ class _Scorer:
     def __call__(self, canvas, keep: torch.Tensor, which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(probability (R,), correct (R,)) of images ``which`` (R,) with cells outside ``keep`` (R, rows, cols)
         removed."""
+        # Methods that agree on an image's cells at this step share one forward pass.
+        rows = torch.cat([which[:, None], keep.flatten(1).long()], 1)  # (R, 1 + cells)
+        rows, back = torch.unique(rows, dim=0, return_inverse=True)  # (U, 1 + cells), (R,)
+        which, keep = rows[:, 0], rows[:, 1:].bool().reshape(-1, *keep.shape[1:])
         probs, hits = [], []
         for start in range(0, len(which), self.batch_size):
             w, k = which[start:start + self.batch_size], keep[start:start + self.batch_size]
@@ -205,7 +209,8 @@ class _Scorer:
             probs.append(logits.softmax(-1).gather(1, self.targets[w, None])[:, 0])
             hits.append((logits.argmax(-1) == self.truth[w]).float())
             self.bar.update(len(w))
-        return torch.cat(probs).cpu(), torch.cat(hits).cpu()
+        self.bar.update(len(back) - len(which))
+        return torch.cat(probs).cpu()[back.cpu()], torch.cat(hits).cpu()[back.cpu()]
 
 
 def _chunk_curves(score: _Scorer, ranks: torch.Tensor, removals, steps: int, grid, full, out) -> None:
