@@ -373,6 +373,24 @@ def test_static_explorers_draw_what_the_widget_path_draws(two_models):
         assert all(len(p.outputs) == 1 for p in plain.plots)
 
 
+def test_figure_widgets_send_plotlys_front_end_once_per_kernel(two_models):
+    """plotly's FigureWidget carries its front end (megabytes) in every figure's state; the explorers' figures carry a
+    small loader naming one shared widget that holds plotly's front end unchanged (the browser tests draw with it)."""
+    import hashlib
+
+    plotly_front_end = go.FigureWidget().get_state()["_esm"]
+    first = explorers.EmbeddingFiltersExplorer(two_models, k=8, static=False)
+    second = explorers.PositionEmbeddingExplorer(two_models, static=False)
+    states = [p.get_state() for p in first.plots + second.plots]
+    shared = first.plots[0]._front_end
+    assert {s["_front_end"] for s in states} == {f"IPY_MODEL_{shared.model_id}"}
+    assert len(plotly_front_end) > 1_000_000 and all(len(s["_esm"]) < 10_000 for s in states)
+    assert shared.source == plotly_front_end and shared.key == hashlib.sha1(plotly_front_end.encode()).hexdigest()
+    shared.close()  # e.g. Widget.close_all(): the next figure sends a new one
+    again = explorers.EmbeddingFiltersExplorer(two_models, k=8, static=False).plots[0]._front_end
+    assert again is not shared and again.comm is not None and again.source == plotly_front_end
+
+
 def test_static_figure_shows_plotlys_mime_type_and_html_for_hosts_without_it():
     fig = go.Figure(go.Heatmap(z=[[1.0, float("nan")], [3.0, 4.0]]), layout=dict(title="t"))
     view = StaticFigure()

@@ -2,12 +2,14 @@
 :func:`vitlab.settings.static_mode`) a plain figure in an Output, and the patch picker that stands in for a click."""
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from copy import deepcopy
 
 import ipywidgets as W
 import plotly.graph_objects as go
 import plotly.io as pio
+import traitlets
 
 from .. import settings
 
@@ -64,10 +66,75 @@ class StaticFigure(W.Output):
         self.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
-def figure_view(static: bool | None = None) -> go.FigureWidget | StaticFigure:
-    """An empty figure to draw into with :func:`show_figure`: plotly's ``FigureWidget``, or a :class:`StaticFigure`
-    when ``static`` (default: :func:`vitlab.settings.static_mode`)."""
-    return StaticFigure() if (settings.static_mode() if static is None else static) else go.FigureWidget()
+# plotly's FigureWidget carries its whole front end (plotly.js and its view, 4.9 MB) in every figure's state, and the
+# browser parses and evaluates each copy again (plotly.py #5143): notebook 03's 19 figures were 96 MB over the kernel's
+# websocket. Here the kernel sends it once, in one shared widget, and each figure's front end is a loader that
+# evaluates it once per page and then draws with plotly's own FigureModel and FigureView.
+_LOADER = """
+const loaded = (globalThis.__vitlabPlotlyWidget ??= new Map());  // bundle hash -> plotly's widget factory
+
+async function plotlyWidget(model) {
+  const id = model.get("_front_end").replace(/^IPY_MODEL_/, "");
+  let shared;
+  for (let tries = 0; !shared; tries++) {  // a reloaded page may restore this figure before the shared widget
+    try { shared = await model.widget_manager.get_model(id); } catch (error) {
+      if (tries > 1200) throw error;
+      await new Promise(resolve => setTimeout(resolve, 50));
+    }
+  }
+  const key = shared.get("key");
+  if (!loaded.has(key)) {
+    const url = URL.createObjectURL(new Blob([shared.get("source")], {type: "text/javascript"}));
+    loaded.set(key, import(url).then(module => module.default, error => { loaded.delete(key); throw error; })
+      .finally(() => URL.revokeObjectURL(url)));
+  }
+  return loaded.get(key);
+}
+
+export default () => {
+  let widget;
+  return {
+    async initialize(context) {
+      widget = (await plotlyWidget(context.model))();
+      return widget.initialize?.(context);
+    },
+    render(context) { return widget.render(context); },
+  };
+};
+"""
+
+
+class PlotlyFrontEnd(W.Widget):
+    """plotly's FigureWidget front end (``source``, keyed by its hash), sent to the browser once per kernel and read
+    by every :class:`FigureWidget`; it has no view."""
+    source = traitlets.Unicode().tag(sync=True)
+    key = traitlets.Unicode().tag(sync=True)
+    _shared: PlotlyFrontEnd | None = None
+
+    @classmethod
+    def shared(cls) -> PlotlyFrontEnd:
+        """The kernel's one instance (a new one if ``Widget.close_all`` closed it)."""
+        if cls._shared is None or cls._shared.comm is None:
+            source = str(go.FigureWidget._esm)
+            cls._shared = cls(source=source, key=hashlib.sha1(source.encode()).hexdigest())
+        return cls._shared
+
+
+class FigureWidget(go.FigureWidget):
+    """plotly's ``FigureWidget``, drawn by plotly's own front end, which it loads from :class:`PlotlyFrontEnd`
+    instead of carrying a copy."""
+    _esm = _LOADER
+    _front_end = traitlets.Instance(PlotlyFrontEnd).tag(sync=True, **W.widget_serialization)
+
+    @traitlets.default("_front_end")
+    def _shared_front_end(self) -> PlotlyFrontEnd:
+        return PlotlyFrontEnd.shared()
+
+
+def figure_view(static: bool | None = None) -> FigureWidget | StaticFigure:
+    """An empty figure to draw into with :func:`show_figure`: a plotly :class:`FigureWidget`, or a
+    :class:`StaticFigure` when ``static`` (default: :func:`vitlab.settings.static_mode`)."""
+    return StaticFigure() if (settings.static_mode() if static is None else static) else FigureWidget()
 
 
 def show_figure(widget: go.FigureWidget | StaticFigure, fresh: go.Figure) -> None:
