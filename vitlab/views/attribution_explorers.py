@@ -71,6 +71,9 @@ class AttributionExplorer(_OwnImages, Explorer):
                  static: bool | None = None, *, initial: Spec | None = None, model: Spec | nn.Module | None = None,
                  counts: Sequence[int] = (8, 16, 32, 64, 128), default: int | None = None,
                  methods: Sequence[str] | None = None):
+        picked = list(METHODS if methods is None else methods)
+        if unknown := [m for m in picked if m not in METHODS]:  # before any model or image is loaded
+            raise ValueError(f"unknown attribution methods {unknown}: choose from {', '.join(METHODS)}")
         super().__init__(_menu(models, ("vit", "hybrid", "resnet")), initial, model=model, static=static)
         self.labels = None if labels is None else torch.as_tensor(labels).long()
         self._take_images(images, None, None)
@@ -78,9 +81,6 @@ class AttributionExplorer(_OwnImages, Explorer):
         self.most_steps = quick_or(MOST_STEPS, 8)
         self.images = W.Dropdown(description="images", style=STYLE, layout=W.Layout(width="22ch"))
         self._set_counts()
-        picked = list(METHODS if methods is None else methods)
-        if unknown := [m for m in picked if m not in METHODS]:
-            raise ValueError(f"unknown attribution methods {unknown}: choose from {', '.join(METHODS)}")
         self.methods = W.SelectMultiple(options=list(METHODS), value=picked, rows=5, description="methods",
                                         style=STYLE)
         self.removal = W.ToggleButtons(options=list(REMOVALS), description="removal",
@@ -172,11 +172,12 @@ class AttributionExplorer(_OwnImages, Explorer):
 
     def figures(self, result: Attributions) -> list[go.Figure]:
         self.readout.value = "<br><br>".join(readouts.readout(r).html() for r in (result.maps, result.faithfulness))
-        shown = list(range(min(SHOWN_MAPS, len(result.maps.targets))))
+        shown, name = list(range(min(SHOWN_MAPS, len(result.maps.targets)))), self.model.label
         return [figures.maps_figure(result.maps, shown, names=self.shown_images.names,
                                     title=f"{self.model.label}: attribution maps"),
                 *self._curve_figures(result),
-                figures.scoreboard_figure(board_rows(result, self.model.label), title=f"{self.model.label}: scores")]
+                figures.scoreboard_figure(board_rows(result, name), title=f"{name}: scores", absent={
+                    (name, m): "not picked" for m in self.methods.options if m not in result.maps.methods})]
 
     def describe(self, result: Attributions) -> str:
         said = result.maps.described

@@ -4,7 +4,7 @@ score. Each draws the result it is given; none runs a model or computes a score 
 intervals."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -145,10 +145,12 @@ def _columns(rows: list[AttributionScore], measure: str) -> list[tuple[str, str,
 
 
 def scoreboard_figure(rows: Iterable[AttributionScore] | ScoreboardResult, measure: str = "probability",
-                      title: str = "Attribution scoreboard") -> go.Figure:
+                      title: str = "Attribution scoreboard", absent: Mapping[tuple[str, str], str] | None = None
+                      ) -> go.Figure:
     """A table, one row per method of each model (every method of :data:`METHODS`: one that was not run on a model
-    says "does not apply"), a column per score held (AUCs of the target ``measure``), each cell "mean [95%
-    interval]"; the model's accuracy on the scored images beside its name."""
+    says "does not apply", or ``absent[(model, method)]`` where given), a column per score held (AUCs of the target
+    ``measure``), each cell "mean [95% interval]"; the model's accuracy on the scored images beside its name."""
+    absent = absent or {}
     rows = rows.rows() if isinstance(rows, ScoreboardResult) else list(rows)
     if not rows:
         raise ValueError("no scoreboard rows to draw: pass ScoreboardResult.rows() or read_scoreboards(folder)[0]")
@@ -164,7 +166,7 @@ def scoreboard_figure(rows: Iterable[AttributionScore] | ScoreboardResult, measu
                          if accuracy else "")
         for method in [*METHODS, *extra]:
             cells = ([_cell(index.get((model, method, s, m, r))) for s, m, r, _ in columns] if method in ran
-                     else [DOES_NOT_APPLY] * len(columns))
+                     else [absent.get((model, method), DOES_NOT_APPLY)] * len(columns))
             table_rows.append([label, method, *cells])
     header = ["model", "method", *(h for *_, h in columns)]
     width = min(1500, 240 + 120 * len(columns))
