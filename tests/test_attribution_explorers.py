@@ -99,3 +99,13 @@ def test_steps_divide_the_grid():
     assert (steps_for(64), steps_for(196), steps_for(49), steps_for(64, 8)) == (16, 14, 7, 8)
     with pytest.raises(ValueError, match="unknown attribution methods"):
         AttributionExplorer(["resnet_tiny_c10"], methods=["saliency"])
+
+
+def test_quick_mode_computes_only_the_removal_picked(micro_file, images, monkeypatch):
+    monkeypatch.setenv("VITLAB_QUICK", "1")
+    view = AttributionExplorer([micro_file], images, torch.arange(4), static=True, counts=(4,), default=4,
+                               methods=("random", "rollout"))
+    assert view.result.faithfulness.removals == ("drop",) and view.result.faithfulness.steps == 8
+    assert not view.result.faithfulness.chefer
+    view.removal.value = "mean"  # not computed yet: computes it
+    assert view.result.faithfulness.removals == ("mean",) and view.curves.figure.data[0].meta["removal"] == "mean"

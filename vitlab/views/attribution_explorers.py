@@ -69,7 +69,7 @@ class AttributionExplorer(_OwnImages, Explorer):
 
     def __init__(self, models: Sequence[Spec] | None = None, images: Any = None, labels: Any = None,
                  static: bool | None = None, *, initial: Spec | None = None, model: Spec | nn.Module | None = None,
-                 counts: Sequence[int] = (8, 16, 32, 64, 128), default: int | None = None,
+                 counts: Sequence[int] = (4, 8, 16, 32, 64, 128), default: int | None = None,
                  methods: Sequence[str] | None = None):
         picked = list(METHODS if methods is None else methods)
         if unknown := [m for m in picked if m not in METHODS]:  # before any model or image is loaded
@@ -77,8 +77,11 @@ class AttributionExplorer(_OwnImages, Explorer):
         super().__init__(_menu(models, ("vit", "hybrid", "resnet")), initial, model=model, static=static)
         self.labels = None if labels is None else torch.as_tensor(labels).long()
         self._take_images(images, None, None)
-        self.counts, self.default = counts, default or quick_or(32, 8)
-        self.most_steps = quick_or(MOST_STEPS, 8)
+        self.counts, self.default = counts, default or quick_or(32, 4)
+        # Quick mode (notebooks under a minute): 8 deletion steps, no Chefer points off the curves' steps, and only
+        # the removal picked (another one computes when picked).
+        self.most_steps, self.chefer, self.every_removal = quick_or(MOST_STEPS, 8), quick_or(True, False), quick_or(
+            True, False)
         self.images = W.Dropdown(description="images", style=STYLE, layout=W.Layout(width="22ch"))
         self._set_counts()
         self.methods = W.SelectMultiple(options=list(METHODS), value=picked, rows=5, description="methods",
@@ -139,7 +142,8 @@ class AttributionExplorer(_OwnImages, Explorer):
     def compute(self) -> Attributions:
         model, n = cached_model(self.model.value), self.images.value
         methods, removals = self._fit_model(model)
-        key = (model_key(self.model.value), id(self.shown_images), id(self.labels), n, methods)
+        removals = removals if self.every_removal else (self.removal.value,)
+        key = (model_key(self.model.value), id(self.shown_images), id(self.labels), n, methods, removals)
         result = self._results.keep(key, lambda: self._analyse(model, n, methods, removals))
         names = self.shown_images.names
         with self.hold():
@@ -159,7 +163,7 @@ class AttributionExplorer(_OwnImages, Explorer):
         maps = maps_analysis(model, images, methods, labels=labels, described=described, model_name=self.model.label)
         self.step("deleting and inserting patches...", 1, 2)
         rows, cols = patch_grid(model)
-        faith = faithfulness_analysis(model, images, maps, removals=removals, progress=False,
+        faith = faithfulness_analysis(model, images, maps, removals=removals, progress=False, chefer=self.chefer,
                                       steps=steps_for(rows * cols, self.most_steps))
         return Attributions(maps, faith, labelled)
 
@@ -190,6 +194,9 @@ class AttributionExplorer(_OwnImages, Explorer):
     def _pick(self, _change=None) -> None:
         """Redraw the curves for the removal, measure, image and method picked (no new computation)."""
         if self._held or self.result is None:
+            return
+        if self.removal.value not in self.result.faithfulness.removals:  # quick mode: computed one at a time
+            self.refresh()
             return
         for widget, fig in zip(self.plots[1:3], self._curve_figures(self.result)):
             show_figure(widget, fig)
