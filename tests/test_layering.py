@@ -28,7 +28,8 @@ RANKS = {
     "views.style": 0, "views.readouts": 1, "views.figures": 1, "views.study_readouts": 2, "views.recipe_readouts": 2,
     "views.study_figures": 2, "views.controls": 2, "views.figure_views": 1, "views.export": 1, "views.report": 4,
     "views.intervention_figures": 2, "views.intervention_readouts": 2, "views.intervention_explorers": 5, "views.image_sources": 3, "views.study_explorers": 3, "views.explorers": 4,
-    "views.__init__": 6,
+    "views.attribution_readouts": 3, "views.attribution_figures": 2, "views.attribution_explorers": 6,
+    "views.__init__": 7,
     "__init__": 9, "__main__": 9,
 }
 SAME_RANK: set[tuple[str, str]] = set()

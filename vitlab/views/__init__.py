@@ -1,9 +1,9 @@
 """Views: readouts (measured text), figures (plotly) and explorers (ipywidgets), each module loaded on first use."""
 import importlib
 
-_MODULES = ("controls", "explorers", "export", "figures", "intervention_explorers", "intervention_figures",
-            "intervention_readouts", "readouts", "recipe_readouts", "report", "study_explorers", "study_figures",
-            "study_readouts", "style")
+_MODULES = ("attribution_explorers", "attribution_figures", "attribution_readouts", "controls", "explorers", "export",
+            "figures", "intervention_explorers", "intervention_figures", "intervention_readouts", "readouts",
+            "recipe_readouts", "report", "study_explorers", "study_figures", "study_readouts", "style")
 
 
 def __getattr__(name: str):
