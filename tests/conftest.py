@@ -98,7 +98,8 @@ needs_cifar = pytest.mark.cifar
 
 
 #: Notebooks that read CIFAR-10 itself (the others fall back to the shipped sample images).
-NOTEBOOKS_NEEDING_CIFAR = {"05_vit_vs_resnet.ipynb", "06_train.ipynb", "07_pretraining.ipynb", "08_interventions.ipynb"}
+NOTEBOOKS_NEEDING_CIFAR = {"05_vit_vs_resnet.ipynb", "06_train.ipynb", "07_pretraining.ipynb", "08_interventions.ipynb",
+                           "09_attributions.ipynb"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -39,6 +39,9 @@ def test_maps_figure_holds_each_methods_maps_with_one_scale_per_row(scored):
         assert len({(t.zmin, t.zmax) for t in row}) == 1  # one colour scale along the row
         assert row[0].zmax == pytest.approx(float(maps.maps[method][[0, 2, 3]].abs().max()), rel=1e-6)
     assert next(t for t in heat if t.meta["method"] == "occlusion").zmid == 0  # a signed map: centred on 0
+    names = [f"class {k}" for k in range(10)]
+    titles = [a.text for a in F.maps_figure(maps, [0, 2], classes=names).layout.annotations][:2]
+    assert titles == [f"image {i + 1}<br>target class {int(maps.targets[i])}" for i in (0, 2)]
 
 
 def test_curves_figure_draws_the_result_mean_and_one_image(scored):

@@ -681,11 +681,41 @@ def test_interventions_notebook(lab, page):
         plots.nth(i).screenshot(path=str(ARTIFACTS / f"08_{shot}.png"))
     nb.check()
 
+@pytest.mark.cifar
+def test_attributions_notebook(lab, page):
+    import vitlab
+
+    nb = Lab(page, lab, "09_attributions.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
+    nb.run_all(timeout_s=600)
+    # Maps, curves, sanity cascade, Focus bars, the committed scoreboard; the explorer's maps, mean curves, one
+    # image's curves and its scores table.
+    plots = nb.plots(9)
+    rows, _ = vitlab.result_files.read_scoreboards()
+    table = plots.nth(4).text_content()
+    assert all(model in table for model in {r.model for r in rows})  # every committed model has its rows
+    for i in range(9):
+        assert plots.nth(i).locator(".scatterlayer .trace, .barlayer .trace, .heatmaplayer image, .hm image, .cell-text"
+                                    ).count(), i
+    for shot, index in (("maps", 0), ("curves", 1), ("sanity", 2), ("focus", 3), ("scoreboard", 4)):
+        plots.nth(index).scroll_into_view_if_needed()
+        plots.nth(index).screenshot(path=str(ARTIFACTS / f"09_{shot}.png"))
+    # A click on the explorer's last map tile (the last image) shows that image's curves.
+    start = nb.title(7)
+    tiles = plots.nth(5).locator(".heatmaplayer image, .hm image")
+    tile, figure = tiles.nth(tiles.count() - 1).bounding_box(), plots.nth(5).bounding_box()
+    click = {"x": tile["x"] - figure["x"] + tile["width"] / 2, "y": tile["y"] - figure["y"] + tile["height"] / 2}
+    explorer = page.locator(".jp-Notebook .jp-OutputArea-output .widget-vbox").count() - 1
+    nb.change("click", lambda: plots.nth(5).click(position=click),
+              f"t => document.querySelectorAll('{PLOTS}')[7].querySelector('.gtitle').textContent !== t", arg=start,
+              widget=explorer, timeout_s=30)
+    nb.check()
+
 
 #: How many plotly figures each notebook draws in quick mode, on either path.
 FIGURES = {"00_tour.ipynb": 9, "01_embedding_filters.ipynb": 4, "02_position_embeddings.ipynb": 3,
            "03_attention_distance.ipynb": 18, "04_attention_maps.ipynb": 4, "05_vit_vs_resnet.ipynb": 12,
-           "06_train.ipynb": 13, "07_pretraining.ipynb": 18, "08_interventions.ipynb": 26}
+           "06_train.ipynb": 13, "07_pretraining.ipynb": 18, "08_interventions.ipynb": 26,
+           "09_attributions.ipynb": 9}
 # What drew each figure: plotly's renderer of its mime type (a plain figure) or a FigureWidget's view.
 _DRAWN_BY = f"() => [...document.querySelectorAll('{PLOTS}')].map(p => p.closest('.jp-RenderedPlotly') ? 'plain' : 'widget')"
 _EMPTY = f"""() => [...document.querySelectorAll('{PLOTS}')].map((p, i) => p.querySelector('.scatterlayer .trace, '

@@ -63,15 +63,18 @@ def _range(values: torch.Tensor) -> dict:
 
 
 def maps_figure(result: MapsResult, indices: Sequence[int] | None = None, methods: Sequence[str] | None = None,
-                names: Sequence[str] | None = None, title: str = "Attribution maps") -> go.Figure:
+                names: Sequence[str] | None = None, title: str = "Attribution maps",
+                classes: Sequence[str] | None = None) -> go.Figure:
     """Images ``indices`` (default the first four) in the top row, under each one heatmap per method on the patch
-    grid (a row per method, one colour scale per row). Traces: the images, then the heatmaps method by method, each
+    grid (a row per method, one colour scale per row); ``classes``: the class names the targets index (default:
+    the index). Traces: the images, then the heatmaps method by method, each
     heatmap's ``meta`` {"method", "image"} (an explorer's click reads it)."""
     indices = list(range(min(4, len(result.targets)))) if indices is None else list(indices)
     methods = list(result.methods if methods is None else methods)
     names = names or [f"image {i + 1}" for i in range(len(result.targets))]
     cols, rows = len(indices), len(methods) + 1
-    titles = [f"{_short(names[i])}<br>target {int(result.targets[i])}" for i in indices] + [""] * (cols * (rows - 1))
+    said = [classes[int(t)] if classes is not None and int(t) < len(classes) else str(int(t)) for t in result.targets]
+    titles = [f"{_short(names[i])}<br>target {said[i]}" for i in indices] + [""] * (cols * (rows - 1))
     fig = make_subplots(rows, cols, subplot_titles=titles, horizontal_spacing=0.02, vertical_spacing=0.02)
     for c, i in enumerate(indices, 1):
         fig.add_trace(go.Image(z=result.images[i].permute(1, 2, 0).cpu().numpy(), hoverinfo="skip"), row=1, col=c)
