@@ -21,9 +21,8 @@ from ..settings import quick_or
 from . import attribution_figures as figures
 from . import attribution_readouts as readouts
 from .controls import STYLE, Explorer, Recent, Spec, cached_model, model_key, show_figure
-from .explorers import _menu, _OwnImages
-from .image_sources import ImageSource
-from .intervention_explorers import labelled_test_images
+from .explorers import _menu
+from .intervention_explorers import LabelledImages
 
 #: What one Compute draws from: the maps, their faithfulness scores, and whether labels were known.
 Attributions = namedtuple("Attributions", ["maps", "faithfulness", "labelled"])
@@ -58,7 +57,7 @@ def board_rows(result: Attributions, name: str) -> list[AttributionScore]:
     return rows if result.labelled else [r for r in rows if r.score != "accuracy"]
 
 
-class AttributionExplorer(_OwnImages, Explorer):
+class AttributionExplorer(LabelledImages, Explorer):
     """Attribution maps of the model picked and how faithful they are (deletion and insertion under token drop, mean
     fill and blur), on labelled images (CIFAR-10 test images by default; ``images`` with ``labels``, or your own
     images, whose labels the model's predictions stand in for). Pick methods (``methods``: those picked at first,
@@ -102,30 +101,6 @@ class AttributionExplorer(_OwnImages, Explorer):
                      self.hint("Click a method's map tile to see that image's deletion and insertion curves.",
                                "Pick an image and a method to see that image's deletion and insertion curves."),
                      self.maps, self.readout, self.curves, self.detail, self.board], [self.images, self.methods])
-
-    def _default_images(self) -> ImageSource:
-        source, labels = labelled_test_images()
-        if self.labels is None:
-            self.labels = labels
-        return source
-
-    def _set_counts(self) -> None:
-        n = len(self.shown_images)
-        counts = sorted({c for c in self.counts if 2 <= c <= n} | {min(self.default, n)})
-        with self.hold():
-            self.images.options, self.images.value = counts, min(self.default, n)
-
-    def _fit_images(self) -> None:
-        self.labels = None  # uploaded images: their labels are not known
-        self._set_counts()
-
-    def show_images(self, images: Any, labels: Any = None) -> None:
-        """Show these images (a uint8 batch, folder, file, list or :class:`ImageSource`), with ``labels`` if known
-        (else the model's predictions stand in for them), and redraw."""
-        self.shown_images = images if isinstance(images, ImageSource) else ImageSource(images)
-        self._fit_images()
-        self.labels = None if labels is None else torch.as_tensor(labels).long()
-        self.refresh()
 
     def _fit_model(self, model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Offer only the methods and removals that apply to ``model``, keeping those picked where they still do."""

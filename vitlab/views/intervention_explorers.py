@@ -49,7 +49,37 @@ def labelled_test_images() -> tuple[ImageSource, torch.Tensor | None]:
     return ImageSource(images, names, f"the {source}"), labels[data.stratified_order(labels, seed=0)]
 
 
-class InterventionsExplorer(_OwnImages, Explorer):
+class LabelledImages(_OwnImages):
+    """Images with labels for an explorer that scores a model: the CIFAR-10 test set in class-balanced order (or the
+    samples), ``images`` with ``labels``, or your own images, whose labels the model's predictions stand in for; the
+    explorer's ``images`` menu offers the counts of ``counts`` that fit, and ``default``."""
+
+    def _default_images(self) -> ImageSource:
+        source, labels = labelled_test_images()
+        if self.labels is None:
+            self.labels = labels
+        return source
+
+    def _set_counts(self) -> None:
+        n = len(self.shown_images)
+        counts = sorted({c for c in self.counts if 2 <= c <= n} | {min(self.default, n)})
+        with self.hold():
+            self.images.options, self.images.value = counts, min(self.default, n)
+
+    def _fit_images(self) -> None:
+        self.labels = None  # uploaded or shown images: their labels are not known
+        self._set_counts()
+
+    def show_images(self, images: Any, labels: Any = None) -> None:
+        """Show these images (a uint8 batch, folder, file, list or :class:`ImageSource`), with ``labels`` if known
+        (else the model's predictions stand in for them), and redraw."""
+        self.shown_images = images if isinstance(images, ImageSource) else ImageSource(images)
+        self._fit_images()
+        self.labels = None if labels is None else torch.as_tensor(labels).long()
+        self.refresh()
+
+
+class InterventionsExplorer(LabelledImages, Explorer):
     """Head ablation (mean or zero), logit lens and direct logit attribution of the model picked, on labelled images
     (CIFAR-10 test images by default; ``images`` with ``labels``, or your own images, whose labels the model's own
     predictions stand in for). Click a head of the matrix, or pick its layer and head, to see its attention."""
@@ -84,29 +114,6 @@ class InterventionsExplorer(_OwnImages, Explorer):
                     [self.images, self.kind])
         self.click(0, 0, self._clicked)
 
-    def _default_images(self) -> ImageSource:
-        source, labels = labelled_test_images()
-        if self.labels is None:
-            self.labels = labels
-        return source
-
-    def _set_counts(self) -> None:
-        n = len(self.shown_images)
-        counts = sorted({c for c in self.counts if 2 <= c <= n} | {min(self.default, n)})
-        with self.hold():
-            self.images.options, self.images.value = counts, min(self.default, n)
-
-    def _fit_images(self) -> None:
-        self.labels = None  # uploaded or shown images: their labels are not known
-        self._set_counts()
-
-    def show_images(self, images: Any, labels: Any = None) -> None:
-        """Show these images (a uint8 batch, folder, file, list or :class:`ImageSource`), with ``labels`` if known
-        (else the model's predictions stand in for them), and redraw."""
-        self.shown_images = images if isinstance(images, ImageSource) else ImageSource(images)
-        self._fit_images()
-        self.labels = None if labels is None else torch.as_tensor(labels).long()
-        self.refresh()
 
     def compute(self) -> Interventions:
         model, n, kind = cached_model(self.model.value), self.images.value, self.kind.value
