@@ -40,8 +40,9 @@ FOCUS_CHANCE = 0.25
 #: A model "mostly fails" on the mosaics when the upper end of its accuracy interval lies under this.
 LOW_MOSAIC_ACCURACY = 0.5
 
-Verdict = Literal["better", "worse", "no better"]
-_VERDICT_TEXT = {"better": "better than", "worse": "worse than", "no better": "no better than"}
+Verdict = Literal["better", "worse", "mixed", "no better"]
+_VERDICT_TEXT = {"better": "better than", "worse": "worse than", "no better": "no better than",
+                 "mixed": "the two curves disagree against"}
 
 
 class Cell(NamedTuple):
@@ -77,12 +78,13 @@ def row_cells(rows: Iterable[AttributionScore]) -> dict[tuple[str, str, str, str
 def compare(cells: Cells, method: str, other: str, removal: str, measure: str = "probability") -> Verdict:
     """Whether ``method``'s maps are more faithful than ``other``'s under ``removal``, from the 95% intervals of both
     deletion AUCs (lower is better) and both insertion AUCs (higher is better): "better" when one pair of intervals
-    separates in ``method``'s favour and none against it, "worse" the other way round, else "no better"."""
+    separates in ``method``'s favour and none against it, "worse" the other way round, "mixed" when one pair separates
+    each way (say, deletion in its favour and insertion against it), else "no better"."""
     d, i = cells[("deletion", measure, method, removal)], cells[("insertion", measure, method, removal)]
     od, oi = cells[("deletion", measure, other, removal)], cells[("insertion", measure, other, removal)]
     ahead = d.high < od.low or i.low > oi.high
     behind = d.low > od.high or i.high < oi.low
-    return "better" if ahead and not behind else "worse" if behind and not ahead else "no better"
+    return "mixed" if ahead and behind else "better" if ahead else "worse" if behind else "no better"
 
 
 def ranking(cells: Cells, removal: str, measure: str = "probability") -> tuple[str, ...]:
@@ -111,6 +113,7 @@ def _faithful_text(cells: Cells, rankings: Mapping[str, tuple[str, ...]]) -> tup
         if len(order) > 1:
             verdict = compare(cells, first, order[1], removal)
             said += (f", ahead of {order[1]}" if verdict == "better" else
+                     f", but deletion and insertion disagree on it against {order[1]}" if verdict == "mixed" else
                      f", but no better than {order[1]} (their intervals overlap)")
         parts.append(said + f"; order: {', '.join(order)}")
     changes = len(set(best.values())) > 1
@@ -124,9 +127,12 @@ def _faithful_text(cells: Cells, rankings: Mapping[str, tuple[str, ...]]) -> tup
         for removal in rankings:
             floor[removal] = compare(cells, "rollout", "random", removal)
         text += " Rollout against the random floor: " + "; ".join(
-            f"{_VERDICT_TEXT[v]} random under "
-            f"{REMOVAL_NAMES[r]} (deletion {_iv(cells[('deletion', 'probability', 'rollout', r)])} against "
-            f"{_iv(cells[('deletion', 'probability', 'random', r)])})" for r, v in floor.items()) + "."
+            f"{_VERDICT_TEXT[v]} random under {REMOVAL_NAMES[r]} (deletion "
+            f"{_iv(cells[('deletion', 'probability', 'rollout', r)])} against "
+            f"{_iv(cells[('deletion', 'probability', 'random', r)])}"
+            + (f"; insertion {_iv(cells[('insertion', 'probability', 'rollout', r)])} against "
+               f"{_iv(cells[('insertion', 'probability', 'random', r)])}" if v == "mixed" else "") + ")"
+            for r, v in floor.items()) + "."
     return text, best, changes, floor
 
 
