@@ -86,7 +86,7 @@ def test_the_results_file_round_trips_and_is_never_overwritten(board, tmp_path):
 
 def test_a_broken_scoreboard_file_is_an_error_not_an_empty_board(tmp_path):
     (tmp_path / "cut.json").write_text('{"rows": [{"model": "a"')
-    with pytest.raises(result_files.ResultsFileError, match="cut.json is not a complete results file"):
+    with pytest.raises(result_files.ResultsFileError, match="cut.json is not a complete results file .* scoreboard"):
         result_files.read_scoreboards(tmp_path)
     (tmp_path / "cut.json").write_text(json.dumps({"rows": [{"model": "a", "method": "random", "score": "focus",
                                                             "removal": "", "measure": "share", "mean": "high",

@@ -306,6 +306,11 @@ def write_scoreboard(folder: str | os.PathLike, rows: Sequence[AttributionScore]
     return path
 
 
+def _unreadable_board(path: Path, why: str) -> ResultsFileError:
+    return ResultsFileError(f"{path} is not a complete results file ({why}): restore it (from git or a backup), or "
+                            "move it away and run python -m vitlab scoreboard for its model again")
+
+
 def read_scoreboards(folder: str | os.PathLike = SCOREBOARDS) -> tuple[list[AttributionScore], dict[str, dict]]:
     """Every scoreboard in ``folder``: the rows of all its models, and per model what else its file says (the
     command, images, seconds, hardware). A file that cannot be read whole raises :class:`ResultsFileError`."""
@@ -315,10 +320,10 @@ def read_scoreboards(folder: str | os.PathLike = SCOREBOARDS) -> tuple[list[Attr
             data = read_json(path)
             read = [AttributionScore(**row) for row in data["rows"]]
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise _unreadable(path, f"{type(err).__name__}: {err}") from None
+            raise _unreadable_board(path, f"{type(err).__name__}: {err}") from None
         for row in read:
             if problem := field_problem(row):
-                raise _unreadable(path, problem)
+                raise _unreadable_board(path, problem)
         rows += read
         about[path.stem] = {k: v for k, v in data.items() if k not in ("rows", "fields")}
     return rows, about
