@@ -18,6 +18,7 @@ import torch
 
 from vitlab import load_model
 from vitlab.analysis import faithfulness
+from vitlab.models.inputs import input_size
 from vitlab.training.provenance import hardware
 
 METHODS = 9  #: the issue's nine methods (random floor included)
@@ -37,7 +38,7 @@ def main() -> None:
     removals = tuple(args.removals.split(","))
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=gen)
-    size = faithfulness._input_size(model)
+    size = input_size(model)
     images = torch.nn.functional.interpolate(images.float(), size=size).round().to(torch.uint8)
     grid = tuple(model.patch_embed.grid_size) if hasattr(model, "patch_embed") else (8, 8)
     maps = {f"method {i}": torch.rand(args.images, *grid, generator=gen) for i in range(METHODS)}

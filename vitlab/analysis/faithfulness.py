@@ -11,7 +11,6 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-import timm
 import torch
 from timm import layers as timm_layers
 from torch import nn
@@ -19,7 +18,7 @@ from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
 from ..models import preprocess
-from ..models.inputs import check_images
+from ..models.inputs import check_images, input_size
 from .capture import pooling, restoring
 from .lens import check_labels
 from .references import bootstrap_interval
@@ -81,10 +80,6 @@ def check_removal(model: nn.Module, removal: str) -> None:
                          "which drop removes entirely at the end of deletion: use removal 'mean' or 'blur'")
 
 
-def _input_size(model: nn.Module) -> tuple[int, int]:
-    return tuple(int(s) for s in timm.data.resolve_model_data_config(model)["input_size"][1:])
-
-
 def _check_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, removals, steps: int,
                 name: str = "maps") -> None:
     """A one-line ValueError unless ``maps`` are finite (N, rows, cols) on a grid that tiles the model's input, the
@@ -94,7 +89,7 @@ def _check_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, remo
         raise ValueError(f"{name} must be one (rows, cols) map per image: {len(images)} images, got {shape}")
     if not bool(torch.isfinite(maps).all()):
         raise ValueError(f"{name} hold NaN or infinite values: give finite maps")
-    (h, w), (rows, cols) = _input_size(model), maps.shape[1:]
+    (h, w), (rows, cols) = input_size(model), maps.shape[1:]
     if h % rows or w % cols:
         raise ValueError(f"{name} are on a {rows}x{cols} grid, which does not tile the model's {h}x{w} input")
     if "drop" in removals and tuple(model.patch_embed.grid_size) != (rows, cols):

@@ -14,6 +14,7 @@ from . import saliency as sal
 from .lens import check_labels
 from .references import bootstrap_interval, random_init
 from .. import data
+from ..models.inputs import input_size
 
 #: A method whose maps keep this mean Spearman correlation with the trained model's after every layer is
 #: re-initialised does not depend on what the model learnt (flagged).
@@ -198,7 +199,7 @@ def focus_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     rows, cols = sal.patch_grid(model)
     if rows % 2 or cols % 2:
         raise ValueError(f"the model's {rows}x{cols} grid has no quadrants of whole cells: Focus needs an even grid")
-    mosaics, targets, quadrants = make_mosaics(images, labels, count, seed=seed, size=sal._input_size(model))
+    mosaics, targets, quadrants = make_mosaics(images, labels, count, seed=seed, size=input_size(model))
     maps, _, targets, predictions, _ = sal._run(model, mosaics, methods, targets, batch_size, seed)
     focus = {m: focus_scores(maps[m], quadrants) for m in methods}
     bounds = {m: bootstrap_interval(f) for m, f in focus.items()}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +16,7 @@ from torch import nn
 from . import attention_maps
 from .capture import _blocks, capture, has_class_token, pooling, restoring
 from .lens import check_labels
-from ..models.inputs import check_images, preprocess
+from ..models.inputs import check_images, input_size, preprocess
 
 METHODS = ("random", "attention", "rollout", "grad_rollout", "attn_grad", "occlusion",
            "integrated_gradients", "input_x_gradient", "grad_cam")
@@ -54,17 +53,12 @@ def applicable(model: nn.Module, method: str) -> str | None:
     return None
 
 
-def _input_size(model: nn.Module) -> tuple[int, int]:
-    size = timm.data.resolve_model_data_config(model)["input_size"][1:]
-    return int(size[0]), int(size[1])
-
-
 def patch_grid(model: nn.Module) -> tuple[int, int]:
     """(rows, cols) of the grid maps live on: a ViT's ``patch_embed.grid_size``; a CNN's 8x8 cells of its input."""
     embed = getattr(model, "patch_embed", None)
     if embed is not None and getattr(embed, "grid_size", None) is not None:
         return tuple(int(v) for v in embed.grid_size)
-    h, w = _input_size(model)
+    h, w = input_size(model)
     if h % CNN_GRID or w % CNN_GRID:
         raise ValueError(f"{type(model).__name__} takes {h}x{w} pixels, which do not divide into a {CNN_GRID}x"
                          f"{CNN_GRID} grid of cells: give its pretrained_cfg an input_size divisible by {CNN_GRID}")
@@ -89,10 +83,7 @@ def _inputs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def _baseline(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The dataset mean as the model sees it: ``pretrained_cfg["mean"]`` normalised, a constant image like ``x``."""
-    cfg = timm.data.resolve_model_data_config(model)
-    mean = torch.tensor(cfg["mean"], dtype=torch.float64).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"], dtype=torch.float64).view(1, 3, 1, 1)
-    return ((mean - mean) / std).to(x.device, x.dtype).expand_as(x).contiguous()  # (B, 3, H, W)
+    return torch.zeros_like(x)  # (B, 3, H, W): preprocessing maps the mean to 0
 
 
 def _cells(pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

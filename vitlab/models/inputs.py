@@ -89,6 +89,12 @@ def _check_values(model: nn.Module, x: torch.Tensor, what: str) -> None:
                          "and std): pass uint8 images (0..255) or call vitlab.preprocess(model, images) first")
 
 
+def input_size(model: nn.Module) -> tuple[int, int]:
+    """The (height, width) in pixels the model takes, from its data config (``pretrained_cfg``)."""
+    size = timm.data.resolve_model_data_config(model)["input_size"][1:]
+    return int(size[0]), int(size[1])
+
+
 def check_input(model: nn.Module, x: object, what: str = "images given to model(...)") -> None:
     """Raise a one-line error unless ``x`` is a float batch (B, C, H, W) as :func:`vitlab.preprocess` returns."""
     _check_batch(model, x, what)
