@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from conftest import NOTEBOOKS_NEEDING_CIFAR
 from notebook_runs import nbmake_error, record
@@ -280,8 +281,9 @@ class Lab:
 
         self.change("timm_name", lambda: draw(lambda: typed("test_vit")), "() => true", widget=widget)
         offer.wait_for(timeout=60_000)
-        status = box.locator(".widget-html").first.text_content()
-        assert status.startswith("test_vit: its pretrained weights are not cached here"), status
+        status = box.locator(".widget-html").first
+        expect(status).to_contain_text("test_vit: its pretrained weights are not cached here", timeout=30_000)
+        assert status.text_content().startswith("test_vit: its pretrained"), status.text_content()
         self.change("random_weights", lambda: draw(offer.click), _title_has(plot), arg="test_vit (random weights)",
                     widget=widget)
         weights = ROOT / "data" / "zoo" / "vit_tiny_c10.safetensors"  # by its path: the menu and titles name the file
@@ -394,7 +396,7 @@ def test_tour_notebook(static_lab, page):
     images = nb.widget(3).locator(".widget-dropdown select").nth(1).locator("option").all_text_contents()
     assert images == kinds
     for i in range(4):  # timm's own models cannot be rebuilt at random init: each status line says so
-        assert "no random-init reference" in nb.widget(i).locator(".widget-html").first.text_content()
+        expect(nb.widget(i).locator(".widget-html").first).to_contain_text("no random-init reference", timeout=30_000)
         nb.widget(i).screenshot(path=str(ARTIFACTS / f"00_own_model_{i}.png"))
     nb.check()
 
@@ -454,7 +456,7 @@ def test_position_embeddings_notebook(lab, page):
     nb.change("model", lambda: select.select_option(index=other), _title_is(1), arg=specs[other])
     assert heatmap.first.get_attribute("href") != image_before  # the tiles were redrawn, not only the title
     if not vitlab.training.zoo.trained(specs[other]):  # an untrained model says so beside its noise
-        assert "random weights" in nb.widget().locator(".widget-html").first.text_content()
+        expect(nb.widget().locator(".widget-html").first).to_contain_text("random weights", timeout=30_000)
     nb.change("click", lambda: plots.nth(1).click(position={"x": box["width"] * 0.45, "y": box["height"] * 0.5}),
               f"() => !document.querySelectorAll('{PLOTS}')[2].querySelector('.gtitle')"
               ".textContent.includes('(row 1, col 1)')", timeout_s=30)
@@ -519,7 +521,8 @@ def test_attention_distance_notebook(lab, page):
     nb.change("epoch", lambda: (handle.focus(), handle.press("ArrowLeft")),
               f"t => document.querySelectorAll('{PLOTS}')[2].querySelector('.gtitle').textContent.includes(t)",
               arg=f"at epoch {earlier}:", widget=explorer)
-    assert f"Epoch {earlier}," in boxes.nth(explorer).locator(".widget-html").first.text_content()  # the readout too
+    expect(boxes.nth(explorer).locator(".widget-html").first).to_contain_text(f"Epoch {earlier},",
+                                                                             timeout=30_000)  # the readout too
     nb.own_models(0, 1, compute=True)
     nb.change("upload", lambda: nb.upload(0, sorted(vitlab.data.SAMPLES_DIR.joinpath("kinds").iterdir())),
               _title_has(1), arg="5 of your 5 uploaded images")
