@@ -68,11 +68,10 @@ def lab(tmp_path_factory, request):
 
 @pytest.fixture(scope="session")
 def static_lab(tmp_path_factory, request):
-    """The same with the static path forced in its kernels (``VITLAB_STATIC=1``); its runs are not kept for nbmake,
-    whose items read the FigureWidget path's runs."""
-    base, token, _ = next(server := _serve_lab(tmp_path_factory, request, static=True))
-    yield base, token, None
-    next(server, None)
+    """The same with the static path forced in its kernels (``VITLAB_STATIC=1``). Only the notebooks tested on the
+    static path alone (:data:`STATIC_TESTED`) keep their runs for nbmake; the others' nbmake items read their
+    FigureWidget path's runs (:class:`Lab`'s ``keep``)."""
+    yield from _serve_lab(tmp_path_factory, request, static=True)
 
 
 def _serve_lab(tmp_path_factory, request, static: bool):
@@ -204,11 +203,13 @@ _LEGEND_STYLES = """p => [...p.querySelectorAll('.legend .traces')].map(t => {
 class Lab:
     """One notebook open in JupyterLab: run it, change its widgets, check what a reader sees."""
 
-    def __init__(self, page, lab, notebook: str, allow_stderr=()):
+    def __init__(self, page, lab, notebook: str, allow_stderr=(), keep: bool = True):
+        """``keep``: the Run All serves as the notebook's nbmake check (when ``lab`` keeps runs)."""
         self.page, self.notebook, self.allow_stderr = page, notebook, allow_stderr
         self.name, self.path = notebook.removesuffix(".ipynb"), f"notebooks/{notebook}"
         ARTIFACTS.mkdir(exist_ok=True)
         base, token, self.keep = lab
+        self.keep = self.keep if keep else None
         page.goto(f"{base}/lab/tree/{self.path}?token={token}&reset")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
         # The status bar names the kernel once it is connected; running before that is lost.
@@ -727,7 +728,8 @@ _EMPTY = f"""() => [...document.querySelectorAll('{PLOTS}')].map((p, i) => p.que
 _TITLES = f"() => [...document.querySelectorAll('{PLOTS}')].map(p => p.querySelector('.gtitle')?.textContent || '')"
 
 
-#: Notebooks whose browser test above runs on the static path already.
+#: Notebooks whose browser test above runs on the static path already; its Run All is also the notebook's nbmake
+#: check (every explorer they show runs on the FigureWidget path in another notebook's browser test).
 STATIC_TESTED = {"00_tour.ipynb", "06_train.ipynb", "07_pretraining.ipynb"}
 # Every title that was there is back (a figure drawn again whole has none for a moment) and one changed to column 2.
 _PICKED = f"""was => {{
@@ -764,7 +766,7 @@ def static_checks(page, nb: Lab) -> None:
                                       for n in FIGURES if n not in STATIC_TESTED])
 def test_static_path(static_lab, page, notebook):
     """VITLAB_STATIC=1 (as in VS Code and Colab), each notebook the tests above run on the widget path."""
-    nb = Lab(page, static_lab, notebook, allow_stderr=(TEXT_PROGRESS_BAR, *SIZE_WARNING))
+    nb = Lab(page, static_lab, notebook, allow_stderr=(TEXT_PROGRESS_BAR, *SIZE_WARNING), keep=False)
     nb.run_all(timeout_s=600)
     static_checks(page, nb)
     nb.check()

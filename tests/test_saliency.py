@@ -168,6 +168,11 @@ def test_which_methods_apply(tiny_vit, resnet):
     assert [m for m in sal.METHODS if sal.applicable(resnet, m) is None] == [
         "random", "occlusion", "integrated_gradients", "input_x_gradient", "grad_cam"]
     assert [m for m in sal.METHODS if sal.applicable(tiny_vit, m) is None] == list(sal.METHODS[:-1])
+    assert sal.applicable_methods(resnet) == ("random", "occlusion", "integrated_gradients", "input_x_gradient",
+                                              "grad_cam")
+    assert sal.applicable_methods(resnet, slow=False) == ("random", "input_x_gradient", "grad_cam")
+    assert sal.applicable_methods(tiny_vit, slow=False) == ("random", "attention", "rollout", "grad_rollout",
+                                                            "attn_grad", "input_x_gradient")
     assert sal.patch_grid(resnet) == (8, 8) and sal.patch_grid(tiny_vit) == (4, 4)
     torch.manual_seed(0)
     pooling = build_model({"timm": "vit_tiny_patch16_224", "kwargs": dict(img_size=32, patch_size=8, embed_dim=24,

@@ -67,7 +67,7 @@ def randomisation_stages(model: nn.Module) -> list[tuple[str, list[str]]]:
 
 def _check_methods(model: nn.Module, methods: Sequence[str] | None) -> tuple[str, ...]:
     if methods is None:
-        return tuple(m for m in sal.METHODS if sal.applicable(model, m) is None)
+        return sal.applicable_methods(model)
     if isinstance(methods, str):
         raise TypeError(f"methods must be a list of method names, got {methods!r}: pass [{methods!r}]")
     for method in methods:

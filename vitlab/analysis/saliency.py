@@ -24,6 +24,9 @@ METHODS = ("random", "attention", "rollout", "grad_rollout", "attn_grad", "occlu
 ATTENTION_METHODS = ("attention", "rollout", "grad_rollout", "attn_grad")
 #: Methods whose attributions have pixel resolution (kept in :class:`MapsResult`'s ``pixels``).
 PIXEL_METHODS = ("integrated_gradients", "input_x_gradient", "grad_cam")
+#: Methods that cost many forwards per image (occlusion: one per cell; integrated gradients: IG_STEPS, each with a
+#: backward); the others take one forward and at most one backward.
+SLOW_METHODS = ("occlusion", "integrated_gradients")
 #: Integrated gradients' path steps (Gauss-Legendre, captum's default rule).
 IG_STEPS = 64
 #: Cells per side of the grid a model without patches (a ResNet) is scored on.
@@ -51,6 +54,12 @@ def applicable(model: nn.Module, method: str) -> str | None:
     if method == "grad_cam" and not isinstance(getattr(model, "layer4", None), nn.Module):
         return (f"grad_cam reads a ResNet's layer4, and {name} has none: for a ViT use grad_rollout or attn_grad")
     return None
+
+
+def applicable_methods(model: nn.Module, slow: bool = True) -> tuple[str, ...]:
+    """The methods that apply to ``model``, in :data:`METHODS` order; ``slow=False`` leaves out
+    :data:`SLOW_METHODS`."""
+    return tuple(m for m in METHODS if applicable(model, m) is None and (slow or m not in SLOW_METHODS))
 
 
 def patch_grid(model: nn.Module) -> tuple[int, int]:
@@ -342,7 +351,7 @@ def maps_analysis(model: nn.Module, images: torch.Tensor, methods: tuple[str, ..
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
         raise TypeError("images must be a uint8 tensor (N, 3, H, W): maps_analysis keeps them for its figures")
     if methods is None:
-        methods = tuple(m for m in METHODS if applicable(model, m) is None)
+        methods = applicable_methods(model)
     elif isinstance(methods, str):
         raise TypeError(f"methods must be a list of method names, got {methods!r}: pass [{methods!r}]")
     methods = tuple(methods)

@@ -14,7 +14,7 @@ from ..records import AttributionScore
 from .faithfulness import REMOVALS, FaithfulnessResult, faithfulness_analysis
 from .map_checks import FocusResult, SanityResult, focus_analysis, sanity_analysis
 from .references import bootstrap_interval
-from .saliency import METHODS, MapsResult, applicable, maps_analysis
+from .saliency import MapsResult, applicable_methods, maps_analysis
 
 #: Images of the sanity check and mosaics of the Focus score in a full scoreboard (the issue's protocol).
 SANITY_IMAGES, FOCUS_MOSAICS = 100, 100
@@ -77,7 +77,7 @@ def scoreboard_analysis(model: nn.Module, images: torch.Tensor, labels: torch.Te
     ``removals`` (default those that apply: no token dropping without patch tokens) and Chefer's protocol; the sanity
     check on the first ``sanity_images`` images and the Focus score on ``focus_mosaics`` mosaics (0 skips either)."""
     if methods is None:
-        methods = tuple(m for m in METHODS if applicable(model, m) is None)
+        methods = applicable_methods(model)
     if removals is None:
         removals = tuple(r for r in REMOVALS if r != "drop" or hasattr(model, "patch_drop"))
     if sanity_images and not 2 <= sanity_images <= len(images):

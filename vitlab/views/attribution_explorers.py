@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..analysis.faithfulness import REMOVALS, check_removal, faithfulness_analysis
-from ..analysis.saliency import METHODS, applicable, maps_analysis, patch_grid
+from ..analysis.saliency import METHODS, applicable_methods, maps_analysis, patch_grid
 from ..analysis.scoreboard import ScoreboardResult
 from ..records import AttributionScore
 from ..settings import quick_or
@@ -104,7 +104,7 @@ class AttributionExplorer(LabelledImages, Explorer):
 
     def _fit_model(self, model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Offer only the methods and removals that apply to ``model``, keeping those picked where they still do."""
-        offered = [m for m in METHODS if applicable(model, m) is None]
+        offered = list(applicable_methods(model))
         removals = removals_for(model)
         with self.hold():
             picked = [m for m in self.methods.value if m in offered]
