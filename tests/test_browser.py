@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -148,12 +149,29 @@ def chromium():
 
 
 def _end_kernels(base: str, token: str) -> None:
-    """End the kernels of the notebooks a test opened: each holds its models in memory."""
+    """End the kernels of the notebooks a test opened (each holds its models in memory), in the background: the
+    server waits for a kernel to exit before it answers, and the next test need not."""
     with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=10) as response:
         sessions = json.load(response)
-    for session in sessions:
-        urllib.request.urlopen(urllib.request.Request(f"{base}/api/sessions/{session['id']}?token={token}",
-                                                      method="DELETE"), timeout=30)
+
+    def end():
+        for session in sessions:
+            try:
+                urllib.request.urlopen(urllib.request.Request(f"{base}/api/sessions/{session['id']}?token={token}",
+                                                              method="DELETE"), timeout=30)
+            except OSError:  # the server stopped first (the last test): it ends its kernels itself
+                pass
+
+    threading.Thread(target=end, daemon=True).start()
+
+
+def _start_kernel(base: str, token: str, path: str) -> None:
+    """Start the notebook's kernel through the server's sessions API while the page loads: JupyterLab connects to
+    the session it finds for the notebook's path instead of starting one."""
+    body = json.dumps({"path": path, "type": "notebook", "name": path.rsplit("/", 1)[-1],
+                       "kernel": {"name": "python3"}}).encode()
+    urllib.request.urlopen(urllib.request.Request(f"{base}/api/sessions?token={token}", data=body, method="POST",
+                                                  headers={"Content-Type": "application/json"}), timeout=30)
 
 
 # Page-side checks, each returning a list of problems (empty when all is well).
@@ -210,6 +228,7 @@ class Lab:
         ARTIFACTS.mkdir(exist_ok=True)
         base, token, self.keep = lab
         self.keep = self.keep if keep else None
+        _start_kernel(base, token, self.path)
         page.goto(f"{base}/lab/tree/{self.path}?token={token}&reset")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
         # The status bar names the kernel once it is connected; running before that is lost.
