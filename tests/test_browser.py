@@ -211,6 +211,12 @@ _CUT_CELLS = """p => [...p.querySelectorAll('.y-column')].flatMap(column => {
         .map(t => `cut table cell (${Math.round(t.getBBox().width)} > ${room} px): ${t.textContent}`);
 })"""
 
+# Every plot's problems and cut table cells, each plot scrolled into view first, in one call from Python.
+_EVERY_PLOTS_PROBLEMS = f"""() => [...document.querySelectorAll('{PLOTS}')].flatMap(p => {{
+    p.scrollIntoView({{block: 'nearest'}});
+    return ({_PLOT_PROBLEMS})(p).concat(({_CUT_CELLS})(p));
+}})"""
+
 # The (colour, dash) of each legend entry of one plot, as drawn.
 _LEGEND_STYLES = """p => [...p.querySelectorAll('.legend .traces')].map(t => {
     const line = t.querySelector('.js-line');
@@ -345,11 +351,7 @@ class Lab:
         assert stubs.count() == 0, stubs.all_inner_texts()
         self.open_file_browser()
         page.screenshot(path=str(ARTIFACTS / f"{self.name}_page.png"), full_page=True)
-        plots, problems = page.locator(PLOTS), []
-        for i in range(plots.count()):
-            plots.nth(i).scroll_into_view_if_needed()
-            problems += plots.nth(i).evaluate(_PLOT_PROBLEMS) + plots.nth(i).evaluate(_CUT_CELLS)
-        assert problems == []
+        assert page.evaluate(_EVERY_PLOTS_PROBLEMS) == []
         assert page.evaluate(_CUT_LABELS) == []
         assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []
 
@@ -789,6 +791,25 @@ def test_static_path(static_lab, page, notebook):
     nb.run_all(timeout_s=600)
     static_checks(page, nb)
     nb.check()
+
+
+def test_page_checks_find_a_figure_past_its_output_and_a_cut_table_cell(chromium):
+    """Lab.check's one-call plot checks on a page made to fail them: a figure wider than its output, a title under
+    the mode bar, a table cell's text wider than its column."""
+    context = chromium.new_context(viewport={"width": 800, "height": 600})
+    page = context.new_page()
+    page.set_content("""<div class="jp-Notebook"><div style="height: 2000px"></div>
+        <div class="jp-OutputArea-output" style="width: 300px"><div class="js-plotly-plot" style="width: 420px">
+          <div class="gtitle" style="position: absolute; width: 100px; height: 20px">a title</div>
+          <div class="modebar" style="position: absolute; width: 100px; height: 20px"></div>
+          <svg width="400" height="40"><g class="y-column"><rect class="cell-rect" width="40" height="20"/>
+            <text class="cell-text" x="0" y="15">a long cell text</text></g></svg></div></div></div>""")
+    problems = page.evaluate(_EVERY_PLOTS_PROBLEMS)
+    context.close()
+    assert len(problems) == 3, problems
+    assert problems[0] == "figure ends 120 px past its output"
+    assert problems[1] == "mode bar covers title: a title"
+    assert problems[2].startswith("cut table cell (") and problems[2].endswith("> 32 px): a long cell text")
 
 
 def test_report_offline(tmp_path, chromium):
