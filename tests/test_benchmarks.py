@@ -105,3 +105,29 @@ def test_profile_counts_ops_per_step_and_finds_the_casts(bench):
         assert sum(prof.share(name) for name in bench.SHARES) == pytest.approx(1)
     assert profiles["fp32"].share("casts") < 0.01
     assert profiles["bf16"].seconds["casts"] > 10 * profiles["fp32"].seconds["casts"]
+
+
+def test_suite_time_sums_each_groups_phases_and_scales_to_the_wall(capsys, tmp_path):
+    log = tmp_path / "ci.log"
+    log.write_text("\n".join([
+        "============================= slowest durations =============================",
+        "30.00s call     tests/test_browser.py::test_static_path[01_embedding_filters.ipynb]",
+        "10.00s call     tests/test_saliency.py::test_x",
+        "5.00s setup    tests/test_saliency.py::test_x",
+        "2.50s teardown tests/test_browser.py::test_static_path[01_embedding_filters.ipynb]",
+        "2.50s call     tests/test_data.py::test_y",
+        "=========== 3 passed, 4 skipped, 6 warnings in 25.00s (0:00:25) ============"]))
+    with benchmark_script("suite_time.py") as module:
+        seconds, wall = module.read(log.read_text())
+        assert seconds == {"tests/test_browser.py::test_static_path[01_embedding_filters.ipynb]": 32.5,
+                           "tests/test_saliency.py::test_x": 15.0, "tests/test_data.py::test_y": 2.5}
+        assert wall == 25.0
+        # a node id counts in its first matching group only
+        assert module.shares(seconds, [("maps", "saliency|static"), ("static", "static_path")]) == {
+            "maps": 47.5, "static": 0.0, "other": 2.5}
+        module.main([str(log), "--group", "static=static_path", "--group", "maps=saliency"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "3 tests, 50 worker seconds, pytest's wall time 25 s"
+    assert out[1] == "  static: 32 worker seconds (65.0%), about 16 s of the wall time"  # 32.5 / 50 of 25 s
+    assert out[2] == "  maps: 15 worker seconds (30.0%), about 8 s of the wall time"
+    assert out[3] == "  other: 2 worker seconds (5.0%), about 1 s of the wall time"
