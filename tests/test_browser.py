@@ -298,7 +298,8 @@ class Lab:
 
         def draw(action):
             action()
-            if compute:
+            if compute:  # once the kernel has taken the new model: the click then computes for it
+                expect(box.locator(".widget-html").first).to_contain_text("press Compute", timeout=60_000)
                 box.locator("button", has_text="Compute").click()
 
         def typed(text: str):
