@@ -63,9 +63,10 @@ def _file(results: str | os.PathLike, suffix: str) -> Path:
     return Path(str(results).removesuffix(".csv").removesuffix(".json") + suffix)
 
 
-def _unreadable(path: Path, why: str) -> ResultsFileError:
+def _unreadable(path: Path, why: str, remake: str = "rerun the sweep") -> ResultsFileError:
+    """``remake``: what writes the file again once it is moved away."""
     return ResultsFileError(f"{path} is not a complete results file ({why}): restore it (from git or a backup), "
-                            "or move it away and rerun the sweep; vitlab will not overwrite it")
+                            f"or move it away and {remake}; vitlab will not overwrite it")
 
 
 def _load(results: str | os.PathLike, tag: str) -> dict[str, Any]:
@@ -306,9 +307,7 @@ def write_scoreboard(folder: str | os.PathLike, rows: Sequence[AttributionScore]
     return path
 
 
-def _unreadable_board(path: Path, why: str) -> ResultsFileError:
-    return ResultsFileError(f"{path} is not a complete results file ({why}): restore it (from git or a backup), or "
-                            "move it away and run python -m vitlab scoreboard for its model again")
+_REMAKE_BOARD = "run python -m vitlab scoreboard for its model again"
 
 
 def read_scoreboards(folder: str | os.PathLike = SCOREBOARDS) -> tuple[list[AttributionScore], dict[str, dict]]:
@@ -320,10 +319,10 @@ def read_scoreboards(folder: str | os.PathLike = SCOREBOARDS) -> tuple[list[Attr
             data = read_json(path)
             read = [AttributionScore(**row) for row in data["rows"]]
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise _unreadable_board(path, f"{type(err).__name__}: {err}") from None
+            raise _unreadable(path, f"{type(err).__name__}: {err}", _REMAKE_BOARD) from None
         for row in read:
             if problem := field_problem(row):
-                raise _unreadable_board(path, problem)
+                raise _unreadable(path, problem, _REMAKE_BOARD)
         rows += read
         about[path.stem] = {k: v for k, v in data.items() if k not in ("rows", "fields")}
     return rows, about
