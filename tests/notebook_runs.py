@@ -26,14 +26,17 @@ def record(config: pytest.Config, path: str, cells: list[dict], by: str) -> None
     config.stash.setdefault(EXECUTED, {})[path] = {"by": by, "notebook": {"cells": cells}}
 
 
-def nbmake_error(notebook: dict) -> NotebookError | None:
+def nbmake_error(notebook: dict, first: int | None = 1) -> NotebookError | None:
     """What nbmake would report for an executed notebook: its last error output, or the first code cell
-    that did not run, or ran out of order (the cells of one Run All in a fresh kernel count 1, 2, 3, ...)."""
+    that did not run, or ran out of order (the cells of one Run All in a fresh kernel count 1, 2, 3, ...; in a kernel
+    that ran before, ``first=None``, they count on from the first cell's)."""
     error = NotebookRun._get_error(None, notebook)  # nbmake's own reading of error outputs (it needs no self)
     if error is not None:
         return error
     code = [(i, c) for i, c in enumerate(notebook["cells"]) if c["cell_type"] == "code" and "".join(c["source"]).strip()]
-    for count, (i, cell) in enumerate(code, start=1):
+    if first is None:
+        first = (code[0][1].get("execution_count") or 1) if code else 1
+    for count, (i, cell) in enumerate(code, start=first):
         if cell.get("execution_count") != count:
             summary = f"code cell {i} has execution count {cell.get('execution_count')}, expected {count}"
             return NotebookError(summary=summary, trace=f"{summary}\n{''.join(cell['source'])}", failing_cell_index=i)
@@ -53,12 +56,17 @@ def _check_or_execute(item: pytest.Item, execute) -> None:
 
 
 def pair(nodeid: str) -> str | None:
-    """The notebook a browser test or an nbmake item checks (``tests/test_browser.py::test_tour_notebook``
-    and ``notebooks/00_tour.ipynb::00_tour.ipynb`` both give ``tour``), None for other tests."""
+    """The notebook a browser test or an nbmake item checks (``tests/test_browser.py::test_tour_notebook``,
+    ``tests/test_browser.py::test_static_path[00_tour.ipynb]`` and ``notebooks/00_tour.ipynb::00_tour.ipynb`` all
+    give ``tour``), None for other tests."""
     path, _, name = nodeid.partition("::")
     if path.endswith(".ipynb"):
         return path.rsplit("/", 1)[-1].removesuffix(".ipynb").split("_", 1)[-1]
-    if path.endswith("test_browser.py") and name.startswith("test_") and name.endswith("_notebook"):
+    if not path.endswith("test_browser.py"):
+        return None
+    if name.startswith("test_static_path[") and name.endswith(".ipynb]"):
+        return name.removeprefix("test_static_path[").removesuffix(".ipynb]").split("_", 1)[-1]
+    if name.startswith("test_") and name.endswith("_notebook"):
         return name.removeprefix("test_").removesuffix("_notebook")
     return None
 
@@ -72,8 +80,9 @@ def serve_from_browser_runs(items: list[pytest.Item]) -> None:
 
 
 def make_scheduler(config: pytest.Config, log):
-    """pytest-xdist's scheduler, but a notebook's browser test and its nbmake item are one unit of work:
-    one worker runs both, in collection order (browser test first); every other test is a unit alone.
+    """pytest-xdist's scheduler, but a notebook's browser tests and its nbmake item are one unit of work:
+    one worker runs them, in collection order (the widget-path browser test first, then the static-path one, which
+    reuses its kernel, then nbmake's); every other test is a unit alone.
     Units go out largest first, so the notebooks start first. (A browser test named otherwise than
     ``test_<notebook without its number>_notebook`` only loses the pairing: nbmake then runs the notebook.)"""
     from xdist.scheduler import LoadScopeScheduling

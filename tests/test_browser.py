@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout, expect
 
 from conftest import NOTEBOOKS_NEEDING_CIFAR
 from notebook_runs import nbmake_error, record
@@ -63,19 +63,9 @@ pytestmark = [
 @pytest.fixture(scope="session")  # one server for the session (or per pytest-xdist worker)
 def lab(tmp_path_factory, request):
     """A JupyterLab server on 127.0.0.1 with a token, serving the project folder, and what keeps a notebook's
-    run for its nbmake item (None when the kernels here run in another quick mode than nbmake's)."""
-    yield from _serve_lab(tmp_path_factory, request, static=False)
-
-
-@pytest.fixture(scope="session")
-def static_lab(tmp_path_factory, request):
-    """The same with the static path forced in its kernels (``VITLAB_STATIC=1``). Only the notebooks tested on the
-    static path alone (:data:`STATIC_TESTED`) keep their runs for nbmake; the others' nbmake items read their
-    FigureWidget path's runs (:class:`Lab`'s ``keep``)."""
-    yield from _serve_lab(tmp_path_factory, request, static=True)
-
-
-def _serve_lab(tmp_path_factory, request, static: bool):
+    run for its nbmake item (None when the kernels here run in another quick mode than nbmake's). Its kernels run
+    the FigureWidget path (``VITLAB_STATIC=0``) unless a test sets the static path in one (:class:`Lab`'s
+    ``static``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -89,7 +79,7 @@ def _serve_lab(tmp_path_factory, request, static: bool):
                VITLAB_QUICK=os.environ.get("VITLAB_QUICK", "1"))
     if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:  # kernels of two workers share the cores
         env["OMP_NUM_THREADS"] = "1"
-    env["VITLAB_STATIC"] = "1" if static else "0"
+    env["VITLAB_STATIC"] = "0"
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
@@ -119,17 +109,22 @@ def _serve_lab(tmp_path_factory, request, static: bool):
 
 @pytest.fixture
 def page(request, chromium):
-    """A Chromium page in a context of its own, and afterwards the kernels of the server the test uses (``lab`` or
-    ``static_lab``) ended."""
-    lab = request.getfixturevalue("static_lab" if "static_lab" in request.fixturenames else "lab")
+    """A Chromium page in a context of its own, and afterwards the kernels of the server's notebooks ended, except
+    one a passing widget-path test hands on to its notebook's static-path test (``page.hand_on``, :meth:`Lab.check`)
+    with its widgets closed."""
+    lab = request.getfixturevalue("lab")
     context = chromium.new_context(viewport={"width": 1500, "height": 1100})
     page = context.new_page()
-    page.console_errors, page.nodeid = [], request.node.nodeid
+    page.console_errors, page.nodeid, page.hand_on = [], request.node.nodeid, None
     page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
     page.on("pageerror", lambda e: page.console_errors.append(str(e)))
     yield page
+    if page.hand_on:  # the next page opens the notebook without this run's outputs and restores none of its widgets
+        page.evaluate("""async () => { const commands = window.jupyterapp.commands;
+            await commands.execute('notebook:clear-all-cell-outputs'); await commands.execute('docmanager:save'); }""")
+        kernel_run(page, "import ipywidgets; ipywidgets.Widget.close_all()")
     context.close()
-    _end_kernels(*lab[:2])
+    _end_kernels(*lab[:2], keep=page.hand_on)
 
 
 @pytest.fixture(scope="session")
@@ -148,11 +143,15 @@ def chromium():
         browser.close()
 
 
-def _end_kernels(base: str, token: str) -> None:
-    """End the kernels of the notebooks a test opened (each holds its models in memory), in the background: the
-    server waits for a kernel to exit before it answers, and the next test need not."""
+def _sessions(base: str, token: str) -> list[dict]:
     with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=10) as response:
-        sessions = json.load(response)
+        return json.load(response)
+
+
+def _end_kernels(base: str, token: str, keep: str | None = None) -> None:
+    """End the kernels of the notebooks a test opened (each holds its models in memory), but the one of notebook
+    ``keep``, in the background: the server waits for a kernel to exit before it answers, and the next test need not."""
+    sessions = [s for s in _sessions(base, token) if s["path"] != keep]
 
     def end():
         for session in sessions:
@@ -165,13 +164,26 @@ def _end_kernels(base: str, token: str) -> None:
     threading.Thread(target=end, daemon=True).start()
 
 
-def _start_kernel(base: str, token: str, path: str) -> None:
+def _start_kernel(base: str, token: str, path: str) -> bool:
     """Start the notebook's kernel through the server's sessions API while the page loads: JupyterLab connects to
-    the session it finds for the notebook's path instead of starting one."""
+    the session it finds for the notebook's path instead of starting one. True when a kernel was running there (one
+    a widget-path test handed on)."""
+    if any(s["path"] == path for s in _sessions(base, token)):
+        return True
     body = json.dumps({"path": path, "type": "notebook", "name": path.rsplit("/", 1)[-1],
                        "kernel": {"name": "python3"}}).encode()
     urllib.request.urlopen(urllib.request.Request(f"{base}/api/sessions?token={token}", data=body, method="POST",
                                                   headers={"Content-Type": "application/json"}), timeout=30)
+    return False
+
+
+def kernel_run(page, code: str) -> None:
+    """Run ``code`` in the kernel of the notebook open in ``page``, silently (no output, no execution count)."""
+    status = page.evaluate("""async code => {
+        const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+        return (await kernel.requestExecute({code, silent: true, store_history: false}).done).content.status;
+    }""", code)
+    assert status == "ok", (code, status)
 
 
 # Page-side checks, each returning a list of problems (empty when all is well).
@@ -227,14 +239,16 @@ _LEGEND_STYLES = """p => [...p.querySelectorAll('.legend .traces')].map(t => {
 class Lab:
     """One notebook open in JupyterLab: run it, change its widgets, check what a reader sees."""
 
-    def __init__(self, page, lab, notebook: str, allow_stderr=(), keep: bool = True):
-        """``keep``: the Run All serves as the notebook's nbmake check (when ``lab`` keeps runs)."""
-        self.page, self.notebook, self.allow_stderr = page, notebook, allow_stderr
+    def __init__(self, page, lab, notebook: str, allow_stderr=(), keep: bool = True, static: bool = False):
+        """``keep``: the Run All serves as the notebook's nbmake check (when ``lab`` keeps runs). ``static``: the
+        kernel runs the static path (``VITLAB_STATIC=1`` set in it before anything runs); the kernel a passing
+        widget-path test of the notebook handed on is reused (its imports, models and data already loaded)."""
+        self.page, self.notebook, self.allow_stderr, self.static = page, notebook, allow_stderr, static
         self.name, self.path = notebook.removesuffix(".ipynb"), f"notebooks/{notebook}"
         ARTIFACTS.mkdir(exist_ok=True)
         base, token, kept = lab
-        self.keep = kept if keep else None
-        _start_kernel(base, token, self.path)
+        self.reused = _start_kernel(base, token, self.path)
+        self.keep = kept if keep and not self.reused else None
         page.goto(f"{base}/lab/tree/{self.path}?token={token}&reset")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
         # The status bar names the kernel once it is connected; running before that is lost.
@@ -242,6 +256,8 @@ class Lab:
         news = page.get_by_role("button", name="No", exact=True)  # JupyterLab's "notify about news?" toast
         if news.count():
             news.click()
+        if static:
+            kernel_run(page, "import os; os.environ['VITLAB_STATIC'] = '1'")
 
     def run_all(self, timeout_s: int = 300) -> None:
         """Run All Cells and wait until every cell has run and the kernel is idle (longer in full mode);
@@ -257,7 +273,7 @@ class Lab:
         cells = page.evaluate(_EXECUTED_CELLS, self.path)
         if self.keep is not None:
             self.keep(self.path, cells, by=page.nodeid)
-        error = nbmake_error({"cells": cells})
+        error = nbmake_error({"cells": cells}, first=None if self.reused else 1)
         if error is not None:
             pytest.fail(error.trace, pytrace=False)
 
@@ -324,13 +340,28 @@ class Lab:
             self.widget(widget).locator("button.widget-upload").click()
         chooser.value.set_files([str(f) for f in files])
 
-    def reload(self) -> None:
-        """Save the notebook (as autosave would), reload the page with the kernel running, wait for the kernel."""
-        self.page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-        self.page.wait_for_timeout(1000)
-        self.page.reload()
-        self.page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        self.page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+    def reload(self, scroll_to: str) -> None:
+        """Save the notebook (as autosave would), reload the page with the kernel running, wait for the kernel, then
+        bring the first cell whose source has ``scroll_to`` into view until its widget is drawn again. JupyterLab
+        renders cells as they come into view, and on a loaded machine it neither reaches that cell by itself within a
+        minute nor always restores its widgets on the first reload (CI once waited 180 s on one): a second reload is
+        allowed, with a screenshot of the first."""
+        for attempt in (1, 2):
+            self.page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+            self.page.wait_for_timeout(1000)
+            self.page.reload()
+            self.page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            self.page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+            self.page.evaluate("""source => { const nb = window.jupyterapp.shell.currentWidget.content;
+                const i = nb.widgets.findIndex(c => c.model.sharedModel.getSource().includes(source));
+                return nb.scrollToItem ? nb.scrollToItem(i, 'start') : null; }""", scroll_to)
+            try:
+                self.widget().scroll_into_view_if_needed(timeout=90_000)
+                return
+            except PlaywrightTimeout:
+                self.page.screenshot(path=str(ARTIFACTS / f"{self.name}_reload_{attempt}_failed.png"))
+                if attempt == 2:
+                    raise
 
     def open_file_browser(self) -> None:
         if not self.page.locator("#filebrowser").is_visible():
@@ -354,6 +385,8 @@ class Lab:
         assert page.evaluate(_EVERY_PLOTS_PROBLEMS) == []
         assert page.evaluate(_CUT_LABELS) == []
         assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []
+        if not self.static and self.notebook in STATIC_RERUN:
+            page.hand_on = self.path  # all passed: this kernel runs the notebook's static path next
 
 
 def _undrawn(plot, table) -> list[str]:
@@ -385,12 +418,12 @@ def _title_is(index: int) -> str:
     return f"t => document.querySelectorAll('{PLOTS}')[{index}].querySelector('.gtitle').textContent === t"
 
 
-def test_tour_notebook(static_lab, page):
+def test_tour_notebook(lab, page):
     """On the static path (its nbmake item runs the widget path; nothing here is clicked, and the widget views of its
     explorers are drawn in the browser by notebooks 01-04)."""
     import vitlab
 
-    nb = Lab(page, static_lab, "00_tour.ipynb", allow_stderr=SIZE_WARNING)
+    nb = Lab(page, lab, "00_tour.ipynb", allow_stderr=SIZE_WARNING, static=True)
     nb.run_all()
     static_checks(page, nb)
     table = nb.plots(9).nth(0)  # the zoo table, then the explorers of the last section
@@ -437,13 +470,7 @@ def test_embedding_filters_notebook(lab, page):
     nb.plots(4).nth(2).screenshot(path=str(ARTIFACTS / "01_filters_8.png"))
     nb.own_models(0, 2)
     # A browser reload with the kernel running: every figure draws again within 10 s, and the slider redraws.
-    nb.reload()
-    # JupyterLab renders cells as they come into view: bring the explorer's cell there (on a loaded machine the
-    # page does not reach it by itself within a minute, nor restore its widgets), then its figures draw within 10 s.
-    page.evaluate("""() => { const nb = window.jupyterapp.shell.currentWidget.content;
-        const i = nb.widgets.findIndex(c => c.model.sharedModel.getSource().includes('EmbeddingFiltersExplorer('));
-        return nb.scrollToItem ? nb.scrollToItem(i, 'start') : null; }""")
-    nb.widget().scroll_into_view_if_needed(timeout=180_000)  # a busy machine restores the widgets slowly
+    nb.reload(scroll_to="EmbeddingFiltersExplorer(")
     try:
         page.wait_for_function(_DRAWN, arg=[0, 2], timeout=10_000)
     finally:
@@ -627,10 +654,10 @@ def test_vit_vs_resnet_notebook(lab, page):
 
 
 @pytest.mark.cifar
-def test_train_notebook(static_lab, page):
+def test_train_notebook(lab, page):
     """On the static path (its nbmake item runs the widget path; no widget here is clicked, and the widget views of
     its explorers are drawn in the browser by notebooks 03, 04, 05 and 08)."""
-    nb = Lab(page, static_lab, "06_train.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
+    nb = Lab(page, lab, "06_train.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,), static=True)
     nb.run_all(timeout_s=600)
     static_checks(page, nb)
     # Two training curves, the position embeddings, the attention explorer's three figures, and the
@@ -646,11 +673,11 @@ def test_train_notebook(static_lab, page):
 
 
 @pytest.mark.cifar
-def test_pretraining_notebook(static_lab, page):
+def test_pretraining_notebook(lab, page):
     """On the static path, as notebook 06's test (its nbmake item runs the widget path)."""
     import vitlab
 
-    nb = Lab(page, static_lab, "07_pretraining.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,))
+    nb = Lab(page, lab, "07_pretraining.ipynb", allow_stderr=(TEXT_PROGRESS_BAR,), static=True)
     nb.run_all(timeout_s=600)
     static_checks(page, nb)
     # The objective on test images, the pre-training curves, the live micro run, the inside comparison,
@@ -752,6 +779,8 @@ _TITLES = f"() => [...document.querySelectorAll('{PLOTS}')].map(p => p.querySele
 #: Notebooks whose browser test above runs on the static path already; its Run All is also the notebook's nbmake
 #: check (every explorer they show runs on the FigureWidget path in another notebook's browser test).
 STATIC_TESTED = {"00_tour.ipynb", "06_train.ipynb", "07_pretraining.ipynb"}
+#: The others, whose static path :func:`test_static_path` runs after their widget-path test.
+STATIC_RERUN = [n for n in FIGURES if n not in STATIC_TESTED]
 # Every title that was there is back (a figure drawn again whole has none for a moment) and one changed to column 2.
 _PICKED = f"""was => {{
     const now = ({_TITLES})(), before = JSON.parse(was);
@@ -784,10 +813,12 @@ def static_checks(page, nb: Lab) -> None:
 
 
 @pytest.mark.parametrize("notebook", [pytest.param(n, marks=[pytest.mark.cifar] if n in NOTEBOOKS_NEEDING_CIFAR else [])
-                                      for n in FIGURES if n not in STATIC_TESTED])
-def test_static_path(static_lab, page, notebook):
-    """VITLAB_STATIC=1 (as in VS Code and Colab), each notebook the tests above run on the widget path."""
-    nb = Lab(page, static_lab, notebook, allow_stderr=(TEXT_PROGRESS_BAR, *SIZE_WARNING), keep=False)
+                                      for n in STATIC_RERUN])
+def test_static_path(lab, page, notebook):
+    """VITLAB_STATIC=1 (as in VS Code and Colab), each notebook the tests above run on the widget path: in the kernel
+    the notebook's widget-path test handed on when it passed (on the same worker just before: tests/notebook_runs.py),
+    its widgets closed, so the imports, models and data it loaded are not loaded again; else in a fresh kernel."""
+    nb = Lab(page, lab, notebook, allow_stderr=(TEXT_PROGRESS_BAR, *SIZE_WARNING), keep=False, static=True)
     nb.run_all(timeout_s=600)
     static_checks(page, nb)
     nb.check()

@@ -90,7 +90,8 @@ def test_all_tokens_at_layer_0_recover_all_and_the_region_matters(region_case):
         first[:] = case.clean[0][k]
     assert torch.allclose(case.recovered(0, put_all), torch.ones(r.pairs, dtype=torch.float64), atol=1e-9, rtol=0)
     outside = [t for t in range(17) if t not in TOKENS]
-    assert (r.recovered[:, 0, outside] == 0).all()  # identical tokens: the corrupted run itself
+    # identical tokens: the corrupted run itself, up to float64 rounding (kernels differ with the batch's size and CPU)
+    assert float(r.recovered[:, 0, outside].abs().max()) < 1e-12
     assert float(r.recovered[:, 0, TOKENS].abs().max()) > 1e-3
     assert r.patch_maps().shape == (len(case.model.blocks) + 1, 4, 4)
     assert r.region == REGION
