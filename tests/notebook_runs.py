@@ -8,9 +8,10 @@ included). A browser test records its notebook's cells as JupyterLab holds them 
 (:func:`nbmake_error`: every code cell ran, once, in order, and none has an error output) instead of
 executing the notebook a second time. (The browser tests of notebooks 00, 06 and 07 run on the static path,
 ``VITLAB_STATIC=1``, so theirs is the run checked: every explorer those three show also runs on the FigureWidget
-path, in the browser test of another notebook. The other notebooks' static-path browser tests rerun them in the kernel
-their widget-path test hands on, in the same scheduler unit; those reruns are not nbmake records.) Where no browser
-test ran a notebook (no chromium, ``-m "not browser"``, only notebooks selected, another quick mode, or a browser test
+path, in the browser test of another notebook. The other notebooks' static-path browser tests rerun
+them, from the first cell whose output was a widget, in the page and kernel their widget-path test hands on, in the
+same scheduler unit; those reruns are not nbmake records.) Where no browser test ran a notebook (no chromium,
+``-m "not browser"``, only notebooks selected, another quick mode, or a browser test
 that broke before its Run All ended), its nbmake item executes it itself, as before: no check is lost without a browser.
 """
 import pytest

@@ -52,6 +52,7 @@ _RUN_ALL_ENDED = f"""path => {{
 _EXECUTED_CELLS = f"""path => {_MODEL}.toJSON().cells.map(c => ({{cell_type: c.cell_type, source: c.source,
     execution_count: c.execution_count ?? null, outputs: (c.outputs || []).filter(o => o.output_type === 'error')}}))"""
 STDERR = "application/vnd.jupyter.stderr"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 pytestmark = [
     pytest.mark.browser,
@@ -107,23 +108,48 @@ def lab(tmp_path_factory, request):
     assert {p: p.read_bytes() for p in (ROOT / "notebooks").glob("*.ipynb")} == committed, "a notebook was rewritten"
 
 
+#: What a passing widget-path test leaves for its notebook's static-path test: notebook path -> (its page, with the
+#: notebook open and its kernel running, and the index of the first cell whose output was a widget).
+_HANDED_ON: dict[str, tuple] = {}
+# Clear the outputs and execution counts of the cells from the first whose output is a widget (or the first of all) to
+# the last; that cell's index.
+_CLEAR_FROM_FIRST_WIDGET = f"""([path, all]) => {{
+    const cells = [...{_MODEL}.cells];
+    const widget = c => c.type === 'code'
+        && [...Array(c.outputs.length).keys()].some(i => '{WIDGET_VIEW}' in c.outputs.get(i).data);
+    const first = all ? 0 : Math.max(cells.findIndex(widget), 0);
+    cells.slice(first).filter(c => c.type === 'code').forEach(c => {{ c.outputs.clear(); c.executionCount = null; }});
+    return first;
+}}"""
+
 @pytest.fixture
 def page(request, chromium):
-    """A Chromium page in a context of its own, and afterwards the kernels of the server's notebooks ended, except
-    one a passing widget-path test hands on to its notebook's static-path test (``page.hand_on``, :meth:`Lab.check`)
-    with its widgets closed."""
+    """A Chromium page in a context of its own, and afterwards the kernels of the server's notebooks ended. A passing
+    widget-path test hands its page and kernel, every widget closed, on to its notebook's static-path test, next on the
+    same worker (``page.hand_on``, :meth:`Lab.check`): the outputs from the first widget on cleared, the cells above as
+    they ran (``page.rerun_from``: that first widget's cell; None for a fresh page). A page the test reloaded has every
+    output cleared (rerun from 0): after a reload JupyterLab shows a plain figure's saved PNG until it is drawn anew."""
     lab = request.getfixturevalue("lab")
-    context = chromium.new_context(viewport={"width": 1500, "height": 1100})
-    page = context.new_page()
-    page.console_errors, page.nodeid, page.hand_on = [], request.node.nodeid, None
-    page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
-    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+    handed = None
+    if request.node.originalname == "test_static_path":
+        handed = _HANDED_ON.pop(f"notebooks/{request.node.callspec.params['notebook']}", None)
+    for stale, _ in _HANDED_ON.values():  # its static-path test did not run next (not selected)
+        stale.context.close()
+    _HANDED_ON.clear()
+    if handed:
+        page, page.rerun_from = handed
+    else:
+        page = chromium.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+        page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+        page.rerun_from = None
+    page.console_errors, page.nodeid, page.hand_on, page.reloaded = [], request.node.nodeid, None, False
     yield page
-    if page.hand_on:  # the next page opens the notebook without this run's outputs and restores none of its widgets
-        page.evaluate("""async () => { const commands = window.jupyterapp.commands;
-            await commands.execute('notebook:clear-all-cell-outputs'); await commands.execute('docmanager:save'); }""")
+    if page.hand_on:
+        _HANDED_ON[page.hand_on] = (page, page.evaluate(_CLEAR_FROM_FIRST_WIDGET, [page.hand_on, page.reloaded]))
         kernel_run(page, "import ipywidgets; ipywidgets.Widget.close_all()")
-    context.close()
+    else:
+        page.context.close()
     _end_kernels(*lab[:2], keep=page.hand_on)
 
 
@@ -241,39 +267,47 @@ class Lab:
 
     def __init__(self, page, lab, notebook: str, allow_stderr=(), keep: bool = True, static: bool = False):
         """``keep``: the Run All serves as the notebook's nbmake check (when ``lab`` keeps runs). ``static``: the
-        kernel runs the static path (``VITLAB_STATIC=1`` set in it before anything runs); the kernel a passing
-        widget-path test of the notebook handed on is reused (its imports, models and data already loaded)."""
+        kernel runs the static path (``VITLAB_STATIC=1`` set in it before anything runs). A page a passing
+        widget-path test of the notebook handed on (``page.rerun_from``, the ``page`` fixture) is used as it is, its
+        kernel with the imports, models and data loaded; :meth:`run_all` then runs its cells from ``rerun_from`` on."""
         self.page, self.notebook, self.allow_stderr, self.static = page, notebook, allow_stderr, static
         self.name, self.path = notebook.removesuffix(".ipynb"), f"notebooks/{notebook}"
+        self.rerun_from = getattr(page, "rerun_from", None)
         ARTIFACTS.mkdir(exist_ok=True)
         base, token, kept = lab
         self.reused = _start_kernel(base, token, self.path)
         self.keep = kept if keep and not self.reused else None
-        page.goto(f"{base}/lab/tree/{self.path}?token={token}&reset")
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        # The status bar names the kernel once it is connected; running before that is lost.
-        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
-        news = page.get_by_role("button", name="No", exact=True)  # JupyterLab's "notify about news?" toast
-        if news.count():
-            news.click()
+        if self.rerun_from is None:
+            page.goto(f"{base}/lab/tree/{self.path}?token={token}&reset")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            # The status bar names the kernel once it is connected; running before that is lost.
+            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+            news = page.get_by_role("button", name="No", exact=True)  # JupyterLab's "notify about news?" toast
+            if news.count():
+                news.click()
         if static:
             kernel_run(page, "import os; os.environ['VITLAB_STATIC'] = '1'")
 
     def run_all(self, timeout_s: int = 300) -> None:
-        """Run All Cells and wait until every cell has run and the kernel is idle (longer in full mode);
-        then check the cells as nbmake would, and keep them for the notebook's nbmake item."""
+        """Run All Cells (on a handed-on page: the cells from ``rerun_from`` to the last) and wait until every cell
+        has run and the kernel is idle (longer in full mode); then check the cells run as nbmake would, and keep them
+        for the notebook's nbmake item."""
         from vitlab.settings import quick_mode
 
         timeout_s *= 1 if quick_mode() else 8
         page = self.page
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        if self.rerun_from is None:
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        else:
+            page.evaluate("""first => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = first;
+                window.jupyterapp.commands.execute('notebook:run-all-below'); }""", self.rerun_from)
         page.wait_for_function(_RUN_ALL_ENDED, arg=self.path, polling=250, timeout=timeout_s * 1000)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout_s * 1000)
         cells = page.evaluate(_EXECUTED_CELLS, self.path)
         if self.keep is not None:
             self.keep(self.path, cells, by=page.nodeid)
-        error = nbmake_error({"cells": cells}, first=None if self.reused else 1)
+        error = nbmake_error({"cells": cells[self.rerun_from or 0:]}, first=None if self.reused else 1)
         if error is not None:
             pytest.fail(error.trace, pytrace=False)
 
@@ -344,9 +378,13 @@ class Lab:
         """Save the notebook (as autosave would), reload the page with the kernel running, wait for the kernel, then
         bring the first cell whose source has ``scroll_to`` into view until its widget is drawn again. JupyterLab
         renders cells as they come into view, and on a loaded machine it neither reaches that cell by itself within a
-        minute nor always restores its widgets on the first reload (CI once waited 180 s on one): a second reload is
-        allowed, with a screenshot of the first."""
+        minute nor always restores its widgets on the first reload (CI once waited 180 s on one; on another run the
+        view said "Error displaying widget: model not found"): a second reload is allowed, with a screenshot of the
+        first, and the first's console errors of that failure are dropped."""
+        self.page.reloaded = True
+        failed = self.page.locator(".jp-OutputArea-output", has_text="Error displaying widget")
         for attempt in (1, 2):
+            seen = len(self.page.console_errors)
             self.page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
             self.page.wait_for_timeout(1000)
             self.page.reload()
@@ -356,12 +394,17 @@ class Lab:
                 const i = nb.widgets.findIndex(c => c.model.sharedModel.getSource().includes(source));
                 return nb.scrollToItem ? nb.scrollToItem(i, 'start') : null; }""", scroll_to)
             try:
-                self.widget().scroll_into_view_if_needed(timeout=90_000)
-                return
+                self.widget().or_(failed).first.wait_for(state="attached", timeout=90_000)
+                if not failed.count():
+                    self.widget().scroll_into_view_if_needed(timeout=30_000)
+                    return
             except PlaywrightTimeout:
-                self.page.screenshot(path=str(ARTIFACTS / f"{self.name}_reload_{attempt}_failed.png"))
-                if attempt == 2:
-                    raise
+                pass
+            self.page.screenshot(path=str(ARTIFACTS / f"{self.name}_reload_{attempt}_failed.png"))
+            if attempt == 2:
+                pytest.fail(f"{self.notebook}: the widgets did not come back after two reloads", pytrace=False)
+            errors = self.page.console_errors
+            errors[seen:] = [e for e in errors[seen:] if "widget model not found" not in e]
 
     def open_file_browser(self) -> None:
         if not self.page.locator("#filebrowser").is_visible():
@@ -381,7 +424,7 @@ class Lab:
         stubs = page.locator(".jp-OutputArea-output", has_text="Loading widget...")  # views of closed widgets
         assert stubs.count() == 0, stubs.all_inner_texts()
         self.open_file_browser()
-        page.screenshot(path=str(ARTIFACTS / f"{self.name}_page.png"), full_page=True)
+        page.screenshot(path=str(ARTIFACTS / f"{self.name}{'_static' if self.static else ''}_page.png"), full_page=True)
         assert page.evaluate(_EVERY_PLOTS_PROBLEMS) == []
         assert page.evaluate(_CUT_LABELS) == []
         assert [e for e in page.console_errors if not any(s in e for s in IGNORED_CONSOLE)] == []
@@ -815,9 +858,12 @@ def static_checks(page, nb: Lab) -> None:
 @pytest.mark.parametrize("notebook", [pytest.param(n, marks=[pytest.mark.cifar] if n in NOTEBOOKS_NEEDING_CIFAR else [])
                                       for n in STATIC_RERUN])
 def test_static_path(lab, page, notebook):
-    """VITLAB_STATIC=1 (as in VS Code and Colab), each notebook the tests above run on the widget path: in the kernel
-    the notebook's widget-path test handed on when it passed (on the same worker just before: tests/notebook_runs.py),
-    its widgets closed, so the imports, models and data it loaded are not loaded again; else in a fresh kernel."""
+    """VITLAB_STATIC=1 (as in VS Code and Colab), each notebook the tests above run on the widget path. When the
+    notebook's widget-path test passed (on the same worker just before: tests/notebook_runs.py), in the page and kernel
+    it handed on, its widgets closed: the cells from the first whose output was a widget to the last run again. The
+    path changes only what explorers draw (``settings.static_mode`` is read in ``vitlab.views`` alone:
+    test_static_mode_is_read_by_the_views_alone), so the cells above it, plain figures and text, stay as they ran;
+    their imports, models, data and analyses are not computed again. Else Run All in a fresh kernel."""
     nb = Lab(page, lab, notebook, allow_stderr=(TEXT_PROGRESS_BAR, *SIZE_WARNING), keep=False, static=True)
     nb.run_all(timeout_s=600)
     static_checks(page, nb)

@@ -422,6 +422,15 @@ def test_static_patch_pickers_show_what_a_click_shows(two_models):
     assert not maps.plots[0].data[-1]._click_callbacks  # nothing listens on the static path
 
 
+def test_static_mode_is_read_by_the_views_alone():
+    """The static path changes only what explorers draw: outside ``vitlab.views`` no module and no notebook reads
+    ``static_mode`` or ``VITLAB_STATIC`` (test_static_path reruns a notebook from its first widget on, relying on it)."""
+    root = Path(__file__).resolve().parent.parent
+    files = [*root.glob("vitlab/**/*.py"), *root.glob("notebooks/*.ipynb")]
+    readers = sorted(p.relative_to(root).as_posix() for p in files if re.search(r"static_mode|VITLAB_STATIC", p.read_text()))
+    assert readers and all(r.startswith("vitlab/views/") for r in readers if r != "vitlab/settings.py"), readers
+
+
 def test_static_mode_reaches_every_view(tmp_path, monkeypatch):
     monkeypatch.setenv("VITLAB_STATIC", "1")
     monitor = explorers.TrainingMonitor()
