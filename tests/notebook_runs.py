@@ -8,11 +8,11 @@ included). A browser test records its notebook's cells as JupyterLab holds them 
 (:func:`nbmake_error`: every code cell ran, once, in order, and none has an error output) instead of
 executing the notebook a second time. (The browser tests of notebooks 00, 06 and 07 run on the static path,
 ``VITLAB_STATIC=1``, so theirs is the run checked: every explorer those three show also runs on the FigureWidget
-path, in the browser test of another notebook. The other notebooks' static-path browser tests rerun
-them, from the first cell whose output was a widget, in the page and kernel their widget-path test hands on, in the
-same scheduler unit; those reruns are not nbmake records.) Where no browser test ran a notebook (no chromium,
-``-m "not browser"``, only notebooks selected, another quick mode, or a browser test
-that broke before its Run All ended), its nbmake item executes it itself, as before: no check is lost without a browser.
+path, in the browser test of another notebook. The other notebooks' static-path browser tests rerun them, from the
+first cell whose output was a widget, in the page and kernel their widget-path test hands on, in the same scheduler
+unit; those reruns are not nbmake records.) Where no browser test ran a notebook (no chromium, ``-m "not browser"``,
+only notebooks selected, another quick mode, or a browser test that broke before its Run All ended), its nbmake item
+executes it itself, as before: no check is lost without a browser.
 """
 import pytest
 from nbmake.nb_result import NotebookError, NotebookResult
@@ -84,7 +84,7 @@ def serve_from_browser_runs(items: list[pytest.Item]) -> None:
 def make_scheduler(config: pytest.Config, log):
     """pytest-xdist's scheduler, but a notebook's browser tests and its nbmake item are one unit of work:
     one worker runs them, in collection order (the widget-path browser test first, then the static-path one, which
-    reuses its kernel, then nbmake's); every other test is a unit alone.
+    reuses its page and kernel, then nbmake's); every other test is a unit alone.
     Units go out largest first, so the notebooks start first. (A browser test named otherwise than
     ``test_<notebook without its number>_notebook`` only loses the pairing: nbmake then runs the notebook.)"""
     from xdist.scheduler import LoadScopeScheduling

@@ -122,6 +122,7 @@ _CLEAR_FROM_FIRST_WIDGET = f"""([path, all]) => {{
     return first;
 }}"""
 
+
 @pytest.fixture
 def page(request, chromium):
     """A Chromium page in a context of its own, and afterwards the kernels of the server's notebooks ended. A passing
@@ -190,17 +191,13 @@ def _end_kernels(base: str, token: str, keep: str | None = None) -> None:
     threading.Thread(target=end, daemon=True).start()
 
 
-def _start_kernel(base: str, token: str, path: str) -> bool:
+def _start_kernel(base: str, token: str, path: str) -> None:
     """Start the notebook's kernel through the server's sessions API while the page loads: JupyterLab connects to
-    the session it finds for the notebook's path instead of starting one. True when a kernel was running there (one
-    a widget-path test handed on)."""
-    if any(s["path"] == path for s in _sessions(base, token)):
-        return True
+    the session it finds for the notebook's path instead of starting one."""
     body = json.dumps({"path": path, "type": "notebook", "name": path.rsplit("/", 1)[-1],
                        "kernel": {"name": "python3"}}).encode()
     urllib.request.urlopen(urllib.request.Request(f"{base}/api/sessions?token={token}", data=body, method="POST",
                                                   headers={"Content-Type": "application/json"}), timeout=30)
-    return False
 
 
 def kernel_run(page, code: str) -> None:
@@ -275,9 +272,9 @@ class Lab:
         self.rerun_from = getattr(page, "rerun_from", None)
         ARTIFACTS.mkdir(exist_ok=True)
         base, token, kept = lab
-        self.reused = _start_kernel(base, token, self.path)
-        self.keep = kept if keep and not self.reused else None
+        self.keep = kept if keep and self.rerun_from is None else None
         if self.rerun_from is None:
+            _start_kernel(base, token, self.path)
             page.goto(f"{base}/lab/tree/{self.path}?token={token}&reset")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
             # The status bar names the kernel once it is connected; running before that is lost.
@@ -307,7 +304,7 @@ class Lab:
         cells = page.evaluate(_EXECUTED_CELLS, self.path)
         if self.keep is not None:
             self.keep(self.path, cells, by=page.nodeid)
-        error = nbmake_error({"cells": cells[self.rerun_from or 0:]}, first=None if self.reused else 1)
+        error = nbmake_error({"cells": cells[self.rerun_from or 0:]}, first=1 if self.rerun_from is None else None)
         if error is not None:
             pytest.fail(error.trace, pytrace=False)
 
